@@ -1,0 +1,50 @@
+#include "common/capabilities.h"
+
+#ifdef SETOKIM_WITH_TENSORRT
+#include <NvInferVersion.h>
+#include <NvInferRuntime.h>
+#endif
+
+namespace setokim {
+
+namespace {
+std::string SimdName() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+  return "neon";
+#elif defined(__SSE2__)
+  return "sse2";
+#else
+  return "scalar";
+#endif
+}
+}  // namespace
+
+Capabilities ProbeCapabilities() {
+  Capabilities caps;
+  caps.simd = SimdName();
+#ifdef SETOKIM_WITH_CUDA
+  caps.cuda = true;
+  caps.cudaVersion = SETOKIM_CUDA_VERSION;
+#ifdef SETOKIM_CUDA_ARCHITECTURES
+  caps.cudaArchitectures = SETOKIM_CUDA_ARCHITECTURES;
+#endif
+  ProbeGpus(caps);
+#else
+  caps.gpuProbeError = "the addon was built without CUDA (SETOKIM_CUDA=OFF or no nvcc)";
+#endif
+#ifdef SETOKIM_WITH_TENSORRT
+  caps.tensorrt = true;
+  caps.tensorrtVersion = std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) +
+                         "." + std::to_string(NV_TENSORRT_PATCH);
+  const int v = getInferLibVersion();  // e.g. 100300 for 10.3.0
+  caps.tensorrtLibraryVersion = std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) +
+                                "." + std::to_string(v % 100);
+#endif
+  return caps;
+}
+
+}  // namespace setokim

@@ -1,0 +1,7 @@
+/** Every subcommand of `setokim`, one registration function per file. */
+import type { Command } from 'commander';
+import { registerDoctor } from './doctor.js';
+
+export type RegisterCommand = (program: Command) => void;
+
+export const commands: RegisterCommand[] = [registerDoctor];

@@ -1,0 +1,39 @@
+/** `setokim doctor`: what the install can do on this machine, as a user on a new Jetson checks it. */
+import type { Command } from 'commander';
+import { capabilities, type Capabilities } from '../engine/native.js';
+
+export function formatDoctor(caps: Capabilities): string {
+  const c = caps.compiled;
+  const p = caps.present;
+  const yes = (b: boolean, detail?: string | null) => (b ? `yes${detail ? ` (${detail})` : ''}` : 'no');
+  const lines = [
+    'setokim-edge doctor',
+    '',
+    'compiled in:',
+    `  CUDA kernels       ${yes(c.cuda, c.cuda ? `nvcc ${c.cudaVersion}, sm ${c.cudaArchitectures}` : null)}`,
+    `  TensorRT backend   ${yes(c.tensorrt, c.tensorrtVersion)}`,
+    `  CPU SIMD           ${c.simd}`,
+    '',
+    'present now:',
+    `  GPUs               ${p.gpus.length === 0 ? `none (${p.gpuProbeError ?? 'no device'})` : p.gpus.length}`,
+    ...p.gpus.map(
+      (g) => `    [${g.index}] ${g.name}, sm ${g.computeCapability}, ${(g.totalMemoryBytes / 2 ** 30).toFixed(1)} GiB`,
+    ),
+    `  CUDA driver        ${p.cudaDriverVersion > 0 ? p.cudaDriverVersion : 'none'}`,
+    `  TensorRT library   ${p.tensorrtLibraryVersion ?? 'none'}`,
+    '',
+    `inference backend:   ${c.tensorrt && p.gpus.length > 0 ? 'tensorrt' : 'onnxruntime-cpu'}`,
+  ];
+  return lines.join('\n');
+}
+
+export function registerDoctor(program: Command): void {
+  program
+    .command('doctor')
+    .description('report what this install was built with (CUDA, TensorRT) and what the machine has (GPUs)')
+    .option('--json', 'print the capabilities as JSON')
+    .action((opts: { json?: boolean }) => {
+      const caps = capabilities();
+      process.stdout.write((opts.json ? JSON.stringify(caps, null, 2) : formatDoctor(caps)) + '\n');
+    });
+}

@@ -1,0 +1,36 @@
+/**
+ * The `setokim` command line. It only wires the layers together: each subcommand lives in its own
+ * file beside this one and is listed in commands.ts.
+ */
+import { Command, CommanderError } from 'commander';
+import { SetokimError, exitStatus } from '../errors.js';
+import { commands } from './commands.js';
+
+export function buildProgram(): Command {
+  const program = new Command('setokim')
+    .description(
+      'Edge runtime for Setokim, a multimodal LLM with the SeTok dynamic vision tokenizer.\n' +
+        'Export model sets and TensorRT engines, serve image queries over MQTT, update fleets.',
+    )
+    .version(process.env.npm_package_version ?? '0.1.0')
+    .showHelpAfterError('(add --help for usage)');
+  for (const register of commands) register(program);
+  return program;
+}
+
+/** Runs the CLI and returns the exit status; SetokimErrors print one clear line, never a stack. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram().exitOverride();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode;
+    if (err instanceof SetokimError) {
+      process.stderr.write(`setokim: error [${err.code}]: ${err.message}\n`);
+      return exitStatus(err.code);
+    }
+    process.stderr.write(`setokim: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+    return 1;
+  }
+}

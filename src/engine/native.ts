@@ -1,0 +1,88 @@
+/**
+ * The one place that loads the native addon (build/Release/setokim.node) and declares its types.
+ * Binding modules add their functions to NativeAddon as they land.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { SetokimError } from '../errors.js';
+
+export interface GpuInfo {
+  index: number;
+  name: string;
+  computeCapability: string;
+  totalMemoryBytes: number;
+}
+
+export interface Capabilities {
+  /** What this build of the addon was compiled with. */
+  compiled: {
+    cuda: boolean;
+    cudaVersion: string | null;
+    cudaArchitectures: string;
+    tensorrt: boolean;
+    tensorrtVersion: string | null;
+    simd: string;
+  };
+  /** What the machine has now. */
+  present: {
+    gpus: GpuInfo[];
+    cudaDriverVersion: number;
+    gpuProbeError: string | null;
+    tensorrtLibraryVersion: string | null;
+  };
+}
+
+export interface NativeAddon {
+  capabilities(): Capabilities;
+  [binding: string]: unknown;
+}
+
+/** The package root, found from this file whether it runs from src/ (tests) or dist/src/ (CLI). */
+export function packageRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('setokim-edge: cannot find package.json above ' + import.meta.url);
+    dir = up;
+  }
+  return dir;
+}
+
+let cached: NativeAddon | undefined;
+
+/** Loads the addon once. Throws NATIVE_MISSING with the command that builds it when it is absent. */
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  const root = packageRoot();
+  const candidates = [
+    process.env.SETOKIM_ADDON,
+    path.join(root, 'build', 'Release', 'setokim.node'),
+    path.join(root, 'build', 'Debug', 'setokim.node'),
+  ].filter((p): p is string => !!p);
+  const file = candidates.find((p) => existsSync(p));
+  if (!file) {
+    throw new SetokimError(
+      'NATIVE_MISSING',
+      `The native addon is not built (looked for ${candidates.join(', ')}). ` +
+        'Run `npm run build:native` in ' + root + ' (needs cmake and a C++17 compiler; ' +
+        'set SETOKIM_CUDA=OFF to build without CUDA).',
+    );
+  }
+  try {
+    cached = createRequire(import.meta.url)(file) as NativeAddon;
+  } catch (err) {
+    throw new SetokimError(
+      'NATIVE_MISSING',
+      `The native addon at ${file} failed to load: ${(err as Error).message}. ` +
+        'Rebuild it with `npm run build:native` (it must match this Node.js version and machine).',
+      { cause: err },
+    );
+  }
+  return cached;
+}
+
+export function capabilities(): Capabilities {
+  return loadNative().capabilities();
+}

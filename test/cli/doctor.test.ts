@@ -1,0 +1,34 @@
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { formatDoctor } from '../../src/cli/doctor.js';
+
+const cli = new URL('../../bin/setokim.js', import.meta.url).pathname;
+
+t.test('doctor prints compiled features and present GPUs', async (t) => {
+  const r = spawnSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  const caps = JSON.parse(r.stdout);
+  t.type(caps.compiled.cuda, 'boolean');
+  const text = formatDoctor(caps);
+  t.match(text, caps.compiled.cuda ? /CUDA kernels\s+yes/ : /CUDA kernels\s+no/);
+  if (caps.present.gpus.length === 0) t.match(text, /GPUs\s+none/);
+  t.match(text, /inference backend:\s+(tensorrt|onnxruntime-cpu)/);
+});
+
+t.test('formatDoctor names a GPU when one is present', async (t) => {
+  const text = formatDoctor({
+    compiled: { cuda: true, cudaVersion: '12.6', cudaArchitectures: '87', tensorrt: true, tensorrtVersion: '10.3.0', simd: 'neon' },
+    present: {
+      gpus: [{ index: 0, name: 'Orin', computeCapability: '8.7', totalMemoryBytes: 8 * 2 ** 30 }],
+      cudaDriverVersion: 12060, gpuProbeError: null, tensorrtLibraryVersion: '10.3.0',
+    },
+  });
+  t.match(text, /\[0\] Orin, sm 8\.7, 8\.0 GiB/);
+  t.match(text, /inference backend:\s+tensorrt/);
+});
+
+t.test('unknown subcommands fail with usage help, not a stack trace', async (t) => {
+  const r = spawnSync(process.execPath, [cli, 'nope'], { encoding: 'utf8' });
+  t.not(r.status, 0);
+  t.notMatch(r.stderr, /at .*\.js:\d+/);
+});
