@@ -1,0 +1,57 @@
+/**
+ * One query, from image and prompt to a stream of events. The agent (MQTT) and the CLI consume
+ * these; the protobuf messages in proto/ mirror them field for field.
+ */
+import type { ErrorCode } from '../errors.js';
+
+export const TASKS = ['ask', 'describe', 'segment', 'generate', 'edit'] as const;
+export type Task = (typeof TASKS)[number];
+
+export interface GenerationParams {
+  maxTokens?: number; // new tokens to generate (default from the pipeline config)
+  temperature?: number; // 0 = greedy
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  stop?: string[];
+}
+
+export interface QueryRequest {
+  id: string;
+  task: Task;
+  prompt?: string; // describe has a default prompt; the others need one
+  image?: Uint8Array; // JPEG, PNG or WebP bytes; required except for generate
+  generation?: GenerationParams;
+}
+
+export type StageTimes = Record<string, number>; // milliseconds per stage
+
+export type PipelineEvent =
+  | { type: 'accepted'; id: string }
+  | { type: 'clustered'; id: string; visionTokens: number; patches: number; maskPng: Uint8Array }
+  | { type: 'text'; id: string; delta: string }
+  | { type: 'mask'; id: string; index: number; referring: boolean; png: Uint8Array; width: number; height: number }
+  | { type: 'image'; id: string; png: Uint8Array; width: number; height: number }
+  | {
+      type: 'done';
+      id: string;
+      visionTokens: number;
+      promptTokens: number;
+      generatedTokens: number;
+      finishReason: 'stop' | 'length' | 'eos';
+      stages: StageTimes;
+      totalMs: number;
+    }
+  | { type: 'error'; id: string; code: ErrorCode; message: string };
+
+export interface RunOptions {
+  signal?: AbortSignal;
+}
+
+export interface Pipeline {
+  /** Streams the events of one query; ends after `done` or `error`. Never throws for a bad query. */
+  run(request: QueryRequest, options?: RunOptions): AsyncIterable<PipelineEvent>;
+  /** What the agent advertises in its status message. */
+  readonly info: { modelSetId: string; backend: string; maxTokens: number; maxContext: number };
+  close(): Promise<void>;
+}
