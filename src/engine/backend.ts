@@ -22,6 +22,8 @@ export interface SessionOptions {
   threads?: number;
   /** Signature to check every run's inputs against (the manifest's). */
   signature?: StageSignature;
+  /** Stage name, for error messages (defaults to the file's name). */
+  stage?: string;
 }
 
 export interface Session {
