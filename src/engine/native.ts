@@ -34,8 +34,39 @@ export interface Capabilities {
   };
 }
 
+/** TensorRT binding (native/trt/addon/tensorrt_binding.cc): present only in builds with TensorRT. */
+export interface NativeTrtTensor {
+  dtype: string;
+  dims: number[];
+  data: ArrayBufferView;
+}
+export interface NativeTrtEngine {
+  /** IO tensors in engine order; -1 marks a dynamic dim. */
+  readonly io: { name: string; mode: 'input' | 'output'; dtype: string; shape: number[] }[];
+  run(feeds: Record<string, NativeTrtTensor>): Promise<Record<string, NativeTrtTensor>>;
+  dispose(): void;
+}
+export interface NativeTrtBuildOptions {
+  onnx: string;
+  plan: string;
+  workspaceBytes: number;
+  timingCache?: string;
+  profiles: Record<string, { min: number[]; opt: number[]; max: number[] }>[];
+  device?: number;
+}
+export interface NativeTrtBuildResult {
+  bytes: number;
+  seconds: number;
+  warnings: string[];
+}
+
 export interface NativeAddon {
   capabilities(): Capabilities;
+  trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
+  trtBuildEngine?(
+    options: NativeTrtBuildOptions,
+    onProgress?: (phase: string, step: number, steps: number) => void,
+  ): Promise<NativeTrtBuildResult>;
   [binding: string]: unknown;
 }
 
