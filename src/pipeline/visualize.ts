@@ -1,0 +1,115 @@
+/**
+ * Pictures the pipeline emits: the token-mask view (each vision token's patches in one colour over
+ * the model's input, with borders between tokens, like the paper's token visualisation), binary
+ * masks upsampled from the patch grid to the original image, and RGB images from [-1, 1] tensors.
+ */
+import sharp from 'sharp';
+import type { Geometry } from './preprocess.js';
+
+/** A distinct, deterministic colour per token (golden-ratio hue walk). */
+export function tokenColour(index: number): [number, number, number] {
+  const h = (index * 0.618033988749895) % 1;
+  const s = 0.75;
+  const v = 0.95;
+  const i = Math.floor(h * 6);
+  const f = h * 6 - i;
+  const p = v * (1 - s);
+  const q = v * (1 - f * s);
+  const t = v * (1 - (1 - f) * s);
+  const [r, g, b] = [
+    [v, t, p],
+    [q, v, p],
+    [p, v, t],
+    [p, q, v],
+    [t, p, v],
+    [v, p, q],
+  ][i % 6]!;
+  return [Math.round(r! * 255), Math.round(g! * 255), Math.round(b! * 255)];
+}
+
+/**
+ * Token masks over the square model input `rgb` (size x size, RGB). labels[n] is the token of
+ * patch n on a grid x grid raster. The picture is scaled by an integer factor to at least 256 px.
+ */
+export async function tokenMaskPng(
+  rgb: Uint8Array,
+  size: number,
+  labels: Int32Array | readonly number[],
+  grid: number,
+  alpha = 0.55,
+): Promise<{ png: Uint8Array; width: number; height: number }> {
+  const scale = Math.max(1, Math.ceil(256 / size));
+  const side = size * scale;
+  const out = new Uint8Array(side * side * 3);
+  const cell = size / grid; // model pixels per patch
+  const labelAt = (x: number, y: number) => {
+    const c = Math.min(grid - 1, Math.floor(x / scale / cell));
+    const r = Math.min(grid - 1, Math.floor(y / scale / cell));
+    return labels[r * grid + c]!;
+  };
+  for (let y = 0; y < side; y++) {
+    const sy = Math.floor(y / scale);
+    for (let x = 0; x < side; x++) {
+      const sx = Math.floor(x / scale);
+      const l = labelAt(x, y);
+      const border =
+        (x + 1 < side && labelAt(x + 1, y) !== l) || (y + 1 < side && labelAt(x, y + 1) !== l);
+      const o = (y * side + x) * 3;
+      if (border) {
+        out[o] = out[o + 1] = out[o + 2] = 255;
+        continue;
+      }
+      const col = tokenColour(l);
+      for (let c = 0; c < 3; c++) out[o + c] = Math.round((1 - alpha) * rgb[(sy * size + sx) * 3 + c]! + alpha * col[c]!);
+    }
+  }
+  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } }).png().toBuffer();
+  return { png: new Uint8Array(png), width: side, height: side };
+}
+
+/**
+ * A binary mask PNG (0 / 255, one channel) at the original image size, from grid x grid logits:
+ * sigmoid, bilinear upsampling to the padded square, crop the padding, threshold at 0.5.
+ */
+export async function maskPng(
+  logits: Float32Array,
+  offset: number,
+  grid: number,
+  geometry: Geometry,
+): Promise<{ png: Uint8Array; width: number; height: number }> {
+  const prob = new Uint8Array(grid * grid);
+  for (let i = 0; i < prob.length; i++) prob[i] = Math.round(255 / (1 + Math.exp(-logits[offset + i]!)));
+  // Upsample on the square at a bounded size, then crop and bring to the original size.
+  const work = Math.min(geometry.side, 2048);
+  const k = work / geometry.side;
+  const cw = Math.max(1, Math.min(work, Math.round(geometry.width * k)));
+  const ch = Math.max(1, Math.min(work, Math.round(geometry.height * k)));
+  const cl = Math.min(work - cw, Math.round(geometry.left * k));
+  const ct = Math.min(work - ch, Math.round(geometry.top * k));
+  const square = await sharp(prob, { raw: { width: grid, height: grid, channels: 1 } })
+    .resize(work, work, { kernel: 'linear', fit: 'fill' })
+    .toColourspace('b-w') // raw output is sRGB otherwise
+    .raw()
+    .toBuffer();
+  const png = await sharp(square, { raw: { width: work, height: work, channels: 1 } })
+    .extract({ left: cl, top: ct, width: cw, height: ch })
+    .resize(geometry.width, geometry.height, { kernel: 'nearest', fit: 'fill' })
+    .threshold(128)
+    .toColourspace('b-w')
+    .png()
+    .toBuffer();
+  return { png: new Uint8Array(png), width: geometry.width, height: geometry.height };
+}
+
+/** An RGB PNG from a [1, 3, R, R] image in [-1, 1]. */
+export async function imagePng(chw: Float32Array, side: number): Promise<{ png: Uint8Array; width: number; height: number }> {
+  const plane = side * side;
+  const out = new Uint8Array(plane * 3);
+  for (let i = 0; i < plane; i++)
+    for (let c = 0; c < 3; c++) {
+      const v = chw[c * plane + i]!;
+      out[i * 3 + c] = Math.max(0, Math.min(255, Math.round(((Number.isFinite(v) ? v : 0) + 1) * 127.5)));
+    }
+  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } }).png().toBuffer();
+  return { png: new Uint8Array(png), width: side, height: side };
+}
