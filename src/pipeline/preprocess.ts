@@ -3,7 +3,7 @@
  * orientation, pad to square with the mean colour (SigLIP/LLaVA expand2square), resize to the
  * model's side, normalise with its mean/std into NCHW float32. Every failure is a BAD_IMAGE.
  */
-import sharp from 'sharp';
+import sharp, { type Metadata } from 'sharp';
 import { SetokimError } from '../errors.js';
 
 export interface ImageSpec {
@@ -47,7 +47,7 @@ export async function probeImage(bytes: Uint8Array, limits: ImageLimits = DEFAUL
   if (bytes.byteLength === 0) throw bad('the image is empty (0 bytes); send JPEG, PNG or WebP bytes');
   if (bytes.byteLength > limits.maxBytes)
     throw bad(`the image is ${bytes.byteLength} bytes, over the ${limits.maxBytes}-byte limit; send a smaller file`);
-  let meta: sharp.Metadata;
+  let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (err) {
