@@ -1,0 +1,254 @@
+/**
+ * The text tokenizer of Setokim: LLaMA/Vicuna SentencePiece BPE (vocabulary 32000, byte fallback)
+ * plus `<im_start>`, `<im_end>` and `<target>`. Two sources, one interface:
+ * - `{ kind: 'llama' }`: the LLaMA vocabulary bundled in llama-tokenizer-js (reference model sets);
+ * - a model-set directory holding a real export's tokenizer.json (@huggingface/tokenizers encodes).
+ *
+ * Encoding never produces special ids from text: a literal "<im_start>" or "<s>" in a prompt is
+ * tokenized as plain text, so a user cannot inject control tokens. Specials are placed by the
+ * template (template.ts). Decoding is ours for both sources, piece by piece as bytes, so that the
+ * full decode and the streaming decode share one definition:
+ *   text = UTF-8 decode of the concatenated bytes of every non-special piece ("▁" -> " ",
+ *   "<0xNN>" -> byte NN), with one leading space removed (SentencePiece's dummy prefix).
+ * Invalid or unfinished byte sequences decode to U+FFFD, as TextDecoder does.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { SetokimError } from '../errors.js';
+
+export interface SpecialTokens {
+  unk: number;
+  bos: number;
+  eos: number;
+  imStart: number;
+  imEnd: number;
+  target: number;
+}
+
+/** The ids of the real model (LLaMA's unk/bos/eos, Setokim's three added tokens). */
+export const LLAMA_SPECIALS: Readonly<SpecialTokens> = Object.freeze({
+  unk: 0,
+  bos: 1,
+  eos: 2,
+  imStart: 32000,
+  imEnd: 32001,
+  target: 32002,
+});
+
+const SPECIAL_TEXT: Record<keyof SpecialTokens, string> = {
+  unk: '<unk>',
+  bos: '<s>',
+  eos: '</s>',
+  imStart: '<im_start>',
+  imEnd: '<im_end>',
+  target: '<target>',
+};
+
+export interface EncodeOptions {
+  /** Prepend the beginning-of-sequence id (default false). */
+  bos?: boolean;
+}
+
+/** Streams text token by token: never emits half a character; deltas + flush() = decode(all ids). */
+export interface IncrementalDecoder {
+  /** The text this id completes (often '' while a multi-byte character is unfinished). */
+  push(id: number): string;
+  /** Ends the stream: bytes of an unfinished character come out as U+FFFD. */
+  flush(): string;
+}
+
+export interface Tokenizer {
+  readonly source: 'llama' | 'tokenizer.json';
+  /** One more than the largest id, specials included. */
+  readonly vocabSize: number;
+  readonly specials: Readonly<SpecialTokens>;
+  /** SentencePiece encoding with the dummy-prefix space; never yields special ids from text. */
+  encode(text: string, options?: EncodeOptions): number[];
+  /** Text of the ids; specials and ids outside the vocabulary (padded logits) contribute nothing. */
+  decode(ids: readonly number[]): string;
+  isSpecial(id: number): boolean;
+  /** The vocabulary piece of an id ("▁Hello", "<0x0A>", "<im_start>"), undefined when out of range. */
+  piece(id: number): string | undefined;
+  incrementalDecoder(): IncrementalDecoder;
+}
+
+const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/;
+const utf8 = new TextEncoder();
+
+/** Shared by both sources: pieces by id, which ids are special, and the byte-level decoding. */
+class PieceTokenizer implements Tokenizer {
+  private readonly bytesCache = new Map<number, Uint8Array>();
+  private readonly specialIds: Set<number>;
+  readonly vocabSize: number;
+
+  constructor(
+    readonly source: 'llama' | 'tokenizer.json',
+    private readonly pieces: readonly (string | undefined)[],
+    readonly specials: Readonly<SpecialTokens>,
+    extraSpecialIds: Iterable<number>,
+    private readonly encodeText: (text: string) => number[],
+  ) {
+    this.specialIds = new Set([...Object.values(specials), ...extraSpecialIds]);
+    this.vocabSize = pieces.length;
+  }
+
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const ids = text.length === 0 ? [] : this.encodeText(text);
+    return options.bos ? [this.specials.bos, ...ids] : ids;
+  }
+
+  decode(ids: readonly number[]): string {
+    const decoder = this.incrementalDecoder();
+    let text = '';
+    for (const id of ids) text += decoder.push(id);
+    return text + decoder.flush();
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  piece(id: number): string | undefined {
+    return this.pieces[id];
+  }
+
+  /** The bytes an id stands for; empty for specials and unknown ids. */
+  bytes(id: number): Uint8Array {
+    let b = this.bytesCache.get(id);
+    if (b) return b;
+    const p = this.pieces[id];
+    if (p === undefined || this.specialIds.has(id)) b = new Uint8Array(0);
+    else {
+      const m = BYTE_PIECE.exec(p);
+      b = m ? Uint8Array.of(parseInt(m[1]!, 16)) : utf8.encode(p.replaceAll('\u2581', ' '));
+    }
+    this.bytesCache.set(id, b);
+    return b;
+  }
+
+  incrementalDecoder(): IncrementalDecoder {
+    // TextDecoder in stream mode holds back an unfinished UTF-8 sequence until its last byte.
+    // ignoreBOM: a U+FEFF the model writes is text, not a byte-order mark to swallow.
+    const td = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
+    let started = false; // whether any character has come out yet (for the dummy-prefix space)
+    const emit = (s: string): string => {
+      if (started || s.length === 0) return s;
+      started = true;
+      return s.startsWith(' ') ? s.slice(1) : s;
+    };
+    return {
+      push: (id: number) => {
+        const b = this.bytes(id);
+        return b.length === 0 ? '' : emit(td.decode(b, { stream: true }));
+      },
+      flush: () => emit(td.decode()),
+    };
+  }
+}
+
+/** The LLaMA tokenizer bundled in llama-tokenizer-js, with Setokim's three specials after it. */
+export async function loadLlamaTokenizer(): Promise<Tokenizer> {
+  // Imported lazily: the module decodes its 32000-piece vocabulary when it loads.
+  const { default: llama } = await import('llama-tokenizer-js');
+  const pieces: (string | undefined)[] = [...llama.vocabById];
+  if (pieces.length !== LLAMA_SPECIALS.imStart) {
+    throw new SetokimError('INTERNAL', `llama-tokenizer-js has ${pieces.length} pieces, expected 32000`);
+  }
+  pieces.push(SPECIAL_TEXT.imStart, SPECIAL_TEXT.imEnd, SPECIAL_TEXT.target);
+  // add_bos_token false, add_preceding_space true: SentencePiece's dummy prefix, as LLaMA encodes.
+  return new PieceTokenizer('llama', pieces, LLAMA_SPECIALS, [], (text) => llama.encode(text, false, true));
+}
+
+const AddedTokenSchema = z.object({ id: z.number().int().nonnegative(), content: z.string(), special: z.boolean().optional() });
+const TokenizerJsonSchema = z.looseObject({
+  added_tokens: z.array(z.looseObject(AddedTokenSchema.shape)).default([]),
+  model: z.looseObject({
+    type: z.literal('BPE'),
+    vocab: z.record(z.string(), z.number().int().nonnegative()),
+  }),
+  decoder: z.unknown(),
+});
+
+/** True for SentencePiece-style decoders (Metaspace, or Replace "▁" / ByteFallback in a Sequence). */
+function isSentencePieceDecoder(decoder: unknown): boolean {
+  const d = decoder as { type?: string; decoders?: unknown[]; pattern?: { String?: string } } | null;
+  if (!d || typeof d !== 'object') return false;
+  if (d.type === 'Metaspace' || d.type === 'ByteFallback') return true;
+  if (d.type === 'Replace') return d.pattern?.String === '\u2581';
+  if (d.type === 'Sequence') return (d.decoders ?? []).some(isSentencePieceDecoder);
+  return false;
+}
+
+/** A real export's tokenizer.json (LLaMA-style SentencePiece BPE with Setokim's added tokens). */
+export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
+  const invalid = (why: string, cause?: unknown) =>
+    new SetokimError('MODEL_INVALID', `${file}: ${why}; export the tokenizer of the Setokim checkpoint again`, { cause });
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw invalid('not readable JSON', err);
+  }
+  const parsed = TokenizerJsonSchema.safeParse(raw);
+  if (!parsed.success) throw invalid(`not a BPE tokenizer.json (${parsed.error.issues[0]?.message ?? 'bad shape'})`);
+  const json = parsed.data;
+  if (!isSentencePieceDecoder(json.decoder)) throw invalid('its decoder is not SentencePiece-style (LLaMA)');
+
+  const pieces: (string | undefined)[] = [];
+  const idOf = new Map<string, number>();
+  for (const [piece, id] of Object.entries(json.model.vocab)) (pieces[id] = piece), idOf.set(piece, id);
+  for (const t of json.added_tokens) (pieces[t.id] = t.content), idOf.set(t.content, t.id);
+  const specials = {} as SpecialTokens;
+  for (const [key, text] of Object.entries(SPECIAL_TEXT) as [keyof SpecialTokens, string][]) {
+    const id = idOf.get(text);
+    if (id === undefined) throw invalid(`it has no ${text} token`);
+    specials[key] = id;
+  }
+
+  const { Tokenizer: HfTokenizer } = await import('@huggingface/tokenizers');
+  // Without added tokens the encoder cannot turn text such as "<im_start>" into a special id.
+  let hf: InstanceType<typeof HfTokenizer>;
+  try {
+    hf = new HfTokenizer({ ...(raw as object), added_tokens: [] }, {});
+  } catch (err) {
+    throw invalid(`@huggingface/tokenizers refused it (${(err as Error).message})`, err);
+  }
+  const extra = json.added_tokens.filter((t) => t.special).map((t) => t.id);
+  return new PieceTokenizer('tokenizer.json', pieces, specials, extra, (text) =>
+    hf.encode(text, { add_special_tokens: false }).ids,
+  );
+}
+
+export type TokenizerSource = string | { kind: 'llama' };
+
+export interface LoadTokenizerOptions {
+  /** Special ids the model set's manifest declares; a tokenizer that disagrees is refused. */
+  expect?: Readonly<SpecialTokens>;
+}
+
+/**
+ * A model-set directory's tokenizer.json when it has one, else the bundled LLaMA vocabulary;
+ * `{ kind: 'llama' }` always picks the bundled one.
+ */
+export async function loadTokenizer(source: TokenizerSource, options: LoadTokenizerOptions = {}): Promise<Tokenizer> {
+  let tok: Tokenizer;
+  if (typeof source === 'string') {
+    if (!existsSync(source) || !statSync(source).isDirectory()) {
+      throw new SetokimError('MODEL_NOT_FOUND', `model set directory ${source} does not exist`);
+    }
+    const file = path.join(source, 'tokenizer.json');
+    tok = existsSync(file) ? await loadTokenizerJson(file) : await loadLlamaTokenizer();
+  } else {
+    tok = await loadLlamaTokenizer();
+  }
+  const expect = options.expect;
+  if (expect) {
+    const wrong = (Object.keys(SPECIAL_TEXT) as (keyof SpecialTokens)[]).filter((k) => expect[k] !== tok.specials[k]);
+    if (wrong.length > 0) {
+      const detail = wrong.map((k) => `${SPECIAL_TEXT[k]} is ${tok.specials[k]}, manifest says ${expect[k]}`).join('; ');
+      throw new SetokimError('MODEL_INVALID', `the tokenizer does not match the model set: ${detail}`);
+    }
+  }
+  return tok;
+}
