@@ -1,7 +1,8 @@
 /** Every subcommand of `setokim`, one registration function per file. */
 import type { Command } from 'commander';
 import { registerDoctor } from './doctor.js';
+import { registerExport } from './export.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor];
+export const commands: RegisterCommand[] = [registerDoctor, registerExport];

@@ -1,0 +1,65 @@
+/**
+ * `setokim export`: model set tools. `synth` writes a reference model set; `plan` (tools/export/
+ * plan.ts) sizes the real architecture for Jetson modules. The work lives in tools/export; this
+ * file only parses options and shows progress.
+ */
+import { SingleBar, Presets } from 'cli-progress';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { SetokimError } from '../errors.js';
+import { SYNTH_CONFIGS } from '../../tools/export/configs.js';
+import { synthesize } from '../../tools/export/synth.js';
+
+/** Subcommands of `export`, each registered on the `export` command. Add `registerPlanCommand` here. */
+const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand];
+
+export function registerExport(program: Command): Command {
+  const exportCmd = program.command('export').description('build model sets: synthesise reference sets, plan a real export');
+  for (const register of exportSubcommands) register(exportCmd);
+  return exportCmd;
+}
+
+const SynthOptions = z.object({
+  config: z.enum(SYNTH_CONFIGS),
+  seed: z.coerce.number().int().min(0).max(2 ** 32 - 1),
+  out: z.string().min(1),
+  progress: z.boolean(),
+});
+
+export function registerSynthCommand(exportCmd: Command): void {
+  exportCmd
+    .command('synth')
+    .description('write a reference model set (all seven stages as ONNX, seeded weights, manifest.json); one seed gives byte-identical files')
+    .requiredOption('--config <name>', `architecture: ${SYNTH_CONFIGS.join(' | ')}`)
+    .requiredOption('--seed <n>', 'weight seed (0 .. 2^32-1)')
+    .requiredOption('--out <dir>', 'directory to write the model set into')
+    .option('--no-progress', 'no progress bar (also off when stderr is not a terminal)')
+    .action(async (raw: unknown) => {
+      const parsed = SynthOptions.safeParse(raw);
+      if (!parsed.success) {
+        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
+        throw new SetokimError('BAD_ARGUMENT', `export synth: ${msg}`);
+      }
+      const opts = parsed.data;
+      const bar = opts.progress && process.stderr.isTTY ? new SingleBar({ format: 'synth {bar} {value}/{total} {stage}', hideCursor: true }, Presets.shades_classic) : null;
+      let params = 0;
+      let bytes = 0;
+      const manifest = await synthesize({
+        config: opts.config,
+        seed: opts.seed,
+        out: opts.out,
+        onProgress: (e) => {
+          if (bar && e.done === 0 && !bar.isActive) bar.start(e.total, 0, { stage: e.stage });
+          if (e.bytes === undefined) bar?.update(e.done, { stage: e.stage });
+          else {
+            params += e.params ?? 0;
+            bytes += e.bytes;
+            bar?.update(e.done, { stage: e.stage });
+          }
+        },
+      });
+      bar?.stop();
+      const stages = Object.keys(manifest.stages).length;
+      process.stdout.write(`${manifest.id}: ${stages} stages, ${(params / 1e6).toFixed(2)} M parameters, ${(bytes / 2 ** 20).toFixed(1)} MiB written to ${opts.out}\n`);
+    });
+}
