@@ -1,0 +1,130 @@
+/**
+ * The TensorRT backend's TypeScript side. It opens a plan only after its manifest says the plan was
+ * built for this TensorRT, GPU and CUDA, and its bytes match; the addon (tensorrt_binding.cc) then
+ * deserialises it and runs enqueueV3 on a worker thread. Available only when the addon was built
+ * with TensorRT and a GPU is present.
+ */
+import path from 'node:path';
+import { SetokimError } from '../errors.js';
+import type { Backend, Session, SessionOptions, Tensor, TypedArray } from './backend.js';
+import type { DType } from './contract.js';
+import {
+  type CompatibilityOptions,
+  type EngineManifest,
+  assertEngineCompatible,
+  machineInfo,
+  readEngineManifest,
+  verifyPlanFile,
+} from './engine-manifest.js';
+import { type Capabilities, type NativeAddon, type NativeTrtEngine, loadNative } from './native.js';
+import { type DimLimits, checkFeeds } from './signature.js';
+
+/** Why TensorRT cannot run here, or undefined when it can. */
+export function tensorrtUnavailableReason(load: () => NativeAddon = loadNative): string | undefined {
+  let addon: NativeAddon;
+  let caps: Capabilities;
+  try {
+    addon = load();
+    caps = addon.capabilities();
+  } catch (err) {
+    return (err as Error).message;
+  }
+  if (!caps.compiled.tensorrt || typeof addon.trtLoadEngine !== 'function') {
+    return 'the addon was built without TensorRT (rebuild with SETOKIM_TENSORRT=ON and TENSORRT_ROOT set, on a machine with TensorRT)';
+  }
+  if (caps.present.gpus.length === 0) return `no GPU is present (${caps.present.gpuProbeError ?? 'none found'})`;
+  return undefined;
+}
+
+/** Profile limits as per-name bounds, where an input's named dim maps to one axis. */
+function profileLimits(m: EngineManifest): DimLimits {
+  const limits: DimLimits = {};
+  for (const spec of m.io.inputs) {
+    spec.shape.forEach((d, axis) => {
+      if (typeof d !== 'string') return;
+      const lo = Math.min(...m.profiles.map((p) => p[spec.name]?.min[axis] ?? Infinity));
+      const hi = Math.max(...m.profiles.map((p) => p[spec.name]?.max[axis] ?? -Infinity));
+      if (Number.isFinite(lo) && Number.isFinite(hi)) limits[d] = { min: lo, max: hi };
+    });
+  }
+  return limits;
+}
+
+class TrtSession implements Session {
+  readonly backend = 'tensorrt';
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  private readonly limits: DimLimits;
+  private disposed = false;
+
+  constructor(
+    private readonly engine: NativeTrtEngine,
+    private readonly manifest: EngineManifest,
+    private readonly stage: string,
+  ) {
+    this.inputNames = engine.io.filter((t) => t.mode === 'input').map((t) => t.name);
+    this.outputNames = engine.io.filter((t) => t.mode === 'output').map((t) => t.name);
+    this.limits = profileLimits(manifest);
+  }
+
+  async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+    if (this.disposed) throw new SetokimError('BAD_ARGUMENT', `stage '${this.stage}': session is disposed`);
+    checkFeeds(this.stage, this.manifest.io, feeds, this.limits);
+    const wire = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, { dtype: t.dtype, dims: [...t.dims], data: t.data }]));
+    try {
+      const out = await this.engine.run(wire);
+      return Object.fromEntries(
+        Object.entries(out).map(([k, t]) => [k, { dtype: t.dtype as DType, dims: t.dims, data: t.data as TypedArray, location: 'host' as const }]),
+      );
+    } catch (err) {
+      throw new SetokimError('INTERNAL', `stage '${this.stage}': TensorRT failed to run: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.engine.dispose();
+  }
+}
+
+export interface TensorRtBackendOptions extends CompatibilityOptions {
+  /** CUDA device index (default 0). */
+  device?: number;
+  /** For tests: where the addon comes from. */
+  load?: () => NativeAddon;
+}
+
+export class TensorRtBackend implements Backend {
+  readonly name = 'tensorrt';
+  readonly priority = 100;
+  private readonly load: () => NativeAddon;
+  constructor(private readonly options: TensorRtBackendOptions = {}) {
+    this.load = options.load ?? loadNative;
+  }
+
+  async available(): Promise<boolean> {
+    return tensorrtUnavailableReason(this.load) === undefined;
+  }
+
+  async unavailableReason(): Promise<string> {
+    return tensorrtUnavailableReason(this.load) ?? 'available';
+  }
+
+  async open(plan: string, options: SessionOptions = {}): Promise<Session> {
+    const stage = options.stage ?? path.basename(plan);
+    const addon = this.load();
+    const reason = tensorrtUnavailableReason(() => addon);
+    if (reason) throw new SetokimError('BACKEND_UNAVAILABLE', `stage '${stage}': TensorRT is unavailable: ${reason}`);
+    const manifest = readEngineManifest(plan);
+    assertEngineCompatible(manifest, machineInfo(addon.capabilities()), this.options);
+    await verifyPlanFile(plan, manifest);
+    let engine: NativeTrtEngine;
+    try {
+      engine = await addon.trtLoadEngine!(plan, this.options.device ?? 0);
+    } catch (err) {
+      throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': TensorRT refused ${plan}: ${(err as Error).message}`, { cause: err });
+    }
+    return new TrtSession(engine, manifest, stage);
+  }
+}
