@@ -41,6 +41,7 @@ export type PipelineEvent =
       finishReason: 'stop' | 'length' | 'eos';
       stages: StageTimes;
       totalMs: number;
+      firstTokenMs?: number; // from the request's start to the first generated token
     }
   | { type: 'error'; id: string; code: ErrorCode; message: string };
 

@@ -1,0 +1,168 @@
+/**
+ * The LLM with its KV cache: prefill of the assembled prompt embeddings, then a decode loop that
+ * samples, streams text deltas through the tokenizer's IncrementalDecoder and the stop strings, and
+ * keeps `<im_start>` `<target>`... `<im_end>` well formed: inside an image only `<target>` or
+ * `<im_end>` may follow, at most `maxTargets` of them. The LLM hidden state at each `<target>`
+ * position is kept for the diffusion head.
+ */
+import { tensor } from '../engine/backend.js';
+import { headDim, type Architecture } from '../engine/contract.js';
+import { SetokimError } from '../errors.js';
+import type { GatedStage, RequestContext } from './scheduler.js';
+import { throwIfAborted } from './scheduler.js';
+import { StopMatcher, type Sampler } from './sampler.js';
+import type { Tokenizer } from './tokenizer.js';
+
+/** One request's LLM state: the KV cache (host float32) and its length. */
+export class LlmContext {
+  private keys: Float32Array;
+  private values: Float32Array;
+  private length = 0;
+  constructor(
+    private readonly a: Architecture,
+    private readonly llm: GatedStage,
+    private readonly embed: GatedStage,
+    private readonly ctx: RequestContext,
+  ) {
+    this.keys = new Float32Array(0);
+    this.values = new Float32Array(0);
+  }
+
+  get position(): number {
+    return this.length;
+  }
+
+  /** Token ids -> input embeddings [T, H]. */
+  async embedIds(ids: readonly number[]): Promise<Float32Array> {
+    const out = await this.embed.run(this.ctx, {
+      input_ids: tensor('int64', BigInt64Array.from(ids, (i) => BigInt(i)), [1, ids.length]),
+    });
+    return out.embeds!.data as Float32Array;
+  }
+
+  /**
+   * Runs T new positions; returns the logits and hidden state of the last one (and every hidden
+   * state when `allHidden`). `label` names the stage in the request's clock (prefill / decode).
+   */
+  async step(embeds: Float32Array, label: string): Promise<{ logits: Float32Array; hidden: Float32Array; hiddenAll: Float32Array }> {
+    const { layers, kvHeads, hidden: H, vocab, maxContext } = this.a.llm;
+    const T = embeds.length / H;
+    if (this.length + T > maxContext)
+      throw new SetokimError('PROMPT_TOO_LONG', `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`);
+    const kvDims = [layers, 1, kvHeads, this.length, headDim(this.a)];
+    const out = await this.llm.run(
+      this.ctx,
+      {
+        inputs_embeds: tensor('float32', embeds, [1, T, H]),
+        past_keys: tensor('float32', this.keys, kvDims),
+        past_values: tensor('float32', this.values, kvDims),
+      },
+      label,
+    );
+    this.keys = out.present_keys!.data as Float32Array;
+    this.values = out.present_values!.data as Float32Array;
+    this.length += T;
+    const logits = out.logits!.data as Float32Array;
+    const hiddenAll = out.hidden!.data as Float32Array;
+    return {
+      logits: logits.subarray((T - 1) * vocab, T * vocab),
+      hidden: hiddenAll.subarray((T - 1) * H, T * H),
+      hiddenAll,
+    };
+  }
+
+  /** Drops the cache (the KV lease is released by the owner). */
+  release(): void {
+    this.keys = new Float32Array(0);
+    this.values = new Float32Array(0);
+  }
+}
+
+export interface DecodeOptions {
+  tokenizer: Tokenizer;
+  sampler: Sampler;
+  maxTokens: number;
+  stop: readonly string[];
+  /** The prompt already opened an image (`<im_start>` is its last id): generate or edit. */
+  startInImage: boolean;
+  /** Most `<target>` tokens in one image (the engine profile's maxTokens). */
+  maxTargets: number;
+  onText: (delta: string) => void;
+  /** Called once, when the first new token is chosen (time to first token). */
+  onFirstToken?: () => void;
+}
+
+export interface DecodeResult {
+  ids: number[];
+  finishReason: 'stop' | 'length' | 'eos';
+  /** Hidden states at `<target>` positions, one [H] row each, per image emitted. */
+  images: Float32Array[][];
+  /** Hidden state of the last position run. */
+  lastHidden: Float32Array;
+}
+
+/** Decode from the state the prefill left: `first` holds its logits and hidden state. */
+export async function decode(
+  llm: LlmContext,
+  first: { logits: Float32Array; hidden: Float32Array },
+  o: DecodeOptions,
+  ctx: RequestContext,
+): Promise<DecodeResult> {
+  const { tokenizer: tok, sampler } = o;
+  const s = tok.specials;
+  const textVocab = tok.vocabSize; // logits past it are padding
+  const dec = tok.incrementalDecoder();
+  const stops = new StopMatcher(o.stop);
+  const ids: number[] = [];
+  const images: Float32Array[][] = [];
+  let inImage = o.startInImage;
+  let targets: Float32Array[] = [];
+  if (inImage) images.push(targets);
+  let { logits, hidden } = first;
+  let finishReason: DecodeResult['finishReason'] = 'length';
+  const targetOnly = [s.target];
+  const targetOrEnd = [s.target, s.imEnd];
+  const endOnly = [s.imEnd];
+  let lastPrevTarget = false; // the previous id fed was a <target>: its hidden state is `hidden`
+  for (let n = 0; n < o.maxTokens; n++) {
+    throwIfAborted(ctx.signal);
+    if (lastPrevTarget) targets.push(Float32Array.from(hidden));
+    lastPrevTarget = false;
+    let allowed: readonly number[] | undefined;
+    if (inImage) allowed = targets.length === 0 ? targetOnly : targets.length >= o.maxTargets ? endOnly : targetOrEnd;
+    const id = sampler.sample(logits, 0, textVocab, allowed);
+    ids.push(id);
+    if (n === 0) o.onFirstToken?.();
+    if (id === s.eos) {
+      finishReason = 'eos';
+      break;
+    }
+    if (id === s.imStart && !inImage) {
+      inImage = true;
+      targets = [];
+      images.push(targets);
+    } else if (id === s.imEnd && inImage) {
+      inImage = false;
+    } else if (id === s.target && inImage) {
+      lastPrevTarget = true;
+    } else if (!tok.isSpecial(id)) {
+      const { emit, stopped } = stops.push(dec.push(id));
+      if (emit) o.onText(emit);
+      if (stopped) {
+        finishReason = 'stop';
+        break;
+      }
+    }
+    // The last token is fed only when its hidden state is needed (a <target>).
+    if (n === o.maxTokens - 1 && !lastPrevTarget) break;
+    ({ logits, hidden } = await llm.step(await llm.embedIds([id]), 'decode'));
+  }
+  if (lastPrevTarget) targets.push(Float32Array.from(hidden));
+  if (finishReason !== 'stop') {
+    const rest = stops.push(dec.flush());
+    const tail = rest.emit + (rest.stopped ? '' : stops.flush());
+    if (tail) o.onText(tail);
+    if (rest.stopped) finishReason = 'stop';
+  }
+  return { ids, finishReason, images: images.filter((t) => t.length > 0), lastHidden: Float32Array.from(hidden) };
+}

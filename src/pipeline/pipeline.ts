@@ -1,0 +1,158 @@
+/**
+ * createPipeline: opens a model set's stages on the chosen backends and answers queries as event
+ * streams. Requests run concurrently up to `maxInFlight`, each stage behind its own gate (see
+ * scheduler.ts) and the LLM's memory behind the KV-cache budget; a request's failure or
+ * cancellation ends only its own stream.
+ */
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+import { createDefaultRegistry } from '../engine/registry.js';
+import { headDim, STAGES, type StageName } from '../engine/contract.js';
+import { loadManifest, verifyModelSet } from '../engine/manifest.js';
+import { errorCode, SetokimError } from '../errors.js';
+import { EventChannel } from './channel.js';
+import { KvBudget, kvBytesPerToken } from './kv-cache.js';
+import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from './preprocess.js';
+import { runQuery, type PipelineModels } from './query.js';
+import { checkRequest } from './request.js';
+import { GatedStage, Semaphore, type RequestContext } from './scheduler.js';
+import { loadTokenizer } from './tokenizer.js';
+import type { Pipeline, PipelineEvent, QueryRequest, RunOptions } from './types.js';
+
+const OptionsSchema = z
+  .object({
+    modelsDir: z.string().min(1),
+    backend: z.string().min(1).optional(),
+    threads: z.number().int().positive().optional(),
+    kvBudgetBytes: z.number().int().positive().optional(),
+    maxInFlight: z.number().int().positive().max(64).optional(),
+    maxTokens: z.number().int().positive().optional(),
+    verify: z.boolean().optional(),
+  })
+  .strict();
+
+export type PipelineOptions = z.input<typeof OptionsSchema> & { imageLimits?: ImageLimits };
+
+/** A pipeline with its internals visible to tests and the bench. */
+export interface LocalPipeline extends Pipeline {
+  readonly kv: KvBudget;
+  readonly models: PipelineModels;
+  /** Requests admitted and not finished. */
+  readonly inFlight: number;
+}
+
+export async function createPipeline(options: PipelineOptions): Promise<LocalPipeline> {
+  const { imageLimits, ...rest } = options;
+  const parsed = OptionsSchema.safeParse(rest);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0]!;
+    throw new SetokimError('BAD_CONFIG', `pipeline options: ${i.path.join('.') || 'options'}: ${i.message}`);
+  }
+  const o = parsed.data;
+  const dir = path.resolve(o.modelsDir);
+  const manifest = await loadManifest(dir);
+  const files =
+    o.verify === false
+      ? Object.fromEntries(Object.entries(manifest.stages).map(([s, e]) => [s, path.join(dir, e!.file)]))
+      : await verifyModelSet(dir, manifest);
+  const a = manifest.architecture;
+  const tokenizer = await loadTokenizer(dir, { expect: a.tokens });
+  const registry = createDefaultRegistry();
+  // Each stage session gets its own worker; split the cores between the two busiest (encoder, LLM).
+  const threads = o.threads ?? Math.max(1, availableParallelism());
+  const stages: Partial<Record<StageName, GatedStage>> = {};
+  const backends = new Set<string>();
+  try {
+    for (const s of STAGES) {
+      const entry = manifest.stages[s];
+      if (!entry) continue;
+      const file = (files as Record<string, string>)[s]!;
+      const source =
+        entry.format === 'tensorrt' ? { stage: s, engine: file, signature: entry.signature } : { stage: s, onnx: file, signature: entry.signature };
+      const session = await registry.open(source, { threads, only: o.backend ? [o.backend] : undefined });
+      backends.add(session.backend);
+      stages[s] = new GatedStage(s, session);
+    }
+  } catch (err) {
+    await Promise.all(Object.values(stages).map((g) => g!.session.dispose()));
+    throw err;
+  }
+  const models: PipelineModels = { arch: a, tokenizer, stages };
+  const maxInFlight = o.maxInFlight ?? 2;
+  const perToken = kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a));
+  const kv = new KvBudget(o.kvBudgetBytes ?? maxInFlight * a.llm.maxContext * perToken);
+  const maxTokens = o.maxTokens ?? 256;
+  return new SetokimPipeline(models, kv, new Semaphore(maxInFlight), {
+    modelSetId: manifest.id,
+    backend: [...backends].join('+'),
+    maxTokens,
+    maxContext: a.llm.maxContext,
+  }, imageLimits ?? DEFAULT_IMAGE_LIMITS);
+}
+
+class SetokimPipeline implements LocalPipeline {
+  private active = 0;
+  private closed = false;
+  private readonly running = new Set<AbortController>();
+
+  constructor(
+    readonly models: PipelineModels,
+    readonly kv: KvBudget,
+    private readonly admission: Semaphore,
+    readonly info: LocalPipeline['info'],
+    private readonly imageLimits: ImageLimits,
+  ) {}
+
+  get inFlight(): number {
+    return this.active;
+  }
+
+  run(request: QueryRequest, options: RunOptions = {}): AsyncIterable<PipelineEvent> {
+    const ch = new EventChannel<PipelineEvent>();
+    const ac = new AbortController();
+    const outer = options.signal;
+    const onOuterAbort = () => ac.abort(outer?.reason);
+    if (outer?.aborted) ac.abort(outer.reason);
+    else outer?.addEventListener('abort', onOuterAbort, { once: true });
+    ch.onReturn = () => ac.abort(new SetokimError('CANCELLED', 'the consumer stopped reading'));
+    void this.execute(request, ac, ch).finally(() => {
+      outer?.removeEventListener('abort', onOuterAbort);
+      ch.end();
+    });
+    return ch;
+  }
+
+  private async execute(request: QueryRequest, ac: AbortController, ch: EventChannel<PipelineEvent>): Promise<void> {
+    const startedAt = performance.now();
+    const id = typeof request?.id === 'string' ? request.id : '';
+    this.running.add(ac);
+    let release: (() => void) | undefined;
+    try {
+      if (this.closed) throw new SetokimError('BUSY', 'the pipeline is closed');
+      const req = checkRequest(request, { maxTokens: this.info.maxTokens, imageTokens: this.models.arch.cluster.maxTokens + 32 });
+      ch.push({ type: 'accepted', id });
+      release = await this.admission.acquire(ac.signal);
+      this.active++;
+      const ctx: RequestContext = { signal: ac.signal, times: {} };
+      await runQuery({ models: this.models, kv: this.kv, imageLimits: this.imageLimits }, req, ctx, (e) => ch.push(e), startedAt);
+    } catch (err) {
+      const code = ac.signal.aborted ? 'CANCELLED' : errorCode(err);
+      const message =
+        code === 'CANCELLED' ? 'the request was cancelled; everything it held is released' : err instanceof SetokimError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
+      ch.push({ type: 'error', id, code, message });
+    } finally {
+      if (release) {
+        this.active--;
+        release();
+      }
+      this.running.delete(ac);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const ac of this.running) ac.abort(new SetokimError('CANCELLED', 'the pipeline is closing'));
+    await Promise.all(Object.values(this.models.stages).map((g) => g!.session.dispose()));
+  }
+}
