@@ -1,0 +1,133 @@
+#include "setok/dpc_knn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "setok/fp_order.h"
+#include "setok/gram_cpu.h"
+#include "setok/parallel.h"
+
+namespace setokim {
+namespace {
+
+constexpr int kTile = 32;
+constexpr int kRowsPerTask = 16;
+
+int Tasks(int n, int per) { return (n + per - 1) / per; }
+
+}  // namespace
+
+DpcKnn::DpcKnn(const ClusterParams& params) : params_(params) {
+  ValidateClusterParams(params_, static_cast<size_t>(params_.n) * params_.dim);
+}
+
+ClusterResult DpcKnn::Cluster(const float* features) {
+  CheckFinite(features, params_.n, params_.dim);
+  ComputeGram(features, params_.n, params_.dim, gram_);
+  return ClusterFromGram(gram_);
+}
+
+void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const {
+  const int n = params_.n;
+  const int ld = GramStride(n);
+  // Mirror the upper triangle into the lower one, tile by tile (cache friendly).
+  const int tiles = Tasks(n, kTile);
+  ParallelFor(tiles, [&](int bi) {
+    const int i0 = bi * kTile, i1 = std::min(n, i0 + kTile);
+    for (int bj = 0; bj <= bi; ++bj) {
+      const int j0 = bj * kTile, j1 = std::min(n, j0 + kTile);
+      for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < std::min(j1, i); ++j) gram[static_cast<size_t>(i) * ld + j] = gram[static_cast<size_t>(j) * ld + i];
+    }
+  });
+  dist.resize(static_cast<size_t>(n) * n);
+  const float inv_dim_divisor = static_cast<float>(params_.dim);
+  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
+    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+      const float* g = gram.data() + static_cast<size_t>(i) * ld;
+      const float gii = g[i];
+      float* d = dist.data() + static_cast<size_t>(i) * n;
+      for (int j = 0; j < n; ++j) {
+        const float gjj = gram[static_cast<size_t>(j) * ld + j];
+        float d2 = (gii + gjj) - 2.0f * g[j];  // 2g is exact, so a fused form rounds the same
+        d2 = d2 > 0.0f ? d2 : 0.0f;
+        d[j] = std::sqrt(d2 / inv_dim_divisor);
+      }
+    }
+  });
+}
+
+ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
+  const int n = params_.n;
+  const int k = params_.k;
+  Distances(gram, dist_);
+  const std::vector<float>& dist = dist_;
+  ClusterResult res;
+  res.rho.resize(n);
+  // Step 3: density from the k smallest distances, squared and summed in ascending order.
+  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
+    std::vector<float> row(n);
+    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+      std::memcpy(row.data(), dist.data() + static_cast<size_t>(i) * n, sizeof(float) * n);
+      if (k < n) std::nth_element(row.begin(), row.begin() + (k - 1), row.end());
+      std::sort(row.begin(), row.begin() + k);
+      float sum = 0.0f;
+      for (int m = 0; m < k; ++m) sum += fp::Opaque(row[m] * row[m]);
+      const float mean = sum / static_cast<float>(k);
+      res.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
+    }
+  });
+  // Step 4: rank by (rho descending, index ascending); delta = min D to a better-ranked point.
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return res.rho[a] > res.rho[b] || (res.rho[a] == res.rho[b] && a < b);
+  });
+  std::vector<int32_t> rank(n);
+  for (int r = 0; r < n; ++r) rank[order[r]] = r;
+  std::vector<float> row_max(n);
+  res.scores.resize(n);
+  std::vector<float> delta(n);
+  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
+    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+      const float* d = dist.data() + static_cast<size_t>(i) * n;
+      const int ri = rank[i];
+      float best = INFINITY, mx = 0.0f;
+      for (int j = 0; j < n; ++j) {
+        const float v = d[j];
+        best = (rank[j] < ri && v < best) ? v : best;
+        mx = v > mx ? v : mx;
+      }
+      delta[i] = best;
+      row_max[i] = mx;
+    }
+  });
+  const float dmax = n > 0 ? *std::max_element(row_max.begin(), row_max.end()) : 0.0f;
+  delta[order[0]] = dmax;
+  for (int i = 0; i < n; ++i) res.scores[i] = res.rho[i] * delta[i];
+  // Step 5 and 6.
+  res.centers = SelectCenters(res.scores, params_);
+  res.labels.assign(n, 0);
+  const int L = static_cast<int>(res.centers.size());
+  ParallelFor(Tasks(n, kRowsPerTask * 4), [&](int t) {
+    for (int i = t * kRowsPerTask * 4; i < std::min(n, (t + 1) * kRowsPerTask * 4); ++i) {
+      const float* d = dist.data() + static_cast<size_t>(i) * n;
+      int best = 0;
+      float bd = d[res.centers[0]];
+      for (int m = 1; m < L; ++m) {
+        const float v = d[res.centers[m]];
+        if (v < bd) {
+          bd = v;
+          best = m;
+        }
+      }
+      res.labels[i] = best;
+    }
+  });
+  for (int m = 0; m < L; ++m) res.labels[res.centers[m]] = m;
+  return res;
+}
+
+}  // namespace setokim

@@ -1,0 +1,31 @@
+// The Gram matrix G = X X^T of n x dim float32 rows, in the order the reference defines: every
+// G[i][j] is one accumulator that walks c = 0..dim-1 adding the rounded product x_i[c] * x_j[c]
+// (no FMA). A blocked, register-tiled GEMM vectorised across j computes exactly that, so it is as
+// fast as a GEMM and bit-identical to the plain loop. Only the upper triangle (j >= i, in whole
+// tiles) is computed; G is symmetric. Rows of G have a padded stride (see GramStride).
+// Thread safety: the functions are pure; ComputeGram runs on several threads (ParallelFor).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace setokim {
+
+// Vector ISA the Gram kernel uses on this CPU ("avx2", "sse2", "neon" or "scalar").
+const char* GramIsa();
+
+// Row stride of the Gram matrix for n rows (n rounded up to the kernel's column tile).
+int GramStride(int n);
+
+// G[i * GramStride(n) + j] for all j >= i rounded down to the tile; entries below are undefined.
+// Reads x (n * dim floats). Uses all cores.
+void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram);
+
+// Recomputes row i and column i (all j) of an existing G for each listed row, in the same order, so
+// the result equals a full ComputeGram of the new x. Fills both triangles for those entries.
+void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows, std::vector<float>& gram);
+
+// Plain float32 GEMM C[m x n] = A[m x k] * B[k x n] (row-major), the same kernel without the
+// symmetric shortcut: the benchmark's yardstick for "how fast can this machine multiply matrices".
+void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c);
+
+}  // namespace setokim

@@ -1,0 +1,17 @@
+// A minimal parallel-for: spreads `count` work items over the machine's cores with std::thread and
+// an atomic counter (items are taken in ascending order, so give the heaviest ones low indices).
+// Thread safety: callable from any thread; `fn` runs concurrently on several threads and must only
+// write disjoint data.
+#pragma once
+#include <functional>
+
+namespace setokim {
+
+// Number of worker threads ParallelFor uses (hardware concurrency, at least 1).
+int WorkerCount();
+
+// Runs fn(i) for i in [0, count), on up to WorkerCount() threads (the caller's thread included).
+// An exception thrown by fn is rethrown on the caller's thread after all threads joined.
+void ParallelFor(int count, const std::function<void(int)>& fn);
+
+}  // namespace setokim

@@ -1,0 +1,227 @@
+// The CPU clustering against a plain-loop port of src/setok/reference.ts (bit for bit), plus the
+// streaming cache, the position encoding and bad input. Prints "N passed, M failed".
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "setok/cluster_cache.h"
+#include "setok/dpc_knn.h"
+#include "setok/fp_order.h"
+#include "setok/gram_cpu.h"
+#include "setok/position_encoding.h"
+#include "test_util.h"
+
+using namespace setokim;
+using namespace setokim::test;
+
+namespace {
+
+// The reference, loop for loop (volatile keeps each product rounded on its own).
+ClusterResult Naive(const std::vector<float>& x, const ClusterParams& p) {
+  const int n = p.n, dim = p.dim;
+  std::vector<float> g(static_cast<size_t>(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = i; j < n; ++j) {
+      float acc = 0.0f;
+      for (int c = 0; c < dim; ++c) {
+        volatile float prod = x[i * dim + c] * x[j * dim + c];
+        acc = acc + prod;
+      }
+      g[i * n + j] = g[j * n + i] = acc;
+    }
+  std::vector<float> d(static_cast<size_t>(n) * n);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) {
+      float d2 = (g[i * n + i] + g[j * n + j]) - 2.0f * g[i * n + j];
+      if (!(d2 > 0)) d2 = 0;
+      d[i * n + j] = std::sqrt(d2 / static_cast<float>(dim));
+    }
+  ClusterResult r;
+  r.rho.resize(n);
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> row(d.begin() + i * n, d.begin() + (i + 1) * n);
+    std::sort(row.begin(), row.end());
+    float sum = 0;
+    for (int m = 0; m < p.k; ++m) {
+      volatile float sq = row[m] * row[m];
+      sum = sum + sq;
+    }
+    r.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(sum / static_cast<float>(p.k))));
+  }
+  float dmax = 0;
+  for (float v : d) dmax = std::max(dmax, v);
+  r.scores.resize(n);
+  for (int i = 0; i < n; ++i) {
+    float delta = INFINITY;
+    for (int j = 0; j < n; ++j)
+      if (r.rho[j] > r.rho[i] || (r.rho[j] == r.rho[i] && j < i)) delta = std::min(delta, d[i * n + j]);
+    if (delta == INFINITY) delta = dmax;
+    r.scores[i] = r.rho[i] * delta;
+  }
+  r.centers = SelectCenters(r.scores, p);
+  r.labels.resize(n);
+  for (int i = 0; i < n; ++i) {
+    int best = 0;
+    for (size_t m = 1; m < r.centers.size(); ++m)
+      if (d[i * n + r.centers[m]] < d[i * n + r.centers[best]]) best = static_cast<int>(m);
+    r.labels[i] = best;
+  }
+  for (size_t m = 0; m < r.centers.size(); ++m) r.labels[r.centers[m]] = static_cast<int>(m);
+  return r;
+}
+
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+void CheckCase(const char* name, const std::vector<float>& x, const ClusterParams& p) {
+  DpcKnn dpc(p);
+  const ClusterResult got = dpc.Cluster(x.data());
+  const ClusterResult want = Naive(x, p);
+  EXPECT(got.centers == want.centers, "%s: centres differ (%zu vs %zu)", name, got.centers.size(), want.centers.size());
+  EXPECT(got.labels == want.labels, "%s: labels differ", name);
+  EXPECT(SameBits(got.scores, want.scores), "%s: scores differ", name);
+  EXPECT(SameBits(got.rho, want.rho), "%s: rho differ", name);
+  EXPECT(!got.centers.empty(), "%s: no centres", name);
+}
+
+void TestGramMatchesPlainLoop() {
+  for (int n : {1, 5, 17, 50, 97}) {
+    for (int dim : {1, 3, 16, 33, 300}) {
+      const auto x = RandomFeatures(n, dim, 100 + n * 7 + dim);
+      std::vector<float> g;
+      ComputeGram(x.data(), n, dim, g);
+      const int ld = GramStride(n);
+      bool ok = true;
+      for (int i = 0; i < n; ++i)
+        for (int j = i; j < n; ++j) {
+          float acc = 0.0f;
+          for (int c = 0; c < dim; ++c) {
+            volatile float prod = x[i * dim + c] * x[j * dim + c];
+            acc = acc + prod;
+          }
+          ok &= std::memcmp(&acc, &g[static_cast<size_t>(i) * ld + j], 4) == 0;
+        }
+      EXPECT(ok, "gram n=%d dim=%d (%s)", n, dim, GramIsa());
+    }
+  }
+}
+
+void TestGemmYardstick() {
+  const int m = 13, n = 21, k = 37;
+  const auto a = RandomFeatures(m, k, 1), b = RandomFeatures(k, n, 2);
+  std::vector<float> c;
+  ReferenceGemm(a.data(), b.data(), m, n, k, c);
+  double err = 0;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double s = 0;
+      for (int q = 0; q < k; ++q) s += static_cast<double>(a[i * k + q]) * b[q * n + j];
+      err = std::max(err, std::fabs(s - c[i * n + j]));
+    }
+  EXPECT(err < 1e-4, "gemm error %g", err);
+}
+
+void TestClusterCases() {
+  ClusterParams p;
+  p.n = 96; p.dim = 40; p.k = 8; p.threshold = 0.5; p.fallback = 10;
+  CheckCase("random", RandomFeatures(p.n, p.dim, 3), p);
+  p.threshold = 100;  // nothing passes: fallback
+  CheckCase("fallback", RandomFeatures(p.n, p.dim, 4), p);
+  p.threshold = 0.0; p.maxTokens = 7;
+  CheckCase("capped", RandomFeatures(p.n, p.dim, 5), p);
+  ClusterParams q;
+  q.n = 8 * 12; q.dim = 16; q.k = 8; q.threshold = 0.5; q.fallback = 64;
+  CheckCase("planted", PlantedFeatures(8, 12, 16, 3, 11, 0.05), q);
+  q.threshold = 0.1;
+  CheckCase("repeated", RepeatedFeatures(q.n, q.dim, 5, 3), q);
+  ClusterParams r;
+  r.n = 729; r.dim = 1152; r.k = 64; r.threshold = 0.55; r.fallback = 64;
+  CheckCase("729x1152", PlantedFeatures(27, 27, 1152, 5, 21, 0.5), r);
+  // The cap: not reached equals uncapped; reached keeps the best scores.
+  ClusterParams u = p;
+  u.threshold = 0.3; u.maxTokens = 0;
+  const auto x = RandomFeatures(u.n, u.dim, 9);
+  const ClusterResult full = DpcKnn(u).Cluster(x.data());
+  u.maxTokens = static_cast<int>(full.centers.size());
+  const ClusterResult same = DpcKnn(u).Cluster(x.data());
+  EXPECT(same.centers == full.centers && same.labels == full.labels, "cap not reached changes the result");
+}
+
+void TestStreamingCache() {
+  ClusterParams p;
+  p.n = 120; p.dim = 64; p.k = 10; p.threshold = 0.4; p.fallback = 16;
+  ClusterCache cache(p);
+  auto x = PlantedFeatures(10, 12, 64, 4, 5, 0.2);
+  Rng r(77);
+  for (int frame = 0; frame < 6; ++frame) {
+    int changed = -1;
+    if (frame > 0) {
+      const int count = frame == 3 ? 0 : (frame == 5 ? 100 : 12);  // none, few, most
+      for (int m = 0; m < count; ++m) {
+        const int i = static_cast<int>(r() * p.n);
+        for (int c = 0; c < p.dim; ++c) x[i * p.dim + c] += static_cast<float>((r() * 2 - 1) * 0.3);
+      }
+    }
+    const ClusterResult got = cache.Push(x.data(), &changed);
+    const ClusterResult want = DpcKnn(p).Cluster(x.data());
+    EXPECT(got.centers == want.centers && got.labels == want.labels && SameBits(got.scores, want.scores),
+           "frame %d differs from clustering it alone", frame);
+    if (frame == 0) EXPECT(changed == p.n, "first frame recomputes all (%d)", changed);
+    if (frame == 3) EXPECT(changed == 0, "unchanged frame recomputes nothing (%d)", changed);
+    if (frame == 1) EXPECT(changed > 0 && changed <= 12, "changed rows %d", changed);
+  }
+  auto bad = x;
+  bad[5] = NAN;
+  bool threw = false;
+  try { cache.Push(bad.data(), nullptr); } catch (const BadInput&) { threw = true; }
+  EXPECT(threw, "NaN frame must throw BadInput");
+  int changed = -1;
+  const ClusterResult after = cache.Push(x.data(), &changed);
+  EXPECT(changed == 0 && after.centers == DpcKnn(p).Cluster(x.data()).centers, "cache intact after a bad frame");
+}
+
+void TestBadInput() {
+  auto throws = [](ClusterParams p, size_t count) {
+    try { ValidateClusterParams(p, count); } catch (const BadInput&) { return true; }
+    return false;
+  };
+  ClusterParams p;
+  p.n = 10; p.dim = 4; p.k = 3;
+  EXPECT(!throws(p, 40), "valid params rejected");
+  EXPECT(throws(p, 39), "length mismatch accepted");
+  ClusterParams q = p; q.k = 11;
+  EXPECT(throws(q, 40), "n < k accepted");
+  q = p; q.dim = 0;
+  EXPECT(throws(q, 0), "dim 0 accepted");
+  auto x = RandomFeatures(10, 4, 1);
+  x[13] = INFINITY;
+  bool threw = false;
+  try { DpcKnn(p).Cluster(x.data()); } catch (const BadInput& e) { threw = std::strstr(e.what(), "[3][1]") != nullptr; }
+  EXPECT(threw, "Inf not reported with its position");
+}
+
+void TestPositionEncoding() {
+  const auto pe = PositionEncodingTable(3, 4, 10);
+  const int base = (2 * 4 + 3) * 10;  // row 2, column 3; ch = 6
+  EXPECT(pe[base + 0] == static_cast<float>(std::sin(2.0)) && pe[base + 1] == static_cast<float>(std::cos(2.0)), "row pair 0");
+  const double f1 = 1.0 / std::pow(10000.0, 2.0 / 6);
+  EXPECT(pe[base + 2] == static_cast<float>(std::sin(2 * f1)), "row pair 1");
+  EXPECT(pe[base + 6] == static_cast<float>(std::sin(3.0)) && pe[base + 9] == static_cast<float>(std::cos(3 * f1)), "column pairs");
+  std::vector<float> x(3 * 4 * 10, 1.0f);
+  AddPositionEncoding(x.data(), 3, 4, 10);
+  EXPECT(x[1] == 2.0f && x[0] == 1.0f, "added");
+}
+
+}  // namespace
+
+int main() {
+  TestGramMatchesPlainLoop();
+  TestGemmYardstick();
+  TestClusterCases();
+  TestStreamingCache();
+  TestBadInput();
+  TestPositionEncoding();
+  return Finish();
+}
