@@ -62,6 +62,14 @@ export interface NativeTrtBuildResult {
 
 export interface NativeAddon {
   capabilities(): Capabilities;
+  /** SeTok clustering (native/trt/addon/cluster_binding.cc; wrapped by src/setok). */
+  setokCluster?: (features: Float32Array, n: number, dim: number, k: number, threshold: number, fallback: number,
+    maxTokens: number) => Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array }>;
+  setokClusterStream?: (n: number, dim: number, k: number, threshold: number, fallback: number, maxTokens: number) => {
+    push(features: Float32Array): Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array; changedPatches: number }>;
+    close(): void;
+  };
+  setokGramBench?: (n: number, dim: number, reps: number) => { gramMs: number; gemmMs: number; isa: string; threads: number };
   trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
   trtBuildEngine?(
     options: NativeTrtBuildOptions,
