@@ -10,7 +10,9 @@
  * full decode and the streaming decode share one definition:
  *   text = UTF-8 decode of the concatenated bytes of every non-special piece ("▁" -> " ",
  *   "<0xNN>" -> byte NN), with one leading space removed (SentencePiece's dummy prefix).
- * Invalid or unfinished byte sequences decode to U+FFFD, as TextDecoder does.
+ * Invalid or unfinished byte sequences decode to U+FFFD, as TextDecoder does. (A tokenizer.json in
+ * the newer Metaspace layout, prepend_scheme "first", lets a leading space replace the dummy prefix,
+ * so " x" decodes to "x" there, exactly as in @huggingface/tokenizers; Vicuna's own file is legacy.)
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';

@@ -174,6 +174,27 @@ t.test('a model set tokenizer.json', async (t) => {
   t.equal(tok.decode([1, v['▁hello'], n, n + 2, n + 1, 2]), 'hello');
 });
 
+t.test('a tokenizer.json in the newer Metaspace layout encodes the same', async (t) => {
+  const legacy = tinyTokenizerJson();
+  const json = {
+    ...legacy,
+    normalizer: null,
+    pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false },
+    decoder: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false },
+  };
+  const [a, b] = await Promise.all([loadTokenizer(modelDir(legacy)), loadTokenizer(modelDir(json))]);
+  for (const s of ['hello world', 'hé wörld 🦙', 'hello  world ']) {
+    t.same(b.encode(s, { bos: true }), a.encode(s, { bos: true }), JSON.stringify(s));
+    t.equal(b.decode(b.encode(s)), s);
+  }
+  // In this layout a leading space takes the place of the dummy prefix (HF's prepend_scheme "first"),
+  // so it does not survive a round trip; we decode exactly as @huggingface/tokenizers does.
+  const ids = b.encode(' hello');
+  t.same(ids, a.encode('hello'));
+  const hf = new HfTokenizer(json, {});
+  t.equal(b.decode(ids), hf.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false }));
+});
+
 t.test('loadTokenizer picks the source and refuses bad files clearly', async (t) => {
   const empty = mkdtempSync(path.join(tmpdir(), 'setokim-tok-'));
   t.equal((await loadTokenizer(empty)).source, 'llama', 'no tokenizer.json: bundled LLaMA');
