@@ -127,7 +127,7 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
   return null;
 }
 
-export async function sha256File(path: string): Promise<string> {
+async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest('hex');

@@ -23,8 +23,6 @@ export interface SynthOptions {
   config: SynthConfigName;
   seed: number;
   out: string;
-  /** Stages to write (default: all seven). */
-  stages?: readonly StageName[];
   /** Called before each stage is built and once at the end (stage undefined). */
   onProgress?: (e: SynthProgress) => void;
 }
@@ -42,7 +40,7 @@ export const modelSetId = (config: string, seed: number) => `setokim-${config}-s
 
 export async function synthesize(opts: SynthOptions): Promise<Manifest> {
   const a = CONFIGS[opts.config];
-  const stages = opts.stages ?? STAGES;
+  const stages = STAGES;
   const root = new Rng(opts.seed);
   await mkdir(opts.out, { recursive: true });
   const manifest: ManifestInput = {

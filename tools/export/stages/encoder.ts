@@ -14,7 +14,7 @@ import { stageGraph } from './io.js';
  * different image content are, against the unit-scale 2-D position encoding that is added before
  * clustering, and so (with the absolute threshold) how many vision tokens an image gives.
  */
-export const PATCH_EMBED_GAIN = 1;
+export const PATCH_EMBED_GAIN = 2;
 
 export function buildEncoder(a: Architecture, rng: Rng): Model {
   const { model: m, inputs, finish } = stageGraph('encoder', a, rng);

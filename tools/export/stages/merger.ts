@@ -33,20 +33,33 @@ export function mergerBlock(m: Model, x: string, a: Architecture, name: string, 
   });
 }
 
-export function buildMerger(a: Architecture, rng: Rng): Model {
-  const { model: m, inputs, finish } = stageGraph('merger', a, rng);
+/** Additive [1, 1, N, N] mask from assign [1, L, N]: 0 where two patches share a cluster, -30000 elsewhere. */
+export function sameClusterMask(m: Model, assign: string): string {
   const g = m.g;
+  const same = g.op('MatMul', [g.op('Transpose', [assign], { perm: [0, 2, 1] }), assign]); // [1, N, N]
+  return g.op('Unsqueeze', [g.op('Mul', [g.op('Sub', [same, g.scalar(1)]), g.scalar(-MASK_NEG)]), g.ints([1])]);
+}
+
+/** Mean of each cluster's rows: assign @ x / counts, [1, L, C]. */
+export function meanPool(m: Model, assign: string, x: string): string {
+  const g = m.g;
+  const counts = g.op('ReduceSum', [assign, g.ints([2])], { keepdims: 1 }); // [1, L, 1]
+  return g.op('Div', [g.op('MatMul', [assign, x]), counts]);
+}
+
+/** After pooling: the inter-cluster block, Linear to D, and the projector to H. */
+export function mergerHead(m: Model, pooled: string, a: Architecture): { tokens: string; embeds: string } {
   const C = a.encoder.width;
   const D = a.merger.tokenWidth;
   const H = a.llm.hidden;
-  const assign = inputs.assign!;
-  const same = g.op('MatMul', [g.op('Transpose', [assign], { perm: [0, 2, 1] }), assign]); // [1, N, N]
-  const mask = g.op('Unsqueeze', [g.op('Mul', [g.op('Sub', [same, g.scalar(1)]), g.scalar(-MASK_NEG)]), g.ints([1])]);
-  const inner = mergerBlock(m, inputs.features!, a, 'inner', mask);
-  const counts = g.op('ReduceSum', [assign, g.ints([2])], { keepdims: 1 }); // [1, L, 1]
-  const pooled = g.op('Div', [g.op('MatMul', [assign, inner]), counts]); // [1, L, C]
   const inter = mergerBlock(m, pooled, a, 'inter');
   const tokens = linear(m, inter, C, D, 'to_token');
   const embeds = m.scope('projector', () => linear(m, gelu(m, linear(m, tokens, D, H, 'fc1')), H, H, 'fc2'));
-  return finish({ tokens, embeds });
+  return { tokens, embeds };
+}
+
+export function buildMerger(a: Architecture, rng: Rng): Model {
+  const { model: m, inputs, finish } = stageGraph('merger', a, rng);
+  const inner = mergerBlock(m, inputs.features!, a, 'inner', sameClusterMask(m, inputs.assign!));
+  return finish(mergerHead(m, meanPool(m, inputs.assign!, inner), a));
 }

@@ -1,0 +1,126 @@
+/**
+ * A model set on disk: a directory with manifest.json and one file per stage (plus quantised
+ * variants). `openModelSet` verifies it before anything runs; `ModelStore` keeps several versioned
+ * sets side by side under one root (`<root>/<id>/`) with an `active` pointer that a fleet update
+ * switches atomically, so a failed download never replaces the set that is serving.
+ */
+import { readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SetokimError } from '../errors.js';
+import type { Architecture, StageName } from './contract.js';
+import { loadManifest, MANIFEST_FILE, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
+
+export interface OpenOptions {
+  /** Check size, sha256 and ONNX structure of every file (default true; false trusts the disk). */
+  verify?: boolean;
+}
+
+export class ModelSet {
+  private constructor(
+    readonly dir: string,
+    readonly manifest: Manifest,
+  ) {}
+
+  static async open(dir: string, opts: OpenOptions = {}): Promise<ModelSet> {
+    const manifest = await loadManifest(dir);
+    if (opts.verify !== false) await verifyModelSet(dir, manifest);
+    return new ModelSet(dir, manifest);
+  }
+
+  get id(): string {
+    return this.manifest.id;
+  }
+
+  get architecture(): Architecture {
+    return this.manifest.architecture;
+  }
+
+  has(stage: StageName): boolean {
+    return this.manifest.stages[stage] !== undefined;
+  }
+
+  /** Every build of a stage: the main file first, then its variants. */
+  variants(stage: StageName): StageFile[] {
+    const e = this.manifest.stages[stage];
+    if (!e) return [];
+    const { file, format, sha256, bytes, precision } = e;
+    return [{ file, format, sha256, bytes, precision }, ...e.variants];
+  }
+
+  /** Absolute path of a stage's file, at a given precision (default: the main file). */
+  stagePath(stage: StageName, precision?: Precision): string {
+    const all = this.variants(stage);
+    if (all.length === 0) {
+      throw new SetokimError('MODEL_NOT_FOUND', `model set ${this.id} (${this.dir}) has no ${stage} stage; use a set exported with it`);
+    }
+    const pick = precision ? all.find((v) => v.precision === precision) : all[0];
+    if (!pick) {
+      throw new SetokimError(
+        'MODEL_NOT_FOUND',
+        `model set ${this.id} has no ${precision} build of ${stage} (has: ${all.map((v) => v.precision).join(', ')}); quantise it first or pick another precision`,
+      );
+    }
+    return join(this.dir, pick.file);
+  }
+
+  /** Re-checks one file (e.g. before loading a variant that was skipped at open). */
+  async verify(stage: StageName, precision?: Precision): Promise<void> {
+    const path = this.stagePath(stage, precision);
+    const f = this.variants(stage).find((v) => join(this.dir, v.file) === path)!;
+    await verifyStageFile(this.dir, f);
+  }
+}
+
+export const openModelSet = (dir: string, opts?: OpenOptions) => ModelSet.open(dir, opts);
+
+const ACTIVE_FILE = 'active';
+
+/** Versioned model sets under one root: `<root>/<id>/manifest.json`, and `<root>/active` naming one. */
+export class ModelStore {
+  constructor(readonly root: string) {}
+
+  dirOf(id: string): string {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(id)) throw new SetokimError('BAD_ARGUMENT', `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
+    return join(this.root, id);
+  }
+
+  /** Ids of the directories that hold a manifest, sorted. */
+  async list(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.root);
+    } catch {
+      return [];
+    }
+    const ids: string[] = [];
+    for (const n of names.sort()) {
+      if (await stat(join(this.root, n, MANIFEST_FILE)).then((s) => s.isFile(), () => false)) ids.push(n);
+    }
+    return ids;
+  }
+
+  /** The active set's id, or null when none was activated. */
+  async active(): Promise<string | null> {
+    try {
+      return (await readFile(join(this.root, ACTIVE_FILE), 'utf8')).trim() || null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Verifies the set fully, then points `active` at it (write + rename: atomic on one filesystem). */
+  async activate(id: string): Promise<ModelSet> {
+    const set = await ModelSet.open(this.dirOf(id));
+    if (set.id !== id) throw new SetokimError('MODEL_INVALID', `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);
+    const tmp = join(this.root, `${ACTIVE_FILE}.tmp`);
+    await writeFile(tmp, `${id}\n`);
+    await rename(tmp, join(this.root, ACTIVE_FILE));
+    return set;
+  }
+
+  async openActive(opts?: OpenOptions): Promise<ModelSet> {
+    const id = await this.active();
+    if (!id) throw new SetokimError('MODEL_NOT_FOUND', `${this.root}: no active model set; install one and activate it`);
+    return ModelSet.open(this.dirOf(id), opts);
+  }
+}
