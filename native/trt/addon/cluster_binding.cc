@@ -1,0 +1,216 @@
+// setokCluster(features, n, dim, k, threshold, fallback, maxTokens) -> Promise<{centers, labels, scores}>
+// setokClusterStream(n, dim, k, threshold, fallback, maxTokens) -> { push(features) -> Promise, close() }
+// setokGramBench(n, dim, reps) -> { gramMs, gemmMs, isa, threads } (bench/cluster.ts)
+// The JS side (src/setok) validates options; the features are copied into plain C++ vectors and the
+// work runs in a Napi::AsyncWorker, so the event loop never blocks. Errors reject the promise with
+// an Error whose `code` is BAD_INPUT (bad data) or INTERNAL.
+#include <chrono>
+#include <memory>
+#include <mutex>
+
+#include "addon/module.h"
+#include "setok/cluster_cache.h"
+#include "setok/dpc_knn.h"
+#include "setok/gram_cpu.h"
+#include "setok/parallel.h"
+
+namespace {
+
+using setokim::BadInput;
+using setokim::ClusterCache;
+using setokim::ClusterParams;
+using setokim::ClusterResult;
+
+Napi::Value ResultToJs(Napi::Env env, const ClusterResult& r) {
+  Napi::Object out = Napi::Object::New(env);
+  auto centers = Napi::Int32Array::New(env, r.centers.size());
+  std::copy(r.centers.begin(), r.centers.end(), centers.Data());
+  auto labels = Napi::Int32Array::New(env, r.labels.size());
+  std::copy(r.labels.begin(), r.labels.end(), labels.Data());
+  auto scores = Napi::Float32Array::New(env, r.scores.size());
+  std::copy(r.scores.begin(), r.scores.end(), scores.Data());
+  out.Set("centers", centers);
+  out.Set("labels", labels);
+  out.Set("scores", scores);
+  return out;
+}
+
+Napi::Error CodedError(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+// Runs `work` on a worker thread; resolves with ResultToJs (plus changedPatches when >= 0).
+class ClusterWorker : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<ClusterResult(int* changed)>;
+  ClusterWorker(Napi::Env env, Work work)
+      : Napi::AsyncWorker(env, "setokCluster"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      result_ = work_(&changed_);
+    } catch (const BadInput& e) {
+      code_ = "BAD_INPUT";
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      code_ = "INTERNAL";
+      SetError(std::string("cluster failed: ") + e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Value v = ResultToJs(Env(), result_);
+    if (changed_ >= 0) v.As<Napi::Object>().Set("changedPatches", changed_);
+    deferred_.Resolve(v);
+  }
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(CodedError(Env(), code_, e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Work work_;
+  ClusterResult result_;
+  int changed_ = -1;
+  std::string code_ = "INTERNAL";
+};
+
+ClusterParams ParamsFrom(const Napi::CallbackInfo& info, int first) {
+  ClusterParams p;
+  p.n = info[first].As<Napi::Number>().Int32Value();
+  p.dim = info[first + 1].As<Napi::Number>().Int32Value();
+  p.k = info[first + 2].As<Napi::Number>().Int32Value();
+  p.threshold = info[first + 3].As<Napi::Number>().DoubleValue();
+  p.fallback = info[first + 4].As<Napi::Number>().Int32Value();
+  p.maxTokens = info[first + 5].As<Napi::Number>().Int32Value();
+  return p;
+}
+
+std::vector<float> CopyFeatures(const Napi::Value& v) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    throw CodedError(v.Env(), "BAD_INPUT", "features must be a Float32Array");
+  }
+  auto a = v.As<Napi::Float32Array>();
+  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+
+Napi::Value Cluster(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto features = std::make_shared<std::vector<float>>(CopyFeatures(info[0]));
+  const ClusterParams p = ParamsFrom(info, 1);
+  try {
+    setokim::ValidateClusterParams(p, features->size());
+  } catch (const BadInput& e) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Reject(CodedError(env, "BAD_INPUT", e.what()).Value());
+    return d.Promise();
+  }
+  auto* worker = new ClusterWorker(env, [features, p](int*) {
+    setokim::DpcKnn dpc(p);
+    return dpc.Cluster(features->data());
+  });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();  // the worker deletes itself when done (N-API convention)
+  return promise;
+}
+
+// One stream: the cache plus a flag that refuses overlapping pushes (the JS class serialises them).
+struct StreamState {
+  std::mutex mutex;
+  std::unique_ptr<ClusterCache> cache;
+  bool busy = false;
+  bool closed = false;
+  ClusterParams params;
+};
+
+Napi::Value ClusterStream(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto state = std::make_shared<StreamState>();
+  state->params = ParamsFrom(info, 0);
+  try {
+    state->cache = std::make_unique<ClusterCache>(state->params);
+  } catch (const BadInput& e) {
+    throw CodedError(env, "BAD_INPUT", e.what());
+  }
+  Napi::Object handle = Napi::Object::New(env);
+  handle.Set("push", Napi::Function::New(env, [state](const Napi::CallbackInfo& info) -> Napi::Value {
+    Napi::Env env = info.Env();
+    auto features = std::make_shared<std::vector<float>>(CopyFeatures(info[0]));
+    auto d = Napi::Promise::Deferred::New(env);
+    {
+      std::lock_guard<std::mutex> lock(state->mutex);
+      const char* why = state->closed ? "the stream is closed"
+                        : state->busy ? "a frame is still being clustered; await each push"
+                                      : nullptr;
+      if (!why && features->size() != static_cast<size_t>(state->params.n) * state->params.dim) {
+        why = "features length does not match n x dim";
+      }
+      if (why) {
+        d.Reject(CodedError(env, state->closed ? "CANCELLED" : "BAD_INPUT", why).Value());
+        return d.Promise();
+      }
+      state->busy = true;
+    }
+    auto* worker = new ClusterWorker(env, [state, features](int* changed) {
+      struct Release {
+        StreamState* s;
+        ~Release() {
+          std::lock_guard<std::mutex> lock(s->mutex);
+          s->busy = false;
+          if (s->closed) s->cache.reset();
+        }
+      } release{state.get()};
+      return state->cache->Push(features->data(), changed);
+    });
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
+  }));
+  handle.Set("close", Napi::Function::New(env, [state](const Napi::CallbackInfo& info) -> Napi::Value {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    // A push in flight keeps using the cache; it frees it when it finishes.
+    state->closed = true;
+    if (!state->busy) state->cache.reset();
+    return info.Env().Undefined();
+  }));
+  return handle;
+}
+
+// Synchronous on purpose: a benchmark helper, never used by the runtime.
+Napi::Value GramBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int n = info[0].As<Napi::Number>().Int32Value();
+  const int dim = info[1].As<Napi::Number>().Int32Value();
+  const int reps = info[2].As<Napi::Number>().Int32Value();
+  std::vector<float> x(static_cast<size_t>(n) * dim);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+  std::vector<float> g, c;
+  auto best = [&](auto&& fn) {
+    double b = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      b = std::min(b, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return b;
+  };
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("gramMs", best([&] { setokim::ComputeGram(x.data(), n, dim, g); }));
+  out.Set("gemmMs", best([&] { setokim::ReferenceGemm(x.data(), x.data(), n, n, dim, c); }));
+  out.Set("isa", setokim::GramIsa());
+  out.Set("threads", setokim::WorkerCount());
+  return out;
+}
+
+void Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("setokCluster", Napi::Function::New(env, Cluster, "setokCluster"));
+  exports.Set("setokClusterStream", Napi::Function::New(env, ClusterStream, "setokClusterStream"));
+  exports.Set("setokGramBench", Napi::Function::New(env, GramBench, "setokGramBench"));
+}
+
+}  // namespace
+
+SETOKIM_ADDON_MODULE(Init);
