@@ -94,7 +94,8 @@ export const ArchitectureSchema = z.object({
 });
 export type Architecture = z.infer<typeof ArchitectureSchema>;
 
-export const patchGrid = (a: Architecture) => a.image.size / a.image.patch;
+/** Patches per side: a stride-`patch` convolution drops the remainder (384 / 14 -> 27, as SigLIP). */
+export const patchGrid = (a: Architecture) => Math.floor(a.image.size / a.image.patch);
 export const headDim = (a: Architecture) => a.llm.hidden / a.llm.heads;
 
 /** The IO signature each stage must have. Shapes use the dimension names above. */
