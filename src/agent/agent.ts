@@ -1,0 +1,393 @@
+/**
+ * The agent: serves queries that arrive over MQTT with a Pipeline, streams the events back, and
+ * keeps a retained status with a Last Will. One connection; reconnects with exponential backoff and
+ * subscribes again on every connect (a restarted broker has forgotten us); SIGTERM-style stop()
+ * takes no new work, finishes what is in flight, and publishes offline.
+ */
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
+import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
+import { Admission, SeenIds } from './admission.js';
+import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
+import type { AgentConfig } from './config.js';
+import { AgentMetrics } from './metrics.js';
+import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
+import { deviceTopics, type DeviceTopics } from './topics.js';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type Logger = (level: LogLevel, message: string) => void;
+
+export interface AgentEvents {
+  /** Connected (first time or again) and subscribed. */
+  ready: [{ reconnect: boolean }];
+  offline: [];
+  /** A query was admitted (started or queued). */
+  query: [{ id: string; task: Task }];
+  /** A query ended: its last reply (done or error) has been handed to the client library. */
+  answered: [{ id: string; code?: ErrorCode }];
+  /** A message that no reply could be sent for (no reply address). */
+  unaddressable: [{ topic: string; reason: string }];
+}
+
+interface Ticket {
+  id: string;
+  deadline?: number;
+  request: QueryRequest;
+  address: ReplyAddress;
+  receivedAt: number;
+}
+
+const ABORTED = Symbol('aborted');
+
+/** JPEG, PNG or WebP, by magic bytes: cheap, and catches text sent as an image early. */
+function looksLikeImage(b: Uint8Array): boolean {
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return true;
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return true;
+  return b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP';
+}
+
+function readPem(path: string | undefined, what: string): Buffer | undefined {
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new SetokimError(ErrorCodes.BAD_CONFIG, `cannot read the ${what} ${path}: ${(err as Error).message}`);
+  }
+}
+
+export interface AgentOptions {
+  config: AgentConfig;
+  pipeline: Pipeline;
+  log?: Logger;
+  version?: string;
+}
+
+export class Agent extends EventEmitter<AgentEvents> {
+  readonly config: AgentConfig;
+  readonly topics: DeviceTopics;
+  readonly metrics = new AgentMetrics();
+  private readonly pipeline: Pipeline;
+  private readonly log: Logger;
+  private readonly version: string;
+  private readonly admission: Admission<Ticket>;
+  private readonly seen: SeenIds;
+  private client?: MqttClient;
+  private backoffMs: number;
+  private stopping = false;
+  private statusTimer?: NodeJS.Timeout;
+  private connects = 0;
+  metricsPort?: number;
+
+  constructor(opts: AgentOptions) {
+    super();
+    this.config = opts.config;
+    this.pipeline = opts.pipeline;
+    this.log = opts.log ?? (() => undefined);
+    this.version = opts.version ?? '0.1.0';
+    this.topics = deviceTopics(this.config.fleet, this.config.device);
+    this.backoffMs = this.config.broker.reconnectMinMs;
+    this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    this.admission = new Admission<Ticket>({
+      queueSize: this.config.limits.queueSize,
+      concurrency: this.config.limits.concurrency,
+      run: (t, signal) => this.runQuery(t, signal),
+      dropped: (t, reason) => this.replyError(t.address, t.id, reason.code, reason.message),
+      changed: () => this.queueChanged(),
+    });
+  }
+
+  get queueDepth(): number {
+    return this.admission.depth;
+  }
+
+  get inFlight(): number {
+    return this.admission.inFlight;
+  }
+
+  /** Connects and resolves once subscribed (it keeps retrying while the broker is unreachable). */
+  async start(): Promise<void> {
+    const { config } = this;
+    if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
+    const b = config.broker;
+    const options: IClientOptions = {
+      protocolVersion: b.protocolVersion,
+      clientId: b.clientId ?? `setokim-${config.fleet}-${config.device}`,
+      clean: true,
+      keepalive: b.keepaliveS,
+      reconnectPeriod: b.reconnectMinMs,
+      connectTimeout: 10_000,
+      resubscribe: false, // we subscribe on every connect ourselves
+      will: { topic: this.topics.status, payload: Buffer.from(encodeStatus(this.status(false))), qos: 1, retain: true },
+      ...(b.username !== undefined ? { username: b.username } : {}),
+      ...(b.password !== undefined ? { password: b.password } : {}),
+      ...(b.ca ? { ca: readPem(b.ca, 'CA certificate') } : {}),
+      ...(b.cert ? { cert: readPem(b.cert, 'client certificate') } : {}),
+      ...(b.key ? { key: readPem(b.key, 'client key') } : {}),
+      rejectUnauthorized: b.rejectUnauthorized,
+    };
+    const client = connect(b.url, options);
+    this.client = client;
+    client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
+    client.on('close', () => {
+      this.metrics.connected.set(0);
+      if (this.stopping) return;
+      // Exponential backoff with jitter; mqtt.js reads reconnectPeriod each time it schedules.
+      client.options.reconnectPeriod = Math.round(this.backoffMs * (0.75 + Math.random() * 0.5));
+      this.backoffMs = Math.min(this.backoffMs * 2, b.reconnectMaxMs);
+    });
+    client.on('offline', () => {
+      this.log('warn', `lost the broker ${b.url}; reconnecting with backoff`);
+      this.emit('offline');
+    });
+    client.on('error', (err) => this.log('warn', `mqtt: ${err.message}`));
+
+    await new Promise<void>((resolve, reject) => {
+      const onConnect = (): void => {
+        this.subscribeAll().then(
+          () => {
+            this.backoffMs = b.reconnectMinMs;
+            client.options.reconnectPeriod = b.reconnectMinMs;
+            this.metrics.connected.set(1);
+            const reconnect = this.connects++ > 0;
+            this.publishStatus();
+            this.log('info', `${reconnect ? 're' : ''}connected to ${b.url} as ${config.fleet}/${config.device}`);
+            this.emit('ready', { reconnect });
+            resolve();
+          },
+          (err: Error) => this.log('error', `subscribing failed: ${err.message}; will retry on the next connect`),
+        );
+      };
+      client.on('connect', onConnect);
+      // Refused credentials will not get better by retrying: fail start() with a clear message.
+      client.on('error', (err: Error & { code?: number }) => {
+        if (this.connects === 0 && (err.code === 4 || err.code === 5 || err.code === 134 || err.code === 135)) {
+          void client.endAsync(true);
+          reject(new SetokimError(ErrorCodes.BAD_CONFIG, `the broker ${b.url} refused the credentials (${err.message}); check broker.username, broker.password or the client certificate`));
+        }
+      });
+    });
+  }
+
+  private async subscribeAll(): Promise<void> {
+    const client = this.client!;
+    const t = this.topics;
+    const topics: Record<string, { qos: 0 | 1 }> = { [t.query]: { qos: 1 }, [t.cancel]: { qos: 1 }, [t.fleetCancel]: { qos: 1 } };
+    if (this.config.fleetSubscription === 'shared') topics[t.sharedFleetQuery] = { qos: 1 };
+    if (this.config.fleetSubscription === 'plain') topics[t.fleetQuery] = { qos: 1 };
+    const granted = await client.subscribeAsync(topics);
+    const refused = granted.filter((g) => g.qos >= 0x80);
+    if (refused.length) throw new Error(`the broker refused ${refused.map((g) => g.topic).join(', ')}`);
+  }
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    if (topic === this.topics.cancel || topic === this.topics.fleetCancel) {
+      try {
+        const id = decodeCancel(payload);
+        if (this.admission.cancel(id)) this.log('info', `cancelled ${id}`);
+      } catch (err) {
+        this.metrics.errors.inc({ code: errorCode(err) });
+        this.log('warn', `ignored a cancel on ${topic}: ${(err as Error).message}`);
+      }
+      return;
+    }
+    this.onQuery(topic, payload, packet);
+  }
+
+  private onQuery(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    const receivedAt = Date.now();
+    const decoded = decodeQuery(payload);
+    const salvage = decoded.ok ? { id: decoded.query.id, replyTopic: decoded.query.replyTopic, correlation: decoded.query.correlation } : decoded.salvage;
+    const address = replyAddress(packet, salvage);
+    if (!address) {
+      const reason = decoded.ok ? 'the query has no reply address (MQTT 5 Response Topic or reply_topic)' : decoded.error.message;
+      this.metrics.unaddressable.inc();
+      this.metrics.errors.inc({ code: decoded.ok ? ErrorCodes.BAD_MESSAGE : decoded.error.code });
+      this.log('warn', `dropped a message on ${topic} with no reply address (${payload.length} bytes): ${reason}`);
+      this.emit('unaddressable', { topic, reason });
+      return;
+    }
+    // A redelivered id is answered once, whether the first copy was served or refused.
+    if (salvage.id && this.seen.check(salvage.id)) {
+      this.metrics.duplicates.inc();
+      this.log('debug', `dropped a second delivery of query ${salvage.id}`);
+      return;
+    }
+    if (!decoded.ok) return this.refuse(address, salvage.id, decoded.error.code, decoded.error.message);
+    const q = decoded.query;
+    this.metrics.queries.inc({ task: (TASKS as readonly string[]).includes(q.task) ? q.task : 'unknown' });
+    const problem = this.check(q);
+    if (problem) return this.refuse(address, q.id, problem.code, problem.message);
+
+    const expiry = packet.properties?.messageExpiryInterval;
+    const deadlines = [q.deadlineUnixMs, expiry !== undefined ? receivedAt + expiry * 1000 : undefined].filter((d): d is number => d !== undefined);
+    const deadline = deadlines.length ? Math.min(...deadlines) : undefined;
+    const request: QueryRequest = { id: q.id, task: q.task as Task };
+    if (q.prompt !== undefined) request.prompt = q.prompt;
+    if (q.image) request.image = q.image;
+    const generation = { ...q.generation };
+    if (this.config.limits.maxTokens !== undefined) generation.maxTokens = Math.min(generation.maxTokens ?? Infinity, this.config.limits.maxTokens);
+    if (Object.keys(generation).length) request.generation = generation;
+    const ticket: Ticket = { id: q.id, request, address, receivedAt, ...(deadline !== undefined ? { deadline } : {}) };
+
+    switch (this.admission.admit(ticket, receivedAt)) {
+      case 'started':
+      case 'queued':
+        this.emit('query', { id: q.id, task: request.task });
+        return;
+      case 'busy':
+        return this.refuse(address, q.id, ErrorCodes.BUSY, `device ${this.config.device} is busy (${this.config.limits.queueSize} queued, ${this.config.limits.concurrency} running); retry later, with a new id, or send to the fleet topic`);
+      case 'expired':
+        return this.refuse(address, q.id, ErrorCodes.EXPIRED, `query ${q.id} arrived after its deadline (or its MQTT message expiry); send it again with a later deadline`);
+      case 'closed':
+        return this.refuse(address, q.id, ErrorCodes.BUSY, `device ${this.config.device} is shutting down; send the query to another device or to the fleet topic`);
+      case 'duplicate':
+        this.metrics.duplicates.inc();
+        return;
+    }
+  }
+
+  /** Cheap checks before a query takes a slot; the pipeline does the rest (decoding, prompt length). */
+  private check(q: WireQuery): SetokimError | undefined {
+    if (!(TASKS as readonly string[]).includes(q.task)) {
+      return new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task "${q.task.slice(0, 64)}"; use one of ${TASKS.join(', ')}`);
+    }
+    const max = this.config.limits.maxImageBytes;
+    if (q.image && q.image.length > max) {
+      return new SetokimError(ErrorCodes.PAYLOAD_TOO_LARGE, `the image is ${q.image.length} bytes; this device takes at most ${max} (limits.maxImageBytes); resize it first`);
+    }
+    if (q.image && !looksLikeImage(q.image)) return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
+    return undefined;
+  }
+
+  private refuse(address: ReplyAddress, id: string, code: ErrorCode, message: string): void {
+    this.replyError(address, id, code, message);
+  }
+
+  private replyError(address: ReplyAddress, id: string, code: ErrorCode, message: string): void {
+    if (!this.client) return;
+    this.metrics.errors.inc({ code });
+    new ReplyStream(this.client, address, this.config.device).send({ type: 'error', id, code, message });
+    this.emit('answered', { id, code });
+  }
+
+  private async runQuery(ticket: Ticket, signal: AbortSignal): Promise<void> {
+    const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
+    const iterator = this.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
+    const aborted = new Promise<typeof ABORTED>((resolve) => {
+      if (signal.aborted) resolve(ABORTED);
+      else signal.addEventListener('abort', () => resolve(ABORTED), { once: true });
+    });
+    let last: PipelineEvent | undefined;
+    try {
+      while (!stream.finished) {
+        const step = await Promise.race([iterator.next(), aborted]);
+        if (step === ABORTED) {
+          const reason = signal.reason as SetokimError;
+          last = { type: 'error', id: ticket.id, code: errorCode(reason), message: reason.message };
+        } else if (step.done) {
+          last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
+        } else {
+          last = { ...step.value, id: ticket.id } as PipelineEvent;
+        }
+        this.observe(last);
+        stream.send(last);
+      }
+    } catch (err) {
+      last = { type: 'error', id: ticket.id, code: errorCode(err), message: (err as Error).message };
+      this.observe(last);
+      stream.send(last);
+    } finally {
+      this.metrics.querySeconds.observe((Date.now() - ticket.receivedAt) / 1000);
+      this.emit('answered', { id: ticket.id, ...(last?.type === 'error' ? { code: last.code } : {}) });
+      // The slot is free only once the pipeline has really stopped (it checks the signal).
+      await Promise.resolve(iterator.return?.()).catch(() => undefined);
+    }
+  }
+
+  private observe(event: PipelineEvent): void {
+    if (event.type === 'error') this.metrics.errors.inc({ code: event.code });
+    if (event.type !== 'done') return;
+    this.metrics.answered.inc();
+    for (const [stage, ms] of Object.entries(event.stages)) this.metrics.stageSeconds.observe({ stage }, ms / 1000);
+    const decodeMs = event.stages.decode ?? event.totalMs;
+    if (event.generatedTokens > 0 && decodeMs > 0) this.metrics.tokensPerSecond.observe(event.generatedTokens / (decodeMs / 1000));
+  }
+
+  private status(online: boolean): AgentStatus {
+    const info = this.pipeline.info;
+    return {
+      fleet: this.config.fleet,
+      device: this.config.device,
+      online,
+      modelSetId: info.modelSetId,
+      backend: info.backend,
+      tasks: [...TASKS],
+      queueDepth: online ? this.admission.depth : 0,
+      inFlight: online ? this.admission.inFlight : 0,
+      queueSize: this.config.limits.queueSize,
+      concurrency: this.config.limits.concurrency,
+      maxImageBytes: this.config.limits.maxImageBytes,
+      maxTokens: Math.min(info.maxTokens, this.config.limits.maxTokens ?? Infinity),
+      maxContext: info.maxContext,
+      updatedUnixMs: Date.now(),
+      version: this.version,
+    };
+  }
+
+  private publishStatus(): Promise<void> {
+    const client = this.client;
+    if (!client?.connected) return Promise.resolve();
+    const payload = Buffer.from(encodeStatus(this.status(!this.stopping)));
+    return client.publishAsync(this.topics.status, payload, { qos: 1, retain: true }).then(
+      () => undefined,
+      (err: Error) => this.log('warn', `publishing status failed: ${err.message}`),
+    );
+  }
+
+  /** Queue depth changes often under load: publish at most one status per second. */
+  private queueChanged(): void {
+    this.metrics.queueDepth.set(this.admission.depth);
+    this.metrics.inFlight.set(this.admission.inFlight);
+    if (this.statusTimer || this.stopping) return;
+    this.statusTimer = setTimeout(() => {
+      this.statusTimer = undefined;
+      void this.publishStatus();
+    }, 1000);
+    this.statusTimer.unref();
+  }
+
+  /**
+   * Graceful stop: unsubscribe so the broker sends fleet work elsewhere, answer what still arrives
+   * with BUSY, finish in-flight queries (cancelled past graceMs), publish offline, disconnect.
+   */
+  async stop(graceMs = this.config.shutdownGraceMs): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.admission.close();
+    if (this.statusTimer) clearTimeout(this.statusTimer);
+    const client = this.client;
+    if (client?.connected) {
+      const t = this.topics;
+      await client.unsubscribeAsync([t.query, t.sharedFleetQuery, t.fleetQuery]).catch(() => undefined);
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
+    if ((await Promise.race([this.admission.idle(), graceOver])) === 'timeout') {
+      this.log('warn', `in-flight queries still running after ${graceMs} ms; cancelling them`);
+      this.admission.abortAll(new SetokimError(ErrorCodes.CANCELLED, `device ${this.config.device} shut down before the query finished; send it again`));
+      await this.admission.idle();
+    }
+    clearTimeout(timer);
+    await this.publishStatus();
+    if (client) await client.endAsync();
+    await this.metrics.close();
+    this.log('info', `stopped; published offline on ${this.topics.status}`);
+  }
+
+  /** Tests and benchmarks: the underlying connection. */
+  get mqtt(): MqttClient | undefined {
+    return this.client;
+  }
+}

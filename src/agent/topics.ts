@@ -1,0 +1,60 @@
+/**
+ * The topic tree, versioned so a v2 protocol can live beside v1 on one broker:
+ *   setokim/v1/<fleet>/<device>/query    one device
+ *   setokim/v1/<fleet>/query             the fleet; agents take it through $share/<fleet>/...
+ *   setokim/v1/<fleet>/<device>/cancel   and setokim/v1/<fleet>/cancel (every agent hears it)
+ *   setokim/v1/<fleet>/<device>/status   retained presence; the Last Will marks it offline
+ */
+import { z } from 'zod';
+
+export const TOPIC_ROOT = 'setokim/v1';
+
+/** Fleet and device names are single topic levels: no /, no wildcards, no $ at the start. */
+export const levelName = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _ . or - (it becomes one MQTT topic level)');
+
+export interface DeviceTopics {
+  query: string;
+  cancel: string;
+  status: string;
+  fleetQuery: string;
+  fleetCancel: string;
+  /** The fleet query filter as a shared subscription: one delivery per message to the group. */
+  sharedFleetQuery: string;
+}
+
+export function deviceTopics(fleet: string, device: string): DeviceTopics {
+  const f = `${TOPIC_ROOT}/${fleet}`;
+  return {
+    query: `${f}/${device}/query`,
+    cancel: `${f}/${device}/cancel`,
+    status: `${f}/${device}/status`,
+    fleetQuery: `${f}/query`,
+    fleetCancel: `${f}/cancel`,
+    sharedFleetQuery: `$share/${fleet}/${f}/query`,
+  };
+}
+
+/** Where a client sends a query: one device, or any agent of a fleet. */
+export type Target = { fleet: string; device: string } | { fleet: string; device?: undefined };
+
+export function queryTopic(target: Target): string {
+  return target.device ? `${TOPIC_ROOT}/${target.fleet}/${target.device}/query` : `${TOPIC_ROOT}/${target.fleet}/query`;
+}
+
+export function cancelTopic(target: Target): string {
+  return target.device ? `${TOPIC_ROOT}/${target.fleet}/${target.device}/cancel` : `${TOPIC_ROOT}/${target.fleet}/cancel`;
+}
+
+/** Status of every device of a fleet (subscribe filter). */
+export function fleetStatusFilter(fleet: string): string {
+  return `${TOPIC_ROOT}/${fleet}/+/status`;
+}
+
+/** A per-client reply topic for MQTT 3.1.1 clients and for MQTT 5 clients that want one. */
+export function replyTopicFor(clientId: string): string {
+  return `${TOPIC_ROOT}/replies/${clientId}`;
+}

@@ -1,0 +1,86 @@
+/**
+ * A real mosquitto (the Debian package) on a free port with a temporary config, for tests and
+ * benchmarks. It never uses a system broker. restart() brings it back on the same port.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const BINARIES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'];
+
+export function mosquittoPath(): string | undefined {
+  return BINARIES.find((p) => existsSync(p));
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Mosquitto {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+  /** Stops and starts again on the same port (clients see the broker go away and come back). */
+  restart(): Promise<void>;
+}
+
+export async function startMosquitto(): Promise<Mosquitto> {
+  const bin = mosquittoPath();
+  if (!bin) throw new Error('mosquitto is not installed: apt-get install -y mosquitto');
+  const dir = mkdtempSync(join(tmpdir(), 'setokim-mosquitto-'));
+  const port = await freePort();
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', 'log_type information', ''].join('\n'));
+  let child: ChildProcess | undefined;
+
+  const launch = (): Promise<void> =>
+    new Promise((resolve, reject) => {
+      // stderr is unbuffered; stdout would hold the log lines back in a pipe
+      const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+      child = proc;
+      let log = '';
+      let ready = false;
+      proc.stderr!.on('data', (chunk: Buffer) => {
+        if (ready) return;
+        log += chunk.toString();
+        // mosquitto prints this once its listener is open
+        if (/mosquitto version \S+ running/.test(log)) {
+          ready = true;
+          resolve();
+        }
+      });
+      proc.once('exit', (code) => reject(new Error(`mosquitto exited with ${code} before it was ready:\n${log}`)));
+    });
+
+  const kill = (): Promise<void> =>
+    new Promise((resolve) => {
+      const proc = child;
+      child = undefined;
+      if (!proc || proc.exitCode !== null) return resolve();
+      proc.once('exit', () => resolve());
+      proc.kill('SIGTERM');
+    });
+
+  await launch();
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    port,
+    async stop() {
+      await kill();
+      rmSync(dir, { recursive: true, force: true });
+    },
+    async restart() {
+      await kill();
+      await launch();
+    },
+  };
+}
