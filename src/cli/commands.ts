@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
+import { registerRun } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport];
+export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun];

@@ -42,28 +42,34 @@ export async function tokenMaskPng(
   const side = size * scale;
   const out = new Uint8Array(side * side * 3);
   const cell = size / grid; // model pixels per patch
-  const labelAt = (x: number, y: number) => {
-    const c = Math.min(grid - 1, Math.floor(x / scale / cell));
-    const r = Math.min(grid - 1, Math.floor(y / scale / cell));
-    return labels[r * grid + c]!;
-  };
+  // Patch row/column of every output pixel, and one colour per token: the loop below only indexes.
+  const patchOf = Int32Array.from({ length: side }, (_, x) => Math.min(grid - 1, Math.floor(x / scale / cell)));
+  let maxLabel = 0;
+  for (let i = 0; i < grid * grid; i++) maxLabel = Math.max(maxLabel, labels[i]!);
+  const colours = Array.from({ length: maxLabel + 1 }, (_, l) => tokenColour(l).map((c) => alpha * c));
+  const keep = 1 - alpha;
   for (let y = 0; y < side; y++) {
     const sy = Math.floor(y / scale);
+    const row = patchOf[y]! * grid;
+    const below = y + 1 < side ? patchOf[y + 1]! * grid : -1;
     for (let x = 0; x < side; x++) {
       const sx = Math.floor(x / scale);
-      const l = labelAt(x, y);
-      const border =
-        (x + 1 < side && labelAt(x + 1, y) !== l) || (y + 1 < side && labelAt(x, y + 1) !== l);
+      const px = patchOf[x]!;
+      const l = labels[row + px]!;
+      const border = (x + 1 < side && labels[row + patchOf[x + 1]!] !== l) || (below >= 0 && labels[below + px] !== l);
       const o = (y * side + x) * 3;
       if (border) {
         out[o] = out[o + 1] = out[o + 2] = 255;
         continue;
       }
-      const col = tokenColour(l);
-      for (let c = 0; c < 3; c++) out[o + c] = Math.round((1 - alpha) * rgb[(sy * size + sx) * 3 + c]! + alpha * col[c]!);
+      const col = colours[l]!;
+      const i = (sy * size + sx) * 3;
+      out[o] = Math.round(keep * rgb[i]! + col[0]!);
+      out[o + 1] = Math.round(keep * rgb[i + 1]! + col[1]!);
+      out[o + 2] = Math.round(keep * rgb[i + 2]! + col[2]!);
     }
   }
-  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } }).png().toBuffer();
+  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 3 }).toBuffer();
   return { png: new Uint8Array(png), width: side, height: side };
 }
 

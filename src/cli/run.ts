@@ -1,0 +1,131 @@
+/**
+ * `setokim run`: one local query, no broker. Streams the answer to stdout as it is generated,
+ * writes the pictures (token masks, masks, generated image) beside the image or into --out, and
+ * ends with a summary (token counts, time per stage). --json prints one JSON object per event.
+ */
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { SetokimError } from '../errors.js';
+import { createPipeline, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
+
+const RunOptions = z.object({
+  models: z.string().min(1),
+  image: z.string().min(1).optional(),
+  prompt: z.string().optional(),
+  task: z.enum(TASKS),
+  json: z.boolean().optional(),
+  out: z.string().min(1).optional(),
+  maxTokens: z.coerce.number().int().positive().optional(),
+  temperature: z.coerce.number().min(0).optional(),
+  topK: z.coerce.number().int().min(0).optional(),
+  topP: z.coerce.number().gt(0).max(1).optional(),
+  seed: z.coerce.number().int().min(0).max(0xffffffff).optional(),
+  stop: z.array(z.string()).optional(),
+  backend: z.string().optional(),
+  threads: z.coerce.number().int().positive().optional(),
+  verify: z.boolean(),
+});
+type RunOpts = z.infer<typeof RunOptions>;
+
+export function registerRun(program: Command): void {
+  program
+    .command('run')
+    .description('answer one query locally (no broker): stream the text, write token masks, masks and images')
+    .requiredOption('--models <dir>', 'model set directory (manifest.json + stages)')
+    .option('--image <file>', 'JPEG, PNG or WebP image (every task but generate)')
+    .option('--prompt <text>', 'the question or instruction (describe has a default)')
+    .option('--task <task>', `one of ${TASKS.join(', ')}`, 'ask')
+    .option('--json', 'print every event as one JSON line (pictures as file paths)')
+    .option('--out <dir>', 'where to write pictures (default: beside the image, or the current directory)')
+    .option('--max-tokens <n>', 'new tokens at most')
+    .option('--temperature <t>', '0 = greedy (default)')
+    .option('--top-k <k>', 'sample among the k best tokens (0 = off)')
+    .option('--top-p <p>', 'nucleus sampling mass (1 = off)')
+    .option('--seed <n>', 'sampling seed: the same seed gives the same answer and pictures')
+    .option('--stop <text...>', 'stop strings')
+    .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
+    .option('--threads <n>', 'CPU threads per stage session')
+    .option('--no-verify', 'skip the sha256 check of the model files')
+    .action(async (raw: unknown) => {
+      const parsed = RunOptions.safeParse(raw);
+      if (!parsed.success) {
+        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
+        throw new SetokimError('BAD_ARGUMENT', `run: ${msg}`);
+      }
+      await runQuery(parsed.data);
+    });
+}
+
+async function runQuery(o: RunOpts): Promise<void> {
+  let image: Uint8Array | undefined;
+  if (o.image) {
+    try {
+      image = new Uint8Array(await readFile(o.image));
+    } catch (err) {
+      throw new SetokimError('BAD_ARGUMENT', `cannot read --image ${o.image}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const outDir = o.out ?? (o.image ? path.dirname(path.resolve(o.image)) : process.cwd());
+  const base = o.image ? path.basename(o.image).replace(/\.[^.]+$/, '') : 'generated';
+  const pipeline = await createPipeline({ modelsDir: o.models, backend: o.backend, threads: o.threads, maxInFlight: 1, verify: o.verify });
+  const request: QueryRequest = {
+    id: `cli-${process.pid}`,
+    task: o.task,
+    prompt: o.prompt,
+    image,
+    generation: { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, stop: o.stop },
+  };
+  const ac = new AbortController();
+  const onSigint = () => ac.abort();
+  process.once('SIGINT', onSigint);
+  const write = async (name: string, png: Uint8Array) => {
+    await mkdir(outDir, { recursive: true });
+    const file = path.join(outDir, `${base}.${name}.png`);
+    await writeFile(file, png);
+    return file;
+  };
+  const files: string[] = [];
+  let failure: Extract<PipelineEvent, { type: 'error' }> | undefined;
+  let done: Extract<PipelineEvent, { type: 'done' }> | undefined;
+  try {
+    for await (const e of pipeline.run(request, { signal: ac.signal })) {
+      let file: string | undefined;
+      if (e.type === 'clustered') file = await write('tokens', e.maskPng);
+      else if (e.type === 'mask') file = await write(e.referring ? 'mask-referring' : `mask-${e.index}`, e.png);
+      else if (e.type === 'image') file = await write('image', e.png);
+      if (file) files.push(file);
+      if (e.type === 'error') failure = e;
+      if (e.type === 'done') done = e;
+      if (o.json) {
+        process.stdout.write(JSON.stringify(e, (k, v) => (v instanceof Uint8Array ? undefined : v)).replace(/}$/, file ? `,"file":${JSON.stringify(file)}}` : '}') + '\n');
+      } else if (e.type === 'text') {
+        process.stdout.write(e.delta);
+      } else if (e.type === 'clustered') {
+        process.stderr.write(`[${e.visionTokens} vision tokens from ${e.patches} patches]\n`);
+      }
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+    await pipeline.close();
+  }
+  if (failure) throw new SetokimError(failure.code, failure.message);
+  if (!o.json && done) process.stdout.write('\n' + summary(done, files));
+}
+
+export function summary(d: Extract<PipelineEvent, { type: 'done' }>, files: readonly string[]): string {
+  const decode = d.stages.decode ?? 0;
+  const rate = decode > 0 && d.generatedTokens > 1 ? ` (${((d.generatedTokens - 1) / (decode / 1000)).toFixed(1)} tokens/s decode)` : '';
+  const stages = Object.entries(d.stages)
+    .map(([s, ms]) => `${s} ${ms.toFixed(1)}`)
+    .join(', ');
+  const lines = [
+    `--`,
+    `tokens: ${d.visionTokens} vision, ${d.promptTokens} prompt, ${d.generatedTokens} generated (${d.finishReason})${rate}`,
+    `time: ${d.totalMs.toFixed(0)} ms total${d.firstTokenMs !== undefined ? `, first token at ${d.firstTokenMs.toFixed(0)} ms` : ''}`,
+    `stages (ms): ${stages}`,
+    ...files.map((f) => `wrote ${f}`),
+  ];
+  return lines.join('\n') + '\n';
+}
