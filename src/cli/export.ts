@@ -20,10 +20,13 @@ export function registerExport(program: Command): Command {
   return exportCmd;
 }
 
+/** 'required' when the option is absent, else the schema's own message (or `what`). */
+const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
+
 const SynthOptions = z.object({
-  config: z.enum(SYNTH_CONFIGS),
-  seed: z.coerce.number().int().min(0).max(2 ** 32 - 1),
-  out: z.string().min(1),
+  config: z.enum(SYNTH_CONFIGS, { error: missingOr(`expected ${SYNTH_CONFIGS.join(' or ')}`) }),
+  seed: z.string({ error: missingOr() }).regex(/^\d+$/, 'a whole number').transform(Number).pipe(z.number().max(2 ** 32 - 1)),
+  out: z.string({ error: missingOr() }).min(1),
   progress: z.boolean(),
 });
 
@@ -31,9 +34,10 @@ export function registerSynthCommand(exportCmd: Command): void {
   exportCmd
     .command('synth')
     .description('write a reference model set (all seven stages as ONNX, seeded weights, manifest.json); one seed gives byte-identical files')
-    .requiredOption('--config <name>', `architecture: ${SYNTH_CONFIGS.join(' | ')}`)
-    .requiredOption('--seed <n>', 'weight seed (0 .. 2^32-1)')
-    .requiredOption('--out <dir>', 'directory to write the model set into')
+    // not requiredOption: missing options go through the same zod check (BAD_ARGUMENT, exit 2)
+    .option('--config <name>', `architecture (required): ${SYNTH_CONFIGS.join(' | ')}`)
+    .option('--seed <n>', 'weight seed (required): 0 .. 2^32-1')
+    .option('--out <dir>', 'directory to write the model set into (required)')
     .option('--no-progress', 'no progress bar (also off when stderr is not a terminal)')
     .action(async (raw: unknown) => {
       const parsed = SynthOptions.safeParse(raw);

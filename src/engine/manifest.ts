@@ -202,7 +202,10 @@ export async function checkOnnxFile(path: string): Promise<void> {
       if (field < 1 || field > 20) throw bad(`unexpected field ${field} at byte ${pos}`);
       seen.add(field);
       if (wire === 0) varint();
-      else if (wire === 2) i += varint();
+      else if (wire === 2) {
+        const len = varint(); // not `i += varint()`: that reads i before varint() advances it
+        i += len;
+      }
       else if (wire === 1) i += 8;
       else if (wire === 5) i += 4;
       else throw bad(`unexpected wire type ${wire} at byte ${pos}`);
