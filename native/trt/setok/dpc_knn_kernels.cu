@@ -1,0 +1,275 @@
+// Kernels of DpcKnnCuda. Every float operation that the reference rounds is written with an _rn
+// intrinsic, which nvcc never contracts into an FMA: the results equal the CPU's bit for bit.
+#include <math_constants.h>
+
+#include "setok/dpc_knn_kernels.h"
+
+namespace setokim::cuda {
+namespace {
+
+constexpr int kTile = 32;  // Gram tile (kTile x kTile outputs per block, 16 x 16 threads, 2 x 2 each)
+
+// G[i][j] = sum over c ascending of round(x_i[c] * x_j[c]); upper-triangle blocks compute, and write
+// both G[i][j] and G[j][i].
+__global__ void GramKernel(const float* __restrict__ x, int n, int dim, float* __restrict__ g) {
+  const int bi = blockIdx.y, bj = blockIdx.x;
+  if (bj < bi) return;
+  __shared__ float as[kTile][kTile + 1];
+  __shared__ float bs[kTile][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int tid = ty * 16 + tx;
+  float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  for (int c0 = 0; c0 < dim; c0 += kTile) {
+    for (int l = tid; l < kTile * kTile; l += 256) {
+      const int r = l / kTile, c = l % kTile;
+      const int ai = bi * kTile + r, bjr = bj * kTile + r, gc = c0 + c;
+      as[r][c] = (ai < n && gc < dim) ? x[static_cast<size_t>(ai) * dim + gc] : 0.f;
+      bs[r][c] = (bjr < n && gc < dim) ? x[static_cast<size_t>(bjr) * dim + gc] : 0.f;
+    }
+    __syncthreads();
+    const int kmax = min(kTile, dim - c0);
+    for (int kk = 0; kk < kmax; ++kk) {
+      const float a0 = as[ty][kk], a1 = as[ty + 16][kk];
+      const float b0 = bs[tx][kk], b1 = bs[tx + 16][kk];
+      acc[0][0] = __fadd_rn(acc[0][0], __fmul_rn(a0, b0));
+      acc[0][1] = __fadd_rn(acc[0][1], __fmul_rn(a0, b1));
+      acc[1][0] = __fadd_rn(acc[1][0], __fmul_rn(a1, b0));
+      acc[1][1] = __fadd_rn(acc[1][1], __fmul_rn(a1, b1));
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 2; ++c) {
+      const int i = bi * kTile + ty + 16 * r, j = bj * kTile + tx + 16 * c;
+      if (i < n && j < n) {
+        g[static_cast<size_t>(i) * n + j] = acc[r][c];
+        g[static_cast<size_t>(j) * n + i] = acc[r][c];
+      }
+    }
+}
+
+__global__ void DistKernel(const float* __restrict__ g, int n, float fdim, float* __restrict__ d) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y;
+  if (j >= n) return;
+  const float gij = g[static_cast<size_t>(i) * n + j];
+  float d2 = __fsub_rn(__fadd_rn(g[static_cast<size_t>(i) * n + i], g[static_cast<size_t>(j) * n + j]), __fmul_rn(2.f, gij));
+  d2 = d2 > 0.f ? d2 : 0.f;
+  d[static_cast<size_t>(i) * n + j] = __fsqrt_rn(__fdiv_rn(d2, fdim));
+}
+
+// The reference's expDet, with round-to-nearest double intrinsics.
+__device__ double ExpDet(double x) {
+  if (!(x > -104.0)) return 0.0;
+  const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+                               1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+  const double n = floor(__dadd_rn(__dmul_rn(x, 1.4426950408889634), 0.5));
+  const double r = __dsub_rn(__dsub_rn(x, __dmul_rn(n, 0.6931471803691238)), __dmul_rn(n, 1.9082149292705877e-10));
+  double p = inv_fact[13];
+  for (int i = 12; i >= 0; --i) p = __dadd_rn(inv_fact[i], __dmul_rn(r, p));
+  return ldexp(p, static_cast<int>(n));
+}
+
+// One block per row: bitonic sort of the row in shared memory, then the k smallest squared and
+// added in ascending order.
+__global__ void DensityKernel(const float* __restrict__ d, int n, int padded, int k, float* __restrict__ rho) {
+  extern __shared__ float s[];
+  const int i = blockIdx.x;
+  for (int t = threadIdx.x; t < padded; t += blockDim.x) s[t] = t < n ? d[static_cast<size_t>(i) * n + t] : CUDART_INF_F;
+  __syncthreads();
+  for (int size = 2; size <= padded; size <<= 1) {
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      for (int t = threadIdx.x; t < padded / 2; t += blockDim.x) {
+        const int lo = 2 * stride * (t / stride) + (t % stride), hi = lo + stride;
+        const bool asc = (lo & size) == 0;
+        const float a = s[lo], b = s[hi];
+        if ((a > b) == asc) {
+          s[lo] = b;
+          s[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (threadIdx.x == 0) {
+    float sum = 0.f;
+    for (int m = 0; m < k; ++m) sum = __fadd_rn(sum, __fmul_rn(s[m], s[m]));
+    const float mean = __fdiv_rn(sum, static_cast<float>(k));
+    rho[i] = __double2float_rn(ExpDet(-static_cast<double>(mean)));
+  }
+}
+
+// One block per row: delta (INF for the top point) and the row's maximum.
+__global__ void DeltaKernel(const float* __restrict__ d, const float* __restrict__ rho, int n, float* __restrict__ delta,
+                            float* __restrict__ row_max) {
+  __shared__ float smin[256], smax[256];
+  const int i = blockIdx.x;
+  const float ri = rho[i];
+  float best = CUDART_INF_F, mx = 0.f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float v = d[static_cast<size_t>(i) * n + j];
+    const float rj = rho[j];
+    if ((rj > ri || (rj == ri && j < i)) && v < best) best = v;
+    mx = fmaxf(mx, v);
+  }
+  smin[threadIdx.x] = best;
+  smax[threadIdx.x] = mx;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      smin[threadIdx.x] = fminf(smin[threadIdx.x], smin[threadIdx.x + s]);
+      smax[threadIdx.x] = fmaxf(smax[threadIdx.x], smax[threadIdx.x + s]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    delta[i] = smin[0];
+    row_max[i] = smax[0];
+  }
+}
+
+constexpr int kSelectThreads = 1024;
+
+// Block-wide exclusive prefix sum of one value per thread (kSelectThreads threads).
+__device__ int BlockExclusiveScan(int v, int* buf, int* total) {
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  for (int off = 1; off < kSelectThreads; off <<= 1) {
+    const int add = threadIdx.x >= off ? buf[threadIdx.x - off] : 0;
+    __syncthreads();
+    buf[threadIdx.x] += add;
+    __syncthreads();
+  }
+  const int incl = buf[threadIdx.x];
+  *total = buf[kSelectThreads - 1];
+  __syncthreads();
+  return incl - v;
+}
+
+// One block: dmax, scores, the centres (threshold / fallback / cap, in index order).
+__global__ void SelectKernel(const float* __restrict__ rho, const float* __restrict__ delta,
+                             const float* __restrict__ row_max, int n, double threshold, int fallback, int max_tokens,
+                             float* __restrict__ scores, int* __restrict__ centers, int* __restrict__ center_of,
+                             int* __restrict__ count) {
+  __shared__ float sred[kSelectThreads];
+  __shared__ int sbuf[kSelectThreads];
+  __shared__ int s_total;
+  const int tid = threadIdx.x;
+  float mx = 0.f;
+  for (int i = tid; i < n; i += kSelectThreads) mx = fmaxf(mx, row_max[i]);
+  sred[tid] = mx;
+  __syncthreads();
+  for (int s = kSelectThreads / 2; s > 0; s >>= 1) {
+    if (tid < s) sred[tid] = fmaxf(sred[tid], sred[tid + s]);
+    __syncthreads();
+  }
+  const float dmax = sred[0];
+  // Each thread owns a contiguous chunk of indices so the scans keep index order.
+  const int chunk = (n + kSelectThreads - 1) / kSelectThreads;
+  const int begin = min(n, tid * chunk), end = min(n, begin + chunk);
+  int passing = 0;
+  for (int i = begin; i < end; ++i) {
+    const float dl = delta[i];
+    const float sc = __fmul_rn(rho[i], dl == CUDART_INF_F ? dmax : dl);
+    scores[i] = sc;
+    center_of[i] = -1;
+    passing += static_cast<double>(sc) > threshold;
+  }
+  __syncthreads();
+  int total_passing;
+  BlockExclusiveScan(passing, sbuf, &s_total);
+  total_passing = s_total;
+  const bool use_all = total_passing == 0;  // fallback: every patch is a candidate
+  const int candidates = use_all ? n : total_passing;
+  int take = use_all ? min(fallback, n) : total_passing;
+  if (max_tokens > 0) take = min(take, max_tokens);
+  // Keep candidate i when fewer than `take` candidates beat it (score desc, index asc).
+  int kept = 0;
+  for (int i = begin; i < end; ++i) {
+    const float si = scores[i];
+    const bool cand = use_all || static_cast<double>(si) > threshold;
+    bool keep = cand;
+    if (cand && take < candidates) {
+      int better = 0;
+      for (int j = 0; j < n && better < take; ++j) {
+        const float sj = scores[j];
+        const bool cj = use_all || static_cast<double>(sj) > threshold;
+        better += cj && (sj > si || (sj == si && j < i));
+      }
+      keep = better < take;
+    }
+    kept += keep;
+  }
+  const int offset = BlockExclusiveScan(kept, sbuf, &s_total);
+  int pos = offset;
+  for (int i = begin; i < end; ++i) {
+    const float si = scores[i];
+    const bool cand = use_all || static_cast<double>(si) > threshold;
+    bool keep = cand;
+    if (cand && take < candidates) {
+      int better = 0;
+      for (int j = 0; j < n && better < take; ++j) {
+        const float sj = scores[j];
+        const bool cj = use_all || static_cast<double>(sj) > threshold;
+        better += cj && (sj > si || (sj == si && j < i));
+      }
+      keep = better < take;
+    }
+    if (keep) {
+      centers[pos] = i;
+      center_of[i] = pos;
+      ++pos;
+    }
+  }
+  if (tid == 0) *count = s_total;
+}
+
+__global__ void LabelKernel(const float* __restrict__ d, int n, const int* __restrict__ centers,
+                            const int* __restrict__ center_of, const int* __restrict__ count, int* __restrict__ labels) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  if (center_of[i] >= 0) {
+    labels[i] = center_of[i];
+    return;
+  }
+  const int L = *count;
+  const float* row = d + static_cast<size_t>(i) * n;
+  int best = 0;
+  float bd = row[centers[0]];
+  for (int m = 1; m < L; ++m) {
+    const float v = row[centers[m]];
+    if (v < bd) {
+      bd = v;
+      best = m;
+    }
+  }
+  labels[i] = best;
+}
+
+}  // namespace
+
+void LaunchGram(const float* x, int n, int dim, float* gram, cudaStream_t stream) {
+  const int tiles = (n + kTile - 1) / kTile;
+  GramKernel<<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(x, n, dim, gram);
+}
+
+void LaunchDistances(const float* gram, int n, int dim, float* dist, cudaStream_t stream) {
+  DistKernel<<<dim3((n + 255) / 256, n), 256, 0, stream>>>(gram, n, static_cast<float>(dim), dist);
+}
+
+void LaunchDensity(const float* dist, int n, int k, float* rho, cudaStream_t stream) {
+  int padded = 1;
+  while (padded < n) padded <<= 1;
+  const int threads = padded / 2 < 32 ? 32 : (padded / 2 > 1024 ? 1024 : padded / 2);
+  DensityKernel<<<n, threads, padded * sizeof(float), stream>>>(dist, n, padded, k, rho);
+}
+
+void LaunchSelect(const float* dist, const float* rho, int n, double threshold, int fallback, int max_tokens,
+                  float* delta, float* row_max, float* scores, int* centers, int* center_of, int* count,
+                  int* labels, cudaStream_t stream) {
+  DeltaKernel<<<n, 256, 0, stream>>>(dist, rho, n, delta, row_max);
+  SelectKernel<<<1, kSelectThreads, 0, stream>>>(rho, delta, row_max, n, threshold, fallback, max_tokens, scores,
+                                                  centers, center_of, count);
+  LabelKernel<<<(n + 255) / 256, 256, 0, stream>>>(dist, n, centers, center_of, count, labels);
+}
+
+}  // namespace setokim::cuda
