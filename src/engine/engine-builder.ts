@@ -3,10 +3,10 @@
  * strongly typed, on a worker thread) and writes the manifest beside the plan. Engines are built
  * on the device they run on: a plan is bound to its TensorRT version and GPU (docs/ENGINES.md).
  */
-import { statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { SetokimError } from '../errors.js';
-import type { StageSignature } from './contract.js';
+import type { Architecture, StageName, StageSignature } from './contract.js';
 import { ENGINE_MANIFEST_FORMAT, type EngineManifest, engineManifestPath, machineInfo, sha256File } from './engine-manifest.js';
 import { type NativeAddon, loadNative } from './native.js';
 import { tensorrtUnavailableReason } from './tensorrt.js';
@@ -16,12 +16,10 @@ export interface BuildEngineOptions {
   onnx: string;
   plan: string;
   signature: StageSignature;
-  /** Largest size of each named input dim (e.g. { L: 256 }); every named dim needs one. */
-  maxDims: Record<string, number>;
-  /** Smallest size of each named dim (default 1). */
-  minDims?: Record<string, number>;
-  /** The size TensorRT tunes kernels for (default: the max). */
-  optDims?: Record<string, number>;
+  /** One optimisation profile per entry: each named dim's min/opt/max (see stageDimProfiles). */
+  profiles?: DimRanges[];
+  /** Shorthand for one profile: the largest size of each named dim (min 1, opt = max). */
+  maxDims?: Record<string, number>;
   /** The precision written into the ONNX graph (recorded; the network is strongly typed). */
   precision: EngineManifest['precision'];
   /** Builder workspace limit; small boards run out of memory without one (default 1 GiB). */
@@ -35,13 +33,41 @@ export interface BuildEngineOptions {
 
 type Profile = EngineManifest['profiles'][number];
 
+/** Sizes of each named dim in one optimisation profile. */
+export type DimRanges = Record<string, { min: number; opt: number; max: number }>;
+
+/** Where a model set's engines live: machine-specific, so beside the portable set, not in its manifest. */
+export const engineDir = (setDir: string): string => path.join(setDir, 'engines');
+export const enginePlanPath = (setDir: string, stage: string, precision: string): string =>
+  path.join(engineDir(setDir), `${stage}.${precision}.plan`);
+
+const range = (min: number, opt: number, max: number) => ({ min, opt: Math.min(Math.max(opt, min), max), max });
+
+/**
+ * Default profiles per stage from the architecture: vision tokens L in 1..maxTokens, the LLM with a
+ * prefill profile (T up to the context, no past) and a decode profile (T = 1, past up to the
+ * context), the diffusion batch up to `diffusionBatch`.
+ */
+export function stageDimProfiles(
+  stage: StageName,
+  a: Architecture,
+  limits: { maxTokens?: number; maxContext?: number; diffusionBatch?: number } = {},
+): DimRanges[] {
+  const L = limits.maxTokens ?? a.cluster.maxTokens;
+  const ctx = limits.maxContext ?? a.llm.maxContext;
+  const B = limits.diffusionBatch ?? 8;
+  const common = { batch: range(1, 1, 1), L: range(1, Math.ceil(L / 2), L), B: range(1, 2, B), T: range(1, Math.min(64, ctx), ctx) };
+  if (stage === 'llm') {
+    return [
+      { ...common, T: range(1, Math.min(512, ctx), ctx), P: range(0, 0, ctx) },
+      { ...common, T: range(1, 1, 1), P: range(0, Math.ceil(ctx / 2), ctx) },
+    ];
+  }
+  return [common];
+}
+
 /** One optimisation profile from the signature: fixed dims stay fixed, named dims span min..max. */
-export function profileFromSignature(
-  sig: StageSignature,
-  maxDims: Record<string, number>,
-  minDims: Record<string, number> = {},
-  optDims: Record<string, number> = {},
-): Profile {
+export function profileFromSignature(sig: StageSignature, dims: DimRanges): Profile {
   const profile: Profile = {};
   for (const spec of sig.inputs) {
     const min: number[] = [];
@@ -52,12 +78,11 @@ export function profileFromSignature(
         min.push(d), opt.push(d), max.push(d);
         continue;
       }
-      const hi = maxDims[d];
-      if (hi === undefined) {
-        throw new SetokimError('BAD_ARGUMENT', `input '${spec.name}' has dynamic dim '${d}': give its largest size (maxDims.${d})`);
+      const r = dims[d];
+      if (r === undefined) {
+        throw new SetokimError('BAD_ARGUMENT', `input '${spec.name}' has dynamic dim '${d}': the profile needs its min/opt/max`);
       }
-      const lo = minDims[d] ?? 1;
-      const mid = optDims[d] ?? hi;
+      const { min: lo, opt: mid, max: hi } = r;
       if (!(lo <= mid && mid <= hi)) throw new SetokimError('BAD_ARGUMENT', `dim '${d}' needs min <= opt <= max, got ${lo}, ${mid}, ${hi}`);
       min.push(lo), opt.push(mid), max.push(hi);
     }
@@ -75,12 +100,15 @@ export async function buildEngine(o: BuildEngineOptions): Promise<EngineManifest
   const addon = load();
   const machine = machineInfo(addon.capabilities());
   const gpu = machine.gpus[0]!;
-  const profile = profileFromSignature(o.signature, o.maxDims, o.minDims, o.optDims);
+  const dimProfiles =
+    o.profiles ?? [Object.fromEntries(Object.entries(o.maxDims ?? {}).map(([k, v]) => [k, { min: 1, opt: v, max: v }]))];
+  const profiles = dimProfiles.map((p) => profileFromSignature(o.signature, p));
   const workspaceBytes = o.workspaceBytes ?? 1 << 30;
+  mkdirSync(path.dirname(o.plan), { recursive: true });
   let result;
   try {
     result = await addon.trtBuildEngine!(
-      { onnx: o.onnx, plan: o.plan, workspaceBytes, timingCache: o.timingCache, profiles: [profile], device: gpu.index },
+      { onnx: o.onnx, plan: o.plan, workspaceBytes, timingCache: o.timingCache, profiles, device: gpu.index },
       o.onProgress,
     );
   } catch (err) {
@@ -102,7 +130,7 @@ export async function buildEngine(o: BuildEngineOptions): Promise<EngineManifest
     precision: o.precision,
     stronglyTyped: true,
     versionCompatible: false,
-    profiles: [profile],
+    profiles,
     io: o.signature,
     builder: { workspaceBytes, timingCache: !!o.timingCache, seconds: result.seconds },
     builtAt: new Date().toISOString(),

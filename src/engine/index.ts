@@ -8,3 +8,4 @@ export * from './tensorrt.js';
 export * from './engine-manifest.js';
 export * from './native.js';
 export * from './engine-builder.js';
+export * from './stage-source.js';

@@ -32,7 +32,7 @@ export interface Attempt {
   reason: string;
 }
 
-export interface OpenOptions extends Omit<SessionOptions, 'signature' | 'stage'> {
+export interface StageOpenOptions extends Omit<SessionOptions, 'signature' | 'stage'> {
   /** Only these backends, by name (e.g. from a CLI --backend flag). */
   only?: readonly string[];
   /** Called for each backend passed over, before the one that opened. */
@@ -81,7 +81,7 @@ export class BackendRegistry {
   }
 
   /** Opens a stage on the best backend that can; throws one BACKEND_UNAVAILABLE listing every reason. */
-  async open(source: StageSource, options: OpenOptions = {}): Promise<Session> {
+  async open(source: StageSource, options: StageOpenOptions = {}): Promise<Session> {
     const { only, onSkip, ...sessionOptions } = options;
     const tried: Attempt[] = [];
     const skip = (backend: string, reason: string) => {

@@ -12,10 +12,43 @@ EngineSession::EngineSession(std::shared_ptr<const Engine> engine) : engine_(std
                      engine_->logger().LastError());
 }
 
+int32_t EngineSession::PickProfile(const std::map<std::string, HostTensor>& inputs) const {
+  using nvinfer1::OptProfileSelector;
+  nvinfer1::ICudaEngine& e = engine_->engine();
+  const int32_t n = e.getNbOptimizationProfiles();
+  for (int32_t p = 0; p < n; ++p) {
+    bool fits = true;
+    for (const IoTensorInfo& io : engine_->io()) {
+      if (!io.isInput) continue;
+      auto it = inputs.find(io.name);
+      if (it == inputs.end()) throw std::invalid_argument("missing input '" + io.name + "'");
+      const nvinfer1::Dims lo = e.getProfileShape(io.name.c_str(), p, OptProfileSelector::kMIN);
+      const nvinfer1::Dims hi = e.getProfileShape(io.name.c_str(), p, OptProfileSelector::kMAX);
+      const std::vector<int64_t>& dims = it->second.dims;
+      if (lo.nbDims != static_cast<int32_t>(dims.size())) {
+        throw std::invalid_argument("input '" + io.name + "' must have rank " + std::to_string(lo.nbDims));
+      }
+      for (int32_t k = 0; k < lo.nbDims && fits; ++k) fits = dims[k] >= lo.d[k] && dims[k] <= hi.d[k];
+      if (!fits) break;
+    }
+    if (fits) return p;
+  }
+  throw std::invalid_argument("the input shapes fit none of the engine's " + std::to_string(n) +
+                              " optimisation profiles; rebuild the engine with larger limits");
+}
+
 std::map<std::string, HostTensor> EngineSession::Run(const std::map<std::string, HostTensor>& inputs) {
   std::lock_guard<std::mutex> lock(mu_);
   SETOKIM_CUDA_CHECK(cudaSetDevice(engine_->device()));
   const cudaStream_t stream = stream_.get();
+  const int32_t profile = PickProfile(inputs);
+  if (profile != profile_) {
+    if (!context_->setOptimizationProfileAsync(profile, stream)) {
+      throw std::runtime_error("cannot switch to optimisation profile " + std::to_string(profile) + ": " +
+                               engine_->logger().LastError());
+    }
+    profile_ = profile;
+  }
 
   for (const IoTensorInfo& io : engine_->io()) {
     if (!io.isInput) continue;

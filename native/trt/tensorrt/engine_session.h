@@ -32,10 +32,14 @@ class EngineSession {
   const Engine& engine() const { return *engine_; }
 
  private:
+  // The first optimisation profile whose min..max holds every input shape; throws when none does.
+  int32_t PickProfile(const std::map<std::string, HostTensor>& inputs) const;
+
   std::shared_ptr<const Engine> engine_;  // outlives the context
   CudaStream stream_;
   TrtPtr<nvinfer1::IExecutionContext> context_;
   std::map<std::string, DeviceBuffer> buffers_;
+  int32_t profile_ = 0;  // the context starts on profile 0
   std::mutex mu_;
 };
 
