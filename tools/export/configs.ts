@@ -50,7 +50,9 @@ const tiny: Architecture = {
 const small: Architecture = {
   image: { size: 384, patch: 14, ...SIGLIP_IMAGE }, // 27 x 27 = 729 patches
   encoder: { width: 384, layers: 12, heads: 6, mlp: 1536 },
-  cluster: { k: 64, threshold: 0.5, fallback: 8, maxTokens: 64 },
+  // Calibrated like tiny (seed 1): flat images 1 token, 4 shapes 6, 12 shapes 11, 20-40 shapes 14-18.
+  // k 64 (the released value) merges these random-weight features too coarsely (busy images 5-9).
+  cluster: { k: 16, threshold: 0.55, fallback: 8, maxTokens: 64 },
   merger: { heads: 2, depth: 2, mlp: 1536, tokenWidth: 512 },
   llm: {
     hidden: 512,
