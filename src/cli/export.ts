@@ -10,9 +10,10 @@ import { SetokimError } from '../errors.js';
 import { SYNTH_CONFIGS } from '../../tools/export/configs.js';
 import { synthesize } from '../../tools/export/synth.js';
 import { registerPlanCommand } from '../../tools/export/plan.js';
+import { registerEngineCommand } from '../../tools/export/engine.js';
 
 /** Subcommands of `export`, each registered on the `export` command. Add `registerPlanCommand` here. */
-const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand];
+const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand, registerEngineCommand];
 
 export function registerExport(program: Command): Command {
   const exportCmd = program.command('export').description('build model sets: synthesise reference sets, plan a real export');

@@ -1,0 +1,97 @@
+/**
+ * `setokim export engine`: builds TensorRT engines (.plan + manifest) for a model set's stages on
+ * this machine, a Jetson or a build machine of the same module and JetPack (docs/ENGINES.md).
+ * Without TensorRT it stops at once with BACKEND_UNAVAILABLE and says why.
+ */
+import { SingleBar, Presets } from 'cli-progress';
+import type { Command } from 'commander';
+import path from 'node:path';
+import { z } from 'zod';
+import { SetokimError } from '../../src/errors.js';
+import { STAGES, type StageName } from '../../src/engine/contract.js';
+import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engine-builder.js';
+import { PRECISIONS } from '../../src/engine/manifest.js';
+import { openModelSet } from '../../src/engine/modelset.js';
+import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
+
+const EngineOptions = z.object({
+  model: z.string().min(1),
+  stages: z
+    .string()
+    .optional()
+    .transform((s) => (s ? s.split(',').map((x) => x.trim()) : undefined))
+    .pipe(z.array(z.enum(STAGES)).optional()),
+  precision: z.enum(PRECISIONS).optional(),
+  maxTokens: z.coerce.number().int().positive().optional(),
+  maxContext: z.coerce.number().int().positive().optional(),
+  workspaceMb: z.coerce.number().int().positive().default(1024),
+  timingCache: z.string().optional(),
+  out: z.string().optional(),
+  progress: z.boolean().default(true),
+});
+
+export function registerEngineCommand(exportCmd: Command): void {
+  exportCmd
+    .command('engine')
+    .description('build TensorRT engines for a model set on this device (a plan only runs on the TensorRT and GPU that built it)')
+    .requiredOption('--model <dir>', 'model set directory (holds manifest.json)')
+    .option('--stages <list>', `comma-separated stages (default: every stage in the set): ${STAGES.join(', ')}`)
+    .option('--precision <p>', `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file)`)
+    .option('--max-tokens <n>', 'largest vision-token count L the engines accept (default: the architecture maxTokens)')
+    .option('--max-context <n>', 'largest LLM context (default: the architecture maxContext)')
+    .option('--workspace-mb <n>', 'builder workspace limit in MiB; lower it on 8 GB boards', '1024')
+    .option('--timing-cache <file>', 'timing cache to reuse and update (default: <out>/timing.cache)')
+    .option('--out <dir>', 'where to write engines (default: <model>/engines)')
+    .option('--no-progress', 'no progress bar')
+    .action(async (raw: unknown) => {
+      const parsed = EngineOptions.safeParse(raw);
+      if (!parsed.success) {
+        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
+        throw new SetokimError('BAD_ARGUMENT', `export engine: ${msg}`);
+      }
+      const o = parsed.data;
+      const why = tensorrtUnavailableReason();
+      if (why) {
+        throw new SetokimError(
+          'BACKEND_UNAVAILABLE',
+          `export engine needs TensorRT and a GPU: ${why}. Run it on the Jetson that will serve the engines ` +
+            '(`setokim doctor` shows what this build and machine have); ONNX Runtime serves the set without engines.',
+        );
+      }
+      const set = await openModelSet(o.model);
+      const out = o.out ?? engineDir(set.dir);
+      const timingCache = o.timingCache ?? path.join(out, 'timing.cache');
+      const stages = (o.stages ?? STAGES.filter((s) => set.has(s))) as StageName[];
+      for (const stage of stages) {
+        if (!set.has(stage)) throw new SetokimError('MODEL_NOT_FOUND', `model set ${set.id} has no ${stage} stage`);
+        const onnx = set.stagePath(stage, o.precision);
+        const precision = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
+        const plan = path.join(out, `${stage}.${precision}.plan`);
+        const bar = o.progress && process.stderr.isTTY ? new SingleBar({ format: `${stage} {bar} {value}/{total} {phase}`, hideCursor: true }, Presets.shades_classic) : null;
+        let lastPhase = '';
+        const m = await buildEngine({
+          stage,
+          onnx,
+          plan,
+          signature: set.manifest.stages[stage]!.signature,
+          profiles: stageDimProfiles(stage, set.architecture, { maxTokens: o.maxTokens, maxContext: o.maxContext }),
+          precision,
+          workspaceBytes: o.workspaceMb * 1024 * 1024,
+          timingCache,
+          onProgress: (phase, step, steps) => {
+            if (bar) {
+              if (!bar.isActive) bar.start(Math.max(steps, 1), step, { phase });
+              bar.setTotal(Math.max(steps, 1));
+              bar.update(step, { phase });
+            } else if (phase !== lastPhase) {
+              process.stderr.write(`${stage}: ${phase}\n`);
+            }
+            lastPhase = phase;
+          },
+        }).finally(() => bar?.stop());
+        process.stdout.write(
+          `${stage}: ${path.relative(process.cwd(), plan)} (${(m.bytes / 2 ** 20).toFixed(1)} MiB, TensorRT ${m.tensorrt}, SM ${m.sm}, ${m.builder.seconds.toFixed(1)} s)\n`,
+        );
+      }
+    });
+}
