@@ -97,7 +97,11 @@ export class ClusterStream {
   /** Clusters the next frame; frames are processed in push order, one at a time. */
   push(features: Float32Array): Promise<StreamFrame> {
     if (this.closed) return Promise.reject(new SetokimError('BAD_ARGUMENT', 'ClusterStream: push() after close().'));
-    validateCluster(features, { ...this.params });
+    try {
+      validateCluster(features, { ...this.params });
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const run = this.queue.then(() => this.process(features));
     this.queue = run.catch(() => undefined);
     return run;
