@@ -1,7 +1,8 @@
 /**
  * Pipeline benchmark on the `small` reference set (27 x 27 = 729 patches, ViT-S encoder, ~60 M
  * LLaMA). Run: `npx tsx bench/pipeline.ts [--models DIR] [--runs N] [--tokens N] [--threads N]`.
- * Synthesises the set into the temp dir the first time (seed 1) when --models is not given.
+ * Synthesises the set (seed 1) into the temp dir when --models is not given and the cached copy is
+ * missing or was made from another version of the config.
  *
  * Prints, measured side by side in one run:
  * - time per stage, time to first token and decode tokens/s over N `ask` queries;
@@ -10,11 +11,13 @@
  * - orchestration overhead: wall time of a query over the sum of its stage times (target <= 1.10);
  * - two queries in flight at once against the same two one after the other.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { synthesize } from '../tools/export/synth.js';
+import { CONFIGS } from '../tools/export/configs.js';
 import { patchGrid } from '../src/engine/contract.js';
 import { createPipeline, type LocalPipeline } from '../src/pipeline/pipeline.js';
 import { LlmContext } from '../src/pipeline/generate.js';
@@ -43,7 +46,9 @@ const ms = (x: number) => `${x.toFixed(1)} ms`;
 async function modelsDir(): Promise<string> {
   if (args.models) return args.models;
   const dir = path.join(tmpdir(), 'setokim-bench', 'small-seed1');
-  if (!existsSync(path.join(dir, 'manifest.json'))) {
+  const manifest = path.join(dir, 'manifest.json');
+  const current = existsSync(manifest) && isDeepStrictEqual(JSON.parse(readFileSync(manifest, 'utf8')).architecture, CONFIGS.small);
+  if (!current) {
     process.stdout.write(`synthesising the small set into ${dir} ...\n`);
     await synthesize({ config: 'small', seed: 1, out: dir });
   }

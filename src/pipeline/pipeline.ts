@@ -9,7 +9,9 @@ import path from 'node:path';
 import { z } from 'zod';
 import { createDefaultRegistry } from '../engine/registry.js';
 import { headDim, STAGES, type StageName } from '../engine/contract.js';
-import { loadManifest, verifyModelSet } from '../engine/manifest.js';
+import { PRECISIONS } from '../engine/manifest.js';
+import { openModelSet } from '../engine/modelset.js';
+import { stageSource } from '../engine/stage-source.js';
 import { errorCode, SetokimError } from '../errors.js';
 import { EventChannel } from './channel.js';
 import { KvBudget, kvBytesPerToken } from './kv-cache.js';
@@ -29,6 +31,8 @@ const OptionsSchema = z
     maxInFlight: z.number().int().positive().max(64).optional(),
     maxTokens: z.number().int().positive().optional(),
     verify: z.boolean().optional(),
+    /** Which build of each stage to run (a stage without it uses its main file). */
+    precision: z.enum(PRECISIONS).optional(),
   })
   .strict();
 
@@ -50,27 +54,18 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
     throw new SetokimError('BAD_CONFIG', `pipeline options: ${i.path.join('.') || 'options'}: ${i.message}`);
   }
   const o = parsed.data;
-  const dir = path.resolve(o.modelsDir);
-  const manifest = await loadManifest(dir);
-  const files =
-    o.verify === false
-      ? Object.fromEntries(Object.entries(manifest.stages).map(([s, e]) => [s, path.join(dir, e!.file)]))
-      : await verifyModelSet(dir, manifest);
-  const a = manifest.architecture;
-  const tokenizer = await loadTokenizer(dir, { expect: a.tokens });
+  const set = await openModelSet(path.resolve(o.modelsDir), { verify: o.verify });
+  const a = set.architecture;
+  const tokenizer = await loadTokenizer(set.dir, { expect: a.tokens });
   const registry = createDefaultRegistry();
-  // Each stage session gets its own worker; split the cores between the two busiest (encoder, LLM).
   const threads = o.threads ?? Math.max(1, availableParallelism());
   const stages: Partial<Record<StageName, GatedStage>> = {};
   const backends = new Set<string>();
   try {
     for (const s of STAGES) {
-      const entry = manifest.stages[s];
-      if (!entry) continue;
-      const file = (files as Record<string, string>)[s]!;
-      const source =
-        entry.format === 'tensorrt' ? { stage: s, engine: file, signature: entry.signature } : { stage: s, onnx: file, signature: entry.signature };
-      const session = await registry.open(source, { threads, only: o.backend ? [o.backend] : undefined });
+      if (!set.has(s)) continue;
+      const precision = o.precision && set.variants(s).some((v) => v.precision === o.precision) ? o.precision : undefined;
+      const session = await registry.open(stageSource(set, s, precision), { threads, only: o.backend ? [o.backend] : undefined });
       backends.add(session.backend);
       stages[s] = new GatedStage(s, session);
     }
@@ -84,7 +79,7 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   const kv = new KvBudget(o.kvBudgetBytes ?? maxInFlight * a.llm.maxContext * perToken);
   const maxTokens = o.maxTokens ?? 256;
   return new SetokimPipeline(models, kv, new Semaphore(maxInFlight), {
-    modelSetId: manifest.id,
+    modelSetId: set.id,
     backend: [...backends].join('+'),
     maxTokens,
     maxContext: a.llm.maxContext,

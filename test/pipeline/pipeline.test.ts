@@ -14,7 +14,7 @@ let flat: Uint8Array;
 t.before(async () => {
   const set = await tinySet();
   t.teardown(set.cleanup);
-  p = await createPipeline({ modelsDir: set.dir, threads: 1, maxInFlight: 3, verify: false });
+  p = await createPipeline({ modelsDir: set.dir, threads: 1, maxInFlight: 3 });
   t.teardown(() => p.close());
   busy = await busyImage();
   flat = await flatImage();
@@ -92,6 +92,8 @@ t.test('the same seed gives the same text and pictures; another seed other text'
   const g1 = of(await run({ task: 'generate', prompt: 'a cat', generation: { ...gen, seed: 3 } }), 'image')[0]!;
   const g2 = of(await run({ task: 'generate', prompt: 'a cat', generation: { ...gen, seed: 3 } }), 'image')[0]!;
   t.same(Buffer.from(g1.png), Buffer.from(g2.png));
+  const g3 = of(await run({ task: 'generate', prompt: 'a cat', generation: { ...gen, seed: 4 } }), 'image')[0]!;
+  t.not(Buffer.from(g1.png).toString('hex'), Buffer.from(g3.png).toString('hex'), 'another seed, another image');
 });
 
 t.test('a flat image gives fewer vision tokens than a busy one', async (t) => {

@@ -21,7 +21,7 @@ t.test('setokim run streams the answer, writes pictures beside the image and pri
   });
   const image = path.join(work, 'shapes.jpg');
   await writeFile(image, await busyImage());
-  const r = cli(['run', '--models', set.dir, '--image', image, '--prompt', 'Segment the circle', '--task', 'segment', '--max-tokens', '6', '--seed', '3', '--no-verify']);
+  const r = cli(['run', '--models', set.dir, '--image', image, '--prompt', 'Segment the circle', '--task', 'segment', '--max-tokens', '6', '--seed', '3']);
   t.equal(r.status, 0, r.stderr);
   t.match(r.stdout, /tokens: \d+ vision, \d+ prompt, 6 generated \(length\)/);
   t.match(r.stdout, /stages \(ms\): preprocess/);
