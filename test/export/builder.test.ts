@@ -16,13 +16,14 @@ t.test('initializers are raw little-endian float32 with scoped names', async (t)
   const m = decodeModel(tinyGraph().encode());
   t.equal(Number(m.irVersion), IR_VERSION);
   t.equal(Number(m.opsetImport[0]!.version), OPSET);
-  const w = m.graph!.initializer.find((i) => i.name === 'lin/weight')!;
+  const w = m.graph!.initializer!.find((i) => i.name === 'lin/weight')!;
   t.ok(w, 'scoped name');
-  t.same(w.dims.map(Number), [3, 3]);
-  t.equal(w.floatData.length, 0, 'no float_data: raw_data only');
-  const view = new DataView(w.rawData.buffer, w.rawData.byteOffset, w.rawData.byteLength);
+  t.same(w.dims!.map(Number), [3, 3]);
+  t.equal(w.floatData?.length ?? 0, 0, 'no float_data: raw_data only');
+  const raw = w.rawData!;
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   t.same(Array.from({ length: 9 }, (_, i) => view.getFloat32(i * 4, true)), Array.from(Float32Array.from([1, 2, 3, 4, 5, 6, -1.5, 0.25, 1e-20])));
-  t.same(m.graph!.input[0]!.type!.tensorType!.shape!.dim!.map((d) => d.dimParam || Number(d.dimValue)), ['N', 3]);
+  t.same(m.graph!.input![0]!.type!.tensorType!.shape!.dim!.map((d) => d.dimParam || Number(d.dimValue)), ['N', 3]);
 });
 
 t.test('the graph runs and the same calls give the same bytes', async (t) => {

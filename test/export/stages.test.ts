@@ -31,15 +31,15 @@ t.test('tiny: every stage follows the contract', async (t) => {
       const model = decodeModel(bytes);
       t.equal(Number(model.irVersion), IR_VERSION);
       t.same(model.opsetImport.map((o) => [o.domain, Number(o.version)]), [['', OPSET]]);
-      const io = (vs: typeof model.graph.input) =>
-        vs.map((v) => ({
+      const io = (vs: NonNullable<typeof model.graph>['input']) =>
+        vs!.map((v) => ({
           name: v.name,
           dtype: ELEM[v.type!.tensorType!.elemType!],
           shape: v.type!.tensorType!.shape!.dim!.map((d) => (d.dimParam ? d.dimParam : Number(d.dimValue))),
         }));
       t.same(io(model.graph!.input), sig.inputs, 'declared inputs');
       t.same(io(model.graph!.output), sig.outputs, 'declared outputs');
-      const ops = new Set(model.graph!.node.map((n) => n.opType));
+      const ops = new Set(model.graph!.node!.map((n) => n.opType!));
       t.same([...ops].filter((o) => !TENSORRT_OPS.has(o)), [], 'only TensorRT-parsable ops');
 
       const s = await session(join(dir, `${stage}.onnx`));
