@@ -46,7 +46,8 @@ export function registerEngineCommand(exportCmd: Command): void {
     .action(async (raw: unknown) => {
       const parsed = EngineOptions.safeParse(raw);
       if (!parsed.success) {
-        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
+        const flag = (key: PropertyKey | undefined) => `--${String(key ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+        const msg = parsed.error.issues.map((i) => `${flag(i.path[0])}: ${i.message}`).join('; ');
         throw new SetokimError('BAD_ARGUMENT', `export engine: ${msg}`);
       }
       const o = parsed.data;

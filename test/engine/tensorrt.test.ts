@@ -1,0 +1,100 @@
+/**
+ * The TensorRT backend's TypeScript side: why it is unavailable, and that a plan is refused on its
+ * manifest before the addon ever sees it. Where the real addon has no TensorRT, a stand-in addon
+ * reports a Jetson's capabilities; its trtLoadEngine must never be reached by a refused engine.
+ */
+import t from 'tap';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { ENGINE_MANIFEST_FORMAT, engineManifestPath, sha256File } from '../../src/engine/engine-manifest.js';
+import { buildEngine, profileFromSignature, stageDimProfiles } from '../../src/engine/engine-builder.js';
+import { type Capabilities, type NativeAddon, capabilities } from '../../src/engine/native.js';
+import { TensorRtBackend, tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
+import { ADD_MATMUL_SIGNATURE, tmpDir } from './fixtures.js';
+import type { Architecture } from '../../src/engine/contract.js';
+
+const dir = tmpDir();
+
+function jetson(over: { tensorrt?: boolean; gpus?: number; trtVersion?: string } = {}): NativeAddon & { loads: string[] } {
+  const loads: string[] = [];
+  const caps: Capabilities = {
+    compiled: { cuda: true, cudaVersion: '12.6', cudaArchitectures: '87', tensorrt: over.tensorrt ?? true, tensorrtVersion: '10.3.0', simd: 'neon' },
+    present: {
+      gpus: Array.from({ length: over.gpus ?? 1 }, (_, i) => ({ index: i, name: 'Orin', computeCapability: '8.7', totalMemoryBytes: 8e9 })),
+      cudaDriverVersion: 12060,
+      gpuProbeError: (over.gpus ?? 1) === 0 ? 'no CUDA-capable device is detected' : null,
+      tensorrtLibraryVersion: over.trtVersion ?? '10.3.0',
+    },
+  };
+  return {
+    loads,
+    capabilities: () => caps,
+    trtLoadEngine: async (plan: string) => {
+      loads.push(plan);
+      throw new Error('stand-in addon: no real TensorRT here');
+    },
+  };
+}
+
+t.test('unavailable reasons: no TensorRT in the build, no GPU', async (t) => {
+  t.match(tensorrtUnavailableReason(() => jetson({ tensorrt: false })), /built without TensorRT.*TENSORRT_ROOT/);
+  t.match(tensorrtUnavailableReason(() => jetson({ gpus: 0 })), /no GPU is present \(no CUDA-capable device is detected\)/);
+  t.equal(tensorrtUnavailableReason(() => jetson()), undefined);
+  const real = capabilities();
+  const reason = tensorrtUnavailableReason();
+  t.equal(reason === undefined, real.compiled.tensorrt && real.present.gpus.length > 0, 'the real addon agrees with capabilities()');
+  const backend = new TensorRtBackend();
+  t.equal(await backend.available(), reason === undefined);
+  if (reason) await t.rejects(backend.open(path.join(dir, 'x.plan')), { code: 'BACKEND_UNAVAILABLE', message: reason.slice(0, 30) });
+});
+
+t.test('a plan is refused on its manifest before the addon loads it', async (t) => {
+  const plan = path.join(dir, 'add_matmul.fp32.plan');
+  writeFileSync(plan, 'plan bytes');
+  const addon = jetson();
+  const backend = new TensorRtBackend({ load: () => addon });
+  t.equal(await backend.available(), true);
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'MODEL_NOT_FOUND', message: /has no manifest/ });
+
+  const m = {
+    format: ENGINE_MANIFEST_FORMAT, stage: 'add_matmul', plan: path.basename(plan), sha256: await sha256File(plan), bytes: 10,
+    source: { file: 'add_matmul.onnx', sha256: 'c'.repeat(64) }, tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin',
+    jetpack: '6.1', l4t: null, precision: 'fp32', stronglyTyped: true,
+    profiles: [profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 16 } })],
+    io: ADD_MATMUL_SIGNATURE, builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 }, builtAt: '2026-11-27T00:00:00Z',
+  };
+  writeFileSync(engineManifestPath(plan), JSON.stringify({ ...m, tensorrt: '10.7.0' }));
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT 10\.7\.0, this machine has TensorRT 10\.3\.0/ });
+  writeFileSync(engineManifestPath(plan), JSON.stringify({ ...m, sha256: 'd'.repeat(64) }));
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'MODEL_HASH_MISMATCH' });
+  t.same(addon.loads, [], 'the addon never saw a refused plan');
+
+  writeFileSync(engineManifestPath(plan), JSON.stringify(m));
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT refused .*stand-in addon/ });
+  t.same(addon.loads, [plan], 'a compatible, intact plan reaches the addon');
+});
+
+t.test('engine builds need TensorRT and give every dynamic dim a range', async (t) => {
+  await t.rejects(
+    buildEngine({ stage: 'x', onnx: 'x.onnx', plan: path.join(dir, 'x.plan'), signature: ADD_MATMUL_SIGNATURE, maxDims: { L: 4 }, precision: 'fp32', load: () => jetson({ gpus: 0 }) }),
+    { code: 'BACKEND_UNAVAILABLE', message: /no GPU is present.*built on the Jetson/ },
+  );
+  t.same(profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 16 } }), {
+    x: { min: [1, 1, 4], opt: [1, 8, 4], max: [1, 16, 4] },
+    y: { min: [1, 1, 4], opt: [1, 8, 4], max: [1, 16, 4] },
+  });
+  t.throws(() => profileFromSignature(ADD_MATMUL_SIGNATURE, {}), { code: 'BAD_ARGUMENT', message: /dynamic dim 'L'/ });
+  t.throws(() => profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 4, opt: 2, max: 8 } }), { code: 'BAD_ARGUMENT' });
+});
+
+t.test('default stage profiles: vision tokens up to maxTokens, LLM prefill and decode', async (t) => {
+  const a = { cluster: { maxTokens: 64 }, llm: { maxContext: 2048 } } as Architecture;
+  const [merger] = stageDimProfiles('merger', a);
+  t.same(merger!.L, { min: 1, opt: 32, max: 64 });
+  const llm = stageDimProfiles('llm', a, { maxContext: 1024 });
+  t.equal(llm.length, 2);
+  t.same(llm[0]!.T, { min: 1, opt: 512, max: 1024 }, 'prefill');
+  t.same(llm[0]!.P, { min: 0, opt: 0, max: 1024 });
+  t.same(llm[1]!.T, { min: 1, opt: 1, max: 1 }, 'decode');
+  t.same(llm[1]!.P, { min: 0, opt: 512, max: 1024 });
+});
