@@ -158,6 +158,7 @@ export function encodeReply(event: PipelineEvent, meta: ReplyMeta): Uint8Array {
         finishReason: event.finishReason,
         stagesMs: event.stages,
         totalMs: event.totalMs,
+        ...(event.firstTokenMs !== undefined ? { firstTokenMs: event.firstTokenMs } : {}),
       };
       break;
     case 'error':
@@ -191,7 +192,7 @@ export function decodeReply(payload: Uint8Array): ReplyEvent {
     case 'done': {
       const d = r.done;
       const finishReason = finishReasons.includes(d.finishReason) ? d.finishReason : 'stop';
-      return { ...base, type: 'done', visionTokens: d.visionTokens, promptTokens: d.promptTokens, generatedTokens: d.generatedTokens, finishReason, stages: d.stagesMs, totalMs: d.totalMs };
+      return { ...base, type: 'done', visionTokens: d.visionTokens, promptTokens: d.promptTokens, generatedTokens: d.generatedTokens, finishReason, stages: d.stagesMs, totalMs: d.totalMs, ...(d.firstTokenMs != null ? { firstTokenMs: d.firstTokenMs } : {}) };
     }
     case 'error':
       return { ...base, type: 'error', code: (r.error.code || ErrorCodes.INTERNAL) as ErrorCode, message: r.error.message };

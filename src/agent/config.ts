@@ -52,6 +52,11 @@ export const agentConfigSchema = z
       .object({ port: port.default(9464), host: z.string().default('127.0.0.1'), enabled: z.boolean().default(true) })
       .strict()
       .default({ port: 9464, host: '127.0.0.1', enabled: true }),
+    /** How the pipeline runs the model set (see createPipeline). */
+    pipeline: z
+      .object({ backend: z.string().min(1).optional(), threads: z.number().int().min(1).optional(), verify: z.boolean().default(true) })
+      .strict()
+      .default({ verify: true }),
     /** How long SIGTERM waits for in-flight queries before giving up on them. */
     shutdownGraceMs: z.number().int().min(0).default(30_000),
     statusIntervalMs: z.number().int().min(100).default(5_000),
@@ -83,6 +88,8 @@ const ENV: Record<string, { path: string[]; type: 'string' | 'number' | 'boolean
   SETOKIM_CONCURRENCY: { path: ['limits', 'concurrency'], type: 'number' },
   SETOKIM_METRICS_PORT: { path: ['metrics', 'port'], type: 'number' },
   SETOKIM_METRICS: { path: ['metrics', 'enabled'], type: 'boolean' },
+  SETOKIM_BACKEND: { path: ['pipeline', 'backend'], type: 'string' },
+  SETOKIM_THREADS: { path: ['pipeline', 'threads'], type: 'number' },
 };
 
 function setPath(target: Json, path: string[], value: unknown): void {
@@ -157,10 +164,12 @@ export interface LoadConfigOptions {
   env?: NodeJS.ProcessEnv;
   /** Already shaped like the config (the CLI maps its flags onto these paths). */
   overrides?: Json;
+  /** Below the file: what the CLI fills in when nothing else says (e.g. fleet "default"). */
+  defaults?: Json;
 }
 
 export function loadAgentConfig(opts: LoadConfigOptions = {}): AgentConfig {
-  let data: Json = opts.file ? readFile(opts.file) : {};
+  let data: Json = merge(opts.defaults ?? {}, opts.file ? readFile(opts.file) : {});
   data = merge(data, fromEnv(opts.env ?? process.env));
   if (opts.overrides) data = merge(data, opts.overrides);
   return parseAgentConfig(data, opts.file ? `configuration (${opts.file} + environment + flags)` : 'configuration (environment + flags)');

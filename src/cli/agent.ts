@@ -1,0 +1,145 @@
+/**
+ * `setokim agent`: serve a model set over MQTT until SIGTERM or SIGINT, then stop gracefully
+ * (no new work, finish in-flight queries, publish offline). Configuration: --config FILE (JSON or
+ * YAML), SETOKIM_* variables, and flags, in rising priority.
+ */
+import type { Command } from 'commander';
+import { Agent, type LogLevel } from '../agent/agent.js';
+import { loadAgentConfig } from '../agent/config.js';
+import { SetokimError } from '../errors.js';
+import { createPipeline } from '../pipeline/index.js';
+
+interface AgentFlags {
+  config?: string;
+  broker?: string;
+  models?: string;
+  fleet?: string;
+  device?: string;
+  mqttVersion?: string;
+  username?: string;
+  password?: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
+  insecure?: boolean;
+  fleetSubscription?: string;
+  queueSize?: string;
+  concurrency?: string;
+  maxImageBytes?: string;
+  maxTokens?: string;
+  metricsPort?: string;
+  metrics?: boolean;
+  backend?: string;
+  threads?: string;
+  verify?: boolean;
+  verbose?: boolean;
+}
+
+/** A numeric flag, or undefined; a non-number is a usage error naming the flag. */
+function num(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new SetokimError('BAD_ARGUMENT', `--${flag} ${value} is not a number`);
+  return n;
+}
+
+export function flagsToConfig(f: AgentFlags): Record<string, unknown> {
+  return {
+    fleet: f.fleet,
+    device: f.device,
+    models: f.models,
+    fleetSubscription: f.fleetSubscription,
+    broker: {
+      url: f.broker,
+      protocolVersion: num('mqtt-version', f.mqttVersion),
+      username: f.username,
+      password: f.password,
+      ca: f.ca,
+      cert: f.cert,
+      key: f.key,
+      rejectUnauthorized: f.insecure ? false : undefined,
+    },
+    limits: {
+      queueSize: num('queue-size', f.queueSize),
+      concurrency: num('concurrency', f.concurrency),
+      maxImageBytes: num('max-image-bytes', f.maxImageBytes),
+      maxTokens: num('max-tokens', f.maxTokens),
+    },
+    metrics: { port: num('metrics-port', f.metricsPort), enabled: f.metrics === false ? false : undefined },
+    pipeline: { backend: f.backend, threads: num('threads', f.threads), verify: f.verify === false ? false : undefined },
+  };
+}
+
+export function stderrLogger(verbose: boolean) {
+  return (level: LogLevel, message: string): void => {
+    if (level === 'debug' && !verbose) return;
+    process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} ${message}\n`);
+  };
+}
+
+export function registerAgent(program: Command): void {
+  program
+    .command('agent')
+    .description('serve a model set over MQTT (queries in, streamed answers out, retained status); see docs/MQTT.md')
+    .option('--config <file>', 'configuration file (JSON or YAML); flags and SETOKIM_* variables override it')
+    .option('--broker <url>', 'mqtt://host:1883 or mqtts://host:8883 (SETOKIM_BROKER)')
+    .option('--models <dir>', 'model set directory (SETOKIM_MODELS)')
+    .option('--fleet <name>', 'fleet name, one topic level (SETOKIM_FLEET; default "default")')
+    .option('--device <id>', 'device id, one topic level (SETOKIM_DEVICE; default the host name)')
+    .option('--mqtt-version <v>', '5 (default) or 4 for MQTT 3.1.1 brokers')
+    .option('--username <name>', 'broker user name')
+    .option('--password <secret>', 'broker password (prefer SETOKIM_PASSWORD: flags show in ps)')
+    .option('--ca <pem>', 'CA certificate that signed the broker (mqtts)')
+    .option('--cert <pem>', 'client certificate (mqtts, with --key)')
+    .option('--key <pem>', 'client key (mqtts, with --cert)')
+    .option('--insecure', 'do not verify the broker certificate (testing only)')
+    .option('--fleet-subscription <how>', 'shared (default, $share/<fleet>/...), plain (brokers without shared subscriptions), off')
+    .option('--queue-size <n>', 'queries waiting at most, beyond which the agent answers BUSY (default 16)')
+    .option('--concurrency <n>', 'queries running at once (default 1)')
+    .option('--max-image-bytes <n>', 'larger images are refused with PAYLOAD_TOO_LARGE (default 8 MiB)')
+    .option('--max-tokens <n>', 'cap on new tokens per query')
+    .option('--metrics-port <port>', 'Prometheus metrics on 127.0.0.1:<port>/metrics (default 9464, 0 = any free port)')
+    .option('--no-metrics', 'no metrics endpoint')
+    .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
+    .option('--threads <n>', 'CPU threads per stage session')
+    .option('--no-verify', 'skip the sha256 check of the model files at start')
+    .option('--verbose', 'log every dropped duplicate and other debug lines')
+    .action(async (flags: AgentFlags) => {
+      const { hostname } = await import('node:os');
+      const device = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 64) || 'device';
+      const config = loadAgentConfig({ ...(flags.config ? { file: flags.config } : {}), defaults: { fleet: 'default', device }, overrides: flagsToConfig(flags) });
+      const log = stderrLogger(flags.verbose ?? false);
+      log('info', `opening the model set ${config.models}`);
+      const pipeline = await createPipeline({
+        modelsDir: config.models,
+        maxInFlight: config.limits.concurrency,
+        ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
+        ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
+        ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
+        verify: config.pipeline.verify,
+      });
+      const agent = new Agent({ config, pipeline, log, version: process.env.npm_package_version ?? '0.1.0' });
+      let stopping: Promise<void> | undefined;
+      let stopped!: () => void;
+      const finished = new Promise<void>((resolve) => (stopped = resolve));
+      const stop = (signal: string): void => {
+        if (stopping) {
+          log('warn', `${signal} again: cancelling in-flight queries now`);
+          void agent.stop(0);
+          return;
+        }
+        log('info', `${signal}: taking no new work, finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
+        stopping = agent.stop().finally(stopped);
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+      try {
+        await agent.start();
+        if (agent.metricsPort) log('info', `metrics on http://${config.metrics.host}:${agent.metricsPort}/metrics`);
+        log('info', `serving ${agent.topics.query}${config.fleetSubscription === 'off' ? '' : ` and ${config.fleetSubscription === 'shared' ? agent.topics.sharedFleetQuery : agent.topics.fleetQuery}`}`);
+        await finished;
+      } finally {
+        await pipeline.close();
+      }
+    });
+}
