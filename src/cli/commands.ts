@@ -1,9 +1,11 @@
 /** Every subcommand of `setokim`, one registration function per file. */
 import type { Command } from 'commander';
+import { registerAgent } from './agent.js';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
+import { registerQuery } from './query.js';
 import { registerRun } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun];
+export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery];
