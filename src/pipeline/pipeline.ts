@@ -29,6 +29,7 @@ const OptionsSchema = z
     threads: z.number().int().positive().optional(),
     kvBudgetBytes: z.number().int().positive().optional(),
     maxInFlight: z.number().int().positive().max(64).optional(),
+    /** New tokens per query: the default and the cap (256). */
     maxTokens: z.number().int().positive().optional(),
     verify: z.boolean().optional(),
     /** Which build of each stage to run (a stage without it uses its main file). */
@@ -125,7 +126,7 @@ class SetokimPipeline implements LocalPipeline {
     let release: (() => void) | undefined;
     try {
       if (this.closed) throw new SetokimError('BUSY', 'the pipeline is closed');
-      const req = checkRequest(request, { maxTokens: this.info.maxTokens, imageTokens: this.models.arch.cluster.maxTokens + 32 });
+      const req = checkRequest(request, { maxTokens: this.info.maxTokens });
       ch.push({ type: 'accepted', id });
       release = await this.admission.acquire(ac.signal);
       this.active++;

@@ -38,9 +38,8 @@ export interface CheckedRequest {
 }
 
 export interface RequestDefaults {
+  /** New tokens per query: the default, and the cap a request cannot raise. */
   maxTokens: number;
-  /** generate/edit need room for an image: at least this many new tokens by default. */
-  imageTokens: number;
 }
 
 /** Throws BAD_ARGUMENT / BAD_INPUT / UNKNOWN_TASK with a message that says what to fix. */
@@ -61,13 +60,12 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
   const prompt = r.prompt?.trim() ? r.prompt : task === 'describe' ? DESCRIBE_PROMPT : '';
   if (!prompt) throw new SetokimError('BAD_INPUT', `task '${task}' needs a prompt`);
   const g = r.generation ?? {};
-  const imageTask = task === 'generate' || task === 'edit';
   return {
     id: r.id,
     task,
     prompt,
     image: r.image,
-    maxTokens: g.maxTokens ?? (imageTask ? Math.max(defaults.maxTokens, defaults.imageTokens) : defaults.maxTokens),
+    maxTokens: Math.min(g.maxTokens ?? defaults.maxTokens, defaults.maxTokens),
     temperature: g.temperature ?? 0,
     topK: g.topK ?? 0,
     topP: g.topP ?? 1,

@@ -84,12 +84,13 @@ t.test('the cosine schedule runs from 1 at t = 0 down to its floor at t = 1, mon
 });
 
 t.test('requests are checked at the edge with task defaults', async (t) => {
-  const d = { maxTokens: 100, imageTokens: 96 };
+  const d = { maxTokens: 100 };
   const img = new Uint8Array([1]);
   const ok = checkRequest({ id: 'a', task: 'describe', image: img }, d);
   t.match(ok.prompt, /Describe/);
   t.same([ok.maxTokens, ok.temperature, ok.topK, ok.topP, ok.seed], [100, 0, 0, 1, 0]);
-  t.equal(checkRequest({ id: 'a', task: 'generate', prompt: 'x' }, { maxTokens: 16, imageTokens: 96 }).maxTokens, 96, 'room for an image');
+  t.equal(checkRequest({ id: 'a', task: 'generate', prompt: 'x', generation: { maxTokens: 500 } }, d).maxTokens, 100, 'capped');
+  t.equal(checkRequest({ id: 'a', task: 'generate', prompt: 'x', generation: { maxTokens: 7 } }, d).maxTokens, 7);
   const bad: [unknown, string][] = [
     [{ id: '', task: 'ask', prompt: 'x', image: img }, 'BAD_ARGUMENT'],
     [{ id: 'a', task: 'paint', prompt: 'x', image: img }, 'UNKNOWN_TASK'],
