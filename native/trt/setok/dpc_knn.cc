@@ -17,6 +17,30 @@ constexpr int kRowsPerTask = 16;
 
 int Tasks(int n, int per) { return (n + per - 1) / per; }
 
+// The k smallest of v[0..n) into out[0..k), ascending. A threshold from every 4th element
+// filters the row first (the k smallest are exactly the k smallest of the survivors whenever at
+// least k survive); otherwise the whole row is selected. Same values as a full sort either way.
+void KSmallest(const float* v, int n, int k, std::vector<float>& sample, std::vector<float>& out) {
+  int count = 0;
+  if (n >= 8 * k) {
+    int m = 0;
+    for (int j = 0; j < n; j += 4) sample[m++] = v[j];
+    const int ks = std::min(m - 1, k / 4 + 8);
+    std::nth_element(sample.begin(), sample.begin() + ks, sample.begin() + m);
+    const float t = sample[ks];
+    for (int j = 0; j < n; ++j) {
+      out[count] = v[j];
+      count += v[j] <= t;
+    }
+  }
+  if (count < k) {
+    std::memcpy(out.data(), v, sizeof(float) * n);
+    count = n;
+  }
+  if (k < count) std::nth_element(out.begin(), out.begin() + (k - 1), out.begin() + count);
+  std::sort(out.begin(), out.begin() + k);
+}
+
 }  // namespace
 
 DpcKnn::DpcKnn(const ClusterParams& params) : params_(params) {
@@ -43,18 +67,13 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
     }
   });
   dist.resize(static_cast<size_t>(n) * n);
-  const float inv_dim_divisor = static_cast<float>(params_.dim);
+  std::vector<float> diag(n);
+  for (int j = 0; j < n; ++j) diag[j] = gram[static_cast<size_t>(j) * ld + j];
+  const float fdim = static_cast<float>(params_.dim);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      const float* g = gram.data() + static_cast<size_t>(i) * ld;
-      const float gii = g[i];
-      float* d = dist.data() + static_cast<size_t>(i) * n;
-      for (int j = 0; j < n; ++j) {
-        const float gjj = gram[static_cast<size_t>(j) * ld + j];
-        float d2 = (gii + gjj) - 2.0f * g[j];  // 2g is exact, so a fused form rounds the same
-        d2 = d2 > 0.0f ? d2 : 0.0f;
-        d[j] = std::sqrt(d2 / inv_dim_divisor);
-      }
+      DistanceRow(diag[i], diag.data(), gram.data() + static_cast<size_t>(i) * ld, fdim, n,
+                  dist.data() + static_cast<size_t>(i) * n);
     }
   });
 }
@@ -68,11 +87,9 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
   res.rho.resize(n);
   // Step 3: density from the k smallest distances, squared and summed in ascending order.
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    std::vector<float> row(n);
+    std::vector<float> row(n), sample(n);
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      std::memcpy(row.data(), dist.data() + static_cast<size_t>(i) * n, sizeof(float) * n);
-      if (k < n) std::nth_element(row.begin(), row.begin() + (k - 1), row.end());
-      std::sort(row.begin(), row.begin() + k);
+      KSmallest(dist.data() + static_cast<size_t>(i) * n, n, k, sample, row);
       float sum = 0.0f;
       for (int m = 0; m < k; ++m) sum += fp::Opaque(row[m] * row[m]);
       const float mean = sum / static_cast<float>(k);

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "setok/fp_order.h"
 #include "setok/parallel.h"
@@ -12,16 +15,10 @@
 namespace setokim {
 namespace {
 
-constexpr int kMR = 6;    // rows per register tile
+constexpr int kMR = 6;    // rows per register tile (12 accumulators + 2 B + broadcast + product = 16 ymm)
 constexpr int kKC = 256;  // depth per cache block (the accumulators carry over, so order is kept)
 constexpr int kNR = 16;   // columns per panel: two 8-lane vectors or four 4-lane vectors
 constexpr int kRowsPerTask = kMR * 8;
-
-template <int L>
-struct Vec {
-  typedef float type __attribute__((vector_size(L * 4)));
-  typedef float unaligned __attribute__((vector_size(L * 4), aligned(4)));
-};
 
 // Packs columns [j0, j0 + kNR) of x^T (rows j of x), depth [c0, c1), as panel[c][jj]; zero past n.
 inline void PackPanel(const float* x, int n, int dim, int j0, int c0, int c1, float* panel) {
@@ -36,78 +33,36 @@ inline void PackPanel(const float* x, int n, int dim, int j0, int c0, int c1, fl
   }
 }
 
-// One kMR x kNR tile over depth [c0, c1): acc = first ? 0 : C; acc += round(a * b) in ascending c.
-template <int L>
-inline __attribute__((always_inline)) void MicroKernel(const float* const* arow, const float* panel, int c0, int c1,
-                                                       bool first, float* out, int ldo, int rows) {
-  using V = typename Vec<L>::type;
-  using VU = typename Vec<L>::unaligned;
-  constexpr int NV = kNR / L;
-  V acc[kMR][NV];
-  for (int r = 0; r < kMR; ++r)
-    for (int v = 0; v < NV; ++v)
-      acc[r][v] = (first || r >= rows) ? V{} : *reinterpret_cast<const VU*>(out + r * ldo + v * L);
-  for (int c = c0; c < c1; ++c) {
-    const float* bp = panel + (c - c0) * kNR;
-    V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const VU*>(bp + v * L);
-    for (int r = 0; r < kMR; ++r) {
-      const float s = arow[r][c];
-      V a;
-      for (int l = 0; l < L; ++l) a[l] = s;
-      for (int v = 0; v < NV; ++v) acc[r][v] += fp::Opaque(a * b[v]);
-    }
-  }
-  for (int r = 0; r < rows; ++r)
-    for (int v = 0; v < NV; ++v) *reinterpret_cast<VU*>(out + r * ldo + v * L) = acc[r][v];
-}
-
-// Computes rows [i0, i1) of C = A * B^T-packed, columns from the panel `jstart(i)` on (triangle) up
-// to npanels. packed: all panels for depth block kc, laid out [panel][c][kNR].
-template <int L>
-inline __attribute__((always_inline)) void RowBlock(const float* a, int lda, int m, int i0, int i1, const float* packed,
-                                                    int dim, int npanels, bool triangle, float* out, int ldo) {
-  for (int c0 = 0; c0 < dim; c0 += kKC) {
-    const int c1 = std::min(dim, c0 + kKC);
-    const int kc = c1 - c0;
-    const float* pblock = packed + static_cast<size_t>(c0) * npanels * kNR;  // [panel][kc][kNR]
-    for (int p = 0; p < npanels; ++p) {
-      const int j0 = p * kNR;
-      if (triangle && j0 + kNR <= i0) continue;
-      const float* panel = pblock + static_cast<size_t>(p) * kc * kNR;
-      for (int r0 = i0; r0 < i1; r0 += kMR) {
-        if (triangle && j0 + kNR <= r0) continue;
-        const int rows = std::min(kMR, m - r0);
-        const float* arow[kMR];
-        for (int r = 0; r < kMR; ++r) arow[r] = a + static_cast<size_t>(r < rows ? r0 + r : r0) * lda;
-        MicroKernel<L>(arow, panel, c0, c1, c0 == 0, out + static_cast<size_t>(r0) * ldo + j0, ldo, rows);
-      }
-    }
-  }
-}
+namespace generic {
+#define SETOKIM_GRAM_LANES 4
+#include "setok/gram_kernel.inc"
+#undef SETOKIM_GRAM_LANES
+}  // namespace generic
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) void RowBlockAvx2(const float* a, int lda, int m, int i0, int i1, const float* packed,
-                                                  int dim, int npanels, bool triangle, float* out, int ldo) {
-  RowBlock<8>(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
-}
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#define SETOKIM_GRAM_LANES 8
+#include "setok/gram_kernel.inc"
+#undef SETOKIM_GRAM_LANES
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+#if defined(__x86_64__)
 bool HasAvx2() {
   static const bool has = __builtin_cpu_supports("avx2");
   return has;
 }
 #endif
 
-void RowBlockGeneric(const float* a, int lda, int m, int i0, int i1, const float* packed, int dim, int npanels,
-                     bool triangle, float* out, int ldo) {
-  RowBlock<4>(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
-}
-
 void RowBlockDispatch(const float* a, int lda, int m, int i0, int i1, const float* packed, int dim, int npanels,
                       bool triangle, float* out, int ldo) {
 #if defined(__x86_64__)
-  if (HasAvx2()) return RowBlockAvx2(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
+  if (HasAvx2()) return avx2::RowBlock(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
 #endif
-  RowBlockGeneric(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
+  generic::RowBlock(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
 }
 
 // Packs rows of `bt` (n rows of depth dim, i.e. B^T) into [kc block][panel][c][kNR].
@@ -127,6 +82,13 @@ std::vector<float> PackAll(const float* bt, int n, int dim) {
 }
 
 }  // namespace
+
+void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, float* d) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::DistanceRow(gii, gjj, g, dim, n, d);
+#endif
+  generic::DistanceRow(gii, gjj, g, dim, n, d);
+}
 
 const char* GramIsa() {
 #if defined(__x86_64__)

@@ -24,6 +24,9 @@ void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram);
 // the result equals a full ComputeGram of the new x. Fills both triangles for those entries.
 void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows, std::vector<float>& gram);
 
+// Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.
+void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, float* d);
+
 // Plain float32 GEMM C[m x n] = A[m x k] * B[k x n] (row-major), the same kernel without the
 // symmetric shortcut: the benchmark's yardstick for "how fast can this machine multiply matrices".
 void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c);
