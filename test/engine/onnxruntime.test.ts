@@ -1,0 +1,47 @@
+/** What only the ONNX Runtime backend does: load errors, thread options, the graph's own signature. */
+import t from 'tap';
+import path from 'node:path';
+import { tensor } from '../../src/engine/backend.js';
+import { OrtBackend, signatureFromMetadata } from '../../src/engine/onnxruntime.js';
+import { W_IN, addMatMul, addMatMulRef, notOnnx, tmpDir } from './fixtures.js';
+
+const dir = tmpDir();
+const ort = new OrtBackend();
+
+t.test('a missing or broken file is refused naming the file', async (t) => {
+  await t.rejects(ort.open(path.join(dir, 'absent.onnx'), { stage: 'encoder' }), { code: 'MODEL_NOT_FOUND', message: /stage 'encoder': .*absent\.onnx does not exist/ });
+  await t.rejects(ort.open(notOnnx(dir), { stage: 'encoder' }), { code: 'MODEL_INVALID', message: /stage 'encoder': ONNX Runtime cannot load .*broken\.onnx/ });
+});
+
+t.test('threads must be a positive integer', async (t) => {
+  await t.rejects(ort.open(addMatMul(dir), { threads: 0 }), { code: 'BAD_ARGUMENT', message: /threads must be a positive integer, got 0/ });
+  await t.rejects(new OrtBackend({ threads: 1.5 }).open(addMatMul(dir)), { code: 'BAD_ARGUMENT' });
+  const s = await new OrtBackend({ threads: 1 }).open(addMatMul(dir), { threads: 2 });
+  t.teardown(() => s.dispose());
+  const x = new Float32Array(W_IN).fill(1);
+  const out = await s.run({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', x, [1, 1, W_IN]) });
+  t.same(Array.from(out.z!.data as Float32Array), Array.from(addMatMulRef(x, x, 1)));
+});
+
+t.test("without a manifest signature, runs are checked against the graph's own", async (t) => {
+  const s = await ort.open(addMatMul(dir)); // stage name defaults to the file name
+  t.teardown(() => s.dispose());
+  const x = new Float32Array(2 * W_IN);
+  await t.rejects(s.run({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', x.subarray(0, W_IN), [1, 1, W_IN]) }), {
+    code: 'BAD_INPUT',
+    message: /stage 'add_matmul\.onnx': input 'y' axis 1 is dim 'L' = 1, but 'x' set 'L' = 2/,
+  });
+  await t.rejects(s.run({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', x, [1, 2, W_IN]), z: tensor('float32', x, [1, 2, W_IN]) }), {
+    code: 'BAD_INPUT',
+    message: /unknown input 'z'; this stage takes 'x', 'y'/,
+  });
+});
+
+t.test('signatureFromMetadata keeps named dims and frees unnamed ones', async (t) => {
+  const sig = signatureFromMetadata([
+    { name: 'a', isTensor: true, type: 'float32', shape: [1, 'L', ''] },
+    { name: 'strings', isTensor: true, type: 'string', shape: [1] },
+    { name: 'seq', isTensor: false },
+  ]);
+  t.same(sig.inputs, [{ name: 'a', dtype: 'float32', shape: [1, 'L', '?2'] }]);
+});
