@@ -1,7 +1,7 @@
 /**
  * `setokim export`: model set tools. `synth` writes a reference model set; `plan` (tools/export/
- * plan.ts) sizes the real architecture for Jetson modules. The work lives in tools/export; this
- * file only parses options and shows progress.
+ * plan.ts) sizes the real architecture for Jetson modules; `engine` (tools/export/engine.ts) builds
+ * TensorRT engines. The work lives in tools/export; this file only parses options and shows progress.
  */
 import { SingleBar, Presets } from 'cli-progress';
 import type { Command } from 'commander';
@@ -12,7 +12,7 @@ import { synthesize } from '../../tools/export/synth.js';
 import { registerPlanCommand } from '../../tools/export/plan.js';
 import { registerEngineCommand } from '../../tools/export/engine.js';
 
-/** Subcommands of `export`, each registered on the `export` command. Add `registerPlanCommand` here. */
+/** Subcommands of `export`, each registered on the `export` command; a new one goes in this list. */
 const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand, registerEngineCommand];
 
 export function registerExport(program: Command): Command {
