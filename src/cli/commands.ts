@@ -1,6 +1,7 @@
 /** Every subcommand of `setokim`, one registration function per file. */
 import type { Command } from 'commander';
 import { registerAgent } from './agent.js';
+import { registerDemo } from './demo.js';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
 import { registerQuery } from './query.js';
@@ -8,4 +9,4 @@ import { registerRun } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery];
+export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo];
