@@ -52,8 +52,11 @@ function attribute(name: string, v: AttrValue) {
   return { name, type: T.FLOAT, f: v.float };
 }
 
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 function rawBytes(data: Float32Array | BigInt64Array | Uint8Array): Uint8Array {
-  // ONNX raw_data is little-endian; write through a DataView so the host's order never matters.
+  // ONNX raw_data is little-endian: copy as is on little-endian hosts, swap through a DataView otherwise.
+  if (LITTLE_ENDIAN_HOST) return new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
   const out = new Uint8Array(data.length * data.BYTES_PER_ELEMENT);
   const view = new DataView(out.buffer);
   if (data instanceof Float32Array) data.forEach((x, i) => view.setFloat32(i * 4, x, true));
