@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
-import { createPipeline, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
+import { createPipeline, probeImage, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
 
 const RunOptions = z.object({
   models: z.string().min(1),
@@ -66,6 +66,7 @@ async function runQuery(o: RunOpts): Promise<void> {
     } catch (err) {
       throw new SetokimError('BAD_ARGUMENT', `cannot read --image ${o.image}: ${(err as Error).message}`, { cause: err });
     }
+    await probeImage(image); // a broken image fails before the models load
   }
   const outDir = o.out ?? (o.image ? path.dirname(path.resolve(o.image)) : process.cwd());
   const base = o.image ? path.basename(o.image).replace(/\.[^.]+$/, '') : 'generated';
