@@ -1,0 +1,66 @@
+import t from 'tap';
+import { decodeCancel, decodeQuery, decodeReply, decodeStatus, encodeCancel, encodeQuery, encodeReply, encodeStatus } from '../../src/agent/codec.js';
+import type { PipelineEvent } from '../../src/pipeline/types.js';
+
+t.test('a query survives the round trip, generation parameters included', async (t) => {
+  const image = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]);
+  const deadline = Date.now() + 5000;
+  const r = decodeQuery(encodeQuery({ id: 'q1', task: 'ask', prompt: 'hi', image, deadlineUnixMs: deadline, replyTopic: 'r/t', correlation: new Uint8Array([9]), generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] } }));
+  t.ok(r.ok);
+  if (!r.ok) return;
+  t.same(Buffer.from(r.query.image!), Buffer.from(image));
+  t.equal(r.query.deadlineUnixMs, deadline, 'uint64 milliseconds come back as a number');
+  t.same(r.query.generation, { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] });
+  t.same([r.query.id, r.query.task, r.query.prompt, r.query.replyTopic], ['q1', 'ask', 'hi', 'r/t']);
+});
+
+t.test('bytes that are not a query, and queries that break the rules, are BAD_MESSAGE', async (t) => {
+  for (const junk of ['{"id": "x"}', 'hello world', '\u0000\u0001']) {
+    const r = decodeQuery(Buffer.from(junk));
+    t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', JSON.stringify(junk));
+  }
+  const noId = decodeQuery(encodeQuery({ id: '', task: 'ask', replyTopic: 'back/here', correlation: new Uint8Array([7]) }));
+  t.notOk(noId.ok);
+  if (!noId.ok) {
+    t.match(noId.error.message, /no id/);
+    t.equal(noId.salvage.replyTopic, 'back/here', 'the reply address is salvaged so the error can be answered');
+    t.same(Buffer.from(noId.salvage.correlation!), Buffer.from([7]));
+  }
+  const wildcard = decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'a/#' }));
+  t.equal(!wildcard.ok && wildcard.error.code, 'BAD_MESSAGE', 'a wildcard reply topic is refused');
+  t.equal(!wildcard.ok && wildcard.salvage.replyTopic, undefined, 'and never used as a reply address');
+});
+
+/** Bytes as plain arrays, so Buffer and Uint8Array compare equal. */
+const plain = (o: object): Record<string, unknown> => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v instanceof Uint8Array ? [...v] : v]));
+
+t.test('every pipeline event maps to a reply and back', async (t) => {
+  const png = new Uint8Array([1, 2, 3]);
+  const events: PipelineEvent[] = [
+    { type: 'accepted', id: 'a' },
+    { type: 'clustered', id: 'a', visionTokens: 7, patches: 256, maskPng: png },
+    { type: 'text', id: 'a', delta: 'héllo' },
+    { type: 'mask', id: 'a', index: 2, referring: true, png, width: 8, height: 6 },
+    { type: 'image', id: 'a', png, width: 64, height: 64 },
+    { type: 'done', id: 'a', visionTokens: 7, promptTokens: 20, generatedTokens: 3, finishReason: 'length', stages: { encoder: 1.5, decode: 2.25 }, totalMs: 9.5, firstTokenMs: 4 },
+    { type: 'error', id: 'a', code: 'BUSY', message: 'full' },
+  ];
+  for (const [seq, e] of events.entries()) {
+    const back = decodeReply(encodeReply(e, { seq, device: 'd1', correlation: new Uint8Array([5]) }));
+    const { seq: s, device, correlation, ...event } = back;
+    t.equal(s, seq);
+    t.equal(device, 'd1');
+    t.same(Buffer.from(correlation!), Buffer.from([5]));
+    t.same(plain(event), plain(e), e.type);
+  }
+  const noFirst = decodeReply(encodeReply({ type: 'done', id: 'b', visionTokens: 0, promptTokens: 1, generatedTokens: 1, finishReason: 'stop', stages: {}, totalMs: 1 }, { seq: 0, device: 'd' }));
+  t.notOk('firstTokenMs' in noFirst, 'an unset optional stays unset');
+  t.throws(() => decodeReply(Buffer.from('garbage!')), { code: 'BAD_MESSAGE' });
+});
+
+t.test('cancel and status', async (t) => {
+  t.equal(decodeCancel(encodeCancel('q9')), 'q9');
+  t.throws(() => decodeCancel(encodeCancel('')), { code: 'BAD_MESSAGE' });
+  const s = { fleet: 'f', device: 'd', online: true, modelSetId: 'm', backend: 'b', tasks: ['ask'], queueDepth: 1, inFlight: 2, queueSize: 3, concurrency: 4, maxImageBytes: 5, maxTokens: 6, maxContext: 7, updatedUnixMs: Date.now(), version: '0.1.0' };
+  t.same(decodeStatus(encodeStatus(s)), s);
+});
