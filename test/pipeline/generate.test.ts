@@ -3,13 +3,15 @@ import { createPipeline, type LocalPipeline } from '../../src/pipeline/pipeline.
 import { decode, LlmContext } from '../../src/pipeline/generate.js';
 import { Sampler } from '../../src/pipeline/sampler.js';
 import type { RequestContext } from '../../src/pipeline/scheduler.js';
-import { tinySet } from './fixtures.js';
+import { busyImage, collect, tinySet } from './fixtures.js';
+import { kvBytesPerToken } from '../../src/pipeline/kv-cache.js';
+import { headDim } from '../../src/engine/contract.js';
 
 let p: LocalPipeline;
 t.before(async () => {
   const set = await tinySet();
   t.teardown(set.cleanup);
-  p = await createPipeline({ modelsDir: set.dir, threads: 1 });
+  p = await createPipeline({ modelsDir: set.dir, threads: 1, kvBudgetBytes: 100_000, maxInFlight: 2 });
   t.teardown(() => p.close());
 });
 
@@ -61,4 +63,30 @@ t.test('a context that would overflow the model is PROMPT_TOO_LONG', async (t) =
   const { llm } = await start([1]);
   const H = p.models.arch.llm.hidden;
   await t.rejects(llm.step(new Float32Array(p.models.arch.llm.maxContext * H), 'prefill'), { code: 'PROMPT_TOO_LONG' });
+});
+
+t.test('the KV budget bounds memory: requests that do not fit together wait, one larger than it is refused', async (t) => {
+  const a = p.models.arch;
+  const perToken = kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a));
+  t.equal(perToken, 1024, 'tiny: 2 layers x 4 heads x 16 dims x 2 x 4 bytes');
+  const image = await busyImage();
+  // ~50 prompt + 30 new tokens = ~80 KB each: two do not fit in 100 KB at once.
+  let peak = 0;
+  const watch = async (id: string) => {
+    const ev = [];
+    for await (const e of p.run({ id, task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 30 } })) {
+      peak = Math.max(peak, p.kv.used);
+      ev.push(e);
+    }
+    return ev;
+  };
+  const [x, y] = await Promise.all([watch('x'), watch('y')]);
+  t.equal(x.at(-1)!.type, 'done');
+  t.equal(y.at(-1)!.type, 'done');
+  t.ok(peak > 0 && peak <= 100_000, `peak ${peak} bytes within the budget`);
+  t.equal(p.kv.used, 0);
+  const big = await collect(p.run({ id: 'big', task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 200 } }));
+  const last = big.at(-1)!;
+  t.equal(last.type === 'error' && last.code, 'PROMPT_TOO_LONG');
+  t.match(last.type === 'error' ? last.message : '', /KV cache/);
 });
