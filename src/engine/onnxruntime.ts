@@ -63,6 +63,7 @@ class OrtSession implements Session {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void }>();
   private disposed = false;
+  private exited: Error | undefined;
 
   constructor(
     private readonly worker: Worker,
@@ -74,7 +75,8 @@ class OrtSession implements Session {
     worker.on('message', (m: FromWorker) => this.onMessage(m));
     worker.on('error', (err) => this.failAll(err));
     worker.on('exit', (code) => {
-      if (!this.disposed) this.failAll(new Error(`the ONNX Runtime worker exited (code ${code})`));
+      this.exited = new Error(`the ONNX Runtime worker exited (code ${code})`);
+      if (!this.disposed) this.failAll(this.exited);
     });
     worker.unref(); // an idle session never keeps the process alive
   }
@@ -82,6 +84,7 @@ class OrtSession implements Session {
   async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
     if (this.disposed) throw new SetokimError('BAD_ARGUMENT', `stage '${this.stage}': session is disposed`);
     checkFeeds(this.stage, this.signature, feeds);
+    if (this.exited) throw new SetokimError('INTERNAL', `stage '${this.stage}': ${this.exited.message}; reopen the stage`);
     const id = this.nextId++;
     const msg: ToWorker = { type: 'run', id, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toWire(t)])) };
     return new Promise((resolve, reject) => {
@@ -95,6 +98,7 @@ class OrtSession implements Session {
     if (this.disposed) return;
     this.disposed = true;
     this.failAll(new SetokimError('CANCELLED', `stage '${this.stage}': session disposed during a run`));
+    if (this.exited) return;
     this.worker.ref();
     await new Promise<void>((resolve) => {
       this.worker.once('exit', () => resolve());

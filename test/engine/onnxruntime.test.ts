@@ -3,7 +3,7 @@ import t from 'tap';
 import path from 'node:path';
 import { tensor } from '../../src/engine/backend.js';
 import { OrtBackend, signatureFromMetadata } from '../../src/engine/onnxruntime.js';
-import { W_IN, addMatMul, addMatMulRef, notOnnx, tmpDir } from './fixtures.js';
+import { W_IN, addMatMul, addMatMulRef, heavyGraph, notOnnx, tmpDir } from './fixtures.js';
 
 const dir = tmpDir();
 const ort = new OrtBackend();
@@ -44,4 +44,23 @@ t.test('signatureFromMetadata keeps named dims and frees unnamed ones', async (t
     { name: 'seq', isTensor: false },
   ]);
   t.same(sig.inputs, [{ name: 'a', dtype: 'float32', shape: [1, 'L', '?2'] }]);
+});
+
+t.test('dispose during a run cancels it; a dead worker fails runs instead of hanging', async (t) => {
+  const n = 384;
+  const s = await ort.open(heavyGraph(dir, n), { stage: 'heavy', threads: 1 });
+  const a = new Float32Array(n * n).fill(0.01);
+  const pending = t.rejects(s.run({ a: tensor('float32', a, [n, n]) }), { code: 'CANCELLED', message: /stage 'heavy': session disposed during a run/ });
+  await s.dispose();
+  await pending;
+
+  const s2 = await ort.open(addMatMul(dir), { stage: 'crashy' });
+  // Simulate the worker dying (e.g. a native crash or an out-of-memory kill).
+  await (s2 as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+  const x = new Float32Array(W_IN);
+  await t.rejects(s2.run({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', x, [1, 1, W_IN]) }), {
+    code: 'INTERNAL',
+    message: /stage 'crashy': the ONNX Runtime worker exited .*reopen the stage/,
+  });
+  await s2.dispose(); // returns although the worker is gone
 });
