@@ -36,6 +36,8 @@ export interface Preprocessed {
   rgb: Uint8Array; // the padded, resized square as interleaved RGB, size x size (for pictures)
   size: number;
   geometry: Geometry;
+  /** The image's region inside the size x size square (model pixels), the rest is padding. */
+  box: { left: number; top: number; width: number; height: number };
 }
 
 function bad(message: string, cause?: unknown): SetokimError {
@@ -75,14 +77,14 @@ export async function preprocess(
   const geometry = await probeImage(bytes, limits);
   const S = spec.size;
   const bg = { r: Math.round(spec.mean[0] * 255), g: Math.round(spec.mean[1] * 255), b: Math.round(spec.mean[2] * 255) };
+  // sharp resizes before it extends, so pad by the scaled amounts: the same as pad-then-resize.
+  const scale = S / geometry.side;
+  const w = Math.max(1, Math.round(geometry.width * scale));
+  const h = Math.max(1, Math.round(geometry.height * scale));
+  const left = Math.floor((S - w) / 2);
+  const top = Math.floor((S - h) / 2);
   let raw: Buffer;
   try {
-    // sharp resizes before it extends, so pad by the scaled amounts: the same as pad-then-resize.
-    const scale = S / geometry.side;
-    const w = Math.max(1, Math.round(geometry.width * scale));
-    const h = Math.max(1, Math.round(geometry.height * scale));
-    const left = Math.floor((S - w) / 2);
-    const top = Math.floor((S - h) / 2);
     raw = await sharp(bytes, { limitInputPixels: false })
       .rotate()
       .flatten({ background: bg })
@@ -104,5 +106,5 @@ export async function preprocess(
     const out = c * plane;
     for (let i = 0; i < plane; i++) pixels[out + i] = (raw[i * 3 + c]! / 255 - m) * inv;
   }
-  return { pixels, rgb: new Uint8Array(raw.buffer, raw.byteOffset, raw.length), size: S, geometry };
+  return { pixels, rgb: new Uint8Array(raw.buffer, raw.byteOffset, raw.length), size: S, geometry, box: { left, top, width: w, height: h } };
 }

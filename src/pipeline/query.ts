@@ -67,7 +67,7 @@ export async function runQuery(
   if (req.image) {
     pre = await timed(ctx, 'preprocess', () => preprocess(req.image!, a.image, env.imageLimits));
     vision = await visionTokens(a, { encoder: stage(models, 'encoder', req.task), merger: stage(models, 'merger', req.task) }, pre.pixels, ctx);
-    const pic = await timed(ctx, 'png', () => tokenMaskPng(pre!.rgb, pre!.size, vision!.clusters.labels, patchGrid(a)));
+    const pic = await timed(ctx, 'png', () => tokenMaskPng(pre!.rgb, pre!.size, vision!.clusters.labels, patchGrid(a), a.image.patch, pre!.box));
     emit({ type: 'clustered', id, visionTokens: vision.count, patches: patchGrid(a) ** 2, maskPng: pic.png });
   }
 

@@ -28,49 +28,54 @@ export function tokenColour(index: number): [number, number, number] {
 }
 
 /**
- * Token masks over the square model input `rgb` (size x size, RGB). labels[n] is the token of
- * patch n on a grid x grid raster. The picture is scaled by an integer factor to at least 256 px.
+ * Token masks over the model input `rgb` (size x size, RGB), cropped to `box` (the image without
+ * its padding; default the whole square). labels[n] is the token of patch n on a grid x grid
+ * raster of `patch`-pixel patches (pixels past the last whole patch belong to the last one). The
+ * picture is scaled by an integer factor so its longer side is at least 256 px.
  */
 export async function tokenMaskPng(
   rgb: Uint8Array,
   size: number,
   labels: Int32Array | readonly number[],
   grid: number,
+  patch: number,
+  box = { left: 0, top: 0, width: size, height: size },
   alpha = 0.55,
 ): Promise<{ png: Uint8Array; width: number; height: number }> {
-  const scale = Math.max(1, Math.ceil(256 / size));
-  const side = size * scale;
-  const out = new Uint8Array(side * side * 3);
-  const cell = size / grid; // model pixels per patch
-  // Patch row/column of every output pixel, and one colour per token: the loop below only indexes.
-  const patchOf = Int32Array.from({ length: side }, (_, x) => Math.min(grid - 1, Math.floor(x / scale / cell)));
+  const scale = Math.max(1, Math.ceil(256 / Math.max(box.width, box.height)));
+  const W = box.width * scale;
+  const H = box.height * scale;
+  const out = new Uint8Array(W * H * 3);
+  // Model pixel and patch index of every output column and row: the loop below only indexes.
+  const mx = Int32Array.from({ length: W }, (_, x) => box.left + Math.floor(x / scale));
+  const my = Int32Array.from({ length: H }, (_, y) => box.top + Math.floor(y / scale));
+  const col = mx.map((v) => Math.min(grid - 1, Math.floor(v / patch)));
+  const row = my.map((v) => Math.min(grid - 1, Math.floor(v / patch)) * grid);
   let maxLabel = 0;
   for (let i = 0; i < grid * grid; i++) maxLabel = Math.max(maxLabel, labels[i]!);
   const colours = Array.from({ length: maxLabel + 1 }, (_, l) => tokenColour(l).map((c) => alpha * c));
   const keep = 1 - alpha;
-  for (let y = 0; y < side; y++) {
-    const sy = Math.floor(y / scale);
-    const row = patchOf[y]! * grid;
-    const below = y + 1 < side ? patchOf[y + 1]! * grid : -1;
-    for (let x = 0; x < side; x++) {
-      const sx = Math.floor(x / scale);
-      const px = patchOf[x]!;
-      const l = labels[row + px]!;
-      const border = (x + 1 < side && labels[row + patchOf[x + 1]!] !== l) || (below >= 0 && labels[below + px] !== l);
-      const o = (y * side + x) * 3;
+  for (let y = 0; y < H; y++) {
+    const r = row[y]!;
+    const below = y + 1 < H ? row[y + 1]! : -1;
+    for (let x = 0; x < W; x++) {
+      const c = col[x]!;
+      const l = labels[r + c]!;
+      const border = (x + 1 < W && labels[r + col[x + 1]!] !== l) || (below >= 0 && labels[below + c] !== l);
+      const o = (y * W + x) * 3;
       if (border) {
         out[o] = out[o + 1] = out[o + 2] = 255;
         continue;
       }
-      const col = colours[l]!;
-      const i = (sy * size + sx) * 3;
-      out[o] = Math.round(keep * rgb[i]! + col[0]!);
-      out[o + 1] = Math.round(keep * rgb[i + 1]! + col[1]!);
-      out[o + 2] = Math.round(keep * rgb[i + 2]! + col[2]!);
+      const tint = colours[l]!;
+      const i = (my[y]! * size + mx[x]!) * 3;
+      out[o] = Math.round(keep * rgb[i]! + tint[0]!);
+      out[o + 1] = Math.round(keep * rgb[i + 1]! + tint[1]!);
+      out[o + 2] = Math.round(keep * rgb[i + 2]! + tint[2]!);
     }
   }
-  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 3 }).toBuffer();
-  return { png: new Uint8Array(png), width: side, height: side };
+  const png = await sharp(out, { raw: { width: W, height: H, channels: 3 } }).png({ compressionLevel: 3 }).toBuffer();
+  return { png: new Uint8Array(png), width: W, height: H };
 }
 
 /**

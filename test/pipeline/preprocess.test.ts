@@ -38,6 +38,7 @@ t.test('the channel order is R, G, B planes', async (t) => {
 t.test('a wide image is padded top and bottom with the mean colour (0 after normalising)', async (t) => {
   const p = await preprocess(await solid(80, 20, [255, 255, 255]), spec);
   t.same(p.geometry, { width: 80, height: 20, side: 80, left: 0, top: 30 });
+  t.same(p.box, { left: 0, top: 10, width: 28, height: 7 }, 'the image region in model pixels');
   const at = (r: number, c: number) => p.pixels[r * 28 + c]!;
   t.ok(Math.abs(at(0, 14)) < 0.01, 'top row is padding');
   t.ok(Math.abs(at(27, 14)) < 0.01, 'bottom row is padding');

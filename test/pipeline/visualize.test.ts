@@ -12,7 +12,7 @@ t.test('the token-mask PNG colours each token and draws borders between tokens',
   const grid = 2;
   const rgb = new Uint8Array(size * size * 3).fill(128);
   const labels = [0, 1, 0, 1]; // left column token 0, right column token 1
-  const { png, width, height } = await tokenMaskPng(rgb, size, labels, grid);
+  const { png, width, height } = await tokenMaskPng(rgb, size, labels, grid, 14);
   t.equal(width, 280, 'scaled by an integer factor to >= 256');
   t.equal(height, 280);
   const { data, info } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
@@ -23,6 +23,20 @@ t.test('the token-mask PNG colours each token and draws borders between tokens',
   t.same(px(260, 260), expect(1));
   t.same(px(139, 50), [255, 255, 255], 'border between the columns');
   t.same(px(20, 139), expect(0), 'no border inside one token');
+});
+
+t.test('the token-mask PNG can leave out the padding', async (t) => {
+  const size = 28;
+  const rgb = new Uint8Array(size * size * 3).fill(0);
+  const labels = [0, 0, 1, 1]; // top row token 0, bottom row token 1
+  const { png, width, height } = await tokenMaskPng(rgb, size, labels, 2, 14, { left: 0, top: 7, width: 28, height: 14 });
+  t.same([width, height], [280, 140]);
+  const { data } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
+  const px = (x: number, y: number) => Array.from(data.subarray((y * 280 + x) * 3, (y * 280 + x) * 3 + 3));
+  const tint = (l: number) => tokenColour(l).map((c) => Math.round(0.55 * c));
+  t.same(px(10, 10), tint(0), 'top of the box is in token 0');
+  t.same(px(10, 130), tint(1), 'bottom of the box is in token 1');
+  t.same(px(10, 69), [255, 255, 255], 'border at model row 14 (output row 70)');
 });
 
 t.test('a mask is upsampled to the original size with the padding cropped', async (t) => {
