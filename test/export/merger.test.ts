@@ -7,7 +7,7 @@ import { CONFIGS } from '../../tools/export/configs.js';
 import { Model } from '../../tools/export/onnx/layers.js';
 import { Rng } from '../../tools/export/onnx/random.js';
 import { buildMerger, meanPool, mergerBlock, mergerHead, sameClusterMask } from '../../tools/export/stages/merger.js';
-import { data, f32, gatherRows, maxAbsDiff, randn, run } from './helpers.js';
+import { data, decodeModel, f32, gatherRows, maxAbsDiff, randn, run } from './helpers.js';
 
 const a = CONFIGS.tiny;
 const C = a.encoder.width;
@@ -99,4 +99,17 @@ t.test('mean pool divides by each cluster size', async (t) => {
   const xs = [1, 10, 2, 20, 3, 30, 4, 40, 6, 60];
   const y = data((await run(m, { assign: f32(assignOf(labels, 2), [1, 2, 5]), x: f32(xs, [1, 5, 2]) })).y);
   t.same(Array.from(y), [2.5, 25, 11 / 3, 110 / 3].map(Math.fround));
+});
+
+t.test('each merger block: depth attention layers share one LayerNorm, then one MLP', async (t) => {
+  const graph = decodeModel(buildMerger(a, new Rng(1)).g.encode()).graph!;
+  const inits = graph.initializer!.map((i) => i.name!);
+  for (const block of ['inner', 'inter']) {
+    t.same(inits.filter((n) => n.startsWith(`${block}/norm1/`)).sort(), [`${block}/norm1/bias`, `${block}/norm1/weight`]);
+    const users = graph.node!.filter((n) => n.opType === 'LayerNormalization' && n.input![1] === `${block}/norm1/weight`);
+    t.equal(users.length, a.merger.depth, `${block}: norm1 used by ${a.merger.depth} attention layers`);
+    for (let i = 0; i < a.merger.depth; i++) t.ok(inits.includes(`${block}/attn.${i}/q_proj/weight`));
+    t.notOk(inits.includes(`${block}/attn.${a.merger.depth}/q_proj/weight`));
+    t.ok(inits.includes(`${block}/mlp/fc1/weight`) && !inits.some((n) => n.startsWith(`${block}/mlp.`)), 'one MLP');
+  }
 });
