@@ -81,12 +81,15 @@ export async function tokenMaskPng(
 /**
  * A binary mask PNG (0 / 255, one channel) at the original image size, from grid x grid logits:
  * sigmoid, bilinear upsampling to the padded square, crop the padding, threshold at 0.5.
+ * `coverage` is the part of the square side the patch grid covers (grid * patch / size: the
+ * encoder drops the pixels past the last whole patch); the last row and column extend over them.
  */
 export async function maskPng(
   logits: Float32Array,
   offset: number,
   grid: number,
   geometry: Geometry,
+  coverage = 1,
 ): Promise<{ png: Uint8Array; width: number; height: number }> {
   const prob = new Uint8Array(grid * grid);
   for (let i = 0; i < prob.length; i++) prob[i] = Math.round(255 / (1 + Math.exp(-logits[offset + i]!)));
@@ -97,8 +100,10 @@ export async function maskPng(
   const ch = Math.max(1, Math.min(work, Math.round(geometry.height * k)));
   const cl = Math.min(work - cw, Math.round(geometry.left * k));
   const ct = Math.min(work - ch, Math.round(geometry.top * k));
+  const covered = Math.max(1, Math.min(work, Math.round(work * coverage)));
   const square = await sharp(prob, { raw: { width: grid, height: grid, channels: 1 } })
-    .resize(work, work, { kernel: 'linear', fit: 'fill' })
+    .resize(covered, covered, { kernel: 'linear', fit: 'fill' })
+    .extend({ right: work - covered, bottom: work - covered, extendWith: 'copy' })
     .toColourspace('b-w') // raw output is sRGB otherwise
     .raw()
     .toBuffer();

@@ -54,6 +54,18 @@ t.test('a mask is upsampled to the original size with the padding cropped', asyn
   t.ok(data.every((v) => v === 0 || v === 255), 'binary');
 });
 
+t.test('a grid that covers part of the square extends its last row and column over the rest', async (t) => {
+  // 2x2 grid covering the top-left 60% of a 100 px square; only the bottom-right cell is on.
+  const logits = Float32Array.from([-10, -10, -10, 10]);
+  const g = { width: 100, height: 100, side: 100, left: 0, top: 0 };
+  const { png } = await maskPng(logits, 0, 2, g, 0.6);
+  const { data } = await sharp(png).toColourspace('b-w').raw().toBuffer({ resolveWithObject: true });
+  t.equal(data[10 * 100 + 10], 0, 'top-left off');
+  t.equal(data[50 * 100 + 50], 255, 'inside the last cell on');
+  t.equal(data[95 * 100 + 95], 255, 'past the grid: the last cell extends');
+  t.equal(data[20 * 100 + 95], 0, 'right edge of the first row stays off');
+});
+
 t.test('imagePng maps [-1, 1] to [0, 255] per channel', async (t) => {
   const chw = new Float32Array(3 * 4);
   chw.fill(1, 0, 4); // R = 1

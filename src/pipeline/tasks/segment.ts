@@ -36,11 +36,12 @@ export async function segmentMasks(
   });
   const tokenMasks = out.token_masks!.data as Float32Array;
   const referring = out.referring_mask!.data as Float32Array;
+  const coverage = (G * a.image.patch) / a.image.size;
   return timed(ctx, 'png', async () => {
     const pics: MaskPicture[] = [];
     // The referring mask first: it is the answer; the token masks explain it.
-    pics.push({ index: 0, referring: true, ...(await maskPng(referring, 0, G, geometry)) });
-    for (let l = 0; l < L; l++) pics.push({ index: l, referring: false, ...(await maskPng(tokenMasks, l * G * G, G, geometry)) });
+    pics.push({ index: 0, referring: true, ...(await maskPng(referring, 0, G, geometry, coverage)) });
+    for (let l = 0; l < L; l++) pics.push({ index: l, referring: false, ...(await maskPng(tokenMasks, l * G * G, G, geometry, coverage)) });
     return pics;
   });
 }
