@@ -21,6 +21,7 @@ export async function startEmbeddedBroker(opts: { port?: number; host?: string }
   const aedes = await Aedes.createBroker();
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
+    socket.setNoDelay(true);
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     aedes.handle(socket);

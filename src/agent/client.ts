@@ -7,6 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { noDelay } from './agent.js';
 import type { QueryRequest } from '../pipeline/types.js';
 import { decodeReply, decodeStatus, encodeCancel, encodeQuery, type AgentStatus, type ReplyEvent } from './codec.js';
 import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from './topics.js';
@@ -106,6 +107,7 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
     super();
     this.replyTopic = replyTopicFor(clientId);
     client.on('message', (topic, payload, packet) => this.onReply(topic, payload, packet));
+    client.on('connect', () => noDelay(client));
     client.on('offline', () => this.emit('offline'));
   }
 
