@@ -102,9 +102,13 @@ class OrtSession implements Session {
     this.worker.ref();
     await new Promise<void>((resolve) => {
       this.worker.once('exit', () => resolve());
-      this.worker.once('message', (m: FromWorker) => {
-        if (m.type === 'disposed') void this.worker.terminate();
-      });
+      // A run still in flight answers first; wait for the 'disposed' reply itself.
+      const onDisposed = (m: FromWorker) => {
+        if (m.type !== 'disposed') return;
+        this.worker.off('message', onDisposed);
+        void this.worker.terminate();
+      };
+      this.worker.on('message', onDisposed);
       this.worker.postMessage({ type: 'dispose' } satisfies ToWorker);
     });
   }
