@@ -69,7 +69,9 @@ export interface NativeAddon {
     push(features: Float32Array): Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array; changedPatches: number }>;
     close(): void;
   };
-  setokGramBench?: (n: number, dim: number, reps: number) => { gramMs: number; gemmMs: number; isa: string; threads: number };
+  setokGramBench?: (n: number, dim: number, reps: number) => {
+    gramMs: number; gemmMs: number; distanceMs: number; peakGflops: number; isa: string; threads: number;
+  };
   trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
   trtBuildEngine?(
     options: NativeTrtBuildOptions,

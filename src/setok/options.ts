@@ -5,7 +5,7 @@ import type { ClusterParams } from './reference.js';
 
 export const ClusterOptionsSchema = z
   .object({
-    n: z.number().int().min(1),
+    n: z.number().int().min(1).max(16384), // two n x n float matrices must fit in memory
     dim: z.number().int().min(1),
     k: z.number().int().min(1),
     threshold: z.number().finite(),

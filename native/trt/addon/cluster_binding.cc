@@ -1,6 +1,6 @@
 // setokCluster(features, n, dim, k, threshold, fallback, maxTokens) -> Promise<{centers, labels, scores}>
 // setokClusterStream(n, dim, k, threshold, fallback, maxTokens) -> { push(features) -> Promise, close() }
-// setokGramBench(n, dim, reps) -> { gramMs, gemmMs, isa, threads } (bench/cluster.ts)
+// setokGramBench(n, dim, reps) -> { gramMs, gemmMs, distanceMs, peakGflops, isa, threads } (bench/cluster.ts)
 // The JS side (src/setok) validates options; the features are copied into plain C++ vectors and the
 // work runs in a Napi::AsyncWorker, so the event loop never blocks. Errors reject the promise with
 // an Error whose `code` is BAD_INPUT (bad data) or INTERNAL.
@@ -200,6 +200,17 @@ Napi::Value GramBench(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("gramMs", best([&] { setokim::ComputeGram(x.data(), n, dim, g); }));
   out.Set("gemmMs", best([&] { setokim::ReferenceGemm(x.data(), x.data(), n, n, dim, c); }));
+  ClusterParams p;
+  p.n = n;
+  p.dim = dim;
+  p.k = 1;
+  setokim::DpcKnn dpc(p);
+  std::vector<float> dist;
+  out.Set("distanceMs", best([&] {
+    setokim::ComputeGram(x.data(), n, dim, g);
+    dpc.Distances(g, dist);
+  }));
+  out.Set("peakGflops", setokim::PeakGflops(0.3));
   out.Set("isa", setokim::GramIsa());
   out.Set("threads", setokim::WorkerCount());
   return out;

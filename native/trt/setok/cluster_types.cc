@@ -9,6 +9,10 @@ namespace setokim {
 void ValidateClusterParams(const ClusterParams& p, size_t count) {
   if (p.dim < 1) throw BadInput("cluster: dim must be at least 1, got " + std::to_string(p.dim));
   if (p.n < 1) throw BadInput("cluster: n must be at least 1, got " + std::to_string(p.n));
+  if (p.n > kMaxClusterPatches) {
+    throw BadInput("cluster: n = " + std::to_string(p.n) + " patches is above the limit of " +
+                   std::to_string(kMaxClusterPatches) + " (the n x n distance matrices would not fit in memory)");
+  }
   if (p.k < 1 || p.k > p.n) {
     throw BadInput("cluster: k = " + std::to_string(p.k) + " must be between 1 and n = " + std::to_string(p.n) +
                    " (k nearest neighbours need at least k patches)");

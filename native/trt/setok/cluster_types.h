@@ -8,6 +8,9 @@
 
 namespace setokim {
 
+// Largest n accepted: two n x n float matrices (2 GiB at this size) must fit in memory.
+constexpr int kMaxClusterPatches = 16384;
+
 struct ClusterParams {
   int n = 0;             // patches (rows)
   int dim = 0;           // feature width C

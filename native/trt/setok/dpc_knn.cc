@@ -17,15 +17,16 @@ constexpr int kRowsPerTask = 16;
 
 int Tasks(int n, int per) { return (n + per - 1) / per; }
 
-// The k smallest of v[0..n) into out[0..k), ascending. A threshold from every 4th element
+// The k smallest of v[0..n) into out[0..k), ascending. A threshold taken from a strided sample
 // filters the row first (the k smallest are exactly the k smallest of the survivors whenever at
 // least k survive); otherwise the whole row is selected. Same values as a full sort either way.
 void KSmallest(const float* v, int n, int k, std::vector<float>& sample, std::vector<float>& out) {
   int count = 0;
-  if (n >= 8 * k) {
+  const int stride = n / (2 * k);
+  if (stride >= 2) {
     int m = 0;
-    for (int j = 0; j < n; j += 4) sample[m++] = v[j];
-    const int ks = std::min(m - 1, k / 4 + 8);
+    for (int j = 0; j < n; j += stride) sample[m++] = v[j];
+    const int ks = std::min(m - 1, k / stride + 8);
     std::nth_element(sample.begin(), sample.begin() + ks, sample.begin() + m);
     const float t = sample[ks];
     for (int j = 0; j < n; ++j) {
@@ -55,6 +56,7 @@ ClusterResult DpcKnn::Cluster(const float* features) {
 
 void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const {
   const int n = params_.n;
+  const bool par = static_cast<double>(n) * n > 1e5;  // smaller rows finish before threads start
   const int ld = GramStride(n);
   // Mirror the upper triangle into the lower one, tile by tile (cache friendly).
   const int tiles = Tasks(n, kTile);
@@ -65,7 +67,7 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
       for (int i = i0; i < i1; ++i)
         for (int j = j0; j < std::min(j1, i); ++j) gram[static_cast<size_t>(i) * ld + j] = gram[static_cast<size_t>(j) * ld + i];
     }
-  });
+  }, par);
   dist.resize(static_cast<size_t>(n) * n);
   std::vector<float> diag(n);
   for (int j = 0; j < n; ++j) diag[j] = gram[static_cast<size_t>(j) * ld + j];
@@ -75,11 +77,12 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
       DistanceRow(diag[i], diag.data(), gram.data() + static_cast<size_t>(i) * ld, fdim, n,
                   dist.data() + static_cast<size_t>(i) * n);
     }
-  });
+  }, par);
 }
 
 ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
   const int n = params_.n;
+  const bool par = static_cast<double>(n) * n > 1e5;
   const int k = params_.k;
   Distances(gram, dist_);
   const std::vector<float>& dist = dist_;
@@ -95,7 +98,7 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
       const float mean = sum / static_cast<float>(k);
       res.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
     }
-  });
+  }, par);
   // Step 4: rank by (rho descending, index ascending); delta = min D to a better-ranked point.
   std::vector<int32_t> order(n);
   std::iota(order.begin(), order.end(), 0);
@@ -120,7 +123,7 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
       delta[i] = best;
       row_max[i] = mx;
     }
-  });
+  }, par);
   const float dmax = n > 0 ? *std::max_element(row_max.begin(), row_max.end()) : 0.0f;
   delta[order[0]] = dmax;
   for (int i = 0; i < n; ++i) res.scores[i] = res.rho[i] * delta[i];
@@ -142,7 +145,7 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
       }
       res.labels[i] = best;
     }
-  });
+  }, par);
   for (int m = 0; m < L; ++m) res.labels[res.centers[m]] = m;
   return res;
 }

@@ -4,6 +4,7 @@
 #include "setok/gram_cpu.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -66,6 +67,9 @@ void RowBlockDispatch(const float* a, int lda, int m, int i0, int i1, const floa
 }
 
 // Packs rows of `bt` (n rows of depth dim, i.e. B^T) into [kc block][panel][c][kNR].
+// Below this many multiply-adds one thread is faster than starting others.
+bool WorthThreads(double madds) { return madds > 4e6; }
+
 std::vector<float> PackAll(const float* bt, int n, int dim) {
   const int npanels = (n + kNR - 1) / kNR;
   std::vector<float> packed(static_cast<size_t>(npanels) * kNR * dim);
@@ -77,7 +81,7 @@ std::vector<float> PackAll(const float* bt, int n, int dim) {
       float* dst = packed.data() + static_cast<size_t>(c0) * npanels * kNR + static_cast<size_t>(p) * (c1 - c0) * kNR;
       PackPanel(bt, n, dim, p * kNR, c0, c1, dst);
     }
-  });
+  }, WorthThreads(static_cast<double>(n) * dim * 8));
   return packed;
 }
 
@@ -88,6 +92,32 @@ void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, 
   if (HasAvx2()) return avx2::DistanceRow(gii, gjj, g, dim, n, d);
 #endif
   generic::DistanceRow(gii, gjj, g, dim, n, d);
+}
+
+double PeakGflops(double seconds) {
+  const int threads = WorkerCount();
+  std::vector<double> rate(threads);
+  const long iters = 1 << 20;
+  ParallelFor(threads, [&](int t) {
+    const auto t0 = std::chrono::steady_clock::now();
+    long rounds = 0;
+    volatile float sink = 0;
+    double elapsed = 0;
+    do {
+#if defined(__x86_64__)
+      sink = sink + (HasAvx2() ? avx2::PeakLoop(iters) : generic::PeakLoop(iters));
+#else
+      sink = sink + generic::PeakLoop(iters);
+#endif
+      ++rounds;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (elapsed < seconds);
+    const int lanes = GramIsa()[0] == 'a' ? 8 : 4;
+    rate[t] = 2.0 * 12 * lanes * static_cast<double>(iters) * rounds / elapsed / 1e9;
+  });
+  double total = 0;
+  for (double r : rate) total += r;
+  return total;
 }
 
 const char* GramIsa() {
@@ -111,7 +141,7 @@ void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram) {
   ParallelFor(tasks, [&](int t) {
     const int i0 = t * kRowsPerTask;
     RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), packed.data(), dim, npanels, true, gram.data(), ld);
-  });
+  }, WorthThreads(0.5 * n * n * dim));
 }
 
 void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows, std::vector<float>& gram) {
@@ -127,7 +157,7 @@ void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows
   ParallelFor(tasks, [&](int t) {
     const int i0 = t * kMR * 2;
     RowBlockDispatch(a.data(), dim, m, i0, std::min(m, i0 + kMR * 2), packed.data(), dim, ld / kNR, false, out.data(), ld);
-  });
+  }, WorthThreads(static_cast<double>(m) * n * dim));
   for (int r = 0; r < m; ++r) {
     const int i = rows[r];
     const float* src = out.data() + static_cast<size_t>(r) * ld;

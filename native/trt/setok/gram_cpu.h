@@ -27,6 +27,10 @@ void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows
 // Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.
 void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, float* d);
 
+// GFLOP/s of a register-only loop of rounded multiply then add (the Gram kernel's instruction
+// mix, no memory) on every core for about `seconds`: the limit the Gram step can approach.
+double PeakGflops(double seconds);
+
 // Plain float32 GEMM C[m x n] = A[m x k] * B[k x n] (row-major), the same kernel without the
 // symmetric shortcut: the benchmark's yardstick for "how fast can this machine multiply matrices".
 void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c);

@@ -14,9 +14,9 @@ int WorkerCount() {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
-void ParallelFor(int count, const std::function<void(int)>& fn) {
+void ParallelFor(int count, const std::function<void(int)>& fn, bool parallel) {
   if (count <= 0) return;
-  const int threads = std::min(WorkerCount(), count);
+  const int threads = parallel ? std::min(WorkerCount(), count) : 1;
   std::atomic<int> next{0};
   std::exception_ptr error;
   std::mutex error_mutex;

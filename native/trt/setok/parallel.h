@@ -10,8 +10,9 @@ namespace setokim {
 // Number of worker threads ParallelFor uses (hardware concurrency, at least 1).
 int WorkerCount();
 
-// Runs fn(i) for i in [0, count), on up to WorkerCount() threads (the caller's thread included).
-// An exception thrown by fn is rethrown on the caller's thread after all threads joined.
-void ParallelFor(int count, const std::function<void(int)>& fn);
+// Runs fn(i) for i in [0, count), on up to WorkerCount() threads (the caller's thread included);
+// with parallel = false (small problems, where starting threads costs more than it saves) it runs
+// inline. An exception thrown by fn is rethrown on the caller's thread after all threads joined.
+void ParallelFor(int count, const std::function<void(int)>& fn, bool parallel = true);
 
 }  // namespace setokim

@@ -1,0 +1,97 @@
+/**
+ * SeTok clustering benchmark, everything measured side by side in one run:
+ *  1. native CPU against the TypeScript reference (same results checked) at 729 x 1152 and 256 x 64;
+ *  2. the distance step (Gram matrix + distances) against this machine's matrix-multiply rate: a
+ *     plain float32 GEMM of the same shape in the same native code, and a register-only peak loop;
+ *  3. ClusterStream when 10% of the patches change between frames, against clustering each frame
+ *     from scratch.
+ * Run: npx tsx bench/cluster.ts   (build the addon first: npm run build:native)
+ */
+import os from 'node:os';
+import { ClusterStream, cluster } from '../src/setok/index.js';
+import { clusterReference } from '../src/setok/reference.js';
+import { loadNative } from '../src/engine/native.js';
+import { plantedFeatures, randomFeatures, rng } from '../test/setok/helpers.js';
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function timeMs(reps: number, fn: () => unknown): Promise<number> {
+  await fn(); // warm-up
+  const ms: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = performance.now();
+    await fn();
+    ms.push(performance.now() - t0);
+  }
+  return median(ms);
+}
+
+const addon = loadNative();
+if (!addon.setokCluster || !addon.setokGramBench) throw new Error('the addon lacks the clustering; run `npm run build:native`');
+console.log(`# cluster benchmark: ${os.cpus().length} cores (${os.cpus()[0]?.model}), load ${os.loadavg()[0]!.toFixed(1)}, node ${process.version}`);
+
+// 1. native vs reference
+console.log('\n## native CPU vs TypeScript reference (median ms)');
+console.log('size        | reference | native | ratio | same result');
+for (const [n, dim, grid, refReps] of [[729, 1152, 27, 3], [256, 64, 16, 15]] as const) {
+  const x = plantedFeatures(grid, grid, dim, 5, 21, 0.5);
+  const p = { n, dim, k: 64, threshold: 0.55, fallback: 64 };
+  const ref = await timeMs(refReps, () => clusterReference(x, p));
+  const nat = await timeMs(30, () => cluster(x, p));
+  const a = clusterReference(x, p);
+  const b = await cluster(x, p);
+  const same = a.centers.join() === b.centers.join() && a.labels.join() === b.labels.join();
+  console.log(`${`${n}x${dim}`.padEnd(11)} | ${ref.toFixed(1).padStart(9)} | ${nat.toFixed(2).padStart(6)} | ${(ref / nat).toFixed(0).padStart(4)}x | ${same}`);
+}
+
+// 2. distance step vs matmul rate
+const g = addon.setokGramBench(729, 1152, 15);
+const n = 729;
+const C = 1152;
+const gemmFlops = 2 * n * n * C;
+const triFlops = n * (n + 1) * C; // the Gram step computes the upper triangle only
+console.log(`\n## distance step at 729x1152 (${g.isa}, ${g.threads} threads, best of 15)`);
+console.log(`plain GEMM 729x1152 * 1152x729, same kernel : ${g.gemmMs.toFixed(2)} ms = ${(gemmFlops / g.gemmMs / 1e6).toFixed(1)} GFLOP/s`);
+console.log(`Gram (triangle, ${(triFlops / 1e9).toFixed(2)} GFLOP)            : ${g.gramMs.toFixed(2)} ms = ${(triFlops / g.gramMs / 1e6).toFixed(1)} GFLOP/s (${((triFlops / g.gramMs / 1e6) / (gemmFlops / g.gemmMs / 1e6) * 100).toFixed(0)}% of the GEMM rate, ${(g.gemmMs / g.gramMs).toFixed(2)}x faster than the GEMM)`);
+console.log(`distances = Gram + D               : ${g.distanceMs.toFixed(2)} ms`);
+console.log(`peak mul+add loop (no memory)      : ${g.peakGflops.toFixed(1)} GFLOP/s -> Gram at ${((triFlops / g.gramMs / 1e6) / g.peakGflops * 100).toFixed(0)}% of peak, GEMM at ${((gemmFlops / g.gemmMs / 1e6) / g.peakGflops * 100).toFixed(0)}%`);
+
+// 3. streaming with 10% of the patches changing per frame
+{
+  const p = { n, dim: C, k: 64, threshold: 0.55, fallback: 64 };
+  const x = plantedFeatures(27, 27, C, 5, 21, 0.5);
+  const r = rng(5);
+  const frames: Float32Array[] = [];
+  for (let f = 0; f < 12; f++) {
+    const next = (frames[f - 1] ?? x).slice();
+    for (let m = 0; m < Math.round(n * 0.1); m++) {
+      const i = Math.floor(r() * n);
+      for (let c = 0; c < C; c++) next[i * C + c] = next[i * C + c]! + (r() * 2 - 1) * 0.05;
+    }
+    frames.push(next);
+  }
+  const stream = new ClusterStream(p, { backend: 'native' });
+  await stream.push(x);
+  const streamMs: number[] = [];
+  const fullMs: number[] = [];
+  let changed = 0;
+  let same = true;
+  for (const f of frames) {
+    let t0 = performance.now();
+    const s = await stream.push(f);
+    streamMs.push(performance.now() - t0);
+    changed += s.changedPatches;
+    t0 = performance.now();
+    const full = await cluster(f, p);
+    fullMs.push(performance.now() - t0);
+    same &&= full.labels.join() === s.labels.join() && full.centers.join() === s.centers.join();
+  }
+  stream.close();
+  const sm = median(streamMs);
+  const fm = median(fullMs);
+  console.log(`\n## ClusterStream, 10% of patches change per frame (${(changed / frames.length).toFixed(0)} rows recomputed per frame, median of ${frames.length})`);
+  console.log(`from scratch ${fm.toFixed(2)} ms, stream ${sm.toFixed(2)} ms: ${(fm / sm).toFixed(2)}x faster, identical results: ${same}`);
+}
