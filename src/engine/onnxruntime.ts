@@ -116,8 +116,10 @@ class OrtSession implements Session {
   private settle(id: number | undefined): { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void } | undefined {
     if (id === undefined) return undefined;
     const p = this.pending.get(id);
+    if (!p) return undefined; // e.g. a run's answer after dispose cancelled it
     this.pending.delete(id);
-    if (this.pending.size === 0) this.worker.unref();
+    // Idle sessions let the process exit; a disposing one stays referenced until its worker exits.
+    if (this.pending.size === 0 && !this.disposed) this.worker.unref();
     return p;
   }
 
