@@ -67,6 +67,8 @@ export interface AgentOptions {
   pipeline: Pipeline;
   log?: Logger;
   version?: string;
+  /** Counts a prompt's tokens (the model set's tokenizer) for limits.maxPromptTokens. */
+  countTokens?: (text: string) => number;
 }
 
 export class Agent extends EventEmitter<AgentEvents> {
@@ -76,6 +78,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly pipeline: Pipeline;
   private readonly log: Logger;
   private readonly version: string;
+  private readonly countTokens?: (text: string) => number;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
   private client?: MqttClient;
@@ -91,6 +94,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.pipeline = opts.pipeline;
     this.log = opts.log ?? (() => undefined);
     this.version = opts.version ?? '0.1.0';
+    if (opts.countTokens) this.countTokens = opts.countTokens;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
@@ -264,6 +268,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       return new SetokimError(ErrorCodes.PAYLOAD_TOO_LARGE, `the image is ${q.image.length} bytes; this device takes at most ${max} (limits.maxImageBytes); resize it first`);
     }
     if (q.image && !looksLikeImage(q.image)) return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
+    const maxPrompt = this.config.limits.maxPromptTokens;
+    if (maxPrompt !== undefined && q.prompt && this.countTokens) {
+      const n = this.countTokens(q.prompt);
+      if (n > maxPrompt) return new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the prompt is ${n} tokens; this device takes at most ${maxPrompt} (limits.maxPromptTokens); shorten it`);
+    }
     return undefined;
   }
 

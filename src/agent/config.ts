@@ -40,8 +40,9 @@ export const agentConfigSchema = z
     limits: z
       .object({
         maxImageBytes: z.number().int().min(1024).default(8 * 1024 * 1024),
-        maxPromptTokens: z.number().int().min(1).optional(),
         maxTokens: z.number().int().min(1).optional(),
+        /** Prompts longer than this (in tokens of the model set's tokenizer) are PROMPT_TOO_LONG. */
+        maxPromptTokens: z.number().int().min(1).optional(),
         queueSize: z.number().int().min(0).default(16),
         concurrency: z.number().int().min(1).max(64).default(1),
         dedupeWindow: z.number().int().min(1).default(4096),
@@ -82,8 +83,8 @@ const ENV: Record<string, { path: string[]; type: 'string' | 'number' | 'boolean
   SETOKIM_KEY: { path: ['broker', 'key'], type: 'string' },
   SETOKIM_FLEET_SUBSCRIPTION: { path: ['fleetSubscription'], type: 'string' },
   SETOKIM_MAX_IMAGE_BYTES: { path: ['limits', 'maxImageBytes'], type: 'number' },
-  SETOKIM_MAX_PROMPT_TOKENS: { path: ['limits', 'maxPromptTokens'], type: 'number' },
   SETOKIM_MAX_TOKENS: { path: ['limits', 'maxTokens'], type: 'number' },
+  SETOKIM_MAX_PROMPT_TOKENS: { path: ['limits', 'maxPromptTokens'], type: 'number' },
   SETOKIM_QUEUE_SIZE: { path: ['limits', 'queueSize'], type: 'number' },
   SETOKIM_CONCURRENCY: { path: ['limits', 'concurrency'], type: 'number' },
   SETOKIM_METRICS_PORT: { path: ['metrics', 'port'], type: 'number' },

@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { Agent, type LogLevel } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
 import { SetokimError } from '../errors.js';
-import { createPipeline } from '../pipeline/index.js';
+import { createPipeline, loadTokenizer } from '../pipeline/index.js';
 
 interface AgentFlags {
   config?: string;
@@ -27,6 +27,7 @@ interface AgentFlags {
   concurrency?: string;
   maxImageBytes?: string;
   maxTokens?: string;
+  maxPromptTokens?: string;
   metricsPort?: string;
   metrics?: boolean;
   backend?: string;
@@ -64,6 +65,7 @@ export function flagsToConfig(f: AgentFlags): Record<string, unknown> {
       concurrency: num('concurrency', f.concurrency),
       maxImageBytes: num('max-image-bytes', f.maxImageBytes),
       maxTokens: num('max-tokens', f.maxTokens),
+      maxPromptTokens: num('max-prompt-tokens', f.maxPromptTokens),
     },
     metrics: { port: num('metrics-port', f.metricsPort), enabled: f.metrics === false ? false : undefined },
     pipeline: { backend: f.backend, threads: num('threads', f.threads), verify: f.verify === false ? false : undefined },
@@ -98,6 +100,7 @@ export function registerAgent(program: Command): void {
     .option('--concurrency <n>', 'queries running at once (default 1)')
     .option('--max-image-bytes <n>', 'larger images are refused with PAYLOAD_TOO_LARGE (default 8 MiB)')
     .option('--max-tokens <n>', 'cap on new tokens per query')
+    .option('--max-prompt-tokens <n>', 'longer prompts are refused with PROMPT_TOO_LONG before they take a slot')
     .option('--metrics-port <port>', 'Prometheus metrics on 127.0.0.1:<port>/metrics (default 9464, 0 = any free port)')
     .option('--no-metrics', 'no metrics endpoint')
     .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
@@ -118,7 +121,14 @@ export function registerAgent(program: Command): void {
         ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
         verify: config.pipeline.verify,
       });
-      const agent = new Agent({ config, pipeline, log, version: process.env.npm_package_version ?? '0.1.0' });
+      const tokenizer = config.limits.maxPromptTokens !== undefined ? await loadTokenizer(config.models) : undefined;
+      const agent = new Agent({
+        config,
+        pipeline,
+        log,
+        version: process.env.npm_package_version ?? '0.1.0',
+        ...(tokenizer ? { countTokens: (text: string) => tokenizer.encode(text).length } : {}),
+      });
       let stopping: Promise<void> | undefined;
       let stopped!: () => void;
       const finished = new Promise<void>((resolve) => (stopped = resolve));

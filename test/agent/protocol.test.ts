@@ -67,6 +67,23 @@ for (const kind of brokerKinds) {
       t.equal(events.at(-1)?.type, 'done');
     });
 
+    t.test('limits.maxPromptTokens refuses long prompts before they take a slot', async (t) => {
+      const strict = new Agent({
+        config: testConfig(broker, 'dev3', { limits: { maxPromptTokens: 5 } }),
+        pipeline,
+        countTokens: (text) => text.split(/\s+/).filter(Boolean).length,
+      });
+      await strict.start();
+      const target3 = { fleet: 'test', device: 'dev3' };
+      const id = newQueryId();
+      const long = await collect(client.query(target3, { id, task: 'ask', prompt: 'one two three four five six', image: png }));
+      t.equal(long.at(-1)!.type === 'error' && long.at(-1)!.code, 'PROMPT_TOO_LONG');
+      t.notOk(pipeline.seen.includes(id), 'never reached the pipeline');
+      const ok = await collect(client.query(target3, { id: newQueryId(), task: 'ask', prompt: 'one two three four five', image: png }));
+      t.equal(ok.at(-1)?.type, 'done');
+      await strict.stop(0);
+    });
+
     t.test('a message with no reply address is counted and logged, not answered', async (t) => {
       const before = (await agent.metrics.unaddressable.get()).values[0]?.value ?? 0;
       const seen = new Promise((resolve) => agent.once('unaddressable', resolve));
