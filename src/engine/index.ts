@@ -9,3 +9,5 @@ export * from './engine-manifest.js';
 export * from './native.js';
 export * from './engine-builder.js';
 export * from './stage-source.js';
+export * from './manifest.js';
+export * from './modelset.js';
