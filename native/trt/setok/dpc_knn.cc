@@ -98,7 +98,7 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
       const float mean = sum / static_cast<float>(k);
       res.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
     }
-  }, par);
+  }, n >= 128);  // a few microseconds per row: worth a second thread early
   // Step 4: rank by (rho descending, index ascending); delta = min D to a better-ranked point.
   std::vector<int32_t> order(n);
   std::iota(order.begin(), order.end(), 0);

@@ -7,20 +7,23 @@
 namespace setokim::cuda {
 namespace {
 
-constexpr int kTile = 32;  // Gram tile (kTile x kTile outputs per block, 16 x 16 threads, 2 x 2 each)
+constexpr int kTile = 32;  // Gram tile: kTile x kTile outputs per block, 8 x 8 threads, 4 x 4 outputs each
 
 // G[i][j] = sum over c ascending of round(x_i[c] * x_j[c]); upper-triangle blocks compute, and write
-// both G[i][j] and G[j][i].
+// both G[i][j] and G[j][i]. Each output is one accumulator walked in order (no split over c), so
+// the parallelism is over output tiles only; 16 independent chains per thread hide the latency.
 __global__ void GramKernel(const float* __restrict__ x, int n, int dim, float* __restrict__ g) {
   const int bi = blockIdx.y, bj = blockIdx.x;
   if (bj < bi) return;
   __shared__ float as[kTile][kTile + 1];
   __shared__ float bs[kTile][kTile + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int tid = ty * 16 + tx;
-  float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  const int tid = ty * 8 + tx;
+  float acc[4][4];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = 0.f;
   for (int c0 = 0; c0 < dim; c0 += kTile) {
-    for (int l = tid; l < kTile * kTile; l += 256) {
+    for (int l = tid; l < kTile * kTile; l += 64) {
       const int r = l / kTile, c = l % kTile;
       const int ai = bi * kTile + r, bjr = bj * kTile + r, gc = c0 + c;
       as[r][c] = (ai < n && gc < dim) ? x[static_cast<size_t>(ai) * dim + gc] : 0.f;
@@ -29,18 +32,17 @@ __global__ void GramKernel(const float* __restrict__ x, int n, int dim, float* _
     __syncthreads();
     const int kmax = min(kTile, dim - c0);
     for (int kk = 0; kk < kmax; ++kk) {
-      const float a0 = as[ty][kk], a1 = as[ty + 16][kk];
-      const float b0 = bs[tx][kk], b1 = bs[tx + 16][kk];
-      acc[0][0] = __fadd_rn(acc[0][0], __fmul_rn(a0, b0));
-      acc[0][1] = __fadd_rn(acc[0][1], __fmul_rn(a0, b1));
-      acc[1][0] = __fadd_rn(acc[1][0], __fmul_rn(a1, b0));
-      acc[1][1] = __fadd_rn(acc[1][1], __fmul_rn(a1, b1));
+      float a[4], b[4];
+      for (int r = 0; r < 4; ++r) a[r] = as[ty + 8 * r][kk];
+      for (int c = 0; c < 4; ++c) b[c] = bs[tx + 8 * c][kk];
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) acc[r][c] = __fadd_rn(acc[r][c], __fmul_rn(a[r], b[c]));
     }
     __syncthreads();
   }
-  for (int r = 0; r < 2; ++r)
-    for (int c = 0; c < 2; ++c) {
-      const int i = bi * kTile + ty + 16 * r, j = bj * kTile + tx + 16 * c;
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) {
+      const int i = bi * kTile + ty + 8 * r, j = bj * kTile + tx + 8 * c;
       if (i < n && j < n) {
         g[static_cast<size_t>(i) * n + j] = acc[r][c];
         g[static_cast<size_t>(j) * n + i] = acc[r][c];
@@ -249,7 +251,7 @@ __global__ void LabelKernel(const float* __restrict__ d, int n, const int* __res
 
 void LaunchGram(const float* x, int n, int dim, float* gram, cudaStream_t stream) {
   const int tiles = (n + kTile - 1) / kTile;
-  GramKernel<<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(x, n, dim, gram);
+  GramKernel<<<dim3(tiles, tiles), dim3(8, 8), 0, stream>>>(x, n, dim, gram);
 }
 
 void LaunchDistances(const float* gram, int n, int dim, float* dist, cudaStream_t stream) {
