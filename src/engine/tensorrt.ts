@@ -16,6 +16,7 @@ import {
   readEngineManifest,
   verifyPlanFile,
 } from './engine-manifest.js';
+import { signatureDifference } from './manifest.js';
 import { type Capabilities, type NativeAddon, type NativeTrtEngine, loadNative } from './native.js';
 import { type DimLimits, checkFeeds } from './signature.js';
 
@@ -118,6 +119,11 @@ export class TensorRtBackend implements Backend {
     if (reason) throw new SetokimError('BACKEND_UNAVAILABLE', `stage '${stage}': TensorRT is unavailable: ${reason}`);
     const manifest = readEngineManifest(plan);
     assertEngineCompatible(manifest, machineInfo(addon.capabilities()), this.options);
+    // An engine left over from an older export of the set must not serve the new contract.
+    const diff = options.signature && signatureDifference(options.signature, manifest.io);
+    if (diff) {
+      throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': engine ${plan} was built for another signature (${diff}); rebuild it with \`setokim export engine\``);
+    }
     await verifyPlanFile(plan, manifest);
     let engine: NativeTrtEngine;
     try {

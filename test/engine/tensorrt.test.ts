@@ -70,7 +70,10 @@ t.test('a plan is refused on its manifest before the addon loads it', async (t) 
   t.same(addon.loads, [], 'the addon never saw a refused plan');
 
   writeFileSync(engineManifestPath(plan), JSON.stringify(m));
-  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT refused .*stand-in addon/ });
+  const newer = { ...ADD_MATMUL_SIGNATURE, inputs: [ADD_MATMUL_SIGNATURE.inputs[0]!, { name: 'y', dtype: 'float16' as const, shape: [1, 'L', 4] }] };
+  await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: newer }), { code: 'ENGINE_INCOMPATIBLE', message: /built for another signature \(y: expected dtype float16, got float32\)/ });
+  t.same(addon.loads, [], 'the addon never saw a refused plan');
+  await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: ADD_MATMUL_SIGNATURE }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT refused .*stand-in addon/ });
   t.same(addon.loads, [plan], 'a compatible, intact plan reaches the addon');
 });
 
