@@ -9,6 +9,7 @@
  * - LLM prefill with SeTok's L tokens against the same prompt fed all 729 patch tokens (the merger
  *   with one cluster per patch), alternating, median of 5 each, and the ratio;
  * - orchestration overhead: wall time of a query over the sum of its stage times (target <= 1.10);
+ * - segment, generate and edit once each (mask decoder, diffusion head, detokenizer);
  * - two queries in flight at once against the same two one after the other.
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -135,7 +136,22 @@ async function main(): Promise<void> {
   console.log(`  patches ${String(N).padStart(4)} vision tokens  ${ms(ms2).padStart(10)}`);
   console.log(`  patch / SeTok prefill time: ${(ms2 / ms1).toFixed(2)}x\n`);
 
-  // 3. Two queries in flight at once against one after the other.
+  // 3. The other tasks, once each: the stages only they run (mask decoder, diffusion, detokenizer).
+  console.log('other tasks (one query each, 16 new tokens):');
+  for (const task of ['segment', 'generate', 'edit'] as const) {
+    const { done, wall } = await query(p, {
+      id: task,
+      task,
+      prompt: task === 'segment' ? 'Segment the largest circle.' : 'A red boat on a lake.',
+      image: task === 'generate' ? undefined : images[0]!,
+      generation: { maxTokens: 16 },
+    });
+    const own = ['mask_decoder', 'diffusion', 'detokenizer'].filter((s) => done.stages[s] !== undefined);
+    console.log(`  ${task.padEnd(9)} ${ms(wall).padStart(10)} wall; ${own.map((s) => `${s} ${ms(done.stages[s]!)}`).join(', ')}`);
+  }
+  console.log(`  (diffusion: ${a.diffusion.steps} DDIM steps over all <target> tokens in one batch)\n`);
+
+  // 4. Two queries in flight at once against one after the other.
   const pair = (i: number): QueryRequest => ({ id: `c${i}`, task: 'ask', prompt: 'What is in the picture?', image: images[i % runs]!, generation: { maxTokens } });
   let t0 = performance.now();
   await query(p, pair(0));
