@@ -2,6 +2,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -138,6 +141,41 @@ ClusterResult DpcKnnCuda::ClusterDevice(const float* device_features) {
 }
 
 CudaTimings DpcKnnCuda::LastTimings() const { return impl_->timings; }
+
+std::string DpcKnnCuda::GramVariantReport(int reps) {
+  Impl& m = *impl_;
+  const size_t nn = static_cast<size_t>(m.p.n) * m.p.n;
+  SETOKIM_CUDA_CHECK(cudaSetDevice(m.device));
+  std::vector<float> want(nn), got(nn);
+  cuda::LaunchGram(m.x.get(), m.p.n, m.p.dim, m.gram.get(), m.stream);
+  SETOKIM_CUDA_CHECK(cudaMemcpyAsync(want.data(), m.gram.get(), nn * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
+  SETOKIM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  std::string out;
+  for (int v = 0; v < cuda::GramVariantCount(); ++v) {
+    SETOKIM_CUDA_CHECK(cudaMemsetAsync(m.gram.get(), 0, nn * sizeof(float), m.stream));
+    const char* name = cuda::LaunchGramVariant(v, m.x.get(), m.p.n, m.p.dim, m.gram.get(), m.stream);
+    SETOKIM_CUDA_CHECK(cudaMemcpyAsync(got.data(), m.gram.get(), nn * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
+    SETOKIM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    const bool same = std::memcmp(got.data(), want.data(), nn * sizeof(float)) == 0;
+    std::vector<float> ms;
+    for (int r = 0; r < reps; ++r) {
+      SETOKIM_CUDA_CHECK(cudaEventRecord(m.ev[0], m.stream));
+      cuda::LaunchGramVariant(v, m.x.get(), m.p.n, m.p.dim, m.gram.get(), m.stream);
+      SETOKIM_CUDA_CHECK(cudaEventRecord(m.ev[1], m.stream));
+      SETOKIM_CUDA_CHECK(cudaEventSynchronize(m.ev[1]));
+      float t = 0;
+      SETOKIM_CUDA_CHECK(cudaEventElapsedTime(&t, m.ev[0], m.ev[1]));
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    char line[160];
+    std::snprintf(line, sizeof line, "gram variant %d (%s%s): %.4f ms, %s\n", v, name, v == 0 ? ", default" : "",
+                  ms[ms.size() / 2], same ? "identical to the default" : "DIFFERENT BITS");
+    out += line;
+    if (!same) throw std::runtime_error(std::string("Gram variant ") + name + " differs from the default");
+  }
+  return out;
+}
 
 std::string DpcKnnCuda::DeviceName() const {
   cudaDeviceProp prop{};

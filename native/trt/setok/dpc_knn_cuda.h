@@ -37,6 +37,9 @@ class DpcKnnCuda {
   ClusterResult ClusterDevice(const float* device_features = nullptr);
 
   CudaTimings LastTimings() const;
+  // Benchmark helper: times every Gram kernel tile shape on the uploaded features (median of reps)
+  // and says whether each one's matrix equals the default's bit for bit. One line per shape.
+  std::string GramVariantReport(int reps);
   std::string DeviceName() const;
 
  private:

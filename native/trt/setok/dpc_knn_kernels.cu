@@ -7,47 +7,54 @@
 namespace setokim::cuda {
 namespace {
 
-constexpr int kTile = 32;  // Gram tile: kTile x kTile outputs per block, 8 x 8 threads, 4 x 4 outputs each
-
 // G[i][j] = sum over c ascending of round(x_i[c] * x_j[c]); upper-triangle blocks compute, and write
-// both G[i][j] and G[j][i]. Each output is one accumulator walked in order (no split over c), so
-// the parallelism is over output tiles only; 16 independent chains per thread hide the latency.
+// both G[i][j] and G[j][i]. Each output is one accumulator walked in order (splitting c would change
+// the rounding), so the parallelism is over output tiles only. TILE x TILE outputs per block,
+// PER x PER per thread ((TILE/PER)^2 threads); the default is the fastest measured on an H100.
+template <int TILE, int PER>
 __global__ void GramKernel(const float* __restrict__ x, int n, int dim, float* __restrict__ g) {
+  constexpr int T = TILE / PER;  // threads per side
   const int bi = blockIdx.y, bj = blockIdx.x;
   if (bj < bi) return;
-  __shared__ float as[kTile][kTile + 1];
-  __shared__ float bs[kTile][kTile + 1];
+  __shared__ float as[TILE][TILE + 1];
+  __shared__ float bs[TILE][TILE + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int tid = ty * 8 + tx;
-  float acc[4][4];
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = 0.f;
-  for (int c0 = 0; c0 < dim; c0 += kTile) {
-    for (int l = tid; l < kTile * kTile; l += 64) {
-      const int r = l / kTile, c = l % kTile;
-      const int ai = bi * kTile + r, bjr = bj * kTile + r, gc = c0 + c;
+  const int tid = ty * T + tx;
+  float acc[PER][PER];
+  for (int r = 0; r < PER; ++r)
+    for (int c = 0; c < PER; ++c) acc[r][c] = 0.f;
+  for (int c0 = 0; c0 < dim; c0 += TILE) {
+    for (int l = tid; l < TILE * TILE; l += T * T) {
+      const int r = l / TILE, c = l % TILE;
+      const int ai = bi * TILE + r, bjr = bj * TILE + r, gc = c0 + c;
       as[r][c] = (ai < n && gc < dim) ? x[static_cast<size_t>(ai) * dim + gc] : 0.f;
       bs[r][c] = (bjr < n && gc < dim) ? x[static_cast<size_t>(bjr) * dim + gc] : 0.f;
     }
     __syncthreads();
-    const int kmax = min(kTile, dim - c0);
+    const int kmax = min(TILE, dim - c0);
     for (int kk = 0; kk < kmax; ++kk) {
-      float a[4], b[4];
-      for (int r = 0; r < 4; ++r) a[r] = as[ty + 8 * r][kk];
-      for (int c = 0; c < 4; ++c) b[c] = bs[tx + 8 * c][kk];
-      for (int r = 0; r < 4; ++r)
-        for (int c = 0; c < 4; ++c) acc[r][c] = __fadd_rn(acc[r][c], __fmul_rn(a[r], b[c]));
+      float a[PER], b[PER];
+      for (int r = 0; r < PER; ++r) a[r] = as[ty + T * r][kk];
+      for (int c = 0; c < PER; ++c) b[c] = bs[tx + T * c][kk];
+      for (int r = 0; r < PER; ++r)
+        for (int c = 0; c < PER; ++c) acc[r][c] = __fadd_rn(acc[r][c], __fmul_rn(a[r], b[c]));
     }
     __syncthreads();
   }
-  for (int r = 0; r < 4; ++r)
-    for (int c = 0; c < 4; ++c) {
-      const int i = bi * kTile + ty + 8 * r, j = bj * kTile + tx + 8 * c;
+  for (int r = 0; r < PER; ++r)
+    for (int c = 0; c < PER; ++c) {
+      const int i = bi * TILE + ty + T * r, j = bj * TILE + tx + T * c;
       if (i < n && j < n) {
         g[static_cast<size_t>(i) * n + j] = acc[r][c];
         g[static_cast<size_t>(j) * n + i] = acc[r][c];
       }
     }
+}
+
+template <int TILE, int PER>
+void LaunchGramT(const float* x, int n, int dim, float* gram, cudaStream_t stream) {
+  const int tiles = (n + TILE - 1) / TILE;
+  GramKernel<TILE, PER><<<dim3(tiles, tiles), dim3(TILE / PER, TILE / PER), 0, stream>>>(x, n, dim, gram);
 }
 
 __global__ void DistKernel(const float* __restrict__ g, int n, float fdim, float* __restrict__ d) {
@@ -250,8 +257,18 @@ __global__ void LabelKernel(const float* __restrict__ d, int n, const int* __res
 }  // namespace
 
 void LaunchGram(const float* x, int n, int dim, float* gram, cudaStream_t stream) {
-  const int tiles = (n + kTile - 1) / kTile;
-  GramKernel<<<dim3(tiles, tiles), dim3(8, 8), 0, stream>>>(x, n, dim, gram);
+  LaunchGramVariant(0, x, n, dim, gram, stream);
+}
+
+int GramVariantCount() { return 4; }
+
+const char* LaunchGramVariant(int variant, const float* x, int n, int dim, float* gram, cudaStream_t stream) {
+  switch (variant) {
+    case 1: LaunchGramT<16, 1>(x, n, dim, gram, stream); return "16x16 tile, 1 output/thread";
+    case 2: LaunchGramT<32, 1>(x, n, dim, gram, stream); return "32x32 tile, 1 output/thread";
+    case 3: LaunchGramT<32, 4>(x, n, dim, gram, stream); return "32x32 tile, 4x4 outputs/thread";
+    default: LaunchGramT<32, 2>(x, n, dim, gram, stream); return "32x32 tile, 2x2 outputs/thread";
+  }
 }
 
 void LaunchDistances(const float* gram, int n, int dim, float* dist, cudaStream_t stream) {

@@ -8,6 +8,9 @@ namespace setokim::cuda {
 constexpr int kMaxPatches = 8192;
 
 void LaunchGram(const float* x, int n, int dim, float* gram, cudaStream_t stream);
+// Tile shapes of the Gram kernel (all give identical bits); 0 is the default. Returns its name.
+int GramVariantCount();
+const char* LaunchGramVariant(int variant, const float* x, int n, int dim, float* gram, cudaStream_t stream);
 void LaunchDistances(const float* gram, int n, int dim, float* dist, cudaStream_t stream);
 void LaunchDensity(const float* dist, int n, int k, float* rho, cudaStream_t stream);
 // delta, dmax, scores, centre selection (writes centers[0..L), center_of[n] and *count) and labels.

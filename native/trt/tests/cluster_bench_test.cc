@@ -68,6 +68,11 @@ int main() {
                 gpu.DeviceName().c_str(), device_ms, t.gram_ms, t.dist_ms, t.density_ms, t.rest_ms, upload_ms,
                 got.centers.size());
     EXPECT(got.centers == cpu.centers && got.labels == cpu.labels, "CUDA differs from CPU at 729x1152");
+    try {
+      std::printf("%s", gpu.GramVariantReport(reps * 4).c_str());
+    } catch (const std::exception& e) {
+      EXPECT(false, "%s", e.what());
+    }
   }
 #endif
   return Finish();
