@@ -45,7 +45,14 @@ export function registerDemo(program: Command): void {
         const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
         throw new SetokimError('BAD_ARGUMENT', `demo: ${msg}`);
       }
-      await demo(parsed.data);
+      try {
+        await demo(parsed.data);
+      } catch (err) {
+        // The demo is the first thing people run: a missing piece is one clear line, never a stack.
+        if (err instanceof SetokimError) throw err;
+        if (process.env.SETOKIM_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
+        throw new SetokimError('INTERNAL', `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`, { cause: err });
+      }
     });
 }
 
