@@ -109,7 +109,8 @@ export function machineInfo(caps: Capabilities, l4t: string | null = readL4t()):
   };
 }
 
-const parts = (v: string, n: number) => v.split('.').slice(0, n).map(Number).join('.');
+/** The first n parts of a version, missing parts as 0 ("10.3" and "10.3.0" agree). */
+const parts = (v: string, n: number) => Array.from({ length: n }, (_, i) => Number(v.split('.')[i] ?? 0)).join('.');
 
 export interface CompatibilityOptions {
   /** Trusted ed25519 public keys (PEM) by key id. */

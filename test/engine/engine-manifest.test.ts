@@ -54,6 +54,8 @@ const orin: MachineInfo = { tensorrtCompiled: true, tensorrt: '10.3.0', cuda: '1
 
 t.test('a matching machine accepts the engine', async (t) => {
   t.same(incompatibilities(manifest(), orin), []);
+  t.same(incompatibilities(manifest({ tensorrt: '10.3' }), orin), [], '10.3 and 10.3.0 are one version');
+  t.same(incompatibilities(manifest(), { ...orin, cuda: '12.2.140' }), [], 'CUDA minor versions may differ');
   t.doesNotThrow(() => assertEngineCompatible(manifest(), orin));
   t.ok(profileCovers(manifest(), 'assign', 1, 1, 64));
   t.notOk(profileCovers(manifest(), 'assign', 1, 1, 65), 'L = 65 is beyond the profile');
