@@ -2,9 +2,16 @@
 // `delete` (destroy() is gone), so std::unique_ptr's default deleter is right.
 // Declare owners in creation order (logger, runtime, engine, context) so they die in reverse.
 #pragma once
+#include <NvInferVersion.h>
+
 #include <memory>
 #include <stdexcept>
 #include <string>
+
+// Named IO tensors, enqueueV3, strongly typed networks and IProgressMonitor: TensorRT 10 and later.
+#if NV_TENSORRT_MAJOR < 10
+#error "setokim's TensorRT backend needs TensorRT 10 or later (JetPack 6); build with SETOKIM_TENSORRT=OFF on JetPack 5"
+#endif
 
 namespace setokim {
 
