@@ -9,6 +9,7 @@ import protobuf from 'protobufjs';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError, type ErrorCode } from '../errors.js';
 import type { GenerationParams, PipelineEvent } from '../pipeline/types.js';
+import { isSafeReplyTopic } from './topics.js';
 
 /** Finds proto/setokim.proto above this file, from src/ (tsx, tap) or dist/src/ (compiled). */
 function protoPath(): string {
@@ -41,7 +42,9 @@ export interface WireQuery {
 }
 
 const bytes = z.instanceof(Uint8Array);
-const topicName = z.string().max(1024).refine((t) => !/[#+\u0000]/.test(t), 'a reply topic may not contain #, + or NUL');
+const topicName = z
+  .string()
+  .refine((t) => t === '' || isSafeReplyTopic(t), 'reply_topic must be a concrete topic outside setokim/ (or under setokim/v1/replies/), without # + or a leading $');
 const decodedQuery = z.object({
   id: z.string().min(1, 'the query has no id').max(200, 'the query id is longer than 200 characters'),
   task: z.string().max(64),

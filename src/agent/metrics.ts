@@ -5,6 +5,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -55,7 +56,14 @@ export class AgentMetrics {
     });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(
+          new SetokimError(
+            ErrorCodes.BAD_CONFIG,
+            `cannot serve metrics on ${host}:${port} (${err.code ?? err.message}); choose another metrics.port (--metrics-port, 0 = any free port) or turn metrics off (--no-metrics)`,
+          ),
+        ),
+      );
       server.listen(port, host, () => resolve());
     });
     return (server.address() as AddressInfo).port;

@@ -2,11 +2,12 @@
  * Where and how answers go. An MQTT 5 request carries a Response Topic and Correlation Data in its
  * properties; an MQTT 3.1.1 request carries reply_topic (and optional correlation) in the payload.
  * Each event is one QoS 1 message to that topic; MQTT keeps one publisher's messages on one topic
- * in order, and `seq` lets a client check it.
+ * in order, and `seq` lets a client check it. Unsafe reply topics (isSafeReplyTopic) are ignored.
  */
 import type { IPublishPacket, MqttClient } from 'mqtt';
 import type { PipelineEvent } from '../pipeline/types.js';
 import { encodeReply, type Salvage } from './codec.js';
+import { isSafeReplyTopic } from './topics.js';
 
 export interface ReplyAddress {
   topic: string;
@@ -20,7 +21,7 @@ export interface ReplyAddress {
 export function replyAddress(packet: IPublishPacket, fromPayload: Salvage): ReplyAddress | undefined {
   const props = packet.properties;
   const correlation = fromPayload.correlation;
-  if (props?.responseTopic) {
+  if (props?.responseTopic && isSafeReplyTopic(props.responseTopic)) {
     return { topic: props.responseTopic, ...(props.correlationData ? { correlationData: props.correlationData } : {}), ...(correlation ? { correlation } : {}) };
   }
   if (fromPayload.replyTopic) return { topic: fromPayload.replyTopic, ...(correlation ? { correlation } : {}) };

@@ -58,3 +58,13 @@ export function fleetStatusFilter(fleet: string): string {
 export function replyTopicFor(clientId: string): string {
   return `${TOPIC_ROOT}/replies/${clientId}`;
 }
+
+/**
+ * Where an agent agrees to send replies: a concrete topic (no wildcards), not a broker-internal
+ * `$` topic, and nothing inside setokim/ but setokim/v1/replies/..., so a client cannot make an
+ * agent write onto other devices' query or status topics.
+ */
+export function isSafeReplyTopic(topic: string): boolean {
+  if (!topic || topic.length > 1024 || /[#+\u0000]/.test(topic) || topic.startsWith('$')) return false;
+  return !topic.startsWith('setokim/') || topic.startsWith(`${TOPIC_ROOT}/replies/`);
+}

@@ -26,9 +26,12 @@ t.test('bytes that are not a query, and queries that break the rules, are BAD_ME
     t.equal(noId.salvage.replyTopic, 'back/here', 'the reply address is salvaged so the error can be answered');
     t.same(Buffer.from(noId.salvage.correlation!), Buffer.from([7]));
   }
-  const wildcard = decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'a/#' }));
-  t.equal(!wildcard.ok && wildcard.error.code, 'BAD_MESSAGE', 'a wildcard reply topic is refused');
-  t.equal(!wildcard.ok && wildcard.salvage.replyTopic, undefined, 'and never used as a reply address');
+  for (const topic of ['a/#', 'a/+/b', '$SYS/x', 'setokim/v1/f/d/status', 'setokim/v1/f/query']) {
+    const r = decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: topic }));
+    t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', `reply topic ${topic} is refused`);
+    t.equal(!r.ok && r.salvage.replyTopic, undefined, 'and never used as a reply address');
+  }
+  t.ok(decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'setokim/v1/replies/me' })).ok, 'the client reply area is fine');
 });
 
 /** Bytes as plain arrays, so Buffer and Uint8Array compare equal. */

@@ -65,6 +65,10 @@ for (const kind of brokerKinds) {
       }
       const events = await collect(client.query(target, { id: newQueryId(), task: 'ask', prompt: 'still here', image: png }));
       t.equal(events.at(-1)?.type, 'done');
+      const metrics = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+      t.match(metrics, /setokim_errors_total\{code="BAD_IMAGE"\} 2\b/, 'errors by code on the metrics endpoint');
+      t.match(metrics, /setokim_errors_total\{code="PAYLOAD_TOO_LARGE"\} 1\b/);
+      t.match(metrics, /setokim_stage_seconds_count\{stage="decode"\} \d+/);
     });
 
     t.test('limits.maxPromptTokens refuses long prompts before they take a slot', async (t) => {
