@@ -59,7 +59,10 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   const a = set.architecture;
   const tokenizer = await loadTokenizer(set.dir, { expect: a.tokens });
   const registry = createDefaultRegistry();
-  const threads = o.threads ?? Math.max(1, availableParallelism());
+  // With two or more requests in flight, two stages run at once in steady state (one request's
+  // encoder while another decodes): give each half the cores rather than oversubscribe them.
+  const maxInFlight = o.maxInFlight ?? 2;
+  const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / Math.min(maxInFlight, 2)));
   const stages: Partial<Record<StageName, GatedStage>> = {};
   const backends = new Set<string>();
   try {
@@ -75,7 +78,6 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
     throw err;
   }
   const models: PipelineModels = { arch: a, tokenizer, stages };
-  const maxInFlight = o.maxInFlight ?? 2;
   const perToken = kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a));
   const kv = new KvBudget(o.kvBudgetBytes ?? maxInFlight * a.llm.maxContext * perToken);
   const maxTokens = o.maxTokens ?? 256;
