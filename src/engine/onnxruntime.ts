@@ -1,6 +1,6 @@
 /**
  * The ONNX Runtime CPU backend (onnxruntime-node): the default everywhere and the fallback on a
- * Jetson without engines. Each session lives in its own worker thread (ort-worker.ts) because the
+ * Jetson without engines. Each session lives in its own worker thread (ort-worker.mjs) because the
  * native run is synchronous; the JS thread only copies feeds in and receives outputs.
  */
 import { Worker } from 'node:worker_threads';
