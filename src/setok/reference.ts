@@ -11,9 +11,11 @@
  *     and g is exactly symmetric because a*b == b*a.
  *  2. d2 = f32(f32(g_ii + g_jj) - f32(2 g_ij)), clamped at 0 (so d2_ii is exactly 0);
  *     D[i][j] = f32(sqrt(f32(d2 / C))).
- *  3. For row i take the k smallest D (self included), square each as f32(D * D), add them in
- *     ascending value order into a float32 sum, mean = f32(sum / k), rho = f32(expDet(-mean)), where
- *     expDet is the double-precision exp below built from +, -, * only (so JS, C++ and CUDA agree).
+ *  3. For row i, t = the k-th smallest D (self included); the k nearest are every j with D < t plus
+ *     the lowest-index j with D == t until there are k. Add f32(D * D) over them in ascending j into
+ *     a float32 sum (index order needs no sort, only a selection), mean = f32(sum / k),
+ *     rho = f32(expDet(-mean)), where expDet is the double-precision exp below built from +, -, *
+ *     only (so JS, C++ and CUDA agree).
  *  4. delta_i = min D[i][j] over j with rho_j > rho_i or (rho_j == rho_i and j < i); the one point
  *     with no such j takes the maximum of the whole matrix D. score = f32(rho * delta).
  *  5. Centres: score > threshold (compared in double) in index order; if none, the `fallback` best
@@ -143,10 +145,21 @@ export function clusterFromDistances(d: Float32Array, p: ClusterParams): Cluster
   const rho = new Float32Array(n);
   const row = new Float32Array(n);
   for (let i = 0; i < n; i++) {
-    row.set(d.subarray(i * n, i * n + n));
+    const di = d.subarray(i * n, i * n + n);
+    row.set(di);
     row.sort();
+    const t = row[k - 1]!;
+    let need = k;
+    for (let m = 0; m < k; m++) if (row[m]! < t) need--; // ties at t still to take, lowest j first
     let sum = 0;
-    for (let m = 0; m < k; m++) sum = f32(sum + f32(row[m]! * row[m]!));
+    for (let j = 0; j < n; j++) {
+      const v = di[j]!;
+      if (v < t) sum = f32(sum + f32(v * v));
+      else if (v === t && need > 0) {
+        sum = f32(sum + f32(v * v));
+        need--;
+      }
+    }
     rho[i] = f32(expDet(-f32(sum / k)));
   }
   let dmax = 0;

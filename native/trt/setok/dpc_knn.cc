@@ -17,31 +17,6 @@ constexpr int kRowsPerTask = 16;
 
 int Tasks(int n, int per) { return (n + per - 1) / per; }
 
-// The k smallest of v[0..n) into out[0..k), ascending. A threshold taken from a strided sample
-// filters the row first (the k smallest are exactly the k smallest of the survivors whenever at
-// least k survive); otherwise the whole row is selected. Same values as a full sort either way.
-void KSmallest(const float* v, int n, int k, std::vector<float>& sample, std::vector<float>& out) {
-  int count = 0;
-  const int stride = n / (2 * k);
-  if (stride >= 2) {
-    int m = 0;
-    for (int j = 0; j < n; j += stride) sample[m++] = v[j];
-    const int ks = std::min(m - 1, k / stride + 8);
-    std::nth_element(sample.begin(), sample.begin() + ks, sample.begin() + m);
-    const float t = sample[ks];
-    for (int j = 0; j < n; ++j) {
-      out[count] = v[j];
-      count += v[j] <= t;
-    }
-  }
-  if (count < k) {
-    std::memcpy(out.data(), v, sizeof(float) * n);
-    count = n;
-  }
-  if (k < count) std::nth_element(out.begin(), out.begin() + (k - 1), out.begin() + count);
-  std::sort(out.begin(), out.begin() + k);
-}
-
 }  // namespace
 
 DpcKnn::DpcKnn(const ClusterParams& params) : params_(params) {
@@ -88,13 +63,21 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
   const std::vector<float>& dist = dist_;
   ClusterResult res;
   res.rho.resize(n);
-  // Step 3: density from the k smallest distances, squared and summed in ascending order.
+  // Step 3: density over the k nearest (D < t, then the lowest-index ties at t), summed in index order.
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    std::vector<float> row(n), sample(n);
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      KSmallest(dist.data() + static_cast<size_t>(i) * n, n, k, sample, row);
+      const float* d = dist.data() + static_cast<size_t>(i) * n;
+      const float kth = KthSmallest(d, n, k);
+      int need = k;
+      for (int j = 0; j < n; ++j) need -= d[j] < kth;
       float sum = 0.0f;
-      for (int m = 0; m < k; ++m) sum += fp::Opaque(row[m] * row[m]);
+      for (int j = 0; j < n; ++j) {
+        const float v = d[j];
+        if (v < kth || (v == kth && need > 0)) {
+          need -= v == kth;
+          sum += fp::Opaque(v * v);
+        }
+      }
       const float mean = sum / static_cast<float>(k);
       res.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
     }

@@ -22,7 +22,7 @@ struct CudaTimings {
 class DpcKnnCuda {
  public:
   // Allocates device buffers for params.n x params.dim on `device`. Throws BadInput on unusable
-  // params (n above 8192 included), std::runtime_error on CUDA errors.
+  // params (n above 4096 included), std::runtime_error on CUDA errors.
   explicit DpcKnnCuda(const ClusterParams& params, int device = 0);
   ~DpcKnnCuda();
   DpcKnnCuda(const DpcKnnCuda&) = delete;

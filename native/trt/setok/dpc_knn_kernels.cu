@@ -78,12 +78,19 @@ __device__ double ExpDet(double x) {
   return ldexp(p, static_cast<int>(n));
 }
 
-// One block per row: bitonic sort of the row in shared memory, then the k smallest squared and
-// added in ascending order.
+// One block per row: bitonic sort of a copy of the row in shared memory gives t, the k-th smallest;
+// then one thread adds D^2 over the k nearest (D < t, then the lowest-index ties at t) in index
+// order, from the unsorted copy, as the reference does.
 __global__ void DensityKernel(const float* __restrict__ d, int n, int padded, int k, float* __restrict__ rho) {
-  extern __shared__ float s[];
+  extern __shared__ float shared[];
+  float* s = shared;              // sorted
+  float* orig = shared + padded;  // in index order
   const int i = blockIdx.x;
-  for (int t = threadIdx.x; t < padded; t += blockDim.x) s[t] = t < n ? d[static_cast<size_t>(i) * n + t] : CUDART_INF_F;
+  for (int t = threadIdx.x; t < padded; t += blockDim.x) {
+    const float v = t < n ? d[static_cast<size_t>(i) * n + t] : CUDART_INF_F;
+    s[t] = v;
+    orig[t] = v;
+  }
   __syncthreads();
   for (int size = 2; size <= padded; size <<= 1) {
     for (int stride = size / 2; stride > 0; stride >>= 1) {
@@ -100,8 +107,17 @@ __global__ void DensityKernel(const float* __restrict__ d, int n, int padded, in
     }
   }
   if (threadIdx.x == 0) {
+    const float kth = s[k - 1];
+    int need = k;
+    for (int m = 0; m < k; ++m) need -= s[m] < kth;
     float sum = 0.f;
-    for (int m = 0; m < k; ++m) sum = __fadd_rn(sum, __fmul_rn(s[m], s[m]));
+    for (int j = 0; j < n; ++j) {
+      const float v = orig[j];
+      if (v < kth || (v == kth && need > 0)) {
+        need -= v == kth;
+        sum = __fadd_rn(sum, __fmul_rn(v, v));
+      }
+    }
     const float mean = __fdiv_rn(sum, static_cast<float>(k));
     rho[i] = __double2float_rn(ExpDet(-static_cast<double>(mean)));
   }
@@ -279,7 +295,7 @@ void LaunchDensity(const float* dist, int n, int k, float* rho, cudaStream_t str
   int padded = 1;
   while (padded < n) padded <<= 1;
   const int threads = padded / 2 < 32 ? 32 : (padded / 2 > 1024 ? 1024 : padded / 2);
-  DensityKernel<<<n, threads, padded * sizeof(float), stream>>>(dist, n, padded, k, rho);
+  DensityKernel<<<n, threads, 2 * padded * sizeof(float), stream>>>(dist, n, padded, k, rho);
 }
 
 void LaunchSelect(const float* dist, const float* rho, int n, double threshold, int fallback, int max_tokens,

@@ -5,7 +5,7 @@
 
 namespace setokim::cuda {
 
-constexpr int kMaxPatches = 8192;
+constexpr int kMaxPatches = 4096;  // the density kernel keeps two copies of a row in shared memory (32 KiB)
 
 void LaunchGram(const float* x, int n, int dim, float* gram, cudaStream_t stream);
 // Tile shapes of the Gram kernel (all give identical bits); 0 is the default. Returns its name.

@@ -94,6 +94,13 @@ void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, 
   generic::DistanceRow(gii, gjj, g, dim, n, d);
 }
 
+float KthSmallest(const float* v, int n, int k) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::KthSmallest(v, n, k);
+#endif
+  return generic::KthSmallest(v, n, k);
+}
+
 double PeakGflops(double seconds) {
   const int threads = WorkerCount();
   std::vector<double> rate(threads);

@@ -27,6 +27,9 @@ void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows
 // Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.
 void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, float* d);
 
+// The k-th smallest of n non-negative floats (1 <= k <= n), vectorised (the density's selection).
+float KthSmallest(const float* v, int n, int k);
+
 // GFLOP/s of a register-only loop of rounded multiply then add (the Gram kernel's instruction
 // mix, no memory) on every core for about `seconds`: the limit the Gram step can approach.
 double PeakGflops(double seconds);

@@ -42,10 +42,17 @@ ClusterResult Naive(const std::vector<float>& x, const ClusterParams& p) {
   for (int i = 0; i < n; ++i) {
     std::vector<float> row(d.begin() + i * n, d.begin() + (i + 1) * n);
     std::sort(row.begin(), row.end());
+    const float t = row[p.k - 1];
+    int need = p.k;
+    for (int m = 0; m < p.k; ++m) need -= row[m] < t;
     float sum = 0;
-    for (int m = 0; m < p.k; ++m) {
-      volatile float sq = row[m] * row[m];
-      sum = sum + sq;
+    for (int j = 0; j < n; ++j) {
+      const float v = d[i * n + j];
+      if (v < t || (v == t && need > 0)) {
+        if (v == t) --need;
+        volatile float sq = v * v;
+        sum = sum + sq;
+      }
     }
     r.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(sum / static_cast<float>(p.k))));
   }
