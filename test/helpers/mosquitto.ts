@@ -2,8 +2,8 @@
  * A real mosquitto (the Debian package) on a free port with a temporary config, for tests and
  * benchmarks. It never uses a system broker. restart() brings it back on the same port.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,13 +33,33 @@ export interface Mosquitto {
   restart(): Promise<void>;
 }
 
-export async function startMosquitto(): Promise<Mosquitto> {
+export interface MosquittoOptions {
+  /** TLS listener (PEM file paths, readable by the mosquitto user); requireCertificate asks clients for a certificate signed by ca. */
+  tls?: { ca: string; cert: string; key: string; requireCertificate?: boolean };
+  /** Users and passwords; anonymous clients are then refused. */
+  users?: Record<string, string>;
+}
+
+export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosquitto> {
   const bin = mosquittoPath();
   if (!bin) throw new Error('mosquitto is not installed: apt-get install -y mosquitto');
   const dir = mkdtempSync(join(tmpdir(), 'setokim-mosquitto-'));
+  chmodSync(dir, 0o755); // started as root, mosquitto drops to its own user: it must read this
   const port = await freePort();
   const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'set_tcp_nodelay true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', 'log_type information', ''].join('\n'));
+  const lines = [`listener ${port} 127.0.0.1`, 'set_tcp_nodelay true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', 'log_type information'];
+  if (opts.tls) {
+    lines.push(`cafile ${opts.tls.ca}`, `certfile ${opts.tls.cert}`, `keyfile ${opts.tls.key}`);
+    if (opts.tls.requireCertificate) lines.push('require_certificate true');
+  }
+  if (opts.users) {
+    const passwords = join(dir, 'passwords');
+    writeFileSync(passwords, '');
+    for (const [user, password] of Object.entries(opts.users)) execFileSync('mosquitto_passwd', ['-b', passwords, user, password]);
+    chmodSync(passwords, 0o644);
+    lines.push('allow_anonymous false', `password_file ${passwords}`);
+  } else lines.push('allow_anonymous true');
+  writeFileSync(conf, lines.join('\n') + '\n');
   let child: ChildProcess | undefined;
 
   const launch = (): Promise<void> =>
@@ -72,7 +92,7 @@ export async function startMosquitto(): Promise<Mosquitto> {
 
   await launch();
   return {
-    url: `mqtt://127.0.0.1:${port}`,
+    url: `${opts.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`,
     port,
     async stop() {
       await kill();
