@@ -3,9 +3,9 @@
  * decode (streamed) -> the task's pictures -> done. Everything the query holds (KV lease, LLM
  * cache) is released in `finally`, whether it completes, fails or is cancelled.
  */
-import type { Architecture, StageName } from '../engine/contract.js';
+import { headDim, patchGrid, type Architecture, type StageName } from '../engine/contract.js';
 import { SetokimError } from '../errors.js';
-import { KvBudget, kvBytesPerToken } from './kv-cache.js';
+import { kvBytesPerToken, type KvBudget } from './kv-cache.js';
 import { decode, LlmContext } from './generate.js';
 import { preprocess, type ImageLimits, type Preprocessed } from './preprocess.js';
 import type { CheckedRequest } from './request.js';
@@ -18,7 +18,6 @@ import type { Tokenizer } from './tokenizer.js';
 import type { PipelineEvent } from './types.js';
 import { visionTokens, type VisionTokens } from './vision.js';
 import { tokenMaskPng } from './visualize.js';
-import { headDim, patchGrid } from '../engine/contract.js';
 
 export interface PipelineModels {
   arch: Architecture;
