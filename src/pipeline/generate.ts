@@ -41,8 +41,8 @@ export class LlmContext {
   }
 
   /**
-   * Runs T new positions; returns the logits and hidden state of the last one (and every hidden
-   * state when `allHidden`). `label` names the stage in the request's clock (prefill / decode).
+   * Runs T new positions; returns the logits and hidden state of the last one, and every
+   * position's hidden state. `label` names the stage in the request's clock (prefill / decode).
    */
   async step(embeds: Float32Array, label: string): Promise<{ logits: Float32Array; hidden: Float32Array; hiddenAll: Float32Array }> {
     const { layers, kvHeads, hidden: H, vocab, maxContext } = this.a.llm;
