@@ -1,6 +1,7 @@
 /** The brokers the agent tests run against, both on free ports: a real mosquitto and aedes. */
 import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { parseAgentConfig, type AgentConfig, type AgentConfigInput } from '../../src/agent/config.js';
+import type { ReplyEvent } from '../../src/agent/codec.js';
 import { mosquittoPath, startMosquitto } from '../helpers/mosquitto.js';
 
 export type BrokerKind = 'mosquitto' | 'aedes';
@@ -43,4 +44,11 @@ export async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const e of stream) out.push(e);
   return out;
+}
+
+/** How a reply stream ended: the error code, or the type of its last event. */
+export function outcome(events: ReadonlyArray<ReplyEvent>): string {
+  const last = events.at(-1);
+  if (!last) return 'nothing';
+  return last.type === 'error' ? last.code : last.type;
 }

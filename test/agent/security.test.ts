@@ -34,7 +34,7 @@ function makePki(dir: string): Record<'ca' | 'caKey' | 'serverCert' | 'serverKey
 }
 
 if (!mosquittoPath()) {
-  t.skip('mosquitto is not installed');
+  t.plan(0, 'mosquitto is not installed (apt-get install -y mosquitto)');
 } else {
   const dir = mkdtempSync(join(tmpdir(), 'setokim-pki-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
