@@ -17,7 +17,7 @@ import {
   verifyPlanFile,
 } from './engine-manifest.js';
 import { signatureDifference } from './manifest.js';
-import { type Capabilities, type NativeAddon, type NativeTrtEngine, loadNative } from './native.js';
+import { type Capabilities, type NativeAddon, type NativeTrtEngine, type NativeTrtTensor, loadNative } from './native.js';
 import { type DimLimits, checkFeeds } from './signature.js';
 
 /** Why TensorRT cannot run here, or undefined when it can. */
@@ -131,6 +131,35 @@ export class TensorRtBackend implements Backend {
     } catch (err) {
       throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': TensorRT refused ${plan}: ${(err as Error).message}`, { cause: err });
     }
+    // There is no compatibility preflight: one canary inference at the first profile's opt shapes
+    // proves the plan runs here before the stage takes traffic.
+    try {
+      await engine.run(canaryFeeds(manifest));
+    } catch (err) {
+      engine.dispose();
+      throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': the canary inference of ${plan} failed: ${(err as Error).message}`, { cause: err });
+    }
     return new TrtSession(engine, manifest, stage);
   }
+}
+
+const ZEROS: Record<DType, (n: number) => TypedArray> = {
+  float32: (n) => new Float32Array(n),
+  float16: (n) => new Uint16Array(n),
+  int64: (n) => new BigInt64Array(n),
+  int32: (n) => new Int32Array(n),
+  int8: (n) => new Int8Array(n),
+  uint8: (n) => new Uint8Array(n),
+  bool: (n) => new Uint8Array(n),
+};
+
+/** Zero tensors at the first profile's opt shapes. */
+export function canaryFeeds(m: EngineManifest): Record<string, NativeTrtTensor> {
+  const profile = m.profiles[0]!;
+  return Object.fromEntries(
+    m.io.inputs.map((spec) => {
+      const dims = profile[spec.name]?.opt ?? spec.shape.map((d) => (typeof d === 'number' ? d : 1));
+      return [spec.name, { dtype: spec.dtype, dims, data: ZEROS[spec.dtype](dims.reduce((a, b) => a * b, 1)) }];
+    }),
+  );
 }

@@ -8,9 +8,10 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ENGINE_MANIFEST_FORMAT, engineManifestPath, sha256File } from '../../src/engine/engine-manifest.js';
 import { buildEngine, profileFromSignature, stageDimProfiles } from '../../src/engine/engine-builder.js';
-import { type Capabilities, type NativeAddon, capabilities } from '../../src/engine/native.js';
+import { type Capabilities, type NativeAddon, type NativeTrtEngine, type NativeTrtTensor, capabilities } from '../../src/engine/native.js';
+import { tensor } from '../../src/engine/backend.js';
 import { TensorRtBackend, tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
-import { ADD_MATMUL_SIGNATURE, tmpDir } from './fixtures.js';
+import { ADD_MATMUL_SIGNATURE, addMatMulRef, tmpDir } from './fixtures.js';
 import type { Architecture } from '../../src/engine/contract.js';
 
 const dir = tmpDir();
@@ -75,6 +76,64 @@ t.test('a plan is refused on its manifest before the addon loads it', async (t) 
   t.same(addon.loads, [], 'the addon never saw a refused plan');
   await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: ADD_MATMUL_SIGNATURE }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT refused .*stand-in addon/ });
   t.same(addon.loads, [plan], 'a compatible, intact plan reaches the addon');
+});
+
+t.test('a loaded plan must pass a canary run; sessions check the profile limits', async (t) => {
+  const plan = path.join(dir, 'canary.fp32.plan');
+  writeFileSync(plan, 'plan bytes for the canary');
+  const m = {
+    format: ENGINE_MANIFEST_FORMAT, stage: 'add_matmul', plan: path.basename(plan), sha256: await sha256File(plan), bytes: 25,
+    source: { file: 'add_matmul.onnx', sha256: 'c'.repeat(64) }, tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin',
+    jetpack: null, l4t: null, precision: 'fp32', stronglyTyped: true,
+    profiles: [profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 16 } })],
+    io: ADD_MATMUL_SIGNATURE, builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 }, builtAt: '2026-11-27T00:00:00Z',
+  };
+  writeFileSync(engineManifestPath(plan), JSON.stringify(m));
+  const runs: Record<string, NativeTrtTensor>[] = [];
+  let disposed = 0;
+  let failCanary = true;
+  // A stand-in engine that computes the graph in TypeScript, so the session's own logic runs.
+  const engine: NativeTrtEngine = {
+    io: [
+      { name: 'x', mode: 'input', dtype: 'float32', shape: [1, -1, 4] },
+      { name: 'y', mode: 'input', dtype: 'float32', shape: [1, -1, 4] },
+      { name: 'z', mode: 'output', dtype: 'float32', shape: [1, -1, 3] },
+    ],
+    run: async (feeds) => {
+      runs.push(feeds);
+      if (failCanary) throw new Error('enqueueV3 failed: illegal memory access');
+      const L = feeds.x!.dims[1]!;
+      return { z: { dtype: 'float32', dims: [1, L, 3], data: addMatMulRef(feeds.x!.data as Float32Array, feeds.y!.data as Float32Array, L) } };
+    },
+    dispose: () => void disposed++,
+  };
+  const addon = { ...jetson(), trtLoadEngine: async () => engine };
+  const backend = new TensorRtBackend({ load: () => addon });
+
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /canary inference of .*canary\.fp32\.plan failed: enqueueV3 failed/ });
+  t.equal(disposed, 1, 'a failed engine is released');
+  t.same(runs[0]!.x!.dims, [1, 8, 4], 'the canary runs at the opt shape');
+  t.ok(runs[0]!.x!.data instanceof Float32Array);
+
+  failCanary = false;
+  const s = await backend.open(plan, { stage: 'add_matmul' });
+  t.same(s.inputNames, ['x', 'y']);
+  t.same(s.outputNames, ['z']);
+  const x = new Float32Array(3 * 4).map((_, i) => i / 7);
+  const out = await s.run({ x: tensor('float32', x, [1, 3, 4]), y: tensor('float32', x, [1, 3, 4]) });
+  t.same(Array.from(out.z!.data as Float32Array), Array.from(addMatMulRef(x, x, 3)));
+  t.equal(out.z!.location, 'host');
+  const big = new Float32Array(17 * 4);
+  const before = runs.length;
+  await t.rejects(s.run({ x: tensor('float32', big, [1, 17, 4]), y: tensor('float32', big, [1, 17, 4]) }), {
+    code: 'BAD_INPUT',
+    message: "stage 'add_matmul': input 'x' dim 'L' = 17 is outside 1..16",
+  });
+  t.equal(runs.length, before, 'an input beyond the profile never reaches the engine');
+  await s.dispose();
+  await s.dispose();
+  t.equal(disposed, 2);
+  await t.rejects(s.run({ x: tensor('float32', x, [1, 3, 4]), y: tensor('float32', x, [1, 3, 4]) }), { message: /disposed/ });
 });
 
 t.test('engine builds need TensorRT and give every dynamic dim a range', async (t) => {
