@@ -18,15 +18,21 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-async function timeMs(reps: number, fn: () => unknown): Promise<number> {
+/** Median wall ms and median process CPU ms (all threads) per call: CPU time is what the work
+ * costs when the machine is shared; CPU / cores is the wall time the cores would need alone. */
+async function timeMs(reps: number, fn: () => unknown): Promise<{ wall: number; cpu: number }> {
   await fn(); // warm-up
-  const ms: number[] = [];
+  const wall: number[] = [];
+  const cpu: number[] = [];
   for (let r = 0; r < reps; r++) {
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     await fn();
-    ms.push(performance.now() - t0);
+    wall.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / 1000);
   }
-  return median(ms);
+  return { wall: median(wall), cpu: median(cpu) };
 }
 
 const addon = loadNative();
@@ -35,7 +41,7 @@ console.log(`# cluster benchmark: ${os.cpus().length} cores (${os.cpus()[0]?.mod
 
 // 1. native vs reference
 console.log('\n## native CPU vs TypeScript reference (median ms)');
-console.log('size        | reference | native | ratio | same result');
+console.log('size        | reference wall / cpu | native wall / cpu | ratio wall / cpu | same result');
 for (const [n, dim, grid, refReps] of [[729, 1152, 27, 3], [256, 64, 16, 15]] as const) {
   const x = plantedFeatures(grid, grid, dim, 5, 21, 0.5);
   const p = { n, dim, k: 64, threshold: 0.55, fallback: 64 };
@@ -44,7 +50,8 @@ for (const [n, dim, grid, refReps] of [[729, 1152, 27, 3], [256, 64, 16, 15]] as
   const a = clusterReference(x, p);
   const b = await cluster(x, p);
   const same = a.centers.join() === b.centers.join() && a.labels.join() === b.labels.join();
-  console.log(`${`${n}x${dim}`.padEnd(11)} | ${ref.toFixed(1).padStart(9)} | ${nat.toFixed(2).padStart(6)} | ${(ref / nat).toFixed(0).padStart(4)}x | ${same}`);
+  const f = (v: number, w: number) => v.toFixed(v < 10 ? 2 : 1).padStart(w);
+  console.log(`${`${n}x${dim}`.padEnd(11)} | ${f(ref.wall, 9)} / ${f(ref.cpu, 7)} | ${f(nat.wall, 7)} / ${f(nat.cpu, 6)} | ${(ref.wall / nat.wall).toFixed(0).padStart(5)}x / ${(ref.cpu / nat.cpu).toFixed(0).padStart(4)}x | ${same}`);
 }
 
 // 2. distance step vs matmul rate
@@ -77,21 +84,31 @@ console.log(`peak mul+add loop (no memory)      : ${g.peakGflops.toFixed(1)} GFL
   await stream.push(x);
   const streamMs: number[] = [];
   const fullMs: number[] = [];
+  const streamCpu: number[] = [];
+  const fullCpu: number[] = [];
   let changed = 0;
   let same = true;
   for (const f of frames) {
+    let c0 = process.cpuUsage();
     let t0 = performance.now();
     const s = await stream.push(f);
     streamMs.push(performance.now() - t0);
+    let c = process.cpuUsage(c0);
+    streamCpu.push((c.user + c.system) / 1000);
     changed += s.changedPatches;
+    c0 = process.cpuUsage();
     t0 = performance.now();
     const full = await cluster(f, p);
     fullMs.push(performance.now() - t0);
+    c = process.cpuUsage(c0);
+    fullCpu.push((c.user + c.system) / 1000);
     same &&= full.labels.join() === s.labels.join() && full.centers.join() === s.centers.join();
   }
   stream.close();
   const sm = median(streamMs);
   const fm = median(fullMs);
   console.log(`\n## ClusterStream, 10% of patches change per frame (${(changed / frames.length).toFixed(0)} rows recomputed per frame, median of ${frames.length})`);
-  console.log(`from scratch ${fm.toFixed(2)} ms, stream ${sm.toFixed(2)} ms: ${(fm / sm).toFixed(2)}x faster, identical results: ${same}`);
+  const sc = median(streamCpu);
+  const fc = median(fullCpu);
+  console.log(`from scratch ${fm.toFixed(2)} ms wall / ${fc.toFixed(1)} ms cpu, stream ${sm.toFixed(2)} ms wall / ${sc.toFixed(1)} ms cpu: ${(fm / sm).toFixed(2)}x faster (wall), ${(fc / sc).toFixed(2)}x (cpu); identical results: ${same}`);
 }
