@@ -11,14 +11,12 @@ import type { ModelSet } from './modelset.js';
 import type { StageSource } from './registry.js';
 
 export function stageSource(set: ModelSet, stage: StageName, precision?: Precision): StageSource {
-  const entry = set.manifest.stages[stage];
-  const builds = set.variants(stage);
-  const pick = precision ? builds.find((b) => b.precision === precision) : builds[0];
-  const want = pick?.precision ?? precision ?? 'fp32';
-  const source: StageSource = { stage, signature: entry?.signature };
-  if (pick?.format === 'tensorrt') source.engine = path.join(set.dir, pick.file);
-  else if (pick) source.onnx = path.join(set.dir, pick.file);
-  const built = enginePlanPath(set.dir, stage, want);
+  const file = set.stagePath(stage, precision); // MODEL_NOT_FOUND for a missing stage or precision
+  const pick = set.variants(stage).find((b) => path.join(set.dir, b.file) === file)!;
+  const source: StageSource = { stage, signature: set.manifest.stages[stage]!.signature };
+  if (pick.format === 'tensorrt') source.engine = file;
+  else source.onnx = file;
+  const built = enginePlanPath(set.dir, stage, pick.precision);
   if (!source.engine && existsSync(built)) source.engine = built;
   return source;
 }
