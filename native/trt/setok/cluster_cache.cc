@@ -13,10 +13,11 @@ ClusterResult ClusterCache::Push(const float* features, int* changed_rows) {
   CheckFinite(features, p.n, p.dim);
   const size_t total = static_cast<size_t>(p.n) * p.dim;
   int changed = p.n;
+  bool incremental = false;
+  std::vector<int> rows;
   if (!valid_) {
     ComputeGram(features, p.n, p.dim, gram_);
   } else {
-    std::vector<int> rows;
     for (int i = 0; i < p.n; ++i) {
       const size_t off = static_cast<size_t>(i) * p.dim;
       if (std::memcmp(features + off, prev_.data() + off, sizeof(float) * p.dim) != 0) rows.push_back(i);
@@ -27,13 +28,17 @@ ClusterResult ClusterCache::Push(const float* features, int* changed_rows) {
       ComputeGram(features, p.n, p.dim, gram_);
     } else {
       UpdateGramRows(features, p.n, p.dim, rows, gram_);
+      incremental = true;
     }
   }
   prev_.assign(features, features + total);
-  valid_ = true;
   if (changed_rows) *changed_rows = changed;
-  // The upper triangle is always current; ClusterFromGram mirrors it into the lower one in place.
-  return dpc_.ClusterFromGram(gram_);
+  // After a full ComputeGram only the upper triangle is current and ClusterFromGram mirrors it in
+  // place; UpdateGramRows writes both triangles of the changed rows, so the matrix stays whole.
+  valid_ = false;  // until the clustering succeeded (an exception leaves a full recompute next)
+  ClusterResult r = incremental ? dpc_.UpdateFromGram(gram_, rows) : dpc_.ClusterFromGram(gram_);
+  valid_ = true;
+  return r;
 }
 
 void ClusterCache::Reset() {

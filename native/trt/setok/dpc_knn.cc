@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <stdexcept>
 
 #include "setok/fp_order.h"
 #include "setok/gram_cpu.h"
@@ -55,33 +56,83 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
   }, par);
 }
 
+// Step 3 for row i: density over the k nearest (D < t, then the lowest-index ties at t), summed
+// in index order; returns t.
+float DpcKnn::DensityRow(int i, float* rho) const {
+  const int n = params_.n, k = params_.k;
+  const float* d = dist_.data() + static_cast<size_t>(i) * n;
+  const float kth = KthSmallest(d, n, k);
+  int need = k;
+  for (int j = 0; j < n; ++j) need -= d[j] < kth;
+  float sum = 0.0f;
+  for (int j = 0; j < n; ++j) {
+    const float v = d[j];
+    if (v < kth || (v == kth && need > 0)) {
+      need -= v == kth;
+      sum += fp::Opaque(v * v);
+    }
+  }
+  const float mean = sum / static_cast<float>(k);
+  *rho = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
+  return kth;
+}
+
 ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
   const int n = params_.n;
-  const bool par = static_cast<double>(n) * n > 1e5;
-  const int k = params_.k;
   Distances(gram, dist_);
-  const std::vector<float>& dist = dist_;
-  ClusterResult res;
-  res.rho.resize(n);
-  // Step 3: density over the k nearest (D < t, then the lowest-index ties at t), summed in index order.
+  kth_.resize(n);
+  rho_.resize(n);
+  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
+    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) kth_[i] = DensityRow(i, &rho_[i]);
+  }, n >= 128);  // a few microseconds per row: worth a second thread early
+  have_state_ = true;
+  return FinishFromDensity();
+}
+
+ClusterResult DpcKnn::UpdateFromGram(const std::vector<float>& gram, const std::vector<int>& rows) {
+  if (!have_state_) throw std::logic_error("DpcKnn::UpdateFromGram before a full ClusterFromGram");
+  const int n = params_.n;
+  const int m = static_cast<int>(rows.size());
+  const int ld = GramStride(n);
+  const bool par = static_cast<double>(m) * n > 2e4;
+  // Old values of the changed columns (= old rows, D is symmetric), then the new rows and columns.
+  std::vector<float> old(static_cast<size_t>(m) * n);
+  for (int r = 0; r < m; ++r) std::memcpy(old.data() + static_cast<size_t>(r) * n, dist_.data() + static_cast<size_t>(rows[r]) * n, sizeof(float) * n);
+  std::vector<float> diag(n);
+  for (int j = 0; j < n; ++j) diag[j] = gram[static_cast<size_t>(j) * ld + j];
+  const float fdim = static_cast<float>(params_.dim);
+  ParallelFor(m, [&](int r) {
+    const int i = rows[r];
+    DistanceRow(diag[i], diag.data(), gram.data() + static_cast<size_t>(i) * ld, fdim, n, dist_.data() + static_cast<size_t>(i) * n);
+  }, par);
+  for (int r = 0; r < m; ++r) {
+    const int i = rows[r];
+    const float* src = dist_.data() + static_cast<size_t>(i) * n;
+    for (int j = 0; j < n; ++j) dist_[static_cast<size_t>(j) * n + i] = src[j];
+  }
+  // A row keeps its density when every changed entry was and stays strictly above its old t: then
+  // the k nearest, t and the sum are exactly what they were.
+  std::vector<char> changed(n, 0);
+  for (int i : rows) changed[i] = 1;
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      const float* d = dist.data() + static_cast<size_t>(i) * n;
-      const float kth = KthSmallest(d, n, k);
-      int need = k;
-      for (int j = 0; j < n; ++j) need -= d[j] < kth;
-      float sum = 0.0f;
-      for (int j = 0; j < n; ++j) {
-        const float v = d[j];
-        if (v < kth || (v == kth && need > 0)) {
-          need -= v == kth;
-          sum += fp::Opaque(v * v);
-        }
-      }
-      const float mean = sum / static_cast<float>(k);
-      res.rho[i] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
+      bool keep = !changed[i];
+      const float kth = kth_[i];
+      const float* d = dist_.data() + static_cast<size_t>(i) * n;
+      for (int r = 0; r < m && keep; ++r) keep = old[static_cast<size_t>(r) * n + i] > kth && d[rows[r]] > kth;
+      if (!keep) kth_[i] = DensityRow(i, &rho_[i]);
     }
-  }, n >= 128);  // a few microseconds per row: worth a second thread early
+  }, n >= 128);
+  return FinishFromDensity();
+}
+
+// Steps 4 to 6 from dist_ and rho_.
+ClusterResult DpcKnn::FinishFromDensity() {
+  const int n = params_.n;
+  const bool par = static_cast<double>(n) * n > 1e5;
+  const std::vector<float>& dist = dist_;
+  ClusterResult res;
+  res.rho = rho_;
   // Step 4: rank by (rho descending, index ascending); delta = min D to a better-ranked point.
   std::vector<int32_t> order(n);
   std::iota(order.begin(), order.end(), 0);

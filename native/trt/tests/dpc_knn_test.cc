@@ -189,6 +189,39 @@ void TestStreamingCache() {
   EXPECT(changed == 0 && after.centers == DpcKnn(p).Cluster(x.data()).centers, "cache intact after a bad frame");
 }
 
+// Frames whose changed rows become copies of other rows: exact ties at the k-th distance, the case
+// where keeping a row's density must be decided exactly.
+void TestStreamingTies() {
+  ClusterParams p;
+  p.n = 150; p.dim = 12; p.k = 9; p.threshold = 0.2; p.fallback = 12;
+  ClusterCache cache(p);
+  auto x = RepeatedFeatures(p.n, p.dim, 20, 8);
+  Rng r(5);
+  bool all_same = true;
+  int partial_frames = 0;
+  for (int frame = 0; frame < 25; ++frame) {
+    if (frame > 0) {
+      const int count = 1 + static_cast<int>(r() * 10);
+      for (int m = 0; m < count; ++m) {
+        const int dst = static_cast<int>(r() * p.n), src = static_cast<int>(r() * p.n);
+        if (r() < 0.5) {
+          std::memcpy(&x[dst * p.dim], &x[src * p.dim], sizeof(float) * p.dim);
+        } else {
+          x[dst * p.dim + static_cast<int>(r() * p.dim)] += 0.25f;
+        }
+      }
+    }
+    int changed = 0;
+    const ClusterResult got = cache.Push(x.data(), &changed);
+    const ClusterResult want = DpcKnn(p).Cluster(x.data());
+    all_same &= got.centers == want.centers && got.labels == want.labels && SameBits(got.scores, want.scores) &&
+                SameBits(got.rho, want.rho);
+    partial_frames += changed > 0 && changed < p.n;
+  }
+  EXPECT(all_same, "a tie-heavy stream frame differs from clustering it alone");
+  EXPECT(partial_frames > 15, "only %d frames took the incremental path", partial_frames);
+}
+
 void TestBadInput() {
   auto throws = [](ClusterParams p, size_t count) {
     try { ValidateClusterParams(p, count); } catch (const BadInput&) { return true; }
@@ -228,6 +261,7 @@ int main() {
   TestGemmYardstick();
   TestClusterCases();
   TestStreamingCache();
+  TestStreamingTies();
   TestBadInput();
   TestPositionEncoding();
   return Finish();
