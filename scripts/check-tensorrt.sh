@@ -30,8 +30,8 @@ sources=("$root"/native/trt/tensorrt/*.cc "$root"/native/trt/addon/tensorrt_bind
 [ ${#sources[@]} -gt 0 ] || fail "no TensorRT sources found"
 
 status=0
-for trt_inc in "$@"; do
-  trt_inc="$(cd "$trt_inc" 2>/dev/null && pwd)" || fail "no such folder: $1"
+for arg in "$@"; do
+  trt_inc="$(cd "$arg" 2>/dev/null && pwd)" || fail "no such folder: $arg"
   version_h="$trt_inc/NvInferVersion.h"
   [ -f "$version_h" ] || fail "$trt_inc has no NvInferVersion.h: give TensorRT's include folder"
   [ -f "$trt_inc/NvOnnxParser.h" ] || fail "$trt_inc has no NvOnnxParser.h (the ONNX parser headers ship with TensorRT)"
