@@ -64,10 +64,18 @@ float DpcKnn::DensityRow(int i, float* rho) const {
   const float kth = KthSmallest(d, n, k);
   int need = k;
   for (int j = 0; j < n; ++j) need -= d[j] < kth;
-  float sum = 0.0f;
+  // Gather the indices with D <= t (branch-free, in index order), then add over them.
+  thread_local std::vector<int> near;
+  near.resize(n);
+  int count = 0;
   for (int j = 0; j < n; ++j) {
-    const float v = d[j];
-    if (v < kth || (v == kth && need > 0)) {
+    near[count] = j;
+    count += d[j] <= kth;
+  }
+  float sum = 0.0f;
+  for (int m = 0; m < count; ++m) {
+    const float v = d[near[m]];
+    if (v < kth || need > 0) {
       need -= v == kth;
       sum += fp::Opaque(v * v);
     }
