@@ -13,14 +13,17 @@ export function buildProgram(): Command {
         'Export model sets and TensorRT engines, serve image queries over MQTT, update fleets.',
     )
     .version(process.env.npm_package_version ?? '0.1.0')
-    .showHelpAfterError('(add --help for usage)');
+    .showHelpAfterError('(add --help for usage)')
+    // Before the subcommands are added, so they inherit it: help and usage errors return here
+    // instead of calling process.exit inside commander.
+    .exitOverride();
   for (const register of commands) register(program);
   return program;
 }
 
 /** Runs the CLI and returns the exit status; SetokimErrors print one clear line, never a stack. */
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram().exitOverride();
+  const program = buildProgram();
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;
