@@ -109,8 +109,19 @@ Napi::Value Cluster(const Napi::CallbackInfo& info) {
     return d.Promise();
   }
   auto* worker = new ClusterWorker(env, [features, p](int*) {
-    setokim::DpcKnn dpc(p);
-    return dpc.Cluster(features->data());
+    // Each libuv worker thread keeps its last instance (and its n x n buffers, up to n = 2048) so
+    // repeated frames do not pay for fresh allocations and page faults.
+    thread_local std::unique_ptr<setokim::DpcKnn> cached;
+    const auto& q = cached ? cached->params() : p;
+    const bool same = cached && q.n == p.n && q.dim == p.dim && q.k == p.k && q.threshold == p.threshold &&
+                      q.fallback == p.fallback && q.maxTokens == p.maxTokens;
+    if (!same) {
+      cached.reset();
+      auto fresh = std::make_unique<setokim::DpcKnn>(p);
+      if (p.n > 2048) return fresh->Cluster(features->data());
+      cached = std::move(fresh);
+    }
+    return cached->Cluster(features->data());
   });
   Napi::Promise promise = worker->Promise();
   worker->Queue();  // the worker deletes itself when done (N-API convention)

@@ -66,23 +66,30 @@ void RowBlockDispatch(const float* a, int lda, int m, int i0, int i1, const floa
   generic::RowBlock(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
 }
 
-// Packs rows of `bt` (n rows of depth dim, i.e. B^T) into [kc block][panel][c][kNR].
 // Below this many multiply-adds one thread is faster than starting others.
 bool WorthThreads(double madds) { return madds > 4e6; }
 
-std::vector<float> PackAll(const float* bt, int n, int dim) {
+// Packs rows of `bt` (n rows of depth dim, i.e. B^T) into [kc block][panel][c][kNR].
+void PackAll(const float* bt, int n, int dim, std::vector<float>& packed) {
   const int npanels = (n + kNR - 1) / kNR;
-  std::vector<float> packed(static_cast<size_t>(npanels) * kNR * dim);
+  packed.resize(static_cast<size_t>(npanels) * kNR * dim);
+  float* out = packed.data();  // the workers write through this (packed may be thread_local)
   const int nblocks = (dim + kKC - 1) / kKC;
   ParallelFor(npanels, [&](int p) {
     for (int b = 0; b < nblocks; ++b) {
       const int c0 = b * kKC;
       const int c1 = std::min(dim, c0 + kKC);
-      float* dst = packed.data() + static_cast<size_t>(c0) * npanels * kNR + static_cast<size_t>(p) * (c1 - c0) * kNR;
+      float* dst = out + static_cast<size_t>(c0) * npanels * kNR + static_cast<size_t>(p) * (c1 - c0) * kNR;
       PackPanel(bt, n, dim, p * kNR, c0, c1, dst);
     }
   }, WorthThreads(static_cast<double>(n) * dim * 8));
-  return packed;
+}
+
+// Packed panels: a per-thread buffer reused from call to call (a fresh multi-MB allocation costs a
+// page fault per 4 KiB every frame), or a temporary one above 64 MiB so nothing huge is kept.
+std::vector<float>& PackBuffer(int n, int dim, std::vector<float>& temporary) {
+  thread_local std::vector<float> reused;
+  return static_cast<size_t>(n) * dim > (size_t{16} << 20) ? temporary : reused;
 }
 
 }  // namespace
@@ -142,7 +149,9 @@ int GramStride(int n) { return (n + kNR - 1) / kNR * kNR; }
 void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram) {
   const int ld = GramStride(n);
   gram.resize(static_cast<size_t>(n) * ld);
-  const std::vector<float> packed = PackAll(x, n, dim);
+  std::vector<float> temporary;
+  std::vector<float>& packed = PackBuffer(n, dim, temporary);
+  PackAll(x, n, dim, packed);
   const int npanels = ld / kNR;
   const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;  // the top rows (most work) go first
   ParallelFor(tasks, [&](int t) {
@@ -158,7 +167,9 @@ void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows
   const int m = static_cast<int>(rows.size());
   std::vector<float> a(static_cast<size_t>(m) * dim);
   for (int r = 0; r < m; ++r) std::memcpy(a.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(rows[r]) * dim, sizeof(float) * dim);
-  const std::vector<float> packed = PackAll(x, n, dim);
+  std::vector<float> temporary;
+  std::vector<float>& packed = PackBuffer(n, dim, temporary);
+  PackAll(x, n, dim, packed);
   std::vector<float> out(static_cast<size_t>(m) * ld);
   const int tasks = (m + kMR * 2 - 1) / (kMR * 2);
   ParallelFor(tasks, [&](int t) {
@@ -182,7 +193,9 @@ void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vec
     for (int j = 0; j < n; ++j) bt[static_cast<size_t>(j) * k + kk] = b[static_cast<size_t>(kk) * n + j];
   const int ld = GramStride(n);
   std::vector<float> out(static_cast<size_t>(m) * ld);
-  const std::vector<float> packed = PackAll(bt.data(), n, k);
+  std::vector<float> temporary;
+  std::vector<float>& packed = PackBuffer(n, k, temporary);
+  PackAll(bt.data(), n, k, packed);
   const int tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
   ParallelFor(tasks, [&](int t) {
     const int i0 = t * kRowsPerTask;
