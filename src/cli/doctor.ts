@@ -1,8 +1,10 @@
 /** `setokim doctor`: what the install can do on this machine, as a user on a new Jetson checks it. */
 import type { Command } from 'commander';
 import { capabilities, type Capabilities } from '../engine/native.js';
+import { createDefaultRegistry } from '../engine/registry.js';
 
-export function formatDoctor(caps: Capabilities): string {
+/** `backends` lists the inference backends that can run here, best first (from the registry). */
+export function formatDoctor(caps: Capabilities, backends: string[]): string {
   const c = caps.compiled;
   const p = caps.present;
   const yes = (b: boolean, detail?: string | null) => (b ? `yes${detail ? ` (${detail})` : ''}` : 'no');
@@ -22,7 +24,7 @@ export function formatDoctor(caps: Capabilities): string {
     `  CUDA driver        ${p.cudaDriverVersion > 0 ? p.cudaDriverVersion : 'none'}`,
     `  TensorRT library   ${p.tensorrtLibraryVersion ?? 'none'}`,
     '',
-    `inference backend:   ${c.tensorrt && p.gpus.length > 0 ? 'tensorrt' : 'onnxruntime-cpu'}`,
+    `inference backends:  ${backends.length > 0 ? backends.join(', ') : 'none'}`,
   ];
   return lines.join('\n');
 }
@@ -32,8 +34,9 @@ export function registerDoctor(program: Command): void {
     .command('doctor')
     .description('report what this install was built with (CUDA, TensorRT) and what the machine has (GPUs)')
     .option('--json', 'print the capabilities as JSON')
-    .action((opts: { json?: boolean }) => {
+    .action(async (opts: { json?: boolean }) => {
       const caps = capabilities();
-      process.stdout.write((opts.json ? JSON.stringify(caps, null, 2) : formatDoctor(caps)) + '\n');
+      const backends = await createDefaultRegistry().availableBackends();
+      process.stdout.write((opts.json ? JSON.stringify({ ...caps, backends }, null, 2) : formatDoctor(caps, backends)) + '\n');
     });
 }

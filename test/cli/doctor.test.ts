@@ -9,10 +9,13 @@ t.test('doctor prints compiled features and present GPUs', async (t) => {
   t.equal(r.status, 0, r.stderr);
   const caps = JSON.parse(r.stdout);
   t.type(caps.compiled.cuda, 'boolean');
-  const text = formatDoctor(caps);
+  // ONNX Runtime CPU runs everywhere; TensorRT only with the addon built for it and a GPU.
+  t.ok(caps.backends.includes('onnxruntime-cpu'), caps.backends.join(','));
+  if (!caps.compiled.tensorrt || caps.present.gpus.length === 0) t.notOk(caps.backends.includes('tensorrt'));
+  const text = formatDoctor(caps, caps.backends);
   t.match(text, caps.compiled.cuda ? /CUDA kernels\s+yes/ : /CUDA kernels\s+no/);
   if (caps.present.gpus.length === 0) t.match(text, /GPUs\s+none/);
-  t.match(text, /inference backend:\s+(tensorrt|onnxruntime-cpu)/);
+  t.match(text, /inference backends:\s+.*onnxruntime-cpu/);
 });
 
 t.test('formatDoctor names a GPU when one is present', async (t) => {
@@ -22,9 +25,9 @@ t.test('formatDoctor names a GPU when one is present', async (t) => {
       gpus: [{ index: 0, name: 'Orin', computeCapability: '8.7', totalMemoryBytes: 8 * 2 ** 30 }],
       cudaDriverVersion: 12060, gpuProbeError: null, tensorrtLibraryVersion: '10.3.0',
     },
-  });
+  }, ['tensorrt', 'onnxruntime-cpu']);
   t.match(text, /\[0\] Orin, sm 8\.7, 8\.0 GiB/);
-  t.match(text, /inference backend:\s+tensorrt/);
+  t.match(text, /inference backends:\s+tensorrt, onnxruntime-cpu/);
 });
 
 t.test('unknown subcommands fail with usage help, not a stack trace', async (t) => {
