@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { addPositionEncoding, cluster, nativeClusterFn } from '../../src/setok/index.js';
 import { clusterReference, type ClusterParams, type ClusterResult } from '../../src/setok/reference.js';
 import { SetokimError } from '../../src/errors.js';
@@ -11,7 +11,7 @@ function sameBits(a: ArrayBufferView, b: ArrayBufferView): boolean {
   return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
 }
 
-async function expectEqual(t: Tap.Test, name: string, x: Float32Array, p: ClusterParams): Promise<ClusterResult> {
+async function expectEqual(t: Test, name: string, x: Float32Array, p: ClusterParams): Promise<ClusterResult> {
   const want = clusterReference(x, p);
   const got = await cluster(x, p);
   t.same(Array.from(got.centers), Array.from(want.centers), `${name}: centres`);
