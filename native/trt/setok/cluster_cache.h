@@ -1,7 +1,9 @@
-// Streaming clustering over the frames of one camera: keeps the previous frame's features and its
-// Gram matrix, and recomputes only the rows and columns of patches whose features changed. Every
-// Gram entry is computed independently in the reference order, so a frame's result equals
-// clustering it alone, bit for bit. Memory: one frame and one n x n matrix, for any stream length.
+// Streaming clustering over the frames of one camera: keeps the previous frame's features, its
+// Gram and distance matrices and per-row densities, and recomputes only the Gram and distance rows
+// and columns of patches whose features changed (bitwise), plus the densities whose k nearest may
+// have changed (DpcKnn::UpdateFromGram). Every entry is computed independently in the reference
+// order, so a frame's result equals clustering it alone, bit for bit. Memory: one frame, two n x n
+// matrices and a few n-vectors, whatever the stream's length.
 // Thread safety: one thread at a time per instance (the binding serialises pushes).
 #pragma once
 #include <vector>

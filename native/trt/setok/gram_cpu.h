@@ -3,7 +3,8 @@
 // (no FMA). A blocked, register-tiled GEMM vectorised across j computes exactly that, so it is as
 // fast as a GEMM and bit-identical to the plain loop. Only the upper triangle (j >= i, in whole
 // tiles) is computed; G is symmetric. Rows of G have a padded stride (see GramStride).
-// Thread safety: the functions are pure; ComputeGram runs on several threads (ParallelFor).
+// Thread safety: callable from any thread (each thread keeps its own packing buffer); ComputeGram,
+// UpdateGramRows and ReferenceGemm spread their work over all cores (ParallelFor).
 #pragma once
 #include <cstdint>
 #include <vector>
