@@ -20,9 +20,8 @@ function bad(message: string): never {
   throw new SetokimError('BAD_INPUT', message);
 }
 
-/** Checks options and the feature array's length; returns normalised params. Throws BAD_INPUT. */
-export function validateCluster(features: unknown, options: unknown): ClusterParams {
-  if (!(features instanceof Float32Array)) bad('cluster: features must be a Float32Array of n x dim values (row-major).');
+/** Checks the options alone; returns normalised params. Throws BAD_INPUT. */
+export function validateOptions(options: unknown): ClusterParams {
   const parsed = ClusterOptionsSchema.safeParse(options);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -30,10 +29,17 @@ export function validateCluster(features: unknown, options: unknown): ClusterPar
   }
   const p = parsed.data;
   if (p.k > p.n) bad(`cluster: k = ${p.k} nearest neighbours need at least k patches, got n = ${p.n}; lower k or pass more patches.`);
+  return { n: p.n, dim: p.dim, k: p.k, threshold: p.threshold, fallback: p.fallback, maxTokens: p.maxTokens ?? 0 };
+}
+
+/** Checks options and the feature array's length; returns normalised params. Throws BAD_INPUT. */
+export function validateCluster(features: unknown, options: unknown): ClusterParams {
+  if (!(features instanceof Float32Array)) bad('cluster: features must be a Float32Array of n x dim values (row-major).');
+  const p = validateOptions(options);
   if (features.length !== p.n * p.dim) {
     bad(`cluster: features has ${features.length} values but n x dim = ${p.n} x ${p.dim} = ${p.n * p.dim}; pass a row-major n x dim array.`);
   }
-  return { n: p.n, dim: p.dim, k: p.k, threshold: p.threshold, fallback: p.fallback, maxTokens: p.maxTokens ?? 0 };
+  return p;
 }
 
 /** NaN or Inf anywhere makes distances meaningless: refuse with the first bad position. */

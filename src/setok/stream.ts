@@ -8,7 +8,7 @@
 import { SetokimError } from '../errors.js';
 import { loadNative } from '../engine/native.js';
 import { clusterFromDistances, distancesFromGram, gramReference, type ClusterResult } from './reference.js';
-import { asSetokimError, checkFinite, validateCluster, type ClusterOptions } from './options.js';
+import { asSetokimError, checkFinite, validateCluster, validateOptions, type ClusterOptions } from './options.js';
 import { assignIds, type TrackState } from './tracking.js';
 import type { NativeStreamHandle, NativeStreamFactory } from './native_types.js';
 
@@ -75,7 +75,7 @@ export class ClusterStream {
   private closed = false;
 
   constructor(options: ClusterOptions, streamOptions: ClusterStreamOptions = {}) {
-    this.params = validateCluster(new Float32Array(options.n * options.dim), options);
+    this.params = validateOptions(options);
     const backend = streamOptions.backend ?? 'auto';
     let factory: NativeStreamFactory | null = null;
     if (backend !== 'reference') {

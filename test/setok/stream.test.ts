@@ -101,6 +101,12 @@ t.test('native stream memory stays bounded over many frames', { skip: !hasNative
   stream.close();
 });
 
+t.test('bad stream options throw BAD_INPUT', async (t) => {
+  t.throws(() => new ClusterStream({ ...params, n: -5 }), { code: 'BAD_INPUT' });
+  t.throws(() => new ClusterStream({ ...params, k: params.n + 1 }), { code: 'BAD_INPUT' });
+  t.throws(() => new ClusterStream({ ...params, dim: 0 }), { code: 'BAD_INPUT' });
+});
+
 t.test('id assignment: most overlap wins, one previous id per token, fresh ids otherwise', async (t) => {
   let next = 100;
   const fresh = () => next++;
