@@ -111,3 +111,18 @@ t.test('addPositionEncoding adds the reference table and validates', async (t) =
   t.equal(f[1], 1, 'input untouched');
   t.throws(() => addPositionEncoding(f, 2, 2, 8), { code: 'BAD_INPUT' });
 });
+
+t.test('concurrent calls with different shapes all give the reference result', { skip: !native && 'addon not built' }, async (t) => {
+  const cases = [
+    { x: randomFeatures(120, 16, 21), p: { n: 120, dim: 16, k: 8, threshold: 0.3, fallback: 8 } },
+    { x: plantedFeatures(10, 10, 24, 3, 22, 0.1), p: { n: 100, dim: 24, k: 10, threshold: 0.5, fallback: 8 } },
+    { x: repeatedFeatures(90, 12, 6, 23), p: { n: 90, dim: 12, k: 5, threshold: 0.2, fallback: 8, maxTokens: 4 } },
+  ];
+  const all = [...cases, ...cases, ...cases];
+  const got = await Promise.all(all.map((c) => cluster(c.x, c.p)));
+  for (let i = 0; i < all.length; i++) {
+    const want = clusterReference(all[i]!.x, { maxTokens: 0, ...all[i]!.p });
+    t.same(Array.from(got[i]!.labels), Array.from(want.labels), `call ${i}`);
+    t.same(Array.from(got[i]!.centers), Array.from(want.centers), `call ${i} centres`);
+  }
+});
