@@ -51,6 +51,54 @@ __global__ void GramKernel(const float* __restrict__ x, int n, int dim, float* _
     }
 }
 
+// The 2 x 2-per-thread tile with its shared-memory rows 16-byte aligned, read four depths at a time
+// as float4 (a quarter of the load instructions). The four products are still added one by one in
+// ascending c; depths past `dim` hold zeros, and adding a zero product leaves a sum unchanged (it is
+// never -0), so whole groups of four are safe.
+__global__ void GramKernelVec(const float* __restrict__ x, int n, int dim, float* __restrict__ g) {
+  constexpr int TILE = 32, LD = 36;
+  const int bi = blockIdx.y, bj = blockIdx.x;
+  if (bj < bi) return;
+  __shared__ __align__(16) float as[TILE * LD];
+  __shared__ __align__(16) float bs[TILE * LD];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int tid = ty * 16 + tx;
+  float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  for (int c0 = 0; c0 < dim; c0 += TILE) {
+    for (int l = tid; l < TILE * TILE; l += 256) {
+      const int r = l / TILE, c = l % TILE;
+      const int ai = bi * TILE + r, bjr = bj * TILE + r, gc = c0 + c;
+      as[r * LD + c] = (ai < n && gc < dim) ? x[static_cast<size_t>(ai) * dim + gc] : 0.f;
+      bs[r * LD + c] = (bjr < n && gc < dim) ? x[static_cast<size_t>(bjr) * dim + gc] : 0.f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < TILE; kk += 4) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&as[ty * LD + kk]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&as[(ty + 16) * LD + kk]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&bs[tx * LD + kk]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&bs[(tx + 16) * LD + kk]);
+      const float av0[4] = {a0.x, a0.y, a0.z, a0.w}, av1[4] = {a1.x, a1.y, a1.z, a1.w};
+      const float bv0[4] = {b0.x, b0.y, b0.z, b0.w}, bv1[4] = {b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        acc[0][0] = __fadd_rn(acc[0][0], __fmul_rn(av0[q], bv0[q]));
+        acc[0][1] = __fadd_rn(acc[0][1], __fmul_rn(av0[q], bv1[q]));
+        acc[1][0] = __fadd_rn(acc[1][0], __fmul_rn(av1[q], bv0[q]));
+        acc[1][1] = __fadd_rn(acc[1][1], __fmul_rn(av1[q], bv1[q]));
+      }
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 2; ++c) {
+      const int i = bi * TILE + ty + 16 * r, j = bj * TILE + tx + 16 * c;
+      if (i < n && j < n) {
+        g[static_cast<size_t>(i) * n + j] = acc[r][c];
+        g[static_cast<size_t>(j) * n + i] = acc[r][c];
+      }
+    }
+}
+
 template <int TILE, int PER>
 void LaunchGramT(const float* x, int n, int dim, float* gram, cudaStream_t stream) {
   const int tiles = (n + TILE - 1) / TILE;
@@ -276,13 +324,18 @@ void LaunchGram(const float* x, int n, int dim, float* gram, cudaStream_t stream
   LaunchGramVariant(0, x, n, dim, gram, stream);
 }
 
-int GramVariantCount() { return 4; }
+int GramVariantCount() { return 5; }
 
 const char* LaunchGramVariant(int variant, const float* x, int n, int dim, float* gram, cudaStream_t stream) {
   switch (variant) {
     case 1: LaunchGramT<16, 1>(x, n, dim, gram, stream); return "16x16 tile, 1 output/thread";
     case 2: LaunchGramT<32, 1>(x, n, dim, gram, stream); return "32x32 tile, 1 output/thread";
     case 3: LaunchGramT<32, 4>(x, n, dim, gram, stream); return "32x32 tile, 4x4 outputs/thread";
+    case 4: {
+      const int tiles = (n + 31) / 32;
+      GramKernelVec<<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(x, n, dim, gram);
+      return "32x32 tile, 2x2 outputs/thread, float4 shared loads";
+    }
     default: LaunchGramT<32, 2>(x, n, dim, gram, stream); return "32x32 tile, 2x2 outputs/thread";
   }
 }
