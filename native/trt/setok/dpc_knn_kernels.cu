@@ -331,12 +331,12 @@ const char* LaunchGramVariant(int variant, const float* x, int n, int dim, float
     case 1: LaunchGramT<16, 1>(x, n, dim, gram, stream); return "16x16 tile, 1 output/thread";
     case 2: LaunchGramT<32, 1>(x, n, dim, gram, stream); return "32x32 tile, 1 output/thread";
     case 3: LaunchGramT<32, 4>(x, n, dim, gram, stream); return "32x32 tile, 4x4 outputs/thread";
-    case 4: {
+    case 4: LaunchGramT<32, 2>(x, n, dim, gram, stream); return "32x32 tile, 2x2 outputs/thread, scalar loads";
+    default: {
       const int tiles = (n + 31) / 32;
       GramKernelVec<<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(x, n, dim, gram);
       return "32x32 tile, 2x2 outputs/thread, float4 shared loads";
     }
-    default: LaunchGramT<32, 2>(x, n, dim, gram, stream); return "32x32 tile, 2x2 outputs/thread";
   }
 }
 
