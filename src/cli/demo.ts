@@ -20,6 +20,7 @@ import { SetokimError } from '../errors.js';
 import { createPipeline, type QueryRequest } from '../pipeline/index.js';
 import { synthesize } from '../../tools/export/synth.js';
 import { savePicture } from './query.js';
+import { parseFlags } from './flags.js';
 
 const DemoFlags = z.object({
   models: z.string().min(1),
@@ -40,13 +41,9 @@ export function registerDemo(program: Command): void {
     .option('--max-tokens <n>', 'new tokens per answer', '24')
     .option('--no-color', 'plain output')
     .action(async (raw: unknown) => {
-      const parsed = DemoFlags.safeParse(raw);
-      if (!parsed.success) {
-        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
-        throw new SetokimError('BAD_ARGUMENT', `demo: ${msg}`);
-      }
+      const opts = parseFlags(DemoFlags, raw, 'demo');
       try {
-        await demo(parsed.data);
+        await demo(opts);
       } catch (err) {
         // The demo is the first thing people run: a missing piece is one clear line, never a stack.
         if (err instanceof SetokimError) throw err;

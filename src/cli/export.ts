@@ -6,11 +6,11 @@
 import { SingleBar, Presets } from 'cli-progress';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
 import { SYNTH_CONFIGS } from '../../tools/export/configs.js';
 import { synthesize } from '../../tools/export/synth.js';
 import { registerPlanCommand } from '../../tools/export/plan.js';
 import { registerEngineCommand } from '../../tools/export/engine.js';
+import { parseFlags } from './flags.js';
 
 /** Subcommands of `export`, each registered on the `export` command; a new one goes in this list. */
 const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand, registerEngineCommand];
@@ -41,12 +41,7 @@ export function registerSynthCommand(exportCmd: Command): void {
     .option('--out <dir>', 'directory to write the model set into (required)')
     .option('--no-progress', 'no progress bar (also off when stderr is not a terminal)')
     .action(async (raw: unknown) => {
-      const parsed = SynthOptions.safeParse(raw);
-      if (!parsed.success) {
-        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
-        throw new SetokimError('BAD_ARGUMENT', `export synth: ${msg}`);
-      }
-      const opts = parsed.data;
+      const opts = parseFlags(SynthOptions, raw, 'export synth');
       const bar = opts.progress && process.stderr.isTTY ? new SingleBar({ format: 'synth {bar} {value}/{total} {stage}', hideCursor: true }, Presets.shades_classic) : null;
       let params = 0;
       let bytes = 0;

@@ -13,6 +13,7 @@ import { levelName, type Target } from '../agent/topics.js';
 import { SetokimError } from '../errors.js';
 import { TASKS, type QueryRequest } from '../pipeline/types.js';
 import { summary } from './run.js';
+import { parseFlags } from './flags.js';
 
 const QueryFlags = z.object({
   broker: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\//, 'must start with mqtt://, mqtts://, ws:// or wss://'),
@@ -55,12 +56,7 @@ export function registerQuery(program: Command): void {
     .option('--ca <pem>', 'CA certificate that signed the broker (mqtts)')
     .option('--json', 'one JSON line per reply event (pictures as file paths)')
     .action(async (raw: unknown) => {
-      const parsed = QueryFlags.safeParse(raw);
-      if (!parsed.success) {
-        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
-        throw new SetokimError('BAD_ARGUMENT', `query: ${msg}`);
-      }
-      await sendQuery(parsed.data);
+      await sendQuery(parseFlags(QueryFlags, raw, 'query'));
     });
 }
 

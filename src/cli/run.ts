@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
 import { createPipeline, probeImage, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
+import { parseFlags } from './flags.js';
 
 const RunOptions = z.object({
   models: z.string().min(1),
@@ -49,12 +50,7 @@ export function registerRun(program: Command): void {
     .option('--threads <n>', 'CPU threads per stage session')
     .option('--no-verify', 'skip the sha256 check of the model files')
     .action(async (raw: unknown) => {
-      const parsed = RunOptions.safeParse(raw);
-      if (!parsed.success) {
-        const msg = parsed.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ');
-        throw new SetokimError('BAD_ARGUMENT', `run: ${msg}`);
-      }
-      await runQuery(parsed.data);
+      await runQuery(parseFlags(RunOptions, raw, 'run'));
     });
 }
 

@@ -1,25 +1,10 @@
 /** `setokim export synth` through the CLI entry: writes a verified set; bad options exit 2. */
 import t from 'tap';
+import { runCli } from '../helpers/cli.js';
 import { join } from 'node:path';
-import { main } from '../../src/cli/main.js';
 import { ModelSet } from '../../src/engine/modelset.js';
 
-/** Runs the CLI with stdout/stderr captured. */
-async function cli(args: string[]): Promise<{ status: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const w1 = process.stdout.write;
-  const w2 = process.stderr.write;
-  process.stdout.write = ((s: string) => (out.push(String(s)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string) => (err.push(String(s)), true)) as typeof process.stderr.write;
-  try {
-    const status = await main(args);
-    return { status, out: out.join(''), err: err.join('') };
-  } finally {
-    process.stdout.write = w1;
-    process.stderr.write = w2;
-  }
-}
+const cli = runCli;
 
 t.test('export synth writes a complete model set that verifies', async (t) => {
   const dir = join(t.testdir(), 'set');

@@ -1,6 +1,6 @@
 import t from 'tap';
+import { runCli } from '../helpers/cli.js';
 import { STAGES } from '../../src/engine/contract.js';
-import { main } from '../../src/cli/main.js';
 import { CONFIGS } from '../../tools/export/configs.js';
 import { Rng } from '../../tools/export/onnx/random.js';
 import { STAGE_BUILDERS } from '../../tools/export/stages/index.js';
@@ -84,21 +84,10 @@ t.test('which Jetson modules fit', async (t) => {
   t.equal(m.spareBytes, 8 * GiB - 1.5 * GiB - m.needBytes);
 });
 
-/** Runs the CLI in this process and captures what it writes. */
+/** Runs `setokim export plan` in this process and captures what it writes. */
 async function cli(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const ow = process.stdout.write.bind(process.stdout);
-  const ew = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((s: string) => out.push(String(s)) > 0) as typeof process.stdout.write;
-  process.stderr.write = ((s: string) => err.push(String(s)) > 0) as typeof process.stderr.write;
-  try {
-    const status = await main(['export', 'plan', ...args]);
-    return { status, stdout: out.join(''), stderr: err.join('') };
-  } finally {
-    process.stdout.write = ow;
-    process.stderr.write = ew;
-  }
+  const r = await runCli(['export', 'plan', ...args]);
+  return { status: r.status, stdout: r.out, stderr: r.err };
 }
 
 t.test('setokim export plan', async (t) => {

@@ -13,6 +13,7 @@ import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engin
 import { PRECISIONS } from '../../src/engine/manifest.js';
 import { openModelSet } from '../../src/engine/modelset.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
+import { parseFlags } from '../../src/cli/flags.js';
 
 const EngineOptions = z.object({
   model: z.string().min(1),
@@ -44,13 +45,7 @@ export function registerEngineCommand(exportCmd: Command): void {
     .option('--out <dir>', 'where to write engines (default: <model>/engines)')
     .option('--no-progress', 'no progress bar')
     .action(async (raw: unknown) => {
-      const parsed = EngineOptions.safeParse(raw);
-      if (!parsed.success) {
-        const flag = (key: PropertyKey | undefined) => `--${String(key ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-        const msg = parsed.error.issues.map((i) => `${flag(i.path[0])}: ${i.message}`).join('; ');
-        throw new SetokimError('BAD_ARGUMENT', `export engine: ${msg}`);
-      }
-      const o = parsed.data;
+      const o = parseFlags(EngineOptions, raw, 'export engine');
       const why = tensorrtUnavailableReason();
       if (why) {
         throw new SetokimError(

@@ -11,6 +11,7 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { headDim, type Architecture, type StageName } from '../../src/engine/contract.js';
 import { SetokimError } from '../../src/errors.js';
+import { parseFlags } from '../../src/cli/flags.js';
 import { CONFIG_NAMES, CONFIGS, TEXT_VOCAB } from './configs.js';
 
 export const PRECISIONS = ['fp16', 'int8', 'int4w'] as const;
@@ -351,16 +352,9 @@ const PlanCliOptions = z.object({
   json: z.boolean().optional(),
 });
 
-const flag = (key: string) => `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-
 /** Validates the CLI options and plans; every bad option is a BAD_ARGUMENT naming it. */
 export function planFromCli(raw: unknown): { config: string; plan: ModelSetPlan } {
-  const parsed = PlanCliOptions.safeParse(raw);
-  if (!parsed.success) {
-    const msg = parsed.error.issues.map((i) => `${flag(String(i.path[0]))}: ${i.message}`).join('; ');
-    throw new SetokimError('BAD_ARGUMENT', `export plan: ${msg}`);
-  }
-  const o = parsed.data;
+  const o = parseFlags(PlanCliOptions, raw, 'export plan');
   const a = CONFIGS[o.config];
   const N = patches(a);
   if (o.tokens > N) throw new SetokimError('BAD_ARGUMENT', `export plan: --tokens ${o.tokens} is more than the ${N} patches an image has`);
