@@ -26,12 +26,22 @@ export interface SessionOptions {
   stage?: string;
 }
 
+export interface SessionRunOptions {
+  /**
+   * Feeds the caller no longer needs. A backend that runs on another thread may move their whole
+   * ArrayBuffers there instead of copying them (the caller's arrays, and every other view of those
+   * buffers, are then detached). A backend that copies synchronously ignores it. For large inputs
+   * replaced by the run's outputs, such as an LLM's past KV cache.
+   */
+  transfer?: readonly string[];
+}
+
 export interface Session {
   readonly backend: string;
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   /** Runs the graph off the JS thread. Inputs are checked against the signature first. */
-  run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>>;
+  run(feeds: Record<string, Tensor>, options?: SessionRunOptions): Promise<Record<string, Tensor>>;
   dispose(): Promise<void>;
 }
 

@@ -1,14 +1,15 @@
 /**
  * The ONNX Runtime CPU backend (onnxruntime-node): the default everywhere and the fallback on a
  * Jetson without engines. Each session lives in its own worker thread (ort-worker.mjs) because the
- * native run is synchronous; the JS thread only copies feeds in and receives outputs.
+ * native run is synchronous; the JS thread only copies feeds in (or moves those the caller gives up,
+ * see SessionRunOptions.transfer) and receives the outputs, which are moved, not copied.
  */
 import { Worker } from 'node:worker_threads';
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { SetokimError } from '../errors.js';
-import type { Backend, Session, SessionOptions, Tensor, TypedArray } from './backend.js';
+import type { Backend, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import type { DType, Dim, StageSignature } from './contract.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
@@ -52,6 +53,20 @@ export function signatureFromMetadata(meta: readonly OrtMetadata[]): StageSignat
   };
 }
 
+/**
+ * The distinct ArrayBuffers of the named feeds, each only when the feed's array covers it whole:
+ * a view into a larger buffer (a subarray, a pooled Buffer) or shared memory is copied instead, so
+ * no data the caller did not name is detached.
+ */
+function transferList(feeds: Record<string, Tensor>, names: readonly string[] = []): ArrayBuffer[] {
+  const out = new Set<ArrayBuffer>();
+  for (const name of names) {
+    const data = feeds[name]?.data;
+    if (data && data.buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) out.add(data.buffer);
+  }
+  return [...out];
+}
+
 const toWire = (t: Tensor): WireTensor => ({ dtype: t.dtype, dims: [...t.dims], data: t.data });
 
 function fromWire(w: WireTensor): Tensor {
@@ -81,16 +96,27 @@ class OrtSession implements Session {
     worker.unref(); // an idle session never keeps the process alive
   }
 
-  async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
+  async run(feeds: Record<string, Tensor>, options: SessionRunOptions = {}): Promise<Record<string, Tensor>> {
     if (this.disposed) throw new SetokimError('BAD_ARGUMENT', `stage '${this.stage}': session is disposed`);
     checkFeeds(this.stage, this.signature, feeds);
     if (this.exited) throw new SetokimError('INTERNAL', `stage '${this.stage}': ${this.exited.message}; reopen the stage`);
     const id = this.nextId++;
     const msg: ToWorker = { type: 'run', id, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toWire(t)])) };
+    const transfer = transferList(feeds, options.transfer);
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       if (this.pending.size === 1) this.worker.ref();
-      this.worker.postMessage(msg); // copies the feeds: the caller keeps its arrays
+      try {
+        // Copies the feeds (the caller keeps its arrays) except those it gave up in `transfer`.
+        try {
+          this.worker.postMessage(msg, transfer);
+        } catch (err) {
+          if (transfer.length === 0) throw err;
+          this.worker.postMessage(msg); // a buffer that cannot move (e.g. Node's Buffer pool) is copied instead
+        }
+      } catch (err) {
+        this.settle(id)?.reject(new SetokimError('INTERNAL', `stage '${this.stage}': cannot send the inputs to the worker: ${(err as Error).message}`, { cause: err }));
+      }
     });
   }
 

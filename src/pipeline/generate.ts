@@ -58,6 +58,10 @@ export class LlmContext {
         past_values: tensor('float32', this.values, kvDims),
       },
       label,
+      // The past cache is replaced by the present one below: move it to the session's thread
+      // instead of copying it every step. After a failed run the context is unusable (the request
+      // ends with that error anyway).
+      { transfer: ['past_keys', 'past_values'] },
     );
     this.keys = out.present_keys!.data as Float32Array;
     this.values = out.present_values!.data as Float32Array;

@@ -5,7 +5,7 @@
  * while it waits leaves the queue without running. Time inside a gate is the stage's backend time.
  */
 import { SetokimError } from '../errors.js';
-import type { Session, Tensor } from '../engine/backend.js';
+import type { Session, SessionRunOptions, Tensor } from '../engine/backend.js';
 import type { StageTimes } from './types.js';
 
 export class Semaphore {
@@ -94,11 +94,11 @@ export class GatedStage {
     this.gate = new Semaphore(concurrency);
   }
 
-  async run(ctx: RequestContext, feeds: Record<string, Tensor>, label = this.name): Promise<Record<string, Tensor>> {
+  async run(ctx: RequestContext, feeds: Record<string, Tensor>, label = this.name, options?: SessionRunOptions): Promise<Record<string, Tensor>> {
     const release = await this.gate.acquire(ctx.signal);
     try {
       throwIfAborted(ctx.signal);
-      return await timed(ctx, label, () => this.session.run(feeds));
+      return await timed(ctx, label, () => this.session.run(feeds, options));
     } finally {
       release();
     }

@@ -64,3 +64,29 @@ t.test('dispose during a run cancels it; a dead worker fails runs instead of han
   });
   await s2.dispose(); // returns although the worker is gone
 });
+
+t.test('transfer moves the named feeds to the worker instead of copying them; the rest stay usable', async (t) => {
+  const s = await ort.open(addMatMul(dir), { stage: 'moved', threads: 1 });
+  t.teardown(() => s.dispose());
+  const L = 3;
+  const x = new Float32Array(L * W_IN).map((_, i) => Math.sin(i));
+  const y = new Float32Array(L * W_IN).map((_, i) => Math.cos(i));
+  const feeds = () => ({ x: tensor('float32', x, [1, L, W_IN]), y: tensor('float32', y, [1, L, W_IN]) });
+  const copied = Array.from((await s.run(feeds())).z!.data as Float32Array);
+  t.equal(x.length, L * W_IN, 'without transfer nothing is detached');
+  const yBefore = Array.from(y);
+
+  // A view into a larger buffer is not moved (that would detach data the caller did not name).
+  const big = new Float32Array(2 * L * W_IN);
+  big.set(x);
+  const view = big.subarray(0, L * W_IN);
+  const viaView = await s.run({ x: tensor('float32', view, [1, L, W_IN]), y: tensor('float32', y, [1, L, W_IN]) }, { transfer: ['x'] });
+  t.equal(big.length, 2 * L * W_IN, 'the larger buffer is not detached');
+  t.same(Array.from(viaView.z!.data as Float32Array), copied);
+
+  const out = await s.run(feeds(), { transfer: ['x'] });
+  t.same(Array.from(out.z!.data as Float32Array), copied, 'same answer as a copied run');
+  t.equal(x.byteLength, 0, 'x was moved: detached here');
+  t.equal(y.length, L * W_IN, 'y was copied');
+  t.same(Array.from(y), yBefore);
+});

@@ -2,7 +2,8 @@ import t from 'tap';
 import { createPipeline, type LocalPipeline } from '../../src/pipeline/pipeline.js';
 import { decode, LlmContext } from '../../src/pipeline/generate.js';
 import { Sampler } from '../../src/pipeline/sampler.js';
-import type { RequestContext } from '../../src/pipeline/scheduler.js';
+import { GatedStage, type RequestContext } from '../../src/pipeline/scheduler.js';
+import type { Session, TypedArray } from '../../src/engine/backend.js';
 import { busyImage, collect, tinySet } from './fixtures.js';
 import { kvBytesPerToken } from '../../src/pipeline/kv-cache.js';
 import { headDim } from '../../src/engine/contract.js';
@@ -57,6 +58,39 @@ t.test('streamed deltas add up to the decoded ids, and the KV cache grows one po
   const fed = r.finishReason === 'length' ? r.ids.length - 1 : r.ids.length;
   t.equal(llm.position, prompt.length + fed);
   t.ok(ctx.times.prefill! > 0 && ctx.times.decode! > 0);
+});
+
+t.test('each step moves the past KV cache to the LLM session instead of copying it; the answer is the same', async (t) => {
+  const tok = p.models.tokenizer;
+  const prompt = [tok.specials.bos, ...tok.encode('USER: hello ASSISTANT:')];
+  const real = p.models.stages.llm!.session;
+  // The real session behind a recorder; `copy` drops the transfer option so the feeds are copied.
+  const greedy = async (copy: boolean) => {
+    const pasts: TypedArray[] = [];
+    const session: Session = {
+      backend: real.backend,
+      inputNames: real.inputNames,
+      outputNames: real.outputNames,
+      run: (feeds, options) => {
+        pasts.push(feeds.past_keys!.data, feeds.past_values!.data);
+        return real.run(feeds, copy ? undefined : options);
+      },
+      dispose: () => real.dispose(),
+    };
+    const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
+    const llm = new LlmContext(p.models.arch, new GatedStage('llm', session), p.models.stages.embed!, ctx);
+    const first = await llm.step(await llm.embedIds(prompt), 'prefill');
+    const o = { tokenizer: tok, sampler: new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), maxTokens: 6, stop: [], startInImage: false, maxTargets: 64, onText: () => {} };
+    const r = await decode(llm, first, o, ctx);
+    return { r, pasts: pasts.slice(2) }; // the prefill's past is empty
+  };
+  const moved = await greedy(false);
+  const copied = await greedy(true);
+  t.ok(moved.pasts.length >= 2, `${moved.pasts.length / 2} decode steps`);
+  t.ok(copied.pasts.every((a) => a.byteLength > 0), 'copied: the caller still holds every past cache');
+  t.ok(moved.pasts.every((a) => a.byteLength === 0), 'moved: every past cache was detached here');
+  t.same(moved.r.ids, copied.r.ids);
+  t.same(Array.from(moved.r.lastHidden), Array.from(copied.r.lastHidden));
 });
 
 t.test('a context that would overflow the model is PROMPT_TOO_LONG', async (t) => {
