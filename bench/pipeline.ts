@@ -27,7 +27,7 @@ import { mergeTokens, visionTokens, type VisionTokens } from '../src/pipeline/vi
 import { preprocess } from '../src/pipeline/preprocess.js';
 import type { RequestContext } from '../src/pipeline/scheduler.js';
 import type { PipelineEvent, QueryRequest } from '../src/pipeline/types.js';
-import { busyImage } from '../test/pipeline/fixtures.js';
+import { busyImage } from '../tools/export/sample-images.js';
 
 type Done = Extract<PipelineEvent, { type: 'done' }>;
 
