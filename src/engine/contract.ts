@@ -9,7 +9,8 @@
  */
 import { z } from 'zod';
 
-export type DType = 'float32' | 'float16' | 'int64' | 'int32' | 'int8' | 'uint8' | 'bool';
+export const DTYPES = ['float32', 'float16', 'int64', 'int32', 'int8', 'uint8', 'bool'] as const;
+export type DType = (typeof DTYPES)[number];
 
 /** A dimension is a fixed size or a named dynamic size. */
 export type Dim = number | string;
@@ -24,6 +25,11 @@ export interface StageSignature {
   inputs: TensorSpec[];
   outputs: TensorSpec[];
 }
+
+/** A signature as manifests write it (the model set's and each engine's), checked with zod. */
+const DimSchema = z.union([z.number().int().nonnegative(), z.string().min(1)]);
+const TensorSpecSchema = z.object({ name: z.string().min(1), dtype: z.enum(DTYPES), shape: z.array(DimSchema) });
+export const SignatureSchema = z.object({ inputs: z.array(TensorSpecSchema), outputs: z.array(TensorSpecSchema) });
 
 export const STAGES = ['encoder', 'merger', 'embed', 'llm', 'diffusion', 'detokenizer', 'mask_decoder'] as const;
 export type StageName = (typeof STAGES)[number];

@@ -8,18 +8,13 @@ import { createHash, createPublicKey, verify as verifySignature } from 'node:cry
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
+import { SignatureSchema } from './contract.js';
 import type { Capabilities } from './native.js';
 
 export const ENGINE_MANIFEST_FORMAT = 'setokim-engine/1';
 
 const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex sha256');
 const Version = z.string().regex(/^\d+(\.\d+)*$/, 'a dotted version such as 10.3.0');
-const DimSchema = z.union([z.number().int().nonnegative(), z.string().min(1)]);
-const TensorSpecSchema = z.object({
-  name: z.string().min(1),
-  dtype: z.enum(['float32', 'float16', 'int64', 'int32', 'int8', 'uint8', 'bool']),
-  shape: z.array(DimSchema),
-});
 const ShapeRange = z
   .object({ min: z.array(z.number().int().nonnegative()), opt: z.array(z.number().int().nonnegative()), max: z.array(z.number().int().nonnegative()) })
   .refine((r) => r.min.length === r.opt.length && r.opt.length === r.max.length, 'min, opt and max must have the same rank')
@@ -48,7 +43,7 @@ export const EngineManifestSchema = z.object({
   versionCompatible: z.boolean().default(false),
   /** Optimisation profiles: per input, min/opt/max shapes. */
   profiles: z.array(z.record(z.string(), ShapeRange)).min(1),
-  io: z.object({ inputs: z.array(TensorSpecSchema), outputs: z.array(TensorSpecSchema) }),
+  io: SignatureSchema,
   builder: z.object({ workspaceBytes: z.number().int().positive(), timingCache: z.boolean(), seconds: z.number().nonnegative() }),
   builtAt: z.string(),
   /** ed25519 signature over the manifest without this field (see manifestSigningBytes). */

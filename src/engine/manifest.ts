@@ -10,7 +10,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
-import { ArchitectureSchema, STAGES, REQUIRED_STAGES, stageSignature, type StageName, type StageSignature } from './contract.js';
+import { ArchitectureSchema, SignatureSchema, STAGES, REQUIRED_STAGES, stageSignature, type StageName, type StageSignature } from './contract.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const MANIFEST_FORMAT = 'setokim-modelset';
@@ -19,13 +19,6 @@ export const MANIFEST_VERSION = 1;
 export const PRECISIONS = ['fp32', 'fp16', 'int8', 'int4w'] as const;
 export type Precision = (typeof PRECISIONS)[number];
 
-const DimSchema = z.union([z.number().int().nonnegative(), z.string().min(1)]);
-const TensorSpecSchema = z.object({
-  name: z.string().min(1),
-  dtype: z.enum(['float32', 'float16', 'int64', 'int32', 'int8', 'uint8', 'bool']),
-  shape: z.array(DimSchema),
-});
-export const SignatureSchema = z.object({ inputs: z.array(TensorSpecSchema), outputs: z.array(TensorSpecSchema) });
 
 /** A plain relative file name inside the set's directory (no '..', no absolute paths). */
 const FileName = z

@@ -10,7 +10,7 @@ import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { SetokimError } from '../errors.js';
 import type { Backend, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
-import type { DType, Dim, StageSignature } from './contract.js';
+import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
 
@@ -27,8 +27,6 @@ type FromWorker =
   | { type: 'error'; id?: number; message: string }
   | { type: 'disposed' };
 
-const DTYPES: readonly DType[] = ['float32', 'float16', 'int64', 'int32', 'int8', 'uint8', 'bool'];
-
 /** The worker is plain JS under src/, so it runs the same from tests and from the installed package. */
 const workerFile = () => path.join(packageRoot(), 'src', 'engine', 'ort-worker.mjs');
 
@@ -43,7 +41,7 @@ interface OrtMetadata {
 export function signatureFromMetadata(meta: readonly OrtMetadata[]): StageSignature {
   return {
     inputs: meta
-      .filter((m) => m.isTensor && DTYPES.includes(m.type as DType))
+      .filter((m) => m.isTensor && (DTYPES as readonly string[]).includes(m.type ?? ''))
       .map((m) => ({
         name: m.name,
         dtype: m.type as DType,
