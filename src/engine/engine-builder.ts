@@ -46,7 +46,8 @@ const range = (min: number, opt: number, max: number) => ({ min, opt: Math.min(M
 /**
  * Default profiles per stage from the architecture: vision tokens L in 1..maxTokens, the LLM with a
  * prefill profile (T up to the context, no past) and a decode profile (T = 1, past up to the
- * context), the diffusion batch up to `diffusionBatch`.
+ * context), the diffusion batch B up to `diffusionBatch`, by default L: the pipeline denoises every
+ * `<target>` token of an image in one batch, and an image has up to maxTokens of them.
  */
 export function stageDimProfiles(
   stage: StageName,
@@ -55,7 +56,7 @@ export function stageDimProfiles(
 ): DimRanges[] {
   const L = limits.maxTokens ?? a.cluster.maxTokens;
   const ctx = limits.maxContext ?? a.llm.maxContext;
-  const B = limits.diffusionBatch ?? 8;
+  const B = limits.diffusionBatch ?? L;
   const common = { batch: range(1, 1, 1), L: range(1, Math.ceil(L / 2), L), B: range(1, 2, B), T: range(1, Math.min(64, ctx), ctx) };
   if (stage === 'llm') {
     return [
