@@ -13,7 +13,7 @@ import { Prng, Sampler } from './sampler.js';
 import { timed, type GatedStage, type RequestContext } from './scheduler.js';
 import { renderImage } from './tasks/image.js';
 import { segmentMasks } from './tasks/segment.js';
-import { buildVicunaPrompt } from './template.js';
+import { buildVicunaPrompt, promptLength } from './template.js';
 import type { Tokenizer } from './tokenizer.js';
 import type { PipelineEvent } from './types.js';
 import { visionTokens, type VisionTokens } from './vision.js';
@@ -71,7 +71,7 @@ export async function runQuery(
   }
 
   const layout = buildVicunaPrompt(tok, { prompt: req.prompt, image: !!vision, answerWithImage: imageTask });
-  const promptTokens = layout.textTokens + (vision?.count ?? 0);
+  const promptTokens = promptLength(layout, vision?.count ?? 0);
   const extra = req.task === 'segment' ? 1 : 0; // the referring <target> query
   const room = a.llm.maxContext - promptTokens - extra;
   if (room < 1)

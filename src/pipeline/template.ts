@@ -82,8 +82,9 @@ export function countPromptTokens(tok: Tokenizer, options: PromptOptions, vision
 }
 
 /**
- * Refuses a prompt that leaves fewer than `minNewTokens` positions of `maxContext` for the answer.
- * The agent calls it before admission with visionTokens = maxTokens (the worst case).
+ * Refuses a prompt that leaves fewer than `minNewTokens` positions of `maxContext` for the answer,
+ * before any stage runs: pass visionTokens = maxTokens for the worst case. (The pipeline checks the
+ * exact length itself once the image is clustered; the agent bounds prompts by limits.maxPromptTokens.)
  */
 export function assertPromptFits(
   tok: Tokenizer,
