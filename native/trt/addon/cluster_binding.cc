@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "addon/module.h"
 #include "setok/cluster_cache.h"
@@ -78,6 +79,68 @@ class ClusterWorker : public Napi::AsyncWorker {
   std::string code_ = "INTERNAL";
 };
 
+// Finished DpcKnn instances (and their n x n buffers), shared by all libuv workers and handed out
+// most recently used first. One per thread, as before, left up to four cold 0.5 MB working sets
+// at n = 256 that the rotating libuv threads took turns on; one shared list keeps the last one hot
+// in cache for the next call, whichever thread runs it. Concurrent calls each get their own.
+class InstancePool {
+ public:
+  // Holds an instance for `p` for one call (any thread); gives it back to the pool when done.
+  class Lease {
+   public:
+    explicit Lease(const ClusterParams& p) : dpc_(Take(p)) {}
+    ~Lease() { Give(std::move(dpc_)); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    setokim::DpcKnn* operator->() { return dpc_.get(); }
+
+   private:
+    std::unique_ptr<setokim::DpcKnn> dpc_;
+  };
+
+ private:
+  static constexpr size_t kKeep = 4;     // the libuv pool's default size
+  static constexpr int kMaxCachedN = 2048;  // above it the buffers (2 x n^2 floats) are not kept
+
+  static bool Same(const ClusterParams& a, const ClusterParams& b) {
+    return a.n == b.n && a.dim == b.dim && a.k == b.k && a.threshold == b.threshold && a.fallback == b.fallback &&
+           a.maxTokens == b.maxTokens;
+  }
+  static std::mutex& Mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::unique_ptr<setokim::DpcKnn>>& Free() {
+    static auto* free = new std::vector<std::unique_ptr<setokim::DpcKnn>>();  // never destroyed: no exit-time race
+    return *free;
+  }
+  static std::unique_ptr<setokim::DpcKnn> Take(const ClusterParams& p) {
+    {
+      std::lock_guard<std::mutex> lock(Mutex());
+      auto& free = Free();
+      for (size_t i = free.size(); i-- > 0;) {
+        if (Same(free[i]->params(), p)) {
+          auto found = std::move(free[i]);
+          free.erase(free.begin() + static_cast<std::ptrdiff_t>(i));
+          return found;
+        }
+      }
+    }
+    return std::make_unique<setokim::DpcKnn>(p);
+  }
+  static void Give(std::unique_ptr<setokim::DpcKnn> dpc) {
+    if (!dpc || dpc->params().n > kMaxCachedN) return;
+    std::unique_ptr<setokim::DpcKnn> evicted;  // freed outside the lock
+    std::lock_guard<std::mutex> lock(Mutex());
+    auto& free = Free();
+    if (free.size() >= kKeep) {
+      evicted = std::move(free.front());
+      free.erase(free.begin());
+    }
+    free.push_back(std::move(dpc));
+  }
+};
+
 ClusterParams ParamsFrom(const Napi::CallbackInfo& info, int first) {
   ClusterParams p;
   p.n = info[first].As<Napi::Number>().Int32Value();
@@ -109,19 +172,8 @@ Napi::Value Cluster(const Napi::CallbackInfo& info) {
     return d.Promise();
   }
   auto* worker = new ClusterWorker(env, [features, p](int*) {
-    // Each libuv worker thread keeps its last instance (and its n x n buffers, up to n = 2048) so
-    // repeated frames do not pay for fresh allocations and page faults.
-    thread_local std::unique_ptr<setokim::DpcKnn> cached;
-    const auto& q = cached ? cached->params() : p;
-    const bool same = cached && q.n == p.n && q.dim == p.dim && q.k == p.k && q.threshold == p.threshold &&
-                      q.fallback == p.fallback && q.maxTokens == p.maxTokens;
-    if (!same) {
-      cached.reset();
-      auto fresh = std::make_unique<setokim::DpcKnn>(p);
-      if (p.n > 2048) return fresh->Cluster(features->data());
-      cached = std::move(fresh);
-    }
-    return cached->Cluster(features->data());
+    InstancePool::Lease dpc(p);
+    return dpc->Cluster(features->data());
   });
   Napi::Promise promise = worker->Promise();
   worker->Queue();  // the worker deletes itself when done (N-API convention)

@@ -62,24 +62,7 @@ float DpcKnn::DensityRow(int i, float* rho) const {
   const int n = params_.n, k = params_.k;
   const float* d = dist_.data() + static_cast<size_t>(i) * n;
   const float kth = KthSmallest(d, n, k);
-  int need = k;
-  for (int j = 0; j < n; ++j) need -= d[j] < kth;
-  // Gather the indices with D <= t (branch-free, in index order), then add over them.
-  thread_local std::vector<int> near;
-  near.resize(n);
-  int count = 0;
-  for (int j = 0; j < n; ++j) {
-    near[count] = j;
-    count += d[j] <= kth;
-  }
-  float sum = 0.0f;
-  for (int m = 0; m < count; ++m) {
-    const float v = d[near[m]];
-    if (v < kth || need > 0) {
-      need -= v == kth;
-      sum += fp::Opaque(v * v);
-    }
-  }
+  const float sum = DensitySum(d, n, k, kth);
   const float mean = sum / static_cast<float>(k);
   *rho = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
   return kth;
@@ -92,7 +75,7 @@ ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
   rho_.resize(n);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) kth_[i] = DensityRow(i, &rho_[i]);
-  }, n >= 128);  // a few microseconds per row: worth a second thread early
+  }, static_cast<double>(n) * n > 1e5);  // as Distances: below that one thread beats starting another
   have_state_ = true;
   return FinishFromDensity();
 }
@@ -154,16 +137,7 @@ ClusterResult DpcKnn::FinishFromDensity() {
   std::vector<float> delta(n);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      const float* d = dist.data() + static_cast<size_t>(i) * n;
-      const int ri = rank[i];
-      float best = INFINITY, mx = 0.0f;
-      for (int j = 0; j < n; ++j) {
-        const float v = d[j];
-        best = (rank[j] < ri && v < best) ? v : best;
-        mx = v > mx ? v : mx;
-      }
-      delta[i] = best;
-      row_max[i] = mx;
+      DeltaRow(dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &row_max[i]);
     }
   }, par);
   const float dmax = n > 0 ? *std::max_element(row_max.begin(), row_max.end()) : 0.0f;

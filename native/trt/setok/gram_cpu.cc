@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -99,6 +100,20 @@ void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, 
   if (HasAvx2()) return avx2::DistanceRow(gii, gjj, g, dim, n, d);
 #endif
   generic::DistanceRow(gii, gjj, g, dim, n, d);
+}
+
+void DeltaRow(const float* d, const int32_t* rank, int ri, int n, float* best, float* max) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::DeltaRow(d, rank, ri, n, best, max);
+#endif
+  generic::DeltaRow(d, rank, ri, n, best, max);
+}
+
+float DensitySum(const float* d, int n, int k, float t) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::DensitySum(d, n, k, t);
+#endif
+  return generic::DensitySum(d, n, k, t);
 }
 
 float KthSmallest(const float* v, int n, int k) {

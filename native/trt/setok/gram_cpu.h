@@ -28,8 +28,16 @@ void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows
 // Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.
 void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, float* d);
 
+// One row of step 4: *best = min d[j] over j with rank[j] < ri (INFINITY if none), *max = max(0,
+// max d[j]). d must hold no NaN and no -0 (as DistanceRow's output), so the result is exact.
+void DeltaRow(const float* d, const int32_t* rank, int ri, int n, float* best, float* max);
+
 // The k-th smallest of n non-negative floats (1 <= k <= n), vectorised (the density's selection).
 float KthSmallest(const float* v, int n, int k);
+
+// Step 3's sum for one row of n distances (non-negative), given t = KthSmallest(d, n, k): the
+// rounded squares of the k nearest (d < t, then the lowest-index ties at t) added in index order.
+float DensitySum(const float* d, int n, int k, float t);
 
 // GFLOP/s of a register-only loop of rounded multiply then add (the Gram kernel's instruction
 // mix, no memory) on every core for about `seconds`: the limit the Gram step can approach.
