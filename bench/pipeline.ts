@@ -72,15 +72,7 @@ async function prefillMs(p: LocalPipeline, vision: VisionTokens): Promise<number
   const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
   const llm = new LlmContext(a, stages.llm!, stages.embed!, ctx);
   const layout = buildVicunaPrompt(tokenizer, { prompt: 'What is in the picture?', image: true });
-  const parts: Float32Array[] = [];
-  for (const seg of layout.segments) parts.push(seg.kind === 'text' ? await llm.embedIds(seg.ids) : vision.embeds);
-  const embeds = new Float32Array(parts.reduce((n, x) => n + x.length, 0));
-  let at = 0;
-  for (const x of parts) {
-    embeds.set(x, at);
-    at += x.length;
-  }
-  await llm.step(embeds, 'prefill');
+  await llm.step(await llm.promptEmbeds(layout, vision.embeds), 'prefill');
   return ctx.times.prefill!;
 }
 

@@ -11,6 +11,7 @@ import { SetokimError } from '../errors.js';
 import type { GatedStage, RequestContext } from './scheduler.js';
 import { throwIfAborted } from './scheduler.js';
 import { StopMatcher, type Sampler } from './sampler.js';
+import type { PromptLayout } from './template.js';
 import type { Tokenizer } from './tokenizer.js';
 
 /** One request's LLM state: the KV cache (host float32) and its length. */
@@ -38,6 +39,23 @@ export class LlmContext {
       input_ids: tensor('int64', BigInt64Array.from(ids, (i) => BigInt(i)), [1, ids.length]),
     });
     return out.embeds!.data as Float32Array;
+  }
+
+  /** The prompt's input embeddings [T, H]: text segments through the embed stage, `vision` spliced in at the vision segment. */
+  async promptEmbeds(layout: PromptLayout, vision?: Float32Array): Promise<Float32Array> {
+    const parts: Float32Array[] = [];
+    for (const seg of layout.segments) {
+      if (seg.kind === 'text') parts.push(await this.embedIds(seg.ids));
+      else if (vision) parts.push(vision);
+      else throw new SetokimError('INTERNAL', 'the prompt has an image segment but no vision embeddings were given');
+    }
+    const out = new Float32Array(parts.reduce((n, x) => n + x.length, 0));
+    let at = 0;
+    for (const x of parts) {
+      out.set(x, at);
+      at += x.length;
+    }
+    return out;
   }
 
   /**

@@ -80,15 +80,7 @@ export async function runQuery(
   const lease = await env.kv.reserve((promptTokens + maxTokens + extra) * kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a)), ctx.signal);
   const llm = new LlmContext(a, stage(models, 'llm', req.task), stage(models, 'embed', req.task), ctx);
   try {
-    const H = a.llm.hidden;
-    const embeds = new Float32Array(promptTokens * H);
-    let at = 0;
-    for (const seg of layout.segments) {
-      const part = seg.kind === 'text' ? await llm.embedIds(seg.ids) : vision!.embeds;
-      embeds.set(part, at);
-      at += part.length;
-    }
-    const first = await llm.step(embeds, 'prefill');
+    const first = await llm.step(await llm.promptEmbeds(layout, vision?.embeds), 'prefill');
     let firstTokenMs: number | undefined;
     const result = await decode(
       llm,

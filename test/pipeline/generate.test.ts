@@ -2,6 +2,7 @@ import t from 'tap';
 import { createPipeline, type LocalPipeline } from '../../src/pipeline/pipeline.js';
 import { decode, LlmContext } from '../../src/pipeline/generate.js';
 import { Sampler } from '../../src/pipeline/sampler.js';
+import { buildVicunaPrompt, promptLength } from '../../src/pipeline/template.js';
 import { GatedStage, type RequestContext } from '../../src/pipeline/scheduler.js';
 import type { Session, TypedArray } from '../../src/engine/backend.js';
 import { busyImage, collect, tinySet } from './fixtures.js';
@@ -91,6 +92,20 @@ t.test('each step moves the past KV cache to the LLM session instead of copying 
   t.ok(moved.pasts.every((a) => a.byteLength === 0), 'moved: every past cache was detached here');
   t.same(moved.r.ids, copied.r.ids);
   t.same(Array.from(moved.r.lastHidden), Array.from(copied.r.lastHidden));
+});
+
+t.test('prompt embeddings: each text segment through the embed stage, the vision rows spliced in between', async (t) => {
+  const tok = p.models.tokenizer;
+  const H = p.models.arch.llm.hidden;
+  const { llm } = await start([tok.specials.bos]);
+  const layout = buildVicunaPrompt(tok, { prompt: 'What is this?', image: true });
+  const [before, , after] = layout.segments as [{ kind: 'text'; ids: number[] }, unknown, { kind: 'text'; ids: number[] }];
+  const vision = Float32Array.from({ length: 3 * H }, (_, i) => i + 0.5);
+  const got = await llm.promptEmbeds(layout, vision);
+  t.equal(got.length, promptLength(layout, 3) * H);
+  const want = [...(await llm.embedIds(before.ids)), ...vision, ...(await llm.embedIds(after.ids))];
+  t.same(Array.from(got), want);
+  await t.rejects(llm.promptEmbeds(layout), { code: 'INTERNAL' });
 });
 
 t.test('a context that would overflow the model is PROMPT_TOO_LONG', async (t) => {
