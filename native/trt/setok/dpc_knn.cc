@@ -18,6 +18,14 @@ constexpr int kRowsPerTask = 16;
 
 int Tasks(int n, int per) { return (n + per - 1) / per; }
 
+// Whether an n x n step is worth the pool's helper threads. Waking one costs only microseconds, but
+// on a shared machine the other core is often busy, and a helper that is preempted holding an item
+// stalls the caller: at n = 256 (~20-100 us per step) one thread was faster under load.
+#ifndef SETOKIM_PARALLEL_CELLS
+#define SETOKIM_PARALLEL_CELLS 1e5
+#endif
+bool WorthThreads(int n) { return static_cast<double>(n) * n >= SETOKIM_PARALLEL_CELLS; }
+
 }  // namespace
 
 DpcKnn::DpcKnn(const ClusterParams& params) : params_(params) {
@@ -25,14 +33,43 @@ DpcKnn::DpcKnn(const ClusterParams& params) : params_(params) {
 }
 
 ClusterResult DpcKnn::Cluster(const float* features) {
-  CheckFinite(features, params_.n, params_.dim);
-  ComputeGram(features, params_.n, params_.dim, gram_);
-  return ClusterFromGram(gram_);
+  const int n = params_.n;
+  CheckFinite(features, n, params_.dim);
+  ComputeGram(features, n, params_.dim, gram_);
+  if (GramStride(n) != n) return ClusterFromGram(gram_);
+  // Nobody needs G afterwards: turn it into D in place (one n x n buffer in cache, not two).
+  DistancesInPlace(gram_);
+  gram_.swap(dist_);
+  return FromDistances();
+}
+
+// D over the upper triangle of G (row i from j = i, in place: each entry reads only its own G and
+// the diagonal, copied first), then mirrored: D is symmetric bit for bit, since gii + gjj == gjj + gii.
+void DpcKnn::DistancesInPlace(std::vector<float>& g) const {
+  const int n = params_.n;
+  const bool par = WorthThreads(n);
+  std::vector<float> diag(n);
+  for (int j = 0; j < n; ++j) diag[j] = g[static_cast<size_t>(j) * n + j];
+  const float fdim = static_cast<float>(params_.dim);
+  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
+    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+      float* row = g.data() + static_cast<size_t>(i) * n;
+      DistanceRow(diag[i], diag.data() + i, row + i, fdim, n - i, row + i);
+    }
+  }, par);
+  ParallelFor(Tasks(n, kTile), [&](int bi) {
+    const int i0 = bi * kTile, i1 = std::min(n, i0 + kTile);
+    for (int bj = 0; bj <= bi; ++bj) {
+      const int j0 = bj * kTile, j1 = std::min(n, j0 + kTile);
+      for (int i = i0; i < i1; ++i)
+        for (int j = j0; j < std::min(j1, i); ++j) g[static_cast<size_t>(i) * n + j] = g[static_cast<size_t>(j) * n + i];
+    }
+  }, par);
 }
 
 void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const {
   const int n = params_.n;
-  const bool par = static_cast<double>(n) * n > 1e5;  // smaller rows finish before threads start
+  const bool par = WorthThreads(n);
   const int ld = GramStride(n);
   // Mirror the upper triangle into the lower one, tile by tile (cache friendly).
   const int tiles = Tasks(n, kTile);
@@ -69,13 +106,17 @@ float DpcKnn::DensityRow(int i, float* rho) const {
 }
 
 ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
-  const int n = params_.n;
   Distances(gram, dist_);
+  return FromDistances();
+}
+
+ClusterResult DpcKnn::FromDistances() {
+  const int n = params_.n;
   kth_.resize(n);
   rho_.resize(n);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) kth_[i] = DensityRow(i, &rho_[i]);
-  }, static_cast<double>(n) * n > 1e5);  // as Distances: below that one thread beats starting another
+  }, WorthThreads(n));
   have_state_ = true;
   return FinishFromDensity();
 }
@@ -113,14 +154,14 @@ ClusterResult DpcKnn::UpdateFromGram(const std::vector<float>& gram, const std::
       for (int r = 0; r < m && keep; ++r) keep = old[static_cast<size_t>(r) * n + i] > kth && d[rows[r]] > kth;
       if (!keep) kth_[i] = DensityRow(i, &rho_[i]);
     }
-  }, n >= 128);
+  }, WorthThreads(n));
   return FinishFromDensity();
 }
 
 // Steps 4 to 6 from dist_ and rho_.
 ClusterResult DpcKnn::FinishFromDensity() {
   const int n = params_.n;
-  const bool par = static_cast<double>(n) * n > 1e5;
+  const bool par = WorthThreads(n);
   const std::vector<float>& dist = dist_;
   ClusterResult res;
   res.rho = rho_;

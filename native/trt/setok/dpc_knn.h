@@ -36,6 +36,8 @@ class DpcKnn {
 
  private:
   float DensityRow(int i, float* rho) const;
+  void DistancesInPlace(std::vector<float>& gram) const;  // needs GramStride(n) == n
+  ClusterResult FromDistances();                           // steps 3-6 from dist_
   ClusterResult FinishFromDensity();
 
   ClusterParams params_;

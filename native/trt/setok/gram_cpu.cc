@@ -67,8 +67,11 @@ void RowBlockDispatch(const float* a, int lda, int m, int i0, int i1, const floa
   generic::RowBlock(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
 }
 
-// Below this many multiply-adds one thread is faster than starting others.
-bool WorthThreads(double madds) { return madds > 4e6; }
+// Below this many multiply-adds one thread is faster than waking the pool's helpers.
+#ifndef SETOKIM_PARALLEL_MADDS
+#define SETOKIM_PARALLEL_MADDS 4e6
+#endif
+bool WorthThreads(double madds) { return madds > SETOKIM_PARALLEL_MADDS; }
 
 // Packs rows of `bt` (n rows of depth dim, i.e. B^T) into [kc block][panel][c][kNR].
 void PackAll(const float* bt, int n, int dim, std::vector<float>& packed) {

@@ -1,5 +1,6 @@
-// A minimal parallel-for: spreads `count` work items over the machine's cores with std::thread and
-// an atomic counter (items are taken in ascending order, so give the heaviest ones low indices).
+// A minimal parallel-for: spreads `count` work items over the machine's cores with an atomic counter
+// (items are taken in ascending order, so give the heaviest ones low indices), on helper threads
+// started once and kept (a concurrent second caller starts threads of its own instead).
 // Thread safety: callable from any thread; `fn` runs concurrently on several threads and must only
 // write disjoint data.
 #pragma once
@@ -11,7 +12,7 @@ namespace setokim {
 int WorkerCount();
 
 // Runs fn(i) for i in [0, count), on up to WorkerCount() threads (the caller's thread included);
-// with parallel = false (small problems, where starting threads costs more than it saves) it runs
+// with parallel = false (small problems, where waking a helper costs more than it saves) it runs
 // inline. An exception thrown by fn is rethrown on the caller's thread after all threads joined.
 void ParallelFor(int count, const std::function<void(int)>& fn, bool parallel = true);
 
