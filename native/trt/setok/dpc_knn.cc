@@ -58,12 +58,7 @@ void DpcKnn::DistancesInPlace(std::vector<float>& g) const {
     }
   }, par);
   ParallelFor(Tasks(n, kTile), [&](int bi) {
-    const int i0 = bi * kTile, i1 = std::min(n, i0 + kTile);
-    for (int bj = 0; bj <= bi; ++bj) {
-      const int j0 = bj * kTile, j1 = std::min(n, j0 + kTile);
-      for (int i = i0; i < i1; ++i)
-        for (int j = j0; j < std::min(j1, i); ++j) g[static_cast<size_t>(i) * n + j] = g[static_cast<size_t>(j) * n + i];
-    }
+    MirrorLower(g.data(), n, bi * kTile, std::min(n, (bi + 1) * kTile));
   }, par);
 }
 
@@ -71,15 +66,10 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
   const int n = params_.n;
   const bool par = WorthThreads(n);
   const int ld = GramStride(n);
-  // Mirror the upper triangle into the lower one, tile by tile (cache friendly).
+  // Mirror the upper triangle into the lower one, 8 x 8 blocks at a time.
   const int tiles = Tasks(n, kTile);
   ParallelFor(tiles, [&](int bi) {
-    const int i0 = bi * kTile, i1 = std::min(n, i0 + kTile);
-    for (int bj = 0; bj <= bi; ++bj) {
-      const int j0 = bj * kTile, j1 = std::min(n, j0 + kTile);
-      for (int i = i0; i < i1; ++i)
-        for (int j = j0; j < std::min(j1, i); ++j) gram[static_cast<size_t>(i) * ld + j] = gram[static_cast<size_t>(j) * ld + i];
-    }
+    MirrorLower(gram.data(), ld, bi * kTile, std::min(n, (bi + 1) * kTile));
   }, par);
   dist.resize(static_cast<size_t>(n) * n);
   std::vector<float> diag(n);

@@ -112,6 +112,13 @@ void DeltaRow(const float* d, const int32_t* rank, int ri, int n, float* best, f
   generic::DeltaRow(d, rank, ri, n, best, max);
 }
 
+void MirrorLower(float* a, int ld, int i0, int i1) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::MirrorLower(a, ld, i0, i1);
+#endif
+  generic::MirrorLower(a, ld, i0, i1);
+}
+
 float DensitySum(const float* d, int n, int k, float t) {
 #if defined(__x86_64__)
   if (HasAvx2()) return avx2::DensitySum(d, n, k, t);

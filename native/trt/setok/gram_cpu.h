@@ -35,6 +35,10 @@ void DeltaRow(const float* d, const int32_t* rank, int ri, int n, float* best, f
 // The k-th smallest of n non-negative floats (1 <= k <= n), vectorised (the density's selection).
 float KthSmallest(const float* v, int n, int k);
 
+// a[i * ld + j] = a[j * ld + i] for every j < i, i in [i0, i1): the lower triangle from the upper.
+// Rows [i0, i1) are written, rows above read: disjoint row ranges may run concurrently.
+void MirrorLower(float* a, int ld, int i0, int i1);
+
 // Step 3's sum for one row of n distances (non-negative), given t = KthSmallest(d, n, k): the
 // rounded squares of the k nearest (d < t, then the lowest-index ties at t) added in index order.
 float DensitySum(const float* d, int n, int k, float t);
