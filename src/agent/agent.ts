@@ -84,6 +84,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private client?: MqttClient;
   private backoffMs: number;
   private stopping = false;
+  private stopped?: Promise<void>;
   private statusTimer?: NodeJS.Timeout;
   private connects = 0;
   metricsPort?: number;
@@ -377,8 +378,21 @@ export class Agent extends EventEmitter<AgentEvents> {
    * Graceful stop: unsubscribe so the broker sends fleet work elsewhere, answer what still arrives
    * with BUSY, finish in-flight queries (cancelled past graceMs), publish offline, disconnect.
    */
-  async stop(graceMs = this.config.shutdownGraceMs): Promise<void> {
-    if (this.stopping) return;
+  stop(graceMs = this.config.shutdownGraceMs): Promise<void> {
+    // A second call (a second SIGTERM) with no grace cancels what still runs, then joins the first.
+    if (this.stopped) {
+      if (graceMs <= 0) this.admission.abortAll(this.shutdownError());
+      return this.stopped;
+    }
+    this.stopped = this.drain(graceMs);
+    return this.stopped;
+  }
+
+  private shutdownError(): SetokimError {
+    return new SetokimError(ErrorCodes.CANCELLED, `device ${this.config.device} shut down before the query finished; send it again`);
+  }
+
+  private async drain(graceMs: number): Promise<void> {
     this.stopping = true;
     this.admission.close();
     if (this.statusTimer) clearTimeout(this.statusTimer);
@@ -391,7 +405,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
     if ((await Promise.race([this.admission.idle(), graceOver])) === 'timeout') {
       this.log('warn', `in-flight queries still running after ${graceMs} ms; cancelling them`);
-      this.admission.abortAll(new SetokimError(ErrorCodes.CANCELLED, `device ${this.config.device} shut down before the query finished; send it again`));
+      this.admission.abortAll(this.shutdownError());
       await this.admission.idle();
     }
     clearTimeout(timer);

@@ -196,5 +196,19 @@ for (const kind of brokerKinds) {
       const status = await client.status('test', 'dev2');
       t.equal(status?.online, false);
     });
+
+    t.test('a second stop() without grace cancels in-flight work at once', async (t) => {
+      const other = new Agent({ config: testConfig(broker, 'dev3'), pipeline });
+      await other.start();
+      const a = newQueryId();
+      const streamA = collect(client.query({ fleet: 'test', device: 'dev3' }, { id: a, task: 'ask', prompt: 'hold a', image: png }));
+      await pipeline.waitHeld(a);
+      const stopped = other.stop(600_000); // the query is never released: only the second stop can end it
+      await other.stop(0);
+      await stopped;
+      const last = (await streamA).at(-1);
+      t.equal(last?.type === 'error' && last.code, 'CANCELLED', 'the held query was cancelled');
+      t.equal(other.inFlight, 0);
+    });
   });
 }
