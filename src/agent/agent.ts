@@ -120,6 +120,17 @@ export class Agent extends EventEmitter<AgentEvents> {
   async start(): Promise<void> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
+    try {
+      await this.connectBroker();
+    } catch (err) {
+      // A failed start leaves nothing listening: the process must be able to exit with the error.
+      await this.metrics.close();
+      throw err;
+    }
+  }
+
+  private async connectBroker(): Promise<void> {
+    const { config } = this;
     const b = config.broker;
     const options: IClientOptions = {
       protocolVersion: b.protocolVersion,

@@ -5,6 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import { Agent } from '../../src/agent/agent.js';
@@ -71,5 +72,18 @@ if (!mosquittoPath()) {
     const err = await agent.start().then(() => undefined, (e: unknown) => e);
     t.ok(err instanceof SetokimError && err.code === 'BAD_CONFIG' && /CA certificate .*nope\.pem/.test(err.message), String(err));
     await agent.stop(0);
+  });
+
+  t.test('a failed start closes the metrics endpoint it opened', async (t) => {
+    const config = parseAgentConfig({ fleet: 'sec', device: 'cam-1', models: 'stub', metrics: { port: 0 }, broker: { url: 'mqtts://127.0.0.1:1', ca: join(dir, 'nope.pem') } });
+    const agent = new Agent({ config, pipeline: new StubPipeline() });
+    await t.rejects(agent.start(), { code: 'BAD_CONFIG' });
+    t.ok(agent.metricsPort, 'metrics had been listening');
+    const refused = await new Promise<string | undefined>((resolve) => {
+      const socket = connect(agent.metricsPort!, '127.0.0.1');
+      socket.once('connect', () => (socket.destroy(), resolve(undefined)));
+      socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code));
+    });
+    t.equal(refused, 'ECONNREFUSED', 'nothing keeps the process alive after the error');
   });
 }
