@@ -231,7 +231,14 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
     return new Promise((resolve) => {
       const onMessage = (t: string, payload: Buffer): void => {
         if (t !== topic) return;
-        done(decodeStatus(payload));
+        // Anyone may publish here: a payload that is not a Status is ignored, never thrown into mqtt.js.
+        let status: AgentStatus;
+        try {
+          status = decodeStatus(payload);
+        } catch {
+          return;
+        }
+        done(status);
       };
       const done = (s: AgentStatus | undefined): void => {
         clearTimeout(timer);
