@@ -301,13 +301,15 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private async runQuery(ticket: Ticket, signal: AbortSignal): Promise<void> {
     const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
-    const iterator = this.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
+    let iterator: AsyncIterator<PipelineEvent> | undefined;
     const aborted = new Promise<typeof ABORTED>((resolve) => {
       if (signal.aborted) resolve(ABORTED);
       else signal.addEventListener('abort', () => resolve(ABORTED), { once: true });
     });
     let last: PipelineEvent | undefined;
     try {
+      // Inside the try: a pipeline that throws on the call still gets the query its error reply.
+      iterator = this.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
       while (!stream.finished) {
         const step = await Promise.race([iterator.next(), aborted]);
         if (step === ABORTED) {
@@ -329,7 +331,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.metrics.querySeconds.observe((Date.now() - ticket.receivedAt) / 1000);
       this.emit('answered', { id: ticket.id, ...(last?.type === 'error' ? { code: last.code } : {}) });
       // The slot is free only once the pipeline has really stopped (it checks the signal).
-      await Promise.resolve(iterator.return?.()).catch(() => undefined);
+      await Promise.resolve(iterator?.return?.()).catch(() => undefined);
     }
   }
 

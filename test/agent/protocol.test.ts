@@ -212,3 +212,22 @@ for (const kind of brokerKinds) {
     });
   });
 }
+
+t.test('a pipeline that throws on the call still answers the query with an error', async (t) => {
+  const broker = await startBroker('aedes');
+  const throwing = new StubPipeline();
+  throwing.run = () => {
+    throw new Error('boom before the first event');
+  };
+  const agent = new Agent({ config: testConfig(broker, 'dev9'), pipeline: throwing });
+  await agent.start();
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(async () => {
+    await client.close();
+    await agent.stop(0);
+    await broker.close();
+  });
+  const events = await collect(client.query({ fleet: 'test', device: 'dev9' }, { id: newQueryId(), task: 'describe', image: await samplePng() }, { timeoutMs: 5000 }));
+  t.equal(outcome(events), 'INTERNAL');
+  t.equal(agent.inFlight, 0, 'the slot is free again');
+});
