@@ -141,14 +141,20 @@ export function registerAgent(program: Command): void {
         log('info', `${signal}: taking no new work, finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
         stopping = agent.stop().finally(stopped);
       };
-      process.on('SIGTERM', () => stop('SIGTERM'));
-      process.on('SIGINT', () => stop('SIGINT'));
+      const onTerm = (): void => stop('SIGTERM');
+      const onInt = (): void => stop('SIGINT');
+      process.on('SIGTERM', onTerm);
+      process.on('SIGINT', onInt);
       try {
-        await agent.start();
+        // A signal while start() still waits for an unreachable broker ends the wait too.
+        await Promise.race([agent.start(), finished]);
+        if (stopping) return await finished;
         if (agent.metricsPort) log('info', `metrics on http://${config.metrics.host}:${agent.metricsPort}/metrics`);
         log('info', `serving ${agent.topics.query}${config.fleetSubscription === 'off' ? '' : ` and ${config.fleetSubscription === 'shared' ? agent.topics.sharedFleetQuery : agent.topics.fleetQuery}`}`);
         await finished;
       } finally {
+        process.off('SIGTERM', onTerm);
+        process.off('SIGINT', onInt);
         await pipeline.close();
       }
     });
