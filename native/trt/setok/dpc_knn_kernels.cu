@@ -218,6 +218,22 @@ __device__ int BlockExclusiveScan(int v, int* buf, int* total) {
   return incl - v;
 }
 
+// Whether patch i is a kept centre: a candidate (score over the threshold, or any patch in the
+// fallback case) that fewer than `take` candidates beat (score descending, then index ascending).
+__device__ bool IsKeptCenter(int i, const float* __restrict__ scores, int n, double threshold,
+                             bool use_all, int take, int candidates) {
+  const float si = scores[i];
+  if (!(use_all || static_cast<double>(si) > threshold)) return false;
+  if (take >= candidates) return true;
+  int better = 0;
+  for (int j = 0; j < n && better < take; ++j) {
+    const float sj = scores[j];
+    const bool cj = use_all || static_cast<double>(sj) > threshold;
+    better += cj && (sj > si || (sj == si && j < i));
+  }
+  return better < take;
+}
+
 // One block: dmax, scores, the centres (threshold / fallback / cap, in index order).
 __global__ void SelectKernel(const float* __restrict__ rho, const float* __restrict__ delta,
                              const float* __restrict__ row_max, int n, double threshold, int fallback, int max_tokens,
@@ -258,36 +274,12 @@ __global__ void SelectKernel(const float* __restrict__ rho, const float* __restr
   // Keep candidate i when fewer than `take` candidates beat it (score desc, index asc).
   int kept = 0;
   for (int i = begin; i < end; ++i) {
-    const float si = scores[i];
-    const bool cand = use_all || static_cast<double>(si) > threshold;
-    bool keep = cand;
-    if (cand && take < candidates) {
-      int better = 0;
-      for (int j = 0; j < n && better < take; ++j) {
-        const float sj = scores[j];
-        const bool cj = use_all || static_cast<double>(sj) > threshold;
-        better += cj && (sj > si || (sj == si && j < i));
-      }
-      keep = better < take;
-    }
-    kept += keep;
+    kept += IsKeptCenter(i, scores, n, threshold, use_all, take, candidates);
   }
   const int offset = BlockExclusiveScan(kept, sbuf, &s_total);
   int pos = offset;
   for (int i = begin; i < end; ++i) {
-    const float si = scores[i];
-    const bool cand = use_all || static_cast<double>(si) > threshold;
-    bool keep = cand;
-    if (cand && take < candidates) {
-      int better = 0;
-      for (int j = 0; j < n && better < take; ++j) {
-        const float sj = scores[j];
-        const bool cj = use_all || static_cast<double>(sj) > threshold;
-        better += cj && (sj > si || (sj == si && j < i));
-      }
-      keep = better < take;
-    }
-    if (keep) {
+    if (IsKeptCenter(i, scores, n, threshold, use_all, take, candidates)) {
       centers[pos] = i;
       center_of[i] = pos;
       ++pos;
