@@ -17,17 +17,23 @@ using namespace setokim::test;
 
 namespace {
 
-// The reference, loop for loop (volatile keeps each product rounded on its own).
+// One Gram entry as the reference sums it: ascending c, each product rounded on its own (volatile).
+float NaiveDot(const std::vector<float>& x, int i, int j, int dim) {
+  float acc = 0.0f;
+  for (int c = 0; c < dim; ++c) {
+    volatile float prod = x[i * dim + c] * x[j * dim + c];
+    acc = acc + prod;
+  }
+  return acc;
+}
+
+// The reference, loop for loop.
 ClusterResult Naive(const std::vector<float>& x, const ClusterParams& p) {
   const int n = p.n, dim = p.dim;
   std::vector<float> g(static_cast<size_t>(n) * n);
   for (int i = 0; i < n; ++i)
     for (int j = i; j < n; ++j) {
-      float acc = 0.0f;
-      for (int c = 0; c < dim; ++c) {
-        volatile float prod = x[i * dim + c] * x[j * dim + c];
-        acc = acc + prod;
-      }
+      const float acc = NaiveDot(x, i, j, dim);
       g[i * n + j] = g[j * n + i] = acc;
     }
   std::vector<float> d(static_cast<size_t>(n) * n);
@@ -103,11 +109,7 @@ void TestGramMatchesPlainLoop() {
       bool ok = true;
       for (int i = 0; i < n; ++i)
         for (int j = i; j < n; ++j) {
-          float acc = 0.0f;
-          for (int c = 0; c < dim; ++c) {
-            volatile float prod = x[i * dim + c] * x[j * dim + c];
-            acc = acc + prod;
-          }
+          const float acc = NaiveDot(x, i, j, dim);
           ok &= std::memcmp(&acc, &g[static_cast<size_t>(i) * ld + j], 4) == 0;
         }
       EXPECT(ok, "gram n=%d dim=%d (%s)", n, dim, GramIsa());
