@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { tsxChildEnv } from '../helpers/child-env.js';
+import { childEnv } from '../helpers/child-env.js';
 import { QueryClient, newQueryId } from '../../src/agent/client.js';
 import { synthesize } from '../../tools/export/synth.js';
 import { brokerKinds, startBroker } from './brokers.js';
@@ -22,7 +22,7 @@ const models = join(dir, 'tiny');
 await synthesize({ config: 'tiny', seed: 3, out: models });
 
 function run(args: string[], env: Record<string, string> = {}): { child: ChildProcess; stderr: () => string; stdout: () => string; exit: Promise<number | null> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { env: tsxChildEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));

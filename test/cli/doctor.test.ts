@@ -1,11 +1,12 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { formatDoctor } from '../../src/cli/doctor.js';
+import { childEnv } from '../helpers/child-env.js';
 
 const cli = new URL('../../bin/setokim.js', import.meta.url).pathname;
 
 t.test('doctor prints compiled features and present GPUs', async (t) => {
-  const r = spawnSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8', env: childEnv() });
   t.equal(r.status, 0, r.stderr);
   const caps = JSON.parse(r.stdout);
   t.type(caps.compiled.cuda, 'boolean');
@@ -31,7 +32,7 @@ t.test('formatDoctor names a GPU when one is present', async (t) => {
 });
 
 t.test('unknown subcommands fail with usage help, not a stack trace', async (t) => {
-  const r = spawnSync(process.execPath, [cli, 'nope'], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [cli, 'nope'], { encoding: 'utf8', env: childEnv() });
   t.not(r.status, 0);
   t.notMatch(r.stderr, /at .*\.js:\d+/);
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { tsxChildEnv } from '../helpers/child-env.js';
+import { childEnv } from '../helpers/child-env.js';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,7 +11,7 @@ import { busyImage, tinySet } from './fixtures.js';
 const script = `import { main } from ${JSON.stringify(new URL('../../src/cli/main.ts', import.meta.url).href)};
 process.exitCode = await main(process.argv.slice(1));`;
 const cli = (args: string[]) =>
-  spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, '--', ...args], { encoding: 'utf8', env: tsxChildEnv() });
+  spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, '--', ...args], { encoding: 'utf8', env: childEnv() });
 
 t.test('setokim run streams the answer, writes pictures beside the image and prints a summary', async (t) => {
   const set = await tinySet();
