@@ -12,6 +12,8 @@ export const ErrorCodes = {
   PROMPT_TOO_LONG: 'PROMPT_TOO_LONG',
   UNKNOWN_TASK: 'UNKNOWN_TASK',
   BAD_MESSAGE: 'BAD_MESSAGE',
+  /** The broker refused what the agent needs (e.g. a subscription its ACL denies). */
+  BROKER_REFUSED: 'BROKER_REFUSED',
   // models and engines
   MODEL_NOT_FOUND: 'MODEL_NOT_FOUND',
   MODEL_INVALID: 'MODEL_INVALID',
@@ -20,6 +22,8 @@ export const ErrorCodes = {
   BACKEND_UNAVAILABLE: 'BACKEND_UNAVAILABLE',
   ENGINE_INCOMPATIBLE: 'ENGINE_INCOMPATIBLE',
   NATIVE_MISSING: 'NATIVE_MISSING',
+  /** A backend's worker died (crash, exit, out of memory) while it held a session. */
+  BACKEND_CRASHED: 'BACKEND_CRASHED',
   // serving
   BUSY: 'BUSY',
   EXPIRED: 'EXPIRED',
@@ -55,6 +59,7 @@ export function exitStatus(code: ErrorCode): number {
     case 'PROMPT_TOO_LONG':
     case 'UNKNOWN_TASK':
     case 'BAD_MESSAGE':
+    case 'BROKER_REFUSED':
       return 2;
     case 'MODEL_NOT_FOUND':
     case 'MODEL_INVALID':
@@ -63,6 +68,7 @@ export function exitStatus(code: ErrorCode): number {
     case 'BACKEND_UNAVAILABLE':
     case 'ENGINE_INCOMPATIBLE':
     case 'NATIVE_MISSING':
+    case 'BACKEND_CRASHED':
       return 3;
     case 'BUSY':
     case 'EXPIRED':
