@@ -10,6 +10,13 @@ import { join } from 'node:path';
 
 const BINARIES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'];
 
+const DYNSEC_PLUGINS = ['/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so', '/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so', '/usr/lib/mosquitto_dynamic_security.so', '/usr/local/lib/mosquitto_dynamic_security.so'];
+
+/** The dynamic-security plugin, where mosquitto's package put it. */
+export function dynsecPluginPath(): string | undefined {
+  return DYNSEC_PLUGINS.find((p) => existsSync(p));
+}
+
 export function mosquittoPath(): string | undefined {
   return BINARIES.find((p) => existsSync(p));
 }
@@ -38,6 +45,12 @@ export interface MosquittoOptions {
   tls?: { ca: string; cert: string; key: string; requireCertificate?: boolean };
   /** Users and passwords; anonymous clients are then refused. */
   users?: Record<string, string>;
+  /**
+   * A dynamic-security plugin config (the JSON of mosquitto's dynamic-security.json: roles, groups,
+   * defaultACLAccess, anonymousGroup). Unlike an acl_file, whose rules mosquitto 2.0 applies only
+   * when delivering, it can refuse a SUBSCRIBE (SUBACK "Not authorized").
+   */
+  dynsec?: Record<string, unknown>;
 }
 
 export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosquitto> {
@@ -59,6 +72,14 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
     chmodSync(passwords, 0o644);
     lines.push('allow_anonymous false', `password_file ${passwords}`);
   } else lines.push('allow_anonymous true');
+  if (opts.dynsec) {
+    const plugin = dynsecPluginPath();
+    if (!plugin) throw new Error('the mosquitto dynamic-security plugin is not installed (it ships with the Debian mosquitto package)');
+    const file = join(dir, 'dynamic-security.json');
+    writeFileSync(file, JSON.stringify(opts.dynsec));
+    chmodSync(file, 0o644);
+    lines.push(`plugin ${plugin}`, `plugin_opt_config_file ${file}`);
+  }
   writeFileSync(conf, lines.join('\n') + '\n');
   let child: ChildProcess | undefined;
 
