@@ -24,6 +24,8 @@ export const ErrorCodes = {
   NATIVE_MISSING: 'NATIVE_MISSING',
   /** A backend's worker died (crash, exit, out of memory) while it held a session. */
   BACKEND_CRASHED: 'BACKEND_CRASHED',
+  /** A quantised stage's outputs are further from fp32 than the export's tolerance. */
+  QUANT_TOLERANCE: 'QUANT_TOLERANCE',
   // serving
   BUSY: 'BUSY',
   EXPIRED: 'EXPIRED',
@@ -69,6 +71,7 @@ export function exitStatus(code: ErrorCode): number {
     case 'ENGINE_INCOMPATIBLE':
     case 'NATIVE_MISSING':
     case 'BACKEND_CRASHED':
+    case 'QUANT_TOLERANCE':
       return 3;
     case 'BUSY':
     case 'EXPIRED':
