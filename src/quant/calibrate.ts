@@ -1,0 +1,167 @@
+/**
+ * Calibration: run the fp32 pipeline on sample images and prompts, record what every stage
+ * receives (record.ts), then run each stage's graph, with the MatMul activations added as graph
+ * outputs, over those feeds in ONNX Runtime and keep each activation's range.
+ *
+ * The range is max |x| over every calibration sample, not a percentile. The activations quantised
+ * here feed linear layers right after a LayerNorm / RMSNorm or an activation function, so their
+ * tails are short; with tens of samples a 99.99th percentile is set by a handful of values and
+ * clips inputs the held-out check then sees, while max never clips what calibration saw. A set with
+ * outlier channels (real LLMs beyond ~6B) wants a percentile or SmoothQuant; see docs/QUANT.md.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Backend, Tensor } from '../engine/backend.js';
+import type { StageName, StageSignature } from '../engine/contract.js';
+import { SetokimError } from '../errors.js';
+import { createPipeline } from '../pipeline/pipeline.js';
+import type { QueryRequest, Task } from '../pipeline/types.js';
+import { withOutputs } from './graph.js';
+import { FeedRecorder, recordStages, type Feeds } from './record.js';
+
+const PROMPTS = [
+  'What is in this picture?',
+  'Describe the shapes and their colours.',
+  'How many objects are there?',
+  'Where is the largest shape?',
+  'Is there anything red?',
+];
+
+/** Which task exercises which stage (ask covers encoder, merger, embed and llm). */
+const STAGE_TASK: Partial<Record<StageName, Task>> = { mask_decoder: 'segment', diffusion: 'edit', detokenizer: 'edit' };
+
+/**
+ * The calibration queries over encoded images: every image is asked a question, and also segmented
+ * or edited when a wanted stage only runs in that task. Greedy and seeded: the same images give the
+ * same queries, hence the same feeds.
+ */
+export function calibrationQueries(stages: readonly StageName[], images: readonly Uint8Array[], maxTokens = 8): QueryRequest[] {
+  const tasks: Task[] = ['ask', ...new Set(stages.map((s) => STAGE_TASK[s]).filter((t): t is Task => t !== undefined))];
+  const out: QueryRequest[] = [];
+  for (const [i, image] of images.entries()) {
+    for (const task of tasks) {
+      out.push({
+        id: `calibration-${i}-${task}`,
+        task,
+        image,
+        prompt: task === 'edit' ? 'Make it look like a painting.' : task === 'segment' ? 'the largest shape' : PROMPTS[i % PROMPTS.length],
+        generation: { maxTokens, temperature: 0, seed: i + 1 },
+      });
+    }
+  }
+  return out;
+}
+
+export interface CollectOptions {
+  modelsDir: string;
+  stages: readonly StageName[];
+  /** Encoded calibration images (JPEG, PNG or WebP), e.g. tools/export/sample-images.ts. */
+  images: readonly Uint8Array[];
+  /** Feeds kept per stage (a uniform sample of all its runs). */
+  samplesPerStage?: number;
+  threads?: number;
+  verify?: boolean;
+  onQuery?: (done: number, total: number) => void;
+}
+
+/** Runs the fp32 pipeline over the calibration queries and returns what each stage received. */
+export async function collectFeeds(o: CollectOptions): Promise<FeedRecorder> {
+  const pipeline = await createPipeline({ modelsDir: o.modelsDir, threads: o.threads, maxInFlight: 1, verify: o.verify, backend: 'onnxruntime-cpu' });
+  const recorder = new FeedRecorder(o.samplesPerStage);
+  try {
+    recordStages(pipeline, o.stages, recorder);
+    const queries = calibrationQueries(o.stages, o.images);
+    let done = 0;
+    o.onQuery?.(done, queries.length);
+    for (const q of queries) {
+      for await (const e of pipeline.run(q)) {
+        if (e.type === 'error') throw new SetokimError(e.code, `calibration query ${q.id} failed: ${e.message}`);
+      }
+      o.onQuery?.(++done, queries.length);
+    }
+  } finally {
+    await pipeline.close();
+  }
+  return recorder;
+}
+
+/** Feeds for calibration and the held-out ones for the error check: every fourth sample (the 2nd, 6th, ...) is held out. */
+export function splitSamples(samples: readonly Feeds[]): { calibrate: Feeds[]; heldOut: Feeds[]; disjoint: boolean } {
+  if (samples.length < 2) return { calibrate: [...samples], heldOut: [...samples], disjoint: false };
+  const calibrate = samples.filter((_, i) => i % 4 !== 1);
+  const heldOut = samples.filter((_, i) => i % 4 === 1);
+  return heldOut.length > 0 ? { calibrate, heldOut, disjoint: true } : { calibrate: samples.slice(0, -1), heldOut: samples.slice(-1), disjoint: true };
+}
+
+/** Opens a graph given as bytes on a backend (ONNX Runtime opens files: a temp file, removed after). */
+export async function withSession<T>(backend: Backend, bytes: Uint8Array, opts: { stage: string; signature?: StageSignature; threads?: number }, fn: (run: (f: Feeds) => Promise<Record<string, Tensor>>) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'setokim-quant-'));
+  try {
+    const file = path.join(dir, `${opts.stage}.onnx`);
+    await writeFile(file, bytes);
+    const session = await backend.open(file, { stage: opts.stage, signature: opts.signature, threads: opts.threads });
+    try {
+      return await fn((f) => session.run(f));
+    } finally {
+      await session.dispose();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Above this ratio between the largest and the smallest per-input max |x| an activation stays
+ * float: one static scale fit to the largest input leaves the smallest fewer than 127 / 16 ~ 8
+ * levels. (The tiny set's diffusion input x grows ~500x over the sampling steps.)
+ */
+export const MAX_RANGE_SPREAD = 16;
+
+export interface ActivationRanges {
+  /** max |x| over every feed, for the activations that can share one static scale. */
+  ranges: Map<string, number>;
+  /** Activations left float, with the spread of their per-input ranges. */
+  dynamic: { name: string; spread: number }[];
+}
+
+/** max |x| of each named float32 activation over the feeds, from one ONNX Runtime session of the augmented graph. */
+export async function activationRanges(
+  backend: Backend,
+  model: Uint8Array,
+  names: readonly string[],
+  feeds: readonly Feeds[],
+  opts: { stage: string; signature?: StageSignature; threads?: number; maxSpread?: number; onSample?: (done: number, total: number) => void },
+): Promise<ActivationRanges> {
+  const hi = new Map<string, number>();
+  const lo = new Map<string, number>();
+  if (names.length > 0 && feeds.length > 0) {
+    await withSession(backend, withOutputs(model, names), opts, async (run) => {
+      let done = 0;
+      for (const f of feeds) {
+        const out = await run(f);
+        for (const n of names) {
+          const t = out[n];
+          if (!t || !(t.data instanceof Float32Array)) throw new SetokimError('INTERNAL', `stage ${opts.stage}: calibration output ${n} is missing or not float32`);
+          let m = 0;
+          for (const v of t.data) {
+            const a = Math.abs(v);
+            if (a > m) m = a;
+          }
+          if (!Number.isFinite(m)) throw new SetokimError('MODEL_INVALID', `stage ${opts.stage}: activation ${n} reached ${m} on a calibration input; the fp32 graph overflows, fix it before quantising`);
+          hi.set(n, Math.max(hi.get(n) ?? 0, m));
+          lo.set(n, Math.min(lo.get(n) ?? Infinity, m));
+        }
+        opts.onSample?.(++done, feeds.length);
+      }
+    });
+  }
+  const ranges = new Map<string, number>();
+  const dynamic: ActivationRanges['dynamic'] = [];
+  for (const [n, h] of hi) {
+    const spread = h === 0 ? 1 : h / lo.get(n)!;
+    if (spread > (opts.maxSpread ?? MAX_RANGE_SPREAD)) dynamic.push({ name: n, spread });
+    else ranges.set(n, h);
+  }
+  return { ranges, dynamic };
+}

@@ -1,0 +1,222 @@
+/**
+ * The INT8 graph rewrite, on an onnx-proto ModelProto (opset 13+; the reference sets are opset 17):
+ *
+ *   weight:     W (float32 [K, N] initializer)  ->  W_q (int8) , W_scale [N], W_zero_point [N] (int8 0)
+ *               DequantizeLinear(W_q, W_scale, W_zero_point, axis=1) -> W  (the original name)
+ *   activation: x -> QuantizeLinear(x, s, 0) -> DequantizeLinear(., s, 0) -> x/dequantized -> MatMul
+ *
+ * This is the explicit Q/DQ form: ONNX Runtime CPU runs it as is (fusing DQ->MatMul into integer
+ * kernels where it can) and TensorRT builds it strongly typed, running the MatMul in INT8 because
+ * both of its inputs come out of DequantizeLinear. Graph inputs and outputs keep their names, dtypes
+ * and shapes, so the stage contract holds. Only MatMul is rewritten: the reference graphs have no
+ * Gemm (nn.Linear exports as MatMul + Add at opset 17), and a MatMul between two activations
+ * (attention scores) stays float.
+ */
+import onnxProto from 'onnx-proto';
+import { SetokimError } from '../errors.js';
+import { activationScale, quantizeColumns } from './weights.js';
+
+const { onnx } = onnxProto;
+type ModelProto = InstanceType<typeof onnx.ModelProto>;
+type TensorProto = onnxProto.onnx.ITensorProto;
+type NodeProto = onnxProto.onnx.INodeProto;
+const DT = onnx.TensorProto.DataType;
+
+/** Weights smaller than this stay float: a few KiB saved is not worth the DequantizeLinear. */
+export const DEFAULT_MIN_ELEMENTS = 1024;
+/** The lowest opset with per-axis DequantizeLinear. */
+export const MIN_OPSET = 13;
+
+export interface QuantTarget {
+  /** Index of the MatMul in graph.node. */
+  node: number;
+  /** Its activation input (input 0) and weight initializer (input 1). */
+  activation: string;
+  weight: string;
+  dims: [number, number];
+}
+
+export interface WeightReport {
+  name: string;
+  dims: [number, number];
+  bytesBefore: number;
+  /** int8 values + float32 scales + int8 zero points. */
+  bytesAfter: number;
+}
+
+export interface QuantizeReport {
+  weights: WeightReport[];
+  /** Activations given a QuantizeLinear -> DequantizeLinear pair, with their calibrated range. */
+  activations: { name: string; range: number; scale: number }[];
+  /** MatMuls left in float and why. */
+  skipped: { node: string; why: string }[];
+}
+
+export const decodeModel = (bytes: Uint8Array): ModelProto => onnx.ModelProto.decode(bytes);
+export const encodeModel = (m: ModelProto): Uint8Array => onnx.ModelProto.encode(m).finish();
+
+const elements = (dims: readonly (number | { toNumber(): number })[]) => dims.reduce<number>((a, d) => a * Number(d), 1);
+
+/** A float32 initializer's values (raw_data little-endian, or float_data). */
+export function floatValues(t: TensorProto): Float32Array {
+  const n = elements(t.dims ?? []);
+  if (t.rawData && t.rawData.length > 0) {
+    if (t.rawData.length !== n * 4) throw new SetokimError('MODEL_INVALID', `initializer ${t.name}: ${t.rawData.length} bytes for ${n} float32 values`);
+    const view = new DataView(t.rawData.buffer, t.rawData.byteOffset, t.rawData.byteLength);
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
+    return out;
+  }
+  return Float32Array.from(t.floatData ?? []);
+}
+
+function opsetOf(m: ModelProto): number {
+  const o = (m.opsetImport ?? []).find((x) => !x.domain || x.domain === 'ai.onnx');
+  return o ? Number(o.version) : 0;
+}
+
+/** The MatMuls whose weight is a 2-D float32 initializer of at least `minElements` values. */
+export function findTargets(m: ModelProto, minElements = DEFAULT_MIN_ELEMENTS): { targets: QuantTarget[]; skipped: QuantizeReport['skipped'] } {
+  const g = m.graph!;
+  const inits = new Map((g.initializer ?? []).map((t) => [t.name!, t]));
+  const graphInputs = new Set((g.input ?? []).map((v) => v.name!));
+  const targets: QuantTarget[] = [];
+  const skipped: QuantizeReport['skipped'] = [];
+  (g.node ?? []).forEach((n, i) => {
+    if (n.opType !== 'MatMul') return;
+    const [a, b] = n.input ?? [];
+    const w = b ? inits.get(b) : undefined;
+    const label = n.name || `MatMul #${i}`;
+    if (!a || !b || !w || inits.has(a)) return; // activation x activation (attention) or constant A: not a weight MatMul
+    if (graphInputs.has(b)) return void skipped.push({ node: label, why: `${b} is also a graph input (overridable)` });
+    if (w.dataType !== DT.FLOAT) return void skipped.push({ node: label, why: `${b} is not float32` });
+    const dims = (w.dims ?? []).map(Number);
+    if (dims.length !== 2) return void skipped.push({ node: label, why: `${b} is ${dims.length}-D, not 2-D` });
+    if (elements(dims) < minElements) return void skipped.push({ node: label, why: `${b} has ${elements(dims)} values (< ${minElements})` });
+    targets.push({ node: i, activation: a, weight: b, dims: [dims[0]!, dims[1]!] });
+  });
+  return { targets, skipped };
+}
+
+/** The distinct activation tensors that calibration must measure. */
+export const activationNames = (targets: readonly QuantTarget[]): string[] => [...new Set(targets.map((t) => t.activation))];
+
+/** A copy of the model with extra float32 graph outputs (for calibration: the activations' values). */
+export function withOutputs(model: Uint8Array, names: readonly string[]): Uint8Array {
+  const m = decodeModel(model);
+  const have = new Set((m.graph!.output ?? []).map((o) => o.name!));
+  for (const name of names) {
+    if (have.has(name)) continue;
+    m.graph!.output!.push(onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: DT.FLOAT } } }));
+  }
+  return encodeModel(m);
+}
+
+function bytesOf(a: Float32Array | Int8Array): Uint8Array {
+  if (a instanceof Int8Array) return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
+  const out = new Uint8Array(a.length * 4);
+  const view = new DataView(out.buffer);
+  a.forEach((x, i) => view.setFloat32(i * 4, x, true)); // ONNX raw_data is little-endian on any host
+  return out;
+}
+
+const initializer = (name: string, dataType: number, dims: number[], data: Float32Array | Int8Array): TensorProto =>
+  onnx.TensorProto.create({ name, dims, dataType, rawData: bytesOf(data) });
+
+/**
+ * Rewrites a model to INT8 Q/DQ. `ranges` holds the calibrated max |x| of every activation
+ * `findTargets` names; a MatMul whose activation has no range is left in float (and reported).
+ */
+export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, number>, opts: { minElements?: number; weightMax?: number } = {}): { bytes: Uint8Array; report: QuantizeReport } {
+  const m = decodeModel(model);
+  const opset = opsetOf(m);
+  if (opset < MIN_OPSET) throw new SetokimError('MODEL_INVALID', `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`);
+  const g = m.graph!;
+  const { targets, skipped } = findTargets(m, opts.minElements);
+  const report: QuantizeReport = { weights: [], activations: [], skipped };
+  const used = new Set<string>();
+  for (const n of g.node ?? []) {
+    if (n.name) used.add(n.name);
+    for (const x of [...(n.input ?? []), ...(n.output ?? [])]) used.add(x);
+  }
+  for (const t of g.initializer ?? []) used.add(t.name!);
+  for (const v of [...(g.input ?? []), ...(g.output ?? [])]) used.add(v.name!);
+  const fresh = (base: string) => {
+    let name = base;
+    for (let i = 1; used.has(name); i++) name = `${base}_${i}`;
+    used.add(name);
+    return name;
+  };
+
+  const inits = new Map((g.initializer ?? []).map((t) => [t.name!, t]));
+  const newInits: TensorProto[] = [];
+  const weightNodes: NodeProto[] = [];
+  const drop = new Set<string>();
+  for (const t of targets) {
+    if (drop.has(t.weight)) continue; // a weight shared by two MatMuls is dequantised once
+    const [K, N] = t.dims;
+    const qw = quantizeColumns(floatValues(inits.get(t.weight)!), K, N, t.weight, opts.weightMax);
+    const qName = fresh(`${t.weight}_quantized`);
+    const sName = fresh(`${t.weight}_scale`);
+    const zName = fresh(`${t.weight}_zero_point`);
+    newInits.push(initializer(qName, DT.INT8, [K, N], qw.q), initializer(sName, DT.FLOAT, [N], qw.scales), initializer(zName, DT.INT8, [N], new Int8Array(N)));
+    weightNodes.push(
+      onnx.NodeProto.create({
+        opType: 'DequantizeLinear',
+        name: fresh(`${t.weight}/DequantizeLinear`),
+        input: [qName, sName, zName],
+        output: [t.weight],
+        attribute: [{ name: 'axis', type: onnx.AttributeProto.AttributeType.INT, i: 1 }],
+      }),
+    );
+    drop.add(t.weight);
+    report.weights.push({ name: t.weight, dims: t.dims, bytesBefore: K * N * 4, bytesAfter: K * N + N * 4 + N });
+  }
+
+  // One Q -> DQ pair per activation, placed just before its first quantised consumer (after its producer).
+  const dequantized = new Map<string, string>();
+  const pairs = new Map<string, NodeProto[]>(); // first consumer node name -> nodes to insert before it
+  const rewired = new Map<number, string>(); // node index -> dequantised activation
+  for (const t of targets) {
+    const range = ranges.get(t.activation);
+    if (range === undefined) {
+      report.skipped.push({ node: g.node![t.node]!.name || `MatMul #${t.node}`, why: `no calibration range for ${t.activation}` });
+      continue;
+    }
+    let dq = dequantized.get(t.activation);
+    if (!dq) {
+      const scale = activationScale(range);
+      const sName = fresh(`${t.activation}_scale`);
+      const zName = fresh(`${t.activation}_zero_point`);
+      const qOut = fresh(`${t.activation}_quantized`);
+      dq = fresh(`${t.activation}_dequantized`);
+      newInits.push(initializer(sName, DT.FLOAT, [], new Float32Array([scale])), initializer(zName, DT.INT8, [], new Int8Array(1)));
+      const nodes = [
+        onnx.NodeProto.create({ opType: 'QuantizeLinear', name: fresh(`${t.activation}/QuantizeLinear`), input: [t.activation, sName, zName], output: [qOut] }),
+        onnx.NodeProto.create({ opType: 'DequantizeLinear', name: fresh(`${t.activation}/DequantizeLinear`), input: [qOut, sName, zName], output: [dq] }),
+      ];
+      pairs.set(String(t.node), nodes);
+      dequantized.set(t.activation, dq);
+      report.activations.push({ name: t.activation, range, scale });
+    }
+    rewired.set(t.node, dq);
+  }
+
+  const nodes: NodeProto[] = [...weightNodes];
+  (g.node ?? []).forEach((n, i) => {
+    nodes.push(...(pairs.get(String(i)) ?? []));
+    const dq = rewired.get(i);
+    if (dq) n.input = [dq, ...(n.input ?? []).slice(1)];
+    nodes.push(n);
+  });
+  g.node = nodes;
+  g.initializer = [...(g.initializer ?? []).filter((t) => !drop.has(t.name!)), ...newInits];
+  return { bytes: encodeModel(m), report };
+}
+
+/** Counts of each op type (tests and reports). */
+export function opCounts(model: Uint8Array): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const n of decodeModel(model).graph!.node ?? []) out[n.opType!] = (out[n.opType!] ?? 0) + 1;
+  return out;
+}
