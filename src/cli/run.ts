@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
+import { PRECISIONS } from '../engine/manifest.js';
 import { createPipeline, probeImage, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
 import { parseFlags } from './flags.js';
 
@@ -26,6 +27,7 @@ const RunOptions = z.object({
   stop: z.array(z.string()).optional(),
   backend: z.string().optional(),
   threads: z.coerce.number().int().positive().optional(),
+  precision: z.enum(PRECISIONS).optional(),
   verify: z.boolean(),
 });
 type RunOpts = z.infer<typeof RunOptions>;
@@ -48,6 +50,7 @@ export function registerRun(program: Command): void {
     .option('--stop <text...>', 'stop strings')
     .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
     .option('--threads <n>', 'CPU threads per stage session')
+    .option('--precision <p>', `which build of each stage (${PRECISIONS.join(' | ')}); a stage without it runs its main file`)
     .option('--no-verify', 'skip the sha256 check of the model files')
     .action(async (raw: unknown) => {
       await runQuery(parseFlags(RunOptions, raw, 'run'));
@@ -66,7 +69,7 @@ async function runQuery(o: RunOpts): Promise<void> {
   }
   const outDir = o.out ?? (o.image ? path.dirname(path.resolve(o.image)) : process.cwd());
   const base = o.image ? path.basename(o.image).replace(/\.[^.]+$/, '') : 'generated';
-  const pipeline = await createPipeline({ modelsDir: o.models, backend: o.backend, threads: o.threads, maxInFlight: 1, verify: o.verify });
+  const pipeline = await createPipeline({ modelsDir: o.models, backend: o.backend, threads: o.threads, maxInFlight: 1, verify: o.verify, precision: o.precision });
   const request: QueryRequest = {
     id: `cli-${process.pid}`,
     task: o.task,
