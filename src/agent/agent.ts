@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { ReasonCodes, connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
@@ -40,6 +40,18 @@ interface Ticket {
 }
 
 const ABORTED = Symbol('aborted');
+
+/** How long stop() waits for the broker at each step (unsubscribe; offline status and DISCONNECT). */
+export const BROKER_STOP_WAIT_MS = 2_000;
+/** An unchanged status is still republished every this many status intervals, as a heartbeat. */
+export const STATUS_HEARTBEAT_INTERVALS = 12;
+
+/** What `p` resolves to, 'failed' if it rejects, or 'timeout' after ms. */
+function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout' | 'failed'> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
+  return Promise.race([p.catch(() => 'failed' as const), late]).finally(() => clearTimeout(timer));
+}
 
 /** JPEG, PNG or WebP, by magic bytes: cheap, and catches text sent as an image early. */
 function looksLikeImage(b: Uint8Array): boolean {
@@ -85,7 +97,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   private backoffMs: number;
   private stopping = false;
   private stopped?: Promise<void>;
-  private statusTimer?: NodeJS.Timeout;
+  private statusTicker?: NodeJS.Timeout;
+  /** The load the last published status showed, and when it went out. */
+  private published?: { depth: number; inFlight: number; at: number };
   private connects = 0;
   metricsPort?: number;
 
@@ -116,17 +130,22 @@ export class Agent extends EventEmitter<AgentEvents> {
     return this.admission.inFlight;
   }
 
-  /** Connects and resolves once subscribed (it keeps retrying while the broker is unreachable). */
+  /**
+   * Connects and resolves once subscribed (it keeps retrying while the broker is unreachable).
+   * Rejects with BAD_CONFIG for refused credentials and BROKER_REFUSED for a refused subscription.
+   */
   async start(): Promise<void> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
     try {
       await this.connectBroker();
     } catch (err) {
-      // A failed start leaves nothing listening: the process must be able to exit with the error.
+      // A failed start leaves nothing running: the process must be able to exit with the error.
+      await this.client?.endAsync(true).catch(() => undefined);
       await this.metrics.close();
       throw err;
     }
+    if (!this.stopping) this.startStatusTicker();
   }
 
   private async connectBroker(): Promise<void> {
@@ -178,29 +197,51 @@ export class Agent extends EventEmitter<AgentEvents> {
             this.emit('ready', { reconnect });
             resolve();
           },
-          (err: Error) => this.log('error', `subscribing failed: ${err.message}; will retry on the next connect`),
+          (err: Error) => {
+            // A subscription the broker refuses (an ACL) will be refused again: fail start() with it.
+            if (this.connects === 0 && err instanceof SetokimError) reject(err);
+            else this.log('error', `subscribing failed: ${err.message}; will retry on the next connect`);
+          },
         );
       };
       client.on('connect', onConnect);
       // Refused credentials will not get better by retrying: fail start() with a clear message.
       client.on('error', (err: Error & { code?: number }) => {
         if (this.connects === 0 && (err.code === 4 || err.code === 5 || err.code === 134 || err.code === 135)) {
-          void client.endAsync(true);
           reject(new SetokimError(ErrorCodes.BAD_CONFIG, `the broker ${b.url} refused the credentials (${err.message}); check broker.username, broker.password or the client certificate`));
         }
       });
     });
   }
 
-  private async subscribeAll(): Promise<void> {
+  /** Subscribes to every topic the agent serves; a refused one is a BROKER_REFUSED naming it. */
+  private subscribeAll(): Promise<void> {
     const client = this.client!;
     const t = this.topics;
     const topics: Record<string, { qos: 0 | 1 }> = { [t.query]: { qos: 1 }, [t.cancel]: { qos: 1 }, [t.fleetCancel]: { qos: 1 } };
     if (this.config.fleetSubscription === 'shared') topics[t.sharedFleetQuery] = { qos: 1 };
     if (this.config.fleetSubscription === 'plain') topics[t.fleetQuery] = { qos: 1 };
-    const granted = await client.subscribeAsync(topics);
-    const refused = granted.filter((g) => g.qos >= 0x80);
-    if (refused.length) throw new Error(`the broker refused ${refused.map((g) => g.topic).join(', ')}`);
+    return new Promise((resolve, reject) => {
+      // The callback, not subscribeAsync: its error keeps only the last reason code, not which topic.
+      client.subscribe(topics, (err, _granted, packet) => {
+        const codes: unknown[] = (packet as { granted?: unknown[] } | undefined)?.granted ?? [];
+        const refused = Object.keys(topics).flatMap((topic, i) => {
+          const rc = codes[i];
+          return typeof rc === 'number' && rc >= 0x80 ? [`${topic} (${ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused'}, reason code 0x${rc.toString(16)})`] : [];
+        });
+        if (refused.length) {
+          const shared = this.config.fleetSubscription === 'shared' && refused.some((r) => r.startsWith('$share/'));
+          reject(
+            new SetokimError(
+              ErrorCodes.BROKER_REFUSED,
+              `the broker ${this.config.broker.url} refused the subscription to ${refused.join(', ')}; allow this client to subscribe to ${refused.length > 1 ? 'these topics' : 'it'} in the broker's ACL` +
+                (shared ? ', or set fleetSubscription to plain (a broker without shared subscriptions) or off' : ''),
+            ),
+          );
+        } else if (err) reject(err);
+        else resolve();
+      });
+    });
   }
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
@@ -368,23 +409,33 @@ export class Agent extends EventEmitter<AgentEvents> {
   private publishStatus(): Promise<void> {
     const client = this.client;
     if (!client?.connected) return Promise.resolve();
-    const payload = Buffer.from(encodeStatus(this.status(!this.stopping)));
+    const status = this.status(!this.stopping);
+    this.published = { depth: status.queueDepth, inFlight: status.inFlight, at: status.updatedUnixMs };
+    const payload = Buffer.from(encodeStatus(status));
     return client.publishAsync(this.topics.status, payload, { qos: 1, retain: true }).then(
       () => undefined,
       (err: Error) => this.log('warn', `publishing status failed: ${err.message}`),
     );
   }
 
-  /** Queue depth changes often under load: publish at most one status per second. */
   private queueChanged(): void {
     this.metrics.queueDepth.set(this.admission.depth);
     this.metrics.inFlight.set(this.admission.inFlight);
-    if (this.statusTimer || this.stopping) return;
-    this.statusTimer = setTimeout(() => {
-      this.statusTimer = undefined;
-      void this.publishStatus();
-    }, 1000);
-    this.statusTimer.unref();
+  }
+
+  /**
+   * Every statusIntervalMs: republish the retained status when the load (queue depth, in flight)
+   * differs from the last one published, so a dashboard sees it without one message per query, and
+   * every STATUS_HEARTBEAT_INTERVALS intervals regardless, so a stale updated_unix_ms means trouble.
+   */
+  private startStatusTicker(): void {
+    const every = this.config.statusIntervalMs;
+    this.statusTicker = setInterval(() => {
+      const last = this.published;
+      const changed = !last || last.depth !== this.admission.depth || last.inFlight !== this.admission.inFlight;
+      if (changed || Date.now() - last.at >= every * STATUS_HEARTBEAT_INTERVALS) void this.publishStatus();
+    }, every);
+    this.statusTicker.unref(); // never what keeps the process alive
   }
 
   /**
@@ -408,11 +459,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   private async drain(graceMs: number): Promise<void> {
     this.stopping = true;
     this.admission.close();
-    if (this.statusTimer) clearTimeout(this.statusTimer);
+    clearInterval(this.statusTicker);
+    this.statusTicker = undefined;
     const client = this.client;
     if (client?.connected) {
       const t = this.topics;
-      await client.unsubscribeAsync([t.query, t.sharedFleetQuery, t.fleetQuery]).catch(() => undefined);
+      await within(client.unsubscribeAsync([t.query, t.sharedFleetQuery, t.fleetQuery]), BROKER_STOP_WAIT_MS);
     }
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
@@ -422,10 +474,24 @@ export class Agent extends EventEmitter<AgentEvents> {
       await this.admission.idle();
     }
     clearTimeout(timer);
-    await this.publishStatus();
-    if (client) await client.endAsync();
+    const published = client ? await this.disconnect(client) : false;
     await this.metrics.close();
-    this.log('info', `stopped; published offline on ${this.topics.status}`);
+    this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');
+  }
+
+  /**
+   * Offline status and a clean DISCONNECT when the broker answers within BROKER_STOP_WAIT_MS;
+   * otherwise drop the connection (and the replies still waiting for it): the broker then publishes
+   * the Last Will, the same status with online = false, once it notices the connection is gone.
+   */
+  private async disconnect(client: MqttClient): Promise<boolean> {
+    const outcome = client.connected ? await within(this.publishStatus().then(() => client.endAsync()), BROKER_STOP_WAIT_MS) : 'timeout';
+    if (outcome !== 'timeout' && outcome !== 'failed') return true;
+    this.log('warn', `the broker ${this.config.broker.url} is unreachable: could not publish offline; its Last Will marks ${this.config.device} offline`);
+    const ended = client.endAsync(true); // resolves at once when a clean end is already under way...
+    client.stream?.destroy(); // ...which this unblocks: it waited for a broker that does not answer
+    await within(ended, BROKER_STOP_WAIT_MS);
+    return false;
   }
 
   /** Tests and benchmarks: the underlying connection. */
