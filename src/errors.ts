@@ -26,6 +26,21 @@ export const ErrorCodes = {
   BACKEND_CRASHED: 'BACKEND_CRASHED',
   /** A quantised stage's outputs are further from fp32 than the export's tolerance. */
   QUANT_TOLERANCE: 'QUANT_TOLERANCE',
+  // fleet bundles (docs/FLEET.md)
+  /** A bundle is not in the bundle format (bad magic, header, layout, or an unsafe path). */
+  BUNDLE_INVALID: 'BUNDLE_INVALID',
+  /** A bundle's signature does not verify with the trusted public key (or was made by another key). */
+  BUNDLE_SIGNATURE: 'BUNDLE_SIGNATURE',
+  /** A file inside a signed bundle does not match its size or sha256 in the bundle manifest. */
+  BUNDLE_TAMPERED: 'BUNDLE_TAMPERED',
+  /** A bundle's release is not newer than the release the store has committed (anti-rollback). */
+  ROLLBACK_REFUSED: 'ROLLBACK_REFUSED',
+  /** Not enough free disk space in the store for the bundle plus the reserve. */
+  NO_SPACE: 'NO_SPACE',
+  /** The newly activated set failed its canary query; the previous set was activated again. */
+  HEALTH_CHECK_FAILED: 'HEALTH_CHECK_FAILED',
+  /** Another install holds the store, or the bundle's set id is the one serving. */
+  UPDATE_CONFLICT: 'UPDATE_CONFLICT',
   // serving
   BUSY: 'BUSY',
   EXPIRED: 'EXPIRED',
@@ -72,6 +87,13 @@ export function exitStatus(code: ErrorCode): number {
     case 'NATIVE_MISSING':
     case 'BACKEND_CRASHED':
     case 'QUANT_TOLERANCE':
+    case 'BUNDLE_INVALID':
+    case 'BUNDLE_SIGNATURE':
+    case 'BUNDLE_TAMPERED':
+    case 'ROLLBACK_REFUSED':
+    case 'NO_SPACE':
+    case 'HEALTH_CHECK_FAILED':
+    case 'UPDATE_CONFLICT':
       return 3;
     case 'BUSY':
     case 'EXPIRED':
