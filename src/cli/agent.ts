@@ -4,47 +4,57 @@
  * YAML), SETOKIM_* variables, and flags, in rising priority.
  */
 import type { Command } from 'commander';
+import { z } from 'zod';
 import { Agent, type LogLevel } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
-import { SetokimError } from '../errors.js';
 import { createPipeline, loadTokenizer } from '../pipeline/index.js';
+import { parseFlags } from './flags.js';
 
-interface AgentFlags {
-  config?: string;
-  broker?: string;
-  models?: string;
-  fleet?: string;
-  device?: string;
-  mqttVersion?: string;
-  username?: string;
-  password?: string;
-  ca?: string;
-  cert?: string;
-  key?: string;
-  insecure?: boolean;
-  fleetSubscription?: string;
-  queueSize?: string;
-  concurrency?: string;
-  maxImageBytes?: string;
-  maxTokens?: string;
-  maxPromptTokens?: string;
-  metricsPort?: string;
-  metrics?: boolean;
-  backend?: string;
-  threads?: string;
-  verify?: boolean;
-  verbose?: boolean;
+/**
+ * A numeric flag. Only "is it a number" is checked here: ranges and kinds (an integer queue size,
+ * MQTT version 4 or 5) belong to the config schema, which names the setting whatever its source.
+ */
+const num = z
+  .string()
+  .refine((v) => v.trim() !== '' && Number.isFinite(Number(v)), { error: (issue) => `${String(issue.input)} is not a number` })
+  .transform(Number)
+  .optional();
+
+/** The flags as commander hands them over: every value a string, --no-x a boolean. */
+const AgentFlags = z.object({
+  config: z.string().optional(),
+  broker: z.string().optional(),
+  models: z.string().optional(),
+  fleet: z.string().optional(),
+  device: z.string().optional(),
+  mqttVersion: num,
+  username: z.string().optional(),
+  password: z.string().optional(),
+  ca: z.string().optional(),
+  cert: z.string().optional(),
+  key: z.string().optional(),
+  insecure: z.boolean().optional(),
+  fleetSubscription: z.string().optional(),
+  queueSize: num,
+  concurrency: num,
+  maxImageBytes: num,
+  maxTokens: num,
+  maxPromptTokens: num,
+  metricsPort: num,
+  metrics: z.boolean().optional(),
+  backend: z.string().optional(),
+  threads: num,
+  verify: z.boolean().optional(),
+  verbose: z.boolean().optional(),
+});
+type AgentFlags = z.infer<typeof AgentFlags>;
+
+/** Parses the flags (BAD_ARGUMENT naming a bad one) and maps them onto the config's paths. */
+export function flagsToConfig(raw: unknown): Record<string, unknown> {
+  return mapFlags(parseFlags(AgentFlags, raw, 'agent'));
 }
 
-/** A numeric flag, or undefined; a non-number is a usage error naming the flag. */
-function num(flag: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new SetokimError('BAD_ARGUMENT', `--${flag} ${value} is not a number`);
-  return n;
-}
-
-export function flagsToConfig(f: AgentFlags): Record<string, unknown> {
+function mapFlags(f: AgentFlags): Record<string, unknown> {
   return {
     fleet: f.fleet,
     device: f.device,
@@ -52,7 +62,7 @@ export function flagsToConfig(f: AgentFlags): Record<string, unknown> {
     fleetSubscription: f.fleetSubscription,
     broker: {
       url: f.broker,
-      protocolVersion: num('mqtt-version', f.mqttVersion),
+      protocolVersion: f.mqttVersion,
       username: f.username,
       password: f.password,
       ca: f.ca,
@@ -61,14 +71,14 @@ export function flagsToConfig(f: AgentFlags): Record<string, unknown> {
       rejectUnauthorized: f.insecure ? false : undefined,
     },
     limits: {
-      queueSize: num('queue-size', f.queueSize),
-      concurrency: num('concurrency', f.concurrency),
-      maxImageBytes: num('max-image-bytes', f.maxImageBytes),
-      maxTokens: num('max-tokens', f.maxTokens),
-      maxPromptTokens: num('max-prompt-tokens', f.maxPromptTokens),
+      queueSize: f.queueSize,
+      concurrency: f.concurrency,
+      maxImageBytes: f.maxImageBytes,
+      maxTokens: f.maxTokens,
+      maxPromptTokens: f.maxPromptTokens,
     },
-    metrics: { port: num('metrics-port', f.metricsPort), enabled: f.metrics === false ? false : undefined },
-    pipeline: { backend: f.backend, threads: num('threads', f.threads), verify: f.verify === false ? false : undefined },
+    metrics: { port: f.metricsPort, enabled: f.metrics === false ? false : undefined },
+    pipeline: { backend: f.backend, threads: f.threads, verify: f.verify === false ? false : undefined },
   };
 }
 
@@ -107,10 +117,11 @@ export function registerAgent(program: Command): void {
     .option('--threads <n>', 'CPU threads per stage session')
     .option('--no-verify', 'skip the sha256 check of the model files at start')
     .option('--verbose', 'log every dropped duplicate and other debug lines')
-    .action(async (flags: AgentFlags) => {
+    .action(async (raw: unknown) => {
+      const flags = parseFlags(AgentFlags, raw, 'agent');
       const { hostname } = await import('node:os');
       const device = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 64) || 'device';
-      const config = loadAgentConfig({ ...(flags.config ? { file: flags.config } : {}), defaults: { fleet: 'default', device }, overrides: flagsToConfig(flags) });
+      const config = loadAgentConfig({ ...(flags.config ? { file: flags.config } : {}), defaults: { fleet: 'default', device }, overrides: mapFlags(flags) });
       const log = stderrLogger(flags.verbose ?? false);
       log('info', `opening the model set ${config.models}`);
       const pipeline = await createPipeline({
