@@ -14,7 +14,7 @@
  */
 import onnxProto from 'onnx-proto';
 import { SetokimError } from '../errors.js';
-import { activationScale, quantizeColumns } from './weights.js';
+import { activationScale, quantizeColumns, REDUCED_MAX } from './weights.js';
 
 const { onnx } = onnxProto;
 type ModelProto = InstanceType<typeof onnx.ModelProto>;
@@ -125,7 +125,8 @@ const initializer = (name: string, dataType: number, dims: number[], data: Float
 
 /**
  * Rewrites a model to INT8 Q/DQ. `ranges` holds the calibrated max |x| of every activation
- * `findTargets` names; a MatMul whose activation has no range is left in float (and reported).
+ * `findTargets` names; a MatMul whose activation has no range keeps a float activation (weight-only
+ * int8, reported). Weights use [-63, 63] unless `weightMax` says 127 (see REDUCED_MAX in weights.ts).
  */
 export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, number>, opts: { minElements?: number; weightMax?: number } = {}): { bytes: Uint8Array; report: QuantizeReport } {
   const m = decodeModel(model);
@@ -155,7 +156,7 @@ export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, num
   for (const t of targets) {
     if (drop.has(t.weight)) continue; // a weight shared by two MatMuls is dequantised once
     const [K, N] = t.dims;
-    const qw = quantizeColumns(floatValues(inits.get(t.weight)!), K, N, t.weight, opts.weightMax);
+    const qw = quantizeColumns(floatValues(inits.get(t.weight)!), K, N, t.weight, opts.weightMax ?? REDUCED_MAX);
     const qName = fresh(`${t.weight}_quantized`);
     const sName = fresh(`${t.weight}_scale`);
     const zName = fresh(`${t.weight}_zero_point`);
