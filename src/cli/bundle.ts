@@ -1,0 +1,179 @@
+/**
+ * `setokim bundle`: signed model-set bundles for fleet updates (docs/FLEET.md). keygen makes an
+ * Ed25519 key pair, create signs a bundle, verify checks one, install puts one into a device's
+ * model store (journalled, health-checked, rolled back on failure), recover finishes or undoes an
+ * install a crash interrupted, status shows the store. The work lives in src/fleet.
+ */
+import { readFile } from 'node:fs/promises';
+import { Presets, SingleBar } from 'cli-progress';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { ModelStore } from '../engine/modelset.js';
+import { SetokimError } from '../errors.js';
+import {
+  canaryQuery,
+  createBundle,
+  DEFAULT_RESERVE_BYTES,
+  generateKeys,
+  installBundle,
+  loadPrivateKey,
+  loadPublicKey,
+  readJournal,
+  readRelease,
+  recoverStore,
+  verifyBundle,
+  type ByteProgress,
+} from '../fleet/index.js';
+import { parseFlags } from './flags.js';
+
+const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
+const req = () => z.string({ error: missingOr() }).min(1);
+const wholeNumber = (min: number) => z.string({ error: missingOr() }).regex(/^\d+$/, 'a whole number').transform(Number).pipe(z.number().int().min(min).max(Number.MAX_SAFE_INTEGER));
+
+/** A byte-progress bar on stderr when it is a terminal; null otherwise (or with --no-progress). */
+function progressBar(label: string, enabled: boolean): { onProgress?: ByteProgress; stop: () => void } {
+  if (!enabled || !process.stderr.isTTY) return { stop: () => {} };
+  const bar = new SingleBar({ format: `${label} {bar} {percentage}% {mib}/{totalMib} MiB {file}`, hideCursor: true, stream: process.stderr }, Presets.shades_classic);
+  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+  return {
+    onProgress: (done, total, file) => {
+      if (!bar.isActive) bar.start(total, 0, { mib: '0.0', totalMib: mib(total), file });
+      bar.update(done, { mib: mib(done), totalMib: mib(total), file });
+    },
+    stop: () => bar.stop(),
+  };
+}
+
+const KeygenOptions = z.object({ out: req() });
+const CreateOptions = z.object({ models: req(), release: wholeNumber(1), key: req(), out: req(), progress: z.boolean() });
+const VerifyOptions = z.object({ pubkey: req(), progress: z.boolean() });
+const InstallOptions = z.object({
+  store: req(),
+  pubkey: req(),
+  canaryImage: z.string().min(1).optional(),
+  backend: z.string().min(1).optional(),
+  reserveMib: wholeNumber(0).optional(),
+  healthTimeout: wholeNumber(1).optional(),
+  progress: z.boolean(),
+});
+const StoreOptions = z.object({ store: req() });
+
+export function registerBundle(program: Command): Command {
+  const cmd = program.command('bundle').description('signed model-set bundles: keygen, create, verify, install on a device, recover, status');
+
+  cmd
+    .command('keygen')
+    .description('make an Ed25519 key pair: bundle-signing.key.pem (keep it on the build machine) and bundle-signing.pub.pem (give it to devices)')
+    .option('--out <dir>', 'directory for the two PEM files (required; existing keys are never overwritten)')
+    .action(async (raw: unknown) => {
+      const o = parseFlags(KeygenOptions, raw, 'bundle keygen');
+      const k = await generateKeys(o.out);
+      process.stdout.write(`key ${k.keyId}\nprivate: ${k.privatePath}\npublic: ${k.publicPath}\n`);
+    });
+
+  cmd
+    .command('create')
+    .description('bundle a model set into one signed file')
+    .option('--models <dir>', 'model set directory (manifest.json + stage files) (required)')
+    .option('--release <n>', 'release number, higher than every earlier bundle for this fleet (required)')
+    .option('--key <pem>', 'Ed25519 private key from `bundle keygen` (required)')
+    .option('--out <file>', 'bundle file to write (required)')
+    .option('--no-progress', 'no progress bar')
+    .action(async (raw: unknown) => {
+      const o = parseFlags(CreateOptions, raw, 'bundle create');
+      const key = await loadPrivateKey(o.key);
+      const bar = progressBar('bundle', o.progress);
+      let m;
+      try {
+        m = await createBundle({ models: o.models, release: o.release, key, out: o.out, onProgress: bar.onProgress });
+      } finally {
+        bar.stop();
+      }
+      const bytes = m.files.reduce((a, f) => a + f.size, 0);
+      process.stdout.write(`${o.out}: ${m.modelSetId} release ${m.release}, ${m.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, signed by ${m.keyId}\n`);
+    });
+
+  cmd
+    .command('verify <file>')
+    .description("check a bundle's signature and every file's sha256 without installing it")
+    .option('--pubkey <pem>', 'trusted Ed25519 public key (required)')
+    .option('--no-progress', 'no progress bar')
+    .action(async (file: string, raw: unknown) => {
+      const o = parseFlags(VerifyOptions, raw, 'bundle verify');
+      const bar = progressBar('verify', o.progress);
+      let m;
+      try {
+        m = await verifyBundle(file, await loadPublicKey(o.pubkey), bar.onProgress);
+      } finally {
+        bar.stop();
+      }
+      process.stdout.write(`${file}: OK: ${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}\n`);
+    });
+
+  cmd
+    .command('install <file>')
+    .description('install a bundle into a device model store: verify, stage, activate, canary query, commit; roll back on any failure')
+    .option('--store <dir>', 'model store root (sets in <dir>/<id>/, the active pointer in <dir>/active) (required)')
+    .option('--pubkey <pem>', 'trusted Ed25519 public key (required)')
+    .option('--canary-image <file>', 'image for the health-check query (default: a generated gradient)')
+    .option('--backend <name>', 'run the health check on this backend only (onnxruntime-cpu, tensorrt)')
+    .option('--reserve-mib <n>', `free space to leave after unpacking (default ${DEFAULT_RESERVE_BYTES / 2 ** 20})`)
+    .option('--health-timeout <s>', 'seconds the canary query may take (default 120)')
+    .option('--no-progress', 'no progress bar')
+    .action(async (file: string, raw: unknown) => {
+      const o = parseFlags(InstallOptions, raw, 'bundle install');
+      const pubkey = await loadPublicKey(o.pubkey);
+      let image: Uint8Array | undefined;
+      if (o.canaryImage) {
+        try {
+          image = new Uint8Array(await readFile(o.canaryImage));
+        } catch (err) {
+          throw new SetokimError('BAD_ARGUMENT', `cannot read --canary-image ${o.canaryImage}: ${(err as Error).message}`, { cause: err });
+        }
+      }
+      const bar = progressBar('unpack', o.progress);
+      let r;
+      try {
+        r = await installBundle({
+          bundle: file,
+          store: o.store,
+          pubkey,
+          reserveBytes: o.reserveMib === undefined ? undefined : o.reserveMib * 2 ** 20,
+          health: (dir) => canaryQuery(dir, { image, backend: o.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
+          onProgress: bar.onProgress,
+          onStep: (s, detail) => {
+            bar.stop();
+            process.stderr.write(`[${s}] ${detail}\n`);
+          },
+        });
+      } finally {
+        bar.stop();
+      }
+      process.stdout.write(`installed ${r.modelSetId} release ${r.release} into ${o.store} (previous: ${r.previous ?? 'none'}); canary answered in ${r.health.ms.toFixed(0)} ms\n`);
+    });
+
+  cmd
+    .command('recover')
+    .description('finish or undo an install that a crash or power loss interrupted (install does this first too)')
+    .option('--store <dir>', 'model store root (required)')
+    .action(async (raw: unknown) => {
+      const o = parseFlags(StoreOptions, raw, 'bundle recover');
+      const r = await recoverStore(o.store);
+      const what = r.action === 'none' ? 'nothing to recover' : `${r.action} release ${r.journal!.release} (${r.journal!.modelSetId}, interrupted after step ${r.journal!.step})`;
+      process.stdout.write(`${o.store}: ${what}; active: ${r.active ?? 'none'}\n`);
+    });
+
+  cmd
+    .command('status')
+    .description('the active set, the committed release and any interrupted install of a model store')
+    .option('--store <dir>', 'model store root (required)')
+    .action(async (raw: unknown) => {
+      const o = parseFlags(StoreOptions, raw, 'bundle status');
+      const store = new ModelStore(o.store);
+      const [active, sets, release, journal] = await Promise.all([store.active(), store.list(), readRelease(o.store), readJournal(o.store)]);
+      process.stdout.write(
+        JSON.stringify({ store: o.store, active, release: release?.release ?? null, previous: release?.previous ?? null, sets, interrupted: journal ? { step: journal.step, release: journal.release, modelSetId: journal.modelSetId } : null }) + '\n',
+      );
+    });
+  return cmd;
+}

@@ -1,0 +1,108 @@
+/**
+ * The bundle file layout (version 1), documented in docs/FLEET.md:
+ *
+ *   bytes 0..11   magic "SETOKIM-BNDL"
+ *   bytes 12..15  header length N, uint32 big-endian (at most MAX_HEADER_BYTES)
+ *   next N bytes  header: UTF-8 JSON { "manifest": BundleManifest, "signature": base64 }
+ *   then          each file of manifest.files, in that order, back to back, no padding
+ *
+ * The file must end exactly after the last file. The signature is Ed25519 over
+ * SIGNING_CONTEXT + canonicalJson(manifest), so the header can be read and checked before any
+ * payload byte is touched, and each file sits at an offset computed from the sizes before it.
+ */
+import { isAbsolute, posix } from 'node:path';
+import { z } from 'zod';
+import { SetokimError } from '../errors.js';
+
+export const BUNDLE_MAGIC = Buffer.from('SETOKIM-BNDL', 'ascii');
+export const PREFIX_BYTES = BUNDLE_MAGIC.length + 4;
+export const MAX_HEADER_BYTES = 4 * 2 ** 20;
+export const BUNDLE_FORMAT = 'setokim-bundle';
+export const BUNDLE_VERSION = 1;
+/** Domain separation: a signature over a bundle manifest is never valid for anything else. */
+export const SIGNING_CONTEXT = 'setokim-bundle-v1\n';
+
+/** A relative POSIX path inside the model set: no '..', no absolute paths, no odd characters. */
+const BundlePath = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'letters, digits, ".", "_", "-" and "/" only')
+  .refine((p) => !isAbsolute(p) && !p.split('/').some((s) => s === '.' || s === '..') && posix.normalize(p) === p, 'must be a plain path inside the model set');
+
+export const BundleFileSchema = z.strictObject({
+  path: BundlePath,
+  size: z.number().int().min(0),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits'),
+});
+export type BundleFile = z.infer<typeof BundleFileSchema>;
+
+export const BundleManifestSchema = z
+  .strictObject({
+    format: z.literal(BUNDLE_FORMAT),
+    formatVersion: z.literal(BUNDLE_VERSION),
+    modelSetId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-"'),
+    /** Monotonically increasing per fleet: a device refuses a release not above the one it committed. */
+    release: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+    createdAt: z.iso.datetime(),
+    /** Which key signed it: the first 16 hex digits of sha256 over the public key's SPKI DER. */
+    keyId: z.string().regex(/^[0-9a-f]{16}$/),
+    files: z.array(BundleFileSchema).min(1),
+  })
+  .superRefine((m, ctx) => {
+    const seen = new Set<string>();
+    for (const f of m.files) {
+      if (seen.has(f.path)) ctx.addIssue({ code: 'custom', path: ['files'], message: `${f.path} is listed twice` });
+      seen.add(f.path);
+    }
+    if (!seen.has('manifest.json')) ctx.addIssue({ code: 'custom', path: ['files'], message: 'manifest.json (the model set manifest) is missing' });
+  });
+export type BundleManifest = z.infer<typeof BundleManifestSchema>;
+
+export const BundleHeaderSchema = z.strictObject({
+  manifest: z.unknown(),
+  signature: z.string().regex(/^[A-Za-z0-9+/]+={0,2}$/, 'base64'),
+});
+
+/**
+ * JSON with object keys sorted at every level and no whitespace: the bytes that are signed. The
+ * manifest holds only strings, safe integers, arrays and objects, so this is unambiguous.
+ */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.keys(value as object)
+      .sort()
+      .filter((k) => (value as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
+    return `{${entries.join(',')}}`;
+  }
+  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new SetokimError('BUNDLE_INVALID', `bundle manifest: ${value} is not a whole number; only integers are allowed`);
+  return JSON.stringify(value);
+}
+
+export const signedBytes = (m: BundleManifest): Buffer => Buffer.from(SIGNING_CONTEXT + canonicalJson(m), 'utf8');
+
+/** Validates a parsed manifest; `where` names the bundle in errors. */
+export function parseBundleManifest(json: unknown, where: string): BundleManifest {
+  const head = z.object({ format: z.unknown(), formatVersion: z.unknown() }).safeParse(json);
+  if (!head.success || head.data.format !== BUNDLE_FORMAT) throw new SetokimError('BUNDLE_INVALID', `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`);
+  if (head.data.formatVersion !== BUNDLE_VERSION) {
+    throw new SetokimError('BUNDLE_INVALID', `${where}: bundle formatVersion ${JSON.stringify(head.data.formatVersion)} is not supported (this runtime reads ${BUNDLE_VERSION}); update setokim-edge`);
+  }
+  const parsed = BundleManifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new SetokimError('BUNDLE_INVALID', `${where}: invalid bundle manifest: ${issues}`);
+  }
+  return parsed.data;
+}
+
+/** Encodes magic + length + header JSON. */
+export function encodePrefix(manifest: BundleManifest, signature: Buffer): Buffer {
+  const header = Buffer.from(JSON.stringify({ manifest, signature: signature.toString('base64') }), 'utf8');
+  if (header.length > MAX_HEADER_BYTES) throw new SetokimError('BUNDLE_INVALID', `bundle header is ${header.length} bytes (at most ${MAX_HEADER_BYTES}); bundle fewer files`);
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(header.length);
+  return Buffer.concat([BUNDLE_MAGIC, len, header]);
+}

@@ -1,0 +1,39 @@
+/** Small durable-write helpers: a journal or state file must survive power loss once written. */
+import { open, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+/** fsync a directory so a rename or a new entry in it is on disk (Linux; a no-op where unsupported). */
+export async function fsyncDir(dir: string): Promise<void> {
+  let fh;
+  try {
+    fh = await open(dir, 'r');
+    await fh.sync();
+  } catch {
+    // Some filesystems refuse fsync on a directory; the data files were synced already.
+  } finally {
+    await fh?.close();
+  }
+}
+
+/** fsync a file written through a stream. */
+export async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes `path` so that after a crash it holds either the old or the new content, whole. */
+export async function writeFileDurable(path: string, data: string): Promise<void> {
+  const tmp = `${path}.tmp`;
+  await writeFile(tmp, data, { flush: true });
+  await rename(tmp, path);
+  await fsyncDir(dirname(path));
+}
+
+export async function removeDurable(path: string): Promise<void> {
+  await rm(path, { recursive: true, force: true });
+  await fsyncDir(dirname(path));
+}

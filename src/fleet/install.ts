@@ -1,0 +1,193 @@
+/**
+ * Installing a bundle into a ModelStore, as the state machine of docs/FLEET.md:
+ *   verify signature -> anti-rollback -> space -> [staging] unpack + hash -> verifyModelSet
+ *   -> [staged] rename into the store -> [placed] activate -> [activated] canary query
+ *   -> commit (release.json) -> journal removed
+ * The journal names the last step finished. Until release.json records the release, the install
+ * is not committed: a failure rolls back at once, and a crash is rolled back by recoverStore
+ * (which every install runs first). Nothing half-installed stays active.
+ */
+import { rename, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { KeyObject } from 'node:crypto';
+import { loadManifest, verifyModelSet } from '../engine/manifest.js';
+import { ModelStore } from '../engine/modelset.js';
+import { SetokimError, errorCode } from '../errors.js';
+import { openBundle, streamBundle, type ByteProgress } from './bundle.js';
+import { fsyncDir, removeDurable } from './fsutil.js';
+import { canaryQuery, type CanaryResult, type HealthCheck } from './health.js';
+import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagingRoot, writeJournal, writeRelease, type Journal, type JournalStep } from './journal.js';
+
+/** What an install reports, in order: journal steps plus the checks between them. */
+export type InstallStep = 'recovered' | 'verified' | JournalStep | 'healthy' | 'committed' | 'rolled-back';
+
+export interface InstallOptions {
+  bundle: string;
+  store: string;
+  pubkey: KeyObject;
+  /** Free bytes to leave on the store's filesystem after unpacking (default 64 MiB). */
+  reserveBytes?: number;
+  /** Default: canaryQuery on the new set. */
+  health?: HealthCheck;
+  /** Called after each step is on disk; awaited (a test may stop the process here). */
+  onStep?: (step: InstallStep, detail: string) => void | Promise<void>;
+  onProgress?: ByteProgress;
+}
+
+export interface InstallResult {
+  modelSetId: string;
+  release: number;
+  previous: string | null;
+  health: CanaryResult;
+  recovered: RecoverResult;
+}
+
+export interface RecoverResult {
+  /** none: nothing was in progress; rolled-back: an uncommitted install was undone; completed: a committed one was finished. */
+  action: 'none' | 'rolled-back' | 'completed';
+  journal: Journal | null;
+  active: string | null;
+}
+
+export const DEFAULT_RESERVE_BYTES = 64 * 2 ** 20;
+
+const stepIndex = (s: JournalStep) => JOURNAL_STEPS.indexOf(s);
+
+/**
+ * Undoes an uncommitted install: the previous set active again (or none, if there was none),
+ * the new set's directory and the staging directory gone, then the journal. Safe to repeat.
+ */
+async function rollBack(root: string, j: Journal): Promise<string | null> {
+  const store = new ModelStore(root);
+  if ((await store.active()) === j.modelSetId) {
+    if (j.previous) {
+      try {
+        await store.activate(j.previous);
+      } catch (err) {
+        // The old set is damaged too: serve nothing rather than the half-installed one.
+        await removeDurable(join(root, 'active'));
+        throw new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
+      }
+    } else {
+      await removeDurable(join(root, 'active'));
+    }
+    await fsyncDir(root);
+  }
+  // From 'staged' on, the target directory may hold the new set (the rename may have happened
+  // before 'placed' was written). It is never the serving set: install refuses that id.
+  if (stepIndex(j.step) >= stepIndex('staged')) await removeDurable(store.dirOf(j.modelSetId));
+  await removeDurable(join(stagingRoot(root), j.staging));
+  await clearJournal(root);
+  return store.active();
+}
+
+async function recoverLocked(root: string): Promise<RecoverResult> {
+  const j = await readJournal(root);
+  const store = new ModelStore(root);
+  if (!j) {
+    await removeDurable(stagingRoot(root)); // leftovers of a crash before the journal was written
+    return { action: 'none', journal: null, active: await store.active() };
+  }
+  const committed = await readRelease(root);
+  if (committed && committed.release === j.release && committed.modelSetId === j.modelSetId) {
+    // Crashed after the commit record and before the journal was removed: the install stands.
+    await removeDurable(join(stagingRoot(root), j.staging));
+    await clearJournal(root);
+    return { action: 'completed', journal: j, active: await store.active() };
+  }
+  return { action: 'rolled-back', journal: j, active: await rollBack(root, j) };
+}
+
+/** Brings a store back to a consistent state after a crash (see recoverLocked); `setokim bundle recover`. */
+export async function recoverStore(root: string): Promise<RecoverResult> {
+  const unlock = await lockStore(root);
+  try {
+    return await recoverLocked(root);
+  } finally {
+    await unlock();
+  }
+}
+
+async function freeBytes(root: string): Promise<number> {
+  const s = await statfs(root);
+  return s.bavail * s.bsize;
+}
+
+export async function installBundle(o: InstallOptions): Promise<InstallResult> {
+  const root = o.store;
+  const step = async (s: InstallStep, detail: string) => o.onStep?.(s, detail);
+  const unlock = await lockStore(root);
+  try {
+    const recovered = await recoverLocked(root);
+    if (recovered.action !== 'none') await step('recovered', `${recovered.action} release ${recovered.journal?.release} (${recovered.journal?.modelSetId})`);
+
+    const b = await openBundle(o.bundle, o.pubkey);
+    const { modelSetId, release } = b.manifest;
+    await step('verified', `${modelSetId} release ${release}, signed by ${b.manifest.keyId}`);
+    const floor = await readRelease(root);
+    if (floor && release <= floor.release) {
+      throw new SetokimError('ROLLBACK_REFUSED', `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) committed in ${root}; publish a bundle with a higher --release`);
+    }
+    const store = new ModelStore(root);
+    store.dirOf(modelSetId); // validates the id as a directory name
+    const previous = await store.active();
+    if (previous === modelSetId) {
+      throw new SetokimError('UPDATE_CONFLICT', `${modelSetId} is the set serving from ${root}; a new release must carry a new model set id (export it under another id)`);
+    }
+    const reserve = o.reserveBytes ?? DEFAULT_RESERVE_BYTES;
+    const free = await freeBytes(root);
+    if (free < b.payloadBytes + reserve) {
+      const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+      throw new SetokimError('NO_SPACE', `${root}: ${mib(free)} free, the bundle needs ${mib(b.payloadBytes)} plus a reserve of ${mib(reserve)}; remove old model sets from the store or free disk space`);
+    }
+
+    const j: Journal = { step: 'staging', release, modelSetId, previous, staging: `${modelSetId}-r${release}`, startedAt: new Date().toISOString() };
+    const stagingDir = join(stagingRoot(root), j.staging);
+    await writeJournal(root, j);
+    await step('staging', stagingDir);
+    let health: CanaryResult;
+    try {
+      await removeDurable(stagingDir);
+      await streamBundle(b, stagingDir, o.onProgress);
+      const manifest = await loadManifest(stagingDir);
+      if (manifest.id !== modelSetId) throw new SetokimError('BUNDLE_INVALID', `${o.bundle}: its manifest.json names set ${manifest.id}, its signed bundle manifest ${modelSetId}; rebuild the bundle`);
+      await verifyModelSet(stagingDir, manifest);
+      await fsyncDir(stagingDir);
+      await writeJournal(root, (j.step = 'staged', j));
+      await step('staged', stagingDir);
+
+      const target = store.dirOf(modelSetId);
+      await removeDurable(target); // a leftover, never the active set (checked above)
+      await rename(stagingDir, target);
+      await fsyncDir(root);
+      await writeJournal(root, (j.step = 'placed', j));
+      await step('placed', target);
+
+      await store.activate(modelSetId);
+      await fsyncDir(root);
+      await writeJournal(root, (j.step = 'activated', j));
+      await step('activated', `${modelSetId} (previous: ${previous ?? 'none'})`);
+
+      try {
+        health = await (o.health ?? ((dir) => canaryQuery(dir)))(target);
+      } catch (err) {
+        throw new SetokimError('HEALTH_CHECK_FAILED', `${modelSetId} release ${release} failed its canary query: [${errorCode(err)}] ${(err as Error).message}`, { cause: err });
+      }
+      await step('healthy', `${health.generatedTokens} tokens in ${health.ms.toFixed(0)} ms on ${health.backend}`);
+    } catch (err) {
+      const now = await rollBack(root, j);
+      await step('rolled-back', `active: ${now ?? 'none'}`);
+      if (err instanceof SetokimError && err.code === 'HEALTH_CHECK_FAILED') {
+        throw new SetokimError('HEALTH_CHECK_FAILED', `${err.message}; rolled back: active set is ${now ?? 'none'}`, { cause: err.cause });
+      }
+      throw err;
+    }
+    // The commit point: once release.json names this release, recovery keeps it.
+    await writeRelease(root, { release, modelSetId, previous, committedAt: new Date().toISOString() });
+    await step('committed', `${modelSetId} release ${release}`);
+    await clearJournal(root);
+    return { modelSetId, release, previous, health, recovered };
+  } finally {
+    await unlock();
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * The store's update state, under `<root>/.fleet/` (ModelStore lists only top-level set
+ * directories, so nothing here is mistaken for a model set):
+ *   journal.json   the install in progress and the last step it finished (absent when idle)
+ *   release.json   the last committed release: the anti-rollback floor, and the commit record
+ *   staging/       where a bundle is unpacked before it is renamed into the store
+ *   lock           pid of the process installing or recovering
+ * Both JSON files are written with write-temp + fsync + rename, so a crash leaves old or new.
+ */
+import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { SetokimError } from '../errors.js';
+import { removeDurable, writeFileDurable } from './fsutil.js';
+
+/** Steps an install records, in order; recovery undoes whatever an uncommitted one did. */
+export const JOURNAL_STEPS = ['staging', 'staged', 'placed', 'activated'] as const;
+export type JournalStep = (typeof JOURNAL_STEPS)[number];
+
+const Id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/);
+
+export const JournalSchema = z.strictObject({
+  step: z.enum(JOURNAL_STEPS),
+  release: z.number().int().positive(),
+  modelSetId: Id,
+  /** The set that was active before this install (null: none); recovery activates it again. */
+  previous: Id.nullable(),
+  /** Directory name under .fleet/staging. */
+  staging: z.string().regex(/^[A-Za-z0-9._-]+$/),
+  startedAt: z.iso.datetime(),
+});
+export type Journal = z.infer<typeof JournalSchema>;
+
+export const ReleaseSchema = z.strictObject({
+  release: z.number().int().positive(),
+  modelSetId: Id,
+  previous: Id.nullable(),
+  committedAt: z.iso.datetime(),
+});
+export type ReleaseState = z.infer<typeof ReleaseSchema>;
+
+export const fleetDir = (root: string) => join(root, '.fleet');
+export const journalPath = (root: string) => join(fleetDir(root), 'journal.json');
+export const releasePath = (root: string) => join(fleetDir(root), 'release.json');
+export const stagingRoot = (root: string) => join(fleetDir(root), 'staging');
+const lockPath = (root: string) => join(fleetDir(root), 'lock');
+
+async function readJson<T>(path: string, schema: z.ZodType<T>, what: string): Promise<T | null> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  const parsed = schema.safeParse(JSON.parse(text));
+  if (!parsed.success) throw new SetokimError('MODEL_INVALID', `${path}: the store's ${what} is not valid (${parsed.error.issues[0]?.message}); it was edited by hand: restore it or remove the store`);
+  return parsed.data;
+}
+
+export const readJournal = (root: string) => readJson(journalPath(root), JournalSchema, 'update journal');
+export const writeJournal = (root: string, j: Journal) => writeFileDurable(journalPath(root), JSON.stringify(j) + '\n');
+export const clearJournal = (root: string) => removeDurable(journalPath(root));
+export const readRelease = (root: string) => readJson(releasePath(root), ReleaseSchema, 'release record');
+export const writeRelease = (root: string, r: ReleaseState) => writeFileDurable(releasePath(root), JSON.stringify(r) + '\n');
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * One installer per store. A lock left by a process that died (power loss, kill -9) is taken
+ * over: its pid is no longer running. Returns the release function.
+ */
+export async function lockStore(root: string): Promise<() => Promise<void>> {
+  await mkdir(fleetDir(root), { recursive: true });
+  const path = lockPath(root);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(path, 'wx');
+      await fh.writeFile(`${process.pid}\n`);
+      await fh.close();
+      return () => rm(path, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
+        throw new SetokimError('UPDATE_CONFLICT', `${root}: process ${pid} is installing or recovering this store; wait for it to finish`);
+      }
+      await rm(path, { force: true }); // stale: its owner is gone
+    }
+  }
+  throw new SetokimError('UPDATE_CONFLICT', `${root}: could not take the store's lock ${path}; another installer keeps taking it`);
+}
