@@ -1,0 +1,112 @@
+/** Fixtures for the fleet tests: tiny model sets synthesised into a temp dir, a key pair, bundles. */
+import { createHash } from 'node:crypto';
+import { copyFile, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { synthesize } from '../../tools/export/synth.js';
+import { createBundle, generateKeys, loadPrivateKey, loadPublicKey, PREFIX_BYTES } from '../../src/fleet/index.js';
+import type { KeyObject } from 'node:crypto';
+
+export interface Fixture {
+  dir: string;
+  /** Model set directories by seed. */
+  sets: Record<number, string>;
+  privPath: string;
+  pubPath: string;
+  priv: KeyObject;
+  pub: KeyObject;
+  cleanup: () => Promise<void>;
+}
+
+export async function fixture(seeds: number[]): Promise<Fixture> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'setokim-fleet-'));
+  const sets: Record<number, string> = {};
+  for (const seed of seeds) {
+    sets[seed] = path.join(dir, `set${seed}`);
+    await synthesize({ config: 'tiny', seed, out: sets[seed]! });
+  }
+  const k = await generateKeys(path.join(dir, 'keys'));
+  return {
+    dir,
+    sets,
+    privPath: k.privatePath,
+    pubPath: k.publicPath,
+    priv: await loadPrivateKey(k.privatePath),
+    pub: await loadPublicKey(k.publicPath),
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+export async function bundleOf(f: Fixture, models: string, release: number, name = `r${release}`): Promise<string> {
+  const out = path.join(f.dir, `${name}.bundle`);
+  await createBundle({ models, release, key: f.priv, out });
+  return out;
+}
+
+/** A copy of `bundle` with one byte XORed at `offset` (from the start of the file). */
+export async function flipByte(bundle: string, offset: number, out: string): Promise<string> {
+  const buf = await readFile(bundle);
+  buf[offset]! ^= 0x01;
+  await writeFile(out, buf);
+  return out;
+}
+
+/** The parsed header and where the payload starts. */
+export async function readHeader(bundle: string): Promise<{ header: { manifest: any; signature: string }; payloadAt: number }> {
+  const fh = await open(bundle, 'r');
+  try {
+    const p = Buffer.alloc(PREFIX_BYTES);
+    await fh.read(p, 0, PREFIX_BYTES, 0);
+    const n = p.readUInt32BE(PREFIX_BYTES - 4);
+    const h = Buffer.alloc(n);
+    await fh.read(h, 0, n, PREFIX_BYTES);
+    return { header: JSON.parse(h.toString('utf8')), payloadAt: PREFIX_BYTES + n };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Rewrites a bundle's header (as an attacker would) and keeps its payload. */
+export async function rewriteHeader(bundle: string, out: string, edit: (h: { manifest: any; signature: string }) => void): Promise<string> {
+  const { header, payloadAt } = await readHeader(bundle);
+  edit(header);
+  const h = Buffer.from(JSON.stringify(header), 'utf8');
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(h.length);
+  const all = await readFile(bundle);
+  await writeFile(out, Buffer.concat([all.subarray(0, PREFIX_BYTES - 4), len, h, all.subarray(payloadAt)]));
+  return out;
+}
+
+/** Offset in the bundle file of the first byte of `file` (per the header's order and sizes). */
+export async function offsetOf(bundle: string, file: string): Promise<number> {
+  const { header, payloadAt } = await readHeader(bundle);
+  let at = payloadAt;
+  for (const f of header.manifest.files) {
+    if (f.path === file) return at;
+    at += f.size;
+  }
+  throw new Error(`${file} is not in ${bundle}`);
+}
+
+/**
+ * A model set that passes every file check (sizes, sha256, whole ONNX, manifest schema) but
+ * cannot answer: its llm.onnx is the set's vision encoder graph, a valid ONNX model with the
+ * wrong inputs and outputs, as a mixed-up export would ship it.
+ */
+export async function brokenLlmSet(from: string, out: string): Promise<string> {
+  await synthesizeCopy(from, out);
+  await copyFile(path.join(out, 'encoder.onnx'), path.join(out, 'llm.onnx'));
+  const bytes = await readFile(path.join(out, 'llm.onnx'));
+  const m = JSON.parse(await readFile(path.join(out, 'manifest.json'), 'utf8'));
+  m.stages.llm.sha256 = createHash('sha256').update(bytes).digest('hex');
+  m.stages.llm.bytes = (await stat(path.join(out, 'llm.onnx'))).size;
+  m.id = `${m.id}-broken`;
+  await writeFile(path.join(out, 'manifest.json'), JSON.stringify(m, null, 2) + '\n');
+  return out;
+}
+
+async function synthesizeCopy(from: string, out: string): Promise<void> {
+  const { cp } = await import('node:fs/promises');
+  await cp(from, out, { recursive: true });
+}
