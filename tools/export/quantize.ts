@@ -90,9 +90,8 @@ export function registerQuantizeCommand(exportCmd: Command): void {
           onProgress: (e) => {
             if (e.phase === 'stage') {
               const line = stageLine(e.result);
-              if (multi) multi.log(line + '\n');
+              if (multi) lines.push(line); // printed once the bars are gone, so they do not garble it
               else process.stdout.write(line + '\n');
-              lines.push(line);
             } else if (e.phase === 'calibrate') {
               bar('calibrate', e.total, { phase: 'calibrate', stage: 'queries' })?.update(e.done);
             } else {
@@ -102,9 +101,8 @@ export function registerQuantizeCommand(exportCmd: Command): void {
         });
       } finally {
         multi?.stop();
+        for (const l of lines) process.stdout.write(l + '\n'); // also the stages checked before a refusal
       }
-      // multi.log lines vanish with the bars' redraw area on some terminals: repeat them on stdout
-      if (multi) for (const l of lines) process.stdout.write(l + '\n');
       process.stdout.write(`${o.models}: ${o.precision} variants listed in manifest.json; run with \`setokim run --models ${o.models} --precision ${o.precision}\`\n`);
     });
 }
