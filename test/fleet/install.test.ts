@@ -1,0 +1,154 @@
+/**
+ * Install on a device store: the round trip activates the set after a real canary query; every
+ * refusal (signature, tampered file, wrong key, rollback, space) leaves the store as it was; a
+ * set that verifies but cannot answer is rolled back to the previous one.
+ */
+import { readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import t from 'tap';
+import { ModelStore } from '../../src/engine/modelset.js';
+import { installBundle, readJournal, readRelease, type InstallStep } from '../../src/fleet/index.js';
+import { runCli } from '../helpers/cli.js';
+import { brokenLlmSet, bundleOf, fixture, flipByte, offsetOf, rewriteHeader } from './helpers.js';
+
+const f = await fixture([1, 2]);
+t.teardown(f.cleanup);
+const b1 = await bundleOf(f, f.sets[1]!, 1);
+const b2 = await bundleOf(f, f.sets[2]!, 2);
+const broken = await bundleOf(f, await brokenLlmSet(f.sets[2]!, path.join(f.dir, 'broken')), 3, 'broken');
+
+let n = 0;
+const newStore = () => path.join(f.dir, `store${n++}`);
+
+/** What a store holds, for before/after comparisons. */
+async function snapshot(root: string) {
+  const store = new ModelStore(root);
+  const staging = await readdir(path.join(root, '.fleet', 'staging')).catch(() => []);
+  return { active: await store.active(), sets: await store.list(), release: (await readRelease(root))?.release ?? null, journal: await readJournal(root), staging };
+}
+
+/** A store with release 1 (seed 1) committed, without its canary (that is tested once, below). */
+async function storeWith1(): Promise<string> {
+  const root = newStore();
+  await installBundle({ bundle: b1, store: root, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) });
+  return root;
+}
+
+t.test('round trip: install 1 then 2 with real canary queries; 2 active, 1 kept, steps in order, release recorded', async (t) => {
+  const root = newStore();
+  const steps: InstallStep[] = [];
+  const r1 = await installBundle({ bundle: b1, store: root, pubkey: f.pub, onStep: (s) => void steps.push(s) });
+  t.same(steps, ['verified', 'staging', 'staged', 'placed', 'activated', 'healthy', 'committed']);
+  t.equal(r1.previous, null);
+  t.ok(r1.health.generatedTokens >= 1 && r1.health.visionTokens >= 1, 'the canary answered');
+  const r2 = await installBundle({ bundle: b2, store: root, pubkey: f.pub });
+  t.equal(r2.previous, 'setokim-tiny-seed1');
+  t.same(await snapshot(root), { active: 'setokim-tiny-seed2', sets: ['setokim-tiny-seed1', 'setokim-tiny-seed2'], release: 2, journal: null, staging: [] });
+  const active = await new ModelStore(root).openActive(); // verifies every file again
+  t.equal(active.id, 'setokim-tiny-seed2');
+  t.equal((await readRelease(root))!.previous, 'setokim-tiny-seed1');
+});
+
+t.test('refusals leave the store exactly as it was: tampered file, flipped signature, wrong key', async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  const flipped = await flipByte(b2, (await offsetOf(b2, 'llm.onnx')) + 4096, path.join(f.dir, 'i-flip.bundle'));
+  const steps: InstallStep[] = [];
+  await t.rejects(installBundle({ bundle: flipped, store: root, pubkey: f.pub, onStep: (s) => void steps.push(s) }), { code: 'BUNDLE_TAMPERED', message: /llm\.onnx/ });
+  t.same(steps, ['verified', 'staging', 'rolled-back'], 'caught while unpacking, before anything was placed');
+  t.same(await snapshot(root), before);
+  await t.rejects(stat(path.join(root, 'setokim-tiny-seed2')), { code: 'ENOENT' });
+
+  const badSig = await rewriteHeader(b2, path.join(f.dir, 'i-sig.bundle'), (h) => {
+    const s = Buffer.from(h.signature, 'base64');
+    s[0]! ^= 0x80;
+    h.signature = s.toString('base64');
+  });
+  await t.rejects(installBundle({ bundle: badSig, store: root, pubkey: f.pub }), { code: 'BUNDLE_SIGNATURE' });
+  t.same(await snapshot(root), before);
+
+  const { generateKeys, loadPublicKey } = await import('../../src/fleet/index.js');
+  const other = await loadPublicKey((await generateKeys(path.join(f.dir, 'i-other'))).publicPath);
+  await t.rejects(installBundle({ bundle: b2, store: root, pubkey: other }), { code: 'BUNDLE_SIGNATURE' });
+  t.same(await snapshot(root), before);
+});
+
+t.test('anti-rollback: release 1 after 2 is refused, and so is 2 again; a failed 3 does not raise the floor', async (t) => {
+  const root = await storeWith1();
+  await installBundle({ bundle: b2, store: root, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) });
+  const before = await snapshot(root);
+  await t.rejects(installBundle({ bundle: b1, store: root, pubkey: f.pub }), { code: 'ROLLBACK_REFUSED', message: /release 1 is not newer than release 2/ });
+  const again = await bundleOf(f, f.sets[1]!, 2, 'again2');
+  await t.rejects(installBundle({ bundle: again, store: root, pubkey: f.pub }), { code: 'ROLLBACK_REFUSED' });
+  t.same(await snapshot(root), before);
+});
+
+t.test('no space: the reserve cannot be met on this filesystem -> NO_SPACE before anything is written', async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, reserveBytes: Number.MAX_SAFE_INTEGER }), { code: 'NO_SPACE', message: /MiB free/ });
+  t.same(await snapshot(root), before);
+});
+
+t.test('a set that verifies but cannot answer: HEALTH_CHECK_FAILED, previous set active again, new set removed', async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  const steps: InstallStep[] = [];
+  await t.rejects(installBundle({ bundle: broken, store: root, pubkey: f.pub, onStep: (s) => void steps.push(s) }), {
+    code: 'HEALTH_CHECK_FAILED',
+    message: /canary query: \[INTERNAL\] stage 'llm'.*rolled back: active set is setokim-tiny-seed1/,
+  });
+  t.same(steps, ['verified', 'staging', 'staged', 'placed', 'activated', 'rolled-back'], 'it was active before the canary');
+  t.same(await snapshot(root), before, 'floor not raised: release 3 may be fixed and sent again');
+  // The fixed release 3 installs (the failed attempt did not burn the number).
+  const fixed = await bundleOf(f, f.sets[2]!, 3, 'fixed3');
+  await installBundle({ bundle: fixed, store: root, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) });
+  t.equal(await new ModelStore(root).active(), 'setokim-tiny-seed2');
+});
+
+t.test('a failing first install leaves no set active (there was none to go back to)', async (t) => {
+  const root = newStore();
+  await t.rejects(installBundle({ bundle: b1, store: root, pubkey: f.pub, health: async () => Promise.reject(new Error('no answer')) }), { code: 'HEALTH_CHECK_FAILED', message: /active set is none/ });
+  t.same(await snapshot(root), { active: null, sets: [], release: null, journal: null, staging: [] });
+});
+
+t.test('the serving set id cannot be replaced in place; a second installer is refused while one runs', async (t) => {
+  const root = await storeWith1();
+  const same = await bundleOf(f, f.sets[1]!, 5, 'same5');
+  await t.rejects(installBundle({ bundle: same, store: root, pubkey: f.pub }), { code: 'UPDATE_CONFLICT', message: /is the set serving/ });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let activated!: () => void;
+  const isActive = new Promise<void>((r) => (activated = r));
+  // The first holds the lock and waits in its health check until the second was refused.
+  const first = installBundle({
+    bundle: b2,
+    store: root,
+    pubkey: f.pub,
+    onStep: (s) => void (s === 'activated' && activated()),
+    health: async () => (await gate, { ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }),
+  });
+  await isActive;
+  const steps: InstallStep[] = [];
+  await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, onStep: (s) => void steps.push(s) }), { code: 'UPDATE_CONFLICT', message: new RegExp(`process ${process.pid}`) });
+  t.same(steps, [], 'refused before it touched anything');
+  release();
+  await first;
+  t.equal(await new ModelStore(root).active(), 'setokim-tiny-seed2');
+});
+
+t.test('CLI install: a good bundle exits 0; a broken one exits 3 with HEALTH_CHECK_FAILED; status shows the store', async (t) => {
+  const root = newStore();
+  const ok = await runCli(['bundle', 'install', b1, '--store', root, '--pubkey', f.pubPath, '--no-progress']);
+  t.equal(ok.status, 0, ok.err);
+  t.match(ok.out, /installed setokim-tiny-seed1 release 1 .*previous: none.*canary answered/);
+  t.match(ok.err, /\[committed\] setokim-tiny-seed1 release 1/);
+  const bad = await runCli(['bundle', 'install', broken, '--store', root, '--pubkey', f.pubPath, '--no-progress']);
+  t.equal(bad.status, 3);
+  t.match(bad.err, /\[HEALTH_CHECK_FAILED\]/);
+  const s = await runCli(['bundle', 'status', '--store', root]);
+  t.same(JSON.parse(s.out), { store: root, active: 'setokim-tiny-seed1', release: 1, previous: null, sets: ['setokim-tiny-seed1'], interrupted: null });
+  const img = await runCli(['bundle', 'install', b2, '--store', root, '--pubkey', f.pubPath, '--canary-image', path.join(f.dir, 'missing.png')]);
+  t.equal(img.status, 2);
+  t.match(img.err, /--canary-image/);
+});
