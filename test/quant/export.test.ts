@@ -31,6 +31,8 @@ t.test('export quantize writes an int8 variant per stage with MatMul weights and
     t.ok(Number(m[5]) >= 1);
   }
   t.match(r.out, /embed: skipped \(no MatMul/);
+  // the diffusion head's input x grows ~190x over the sampling steps: it must stay float
+  t.match(r.out, /diffusion: .*1 left float: x range varies \d+x/);
   const set = await ModelSet.open(dir); // verifies every file, the variants' sha256 included
   for (const s of ['encoder', 'merger', 'llm', 'diffusion', 'detokenizer', 'mask_decoder'] as const) {
     const v = set.variants(s).find((x) => x.precision === 'int8');

@@ -139,6 +139,31 @@ t.test('small, non-2-D and activation x activation MatMuls are left alone; a wei
   t.same(Object.keys(aug).sort(), ['MatMul_3_out0', 'c', 'z'].sort().map((k) => (k.startsWith('MatMul') ? y1 : k)).sort());
 });
 
+t.test('an activation whose range varies more than 16x between inputs stays float; max |x| is the range', async (t) => {
+  const g = new GraphBuilder('spread');
+  const x = g.input('x', 'float32', [1, 64]);
+  const u = g.input('u', 'float32', [1, 64]);
+  const w = (n: string) => g.weight(n, new Rng(5).uniform(64 * 32, 0.1), [64, 32]);
+  g.output('y', g.op('Add', [g.op('MatMul', [x, w('wx')]), g.op('MatMul', [u, w('wu')])]), 'float32', [1, 32]);
+  const model = g.encode();
+  const feed = (xs: number, us: number): Feeds => ({
+    x: { dtype: 'float32', dims: [1, 64], data: new Rng(9).uniform(64, xs), location: 'host' },
+    u: { dtype: 'float32', dims: [1, 64], data: new Rng(8).uniform(64, us), location: 'host' },
+  });
+  const feeds = [feed(1, 1), feed(40, 2)]; // x's range grows 40x, u's 2x
+  const { ranges, dynamic } = await activationRanges(backend, model, ['x', 'u'], feeds, { stage: 'spread' });
+  t.same(dynamic.map((d) => d.name), ['x']);
+  t.ok(Math.abs(dynamic[0]!.spread - 40) < 1e-3, `spread ${dynamic[0]!.spread}`);
+  const maxU = Math.max(...[...(feeds[1]!.u!.data as Float32Array)].map(Math.abs));
+  t.equal(ranges.get('u'), maxU, 'the range is the largest |u| seen');
+  t.equal(ranges.has('x'), false);
+  const { report } = quantizeModel(model, ranges);
+  t.same(report.activations.map((a) => a.name), ['u']);
+  t.equal(report.weights.length, 2, 'both weights are int8 (x`s MatMul is weight-only)');
+  const loose = await activationRanges(backend, model, ['x', 'u'], feeds, { stage: 'spread', maxSpread: 100 });
+  t.same(loose.dynamic, []);
+});
+
 t.test('a graph below opset 13 is refused (per-axis DequantizeLinear needs 13)', async (t) => {
   const g = new GraphBuilder('old');
   const x = g.input('x', 'float32', [1, 64]);
