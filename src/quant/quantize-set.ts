@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { Backend, Session } from '../engine/backend.js';
+import type { Backend, Session, Tensor } from '../engine/backend.js';
 import { STAGES, type StageName } from '../engine/contract.js';
 import { manifestPath, parseManifest, serializeManifest, type Precision, type StageFile } from '../engine/manifest.js';
 import { openModelSet } from '../engine/modelset.js';
@@ -82,7 +82,7 @@ export function checkPrecision(p: string): asserts p is 'int8' {
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
-async function timedRuns(s: Session, feeds: readonly Feeds[]): Promise<{ outs: Record<string, import('../engine/backend.js').Tensor>[]; ms: number }> {
+async function timedRuns(s: Session, feeds: readonly Feeds[]): Promise<{ outs: Record<string, Tensor>[]; ms: number }> {
   await s.run(feeds[0]!); // warm-up: first runs allocate
   const t0 = performance.now();
   const outs = [];
