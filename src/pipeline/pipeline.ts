@@ -63,6 +63,11 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   // encoder while another decodes): give each half the cores rather than oversubscribe them.
   const maxInFlight = o.maxInFlight ?? 2;
   const threads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / Math.min(maxInFlight, 2)));
+  // A precision applies to the stages that have a build of it (embed, a lookup, never does); a set
+  // with none at all was not quantised: say so rather than quietly run fp32.
+  if (o.precision && !STAGES.some((s) => set.has(s) && set.variants(s).some((v) => v.precision === o.precision))) {
+    throw new SetokimError('BAD_ARGUMENT', `model set ${set.id} has no ${o.precision} builds of any stage; write them with \`setokim export quantize --models ${o.modelsDir} --precision ${o.precision}\` or run without --precision`);
+  }
   const stages: Partial<Record<StageName, GatedStage>> = {};
   const backends = new Set<string>();
   try {

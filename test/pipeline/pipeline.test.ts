@@ -11,8 +11,10 @@ const textOf = (events: PipelineEvent[]) => of(events, 'text').map((e) => e.delt
 let p: LocalPipeline;
 let busy: Uint8Array;
 let flat: Uint8Array;
+let setDir: string;
 t.before(async () => {
   const set = await tinySet();
+  setDir = set.dir;
   t.teardown(set.cleanup);
   p = await createPipeline({ modelsDir: set.dir, threads: 1, maxInFlight: 3 });
   t.teardown(() => p.close());
@@ -22,6 +24,12 @@ t.before(async () => {
 
 const run = (r: Partial<QueryRequest> & Pick<QueryRequest, 'task'>, signal?: AbortSignal) =>
   collect(p.run({ id: r.task, prompt: 'What is in the picture?', ...r } as QueryRequest, { signal }));
+
+t.test('a precision the set has no build of is refused, not quietly run as fp32', async (t) => {
+  await t.rejects(createPipeline({ modelsDir: setDir, threads: 1, precision: 'int8' }), { code: 'BAD_ARGUMENT', message: /has no int8 builds of any stage.*export quantize/ });
+  const fp32 = await createPipeline({ modelsDir: setDir, threads: 1, precision: 'fp32' });
+  await fp32.close();
+});
 
 t.test('ask streams text between accepted/clustered and done', async (t) => {
   const ev = await run({ task: 'ask', image: busy, generation: { maxTokens: 12 } });
