@@ -5,3 +5,8 @@ export { createBundle, openBundle, streamBundle, verifyBundle, type ByteProgress
 export { canaryQuery, type CanaryOptions, type CanaryResult, type HealthCheck } from './health.js';
 export { installBundle, recoverStore, DEFAULT_RESERVE_BYTES, type InstallOptions, type InstallResult, type InstallStep, type RecoverResult } from './install.js';
 export { JOURNAL_STEPS, readJournal, readRelease, type Journal, type JournalStep, type ReleaseState } from './journal.js';
+export { downloadBundle, type DownloadOptions } from './download.js';
+export { UpdateHandler, UpdateJobSchema, UPDATE_STATES, TERMINAL_STATES, type UpdateEvent, type UpdateHandlerOptions, type UpdateJob, type UpdateState } from './update.js';
+export { serveUpdates, type ServeUpdatesOptions } from './device.js';
+export { rollout, type DeviceOutcome, type RolloutOptions, type RolloutResult } from './rollout.js';
+export { updateTopic, updateStateTopic, fleetUpdateStateFilter } from './topics.js';

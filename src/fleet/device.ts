@@ -1,0 +1,48 @@
+/**
+ * Serving update jobs on a device's MQTT connection: subscribe to its update topic, run each
+ * job through an UpdateHandler, publish every state. An agent wires it in with one call on its
+ * connected client (docs/FLEET.md, "Wiring into the agent").
+ */
+import type { MqttClient } from 'mqtt';
+import type { InstallResult } from './install.js';
+import { updateStateTopic, updateTopic } from './topics.js';
+import type { UpdateEvent, UpdateHandler } from './update.js';
+
+export interface ServeUpdatesOptions {
+  fleet: string;
+  device: string;
+  /** Called after a job committed (e.g. drain the serving pipeline and reopen the active set). */
+  onCommitted?: (r: InstallResult) => void | Promise<void>;
+  /** Every event, also for logging. */
+  onEvent?: (e: UpdateEvent) => void;
+}
+
+export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o: ServeUpdatesOptions): Promise<{ stop: () => Promise<void> }> {
+  const jobs = updateTopic(o.fleet, o.device);
+  const states = updateStateTopic(o.fleet, o.device);
+  const emit = (e: UpdateEvent) => {
+    o.onEvent?.(e);
+    client.publish(states, JSON.stringify(e), { qos: 1, retain: true });
+  };
+  const onMessage = (topic: string, payload: Buffer) => {
+    if (topic !== jobs) return;
+    let job: unknown;
+    try {
+      job = JSON.parse(payload.toString('utf8'));
+    } catch {
+      job = null; // the handler answers `failed` BAD_MESSAGE
+    }
+    handler.run(job, emit).then(
+      (r) => o.onCommitted?.(r),
+      () => {}, // already reported as `failed`
+    );
+  };
+  client.on('message', onMessage);
+  await client.subscribeAsync(jobs, { qos: 1 });
+  return {
+    stop: async () => {
+      client.off('message', onMessage);
+      await client.unsubscribeAsync(jobs);
+    },
+  };
+}

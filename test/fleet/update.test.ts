@@ -1,0 +1,113 @@
+/**
+ * The device-side update handler: resumable download (a real HTTP server on port 0 that breaks
+ * the first transfer off), the state events of a job, deduplication, and a rollback reported.
+ */
+import { createHash } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import t from 'tap';
+import { ModelStore } from '../../src/engine/modelset.js';
+import { downloadBundle, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
+import { brokenLlmSet, bundleOf, fixture } from './helpers.js';
+
+const f = await fixture([1, 2]);
+t.teardown(f.cleanup);
+const b1 = await bundleOf(f, f.sets[1]!, 1);
+const b2 = await bundleOf(f, f.sets[2]!, 2);
+const broken = await bundleOf(f, await brokenLlmSet(f.sets[2]!, path.join(f.dir, 'broken')), 3, 'broken');
+/** Consecutive repeats (progress events) folded into one state. */
+const statesOf = (events: UpdateEvent[]) => events.map((e) => e.state).filter((x, i, a) => x !== a[i - 1]);
+const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
+const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+
+/** Serves one file with Range support; `cutFirstAt` bytes into the first response, the socket is destroyed. */
+async function fileServer(file: string, cutFirstAt?: number) {
+  const body = await readFile(file);
+  const seen: IncomingHttpHeaders[] = [];
+  let first = true;
+  const server = createServer((req, res) => {
+    seen.push(req.headers);
+    const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+    const start = m ? Number(m[1]) : 0;
+    if (start >= body.length) return void res.writeHead(416).end();
+    res.writeHead(m ? 206 : 200, { 'content-length': body.length - start, ...(m ? { 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` } : {}) });
+    if (first && cutFirstAt !== undefined) {
+      first = false;
+      res.write(body.subarray(start, start + cutFirstAt), () => res.destroy());
+      return;
+    }
+    res.end(body.subarray(start));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/b.bundle`;
+  return { url, seen, close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+t.test('http download broken off half-way resumes with a Range request and verifies the whole', async (t) => {
+  const cut = 5 * 2 ** 20;
+  const s = await fileServer(b2, cut);
+  t.teardown(s.close);
+  const dest = path.join(f.dir, 'dl', 'b2.bundle');
+  const want = await sha(b2);
+  await t.rejects(downloadBundle(s.url, { sha256: want, dest }), { code: 'BUNDLE_INVALID', message: /broke off/ });
+  const partial = (await stat(`${dest}.partial`)).size;
+  t.ok(partial > 0 && partial <= cut, `kept ${partial} bytes`);
+  let lastDone = 0;
+  const got = await downloadBundle(s.url, { sha256: want, dest, onProgress: (d) => (lastDone = d) });
+  t.equal(got, dest);
+  t.equal(s.seen[1]!.range, `bytes=${partial}-`, 'the second request asked only for the rest');
+  t.equal(lastDone, (await stat(b2)).size);
+  t.equal(await sha(dest), want);
+  await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
+});
+
+t.test('a wrong sha256: BUNDLE_TAMPERED and the partial is dropped; file:// is checked in place', async (t) => {
+  const s = await fileServer(b1);
+  t.teardown(s.close);
+  const dest = path.join(f.dir, 'dl2', 'x.bundle');
+  await t.rejects(downloadBundle(s.url, { sha256: 'f'.repeat(64), dest }), { code: 'BUNDLE_TAMPERED' });
+  await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
+  t.equal(await downloadBundle(pathToFileURL(b1).href, { sha256: await sha(b1), dest: 'unused' }), b1);
+  await t.rejects(downloadBundle(pathToFileURL(b1).href, { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BUNDLE_TAMPERED' });
+  await t.rejects(downloadBundle('ftp://x/y', { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BAD_ARGUMENT' });
+});
+
+t.test('a job over http: states in order, committed; the same job id again runs nothing', async (t) => {
+  const s = await fileServer(b1);
+  t.teardown(s.close);
+  const store = path.join(f.dir, 'store-job');
+  const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0 });
+  const events: UpdateEvent[] = [];
+  const job = { jobId: 'j1', url: s.url, sha256: await sha(b1), release: 1 };
+  const r = await h.run(job, (e) => events.push(e));
+  t.equal(r.release, 1);
+  t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
+  t.ok(events.some((e) => e.state === 'downloading' && e.done === e.total && e.total! > 0), 'download progress reached the end');
+  t.match(events.at(-1), { jobId: 'j1', state: 'committed', modelSetId: 'setokim-tiny-seed1', release: 1 });
+  const n = events.length;
+  t.equal(await h.run(job, (e) => events.push(e)), r, 'a duplicate delivery returns the first result');
+  t.equal(events.length, n, 'and emits nothing');
+  t.equal(s.seen.length, 1, 'and downloads nothing');
+  await t.rejects(stat(path.join(store, '.fleet', 'downloads', `${job.sha256}.bundle`)), { code: 'ENOENT' }, 'the download is not kept');
+});
+
+t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHECK_FAILED; a bad job: failed BAD_MESSAGE', async (t) => {
+  const store = path.join(f.dir, 'store-bad');
+  const h = new UpdateHandler({ store, pubkey: f.pub });
+  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {}).catch(() => {});
+  t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
+  const events: UpdateEvent[] = [];
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha(broken) }, (e) => events.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'rolled-back', 'failed']);
+  t.match(events.at(-1), { state: 'failed', code: 'HEALTH_CHECK_FAILED' });
+  t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
+  const bad: UpdateEvent[] = [];
+  await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e)), { code: 'BAD_MESSAGE' });
+  t.match(bad, [{ jobId: 'x', state: 'failed', code: 'BAD_MESSAGE', message: /sha256/ }]);
+  const refused: UpdateEvent[] = [];
+  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha(b1) }, (e) => refused.push(e)), { code: 'ROLLBACK_REFUSED' });
+  t.same(statesOf(refused), ['downloading', 'verifying', 'failed'], 'refused before anything was activated: no rolled-back');
+});
