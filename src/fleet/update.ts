@@ -50,7 +50,7 @@ export interface UpdateHandlerOptions {
 }
 
 const STATE_OF: Partial<Record<InstallStep, UpdateState>> = {
-  verified: 'installing',
+  staging: 'installing',
   placed: 'activating',
   activated: 'health',
   committed: 'committed',
