@@ -41,6 +41,8 @@ export const ErrorCodes = {
   HEALTH_CHECK_FAILED: 'HEALTH_CHECK_FAILED',
   /** Another install holds the store, or the bundle's set id is the one serving. */
   UPDATE_CONFLICT: 'UPDATE_CONFLICT',
+  /** A staged rollout stopped: a canary failed, or failures passed the threshold. */
+  ROLLOUT_ABORTED: 'ROLLOUT_ABORTED',
   // serving
   BUSY: 'BUSY',
   EXPIRED: 'EXPIRED',
@@ -94,6 +96,7 @@ export function exitStatus(code: ErrorCode): number {
     case 'NO_SPACE':
     case 'HEALTH_CHECK_FAILED':
     case 'UPDATE_CONFLICT':
+    case 'ROLLOUT_ABORTED':
       return 3;
     case 'BUSY':
     case 'EXPIRED':
