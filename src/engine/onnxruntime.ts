@@ -20,7 +20,11 @@ interface WireTensor {
   dims: number[];
   data: ArrayBufferView;
 }
-type ToWorker = { type: 'run'; id: number; feeds: Record<string, WireTensor> } | { type: 'dispose' };
+type ToWorker =
+  | { type: 'run'; id: number; feeds: Record<string, WireTensor> }
+  | { type: 'dispose' }
+  /** Tests only: the worker dies as a crash kills it (process.exit, an uncaught error), now or on the next run. */
+  | { type: 'crash'; how: 'exit' | 'throw'; atNextRun?: boolean };
 type FromWorker =
   | { type: 'ready'; inputNames: string[]; outputNames: string[]; inputMetadata: unknown[] }
   | { type: 'result'; id: number; outputs: Record<string, WireTensor> }
@@ -71,46 +75,109 @@ function fromWire(w: WireTensor): Tensor {
   return { dtype: w.dtype as DType, dims: w.dims, data: w.data as TypedArray, location: 'host' };
 }
 
+/** What a worker needs to open the session: the same for the first worker and any reopened one. */
+interface WorkerSpec {
+  file: string;
+  options: Record<string, unknown>;
+}
+
+type Ready = Extract<FromWorker, { type: 'ready' }>;
+
+/** Starts a worker and waits until it holds the session; rejects with ONNX Runtime's reason. */
+async function startWorker(spec: WorkerSpec): Promise<{ worker: Worker; ready: Ready }> {
+  const worker = new Worker(workerFile(), { execArgv: [], workerData: spec });
+  const ready = await new Promise<FromWorker>((resolve, reject) => {
+    const onExit = (code: number): void => reject(new Error(`the worker exited (code ${code}) before the session was ready`));
+    worker.once('error', reject);
+    worker.once('exit', onExit);
+    worker.once('message', (m: FromWorker) => {
+      worker.off('error', reject);
+      worker.off('exit', onExit);
+      resolve(m);
+    });
+  }).catch((err: Error) => ({ type: 'error' as const, message: err.message }));
+  if (ready.type !== 'ready') {
+    await worker.terminate();
+    throw new Error(ready.type === 'error' ? ready.message : 'unexpected reply');
+  }
+  return { worker, ready };
+}
+
+type Pending = { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void };
+
+/**
+ * One stage's session in its worker. A worker that dies (an uncaught error, process.exit, its heap
+ * limit) fails the runs it held with BACKEND_CRASHED; the next run opens a new worker on the same
+ * file, and if that fails the session stays broken with the reason. (A native crash such as a
+ * segfault ends the whole process: threads share it.)
+ */
 class OrtSession implements Session {
   readonly backend = 'onnxruntime-cpu';
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, Pending>();
   private disposed = false;
-  private exited: Error | undefined;
+  /** Undefined once the worker has died, until a run reopens it. */
+  private worker: Worker | undefined;
+  private lastError: string | undefined;
+  private reopening: Promise<void> | undefined;
+  private broken: SetokimError | undefined;
+  /** How many times a dead worker was replaced. */
+  restarts = 0;
 
   constructor(
-    private readonly worker: Worker,
+    worker: Worker,
+    private readonly spec: WorkerSpec,
     private readonly stage: string,
     readonly inputNames: readonly string[],
     readonly outputNames: readonly string[],
     private readonly signature: StageSignature,
   ) {
-    worker.on('message', (m: FromWorker) => this.onMessage(m));
-    worker.on('error', (err) => this.failAll(err));
-    worker.on('exit', (code) => {
-      this.exited = new Error(`the ONNX Runtime worker exited (code ${code})`);
-      if (!this.disposed) this.failAll(this.exited);
-    });
+    this.attach(worker);
+  }
+
+  private attach(worker: Worker): void {
+    this.worker = worker;
+    this.lastError = undefined;
+    // Events of a worker already replaced are ignored.
+    worker.on('message', (m: FromWorker) => worker === this.worker && this.onMessage(m));
+    worker.on('error', (err) => worker === this.worker && (this.lastError = err.message)); // 'exit' follows
+    worker.on('exit', (code) => worker === this.worker && this.onExit(code));
     worker.unref(); // an idle session never keeps the process alive
+  }
+
+  private onExit(code: number): void {
+    const how = this.lastError ? `an uncaught error: ${this.lastError}` : `exit code ${code}`;
+    this.worker = undefined;
+    if (this.disposed) return;
+    this.lastError = how;
+    this.failAll(
+      new SetokimError(
+        'BACKEND_CRASHED',
+        `stage '${this.stage}': the ONNX Runtime worker died (${how}) during this run; send the query again (the next run restarts the worker)`,
+      ),
+    );
   }
 
   async run(feeds: Record<string, Tensor>, options: SessionRunOptions = {}): Promise<Record<string, Tensor>> {
     if (this.disposed) throw new SetokimError('BAD_ARGUMENT', `stage '${this.stage}': session is disposed`);
     checkFeeds(this.stage, this.signature, feeds);
-    if (this.exited) throw new SetokimError('INTERNAL', `stage '${this.stage}': ${this.exited.message}; reopen the stage`);
+    if (this.broken) throw this.broken;
+    if (!this.worker) await this.reopen();
+    const worker = this.worker;
+    if (!worker || this.disposed) throw new SetokimError('CANCELLED', `stage '${this.stage}': session disposed during a run`);
     const id = this.nextId++;
     const msg: ToWorker = { type: 'run', id, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toWire(t)])) };
     const transfer = transferList(feeds, options.transfer);
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      if (this.pending.size === 1) this.worker.ref();
+      if (this.pending.size === 1) worker.ref();
       try {
         // Copies the feeds (the caller keeps its arrays) except those it gave up in `transfer`.
         try {
-          this.worker.postMessage(msg, transfer);
+          worker.postMessage(msg, transfer);
         } catch (err) {
           if (transfer.length === 0) throw err;
-          this.worker.postMessage(msg); // a buffer that cannot move (e.g. Node's Buffer pool) is copied instead
+          worker.postMessage(msg); // a buffer that cannot move (e.g. Node's Buffer pool) is copied instead
         }
       } catch (err) {
         this.settle(id)?.reject(new SetokimError('INTERNAL', `stage '${this.stage}': cannot send the inputs to the worker: ${(err as Error).message}`, { cause: err }));
@@ -118,32 +185,65 @@ class OrtSession implements Session {
     });
   }
 
+  /** Opens a new worker on the same file; concurrent runs share one attempt; a failure is final. */
+  private reopen(): Promise<void> {
+    this.reopening ??= (async () => {
+      const died = this.lastError ?? 'unknown cause';
+      try {
+        const { worker, ready } = await startWorker(this.spec);
+        if (this.disposed) {
+          await worker.terminate();
+          return;
+        }
+        const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((n, i) => n === b[i]);
+        if (!same(ready.inputNames, this.inputNames) || !same(ready.outputNames, this.outputNames)) {
+          await worker.terminate();
+          throw new Error(`the file now has inputs ${ready.inputNames.join(', ')} and outputs ${ready.outputNames.join(', ')}, not those the session opened with`);
+        }
+        this.attach(worker);
+        this.restarts++;
+      } catch (err) {
+        this.broken = new SetokimError(
+          'BACKEND_CRASHED',
+          `stage '${this.stage}': the ONNX Runtime worker died (${died}) and reopening ${this.spec.file} failed: ${(err as Error).message}. Check the model set and restart the agent.`,
+          { cause: err },
+        );
+        throw this.broken;
+      } finally {
+        this.reopening = undefined;
+      }
+    })();
+    return this.reopening;
+  }
+
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
     this.failAll(new SetokimError('CANCELLED', `stage '${this.stage}': session disposed during a run`));
-    if (this.exited) return;
-    this.worker.ref();
+    await this.reopening?.catch(() => undefined); // a worker it opens now is terminated at once
+    const worker = this.worker;
+    if (!worker) return;
+    worker.ref();
     await new Promise<void>((resolve) => {
-      this.worker.once('exit', () => resolve());
+      worker.once('exit', () => resolve());
       // A run still in flight answers first; wait for the 'disposed' reply itself.
       const onDisposed = (m: FromWorker) => {
         if (m.type !== 'disposed') return;
-        this.worker.off('message', onDisposed);
-        void this.worker.terminate();
+        worker.off('message', onDisposed);
+        void worker.terminate();
       };
-      this.worker.on('message', onDisposed);
-      this.worker.postMessage({ type: 'dispose' } satisfies ToWorker);
+      worker.on('message', onDisposed);
+      worker.postMessage({ type: 'dispose' } satisfies ToWorker);
     });
   }
 
-  private settle(id: number | undefined): { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void } | undefined {
+  private settle(id: number | undefined): Pending | undefined {
     if (id === undefined) return undefined;
     const p = this.pending.get(id);
     if (!p) return undefined; // e.g. a run's answer after dispose cancelled it
     this.pending.delete(id);
     // Idle sessions let the process exit; a disposing one stays referenced until its worker exits.
-    if (this.pending.size === 0 && !this.disposed) this.worker.unref();
+    if (this.pending.size === 0 && !this.disposed) this.worker?.unref();
     return p;
   }
 
@@ -157,12 +257,8 @@ class OrtSession implements Session {
     }
   }
 
-  private failAll(err: Error): void {
-    for (const id of [...this.pending.keys()]) {
-      this.settle(id)?.reject(
-        err instanceof SetokimError ? err : new SetokimError('INTERNAL', `stage '${this.stage}': ${err.message}`, { cause: err }),
-      );
-    }
+  private failAll(err: SetokimError): void {
+    for (const id of [...this.pending.keys()]) this.settle(id)?.reject(err);
   }
 }
 
@@ -189,32 +285,28 @@ export class OrtBackend implements Backend {
     if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
       throw new SetokimError('BAD_ARGUMENT', `threads must be a positive integer, got ${threads}`);
     }
-    const worker = new Worker(workerFile(), {
-      execArgv: [],
-      workerData: {
-        file,
-        options: {
-          intraOpNumThreads: threads ?? Math.max(1, availableParallelism()),
-          interOpNumThreads: 1,
-          executionMode: 'sequential',
-          graphOptimizationLevel: 'all',
-          logSeverityLevel: 3,
-        },
+    const spec: WorkerSpec = {
+      file,
+      options: {
+        intraOpNumThreads: threads ?? Math.max(1, availableParallelism()),
+        interOpNumThreads: 1,
+        executionMode: 'sequential',
+        graphOptimizationLevel: 'all',
+        logSeverityLevel: 3,
       },
-    });
-    const ready = await new Promise<FromWorker>((resolve, reject) => {
-      worker.once('message', resolve);
-      worker.once('error', reject);
-    }).catch((err: Error) => ({ type: 'error' as const, message: err.message }));
-    if (ready.type !== 'ready') {
-      await worker.terminate();
-      const message = ready.type === 'error' ? ready.message : 'unexpected reply';
+    };
+    let started: Awaited<ReturnType<typeof startWorker>>;
+    try {
+      started = await startWorker(spec);
+    } catch (err) {
       throw new SetokimError(
         'MODEL_INVALID',
-        `stage '${stage}': ONNX Runtime cannot load ${file}: ${message}. Re-export the model set or check the file is a complete ONNX graph.`,
+        `stage '${stage}': ONNX Runtime cannot load ${file}: ${(err as Error).message}. Re-export the model set or check the file is a complete ONNX graph.`,
+        { cause: err },
       );
     }
+    const { worker, ready } = started;
     const signature = options.signature ?? signatureFromMetadata(ready.inputMetadata as OrtMetadata[]);
-    return new OrtSession(worker, stage, ready.inputNames, ready.outputNames, signature);
+    return new OrtSession(worker, spec, stage, ready.inputNames, ready.outputNames, signature);
   }
 }

@@ -29,7 +29,24 @@ async function main() {
       session.release().finally(() => post({ type: 'disposed' }));
       return;
     }
+    if (msg.type === 'crash') {
+      // Tests only: die the way a crash kills a worker (now, or on the next run so that it dies
+      // with a run in flight), so the parent's recovery is tested for real.
+      if (msg.atNextRun) crashOnRun = msg.how;
+      else crash(msg.how);
+      return;
+    }
+    if (crashOnRun) return crash(crashOnRun);
     void run(session, msg.id, msg.feeds);
+  });
+}
+
+let crashOnRun;
+
+function crash(how) {
+  if (how === 'exit') process.exit(70); // in a worker this ends only the worker's thread
+  setImmediate(() => {
+    throw new Error('crash requested by a test');
   });
 }
 

@@ -1,7 +1,10 @@
-/** What only the ONNX Runtime backend does: load errors, thread options, the graph's own signature. */
+/** What only the ONNX Runtime backend does: load errors, thread options, the graph's own signature, a dying worker. */
 import t from 'tap';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { tensor } from '../../src/engine/backend.js';
+import type { Worker } from 'node:worker_threads';
+import { tensor, type Session } from '../../src/engine/backend.js';
+import type { SetokimError } from '../../src/errors.js';
 import { OrtBackend, signatureFromMetadata } from '../../src/engine/onnxruntime.js';
 import { W_IN, addMatMul, addMatMulRef, heavyGraph, notOnnx, tmpDir } from './fixtures.js';
 
@@ -46,23 +49,92 @@ t.test('signatureFromMetadata keeps named dims and frees unnamed ones', async (t
   t.same(sig.inputs, [{ name: 'a', dtype: 'float32', shape: [1, 'L', '?2'] }]);
 });
 
-t.test('dispose during a run cancels it; a dead worker fails runs instead of hanging', async (t) => {
+t.test('dispose during a run cancels it', async (t) => {
   const n = 384;
   const s = await ort.open(heavyGraph(dir, n), { stage: 'heavy', threads: 1 });
   const a = new Float32Array(n * n).fill(0.01);
   const pending = t.rejects(s.run({ a: tensor('float32', a, [n, n]) }), { code: 'CANCELLED', message: /stage 'heavy': session disposed during a run/ });
   await s.dispose();
   await pending;
+});
 
-  const s2 = await ort.open(addMatMul(dir), { stage: 'crashy' });
-  // Simulate the worker dying (e.g. a native crash or an out-of-memory kill).
-  await (s2 as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+/** The session's worker (replaced when it dies) and how often it was replaced. */
+const internals = (s: Session) => s as unknown as { worker: Worker; restarts: number };
+
+/** Makes the session's worker die the way a crash kills it, and waits until it has. */
+async function crash(s: Session, how: 'exit' | 'throw'): Promise<void> {
+  const worker = internals(s).worker;
+  const gone = new Promise((resolve) => worker.once('exit', resolve)); // not events.once: it rejects on 'error'
+  worker.ref(); // an idle session's worker is unreferenced: keep the test alive until it is gone
+  worker.postMessage({ type: 'crash', how });
+  await gone;
+}
+
+t.test('a worker that dies with runs in flight fails them with BACKEND_CRASHED; the next run reopens it', async (t) => {
+  const s = await ort.open(addMatMul(dir), { stage: 'dies', threads: 1 });
+  t.teardown(() => s.dispose());
+  const x = new Float32Array(3 * W_IN).map((_, i) => Math.sin(i));
+  const y = new Float32Array(3 * W_IN).map((_, i) => Math.cos(i));
+  const feeds = () => ({ x: tensor('float32', x, [1, 3, W_IN]), y: tensor('float32', y, [1, 3, W_IN]) });
+  // The first worker's answer (checked against the reference); a reopened one must give the same bits.
+  const want = Array.from((await s.run(feeds())).z!.data as Float32Array);
+  const ref = addMatMulRef(x, y, 3);
+  t.ok(want.every((v, i) => Math.abs(v - ref[i]!) < 1e-5), 'the first worker answers correctly');
+  const causes = { exit: /exit code 70/, throw: /an uncaught error: crash requested by a test/ };
+  for (const [i, how] of (['exit', 'throw'] as const).entries()) {
+    const first = internals(s).worker;
+    first.postMessage({ type: 'crash', how, atNextRun: true }); // the worker dies on receiving the next run
+    const results = await Promise.allSettled([s.run(feeds()), s.run(feeds())]);
+    for (const r of results) {
+      t.equal(r.status === 'rejected' && (r.reason as SetokimError).code, 'BACKEND_CRASHED', `${how}: the run in flight failed`);
+      t.match(r.status === 'rejected' && (r.reason as Error).message, /^stage 'dies': the ONNX Runtime worker died \(.*\) during this run; send the query again \(the next run restarts the worker\)$/);
+      t.match(r.status === 'rejected' && (r.reason as Error).message, causes[how]);
+    }
+    const after = await s.run(feeds());
+    t.not(internals(s).worker, first, `${how}: a new worker`);
+    t.equal(internals(s).restarts, i + 1);
+    t.same(Array.from(after.z!.data as Float32Array), want, `${how}: the reopened session answers correctly`);
+  }
+  // Killed from outside while idle (Worker.terminate; terminating a worker inside a native run
+  // can abort the whole process in onnxruntime-node, so dispose() never does that).
+  await internals(s).worker.terminate();
+  t.same(Array.from((await s.run(feeds())).z!.data as Float32Array), want, 'terminated: reopened too');
+  t.equal(internals(s).restarts, 3);
+});
+
+t.test('after process.exit or an uncaught error in the worker, concurrent runs share one reopen', async (t) => {
+  const s = await ort.open(addMatMul(dir), { stage: 'exits', threads: 1 });
+  t.teardown(() => s.dispose());
+  const x = new Float32Array(2 * W_IN).map((_, i) => i / 3);
+  const y = new Float32Array(2 * W_IN).map((_, i) => 1 - i / 5);
+  const feeds = () => ({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', y, [1, 2, W_IN]) });
+  const want = Array.from((await s.run(feeds())).z!.data as Float32Array); // the first worker's bits
+  for (const [i, how] of (['exit', 'throw'] as const).entries()) {
+    await crash(s, how);
+    const outs = await Promise.all([s.run(feeds()), s.run(feeds()), s.run(feeds())]);
+    for (const out of outs) t.same(Array.from(out.z!.data as Float32Array), want, `answers after ${how}`);
+    t.equal(internals(s).restarts, i + 1, `one reopen for three runs after ${how}`);
+  }
+});
+
+t.test('if reopening fails, runs fail with BACKEND_CRASHED naming both causes, and keep failing', async (t) => {
+  const own = tmpDir();
+  const file = addMatMul(own);
+  const s = await ort.open(file, { stage: 'fragile', threads: 1 });
   const x = new Float32Array(W_IN);
-  await t.rejects(s2.run({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', x, [1, 1, W_IN]) }), {
-    code: 'INTERNAL',
-    message: /stage 'crashy': the ONNX Runtime worker exited .*reopen the stage/,
-  });
-  await s2.dispose(); // returns although the worker is gone
+  const feeds = () => ({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', x, [1, 1, W_IN]) });
+  await s.run(feeds());
+  writeFileSync(file, 'no longer an ONNX graph');
+  await crash(s, 'throw');
+  const broken = {
+    code: 'BACKEND_CRASHED',
+    message: /^stage 'fragile': the ONNX Runtime worker died \(an uncaught error: crash requested by a test\) and reopening .*add_matmul\.onnx failed: .+\. Check the model set and restart the agent\.$/,
+  };
+  await t.rejects(s.run(feeds()), broken);
+  await t.rejects(s.run(feeds()), broken, 'still broken: no reopen loop');
+  t.equal(internals(s).restarts, 0);
+  await s.dispose(); // returns although no worker is left
+  await t.rejects(s.run(feeds()), { code: 'BAD_ARGUMENT', message: /session is disposed/ });
 });
 
 t.test('transfer moves the named feeds to the worker instead of copying them; the rest stay usable', async (t) => {
