@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
+import { connectAsync } from 'mqtt';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
 import { SetokimError } from '../errors.js';
@@ -21,8 +22,10 @@ import {
   readJournal,
   readRelease,
   recoverStore,
+  rollout,
   verifyBundle,
   type ByteProgress,
+  type UpdateState,
 } from '../fleet/index.js';
 import { parseFlags } from './flags.js';
 
@@ -174,6 +177,76 @@ export function registerBundle(program: Command): Command {
       process.stdout.write(
         JSON.stringify({ store: o.store, active, release: release?.release ?? null, previous: release?.previous ?? null, sets, interrupted: journal ? { step: journal.step, release: journal.release, modelSetId: journal.modelSetId } : null }) + '\n',
       );
+    });
+  return cmd;
+}
+
+const deviceList = z.string().transform((v) => v.split(',').map((d) => d.trim()).filter(Boolean)).pipe(z.array(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'device names: letters, digits, _ . -')).min(1));
+const RolloutOptions = z.object({
+  broker: req(),
+  fleet: z.string({ error: missingOr() }).regex(/^[A-Za-z0-9_.-]+$/),
+  devices: deviceList,
+  canary: deviceList.optional(),
+  url: req(),
+  sha256: z.string({ error: missingOr() }).regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'),
+  release: wholeNumber(1).optional(),
+  maxFailures: wholeNumber(0).optional(),
+  concurrency: wholeNumber(1).optional(),
+  timeout: wholeNumber(1).optional(),
+  username: z.string().optional(),
+  password: z.string().optional(),
+});
+
+/** `setokim fleet rollout`: publish an update job to devices over MQTT, canaries first (src/fleet/rollout.ts). */
+export function registerFleet(program: Command): Command {
+  const cmd = program.command('fleet').description('fleet operations over MQTT: staged rollouts of bundles');
+  cmd
+    .command('rollout')
+    .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures')
+    .option('--broker <url>', 'MQTT broker URL (required)')
+    .option('--fleet <name>', 'fleet name (required)')
+    .option('--devices <a,b,c>', 'devices to update, comma-separated (required)')
+    .option('--canary <a>', 'devices to update first, one at a time (default: the first of --devices)')
+    .option('--url <url>', 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)')
+    .option('--sha256 <hex>', 'sha256 of the bundle file (required)')
+    .option('--release <n>', 'the release it carries (informational; devices check the signed one)')
+    .option('--max-failures <n>', 'failures tolerated after the canaries (default 0)')
+    .option('--concurrency <n>', 'devices updating at once after the canaries (default 1)')
+    .option('--timeout <s>', 'seconds a device may take from job to final state (default 600)')
+    .option('--username <u>', 'MQTT user name')
+    .option('--password <p>', 'MQTT password')
+    .action(async (raw: unknown) => {
+      const o = parseFlags(RolloutOptions, raw, 'fleet rollout');
+      let client;
+      try {
+        client = await connectAsync(o.broker, { username: o.username, password: o.password, reconnectPeriod: 0 });
+      } catch (err) {
+        throw new SetokimError('BAD_ARGUMENT', `cannot connect to --broker ${o.broker}: ${(err as Error).message}`, { cause: err });
+      }
+      const last = new Map<string, UpdateState>();
+      try {
+        const r = await rollout(client, {
+          fleet: o.fleet,
+          devices: o.devices,
+          canary: o.canary,
+          job: { url: o.url, sha256: o.sha256, release: o.release },
+          maxFailures: o.maxFailures,
+          concurrency: o.concurrency,
+          timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
+          onEvent: (d, e) => {
+            if (last.get(d) === e.state) return;
+            last.set(d, e.state);
+            process.stderr.write(`${d}: ${e.state}${e.code ? ` [${e.code}]` : ''}${e.message ? ` ${e.message}` : ''}\n`);
+          },
+        });
+        for (const x of r.outcomes) process.stdout.write(`${x.device}: ${x.result}${x.code ? ` ${x.code}` : ''}${x.message && x.result !== 'committed' ? `: ${x.message}` : ''}\n`);
+        if (r.aborted) {
+          const failed = r.outcomes.filter((x) => x.result === 'failed' || x.result === 'timeout').map((x) => x.device);
+          throw new SetokimError('ROLLOUT_ABORTED', `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
+        }
+      } finally {
+        await client.endAsync();
+      }
     });
   return cmd;
 }

@@ -1,7 +1,7 @@
 /** Every subcommand of `setokim`, one registration function per file. */
 import type { Command } from 'commander';
 import { registerAgent } from './agent.js';
-import { registerBundle } from './bundle.js';
+import { registerBundle, registerFleet } from './bundle.js';
 import { registerDemo } from './demo.js';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
@@ -10,4 +10,4 @@ import { registerRun } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle];
+export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle, registerFleet];

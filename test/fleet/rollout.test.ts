@@ -1,0 +1,121 @@
+/**
+ * Staged rollout over a real (embedded aedes) broker: three simulated devices, each an MQTT
+ * client serving update jobs into its own model store with the real handler and installer.
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { connectAsync, type MqttClient } from 'mqtt';
+import t from 'tap';
+import { startEmbeddedBroker } from '../../src/agent/broker.js';
+import { ModelStore } from '../../src/engine/modelset.js';
+import { rollout, serveUpdates, UpdateHandler, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
+import { runCli } from '../helpers/cli.js';
+import { bundleOf, fixture } from './helpers.js';
+
+const f = await fixture([1, 2]);
+t.teardown(f.cleanup);
+const b1 = await bundleOf(f, f.sets[1]!, 1);
+const b2 = await bundleOf(f, f.sets[2]!, 2);
+const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
+const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+const broker = await startEmbeddedBroker();
+t.teardown(() => broker.close());
+
+const clients: MqttClient[] = [];
+t.teardown(() => Promise.all(clients.map((c) => c.endAsync())));
+
+/** A device: its store (with release 1 preinstalled unless `empty`), its MQTT client serving updates. */
+async function device(fleet: string, name: string, events: Array<[string, UpdateEvent]>) {
+  const store = path.join(f.dir, `${fleet}-${name}`);
+  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000 });
+  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {});
+  const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}` });
+  clients.push(c);
+  await serveUpdates(c, handler, { fleet, device: name, onEvent: (e) => events.push([name, e]) });
+  return { store, active: () => new ModelStore(store).active() };
+}
+
+async function operator() {
+  const c = await connectAsync(broker.url, { clientId: `op-${clients.length}` });
+  clients.push(c);
+  return c;
+}
+
+t.test('all devices commit; the canary finishes before any other device starts', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  const devs = { a: await device('f1', 'a', events), b: await device('f1', 'b', events), c: await device('f1', 'c', events) };
+  const r = await rollout(await operator(), { fleet: 'f1', devices: ['a', 'b', 'c'], canary: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2), release: 2 }, concurrency: 2, timeoutMs: 30_000 });
+  t.equal(r.aborted, false);
+  t.same(r.outcomes.map((o) => [o.device, o.result]).sort(), [['a', 'committed'], ['b', 'committed'], ['c', 'committed']]);
+  const aDone = events.findIndex(([d, e]) => d === 'a' && e.state === 'committed');
+  const othersStart = events.findIndex(([d]) => d !== 'a');
+  t.ok(aDone >= 0 && aDone < othersStart, `canary committed at event ${aDone}, others began at ${othersStart}`);
+  for (const d of Object.values(devs)) t.equal(await d.active(), 'setokim-tiny-seed2');
+});
+
+t.test('a failing canary aborts: no other device is sent the job', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  const devs = { a: await device('f2', 'a', events), b: await device('f2', 'b', events) };
+  const r = await rollout(await operator(), { fleet: 'f2', devices: ['a', 'b'], job: { url: pathToFileURL(b2).href, sha256: 'e'.repeat(64) }, timeoutMs: 30_000 });
+  t.equal(r.aborted, true);
+  t.match(r.outcomes, [{ device: 'a', result: 'failed', code: 'BUNDLE_TAMPERED' }, { device: 'b', result: 'skipped' }]);
+  t.notOk(events.some(([d]) => d === 'b'), 'b heard nothing');
+  t.equal(await devs.b.active(), 'setokim-tiny-seed1');
+});
+
+t.test('failures past the threshold stop the rollout; a silent device times out', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  const a = await device('f3', 'a', events);
+  const b = await device('f3', 'b', events);
+  // c already committed release 2: it refuses the job (ROLLBACK_REFUSED), a real device-side failure.
+  const c = await device('f3', 'c', events);
+  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha(b2) }, () => {});
+  const d = await device('f3', 'd', events);
+  const r = await rollout(await operator(), {
+    fleet: 'f3',
+    devices: ['a', 'c', 'ghost', 'b', 'd'],
+    canary: ['a'],
+    job: { url: pathToFileURL(b2).href, sha256: await sha(b2) },
+    maxFailures: 1,
+    concurrency: 1,
+    timeoutMs: 3_000,
+  });
+  t.equal(r.aborted, true);
+  t.match(r.outcomes, [
+    { device: 'a', result: 'committed' },
+    { device: 'c', result: 'failed', code: 'ROLLBACK_REFUSED' },
+    { device: 'ghost', result: 'timeout' },
+    { device: 'b', result: 'skipped' },
+    { device: 'd', result: 'skipped' },
+  ]);
+  t.equal(await b.active(), 'setokim-tiny-seed1');
+  t.equal(await a.active(), 'setokim-tiny-seed2');
+  void d;
+});
+
+t.test('a malformed job on the wire: the device answers failed BAD_MESSAGE', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await device('f4', 'a', events);
+  const op = await operator();
+  const got = new Promise<UpdateEvent>((resolve) => {
+    op.on('message', (_topic, payload) => resolve(JSON.parse(payload.toString())));
+  });
+  await op.subscribeAsync('setokim/v1/f4/a/update/state', { qos: 1 });
+  await op.publishAsync(updateTopic('f4', 'a'), '{"jobId":"j","url":5}', { qos: 1 });
+  t.match(await got, { jobId: 'j', state: 'failed', code: 'BAD_MESSAGE' });
+});
+
+t.test('CLI fleet rollout: prints each device and exits 0 when all committed', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await device('f5', 'a', events);
+  await device('f5', 'b', events);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30']);
+  t.equal(r.status, 0, r.err);
+  t.match(r.out, /a: committed[\s\S]*b: committed/);
+  const bad = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30']);
+  t.equal(bad.status, 3, 'release 2 again: the canary refuses it, the rollout aborts');
+  t.match(bad.out, /a: failed ROLLBACK_REFUSED[\s\S]*b: skipped/);
+  t.match(bad.err, /\[ROLLOUT_ABORTED\]/);
+});
