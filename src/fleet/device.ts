@@ -37,12 +37,16 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
       () => {}, // already reported as `failed`
     );
   };
+  // Subscribed again on every reconnect: the agent connects with resubscribe off.
+  const onConnect = () => void client.subscribeAsync(jobs, { qos: 1 }).catch(() => {});
   client.on('message', onMessage);
+  client.on('connect', onConnect);
   await client.subscribeAsync(jobs, { qos: 1 });
   return {
     stop: async () => {
       client.off('message', onMessage);
-      await client.unsubscribeAsync(jobs);
+      client.off('connect', onConnect);
+      if (client.connected) await client.unsubscribeAsync(jobs);
     },
   };
 }
