@@ -24,9 +24,14 @@ async function main() {
     outputNames: [...session.outputNames],
     inputMetadata: [...session.inputMetadata],
   });
+  const running = new Set();
   parentPort.on('message', (msg) => {
     if (msg.type === 'dispose') {
-      session.release().finally(() => post({ type: 'disposed' }));
+      // Runs already received go first (their native call may not have started yet): releasing
+      // under them, or the parent terminating this thread inside one, aborts the whole process.
+      Promise.allSettled([...running])
+        .then(() => session.release())
+        .finally(() => post({ type: 'disposed' }));
       return;
     }
     if (msg.type === 'crash') {
@@ -37,7 +42,9 @@ async function main() {
       return;
     }
     if (crashOnRun) return crash(crashOnRun);
-    void run(session, msg.id, msg.feeds);
+    const done = run(session, msg.id, msg.feeds);
+    running.add(done);
+    void done.finally(() => running.delete(done));
   });
 }
 
