@@ -1,7 +1,8 @@
 /**
  * The device side of a fleet update, for an agent to call: one job (a bundle URL and its
  * sha256) becomes download -> install (src/fleet/install.ts) with a stream of state events.
- * Jobs are deduplicated by id (MQTT QoS 1 delivers at least once) and run one at a time.
+ * Jobs are deduplicated by id while running and once committed (MQTT QoS 1 delivers at least
+ * once); a failed job id may run again. Jobs run one at a time.
  */
 import type { KeyObject } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -66,7 +67,8 @@ export class UpdateHandler {
   /**
    * Runs a job (validated here: it comes off the wire) and reports its states through `emit`;
    * resolves with the install result or rejects with the SetokimError that `failed` carried.
-   * The same jobId again returns the first run's promise and emits nothing.
+   * The same jobId again, while it runs or after it committed, returns the first run's promise
+   * and emits nothing; after a failure it runs again (a broken download resumes).
    */
   run(raw: unknown, emit: (e: UpdateEvent) => void): Promise<InstallResult> {
     const parsed = UpdateJobSchema.safeParse(raw);
@@ -82,6 +84,9 @@ export class UpdateHandler {
     const p = this.queue.then(() => this.execute(job, emit));
     this.queue = p.catch(() => {});
     this.jobs.set(job.jobId, p);
+    // A failed job may be sent again (e.g. to resume a broken download): only running and
+    // committed jobs are remembered.
+    p.catch(() => this.jobs.delete(job.jobId));
     return p;
   }
 

@@ -104,6 +104,9 @@ t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHE
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'rolled-back', 'failed']);
   t.match(events.at(-1), { state: 'failed', code: 'HEALTH_CHECK_FAILED' });
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
+  const again: UpdateEvent[] = [];
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha(broken) }, (e) => again.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  t.equal(statesOf(again).at(-1), 'failed', 'a failed job id runs again when it is sent again');
   const bad: UpdateEvent[] = [];
   await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e)), { code: 'BAD_MESSAGE' });
   t.match(bad, [{ jobId: 'x', state: 'failed', code: 'BAD_MESSAGE', message: /sha256/ }]);
