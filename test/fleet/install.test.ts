@@ -3,11 +3,12 @@
  * refusal (signature, tampered file, wrong key, rollback, space) leaves the store as it was; a
  * set that verifies but cannot answer is rolled back to the previous one.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { sign } from 'node:crypto';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import { ModelStore } from '../../src/engine/modelset.js';
-import { installBundle, readJournal, readRelease, type InstallStep } from '../../src/fleet/index.js';
+import { installBundle, parseBundleManifest, readJournal, readRelease, recoverStore, signedBytes, type InstallStep } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
 import { brokenLlmSet, bundleOf, fixture, flipByte, offsetOf, rewriteHeader } from './helpers.js';
 
@@ -154,4 +155,45 @@ t.test('CLI install: a good bundle exits 0; a broken one exits 3 with HEALTH_CHE
   const img = await runCli(['bundle', 'install', b2, '--store', root, '--pubkey', f.pubPath, '--canary-image', path.join(f.dir, 'missing.png')]);
   t.equal(img.status, 2);
   t.match(img.err, /--canary-image/);
+});
+
+t.test('a signed bundle whose manifest.json names another set than its signed modelSetId: BUNDLE_INVALID, nothing placed', async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  // A publisher's mistake, correctly signed: the signature cannot catch it, the unpacked set does.
+  const wrong = await rewriteHeader(b2, path.join(f.dir, 'wrong-id.bundle'), (h) => {
+    h.manifest.modelSetId = 'setokim-other';
+    h.signature = sign(null, signedBytes(parseBundleManifest(h.manifest, 'x')), f.priv).toString('base64');
+  });
+  await t.rejects(installBundle({ bundle: wrong, store: root, pubkey: f.pub, health: noCanary }), { code: 'BUNDLE_INVALID', message: /names set setokim-tiny-seed2, its signed bundle manifest setokim-other/ });
+  t.same(await snapshot(root), before);
+});
+
+t.test('rollback onto a previous set that no longer verifies: nothing is left active, and the error says so', async (t) => {
+  const root = await storeWith1();
+  const p = path.join(root, 'setokim-tiny-seed1', 'merger.onnx');
+  const bytes = await readFile(p);
+  bytes[100]! ^= 1;
+  await writeFile(p, bytes);
+  await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, health: async () => Promise.reject(new Error('no answer')) }), {
+    code: 'MODEL_HASH_MISMATCH',
+    message: /rolling back to setokim-tiny-seed1 failed .*no model set is active now/,
+  });
+  const s = await snapshot(root);
+  t.equal(s.active, null, 'neither the damaged old set nor the unhealthy new one is active');
+  t.equal(s.journal?.step, 'activated', 'the journal stays: the rollback did not finish');
+  t.same(s.sets, ['setokim-tiny-seed1', 'setokim-tiny-seed2']);
+  // Recovery finishes the rollback (the new set removed) and leaves nothing active.
+  const r = await recoverStore(root);
+  t.equal(r.action, 'rolled-back');
+  t.same(await snapshot(root), { active: null, sets: ['setokim-tiny-seed1'], release: 1, journal: null, staging: [] });
+});
+
+t.test('a hand-edited journal is refused with MODEL_INVALID; stray staging dirs without a journal are cleared', async (t) => {
+  const root = await storeWith1();
+  await mkdir(path.join(root, '.fleet', 'staging', 'stray'), { recursive: true });
+  t.equal((await recoverStore(root)).action, 'none');
+  t.same((await snapshot(root)).staging, [], 'stray staging removed');
+  await writeFile(path.join(root, '.fleet', 'journal.json'), '{"step":"sideways"}');
+  await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, health: noCanary }), { code: 'MODEL_INVALID', message: /update journal/ });
 });

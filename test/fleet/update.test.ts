@@ -30,6 +30,7 @@ async function fileServer(file: string, cutFirstAt?: number) {
   let first = true;
   const server = createServer((req, res) => {
     seen.push(req.headers);
+    if (req.url !== '/b.bundle') return void res.writeHead(404).end();
     const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
     const start = m ? Number(m[1]) : 0;
     if (start >= body.length) return void res.writeHead(416).end();
@@ -113,4 +114,19 @@ t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHE
   const refused: UpdateEvent[] = [];
   await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha(b1) }, (e) => refused.push(e)), { code: 'ROLLBACK_REFUSED' });
   t.same(statesOf(refused), ['downloading', 'verifying', 'failed'], 'refused before anything was activated: no rolled-back');
+});
+
+t.test('http errors: 404 and a refused connection are BUNDLE_INVALID; a partial that is already whole gets 416 and is used', async (t) => {
+  const s = await fileServer(b1);
+  t.teardown(s.close);
+  const want = await sha(b1);
+  const dest = path.join(f.dir, 'dl3', 'b1.bundle');
+  await t.rejects(downloadBundle(s.url.replace('b.bundle', 'nope'), { sha256: want, dest }), { code: 'BUNDLE_INVALID', message: /HTTP 404/ });
+  await t.rejects(downloadBundle('http://127.0.0.1:1/b.bundle', { sha256: want, dest }), { code: 'BUNDLE_INVALID', message: /download failed/ });
+  const { mkdir, copyFile } = await import('node:fs/promises');
+  await mkdir(path.dirname(dest), { recursive: true });
+  await copyFile(b1, `${dest}.partial`);
+  t.equal(await downloadBundle(s.url, { sha256: want, dest }), dest);
+  t.equal(s.seen.at(-1)!.range, `bytes=${(await stat(b1)).size}-`);
+  t.equal(await sha(dest), want);
 });
