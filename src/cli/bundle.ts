@@ -224,8 +224,17 @@ export function registerFleet(program: Command): Command {
         throw new SetokimError('BAD_ARGUMENT', `cannot connect to --broker ${o.broker}: ${(err as Error).message}`, { cause: err });
       }
       const last = new Map<string, UpdateState>();
+      const stop = new AbortController();
+      const leave = () => process.exit(130);
+      const onSigint = () => {
+        process.stderr.write('stopping: no more jobs are sent; waiting for the devices already updating (Ctrl-C again to leave now)\n');
+        stop.abort();
+        process.once('SIGINT', leave);
+      };
+      process.once('SIGINT', onSigint);
       try {
         const r = await rollout(client, {
+          signal: stop.signal,
           fleet: o.fleet,
           devices: o.devices,
           canary: o.canary,
@@ -245,6 +254,8 @@ export function registerFleet(program: Command): Command {
           throw new SetokimError('ROLLOUT_ABORTED', `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
         }
       } finally {
+        process.off('SIGINT', onSigint);
+        process.off('SIGINT', leave);
         await client.endAsync();
       }
     });

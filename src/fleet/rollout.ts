@@ -2,7 +2,8 @@
  * Staged rollout over MQTT (`setokim fleet rollout`): send an update job to the canary devices,
  * wait until each commits or fails; then to the rest, `concurrency` at a time; stop sending new
  * jobs once more than `maxFailures` devices failed (canary failures always stop it). A device
- * that says nothing for `timeoutMs` counts as failed. Devices already updating finish on their own.
+ * that says nothing for `timeoutMs` counts as failed. `signal` is the emergency stop. Devices
+ * already updating finish on their own.
  */
 import type { MqttClient } from 'mqtt';
 import { z } from 'zod';
@@ -25,6 +26,8 @@ export interface RolloutOptions {
   /** Per device, from sending the job to its final state (default 10 minutes). */
   timeoutMs?: number;
   onEvent?: (device: string, e: UpdateEvent) => void;
+  /** Emergency stop: no job is sent after it fires; devices already updating are waited for. */
+  signal?: AbortSignal;
 }
 
 export type DeviceOutcome = { device: string; result: 'committed' | 'failed' | 'timeout' | 'skipped'; code?: string; message?: string };
@@ -79,8 +82,10 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
   const maxFailures = o.maxFailures ?? 0;
   const failures = () => outcomes.filter((x) => x.result === 'failed' || x.result === 'timeout').length;
   let aborted = false;
+  const stopped = () => (aborted ||= o.signal?.aborted === true);
   try {
     for (const d of canary) {
+      if (stopped()) break;
       const r = await updateOne(d);
       outcomes.push(r);
       if (r.result !== 'committed') aborted = true;
@@ -88,7 +93,7 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
     }
     const queue = [...rest];
     const worker = async () => {
-      while (!aborted && queue.length > 0) {
+      while (!stopped() && queue.length > 0) {
         outcomes.push(await updateOne(queue.shift()!));
         if (failures() > maxFailures) aborted = true;
       }

@@ -48,6 +48,11 @@ export interface UpdateHandlerOptions {
   reserveBytes?: number;
   /** Progress events at most this often per state (default 500 ms); state changes always go out. */
   progressIntervalMs?: number;
+  /**
+   * Awaited after each install step (installBundle's onStep): e.g. at `placed`, an agent on a
+   * small board closes its serving pipeline so the canary has the memory.
+   */
+  onInstallStep?: (step: InstallStep, detail: string) => void | Promise<void>;
 }
 
 const STATE_OF: Partial<Record<InstallStep, UpdateState>> = {
@@ -112,11 +117,14 @@ export class UpdateHandler {
         health: this.o.health,
         reserveBytes: this.o.reserveBytes,
         onProgress: progress('installing'),
-        onStep: (s, detail) => {
+        onStep: async (s, detail) => {
           const next = STATE_OF[s];
-          if (!next || next === 'committed' || next === 'rolled-back') return; // sent below, with the outcome
-          cur.state = next;
-          send(next, { message: detail });
+          if (next && next !== 'committed' && next !== 'rolled-back') {
+            // committed and rolled-back are sent below, with the outcome
+            cur.state = next;
+            send(next, { message: detail });
+          }
+          await this.o.onInstallStep?.(s, detail);
         },
       });
       send('committed', { modelSetId: r.modelSetId, release: r.release, message: `canary answered in ${r.health.ms.toFixed(0)} ms` });

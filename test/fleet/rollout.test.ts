@@ -95,6 +95,24 @@ t.test('failures past the threshold stop the rollout; a silent device times out'
   void d;
 });
 
+t.test('emergency stop: after the canary commits, the signal stops the rollout and the rest are skipped', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await device('f6', 'a', events);
+  const b = await device('f6', 'b', events);
+  const stop = new AbortController();
+  const r = await rollout(await operator(), {
+    fleet: 'f6',
+    devices: ['a', 'b'],
+    job: { url: pathToFileURL(b2).href, sha256: await sha(b2) },
+    timeoutMs: 30_000,
+    signal: stop.signal,
+    onEvent: (d, e) => void (d === 'a' && e.state === 'committed' && stop.abort()),
+  });
+  t.equal(r.aborted, true);
+  t.match(r.outcomes, [{ device: 'a', result: 'committed' }, { device: 'b', result: 'skipped' }]);
+  t.equal(await b.active(), 'setokim-tiny-seed1');
+});
+
 t.test('a malformed job on the wire: the device answers failed BAD_MESSAGE', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await device('f4', 'a', events);

@@ -80,11 +80,13 @@ t.test('a job over http: states in order, committed; the same job id again runs 
   const s = await fileServer(b1);
   t.teardown(s.close);
   const store = path.join(f.dir, 'store-job');
-  const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0 });
+  const installSteps: string[] = [];
+  const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
   const events: UpdateEvent[] = [];
   const job = { jobId: 'j1', url: s.url, sha256: await sha(b1), release: 1 };
   const r = await h.run(job, (e) => events.push(e));
   t.equal(r.release, 1);
+  t.same(installSteps, ['verified', 'staging', 'staged', 'placed', 'activated', 'healthy', 'committed'], 'the agent hook saw every install step');
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
   t.ok(events.some((e) => e.state === 'downloading' && e.done === e.total && e.total! > 0), 'download progress reached the end');
   t.match(events.at(-1), { jobId: 'j1', state: 'committed', modelSetId: 'setokim-tiny-seed1', release: 1 });
