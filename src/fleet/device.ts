@@ -15,6 +15,8 @@ export interface ServeUpdatesOptions {
   onCommitted?: (r: InstallResult) => void | Promise<void>;
   /** Every event, also for logging. */
   onEvent?: (e: UpdateEvent) => void;
+  /** After each subscription to the job topic is granted (at start and after every reconnect). */
+  onSubscribed?: () => void;
 }
 
 export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o: ServeUpdatesOptions): Promise<{ stop: () => Promise<void> }> {
@@ -38,10 +40,14 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
     );
   };
   // Subscribed again on every reconnect: the agent connects with resubscribe off.
-  const onConnect = () => void client.subscribeAsync(jobs, { qos: 1 }).catch(() => {});
+  const subscribe = async () => {
+    await client.subscribeAsync(jobs, { qos: 1 });
+    o.onSubscribed?.();
+  };
+  const onConnect = () => void subscribe().catch(() => {}); // the next reconnect tries again
   client.on('message', onMessage);
   client.on('connect', onConnect);
-  await client.subscribeAsync(jobs, { qos: 1 });
+  await subscribe();
   return {
     stop: async () => {
       client.off('message', onMessage);

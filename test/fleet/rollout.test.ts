@@ -113,6 +113,23 @@ t.test('emergency stop: after the canary commits, the signal stops the rollout a
   t.equal(await b.active(), 'setokim-tiny-seed1');
 });
 
+t.test('a device that lost its connection subscribes again and takes the job', async (t) => {
+  const store = path.join(f.dir, 'f7-a');
+  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary });
+  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {});
+  const c = await connectAsync(broker.url, { clientId: 'f7-a', reconnectPeriod: 50 });
+  clients.push(c);
+  let subscriptions = 0;
+  let resubscribed!: () => void;
+  const again = new Promise<void>((r) => (resubscribed = r));
+  await serveUpdates(c, handler, { fleet: 'f7', device: 'a', onSubscribed: () => void (++subscriptions === 2 && resubscribed()) });
+  c.stream.destroy(); // the connection drops; mqtt.js reconnects with a clean session (no subscriptions)
+  await again;
+  const r = await rollout(await operator(), { fleet: 'f7', devices: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2) }, timeoutMs: 30_000 });
+  t.match(r.outcomes, [{ device: 'a', result: 'committed' }]);
+  t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed2');
+});
+
 t.test('a malformed job on the wire: the device answers failed BAD_MESSAGE', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await device('f4', 'a', events);
