@@ -25,8 +25,15 @@ export interface AgentEvents {
   offline: [];
   /** A query was admitted (started or queued). */
   query: [{ id: string; task: Task }];
-  /** A query ended: its last reply (done or error) has been handed to the client library. */
-  answered: [{ id: string; code?: ErrorCode }];
+  /**
+   * A query ended: its last reply (done or error) has been handed to the client library.
+   * `modelSetId`: the set of the pipeline it ran on (absent when it was refused before running).
+   */
+  answered: [{ id: string; code?: ErrorCode; modelSetId?: string }];
+  /** replacePipeline: new queries now start on `to`; `draining` queries still run on `from`. */
+  switched: [{ from: string; to: string; draining: number }];
+  /** The replaced pipeline's last query ended and it was closed. */
+  retired: [{ modelSetId: string }];
   /** A message that no reply could be sent for (no reply address). */
   unaddressable: [{ topic: string; reason: string }];
 }
@@ -40,6 +47,20 @@ interface Ticket {
 }
 
 const ABORTED = Symbol('aborted');
+
+/** The pipeline queries start on, with the prompt counter of its set and its running count. */
+interface Serving {
+  pipeline: Pipeline;
+  countTokens?: (text: string) => number;
+  running: number;
+  /** Set while the pipeline is being replaced: called when its last query has stopped. */
+  drained?: () => void;
+}
+
+export interface ReplaceOptions {
+  /** Counts a prompt's tokens with the new set's tokenizer (limits.maxPromptTokens). */
+  countTokens?: (text: string) => number;
+}
 
 /** How long stop() waits for the broker at each step (unsubscribe; offline status and DISCONNECT). */
 export const BROKER_STOP_WAIT_MS = 2_000;
@@ -87,10 +108,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly config: AgentConfig;
   readonly topics: DeviceTopics;
   readonly metrics = new AgentMetrics();
-  private readonly pipeline: Pipeline;
+  /** Replaced by replacePipeline; a query keeps the Serving it started on (drain, then close). */
+  private serving: Serving;
+  /** Replaced pipelines not closed yet (stop() waits for them). */
+  private readonly retiring = new Set<Promise<void>>();
   private readonly log: Logger;
   private readonly version: string;
-  private readonly countTokens?: (text: string) => number;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
   private client?: MqttClient;
@@ -106,10 +129,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   constructor(opts: AgentOptions) {
     super();
     this.config = opts.config;
-    this.pipeline = opts.pipeline;
+    this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
     this.version = opts.version ?? '0.1.0';
-    if (opts.countTokens) this.countTokens = opts.countTokens;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
@@ -322,8 +344,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     if (q.image && !looksLikeImage(q.image)) return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
     const maxPrompt = this.config.limits.maxPromptTokens;
-    if (maxPrompt !== undefined && q.prompt && this.countTokens) {
-      const n = this.countTokens(q.prompt);
+    const countTokens = this.serving.countTokens;
+    if (maxPrompt !== undefined && q.prompt && countTokens) {
+      const n = countTokens(q.prompt);
       if (n > maxPrompt) return new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the prompt is ${n} tokens; this device takes at most ${maxPrompt} (limits.maxPromptTokens); shorten it`);
     }
     return undefined;
@@ -341,6 +364,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private async runQuery(ticket: Ticket, signal: AbortSignal): Promise<void> {
+    // Bound here, when the query starts: a replacement never moves a running query.
+    const serving = this.serving;
+    serving.running++;
     const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
     let iterator: AsyncIterator<PipelineEvent> | undefined;
     const aborted = new Promise<typeof ABORTED>((resolve) => {
@@ -350,7 +376,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     let last: PipelineEvent | undefined;
     try {
       // Inside the try: a pipeline that throws on the call still gets the query its error reply.
-      iterator = this.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
+      iterator = serving.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
       while (!stream.finished) {
         const step = await Promise.race([iterator.next(), aborted]);
         if (step === ABORTED) {
@@ -370,9 +396,52 @@ export class Agent extends EventEmitter<AgentEvents> {
       stream.send(last);
     } finally {
       this.metrics.querySeconds.observe((Date.now() - ticket.receivedAt) / 1000);
-      this.emit('answered', { id: ticket.id, ...(last?.type === 'error' ? { code: last.code } : {}) });
+      this.emit('answered', { id: ticket.id, ...(last?.type === 'error' ? { code: last.code } : {}), modelSetId: serving.pipeline.info.modelSetId });
       // The slot is free only once the pipeline has really stopped (it checks the signal).
       await Promise.resolve(iterator?.return?.()).catch(() => undefined);
+      if (--serving.running === 0) serving.drained?.();
+    }
+  }
+
+  /** The pipeline new queries start on. */
+  get pipeline(): Pipeline {
+    return this.serving.pipeline;
+  }
+
+  /**
+   * Points new queries (and queued ones, which have not started) at `next` at once; queries
+   * already running finish on the old pipeline, which is closed once the last of them has
+   * stopped (FIELD.md: drain, then switch; never a swap inside an inference). The retained
+   * status (and the Last Will for later reconnects) names the new set straight away. Resolves
+   * when the old pipeline is closed. A second replace while one drains is safe: each drains and
+   * closes the pipeline it replaced. While stopping, `next` is closed unused (the store's
+   * active set is served on the next start).
+   */
+  async replacePipeline(next: Pipeline, opts: ReplaceOptions = {}): Promise<void> {
+    if (this.stopping) {
+      this.log('info', `not switching to ${next.info.modelSetId}: the agent is stopping`);
+      await next.close().catch((err: Error) => this.log('warn', `closing ${next.info.modelSetId} failed: ${err.message}`));
+      return;
+    }
+    const old = this.serving;
+    this.serving = { pipeline: next, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
+    const from = old.pipeline.info.modelSetId;
+    const to = next.info.modelSetId;
+    if (this.client) this.client.options.will = { ...this.client.options.will!, payload: Buffer.from(encodeStatus(this.status(false))) };
+    void this.publishStatus();
+    this.log('info', `serving ${to}; ${old.running} quer${old.running === 1 ? 'y' : 'ies'} finishing on ${from}`);
+    this.emit('switched', { from, to, draining: old.running });
+    const retired = (async () => {
+      if (old.running > 0) await new Promise<void>((resolve) => (old.drained = resolve));
+      await old.pipeline.close().catch((err: Error) => this.log('warn', `closing the replaced model set ${from} failed: ${err.message}`));
+      this.log('info', `closed the replaced model set ${from}`);
+      this.emit('retired', { modelSetId: from });
+    })();
+    this.retiring.add(retired);
+    try {
+      await retired;
+    } finally {
+      this.retiring.delete(retired);
     }
   }
 
@@ -386,7 +455,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private status(online: boolean): AgentStatus {
-    const info = this.pipeline.info;
+    const info = this.serving.pipeline.info;
     return {
       fleet: this.config.fleet,
       device: this.config.device,
@@ -474,6 +543,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       await this.admission.idle();
     }
     clearTimeout(timer);
+    await Promise.all(this.retiring); // every query has stopped: replaced pipelines close now
     const published = client ? await this.disconnect(client) : false;
     await this.metrics.close();
     this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');

@@ -14,8 +14,14 @@ export const agentConfigSchema = z
   .object({
     fleet: levelName,
     device: levelName,
-    /** Directory of the model set (e.g. ./models/tiny). */
-    models: z.string().min(1),
+    /**
+     * Directory of the model set (e.g. ./models/tiny). With `updates`, the store's active set is
+     * served instead whenever it has one (updates survive a restart); `models` is the fallback
+     * for a store nothing was installed into yet.
+     */
+    models: z.string().min(1).optional(),
+    /** Fleet updates (docs/FLEET.md): the model store bundles install into, and the public key they must be signed with. */
+    updates: z.object({ store: z.string().min(1), pubkey: z.string().min(1) }).strict().optional(),
     broker: z
       .object({
         url: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\//, 'must start with mqtt://, mqtts://, ws:// or wss://'),
@@ -62,7 +68,11 @@ export const agentConfigSchema = z
     shutdownGraceMs: z.number().int().min(0).default(30_000),
     statusIntervalMs: z.number().int().min(100).default(5_000),
   })
-  .strict();
+  .strict()
+  .refine((c) => c.models !== undefined || c.updates !== undefined, {
+    path: ['models'],
+    message: 'no model set: give models (--models, SETOKIM_MODELS) or a model store to serve from (updates.store and updates.pubkey: --store, --update-pubkey)',
+  });
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;
 export type AgentConfigInput = z.input<typeof agentConfigSchema>;
@@ -74,6 +84,8 @@ const ENV: Record<string, { path: string[]; type: 'string' | 'number' | 'boolean
   SETOKIM_FLEET: { path: ['fleet'], type: 'string' },
   SETOKIM_DEVICE: { path: ['device'], type: 'string' },
   SETOKIM_MODELS: { path: ['models'], type: 'string' },
+  SETOKIM_STORE: { path: ['updates', 'store'], type: 'string' },
+  SETOKIM_UPDATE_PUBKEY: { path: ['updates', 'pubkey'], type: 'string' },
   SETOKIM_BROKER: { path: ['broker', 'url'], type: 'string' },
   SETOKIM_MQTT_VERSION: { path: ['broker', 'protocolVersion'], type: 'number' },
   SETOKIM_USERNAME: { path: ['broker', 'username'], type: 'string' },
@@ -156,7 +168,7 @@ export function parseAgentConfig(input: unknown, source = 'config'): AgentConfig
   const lines = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
   throw new SetokimError(
     ErrorCodes.BAD_CONFIG,
-    `invalid agent ${source}:\n${lines.join('\n')}\n(needs at least fleet, device, models and broker.url; see docs/MQTT.md)`,
+    `invalid agent ${source}:\n${lines.join('\n')}\n(needs at least fleet, device, models or updates.store, and broker.url; see docs/MQTT.md)`,
   );
 }
 

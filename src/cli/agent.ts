@@ -6,7 +6,8 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { Agent, type LogLevel } from '../agent/agent.js';
-import { loadAgentConfig } from '../agent/config.js';
+import { loadAgentConfig, type AgentConfig } from '../agent/config.js';
+import { startingModels, startUpdates, type OpenedSet, type UpdateService } from '../agent/updates.js';
 import { createPipeline, loadTokenizer } from '../pipeline/index.js';
 import { parseFlags } from './flags.js';
 
@@ -25,6 +26,8 @@ const AgentFlags = z.object({
   config: z.string().optional(),
   broker: z.string().optional(),
   models: z.string().optional(),
+  store: z.string().optional(),
+  updatePubkey: z.string().optional(),
   fleet: z.string().optional(),
   device: z.string().optional(),
   mqttVersion: num,
@@ -59,6 +62,8 @@ function mapFlags(f: AgentFlags): Record<string, unknown> {
     fleet: f.fleet,
     device: f.device,
     models: f.models,
+    // Only when given: an empty object would read as "updates on, store missing".
+    updates: f.store !== undefined || f.updatePubkey !== undefined ? { store: f.store, pubkey: f.updatePubkey } : undefined,
     fleetSubscription: f.fleetSubscription,
     broker: {
       url: f.broker,
@@ -82,6 +87,25 @@ function mapFlags(f: AgentFlags): Record<string, unknown> {
   };
 }
 
+/** Opens a model set directory the way the agent serves it (start, and after an update commits). */
+async function openSet(config: AgentConfig, dir: string): Promise<OpenedSet> {
+  const pipeline = await createPipeline({
+    modelsDir: dir,
+    maxInFlight: config.limits.concurrency,
+    ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
+    ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
+    ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
+    verify: config.pipeline.verify,
+  });
+  try {
+    const tokenizer = config.limits.maxPromptTokens !== undefined ? await loadTokenizer(dir) : undefined;
+    return { pipeline, ...(tokenizer ? { countTokens: (text: string) => tokenizer.encode(text).length } : {}) };
+  } catch (err) {
+    await pipeline.close();
+    throw err;
+  }
+}
+
 export function stderrLogger(verbose: boolean) {
   return (level: LogLevel, message: string): void => {
     if (level === 'debug' && !verbose) return;
@@ -95,7 +119,9 @@ export function registerAgent(program: Command): void {
     .description('serve a model set over MQTT (queries in, streamed answers out, retained status); see docs/MQTT.md')
     .option('--config <file>', 'configuration file (JSON or YAML); flags and SETOKIM_* variables override it')
     .option('--broker <url>', 'mqtt://host:1883 or mqtts://host:8883 (SETOKIM_BROKER)')
-    .option('--models <dir>', 'model set directory (SETOKIM_MODELS)')
+    .option('--models <dir>', 'model set directory (SETOKIM_MODELS); with --store, served only while the store has no active set')
+    .option('--store <dir>', 'model store: serve its active set and take fleet update jobs into it (SETOKIM_STORE; with --update-pubkey)')
+    .option('--update-pubkey <pem>', 'public key update bundles must be signed with (SETOKIM_UPDATE_PUBKEY; with --store)')
     .option('--fleet <name>', 'fleet name, one topic level (SETOKIM_FLEET; default "default")')
     .option('--device <id>', 'device id, one topic level (SETOKIM_DEVICE; default the host name)')
     .option('--mqtt-version <v>', '5 (default) or 4 for MQTT 3.1.1 brokers')
@@ -123,23 +149,11 @@ export function registerAgent(program: Command): void {
       const device = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 64) || 'device';
       const config = loadAgentConfig({ ...(flags.config ? { file: flags.config } : {}), defaults: { fleet: 'default', device }, overrides: mapFlags(flags) });
       const log = stderrLogger(flags.verbose ?? false);
-      log('info', `opening the model set ${config.models}`);
-      const pipeline = await createPipeline({
-        modelsDir: config.models,
-        maxInFlight: config.limits.concurrency,
-        ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
-        ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
-        ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
-        verify: config.pipeline.verify,
-      });
-      const tokenizer = config.limits.maxPromptTokens !== undefined ? await loadTokenizer(config.models) : undefined;
-      const agent = new Agent({
-        config,
-        pipeline,
-        log,
-        version: process.env.npm_package_version ?? '0.1.0',
-        ...(tokenizer ? { countTokens: (text: string) => tokenizer.encode(text).length } : {}),
-      });
+      const models = await startingModels(config, log);
+      log('info', `opening the model set ${models}`);
+      const opened = await openSet(config, models);
+      const agent = new Agent({ config, pipeline: opened.pipeline, log, version: process.env.npm_package_version ?? '0.1.0', ...(opened.countTokens ? { countTokens: opened.countTokens } : {}) });
+      let updates: UpdateService | undefined;
       let stopping: Promise<void> | undefined;
       let stopped!: () => void;
       const finished = new Promise<void>((resolve) => (stopped = resolve));
@@ -150,7 +164,10 @@ export function registerAgent(program: Command): void {
           return;
         }
         log('info', `${signal}: taking no new work, finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
-        stopping = agent.stop().finally(stopped);
+        // Update jobs first (no switch may start), then the queries.
+        stopping = Promise.resolve(updates?.stop())
+          .then(() => agent.stop())
+          .finally(stopped);
       };
       const onTerm = (): void => stop('SIGTERM');
       const onInt = (): void => stop('SIGINT');
@@ -160,13 +177,23 @@ export function registerAgent(program: Command): void {
         // A signal while start() still waits for an unreachable broker ends the wait too.
         await Promise.race([agent.start(), finished]);
         if (stopping) return await finished;
+        if (config.updates) {
+          try {
+            updates = await startUpdates(agent, { open: (dir) => openSet(config, dir), log });
+          } catch (err) {
+            await agent.stop(0); // e.g. an unreadable public key: leave nothing running
+            throw err;
+          }
+          if (stopping) await updates.stop(); // a signal came while it subscribed
+        }
         if (agent.metricsPort) log('info', `metrics on http://${config.metrics.host}:${agent.metricsPort}/metrics`);
         log('info', `serving ${agent.topics.query}${config.fleetSubscription === 'off' ? '' : ` and ${config.fleetSubscription === 'shared' ? agent.topics.sharedFleetQuery : agent.topics.fleetQuery}`}`);
         await finished;
       } finally {
         process.off('SIGTERM', onTerm);
         process.off('SIGINT', onInt);
-        await pipeline.close();
+        // The pipeline serving last (a replaced one was closed when it drained).
+        await agent.pipeline.close();
       }
     });
 }
