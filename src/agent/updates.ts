@@ -8,6 +8,7 @@
 import { ModelStore } from '../engine/modelset.js';
 import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
 import { canaryQuery, loadPublicKey, recoverStore, serveUpdates, UpdateHandler, type HealthCheck, type InstallResult, type UpdateEvent, type UpdateHandlerOptions } from '../fleet/index.js';
+import { createPipeline, loadTokenizer } from '../pipeline/index.js';
 import type { Pipeline } from '../pipeline/types.js';
 import type { Agent, Logger } from './agent.js';
 import type { AgentConfig } from './config.js';
@@ -16,6 +17,25 @@ import type { AgentConfig } from './config.js';
 export interface OpenedSet {
   pipeline: Pipeline;
   countTokens?: (text: string) => number;
+}
+
+/** Opens a model set directory the way the agent serves it (start, and after an update commits). */
+export async function openServingSet(config: AgentConfig, dir: string): Promise<OpenedSet> {
+  const pipeline = await createPipeline({
+    modelsDir: dir,
+    maxInFlight: config.limits.concurrency,
+    ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
+    ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
+    ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
+    verify: config.pipeline.verify,
+  });
+  try {
+    const tokenizer = config.limits.maxPromptTokens !== undefined ? await loadTokenizer(dir) : undefined;
+    return { pipeline, ...(tokenizer ? { countTokens: (text: string) => tokenizer.encode(text).length } : {}) };
+  } catch (err) {
+    await pipeline.close();
+    throw err;
+  }
 }
 
 /**

@@ -6,9 +6,8 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { Agent, type LogLevel } from '../agent/agent.js';
-import { loadAgentConfig, type AgentConfig } from '../agent/config.js';
-import { startingModels, startUpdates, type OpenedSet, type UpdateService } from '../agent/updates.js';
-import { createPipeline, loadTokenizer } from '../pipeline/index.js';
+import { loadAgentConfig } from '../agent/config.js';
+import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
 import { parseFlags } from './flags.js';
 
 /**
@@ -87,25 +86,6 @@ function mapFlags(f: AgentFlags): Record<string, unknown> {
   };
 }
 
-/** Opens a model set directory the way the agent serves it (start, and after an update commits). */
-async function openSet(config: AgentConfig, dir: string): Promise<OpenedSet> {
-  const pipeline = await createPipeline({
-    modelsDir: dir,
-    maxInFlight: config.limits.concurrency,
-    ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
-    ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
-    ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
-    verify: config.pipeline.verify,
-  });
-  try {
-    const tokenizer = config.limits.maxPromptTokens !== undefined ? await loadTokenizer(dir) : undefined;
-    return { pipeline, ...(tokenizer ? { countTokens: (text: string) => tokenizer.encode(text).length } : {}) };
-  } catch (err) {
-    await pipeline.close();
-    throw err;
-  }
-}
-
 export function stderrLogger(verbose: boolean) {
   return (level: LogLevel, message: string): void => {
     if (level === 'debug' && !verbose) return;
@@ -151,7 +131,7 @@ export function registerAgent(program: Command): void {
       const log = stderrLogger(flags.verbose ?? false);
       const models = await startingModels(config, log);
       log('info', `opening the model set ${models}`);
-      const opened = await openSet(config, models);
+      const opened = await openServingSet(config, models);
       const agent = new Agent({ config, pipeline: opened.pipeline, log, version: process.env.npm_package_version ?? '0.1.0', ...(opened.countTokens ? { countTokens: opened.countTokens } : {}) });
       let updates: UpdateService | undefined;
       let stopping: Promise<void> | undefined;
@@ -179,7 +159,7 @@ export function registerAgent(program: Command): void {
         if (stopping) return await finished;
         if (config.updates) {
           try {
-            updates = await startUpdates(agent, { open: (dir) => openSet(config, dir), log });
+            updates = await startUpdates(agent, { open: (dir) => openServingSet(config, dir), log });
           } catch (err) {
             await agent.stop(0); // e.g. an unreadable public key: leave nothing running
             throw err;

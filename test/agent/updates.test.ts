@@ -1,0 +1,291 @@
+/**
+ * The agent serves fleet updates. First the switch itself with the in-test stub pipeline (a query
+ * held in flight shows the drain); then the whole thing with real tiny model sets on a real broker:
+ * an agent serving release 1 refuses a tampered bundle and keeps serving, then takes release 2
+ * while queries stream (each answered once, the running ones on release 1, the later ones on
+ * release 2, the status naming it), and `setokim agent --store` serves release 2 after a restart.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import t from 'tap';
+import { Agent, type AgentEvents } from '../../src/agent/agent.js';
+import { QueryClient, newQueryId } from '../../src/agent/client.js';
+import { decodeStatus, type AgentStatus, type ReplyEvent } from '../../src/agent/codec.js';
+import { loadAgentConfig } from '../../src/agent/config.js';
+import { openServingSet, startingModels, startUpdates } from '../../src/agent/updates.js';
+import { UpdateHandler, updateStateTopic, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
+import { childEnv } from '../helpers/child-env.js';
+import { bundleOf, fixture, flipByte, offsetOf } from '../fleet/helpers.js';
+import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
+import { StubPipeline, samplePng } from './stub-pipeline.js';
+
+const kind = brokerKinds[0]!;
+const broker: TestBroker = await startBroker(kind);
+t.teardown(() => broker.close());
+
+// Real model sets (made before any test starts: tap ends a file whose tests all ran).
+
+const f = await fixture([1, 2]);
+t.teardown(f.cleanup);
+const r1 = await bundleOf(f, f.sets[1]!, 1);
+const r2 = await bundleOf(f, f.sets[2]!, 2);
+const tampered = await flipByte(r2, (await offsetOf(r2, 'llm.onnx')) + 1000, path.join(f.dir, 'r2-tampered.bundle'));
+const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
+const store = path.join(f.dir, 'store');
+// The device was flashed with release 1 (the canary is what the update job below runs for real).
+await new UpdateHandler({ store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
+  { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha(r1) },
+  () => {},
+);
+const image = await samplePng(48, 40);
+const SET1 = 'setokim-tiny-seed1';
+const SET2 = 'setokim-tiny-seed2';
+const textOf = (events: ReplyEvent[]) => events.filter((e) => e.type === 'text').map((e) => (e as { delta: string }).delta).join('');
+const logs: string[] = [];
+let text2: string | undefined;
+
+/** A stub with its own model set id that records when it is closed. */
+class NamedStub extends StubPipeline {
+  closed = false;
+  constructor(id: string) {
+    super({ holdable: true });
+    Object.assign(this, { info: { ...this.info, modelSetId: id } });
+  }
+  override async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+/** Resolves when a status of `device` naming set `id` arrives (the retained one, or the next). */
+function statusNaming(client: QueryClient, device: string, id: string): Promise<AgentStatus> {
+  const topic = `setokim/v1/test/${device}/status`;
+  return new Promise((resolve) => {
+    const on = (tp: string, payload: Buffer) => {
+      if (tp !== topic) return;
+      const s = decodeStatus(payload);
+      if (s.modelSetId !== id) return;
+      client.mqtt.off('message', on);
+      void client.mqtt.unsubscribeAsync(topic).catch(() => undefined);
+      resolve(s);
+    };
+    client.mqtt.on('message', on);
+    void client.mqtt.subscribeAsync(topic, { qos: 1 });
+  });
+}
+
+/** Resolves with the next event `name` of the agent that passes `pick`. */
+function next<K extends keyof AgentEvents>(agent: Agent, name: K, pick: (...a: AgentEvents[K]) => boolean = () => true): Promise<AgentEvents[K]> {
+  return new Promise((resolve) => {
+    const on = (...a: AgentEvents[K]) => {
+      if (!pick(...a)) return;
+      agent.off(name, on as never);
+      resolve(a);
+    };
+    agent.on(name, on as never);
+  });
+}
+
+t.test(`${kind}: replacePipeline drains the old pipeline; a second replace while it drains is safe`, async (t) => {
+  const a = new NamedStub('set-a');
+  const b = new NamedStub('set-b');
+  const c = new NamedStub('set-c');
+  const agent = new Agent({ config: testConfig(broker, 'swap'), pipeline: a });
+  await agent.start();
+  t.teardown(() => agent.stop(0));
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  const answered = new Map<string, string[]>();
+  agent.on('answered', (e) => answered.set(e.id, [...(answered.get(e.id) ?? []), e.modelSetId ?? 'refused']));
+  const target = { fleet: 'test', device: 'swap' };
+  const ask = (prompt: string) => collect(client.query(target, { id: newQueryId(), task: 'ask', prompt, image: new Uint8Array(0) }));
+
+  const held = ask('hold on set a');
+  const heldId = await a.waitHeld();
+  const order: string[] = [];
+  const toB = agent.replacePipeline(b).then(() => order.push('a retired'));
+  t.equal(agent.pipeline, b, 'new queries start on b at once');
+  t.equal((await statusNaming(client, 'swap', 'set-b')).online, true, 'a status names the new set');
+  t.equal((await client.status('test', 'swap'))?.modelSetId, 'set-b', 'the retained status names it');
+  const onB = await ask('after the switch');
+  t.equal(onB.at(-1)?.type, 'done');
+  t.ok(b.seen.includes(onB[0]!.id) && !a.seen.includes(onB[0]!.id), 'a query after the switch ran on b only');
+  t.equal(a.closed, false, 'a is not closed while its query runs');
+
+  // Replace again while a still drains: b has nothing running and closes at once; a still waits.
+  const toC = agent.replacePipeline(c).then(() => order.push('b retired'));
+  await toC;
+  t.equal(b.closed, true, 'b closed');
+  t.equal(a.closed, false, 'a still draining');
+  await statusNaming(client, 'swap', 'set-c');
+  t.equal((await client.status('test', 'swap'))?.modelSetId, 'set-c');
+
+  a.release(heldId);
+  const heldEvents = await held;
+  await toB;
+  t.equal(heldEvents.at(-1)?.type, 'done', 'the query in flight across two switches finished');
+  t.equal(heldEvents.filter((e) => e.type === 'text').map((e) => (e as { delta: string }).delta).join(''), 'hold on set a', 'whole answer, from a');
+  t.equal(a.closed, true, 'a closed after its last query');
+  t.same(order, ['b retired', 'a retired']);
+  t.same(answered.get(heldId), ['set-a'], 'answered once, on a');
+  t.same(answered.get(onB[0]!.id), ['set-b'], 'answered once, on b');
+});
+
+t.test(`${kind}: a replace during stop closes the new pipeline unused`, async (t) => {
+  const a = new NamedStub('set-a');
+  const b = new NamedStub('set-b');
+  const agent = new Agent({ config: testConfig(broker, 'stopping'), pipeline: a });
+  await agent.start();
+  const stopped = agent.stop(0);
+  await agent.replacePipeline(b);
+  await stopped;
+  t.equal(b.closed, true, 'the new pipeline was closed');
+  t.equal(agent.pipeline, a, 'the agent still holds the one it served (the caller closes it)');
+});
+
+t.test('config: updates come from flags, env or file; no models and no store is BAD_CONFIG', async (t) => {
+  const base = { fleet: 'f', device: 'd', broker: { url: 'mqtt://b' } };
+  const c = loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem' }, overrides: base });
+  t.same(c.updates, { store: '/s', pubkey: '/k.pem' });
+  t.equal(c.models, undefined);
+  t.equal(loadAgentConfig({ env: {}, overrides: { ...base, models: 'm' } }).updates, undefined, 'updates are off unless configured');
+  t.throws(() => loadAgentConfig({ env: {}, overrides: base }), { code: 'BAD_CONFIG', message: /models: no model set: give models .*--store, --update-pubkey/ });
+  t.throws(() => loadAgentConfig({ env: { SETOKIM_STORE: '/s' }, overrides: base }), { code: 'BAD_CONFIG', message: /updates\.pubkey/ });
+});
+
+t.test(`${kind}: release 1 -> tampered job fails, release 2 while queries stream`, async (t) => {
+  const config = testConfig(broker, 'cam', { updates: { store, pubkey: f.pubPath }, limits: { concurrency: 2, queueSize: 16 } });
+  const log = (level: string, m: string) => logs.push(`${level} ${m}`);
+  const models = await startingModels(config, log);
+  t.equal(path.basename(models), SET1, 'serves the store’s active set, not `models`');
+  const opened = await openServingSet(config, models);
+  const agent = new Agent({ config, pipeline: opened.pipeline, log });
+  await agent.start();
+  const events: UpdateEvent[] = [];
+  const updates = await startUpdates(agent, { open: (dir) => openServingSet(config, dir), log, onEvent: (e) => events.push(e) });
+  t.teardown(async () => {
+    await updates.stop();
+    await agent.stop(0);
+    await agent.pipeline.close();
+  });
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  const target = { fleet: 'test', device: 'cam' };
+  const ask = (id = newQueryId()) => collect(client.query(target, { id, task: 'describe', image, generation: { maxTokens: 6, temperature: 0 } }));
+  const job = async (jobId: string, bundle: string) => {
+    const final = new Promise<UpdateEvent>((resolve) => {
+      const on = (topic: string, payload: Buffer) => {
+        if (topic !== updateStateTopic('test', 'cam')) return;
+        const e = JSON.parse(payload.toString()) as UpdateEvent;
+        if (e.jobId === jobId && (e.state === 'committed' || e.state === 'failed')) resolve(e);
+      };
+      client.mqtt.on('message', on);
+    });
+    await client.mqtt.subscribeAsync(updateStateTopic('test', 'cam'), { qos: 1 });
+    await client.mqtt.publishAsync(updateTopic('test', 'cam'), JSON.stringify({ jobId, url: pathToFileURL(bundle).href, sha256: await sha(bundle) }), { qos: 1 });
+    return final;
+  };
+
+  const first = await ask();
+  t.equal(first.at(-1)?.type, 'done');
+  const text1 = textOf(first);
+
+  // A tampered bundle (its file's sha256 matches the job; one byte of llm.onnx is not what was signed).
+  const bad = await job('tampered', tampered);
+  t.equal(bad.state, 'failed');
+  t.equal(bad.code, 'BUNDLE_TAMPERED');
+  t.match(bad.message, /llm\.onnx/);
+  t.same(events.filter((e) => e.jobId === 'tampered' && e.done === undefined).map((e) => e.state), ['downloading', 'verifying', 'installing', 'failed']);
+  t.equal(agent.pipeline.info.modelSetId, SET1, 'still serving release 1');
+  t.equal((await client.status('test', 'cam'))?.modelSetId, SET1);
+  t.equal(textOf(await ask()), text1, 'answered by release 1');
+
+  // Release 2 while queries stream: always three outstanding, two running.
+  const answered = new Map<string, string[]>();
+  const timeline: Array<{ at: 'query' | 'switched' | 'answered' | 'retired'; id?: string; set?: string; draining?: number }> = [];
+  agent.on('query', (e) => timeline.push({ at: 'query', id: e.id }));
+  agent.on('answered', (e) => {
+    timeline.push({ at: 'answered', id: e.id, ...(e.modelSetId ? { set: e.modelSetId } : {}) });
+    answered.set(e.id, [...(answered.get(e.id) ?? []), e.modelSetId ?? 'refused']);
+  });
+  agent.on('switched', (e) => timeline.push({ at: 'switched', set: e.to, draining: e.draining }));
+  agent.on('retired', (e) => timeline.push({ at: 'retired', set: e.modelSetId }));
+  const results = new Map<string, ReplyEvent[]>();
+  let afterSwitch = 0;
+  let streaming = true;
+  const switched = next(agent, 'switched');
+  const worker = async () => {
+    while (streaming) {
+      const id = newQueryId();
+      const sawSwitch = timeline.some((e) => e.at === 'switched');
+      results.set(id, await ask(id));
+      if (sawSwitch && ++afterSwitch >= 4) streaming = false;
+    }
+  };
+  const workers = [worker(), worker(), worker()];
+  const good = await job('r2', r2);
+  t.equal(good.state, 'committed');
+  t.equal(good.modelSetId, SET2);
+  t.same(events.filter((e) => e.jobId === 'r2' && e.done === undefined).map((e) => e.state), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
+  const [sw] = await switched;
+  await Promise.all(workers);
+  await updates.idle(); // the old set has drained and closed
+
+  const texts = new Map([...results].map(([id, ev]) => [id, textOf(ev)]));
+  text2 = [...results].filter(([id]) => answered.get(id)?.[0] === SET2).map(([id]) => texts.get(id))[0];
+  t.not(text2, undefined, 'some queries ran on release 2');
+  t.not(text2, text1, 'the two releases answer the same image differently');
+  // Every query: exactly one terminal reply, a done; answered once; its text is its set's.
+  const wrong = [...results].flatMap(([id, ev]) => {
+    const ends = ev.filter((e) => e.type === 'done' || e.type === 'error').map((e) => e.type);
+    const sets = answered.get(id) ?? [];
+    const want = sets[0] === SET1 ? text1 : text2;
+    return ends.join() === 'done' && sets.length === 1 && texts.get(id) === want ? [] : [{ id, ends, sets, text: texts.get(id) }];
+  });
+  t.same(wrong, [], `${results.size} queries, each answered exactly once by the set its text belongs to`);
+  const at = (p: (e: (typeof timeline)[number]) => boolean) => timeline.findIndex(p);
+  const switchAt = at((e) => e.at === 'switched');
+  t.ok(sw.draining >= 1, `${sw.draining} queries were running at the switch`);
+  const drained = timeline.slice(switchAt).filter((e) => e.at === 'answered' && e.set === SET1);
+  t.equal(drained.length, sw.draining, 'the queries running at the switch finished on release 1, after it');
+  t.ok(at((e) => e.at === 'retired' && e.set === SET1) > Math.max(...drained.map((d) => timeline.indexOf(d))), 'release 1 closed after its last query');
+  const admittedLater = timeline.slice(switchAt).filter((e) => e.at === 'query').map((e) => e.id!);
+  t.ok(admittedLater.length >= 4, `${admittedLater.length} queries arrived after the switch`);
+  t.ok(admittedLater.every((id) => answered.get(id)?.[0] === SET2), 'every query that arrived after the switch ran on release 2');
+  await statusNaming(client, 'cam', SET2);
+  t.equal((await client.status('test', 'cam'))?.modelSetId, SET2, 'retained status names release 2');
+});
+
+t.test(`${kind}: setokim agent --store serves release 2 after a restart; SIGTERM exits 0`, async (t) => {
+  const cli = fileURLToPath(new URL('./fixtures/cli.ts', import.meta.url));
+  const args = ['agent', '--broker', broker.url, '--mqtt-version', String(broker.protocolVersion), '--fleet', 'test', '--device', 'cam2', '--store', store, '--update-pubkey', f.pubPath, '--metrics-port', '0', '--no-verify', '--fleet-subscription', broker.shared ? 'shared' : 'plain'];
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { env: childEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  let stderr = '';
+  const exit = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on('data', (c: Buffer) => {
+      stderr += c.toString();
+      if (/serving setokim\/v1\/test\/cam2\/query/.test(stderr)) resolve();
+    });
+    void exit.then(() => reject(new Error(`exited early:\n${stderr}`)));
+  });
+  t.match(stderr, /taking update jobs on setokim\/v1\/test\/cam2\/update/);
+  t.match(stderr, new RegExp(`opening the model set .*${SET2}`));
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  t.equal((await client.status('test', 'cam2'))?.modelSetId, SET2, 'status names release 2');
+  const ev = await collect(client.query({ fleet: 'test', device: 'cam2' }, { id: newQueryId(), task: 'describe', image, generation: { maxTokens: 6, temperature: 0 } }));
+  t.equal(ev.at(-1)?.type, 'done');
+  t.equal(textOf(ev), text2, 'the answer of release 2');
+  child.kill('SIGTERM');
+  if (!t.equal(await exit, 0, 'exit status 0')) t.comment(stderr);
+  t.equal((await client.status('test', 'cam2'))?.online, false, 'offline after SIGTERM');
+});
+
+t.test('a store with no active set and no models is BAD_CONFIG', async (t) => {
+  const config = loadAgentConfig({ env: {}, overrides: { fleet: 'f', device: 'd', broker: { url: 'mqtt://b' }, updates: { store: path.join(f.dir, 'empty'), pubkey: f.pubPath } } });
+  await t.rejects(startingModels(config, () => {}), { code: 'BAD_CONFIG', message: /has no active model set and no --models/ });
+});
