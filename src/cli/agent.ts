@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { Agent, type LogLevel } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
 import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
+import { loadPublicKey } from '../fleet/keys.js';
 import { parseFlags } from './flags.js';
 
 /**
@@ -129,6 +130,8 @@ export function registerAgent(program: Command): void {
       const device = hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 64) || 'device';
       const config = loadAgentConfig({ ...(flags.config ? { file: flags.config } : {}), defaults: { fleet: 'default', device }, overrides: mapFlags(flags) });
       const log = stderrLogger(flags.verbose ?? false);
+      // A bad key fails here, before the model set opens and the broker sees us.
+      if (config.updates) await loadPublicKey(config.updates.pubkey);
       const models = await startingModels(config, log);
       log('info', `opening the model set ${models}`);
       const opened = await openServingSet(config, models);

@@ -289,3 +289,15 @@ t.test('a store with no active set and no models is BAD_CONFIG', async (t) => {
   const config = loadAgentConfig({ env: {}, overrides: { fleet: 'f', device: 'd', broker: { url: 'mqtt://b' }, updates: { store: path.join(f.dir, 'empty'), pubkey: f.pubPath } } });
   await t.rejects(startingModels(config, () => {}), { code: 'BAD_CONFIG', message: /has no active model set and no --models/ });
 });
+
+t.test('setokim agent with a private key as --update-pubkey stops before opening anything', async (t) => {
+  const cli = fileURLToPath(new URL('./fixtures/cli.ts', import.meta.url));
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, 'agent', '--broker', broker.url, '--fleet', 'test', '--device', 'badkey', '--store', store, '--update-pubkey', f.privPath, '--no-metrics'], { env: childEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  t.not(code, 0);
+  t.match(stderr, /BAD_ARGUMENT.*holds a private key/);
+  t.notMatch(stderr, /opening the model set/);
+});
