@@ -48,14 +48,19 @@ for (const stage of STAGES) {
     t.same(dynamic, [], 'every activation of this stage shares one static scale');
     const { bytes, report } = quantizeModel(fp32, ranges);
 
-    // Q/DQ structure: one DQ per weight, one Q and one DQ per distinct activation, MatMuls unchanged.
+    // Q/DQ structure: one DQ per weight and one Q -> DQ pair per quantised MatMul (each with that
+    // one consumer, as ONNX Runtime's integer fusion needs), MatMuls unchanged.
     const before = opCounts(fp32);
     const after = opCounts(bytes);
     t.equal(report.weights.length, targets.length);
-    t.equal(after.QuantizeLinear, names.length);
-    t.equal(after.DequantizeLinear, targets.length + names.length);
+    t.equal(report.activations.length, names.length);
+    t.equal(after.QuantizeLinear, targets.length);
+    t.equal(after.DequantizeLinear, 2 * targets.length);
     t.equal(after.MatMul, before.MatMul);
     const m = decodeModel(bytes);
+    const consumers = (name: string) => m.graph!.node!.filter((n) => n.input!.includes(name)).length;
+    const qdq = m.graph!.node!.filter((n) => n.opType === 'QuantizeLinear' || n.opType === 'DequantizeLinear');
+    t.ok(qdq.every((n) => consumers(n.output![0]!) === 1), 'every Q and DQ output has one consumer');
     t.equal(Number(m.opsetImport![0]!.version), 17, 'still opset 17');
     const inits = new Map(m.graph!.initializer!.map((x) => [x.name!, x]));
     for (const tg of targets) {
@@ -125,8 +130,8 @@ t.test('small, non-2-D and activation x activation MatMuls are left alone; a wei
   t.equal(ranges.size, 1);
   const { bytes, report } = quantizeModel(model, ranges);
   t.equal(report.weights.length, 1, 'big quantised once');
-  t.same(opCounts(bytes).DequantizeLinear, 2);
-  t.same(opCounts(bytes).QuantizeLinear, 1);
+  t.same(opCounts(bytes).DequantizeLinear, 3, 'one for the shared weight, one per MatMul for x');
+  t.same(opCounts(bytes).QuantizeLinear, 2, 'one per MatMul for x');
   // without a range for x, its MatMuls keep a float activation (weights only) and say why
   const partial = quantizeModel(model, new Map());
   t.equal(opCounts(partial.bytes).QuantizeLinear, undefined);
