@@ -11,7 +11,10 @@ import type { UpdateEvent, UpdateHandler } from './update.js';
 export interface ServeUpdatesOptions {
   fleet: string;
   device: string;
-  /** Called after a job committed (e.g. drain the serving pipeline and reopen the active set). */
+  /**
+   * Called once after a job committed (e.g. drain the serving pipeline and reopen the active set),
+   * not again when the broker redelivers that job. Report its own errors: a rejection is dropped.
+   */
   onCommitted?: (r: InstallResult) => void | Promise<void>;
   /** Every event, also for logging. */
   onEvent?: (e: UpdateEvent) => void;
@@ -26,6 +29,7 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
     o.onEvent?.(e);
     client.publish(states, JSON.stringify(e), { qos: 1, retain: true });
   };
+  const handled = new WeakSet<Promise<InstallResult>>();
   const onMessage = (topic: string, payload: Buffer) => {
     if (topic !== jobs) return;
     let job: unknown;
@@ -34,10 +38,13 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
     } catch {
       job = null; // the handler answers `failed` BAD_MESSAGE
     }
-    handler.run(job, emit).then(
-      (r) => o.onCommitted?.(r),
-      () => {}, // already reported as `failed`
-    );
+    const run = handler.run(job, emit);
+    // A redelivered job id returns the first run's promise: its commit was handled already.
+    if (handled.has(run)) return;
+    handled.add(run);
+    run
+      .then((r) => o.onCommitted?.(r), () => {}) // a failure was already reported as `failed`
+      .catch(() => {}); // onCommitted's own rejection (documented above): never an unhandled rejection
   };
   // Subscribed again on every reconnect: the agent connects with resubscribe off.
   const subscribe = async () => {

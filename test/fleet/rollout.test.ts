@@ -142,6 +142,42 @@ t.test('a malformed job on the wire: the device answers failed BAD_MESSAGE', asy
   t.match(await got, { jobId: 'j', state: 'failed', code: 'BAD_MESSAGE' });
 });
 
+t.test('serveUpdates: a redelivered committed job calls onCommitted once; its rejection is no unhandled rejection', async (t) => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (why: unknown) => void unhandled.push(why);
+  process.on('unhandledRejection', onUnhandled);
+  t.teardown(() => void process.off('unhandledRejection', onUnhandled));
+  const store = path.join(f.dir, 'f8-a');
+  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary });
+  const c = await connectAsync(broker.url, { clientId: 'f8-a' });
+  clients.push(c);
+  let commits = 0;
+  let committed!: () => void;
+  const first = new Promise<void>((r) => (committed = r));
+  let marked!: () => void;
+  const marker = new Promise<void>((r) => (marked = r));
+  await serveUpdates(c, handler, {
+    fleet: 'f8',
+    device: 'a',
+    onEvent: (e) => void (e.jobId === 'marker' && marked()),
+    onCommitted: async () => {
+      commits++;
+      committed();
+      throw new Error('the agent failed to reopen its pipeline');
+    },
+  });
+  const op = await operator();
+  const job = JSON.stringify({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha(b1) });
+  await op.publishAsync(updateTopic('f8', 'a'), job, { qos: 1 });
+  await first;
+  await op.publishAsync(updateTopic('f8', 'a'), job, { qos: 1 }); // QoS 1 redelivery
+  // Messages arrive in order: once the marker's answer is out, the redelivery was handled.
+  await op.publishAsync(updateTopic('f8', 'a'), '{"jobId":"marker"}', { qos: 1 });
+  await marker;
+  t.equal(commits, 1, 'onCommitted ran once for job j1');
+  t.same(unhandled, [], 'no unhandled rejection');
+});
+
 t.test('CLI fleet rollout: prints each device and exits 0 when all committed', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await device('f5', 'a', events);
