@@ -208,6 +208,13 @@ export class Agent extends EventEmitter<AgentEvents> {
 
     await new Promise<void>((resolve, reject) => {
       const onConnect = (): void => {
+        if (this.stopping) {
+          // A reconnect while stop() drains must not take work again (stop() unsubscribed): say offline only.
+          this.metrics.connected.set(1);
+          void this.publishStatus();
+          resolve();
+          return;
+        }
         this.subscribeAll().then(
           () => {
             this.backoffMs = b.reconnectMinMs;

@@ -236,3 +236,38 @@ if (!mosquittoPath() || !dynsecPluginPath()) {
     await allowed.stop(0);
   });
 }
+
+t.test(`${brokerKinds[0]}: a reconnect while stop() drains subscribes to nothing and publishes offline`, async (t) => {
+  const broker = await startBroker(brokerKinds[0]!);
+  const pipeline = new StubPipeline({ holdable: true });
+  const agent = new Agent({ config: testConfig(broker, 'drain'), pipeline });
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(async () => {
+    await client.close();
+    await agent.stop(0);
+    await broker.close();
+  });
+  await agent.start();
+  const id = newQueryId();
+  const answer = collect(client.query({ fleet: 'test', device: 'drain' }, { id, task: 'ask', prompt: 'hold on', image: await samplePng() }));
+  await pipeline.waitHeld(id);
+  const mqtt = agent.mqtt!;
+  const unsubscribed = new Promise<void>((resolve) => mqtt.on('packetreceive', (p) => p.cmd === 'unsuback' && resolve()));
+  const stopped = agent.stop(30_000);
+  await unsubscribed;
+  const sent: string[] = [];
+  const statusAfterReconnect = new Promise<AgentStatus>((resolve) =>
+    mqtt.on('packetsend', (p) => {
+      sent.push(p.cmd);
+      if (p.cmd === 'publish' && p.topic === agent.topics.status) resolve(decodeStatus(p.payload as Buffer));
+    }),
+  );
+  mqtt.stream.destroy(); // the connection drops while the held query still runs; mqtt.js reconnects
+  const status = await statusAfterReconnect;
+  t.ok(sent.includes('connect'), 'it reconnected');
+  t.notOk(sent.includes('subscribe'), `no subscription after the reconnect (sent ${sent.join(', ')})`);
+  t.equal(status.online, false, 'the status it publishes says offline');
+  pipeline.release(id);
+  t.equal((await answer).at(-1)?.type, 'done', 'the running query still finishes');
+  await stopped;
+});
