@@ -144,9 +144,9 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
     const j: Journal = { step: 'staging', release, modelSetId, previous, staging: `${modelSetId}-r${release}`, startedAt: new Date().toISOString() };
     const stagingDir = join(stagingRoot(root), j.staging);
     await writeJournal(root, j);
-    await step('staging', stagingDir);
     let health: CanaryResult;
     try {
+      await step('staging', stagingDir); // inside: a throwing onStep rolls back like any failure
       await removeDurable(stagingDir);
       await streamBundle(b, stagingDir, o.onProgress);
       const manifest = await loadManifest(stagingDir);

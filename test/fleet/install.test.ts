@@ -141,6 +141,16 @@ t.test('the serving set id cannot be replaced in place; a second installer is re
   t.equal(await new ModelStore(root).active(), 'setokim-tiny-seed2');
 });
 
+t.test('an onStep that throws at staging rolls back at once: no journal, no staging, store as it was', async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  await t.rejects(
+    installBundle({ bundle: b2, store: root, pubkey: f.pub, health: noCanary, onStep: (s) => { if (s === 'staging') throw new Error('the agent could not drain'); } }),
+    { message: 'the agent could not drain' },
+  );
+  t.same(await snapshot(root), before);
+});
+
 t.test('CLI install: a good bundle exits 0; a broken one exits 3 with HEALTH_CHECK_FAILED; status shows the store', async (t) => {
   const root = newStore();
   const ok = await runCli(['bundle', 'install', b1, '--store', root, '--pubkey', f.pubPath, '--no-progress']);
