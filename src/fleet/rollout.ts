@@ -38,9 +38,12 @@ export interface RolloutResult {
 }
 
 export async function rollout(client: MqttClient, o: RolloutOptions): Promise<RolloutResult> {
-  const canary = o.canary ?? o.devices.slice(0, 1);
-  for (const c of canary) if (!o.devices.includes(c)) throw new SetokimError('BAD_ARGUMENT', `canary device ${c} is not in --devices`);
-  const rest = o.devices.filter((d) => !canary.includes(d));
+  // A device named twice would be sent its job id twice: the device dedupes it and stays silent,
+  // so the second wait could only end in a timeout (a failure).
+  const devices = [...new Set(o.devices)];
+  const canary = [...new Set(o.canary ?? devices.slice(0, 1))];
+  for (const c of canary) if (!devices.includes(c)) throw new SetokimError('BAD_ARGUMENT', `canary device ${c} is not in --devices`);
+  const rest = devices.filter((d) => !canary.includes(d));
   const rolloutId = o.rolloutId ?? `rollout-${Date.now()}`;
   const jobId = (d: string) => `${rolloutId}-${d}`;
   const waiting = new Map<string, (e: UpdateEvent) => void>();
@@ -99,7 +102,7 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
       }
     };
     if (!aborted) await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
-    for (const d of o.devices) if (!outcomes.some((x) => x.device === d)) outcomes.push({ device: d, result: 'skipped' });
+    for (const d of devices) if (!outcomes.some((x) => x.device === d)) outcomes.push({ device: d, result: 'skipped' });
   } finally {
     client.off('message', onMessage);
     await client.unsubscribeAsync(fleetUpdateStateFilter(o.fleet)).catch(() => {});

@@ -95,6 +95,17 @@ t.test('failures past the threshold stop the rollout; a silent device times out'
   void d;
 });
 
+t.test('a device named twice (and a canary twice) gets one job and counts once', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  const a = await device('f9', 'a', events);
+  const b = await device('f9', 'b', events);
+  const r = await rollout(await operator(), { fleet: 'f9', devices: ['a', 'b', 'a', 'b'], canary: ['a', 'a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2) }, timeoutMs: 3_000 });
+  t.equal(r.aborted, false);
+  t.same(r.outcomes.map((o) => [o.device, o.result]), [['a', 'committed'], ['b', 'committed']]);
+  t.equal(await a.active(), 'setokim-tiny-seed2');
+  t.equal(await b.active(), 'setokim-tiny-seed2');
+});
+
 t.test('emergency stop: after the canary commits, the signal stops the rollout and the rest are skipped', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await device('f6', 'a', events);
