@@ -55,6 +55,14 @@ export const BundleManifestSchema = z
       if (seen.has(f.path)) ctx.addIssue({ code: 'custom', path: ['files'], message: `${f.path} is listed twice` });
       seen.add(f.path);
     }
+    // A file may not also be a directory of another ('a' and 'a/b'): unpacking could not write both.
+    for (const f of m.files) {
+      const parts = f.path.split('/');
+      for (let i = 1; i < parts.length; i++) {
+        const dir = parts.slice(0, i).join('/');
+        if (seen.has(dir)) ctx.addIssue({ code: 'custom', path: ['files'], message: `${dir} is a file and also the directory of ${f.path}` });
+      }
+    }
     if (!seen.has('manifest.json')) ctx.addIssue({ code: 'custom', path: ['files'], message: 'manifest.json (the model set manifest) is missing' });
   });
 export type BundleManifest = z.infer<typeof BundleManifestSchema>;

@@ -86,6 +86,9 @@ t.test('unsafe paths and duplicate entries are refused by the manifest schema', 
   const dup = structuredClone(header.manifest);
   dup.files.push(dup.files[1]);
   t.throws(() => parseBundleManifest(dup, 'x'), { code: 'BUNDLE_INVALID', message: /listed twice/ });
+  const nested = structuredClone(header.manifest);
+  nested.files.push({ ...nested.files[1], path: `${nested.files[1].path}/inner` });
+  t.throws(() => parseBundleManifest(nested, 'x'), { code: 'BUNDLE_INVALID', message: /also the directory of/ });
   const noSet = structuredClone(header.manifest);
   noSet.files.shift();
   t.throws(() => parseBundleManifest(noSet, 'x'), { code: 'BUNDLE_INVALID', message: /manifest\.json/ });
