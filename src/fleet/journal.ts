@@ -53,7 +53,13 @@ async function readJson<T>(path: string, schema: z.ZodType<T>, what: string): Pr
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;
   }
-  const parsed = schema.safeParse(JSON.parse(text));
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new SetokimError('MODEL_INVALID', `${path}: the store's ${what} is not JSON (${(err as Error).message}); it was edited by hand: restore it or remove the store`, { cause: err });
+  }
+  const parsed = schema.safeParse(json);
   if (!parsed.success) throw new SetokimError('MODEL_INVALID', `${path}: the store's ${what} is not valid (${parsed.error.issues[0]?.message}); it was edited by hand: restore it or remove the store`);
   return parsed.data;
 }

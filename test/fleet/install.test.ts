@@ -206,4 +206,8 @@ t.test('a hand-edited journal is refused with MODEL_INVALID; stray staging dirs 
   t.same((await snapshot(root)).staging, [], 'stray staging removed');
   await writeFile(path.join(root, '.fleet', 'journal.json'), '{"step":"sideways"}');
   await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, health: noCanary }), { code: 'MODEL_INVALID', message: /update journal/ });
+  await writeFile(path.join(root, '.fleet', 'journal.json'), '{"step":');
+  await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, health: noCanary }), { code: 'MODEL_INVALID', message: /update journal is not JSON/ });
+  await writeFile(path.join(root, '.fleet', 'release.json'), 'not json');
+  await t.rejects(readRelease(root), { code: 'MODEL_INVALID', message: /release record is not JSON/ });
 });
