@@ -67,7 +67,10 @@ export function floatValues(t: TensorProto): Float32Array {
     for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
     return out;
   }
-  return Float32Array.from(t.floatData ?? []);
+  const out = Float32Array.from(t.floatData ?? []);
+  // Neither raw_data nor float_data holds them: external data (a model over 2 GB), not read here.
+  if (out.length !== n) throw new SetokimError('MODEL_INVALID', `initializer ${t.name}: ${out.length} float32 values stored for ${n}; weights in external data files are not supported: export the stage with its weights inside the .onnx file`);
+  return out;
 }
 
 function opsetOf(m: ModelProto): number {

@@ -169,6 +169,22 @@ t.test('an activation whose range varies more than 16x between inputs stays floa
   t.same(loose.dynamic, []);
 });
 
+t.test('a weight whose values are not in the file (external data) is MODEL_INVALID, not a RangeError', async (t) => {
+  const g = new GraphBuilder('ext');
+  const x = g.input('x', 'float32', [1, 64]);
+  g.output('y', g.op('MatMul', [x, g.weight('w', new Rng(3).uniform(64 * 32, 0.1), [64, 32])]), 'float32', [1, 32]);
+  const m = decodeModel(g.encode());
+  const w = m.graph!.initializer!.find((i) => i.name!.endsWith('w'))!;
+  // As an exporter writes a > 2 GB model: the values live in a side file.
+  w.rawData = new Uint8Array(0);
+  w.floatData = [];
+  w.dataLocation = onnxProto.onnx.TensorProto.DataLocation.EXTERNAL;
+  w.externalData = [onnxProto.onnx.StringStringEntryProto.create({ key: 'location', value: 'w.bin' })];
+  const model = onnxProto.onnx.ModelProto.encode(m).finish();
+  t.equal(findTargets(decodeModel(model)).targets.length, 1);
+  t.throws(() => quantizeModel(model, new Map()), { code: 'MODEL_INVALID', message: /external data/ });
+});
+
 t.test('a graph below opset 13 is refused (per-axis DequantizeLinear needs 13)', async (t) => {
   const g = new GraphBuilder('old');
   const x = g.input('x', 'float32', [1, 64]);
