@@ -94,7 +94,8 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
   checkPrecision(o.precision);
   const tolerance = o.tolerance ?? DEFAULT_TOLERANCE;
   const set = await openModelSet(path.resolve(o.dir), { verify: o.verify });
-  const stages = o.stages ?? STAGES.filter((s) => set.has(s));
+  // Each stage once: a stage named twice would be written to the same temp file twice.
+  const stages = [...new Set(o.stages ?? STAGES.filter((s) => set.has(s)))];
   for (const s of stages) if (!set.has(s)) throw new SetokimError('MODEL_NOT_FOUND', `model set ${set.id} has no ${s} stage; --stages takes: ${STAGES.filter((x) => set.has(x)).join(', ')}`);
   const backend: Backend = new OrtBackend({ threads: o.threads });
   const minElements = o.minElements ?? DEFAULT_MIN_ELEMENTS;

@@ -104,6 +104,14 @@ t.test('refusals: int4w, fp16, a bad precision, a missing model set, a tolerance
   t.same((await readdir(dir)).filter((f) => f.includes('.tmp')), [], 'no temp files left');
 });
 
+t.test('a stage named twice in --stages is quantised once', async (t) => {
+  const twice = await runCli(['export', 'quantize', '--models', dir, '--stages', 'merger,merger', '--calibration-images', '2', '--no-progress']);
+  t.equal(twice.status, 0, twice.err);
+  t.equal(twice.out.split('\n').filter((l) => l.startsWith('merger:')).length, 1, twice.out);
+  await verifyStageFile(dir, (await ModelSet.open(dir)).variants('merger').find((v) => v.precision === 'int8')!);
+  t.same((await readdir(dir)).filter((f) => f.includes('.tmp')), [], 'no temp files left');
+});
+
 t.test('RecordingSession copies the feeds before the run (a transferred buffer may be detached after)', async (t) => {
   const rec = new FeedRecorder(2);
   const data = new Float32Array([1, 2, 3]);
