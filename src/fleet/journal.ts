@@ -84,7 +84,13 @@ function alive(pid: number): boolean {
  * over: its pid is no longer running. Returns the release function.
  */
 export async function lockStore(root: string): Promise<() => Promise<void>> {
-  await mkdir(fleetDir(root), { recursive: true });
+  // The first write into the store: a store this user may not write (not run as its owner, a
+  // path through a file) is a usage error with a stable code, not an internal error.
+  const unwritable = (err: unknown) =>
+    new SetokimError('BAD_ARGUMENT', `${root}: cannot write the model store (${(err as Error).message}); run as the user that owns it, or pass another --store`, { cause: err });
+  await mkdir(fleetDir(root), { recursive: true }).catch((err: unknown) => {
+    throw unwritable(err);
+  });
   const path = lockPath(root);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
@@ -93,7 +99,7 @@ export async function lockStore(root: string): Promise<() => Promise<void>> {
       await fh.close();
       return () => rm(path, { force: true });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(err);
       const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
       if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
         throw new SetokimError('UPDATE_CONFLICT', `${root}: process ${pid} is installing or recovering this store; wait for it to finish`);

@@ -151,6 +151,14 @@ t.test('an onStep that throws at staging rolls back at once: no journal, no stag
   t.same(await snapshot(root), before);
 });
 
+t.test('a store that cannot be written is BAD_ARGUMENT naming it, not an internal error', async (t) => {
+  const file = path.join(f.dir, 'not-a-dir');
+  await writeFile(file, 'x');
+  const root = path.join(file, 'store'); // ENOTDIR as any user (root ignores permission bits)
+  await t.rejects(installBundle({ bundle: b1, store: root, pubkey: f.pub, health: noCanary }), { code: 'BAD_ARGUMENT', message: /cannot write the model store/ });
+  await t.rejects(recoverStore(root), { code: 'BAD_ARGUMENT' });
+});
+
 t.test('CLI install: a good bundle exits 0; a broken one exits 3 with HEALTH_CHECK_FAILED; status shows the store', async (t) => {
   const root = newStore();
   const ok = await runCli(['bundle', 'install', b1, '--store', root, '--pubkey', f.pubPath, '--no-progress']);
