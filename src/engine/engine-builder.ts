@@ -7,7 +7,8 @@ import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { SetokimError } from '../errors.js';
 import type { Architecture, StageName, StageSignature } from './contract.js';
-import { ENGINE_MANIFEST_FORMAT, type EngineManifest, engineManifestPath, machineInfo, sha256File } from './engine-manifest.js';
+import { ENGINE_MANIFEST_FORMAT, type EngineManifest, engineManifestPath, machineInfo } from './engine-manifest.js';
+import { sha256File } from './manifest.js';
 import { type NativeAddon, loadNative } from './native.js';
 import { tensorrtUnavailableReason } from './tensorrt.js';
 

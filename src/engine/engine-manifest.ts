@@ -4,12 +4,13 @@
  * the manifest first and refuses with every reason at once (ENGINE_INCOMPATIBLE) instead of
  * failing inside deserialisation. docs/ENGINES.md describes the lifecycle.
  */
-import { createHash, createPublicKey, verify as verifySignature } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { createPublicKey, verify as verifySignature } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
 import { SignatureSchema } from './contract.js';
 import type { Capabilities } from './native.js';
+import { sha256File } from './manifest.js';
 
 export const ENGINE_MANIFEST_FORMAT = 'setokim-engine/1';
 
@@ -175,12 +176,6 @@ export function verifyManifestSignature(m: EngineManifest, trustedKeys: Readonly
   } catch (err) {
     return `the signature could not be checked: ${(err as Error).message}`;
   }
-}
-
-export async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
-  return h.digest('hex');
 }
 
 /** Refuses a plan whose bytes are not the ones the manifest describes. */

@@ -4,7 +4,7 @@
  * quantised variants of the same stage. Loading checks the format version first, then the schema;
  * verifying checks every listed file (present, size, sha256, an ONNX ModelProto that is whole).
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
@@ -120,10 +120,15 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
   return null;
 }
 
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
+/** Streams a file into `hash` (a fresh sha256 by default): a resumed download seeds it with its partial file. */
+export async function hashFile(path: string, hash: Hash = createHash('sha256')): Promise<Hash> {
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
+  return hash;
+}
+
+/** sha256 of a file, hex, read as a stream (model and engine files are large). */
+export async function sha256File(path: string): Promise<string> {
+  return (await hashFile(path)).digest('hex');
 }
 
 /**

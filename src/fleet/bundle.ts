@@ -9,7 +9,7 @@ import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promi
 import { dirname, join, relative, sep } from 'node:path';
 import { Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { loadManifest, MANIFEST_FILE, verifyModelSet } from '../engine/manifest.js';
+import { loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import { BUNDLE_FORMAT, BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeaderSchema, encodePrefix, MAX_HEADER_BYTES, parseBundleManifest, PREFIX_BYTES, signedBytes, type BundleFile, type BundleManifest } from './format.js';
 import { syncFile } from './fsutil.js';
@@ -25,12 +25,6 @@ export interface OpenedBundle {
   /** Offset of each file's first byte in the bundle file, in manifest order. */
   offsets: number[];
   payloadBytes: number;
-}
-
-async function sha256Of(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest('hex');
 }
 
 /** Every regular file under `dir` as a sorted relative POSIX path; links and devices are refused. */
@@ -64,7 +58,7 @@ export async function createBundle(o: CreateOptions): Promise<BundleManifest> {
   const files: BundleFile[] = [];
   for (const p of ordered) {
     const full = join(o.models, p);
-    files.push({ path: p, size: (await stat(full)).size, sha256: await sha256Of(full) });
+    files.push({ path: p, size: (await stat(full)).size, sha256: await sha256File(full) });
   }
   const manifest = parseBundleManifest(
     { format: BUNDLE_FORMAT, formatVersion: BUNDLE_VERSION, modelSetId: set.id, release: o.release, createdAt: (o.createdAt ?? new Date()).toISOString(), keyId: keyIdOf(o.key), files },

@@ -5,12 +5,13 @@
  * the job's before anything opens it.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
+import { hashFile, sha256File } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import type { ByteProgress } from './bundle.js';
 import { syncFile } from './fsutil.js';
@@ -22,11 +23,6 @@ export interface DownloadOptions {
   dest: string;
   onProgress?: ByteProgress;
   signal?: AbortSignal;
-}
-
-async function hashFile(path: string, h = createHash('sha256')) {
-  for await (const c of createReadStream(path)) h.update(c as Buffer);
-  return h;
 }
 
 function mismatch(url: string, got: string, want: string): SetokimError {
@@ -49,7 +45,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
         throw new SetokimError('BAD_ARGUMENT', `${url}: cannot read the bundle (${(err as Error).message})`, { cause: err });
       },
     );
-    const digest = (await hashFile(path)).digest('hex');
+    const digest = await sha256File(path);
     o.onProgress?.(size, size, path);
     if (digest !== o.sha256) throw mismatch(url, digest, o.sha256);
     return path;

@@ -15,9 +15,9 @@ import {
   profileCovers,
   readEngineManifest,
   readL4t,
-  sha256File,
   verifyPlanFile,
 } from '../../src/engine/engine-manifest.js';
+import { sha256File } from '../../src/engine/manifest.js';
 import { capabilities } from '../../src/engine/native.js';
 import { tmpDir } from './fixtures.js';
 

@@ -6,7 +6,8 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ENGINE_MANIFEST_FORMAT, engineManifestPath, sha256File } from '../../src/engine/engine-manifest.js';
+import { ENGINE_MANIFEST_FORMAT, engineManifestPath } from '../../src/engine/engine-manifest.js';
+import { sha256File } from '../../src/engine/manifest.js';
 import { buildEngine, profileFromSignature, stageDimProfiles } from '../../src/engine/engine-builder.js';
 import { type Capabilities, type NativeAddon, type NativeTrtEngine, type NativeTrtTensor, capabilities } from '../../src/engine/native.js';
 import { tensor } from '../../src/engine/backend.js';
