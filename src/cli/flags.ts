@@ -1,6 +1,14 @@
 /** Command-line options are validated with zod; every bad one becomes a BAD_ARGUMENT naming its flag. */
-import type { z } from 'zod';
+import { z } from 'zod';
+import { STAGES } from '../engine/contract.js';
 import { SetokimError } from '../errors.js';
+
+/** `--stages a,b`: stage names, comma-separated; absent means every stage of the set. */
+export const StageListFlag = z
+  .string()
+  .optional()
+  .transform((s) => (s ? s.split(',').map((x) => x.trim()) : undefined))
+  .pipe(z.array(z.enum(STAGES)).optional());
 
 /** `maxTokens` -> `--max-tokens`, the way commander spelled it on the command line. */
 export const flagName = (key: PropertyKey | undefined): string =>

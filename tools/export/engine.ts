@@ -13,15 +13,11 @@ import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engin
 import { PRECISIONS } from '../../src/engine/manifest.js';
 import { openModelSet } from '../../src/engine/modelset.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
-import { parseFlags } from '../../src/cli/flags.js';
+import { parseFlags, StageListFlag } from '../../src/cli/flags.js';
 
 const EngineOptions = z.object({
   model: z.string().min(1),
-  stages: z
-    .string()
-    .optional()
-    .transform((s) => (s ? s.split(',').map((x) => x.trim()) : undefined))
-    .pipe(z.array(z.enum(STAGES)).optional()),
+  stages: StageListFlag,
   precision: z.enum(PRECISIONS).optional(),
   maxTokens: z.coerce.number().int().positive().optional(),
   maxContext: z.coerce.number().int().positive().optional(),

@@ -8,18 +8,14 @@ import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { STAGES } from '../../src/engine/contract.js';
-import { parseFlags } from '../../src/cli/flags.js';
+import { parseFlags, StageListFlag } from '../../src/cli/flags.js';
 import { checkPrecision, DEFAULT_TOLERANCE, quantizeModelSet, type StageResult } from '../../src/quant/index.js';
 import { busyImage, flatImage } from './sample-images.js';
 
 const QuantizeOptions = z.object({
   models: z.string({ error: (i) => (i.input === undefined ? 'required' : undefined) }).min(1),
   precision: z.string().default('int8'),
-  stages: z
-    .string()
-    .optional()
-    .transform((s) => (s ? s.split(',').map((x) => x.trim()) : undefined))
-    .pipe(z.array(z.enum(STAGES)).optional()),
+  stages: StageListFlag,
   calibrationImages: z.coerce.number().int().min(1).max(256).default(8),
   tolerance: z.coerce.number().gt(0).default(DEFAULT_TOLERANCE),
   weightBits: z.enum(['7', '8']).default('7').transform((b) => Number(b) as 7 | 8),
