@@ -4,9 +4,10 @@
  * sets side by side under one root (`<root>/<id>/`) with an `active` pointer that a fleet update
  * switches atomically, so a failed download never replaces the set that is serving.
  */
-import { readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SetokimError } from '../errors.js';
+import { writeFileDurable } from './durable.js';
 import type { Architecture, StageName } from './contract.js';
 import { loadManifest, MANIFEST_FILE, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
 
@@ -108,13 +109,11 @@ export class ModelStore {
     }
   }
 
-  /** Verifies the set fully, then points `active` at it (write + rename: atomic on one filesystem). */
+  /** Verifies the set fully, then points `active` at it: write + rename, synced, so after power loss it names the old set or the new one. */
   async activate(id: string): Promise<ModelSet> {
     const set = await ModelSet.open(this.dirOf(id));
     if (set.id !== id) throw new SetokimError('MODEL_INVALID', `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);
-    const tmp = join(this.root, `${ACTIVE_FILE}.tmp`);
-    await writeFile(tmp, `${id}\n`);
-    await rename(tmp, join(this.root, ACTIVE_FILE));
+    await writeFileDurable(join(this.root, ACTIVE_FILE), `${id}\n`);
     return set;
   }
 

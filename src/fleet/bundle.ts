@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import { BUNDLE_FORMAT, BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeaderSchema, encodePrefix, MAX_HEADER_BYTES, parseBundleManifest, PREFIX_BYTES, signedBytes, type BundleFile, type BundleManifest } from './format.js';
-import { syncFile } from './fsutil.js';
+import { syncFile } from '../engine/durable.js';
 import { keyIdOf } from './keys.js';
 
 /** Bytes done of bytes total, for progress bars. */

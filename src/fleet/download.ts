@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { hashFile, sha256File } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import type { ByteProgress } from './bundle.js';
-import { syncFile } from './fsutil.js';
+import { syncFile } from '../engine/durable.js';
 
 export interface DownloadOptions {
   /** Expected sha256 of the whole bundle file (lowercase hex). */

@@ -14,7 +14,7 @@ import { loadManifest, verifyModelSet } from '../engine/manifest.js';
 import { ModelStore } from '../engine/modelset.js';
 import { SetokimError, errorCode } from '../errors.js';
 import { openBundle, streamBundle, type ByteProgress } from './bundle.js';
-import { fsyncDir, removeDurable } from './fsutil.js';
+import { fsyncDir, removeDurable } from '../engine/durable.js';
 import { canaryQuery, type CanaryResult, type HealthCheck } from './health.js';
 import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagingRoot, writeJournal, writeRelease, type Journal, type JournalStep } from './journal.js';
 
@@ -164,7 +164,6 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
       await step('placed', target);
 
       await store.activate(modelSetId);
-      await fsyncDir(root);
       await writeJournal(root, (j.step = 'activated', j));
       await step('activated', `${modelSetId} (previous: ${previous ?? 'none'})`);
 

@@ -11,7 +11,7 @@ import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
-import { removeDurable, writeFileDurable } from './fsutil.js';
+import { removeDurable, writeFileDurable } from '../engine/durable.js';
 
 /** Steps an install records, in order; recovery undoes whatever an uncommitted one did. */
 export const JOURNAL_STEPS = ['staging', 'staged', 'placed', 'activated'] as const;

@@ -1,4 +1,4 @@
-/** Small durable-write helpers: a journal or state file must survive power loss once written. */
+/** Small durable-write helpers: the active-set pointer, a journal or a state file must survive power loss once written. */
 import { open, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
