@@ -43,6 +43,10 @@ export const ErrorCodes = {
   UPDATE_CONFLICT: 'UPDATE_CONFLICT',
   /** A staged rollout stopped: a canary failed, or failures passed the threshold. */
   ROLLOUT_ABORTED: 'ROLLOUT_ABORTED',
+  /** A bundle download received no bytes (or no response headers) for the stall timeout; the partial file is kept. */
+  DOWNLOAD_STALLED: 'DOWNLOAD_STALLED',
+  /** A bundle download is larger than the job's size or the download cap; the partial file is removed. */
+  BUNDLE_TOO_LARGE: 'BUNDLE_TOO_LARGE',
   // serving
   BUSY: 'BUSY',
   EXPIRED: 'EXPIRED',
@@ -97,6 +101,8 @@ export function exitStatus(code: ErrorCode): number {
     case 'HEALTH_CHECK_FAILED':
     case 'UPDATE_CONFLICT':
     case 'ROLLOUT_ABORTED':
+    case 'DOWNLOAD_STALLED':
+    case 'BUNDLE_TOO_LARGE':
       return 3;
     case 'BUSY':
     case 'EXPIRED':
