@@ -43,6 +43,8 @@ export const ErrorCodes = {
   UPDATE_CONFLICT: 'UPDATE_CONFLICT',
   /** A staged rollout stopped: a canary failed, or failures passed the threshold. */
   ROLLOUT_ABORTED: 'ROLLOUT_ABORTED',
+  /** A hook run after an update committed failed (a warning on `committed`: the release stays active). */
+  UPDATE_HOOK_FAILED: 'UPDATE_HOOK_FAILED',
   /** A bundle download received no bytes (or no response headers) for the stall timeout; the partial file is kept. */
   DOWNLOAD_STALLED: 'DOWNLOAD_STALLED',
   /** A bundle download is larger than the job's size or the download cap; the partial file is removed. */

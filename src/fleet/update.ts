@@ -24,6 +24,8 @@ export const UpdateJobSchema = z.strictObject({
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   /** Informational: the release the publisher expects (the signed manifest decides). */
   release: z.number().int().positive().optional(),
+  /** The bundle file's size in bytes: the download refuses more and checks free space first. Optional: older publishers omit it. */
+  size: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
 });
 export type UpdateJob = z.infer<typeof UpdateJobSchema>;
 
@@ -38,7 +40,15 @@ export interface UpdateEvent {
   total?: number;
   modelSetId?: string;
   release?: number;
+  /** On committed only: a hook run after the commit point failed; the release stays committed and active. */
+  warning?: { code: ErrorCode; message: string };
   at: string;
+}
+
+/** The warning a `committed` event carries when `hook` threw after the commit (code UPDATE_HOOK_FAILED). */
+export function hookWarning(hook: string, err: unknown): NonNullable<UpdateEvent['warning']> {
+  const why = `[${errorCode(err)}] ${(err as Error)?.message ?? String(err)}`;
+  return { code: 'UPDATE_HOOK_FAILED', message: `${hook} failed after the release was committed: ${why}; the new set stays committed and active` };
 }
 
 export interface UpdateHandlerOptions {
@@ -106,9 +116,10 @@ export class UpdateHandler {
       send(state, { done, total });
     };
     const cur = { state: 'downloading' as UpdateState };
+    let warning: UpdateEvent['warning'];
     try {
       send('downloading');
-      const path = await downloadBundle(job.url, { sha256: job.sha256, dest: join(fleetDir(this.o.store), 'downloads', `${job.sha256}.bundle`), onProgress: progress('downloading') });
+      const path = await downloadBundle(job.url, { sha256: job.sha256, size: job.size, dest: join(fleetDir(this.o.store), 'downloads', `${job.sha256}.bundle`), onProgress: progress('downloading') });
       send((cur.state = 'verifying'));
       const r = await installBundle({
         bundle: path,
@@ -124,10 +135,16 @@ export class UpdateHandler {
             cur.state = next;
             send(next, { message: detail });
           }
-          await this.o.onInstallStep?.(s, detail);
+          if (s !== 'committed') return void (await this.o.onInstallStep?.(s, detail));
+          // Past the commit point nothing rolls back: a throwing hook is a warning on `committed`, not a failed job.
+          try {
+            await this.o.onInstallStep?.(s, detail);
+          } catch (err) {
+            warning = hookWarning('onInstallStep(committed)', err);
+          }
         },
       });
-      send('committed', { modelSetId: r.modelSetId, release: r.release, message: `canary answered in ${r.health.ms.toFixed(0)} ms` });
+      send('committed', { modelSetId: r.modelSetId, release: r.release, message: `canary answered in ${r.health.ms.toFixed(0)} ms`, ...(warning ? { warning } : {}) });
       return r;
     } catch (err) {
       const code = errorCode(err);
