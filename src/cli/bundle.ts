@@ -190,6 +190,7 @@ const RolloutOptions = z.object({
   url: req(),
   sha256: z.string({ error: missingOr() }).regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'),
   release: wholeNumber(1).optional(),
+  size: wholeNumber(1).optional(),
   maxFailures: wholeNumber(0).optional(),
   concurrency: wholeNumber(1).optional(),
   timeout: wholeNumber(1).optional(),
@@ -210,6 +211,7 @@ export function registerFleet(program: Command): Command {
     .option('--url <url>', 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)')
     .option('--sha256 <hex>', 'sha256 of the bundle file (required)')
     .option('--release <n>', 'the release it carries (informational; devices check the signed one)')
+    .option('--size <bytes>', "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first")
     .option('--max-failures <n>', 'failures tolerated after the canaries (default 0)')
     .option('--concurrency <n>', 'devices updating at once after the canaries (default 1)')
     .option('--timeout <s>', 'seconds a device may take from job to final state (default 600)')
@@ -238,7 +240,7 @@ export function registerFleet(program: Command): Command {
           fleet: o.fleet,
           devices: o.devices,
           canary: o.canary,
-          job: { url: o.url, sha256: o.sha256, release: o.release },
+          job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
           maxFailures: o.maxFailures,
           concurrency: o.concurrency,
           timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
