@@ -3,17 +3,19 @@
  * job through an UpdateHandler, publish every state. An agent wires it in with one call on its
  * connected client (docs/FLEET.md, "Wiring into the agent").
  */
-import type { MqttClient } from 'mqtt';
+import { ReasonCodes, type MqttClient } from 'mqtt';
+import { SetokimError } from '../errors.js';
 import type { InstallResult } from './install.js';
 import { updateStateTopic, updateTopic } from './topics.js';
-import type { UpdateEvent, UpdateHandler } from './update.js';
+import { hookWarning, type UpdateEvent, type UpdateHandler } from './update.js';
 
 export interface ServeUpdatesOptions {
   fleet: string;
   device: string;
   /**
    * Called once after a job committed (e.g. drain the serving pipeline and reopen the active set),
-   * not again when the broker redelivers that job. Report its own errors: a rejection is dropped.
+   * not again when the broker redelivers that job. A rejection is published as the job's
+   * `committed` state again with `warning` (UPDATE_HOOK_FAILED): the release stays committed.
    */
   onCommitted?: (r: InstallResult) => void | Promise<void>;
   /** Every event, also for logging. */
@@ -22,6 +24,10 @@ export interface ServeUpdatesOptions {
   onSubscribed?: () => void;
 }
 
+/**
+ * Subscribes to the device's job topic and serves it until stop(). A refused subscription
+ * rejects (BROKER_REFUSED for a SUBACK failure code) and leaves the client's listeners as they were.
+ */
 export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o: ServeUpdatesOptions): Promise<{ stop: () => Promise<void> }> {
   const jobs = updateTopic(o.fleet, o.device);
   const states = updateStateTopic(o.fleet, o.device);
@@ -42,23 +48,50 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
     // A redelivered job id returns the first run's promise: its commit was handled already.
     if (handled.has(run)) return;
     handled.add(run);
-    run
-      .then((r) => o.onCommitted?.(r), () => {}) // a failure was already reported as `failed`
-      .catch(() => {}); // onCommitted's own rejection (documented above): never an unhandled rejection
+    run.then(
+      async (r) => {
+        try {
+          await o.onCommitted?.(r);
+        } catch (err) {
+          // Never an unhandled rejection, never `failed`: the release is committed and active.
+          const jobId = (job as { jobId: string }).jobId; // run() resolved: the job was valid
+          emit({ jobId, state: 'committed', modelSetId: r.modelSetId, release: r.release, warning: hookWarning('onCommitted', err), at: new Date().toISOString() });
+        }
+      },
+      () => {}, // a failure was already reported as `failed`
+    ).catch(() => {}); // a throwing onEvent while reporting it
   };
   // Subscribed again on every reconnect: the agent connects with resubscribe off.
   const subscribe = async () => {
-    await client.subscribeAsync(jobs, { qos: 1 });
+    try {
+      await client.subscribeAsync(jobs, { qos: 1 });
+    } catch (err) {
+      // A SUBACK failure code (>= 0x80) is the broker's refusal, e.g. its ACL.
+      const rc = (err as { packet?: { granted?: unknown[] } }).packet?.granted?.[0];
+      if (typeof rc === 'number' && rc >= 0x80) {
+        const why = ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused';
+        throw new SetokimError('BROKER_REFUSED', `the broker refused the subscription to ${jobs} (${why}, reason code 0x${rc.toString(16)}); allow this client to subscribe to it in the broker's ACL`, { cause: err });
+      }
+      throw err;
+    }
     o.onSubscribed?.();
   };
   const onConnect = () => void subscribe().catch(() => {}); // the next reconnect tries again
   client.on('message', onMessage);
   client.on('connect', onConnect);
-  await subscribe();
+  const detach = () => {
+    client.off('message', onMessage);
+    client.off('connect', onConnect);
+  };
+  try {
+    await subscribe();
+  } catch (err) {
+    detach(); // a failed start leaves the client as it was: a retry attaches its own listeners
+    throw err;
+  }
   return {
     stop: async () => {
-      client.off('message', onMessage);
-      client.off('connect', onConnect);
+      detach();
       if (client.connected) await client.unsubscribeAsync(jobs);
     },
   };
