@@ -83,16 +83,16 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
   }, par);
 }
 
-// Step 3 for row i: density over the k nearest (D < t, then the lowest-index ties at t), summed
-// in index order; returns t.
-float DpcKnn::DensityRow(int i, float* rho) const {
+// Step 3 for rows [i0, i0 + rows), rows <= kDensityBlock: density over the k nearest (D < t, then
+// the lowest-index ties at t), summed in index order; keeps t in kth_ and rho in rho_.
+void DpcKnn::DensityRows(int i0, int rows) {
   const int n = params_.n, k = params_.k;
-  const float* d = dist_.data() + static_cast<size_t>(i) * n;
-  const float kth = KthSmallest(d, n, k);
-  const float sum = DensitySum(d, n, k, kth);
-  const float mean = sum / static_cast<float>(k);
-  *rho = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
-  return kth;
+  float sums[kDensityBlock];
+  setokim::DensityRows(dist_.data() + static_cast<size_t>(i0) * n, n, k, rows, kth_.data() + i0, sums);
+  for (int r = 0; r < rows; ++r) {
+    const float mean = sums[r] / static_cast<float>(k);
+    rho_[i0 + r] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
+  }
 }
 
 ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
@@ -105,7 +105,8 @@ ClusterResult DpcKnn::FromDistances() {
   kth_.resize(n);
   rho_.resize(n);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) kth_[i] = DensityRow(i, &rho_[i]);
+    const int end = std::min(n, (t + 1) * kRowsPerTask);
+    for (int i = t * kRowsPerTask; i < end; i += kDensityBlock) DensityRows(i, std::min(kDensityBlock, end - i));
   }, WorthThreads(n));
   have_state_ = true;
   return FinishFromDensity();
@@ -142,7 +143,7 @@ ClusterResult DpcKnn::UpdateFromGram(const std::vector<float>& gram, const std::
       const float kth = kth_[i];
       const float* d = dist_.data() + static_cast<size_t>(i) * n;
       for (int r = 0; r < m && keep; ++r) keep = old[static_cast<size_t>(r) * n + i] > kth && d[rows[r]] > kth;
-      if (!keep) kth_[i] = DensityRow(i, &rho_[i]);
+      if (!keep) DensityRows(i, 1);
     }
   }, WorthThreads(n));
   return FinishFromDensity();

@@ -35,7 +35,7 @@ class DpcKnn {
   const ClusterParams& params() const { return params_; }
 
  private:
-  float DensityRow(int i, float* rho) const;
+  void DensityRows(int i0, int rows);  // step 3 into kth_ and rho_
   void DistancesInPlace(std::vector<float>& gram) const;  // needs GramStride(n) == n
   ClusterResult FromDistances();                           // steps 3-6 from dist_
   ClusterResult FinishFromDensity();

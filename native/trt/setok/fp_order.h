@@ -4,6 +4,8 @@
 // Thread safety: pure functions.
 #pragma once
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 namespace setokim::fp {
 
@@ -31,7 +33,12 @@ inline double ExpDet(double x) {
   const double r = (x - Opaque(n * kLn2Hi)) - Opaque(n * kLn2Lo);
   double p = kInvFact[13];
   for (int i = 12; i >= 0; --i) p = kInvFact[i] + Opaque(r * p);
-  return std::ldexp(p, static_cast<int>(n));
+  // p * 2^n with 2^n built from its bits (n >= -150 here, a normal double): exact, as ldexp, and
+  // the reference's multiply by an exact power of two, without a libm call.
+  const uint64_t e = static_cast<uint64_t>(static_cast<int64_t>(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
 }
 
 }  // namespace setokim::fp

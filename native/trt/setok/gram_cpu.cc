@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -53,8 +54,12 @@ namespace avx2 {
 #endif
 
 #if defined(__x86_64__)
+// SETOKIM_CPU_ISA=generic picks the portable kernels (the ARM path's code) on x86 too, for tests.
 bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
+  static const bool has = [] {
+    const char* isa = std::getenv("SETOKIM_CPU_ISA");
+    return __builtin_cpu_supports("avx2") && !(isa && std::strcmp(isa, "generic") == 0);
+  }();
   return has;
 }
 #endif
@@ -124,6 +129,16 @@ float DensitySum(const float* d, int n, int k, float t) {
   if (HasAvx2()) return avx2::DensitySum(d, n, k, t);
 #endif
   return generic::DensitySum(d, n, k, t);
+}
+
+void DensityRows(const float* d, int n, int k, int rows, float* kth, float* sum) {
+  thread_local std::vector<float> scratch;  // kDensityBlock packed rows, reused call to call
+  const size_t need = static_cast<size_t>(kDensityBlock) * (n + 16);
+  if (scratch.size() < need) scratch.resize(need);
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::DensityRows(d, n, k, rows, kth, sum, scratch.data());
+#endif
+  generic::DensityRows(d, n, k, rows, kth, sum, scratch.data());
 }
 
 float KthSmallest(const float* v, int n, int k) {

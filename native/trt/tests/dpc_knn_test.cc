@@ -256,9 +256,54 @@ void TestPositionEncoding() {
   EXPECT(x[1] == 2.0f && x[0] == 1.0f, "added");
 }
 
+// Step 3's selection and sum against a sort and a plain loop, on rows built to hit every path:
+// ties at t (coarse values), zeros (self distances, duplicates), all-equal rows, n not a multiple
+// of the vector width, k = 1 and k = n, blocks of 1..kDensityBlock rows.
+void TestDensitySelection() {
+  Rng r(77);
+  int bad = 0, cases = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int n = 1 + static_cast<int>(r() * 300);
+    const int k = trial % 7 == 0 ? n : trial % 11 == 0 ? 1 : 1 + static_cast<int>(r() * n);
+    const int rows = 1 + static_cast<int>(r() * kDensityBlock);
+    const int kind = trial % 4;  // 0 continuous, 1 coarse (ties), 2 many zeros, 3 one value
+    std::vector<float> d(static_cast<size_t>(rows) * n);
+    for (auto& v : d) {
+      const double u = r();
+      v = kind == 0 ? static_cast<float>(u * 3) : kind == 1 ? static_cast<float>(std::floor(u * 6) * 0.25)
+          : kind == 2 ? (u < 0.4 ? 0.0f : static_cast<float>(u)) : 0.5f;
+    }
+    std::vector<float> kth(rows), sum(rows);
+    DensityRows(d.data(), n, k, rows, kth.data(), sum.data());
+    for (int i = 0; i < rows; ++i) {
+      const float* row = d.data() + static_cast<size_t>(i) * n;
+      std::vector<float> sorted(row, row + n);
+      std::sort(sorted.begin(), sorted.end());
+      const float t = sorted[k - 1];
+      int need = k;
+      for (int m = 0; m < k; ++m) need -= sorted[m] < t;
+      float want = 0.0f;
+      for (int j = 0; j < n; ++j) {
+        if (row[j] < t || (row[j] == t && need > 0)) {
+          need -= row[j] == t;
+          volatile float sq = row[j] * row[j];
+          want = want + sq;
+        }
+      }
+      ++cases;
+      const float one_row = DensitySum(row, n, k, t);
+      const bool ok = kth[i] == t && KthSmallest(row, n, k) == t && std::memcmp(&sum[i], &want, sizeof want) == 0 &&
+                      std::memcmp(&one_row, &want, sizeof want) == 0;
+      if (!ok && bad++ < 5) std::printf("  n=%d k=%d kind=%d row=%d: t %g vs %g, sum %g vs %g\n", n, k, kind, i, kth[i], t, sum[i], want);
+    }
+  }
+  EXPECT(bad == 0, "%d of %d rows differ from sort + plain loop", bad, cases);
+}
+
 }  // namespace
 
 int main() {
+  std::printf("kernels: %s\n", GramIsa());
   TestGramMatchesPlainLoop();
   TestGemmYardstick();
   TestClusterCases();
@@ -266,5 +311,6 @@ int main() {
   TestStreamingTies();
   TestBadInput();
   TestPositionEncoding();
+  TestDensitySelection();
   return Finish();
 }
