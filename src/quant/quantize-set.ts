@@ -1,15 +1,21 @@
 /**
  * Quantising a model set: calibrate every wanted stage on the fp32 pipeline, rewrite each graph to
  * INT8 Q/DQ, check it against fp32 on held-out feeds, and only when every stage is within the
- * tolerance put `<stage>.int8.onnx` beside the fp32 file and list it as a variant in manifest.json
- * (temp files + rename, the manifest last). A refused stage leaves the set as it was.
+ * tolerance list the new files as variants in manifest.json. A refused stage leaves the set as it was.
+ *
+ * Crash safety: a new file never takes a name the manifest on disk lists. It is `<stage>.int8.onnx`,
+ * or, when that is the listed build being replaced, `<stage>.int8.<sha256 prefix>.onnx`. Every new
+ * file is flushed before the manifest is switched to them in one durable rename (writeFileDurable);
+ * only then are the replaced builds removed. At every instant the manifest names whole files that
+ * match it; a crash leaves at most unlisted files, which the next run removes.
  */
 import { createHash } from 'node:crypto';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Backend, Session, Tensor } from '../engine/backend.js';
 import { STAGES, type StageName } from '../engine/contract.js';
-import { manifestPath, parseManifest, serializeManifest, type Precision, type StageFile } from '../engine/manifest.js';
+import { fsyncDir, writeFileDurable } from '../engine/durable.js';
+import { manifestPath, parseManifest, serializeManifest, type Manifest, type Precision, type StageFile } from '../engine/manifest.js';
 import { openModelSet } from '../engine/modelset.js';
 import { OrtBackend } from '../engine/onnxruntime.js';
 import { SetokimError } from '../errors.js';
@@ -82,6 +88,23 @@ export function checkPrecision(p: string): asserts p is 'int8' {
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
+/** Every file a manifest names (main files and variants). */
+const listedFiles = (m: Manifest) => new Set(Object.values(m.stages).flatMap((e) => [e.file, ...e.variants.map((v) => v.file)]));
+
+/** A name for a new build that the manifest on disk does not list (see the header). */
+function newBuildName(stage: StageName, precision: Precision, sha: string, listed: ReadonlySet<string>): string {
+  const names = [`${stage}.${precision}.onnx`, `${stage}.${precision}.${sha.slice(0, 12)}.onnx`];
+  const free = names.find((n) => !listed.has(n));
+  if (!free) throw new SetokimError('MODEL_INVALID', `manifest.json lists both ${names.join(' and ')}; remove one of those variants from the manifest (or re-export the set) and quantise again`);
+  return free;
+}
+
+/** A file this module writes for `stage` at `precision`: a build (plain or hashed name), or a temp file of an older version. */
+const isBuildFile = (f: string, stage: StageName, precision: Precision) => {
+  const rest = f.startsWith(`${stage}.${precision}.`) ? f.slice(stage.length + precision.length + 2) : undefined;
+  return rest !== undefined && /^([0-9a-f]{12}\.)?onnx(\.tmp-\d+)?$/.test(rest);
+};
+
 async function timedRuns(s: Session, feeds: readonly Feeds[]): Promise<{ outs: Record<string, Tensor>[]; ms: number }> {
   await s.run(feeds[0]!); // warm-up: first runs allocate
   const t0 = performance.now();
@@ -108,7 +131,9 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
     : undefined;
 
   const results: StageResult[] = [];
-  const written: { tmp: string; final: string; stage: StageName; entry: StageFile }[] = [];
+  const listed = listedFiles(set.manifest);
+  // New builds, under names the manifest on disk does not list: removed again unless the manifest switches to them.
+  const written: { file: string; stage: StageName; entry: StageFile }[] = [];
   try {
     for (const stage of stages) {
       const model = fp32.get(stage)!;
@@ -127,18 +152,18 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
       const { ranges, dynamic } = await activationRanges(backend, model, names, calibrate, { stage, signature, threads: o.threads, onSample: (done, total) => o.onProgress?.({ phase: 'ranges', stage, done, total }) });
       const { bytes, report } = quantizeModel(model, ranges, { minElements, weightMax: o.weightBits === 8 ? INT8_MAX : REDUCED_MAX });
 
-      const file = `${stage}.${o.precision}.onnx`;
+      const hash = sha256(bytes);
+      const file = newBuildName(stage, o.precision, hash, listed);
       const final = path.join(set.dir, file);
-      const tmp = `${final}.tmp-${process.pid}`;
-      await writeFile(tmp, bytes);
-      written.push({ tmp, final, stage, entry: { file, format: 'onnx', sha256: sha256(bytes), bytes: bytes.length, precision: o.precision } });
+      written.push({ file: final, stage, entry: { file, format: 'onnx', sha256: hash, bytes: bytes.length, precision: o.precision } });
+      await writeFile(final, bytes, { flush: true }); // on disk before any manifest names it
 
       const worst = new Map<string, OutputError>();
       let fp32Ms = 0;
       let int8Ms = 0;
       const ref = await backend.open(set.stagePath(stage), { stage, signature, threads: o.threads });
       try {
-        const q = await backend.open(tmp, { stage: `${stage} (${o.precision})`, signature, threads: o.threads });
+        const q = await backend.open(final, { stage: `${stage} (${o.precision})`, signature, threads: o.threads });
         try {
           const a = await timedRuns(ref, heldOut);
           const b = await timedRuns(q, heldOut);
@@ -181,20 +206,28 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
         );
       }
     }
-    // Every stage passed: move the files in, then list them (the manifest last, so it never names a missing file).
-    for (const w of written) await rename(w.tmp, w.final);
+    // Every stage passed: the new files' names are on disk, then one durable switch of the manifest to them.
     const m = structuredClone(set.manifest);
     for (const w of written) {
       const e = m.stages[w.stage]!;
       e.variants = [...e.variants.filter((v) => v.precision !== w.entry.precision), w.entry];
     }
     parseManifest(m, manifestPath(set.dir));
-    const tmpManifest = `${manifestPath(set.dir)}.tmp-${process.pid}`;
-    await writeFile(tmpManifest, serializeManifest(m));
-    await rename(tmpManifest, manifestPath(set.dir));
+    await fsyncDir(set.dir);
+    await writeFileDurable(manifestPath(set.dir), serializeManifest(m));
+    const quantised = written.map((w) => w.stage);
     written.length = 0;
+    await removeUnlisted(set.dir, m, quantised, o.precision);
   } finally {
-    for (const w of written) await rm(w.tmp, { force: true });
+    for (const w of written) await rm(w.file, { force: true });
   }
   return results;
+}
+
+/** Removes the builds of `stages` the manifest no longer lists: the ones just replaced, and leftovers of a run cut off before its switch. */
+async function removeUnlisted(dir: string, m: Manifest, stages: readonly StageName[], precision: Precision): Promise<void> {
+  const keep = listedFiles(m);
+  const stale = (await readdir(dir)).filter((f) => !keep.has(f) && stages.some((s) => isBuildFile(f, s, precision)));
+  for (const f of stale) await rm(path.join(dir, f), { force: true });
+  if (stale.length) await fsyncDir(dir);
 }
