@@ -6,7 +6,10 @@
 #   2. the core library holds no fused multiply-add instruction (the reference rounds each product);
 #   3. each ctest program passes under qemu, dpc_knn_test on the NEON kernels;
 #   4. the clustering of a few inputs gives the same bits on aarch64 as on this x86 machine (AVX2
-#      and generic kernels): digests of centres, labels, scores, rho and the Gram matrix.
+#      and generic kernels): digests of centres, labels, scores, rho and the Gram matrix;
+#   5. the Node addon's sources (native/trt/addon) compile for aarch64 against node-addon-api and the
+#      Node-API headers (after `npm ci`), and link into a .node whose only unresolved symbols are
+#      Node-API's (no aarch64 Node here to load it).
 # Prints "skipped" and exits 0 when the cross compiler or qemu is missing. Needs (Debian/Ubuntu):
 #   apt-get install -y g++-aarch64-linux-gnu qemu-user-static
 # Emulated timings say nothing about a Jetson; this proves correctness only.
@@ -135,6 +138,43 @@ EOF
   done
 else
   echo "  skipped: needs an x86-64 host with g++"
+fi
+
+echo "== 5. Node addon compiles for aarch64"
+napi_inc=""
+for d in node_modules/node-api-headers/include "$HOME"/.cmake-js/node-*/v*/include/node /usr/include/node; do
+  if [ -f "$d/node_api.h" ]; then napi_inc=$d; break; fi
+done
+if [ -f node_modules/node-addon-api/napi.h ] && [ -n "$napi_inc" ]; then
+  mkdir -p "$BUILD/addon"
+  arm_flags=($(grep -oE -- '-mcpu=[^ ]+' "$BUILD/CMakeCache.txt" | head -1 || true))
+  objs=()
+  for src in native/trt/addon/*.cc; do  # the flags CMakeLists.txt gives setokim_addon
+    obj=$BUILD/addon/$(basename "$src" .cc).o
+    if "$TRIPLE-g++" "${arm_flags[@]}" -std=gnu++17 -O3 -fPIC -Wall -Wextra -DBUILDING_NODE_EXTENSION \
+        -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED -DNAPI_CPP_EXCEPTIONS \
+        -Inative/trt -Inode_modules/node-addon-api -I"$napi_inc" -c "$src" -o "$obj"; then
+      objs+=("$obj")
+    else
+      fail "$src does not compile for aarch64"
+    fi
+  done
+  if [ ${#objs[@]} -gt 0 ]; then
+    # -z defs lists every symbol the .node leaves to its loader; all must be Node's napi_*.
+    "$TRIPLE-g++" -shared -pthread -Wl,-z,defs "${objs[@]}" "$BUILD/libsetokim_core.a" -o "$BUILD/addon/setokim.node" \
+      > "$BUILD/addon/link.log" 2>&1 && link_rc=0 || link_rc=$?
+    undefined=$(grep -oE "undefined reference to \`[^']+'" "$BUILD/addon/link.log" | sort -u | sed "s/.*\`//; s/'$//" || true)
+    others=$(echo "$undefined" | grep -vE '^(napi_|node_api_)' | grep -v '^$' || true)
+    if [ "$link_rc" != 0 ] && [ -z "$undefined" ]; then
+      fail "the aarch64 addon does not link: $(tail -3 "$BUILD/addon/link.log")"
+    elif [ -n "$others" ]; then
+      fail "the aarch64 addon leaves non-Node-API symbols unresolved: $(echo $others)"
+    else
+      echo "  ${#objs[@]} sources compiled (headers: $napi_inc); linked: only $(echo "$undefined" | grep -c .) napi_* symbols left to Node"
+    fi
+  fi
+else
+  echo "  skipped: node_modules/node-addon-api or the Node-API headers missing (run npm ci first)"
 fi
 
 echo "== check-aarch64: build ${build_s} s, total $((SECONDS - start)) s"
