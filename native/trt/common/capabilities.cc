@@ -1,5 +1,7 @@
 #include "common/capabilities.h"
 
+#include "setok/gram_cpu.h"
+
 #ifdef SETOKIM_WITH_TENSORRT
 #include <NvInferVersion.h>
 #include <NvInferRuntime.h>
@@ -7,25 +9,9 @@
 
 namespace setokim {
 
-namespace {
-std::string SimdName() {
-#if defined(__AVX512F__)
-  return "avx512";
-#elif defined(__AVX2__)
-  return "avx2";
-#elif defined(__ARM_NEON) || defined(__aarch64__)
-  return "neon";
-#elif defined(__SSE2__)
-  return "sse2";
-#else
-  return "scalar";
-#endif
-}
-}  // namespace
-
 Capabilities ProbeCapabilities() {
   Capabilities caps;
-  caps.simd = SimdName();
+  caps.simd = GramIsa();  // what the CPU kernels run with here (AVX2 is picked at run time on x86)
 #ifdef SETOKIM_WITH_CUDA
   caps.cuda = true;
   caps.cudaVersion = SETOKIM_CUDA_VERSION;

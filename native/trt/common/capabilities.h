@@ -21,7 +21,7 @@ struct Capabilities {
   std::string cudaArchitectures;  // e.g. "87;110"
   bool tensorrt = false;
   std::string tensorrtVersion;    // headers the backend was compiled against
-  std::string simd;               // vector ISA the CPU kernels were compiled for
+  std::string simd;               // vector ISA the CPU kernels use on this CPU (avx2, sse2, neon)
   // Present now.
   std::vector<GpuInfo> gpus;
   int cudaDriverVersion = 0;      // 0 when there is no driver
