@@ -45,9 +45,9 @@ console.log(`# cluster benchmark: ${os.cpus().length} cores (${os.cpus()[0]?.mod
 // native calls of about the same wall time, so both see the same load on the shared cores; each
 // block's median is its steady per-call cost (how a camera stream or a query queue calls it), and
 // the ratio reported is the median of the per-round ratios (and the ratio of the overall medians).
-// The first native call after a reference block is reported on its own: after ~15 ms without
-// vector work this CPU runs the next ~1 ms of AVX2 code slower (measured in plain C++ as well,
-// after a sleep or a scalar loop alike), a cost of the pause, not of either implementation.
+// The first native call after a reference block is reported on its own: after ~15 ms of other
+// work this CPU runs the next ~1 ms of clustering up to 2x slower (in plain C++ too, after a
+// sleep, a scalar loop or a memory sweep alike), a cost of the switch, not of either side.
 console.log('\n## native CPU vs TypeScript reference (median ms per call; paired = median of per-round ratios)');
 console.log('size        | reference wall / cpu | native wall / cpu | ratio wall / cpu | paired wall / cpu | first native call after a pause | same result');
 for (const [n, dim, grid, rounds, refPerRound, natPerRound] of [[729, 1152, 27, 3, 1, 20], [256, 64, 16, 25, 2, 60]] as const) {
