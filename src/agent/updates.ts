@@ -2,7 +2,8 @@
  * Fleet updates served by the agent (docs/FLEET.md, "Wiring into the agent"): update jobs on
  * `setokim/v1/<fleet>/<device>/update` run through an UpdateHandler (download, verify, install
  * with a canary, commit or roll back); once a release is committed the agent opens the new set
- * and replacePipeline drains the old one. A failed job leaves the agent serving what it served.
+ * and replacePipeline drains the old one. A failed job leaves the agent serving what it served; so
+ * does a committed set it cannot open, and the job's state says so (warning UPDATE_HOOK_FAILED).
  * At start the agent serves the store's active set, after recovering an interrupted install.
  */
 import { ModelStore } from '../engine/modelset.js';
@@ -130,26 +131,46 @@ export async function startUpdates(agent: Agent, o: UpdateServiceOptions): Promi
   let stopped = false;
   // Switches run one at a time, in commit order: a slow open must not put an older set back.
   let switches: Promise<void> = Promise.resolve();
+  // Rejects when the committed set could not be served: serveUpdates then republishes the job's
+  // `committed` state with warning UPDATE_HOOK_FAILED, so the fleet hears the device still serves
+  // the old set. The agent keeps serving it either way.
   const switchTo = async (r: InstallResult): Promise<void> => {
     if (stopped) return; // the next start serves the store's active set
+    const serving = agent.pipeline.info.modelSetId;
+    const fail = (err: unknown, what: string): SetokimError => {
+      const message = `release ${r.release} (${r.modelSetId}) is committed but ${what}: ${(err as Error)?.message ?? String(err)}; still serving ${serving}; restart the agent to serve the store's active set`;
+      log('error', `[${errorCode(err)}] ${message}`);
+      return new SetokimError(errorCode(err), message, { cause: err });
+    };
+    let opened: OpenedSet;
     try {
-      const opened = await o.open(store.dirOf(r.modelSetId));
-      // Swaps at once; the returned promise settles when the old pipeline has drained and closed.
-      track(agent.replacePipeline(opened.pipeline, opened.countTokens ? { countTokens: opened.countTokens } : {}));
+      opened = await o.open(store.dirOf(r.modelSetId));
     } catch (err) {
-      log('error', `release ${r.release} (${r.modelSetId}) is committed but could not be opened: [${errorCode(err)}] ${(err as Error).message}; still serving ${agent.pipeline.info.modelSetId}; restart the agent to serve the store's active set`);
+      throw fail(err, 'could not be opened');
+    }
+    // Swaps at once; the returned promise settles when the old pipeline has drained and closed.
+    const replaced = agent.replacePipeline(opened.pipeline, opened.countTokens ? { countTokens: opened.countTokens } : {});
+    track(replaced);
+    if (agent.pipeline === opened.pipeline) return;
+    // Not swapped: the agent is stopping (it closed the new set), or the replace failed before the swap.
+    try {
+      await replaced;
+    } catch (err) {
+      await opened.pipeline.close().catch(() => undefined);
+      throw fail(err, 'could not be switched to');
     }
   };
-  const onCommitted = (r: InstallResult): void => {
+  const onCommitted = (r: InstallResult): Promise<void> => {
     const p = switches.then(() => switchTo(r));
-    switches = p;
+    switches = p.catch(() => undefined); // a failed switch does not hold back the next one
     track(p);
+    return p;
   };
   const onEvent = (e: UpdateEvent): void => {
     o.onEvent?.(e);
     if (e.done !== undefined && e.state !== 'committed') return log('debug', `update ${e.jobId}: ${e.state} ${e.done}/${e.total}`);
-    const what = [e.modelSetId && `${e.modelSetId} release ${e.release}`, e.code, e.message].filter(Boolean).join(' ');
-    log(e.state === 'failed' || e.state === 'rolled-back' ? 'warn' : 'info', `update ${e.jobId}: ${e.state}${what ? ` ${what}` : ''}`);
+    const what = [e.modelSetId && `${e.modelSetId} release ${e.release}`, e.code, e.message, e.warning && `warning ${e.warning.code}: ${e.warning.message}`].filter(Boolean).join(' ');
+    log(e.state === 'failed' || e.state === 'rolled-back' || e.warning ? 'warn' : 'info', `update ${e.jobId}: ${e.state}${what ? ` ${what}` : ''}`);
   };
 
   const served = await serveUpdates(client, handler, { fleet: config.fleet, device: config.device, onCommitted, onEvent });

@@ -15,6 +15,8 @@ import { Agent, type AgentEvents } from '../../src/agent/agent.js';
 import { QueryClient, newQueryId } from '../../src/agent/client.js';
 import { decodeStatus, type AgentStatus, type ReplyEvent } from '../../src/agent/codec.js';
 import { loadAgentConfig } from '../../src/agent/config.js';
+import { ModelStore } from '../../src/engine/modelset.js';
+import { SetokimError } from '../../src/errors.js';
 import { openServingSet, startingModels, startUpdates } from '../../src/agent/updates.js';
 import { UpdateHandler, updateStateTopic, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
 import { childEnv } from '../helpers/child-env.js';
@@ -301,3 +303,77 @@ t.test('setokim agent with a private key as --update-pubkey stops before opening
   t.match(stderr, /BAD_ARGUMENT.*holds a private key/);
   t.notMatch(stderr, /opening the model set/);
 });
+
+/** An agent whose switch to a new pipeline fails before it swaps (as a broken status publish would). */
+class FailingSwitch extends Agent {
+  override replacePipeline(): Promise<void> {
+    return Promise.reject(new SetokimError('BACKEND_CRASHED', 'the new set crashed while it was being switched to'));
+  }
+}
+
+for (const failing of ['replacePipeline', 'open'] as const) {
+  t.test(`${kind}: ${failing} failing after a commit: the job state is committed with UPDATE_HOOK_FAILED, release 1 keeps answering`, async (t) => {
+    const device = `hook-${failing}`;
+    const hookStore = path.join(f.dir, `store-${device}`);
+    const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha(r1) }, () => {});
+    const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath } });
+    const log = (level: string, m: string) => logs.push(`${level} ${m}`);
+    const opened = await openServingSet(config, await startingModels(config, log));
+    const agent = new (failing === 'replacePipeline' ? FailingSwitch : Agent)({ config, pipeline: opened.pipeline, log });
+    await agent.start();
+    let newSetClosed = false;
+    const open = async (dir: string) => {
+      if (failing === 'open') throw new SetokimError('BACKEND_CRASHED', 'the session worker died while loading llm.onnx');
+      const s = await openServingSet(config, dir);
+      const close = s.pipeline.close.bind(s.pipeline);
+      s.pipeline.close = async () => ((newSetClosed = true), close());
+      return s;
+    };
+    const updates = await startUpdates(agent, { open, log, health: noCanary });
+    t.teardown(async () => {
+      await updates.stop();
+      await agent.stop(0);
+      await agent.pipeline.close();
+    });
+    const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+    t.teardown(() => client.close());
+    const ask = () => collect(client.query({ fleet: 'test', device }, { id: newQueryId(), task: 'describe', image, generation: { maxTokens: 6, temperature: 0 } }));
+    const before = await ask();
+    t.equal(before.at(-1)?.type, 'done');
+
+    const states = updateStateTopic('test', device);
+    const warned = new Promise<UpdateEvent>((resolve) =>
+      client.mqtt.on('message', (topic, payload) => {
+        if (topic !== states) return; // the client's replies come in on this connection too
+        const e = JSON.parse(payload.toString()) as UpdateEvent;
+        if (e.jobId === 'r2' && e.warning) resolve(e);
+      }),
+    );
+    await client.mqtt.subscribeAsync(states, { qos: 1 });
+    await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r2', url: pathToFileURL(r2).href, sha256: await sha(r2) }), { qos: 1 });
+    const what = failing === 'open' ? 'could not be opened: the session worker died' : 'could not be switched to: the new set crashed';
+    const warning = new RegExp(`^onCommitted failed after the release was committed: \\[BACKEND_CRASHED\\] release 2 \\(${SET2}\\) is committed but ${what}.*; still serving ${SET1}; restart the agent`);
+    t.match(await warned, { jobId: 'r2', state: 'committed', modelSetId: SET2, release: 2, warning: { code: 'UPDATE_HOOK_FAILED', message: warning } });
+    await updates.idle();
+
+    // What the fleet sees later: the retained job state carries the warning.
+    const late = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+    t.teardown(() => late.close());
+    const retained = new Promise<UpdateEvent>((resolve) => late.mqtt.on('message', (topic, payload) => topic === states && resolve(JSON.parse(payload.toString()))));
+    await late.mqtt.subscribeAsync(states, { qos: 1 });
+    t.match(await retained, { jobId: 'r2', state: 'committed', modelSetId: SET2, warning: { code: 'UPDATE_HOOK_FAILED', message: warning } });
+    t.equal(await new ModelStore(hookStore).active(), SET2, 'release 2 stays committed and active in the store');
+
+    // The agent still serves release 1 and answers as it did.
+    t.equal(agent.pipeline, opened.pipeline, 'still on the pipeline it served');
+    t.equal(newSetClosed, failing === 'replacePipeline', failing === 'replacePipeline' ? 'the opened set was closed, not leaked' : 'nothing was opened');
+    const answeredOn = next(agent, 'answered');
+    const after = await ask();
+    t.equal(after.at(-1)?.type, 'done', 'a query after the failed switch is answered');
+    t.equal(textOf(after), textOf(before), 'by release 1');
+    t.equal((await answeredOn)[0].modelSetId, SET1);
+    t.equal((await client.status('test', device))?.modelSetId, SET1, 'the status still names release 1');
+    t.ok(logs.some((l) => l.startsWith('error [BACKEND_CRASHED] release 2') && l.includes(`still serving ${SET1}`)), 'the agent logged it');
+  });
+}
