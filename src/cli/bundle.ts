@@ -194,6 +194,7 @@ const RolloutOptions = z.object({
   maxFailures: wholeNumber(0).optional(),
   concurrency: wholeNumber(1).optional(),
   timeout: wholeNumber(1).optional(),
+  settle: wholeNumber(0).default(10),
   username: z.string().optional(),
   password: z.string().optional(),
 });
@@ -215,6 +216,7 @@ export function registerFleet(program: Command): Command {
     .option('--max-failures <n>', 'failures tolerated after the canaries (default 0)')
     .option('--concurrency <n>', 'devices updating at once after the canaries (default 1)')
     .option('--timeout <s>', 'seconds a device may take from job to final state (default 600)')
+    .option('--settle <s>', 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (default 10; 0: do not wait)')
     .option('--username <u>', 'MQTT user name')
     .option('--password <p>', 'MQTT password')
     .action(async (raw: unknown) => {
@@ -244,13 +246,19 @@ export function registerFleet(program: Command): Command {
           maxFailures: o.maxFailures,
           concurrency: o.concurrency,
           timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
+          settleMs: o.settle * 1000,
           onEvent: (d, e) => {
-            if (last.get(d) === e.state) return;
+            if (last.get(d) === e.state && !e.warning) return;
             last.set(d, e.state);
-            process.stderr.write(`${d}: ${e.state}${e.code ? ` [${e.code}]` : ''}${e.message ? ` ${e.message}` : ''}\n`);
+            process.stderr.write(`${d}: ${e.state}${e.code ? ` [${e.code}]` : ''}${e.message ? ` ${e.message}` : ''}${e.warning ? ` warning [${e.warning.code}] ${e.warning.message}` : ''}\n`);
           },
         });
-        for (const x of r.outcomes) process.stdout.write(`${x.device}: ${x.result}${x.code ? ` ${x.code}` : ''}${x.message && x.result !== 'committed' ? `: ${x.message}` : ''}\n`);
+        for (const x of r.outcomes) {
+          const warning = x.warning ? ` with warning ${x.warning.code}: ${x.warning.message}` : '';
+          process.stdout.write(`${x.device}: ${x.result}${x.code ? ` ${x.code}` : ''}${x.message && x.result !== 'committed' ? `: ${x.message}` : ''}${warning}\n`);
+        }
+        const warned = r.outcomes.filter((x) => x.warning).map((x) => x.device);
+        if (warned.length) process.stderr.write(`warning: ${warned.join(', ')} committed the release but reported a failure after the commit (see above): check that they serve it, or restart their agents\n`);
         if (r.aborted) {
           const failed = r.outcomes.filter((x) => x.result === 'failed' || x.result === 'timeout').map((x) => x.device);
           throw new SetokimError('ROLLOUT_ABORTED', `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);

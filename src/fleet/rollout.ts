@@ -3,7 +3,9 @@
  * wait until each commits or fails; then to the rest, `concurrency` at a time; stop sending new
  * jobs once more than `maxFailures` devices failed (canary failures always stop it). A device
  * that says nothing for `timeoutMs` counts as failed. `signal` is the emergency stop. Devices
- * already updating finish on their own.
+ * already updating finish on their own. A device that committed but whose hook after the commit
+ * failed (e.g. an agent that could not open the new set) says so with a `warning` on `committed`,
+ * at once or a little later: it counts as committed and its outcome carries the warning.
  */
 import type { MqttClient } from 'mqtt';
 import { z } from 'zod';
@@ -11,7 +13,8 @@ import { SetokimError } from '../errors.js';
 import { deviceOfStateTopic, fleetUpdateStateFilter, updateTopic } from './topics.js';
 import { TERMINAL_STATES, UPDATE_STATES, type UpdateEvent, type UpdateJob } from './update.js';
 
-const EventSchema = z.object({ jobId: z.string(), state: z.enum(UPDATE_STATES), code: z.string().optional(), message: z.string().optional() }).loose();
+const WarningSchema = z.object({ code: z.string(), message: z.string() });
+const EventSchema = z.object({ jobId: z.string(), state: z.enum(UPDATE_STATES), code: z.string().optional(), message: z.string().optional(), warning: WarningSchema.optional() }).loose();
 
 export interface RolloutOptions {
   fleet: string;
@@ -28,9 +31,23 @@ export interface RolloutOptions {
   onEvent?: (device: string, e: UpdateEvent) => void;
   /** Emergency stop: no job is sent after it fires; devices already updating are waited for. */
   signal?: AbortSignal;
+  /**
+   * How long after a device committed a warning from its hooks may still arrive (an agent
+   * reopening its pipeline reports a failure only after the commit went out). At the end the
+   * rollout waits until each committed device without a warning has had this long (default 0);
+   * warnings that arrive earlier, while it runs, are always kept.
+   */
+  settleMs?: number;
 }
 
-export type DeviceOutcome = { device: string; result: 'committed' | 'failed' | 'timeout' | 'skipped'; code?: string; message?: string };
+export type DeviceOutcome = {
+  device: string;
+  result: 'committed' | 'failed' | 'timeout' | 'skipped';
+  code?: string;
+  message?: string;
+  /** Committed, but a hook after the commit failed (UPDATE_HOOK_FAILED): e.g. the device still serves its old set. */
+  warning?: { code: string; message: string };
+};
 
 export interface RolloutResult {
   aborted: boolean;
@@ -47,6 +64,9 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
   const rolloutId = o.rolloutId ?? `rollout-${Date.now()}`;
   const jobId = (d: string) => `${rolloutId}-${d}`;
   const waiting = new Map<string, (e: UpdateEvent) => void>();
+  /** Committed devices, and when their commit arrived (a later warning attaches to the outcome). */
+  const committed = new Map<string, { outcome: DeviceOutcome; at: number }>();
+  let warned: (() => void) | undefined;
   const onMessage = (topic: string, payload: Buffer) => {
     const device = deviceOfStateTopic(topic);
     if (!device) return;
@@ -60,7 +80,11 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
     }
     if (e.jobId !== jobId(device)) return; // another rollout's, or a retained old state
     o.onEvent?.(device, e);
-    if (TERMINAL_STATES.has(e.state)) waiting.get(device)?.(e);
+    const late = committed.get(device);
+    if (late && e.state === 'committed' && e.warning && !late.outcome.warning) {
+      late.outcome.warning = e.warning;
+      warned?.();
+    } else if (TERMINAL_STATES.has(e.state)) waiting.get(device)?.(e);
   };
   client.on('message', onMessage);
   await client.subscribeAsync(fleetUpdateStateFilter(o.fleet), { qos: 1 });
@@ -75,7 +99,9 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
       waiting.set(device, (e) => {
         clearTimeout(timer);
         waiting.delete(device);
-        resolve({ device, result: e.state === 'committed' ? 'committed' : 'failed', code: e.code, message: e.message });
+        const outcome: DeviceOutcome = { device, result: e.state === 'committed' ? 'committed' : 'failed', code: e.code, message: e.message, ...(e.warning ? { warning: e.warning } : {}) };
+        if (outcome.result === 'committed') committed.set(device, { outcome, at: performance.now() });
+        resolve(outcome);
       });
       const job: UpdateJob = { ...o.job, jobId: jobId(device) };
       client.publish(updateTopic(o.fleet, device), JSON.stringify(job), { qos: 1 });
@@ -103,6 +129,24 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
     };
     if (!aborted) await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
     for (const d of devices) if (!outcomes.some((x) => x.device === d)) outcomes.push({ device: d, result: 'skipped' });
+    // Late warnings: until each committed device without one has had settleMs (an emergency stop skips it).
+    const settleMs = o.settleMs ?? 0;
+    for (;;) {
+      const quiet = [...committed.values()].filter((c) => !c.outcome.warning).map((c) => c.at + settleMs);
+      const wait = Math.max(0, ...quiet) - performance.now();
+      if (wait <= 0 || o.signal?.aborted) break;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          o.signal?.removeEventListener('abort', done);
+          warned = undefined;
+          resolve();
+        };
+        const timer = setTimeout(done, wait);
+        o.signal?.addEventListener('abort', done);
+        warned = done;
+      });
+    }
   } finally {
     client.off('message', onMessage);
     await client.unsubscribeAsync(fleetUpdateStateFilter(o.fleet)).catch(() => {});

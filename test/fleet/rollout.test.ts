@@ -10,7 +10,7 @@ import { connectAsync, type MqttClient } from 'mqtt';
 import t from 'tap';
 import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { ModelStore } from '../../src/engine/modelset.js';
-import { rollout, serveUpdates, UpdateHandler, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
+import { rollout, serveUpdates, UpdateHandler, updateTopic, type ServeUpdatesOptions, type UpdateEvent, type UpdateHandlerOptions } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
 import { bundleOf, fixture } from './helpers.js';
 
@@ -26,14 +26,14 @@ t.teardown(() => broker.close());
 const clients: MqttClient[] = [];
 t.teardown(() => Promise.all(clients.map((c) => c.endAsync())));
 
-/** A device: its store (with release 1 preinstalled unless `empty`), its MQTT client serving updates. */
-async function device(fleet: string, name: string, events: Array<[string, UpdateEvent]>) {
+/** A device: its store (with release 1 preinstalled), its MQTT client serving updates (with the agent's hooks in `hooks`). */
+async function device(fleet: string, name: string, events: Array<[string, UpdateEvent]>, hooks: Pick<UpdateHandlerOptions, 'onInstallStep'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {}) {
   const store = path.join(f.dir, `${fleet}-${name}`);
-  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000 });
-  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {});
+  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {});
+  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000, ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}) });
   const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}` });
   clients.push(c);
-  await serveUpdates(c, handler, { fleet, device: name, onEvent: (e) => events.push([name, e]) });
+  await serveUpdates(c, handler, { fleet, device: name, onEvent: (e) => events.push([name, e]), ...(hooks.onCommitted ? { onCommitted: hooks.onCommitted } : {}) });
   return { store, active: () => new ModelStore(store).active() };
 }
 
@@ -49,6 +49,7 @@ t.test('all devices commit; the canary finishes before any other device starts',
   const r = await rollout(await operator(), { fleet: 'f1', devices: ['a', 'b', 'c'], canary: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2), release: 2 }, concurrency: 2, timeoutMs: 30_000 });
   t.equal(r.aborted, false);
   t.same(r.outcomes.map((o) => [o.device, o.result]).sort(), [['a', 'committed'], ['b', 'committed'], ['c', 'committed']]);
+  t.same(r.outcomes.filter((o) => o.warning), [], 'no warnings');
   const aDone = events.findIndex(([d, e]) => d === 'a' && e.state === 'committed');
   const othersStart = events.findIndex(([d]) => d !== 'a');
   t.ok(aDone >= 0 && aDone < othersStart, `canary committed at event ${aDone}, others began at ${othersStart}`);
@@ -193,11 +194,48 @@ t.test('CLI fleet rollout: prints each device and exits 0 when all committed', a
   const events: Array<[string, UpdateEvent]> = [];
   await device('f5', 'a', events);
   await device('f5', 'b', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30', '--settle', '0']);
   t.equal(r.status, 0, r.err);
-  t.match(r.out, /a: committed[\s\S]*b: committed/);
+  t.equal(r.out, 'a: committed\nb: committed\n');
+  t.notMatch(r.err, /warning/);
   const bad = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30']);
   t.equal(bad.status, 3, 'release 2 again: the canary refuses it, the rollout aborts');
   t.match(bad.out, /a: failed ROLLBACK_REFUSED[\s\S]*b: skipped/);
   t.match(bad.err, /\[ROLLOUT_ABORTED\]/);
+});
+
+/** Two devices whose hooks fail after the commit: `a` at once (onInstallStep), `b` after a while (onCommitted, an agent slow to open the new set). */
+async function warningDevices(fleet: string, events: Array<[string, UpdateEvent]>) {
+  await device(fleet, 'a', events, {
+    onInstallStep: (s) => {
+      if (s === 'committed') throw new Error('could not drain the serving pipeline');
+    },
+  });
+  await device(fleet, 'b', events, {
+    onCommitted: () => new Promise((_, reject) => setTimeout(() => reject(new Error('the agent could not open the new set')), 300)),
+  });
+}
+
+t.test('devices that commit with a warning: committed, and the outcome carries the warning, also one that comes after the commit', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await warningDevices('f10', events);
+  const r = await rollout(await operator(), { fleet: 'f10', devices: ['a', 'b'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2) }, timeoutMs: 30_000, settleMs: 30_000 });
+  t.equal(r.aborted, false);
+  t.match(r.outcomes, [
+    { device: 'a', result: 'committed', warning: { code: 'UPDATE_HOOK_FAILED', message: /^onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain/ } },
+    { device: 'b', result: 'committed', warning: { code: 'UPDATE_HOOK_FAILED', message: /^onCommitted failed after the release was committed: \[INTERNAL\] the agent could not open the new set/ } },
+  ]);
+  // b's warning came in a second `committed` state, after the one that ended its wait.
+  t.same(events.filter(([d, e]) => d === 'b' && e.state === 'committed').map(([, e]) => e.warning?.code ?? null), [null, 'UPDATE_HOOK_FAILED']);
+});
+
+t.test('CLI fleet rollout: a device that committed with a warning is named in the summary; exit 0', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await warningDevices('f11', events);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f11', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30', '--settle', '30']);
+  t.equal(r.status, 0, r.err);
+  t.match(r.out, /^a: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\n/);
+  t.match(r.out, /\nb: committed with warning UPDATE_HOOK_FAILED: onCommitted failed after the release was committed: \[INTERNAL\] the agent could not open the new set; the new set stays committed and active\n$/);
+  t.match(r.err, /b: committed warning \[UPDATE_HOOK_FAILED\] onCommitted failed/, 'the late warning is shown as it arrives');
+  t.match(r.err, /warning: a, b committed the release but reported a failure after the commit/);
 });
