@@ -2,15 +2,14 @@
 // setokClusterStream(n, dim, k, threshold, fallback, maxTokens) -> { push(features) -> Promise, close() }
 // setokGramBench(n, dim, reps) -> { gramMs, gemmMs, distanceMs, peakGflops, isa, threads } (bench/cluster.ts)
 // The JS side (src/setok) validates options; the features are copied into plain C++ vectors and the
-// work runs on the SpinWorker thread (addon/spin_worker.h), so the event loop never blocks. Errors
-// reject the promise with an Error whose `code` is BAD_INPUT (bad data) or INTERNAL.
+// work runs in a Napi::AsyncWorker, so the event loop never blocks. Errors reject the promise with
+// an Error whose `code` is BAD_INPUT (bad data) or INTERNAL.
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "addon/module.h"
-#include "addon/spin_worker.h"
 #include "setok/cluster_cache.h"
 #include "setok/dpc_knn.h"
 #include "setok/gram_cpu.h"
@@ -43,57 +42,47 @@ Napi::Error CodedError(Napi::Env env, const std::string& code, const std::string
   return e;
 }
 
-// One clustering call: runs `work` on the SpinWorker thread, then settles its promise with
-// ResultToJs (plus changedPatches when >= 0) or an Error with a code.
-class ClusterJob : public setokim::addon::SpinWorker::Job {
+// Runs `work` on a worker thread; resolves with ResultToJs (plus changedPatches when >= 0).
+class ClusterWorker : public Napi::AsyncWorker {
  public:
   using Work = std::function<ClusterResult(int* changed)>;
-  ClusterJob(napi_deferred deferred, Work work) : deferred_(deferred), work_(std::move(work)) {}
+  ClusterWorker(Napi::Env env, Work work)
+      : Napi::AsyncWorker(env, "setokCluster"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
 
-  // JS thread: queues the work, returns its promise.
-  static Napi::Promise Start(Napi::Env env, Work work) {
-    napi_deferred raw;
-    napi_value promise;
-    NAPI_THROW_IF_FAILED(env, napi_create_promise(env, &raw, &promise), Napi::Promise());
-    setokim::addon::SpinWorker::Submit(env, std::make_unique<ClusterJob>(raw, std::move(work)));
-    return Napi::Promise(env, promise);
-  }
-
-  void Run() override {
+ protected:
+  void Execute() override {
     try {
       result_ = work_(&changed_);
     } catch (const BadInput& e) {
       code_ = "BAD_INPUT";
-      message_ = e.what();
+      SetError(e.what());
     } catch (const std::exception& e) {
       code_ = "INTERNAL";
-      message_ = std::string("cluster failed: ") + e.what();
+      SetError(std::string("cluster failed: ") + e.what());
     }
-    work_ = nullptr;  // drop what the work holds (features, stream state) on this thread
   }
-
-  void Settle(Napi::Env env) override {
-    Napi::HandleScope scope(env);
-    if (code_.empty()) {
-      Napi::Value v = ResultToJs(env, result_);
-      if (changed_ >= 0) v.As<Napi::Object>().Set("changedPatches", changed_);
-      napi_resolve_deferred(env, deferred_, v);
-    } else {
-      napi_reject_deferred(env, deferred_, CodedError(env, code_, message_).Value());
-    }
+  void OnOK() override {
+    Napi::Value v = ResultToJs(Env(), result_);
+    if (changed_ >= 0) v.As<Napi::Object>().Set("changedPatches", changed_);
+    deferred_.Resolve(v);
+  }
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(CodedError(Env(), code_, e.Message()).Value());
   }
 
  private:
-  napi_deferred deferred_;
+  Napi::Promise::Deferred deferred_;
   Work work_;
   ClusterResult result_;
   int changed_ = -1;
-  std::string code_;  // empty: success
-  std::string message_;
+  std::string code_ = "INTERNAL";
 };
 
-// Finished DpcKnn instances (and their n x n buffers) for the last few shapes, most recently used
-// first, so a call of a shape seen before reuses warm buffers instead of allocating n x n anew.
+// Finished DpcKnn instances (and their n x n buffers), shared by all libuv workers and handed out
+// most recently used first. One per thread, as before, left up to four cold 0.5 MB working sets
+// at n = 256 that the rotating libuv threads took turns on; one shared list keeps the last one hot
+// in cache for the next call, whichever thread runs it. Concurrent calls each get their own.
 class InstancePool {
  public:
   // Holds an instance for `p` for one call (any thread); gives it back to the pool when done.
@@ -110,7 +99,7 @@ class InstancePool {
   };
 
  private:
-  static constexpr size_t kKeep = 4;     // shapes kept (a pipeline uses one or two)
+  static constexpr size_t kKeep = 4;     // the libuv pool's default size
   static constexpr int kMaxCachedN = 2048;  // above it the buffers (2 x n^2 floats) are not kept
 
   static bool Same(const ClusterParams& a, const ClusterParams& b) {
@@ -182,10 +171,13 @@ Napi::Value Cluster(const Napi::CallbackInfo& info) {
     d.Reject(CodedError(env, "BAD_INPUT", e.what()).Value());
     return d.Promise();
   }
-  return ClusterJob::Start(env, [features, p](int*) {
+  auto* worker = new ClusterWorker(env, [features, p](int*) {
     InstancePool::Lease dpc(p);
     return dpc->Cluster(features->data());
   });
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();  // the worker deletes itself when done (N-API convention)
+  return promise;
 }
 
 // One stream: the cache plus a flag that refuses overlapping pushes (the JS class serialises them).
@@ -225,7 +217,7 @@ Napi::Value ClusterStream(const Napi::CallbackInfo& info) {
       }
       state->busy = true;
     }
-    return ClusterJob::Start(env, [state, features](int* changed) {
+    auto* worker = new ClusterWorker(env, [state, features](int* changed) {
       struct Release {
         StreamState* s;
         ~Release() {
@@ -236,6 +228,9 @@ Napi::Value ClusterStream(const Napi::CallbackInfo& info) {
       } release{state.get()};
       return state->cache->Push(features->data(), changed);
     });
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
   }));
   handle.Set("close", Napi::Function::New(env, [state](const Napi::CallbackInfo& info) -> Napi::Value {
     std::lock_guard<std::mutex> lock(state->mutex);

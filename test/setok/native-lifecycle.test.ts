@@ -1,7 +1,6 @@
-// The native clustering runs on one dedicated thread (native/trt/addon/spin_worker.h) and settles
-// its promises through a thread-safe function per Node environment: a pending call keeps the
-// process alive and a settled one does not; Workers (worker_threads) cluster too, and a Worker torn
-// down with a call in flight takes nothing else down.
+// The native clustering's life cycle around the event loop (Napi::AsyncWorker on libuv's pool): a
+// pending call keeps the process alive and a settled one does not; Workers (worker_threads)
+// cluster too, and a Worker torn down with a call in flight takes nothing else down.
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -31,12 +30,12 @@ t.test('a pending clustering keeps the process alive; a settled one lets it exit
      a.setokCluster(x, 256, 64, 64, 0.55, 64, 0).then((r) => console.log('settled', r.labels.length));`,
     20_000,
   );
-  t.notOk(r.killed, 'exited by itself (the thread-safe function is unreferenced once nothing is pending)');
+  t.notOk(r.killed, 'exited by itself once nothing was pending');
   t.equal(r.code, 0, r.out);
   t.match(r.out, /settled 256/, 'the promise settled before exit');
 });
 
-t.test('a Worker clusters on the same thread and gets the reference result', { skip }, async (t) => {
+t.test('a Worker clusters alongside the main thread and gets the reference result', { skip }, async (t) => {
   const x = plantedFeatures(12, 12, 32, 4, 9, 0.3);
   const p = { n: 144, dim: 32, k: 12, threshold: 0.4, fallback: 8, maxTokens: 0 };
   const worker = new Worker(
@@ -49,7 +48,7 @@ t.test('a Worker clusters on the same thread and gets the reference result', { s
   );
   const [got, ours] = await Promise.all([
     new Promise<number[][]>((resolve, reject) => worker.once('message', resolve).once('error', reject)),
-    cluster(x, p), // the main thread's calls share the worker thread meanwhile
+    cluster(x, p), // the main thread clusters meanwhile
   ]);
   const want = Array.from(clusterReference(x, p).labels);
   for (const labels of got) t.same(labels, want, 'worker result equals the reference');
@@ -69,7 +68,7 @@ t.test('a Worker terminated with a clustering in flight takes nothing else down'
   await new Promise((resolve, reject) => worker.once('message', resolve).once('error', reject));
   const exit = await worker.terminate(); // its environment goes while its jobs are queued or running
   t.type(exit, 'number', 'the worker stopped');
-  // The shared thread finishes or drops the dead Worker's jobs and keeps serving this thread.
+  // The dead Worker's jobs finish or are dropped; this thread keeps clustering.
   const x = randomFeatures(64, 8, 4);
   const p = { n: 64, dim: 8, k: 6, threshold: 0.3, fallback: 4, maxTokens: 0 };
   const got = await cluster(x, p);
