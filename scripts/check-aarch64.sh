@@ -152,7 +152,7 @@ if [ -f node_modules/node-addon-api/napi.h ] && [ -n "$napi_inc" ]; then
   for src in native/trt/addon/*.cc; do  # the flags CMakeLists.txt gives setokim_addon
     obj=$BUILD/addon/$(basename "$src" .cc).o
     if "$TRIPLE-g++" "${arm_flags[@]}" -std=gnu++17 -O3 -fPIC -Wall -Wextra -DBUILDING_NODE_EXTENSION \
-        -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED -DNAPI_CPP_EXCEPTIONS \
+        -DNAPI_VERSION=8 -DNODE_ADDON_API_DISABLE_DEPRECATED -DNAPI_CPP_EXCEPTIONS -DNODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS \
         -Inative/trt -Inode_modules/node-addon-api -I"$napi_inc" -c "$src" -o "$obj"; then
       objs+=("$obj")
     else
