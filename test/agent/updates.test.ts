@@ -6,8 +6,6 @@
  * release 2, the status naming it), and `setokim agent --store` serves release 2 after a restart.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t from 'tap';
@@ -23,6 +21,7 @@ import { childEnv } from '../helpers/child-env.js';
 import { bundleOf, fixture, flipByte, offsetOf } from '../fleet/helpers.js';
 import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
+import { sha256File } from '../../src/engine/manifest.js';
 
 const kind = brokerKinds[0]!;
 const broker: TestBroker = await startBroker(kind);
@@ -35,11 +34,10 @@ t.teardown(f.cleanup);
 const r1 = await bundleOf(f, f.sets[1]!, 1);
 const r2 = await bundleOf(f, f.sets[2]!, 2);
 const tampered = await flipByte(r2, (await offsetOf(r2, 'llm.onnx')) + 1000, path.join(f.dir, 'r2-tampered.bundle'));
-const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
 const store = path.join(f.dir, 'store');
 // The device was flashed with release 1 (the canary is what the update job below runs for real).
 await new UpdateHandler({ store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
-  { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha(r1) },
+  { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) },
   () => {},
 );
 const image = await samplePng(48, 40);
@@ -186,7 +184,7 @@ t.test(`${kind}: release 1 -> tampered job fails, release 2 while queries stream
       client.mqtt.on('message', on);
     });
     await client.mqtt.subscribeAsync(updateStateTopic('test', 'cam'), { qos: 1 });
-    await client.mqtt.publishAsync(updateTopic('test', 'cam'), JSON.stringify({ jobId, url: pathToFileURL(bundle).href, sha256: await sha(bundle) }), { qos: 1 });
+    await client.mqtt.publishAsync(updateTopic('test', 'cam'), JSON.stringify({ jobId, url: pathToFileURL(bundle).href, sha256: await sha256File(bundle) }), { qos: 1 });
     return final;
   };
 
@@ -316,7 +314,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     const device = `hook-${failing}`;
     const hookStore = path.join(f.dir, `store-${device}`);
     const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
-    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha(r1) }, () => {});
+    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {});
     const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath } });
     const log = (level: string, m: string) => logs.push(`${level} ${m}`);
     const opened = await openServingSet(config, await startingModels(config, log));
@@ -351,7 +349,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
       }),
     );
     await client.mqtt.subscribeAsync(states, { qos: 1 });
-    await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r2', url: pathToFileURL(r2).href, sha256: await sha(r2) }), { qos: 1 });
+    await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r2', url: pathToFileURL(r2).href, sha256: await sha256File(r2) }), { qos: 1 });
     const what = failing === 'open' ? 'could not be opened: the session worker died' : 'could not be switched to: the new set crashed';
     const warning = new RegExp(`^onCommitted failed after the release was committed: \\[BACKEND_CRASHED\\] release 2 \\(${SET2}\\) is committed but ${what}.*; still serving ${SET1}; restart the agent`);
     t.match(await warned, { jobId: 'r2', state: 'committed', modelSetId: SET2, release: 2, warning: { code: 'UPDATE_HOOK_FAILED', message: warning } });

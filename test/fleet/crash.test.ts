@@ -13,7 +13,7 @@ import { ModelStore } from '../../src/engine/modelset.js';
 import { installBundle, readJournal, readRelease, recoverStore, type InstallStep } from '../../src/fleet/index.js';
 import { childEnv } from '../helpers/child-env.js';
 import { runCli } from '../helpers/cli.js';
-import { bundleOf, fixture } from './helpers.js';
+import { bundleOf, fixture, noCanary } from './helpers.js';
 
 const child = fileURLToPath(new URL('./crash-child.ts', import.meta.url));
 const f = await fixture([1, 2]);
@@ -22,7 +22,6 @@ const b1 = await bundleOf(f, f.sets[1]!, 1);
 const b2 = await bundleOf(f, f.sets[2]!, 2);
 // The next release after recovery: a set id that is not the one serving then.
 const b3 = { 'rolled-back': await bundleOf(f, f.sets[2]!, 3, 'r3-seed2'), completed: await bundleOf(f, f.sets[1]!, 3, 'r3-seed1') };
-const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
 
 function crashAt(step: string, store: string): Promise<{ signal: NodeJS.Signals | null; code: number | null; out: string }> {
   return new Promise((resolve, reject) => {

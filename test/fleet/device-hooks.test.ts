@@ -3,8 +3,6 @@
  * serveUpdates' onCommitted, where the agent reopens its pipeline): the job stays committed, its
  * state says so with warning UPDATE_HOOK_FAILED, nothing is rolled back and the store is clean.
  */
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { connectAsync } from 'mqtt';
@@ -13,14 +11,13 @@ import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { readJournal, readRelease } from '../../src/fleet/journal.js';
 import { rollout, serveUpdates, UpdateHandler, updateStateTopic, type UpdateEvent } from '../../src/fleet/index.js';
-import { bundleOf, fixture } from './helpers.js';
+import { bundleOf, fixture, noCanary } from './helpers.js';
+import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
 t.teardown(f.cleanup);
 const b1 = await bundleOf(f, f.sets[1]!, 1);
 const b2 = await bundleOf(f, f.sets[2]!, 2);
-const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
-const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
 const statesOf = (events: UpdateEvent[]) => events.map((e) => e.state).filter((x, i, a) => x !== a[i - 1]);
 
 t.test('onInstallStep throwing at committed: the job resolves committed with a warning, not rolled-back + failed', async (t) => {
@@ -34,7 +31,7 @@ t.test('onInstallStep throwing at committed: the job resolves committed with a w
     },
   });
   const events: UpdateEvent[] = [];
-  const r = await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha(b1) }, (e) => events.push(e));
+  const r = await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => events.push(e));
   t.match(r, { modelSetId: 'setokim-tiny-seed1', release: 1 });
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
   const last = events.at(-1)!;
@@ -47,10 +44,10 @@ t.test('onInstallStep throwing at committed: the job resolves committed with a w
 
   // The store takes the next release normally, and the same job id again runs nothing (it committed).
   const n = events.length;
-  t.equal(await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha(b1) }, (e) => events.push(e)), r);
+  t.equal(await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => events.push(e)), r);
   t.equal(events.length, n);
   const next: UpdateEvent[] = [];
-  await h.run({ jobId: 'j2', url: pathToFileURL(b2).href, sha256: await sha(b2) }, (e) => next.push(e));
+  await h.run({ jobId: 'j2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, (e) => next.push(e));
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed2');
   t.match(next.at(-1), { state: 'committed', release: 2 });
 });
@@ -85,7 +82,7 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
     },
   });
   t.teardown(served.stop);
-  const r = await rollout(op, { fleet: 'h', devices: ['a'], rolloutId: 'r1', job: { url: pathToFileURL(b1).href, sha256: await sha(b1) }, timeoutMs: 30_000 });
+  const r = await rollout(op, { fleet: 'h', devices: ['a'], rolloutId: 'r1', job: { url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, timeoutMs: 30_000 });
   t.match(r, { aborted: false, outcomes: [{ device: 'a', result: 'committed' }] });
   await onCommittedCalled;
   await new Promise(setImmediate); // its rejection is handled in the microtasks that run before this

@@ -2,8 +2,6 @@
  * Staged rollout over a real (embedded aedes) broker: three simulated devices, each an MQTT
  * client serving update jobs into its own model store with the real handler and installer.
  */
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { connectAsync, type MqttClient } from 'mqtt';
@@ -12,14 +10,13 @@ import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { rollout, serveUpdates, UpdateHandler, updateTopic, type ServeUpdatesOptions, type UpdateEvent, type UpdateHandlerOptions } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
-import { bundleOf, fixture } from './helpers.js';
+import { bundleOf, fixture, noCanary } from './helpers.js';
+import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
 t.teardown(f.cleanup);
 const b1 = await bundleOf(f, f.sets[1]!, 1);
 const b2 = await bundleOf(f, f.sets[2]!, 2);
-const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
-const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
 const broker = await startEmbeddedBroker();
 t.teardown(() => broker.close());
 
@@ -29,7 +26,7 @@ t.teardown(() => Promise.all(clients.map((c) => c.endAsync())));
 /** A device: its store (with release 1 preinstalled), its MQTT client serving updates (with the agent's hooks in `hooks`). */
 async function device(fleet: string, name: string, events: Array<[string, UpdateEvent]>, hooks: Pick<UpdateHandlerOptions, 'onInstallStep'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {}) {
   const store = path.join(f.dir, `${fleet}-${name}`);
-  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {});
+  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
   const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000, ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}) });
   const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}` });
   clients.push(c);
@@ -46,7 +43,7 @@ async function operator() {
 t.test('all devices commit; the canary finishes before any other device starts', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   const devs = { a: await device('f1', 'a', events), b: await device('f1', 'b', events), c: await device('f1', 'c', events) };
-  const r = await rollout(await operator(), { fleet: 'f1', devices: ['a', 'b', 'c'], canary: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2), release: 2 }, concurrency: 2, timeoutMs: 30_000 });
+  const r = await rollout(await operator(), { fleet: 'f1', devices: ['a', 'b', 'c'], canary: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2), release: 2 }, concurrency: 2, timeoutMs: 30_000 });
   t.equal(r.aborted, false);
   t.same(r.outcomes.map((o) => [o.device, o.result]).sort(), [['a', 'committed'], ['b', 'committed'], ['c', 'committed']]);
   t.same(r.outcomes.filter((o) => o.warning), [], 'no warnings');
@@ -72,13 +69,13 @@ t.test('failures past the threshold stop the rollout; a silent device times out'
   const b = await device('f3', 'b', events);
   // c already committed release 2: it refuses the job (ROLLBACK_REFUSED), a real device-side failure.
   const c = await device('f3', 'c', events);
-  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha(b2) }, () => {});
+  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, () => {});
   const d = await device('f3', 'd', events);
   const r = await rollout(await operator(), {
     fleet: 'f3',
     devices: ['a', 'c', 'ghost', 'b', 'd'],
     canary: ['a'],
-    job: { url: pathToFileURL(b2).href, sha256: await sha(b2) },
+    job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) },
     maxFailures: 1,
     concurrency: 1,
     timeoutMs: 3_000,
@@ -100,7 +97,7 @@ t.test('a device named twice (and a canary twice) gets one job and counts once',
   const events: Array<[string, UpdateEvent]> = [];
   const a = await device('f9', 'a', events);
   const b = await device('f9', 'b', events);
-  const r = await rollout(await operator(), { fleet: 'f9', devices: ['a', 'b', 'a', 'b'], canary: ['a', 'a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2) }, timeoutMs: 3_000 });
+  const r = await rollout(await operator(), { fleet: 'f9', devices: ['a', 'b', 'a', 'b'], canary: ['a', 'a'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, timeoutMs: 3_000 });
   t.equal(r.aborted, false);
   t.same(r.outcomes.map((o) => [o.device, o.result]), [['a', 'committed'], ['b', 'committed']]);
   t.equal(await a.active(), 'setokim-tiny-seed2');
@@ -115,7 +112,7 @@ t.test('emergency stop: after the canary commits, the signal stops the rollout a
   const r = await rollout(await operator(), {
     fleet: 'f6',
     devices: ['a', 'b'],
-    job: { url: pathToFileURL(b2).href, sha256: await sha(b2) },
+    job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) },
     timeoutMs: 30_000,
     signal: stop.signal,
     onEvent: (d, e) => void (d === 'a' && e.state === 'committed' && stop.abort()),
@@ -128,7 +125,7 @@ t.test('emergency stop: after the canary commits, the signal stops the rollout a
 t.test('a device that lost its connection subscribes again and takes the job', async (t) => {
   const store = path.join(f.dir, 'f7-a');
   const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary });
-  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {});
+  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
   const c = await connectAsync(broker.url, { clientId: 'f7-a', reconnectPeriod: 50 });
   clients.push(c);
   let subscriptions = 0;
@@ -137,7 +134,7 @@ t.test('a device that lost its connection subscribes again and takes the job', a
   await serveUpdates(c, handler, { fleet: 'f7', device: 'a', onSubscribed: () => void (++subscriptions === 2 && resubscribed()) });
   c.stream.destroy(); // the connection drops; mqtt.js reconnects with a clean session (no subscriptions)
   await again;
-  const r = await rollout(await operator(), { fleet: 'f7', devices: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2) }, timeoutMs: 30_000 });
+  const r = await rollout(await operator(), { fleet: 'f7', devices: ['a'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, timeoutMs: 30_000 });
   t.match(r.outcomes, [{ device: 'a', result: 'committed' }]);
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed2');
 });
@@ -179,7 +176,7 @@ t.test('serveUpdates: a redelivered committed job calls onCommitted once; its re
     },
   });
   const op = await operator();
-  const job = JSON.stringify({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha(b1) });
+  const job = JSON.stringify({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) });
   await op.publishAsync(updateTopic('f8', 'a'), job, { qos: 1 });
   await first;
   await op.publishAsync(updateTopic('f8', 'a'), job, { qos: 1 }); // QoS 1 redelivery
@@ -194,11 +191,11 @@ t.test('CLI fleet rollout: prints each device and exits 0 when all committed', a
   const events: Array<[string, UpdateEvent]> = [];
   await device('f5', 'a', events);
   await device('f5', 'b', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30', '--settle', '0']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0']);
   t.equal(r.status, 0, r.err);
   t.equal(r.out, 'a: committed\nb: committed\n');
   t.notMatch(r.err, /warning/);
-  const bad = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30']);
+  const bad = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30']);
   t.equal(bad.status, 3, 'release 2 again: the canary refuses it, the rollout aborts');
   t.match(bad.out, /a: failed ROLLBACK_REFUSED[\s\S]*b: skipped/);
   t.match(bad.err, /\[ROLLOUT_ABORTED\]/);
@@ -219,7 +216,7 @@ async function warningDevices(fleet: string, events: Array<[string, UpdateEvent]
 t.test('devices that commit with a warning: committed, and the outcome carries the warning, also one that comes after the commit', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await warningDevices('f10', events);
-  const r = await rollout(await operator(), { fleet: 'f10', devices: ['a', 'b'], job: { url: pathToFileURL(b2).href, sha256: await sha(b2) }, timeoutMs: 30_000, settleMs: 30_000 });
+  const r = await rollout(await operator(), { fleet: 'f10', devices: ['a', 'b'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, timeoutMs: 30_000, settleMs: 30_000 });
   t.equal(r.aborted, false);
   t.match(r.outcomes, [
     { device: 'a', result: 'committed', warning: { code: 'UPDATE_HOOK_FAILED', message: /^onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain/ } },
@@ -232,7 +229,7 @@ t.test('devices that commit with a warning: committed, and the outcome carries t
 t.test('CLI fleet rollout: a device that committed with a warning is named in the summary; exit 0', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await warningDevices('f11', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f11', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha(b2), '--timeout', '30', '--settle', '30']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f11', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '30']);
   t.equal(r.status, 0, r.err);
   t.match(r.out, /^a: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\n/);
   t.match(r.out, /\nb: committed with warning UPDATE_HOOK_FAILED: onCommitted failed after the release was committed: \[INTERNAL\] the agent could not open the new set; the new set stays committed and active\n$/);

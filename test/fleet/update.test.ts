@@ -2,7 +2,6 @@
  * The device-side update handler: resumable download (a real HTTP server on port 0 that breaks
  * the first transfer off), the state events of a job, deduplication, and a rollback reported.
  */
-import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -11,7 +10,8 @@ import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { downloadBundle, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
-import { brokenLlmSet, bundleOf, fixture } from './helpers.js';
+import { brokenLlmSet, bundleOf, fixture, noCanary } from './helpers.js';
+import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
 t.teardown(f.cleanup);
@@ -20,8 +20,6 @@ const b2 = await bundleOf(f, f.sets[2]!, 2);
 const broken = await bundleOf(f, await brokenLlmSet(f.sets[2]!, path.join(f.dir, 'broken')), 3, 'broken');
 /** Consecutive repeats (progress events) folded into one state. */
 const statesOf = (events: UpdateEvent[]) => events.map((e) => e.state).filter((x, i, a) => x !== a[i - 1]);
-const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
-const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
 
 /** Serves one file with Range support; `cutFirstAt` bytes into the first response, the socket is destroyed. */
 async function fileServer(file: string, cutFirstAt?: number) {
@@ -52,7 +50,7 @@ t.test('http download broken off half-way resumes with a Range request and verif
   const s = await fileServer(b2, cut);
   t.teardown(s.close);
   const dest = path.join(f.dir, 'dl', 'b2.bundle');
-  const want = await sha(b2);
+  const want = await sha256File(b2);
   await t.rejects(downloadBundle(s.url, { sha256: want, dest }), { code: 'BUNDLE_INVALID', message: /broke off/ });
   const partial = (await stat(`${dest}.partial`)).size;
   t.ok(partial > 0 && partial <= cut, `kept ${partial} bytes`);
@@ -61,7 +59,7 @@ t.test('http download broken off half-way resumes with a Range request and verif
   t.equal(got, dest);
   t.equal(s.seen[1]!.range, `bytes=${partial}-`, 'the second request asked only for the rest');
   t.equal(lastDone, (await stat(b2)).size);
-  t.equal(await sha(dest), want);
+  t.equal(await sha256File(dest), want);
   await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
 });
 
@@ -71,7 +69,7 @@ t.test('a wrong sha256: BUNDLE_TAMPERED and the partial is dropped; file:// is c
   const dest = path.join(f.dir, 'dl2', 'x.bundle');
   await t.rejects(downloadBundle(s.url, { sha256: 'f'.repeat(64), dest }), { code: 'BUNDLE_TAMPERED' });
   await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
-  t.equal(await downloadBundle(pathToFileURL(b1).href, { sha256: await sha(b1), dest: 'unused' }), b1);
+  t.equal(await downloadBundle(pathToFileURL(b1).href, { sha256: await sha256File(b1), dest: 'unused' }), b1);
   await t.rejects(downloadBundle(pathToFileURL(b1).href, { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BUNDLE_TAMPERED' });
   await t.rejects(downloadBundle('ftp://x/y', { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BAD_ARGUMENT' });
 });
@@ -83,7 +81,7 @@ t.test('a job over http: states in order, committed; the same job id again runs 
   const installSteps: string[] = [];
   const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
   const events: UpdateEvent[] = [];
-  const job = { jobId: 'j1', url: s.url, sha256: await sha(b1), release: 1 };
+  const job = { jobId: 'j1', url: s.url, sha256: await sha256File(b1), release: 1 };
   const r = await h.run(job, (e) => events.push(e));
   t.equal(r.release, 1);
   t.same(installSteps, ['verified', 'staging', 'staged', 'placed', 'activated', 'healthy', 'committed'], 'the agent hook saw every install step');
@@ -100,28 +98,28 @@ t.test('a job over http: states in order, committed; the same job id again runs 
 t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHECK_FAILED; a bad job: failed BAD_MESSAGE', async (t) => {
   const store = path.join(f.dir, 'store-bad');
   const h = new UpdateHandler({ store, pubkey: f.pub });
-  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha(b1) }, () => {}).catch(() => {});
+  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}).catch(() => {});
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const events: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha(broken) }, (e) => events.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => events.push(e)), { code: 'HEALTH_CHECK_FAILED' });
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'rolled-back', 'failed']);
   t.match(events.at(-1), { state: 'failed', code: 'HEALTH_CHECK_FAILED' });
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const again: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha(broken) }, (e) => again.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => again.push(e)), { code: 'HEALTH_CHECK_FAILED' });
   t.equal(statesOf(again).at(-1), 'failed', 'a failed job id runs again when it is sent again');
   const bad: UpdateEvent[] = [];
   await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e)), { code: 'BAD_MESSAGE' });
   t.match(bad, [{ jobId: 'x', state: 'failed', code: 'BAD_MESSAGE', message: /sha256/ }]);
   const refused: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha(b1) }, (e) => refused.push(e)), { code: 'ROLLBACK_REFUSED' });
+  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => refused.push(e)), { code: 'ROLLBACK_REFUSED' });
   t.same(statesOf(refused), ['downloading', 'verifying', 'failed'], 'refused before anything was activated: no rolled-back');
 });
 
 t.test('http errors: 404 and a refused connection are BUNDLE_INVALID; a partial that is already whole gets 416 and is used', async (t) => {
   const s = await fileServer(b1);
   t.teardown(s.close);
-  const want = await sha(b1);
+  const want = await sha256File(b1);
   const dest = path.join(f.dir, 'dl3', 'b1.bundle');
   await t.rejects(downloadBundle(s.url.replace('b.bundle', 'nope'), { sha256: want, dest }), { code: 'BUNDLE_INVALID', message: /HTTP 404/ });
   await t.rejects(downloadBundle('http://127.0.0.1:1/b.bundle', { sha256: want, dest }), { code: 'BUNDLE_INVALID', message: /download failed/ });
@@ -130,5 +128,5 @@ t.test('http errors: 404 and a refused connection are BUNDLE_INVALID; a partial 
   await copyFile(b1, `${dest}.partial`);
   t.equal(await downloadBundle(s.url, { sha256: want, dest }), dest);
   t.equal(s.seen.at(-1)!.range, `bytes=${(await stat(b1)).size}-`);
-  t.equal(await sha(dest), want);
+  t.equal(await sha256File(dest), want);
 });

@@ -5,12 +5,11 @@
  * writeFileDurable: no temp file is left, and leftovers of a cut-off run are removed.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { loadManifest, verifyModelSet, type Manifest } from '../../src/engine/manifest.js';
+import { loadManifest, sha256File, verifyModelSet, type Manifest } from '../../src/engine/manifest.js';
 import { ModelSet } from '../../src/engine/modelset.js';
 import { quantizeModelSet } from '../../src/quant/index.js';
 import { sampleImages } from '../../tools/export/quantize.js';
@@ -31,7 +30,6 @@ const int8Of = (m: Manifest, s: (typeof STAGES)[number]) => m.stages[s]!.variant
 const listed = (m: Manifest) => new Set(Object.values(m.stages).flatMap((e) => [e.file, ...e.variants.map((v) => v.file)]));
 /** Files in the set directory that the manifest does not name and the fresh set did not hold (`before`). */
 const unlisted = async (dir: string, m: Manifest, before: readonly string[]) => (await readdir(dir)).filter((f) => !listed(m).has(f) && !before.includes(f)).sort();
-const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
 
 function crashRun(dir: string, weightBits: 7 | 8): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string }> {
   return new Promise((resolve, reject) => {
@@ -61,7 +59,7 @@ t.test('a power loss between the new builds and the manifest switch leaves a set
   t.equal(await readFile(path.join(dir, 'manifest.json'), 'utf8'), manifestText, 'the manifest on disk is the old one');
   const m = await loadManifest(dir);
   await t.resolves(verifyModelSet(dir, m), 'every file the manifest lists is whole and matches its sha256');
-  for (const s of STAGES) t.equal(await sha(path.join(dir, first[s]!.file)), first[s]!.sha256, `${s}: the listed int8 build was not replaced`);
+  for (const s of STAGES) t.equal(await sha256File(path.join(dir, first[s]!.file)), first[s]!.sha256, `${s}: the listed int8 build was not replaced`);
   const orphans = await unlisted(dir, m, fp32Files);
   t.same(orphans.map((f) => f.split('.')[0]), ['llm', 'merger'], `the new builds had been written, unlisted: ${orphans.join(', ')}`);
   await t.resolves(ModelSet.open(dir), 'the set opens (verified)');
