@@ -105,11 +105,22 @@ async function startWorker(spec: WorkerSpec): Promise<{ worker: Worker; ready: R
 
 type Pending = { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void };
 
+/** How often a dead worker is replaced before the session gives up (OrtBackendOptions). */
+interface CrashLoopLimit {
+  maxRestarts: number;
+  windowMs: number;
+}
+
+const span = (ms: number): string => (ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`);
+
 /**
  * One stage's session in its worker. A worker that dies (an uncaught error, process.exit, its heap
  * limit) fails the runs it held with BACKEND_CRASHED; the next run opens a new worker on the same
- * file, and if that fails the session stays broken with the reason. (A native crash such as a
- * segfault ends the whole process: threads share it.)
+ * file, and if that fails the session stays broken with the reason. A worker that dies more than
+ * `maxRestarts` times within `windowMs` (a graph that kills it on every run, a heap too small for
+ * it) also leaves the session broken: each reopen loads the model again, so a crash loop would
+ * keep the device busy reloading. (A native crash such as a segfault ends the whole process:
+ * threads share it.)
  */
 class OrtSession implements Session {
   readonly backend = 'onnxruntime-cpu';
@@ -121,6 +132,8 @@ class OrtSession implements Session {
   private lastError: string | undefined;
   private reopening: Promise<void> | undefined;
   private broken: SetokimError | undefined;
+  /** When recent workers died (performance.now()), oldest first; at most maxRestarts + 1. */
+  private readonly deaths: number[] = [];
   /** How many times a dead worker was replaced. */
   restarts = 0;
 
@@ -131,6 +144,7 @@ class OrtSession implements Session {
     readonly inputNames: readonly string[],
     readonly outputNames: readonly string[],
     private readonly signature: StageSignature,
+    private readonly limit: CrashLoopLimit,
   ) {
     this.attach(worker);
   }
@@ -150,6 +164,19 @@ class OrtSession implements Session {
     this.worker = undefined;
     if (this.disposed) return;
     this.lastError = how;
+    const now = performance.now();
+    this.deaths.push(now);
+    while (this.deaths.length > 0 && now - this.deaths[0]! > this.limit.windowMs) this.deaths.shift();
+    if (this.deaths.length > this.limit.maxRestarts) {
+      // Every run from now on, and those in flight, fail at once without loading the model again.
+      this.broken ??= new SetokimError(
+        'BACKEND_CRASHED',
+        `stage '${this.stage}': the ONNX Runtime worker keeps crashing: it died ${this.deaths.length} time${this.deaths.length === 1 ? '' : 's'} within ${span(this.limit.windowMs)} (last: ${how}), so this session no longer restarts it. ` +
+          'Check the model (a graph that fails the same way on every run) and the memory free on the device, then restart the agent.',
+      );
+      this.failAll(this.broken);
+      return;
+    }
     this.failAll(
       new SetokimError(
         'BACKEND_CRASHED',
@@ -265,6 +292,14 @@ class OrtSession implements Session {
 export interface OrtBackendOptions {
   /** Default intra-op threads per session (ONNX Runtime's default is one per core). */
   threads?: number;
+  /**
+   * Dead workers a session replaces within `restartWindowMs` (default 3; 0: never). One more death
+   * in that window leaves the session failing every run with BACKEND_CRASHED, without loading
+   * the model again, until the stage is opened anew (e.g. the agent restarts).
+   */
+  maxRestarts?: number;
+  /** The crash-loop window in milliseconds (default 60 000); older deaths no longer count. */
+  restartWindowMs?: number;
 }
 
 export class OrtBackend implements Backend {
@@ -284,6 +319,13 @@ export class OrtBackend implements Backend {
     const threads = options.threads ?? this.defaults.threads;
     if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
       throw new SetokimError('BAD_ARGUMENT', `threads must be a positive integer, got ${threads}`);
+    }
+    const limit: CrashLoopLimit = { maxRestarts: this.defaults.maxRestarts ?? 3, windowMs: this.defaults.restartWindowMs ?? 60_000 };
+    if (!Number.isInteger(limit.maxRestarts) || limit.maxRestarts < 0) {
+      throw new SetokimError('BAD_ARGUMENT', `maxRestarts must be a whole number (0 or more), got ${limit.maxRestarts}`);
+    }
+    if (!Number.isFinite(limit.windowMs) || limit.windowMs <= 0) {
+      throw new SetokimError('BAD_ARGUMENT', `restartWindowMs must be a positive number of milliseconds, got ${limit.windowMs}`);
     }
     const spec: WorkerSpec = {
       file,
@@ -307,6 +349,6 @@ export class OrtBackend implements Backend {
     }
     const { worker, ready } = started;
     const signature = options.signature ?? signatureFromMetadata(ready.inputMetadata as OrtMetadata[]);
-    return new OrtSession(worker, spec, stage, ready.inputNames, ready.outputNames, signature);
+    return new OrtSession(worker, spec, stage, ready.inputNames, ready.outputNames, signature, limit);
   }
 }
