@@ -260,7 +260,7 @@ export function registerFleet(program: Command): Command {
         const warned = r.outcomes.filter((x) => x.warning).map((x) => x.device);
         if (warned.length) process.stderr.write(`warning: ${warned.join(', ')} committed the release but reported a failure after the commit (see above): check that they serve it, or restart their agents\n`);
         if (r.aborted) {
-          const failed = r.outcomes.filter((x) => x.result === 'failed' || x.result === 'timeout').map((x) => x.device);
+          const failed = r.failures; // a canary that committed with a warning is one
           throw new SetokimError('ROLLOUT_ABORTED', `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
         }
       } finally {

@@ -5,7 +5,9 @@
  * that says nothing for `timeoutMs` counts as failed. `signal` is the emergency stop. Devices
  * already updating finish on their own. A device that committed but whose hook after the commit
  * failed (e.g. an agent that could not open the new set) says so with a `warning` on `committed`,
- * at once or a little later: it counts as committed and its outcome carries the warning.
+ * at once or a little later: it counts as committed and its outcome carries the warning. A canary
+ * is there to prove the release serves, so a canary's warning is a canary failure: each canary
+ * gets `settleMs` after its commit for a late warning before the rollout goes on.
  */
 import type { MqttClient } from 'mqtt';
 import { z } from 'zod';
@@ -33,9 +35,10 @@ export interface RolloutOptions {
   signal?: AbortSignal;
   /**
    * How long after a device committed a warning from its hooks may still arrive (an agent
-   * reopening its pipeline reports a failure only after the commit went out). At the end the
-   * rollout waits until each committed device without a warning has had this long (default 0);
-   * warnings that arrive earlier, while it runs, are always kept.
+   * reopening its pipeline reports a failure only after the commit went out). Each canary has
+   * this long before the next device is sent the job; at the end the rollout waits until each
+   * committed device without a warning has had this long (default 0). Warnings that arrive
+   * earlier, while it runs, are always kept.
    */
   settleMs?: number;
 }
@@ -52,6 +55,8 @@ export type DeviceOutcome = {
 export interface RolloutResult {
   aborted: boolean;
   outcomes: DeviceOutcome[];
+  /** Devices that count as failures: failed, timed out, or a canary that committed with a warning. */
+  failures: string[];
 }
 
 export async function rollout(client: MqttClient, o: RolloutOptions): Promise<RolloutResult> {
@@ -109,32 +114,18 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
 
   const outcomes: DeviceOutcome[] = [];
   const maxFailures = o.maxFailures ?? 0;
+  const failed = (x: DeviceOutcome) => x.result === 'failed' || x.result === 'timeout' || (x.warning !== undefined && canary.includes(x.device));
   const failures = () => outcomes.filter((x) => x.result === 'failed' || x.result === 'timeout').length;
   let aborted = false;
-  const stopped = () => (aborted ||= o.signal?.aborted === true);
-  try {
-    for (const d of canary) {
-      if (stopped()) break;
-      const r = await updateOne(d);
-      outcomes.push(r);
-      if (r.result !== 'committed') aborted = true;
-      if (aborted) break;
-    }
-    const queue = [...rest];
-    const worker = async () => {
-      while (!stopped() && queue.length > 0) {
-        outcomes.push(await updateOne(queue.shift()!));
-        if (failures() > maxFailures) aborted = true;
-      }
-    };
-    if (!aborted) await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
-    for (const d of devices) if (!outcomes.some((x) => x.device === d)) outcomes.push({ device: d, result: 'skipped' });
-    // Late warnings: until each committed device without one has had settleMs (an emergency stop skips it).
-    const settleMs = o.settleMs ?? 0;
+  // A canary's warning that comes only after its settle time (settleMs too short) still stops new jobs.
+  const stopped = () => (aborted ||= o.signal?.aborted === true || canary.some((c) => committed.get(c)?.outcome.warning));
+  const settleMs = o.settleMs ?? 0;
+  /** Until `only` (default: each committed device) has had settleMs since its commit unless it has a warning; a warning or the emergency stop ends the wait early. */
+  const settle = async (only?: string) => {
     for (;;) {
-      const quiet = [...committed.values()].filter((c) => !c.outcome.warning).map((c) => c.at + settleMs);
+      const quiet = [...committed].filter(([d, c]) => (only === undefined || d === only) && !c.outcome.warning).map(([, c]) => c.at + settleMs);
       const wait = Math.max(0, ...quiet) - performance.now();
-      if (wait <= 0 || o.signal?.aborted) break;
+      if (wait <= 0 || o.signal?.aborted) return;
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);
@@ -147,9 +138,29 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
         warned = done;
       });
     }
+  };
+  try {
+    for (const d of canary) {
+      if (stopped()) break;
+      const r = await updateOne(d);
+      outcomes.push(r);
+      if (r.result === 'committed') await settle(d); // the canary's agent may still report that it cannot serve the set
+      if (failed(r)) aborted = true;
+      if (aborted) break;
+    }
+    const queue = [...rest];
+    const worker = async () => {
+      while (!stopped() && queue.length > 0) {
+        outcomes.push(await updateOne(queue.shift()!));
+        if (failures() > maxFailures) aborted = true;
+      }
+    };
+    if (!aborted) await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
+    for (const d of devices) if (!outcomes.some((x) => x.device === d)) outcomes.push({ device: d, result: 'skipped' });
+    await settle(); // late warnings from the rest (an emergency stop skips it)
   } finally {
     client.off('message', onMessage);
     await client.unsubscribeAsync(fleetUpdateStateFilter(o.fleet)).catch(() => {});
   }
-  return { aborted, outcomes };
+  return { aborted, outcomes, failures: outcomes.filter(failed).map((x) => x.device) };
 }

@@ -201,8 +201,13 @@ t.test('CLI fleet rollout: prints each device and exits 0 when all committed', a
   t.match(bad.err, /\[ROLLOUT_ABORTED\]/);
 });
 
-/** Two devices whose hooks fail after the commit: `a` at once (onInstallStep), `b` after a while (onCommitted, an agent slow to open the new set). */
+/**
+ * Two devices whose hooks fail after the commit: `a` at once (onInstallStep), `b` after a while
+ * (onCommitted, an agent slow to open the new set); and `c`, a device without a warning, to be
+ * their canary (a canary's warning stops the rollout).
+ */
 async function warningDevices(fleet: string, events: Array<[string, UpdateEvent]>) {
+  await device(fleet, 'c', events);
   await device(fleet, 'a', events, {
     onInstallStep: (s) => {
       if (s === 'committed') throw new Error('could not drain the serving pipeline');
@@ -213,12 +218,14 @@ async function warningDevices(fleet: string, events: Array<[string, UpdateEvent]
   });
 }
 
-t.test('devices that commit with a warning: committed, and the outcome carries the warning, also one that comes after the commit', async (t) => {
+t.test('devices after the canary that commit with a warning: committed, and the outcome carries the warning, also one that comes after the commit', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await warningDevices('f10', events);
-  const r = await rollout(await operator(), { fleet: 'f10', devices: ['a', 'b'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, timeoutMs: 30_000, settleMs: 30_000 });
+  const r = await rollout(await operator(), { fleet: 'f10', devices: ['c', 'a', 'b'], canary: ['c'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, timeoutMs: 30_000, settleMs: 2_000 });
   t.equal(r.aborted, false);
+  t.same(r.failures, [], 'warnings after the canary are no failures');
   t.match(r.outcomes, [
+    { device: 'c', result: 'committed', warning: undefined },
     { device: 'a', result: 'committed', warning: { code: 'UPDATE_HOOK_FAILED', message: /^onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain/ } },
     { device: 'b', result: 'committed', warning: { code: 'UPDATE_HOOK_FAILED', message: /^onCommitted failed after the release was committed: \[INTERNAL\] the agent could not open the new set/ } },
   ]);
@@ -229,10 +236,67 @@ t.test('devices that commit with a warning: committed, and the outcome carries t
 t.test('CLI fleet rollout: a device that committed with a warning is named in the summary; exit 0', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await warningDevices('f11', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f11', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '30']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f11', '--devices', 'c,a,b', '--canary', 'c', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '2']);
   t.equal(r.status, 0, r.err);
-  t.match(r.out, /^a: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\n/);
+  t.match(r.out, /^c: committed\na: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\n/);
   t.match(r.out, /\nb: committed with warning UPDATE_HOOK_FAILED: onCommitted failed after the release was committed: \[INTERNAL\] the agent could not open the new set; the new set stays committed and active\n$/);
   t.match(r.err, /b: committed warning \[UPDATE_HOOK_FAILED\] onCommitted failed/, 'the late warning is shown as it arrives');
   t.match(r.err, /warning: a, b committed the release but reported a failure after the commit/);
+});
+
+t.test('CLI fleet rollout: a canary that commits with a warning is a canary failure: the rest are skipped; exit 3', async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await device('f12', 'a', events, {
+    onInstallStep: (s) => {
+      if (s === 'committed') throw new Error('could not drain the serving pipeline');
+    },
+  });
+  const b = await device('f12', 'b', events);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f12', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0']);
+  t.equal(r.status, 3, r.err);
+  t.match(r.out, /^a: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\nb: skipped\n$/);
+  t.match(r.err, /\[ROLLOUT_ABORTED\]: rollout stopped after failures on a; 1 devices were not sent the job/);
+  t.notOk(events.some(([d]) => d === 'b'), 'b heard nothing');
+  t.equal(await b.active(), 'setokim-tiny-seed1');
+});
+
+t.test("the canary gate waits settleMs for a canary's late warning and aborts on it, without waiting out the rest of settleMs", async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await device('f13', 'a', events, {
+    onCommitted: () => new Promise((_, reject) => setTimeout(() => reject(new Error('the agent could not open the new set')), 300)),
+  });
+  const b = await device('f13', 'b', events);
+  const settleMs = 30_000;
+  const began = performance.now();
+  const r = await rollout(await operator(), { fleet: 'f13', devices: ['a', 'b'], job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, timeoutMs: 30_000, settleMs });
+  const took = performance.now() - began;
+  t.equal(r.aborted, true);
+  t.same(r.failures, ['a']);
+  t.match(r.outcomes, [{ device: 'a', result: 'committed', warning: { code: 'UPDATE_HOOK_FAILED', message: /^onCommitted failed after the release was committed/ } }, { device: 'b', result: 'skipped' }]);
+  t.notOk(events.some(([d]) => d === 'b'), 'b heard nothing');
+  t.equal(await b.active(), 'setokim-tiny-seed1');
+  t.ok(took < settleMs, `ended on the warning, ${Math.round(took)} ms after it began`);
+});
+
+t.test("a canary without a warning: the rest are sent the job only once the canary's settleMs has passed", async (t) => {
+  const events: Array<[string, UpdateEvent]> = [];
+  await device('f14', 'a', events);
+  await device('f14', 'b', events);
+  const settleMs = 400;
+  const seen: Array<[string, UpdateEvent['state'], number]> = [];
+  const r = await rollout(await operator(), {
+    fleet: 'f14',
+    devices: ['a', 'b'],
+    job: { url: pathToFileURL(b2).href, sha256: await sha256File(b2) },
+    timeoutMs: 30_000,
+    settleMs,
+    onEvent: (d, e) => void seen.push([d, e.state, performance.now()]),
+  });
+  t.equal(r.aborted, false);
+  t.same(r.failures, []);
+  t.same(r.outcomes.map((o) => [o.device, o.result]), [['a', 'committed'], ['b', 'committed']]);
+  const aCommitted = seen.find(([d, s]) => d === 'a' && s === 'committed')![2];
+  const bFirst = seen.find(([d]) => d === 'b')![2];
+  // The job goes to b no sooner than settleMs after the rollout saw a's commit (1 ms: timer rounding).
+  t.ok(bFirst - aCommitted >= settleMs - 1, `b's first state ${Math.round(bFirst - aCommitted)} ms after a's commit`);
 });
