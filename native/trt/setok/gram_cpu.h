@@ -47,7 +47,7 @@ float DensitySum(const float* d, int n, int k, float t);
 constexpr int kDensityBlock = 8;
 
 // Step 3 for `rows` (1..kDensityBlock) consecutive rows of an n x n distance matrix starting at d:
-// kth[r] = KthSmallest and sum[r] = DensitySum of row r, bit for bit, in about two thirds of the
+// kth[r] = KthSmallest and sum[r] = DensitySum of row r, bit for bit, in about three quarters of the
 // time (the rows' index-order sums run side by side).
 void DensityRows(const float* d, int n, int k, int rows, float* kth, float* sum);
 
