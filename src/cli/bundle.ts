@@ -47,6 +47,16 @@ function progressBar(label: string, enabled: boolean): { onProgress?: ByteProgre
   };
 }
 
+/** Runs `work` with a progress bar, stopped however the work ends. */
+async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: ReturnType<typeof progressBar>) => Promise<T>): Promise<T> {
+  const bar = progressBar(label, enabled);
+  try {
+    return await work(bar);
+  } finally {
+    bar.stop();
+  }
+}
+
 const KeygenOptions = z.object({ out: req() });
 const CreateOptions = z.object({ models: req(), release: wholeNumber(1), key: req(), out: req(), progress: z.boolean() });
 const VerifyOptions = z.object({ pubkey: req(), progress: z.boolean() });
@@ -85,13 +95,7 @@ export function registerBundle(program: Command): Command {
     .action(async (raw: unknown) => {
       const o = parseFlags(CreateOptions, raw, 'bundle create');
       const key = await loadPrivateKey(o.key);
-      const bar = progressBar('bundle', o.progress);
-      let m;
-      try {
-        m = await createBundle({ models: o.models, release: o.release, key, out: o.out, onProgress: bar.onProgress });
-      } finally {
-        bar.stop();
-      }
+      const m = await withProgressBar('bundle', o.progress, (bar) => createBundle({ models: o.models, release: o.release, key, out: o.out, onProgress: bar.onProgress }));
       const bytes = m.files.reduce((a, f) => a + f.size, 0);
       process.stdout.write(`${o.out}: ${m.modelSetId} release ${m.release}, ${m.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, signed by ${m.keyId}\n`);
     });
@@ -103,13 +107,8 @@ export function registerBundle(program: Command): Command {
     .option('--no-progress', 'no progress bar')
     .action(async (file: string, raw: unknown) => {
       const o = parseFlags(VerifyOptions, raw, 'bundle verify');
-      const bar = progressBar('verify', o.progress);
-      let m;
-      try {
-        m = await verifyBundle(file, await loadPublicKey(o.pubkey), bar.onProgress);
-      } finally {
-        bar.stop();
-      }
+      const pubkey = await loadPublicKey(o.pubkey);
+      const m = await withProgressBar('verify', o.progress, (bar) => verifyBundle(file, pubkey, bar.onProgress));
       process.stdout.write(`${file}: OK: ${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}\n`);
     });
 
@@ -134,10 +133,8 @@ export function registerBundle(program: Command): Command {
           throw new SetokimError('BAD_ARGUMENT', `cannot read --canary-image ${o.canaryImage}: ${(err as Error).message}`, { cause: err });
         }
       }
-      const bar = progressBar('unpack', o.progress);
-      let r;
-      try {
-        r = await installBundle({
+      const r = await withProgressBar('unpack', o.progress, (bar) =>
+        installBundle({
           bundle: file,
           store: o.store,
           pubkey,
@@ -148,10 +145,8 @@ export function registerBundle(program: Command): Command {
             bar.stop();
             process.stderr.write(`[${s}] ${detail}\n`);
           },
-        });
-      } finally {
-        bar.stop();
-      }
+        }),
+      );
       process.stdout.write(`installed ${r.modelSetId} release ${r.release} into ${o.store} (previous: ${r.previous ?? 'none'}); canary answered in ${r.health.ms.toFixed(0)} ms\n`);
     });
 
