@@ -1,5 +1,5 @@
-/** Small durable-write helpers: the active-set pointer, a journal or a state file must survive power loss once written. */
-import { open, rename, rm, writeFile } from 'node:fs/promises';
+/** Small file-system helpers for the model store: durable writes (the active-set pointer, a journal or a state file must survive power loss once written) and free space. */
+import { open, rename, rm, statfs, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 /** fsync a directory so a rename or a new entry in it is on disk (Linux; a no-op where unsupported). */
@@ -36,4 +36,10 @@ export async function writeFileDurable(path: string, data: string): Promise<void
 export async function removeDurable(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true });
   await fsyncDir(dirname(path));
+}
+
+/** Bytes an unprivileged writer may still use on the filesystem holding `path`. */
+export async function freeBytes(path: string): Promise<number> {
+  const s = await statfs(path);
+  return s.bavail * s.bsize;
 }

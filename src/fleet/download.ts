@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat, statfs } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { hashFile, sha256File } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import type { ByteProgress } from './bundle.js';
-import { syncFile } from '../engine/durable.js';
+import { freeBytes, syncFile } from '../engine/durable.js';
 
 /** No response headers or body bytes for this long aborts a download (keeping the partial). */
 export const DEFAULT_STALL_MS = 30_000;
@@ -86,8 +86,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
     have = 0;
   }
   if (o.size !== undefined) {
-    const s = await statfs(dir);
-    const free = s.bavail * s.bsize;
+    const free = await freeBytes(dir);
     const need = o.size - have;
     if (free < need) throw new SetokimError('NO_SPACE', `${dir}: ${free} bytes free, the download needs ${need} more bytes (bundle of ${o.size} bytes); free disk space on the device and send the job again`);
   }

@@ -7,14 +7,14 @@
  * is not committed: a failure rolls back at once, and a crash is rolled back by recoverStore
  * (which every install runs first). Nothing half-installed stays active.
  */
-import { rename, statfs } from 'node:fs/promises';
+import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
 import { loadManifest, verifyModelSet } from '../engine/manifest.js';
 import { ModelStore } from '../engine/modelset.js';
 import { SetokimError, errorCode } from '../errors.js';
 import { openBundle, streamBundle, type ByteProgress } from './bundle.js';
-import { fsyncDir, removeDurable } from '../engine/durable.js';
+import { freeBytes, fsyncDir, removeDurable } from '../engine/durable.js';
 import { canaryQuery, type CanaryResult, type HealthCheck } from './health.js';
 import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagingRoot, writeJournal, writeRelease, type Journal, type JournalStep } from './journal.js';
 
@@ -106,11 +106,6 @@ export async function recoverStore(root: string): Promise<RecoverResult> {
   } finally {
     await unlock();
   }
-}
-
-async function freeBytes(root: string): Promise<number> {
-  const s = await statfs(root);
-  return s.bavail * s.bsize;
 }
 
 export async function installBundle(o: InstallOptions): Promise<InstallResult> {

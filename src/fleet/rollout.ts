@@ -115,7 +115,7 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
   const outcomes: DeviceOutcome[] = [];
   const maxFailures = o.maxFailures ?? 0;
   const failed = (x: DeviceOutcome) => x.result === 'failed' || x.result === 'timeout' || (x.warning !== undefined && canary.includes(x.device));
-  const failures = () => outcomes.filter((x) => x.result === 'failed' || x.result === 'timeout').length;
+  const failures = () => outcomes.filter(failed).length;
   let aborted = false;
   // A canary's warning that comes only after its settle time (settleMs too short) still stops new jobs.
   const stopped = () => (aborted ||= o.signal?.aborted === true || canary.some((c) => committed.get(c)?.outcome.warning));
