@@ -126,6 +126,11 @@ export async function hashFile(path: string, hash: Hash = createHash('sha256')):
   return hash;
 }
 
+/** sha256 of bytes in memory, hex: the manifest's hash of a file about to be written. */
+export function sha256Bytes(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
 /** sha256 of a file, hex, read as a stream (model and engine files are large). */
 export async function sha256File(path: string): Promise<string> {
   return (await hashFile(path)).digest('hex');

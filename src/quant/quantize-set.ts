@@ -9,13 +9,12 @@
  * only then are the replaced builds removed. At every instant the manifest names whole files that
  * match it; a crash leaves at most unlisted files, which the next run removes.
  */
-import { createHash } from 'node:crypto';
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Backend, Session, Tensor } from '../engine/backend.js';
 import { STAGES, type StageName } from '../engine/contract.js';
 import { fsyncDir, writeFileDurable } from '../engine/durable.js';
-import { manifestPath, parseManifest, serializeManifest, type Manifest, type Precision, type StageFile } from '../engine/manifest.js';
+import { manifestPath, parseManifest, serializeManifest, sha256Bytes, type Manifest, type Precision, type StageFile } from '../engine/manifest.js';
 import { openModelSet } from '../engine/modelset.js';
 import { OrtBackend } from '../engine/onnxruntime.js';
 import { SetokimError } from '../errors.js';
@@ -86,8 +85,6 @@ export function checkPrecision(p: string): asserts p is 'int8' {
   throw new SetokimError('BAD_ARGUMENT', `--precision ${JSON.stringify(p)}: expected int8 (int4w and fp16 are not built yet)`);
 }
 
-const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
-
 /** Every file a manifest names (main files and variants). */
 const listedFiles = (m: Manifest) => new Set(Object.values(m.stages).flatMap((e) => [e.file, ...e.variants.map((v) => v.file)]));
 
@@ -152,7 +149,7 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
       const { ranges, dynamic } = await activationRanges(backend, model, names, calibrate, { stage, signature, threads: o.threads, onSample: (done, total) => o.onProgress?.({ phase: 'ranges', stage, done, total }) });
       const { bytes, report } = quantizeModel(model, ranges, { minElements, weightMax: o.weightBits === 8 ? INT8_MAX : REDUCED_MAX });
 
-      const hash = sha256(bytes);
+      const hash = sha256Bytes(bytes);
       const file = newBuildName(stage, o.precision, hash, listed);
       const final = path.join(set.dir, file);
       written.push({ file: final, stage, entry: { file, format: 'onnx', sha256: hash, bytes: bytes.length, precision: o.precision } });

@@ -2,7 +2,6 @@
  * `export synth`: writes a complete reference model set (every stage as an ONNX graph with seeded
  * weights, plus manifest.json). The same config and seed give byte-identical files everywhere.
  */
-import { createHash } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { STAGES, stageSignature, type StageName } from '../../src/engine/contract.js';
@@ -12,6 +11,7 @@ import {
   MANIFEST_VERSION,
   parseManifest,
   serializeManifest,
+  sha256Bytes,
   type Manifest,
   type ManifestInput,
 } from '../../src/engine/manifest.js';
@@ -61,7 +61,7 @@ export async function synthesize(opts: SynthOptions): Promise<Manifest> {
     manifest.stages[stage] = {
       file,
       format: 'onnx',
-      sha256: createHash('sha256').update(bytes).digest('hex'),
+      sha256: sha256Bytes(bytes),
       bytes: bytes.length,
       precision: 'fp32',
       signature: stageSignature(stage, a),
