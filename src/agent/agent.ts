@@ -68,7 +68,7 @@ export const BROKER_STOP_WAIT_MS = 2_000;
 export const STATUS_HEARTBEAT_INTERVALS = 12;
 
 /** What `p` resolves to, 'failed' if it rejects, or 'timeout' after ms. */
-function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout' | 'failed'> {
+export function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout' | 'failed'> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
   return Promise.race([p.catch(() => 'failed' as const), late]).finally(() => clearTimeout(timer));

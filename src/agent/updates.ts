@@ -11,7 +11,7 @@ import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
 import { canaryQuery, loadPublicKey, recoverStore, serveUpdates, UpdateHandler, type HealthCheck, type InstallResult, type UpdateEvent, type UpdateHandlerOptions } from '../fleet/index.js';
 import { createPipeline, loadTokenizer } from '../pipeline/index.js';
 import type { Pipeline } from '../pipeline/types.js';
-import type { Agent, Logger } from './agent.js';
+import { BROKER_STOP_WAIT_MS, within, type Agent, type Logger } from './agent.js';
 import type { AgentConfig } from './config.js';
 
 /** What the agent serves: a pipeline, and its set's prompt counter for limits.maxPromptTokens. */
@@ -83,13 +83,6 @@ export interface UpdateService {
   /** A job or a switch is under way. */
   readonly busy: boolean;
 }
-
-/** Waits at most ms for p (the broker may be gone at shutdown). */
-const within = (p: Promise<unknown>, ms: number) =>
-  new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    p.catch(() => undefined).finally(() => (clearTimeout(timer), resolve()));
-  });
 
 /** An UpdateHandler whose jobs are tracked from the moment they arrive (serveUpdates calls run). */
 class TrackedHandler extends UpdateHandler {
@@ -178,7 +171,7 @@ export async function startUpdates(agent: Agent, o: UpdateServiceOptions): Promi
   return {
     stop: async () => {
       stopped = true;
-      await within(served.stop(), 2_000);
+      await within(served.stop(), BROKER_STOP_WAIT_MS); // the broker may be gone at shutdown
       if (pending.size) log('info', 'an update job is still running: it finishes on its own, or the next start recovers the store');
     },
     idle: async () => {
