@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { ReasonCodes, connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
@@ -14,7 +14,7 @@ import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQue
 import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
-import { deviceTopics, type DeviceTopics } from './topics.js';
+import { deviceTopics, refusedSubscriptions, type DeviceTopics } from './topics.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;
@@ -253,11 +253,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     return new Promise((resolve, reject) => {
       // The callback, not subscribeAsync: its error keeps only the last reason code, not which topic.
       client.subscribe(topics, (err, _granted, packet) => {
-        const codes: unknown[] = (packet as { granted?: unknown[] } | undefined)?.granted ?? [];
-        const refused = Object.keys(topics).flatMap((topic, i) => {
-          const rc = codes[i];
-          return typeof rc === 'number' && rc >= 0x80 ? [`${topic} (${ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused'}, reason code 0x${rc.toString(16)})`] : [];
-        });
+        const refused = refusedSubscriptions(Object.keys(topics), (packet as { granted?: unknown[] } | undefined)?.granted);
         if (refused.length) {
           const shared = this.config.fleetSubscription === 'shared' && refused.some((r) => r.startsWith('$share/'));
           reject(

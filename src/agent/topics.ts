@@ -5,6 +5,7 @@
  *   setokim/v1/<fleet>/<device>/cancel   and setokim/v1/<fleet>/cancel (every agent hears it)
  *   setokim/v1/<fleet>/<device>/status   retained presence; the Last Will marks it offline
  */
+import { ReasonCodes } from 'mqtt';
 import { z } from 'zod';
 
 export const TOPIC_ROOT = 'setokim/v1';
@@ -67,4 +68,15 @@ export function replyTopicFor(clientId: string): string {
 export function isSafeReplyTopic(topic: string): boolean {
   if (!topic || topic.length > 1024 || /[#+\u0000]/.test(topic) || topic.startsWith('$')) return false;
   return !topic.startsWith('setokim/') || topic.startsWith(`${TOPIC_ROOT}/replies/`);
+}
+
+/**
+ * The topics a SUBACK refused (a reason code >= 0x80, e.g. the broker's ACL), in the order they
+ * were asked for, each as `topic (reason, reason code 0x87)` for a BROKER_REFUSED message.
+ */
+export function refusedSubscriptions(topics: readonly string[], granted: readonly unknown[] | undefined): string[] {
+  return topics.flatMap((topic, i) => {
+    const rc = granted?.[i];
+    return typeof rc === 'number' && rc >= 0x80 ? [`${topic} (${ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused'}, reason code 0x${rc.toString(16)})`] : [];
+  });
 }

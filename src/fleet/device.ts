@@ -3,7 +3,8 @@
  * job through an UpdateHandler, publish every state. An agent wires it in with one call on its
  * connected client (docs/FLEET.md, "Wiring into the agent").
  */
-import { ReasonCodes, type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
+import { refusedSubscriptions } from '../agent/topics.js';
 import { SetokimError } from '../errors.js';
 import type { InstallResult } from './install.js';
 import { updateStateTopic, updateTopic } from './topics.js';
@@ -66,12 +67,8 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
     try {
       await client.subscribeAsync(jobs, { qos: 1 });
     } catch (err) {
-      // A SUBACK failure code (>= 0x80) is the broker's refusal, e.g. its ACL.
-      const rc = (err as { packet?: { granted?: unknown[] } }).packet?.granted?.[0];
-      if (typeof rc === 'number' && rc >= 0x80) {
-        const why = ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused';
-        throw new SetokimError('BROKER_REFUSED', `the broker refused the subscription to ${jobs} (${why}, reason code 0x${rc.toString(16)}); allow this client to subscribe to it in the broker's ACL`, { cause: err });
-      }
+      const [refused] = refusedSubscriptions([jobs], (err as { packet?: { granted?: unknown[] } }).packet?.granted);
+      if (refused) throw new SetokimError('BROKER_REFUSED', `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`, { cause: err });
       throw err;
     }
     o.onSubscribed?.();
