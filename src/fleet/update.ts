@@ -115,11 +115,12 @@ export class UpdateHandler {
       last = now;
       send(state, { done, total });
     };
+    const dest = join(fleetDir(this.o.store), 'downloads', `${job.sha256}.bundle`); // an http(s) download, kept while it runs
     const cur = { state: 'downloading' as UpdateState };
     let warning: UpdateEvent['warning'];
     try {
       send('downloading');
-      const path = await downloadBundle(job.url, { sha256: job.sha256, size: job.size, dest: join(fleetDir(this.o.store), 'downloads', `${job.sha256}.bundle`), onProgress: progress('downloading') });
+      const path = await downloadBundle(job.url, { sha256: job.sha256, size: job.size, dest, onProgress: progress('downloading') });
       send((cur.state = 'verifying'));
       const r = await installBundle({
         bundle: path,
@@ -155,7 +156,7 @@ export class UpdateHandler {
       throw err;
     } finally {
       // A finished download is not kept: the store holds the set now, or it was refused.
-      if (!job.url.startsWith('file:')) await rm(join(fleetDir(this.o.store), 'downloads', `${job.sha256}.bundle`), { force: true });
+      if (!job.url.startsWith('file:')) await rm(dest, { force: true });
     }
   }
 }
