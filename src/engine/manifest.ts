@@ -26,10 +26,15 @@ const FileName = z
   .min(1)
   .refine((f) => !isAbsolute(f) && !normalize(f).startsWith('..'), 'must be a path inside the model set directory');
 
+/** A sha256 as the manifests, bundles and update jobs write it. */
+export const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits');
+/** A model set id: a store directory name and what fleet updates switch between. */
+export const ModelSetId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-"');
+
 export const StageFileSchema = z.object({
   file: FileName,
   format: z.enum(['onnx', 'tensorrt']).default('onnx'),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits'),
+  sha256: Sha256Hex,
   bytes: z.number().int().positive(),
   precision: z.enum(PRECISIONS),
 });
@@ -47,7 +52,7 @@ export const ManifestSchema = z
     format: z.literal(MANIFEST_FORMAT),
     formatVersion: z.literal(MANIFEST_VERSION),
     /** Identifies the set (fleet updates switch between ids), e.g. setokim-tiny-seed1. */
-    id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-"'),
+    id: ModelSetId,
     description: z.string().default(''),
     architecture: ArchitectureSchema,
     stages: z.partialRecord(z.enum(STAGES), StageEntrySchema),

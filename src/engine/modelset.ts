@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { SetokimError } from '../errors.js';
 import { writeFileDurable } from './durable.js';
 import type { Architecture, StageName } from './contract.js';
-import { loadManifest, MANIFEST_FILE, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
+import { loadManifest, MANIFEST_FILE, ModelSetId, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
 
 export interface OpenOptions {
   /** Check size, sha256 and ONNX structure of every file (default true; false trusts the disk). */
@@ -81,7 +81,7 @@ export class ModelStore {
   constructor(readonly root: string) {}
 
   dirOf(id: string): string {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(id)) throw new SetokimError('BAD_ARGUMENT', `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
+    if (!ModelSetId.safeParse(id).success) throw new SetokimError('BAD_ARGUMENT', `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
     return join(this.root, id);
   }
 

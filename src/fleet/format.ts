@@ -12,6 +12,7 @@
  */
 import { isAbsolute, posix } from 'node:path';
 import { z } from 'zod';
+import { ModelSetId, Sha256Hex } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 
 export const BUNDLE_MAGIC = Buffer.from('SETOKIM-BNDL', 'ascii');
@@ -33,7 +34,7 @@ const BundlePath = z
 export const BundleFileSchema = z.strictObject({
   path: BundlePath,
   size: z.number().int().min(0),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits'),
+  sha256: Sha256Hex,
 });
 export type BundleFile = z.infer<typeof BundleFileSchema>;
 
@@ -41,7 +42,7 @@ export const BundleManifestSchema = z
   .strictObject({
     format: z.literal(BUNDLE_FORMAT),
     formatVersion: z.literal(BUNDLE_VERSION),
-    modelSetId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-"'),
+    modelSetId: ModelSetId,
     /** Monotonically increasing per fleet: a device refuses a release not above the one it committed. */
     release: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
     createdAt: z.iso.datetime(),

@@ -10,6 +10,7 @@
 import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { ModelSetId } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from '../engine/durable.js';
 
@@ -17,14 +18,12 @@ import { removeDurable, writeFileDurable } from '../engine/durable.js';
 export const JOURNAL_STEPS = ['staging', 'staged', 'placed', 'activated'] as const;
 export type JournalStep = (typeof JOURNAL_STEPS)[number];
 
-const Id = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/);
-
 export const JournalSchema = z.strictObject({
   step: z.enum(JOURNAL_STEPS),
   release: z.number().int().positive(),
-  modelSetId: Id,
+  modelSetId: ModelSetId,
   /** The set that was active before this install (null: none); recovery activates it again. */
-  previous: Id.nullable(),
+  previous: ModelSetId.nullable(),
   /** Directory name under .fleet/staging. */
   staging: z.string().regex(/^[A-Za-z0-9._-]+$/),
   startedAt: z.iso.datetime(),
@@ -33,8 +32,8 @@ export type Journal = z.infer<typeof JournalSchema>;
 
 export const ReleaseSchema = z.strictObject({
   release: z.number().int().positive(),
-  modelSetId: Id,
-  previous: Id.nullable(),
+  modelSetId: ModelSetId,
+  previous: ModelSetId.nullable(),
   committedAt: z.iso.datetime(),
 });
 export type ReleaseState = z.infer<typeof ReleaseSchema>;

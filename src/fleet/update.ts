@@ -8,6 +8,7 @@ import type { KeyObject } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { Sha256Hex } from '../engine/manifest.js';
 import { errorCode, SetokimError, type ErrorCode } from '../errors.js';
 import { downloadBundle } from './download.js';
 import type { HealthCheck } from './health.js';
@@ -21,7 +22,7 @@ export const TERMINAL_STATES: ReadonlySet<UpdateState> = new Set(['committed', '
 export const UpdateJobSchema = z.strictObject({
   jobId: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/),
   url: z.string().min(1).max(4096),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  sha256: Sha256Hex,
   /** Informational: the release the publisher expects (the signed manifest decides). */
   release: z.number().int().positive().optional(),
   /** The bundle file's size in bytes: the download refuses more and checks free space first. Optional: older publishers omit it. */
