@@ -8,6 +8,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
+import { Transform } from 'node:stream';
 import { z } from 'zod';
 import { SetokimError } from '../errors.js';
 import { ArchitectureSchema, SignatureSchema, STAGES, REQUIRED_STAGES, stageSignature, type StageName, type StageSignature } from './contract.js';
@@ -129,6 +130,24 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
 export async function hashFile(path: string, hash: Hash = createHash('sha256')): Promise<Hash> {
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash;
+}
+
+/**
+ * A pass-through stream that feeds every chunk into `hash`, after `onChunk` saw its length (a
+ * throw there fails the stream before the chunk goes on): hashing while copying or downloading.
+ */
+export function hashingTap(hash: Hash, onChunk?: (bytes: number) => void): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      try {
+        onChunk?.(chunk.length);
+      } catch (err) {
+        return cb(err as Error);
+      }
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
 }
 
 /** sha256 of bytes in memory, hex: the manifest's hash of a file about to be written. */

@@ -7,9 +7,9 @@ import { createHash, sign, verify, type KeyObject } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
-import { Transform, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
+import { hashingTap, loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import { BUNDLE_FORMAT, BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeaderSchema, encodePrefix, MAX_HEADER_BYTES, parseBundleManifest, PREFIX_BYTES, signedBytes, type BundleFile, type BundleManifest } from './format.js';
 import { syncFile } from '../engine/durable.js';
@@ -74,13 +74,9 @@ export async function createBundle(o: CreateOptions): Promise<BundleManifest> {
     for (const f of files) {
       // Re-hashed while copying: a file changed after it was signed must not ship.
       const h = createHash('sha256');
-      const count = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          h.update(chunk);
-          done += chunk.length;
-          o.onProgress?.(done, total, f.path);
-          cb(null, chunk);
-        },
+      const count = hashingTap(h, (n) => {
+        done += n;
+        o.onProgress?.(done, total, f.path);
       });
       await pipeline(createReadStream(join(o.models, f.path)), count, createWriteStream(tmp, { flags: 'a' }));
       if (h.digest('hex') !== f.sha256) throw new SetokimError('BAD_ARGUMENT', `${join(o.models, f.path)} changed while it was being bundled; bundle a set nothing is writing to`);
@@ -155,14 +151,10 @@ export async function streamBundle(b: OpenedBundle, dest: string | null, onProgr
   for (const [i, f] of b.manifest.files.entries()) {
     const h = createHash('sha256');
     let n = 0;
-    const tap = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        h.update(chunk);
-        n += chunk.length;
-        done += chunk.length;
-        onProgress?.(done, b.payloadBytes, f.path);
-        cb(null, chunk);
-      },
+    const tap = hashingTap(h, (bytes) => {
+      n += bytes;
+      done += bytes;
+      onProgress?.(done, b.payloadBytes, f.path);
     });
     const source = f.size === 0 ? [] : createReadStream(b.path, { start: b.offsets[i]!, end: b.offsets[i]! + f.size - 1 });
     if (dest === null) {

@@ -14,10 +14,10 @@ import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
-import { hashFile, sha256File } from '../engine/manifest.js';
+import { hashFile, hashingTap, sha256File } from '../engine/manifest.js';
 import { SetokimError } from '../errors.js';
 import type { ByteProgress } from './bundle.js';
 import { freeBytes, syncFile } from '../engine/durable.js';
@@ -129,16 +129,12 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
     if (res.status !== 416 && res.body) {
       const total = o.size ?? start + (Number.isFinite(length) ? length : 0);
       let done = start;
-      const tap = new Transform({
-        transform(chunk: Buffer, _e, cb) {
-          arm();
-          // Refused before it reaches the file: what is written never passes the limit.
-          if (done + chunk.length > limit) return cb(tooLarge(url, done + chunk.length, limit, o));
-          h.update(chunk);
-          done += chunk.length;
-          o.onProgress?.(done, Math.max(total, done), url);
-          cb(null, chunk);
-        },
+      const tap = hashingTap(h, (n) => {
+        arm();
+        // Refused before it reaches the file: what is written never passes the limit.
+        if (done + n > limit) throw tooLarge(url, done + n, limit, o);
+        done += n;
+        o.onProgress?.(done, Math.max(total, done), url);
       });
       arm();
       try {
