@@ -7,7 +7,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SetokimError } from '../errors.js';
-import { writeFileDurable } from './durable.js';
+import { removeDurable, writeFileDurable } from './durable.js';
 import type { Architecture, StageName } from './contract.js';
 import { loadManifest, MANIFEST_FILE, ModelSetId, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
 
@@ -115,6 +115,11 @@ export class ModelStore {
     if (set.id !== id) throw new SetokimError('MODEL_INVALID', `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);
     await writeFileDurable(join(this.root, ACTIVE_FILE), `${id}\n`);
     return set;
+  }
+
+  /** No set active any more (a rolled-back install that had none before, or a damaged old set), durably. */
+  async deactivate(): Promise<void> {
+    await removeDurable(join(this.root, ACTIVE_FILE));
   }
 
   async openActive(opts?: OpenOptions): Promise<ModelSet> {

@@ -65,13 +65,12 @@ async function rollBack(root: string, j: Journal): Promise<string | null> {
         await store.activate(j.previous);
       } catch (err) {
         // The old set is damaged too: serve nothing rather than the half-installed one.
-        await removeDurable(join(root, 'active'));
+        await store.deactivate();
         throw new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
       }
     } else {
-      await removeDurable(join(root, 'active'));
+      await store.deactivate();
     }
-    await fsyncDir(root);
   }
   // From 'staged' on, the target directory may hold the new set (the rename may have happened
   // before 'placed' was written). It is never the serving set: install refuses that id.
