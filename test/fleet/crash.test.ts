@@ -15,7 +15,7 @@ import { childEnv } from '../helpers/child-env.js';
 import { runCli } from '../helpers/cli.js';
 import { bundleOf, fixture, noCanary } from './helpers.js';
 
-const child = fileURLToPath(new URL('./crash-child.ts', import.meta.url));
+const child = fileURLToPath(new URL('./fixtures/crash-child.ts', import.meta.url));
 const f = await fixture([1, 2]);
 t.teardown(f.cleanup);
 const b1 = await bundleOf(f, f.sets[1]!, 1);
