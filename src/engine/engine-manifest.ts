@@ -10,11 +10,10 @@ import { z } from 'zod';
 import { SetokimError } from '../errors.js';
 import { SignatureSchema } from './contract.js';
 import type { Capabilities } from './native.js';
-import { sha256File } from './manifest.js';
+import { Sha256Hex, sha256File } from './manifest.js';
 
 export const ENGINE_MANIFEST_FORMAT = 'setokim-engine/1';
 
-const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'a lowercase hex sha256');
 const Version = z.string().regex(/^\d+(\.\d+)*$/, 'a dotted version such as 10.3.0');
 const ShapeRange = z
   .object({ min: z.array(z.number().int().nonnegative()), opt: z.array(z.number().int().nonnegative()), max: z.array(z.number().int().nonnegative()) })
@@ -26,10 +25,10 @@ export const EngineManifestSchema = z.object({
   stage: z.string().min(1),
   /** The plan's file name, beside the manifest. */
   plan: z.string().min(1),
-  sha256: Sha256,
+  sha256: Sha256Hex,
   bytes: z.number().int().nonnegative(),
   /** The ONNX graph it was built from. */
-  source: z.object({ file: z.string(), sha256: Sha256 }),
+  source: z.object({ file: z.string(), sha256: Sha256Hex }),
   tensorrt: Version,
   cuda: Version,
   /** Compute capability, e.g. "8.7" for Orin. */
