@@ -2,62 +2,62 @@
  * Every error the runtime reports carries a stable `code`: it is what MQTT error replies carry and
  * what the CLI turns into an exit status. Messages say what happened and what to do.
  */
-export const ErrorCodes = {
-  // configuration and input validation
-  BAD_CONFIG: 'BAD_CONFIG',
-  BAD_ARGUMENT: 'BAD_ARGUMENT',
-  BAD_INPUT: 'BAD_INPUT',
-  BAD_IMAGE: 'BAD_IMAGE',
-  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
-  PROMPT_TOO_LONG: 'PROMPT_TOO_LONG',
-  UNKNOWN_TASK: 'UNKNOWN_TASK',
-  BAD_MESSAGE: 'BAD_MESSAGE',
-  /** The broker refused what the agent needs (e.g. a subscription its ACL denies). */
-  BROKER_REFUSED: 'BROKER_REFUSED',
-  // models and engines
-  MODEL_NOT_FOUND: 'MODEL_NOT_FOUND',
-  MODEL_INVALID: 'MODEL_INVALID',
-  MODEL_HASH_MISMATCH: 'MODEL_HASH_MISMATCH',
-  MODEL_VERSION: 'MODEL_VERSION',
-  BACKEND_UNAVAILABLE: 'BACKEND_UNAVAILABLE',
-  ENGINE_INCOMPATIBLE: 'ENGINE_INCOMPATIBLE',
-  NATIVE_MISSING: 'NATIVE_MISSING',
-  /** A backend's worker died (crash, exit, out of memory) while it held a session. */
-  BACKEND_CRASHED: 'BACKEND_CRASHED',
-  /** A quantised stage's outputs are further from fp32 than the export's tolerance. */
-  QUANT_TOLERANCE: 'QUANT_TOLERANCE',
-  // fleet bundles (docs/FLEET.md)
-  /** A bundle is not in the bundle format (bad magic, header, layout, or an unsafe path). */
-  BUNDLE_INVALID: 'BUNDLE_INVALID',
-  /** A bundle's signature does not verify with the trusted public key (or was made by another key). */
-  BUNDLE_SIGNATURE: 'BUNDLE_SIGNATURE',
-  /** A file inside a signed bundle does not match its size or sha256 in the bundle manifest. */
-  BUNDLE_TAMPERED: 'BUNDLE_TAMPERED',
-  /** A bundle's release is not newer than the release the store has committed (anti-rollback). */
-  ROLLBACK_REFUSED: 'ROLLBACK_REFUSED',
-  /** Not enough free disk space in the store for the bundle plus the reserve. */
-  NO_SPACE: 'NO_SPACE',
-  /** The newly activated set failed its canary query; the previous set was activated again. */
-  HEALTH_CHECK_FAILED: 'HEALTH_CHECK_FAILED',
-  /** Another install holds the store, or the bundle's set id is the one serving. */
-  UPDATE_CONFLICT: 'UPDATE_CONFLICT',
-  /** A staged rollout stopped: a canary failed, or failures passed the threshold. */
-  ROLLOUT_ABORTED: 'ROLLOUT_ABORTED',
-  /** A hook run after an update committed failed (a warning on `committed`: the release stays active). */
-  UPDATE_HOOK_FAILED: 'UPDATE_HOOK_FAILED',
-  /** A bundle download received no bytes (or no response headers) for the stall timeout; the partial file is kept. */
-  DOWNLOAD_STALLED: 'DOWNLOAD_STALLED',
-  /** A bundle download is larger than the job's size or the download cap; the partial file is removed. */
-  BUNDLE_TOO_LARGE: 'BUNDLE_TOO_LARGE',
-  // serving
-  BUSY: 'BUSY',
-  EXPIRED: 'EXPIRED',
-  CANCELLED: 'CANCELLED',
-  DUPLICATE: 'DUPLICATE',
-  INTERNAL: 'INTERNAL',
-} as const;
+/**
+ * The CLI's exit status per code family: 2 bad usage or input, 3 models, engines and updates,
+ * 4 serving refusals (busy, expired, cancelled, duplicate), 1 anything unexpected (INTERNAL).
+ */
+export type ExitStatus = 1 | 2 | 3 | 4;
 
-export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+/**
+ * Every code, its exit status and what it means: one table, so a new code cannot be added without
+ * saying how the CLI ends on it (the compiler checks every entry has both). `ErrorCode`,
+ * `ErrorCodes` and `exitStatus` are derived from it.
+ */
+export const ERRORS = {
+  // configuration and input validation
+  BAD_CONFIG: { exit: 2, meaning: 'the configuration (file, environment or flags) is invalid' },
+  BAD_ARGUMENT: { exit: 2, meaning: 'a command-line flag or API argument is invalid' },
+  BAD_INPUT: { exit: 2, meaning: 'an input value is invalid' },
+  BAD_IMAGE: { exit: 2, meaning: 'the image is not a JPEG, PNG or WebP that decodes' },
+  PAYLOAD_TOO_LARGE: { exit: 2, meaning: 'the payload is over the configured limit' },
+  PROMPT_TOO_LONG: { exit: 2, meaning: 'the prompt is over the limit (bytes or tokens) or does not fit the context' },
+  UNKNOWN_TASK: { exit: 2, meaning: 'the task is not one of ask, describe, segment, generate, edit' },
+  BAD_MESSAGE: { exit: 2, meaning: 'a message is not in the documented wire format' },
+  BROKER_REFUSED: { exit: 2, meaning: 'the broker refused what the agent needs (e.g. a subscription its ACL denies)' },
+  // models and engines
+  MODEL_NOT_FOUND: { exit: 3, meaning: 'a model set or stage file is missing' },
+  MODEL_INVALID: { exit: 3, meaning: 'a model set or stage file is not what the contract (docs/CONTRACT.md) requires' },
+  MODEL_HASH_MISMATCH: { exit: 3, meaning: "a stage file's sha256 differs from its manifest" },
+  MODEL_VERSION: { exit: 3, meaning: "a manifest's format version is not one this runtime reads" },
+  BACKEND_UNAVAILABLE: { exit: 3, meaning: 'no backend can run the stage on this machine' },
+  ENGINE_INCOMPATIBLE: { exit: 3, meaning: 'a TensorRT engine was built for another TensorRT, GPU or profile' },
+  NATIVE_MISSING: { exit: 3, meaning: 'the native addon is not built or lacks the feature' },
+  BACKEND_CRASHED: { exit: 3, meaning: "a backend's worker died (crash, exit, out of memory) while it held a session" },
+  QUANT_TOLERANCE: { exit: 3, meaning: "a quantised stage's outputs are further from fp32 than the export's tolerance" },
+  // fleet bundles (docs/FLEET.md)
+  BUNDLE_INVALID: { exit: 3, meaning: 'a bundle is not in the bundle format (magic, header, layout, an unsafe path)' },
+  BUNDLE_SIGNATURE: { exit: 3, meaning: "a bundle's signature does not verify with the trusted key" },
+  BUNDLE_TAMPERED: { exit: 3, meaning: 'a file inside a signed bundle does not match its size or sha256' },
+  ROLLBACK_REFUSED: { exit: 3, meaning: "a bundle's release is not above the store's committed release" },
+  NO_SPACE: { exit: 3, meaning: 'not enough free disk space' },
+  HEALTH_CHECK_FAILED: { exit: 3, meaning: 'the newly activated set failed its canary query; the previous set is active again' },
+  UPDATE_CONFLICT: { exit: 3, meaning: "another install holds the store, or the bundle's set id is the one serving" },
+  ROLLOUT_ABORTED: { exit: 3, meaning: 'a staged rollout stopped: a canary failed, or failures passed the threshold' },
+  UPDATE_HOOK_FAILED: { exit: 3, meaning: 'a hook run after an update committed failed (a warning: the release stays active)' },
+  DOWNLOAD_STALLED: { exit: 3, meaning: 'a bundle download received nothing for the stall timeout; the partial file is kept' },
+  BUNDLE_TOO_LARGE: { exit: 3, meaning: "a bundle download is larger than the job's size or the download cap" },
+  // serving
+  BUSY: { exit: 4, meaning: 'the device is busy or shutting down; retry later or elsewhere' },
+  EXPIRED: { exit: 4, meaning: 'the query arrived after its deadline or message expiry' },
+  CANCELLED: { exit: 4, meaning: 'the query was cancelled' },
+  DUPLICATE: { exit: 4, meaning: 'a query with this id was already taken' },
+  INTERNAL: { exit: 1, meaning: 'an unexpected error (a bug): please report it' },
+} as const satisfies Record<string, { exit: ExitStatus; meaning: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** `ErrorCodes.BUSY === 'BUSY'`: name codes through this, never as string literals. */
+export const ErrorCodes = Object.fromEntries(Object.keys(ERRORS).map((c) => [c, c])) as { readonly [C in ErrorCode]: C };
 
 export class SetokimError extends Error {
   readonly code: ErrorCode;
@@ -73,45 +73,12 @@ export function errorCode(err: unknown): ErrorCode {
   return err instanceof SetokimError ? err.code : ErrorCodes.INTERNAL;
 }
 
-/** CLI exit statuses by code family: 2 for bad usage or input, 3 for models, 4 for serving, 1 otherwise. */
-export function exitStatus(code: ErrorCode): number {
-  switch (code) {
-    case 'BAD_CONFIG':
-    case 'BAD_ARGUMENT':
-    case 'BAD_INPUT':
-    case 'BAD_IMAGE':
-    case 'PAYLOAD_TOO_LARGE':
-    case 'PROMPT_TOO_LONG':
-    case 'UNKNOWN_TASK':
-    case 'BAD_MESSAGE':
-    case 'BROKER_REFUSED':
-      return 2;
-    case 'MODEL_NOT_FOUND':
-    case 'MODEL_INVALID':
-    case 'MODEL_HASH_MISMATCH':
-    case 'MODEL_VERSION':
-    case 'BACKEND_UNAVAILABLE':
-    case 'ENGINE_INCOMPATIBLE':
-    case 'NATIVE_MISSING':
-    case 'BACKEND_CRASHED':
-    case 'QUANT_TOLERANCE':
-    case 'BUNDLE_INVALID':
-    case 'BUNDLE_SIGNATURE':
-    case 'BUNDLE_TAMPERED':
-    case 'ROLLBACK_REFUSED':
-    case 'NO_SPACE':
-    case 'HEALTH_CHECK_FAILED':
-    case 'UPDATE_CONFLICT':
-    case 'ROLLOUT_ABORTED':
-    case 'DOWNLOAD_STALLED':
-    case 'BUNDLE_TOO_LARGE':
-      return 3;
-    case 'BUSY':
-    case 'EXPIRED':
-    case 'CANCELLED':
-    case 'DUPLICATE':
-      return 4;
-    default:
-      return 1;
-  }
+/** Whether a string off the wire (a reply from another agent version) is a code of this table. */
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(ERRORS, code);
+}
+
+/** The CLI's exit status for a code (its row in ERRORS); 1 for a code this version does not know. */
+export function exitStatus(code: string): ExitStatus {
+  return isErrorCode(code) ? ERRORS[code].exit : 1;
 }

@@ -14,7 +14,7 @@ import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQue
 import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
-import { deviceTopics, refusedSubscriptions, type DeviceTopics } from './topics.js';
+import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;

@@ -10,7 +10,7 @@ import { ErrorCodes, SetokimError } from '../errors.js';
 import { noDelay } from './agent.js';
 import type { QueryRequest } from '../pipeline/types.js';
 import { decodeReply, decodeStatus, encodeCancel, encodeQuery, type AgentStatus, type ReplyEvent } from './codec.js';
-import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from './topics.js';
+import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from '../mqtt/topics.js';
 
 export interface QueryClientOptions {
   url: string;

@@ -9,7 +9,7 @@ import protobuf from 'protobufjs';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError, type ErrorCode } from '../errors.js';
 import type { GenerationParams, PipelineEvent } from '../pipeline/types.js';
-import { isSafeReplyTopic } from './topics.js';
+import { isSafeReplyTopic } from '../mqtt/topics.js';
 
 /** Finds proto/setokim.proto above this file, from src/ (tsx, tap) or dist/src/ (compiled). */
 function protoPath(): string {

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { levelName } from './topics.js';
+import { levelName } from '../mqtt/topics.js';
 
 const port = z.number().int().min(0).max(65535);
 

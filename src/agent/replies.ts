@@ -7,7 +7,7 @@
 import type { IPublishPacket, MqttClient } from 'mqtt';
 import type { PipelineEvent } from '../pipeline/types.js';
 import { encodeReply, type Salvage } from './codec.js';
-import { isSafeReplyTopic } from './topics.js';
+import { isSafeReplyTopic } from '../mqtt/topics.js';
 
 export interface ReplyAddress {
   topic: string;

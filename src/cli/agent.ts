@@ -9,7 +9,7 @@ import { Agent, type LogLevel } from '../agent/agent.js';
 import { loadAgentConfig } from '../agent/config.js';
 import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
 import { loadPublicKey } from '../fleet/keys.js';
-import { parseFlags } from './flags.js';
+import { parseFlags } from '../flags.js';
 
 /**
  * A numeric flag. Only "is it a number" is checked here: ranges and kinds (an integer queue size,

@@ -10,7 +10,7 @@ import type { Command } from 'commander';
 import { connectAsync } from 'mqtt';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import {
   canaryQuery,
   createBundle,
@@ -27,7 +27,7 @@ import {
   type ByteProgress,
   type UpdateState,
 } from '../fleet/index.js';
-import { parseFlags } from './flags.js';
+import { parseFlags } from '../flags.js';
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
 const req = () => z.string({ error: missingOr() }).min(1);
@@ -130,7 +130,7 @@ export function registerBundle(program: Command): Command {
         try {
           image = new Uint8Array(await readFile(o.canaryImage));
         } catch (err) {
-          throw new SetokimError('BAD_ARGUMENT', `cannot read --canary-image ${o.canaryImage}: ${(err as Error).message}`, { cause: err });
+          throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read --canary-image ${o.canaryImage}: ${(err as Error).message}`, { cause: err });
         }
       }
       const r = await withProgressBar('unpack', o.progress, (bar) =>
@@ -220,7 +220,7 @@ export function registerFleet(program: Command): Command {
       try {
         client = await connectAsync(o.broker, { username: o.username, password: o.password, reconnectPeriod: 0 });
       } catch (err) {
-        throw new SetokimError('BAD_ARGUMENT', `cannot connect to --broker ${o.broker}: ${(err as Error).message}`, { cause: err });
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot connect to --broker ${o.broker}: ${(err as Error).message}`, { cause: err });
       }
       const last = new Map<string, UpdateState>();
       const stop = new AbortController();
@@ -256,7 +256,7 @@ export function registerFleet(program: Command): Command {
         if (warned.length) process.stderr.write(`warning: ${warned.join(', ')} committed the release but reported a failure after the commit (see above): check that they serve it, or restart their agents\n`);
         if (r.aborted) {
           const failed = r.failures; // a canary that committed with a warning is one
-          throw new SetokimError('ROLLOUT_ABORTED', `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
+          throw new SetokimError(ErrorCodes.ROLLOUT_ABORTED, `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
         }
       } finally {
         process.off('SIGINT', onSigint);

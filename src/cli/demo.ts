@@ -16,11 +16,11 @@ import { startEmbeddedBroker } from '../agent/broker.js';
 import { QueryClient, newQueryId } from '../agent/client.js';
 import { parseAgentConfig } from '../agent/config.js';
 import type { ReplyEvent } from '../agent/codec.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { createPipeline, type QueryRequest } from '../pipeline/index.js';
 import { synthesize } from '../../tools/export/synth.js';
 import { savePicture } from './query.js';
-import { parseFlags } from './flags.js';
+import { parseFlags } from '../flags.js';
 
 const DemoFlags = z.object({
   models: z.string().min(1),
@@ -48,7 +48,7 @@ export function registerDemo(program: Command): void {
         // The demo is the first thing people run: a missing piece is one clear line, never a stack.
         if (err instanceof SetokimError) throw err;
         if (process.env.SETOKIM_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
-        throw new SetokimError('INTERNAL', `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`, { cause: err });
+        throw new SetokimError(ErrorCodes.INTERNAL, `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`, { cause: err });
       }
     });
 }
@@ -234,5 +234,5 @@ async function demo(o: DemoOpts): Promise<void> {
   );
   process.stdout.write(`\n  pictures in ${path.relative(process.cwd(), out) || '.'}/  ·  next: setokim agent --help, setokim query --help, docs/MQTT.md\n`);
   const failed = rows.filter((r) => r.error);
-  if (failed.length === rows.length) throw new SetokimError('INTERNAL', `every demo query failed (first: ${failed[0]?.error}); run setokim doctor`);
+  if (failed.length === rows.length) throw new SetokimError(ErrorCodes.INTERNAL, `every demo query failed (first: ${failed[0]?.error}); run setokim doctor`);
 }

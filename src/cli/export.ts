@@ -11,7 +11,7 @@ import { synthesize } from '../../tools/export/synth.js';
 import { registerPlanCommand } from '../../tools/export/plan.js';
 import { registerEngineCommand } from '../../tools/export/engine.js';
 import { registerQuantizeCommand } from '../../tools/export/quantize.js';
-import { parseFlags } from './flags.js';
+import { parseFlags } from '../flags.js';
 
 /** Subcommands of `export`, each registered on the `export` command; a new one goes in this list. */
 const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand, registerEngineCommand, registerQuantizeCommand];

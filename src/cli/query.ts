@@ -9,11 +9,11 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { QueryClient, newQueryId } from '../agent/client.js';
 import type { ReplyEvent } from '../agent/codec.js';
-import { levelName, type Target } from '../agent/topics.js';
-import { SetokimError } from '../errors.js';
+import { levelName, type Target } from '../mqtt/topics.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { TASKS, type QueryRequest } from '../pipeline/types.js';
 import { summary } from './run.js';
-import { parseFlags } from './flags.js';
+import { parseFlags } from '../flags.js';
 
 const QueryFlags = z.object({
   broker: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\//, 'must start with mqtt://, mqtts://, ws:// or wss://'),
@@ -65,7 +65,7 @@ async function readInput(file: string | undefined, what: string): Promise<Uint8A
   try {
     return new Uint8Array(await readFile(file));
   } catch (err) {
-    throw new SetokimError('BAD_ARGUMENT', `cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -7,10 +7,10 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { PRECISIONS } from '../engine/manifest.js';
 import { createPipeline, probeImage, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
-import { parseFlags } from './flags.js';
+import { parseFlags } from '../flags.js';
 
 const RunOptions = z.object({
   models: z.string().min(1),
@@ -63,7 +63,7 @@ async function runQuery(o: RunOpts): Promise<void> {
     try {
       image = new Uint8Array(await readFile(o.image));
     } catch (err) {
-      throw new SetokimError('BAD_ARGUMENT', `cannot read --image ${o.image}: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read --image ${o.image}: ${(err as Error).message}`, { cause: err });
     }
     await probeImage(image); // a broken image fails before the models load
   }

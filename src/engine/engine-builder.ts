@@ -5,7 +5,7 @@
  */
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Architecture, StageName, StageSignature } from './contract.js';
 import { ENGINE_MANIFEST_FORMAT, type EngineManifest, engineManifestPath, machineInfo } from './engine-manifest.js';
 import { sha256File } from './manifest.js';
@@ -82,10 +82,10 @@ export function profileFromSignature(sig: StageSignature, dims: DimRanges): Prof
       }
       const r = dims[d];
       if (r === undefined) {
-        throw new SetokimError('BAD_ARGUMENT', `input '${spec.name}' has dynamic dim '${d}': the profile needs its min/opt/max`);
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `input '${spec.name}' has dynamic dim '${d}': the profile needs its min/opt/max`);
       }
       const { min: lo, opt: mid, max: hi } = r;
-      if (!(lo <= mid && mid <= hi)) throw new SetokimError('BAD_ARGUMENT', `dim '${d}' needs min <= opt <= max, got ${lo}, ${mid}, ${hi}`);
+      if (!(lo <= mid && mid <= hi)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `dim '${d}' needs min <= opt <= max, got ${lo}, ${mid}, ${hi}`);
       min.push(lo), opt.push(mid), max.push(hi);
     }
     profile[spec.name] = { min, opt, max };
@@ -97,7 +97,7 @@ export async function buildEngine(o: BuildEngineOptions): Promise<EngineManifest
   const load = o.load ?? loadNative;
   const reason = tensorrtUnavailableReason(load);
   if (reason) {
-    throw new SetokimError('BACKEND_UNAVAILABLE', `cannot build a TensorRT engine for stage '${o.stage}': ${reason}. Engines are built on the Jetson that runs them.`);
+    throw new SetokimError(ErrorCodes.BACKEND_UNAVAILABLE, `cannot build a TensorRT engine for stage '${o.stage}': ${reason}. Engines are built on the Jetson that runs them.`);
   }
   const addon = load();
   const machine = machineInfo(addon.capabilities());
@@ -114,7 +114,7 @@ export async function buildEngine(o: BuildEngineOptions): Promise<EngineManifest
       o.onProgress,
     );
   } catch (err) {
-    throw new SetokimError('MODEL_INVALID', `TensorRT could not build stage '${o.stage}' from ${o.onnx}: ${(err as Error).message}`, { cause: err });
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `TensorRT could not build stage '${o.stage}' from ${o.onnx}: ${(err as Error).message}`, { cause: err });
   }
   const manifest: EngineManifest = {
     format: ENGINE_MANIFEST_FORMAT,

@@ -7,7 +7,7 @@
 import { createPublicKey, verify as verifySignature } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { SignatureSchema } from './contract.js';
 import type { Capabilities } from './native.js';
 import { Sha256Hex, sha256File } from './manifest.js';
@@ -58,7 +58,7 @@ export function parseEngineManifest(json: unknown, where: string): EngineManifes
   const r = EngineManifestSchema.safeParse(json);
   if (!r.success) {
     const issues = r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
-    throw new SetokimError('MODEL_INVALID', `engine manifest ${where} is invalid: ${issues}. Rebuild the engine with \`setokim export engine\`.`);
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `engine manifest ${where} is invalid: ${issues}. Rebuild the engine with \`setokim export engine\`.`);
   }
   return r.data;
 }
@@ -66,13 +66,13 @@ export function parseEngineManifest(json: unknown, where: string): EngineManifes
 export function readEngineManifest(plan: string): EngineManifest {
   const file = engineManifestPath(plan);
   if (!existsSync(file)) {
-    throw new SetokimError('MODEL_NOT_FOUND', `engine ${plan} has no manifest (${file}); an engine is never loaded without one. Rebuild it with \`setokim export engine\`.`);
+    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `engine ${plan} has no manifest (${file}); an engine is never loaded without one. Rebuild it with \`setokim export engine\`.`);
   }
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(file, 'utf8'));
   } catch (err) {
-    throw new SetokimError('MODEL_INVALID', `engine manifest ${file} is not JSON: ${(err as Error).message}`);
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `engine manifest ${file} is not JSON: ${(err as Error).message}`);
   }
   return parseEngineManifest(json, file);
 }
@@ -147,7 +147,7 @@ export function assertEngineCompatible(m: EngineManifest, machine: MachineInfo, 
   const why = incompatibilities(m, machine, opts);
   if (why.length) {
     throw new SetokimError(
-      'ENGINE_INCOMPATIBLE',
+      ErrorCodes.ENGINE_INCOMPATIBLE,
       `engine for stage '${m.stage}' (${m.plan}) cannot run here: ${why.join('; ')}. ` +
         'Build the engine on this device with `setokim export engine`, or run the stage on ONNX Runtime.',
     );
@@ -179,10 +179,10 @@ export function verifyManifestSignature(m: EngineManifest, trustedKeys: Readonly
 
 /** Refuses a plan whose bytes are not the ones the manifest describes. */
 export async function verifyPlanFile(plan: string, m: EngineManifest): Promise<void> {
-  if (!existsSync(plan)) throw new SetokimError('MODEL_NOT_FOUND', `engine plan ${plan} does not exist`);
+  if (!existsSync(plan)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `engine plan ${plan} does not exist`);
   const got = await sha256File(plan);
   if (got !== m.sha256) {
-    throw new SetokimError('MODEL_HASH_MISMATCH', `engine plan ${plan} has sha256 ${got}, its manifest says ${m.sha256}; the file is corrupt or was replaced. Rebuild or re-download it.`);
+    throw new SetokimError(ErrorCodes.MODEL_HASH_MISMATCH, `engine plan ${plan} has sha256 ${got}, its manifest says ${m.sha256}; the file is corrupt or was replaced. Rebuild or re-download it.`);
   }
 }
 

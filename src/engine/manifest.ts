@@ -10,7 +10,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, normalize } from 'node:path';
 import { Transform } from 'node:stream';
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { ArchitectureSchema, SignatureSchema, STAGES, REQUIRED_STAGES, stageSignature, type StageName, type StageSignature } from './contract.js';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -73,13 +73,13 @@ export async function loadManifest(dir: string): Promise<Manifest> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new SetokimError('MODEL_NOT_FOUND', `${path}: no model set manifest here; write one with \`setokim export synth\` or point to a model set directory`, { cause: err });
+    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `${path}: no model set manifest here; write one with \`setokim export synth\` or point to a model set directory`, { cause: err });
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new SetokimError('MODEL_INVALID', `${path}: not valid JSON (${(err as Error).message}); re-export the model set`, { cause: err });
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: not valid JSON (${(err as Error).message}); re-export the model set`, { cause: err });
   }
   return parseManifest(json, path);
 }
@@ -88,23 +88,23 @@ export async function loadManifest(dir: string): Promise<Manifest> {
 export function parseManifest(json: unknown, where = MANIFEST_FILE): Manifest {
   const head = z.object({ format: z.unknown(), formatVersion: z.unknown() }).safeParse(json);
   if (!head.success || head.data.format !== MANIFEST_FORMAT) {
-    throw new SetokimError('MODEL_INVALID', `${where}: not a Setokim model set manifest (format must be "${MANIFEST_FORMAT}")`);
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${where}: not a Setokim model set manifest (format must be "${MANIFEST_FORMAT}")`);
   }
   if (head.data.formatVersion !== MANIFEST_VERSION) {
     throw new SetokimError(
-      'MODEL_VERSION',
+      ErrorCodes.MODEL_VERSION,
       `${where}: manifest formatVersion ${JSON.stringify(head.data.formatVersion)} is not supported (this runtime reads version ${MANIFEST_VERSION}); update setokim-edge or re-export the model set`,
     );
   }
   const parsed = ManifestSchema.safeParse(json);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
-    throw new SetokimError('MODEL_INVALID', `${where}: invalid manifest: ${issues}`);
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${where}: invalid manifest: ${issues}`);
   }
   for (const [stage, entry] of Object.entries(parsed.data.stages) as [StageName, StageEntry][]) {
     const want = stageSignature(stage, parsed.data.architecture);
     const diff = signatureDifference(want, entry.signature);
-    if (diff) throw new SetokimError('MODEL_INVALID', `${where}: stage ${stage} (${entry.file}) does not follow the stage contract: ${diff}`);
+    if (diff) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${where}: stage ${stage} (${entry.file}) does not follow the stage contract: ${diff}`);
   }
   return parsed.data;
 }
@@ -172,15 +172,15 @@ export async function verifyStageFile(dir: string, f: StageFile): Promise<string
     if (!st.isFile()) throw new Error('not a regular file');
     size = st.size;
   } catch (err) {
-    throw new SetokimError('MODEL_NOT_FOUND', `${path}: model file listed in the manifest is missing; re-download or re-export the model set`, { cause: err });
+    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `${path}: model file listed in the manifest is missing; re-download or re-export the model set`, { cause: err });
   }
   if (size !== f.bytes) {
     const what = size < f.bytes ? 'truncated' : 'larger than listed';
-    throw new SetokimError('MODEL_INVALID', `${path}: ${what} (${size} bytes, manifest says ${f.bytes}); re-download or re-export the model set`);
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: ${what} (${size} bytes, manifest says ${f.bytes}); re-download or re-export the model set`);
   }
   const actual = await sha256File(path);
   if (actual !== f.sha256) {
-    throw new SetokimError('MODEL_HASH_MISMATCH', `${path}: sha256 ${actual} does not match the manifest's ${f.sha256}; the file is corrupt or from another model set`);
+    throw new SetokimError(ErrorCodes.MODEL_HASH_MISMATCH, `${path}: sha256 ${actual} does not match the manifest's ${f.sha256}; the file is corrupt or from another model set`);
   }
   if (f.format === 'onnx') await checkOnnxFile(path);
   return path;
@@ -203,7 +203,7 @@ export async function verifyModelSet(dir: string, manifest: Manifest): Promise<P
  * A truncated or non-ONNX file fails; a multi-GB graph is never read into memory.
  */
 export async function checkOnnxFile(path: string): Promise<void> {
-  const bad = (why: string) => new SetokimError('MODEL_INVALID', `${path}: not a valid ONNX model (${why}); re-export the stage`);
+  const bad = (why: string) => new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: not a valid ONNX model (${why}); re-export the stage`);
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;

@@ -6,7 +6,7 @@
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from './durable.js';
 import type { Architecture, StageName } from './contract.js';
 import { loadManifest, MANIFEST_FILE, ModelSetId, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
@@ -52,12 +52,12 @@ export class ModelSet {
   stagePath(stage: StageName, precision?: Precision): string {
     const all = this.variants(stage);
     if (all.length === 0) {
-      throw new SetokimError('MODEL_NOT_FOUND', `model set ${this.id} (${this.dir}) has no ${stage} stage; use a set exported with it`);
+      throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${this.id} (${this.dir}) has no ${stage} stage; use a set exported with it`);
     }
     const pick = precision ? all.find((v) => v.precision === precision) : all[0];
     if (!pick) {
       throw new SetokimError(
-        'MODEL_NOT_FOUND',
+        ErrorCodes.MODEL_NOT_FOUND,
         `model set ${this.id} has no ${precision} build of ${stage} (has: ${all.map((v) => v.precision).join(', ')}); quantise it first or pick another precision`,
       );
     }
@@ -81,7 +81,7 @@ export class ModelStore {
   constructor(readonly root: string) {}
 
   dirOf(id: string): string {
-    if (!ModelSetId.safeParse(id).success) throw new SetokimError('BAD_ARGUMENT', `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
+    if (!ModelSetId.safeParse(id).success) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
     return join(this.root, id);
   }
 
@@ -112,7 +112,7 @@ export class ModelStore {
   /** Verifies the set fully, then points `active` at it: write + rename, synced, so after power loss it names the old set or the new one. */
   async activate(id: string): Promise<ModelSet> {
     const set = await ModelSet.open(this.dirOf(id));
-    if (set.id !== id) throw new SetokimError('MODEL_INVALID', `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);
+    if (set.id !== id) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);
     await writeFileDurable(join(this.root, ACTIVE_FILE), `${id}\n`);
     return set;
   }
@@ -124,7 +124,7 @@ export class ModelStore {
 
   async openActive(opts?: OpenOptions): Promise<ModelSet> {
     const id = await this.active();
-    if (!id) throw new SetokimError('MODEL_NOT_FOUND', `${this.root}: no active model set; install one and activate it`);
+    if (!id) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `${this.root}: no active model set; install one and activate it`);
     return ModelSet.open(this.dirOf(id), opts);
   }
 }

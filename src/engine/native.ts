@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export interface GpuInfo {
   index: number;
@@ -105,7 +105,7 @@ export function loadNative(): NativeAddon {
   const file = candidates.find((p) => existsSync(p));
   if (!file) {
     throw new SetokimError(
-      'NATIVE_MISSING',
+      ErrorCodes.NATIVE_MISSING,
       `The native addon is not built (looked for ${candidates.join(', ')}). ` +
         'Run `npm run build:native` in ' + root + ' (needs cmake and a C++17 compiler; ' +
         'set SETOKIM_CUDA=OFF to build without CUDA).',
@@ -115,7 +115,7 @@ export function loadNative(): NativeAddon {
     cached = createRequire(import.meta.url)(file) as NativeAddon;
   } catch (err) {
     throw new SetokimError(
-      'NATIVE_MISSING',
+      ErrorCodes.NATIVE_MISSING,
       `The native addon at ${file} failed to load: ${(err as Error).message}. ` +
         'Rebuild it with `npm run build:native` (it must match this Node.js version and machine).',
       { cause: err },

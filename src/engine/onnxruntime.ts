@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
 import { checkFeeds } from './signature.js';
@@ -170,7 +170,7 @@ class OrtSession implements Session {
     if (this.deaths.length > this.limit.maxRestarts) {
       // Every run from now on, and those in flight, fail at once without loading the model again.
       this.broken ??= new SetokimError(
-        'BACKEND_CRASHED',
+        ErrorCodes.BACKEND_CRASHED,
         `stage '${this.stage}': the ONNX Runtime worker keeps crashing: it died ${this.deaths.length} time${this.deaths.length === 1 ? '' : 's'} within ${span(this.limit.windowMs)} (last: ${how}), so this session no longer restarts it. ` +
           'Check the model (a graph that fails the same way on every run) and the memory free on the device, then restart the agent.',
       );
@@ -179,19 +179,19 @@ class OrtSession implements Session {
     }
     this.failAll(
       new SetokimError(
-        'BACKEND_CRASHED',
+        ErrorCodes.BACKEND_CRASHED,
         `stage '${this.stage}': the ONNX Runtime worker died (${how}) during this run; send the query again (the next run restarts the worker)`,
       ),
     );
   }
 
   async run(feeds: Record<string, Tensor>, options: SessionRunOptions = {}): Promise<Record<string, Tensor>> {
-    if (this.disposed) throw new SetokimError('BAD_ARGUMENT', `stage '${this.stage}': session is disposed`);
+    if (this.disposed) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `stage '${this.stage}': session is disposed`);
     checkFeeds(this.stage, this.signature, feeds);
     if (this.broken) throw this.broken;
     if (!this.worker) await this.reopen();
     const worker = this.worker;
-    if (!worker || this.disposed) throw new SetokimError('CANCELLED', `stage '${this.stage}': session disposed during a run`);
+    if (!worker || this.disposed) throw new SetokimError(ErrorCodes.CANCELLED, `stage '${this.stage}': session disposed during a run`);
     const id = this.nextId++;
     const msg: ToWorker = { type: 'run', id, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toWire(t)])) };
     const transfer = transferList(feeds, options.transfer);
@@ -207,7 +207,7 @@ class OrtSession implements Session {
           worker.postMessage(msg); // a buffer that cannot move (e.g. Node's Buffer pool) is copied instead
         }
       } catch (err) {
-        this.settle(id)?.reject(new SetokimError('INTERNAL', `stage '${this.stage}': cannot send the inputs to the worker: ${(err as Error).message}`, { cause: err }));
+        this.settle(id)?.reject(new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': cannot send the inputs to the worker: ${(err as Error).message}`, { cause: err }));
       }
     });
   }
@@ -231,7 +231,7 @@ class OrtSession implements Session {
         this.restarts++;
       } catch (err) {
         this.broken = new SetokimError(
-          'BACKEND_CRASHED',
+          ErrorCodes.BACKEND_CRASHED,
           `stage '${this.stage}': the ONNX Runtime worker died (${died}) and reopening ${this.spec.file} failed: ${(err as Error).message}. Check the model set and restart the agent.`,
           { cause: err },
         );
@@ -246,7 +246,7 @@ class OrtSession implements Session {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    this.failAll(new SetokimError('CANCELLED', `stage '${this.stage}': session disposed during a run`));
+    this.failAll(new SetokimError(ErrorCodes.CANCELLED, `stage '${this.stage}': session disposed during a run`));
     await this.reopening?.catch(() => undefined); // a worker it opens now is terminated at once
     const worker = this.worker;
     if (!worker) return;
@@ -279,7 +279,7 @@ class OrtSession implements Session {
       this.settle(m.id)?.resolve(Object.fromEntries(Object.entries(m.outputs).map(([k, w]) => [k, fromWire(w)])));
     } else if (m.type === 'error') {
       this.settle(m.id)?.reject(
-        new SetokimError('INTERNAL', `stage '${this.stage}': ONNX Runtime failed to run: ${m.message}`),
+        new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': ONNX Runtime failed to run: ${m.message}`),
       );
     }
   }
@@ -314,18 +314,18 @@ export class OrtBackend implements Backend {
   async open(file: string, options: SessionOptions = {}): Promise<Session> {
     const stage = options.stage ?? path.basename(file);
     if (!existsSync(file)) {
-      throw new SetokimError('MODEL_NOT_FOUND', `stage '${stage}': ${file} does not exist; check the model set's path`);
+      throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `stage '${stage}': ${file} does not exist; check the model set's path`);
     }
     const threads = options.threads ?? this.defaults.threads;
     if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
-      throw new SetokimError('BAD_ARGUMENT', `threads must be a positive integer, got ${threads}`);
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `threads must be a positive integer, got ${threads}`);
     }
     const limit: CrashLoopLimit = { maxRestarts: this.defaults.maxRestarts ?? 3, windowMs: this.defaults.restartWindowMs ?? 60_000 };
     if (!Number.isInteger(limit.maxRestarts) || limit.maxRestarts < 0) {
-      throw new SetokimError('BAD_ARGUMENT', `maxRestarts must be a whole number (0 or more), got ${limit.maxRestarts}`);
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `maxRestarts must be a whole number (0 or more), got ${limit.maxRestarts}`);
     }
     if (!Number.isFinite(limit.windowMs) || limit.windowMs <= 0) {
-      throw new SetokimError('BAD_ARGUMENT', `restartWindowMs must be a positive number of milliseconds, got ${limit.windowMs}`);
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `restartWindowMs must be a positive number of milliseconds, got ${limit.windowMs}`);
     }
     const spec: WorkerSpec = {
       file,
@@ -342,7 +342,7 @@ export class OrtBackend implements Backend {
       started = await startWorker(spec);
     } catch (err) {
       throw new SetokimError(
-        'MODEL_INVALID',
+        ErrorCodes.MODEL_INVALID,
         `stage '${stage}': ONNX Runtime cannot load ${file}: ${(err as Error).message}. Re-export the model set or check the file is a complete ONNX graph.`,
         { cause: err },
       );

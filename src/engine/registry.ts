@@ -3,7 +3,7 @@
  * lazily and once; a stage opens on the highest-priority backend that is available and has a file
  * for it, and falls back to the next. When none can, one BACKEND_UNAVAILABLE says why each failed.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Session, SessionOptions } from './backend.js';
 import type { StageSignature } from './contract.js';
 import { OrtBackend, type OrtBackendOptions } from './onnxruntime.js';
@@ -93,7 +93,7 @@ export class BackendRegistry {
       const unknown = only.filter((n) => !this.entries.some((e) => e.backend.name === n));
       if (unknown.length) {
         throw new SetokimError(
-          'BAD_ARGUMENT',
+          ErrorCodes.BAD_ARGUMENT,
           `unknown backend ${unknown.map((n) => `'${n}'`).join(', ')}; known: ${this.entries.map((e) => e.backend.name).join(', ')}`,
         );
       }
@@ -119,7 +119,7 @@ export class BackendRegistry {
     }
     const lines = tried.map((a) => `  - ${a.backend}: ${a.reason}`).join('\n');
     throw new SetokimError(
-      'BACKEND_UNAVAILABLE',
+      ErrorCodes.BACKEND_UNAVAILABLE,
       `no backend can load stage '${source.stage}':\n${lines || '  (no backend registered)'}\n` +
         'Run `setokim doctor` to see what this build and machine support.',
     );

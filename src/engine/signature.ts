@@ -3,7 +3,7 @@
  * tensor fails with one clear BAD_INPUT naming the stage, the tensor, what was expected and what
  * came, instead of a backend's internal message.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Tensor, TypedArray } from './backend.js';
 import type { DType, Dim, StageSignature, TensorSpec } from './contract.js';
 
@@ -44,7 +44,7 @@ export function evalDim(d: Dim, bound: Readonly<Record<string, number>>): number
   return sum;
 }
 
-const bad = (stage: string, msg: string) => new SetokimError('BAD_INPUT', `stage '${stage}': ${msg}`);
+const bad = (stage: string, msg: string) => new SetokimError(ErrorCodes.BAD_INPUT, `stage '${stage}': ${msg}`);
 
 function elementCount(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);

@@ -5,7 +5,7 @@
  * with TensorRT and a GPU is present.
  */
 import path from 'node:path';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Session, SessionOptions, Tensor, TypedArray } from './backend.js';
 import type { DType } from './contract.js';
 import {
@@ -69,7 +69,7 @@ class TrtSession implements Session {
   }
 
   async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
-    if (this.disposed) throw new SetokimError('BAD_ARGUMENT', `stage '${this.stage}': session is disposed`);
+    if (this.disposed) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `stage '${this.stage}': session is disposed`);
     checkFeeds(this.stage, this.manifest.io, feeds, this.limits);
     const wire = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, { dtype: t.dtype, dims: [...t.dims], data: t.data }]));
     try {
@@ -78,7 +78,7 @@ class TrtSession implements Session {
         Object.entries(out).map(([k, t]) => [k, { dtype: t.dtype as DType, dims: t.dims, data: t.data as TypedArray, location: 'host' as const }]),
       );
     } catch (err) {
-      throw new SetokimError('INTERNAL', `stage '${this.stage}': TensorRT failed to run: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': TensorRT failed to run: ${(err as Error).message}`, { cause: err });
     }
   }
 
@@ -116,20 +116,20 @@ export class TensorRtBackend implements Backend {
     const stage = options.stage ?? path.basename(plan);
     const addon = this.load();
     const reason = tensorrtUnavailableReason(() => addon);
-    if (reason) throw new SetokimError('BACKEND_UNAVAILABLE', `stage '${stage}': TensorRT is unavailable: ${reason}`);
+    if (reason) throw new SetokimError(ErrorCodes.BACKEND_UNAVAILABLE, `stage '${stage}': TensorRT is unavailable: ${reason}`);
     const manifest = readEngineManifest(plan);
     assertEngineCompatible(manifest, machineInfo(addon.capabilities()), this.options);
     // An engine left over from an older export of the set must not serve the new contract.
     const diff = options.signature && signatureDifference(options.signature, manifest.io);
     if (diff) {
-      throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': engine ${plan} was built for another signature (${diff}); rebuild it with \`setokim export engine\``);
+      throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `stage '${stage}': engine ${plan} was built for another signature (${diff}); rebuild it with \`setokim export engine\``);
     }
     await verifyPlanFile(plan, manifest);
     let engine: NativeTrtEngine;
     try {
       engine = await addon.trtLoadEngine!(plan, this.options.device ?? 0);
     } catch (err) {
-      throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': TensorRT refused ${plan}: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `stage '${stage}': TensorRT refused ${plan}: ${(err as Error).message}`, { cause: err });
     }
     // There is no compatibility preflight: one canary inference at the first profile's opt shapes
     // proves the plan runs here before the stage takes traffic.
@@ -137,7 +137,7 @@ export class TensorRtBackend implements Backend {
       await engine.run(canaryFeeds(manifest));
     } catch (err) {
       engine.dispose();
-      throw new SetokimError('ENGINE_INCOMPATIBLE', `stage '${stage}': the canary inference of ${plan} failed: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `stage '${stage}': the canary inference of ${plan} failed: ${(err as Error).message}`, { cause: err });
     }
     return new TrtSession(engine, manifest, stage);
   }

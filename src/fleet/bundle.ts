@@ -10,7 +10,7 @@ import { dirname, join, relative, sep } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { hashingTap, loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { BUNDLE_FORMAT, BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeaderSchema, encodePrefix, MAX_HEADER_BYTES, parseBundleManifest, PREFIX_BYTES, signedBytes, type BundleFile, type BundleManifest } from './format.js';
 import { syncFile } from '../engine/durable.js';
 import { keyIdOf } from './keys.js';
@@ -34,7 +34,7 @@ async function listFiles(dir: string, root = dir): Promise<string[]> {
     const full = join(dir, e.name);
     if (e.isDirectory()) out.push(...(await listFiles(full, root)));
     else if (e.isFile()) out.push(relative(root, full).split(sep).join('/'));
-    else throw new SetokimError('BAD_ARGUMENT', `${full} is not a regular file (a link or a device); a bundle holds plain files only`);
+    else throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${full} is not a regular file (a link or a device); a bundle holds plain files only`);
   }
   return out.sort();
 }
@@ -79,7 +79,7 @@ export async function createBundle(o: CreateOptions): Promise<BundleManifest> {
         o.onProgress?.(done, total, f.path);
       });
       await pipeline(createReadStream(join(o.models, f.path)), count, createWriteStream(tmp, { flags: 'a' }));
-      if (h.digest('hex') !== f.sha256) throw new SetokimError('BAD_ARGUMENT', `${join(o.models, f.path)} changed while it was being bundled; bundle a set nothing is writing to`);
+      if (h.digest('hex') !== f.sha256) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${join(o.models, f.path)} changed while it was being bundled; bundle a set nothing is writing to`);
     }
     await syncFile(tmp);
   } catch (err) {
@@ -96,34 +96,34 @@ export async function openBundle(path: string, pubkey: KeyObject): Promise<Opene
   try {
     fh = await open(path, 'r');
   } catch (err) {
-    throw new SetokimError('BAD_ARGUMENT', `cannot open bundle ${path}: ${(err as Error).message}`, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot open bundle ${path}: ${(err as Error).message}`, { cause: err });
   }
   try {
     const size = (await fh.stat()).size;
     const prefix = Buffer.alloc(PREFIX_BYTES);
     const { bytesRead } = await fh.read(prefix, 0, PREFIX_BYTES, 0);
     if (bytesRead < PREFIX_BYTES || !prefix.subarray(0, BUNDLE_MAGIC.length).equals(BUNDLE_MAGIC)) {
-      throw new SetokimError('BUNDLE_INVALID', `${path}: not a Setokim bundle (no SETOKIM-BNDL magic); make one with \`setokim bundle create\``);
+      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: not a Setokim bundle (no SETOKIM-BNDL magic); make one with \`setokim bundle create\``);
     }
     const headerLen = prefix.readUInt32BE(BUNDLE_MAGIC.length);
-    if (headerLen > MAX_HEADER_BYTES || PREFIX_BYTES + headerLen > size) throw new SetokimError('BUNDLE_INVALID', `${path}: header length ${headerLen} does not fit the file (${size} bytes); the bundle is truncated or corrupt`);
+    if (headerLen > MAX_HEADER_BYTES || PREFIX_BYTES + headerLen > size) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: header length ${headerLen} does not fit the file (${size} bytes); the bundle is truncated or corrupt`);
     const headerBuf = Buffer.alloc(headerLen);
     await fh.read(headerBuf, 0, headerLen, PREFIX_BYTES);
     let json: unknown;
     try {
       json = JSON.parse(headerBuf.toString('utf8'));
     } catch (err) {
-      throw new SetokimError('BUNDLE_INVALID', `${path}: the bundle header is not JSON (${(err as Error).message}); the bundle is corrupt`, { cause: err });
+      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: the bundle header is not JSON (${(err as Error).message}); the bundle is corrupt`, { cause: err });
     }
     const header = BundleHeaderSchema.safeParse(json);
-    if (!header.success) throw new SetokimError('BUNDLE_INVALID', `${path}: bundle header: ${header.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+    if (!header.success) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: bundle header: ${header.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
     const manifest = parseBundleManifest(header.data.manifest, path);
     const trusted = keyIdOf(pubkey);
     if (manifest.keyId !== trusted) {
-      throw new SetokimError('BUNDLE_SIGNATURE', `${path}: signed by key ${manifest.keyId}, but the trusted public key is ${trusted}; install a bundle signed by your fleet's key or pass the matching --pubkey`);
+      throw new SetokimError(ErrorCodes.BUNDLE_SIGNATURE, `${path}: signed by key ${manifest.keyId}, but the trusted public key is ${trusted}; install a bundle signed by your fleet's key or pass the matching --pubkey`);
     }
     if (!verify(null, signedBytes(manifest), pubkey, Buffer.from(header.data.signature, 'base64'))) {
-      throw new SetokimError('BUNDLE_SIGNATURE', `${path}: the Ed25519 signature does not verify with key ${trusted}; the bundle manifest or its signature was altered: do not install it`);
+      throw new SetokimError(ErrorCodes.BUNDLE_SIGNATURE, `${path}: the Ed25519 signature does not verify with key ${trusted}; the bundle manifest or its signature was altered: do not install it`);
     }
     const offsets: number[] = [];
     let at = PREFIX_BYTES + headerLen;
@@ -133,7 +133,7 @@ export async function openBundle(path: string, pubkey: KeyObject): Promise<Opene
     }
     if (at !== size) {
       const what = at > size ? `truncated (${size} bytes, the signed manifest needs ${at})` : `${size - at} bytes longer than the signed manifest says`;
-      throw new SetokimError('BUNDLE_TAMPERED', `${path}: ${what}; download the bundle again`);
+      throw new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${path}: ${what}; download the bundle again`);
     }
     return { path, manifest, offsets, payloadBytes: at - PREFIX_BYTES - headerLen };
   } finally {
@@ -168,7 +168,7 @@ export async function streamBundle(b: OpenedBundle, dest: string | null, onProgr
     }
     const digest = h.digest('hex');
     if (n !== f.size || digest !== f.sha256) {
-      throw new SetokimError('BUNDLE_TAMPERED', `${b.path}: ${f.path} has sha256 ${digest} (${n} bytes) but the signed manifest says ${f.sha256} (${f.size} bytes); the bundle was altered or damaged: download it again`);
+      throw new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${b.path}: ${f.path} has sha256 ${digest} (${n} bytes) but the signed manifest says ${f.sha256} (${f.size} bytes); the bundle was altered or damaged: download it again`);
     }
   }
 }

@@ -4,10 +4,9 @@
  * connected client (docs/FLEET.md, "Wiring into the agent").
  */
 import type { MqttClient } from 'mqtt';
-import { refusedSubscriptions } from '../agent/topics.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { InstallResult } from './install.js';
-import { updateStateTopic, updateTopic } from './topics.js';
+import { refusedSubscriptions, updateStateTopic, updateTopic } from '../mqtt/topics.js';
 import { hookWarning, type UpdateEvent, type UpdateHandler } from './update.js';
 
 export interface ServeUpdatesOptions {
@@ -68,7 +67,7 @@ export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o
       await client.subscribeAsync(jobs, { qos: 1 });
     } catch (err) {
       const [refused] = refusedSubscriptions([jobs], (err as { packet?: { granted?: unknown[] } }).packet?.granted);
-      if (refused) throw new SetokimError('BROKER_REFUSED', `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`, { cause: err });
+      if (refused) throw new SetokimError(ErrorCodes.BROKER_REFUSED, `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`, { cause: err });
       throw err;
     }
     o.onSubscribed?.();

@@ -18,7 +18,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { hashFile, hashingTap, sha256File } from '../engine/manifest.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { ByteProgress } from './bundle.js';
 import { freeBytes, syncFile } from '../engine/durable.js';
 
@@ -43,13 +43,13 @@ export interface DownloadOptions {
 }
 
 function mismatch(url: string, got: string, want: string): SetokimError {
-  return new SetokimError('BUNDLE_TAMPERED', `${url}: sha256 ${got} is not the job's ${want}; the download was damaged or replaced: publish the job again with the bundle's sha256`);
+  return new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${url}: sha256 ${got} is not the job's ${want}; the download was damaged or replaced: publish the job again with the bundle's sha256`);
 }
 
 function tooLarge(url: string, bytes: number, limit: number, o: DownloadOptions): SetokimError {
   const what = o.size !== undefined ? `the job's size of ${limit} bytes` : `the download limit of ${limit} bytes`;
   const fix = o.size !== undefined ? "check that the URL serves the job's bundle, or publish the job with the bundle's size" : 'check the URL, or publish the job with the bundle\'s size';
-  return new SetokimError('BUNDLE_TOO_LARGE', `${url}: ${bytes} bytes would exceed ${what}; the download was stopped and removed: ${fix}`);
+  return new SetokimError(ErrorCodes.BUNDLE_TOO_LARGE, `${url}: ${bytes} bytes would exceed ${what}; the download was stopped and removed: ${fix}`);
 }
 
 /** Returns the local path of the verified bundle. */
@@ -58,7 +58,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
   try {
     u = new URL(url);
   } catch {
-    throw new SetokimError('BAD_ARGUMENT', `bundle URL ${JSON.stringify(url)} is not a URL; use file:///path or https://host/path`);
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `bundle URL ${JSON.stringify(url)} is not a URL; use file:///path or https://host/path`);
   }
   const limit = o.size ?? o.maxBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
   if (u.protocol === 'file:') {
@@ -66,7 +66,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
     const size = await stat(path).then(
       (s) => s.size,
       (err) => {
-        throw new SetokimError('BAD_ARGUMENT', `${url}: cannot read the bundle (${(err as Error).message})`, { cause: err });
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${url}: cannot read the bundle (${(err as Error).message})`, { cause: err });
       },
     );
     if (size > limit) throw tooLarge(url, size, limit, o);
@@ -75,7 +75,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
     if (digest !== o.sha256) throw mismatch(url, digest, o.sha256);
     return path;
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new SetokimError('BAD_ARGUMENT', `bundle URL ${url}: only file:, http: and https: are supported`);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `bundle URL ${url}: only file:, http: and https: are supported`);
 
   const dir = dirname(o.dest);
   await mkdir(dir, { recursive: true });
@@ -88,7 +88,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
   if (o.size !== undefined) {
     const free = await freeBytes(dir);
     const need = o.size - have;
-    if (free < need) throw new SetokimError('NO_SPACE', `${dir}: ${free} bytes free, the download needs ${need} more bytes (bundle of ${o.size} bytes); free disk space on the device and send the job again`);
+    if (free < need) throw new SetokimError(ErrorCodes.NO_SPACE, `${dir}: ${free} bytes free, the download needs ${need} more bytes (bundle of ${o.size} bytes); free disk space on the device and send the job again`);
   }
 
   const stallMs = o.stallMs ?? DEFAULT_STALL_MS;
@@ -99,7 +99,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
     timer = setTimeout(() => stall.abort(), stallMs);
   };
   const stalled = (what: string) =>
-    new SetokimError('DOWNLOAD_STALLED', `${url}: ${what} for ${stallMs} ms, so the download was stopped; what arrived is kept in ${partial} and the next try resumes from it: check the server and the device's network, then send the job again`);
+    new SetokimError(ErrorCodes.DOWNLOAD_STALLED, `${url}: ${what} for ${stallMs} ms, so the download was stopped; what arrived is kept in ${partial} and the next try resumes from it: check the server and the device's network, then send the job again`);
   const signal = o.signal ? AbortSignal.any([o.signal, stall.signal]) : stall.signal;
   try {
     let res: Response;
@@ -108,7 +108,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
       res = await fetch(u, { headers: have > 0 ? { Range: `bytes=${have}-` } : {}, signal });
     } catch (err) {
       if (stall.signal.aborted) throw stalled('no response headers');
-      throw new SetokimError('BUNDLE_INVALID', `${url}: download failed (${(err as Error).message}); the partial file is kept and the next try resumes`, { cause: err });
+      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${url}: download failed (${(err as Error).message}); the partial file is kept and the next try resumes`, { cause: err });
     }
     clearTimeout(timer); // hashing a large partial below must not count as a stall
     let start: number;
@@ -117,7 +117,7 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
     else if (res.status === 416 && have > 0) start = have; // nothing left to fetch: the partial is whole
     else {
       await res.body?.cancel().catch(() => {});
-      throw new SetokimError('BUNDLE_INVALID', `${url}: HTTP ${res.status} ${res.statusText}; check the URL and that the server allows GET${have ? ' with Range' : ''}`);
+      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${url}: HTTP ${res.status} ${res.statusText}; check the URL and that the server allows GET${have ? ' with Range' : ''}`);
     }
     const length = Number(res.headers.get('content-length') ?? NaN);
     if (res.status !== 416 && Number.isFinite(length) && start + length > limit) {
@@ -140,12 +140,12 @@ export async function downloadBundle(url: string, o: DownloadOptions): Promise<s
       try {
         await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(partial, { flags: start > 0 ? 'a' : 'w' }));
       } catch (err) {
-        if (err instanceof SetokimError && err.code === 'BUNDLE_TOO_LARGE') {
+        if (err instanceof SetokimError && err.code === ErrorCodes.BUNDLE_TOO_LARGE) {
           await rm(partial, { force: true }); // it cannot become the right file
           throw err;
         }
         if (stall.signal.aborted) throw stalled(`no bytes after ${done}${total ? ` of ${total}` : ''}`);
-        throw new SetokimError('BUNDLE_INVALID', `${url}: download broke off at ${done} bytes (${(err as Error).message}); the next try resumes from there`, { cause: err });
+        throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${url}: download broke off at ${done} bytes (${(err as Error).message}); the next try resumes from there`, { cause: err });
       }
     } else {
       await res.body?.cancel();

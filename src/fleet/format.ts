@@ -13,7 +13,7 @@
 import { isAbsolute, posix } from 'node:path';
 import { z } from 'zod';
 import { ModelSetId, Sha256Hex } from '../engine/manifest.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export const BUNDLE_MAGIC = Buffer.from('SETOKIM-BNDL', 'ascii');
 export const PREFIX_BYTES = BUNDLE_MAGIC.length + 4;
@@ -86,7 +86,7 @@ export function canonicalJson(value: unknown): string {
       .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
     return `{${entries.join(',')}}`;
   }
-  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new SetokimError('BUNDLE_INVALID', `bundle manifest: ${value} is not a whole number; only integers are allowed`);
+  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `bundle manifest: ${value} is not a whole number; only integers are allowed`);
   return JSON.stringify(value);
 }
 
@@ -95,14 +95,14 @@ export const signedBytes = (m: BundleManifest): Buffer => Buffer.from(SIGNING_CO
 /** Validates a parsed manifest; `where` names the bundle in errors. */
 export function parseBundleManifest(json: unknown, where: string): BundleManifest {
   const head = z.object({ format: z.unknown(), formatVersion: z.unknown() }).safeParse(json);
-  if (!head.success || head.data.format !== BUNDLE_FORMAT) throw new SetokimError('BUNDLE_INVALID', `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`);
+  if (!head.success || head.data.format !== BUNDLE_FORMAT) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`);
   if (head.data.formatVersion !== BUNDLE_VERSION) {
-    throw new SetokimError('BUNDLE_INVALID', `${where}: bundle formatVersion ${JSON.stringify(head.data.formatVersion)} is not supported (this runtime reads ${BUNDLE_VERSION}); update setokim-edge`);
+    throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: bundle formatVersion ${JSON.stringify(head.data.formatVersion)} is not supported (this runtime reads ${BUNDLE_VERSION}); update setokim-edge`);
   }
   const parsed = BundleManifestSchema.safeParse(json);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
-    throw new SetokimError('BUNDLE_INVALID', `${where}: invalid bundle manifest: ${issues}`);
+    throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: invalid bundle manifest: ${issues}`);
   }
   return parsed.data;
 }
@@ -110,7 +110,7 @@ export function parseBundleManifest(json: unknown, where: string): BundleManifes
 /** Encodes magic + length + header JSON. */
 export function encodePrefix(manifest: BundleManifest, signature: Buffer): Buffer {
   const header = Buffer.from(JSON.stringify({ manifest, signature: signature.toString('base64') }), 'utf8');
-  if (header.length > MAX_HEADER_BYTES) throw new SetokimError('BUNDLE_INVALID', `bundle header is ${header.length} bytes (at most ${MAX_HEADER_BYTES}); bundle fewer files`);
+  if (header.length > MAX_HEADER_BYTES) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `bundle header is ${header.length} bytes (at most ${MAX_HEADER_BYTES}); bundle fewer files`);
   const len = Buffer.alloc(4);
   len.writeUInt32BE(header.length);
   return Buffer.concat([BUNDLE_MAGIC, len, header]);

@@ -4,7 +4,7 @@
  * can load and still fail on its first run (FIELD.md: run one canary inference before traffic).
  */
 import sharp from 'sharp';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { createPipeline } from '../pipeline/index.js';
 
 export interface CanaryOptions {
@@ -42,15 +42,15 @@ export async function canaryQuery(dir: string, o: CanaryOptions = {}): Promise<C
   try {
     for await (const e of pipeline.run({ id: 'canary', task: 'describe', image, generation: { maxTokens: 4, temperature: 0 } }, { signal: ac.signal })) {
       if (e.type === 'error') {
-        const why = e.code === 'CANCELLED' && ac.signal.aborted ? `no answer within ${timeoutMs} ms` : e.message;
+        const why = e.code === ErrorCodes.CANCELLED && ac.signal.aborted ? `no answer within ${timeoutMs} ms` : e.message;
         throw new SetokimError(e.code, why);
       }
       if (e.type === 'done') {
-        if (e.generatedTokens < 1) throw new SetokimError('MODEL_INVALID', 'the canary query generated no token');
+        if (e.generatedTokens < 1) throw new SetokimError(ErrorCodes.MODEL_INVALID, 'the canary query generated no token');
         return { ms: performance.now() - t0, visionTokens: e.visionTokens, generatedTokens: e.generatedTokens, backend: pipeline.info.backend };
       }
     }
-    throw new SetokimError('INTERNAL', 'the canary query ended without an answer');
+    throw new SetokimError(ErrorCodes.INTERNAL, 'the canary query ended without an answer');
   } finally {
     clearTimeout(timer);
     await pipeline.close();

@@ -9,4 +9,4 @@ export { downloadBundle, type DownloadOptions } from './download.js';
 export { UpdateHandler, UpdateJobSchema, UPDATE_STATES, TERMINAL_STATES, type UpdateEvent, type UpdateHandlerOptions, type UpdateJob, type UpdateState } from './update.js';
 export { serveUpdates, type ServeUpdatesOptions } from './device.js';
 export { rollout, type DeviceOutcome, type RolloutOptions, type RolloutResult } from './rollout.js';
-export { updateTopic, updateStateTopic, fleetUpdateStateFilter } from './topics.js';
+export { updateTopic, updateStateTopic, fleetUpdateStateFilter } from '../mqtt/topics.js';

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
 import { loadManifest, verifyModelSet } from '../engine/manifest.js';
 import { ModelStore } from '../engine/modelset.js';
-import { SetokimError, errorCode } from '../errors.js';
+import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
 import { openBundle, streamBundle, type ByteProgress } from './bundle.js';
 import { freeBytes, fsyncDir, removeDurable } from '../engine/durable.js';
 import { canaryQuery, type CanaryResult, type HealthCheck } from './health.js';
@@ -120,19 +120,19 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
     await step('verified', `${modelSetId} release ${release}, signed by ${b.manifest.keyId}`);
     const floor = await readRelease(root);
     if (floor && release <= floor.release) {
-      throw new SetokimError('ROLLBACK_REFUSED', `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) committed in ${root}; publish a bundle with a higher --release`);
+      throw new SetokimError(ErrorCodes.ROLLBACK_REFUSED, `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) committed in ${root}; publish a bundle with a higher --release`);
     }
     const store = new ModelStore(root);
     store.dirOf(modelSetId); // validates the id as a directory name
     const previous = await store.active();
     if (previous === modelSetId) {
-      throw new SetokimError('UPDATE_CONFLICT', `${modelSetId} is the set serving from ${root}; a new release must carry a new model set id (export it under another id)`);
+      throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${modelSetId} is the set serving from ${root}; a new release must carry a new model set id (export it under another id)`);
     }
     const reserve = o.reserveBytes ?? DEFAULT_RESERVE_BYTES;
     const free = await freeBytes(root);
     if (free < b.payloadBytes + reserve) {
       const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-      throw new SetokimError('NO_SPACE', `${root}: ${mib(free)} free, the bundle needs ${mib(b.payloadBytes)} plus a reserve of ${mib(reserve)}; remove old model sets from the store or free disk space`);
+      throw new SetokimError(ErrorCodes.NO_SPACE, `${root}: ${mib(free)} free, the bundle needs ${mib(b.payloadBytes)} plus a reserve of ${mib(reserve)}; remove old model sets from the store or free disk space`);
     }
 
     const j: Journal = { step: 'staging', release, modelSetId, previous, staging: `${modelSetId}-r${release}`, startedAt: new Date().toISOString() };
@@ -144,7 +144,7 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
       await removeDurable(stagingDir);
       await streamBundle(b, stagingDir, o.onProgress);
       const manifest = await loadManifest(stagingDir);
-      if (manifest.id !== modelSetId) throw new SetokimError('BUNDLE_INVALID', `${o.bundle}: its manifest.json names set ${manifest.id}, its signed bundle manifest ${modelSetId}; rebuild the bundle`);
+      if (manifest.id !== modelSetId) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${o.bundle}: its manifest.json names set ${manifest.id}, its signed bundle manifest ${modelSetId}; rebuild the bundle`);
       await verifyModelSet(stagingDir, manifest);
       await fsyncDir(stagingDir);
       await writeJournal(root, (j.step = 'staged', j));
@@ -164,14 +164,14 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
       try {
         health = await (o.health ?? ((dir) => canaryQuery(dir)))(target);
       } catch (err) {
-        throw new SetokimError('HEALTH_CHECK_FAILED', `${modelSetId} release ${release} failed its canary query: [${errorCode(err)}] ${(err as Error).message}`, { cause: err });
+        throw new SetokimError(ErrorCodes.HEALTH_CHECK_FAILED, `${modelSetId} release ${release} failed its canary query: [${errorCode(err)}] ${(err as Error).message}`, { cause: err });
       }
       await step('healthy', `${health.generatedTokens} tokens in ${health.ms.toFixed(0)} ms on ${health.backend}`);
     } catch (err) {
       const now = await rollBack(root, j);
       await step('rolled-back', `active: ${now ?? 'none'}`);
-      if (err instanceof SetokimError && err.code === 'HEALTH_CHECK_FAILED') {
-        throw new SetokimError('HEALTH_CHECK_FAILED', `${err.message}; rolled back: active set is ${now ?? 'none'}`, { cause: err.cause });
+      if (err instanceof SetokimError && err.code === ErrorCodes.HEALTH_CHECK_FAILED) {
+        throw new SetokimError(ErrorCodes.HEALTH_CHECK_FAILED, `${err.message}; rolled back: active set is ${now ?? 'none'}`, { cause: err.cause });
       }
       throw err;
     }

@@ -11,7 +11,7 @@ import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelSetId } from '../engine/manifest.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from '../engine/durable.js';
 
 /** Steps an install records, in order; recovery undoes whatever an uncommitted one did. */
@@ -56,10 +56,10 @@ async function readJson<T>(path: string, schema: z.ZodType<T>, what: string): Pr
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new SetokimError('MODEL_INVALID', `${path}: the store's ${what} is not JSON (${(err as Error).message}); it was edited by hand: restore it or remove the store`, { cause: err });
+    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: the store's ${what} is not JSON (${(err as Error).message}); it was edited by hand: restore it or remove the store`, { cause: err });
   }
   const parsed = schema.safeParse(json);
-  if (!parsed.success) throw new SetokimError('MODEL_INVALID', `${path}: the store's ${what} is not valid (${parsed.error.issues[0]?.message}); it was edited by hand: restore it or remove the store`);
+  if (!parsed.success) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: the store's ${what} is not valid (${parsed.error.issues[0]?.message}); it was edited by hand: restore it or remove the store`);
   return parsed.data;
 }
 
@@ -86,7 +86,7 @@ export async function lockStore(root: string): Promise<() => Promise<void>> {
   // The first write into the store: a store this user may not write (not run as its owner, a
   // path through a file) is a usage error with a stable code, not an internal error.
   const unwritable = (err: unknown) =>
-    new SetokimError('BAD_ARGUMENT', `${root}: cannot write the model store (${(err as Error).message}); run as the user that owns it, or pass another --store`, { cause: err });
+    new SetokimError(ErrorCodes.BAD_ARGUMENT, `${root}: cannot write the model store (${(err as Error).message}); run as the user that owns it, or pass another --store`, { cause: err });
   await mkdir(fleetDir(root), { recursive: true }).catch((err: unknown) => {
     throw unwritable(err);
   });
@@ -101,10 +101,10 @@ export async function lockStore(root: string): Promise<() => Promise<void>> {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(err);
       const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
       if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
-        throw new SetokimError('UPDATE_CONFLICT', `${root}: process ${pid} is installing or recovering this store; wait for it to finish`);
+        throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: process ${pid} is installing or recovering this store; wait for it to finish`);
       }
       await rm(path, { force: true }); // stale: its owner is gone
     }
   }
-  throw new SetokimError('UPDATE_CONFLICT', `${root}: could not take the store's lock ${path}; another installer keeps taking it`);
+  throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: could not take the store's lock ${path}; another installer keeps taking it`);
 }

@@ -5,7 +5,7 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export const PRIVATE_KEY_FILE = 'bundle-signing.key.pem';
 export const PUBLIC_KEY_FILE = 'bundle-signing.pub.pem';
@@ -26,7 +26,7 @@ export async function generateKeys(dir: string): Promise<{ privatePath: string; 
     await writeFile(privatePath, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600, flag: 'wx' });
     await writeFile(publicPath, publicKey.export({ type: 'spki', format: 'pem' }), { flag: 'wx' });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new SetokimError('BAD_ARGUMENT', `${dir} already holds a bundle signing key; choose another --out (keys are never overwritten)`, { cause: err });
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${dir} already holds a bundle signing key; choose another --out (keys are never overwritten)`, { cause: err });
     throw err;
   }
   return { privatePath, publicPath, keyId: keyIdOf(publicKey) };
@@ -36,12 +36,12 @@ async function readPem(path: string, what: string): Promise<string> {
   try {
     return await readFile(path, 'utf8');
   } catch (err) {
-    throw new SetokimError('BAD_ARGUMENT', `cannot read the ${what} ${path}: ${(err as Error).message}`, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read the ${what} ${path}: ${(err as Error).message}`, { cause: err });
   }
 }
 
 function requireEd25519(key: KeyObject, path: string): KeyObject {
-  if (key.asymmetricKeyType !== 'ed25519') throw new SetokimError('BAD_ARGUMENT', `${path} is a ${key.asymmetricKeyType} key; bundles are signed with Ed25519 (make one with \`setokim bundle keygen\`)`);
+  if (key.asymmetricKeyType !== 'ed25519') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${path} is a ${key.asymmetricKeyType} key; bundles are signed with Ed25519 (make one with \`setokim bundle keygen\`)`);
   return key;
 }
 
@@ -51,7 +51,7 @@ export async function loadPrivateKey(path: string): Promise<KeyObject> {
     return requireEd25519(createPrivateKey(pem), path);
   } catch (err) {
     if (err instanceof SetokimError) throw err;
-    throw new SetokimError('BAD_ARGUMENT', `${path} is not a PEM private key (${(err as Error).message}); use the .key.pem from \`setokim bundle keygen\``, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${path} is not a PEM private key (${(err as Error).message}); use the .key.pem from \`setokim bundle keygen\``, { cause: err });
   }
 }
 
@@ -61,9 +61,9 @@ export async function loadPublicKey(path: string): Promise<KeyObject> {
   try {
     key = createPublicKey(pem);
   } catch (err) {
-    throw new SetokimError('BAD_ARGUMENT', `${path} is not a PEM public key (${(err as Error).message}); use the .pub.pem from \`setokim bundle keygen\``, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${path} is not a PEM public key (${(err as Error).message}); use the .pub.pem from \`setokim bundle keygen\``, { cause: err });
   }
   // createPublicKey accepts a private PEM too (and derives its public half); a device must not hold one.
-  if (/PRIVATE KEY/.test(pem)) throw new SetokimError('BAD_ARGUMENT', `${path} holds a private key; give devices the public key only (.pub.pem)`);
+  if (/PRIVATE KEY/.test(pem)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${path} holds a private key; give devices the public key only (.pub.pem)`);
   return requireEd25519(key, path);
 }

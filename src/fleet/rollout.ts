@@ -11,8 +11,8 @@
  */
 import type { MqttClient } from 'mqtt';
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
-import { deviceOfStateTopic, fleetUpdateStateFilter, updateTopic } from './topics.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
+import { deviceOfStateTopic, fleetUpdateStateFilter, updateTopic } from '../mqtt/topics.js';
 import { TERMINAL_STATES, UPDATE_STATES, type UpdateEvent, type UpdateJob } from './update.js';
 
 const WarningSchema = z.object({ code: z.string(), message: z.string() });
@@ -64,7 +64,7 @@ export async function rollout(client: MqttClient, o: RolloutOptions): Promise<Ro
   // so the second wait could only end in a timeout (a failure).
   const devices = [...new Set(o.devices)];
   const canary = [...new Set(o.canary ?? devices.slice(0, 1))];
-  for (const c of canary) if (!devices.includes(c)) throw new SetokimError('BAD_ARGUMENT', `canary device ${c} is not in --devices`);
+  for (const c of canary) if (!devices.includes(c)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `canary device ${c} is not in --devices`);
   const rest = devices.filter((d) => !canary.includes(d));
   const rolloutId = o.rolloutId ?? `rollout-${Date.now()}`;
   const jobId = (d: string) => `${rolloutId}-${d}`;

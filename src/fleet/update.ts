@@ -9,7 +9,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { Sha256Hex } from '../engine/manifest.js';
-import { errorCode, SetokimError, type ErrorCode } from '../errors.js';
+import { ErrorCodes, errorCode, SetokimError, type ErrorCode } from '../errors.js';
 import { downloadBundle } from './download.js';
 import type { HealthCheck } from './health.js';
 import { installBundle, type InstallResult, type InstallStep } from './install.js';
@@ -49,7 +49,7 @@ export interface UpdateEvent {
 /** The warning a `committed` event carries when `hook` threw after the commit (code UPDATE_HOOK_FAILED). */
 export function hookWarning(hook: string, err: unknown): NonNullable<UpdateEvent['warning']> {
   const why = `[${errorCode(err)}] ${(err as Error)?.message ?? String(err)}`;
-  return { code: 'UPDATE_HOOK_FAILED', message: `${hook} failed after the release was committed: ${why}; the new set stays committed and active` };
+  return { code: ErrorCodes.UPDATE_HOOK_FAILED, message: `${hook} failed after the release was committed: ${why}; the new set stays committed and active` };
 }
 
 export interface UpdateHandlerOptions {
@@ -90,7 +90,7 @@ export class UpdateHandler {
     const parsed = UpdateJobSchema.safeParse(raw);
     if (!parsed.success) {
       const jobId = typeof (raw as { jobId?: unknown })?.jobId === 'string' ? (raw as { jobId: string }).jobId : '';
-      const err = new SetokimError('BAD_MESSAGE', `update job: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+      const err = new SetokimError(ErrorCodes.BAD_MESSAGE, `update job: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
       emit({ jobId, state: 'failed', code: err.code, message: err.message, at: new Date().toISOString() });
       return Promise.reject(err);
     }

@@ -7,7 +7,7 @@
  */
 import { tensor } from '../engine/backend.js';
 import { headDim, type Architecture } from '../engine/contract.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { GatedStage, RequestContext } from './scheduler.js';
 import { throwIfAborted } from './scheduler.js';
 import { StopMatcher, type Sampler } from './sampler.js';
@@ -47,7 +47,7 @@ export class LlmContext {
     for (const seg of layout.segments) {
       if (seg.kind === 'text') parts.push(await this.embedIds(seg.ids));
       else if (vision) parts.push(vision);
-      else throw new SetokimError('INTERNAL', 'the prompt has an image segment but no vision embeddings were given');
+      else throw new SetokimError(ErrorCodes.INTERNAL, 'the prompt has an image segment but no vision embeddings were given');
     }
     const out = new Float32Array(parts.reduce((n, x) => n + x.length, 0));
     let at = 0;
@@ -66,7 +66,7 @@ export class LlmContext {
     const { layers, kvHeads, hidden: H, vocab, maxContext } = this.a.llm;
     const T = embeds.length / H;
     if (this.length + T > maxContext)
-      throw new SetokimError('PROMPT_TOO_LONG', `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`);
+      throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`);
     const kvDims = [layers, 1, kvHeads, this.length, headDim(this.a)];
     const out = await this.llm.run(
       this.ctx,

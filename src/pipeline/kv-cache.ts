@@ -4,7 +4,7 @@
  * cancelled or fails. Requests that do not fit wait in FIFO order; one larger than the whole
  * budget is refused at once.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 /** Bytes of keys + values for `tokens` positions of a float32 cache. */
 export function kvBytesPerToken(layers: number, kvHeads: number, headDim: number, bytesPerValue = 4): number {
@@ -29,7 +29,7 @@ export class KvBudget {
   private readonly waiters: Waiter[] = [];
 
   constructor(readonly totalBytes: number) {
-    if (!(totalBytes > 0)) throw new SetokimError('BAD_CONFIG', `the KV-cache budget must be > 0 bytes, got ${totalBytes}`);
+    if (!(totalBytes > 0)) throw new SetokimError(ErrorCodes.BAD_CONFIG, `the KV-cache budget must be > 0 bytes, got ${totalBytes}`);
   }
 
   get used(): number {
@@ -44,7 +44,7 @@ export class KvBudget {
     if (bytes > this.totalBytes)
       return Promise.reject(
         new SetokimError(
-          'PROMPT_TOO_LONG',
+          ErrorCodes.PROMPT_TOO_LONG,
           `this request needs ${bytes} bytes of KV cache, more than the whole ${this.totalBytes}-byte budget; lower max tokens or the prompt`,
         ),
       );
@@ -92,5 +92,5 @@ export class KvBudget {
 }
 
 function cancelled(): SetokimError {
-  return new SetokimError('CANCELLED', 'the request was cancelled while it waited for KV-cache memory');
+  return new SetokimError(ErrorCodes.CANCELLED, 'the request was cancelled while it waited for KV-cache memory');
 }

@@ -12,7 +12,7 @@ import { headDim, STAGES, type StageName } from '../engine/contract.js';
 import { PRECISIONS } from '../engine/manifest.js';
 import { openModelSet } from '../engine/modelset.js';
 import { stageSource } from '../engine/stage-source.js';
-import { errorCode, SetokimError } from '../errors.js';
+import { ErrorCodes, errorCode, SetokimError } from '../errors.js';
 import { EventChannel } from './channel.js';
 import { KvBudget, kvBytesPerToken } from './kv-cache.js';
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from './preprocess.js';
@@ -52,7 +52,7 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   const parsed = OptionsSchema.safeParse(rest);
   if (!parsed.success) {
     const i = parsed.error.issues[0]!;
-    throw new SetokimError('BAD_CONFIG', `pipeline options: ${i.path.join('.') || 'options'}: ${i.message}`);
+    throw new SetokimError(ErrorCodes.BAD_CONFIG, `pipeline options: ${i.path.join('.') || 'options'}: ${i.message}`);
   }
   const o = parsed.data;
   const set = await openModelSet(path.resolve(o.modelsDir), { verify: o.verify });
@@ -66,7 +66,7 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   // A precision applies to the stages that have a build of it (embed, a lookup, never does); a set
   // with none at all was not quantised: say so rather than quietly run fp32.
   if (o.precision && !STAGES.some((s) => set.has(s) && set.variants(s).some((v) => v.precision === o.precision))) {
-    throw new SetokimError('BAD_ARGUMENT', `model set ${set.id} has no ${o.precision} builds of any stage; write them with \`setokim export quantize --models ${o.modelsDir} --precision ${o.precision}\` or run without --precision`);
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set ${set.id} has no ${o.precision} builds of any stage; write them with \`setokim export quantize --models ${o.modelsDir} --precision ${o.precision}\` or run without --precision`);
   }
   const stages: Partial<Record<StageName, GatedStage>> = {};
   const backends = new Set<string>();
@@ -118,7 +118,7 @@ class SetokimPipeline implements LocalPipeline {
     const onOuterAbort = () => ac.abort(outer?.reason);
     if (outer?.aborted) ac.abort(outer.reason);
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
-    ch.onReturn = () => ac.abort(new SetokimError('CANCELLED', 'the consumer stopped reading'));
+    ch.onReturn = () => ac.abort(new SetokimError(ErrorCodes.CANCELLED, 'the consumer stopped reading'));
     void this.execute(request, ac, ch).finally(() => {
       outer?.removeEventListener('abort', onOuterAbort);
       ch.end();
@@ -132,7 +132,7 @@ class SetokimPipeline implements LocalPipeline {
     this.running.add(ac);
     let release: (() => void) | undefined;
     try {
-      if (this.closed) throw new SetokimError('BUSY', 'the pipeline is closed');
+      if (this.closed) throw new SetokimError(ErrorCodes.BUSY, 'the pipeline is closed');
       const req = checkRequest(request, { maxTokens: this.info.maxTokens });
       ch.push({ type: 'accepted', id });
       release = await this.admission.acquire(ac.signal);
@@ -140,9 +140,9 @@ class SetokimPipeline implements LocalPipeline {
       const ctx: RequestContext = { signal: ac.signal, times: {} };
       await runQuery({ models: this.models, kv: this.kv, imageLimits: this.imageLimits }, req, ctx, (e) => ch.push(e), startedAt);
     } catch (err) {
-      const code = ac.signal.aborted ? 'CANCELLED' : errorCode(err);
+      const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =
-        code === 'CANCELLED' ? 'the request was cancelled; everything it held is released' : err instanceof SetokimError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
+        code === ErrorCodes.CANCELLED ? 'the request was cancelled; everything it held is released' : err instanceof SetokimError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
       ch.push({ type: 'error', id, code, message });
     } finally {
       if (release) {
@@ -155,7 +155,7 @@ class SetokimPipeline implements LocalPipeline {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const ac of this.running) ac.abort(new SetokimError('CANCELLED', 'the pipeline is closing'));
+    for (const ac of this.running) ac.abort(new SetokimError(ErrorCodes.CANCELLED, 'the pipeline is closing'));
     await Promise.all(Object.values(this.models.stages).map((g) => g!.session.dispose()));
   }
 }

@@ -4,7 +4,7 @@
  * model's side, normalise with its mean/std into NCHW float32. Every failure is a BAD_IMAGE.
  */
 import sharp, { type Metadata } from 'sharp';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export interface ImageSpec {
   size: number; // square side the encoder expects
@@ -41,7 +41,7 @@ export interface Preprocessed {
 }
 
 function bad(message: string, cause?: unknown): SetokimError {
-  return new SetokimError('BAD_IMAGE', message, cause === undefined ? undefined : { cause });
+  return new SetokimError(ErrorCodes.BAD_IMAGE, message, cause === undefined ? undefined : { cause });
 }
 
 /** Reads the header only: format and oriented size, checked against the limits. */

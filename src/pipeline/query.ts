@@ -4,7 +4,7 @@
  * cache) is released in `finally`, whether it completes, fails or is cancelled.
  */
 import { headDim, patchGrid, type Architecture, type StageName } from '../engine/contract.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { kvBytesPerToken, type KvBudget } from './kv-cache.js';
 import { decode, LlmContext } from './generate.js';
 import { preprocess, type ImageLimits, type Preprocessed } from './preprocess.js';
@@ -42,7 +42,7 @@ const TASK_STAGES: Record<string, StageName[]> = {
 function stage(models: PipelineModels, name: StageName, task: string): GatedStage {
   const s = models.stages[name];
   if (!s)
-    throw new SetokimError('MODEL_NOT_FOUND', `the model set has no '${name}' stage, so it cannot run task '${task}'; use a model set that includes it`);
+    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `the model set has no '${name}' stage, so it cannot run task '${task}'; use a model set that includes it`);
   return s;
 }
 
@@ -75,7 +75,7 @@ export async function runQuery(
   const extra = req.task === 'segment' ? 1 : 0; // the referring <target> query
   const room = a.llm.maxContext - promptTokens - extra;
   if (room < 1)
-    throw new SetokimError('PROMPT_TOO_LONG', `the prompt takes ${promptTokens} tokens and the context holds ${a.llm.maxContext}; shorten the prompt`);
+    throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the prompt takes ${promptTokens} tokens and the context holds ${a.llm.maxContext}; shorten the prompt`);
   const maxTokens = Math.min(req.maxTokens, room);
   const lease = await env.kv.reserve((promptTokens + maxTokens + extra) * kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a)), ctx.signal);
   const llm = new LlmContext(a, stage(models, 'llm', req.task), stage(models, 'embed', req.task), ctx);
@@ -111,7 +111,7 @@ export async function runQuery(
     if (imageTask) {
       const targets = result.images[0];
       if (!targets || targets.length === 0)
-        throw new SetokimError('INTERNAL', 'the model emitted no <target> token for the image; retry with another seed');
+        throw new SetokimError(ErrorCodes.INTERNAL, 'the model emitted no <target> token for the image; retry with another seed');
       const rng = new Prng((req.seed ^ 0x9e3779b9) >>> 0);
       const pic = await renderImage(
         a,

@@ -1,6 +1,6 @@
 /** Validation of a QueryRequest at the pipeline's edge (zod), and the defaults each task gets. */
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { TASKS, type QueryRequest, type Task } from './types.js';
 
 export const DESCRIBE_PROMPT = 'Describe the image in detail.';
@@ -47,18 +47,18 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
   const parsed = RequestSchema.safeParse(request);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw new SetokimError('BAD_ARGUMENT', `invalid request: ${issue.path.join('.') || 'request'}: ${issue.message}`);
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `invalid request: ${issue.path.join('.') || 'request'}: ${issue.message}`);
   }
   const r = parsed.data;
   if (!(TASKS as readonly string[]).includes(r.task))
-    throw new SetokimError('UNKNOWN_TASK', `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
+    throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
   const task = r.task as Task;
   const needsImage = task !== 'generate';
-  if (needsImage && !r.image) throw new SetokimError('BAD_INPUT', `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
+  if (needsImage && !r.image) throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
   if (task === 'generate' && r.image)
-    throw new SetokimError('BAD_INPUT', "task 'generate' takes no image; use 'edit' to change an image");
+    throw new SetokimError(ErrorCodes.BAD_INPUT, "task 'generate' takes no image; use 'edit' to change an image");
   const prompt = r.prompt?.trim() ? r.prompt : task === 'describe' ? DESCRIBE_PROMPT : '';
-  if (!prompt) throw new SetokimError('BAD_INPUT', `task '${task}' needs a prompt`);
+  if (!prompt) throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs a prompt`);
   const g = r.generation ?? {};
   return {
     id: r.id,

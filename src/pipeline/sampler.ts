@@ -2,7 +2,7 @@
  * Next-token choice from one row of logits: greedy (temperature 0), or temperature + top-k +
  * top-p sampling with a seeded PRNG so that the same seed gives the same text.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 /** mulberry32: small, fast, and fully determined by its 32-bit seed. */
 export class Prng {
@@ -35,9 +35,9 @@ export interface SamplerParams {
 
 export function checkSamplerParams(p: SamplerParams): void {
   if (!(p.temperature >= 0) || !Number.isFinite(p.temperature))
-    throw new SetokimError('BAD_ARGUMENT', `temperature must be >= 0, got ${p.temperature}`);
-  if (!Number.isInteger(p.topK) || p.topK < 0) throw new SetokimError('BAD_ARGUMENT', `topK must be an integer >= 0, got ${p.topK}`);
-  if (!(p.topP > 0 && p.topP <= 1)) throw new SetokimError('BAD_ARGUMENT', `topP must be in (0, 1], got ${p.topP}`);
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `temperature must be >= 0, got ${p.temperature}`);
+  if (!Number.isInteger(p.topK) || p.topK < 0) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `topK must be an integer >= 0, got ${p.topK}`);
+  if (!(p.topP > 0 && p.topP <= 1)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `topP must be in (0, 1], got ${p.topP}`);
 }
 
 export class Sampler {

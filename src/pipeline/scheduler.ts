@@ -4,7 +4,7 @@
  * LLM decodes another, decode steps of concurrent requests interleave, and a request that aborts
  * while it waits leaves the queue without running. Time inside a gate is the stage's backend time.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Session, SessionRunOptions, Tensor } from '../engine/backend.js';
 import type { StageTimes } from './types.js';
 
@@ -14,7 +14,7 @@ export class Semaphore {
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1)
-      throw new SetokimError('BAD_CONFIG', `a concurrency limit must be a positive integer, got ${capacity}`);
+      throw new SetokimError(ErrorCodes.BAD_CONFIG, `a concurrency limit must be a positive integer, got ${capacity}`);
   }
 
   get inUse(): number {
@@ -60,7 +60,7 @@ export class Semaphore {
 }
 
 function cancelled(): SetokimError {
-  return new SetokimError('CANCELLED', 'the request was cancelled');
+  return new SetokimError(ErrorCodes.CANCELLED, 'the request was cancelled');
 }
 
 /** What one request carries through the stages: its cancellation and its per-stage clock. */

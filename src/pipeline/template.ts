@@ -7,7 +7,7 @@
  * (the convention Setokim's training code inherits), so "\n" after `<im_end>` is [29871, 13].
  * Specials come only from here, never from the user's text.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM } from '../engine/contract.js';
 import type { Tokenizer } from './tokenizer.js';
 
@@ -45,10 +45,10 @@ export function vicunaPromptText(options: PromptOptions): string {
 export function buildVicunaPrompt(tok: Tokenizer, options: PromptOptions): PromptLayout {
   const placeholders = options.prompt.split(IMAGE_PLACEHOLDER).length - 1;
   if (placeholders > 1) {
-    throw new SetokimError('BAD_INPUT', `the prompt contains "${IMAGE_PLACEHOLDER}" ${placeholders} times; a query carries one image`);
+    throw new SetokimError(ErrorCodes.BAD_INPUT, `the prompt contains "${IMAGE_PLACEHOLDER}" ${placeholders} times; a query carries one image`);
   }
   if (placeholders === 1 && !options.image) {
-    throw new SetokimError('BAD_INPUT', `the prompt contains "${IMAGE_PLACEHOLDER}" but the query has no image`);
+    throw new SetokimError(ErrorCodes.BAD_INPUT, `the prompt contains "${IMAGE_PLACEHOLDER}" but the query has no image`);
   }
   const s = tok.specials;
   const text = vicunaPromptText(options);
@@ -96,7 +96,7 @@ export function assertPromptFits(
   const room = limits.maxContext - (limits.minNewTokens ?? 1);
   if (used > room) {
     throw new SetokimError(
-      'PROMPT_TOO_LONG',
+      ErrorCodes.PROMPT_TOO_LONG,
       `the prompt takes ${used} tokens (${layout.textTokens} text + ${layout.hasImage ? limits.visionTokens : 0} vision) ` +
         `and the context holds ${limits.maxContext}; shorten the prompt to leave room for the answer`,
     );

@@ -17,7 +17,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export interface SpecialTokens {
   unk: number;
@@ -155,7 +155,7 @@ export async function loadLlamaTokenizer(): Promise<Tokenizer> {
   const { default: llama } = await import('llama-tokenizer-js');
   const pieces: (string | undefined)[] = [...llama.vocabById];
   if (pieces.length !== LLAMA_SPECIALS.imStart) {
-    throw new SetokimError('INTERNAL', `llama-tokenizer-js has ${pieces.length} pieces, expected 32000`);
+    throw new SetokimError(ErrorCodes.INTERNAL, `llama-tokenizer-js has ${pieces.length} pieces, expected 32000`);
   }
   pieces.push(SPECIAL_TEXT.imStart, SPECIAL_TEXT.imEnd, SPECIAL_TEXT.target);
   // add_bos_token false, add_preceding_space true: SentencePiece's dummy prefix, as LLaMA encodes.
@@ -185,7 +185,7 @@ function isSentencePieceDecoder(decoder: unknown): boolean {
 /** A real export's tokenizer.json (LLaMA-style SentencePiece BPE with Setokim's added tokens). */
 export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
   const invalid = (why: string, cause?: unknown) =>
-    new SetokimError('MODEL_INVALID', `${file}: ${why}; export the tokenizer of the Setokim checkpoint again`, { cause });
+    new SetokimError(ErrorCodes.MODEL_INVALID, `${file}: ${why}; export the tokenizer of the Setokim checkpoint again`, { cause });
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(file, 'utf8'));
@@ -237,7 +237,7 @@ export async function loadTokenizer(source: TokenizerSource, options: LoadTokeni
   let tok: Tokenizer;
   if (typeof source === 'string') {
     if (!existsSync(source) || !statSync(source).isDirectory()) {
-      throw new SetokimError('MODEL_NOT_FOUND', `model set directory ${source} does not exist`);
+      throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set directory ${source} does not exist`);
     }
     const file = path.join(source, 'tokenizer.json');
     tok = existsSync(file) ? await loadTokenizerJson(file) : await loadLlamaTokenizer();
@@ -249,7 +249,7 @@ export async function loadTokenizer(source: TokenizerSource, options: LoadTokeni
     const wrong = (Object.keys(SPECIAL_TEXT) as (keyof SpecialTokens)[]).filter((k) => expect[k] !== tok.specials[k]);
     if (wrong.length > 0) {
       const detail = wrong.map((k) => `${SPECIAL_TEXT[k]} is ${tok.specials[k]}, manifest says ${expect[k]}`).join('; ');
-      throw new SetokimError('MODEL_INVALID', `the tokenizer does not match the model set: ${detail}`);
+      throw new SetokimError(ErrorCodes.MODEL_INVALID, `the tokenizer does not match the model set: ${detail}`);
     }
   }
   return tok;

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Backend, Tensor } from '../engine/backend.js';
 import type { StageName, StageSignature } from '../engine/contract.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { createPipeline } from '../pipeline/pipeline.js';
 import type { QueryRequest, Task } from '../pipeline/types.js';
 import { withOutputs } from './graph.js';
@@ -142,13 +142,13 @@ export async function activationRanges(
         const out = await run(f);
         for (const n of names) {
           const t = out[n];
-          if (!t || !(t.data instanceof Float32Array)) throw new SetokimError('INTERNAL', `stage ${opts.stage}: calibration output ${n} is missing or not float32`);
+          if (!t || !(t.data instanceof Float32Array)) throw new SetokimError(ErrorCodes.INTERNAL, `stage ${opts.stage}: calibration output ${n} is missing or not float32`);
           let m = 0;
           for (const v of t.data) {
             const a = Math.abs(v);
             if (a > m) m = a;
           }
-          if (!Number.isFinite(m)) throw new SetokimError('MODEL_INVALID', `stage ${opts.stage}: activation ${n} reached ${m} on a calibration input; the fp32 graph overflows, fix it before quantising`);
+          if (!Number.isFinite(m)) throw new SetokimError(ErrorCodes.MODEL_INVALID, `stage ${opts.stage}: activation ${n} reached ${m} on a calibration input; the fp32 graph overflows, fix it before quantising`);
           hi.set(n, Math.max(hi.get(n) ?? 0, m));
           lo.set(n, Math.min(lo.get(n) ?? Infinity, m));
         }

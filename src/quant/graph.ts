@@ -13,7 +13,7 @@
  * (attention scores) stays float.
  */
 import onnxProto from 'onnx-proto';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { activationScale, quantizeColumns, REDUCED_MAX } from './weights.js';
 
 const { onnx } = onnxProto;
@@ -61,7 +61,7 @@ const elements = (dims: readonly (number | { toNumber(): number })[]) => dims.re
 export function floatValues(t: TensorProto): Float32Array {
   const n = elements(t.dims ?? []);
   if (t.rawData && t.rawData.length > 0) {
-    if (t.rawData.length !== n * 4) throw new SetokimError('MODEL_INVALID', `initializer ${t.name}: ${t.rawData.length} bytes for ${n} float32 values`);
+    if (t.rawData.length !== n * 4) throw new SetokimError(ErrorCodes.MODEL_INVALID, `initializer ${t.name}: ${t.rawData.length} bytes for ${n} float32 values`);
     const view = new DataView(t.rawData.buffer, t.rawData.byteOffset, t.rawData.byteLength);
     const out = new Float32Array(n);
     for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
@@ -69,7 +69,7 @@ export function floatValues(t: TensorProto): Float32Array {
   }
   const out = Float32Array.from(t.floatData ?? []);
   // Neither raw_data nor float_data holds them: external data (a model over 2 GB), not read here.
-  if (out.length !== n) throw new SetokimError('MODEL_INVALID', `initializer ${t.name}: ${out.length} float32 values stored for ${n}; weights in external data files are not supported: export the stage with its weights inside the .onnx file`);
+  if (out.length !== n) throw new SetokimError(ErrorCodes.MODEL_INVALID, `initializer ${t.name}: ${out.length} float32 values stored for ${n}; weights in external data files are not supported: export the stage with its weights inside the .onnx file`);
   return out;
 }
 
@@ -134,7 +134,7 @@ const initializer = (name: string, dataType: number, dims: number[], data: Float
 export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, number>, opts: { minElements?: number; weightMax?: number } = {}): { bytes: Uint8Array; report: QuantizeReport } {
   const m = decodeModel(model);
   const opset = opsetOf(m);
-  if (opset < MIN_OPSET) throw new SetokimError('MODEL_INVALID', `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`);
+  if (opset < MIN_OPSET) throw new SetokimError(ErrorCodes.MODEL_INVALID, `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`);
   const g = m.graph!;
   const { targets, skipped } = findTargets(m, opts.minElements);
   const report: QuantizeReport = { weights: [], activations: [], skipped };

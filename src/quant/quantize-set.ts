@@ -17,7 +17,7 @@ import { fsyncDir, writeFileDurable } from '../engine/durable.js';
 import { manifestPath, parseManifest, serializeManifest, sha256Bytes, type Manifest, type Precision, type StageFile } from '../engine/manifest.js';
 import { openModelSet } from '../engine/modelset.js';
 import { OrtBackend } from '../engine/onnxruntime.js';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { activationRanges, collectFeeds, splitSamples } from './calibrate.js';
 import { accumulate, worstOutput, type OutputError } from './compare.js';
 import { activationNames, decodeModel, findTargets, quantizeModel, DEFAULT_MIN_ELEMENTS } from './graph.js';
@@ -77,12 +77,12 @@ export function checkPrecision(p: string): asserts p is 'int8' {
   if (p === 'int8') return;
   if (p === 'int4w')
     throw new SetokimError(
-      'BAD_ARGUMENT',
+      ErrorCodes.BAD_ARGUMENT,
       '--precision int4w is not built yet: INT4 weight-only needs blocked DequantizeLinear (block_size, opset 21) and these graphs are opset 17. Use --precision int8.',
     );
-  if (p === 'fp16') throw new SetokimError('BAD_ARGUMENT', '--precision fp16 is not built yet (it is a cast of the graph, not a quantisation). Use --precision int8.');
-  if (p === 'fp32') throw new SetokimError('BAD_ARGUMENT', '--precision fp32 is the main file of every stage already. Use --precision int8.');
-  throw new SetokimError('BAD_ARGUMENT', `--precision ${JSON.stringify(p)}: expected int8 (int4w and fp16 are not built yet)`);
+  if (p === 'fp16') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, '--precision fp16 is not built yet (it is a cast of the graph, not a quantisation). Use --precision int8.');
+  if (p === 'fp32') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, '--precision fp32 is the main file of every stage already. Use --precision int8.');
+  throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--precision ${JSON.stringify(p)}: expected int8 (int4w and fp16 are not built yet)`);
 }
 
 /** Every file a manifest names (main files and variants). */
@@ -92,7 +92,7 @@ const listedFiles = (m: Manifest) => new Set(Object.values(m.stages).flatMap((e)
 function newBuildName(stage: StageName, precision: Precision, sha: string, listed: ReadonlySet<string>): string {
   const names = [`${stage}.${precision}.onnx`, `${stage}.${precision}.${sha.slice(0, 12)}.onnx`];
   const free = names.find((n) => !listed.has(n));
-  if (!free) throw new SetokimError('MODEL_INVALID', `manifest.json lists both ${names.join(' and ')}; remove one of those variants from the manifest (or re-export the set) and quantise again`);
+  if (!free) throw new SetokimError(ErrorCodes.MODEL_INVALID, `manifest.json lists both ${names.join(' and ')}; remove one of those variants from the manifest (or re-export the set) and quantise again`);
   return free;
 }
 
@@ -116,7 +116,7 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
   const set = await openModelSet(path.resolve(o.dir), { verify: o.verify });
   // Each stage once: a stage named twice would be written to the same temp file twice.
   const stages = [...new Set(o.stages ?? STAGES.filter((s) => set.has(s)))];
-  for (const s of stages) if (!set.has(s)) throw new SetokimError('MODEL_NOT_FOUND', `model set ${set.id} has no ${s} stage; --stages takes: ${STAGES.filter((x) => set.has(x)).join(', ')}`);
+  for (const s of stages) if (!set.has(s)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${s} stage; --stages takes: ${STAGES.filter((x) => set.has(x)).join(', ')}`);
   const backend: Backend = new OrtBackend({ threads: o.threads });
   const minElements = o.minElements ?? DEFAULT_MIN_ELEMENTS;
 
@@ -142,7 +142,7 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
         continue;
       }
       const samples = recorder!.samples(stage);
-      if (samples.length === 0) throw new SetokimError('INTERNAL', `stage ${stage}: the calibration queries never ran it; nothing to calibrate on`);
+      if (samples.length === 0) throw new SetokimError(ErrorCodes.INTERNAL, `stage ${stage}: the calibration queries never ran it; nothing to calibrate on`);
       const { calibrate, heldOut, disjoint } = splitSamples(samples);
       const signature = set.manifest.stages[stage]!.signature;
       const names = activationNames(findTargets(decodeModel(model), minElements).targets);
@@ -198,7 +198,7 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
       o.onProgress?.({ phase: 'stage', result: r });
       if (!r.worst || r.worst.relError > tolerance) {
         throw new SetokimError(
-          'QUANT_TOLERANCE',
+          ErrorCodes.QUANT_TOLERANCE,
           `stage ${stage}: ${o.precision} output ${r.worst?.output ?? '?'} is off by ${r.worst?.relError.toPrecision(3)} of its range (cosine ${r.worst?.cosine.toFixed(5)}) on ${heldOut.length} held-out inputs, over the tolerance ${tolerance}; nothing was written. Raise --tolerance, calibrate on more images, or leave the stage out with --stages`,
         );
       }

@@ -8,7 +8,7 @@
  * scale, which `quantizeColumns` rounds up so it cannot). -128 is never used, so the grid is
  * symmetric and q * scale never overshoots the column's range.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 
 export const INT8_MAX = 127;
 
@@ -51,7 +51,7 @@ export function quantizeColumns(w: Float32Array, rows: number, cols: number, nam
     const row = r * cols;
     for (let c = 0; c < cols; c++) {
       const v = w[row + c]!;
-      if (!Number.isFinite(v)) throw new SetokimError('MODEL_INVALID', `${name}: element [${r}, ${c}] is ${v}; a weight must be finite to quantise it; re-export the model`);
+      if (!Number.isFinite(v)) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${name}: element [${r}, ${c}] is ${v}; a weight must be finite to quantise it; re-export the model`);
       const a = Math.abs(v);
       if (a > maxAbs[c]!) maxAbs[c] = a;
     }

@@ -1,6 +1,6 @@
 /** Validation of the clustering inputs at the API edge (zod); everything below trusts them. */
 import { z } from 'zod';
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { ClusterParams } from './reference.js';
 
 export const ClusterOptionsSchema = z
@@ -17,7 +17,7 @@ export const ClusterOptionsSchema = z
 export type ClusterOptions = z.input<typeof ClusterOptionsSchema>;
 
 function bad(message: string): never {
-  throw new SetokimError('BAD_INPUT', message);
+  throw new SetokimError(ErrorCodes.BAD_INPUT, message);
 }
 
 /** Checks the options alone; returns normalised params. Throws BAD_INPUT. */
@@ -65,6 +65,6 @@ export function validatePositionEncoding(features: unknown, rows: unknown, cols:
 export function asSetokimError(err: unknown): SetokimError {
   if (err instanceof SetokimError) return err;
   const e = err as { code?: string; message?: string };
-  const code = e?.code === 'BAD_INPUT' ? 'BAD_INPUT' : 'INTERNAL';
+  const code = e?.code === ErrorCodes.BAD_INPUT ? ErrorCodes.BAD_INPUT : ErrorCodes.INTERNAL;
   return new SetokimError(code, e?.message ?? String(err), { cause: err });
 }

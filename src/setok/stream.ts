@@ -5,7 +5,7 @@
  * recomputed, which gives bit-identical results because every entry is computed independently in
  * the same order. Memory: one frame's features and one n x n matrix, whatever the stream's length.
  */
-import { SetokimError } from '../errors.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import { loadNative } from '../engine/native.js';
 import { clusterFromDistances, distancesFromGram, gramReference, type ClusterResult } from './reference.js';
 import { asSetokimError, checkFinite, validateCluster, validateOptions, type ClusterOptions } from './options.js';
@@ -86,7 +86,7 @@ export class ClusterStream {
         if (backend === 'native') throw err;
       }
       if (!factory && backend === 'native') {
-        throw new SetokimError('NATIVE_MISSING', 'ClusterStream: the addon has no setokClusterStream; rebuild it with `npm run build:native`.');
+        throw new SetokimError(ErrorCodes.NATIVE_MISSING, 'ClusterStream: the addon has no setokClusterStream; rebuild it with `npm run build:native`.');
       }
     }
     const p = this.params;
@@ -96,7 +96,7 @@ export class ClusterStream {
 
   /** Clusters the next frame; frames are processed in push order, one at a time. */
   push(features: Float32Array): Promise<StreamFrame> {
-    if (this.closed) return Promise.reject(new SetokimError('BAD_ARGUMENT', 'ClusterStream: push() after close().'));
+    if (this.closed) return Promise.reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, 'ClusterStream: push() after close().'));
     try {
       validateCluster(features, { ...this.params });
     } catch (err) {

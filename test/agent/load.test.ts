@@ -12,7 +12,7 @@ import t from 'tap';
 import { Agent } from '../../src/agent/agent.js';
 import { QueryClient, newQueryId } from '../../src/agent/client.js';
 import { encodeQuery } from '../../src/agent/codec.js';
-import { queryTopic } from '../../src/agent/topics.js';
+import { queryTopic } from '../../src/mqtt/topics.js';
 import { createPipeline } from '../../src/pipeline/pipeline.js';
 import type { QueryRequest } from '../../src/pipeline/types.js';
 import { synthesize } from '../../tools/export/synth.js';

@@ -7,7 +7,7 @@ import t from 'tap';
 import { Agent } from '../../src/agent/agent.js';
 import { QueryClient, newQueryId } from '../../src/agent/client.js';
 import { decodeStatus, encodeQuery } from '../../src/agent/codec.js';
-import { queryTopic } from '../../src/agent/topics.js';
+import { queryTopic } from '../../src/mqtt/topics.js';
 import { brokerKinds, collect, outcome, startBroker, testConfig } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
 

@@ -13,7 +13,9 @@ import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engin
 import { PRECISIONS } from '../../src/engine/manifest.js';
 import { openModelSet } from '../../src/engine/modelset.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
-import { parseFlags, StageListFlag } from '../../src/cli/flags.js';
+import { parseFlags } from '../../src/flags.js';
+import { StageListFlag } from './flags.js';
+import { ErrorCodes } from '../../src/errors.js';
 
 const EngineOptions = z.object({
   model: z.string().min(1),
@@ -45,7 +47,7 @@ export function registerEngineCommand(exportCmd: Command): void {
       const why = tensorrtUnavailableReason();
       if (why) {
         throw new SetokimError(
-          'BACKEND_UNAVAILABLE',
+          ErrorCodes.BACKEND_UNAVAILABLE,
           `export engine needs TensorRT and a GPU: ${why}. Run it on the Jetson that will serve the engines ` +
             '(`setokim doctor` shows what this build and machine have); ONNX Runtime serves the set without engines.',
         );
@@ -55,7 +57,7 @@ export function registerEngineCommand(exportCmd: Command): void {
       const timingCache = o.timingCache ?? path.join(out, 'timing.cache');
       const stages = (o.stages ?? STAGES.filter((s) => set.has(s))) as StageName[];
       for (const stage of stages) {
-        if (!set.has(stage)) throw new SetokimError('MODEL_NOT_FOUND', `model set ${set.id} has no ${stage} stage`);
+        if (!set.has(stage)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${stage} stage`);
         const onnx = set.stagePath(stage, o.precision);
         const precision = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
         const plan = path.join(out, `${stage}.${precision}.plan`);

@@ -11,8 +11,9 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { headDim, type Architecture, type StageName } from '../../src/engine/contract.js';
 import { SetokimError } from '../../src/errors.js';
-import { parseFlags } from '../../src/cli/flags.js';
+import { parseFlags } from '../../src/flags.js';
 import { CONFIG_NAMES, CONFIGS, TEXT_VOCAB } from './configs.js';
+import { ErrorCodes } from '../../src/errors.js';
 
 export const PRECISIONS = ['fp16', 'int8', 'int4w'] as const;
 export type Precision = (typeof PRECISIONS)[number];
@@ -357,14 +358,14 @@ export function planFromCli(raw: unknown): { config: string; plan: ModelSetPlan 
   const o = parseFlags(PlanCliOptions, raw, 'export plan');
   const a = CONFIGS[o.config];
   const N = patches(a);
-  if (o.tokens > N) throw new SetokimError('BAD_ARGUMENT', `export plan: --tokens ${o.tokens} is more than the ${N} patches an image has`);
+  if (o.tokens > N) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `export plan: --tokens ${o.tokens} is more than the ${N} patches an image has`);
   const context = o.context ?? Math.min(2048, a.llm.maxContext);
   const needed = o.promptTokens + o.tokens + o.answerTokens;
   if (context > a.llm.maxContext) {
-    throw new SetokimError('BAD_ARGUMENT', `export plan: --context ${context} is beyond the LLM's ${a.llm.maxContext} positions`);
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `export plan: --context ${context} is beyond the LLM's ${a.llm.maxContext} positions`);
   }
   if (context < needed) {
-    throw new SetokimError('BAD_ARGUMENT', `export plan: --context ${context} cannot hold the query's ${needed} tokens (prompt + vision + answer)`);
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `export plan: --context ${context} cannot hold the query's ${needed} tokens (prompt + vision + answer)`);
   }
   return { config: o.config, plan: planModelSet(a, { precision: o.precision, tokens: o.tokens, context, promptTokens: o.promptTokens, answerTokens: o.answerTokens }) };
 }

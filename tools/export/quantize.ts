@@ -8,7 +8,8 @@ import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { STAGES } from '../../src/engine/contract.js';
-import { parseFlags, StageListFlag } from '../../src/cli/flags.js';
+import { parseFlags } from '../../src/flags.js';
+import { StageListFlag } from './flags.js';
 import { checkPrecision, DEFAULT_TOLERANCE, quantizeModelSet, type StageResult } from '../../src/quant/index.js';
 import { busyImage, flatImage } from './sample-images.js';
 

@@ -1,9 +1,13 @@
 /**
- * The topic tree, versioned so a v2 protocol can live beside v1 on one broker:
- *   setokim/v1/<fleet>/<device>/query    one device
- *   setokim/v1/<fleet>/query             the fleet; agents take it through $share/<fleet>/...
- *   setokim/v1/<fleet>/<device>/cancel   and setokim/v1/<fleet>/cancel (every agent hears it)
- *   setokim/v1/<fleet>/<device>/status   retained presence; the Last Will marks it offline
+ * The whole topic tree, versioned so a v2 protocol can live beside v1 on one broker. It sits below
+ * both src/agent (which serves queries) and src/fleet (which serves update jobs), so neither imports
+ * the other for a topic name:
+ *   setokim/v1/<fleet>/<device>/query          one device
+ *   setokim/v1/<fleet>/query                   the fleet; agents take it through $share/<fleet>/...
+ *   setokim/v1/<fleet>/<device>/cancel         and setokim/v1/<fleet>/cancel (every agent hears it)
+ *   setokim/v1/<fleet>/<device>/status         retained presence; the Last Will marks it offline
+ *   setokim/v1/<fleet>/<device>/update         an update job (JSON, QoS 1; docs/FLEET.md)
+ *   setokim/v1/<fleet>/<device>/update/state   the device's update events (QoS 1; the latest retained)
  */
 import { ReasonCodes } from 'mqtt';
 import { z } from 'zod';
@@ -80,3 +84,9 @@ export function refusedSubscriptions(topics: readonly string[], granted: readonl
     return typeof rc === 'number' && rc >= 0x80 ? [`${topic} (${ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused'}, reason code 0x${rc.toString(16)})`] : [];
   });
 }
+
+export const updateTopic = (fleet: string, device: string) => `${TOPIC_ROOT}/${fleet}/${device}/update`;
+export const updateStateTopic = (fleet: string, device: string) => `${TOPIC_ROOT}/${fleet}/${device}/update/state`;
+/** Every device's update states in a fleet (subscribe filter); the device is topic level 3. */
+export const fleetUpdateStateFilter = (fleet: string) => `${TOPIC_ROOT}/${fleet}/+/update/state`;
+export const deviceOfStateTopic = (topic: string): string | undefined => topic.split('/')[3];
