@@ -5,7 +5,6 @@
  * takes no new work, finishes what is in flight, and publishes offline.
  */
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
@@ -14,6 +13,7 @@ import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQue
 import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
+import { credentialOptions } from '../mqtt/connection.js';
 import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -79,15 +79,6 @@ function looksLikeImage(b: Uint8Array): boolean {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return true;
   if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return true;
   return b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP';
-}
-
-function readPem(path: string | undefined, what: string): Buffer | undefined {
-  if (!path) return undefined;
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_CONFIG, `cannot read the ${what} ${path}: ${(err as Error).message}`);
-  }
 }
 
 /** Replies are small and streamed: without this, Nagle + delayed ACK add ~40 ms per round trip. */
@@ -174,7 +165,6 @@ export class Agent extends EventEmitter<AgentEvents> {
     const { config } = this;
     const b = config.broker;
     const options: IClientOptions = {
-      protocolVersion: b.protocolVersion,
       clientId: b.clientId ?? `setokim-${config.fleet}-${config.device}`,
       clean: true,
       keepalive: b.keepaliveS,
@@ -182,12 +172,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       connectTimeout: 10_000,
       resubscribe: false, // we subscribe on every connect ourselves
       will: { topic: this.topics.status, payload: Buffer.from(encodeStatus(this.status(false))), qos: 1, retain: true },
-      ...(b.username !== undefined ? { username: b.username } : {}),
-      ...(b.password !== undefined ? { password: b.password } : {}),
-      ...(b.ca ? { ca: readPem(b.ca, 'CA certificate') } : {}),
-      ...(b.cert ? { cert: readPem(b.cert, 'client certificate') } : {}),
-      ...(b.key ? { key: readPem(b.key, 'client key') } : {}),
-      rejectUnauthorized: b.rejectUnauthorized,
+      ...credentialOptions(b),
     };
     const client = connect(b.url, options);
     this.client = client;

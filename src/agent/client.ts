@@ -12,15 +12,10 @@ import type { QueryRequest } from '../pipeline/types.js';
 import { decodeReply, decodeStatus, encodeCancel, encodeQuery, type AgentStatus, type ReplyEvent } from './codec.js';
 import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from '../mqtt/topics.js';
 
-export interface QueryClientOptions {
+/** Where the broker is, and the credentials and TLS files (src/mqtt/connection.ts credentialOptions) to reach it. */
+export interface QueryClientOptions extends Pick<IClientOptions, 'username' | 'password' | 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> {
   url: string;
   protocolVersion?: 4 | 5;
-  username?: string;
-  password?: string;
-  ca?: Buffer;
-  cert?: Buffer;
-  key?: Buffer;
-  rejectUnauthorized?: boolean;
   clientId?: string;
 }
 

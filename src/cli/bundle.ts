@@ -28,6 +28,9 @@ import {
   type UpdateState,
 } from '../fleet/index.js';
 import { parseFlags } from '../flags.js';
+import { brokerGroup, credentialOptions } from '../mqtt/connection.js';
+import { levelName } from '../mqtt/topics.js';
+import { group, parseCommandSettings, registerFlags, setting } from '../settings.js';
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
 const req = () => z.string({ error: missingOr() }).min(1);
@@ -176,51 +179,37 @@ export function registerBundle(program: Command): Command {
   return cmd;
 }
 
-const deviceList = z.string().transform((v) => v.split(',').map((d) => d.trim()).filter(Boolean)).pipe(z.array(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'device names: letters, digits, _ . -')).min(1));
-const RolloutOptions = z.object({
-  broker: req(),
-  fleet: z.string({ error: missingOr() }).regex(/^[A-Za-z0-9_.-]+$/),
-  devices: deviceList,
-  canary: deviceList.optional(),
-  url: req(),
-  sha256: z.string({ error: missingOr() }).regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'),
-  release: wholeNumber(1).optional(),
-  size: wholeNumber(1).optional(),
-  maxFailures: wholeNumber(0).optional(),
-  concurrency: wholeNumber(1).optional(),
-  timeout: wholeNumber(1).optional(),
-  settle: wholeNumber(0).default(10),
-  username: z.string().optional(),
-  password: z.string().optional(),
+const whole = (min: number) => z.number().int().min(min).max(Number.MAX_SAFE_INTEGER);
+
+/** Every flag of `setokim fleet rollout`, declared once (src/settings.ts); the broker's are shared with the agent and query. */
+const rolloutSettings = group({
+  broker: brokerGroup({}),
+  fleet: setting({ schema: levelName, required: true, flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name (required)' }),
+  devices: setting({ schema: z.array(levelName).min(1), required: true, flag: '--devices <a,b,c>', read: 'list', help: 'devices to update, comma-separated (required)' }),
+  canary: setting({ schema: z.array(levelName).min(1), flag: '--canary <a>', read: 'list', help: 'devices to update first, one at a time (default: the first of --devices)' }),
+  url: setting({ schema: z.string().min(1), required: true, flag: '--url <url>', help: 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)' }),
+  sha256: setting({ schema: z.string().regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'), required: true, flag: '--sha256 <hex>', help: 'sha256 of the bundle file (required)' }),
+  release: setting({ schema: whole(1), flag: '--release <n>', read: 'number', help: 'the release it carries (informational; devices check the signed one)' }),
+  size: setting({ schema: whole(1), flag: '--size <bytes>', read: 'number', help: "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first" }),
+  maxFailures: setting({ schema: whole(0), default: 0, flag: '--max-failures <n>', read: 'number', help: 'failures tolerated after the canaries' }),
+  concurrency: setting({ schema: whole(1), default: 1, flag: '--concurrency <n>', read: 'number', help: 'devices updating at once after the canaries' }),
+  timeout: setting({ schema: whole(1), default: 600, flag: '--timeout <s>', read: 'number', help: 'seconds a device may take from job to final state' }),
+  settle: setting({ schema: whole(0), default: 10, flag: '--settle <s>', read: 'number', help: 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (0: do not wait)' }),
 });
 
 /** `setokim fleet rollout`: publish an update job to devices over MQTT, canaries first (src/fleet/rollout.ts). */
 export function registerFleet(program: Command): Command {
   const cmd = program.command('fleet').description('fleet operations over MQTT: staged rollouts of bundles');
-  cmd
+  const rolloutCmd = cmd
     .command('rollout')
-    .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures')
-    .option('--broker <url>', 'MQTT broker URL (required)')
-    .option('--fleet <name>', 'fleet name (required)')
-    .option('--devices <a,b,c>', 'devices to update, comma-separated (required)')
-    .option('--canary <a>', 'devices to update first, one at a time (default: the first of --devices)')
-    .option('--url <url>', 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)')
-    .option('--sha256 <hex>', 'sha256 of the bundle file (required)')
-    .option('--release <n>', 'the release it carries (informational; devices check the signed one)')
-    .option('--size <bytes>', "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first")
-    .option('--max-failures <n>', 'failures tolerated after the canaries (default 0)')
-    .option('--concurrency <n>', 'devices updating at once after the canaries (default 1)')
-    .option('--timeout <s>', 'seconds a device may take from job to final state (default 600)')
-    .option('--settle <s>', 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (default 10; 0: do not wait)')
-    .option('--username <u>', 'MQTT user name')
-    .option('--password <p>', 'MQTT password')
-    .action(async (raw: unknown) => {
-      const o = parseFlags(RolloutOptions, raw, 'fleet rollout');
+    .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures');
+  registerFlags(rolloutCmd, rolloutSettings).action(async (raw: Record<string, unknown>) => {
+      const o = parseCommandSettings(rolloutSettings, raw, 'fleet rollout');
       let client;
       try {
-        client = await connectAsync(o.broker, { username: o.username, password: o.password, reconnectPeriod: 0 });
+        client = await connectAsync(o.broker.url, { ...credentialOptions(o.broker), reconnectPeriod: 0 });
       } catch (err) {
-        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot connect to --broker ${o.broker}: ${(err as Error).message}`, { cause: err });
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot connect to --broker ${o.broker.url}: ${(err as Error).message}`, { cause: err });
       }
       const last = new Map<string, UpdateState>();
       const stop = new AbortController();
@@ -240,7 +229,7 @@ export function registerFleet(program: Command): Command {
           job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
           maxFailures: o.maxFailures,
           concurrency: o.concurrency,
-          timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
+          timeoutMs: o.timeout * 1000,
           settleMs: o.settle * 1000,
           onEvent: (d, e) => {
             if (last.get(d) === e.state && !e.warning) return;

@@ -191,11 +191,11 @@ t.test('CLI fleet rollout: prints each device and exits 0 when all committed', a
   const events: Array<[string, UpdateEvent]> = [];
   await device('f5', 'a', events);
   await device('f5', 'b', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--mqtt-version', '4', '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0']);
   t.equal(r.status, 0, r.err);
   t.equal(r.out, 'a: committed\nb: committed\n');
   t.notMatch(r.err, /warning/);
-  const bad = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30']);
+  const bad = await runCli(['fleet', 'rollout', '--broker', broker.url, '--mqtt-version', '4', '--fleet', 'f5', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30']);
   t.equal(bad.status, 3, 'release 2 again: the canary refuses it, the rollout aborts');
   t.match(bad.out, /a: failed ROLLBACK_REFUSED[\s\S]*b: skipped/);
   t.match(bad.err, /\[ROLLOUT_ABORTED\]/);
@@ -236,7 +236,7 @@ t.test('devices after the canary that commit with a warning: committed, and the 
 t.test('CLI fleet rollout: a device that committed with a warning is named in the summary; exit 0', async (t) => {
   const events: Array<[string, UpdateEvent]> = [];
   await warningDevices('f11', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f11', '--devices', 'c,a,b', '--canary', 'c', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '2']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--mqtt-version', '4', '--fleet', 'f11', '--devices', 'c,a,b', '--canary', 'c', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '2']);
   t.equal(r.status, 0, r.err);
   t.match(r.out, /^c: committed\na: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\n/);
   t.match(r.out, /\nb: committed with warning UPDATE_HOOK_FAILED: onCommitted failed after the release was committed: \[INTERNAL\] the agent could not open the new set; the new set stays committed and active\n$/);
@@ -252,7 +252,7 @@ t.test('CLI fleet rollout: a canary that commits with a warning is a canary fail
     },
   });
   const b = await device('f12', 'b', events);
-  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--fleet', 'f12', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0']);
+  const r = await runCli(['fleet', 'rollout', '--broker', broker.url, '--mqtt-version', '4', '--fleet', 'f12', '--devices', 'a,b', '--url', pathToFileURL(b2).href, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0']);
   t.equal(r.status, 3, r.err);
   t.match(r.out, /^a: committed with warning UPDATE_HOOK_FAILED: onInstallStep\(committed\) failed after the release was committed: \[INTERNAL\] could not drain the serving pipeline; the new set stays committed and active\nb: skipped\n$/);
   t.match(r.err, /\[ROLLOUT_ABORTED\]: rollout stopped after failures on a; 1 devices were not sent the job/);

@@ -13,21 +13,24 @@ const ROOT = resolve(import.meta.dirname, '../..');
 /** Rank of each area; a file's area is its first directory under src/ (or tools/export). */
 const RANK: Record<string, number> = {
   'src/errors.ts': 0,
-  'src/flags.ts': 0,
-  'src/mqtt': 0,
-  'src/engine': 1,
-  'src/setok': 2,
-  'src/pipeline': 3,
-  'src/quant': 4,
-  'src/fleet': 4,
-  'tools/export': 5,
-  'src/agent': 5,
-  'src/cli': 6,
-  'src/index.ts': 7,
+  'src/redact.ts': 0,
+  'src/flags.ts': 1,
+  'src/settings.ts': 1,
+  'src/mqtt': 2,
+  'src/engine': 3,
+  'src/setok': 4,
+  'src/pipeline': 5,
+  'src/quant': 6,
+  'src/fleet': 6,
+  'tools/export': 7,
+  'src/agent': 7,
+  'src/cli': 8,
+  'src/index.ts': 9,
 };
 
 function areaOf(file: string): string | undefined {
-  const rel = relative(ROOT, file).split('\\').join('/');
+  // Imports name the compiled file (../errors.js); the source is the .ts beside it.
+  const rel = relative(ROOT, file).split('\\').join('/').replace(/\.js$/, '.ts');
   return Object.keys(RANK).find((a) => rel === a || rel.startsWith(`${a}/`));
 }
 
