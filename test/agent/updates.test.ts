@@ -39,6 +39,7 @@ const store = path.join(f.dir, 'store');
 await new UpdateHandler({ store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
   { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) },
   () => {},
+  'local',
 );
 const image = await samplePng(48, 40);
 const SET1 = 'setokim-tiny-seed1';
@@ -314,7 +315,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     const device = `hook-${failing}`;
     const hookStore = path.join(f.dir, `store-${device}`);
     const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
-    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {});
+    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
     const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath } });
     const log = (level: string, m: string) => logs.push(`${level} ${m}`);
     const opened = await openServingSet(config, await startingModels(config, log));

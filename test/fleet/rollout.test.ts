@@ -26,7 +26,7 @@ t.teardown(() => Promise.all(clients.map((c) => c.endAsync())));
 /** A device: its store (with release 1 preinstalled), its MQTT client serving updates (with the agent's hooks in `hooks`). */
 async function device(fleet: string, name: string, events: Array<[string, UpdateEvent]>, hooks: Pick<UpdateHandlerOptions, 'onInstallStep'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {}) {
   const store = path.join(f.dir, `${fleet}-${name}`);
-  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
+  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}, 'local');
   const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000, ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}) });
   const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}` });
   clients.push(c);
@@ -69,7 +69,7 @@ t.test('failures past the threshold stop the rollout; a silent device times out'
   const b = await device('f3', 'b', events);
   // c already committed release 2: it refuses the job (ROLLBACK_REFUSED), a real device-side failure.
   const c = await device('f3', 'c', events);
-  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, () => {});
+  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, () => {}, 'local');
   const d = await device('f3', 'd', events);
   const r = await rollout(await operator(), {
     fleet: 'f3',
@@ -125,7 +125,7 @@ t.test('emergency stop: after the canary commits, the signal stops the rollout a
 t.test('a device that lost its connection subscribes again and takes the job', async (t) => {
   const store = path.join(f.dir, 'f7-a');
   const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary });
-  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
+  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}, 'local');
   const c = await connectAsync(broker.url, { clientId: 'f7-a', reconnectPeriod: 50 });
   clients.push(c);
   let subscriptions = 0;

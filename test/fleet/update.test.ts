@@ -71,7 +71,7 @@ t.test('a wrong sha256: BUNDLE_TAMPERED and the partial is dropped; file:// is c
   await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
   t.equal(await downloadBundle(pathToFileURL(b1).href, { sha256: await sha256File(b1), dest: 'unused' }), b1);
   await t.rejects(downloadBundle(pathToFileURL(b1).href, { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BUNDLE_TAMPERED' });
-  await t.rejects(downloadBundle('ftp://x/y', { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BAD_ARGUMENT' });
+  await t.rejects(downloadBundle('ftp://x/y', { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'URL_NOT_ALLOWED' });
 });
 
 t.test('a job over http: states in order, committed; the same job id again runs nothing', async (t) => {
@@ -82,14 +82,14 @@ t.test('a job over http: states in order, committed; the same job id again runs 
   const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
   const events: UpdateEvent[] = [];
   const job = { jobId: 'j1', url: s.url, sha256: await sha256File(b1), release: 1 };
-  const r = await h.run(job, (e) => events.push(e));
+  const r = await h.run(job, (e) => events.push(e), 'local');
   t.equal(r.release, 1);
   t.same(installSteps, ['verified', 'staging', 'staged', 'placed', 'activated', 'healthy', 'committed'], 'the agent hook saw every install step');
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
   t.ok(events.some((e) => e.state === 'downloading' && e.done === e.total && e.total! > 0), 'download progress reached the end');
   t.match(events.at(-1), { jobId: 'j1', state: 'committed', modelSetId: 'setokim-tiny-seed1', release: 1 });
   const n = events.length;
-  t.equal(await h.run(job, (e) => events.push(e)), r, 'a duplicate delivery returns the first result');
+  t.equal(await h.run(job, (e) => events.push(e), 'local'), r, 'a duplicate delivery returns the first result');
   t.equal(events.length, n, 'and emits nothing');
   t.equal(s.seen.length, 1, 'and downloads nothing');
   await t.rejects(stat(path.join(store, '.fleet', 'downloads', `${job.sha256}.bundle`)), { code: 'ENOENT' }, 'the download is not kept');
@@ -98,21 +98,21 @@ t.test('a job over http: states in order, committed; the same job id again runs 
 t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHECK_FAILED; a bad job: failed BAD_MESSAGE', async (t) => {
   const store = path.join(f.dir, 'store-bad');
   const h = new UpdateHandler({ store, pubkey: f.pub });
-  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}).catch(() => {});
+  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}, 'local').catch(() => {});
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const events: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => events.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => events.push(e), 'local'), { code: 'HEALTH_CHECK_FAILED' });
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'rolled-back', 'failed']);
   t.match(events.at(-1), { state: 'failed', code: 'HEALTH_CHECK_FAILED' });
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const again: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => again.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => again.push(e), 'local'), { code: 'HEALTH_CHECK_FAILED' });
   t.equal(statesOf(again).at(-1), 'failed', 'a failed job id runs again when it is sent again');
   const bad: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e)), { code: 'BAD_MESSAGE' });
+  await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e), 'local'), { code: 'BAD_MESSAGE' });
   t.match(bad, [{ jobId: 'x', state: 'failed', code: 'BAD_MESSAGE', message: /sha256/ }]);
   const refused: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => refused.push(e)), { code: 'ROLLBACK_REFUSED' });
+  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => refused.push(e), 'local'), { code: 'ROLLBACK_REFUSED' });
   t.same(statesOf(refused), ['downloading', 'verifying', 'failed'], 'refused before anything was activated: no rolled-back');
 });
 
