@@ -403,7 +403,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   /**
    * Points new queries (and queued ones, which have not started) at `next` at once; queries
    * already running finish on the old pipeline, which is closed once the last of them has
-   * stopped (FIELD.md: drain, then switch; never a swap inside an inference). The retained
+   * stopped (docs/FLEET.md, "Wiring into the agent": drain, then switch; never a swap inside an inference). The retained
    * status (and the Last Will for later reconnects) names the new set straight away. Resolves
    * when the old pipeline is closed. A second replace while one drains is safe: each drains and
    * closes the pipeline it replaced. While stopping, `next` is closed unused (the store's
