@@ -46,11 +46,8 @@ export const ERRORS = {
   UPDATE_HOOK_FAILED: { exit: 3, meaning: 'a hook run after an update committed failed (a warning: the release stays active)' },
   DOWNLOAD_STALLED: { exit: 3, meaning: 'a bundle download received nothing for the stall timeout; the partial file is kept' },
   BUNDLE_TOO_LARGE: { exit: 3, meaning: "a bundle download is larger than the job's size or the download cap" },
-  URL_NOT_ALLOWED: {
-    exit: 3,
-    meaning: "an update job names a URL this device may not fetch: outside updates.allowUrls, file: over MQTT, http: without updates.allowHttp, or a redirect outside the list",
-  },
-  JOB_SIGNATURE: { exit: 3, meaning: "an update job is unsigned where signed jobs are required, or its signature, device or expiry does not check" },
+  URL_NOT_ALLOWED: { exit: 3, meaning: 'an update job names a URL this device may not fetch (updates.allowUrls)' },
+  JOB_SIGNATURE: { exit: 3, meaning: "an update job's signature is missing or does not hold for this device" },
   UPDATE_TIMED_OUT: { exit: 3, meaning: 'an update job ran past its time limit (updates.jobTimeoutS) and was stopped' },
   // serving
   BUSY: { exit: 4, meaning: 'the device is busy or shutting down; retry later or elsewhere' },

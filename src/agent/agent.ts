@@ -14,7 +14,13 @@ import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
 import { credentialOptions } from '../mqtt/connection.js';
-import { TopicRoutes, type SubscribeOptions, type TopicHandler, type TopicLink, type TopicSubscription } from '../mqtt/subscriptions.js';
+import {
+  TopicRoutes,
+  type SubscribeOptions,
+  type TopicHandler,
+  type TopicLink,
+  type TopicSubscription,
+} from '../mqtt/subscriptions.js';
 import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -562,7 +568,9 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
    * go to `handler` only. Call after start(); BROKER_REFUSED when the broker refuses it.
    */
   subscribe(topic: string, handler: TopicHandler, o?: SubscribeOptions): Promise<TopicSubscription> {
-    if (!this.client) return Promise.reject(new SetokimError(ErrorCodes.INTERNAL, `Agent.subscribe(${topic}) before start()`));
+    if (!this.client) {
+      return Promise.reject(new SetokimError(ErrorCodes.INTERNAL, `Agent.subscribe(${topic}) before start()`));
+    }
     this.routes ??= new TopicRoutes(this.client, { listen: false });
     return this.routes.subscribe(topic, handler, o);
   }

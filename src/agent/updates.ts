@@ -9,7 +9,16 @@
  */
 import { ModelStore } from '../engine/modelset.js';
 import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
-import { canaryQuery, JobListener, loadPublicKey, recoverStore, UpdateHandler, type HealthCheck, type InstallResult, type UpdateEvent } from '../fleet/index.js';
+import {
+  canaryQuery,
+  JobListener,
+  loadPublicKey,
+  recoverStore,
+  UpdateHandler,
+  type HealthCheck,
+  type InstallResult,
+  type UpdateEvent,
+} from '../fleet/index.js';
 import { createPipeline, loadTokenizer } from '../pipeline/index.js';
 import type { Pipeline } from '../pipeline/types.js';
 import { BROKER_STOP_WAIT_MS, within, type Agent, type Logger } from './agent.js';
@@ -48,12 +57,18 @@ export async function openServingSet(config: AgentConfig, dir: string): Promise<
 export async function startingModels(config: AgentConfig, log: Logger): Promise<string> {
   if (!config.updates) {
     if (config.models) return config.models;
-    throw new SetokimError(ErrorCodes.BAD_CONFIG, 'no model set: give --models (SETOKIM_MODELS) or a model store with --store and --update-pubkey');
+    throw new SetokimError(
+      ErrorCodes.BAD_CONFIG,
+      'no model set: give --models (SETOKIM_MODELS) or a model store with --store and --update-pubkey',
+    );
   }
   const { store } = config.updates;
   const recovered = await recoverStore(store);
   if (recovered.action !== 'none') {
-    log('warn', `model store ${store}: an interrupted install of release ${recovered.journal?.release} (${recovered.journal?.modelSetId}) was ${recovered.action === 'completed' ? 'completed' : 'rolled back'}`);
+    log(
+      'warn',
+      `model store ${store}: an interrupted install of release ${recovered.journal?.release} (${recovered.journal?.modelSetId}) was ${recovered.action === 'completed' ? 'completed' : 'rolled back'}`,
+    );
   }
   if (recovered.active) return new ModelStore(store).dirOf(recovered.active);
   if (config.models) {
@@ -94,14 +109,24 @@ export class UpdateService {
     private readonly o: UpdateServiceOptions,
   ) {
     const { fleet, device } = agent.config;
-    this.listener = new JobListener(agent, handler, { fleet, device, onCommitted: (r) => this.onCommitted(r), onEvent: (e) => this.onEvent(e), log: o.log });
+    this.listener = new JobListener(agent, handler, {
+      fleet,
+      device,
+      onCommitted: (r) => this.onCommitted(r),
+      onEvent: (e) => this.onEvent(e),
+      log: o.log,
+    });
   }
 
   /** Takes the agent's update topic; call after agent.start(). */
   static async start(agent: Agent, o: UpdateServiceOptions): Promise<UpdateService> {
     const { config } = agent;
     const u = config.updates;
-    if (!u) throw new SetokimError(ErrorCodes.BAD_CONFIG, 'updates are off: set updates.store and updates.pubkey (--store, --update-pubkey)');
+    if (!u)
+      throw new SetokimError(
+        ErrorCodes.BAD_CONFIG,
+        'updates are off: set updates.store and updates.pubkey (--store, --update-pubkey)',
+      );
     const store = new ModelStore(u.store);
     const backend = config.pipeline.backend;
     const handler = new UpdateHandler({
@@ -119,7 +144,10 @@ export class UpdateService {
     const service = new UpdateService(agent, handler, store, o);
     await service.listener.start();
     const allowed = u.allowUrls.length ? u.allowUrls.join(', ') : 'none (set updates.allowUrls): every job is refused';
-    o.log('info', `taking update jobs on setokim/v1/${config.fleet}/${config.device}/update (store ${store.root}; URLs allowed: ${allowed})`);
+    o.log(
+      'info',
+      `taking update jobs on setokim/v1/${config.fleet}/${config.device}/update (store ${store.root}; URLs allowed: ${allowed})`,
+    );
     return service;
   }
 
@@ -145,12 +173,18 @@ export class UpdateService {
     this.stopped = true;
     await within(this.listener.stop(), BROKER_STOP_WAIT_MS); // the broker may be gone at shutdown
     if ((await within(this.handler.stop(), this.agent.config.shutdownGraceMs)) === 'timeout') {
-      this.o.log('warn', 'an update job is still installing: it finishes or rolls back on its own, or the next start recovers the store');
+      this.o.log(
+        'warn',
+        'an update job is still installing: it finishes or rolls back on its own, or the next start recovers the store',
+      );
     }
   }
 
   private track(p: Promise<unknown>): void {
-    const settled = p.then(() => undefined, () => undefined);
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
     this.pending.add(settled);
     void settled.finally(() => this.pending.delete(settled));
   }
@@ -177,7 +211,10 @@ export class UpdateService {
       throw this.switchFailed(r, err, 'could not be opened', serving);
     }
     // Swaps at once; the returned promise settles when the old pipeline has drained and closed.
-    const replaced = this.agent.replacePipeline(opened.pipeline, opened.countTokens ? { countTokens: opened.countTokens } : {});
+    const replaced = this.agent.replacePipeline(
+      opened.pipeline,
+      opened.countTokens ? { countTokens: opened.countTokens } : {},
+    );
     this.track(replaced);
     if (this.agent.pipeline === opened.pipeline) return;
     // Not swapped: the agent is stopping (it closed the new set), or the replace failed before the swap.
@@ -198,9 +235,20 @@ export class UpdateService {
   private onEvent(e: UpdateEvent): void {
     this.o.onEvent?.(e);
     const { log } = this.o;
-    if (e.done !== undefined && e.state !== 'committed') return log('debug', `update ${e.jobId}: ${e.state} ${e.done}/${e.total}`);
-    const what = [e.modelSetId && `${e.modelSetId} release ${e.release}`, e.code, e.message, e.warning && `warning ${e.warning.code}: ${e.warning.message}`].filter(Boolean).join(' ');
-    log(e.state === 'failed' || e.state === 'rolled-back' || e.warning ? 'warn' : 'info', `update ${e.jobId}: ${e.state}${what ? ` ${what}` : ''}`);
+    if (e.done !== undefined && e.state !== 'committed')
+      return log('debug', `update ${e.jobId}: ${e.state} ${e.done}/${e.total}`);
+    const what = [
+      e.modelSetId && `${e.modelSetId} release ${e.release}`,
+      e.code,
+      e.message,
+      e.warning && `warning ${e.warning.code}: ${e.warning.message}`,
+    ]
+      .filter(Boolean)
+      .join(' ');
+    log(
+      e.state === 'failed' || e.state === 'rolled-back' || e.warning ? 'warn' : 'info',
+      `update ${e.jobId}: ${e.state}${what ? ` ${what}` : ''}`,
+    );
   }
 }
 

@@ -188,7 +188,9 @@ const rolloutSettings = group({
   devices: setting({ schema: z.array(levelName).min(1), required: true, flag: '--devices <a,b,c>', read: 'list', help: 'devices to update, comma-separated (required)' }),
   canary: setting({ schema: z.array(levelName).min(1), flag: '--canary <a>', read: 'list', help: 'devices to update first, one at a time (default: the first of --devices)' }),
   url: setting({
-    schema: z.string().regex(/^https?:\/\//i, 'https:// (or http://): devices refuse file: and other URLs in jobs over MQTT'),
+    schema: z
+      .string()
+      .regex(/^https?:\/\//i, 'https:// (or http://): devices refuse file: and other URLs in jobs over MQTT'),
     required: true,
     flag: '--url <url>',
     help: "bundle URL the devices fetch (resumable), under a prefix of their updates.allowUrls (required)",
@@ -240,7 +242,8 @@ export function registerFleet(program: Command): Command {
           canary: o.canary,
           job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
           ...(signKey ? { signKey } : {}),
-          onForged: (d) => process.stderr.write(`${d}: ignored a state for its job that is not sealed with the job's nonce (another client published it)\n`),
+          onForged: (d) =>
+            process.stderr.write(`${d}: ignored a state for its job not sealed with the job's nonce (another client sent it)\n`),
           maxFailures: o.maxFailures,
           concurrency: o.concurrency,
           timeoutMs: o.timeout * 1000,

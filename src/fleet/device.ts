@@ -48,7 +48,10 @@ export class JobListener {
 
   /** Subscribes; rejects BROKER_REFUSED when the broker refuses the job topic (the link is left as it was). */
   async start(): Promise<void> {
-    this.subscription = await this.link.subscribe(this.jobs, (payload, packet) => this.onJob(payload, packet), { qos: 1, ...(this.o.onSubscribed ? { onSubscribed: this.o.onSubscribed } : {}) });
+    this.subscription = await this.link.subscribe(this.jobs, (payload, packet) => this.onJob(payload, packet), {
+      qos: 1,
+      ...(this.o.onSubscribed ? { onSubscribed: this.o.onSubscribed } : {}),
+    });
   }
 
   async stop(): Promise<void> {
@@ -62,7 +65,10 @@ export class JobListener {
 
   private onJob(payload: Buffer, packet: IPublishPacket): void {
     if (packet.retain) {
-      this.o.log?.('warn', `ignored a retained update job on ${this.jobs} (${payload.length} bytes): jobs are never retained; clear it with an empty retained message`);
+      this.o.log?.(
+        'warn',
+        `ignored a retained update job on ${this.jobs} (${payload.length} bytes): jobs are never retained; clear it with an empty retained message`,
+      );
       return;
     }
     let job: unknown;
@@ -74,10 +80,12 @@ export class JobListener {
     const run = this.handler.run(job, (e) => this.publish(e), 'mqtt');
     if (this.handled.has(run)) return;
     this.handled.add(run);
-    run.then(
-      (r) => this.afterCommit(job as UpdateJob, r), // run() resolved: the job was valid
-      () => {}, // a failure was already reported as `failed`
-    ).catch(() => {}); // a throwing onEvent while reporting it
+    run
+      .then(
+        (r) => this.afterCommit(job as UpdateJob, r), // run() resolved: the job was valid
+        () => {}, // a failure was already reported as `failed`
+      )
+      .catch(() => {}); // a throwing onEvent while reporting it
   }
 
   /** onCommitted; its rejection is the job's `committed` again with a warning, never `failed`. */
@@ -85,7 +93,14 @@ export class JobListener {
     try {
       await this.o.onCommitted?.(r);
     } catch (err) {
-      const e: UpdateEvent = { jobId: job.jobId, state: 'committed', modelSetId: r.modelSetId, release: r.release, warning: hookWarning('onCommitted', err), at: new Date().toISOString() };
+      const e: UpdateEvent = {
+        jobId: job.jobId,
+        state: 'committed',
+        modelSetId: r.modelSetId,
+        release: r.release,
+        warning: hookWarning('onCommitted', err),
+        at: new Date().toISOString(),
+      };
       this.publish(sealState(e, job.nonce));
     }
   }
@@ -95,7 +110,11 @@ export class JobListener {
  * Subscribes to the device's job topic and serves it until stop(). A refused subscription
  * rejects (BROKER_REFUSED for a SUBACK failure code) and leaves the link as it was.
  */
-export async function serveUpdates(link: TopicLink, handler: UpdateHandler, o: ServeUpdatesOptions): Promise<{ stop: () => Promise<void> }> {
+export async function serveUpdates(
+  link: TopicLink,
+  handler: UpdateHandler,
+  o: ServeUpdatesOptions,
+): Promise<{ stop: () => Promise<void> }> {
   const listener = new JobListener(link, handler, o);
   await listener.start();
   return { stop: () => listener.stop() };

@@ -43,7 +43,7 @@ export interface DownloadOptions {
   dest: string;
   /** The bundle file's size in bytes, when the job gives it: the download's limit, and what free space must hold. */
   size?: number;
-  /** The cap of any download, and the free space needed when there is no `size` (default DEFAULT_MAX_DOWNLOAD_BYTES). */
+  /** The cap of any download, and the free space needed without a `size` (default DEFAULT_MAX_DOWNLOAD_BYTES). */
   maxBytes?: number;
   /** Default DEFAULT_STALL_MS. */
   stallMs?: number;
@@ -110,7 +110,10 @@ class BundleDownload {
   private checkSize(): void {
     const cap = this.o.maxBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
     if (this.o.size !== undefined && this.o.size > cap) {
-      throw new SetokimError(ErrorCodes.BUNDLE_TOO_LARGE, `${this.shown}: the job's size of ${this.o.size} bytes is over the download cap of ${cap} bytes; raise updates.maxDownloadMib or ship a smaller bundle`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_TOO_LARGE,
+        `${this.shown}: the job's size of ${this.o.size} bytes is over the download cap of ${cap} bytes; raise updates.maxDownloadMib or ship a smaller bundle`,
+      );
     }
   }
 
@@ -118,23 +121,37 @@ class BundleDownload {
   private aborted(): SetokimError | undefined {
     const s = this.o.signal;
     if (!s?.aborted) return undefined;
-    return s.reason instanceof SetokimError ? s.reason : new SetokimError(ErrorCodes.CANCELLED, `${this.shown}: the download was cancelled`);
+    return s.reason instanceof SetokimError
+      ? s.reason
+      : new SetokimError(ErrorCodes.CANCELLED, `${this.shown}: the download was cancelled`);
   }
 
   private tooLarge(bytes: number): SetokimError {
-    const what = this.o.size !== undefined ? `the job's size of ${this.limit} bytes` : `the download limit of ${this.limit} bytes`;
-    const fix = this.o.size !== undefined ? "check that the URL serves the job's bundle, or publish the job with the bundle's size" : "check the URL, or publish the job with the bundle's size";
-    return new SetokimError(ErrorCodes.BUNDLE_TOO_LARGE, `${this.shown}: ${bytes} bytes would exceed ${what}; the download was stopped and removed: ${fix}`);
+    const what =
+      this.o.size !== undefined ? `the job's size of ${this.limit} bytes` : `the download limit of ${this.limit} bytes`;
+    const fix =
+      this.o.size !== undefined
+        ? "check that the URL serves the job's bundle, or publish the job with the bundle's size"
+        : "check the URL, or publish the job with the bundle's size";
+    return new SetokimError(
+      ErrorCodes.BUNDLE_TOO_LARGE,
+      `${this.shown}: ${bytes} bytes would exceed ${what}; the download was stopped and removed: ${fix}`,
+    );
   }
 
   private mismatch(got: string): SetokimError {
-    return new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${this.shown}: sha256 ${got} is not the job's ${this.o.sha256}; the download was damaged or replaced: publish the job again with the bundle's sha256`);
+    return new SetokimError(
+      ErrorCodes.BUNDLE_TAMPERED,
+      `${this.shown}: sha256 ${got} is not the job's ${this.o.sha256}; the download was damaged or replaced: publish the job again with the bundle's sha256`,
+    );
   }
 
   /** file: a regular file, no larger than the limit, hashed in place (the signal stops it). */
   private async readLocal(path: string): Promise<string> {
     const st = await stat(path).catch((err: Error) => {
-      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${this.shown}: cannot read the bundle (${err.message})`, { cause: err });
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${this.shown}: cannot read the bundle (${err.message})`, {
+        cause: err,
+      });
     });
     if (!st.isFile()) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${this.shown} is not a regular file`);
     if (st.size > this.limit) throw this.tooLarge(st.size);
@@ -161,7 +178,10 @@ class BundleDownload {
   private async prepare(): Promise<void> {
     const dir = dirname(this.o.dest);
     await mkdir(dir, { recursive: true });
-    this.have = await stat(this.partial).then((s) => s.size, () => 0);
+    this.have = await stat(this.partial).then(
+      (s) => s.size,
+      () => 0,
+    );
     if (this.have > this.limit) {
       await rm(this.partial, { force: true });
       this.have = 0;
@@ -169,8 +189,14 @@ class BundleDownload {
     const free = await freeBytes(dir);
     const need = this.limit - this.have;
     if (free < need) {
-      const of = this.o.size !== undefined ? `bundle of ${this.o.size} bytes` : `no size in the job, so the download cap of ${this.limit} bytes`;
-      throw new SetokimError(ErrorCodes.NO_SPACE, `${dir}: ${free} bytes free, the download needs ${need} more bytes (${of}); free disk space on the device, or give the job's size, and send it again`);
+      const of =
+        this.o.size !== undefined
+          ? `bundle of ${this.o.size} bytes`
+          : `no size in the job, so the download cap of ${this.limit} bytes`;
+      throw new SetokimError(
+        ErrorCodes.NO_SPACE,
+        `${dir}: ${free} bytes free, the download needs ${need} more bytes (${of}); free disk space on the device, or give the job's size, and send it again`,
+      );
     }
   }
 
@@ -193,19 +219,36 @@ class BundleDownload {
       this.arm();
       let res: Response;
       try {
-        res = await fetch(u, { headers: this.have > 0 ? { Range: `bytes=${this.have}-` } : {}, redirect: 'manual', signal: this.signal });
+        res = await fetch(u, {
+          headers: this.have > 0 ? { Range: `bytes=${this.have}-` } : {},
+          redirect: 'manual',
+          signal: this.signal,
+        });
       } catch (err) {
         if (this.stall.signal.aborted) throw this.stalled('no response headers');
-        throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${redactUrl(u.href)}: download failed (${(err as Error).message}); the partial file is kept and the next try resumes`, { cause: err });
+        throw new SetokimError(
+          ErrorCodes.BUNDLE_INVALID,
+          `${redactUrl(u.href)}: download failed (${(err as Error).message}); the partial file is kept and the next try resumes`,
+          { cause: err },
+        );
       }
       clearTimeout(this.timer); // hashing a large partial must not count as a stall
       if (!REDIRECTS.has(res.status)) return res;
       await res.body?.cancel().catch(() => {});
       const location = res.headers.get('location');
-      if (!location) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${redactUrl(u.href)}: HTTP ${res.status} without a Location`);
-      if (hop >= MAX_REDIRECTS) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${this.shown}: more than ${MAX_REDIRECTS} redirects`);
+      if (!location)
+        throw new SetokimError(
+          ErrorCodes.BUNDLE_INVALID,
+          `${redactUrl(u.href)}: HTTP ${res.status} without a Location`,
+        );
+      if (hop >= MAX_REDIRECTS)
+        throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${this.shown}: more than ${MAX_REDIRECTS} redirects`);
       const next = check(new URL(location, u).href, `a redirect from ${redactUrl(u.href)}:`);
-      if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new SetokimError(ErrorCodes.URL_NOT_ALLOWED, `${redactUrl(u.href)} redirects to ${next.protocol} which is never followed`);
+      if (next.protocol !== 'http:' && next.protocol !== 'https:')
+        throw new SetokimError(
+          ErrorCodes.URL_NOT_ALLOWED,
+          `${redactUrl(u.href)} redirects to ${next.protocol} which is never followed`,
+        );
       u = next;
     }
   }
@@ -215,10 +258,14 @@ class BundleDownload {
     let start: number;
     if (res.status === 206 && this.have > 0) start = this.have;
     else if (res.status === 200) start = 0;
-    else if (res.status === 416 && this.have > 0) start = this.have; // nothing left to fetch: the partial is whole
+    else if (res.status === 416 && this.have > 0)
+      start = this.have; // nothing left to fetch: the partial is whole
     else {
       await res.body?.cancel().catch(() => {});
-      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${this.shown}: HTTP ${res.status} ${res.statusText}; check the URL and that the server allows GET${this.have ? ' with Range' : ''}`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${this.shown}: HTTP ${res.status} ${res.statusText}; check the URL and that the server allows GET${this.have ? ' with Range' : ''}`,
+      );
     }
     const length = Number(res.headers.get('content-length') ?? NaN);
     if (res.status !== 416 && Number.isFinite(length) && start + length > this.limit) {
@@ -242,7 +289,11 @@ class BundleDownload {
     });
     this.arm();
     try {
-      await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(this.partial, { flags: start > 0 ? 'a' : 'w' }));
+      await pipeline(
+        Readable.fromWeb(res.body as never),
+        tap,
+        createWriteStream(this.partial, { flags: start > 0 ? 'a' : 'w' }),
+      );
     } catch (err) {
       if (err instanceof SetokimError && err.code === ErrorCodes.BUNDLE_TOO_LARGE) {
         await rm(this.partial, { force: true }); // it cannot become the right file
@@ -250,7 +301,11 @@ class BundleDownload {
       }
       if (this.o.signal?.aborted) throw this.aborted()!;
       if (this.stall.signal.aborted) throw this.stalled(`no bytes after ${done}${total ? ` of ${total}` : ''}`);
-      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${this.shown}: download broke off at ${done} bytes (${(err as Error).message}); the next try resumes from there`, { cause: err });
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${this.shown}: download broke off at ${done} bytes (${(err as Error).message}); the next try resumes from there`,
+        { cause: err },
+      );
     }
     return h;
   }

@@ -30,9 +30,12 @@ export function urlPrefixProblem(prefix: string, allowHttp: boolean): string | u
   } catch {
     return `${prefix} is not a URL`;
   }
-  if (u.protocol !== 'https:' && u.protocol !== 'http:') return `${redactUrl(prefix)}: only https:// (or http:// with updates.allowHttp) prefixes`;
-  if (u.protocol === 'http:' && !allowHttp) return `${redactUrl(prefix)} is http: set updates.allowHttp (--update-allow-http) to allow it`;
-  if (u.username || u.password || u.search || u.hash) return `${redactUrl(prefix)}: a prefix has no user info, query or fragment`;
+  if (u.protocol !== 'https:' && u.protocol !== 'http:')
+    return `${redactUrl(prefix)}: only https:// (or http:// with updates.allowHttp) prefixes`;
+  if (u.protocol === 'http:' && !allowHttp)
+    return `${redactUrl(prefix)} is http: set updates.allowHttp (--update-allow-http) to allow it`;
+  if (u.username || u.password || u.search || u.hash)
+    return `${redactUrl(prefix)}: a prefix has no user info, query or fragment`;
   return undefined;
 }
 
@@ -79,7 +82,9 @@ export class UrlPolicy {
     if (u.protocol === 'http:' && !this.allowHttp) throw refuse('is http: and updates.allowHttp is off');
     if (/%2f|%5c/i.test(u.pathname)) throw refuse('has an encoded / or \\ in its path');
     if (!this.prefixes.some((p) => isUnder(u, p))) {
-      const list = this.prefixes.length ? `the prefixes of updates.allowUrls (${this.prefixes.map((p) => p.href).join(', ')})` : 'updates.allowUrls, which is empty';
+      const list = this.prefixes.length
+        ? `the prefixes of updates.allowUrls (${this.prefixes.map((p) => p.href).join(', ')})`
+        : 'updates.allowUrls, which is empty';
       throw refuse(`is not under ${list}; add its prefix with --update-allow-url`);
     }
     return u;

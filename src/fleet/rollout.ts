@@ -17,7 +17,16 @@ import type { KeyObject } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { deviceOfStateTopic, fleetUpdateStateFilter, updateTopic } from '../mqtt/topics.js';
-import { isSealedBy, newJobId, newNonce, signJob, TERMINAL_STATES, UpdateStateSchema, type UpdateEvent, type UpdateJob } from './wire.js';
+import {
+  isSealedBy,
+  newJobId,
+  newNonce,
+  signJob,
+  TERMINAL_STATES,
+  UpdateStateSchema,
+  type UpdateEvent,
+  type UpdateJob,
+} from './wire.js';
 
 export interface RolloutOptions {
   fleet: string;
@@ -86,8 +95,14 @@ class Rollout {
     // A device named twice would be sent two jobs; a canary twice, waited for twice.
     this.devices = [...new Set(o.devices)];
     this.canary = [...new Set(o.canary ?? this.devices.slice(0, 1))];
-    for (const c of this.canary) if (!this.devices.includes(c)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `canary device ${c} is not in --devices`);
-    if (!/^https?:\/\//i.test(o.job.url)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--url must be https:// (or http://): devices refuse other URLs in jobs from MQTT`);
+    for (const c of this.canary)
+      if (!this.devices.includes(c))
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `canary device ${c} is not in --devices`);
+    if (!/^https?:\/\//i.test(o.job.url))
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `--url must be https:// (or http://): devices refuse other URLs in jobs from MQTT`,
+      );
     this.timeoutMs = o.timeoutMs ?? 600_000;
   }
 
@@ -97,13 +112,18 @@ class Rollout {
     try {
       await this.canaries();
       if (!this.aborted) await this.others();
-      for (const d of this.devices) if (!this.outcomes.some((x) => x.device === d)) this.outcomes.push({ device: d, result: 'skipped' });
+      for (const d of this.devices)
+        if (!this.outcomes.some((x) => x.device === d)) this.outcomes.push({ device: d, result: 'skipped' });
       await this.settle(); // late warnings from the rest (an emergency stop skips it)
     } finally {
       this.client.off('message', this.onMessage);
       await this.client.unsubscribeAsync(fleetUpdateStateFilter(this.o.fleet)).catch(() => {});
     }
-    return { aborted: this.aborted, outcomes: this.outcomes, failures: this.outcomes.filter((x) => this.isFailure(x)).map((x) => x.device) };
+    return {
+      aborted: this.aborted,
+      outcomes: this.outcomes,
+      failures: this.outcomes.filter((x) => this.isFailure(x)).map((x) => x.device),
+    };
   }
 
   /** The canaries, one after another; any failure (or a warning within settleMs) aborts. */
@@ -112,7 +132,8 @@ class Rollout {
       if (this.stopped()) break;
       const r = await this.updateOne(d);
       this.outcomes.push(r);
-      if (r.result === 'committed') await this.settle(d); // the canary's agent may still report that it cannot serve the set
+      // The canary's agent may still report that it cannot serve the set.
+      if (r.result === 'committed') await this.settle(d);
       if (this.isFailure(r)) this.aborted = true;
       if (this.aborted) break;
     }
@@ -132,12 +153,15 @@ class Rollout {
   }
 
   private isFailure(x: DeviceOutcome): boolean {
-    return x.result === 'failed' || x.result === 'timeout' || (x.warning !== undefined && this.canary.includes(x.device));
+    return (
+      x.result === 'failed' || x.result === 'timeout' || (x.warning !== undefined && this.canary.includes(x.device))
+    );
   }
 
   /** The emergency stop, or a canary's warning that came only after its settle time. */
   private stopped(): boolean {
-    return (this.aborted ||= this.o.signal?.aborted === true || this.canary.some((c) => this.committed.get(c)?.outcome.warning));
+    return (this.aborted ||=
+      this.o.signal?.aborted === true || this.canary.some((c) => this.committed.get(c)?.outcome.warning));
   }
 
   /** The device's own job: a fresh id and nonce, signed for it when there is a key. */
@@ -158,7 +182,13 @@ class Rollout {
       this.waiting.set(device, (e) => {
         clearTimeout(timer);
         this.waiting.delete(device);
-        const outcome: DeviceOutcome = { device, result: e.state === 'committed' ? 'committed' : 'failed', code: e.code, message: e.message, ...(e.warning ? { warning: e.warning } : {}) };
+        const outcome: DeviceOutcome = {
+          device,
+          result: e.state === 'committed' ? 'committed' : 'failed',
+          code: e.code,
+          message: e.message,
+          ...(e.warning ? { warning: e.warning } : {}),
+        };
         if (outcome.result === 'committed') this.committed.set(device, { outcome, at: performance.now() });
         resolve(outcome);
       });
@@ -192,11 +222,16 @@ class Rollout {
     } else if (TERMINAL_STATES.has(e.state)) this.waiting.get(device)?.(e);
   }
 
-  /** Until `only` (default: each committed device) has had settleMs since its commit unless it has a warning; a warning or the emergency stop ends the wait early. */
+  /**
+   * Until `only` (default: each committed device) has had settleMs since its commit unless it has a
+   * warning; a warning or the emergency stop ends the wait early.
+   */
   private async settle(only?: string): Promise<void> {
     const settleMs = this.o.settleMs ?? 0;
     for (;;) {
-      const quiet = [...this.committed].filter(([d, c]) => (only === undefined || d === only) && !c.outcome.warning).map(([, c]) => c.at + settleMs);
+      const quiet = [...this.committed]
+        .filter(([d, c]) => (only === undefined || d === only) && !c.outcome.warning)
+        .map(([, c]) => c.at + settleMs);
       const wait = Math.max(0, ...quiet) - performance.now();
       if (wait <= 0 || this.o.signal?.aborted) return;
       await new Promise<void>((resolve) => {

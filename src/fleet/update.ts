@@ -20,9 +20,25 @@ import type { HealthCheck } from './health.js';
 import { installBundle, type InstallResult, type InstallStep } from './install.js';
 import { fleetDir } from './journal.js';
 import { UrlPolicy, type JobSource, type UrlPolicyOptions } from './policy.js';
-import { jobSignatureProblem, publicText, sealState, UpdateJobSchema, type UpdateEvent, type UpdateJob, type UpdateState } from './wire.js';
+import {
+  jobSignatureProblem,
+  publicText,
+  sealState,
+  UpdateJobSchema,
+  type UpdateEvent,
+  type UpdateJob,
+  type UpdateState,
+} from './wire.js';
 
-export { TERMINAL_STATES, UPDATE_STATES, UpdateJobSchema, UpdateStateSchema, type UpdateEvent, type UpdateJob, type UpdateState } from './wire.js';
+export {
+  TERMINAL_STATES,
+  UPDATE_STATES,
+  UpdateJobSchema,
+  UpdateStateSchema,
+  type UpdateEvent,
+  type UpdateJob,
+  type UpdateState,
+} from './wire.js';
 
 /** A job's total time limit unless configured. */
 export const DEFAULT_JOB_TIMEOUT_MS = 60 * 60_000;
@@ -43,7 +59,10 @@ const DOWNLOAD_TEXT: Partial<Record<ErrorCode, string>> = {
 /** The warning a `committed` event carries when `hook` threw after the commit (code UPDATE_HOOK_FAILED). */
 export function hookWarning(hook: string, err: unknown): NonNullable<UpdateEvent['warning']> {
   const why = `[${errorCode(err)}] ${(err as Error)?.message ?? String(err)}`;
-  return { code: ErrorCodes.UPDATE_HOOK_FAILED, message: `${hook} failed after the release was committed: ${why}; the new set stays committed and active` };
+  return {
+    code: ErrorCodes.UPDATE_HOOK_FAILED,
+    message: `${hook} failed after the release was committed: ${why}; the new set stays committed and active`,
+  };
 }
 
 export interface UpdateHandlerOptions {
@@ -101,7 +120,10 @@ export class UpdateHandler {
     if (!parsed.success) {
       const id = (raw as { jobId?: unknown })?.jobId;
       const jobId = typeof id === 'string' && /^[A-Za-z0-9._-]{1,128}$/.test(id) ? id : '';
-      const err = new SetokimError(ErrorCodes.BAD_MESSAGE, `update job: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+      const err = new SetokimError(
+        ErrorCodes.BAD_MESSAGE,
+        `update job: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`,
+      );
       emit({ jobId, state: 'failed', code: err.code, message: err.message, at: new Date().toISOString() });
       return Promise.reject(err);
     }
@@ -112,7 +134,18 @@ export class UpdateHandler {
       this.admit(job, source);
     } catch (err) {
       this.o.log?.('warn', `update ${job.jobId} refused: [${errorCode(err)}] ${(err as Error).message}`);
-      emit(sealState({ jobId: job.jobId, state: 'failed', code: errorCode(err), message: publicText(errorCode(err)), at: new Date().toISOString() }, job.nonce));
+      emit(
+        sealState(
+          {
+            jobId: job.jobId,
+            state: 'failed',
+            code: errorCode(err),
+            message: publicText(errorCode(err)),
+            at: new Date().toISOString(),
+          },
+          job.nonce,
+        ),
+      );
       return Promise.reject(err);
     }
     this.admitted++;
@@ -142,20 +175,32 @@ export class UpdateHandler {
    * step. Resolves when the running job has settled.
    */
   async stop(): Promise<void> {
-    this.stopping.abort(new SetokimError(ErrorCodes.CANCELLED, 'the device stopped taking update jobs (shutting down); send the job again later'));
+    this.stopping.abort(
+      new SetokimError(
+        ErrorCodes.CANCELLED,
+        'the device stopped taking update jobs (shutting down); send the job again later',
+      ),
+    );
     await this.queue;
   }
 
   /** Refuses a job before it takes a place in the queue: nothing is fetched for it. */
   private admit(job: UpdateJob, source: JobSource): void {
-    if (this.stopping.signal.aborted) throw new SetokimError(ErrorCodes.BUSY, 'the device is shutting down; send the job again later');
+    if (this.stopping.signal.aborted)
+      throw new SetokimError(ErrorCodes.BUSY, 'the device is shutting down; send the job again later');
     this.policy.check(job.url, source);
     if (job.signature || (source === 'mqtt' && this.o.signedJobs)) {
-      const problem = this.o.device ? jobSignatureProblem(job, this.o.pubkey, this.o.device) : 'this device has no fleet and device name to check a signed job against';
+      const problem = this.o.device
+        ? jobSignatureProblem(job, this.o.pubkey, this.o.device)
+        : 'this device has no fleet and device name to check a signed job against';
       if (problem) throw new SetokimError(ErrorCodes.JOB_SIGNATURE, `update job ${job.jobId}: ${problem}`);
     }
     const max = this.o.maxQueued ?? DEFAULT_MAX_QUEUED;
-    if (this.admitted > max) throw new SetokimError(ErrorCodes.BUSY, `${this.admitted} update jobs are waiting or running (at most ${max} wait); send the job again once they are done`);
+    if (this.admitted > max)
+      throw new SetokimError(
+        ErrorCodes.BUSY,
+        `${this.admitted} update jobs are waiting or running (at most ${max} wait); send the job again once they are done`,
+      );
   }
 
   private remember(jobId: string): void {
@@ -197,14 +242,28 @@ class JobRun {
 
   async execute(): Promise<InstallResult> {
     const ms = this.o.jobTimeoutMs ?? DEFAULT_JOB_TIMEOUT_MS;
-    const timer = setTimeout(() => this.deadline.abort(new SetokimError(ErrorCodes.UPDATE_TIMED_OUT, `update job ${this.job.jobId} ran past its time limit of ${ms} ms`)), ms);
+    const timer = setTimeout(
+      () =>
+        this.deadline.abort(
+          new SetokimError(
+            ErrorCodes.UPDATE_TIMED_OUT,
+            `update job ${this.job.jobId} ran past its time limit of ${ms} ms`,
+          ),
+        ),
+      ms,
+    );
     try {
       this.signal.throwIfAborted(); // stopped while it waited: nothing fetched
       this.send('downloading');
       const path = await this.download();
       this.send((this.state = 'verifying'));
       const r = await this.install(path);
-      this.send('committed', { modelSetId: r.modelSetId, release: r.release, message: `canary answered in ${r.health.ms.toFixed(0)} ms`, ...(this.warning ? { warning: this.warning } : {}) });
+      this.send('committed', {
+        modelSetId: r.modelSetId,
+        release: r.release,
+        message: `canary answered in ${r.health.ms.toFixed(0)} ms`,
+        ...(this.warning ? { warning: this.warning } : {}),
+      });
       return r;
     } catch (err) {
       this.fail(err);
@@ -234,7 +293,8 @@ class JobRun {
   /** Keeps one partial at most (this job's, to resume), then fetches within the policy. */
   private async download(): Promise<string> {
     for (const name of await readdir(this.downloads).catch(() => [] as string[])) {
-      if (DOWNLOAD_NAME.test(name) && name !== `${this.job.sha256}.bundle.partial`) await rm(join(this.downloads, name), { force: true });
+      if (DOWNLOAD_NAME.test(name) && name !== `${this.job.sha256}.bundle.partial`)
+        await rm(join(this.downloads, name), { force: true });
     }
     return downloadBundle(this.job.url, {
       sha256: this.job.sha256,
@@ -282,7 +342,10 @@ class JobRun {
   /** The detail to the device's log; generic text to the wire. */
   private fail(err: unknown): void {
     const code = errorCode(err);
-    this.o.log?.('warn', `update ${this.job.jobId} failed while ${this.state}: [${code}] ${(err as Error)?.message ?? String(err)}`);
+    this.o.log?.(
+      'warn',
+      `update ${this.job.jobId} failed while ${this.state}: [${code}] ${(err as Error)?.message ?? String(err)}`,
+    );
     const message = publicText(code, this.state === 'downloading' ? DOWNLOAD_TEXT : undefined);
     // Once the new set was active, a failure means it was rolled back (install did it).
     if (this.state === 'activating' || this.state === 'health') this.send('rolled-back', { code, message });

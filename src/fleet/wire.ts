@@ -17,7 +17,16 @@ import { Sha256Hex } from '../engine/manifest.js';
 import { ERRORS, ErrorCodes, isErrorCode, type ErrorCode } from '../errors.js';
 import { canonicalJson } from './format.js';
 
-export const UPDATE_STATES = ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed', 'rolled-back', 'failed'] as const;
+export const UPDATE_STATES = [
+  'downloading',
+  'verifying',
+  'installing',
+  'activating',
+  'health',
+  'committed',
+  'rolled-back',
+  'failed',
+] as const;
 export type UpdateState = (typeof UPDATE_STATES)[number];
 export const TERMINAL_STATES: ReadonlySet<UpdateState> = new Set(['committed', 'failed']);
 
@@ -25,7 +34,8 @@ export const TERMINAL_STATES: ReadonlySet<UpdateState> = new Set(['committed', '
 export const JOB_SIGNING_CONTEXT = 'setokim-update-job-v1\n';
 const STATE_MAC_CONTEXT = 'setokim-update-state-v1\n';
 
-const base64url = (min: number, max: number) => z.string().regex(new RegExp(`^[A-Za-z0-9_-]{${min},${max}}$`), 'base64url');
+const base64url = (min: number, max: number) =>
+  z.string().regex(new RegExp(`^[A-Za-z0-9_-]{${min},${max}}$`), 'base64url');
 
 export const UpdateJobSchema = z.strictObject({
   jobId: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/),
@@ -42,7 +52,10 @@ export const UpdateJobSchema = z.strictObject({
   device: z.string().min(1).max(64).optional(),
   expiresAt: z.iso.datetime().optional(),
   /** Ed25519 over JOB_SIGNING_CONTEXT + the canonical JSON of every other field, base64. */
-  signature: z.string().regex(/^[A-Za-z0-9+/]{86}==$/, 'base64 of 64 bytes').optional(),
+  signature: z
+    .string()
+    .regex(/^[A-Za-z0-9+/]{86}==$/, 'base64 of 64 bytes')
+    .optional(),
 });
 export type UpdateJob = z.infer<typeof UpdateJobSchema>;
 
@@ -120,16 +133,23 @@ export function signJob(job: UpdateJob, key: KeyObject): UpdateJob {
  * Why a job's signature does not hold for this device, or undefined when it does: it verifies
  * with `pubkey`, names this fleet and device, and has not expired.
  */
-export function jobSignatureProblem(job: UpdateJob, pubkey: KeyObject, me: { fleet: string; device: string }, now = Date.now()): string | undefined {
+export function jobSignatureProblem(
+  job: UpdateJob,
+  pubkey: KeyObject,
+  me: { fleet: string; device: string },
+  now = Date.now(),
+): string | undefined {
   if (!job.signature) return 'the job is not signed';
-  if (!verify(null, signedJobBytes(job), pubkey, Buffer.from(job.signature, 'base64'))) return 'the signature does not verify with the fleet key';
-  if (job.fleet !== me.fleet || job.device !== me.device) return `the job is signed for ${job.fleet ?? '?'}/${job.device ?? '?'}`;
+  if (!verify(null, signedJobBytes(job), pubkey, Buffer.from(job.signature, 'base64')))
+    return 'the signature does not verify with the fleet key';
+  if (job.fleet !== me.fleet || job.device !== me.device)
+    return `the job is signed for ${job.fleet ?? '?'}/${job.device ?? '?'}`;
   if (!job.expiresAt) return 'a signed job must carry expiresAt';
   if (Date.parse(job.expiresAt) <= now) return `the job expired at ${job.expiresAt}`;
   return undefined;
 }
 
-/** The text a state carries for a code: the ERRORS table's meaning, or `override` (e.g. what a download phase means by it). */
+/** The text a state carries for a code: the ERRORS table's meaning, or `override` (what a download means by it). */
 export function publicText(code: ErrorCode, override?: Partial<Record<ErrorCode, string>>): string {
   return override?.[code] ?? ERRORS[code].meaning;
 }

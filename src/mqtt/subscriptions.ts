@@ -56,20 +56,28 @@ export class TopicRoutes implements TopicLink {
   }
 
   async subscribe(topic: string, handler: TopicHandler, o: SubscribeOptions = {}): Promise<TopicSubscription> {
-    if (/[#+]/.test(topic)) throw new SetokimError(ErrorCodes.INTERNAL, `TopicLink.subscribe takes an exact topic, not ${topic}`);
-    if (this.routes.has(topic)) throw new SetokimError(ErrorCodes.INTERNAL, `${topic} is subscribed already on this connection`);
+    if (/[#+]/.test(topic))
+      throw new SetokimError(ErrorCodes.INTERNAL, `TopicLink.subscribe takes an exact topic, not ${topic}`);
+    if (this.routes.has(topic))
+      throw new SetokimError(ErrorCodes.INTERNAL, `${topic} is subscribed already on this connection`);
     const grant = async () => {
       try {
         await this.client.subscribeAsync(topic, { qos: o.qos ?? 1 });
       } catch (err) {
         const [refused] = refusedSubscriptions([topic], (err as { packet?: { granted?: unknown[] } }).packet?.granted);
-        if (refused) throw new SetokimError(ErrorCodes.BROKER_REFUSED, `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`, { cause: err });
+        if (refused)
+          throw new SetokimError(
+            ErrorCodes.BROKER_REFUSED,
+            `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`,
+            { cause: err },
+          );
         throw err;
       }
       o.onSubscribed?.();
     };
     const onConnect = () => void grant().catch(() => {}); // the next reconnect tries again
-    const onMessage = (t: string, payload: Buffer, packet: IPublishPacket) => void (t === topic && handler(payload, packet));
+    const onMessage = (t: string, payload: Buffer, packet: IPublishPacket) =>
+      void (t === topic && handler(payload, packet));
     const detach = () => {
       this.routes.delete(topic);
       this.client.off('connect', onConnect);
