@@ -326,9 +326,9 @@ class JobRun {
       this.state = next;
       this.send(next);
     }
-    if (s === 'rolled-back') return;
     if (s !== 'committed') {
-      this.signal.throwIfAborted(); // past the time limit, or stopping: roll back now
+      // Past the time limit, or stopping: roll back now (a rollback itself goes on to its end).
+      if (s !== 'rolled-back') this.signal.throwIfAborted();
       return void (await this.o.onInstallStep?.(s, detail));
     }
     // Past the commit point nothing rolls back: a throwing hook is a warning on `committed`, not a failed job.

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import { ModelStore } from '../../src/engine/modelset.js';
-import { downloadBundle, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
+import { downloadBundle, readJournal, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
 import { brokenLlmSet, bundleOf, fixture, noCanary } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
@@ -129,4 +129,33 @@ t.test('http errors: 404 and a refused connection are BUNDLE_INVALID; a partial 
   t.equal(await downloadBundle(s.url, { sha256: want, dest }), dest);
   t.equal(s.seen.at(-1)!.range, `bytes=${(await stat(b1)).size}-`);
   t.equal(await sha256File(dest), want);
+});
+
+t.test('an install still running at the time limit rolls back at its next step: failed UPDATE_TIMED_OUT, the old set active', async (t) => {
+  const store = path.join(f.dir, 'store-deadline');
+  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run(
+    { jobId: 'flash', url: pathToFileURL(b1).href, sha256: await sha256File(b1) },
+    () => {},
+    'local',
+  );
+  const steps: string[] = [];
+  const h = new UpdateHandler({
+    store,
+    pubkey: f.pub,
+    health: noCanary,
+    jobTimeoutMs: 1_500,
+    // A step that takes longer than the job has left (an unpack on a slow card would).
+    onInstallStep: async (s) => {
+      steps.push(s);
+      if (s === 'staged') await new Promise((r) => setTimeout(r, 2_000));
+    },
+  });
+  const events: UpdateEvent[] = [];
+  const job = { jobId: 'late', url: pathToFileURL(b2).href, sha256: await sha256File(b2) };
+  await t.rejects(h.run(job, (e) => events.push(e), 'local'), { code: 'UPDATE_TIMED_OUT' });
+  t.same(steps, ['verified', 'staging', 'staged', 'rolled-back'], 'nothing ran after the step that passed the limit');
+  t.match(events.at(-1), { jobId: 'late', state: 'failed', code: 'UPDATE_TIMED_OUT', message: /time limit/ });
+  t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1', 'the old set is active');
+  t.equal(await readJournal(store), null, 'rolled back: no journal left');
+  t.same(await new ModelStore(store).list(), ['setokim-tiny-seed1'], 'and no trace of the new set');
 });
