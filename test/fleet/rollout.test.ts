@@ -51,7 +51,7 @@ async function device(
   fleet: string,
   name: string,
   events: Array<[string, UpdateEvent]>,
-  hooks: Pick<UpdateHandlerOptions, 'onInstallStep'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {},
+  hooks: Pick<UpdateHandlerOptions, 'onInstallStep' | 'signedJobs'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {},
 ) {
   const store = path.join(f.dir, `${fleet}-${name}`);
   await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run(
@@ -66,6 +66,7 @@ async function device(
     urls,
     progressIntervalMs: 60_000,
     ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}),
+    ...(hooks.signedJobs ? { signedJobs: true, device: { fleet, device: name } } : {}),
   });
   const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}`, protocolVersion: mqttVersion });
   clients.push(c);
@@ -269,6 +270,28 @@ t.test(
       sent.some((j) => /^rollout-\d+-/.test(j.jobId)),
       'ids do not name the time and the device',
     );
+  },
+);
+
+t.test(
+  'CLI fleet rollout --sign-key: a device that requires signed jobs runs the signed one and refuses the rest',
+  async (t) => {
+    const events: Array<[string, UpdateEvent]> = [];
+    const a = await device('f17', 'a', events, { signedJobs: true });
+    const args = ['fleet', 'rollout', '--broker', broker.url, '--mqtt-version', String(mqttVersion), '--fleet', 'f17'];
+    args.push('--devices', 'a', '--url', r2Url, '--sha256', await sha256File(b2), '--timeout', '30', '--settle', '0');
+    const unsigned = await runCli(args);
+    t.equal(unsigned.status, 3, unsigned.err);
+    t.match(
+      unsigned.out,
+      /^a: failed JOB_SIGNATURE: an update job's signature is missing or does not hold for this device\n/,
+    );
+    const signed = await runCli([...args, '--sign-key', f.privPath]);
+    t.equal(signed.status, 0, signed.err);
+    t.equal(signed.out, 'a: committed\n');
+    t.equal(await a.active(), 'setokim-tiny-seed2');
+    const job = events.find(([, e]) => e.state === 'committed')![1];
+    t.match(job.jobId, /^job-/);
   },
 );
 
