@@ -125,8 +125,7 @@ const signedJobBytes = (job: UpdateJob): Buffer => {
 
 /** Signs a job for one device of one fleet, valid until `expiresAt` (the operator's side). */
 export function signJob(job: UpdateJob, key: KeyObject): UpdateJob {
-  const unsigned = { ...job, signature: undefined };
-  return { ...job, signature: sign(null, signedJobBytes(unsigned), key).toString('base64') };
+  return { ...job, signature: sign(null, signedJobBytes(job), key).toString('base64') };
 }
 
 /**
