@@ -81,7 +81,8 @@ export class ModelStore {
   constructor(readonly root: string) {}
 
   dirOf(id: string): string {
-    if (!ModelSetId.safeParse(id).success) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
+    const ok = ModelSetId.safeParse(id);
+    if (!ok.success) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: ${ok.error.issues[0]?.message}`);
     return join(this.root, id);
   }
 

@@ -56,20 +56,22 @@ const stepIndex = (s: JournalStep) => JOURNAL_STEPS.indexOf(s);
 /**
  * Undoes an uncommitted install: the previous set active again (or none, if there was none),
  * the new set's directory and the staging directory gone, then the journal. Safe to repeat.
+ * The pointer is put back whatever it names now (the new set, nothing, a lost or unreadable
+ * pointer), so a rollback never depends on what the failed install left. A previous set that no
+ * longer verifies is not put back (nothing is active then); the rollback still finishes, so the
+ * next start is not stuck on it, and then throws to say so.
  */
 async function rollBack(root: string, j: Journal): Promise<string | null> {
   const store = new ModelStore(root);
-  if ((await store.active()) === j.modelSetId) {
-    if (j.previous) {
-      try {
-        await store.activate(j.previous);
-      } catch (err) {
-        // The old set is damaged too: serve nothing rather than the half-installed one.
-        await store.deactivate();
-        throw new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
-      }
-    } else {
+  let damaged: SetokimError | undefined;
+  if ((await store.active()) !== j.previous) {
+    try {
+      if (j.previous) await store.activate(j.previous);
+      else await store.deactivate();
+    } catch (err) {
+      // The old set is damaged too: serve nothing rather than the half-installed one.
       await store.deactivate();
+      damaged = new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
     }
   }
   // From 'staged' on, the target directory may hold the new set (the rename may have happened
@@ -77,6 +79,7 @@ async function rollBack(root: string, j: Journal): Promise<string | null> {
   if (stepIndex(j.step) >= stepIndex('staged')) await removeDurable(store.dirOf(j.modelSetId));
   await removeDurable(join(stagingRoot(root), j.staging));
   await clearJournal(root);
+  if (damaged) throw damaged;
   return store.active();
 }
 

@@ -4,13 +4,13 @@
  * set that verifies but cannot answer is rolled back to the previous one.
  */
 import { sign } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { installBundle, parseBundleManifest, readJournal, readRelease, recoverStore, signedBytes, type InstallStep } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
-import { brokenLlmSet, bundleOf, fixture, flipByte, offsetOf, rewriteHeader } from './helpers.js';
+import { brokenLlmSet, bundleOf, fixture, flipByte, offsetOf, rewriteHeader, setWithId, signedAnyway } from './helpers.js';
 
 const f = await fixture([1, 2]);
 t.teardown(f.cleanup);
@@ -187,7 +187,7 @@ t.test('a signed bundle whose manifest.json names another set than its signed mo
   t.same(await snapshot(root), before);
 });
 
-t.test('rollback onto a previous set that no longer verifies: nothing is left active, and the error says so', async (t) => {
+t.test('rollback onto a previous set that no longer verifies: nothing is left active, the rollback finishes, and the error says so', async (t) => {
   const root = await storeWith1();
   const p = path.join(root, 'setokim-tiny-seed1', 'merger.onnx');
   const bytes = await readFile(p);
@@ -197,14 +197,10 @@ t.test('rollback onto a previous set that no longer verifies: nothing is left ac
     code: 'MODEL_HASH_MISMATCH',
     message: /rolling back to setokim-tiny-seed1 failed .*no model set is active now/,
   });
-  const s = await snapshot(root);
-  t.equal(s.active, null, 'neither the damaged old set nor the unhealthy new one is active');
-  t.equal(s.journal?.step, 'activated', 'the journal stays: the rollback did not finish');
-  t.same(s.sets, ['setokim-tiny-seed1', 'setokim-tiny-seed2']);
-  // Recovery finishes the rollback (the new set removed) and leaves nothing active.
-  const r = await recoverStore(root);
-  t.equal(r.action, 'rolled-back');
+  // The rollback finished all the same (the new set removed, no journal), so the next start is
+  // not stuck retrying it: nothing is active, and recovery has nothing left to do.
   t.same(await snapshot(root), { active: null, sets: ['setokim-tiny-seed1'], release: 1, journal: null, staging: [] });
+  t.equal((await recoverStore(root)).action, 'none');
 });
 
 t.test('a hand-edited journal is refused with MODEL_INVALID; stray staging dirs without a journal are cleared', async (t) => {
@@ -218,4 +214,38 @@ t.test('a hand-edited journal is refused with MODEL_INVALID; stray staging dirs 
   await t.rejects(installBundle({ bundle: b2, store: root, pubkey: f.pub, health: noCanary }), { code: 'MODEL_INVALID', message: /update journal is not JSON/ });
   await writeFile(path.join(root, '.fleet', 'release.json'), 'not json');
   await t.rejects(readRelease(root), { code: 'MODEL_INVALID', message: /release record is not JSON/ });
+});
+
+t.test("a signed set id that names the store's own files (active, active.tmp, *.tmp) is refused; the serving set stays active", async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  for (const id of ['active', 'active.tmp', 'seed2.tmp', 'ACTIVE']) {
+    const dir = await setWithId(f.sets[2]!, path.join(f.dir, `id-${id}`), id);
+    const b = await signedAnyway(f, dir, path.join(f.dir, `id-${id}.bundle`), (m) => void (m.release = 2));
+    await t.rejects(installBundle({ bundle: b, store: root, pubkey: f.pub, health: noCanary }), { code: 'BUNDLE_INVALID', message: /modelSetId: .*reserved/ }, id);
+    t.same(await snapshot(root), before, `${id}: the store is as it was`);
+    t.equal((await new ModelStore(root).openActive()).id, 'setokim-tiny-seed1', `${id}: the serving set still opens`);
+  }
+  t.throws(() => new ModelStore(root).dirOf('active'), { code: 'BAD_ARGUMENT', message: /reserved/ });
+});
+
+t.test('rollback leaves the previous set active even when the active pointer was lost during the install', async (t) => {
+  const root = await storeWith1();
+  const before = await snapshot(root);
+  const steps: InstallStep[] = [];
+  await t.rejects(
+    installBundle({
+      bundle: b2,
+      store: root,
+      pubkey: f.pub,
+      onStep: async (s) => {
+        steps.push(s);
+        if (s === 'activated') await rm(path.join(root, 'active')); // e.g. removed by hand, or by a bug
+      },
+      health: async () => Promise.reject(new Error('no answer')),
+    }),
+    { code: 'HEALTH_CHECK_FAILED', message: /active set is setokim-tiny-seed1/ },
+  );
+  t.same(steps, ['verified', 'staging', 'staged', 'placed', 'activated', 'rolled-back']);
+  t.same(await snapshot(root), before);
 });
