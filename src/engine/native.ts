@@ -72,6 +72,8 @@ export interface NativeAddon {
   setokGramBench?: (n: number, dim: number, reps: number) => {
     gramMs: number; gemmMs: number; distanceMs: number; peakGflops: number; isa: string; threads: number;
   };
+  /** flock(2) without waiting on a descriptor (native/trt/addon/file_lock_binding.cc; src/engine/file-lock.ts). */
+  flock?: (fd: number, op: 'exclusive' | 'unlock') => boolean;
   trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
   trtBuildEngine?(
     options: NativeTrtBuildOptions,
