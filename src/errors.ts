@@ -46,6 +46,12 @@ export const ERRORS = {
   UPDATE_HOOK_FAILED: { exit: 3, meaning: 'a hook run after an update committed failed (a warning: the release stays active)' },
   DOWNLOAD_STALLED: { exit: 3, meaning: 'a bundle download received nothing for the stall timeout; the partial file is kept' },
   BUNDLE_TOO_LARGE: { exit: 3, meaning: "a bundle download is larger than the job's size or the download cap" },
+  BUNDLE_UNBOUND: { exit: 3, meaning: 'a format-1 bundle signs no fleet, target or expiry; refused unless unbound bundles are allowed (bundle install --allow-unbound)' },
+  BUNDLE_WRONG_FLEET: { exit: 3, meaning: "the bundle is signed for other fleets than this device's (or the install names no fleet)" },
+  BUNDLE_WRONG_TARGET: { exit: 3, meaning: "the bundle is signed for other targets than this device's (module/JetPack/TensorRT)" },
+  BUNDLE_EXPIRED: { exit: 3, meaning: "the bundle's signed expiry (notAfter) has passed by this device's clock" },
+  AGENT_TOO_OLD: { exit: 3, meaning: "the bundle needs a newer setokim-edge than this one (its minAgentVersion)" },
+  RELEASE_JUMP_REFUSED: { exit: 3, meaning: "the bundle's release is further above the committed release than maxReleaseJump allows" },
   // serving
   BUSY: { exit: 4, meaning: 'the device is busy or shutting down; retry later or elsewhere' },
   EXPIRED: { exit: 4, meaning: 'the query arrived after its deadline or message expiry' },

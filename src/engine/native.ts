@@ -3,7 +3,7 @@
  * Binding modules add their functions to NativeAddon as they land.
  */
 import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
@@ -91,6 +91,13 @@ export function packageRoot(): string {
     dir = up;
   }
   return dir;
+}
+
+let version: string | undefined;
+
+/** This package's version (package.json), e.g. what a bundle's minAgentVersion is checked against. */
+export function packageVersion(): string {
+  return (version ??= String((JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: unknown }).version));
 }
 
 let cached: NativeAddon | undefined;

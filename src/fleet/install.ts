@@ -1,6 +1,7 @@
 /**
  * Installing a bundle into a ModelStore, as the state machine of docs/FLEET.md:
- *   verify signature -> anti-rollback -> space -> [staging] unpack + hash -> verifyModelSet
+ *   verify signature -> binding (fleet, expiry, agent version, target: compat.ts)
+ *   -> anti-rollback and release jump -> space -> [staging] unpack + hash -> verifyModelSet
  *   -> [staged] rename into the store -> [placed] activate -> [activated] canary query
  *   -> commit (release.json) -> journal removed
  * The journal names the last step finished. Until release.json records the release, the install
@@ -14,6 +15,7 @@ import { loadManifest, verifyModelSet } from '../engine/manifest.js';
 import { ModelStore } from '../engine/modelset.js';
 import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
 import { openBundle, streamBundle, type ByteProgress } from './bundle.js';
+import { checkBinding, checkReleaseJump, type BindingPolicy } from './compat.js';
 import { freeBytes, fsyncDir, removeDurable } from '../engine/durable.js';
 import { canaryQuery, type CanaryResult, type HealthCheck } from './health.js';
 import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagingRoot, writeJournal, writeRelease, type Journal, type JournalStep } from './journal.js';
@@ -21,7 +23,8 @@ import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagi
 /** What an install reports, in order: journal steps plus the checks between them. */
 export type InstallStep = 'recovered' | 'verified' | JournalStep | 'healthy' | 'committed' | 'rolled-back';
 
-export interface InstallOptions {
+/** The binding (BindingPolicy: the device's fleet and target, allowUnbound, maxReleaseJump) is checked after the signature. */
+export interface InstallOptions extends BindingPolicy {
   bundle: string;
   store: string;
   pubkey: KeyObject;
@@ -113,6 +116,9 @@ export async function recoverStore(root: string): Promise<RecoverResult> {
 export async function installBundle(o: InstallOptions): Promise<InstallResult> {
   const root = o.store;
   const step = async (s: InstallStep, detail: string) => o.onStep?.(s, detail);
+  if (o.maxReleaseJump !== undefined && !(Number.isSafeInteger(o.maxReleaseJump) && o.maxReleaseJump >= 1)) {
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `maxReleaseJump ${o.maxReleaseJump}: a whole number of releases, at least 1`);
+  }
   const unlock = await lockStore(root);
   try {
     const recovered = await recoverLocked(root);
@@ -120,11 +126,13 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
 
     const b = await openBundle(o.bundle, o.pubkey);
     const { modelSetId, release } = b.manifest;
-    await step('verified', `${modelSetId} release ${release}, signed by ${b.manifest.keyId}`);
+    const bound = await checkBinding(b.manifest, o.bundle, o);
+    await step('verified', `${modelSetId} release ${release}, signed by ${b.manifest.keyId}, ${bound}`);
     const floor = await readRelease(root);
     if (floor && release <= floor.release) {
       throw new SetokimError(ErrorCodes.ROLLBACK_REFUSED, `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) committed in ${root}; publish a bundle with a higher --release`);
     }
+    checkReleaseJump(release, floor?.release ?? null, o.maxReleaseJump, o.bundle);
     const store = new ModelStore(root);
     store.dirOf(modelSetId); // validates the id as a directory name
     const previous = await store.active();

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { synthesize } from '../../tools/export/synth.js';
 import { createBundle, generateKeys, loadPrivateKey, loadPublicKey, PREFIX_BYTES } from '../../src/fleet/index.js';
 import type { KeyObject } from 'node:crypto';
+import type { Compatibility } from '../../src/fleet/index.js';
 
 export interface Fixture {
   dir: string;
@@ -37,9 +38,19 @@ export async function fixture(seeds: number[]): Promise<Fixture> {
   };
 }
 
-export async function bundleOf(f: Fixture, models: string, release: number, name = `r${release}`): Promise<string> {
+/** The fleet the fixture's bundles are signed for (the agent tests' fleet too). */
+export const TEST_FLEET = 'test';
+/** The device identity a test install passes (installBundle's and UpdateHandler's `device`): fleet `test`, this machine's target. */
+export const testDevice = { fleet: TEST_FLEET };
+
+/** A compatibility section for TEST_FLEET, any target, valid for a day: the fixture's default. */
+export function testCompatibility(over: Partial<Compatibility> = {}): Compatibility {
+  return { fleets: [TEST_FLEET], targets: ['*'], notAfter: new Date(Date.now() + 86_400_000).toISOString(), minAgentVersion: '0.1.0', ...over };
+}
+
+export async function bundleOf(f: Fixture, models: string, release: number, name = `r${release}`, compatibility = testCompatibility()): Promise<string> {
   const out = path.join(f.dir, `${name}.bundle`);
-  await createBundle({ models, release, key: f.priv, out });
+  await createBundle({ models, release, key: f.priv, out, compatibility });
   return out;
 }
 
@@ -137,6 +148,7 @@ export async function signedAnyway(f: Fixture, models: string, out: string, edit
     release: 1,
     createdAt: new Date().toISOString(),
     keyId: keyIdOf(f.pub),
+    compatibility: testCompatibility(),
     files: files.map(({ path: p, size, sha256 }) => ({ path: p, size, sha256 })),
   };
   edit(manifest);
