@@ -40,7 +40,8 @@ import { levelName } from '../mqtt/topics.js';
 function describeBinding(m: BundleManifest): string {
   const c = compatibilityOf(m);
   if (!c) return 'format 1: bound to no fleet, target or expiry (devices refuse it unless --allow-unbound)';
-  return `for fleet ${c.fleets.join(', ')}, target ${c.targets.join(', ')}, until ${c.notAfter}, agent ${c.minAgentVersion} or newer`;
+  const what = `for fleet ${c.fleets.join(', ')}, target ${c.targets.join(', ')}, until ${c.notAfter}`;
+  return `${what}, agent ${c.minAgentVersion} or newer`;
 }
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
@@ -73,7 +74,8 @@ async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: R
 
 /** A repeatable flag: commander collects each use into an array. */
 const collect = (value: string, previous: string[] = []) => [...previous, value];
-const repeated = <T extends z.ZodType<string>>(item: T, what: string) => z.array(item, { error: missingOr() }).min(1, `give at least one ${what}`);
+const repeated = <T extends z.ZodType<string>>(item: T, what: string) =>
+  z.array(item, { error: missingOr() }).min(1, `give at least one ${what}`);
 
 const KeygenOptions = z.object({ out: req() });
 const CreateOptions = z.object({
@@ -123,20 +125,23 @@ export function registerBundle(program: Command): Command {
     .option('--key <pem>', 'Ed25519 private key from `bundle keygen` (required)')
     .option('--out <file>', 'bundle file to write (required)')
     .option('--fleet <name>', 'a fleet whose devices may install it (repeatable; at least one)', collect)
-    .option('--target <pattern>', 'a target it runs on, e.g. orin-nano-*/jp6.*/trt10.3, or * for any (repeatable; at least one)', collect)
+    .option('--target <pattern>', 'a target it runs on: orin-nano-*/jp6.*/trt10.3, * for any (repeatable; at least one)', collect)
     .option('--expires <when>', 'devices refuse it after: a duration (90m, 12h, 30d, 8w) or a date (2026-12-31) (required)')
     .option('--min-agent-version <v>', `the oldest setokim-edge that may install it (default ${FIRST_BOUND_AGENT_VERSION})`)
     .option('--no-progress', 'no progress bar')
     .action(async (raw: unknown) => {
       const o = parseFlags(CreateOptions, raw, 'bundle create');
       const now = new Date();
-      const compatibility = { fleets: o.fleet, targets: o.target, notAfter: parseExpiry(o.expires, now).toISOString(), minAgentVersion: o.minAgentVersion };
+      const notAfter = parseExpiry(o.expires, now).toISOString();
+      const compatibility = { fleets: o.fleet, targets: o.target, notAfter, minAgentVersion: o.minAgentVersion };
       const key = await loadPrivateKey(o.key);
+      const { models, release, out } = o;
       const m = await withProgressBar('bundle', o.progress, (bar) =>
-        createBundle({ models: o.models, release: o.release, key, out: o.out, compatibility, createdAt: now, onProgress: bar.onProgress }),
+        createBundle({ models, release, key, out, compatibility, createdAt: now, onProgress: bar.onProgress }),
       );
-      const bytes = m.files.reduce((a, f) => a + f.size, 0);
-      process.stdout.write(`${o.out}: ${m.modelSetId} release ${m.release}, ${m.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, signed by ${m.keyId}; ${describeBinding(m)}\n`);
+      const mib = (m.files.reduce((a, f) => a + f.size, 0) / 2 ** 20).toFixed(1);
+      const what = `${m.modelSetId} release ${m.release}, ${m.files.length} files, ${mib} MiB, signed by ${m.keyId}`;
+      process.stdout.write(`${o.out}: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -148,7 +153,8 @@ export function registerBundle(program: Command): Command {
       const o = parseFlags(VerifyOptions, raw, 'bundle verify');
       const pubkey = await loadPublicKey(o.pubkey);
       const m = await withProgressBar('verify', o.progress, (bar) => verifyBundle(file, pubkey, bar.onProgress));
-      process.stdout.write(`${file}: OK: ${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}; ${describeBinding(m)}\n`);
+      const what = `${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}`;
+      process.stdout.write(`${file}: OK: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -156,7 +162,7 @@ export function registerBundle(program: Command): Command {
     .description('install a bundle into a device model store: verify, stage, activate, canary query, commit; roll back on any failure')
     .option('--store <dir>', 'model store root (sets in <dir>/<id>/, the active pointer in <dir>/active) (required)')
     .option('--pubkey <pem>', 'trusted Ed25519 public key (required)')
-    .option('--fleet <name>', "this device's fleet: a bundle signed for other fleets is refused (required for bundles of format 2)")
+    .option('--fleet <name>', "this device's fleet: bundles signed for other fleets are refused (needed for format 2)")
     .option('--allow-unbound', 'also install a format-1 bundle, which signs no fleet, target or expiry')
     .option('--max-release-jump <n>', 'refuse a release more than n above the committed one (default: no limit)')
     .option('--canary-image <file>', 'image for the health-check query (default: a generated gradient)')

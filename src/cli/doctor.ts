@@ -43,6 +43,8 @@ export function registerDoctor(program: Command): void {
       const caps = capabilities();
       const backends = await createDefaultRegistry().availableBackends();
       const target = await detectTarget({ capabilities: caps });
-      process.stdout.write((opts.json ? JSON.stringify({ ...caps, backends, target }, null, 2) : formatDoctor(caps, backends, target)) + '\n');
+      const json = () => JSON.stringify({ ...caps, backends, target }, null, 2);
+      const text = opts.json ? json() : formatDoctor(caps, backends, target);
+      process.stdout.write(text + '\n');
     });
 }

@@ -31,7 +31,8 @@ export class FileLock {
   static async tryAcquire(path: string, note: string): Promise<FileLock | LockHolder> {
     const flock = loadNative().flock;
     if (typeof flock !== 'function') {
-      throw new SetokimError(ErrorCodes.NATIVE_MISSING, 'the native addon has no flock (an older build); rebuild it with `npm run build:native`');
+      const fix = 'rebuild it with `npm run build:native`';
+      throw new SetokimError(ErrorCodes.NATIVE_MISSING, `the native addon has no flock (an older build); ${fix}`);
     }
     const fh = await open(path, constants.O_RDWR | constants.O_CREAT, 0o644);
     let held = false;

@@ -82,7 +82,10 @@ export class ModelStore {
 
   dirOf(id: string): string {
     const ok = ModelSetId.safeParse(id);
-    if (!ok.success) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: ${ok.error.issues[0]?.message}`);
+    if (!ok.success) {
+      const why = ok.error.issues[0]?.message;
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: ${why}`);
+    }
     return join(this.root, id);
   }
 

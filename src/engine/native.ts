@@ -97,7 +97,11 @@ let version: string | undefined;
 
 /** This package's version (package.json), e.g. what a bundle's minAgentVersion is checked against. */
 export function packageVersion(): string {
-  return (version ??= String((JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: unknown }).version));
+  if (version === undefined) {
+    const pkg = JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: unknown };
+    version = String(pkg.version);
+  }
+  return version;
 }
 
 let cached: NativeAddon | undefined;

@@ -31,7 +31,10 @@ const PATTERN_SEGMENT = /^[a-z0-9._*-]+$/;
 export const TargetId = z
   .string()
   .max(128)
-  .refine((id) => id.split('/').length === 3 && id.split('/').every((s) => SEGMENT.test(s)), 'a target is <module>/<platform>/<runtime>, e.g. orin-nano-8gb/jp6.2/trt10.3 (lower case)');
+  .refine(
+    (id) => id.split('/').length === 3 && id.split('/').every((s) => SEGMENT.test(s)),
+    'a target is <module>/<platform>/<runtime>, e.g. orin-nano-8gb/jp6.2/trt10.3 (lower case)',
+  );
 
 /** A target pattern: `*`, or three segments where `*` matches within one segment. */
 export const TargetPattern = z
@@ -52,7 +55,8 @@ export function matchTarget(pattern: string, id: string): boolean {
 }
 
 /** The patterns of `patterns` that `id` matches (empty: none does). */
-export const matchingPatterns = (patterns: readonly string[], id: string): string[] => patterns.filter((p) => matchTarget(p, id));
+export const matchingPatterns = (patterns: readonly string[], id: string): string[] =>
+  patterns.filter((p) => matchTarget(p, id));
 
 const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
@@ -65,7 +69,7 @@ export interface Target {
   runtime: string;
   /** CPU architecture: x86_64, aarch64, or Node's name for another. */
   arch: string;
-  /** Compute capability ("8.7") of the GPU TensorRT would use: the probe's, else the Jetson chip's; null without one. */
+  /** Compute capability ("8.7") of the GPU: the probe's, else the Jetson chip's; null without one. */
   sm: string | null;
   /** The TensorRT library version ("10.3.0") when the runtime is TensorRT, else null. */
   tensorrt: string | null;
@@ -143,7 +147,7 @@ const JETPACK: Record<string, string> = {
   '38.2.2': '7.0',
 };
 
-/** The L4T release in /etc/nv_tegra_release's first line ("# R36 (release), REVISION: 4.3, ..." -> "36.4.3"), or null. */
+/** The L4T release in /etc/nv_tegra_release ("# R36 (release), REVISION: 4.3, ..." -> "36.4.3"), or null. */
 export function parseNvTegraRelease(text: string): string | null {
   const m = /^#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)/m.exec(text);
   return m ? `${Number(m[1])}.${Number(m[2])}.${Number(m[3])}` : null;
@@ -171,14 +175,15 @@ export function jetsonModule(model: string, compatible: string[], memTotalBytes:
   return family ?? `jetson-${chipOf(compatible) ?? 'unknown'}`;
 }
 
-const chipOf = (compatible: string[]): string | null => compatible.map((c) => /^nvidia,(tegra\d+)$/.exec(c)?.[1]).find(Boolean) ?? null;
+const chipOf = (compatible: string[]): string | null =>
+  compatible.map((c) => /^nvidia,(tegra\d+)$/.exec(c)?.[1]).find(Boolean) ?? null;
 
 const majorMinor = (version: string): string => version.split('.').slice(0, 2).join('.');
 const smDigits = (sm: string): string => sm.replace('.', '');
 
 /** Where detectTarget looks; every field defaults to this machine. */
 export interface DetectTargetOptions {
-  /** Root of the file system to read /proc/device-tree, /etc/nv_tegra_release and /proc/meminfo under (default `/`). */
+  /** Where /proc/device-tree, /etc/nv_tegra_release and /proc/meminfo are read (default `/`). */
   root?: string;
   /** The addon's capabilities (default: probed now; null: as without the addon: no GPU, no TensorRT). */
   capabilities?: Capabilities | null;
@@ -203,39 +208,73 @@ function probeCapabilities(): Capabilities | null {
   }
 }
 
+/** The files detection reads, as text (null: absent). */
+interface BoardFiles {
+  model: string | null;
+  compatible: string | null;
+  nvTegraRelease: string | null;
+  meminfo: string | null;
+}
+
+const BOARD_FILES: Record<keyof BoardFiles, string> = {
+  model: 'proc/device-tree/model',
+  compatible: 'proc/device-tree/compatible',
+  nvTegraRelease: 'etc/nv_tegra_release',
+  meminfo: 'proc/meminfo',
+};
+
+async function readBoardFiles(root: string): Promise<BoardFiles> {
+  const keys = Object.keys(BOARD_FILES) as (keyof BoardFiles)[];
+  const texts = await Promise.all(keys.map((k) => readText(join(root, BOARD_FILES[k]))));
+  return Object.fromEntries(keys.map((k, i) => [k, texts[i]])) as unknown as BoardFiles;
+}
+
+/** What the addon says about the runtime: the TensorRT version (only when compiled in) and the GPU's SM. */
+function runtimeOf(caps: Capabilities | null): { runtime: string; tensorrt: string | null; sm: string | null } {
+  const tensorrt = caps?.compiled.tensorrt ? caps.present.tensorrtLibraryVersion : null;
+  const sm = caps?.present.gpus[0]?.computeCapability ?? null;
+  return { runtime: tensorrt ? `trt${majorMinor(tensorrt)}` : 'cpu', tensorrt, sm };
+}
+
+/** The Jetson facts in the board files, or null when this is no Jetson. */
+function jetsonOf(files: BoardFiles): JetsonInfo | null {
+  const compatible = parseCompatible(files.compatible ?? '');
+  const model = (files.model ?? '').replace(/\0+$/, '').trim();
+  const tegra = compatible.some((c) => c.startsWith('nvidia,tegra'));
+  if (!tegra && !/jetson/i.test(model) && files.nvTegraRelease === null) return null;
+  const l4t = files.nvTegraRelease === null ? null : parseNvTegraRelease(files.nvTegraRelease);
+  return { model, compatible, chip: chipOf(compatible), l4t, jetpack: l4t ? jetpackOf(l4t) : null };
+}
+
+const ARCH: Record<string, string> = { x64: 'x86_64', arm64: 'aarch64' };
+
 /** This device's target, from the device tree, the L4T release, the GPU probe and the TensorRT library. */
 export async function detectTarget(o: DetectTargetOptions = {}): Promise<Target> {
-  const root = o.root ?? '/';
+  const files = await readBoardFiles(o.root ?? '/');
   const caps = o.capabilities === undefined ? probeCapabilities() : o.capabilities;
-  const arch = ({ x64: 'x86_64', arm64: 'aarch64' } as Record<string, string>)[o.arch ?? process.arch] ?? o.arch ?? process.arch;
-  const [modelRaw, compatibleRaw, release, meminfo] = await Promise.all(
-    ['proc/device-tree/model', 'proc/device-tree/compatible', 'etc/nv_tegra_release', 'proc/meminfo'].map((p) => readText(join(root, p))),
-  );
-  const compatible = parseCompatible(compatibleRaw ?? '');
-  const model = (modelRaw ?? '').replace(/\0+$/, '').trim();
-  const isJetson = compatible.some((c) => c.startsWith('nvidia,tegra')) || /jetson/i.test(model) || release !== null;
-  const trtVersion = caps?.compiled.tensorrt ? caps.present.tensorrtLibraryVersion : null;
-  const runtime = trtVersion ? `trt${majorMinor(trtVersion)}` : 'cpu';
-  const probedSm = caps?.present.gpus[0]?.computeCapability ?? null;
-
-  if (!isJetson) {
-    const sm = probedSm;
-    const module = trtVersion && sm ? `${arch}-sm${smDigits(sm)}` : arch;
-    return { id: `${module}/none/${runtime}`, module, platform: 'none', runtime, arch, sm, tensorrt: trtVersion, jetson: null };
+  const { runtime, tensorrt, sm: probed } = runtimeOf(caps);
+  const nodeArch = o.arch ?? process.arch;
+  const arch = ARCH[nodeArch] ?? nodeArch;
+  const jetson = jetsonOf(files);
+  if (!jetson) {
+    const module = tensorrt && probed ? `${arch}-sm${smDigits(probed)}` : arch;
+    const id = `${module}/none/${runtime}`;
+    return { id, module, platform: 'none', runtime, arch, sm: probed, tensorrt, jetson: null };
   }
-  const memKb = /^MemTotal:\s+(\d+)\s*kB/m.exec(meminfo ?? '')?.[1];
-  const module = jetsonModule(model, compatible, memKb ? Number(memKb) * 1024 : null);
-  const l4t = release === null ? null : parseNvTegraRelease(release);
-  const jetpack = l4t ? jetpackOf(l4t) : null;
+  const memKb = /^MemTotal:\s+(\d+)\s*kB/m.exec(files.meminfo ?? '')?.[1];
+  const module = jetsonModule(jetson.model, jetson.compatible, memKb ? Number(memKb) * 1024 : null);
+  const { l4t, jetpack, chip } = jetson;
   const platform = jetpack ? `jp${majorMinor(jetpack)}` : l4t ? `l4t${majorMinor(l4t)}` : 'none';
-  const chip = chipOf(compatible);
-  const sm = probedSm ?? (chip ? (CHIP_SM[chip] ?? null) : null);
-  return { id: `${module}/${platform}/${runtime}`, module, platform, runtime, arch, sm, tensorrt: trtVersion, jetson: { model, compatible, chip, l4t, jetpack } };
+  const sm = probed ?? (chip ? (CHIP_SM[chip] ?? null) : null);
+  return { id: `${module}/${platform}/${runtime}`, module, platform, runtime, arch, sm, tensorrt, jetson };
 }
 
 /** One line for logs and `setokim doctor`: the id, then what it rests on. */
 export function describeTarget(t: Target): string {
-  const parts = [t.jetson ? `${t.jetson.model || 'Jetson'}${t.jetson.l4t ? `, L4T ${t.jetson.l4t}` : ''}${t.jetson.jetpack ? ` (JetPack ${t.jetson.jetpack})` : ''}` : t.arch];
+  const j = t.jetson;
+  const release = j ? `${j.l4t ? `, L4T ${j.l4t}` : ''}${j.jetpack ? ` (JetPack ${j.jetpack})` : ''}` : '';
+  const board = j ? `${j.model || 'Jetson'}${release}` : t.arch;
+  const parts = [board];
   if (t.sm) parts.push(`sm ${t.sm}`);
   parts.push(t.tensorrt ? `TensorRT ${t.tensorrt}` : 'no TensorRT');
   return `${t.id} (${parts.join(', ')})`;

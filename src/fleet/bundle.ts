@@ -11,7 +11,21 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { hashingTap, loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { BUNDLE_FORMAT, BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeaderSchema, encodePrefix, MAX_HEADER_BYTES, parseBundleManifest, PREFIX_BYTES, signedBytes, type BundleFile, type BundleManifest, type BundleManifestV2, type Compatibility } from './format.js';
+import {
+  BUNDLE_FORMAT,
+  BUNDLE_MAGIC,
+  BUNDLE_VERSION,
+  BundleHeaderSchema,
+  encodePrefix,
+  MAX_HEADER_BYTES,
+  parseBundleManifest,
+  PREFIX_BYTES,
+  signedBytes,
+  type BundleFile,
+  type BundleManifest,
+  type BundleManifestV2,
+  type Compatibility,
+} from './format.js';
 import { syncFile } from '../engine/durable.js';
 import { keyIdOf } from './keys.js';
 
@@ -54,7 +68,8 @@ export interface CreateOptions {
 export async function createBundle(o: CreateOptions): Promise<BundleManifestV2> {
   const createdAt = o.createdAt ?? new Date();
   if (Date.parse(o.compatibility.notAfter) <= createdAt.getTime()) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `the bundle would expire (${o.compatibility.notAfter}) before it is created (${createdAt.toISOString()}); give a later expiry`);
+    const when = `(${o.compatibility.notAfter}) before it is created (${createdAt.toISOString()})`;
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `the bundle would expire ${when}; give a later expiry`);
   }
   const set = await loadManifest(o.models);
   await verifyModelSet(o.models, set); // never sign a set that would not open
@@ -67,7 +82,16 @@ export async function createBundle(o: CreateOptions): Promise<BundleManifestV2> 
     files.push({ path: p, size: (await stat(full)).size, sha256: await sha256File(full) });
   }
   const manifest = parseBundleManifest(
-    { format: BUNDLE_FORMAT, formatVersion: BUNDLE_VERSION, modelSetId: set.id, release: o.release, createdAt: createdAt.toISOString(), keyId: keyIdOf(o.key), compatibility: o.compatibility, files },
+    {
+      format: BUNDLE_FORMAT,
+      formatVersion: BUNDLE_VERSION,
+      modelSetId: set.id,
+      release: o.release,
+      createdAt: createdAt.toISOString(),
+      keyId: keyIdOf(o.key),
+      compatibility: o.compatibility,
+      files,
+    },
     'new bundle',
   ) as BundleManifestV2;
   const signature = sign(null, signedBytes(manifest), o.key);

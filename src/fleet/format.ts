@@ -102,15 +102,20 @@ function checkFiles(m: { files: BundleFile[] }, ctx: z.RefinementCtx): void {
 }
 
 /** Format 1: no compatibility section, so bound to nothing (read for the opt-in only). */
-export const BundleManifestV1Schema = z.strictObject({ ...manifestFields, formatVersion: z.literal(1) }).superRefine(checkFiles);
+export const BundleManifestV1Schema = z
+  .strictObject({ ...manifestFields, formatVersion: z.literal(1) })
+  .superRefine(checkFiles);
 /** Format 2: what `bundle create` writes. */
-export const BundleManifestV2Schema = z.strictObject({ ...manifestFields, formatVersion: z.literal(2), compatibility: CompatibilitySchema }).superRefine(checkFiles);
+export const BundleManifestV2Schema = z
+  .strictObject({ ...manifestFields, formatVersion: z.literal(2), compatibility: CompatibilitySchema })
+  .superRefine(checkFiles);
 export type BundleManifestV1 = z.infer<typeof BundleManifestV1Schema>;
 export type BundleManifestV2 = z.infer<typeof BundleManifestV2Schema>;
 export type BundleManifest = BundleManifestV1 | BundleManifestV2;
 
 /** The compatibility section of a manifest, or null for an unbound (format 1) bundle. */
-export const compatibilityOf = (m: BundleManifest): Compatibility | null => (m.formatVersion === 2 ? m.compatibility : null);
+export const compatibilityOf = (m: BundleManifest): Compatibility | null =>
+  m.formatVersion === 2 ? m.compatibility : null;
 
 export const BundleHeaderSchema = z.strictObject({
   manifest: z.unknown(),
@@ -142,7 +147,9 @@ export function parseBundleManifest(json: unknown, where: string): BundleManifes
   if (!head.success || head.data.format !== BUNDLE_FORMAT) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`);
   const version = head.data.formatVersion;
   if (typeof version !== 'number' || !READABLE_BUNDLE_VERSIONS.includes(version)) {
-    throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: bundle formatVersion ${JSON.stringify(version)} is not supported (this runtime reads ${READABLE_BUNDLE_VERSIONS.join(' and ')}); update setokim-edge`);
+    const reads = READABLE_BUNDLE_VERSIONS.join(' and ');
+    const msg = `${where}: bundle formatVersion ${JSON.stringify(version)} is not supported (this runtime reads ${reads})`;
+    throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${msg}; update setokim-edge`);
   }
   const parsed = (version === 1 ? BundleManifestV1Schema : BundleManifestV2Schema).safeParse(json);
   if (!parsed.success) {

@@ -23,7 +23,7 @@ import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagi
 /** What an install reports, in order: journal steps plus the checks between them. */
 export type InstallStep = 'recovered' | 'verified' | JournalStep | 'healthy' | 'committed' | 'rolled-back';
 
-/** The binding (BindingPolicy: the device's fleet and target, allowUnbound, maxReleaseJump) is checked after the signature. */
+/** The binding (BindingPolicy: fleet, target, allowUnbound, maxReleaseJump) is checked after the signature. */
 export interface InstallOptions extends BindingPolicy {
   bundle: string;
   store: string;
@@ -117,7 +117,8 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
   const root = o.store;
   const step = async (s: InstallStep, detail: string) => o.onStep?.(s, detail);
   if (o.maxReleaseJump !== undefined && !(Number.isSafeInteger(o.maxReleaseJump) && o.maxReleaseJump >= 1)) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `maxReleaseJump ${o.maxReleaseJump}: a whole number of releases, at least 1`);
+    const what = `maxReleaseJump ${o.maxReleaseJump}`;
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${what}: a whole number of releases, at least 1`);
   }
   const unlock = await lockStore(root);
   try {

@@ -100,9 +100,11 @@ export async function lockStore(root: string): Promise<() => Promise<void>> {
     throw unwritable(err);
   });
   const path = lockPath(root);
-  const got = await FileLock.tryAcquire(path, JSON.stringify({ pid: process.pid, since: new Date().toISOString() }) + '\n').catch((err: unknown) => {
+  const note = JSON.stringify({ pid: process.pid, since: new Date().toISOString() }) + '\n';
+  const got = await FileLock.tryAcquire(path, note).catch((err: unknown) => {
     throw err instanceof SetokimError ? err : unwritable(err);
   });
   if (got instanceof FileLock) return () => got.release();
-  throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: ${holderText(got.note)} is installing or recovering this store (it holds ${path}); wait for it to finish`);
+  const who = `${holderText(got.note)} is installing or recovering this store (it holds ${path})`;
+  throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: ${who}; wait for it to finish`);
 }

@@ -58,7 +58,10 @@ export interface UpdateHandlerOptions {
   pubkey: KeyObject;
   health?: HealthCheck;
   reserveBytes?: number;
-  /** The device's fleet and target (and maxReleaseJump) a bundle's signed binding is checked against; unbound bundles are always refused here. */
+  /**
+   * The device's fleet and target (and maxReleaseJump) a bundle's signed binding is checked against.
+   * There is no allowUnbound: format-1 bundles are always refused on this path.
+   */
   binding?: Omit<BindingPolicy, 'allowUnbound'>;
   /** Progress events at most this often per state (default 500 ms); state changes always go out. */
   progressIntervalMs?: number;

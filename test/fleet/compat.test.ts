@@ -146,7 +146,7 @@ t.test('format 1 (bound to nothing): BUNDLE_UNBOUND unless the installer opts in
   const steps: string[] = [];
   const root = newStore();
   await installBundle({ bundle: v1, store: root, pubkey: f.pub, health: noCanary, allowUnbound: true, onStep: (s, d) => void steps.push(`${s} ${d}`) });
-  t.match(steps[0], /^verified .*an unbound format-1 bundle .*accepted as asked/);
+  t.match(steps[0], /^verified .*an unbound format-1 bundle .*taken as asked/);
   t.equal(await new ModelStore(root).active(), 'setokim-tiny-seed2');
   // UpdateHandler's binding has no allowUnbound; passed anyway (untyped JS), it is not used.
   const h = new UpdateHandler({ binding: { device: testDevice, allowUnbound: true } as never, store: root1, pubkey: f.pub, health: noCanary });
