@@ -118,6 +118,7 @@ export async function startUpdates(agent: Agent, o: UpdateServiceOptions): Promi
   const handler = new TrackedHandler(track, {
     store: store.root,
     pubkey: await loadPublicKey(config.updates.pubkey),
+    binding: { device: { fleet: config.fleet } }, // the target is detected at install time
     health: o.health ?? ((dir) => canaryQuery(dir, backend ? { backend } : {})),
   });
 

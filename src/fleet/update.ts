@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { Sha256Hex } from '../engine/manifest.js';
 import { ErrorCodes, errorCode, SetokimError, type ErrorCode } from '../errors.js';
 import { downloadBundle } from './download.js';
+import type { BindingPolicy } from './compat.js';
 import type { HealthCheck } from './health.js';
 import { installBundle, type InstallResult, type InstallStep } from './install.js';
 import { fleetDir } from './journal.js';
@@ -57,6 +58,11 @@ export interface UpdateHandlerOptions {
   pubkey: KeyObject;
   health?: HealthCheck;
   reserveBytes?: number;
+  /**
+   * The device's fleet and target (and maxReleaseJump) a bundle's signed binding is checked against.
+   * There is no allowUnbound: format-1 bundles are always refused on this path.
+   */
+  binding?: Omit<BindingPolicy, 'allowUnbound'>;
   /** Progress events at most this often per state (default 500 ms); state changes always go out. */
   progressIntervalMs?: number;
   /**
@@ -127,6 +133,8 @@ export class UpdateHandler {
         bundle: path,
         store: this.o.store,
         pubkey: this.o.pubkey,
+        device: this.o.binding?.device,
+        maxReleaseJump: this.o.binding?.maxReleaseJump,
         health: this.o.health,
         reserveBytes: this.o.reserveBytes,
         onProgress: progress('installing'),

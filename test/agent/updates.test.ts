@@ -18,7 +18,7 @@ import { SetokimError } from '../../src/errors.js';
 import { openServingSet, startingModels, startUpdates } from '../../src/agent/updates.js';
 import { UpdateHandler, updateStateTopic, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
 import { childEnv } from '../helpers/child-env.js';
-import { bundleOf, fixture, flipByte, offsetOf } from '../fleet/helpers.js';
+import { bundleOf, fixture, flipByte, offsetOf, testDevice } from '../fleet/helpers.js';
 import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
 import { sha256File } from '../../src/engine/manifest.js';
@@ -36,7 +36,7 @@ const r2 = await bundleOf(f, f.sets[2]!, 2);
 const tampered = await flipByte(r2, (await offsetOf(r2, 'llm.onnx')) + 1000, path.join(f.dir, 'r2-tampered.bundle'));
 const store = path.join(f.dir, 'store');
 // The device was flashed with release 1 (the canary is what the update job below runs for real).
-await new UpdateHandler({ store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
+await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
   { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) },
   () => {},
 );
@@ -314,7 +314,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     const device = `hook-${failing}`;
     const hookStore = path.join(f.dir, `store-${device}`);
     const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
-    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {});
+    await new UpdateHandler({ binding: { device: testDevice }, store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {});
     const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath } });
     const log = (level: string, m: string) => logs.push(`${level} ${m}`);
     const opened = await openServingSet(config, await startingModels(config, log));

@@ -11,7 +11,7 @@ import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { readJournal, readRelease } from '../../src/fleet/journal.js';
 import { rollout, serveUpdates, UpdateHandler, updateStateTopic, type UpdateEvent } from '../../src/fleet/index.js';
-import { bundleOf, fixture, noCanary } from './helpers.js';
+import { bundleOf, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -23,6 +23,7 @@ const statesOf = (events: UpdateEvent[]) => events.map((e) => e.state).filter((x
 t.test('onInstallStep throwing at committed: the job resolves committed with a warning, not rolled-back + failed', async (t) => {
   const store = path.join(f.dir, 'store-step');
   const h = new UpdateHandler({
+    binding: { device: testDevice },
     store,
     pubkey: f.pub,
     health: noCanary,
@@ -72,7 +73,7 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
   await watch.subscribeAsync(updateStateTopic('h', 'a'), { qos: 1 });
   let called!: () => void;
   const onCommittedCalled = new Promise<void>((r) => (called = r));
-  const served = await serveUpdates(dev, new UpdateHandler({ store, pubkey: f.pub, health: noCanary }), {
+  const served = await serveUpdates(dev, new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary }), {
     fleet: 'h',
     device: 'a',
     onEvent: (e) => void events.push(e),

@@ -10,7 +10,7 @@ import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { rollout, serveUpdates, UpdateHandler, updateTopic, type ServeUpdatesOptions, type UpdateEvent, type UpdateHandlerOptions } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
-import { bundleOf, fixture, noCanary } from './helpers.js';
+import { bundleOf, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -26,8 +26,8 @@ t.teardown(() => Promise.all(clients.map((c) => c.endAsync())));
 /** A device: its store (with release 1 preinstalled), its MQTT client serving updates (with the agent's hooks in `hooks`). */
 async function device(fleet: string, name: string, events: Array<[string, UpdateEvent]>, hooks: Pick<UpdateHandlerOptions, 'onInstallStep'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {}) {
   const store = path.join(f.dir, `${fleet}-${name}`);
-  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
-  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000, ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}) });
+  await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary }).run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
+  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, progressIntervalMs: 60_000, ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}) });
   const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}` });
   clients.push(c);
   await serveUpdates(c, handler, { fleet, device: name, onEvent: (e) => events.push([name, e]), ...(hooks.onCommitted ? { onCommitted: hooks.onCommitted } : {}) });
@@ -69,7 +69,7 @@ t.test('failures past the threshold stop the rollout; a silent device times out'
   const b = await device('f3', 'b', events);
   // c already committed release 2: it refuses the job (ROLLBACK_REFUSED), a real device-side failure.
   const c = await device('f3', 'c', events);
-  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, () => {});
+  await new UpdateHandler({ binding: { device: testDevice }, store: c.store, pubkey: f.pub, health: noCanary }).run({ jobId: 'pre2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, () => {});
   const d = await device('f3', 'd', events);
   const r = await rollout(await operator(), {
     fleet: 'f3',
@@ -124,7 +124,7 @@ t.test('emergency stop: after the canary commits, the signal stops the rollout a
 
 t.test('a device that lost its connection subscribes again and takes the job', async (t) => {
   const store = path.join(f.dir, 'f7-a');
-  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary });
+  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary });
   await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {});
   const c = await connectAsync(broker.url, { clientId: 'f7-a', reconnectPeriod: 50 });
   clients.push(c);
@@ -157,7 +157,7 @@ t.test('serveUpdates: a redelivered committed job calls onCommitted once; its re
   process.on('unhandledRejection', onUnhandled);
   t.teardown(() => void process.off('unhandledRejection', onUnhandled));
   const store = path.join(f.dir, 'f8-a');
-  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary });
+  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary });
   const c = await connectAsync(broker.url, { clientId: 'f8-a' });
   clients.push(c);
   let commits = 0;
