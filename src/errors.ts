@@ -49,6 +49,12 @@ export const ERRORS = {
   URL_NOT_ALLOWED: { exit: 3, meaning: 'an update job names a URL this device may not fetch (updates.allowUrls)' },
   JOB_SIGNATURE: { exit: 3, meaning: "an update job's signature is missing or does not hold for this device" },
   UPDATE_TIMED_OUT: { exit: 3, meaning: 'an update job ran past its time limit (updates.jobTimeoutS) and was stopped' },
+  BUNDLE_UNBOUND: { exit: 3, meaning: 'a format-1 bundle binds no fleet, target or expiry (taken with --allow-unbound)' },
+  BUNDLE_WRONG_FLEET: { exit: 3, meaning: "a bundle is signed for other fleets than this device's, or names a fleet and none was given" },
+  BUNDLE_WRONG_TARGET: { exit: 3, meaning: "a bundle is signed for other targets than this device's (module, JetPack, TensorRT)" },
+  BUNDLE_EXPIRED: { exit: 3, meaning: "a bundle's signed expiry (notAfter) has passed by this device's clock" },
+  AGENT_TOO_OLD: { exit: 3, meaning: 'a bundle needs a newer setokim-edge than this one (its minAgentVersion)' },
+  RELEASE_JUMP_REFUSED: { exit: 3, meaning: "a bundle's release is more than maxReleaseJump above the committed one" },
   // serving
   BUSY: { exit: 4, meaning: 'the device is busy or shutting down; retry later or elsewhere' },
   EXPIRED: { exit: 4, meaning: 'the query arrived after its deadline or message expiry' },

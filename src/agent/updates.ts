@@ -132,9 +132,10 @@ export class UpdateService {
     const handler = new UpdateHandler({
       store: store.root,
       pubkey: await loadPublicKey(u.pubkey),
+      binding: { device: { fleet: config.fleet } }, // the target is detected at install time
       health: o.health ?? ((dir) => canaryQuery(dir, backend ? { backend } : {})),
       urls: { allowUrls: u.allowUrls, allowHttp: u.allowHttp },
-      device: { fleet: config.fleet, device: config.device },
+      jobsFor: { fleet: config.fleet, device: config.device },
       signedJobs: u.signedJobs,
       jobTimeoutMs: u.jobTimeoutS * 1000,
       maxDownloadBytes: u.maxDownloadMib * 2 ** 20,

@@ -10,11 +10,15 @@ import type { Command } from 'commander';
 import { connectAsync } from 'mqtt';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
+import { TargetPattern } from '../engine/target.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import {
+  AgentVersion,
   canaryQuery,
+  compatibilityOf,
   createBundle,
   DEFAULT_RESERVE_BYTES,
+  FIRST_BOUND_AGENT_VERSION,
   generateKeys,
   installBundle,
   loadPrivateKey,
@@ -22,8 +26,10 @@ import {
   readJournal,
   readRelease,
   recoverStore,
+  parseExpiry,
   rollout,
   verifyBundle,
+  type BundleManifest,
   type ByteProgress,
   type UpdateState,
 } from '../fleet/index.js';
@@ -31,6 +37,14 @@ import { parseFlags } from '../flags.js';
 import { brokerGroup, credentialOptions } from '../mqtt/connection.js';
 import { levelName } from '../mqtt/topics.js';
 import { group, parseCommandSettings, registerFlags, setting } from '../settings.js';
+
+/** What a bundle is bound to, for create's and verify's one line. */
+function describeBinding(m: BundleManifest): string {
+  const c = compatibilityOf(m);
+  if (!c) return 'format 1: bound to no fleet, target or expiry (devices refuse it unless --allow-unbound)';
+  const what = `for fleet ${c.fleets.join(', ')}, target ${c.targets.join(', ')}, until ${c.notAfter}`;
+  return `${what}, agent ${c.minAgentVersion} or newer`;
+}
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
 const req = () => z.string({ error: missingOr() }).min(1);
@@ -60,12 +74,30 @@ async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: R
   }
 }
 
+/** A repeatable flag: commander collects each use into an array. */
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+const repeated = <T extends z.ZodType<string>>(item: T, what: string) =>
+  z.array(item, { error: missingOr() }).min(1, `give at least one ${what}`);
+
 const KeygenOptions = z.object({ out: req() });
-const CreateOptions = z.object({ models: req(), release: wholeNumber(1), key: req(), out: req(), progress: z.boolean() });
+const CreateOptions = z.object({
+  models: req(),
+  release: wholeNumber(1),
+  key: req(),
+  out: req(),
+  fleet: repeated(levelName, 'fleet'),
+  target: repeated(TargetPattern, 'target pattern (* for any)'),
+  expires: req(),
+  minAgentVersion: AgentVersion.default(FIRST_BOUND_AGENT_VERSION),
+  progress: z.boolean(),
+});
 const VerifyOptions = z.object({ pubkey: req(), progress: z.boolean() });
 const InstallOptions = z.object({
   store: req(),
   pubkey: req(),
+  fleet: levelName.optional(),
+  allowUnbound: z.boolean().default(false),
+  maxReleaseJump: wholeNumber(1).optional(),
   canaryImage: z.string().min(1).optional(),
   backend: z.string().min(1).optional(),
   reserveMib: wholeNumber(0).optional(),
@@ -94,13 +126,24 @@ export function registerBundle(program: Command): Command {
     .option('--release <n>', 'release number, higher than every earlier bundle for this fleet (required)')
     .option('--key <pem>', 'Ed25519 private key from `bundle keygen` (required)')
     .option('--out <file>', 'bundle file to write (required)')
+    .option('--fleet <name>', 'a fleet whose devices may install it (repeatable; at least one)', collect)
+    .option('--target <pattern>', 'a target it runs on: orin-nano-*/jp6.*/trt10.3, * for any (repeatable; at least one)', collect)
+    .option('--expires <when>', 'devices refuse it after: a duration (90m, 12h, 30d, 8w) or a date (2026-12-31) (required)')
+    .option('--min-agent-version <v>', `the oldest setokim-edge that may install it (default ${FIRST_BOUND_AGENT_VERSION})`)
     .option('--no-progress', 'no progress bar')
     .action(async (raw: unknown) => {
       const o = parseFlags(CreateOptions, raw, 'bundle create');
+      const now = new Date();
+      const notAfter = parseExpiry(o.expires, now).toISOString();
+      const compatibility = { fleets: o.fleet, targets: o.target, notAfter, minAgentVersion: o.minAgentVersion };
       const key = await loadPrivateKey(o.key);
-      const m = await withProgressBar('bundle', o.progress, (bar) => createBundle({ models: o.models, release: o.release, key, out: o.out, onProgress: bar.onProgress }));
-      const bytes = m.files.reduce((a, f) => a + f.size, 0);
-      process.stdout.write(`${o.out}: ${m.modelSetId} release ${m.release}, ${m.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, signed by ${m.keyId}\n`);
+      const { models, release, out } = o;
+      const m = await withProgressBar('bundle', o.progress, (bar) =>
+        createBundle({ models, release, key, out, compatibility, createdAt: now, onProgress: bar.onProgress }),
+      );
+      const mib = (m.files.reduce((a, f) => a + f.size, 0) / 2 ** 20).toFixed(1);
+      const what = `${m.modelSetId} release ${m.release}, ${m.files.length} files, ${mib} MiB, signed by ${m.keyId}`;
+      process.stdout.write(`${o.out}: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -112,7 +155,8 @@ export function registerBundle(program: Command): Command {
       const o = parseFlags(VerifyOptions, raw, 'bundle verify');
       const pubkey = await loadPublicKey(o.pubkey);
       const m = await withProgressBar('verify', o.progress, (bar) => verifyBundle(file, pubkey, bar.onProgress));
-      process.stdout.write(`${file}: OK: ${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}\n`);
+      const what = `${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}`;
+      process.stdout.write(`${file}: OK: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -120,6 +164,9 @@ export function registerBundle(program: Command): Command {
     .description('install a bundle into a device model store: verify, stage, activate, canary query, commit; roll back on any failure')
     .option('--store <dir>', 'model store root (sets in <dir>/<id>/, the active pointer in <dir>/active) (required)')
     .option('--pubkey <pem>', 'trusted Ed25519 public key (required)')
+    .option('--fleet <name>', "this device's fleet: bundles signed for other fleets are refused (needed for format 2)")
+    .option('--allow-unbound', 'also install a format-1 bundle, which signs no fleet, target or expiry')
+    .option('--max-release-jump <n>', 'refuse a release more than n above the committed one (default: no limit)')
     .option('--canary-image <file>', 'image for the health-check query (default: a generated gradient)')
     .option('--backend <name>', 'run the health check on this backend only (onnxruntime-cpu, tensorrt)')
     .option('--reserve-mib <n>', `free space to leave after unpacking (default ${DEFAULT_RESERVE_BYTES / 2 ** 20})`)
@@ -141,6 +188,9 @@ export function registerBundle(program: Command): Command {
           bundle: file,
           store: o.store,
           pubkey,
+          device: o.fleet === undefined ? {} : { fleet: o.fleet },
+          allowUnbound: o.allowUnbound,
+          maxReleaseJump: o.maxReleaseJump,
           reserveBytes: o.reserveMib === undefined ? undefined : o.reserveMib * 2 ** 20,
           health: (dir) => canaryQuery(dir, { image, backend: o.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
           onProgress: bar.onProgress,

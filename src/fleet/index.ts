@@ -2,6 +2,15 @@
 export * from './format.js';
 export { generateKeys, keyIdOf, loadPrivateKey, loadPublicKey, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE } from './keys.js';
 export { createBundle, openBundle, streamBundle, verifyBundle, type ByteProgress, type CreateOptions, type OpenedBundle } from './bundle.js';
+export {
+  checkBinding,
+  checkReleaseJump,
+  compareVersions,
+  parseExpiry,
+  CLOCK_SKEW_MS,
+  type BindingPolicy,
+  type DeviceIdentity,
+} from './compat.js';
 export { canaryQuery, type CanaryOptions, type CanaryResult, type HealthCheck } from './health.js';
 export { installBundle, recoverStore, DEFAULT_RESERVE_BYTES, type InstallOptions, type InstallResult, type InstallStep, type RecoverResult } from './install.js';
 export { JOURNAL_STEPS, readJournal, readRelease, type Journal, type JournalStep, type ReleaseState } from './journal.js';

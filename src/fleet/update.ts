@@ -16,6 +16,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCodes, errorCode, SetokimError, type ErrorCode } from '../errors.js';
 import { DEFAULT_MAX_DOWNLOAD_BYTES, downloadBundle } from './download.js';
+import type { BindingPolicy } from './compat.js';
 import type { HealthCheck } from './health.js';
 import { installBundle, type InstallResult, type InstallStep } from './install.js';
 import { fleetDir } from './journal.js';
@@ -70,6 +71,11 @@ export interface UpdateHandlerOptions {
   pubkey: KeyObject;
   health?: HealthCheck;
   reserveBytes?: number;
+  /**
+   * The device's fleet and target (and maxReleaseJump) a bundle's signed binding is checked against.
+   * There is no allowUnbound: format-1 bundles are always refused on this path.
+   */
+  binding?: Omit<BindingPolicy, 'allowUnbound'>;
   /** Progress events at most this often per state (default 500 ms); state changes always go out. */
   progressIntervalMs?: number;
   /**
@@ -79,9 +85,9 @@ export interface UpdateHandlerOptions {
   onInstallStep?: (step: InstallStep, detail: string) => void | Promise<void>;
   /** The URLs jobs from MQTT may name (policy.ts; default: none). */
   urls?: UrlPolicyOptions;
-  /** This device: a signed job must name it (wire.ts). */
-  device?: { fleet: string; device: string };
-  /** Jobs from MQTT must be signed with `pubkey` for `device` (default false). A signed job is checked either way. */
+  /** This device's fleet and name: a signed job must name them (wire.ts). */
+  jobsFor?: { fleet: string; device: string };
+  /** Jobs from MQTT must be signed with `pubkey` for `jobsFor` (default false). A signed job is checked either way. */
   signedJobs?: boolean;
   /** Each job's total time limit (default DEFAULT_JOB_TIMEOUT_MS). */
   jobTimeoutMs?: number;
@@ -190,8 +196,8 @@ export class UpdateHandler {
       throw new SetokimError(ErrorCodes.BUSY, 'the device is shutting down; send the job again later');
     this.policy.check(job.url, source);
     if (job.signature || (source === 'mqtt' && this.o.signedJobs)) {
-      const problem = this.o.device
-        ? jobSignatureProblem(job, this.o.pubkey, this.o.device)
+      const problem = this.o.jobsFor
+        ? jobSignatureProblem(job, this.o.pubkey, this.o.jobsFor)
         : 'this device has no fleet and device name to check a signed job against';
       if (problem) throw new SetokimError(ErrorCodes.JOB_SIGNATURE, `update job ${job.jobId}: ${problem}`);
     }
@@ -313,6 +319,8 @@ class JobRun {
       bundle,
       store: this.o.store,
       pubkey: this.o.pubkey,
+      device: this.o.binding?.device,
+      maxReleaseJump: this.o.binding?.maxReleaseJump,
       health: this.o.health,
       reserveBytes: this.o.reserveBytes,
       onProgress: this.progress('installing'),

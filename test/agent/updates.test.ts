@@ -18,7 +18,7 @@ import { SetokimError } from '../../src/errors.js';
 import { openServingSet, startingModels, startUpdates } from '../../src/agent/updates.js';
 import { UpdateHandler, updateStateTopic, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
 import { childEnv } from '../helpers/child-env.js';
-import { bundleOf, bundleServer, fixture, flipByte, offsetOf } from '../fleet/helpers.js';
+import { bundleOf, bundleServer, fixture, flipByte, offsetOf, testDevice } from '../fleet/helpers.js';
 import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
 import { sha256File } from '../../src/engine/manifest.js';
@@ -46,7 +46,7 @@ t.teardown(http.close);
 const allowUrls = [`${http.base}/`];
 const bundleUrl = (bundle: string) => http.url(path.basename(bundle));
 // The device was flashed with release 1 (the canary is what the update job below runs for real).
-await new UpdateHandler({ store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
+await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
   { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) },
   () => {},
   'local',
@@ -369,7 +369,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     const device = `hook-${failing}`;
     const hookStore = path.join(f.dir, `store-${device}`);
     const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
-    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+    await new UpdateHandler({ binding: { device: testDevice }, store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
     const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath, allowUrls, allowHttp: true } });
     const log = (level: string, m: string) => logs.push(`${level} ${m}`);
     const opened = await openServingSet(config, await startingModels(config, log));

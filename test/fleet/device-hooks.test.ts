@@ -12,7 +12,7 @@ import { ModelStore } from '../../src/engine/modelset.js';
 import { readJournal, readRelease } from '../../src/fleet/journal.js';
 import { rollout, serveUpdates, UpdateHandler, updateStateTopic, type UpdateEvent } from '../../src/fleet/index.js';
 import { topicLink } from '../../src/mqtt/subscriptions.js';
-import { bundleOf, bundleServer, fixture, noCanary } from './helpers.js';
+import { bundleOf, bundleServer, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -24,6 +24,7 @@ const statesOf = (events: UpdateEvent[]) => events.map((e) => e.state).filter((x
 t.test('onInstallStep throwing at committed: the job resolves committed with a warning, not rolled-back + failed', async (t) => {
   const store = path.join(f.dir, 'store-step');
   const h = new UpdateHandler({
+    binding: { device: testDevice },
     store,
     pubkey: f.pub,
     health: noCanary,
@@ -75,7 +76,7 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
   const onCommittedCalled = new Promise<void>((r) => (called = r));
   const http = await bundleServer({ 'r1.bundle': b1 });
   t.teardown(http.close);
-  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, urls: { allowUrls: [`${http.base}/`], allowHttp: true } });
+  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, urls: { allowUrls: [`${http.base}/`], allowHttp: true } });
   const served = await serveUpdates(topicLink(dev), handler, {
     fleet: 'h',
     device: 'a',

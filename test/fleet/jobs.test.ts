@@ -416,7 +416,7 @@ async function suite(): Promise<void> {
   t.test(
     'signed jobs: unsigned, for another device, expired or edited are JOB_SIGNATURE before any fetch; signed ones run',
     async (t) => {
-      const d = await device('signed', { signedJobs: true, device: { fleet: 'jobs', device: 'signed' } });
+      const d = await device('signed', { signedJobs: true, jobsFor: { fleet: 'jobs', device: 'signed' } });
       const url = allowed.url('bundles/body?signed');
       const expiresAt = new Date(Date.now() + 60_000).toISOString();
       const sign = (id: string, extra: Record<string, unknown> = {}) =>

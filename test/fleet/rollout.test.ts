@@ -23,7 +23,7 @@ import {
 import { topicLink } from '../../src/mqtt/subscriptions.js';
 import { runCli } from '../helpers/cli.js';
 import { mosquittoPath, startMosquitto } from '../helpers/mosquitto.js';
-import { bundleOf, bundleServer, fixture, noCanary } from './helpers.js';
+import { bundleOf, bundleServer, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -54,19 +54,20 @@ async function device(
   hooks: Pick<UpdateHandlerOptions, 'onInstallStep' | 'signedJobs'> & Pick<ServeUpdatesOptions, 'onCommitted'> = {},
 ) {
   const store = path.join(f.dir, `${fleet}-${name}`);
-  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run(
+  await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary }).run(
     { jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) },
     () => {},
     'local',
   );
   const handler = new UpdateHandler({
+    binding: { device: testDevice },
     store,
     pubkey: f.pub,
     health: noCanary,
     urls,
     progressIntervalMs: 60_000,
     ...(hooks.onInstallStep ? { onInstallStep: hooks.onInstallStep } : {}),
-    ...(hooks.signedJobs ? { signedJobs: true, device: { fleet, device: name } } : {}),
+    ...(hooks.signedJobs ? { signedJobs: true, jobsFor: { fleet, device: name } } : {}),
   });
   const c = await connectAsync(broker.url, { clientId: `${fleet}-${name}`, protocolVersion: mqttVersion });
   clients.push(c);
@@ -144,7 +145,7 @@ t.test('failures past the threshold stop the rollout; a silent device times out'
   const b = await device('f3', 'b', events);
   // c already committed release 2: it refuses the job (ROLLBACK_REFUSED), a real device-side failure.
   const c = await device('f3', 'c', events);
-  await new UpdateHandler({ store: c.store, pubkey: f.pub, health: noCanary }).run(
+  await new UpdateHandler({ binding: { device: testDevice }, store: c.store, pubkey: f.pub, health: noCanary }).run(
     { jobId: 'pre2', url: r2Url, sha256: await sha256File(b2) },
     () => {},
     'local',
@@ -318,7 +319,7 @@ t.test('emergency stop: after the canary commits, the signal stops the rollout a
 
 t.test('a device that lost its connection subscribes again and takes the job', async (t) => {
   const store = path.join(f.dir, 'f7-a');
-  const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, urls });
+  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, urls });
   await handler.run(
     { jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) },
     () => {},
@@ -366,7 +367,13 @@ t.test(
     process.on('unhandledRejection', onUnhandled);
     t.teardown(() => void process.off('unhandledRejection', onUnhandled));
     const store = path.join(f.dir, 'f8-a');
-    const handler = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, urls });
+    const handler = new UpdateHandler({
+      binding: { device: testDevice },
+      store,
+      pubkey: f.pub,
+      health: noCanary,
+      urls,
+    });
     const c = await connectAsync(broker.url, { clientId: 'f8-a', protocolVersion: mqttVersion });
     clients.push(c);
     let commits = 0;

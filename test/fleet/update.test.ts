@@ -10,7 +10,7 @@ import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { downloadBundle, readJournal, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
-import { brokenLlmSet, bundleOf, fixture, noCanary } from './helpers.js';
+import { brokenLlmSet, bundleOf, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -79,7 +79,7 @@ t.test('a job over http: states in order, committed; the same job id again runs 
   t.teardown(s.close);
   const store = path.join(f.dir, 'store-job');
   const installSteps: string[] = [];
-  const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
+  const h = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
   const events: UpdateEvent[] = [];
   const job = { jobId: 'j1', url: s.url, sha256: await sha256File(b1), release: 1 };
   const r = await h.run(job, (e) => events.push(e), 'local');
@@ -97,7 +97,7 @@ t.test('a job over http: states in order, committed; the same job id again runs 
 
 t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHECK_FAILED; a bad job: failed BAD_MESSAGE', async (t) => {
   const store = path.join(f.dir, 'store-bad');
-  const h = new UpdateHandler({ store, pubkey: f.pub });
+  const h = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub });
   await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}, 'local').catch(() => {});
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const events: UpdateEvent[] = [];
@@ -133,13 +133,14 @@ t.test('http errors: 404 and a refused connection are BUNDLE_INVALID; a partial 
 
 t.test('an install still running at the time limit rolls back at its next step: failed UPDATE_TIMED_OUT, the old set active', async (t) => {
   const store = path.join(f.dir, 'store-deadline');
-  await new UpdateHandler({ store, pubkey: f.pub, health: noCanary }).run(
+  await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary }).run(
     { jobId: 'flash', url: pathToFileURL(b1).href, sha256: await sha256File(b1) },
     () => {},
     'local',
   );
   const steps: string[] = [];
   const h = new UpdateHandler({
+    binding: { device: testDevice },
     store,
     pubkey: f.pub,
     health: noCanary,
