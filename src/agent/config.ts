@@ -84,6 +84,13 @@ export const agentSettings = group(
           read: 'number',
           help: 'largest bundle download in MiB (one at a time); a job without a size needs this much free',
         }),
+        maxReleaseJump: setting({
+          schema: count(1),
+          flag: '--update-max-release-jump <n>',
+          env: 'SETOKIM_UPDATE_MAX_RELEASE_JUMP',
+          read: 'number',
+          help: 'refuse a bundle whose release is more than this above the committed one (RELEASE_JUMP_REFUSED; default: no limit)',
+        }),
       },
       {
         optional: true,

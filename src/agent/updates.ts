@@ -132,7 +132,8 @@ export class UpdateService {
     const handler = new UpdateHandler({
       store: store.root,
       pubkey: await loadPublicKey(u.pubkey),
-      binding: { device: { fleet: config.fleet } }, // the target is detected at install time
+      // the target is detected at install time
+      binding: { device: { fleet: config.fleet }, maxReleaseJump: u.maxReleaseJump },
       health: o.health ?? ((dir) => canaryQuery(dir, backend ? { backend } : {})),
       urls: { allowUrls: u.allowUrls, allowHttp: u.allowHttp },
       jobsFor: { fleet: config.fleet, device: config.device },
