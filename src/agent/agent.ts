@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
+import { packageVersion } from '../engine/native.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
 import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
@@ -131,7 +132,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.config = opts.config;
     this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
-    this.version = opts.version ?? '0.1.0';
+    this.version = opts.version ?? packageVersion();
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
