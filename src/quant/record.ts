@@ -15,6 +15,20 @@ export type Feeds = Record<string, Tensor>;
 
 const copy = (t: Tensor): Tensor => ({ dtype: t.dtype, dims: [...t.dims], data: t.data.slice() as TypedArray, location: 'host' });
 
+/** xorshift32: deterministic, good enough to pick reservoir slots; a number in [0, 1) per call. */
+export class Xorshift32 {
+  constructor(private state = 0x2545f491) {}
+
+  next(): number {
+    let x = this.state;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.state = x >>> 0;
+    return this.state / 2 ** 32;
+  }
+}
+
 /**
  * Up to `capacity` feeds per stage, a uniform sample of all runs (reservoir sampling with a fixed
  * seed, so the same queries keep the same samples). Samples come back in arrival order.
@@ -23,19 +37,9 @@ export class FeedRecorder {
   private readonly kept = new Map<string, { seq: number; feeds: Feeds }[]>();
   private readonly seen = new Map<string, number>();
   private readonly hashes = new Map<string, Set<string>>();
-  private seed = 0x2545f491;
+  private readonly rng = new Xorshift32();
 
   constructor(readonly capacity = 48) {}
-
-  private random(): number {
-    // xorshift32: deterministic, good enough to pick reservoir slots
-    let x = this.seed;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.seed = x >>> 0;
-    return this.seed / 2 ** 32;
-  }
 
   /** Keeps a copy of the feeds; identical feeds (the same image asked twice) count once. */
   add(stage: string, feeds: Feeds): void {
@@ -52,7 +56,7 @@ export class FeedRecorder {
     this.kept.set(stage, list);
     if (list.length < this.capacity) list.push({ seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) });
     else {
-      const j = Math.floor(this.random() * (n + 1));
+      const j = Math.floor(this.rng.next() * (n + 1));
       if (j < this.capacity) list[j] = { seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) };
     }
   }
