@@ -91,8 +91,8 @@ const REDUCE_AXES_18 = new Set(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceP
 
 export class Int4Rewrite {
   private readonly g;
-  private readonly names;
-  private readonly report: Int4Report = { weights: [], heads: [], multiplied: [] };
+  /** Fresh names, reset for each write: both dialects name their new values alike. */
+  private names: Names;
 
   constructor(
     private readonly m: ModelProto,
@@ -105,6 +105,8 @@ export class Int4Rewrite {
 
   /** The model in `form`, computing in float32; `headsFp16` stores output-projection weights float16 behind a Cast. */
   write(form: Int4Form, opts: { headsFp16: boolean; accuracyLevel?: number }): { model: ModelProto; report: Int4Report } {
+    const report: Int4Report = { weights: [], heads: [], multiplied: [] };
+    this.names = new Names(this.m);
     const nodes = [...(this.g.node ?? [])];
     const inits = new Map((this.g.initializer ?? []).map((t) => [t.name!, t]));
     const prologue: NodeProto[] = [];
@@ -123,7 +125,7 @@ export class Int4Rewrite {
         add.push(tensor(mName, DT.FLOAT, [m.length], m));
         const first = Math.min(...targets.map((t) => t.node));
         before.set(first, [...(before.get(first) ?? []), node('Mul', this.names.fresh(`${activation}/awq/Mul`), [activation, mName], [input])]);
-        this.report.multiplied.push(activation);
+        report.multiplied.push(activation);
       }
       for (const t of targets) {
         const q = this.plan.weights.get(t.weight)!;
@@ -145,13 +147,13 @@ export class Int4Rewrite {
           const attrs = { K, N, bits: 4, block_size: q.block, accuracy_level: opts.accuracyLevel ?? 0 };
           replaced.set(t.node, node('MatMulNBits', mm.name || this.names.fresh(`${t.weight}/MatMulNBits`), [input, bName, sName], mm.output!, attrs, 'com.microsoft'));
         }
-        if (!drop.has(t.weight)) this.report.weights.push({ name: t.weight, dims: t.dims, block: q.block, bytesBefore: K * N * 4, bytesAfter: int4Bytes(K, N, q.block) });
+        if (!drop.has(t.weight)) report.weights.push({ name: t.weight, dims: t.dims, block: q.block, bytesBefore: K * N * 4, bytesAfter: int4Bytes(K, N, q.block) });
         drop.add(t.weight);
       }
     }
     for (const h of this.plan.selection.heads) {
       const [K, N] = h.dims;
-      this.report.heads.push({ name: h.weight, dims: h.dims, bytesBefore: K * N * 4, bytesAfter: K * N * (opts.headsFp16 ? 2 : 4) });
+      report.heads.push({ name: h.weight, dims: h.dims, bytesBefore: K * N * 4, bytesAfter: K * N * (opts.headsFp16 ? 2 : 4) });
       if (!opts.headsFp16 || drop.has(h.weight) || castHeads.has(h.weight)) continue;
       const half = this.names.fresh(`${h.weight}_fp16`);
       add.push(tensor(half, DT.FLOAT16, [K, N], floatValues(inits.get(h.weight)!)));
@@ -174,7 +176,7 @@ export class Int4Rewrite {
     } else {
       opsetImport = setOpset(opsetImport, 'com.microsoft', 1);
     }
-    return { model: withGraph(this.m, { node: body, initializer }, { opsetImport, irVersion }), report: this.report };
+    return { model: withGraph(this.m, { node: body, initializer }, { opsetImport, irVersion }), report };
   }
 
   /** Opset 17 -> 21: Reduce* `axes` attributes become int64 inputs; any op whose meaning may have changed refuses the stage. */

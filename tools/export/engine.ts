@@ -58,7 +58,7 @@ export function registerEngineCommand(exportCmd: Command): void {
       const stages = (o.stages ?? STAGES.filter((s) => set.has(s))) as StageName[];
       for (const stage of stages) {
         if (!set.has(stage)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${stage} stage`);
-        const onnx = set.stagePath(stage, o.precision);
+        const onnx = set.stagePath(stage, o.precision, 'tensorrt'); // the TensorRT dialect where a precision has two
         const precision = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
         const plan = path.join(out, `${stage}.${precision}.plan`);
         const bar = o.progress && process.stderr.isTTY ? new SingleBar({ format: `${stage} {bar} {value}/{total} {phase}`, hideCursor: true }, Presets.shades_classic) : null;
