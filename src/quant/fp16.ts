@@ -18,6 +18,7 @@
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { DT, FLOAT16_MAX, floatValues, Names, node, onnx, tensor, withGraph, type ModelProto, type NodeProto, type TensorProto } from './onnx-model.js';
+import { opRule, outputType, type OpRule } from './op-types.js';
 
 /** Ops that always run in float32 (their float inputs are cast up). */
 export const FP32_OPS: ReadonlySet<string> = new Set(['LayerNormalization', 'Softmax', 'ReduceMean', 'Pow', 'Sqrt', 'Sin', 'Cos']);
@@ -27,24 +28,6 @@ const FP32_CONES = new Set(['Sin', 'Cos']);
 const WEIGHT_OPS = new Set(['MatMul', 'Conv', 'Gather', 'DequantizeLinear']);
 /** Cheap ops a float32 cone may pass back through. */
 const CONE_OPS = new Set(['Mul', 'Add', 'Sub', 'Div', 'Neg', 'Unsqueeze', 'Reshape', 'Concat', 'Transpose', 'Cast', 'Identity', 'Expand']);
-
-type OutRule = 'same' | 'bool' | 'int64' | 'cast' | { input: number };
-interface OpRule {
-  /** Indices of the inputs that share the node's float type ('all': every input). */
-  float: number[] | 'all';
-  out: OutRule;
-}
-const rule = (float: OpRule['float'], out: OutRule = 'same'): OpRule => ({ float, out });
-/** The ops this rewrite knows the typing of; any other op refuses the stage (QUANT_UNSUPPORTED). */
-const OPS: Record<string, OpRule> = {
-  Add: rule('all'), Sub: rule('all'), Mul: rule('all'), Div: rule('all'), Pow: rule('all'),
-  MatMul: rule('all'), Conv: rule('all'), LayerNormalization: rule('all'),
-  Softmax: rule([0]), ReduceMean: rule([0]), ReduceSum: rule([0]), Sqrt: rule([0]), Sin: rule([0]), Cos: rule([0]),
-  Neg: rule([0]), Sigmoid: rule([0]), Tanh: rule([0]), Identity: rule([0]), Reshape: rule([0]), Transpose: rule([0]),
-  Unsqueeze: rule([0]), Expand: rule([0]), Split: rule([0]), Concat: rule('all'), Gather: rule([0]),
-  Where: rule([1, 2], { input: 1 }), Range: rule('all'), Greater: rule('all', 'bool'), Shape: rule([], 'int64'),
-  Cast: rule([], 'cast'), DequantizeLinear: rule([1], { input: 1 }),
-};
 
 const isFloat = (t: number | undefined) => t === DT.FLOAT || t === DT.FLOAT16;
 /** Where a float value comes from: a constant (initializer or derived from constants), a graph input, or a node's result in float16 / float32. */
@@ -132,8 +115,8 @@ class Float16Rewrite {
   }
 
   private ruleOf(n: NodeProto): OpRule {
-    const r = OPS[n.opType!];
-    if (!r || (n.domain && n.domain !== 'ai.onnx')) {
+    const r = opRule(n);
+    if (!r || (n.domain && n.domain !== 'ai.onnx') || n.opType === 'QuantizeLinear') {
       throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${this.stage} cannot be built in fp16: it uses ${n.domain ? `${n.domain}.` : ''}${n.opType} (node ${n.name}), whose float16 typing this exporter does not know`);
     }
     return r;
@@ -176,41 +159,23 @@ class Float16Rewrite {
   }
 
   private outType(n: NodeProto, r: OpRule, dtype: number): number {
-    if (r.out === 'bool') return DT.BOOL;
-    if (r.out === 'int64') return DT.INT64;
-    if (r.out === 'cast') {
-      const to = Number((n.attribute ?? []).find((a) => a.name === 'to')?.i ?? 0);
-      return isFloat(to) ? dtype : to;
-    }
-    const src = r.out === 'same' ? 0 : r.out.input;
-    const t = this.type.get(n.input?.[src] ?? '');
-    return isFloat(t) ? dtype : (t ?? 0);
+    return outputType(n, r, (i) => this.type.get(n.input?.[i] ?? ''), dtype);
   }
 
   /** The new graph: casts before the nodes that need them, initializers in the types their readers want. */
   private emit(): ModelProto {
     const out: NodeProto[] = [];
     const casts = new Map<string, string>(); // `${value}:${type}` -> cast output
-    const views = new Map<string, string>(); // `${initializer}:${type}` -> initializer name
-    const newInits: TensorProto[] = [];
-    const readers = this.initializerReaders();
     const graphOutputs = new Map((this.g.output ?? []).map((v) => [v.name!, v.type?.tensorType?.elemType ?? 0]));
     const current = new Map(this.type); // the type each value has in the new graph (initializers may change)
     const renamed = new Map<string, string>();
+    // An initializer any float16 node reads is stored float16 (once); float32 readers get a Cast of it.
+    const newInits: TensorProto[] = [];
+    for (const [name, type] of this.storedTypes()) {
+      newInits.push(this.convert(this.inits.get(name)!, name, type));
+      current.set(name, type);
+    }
 
-    const initAs = (name: string, type: number): string => {
-      const src = this.inits.get(name)!;
-      if (src.dataType === type) return name;
-      const key = `${name}:${type}`;
-      let v = views.get(key);
-      if (!v) {
-        // converted in place unless some reader still needs the original
-        v = readers.get(name)!.asIs ? this.names.fresh(`${name}_${type === DT.FLOAT16 ? 'fp16' : 'fp32'}`) : name;
-        newInits.push(this.convert(src, v, type));
-        views.set(key, v);
-      }
-      return v;
-    };
     const castAs = (value: string, type: number): string => {
       const key = `${value}:${type}`;
       let c = casts.get(key);
@@ -229,7 +194,6 @@ class Float16Rewrite {
         const x = renamed.get(x0) ?? x0;
         const want = p.want[j];
         if (want === undefined || !x) return x;
-        if (this.inits.has(x)) return initAs(x, want);
         return current.get(x) === want ? x : castAs(x, want);
       });
       let output = [...(n.output ?? [])];
@@ -258,16 +222,13 @@ class Float16Rewrite {
     return withGraph(this.m, { node: out, initializer, valueInfo: [] });
   }
 
-  /** Whether each initializer has a reader that takes it as stored (its own type, or any type). */
-  private initializerReaders(): Map<string, { asIs: boolean }> {
-    const readers = new Map<string, { asIs: boolean }>();
-    for (const name of this.inits.keys()) readers.set(name, { asIs: false });
+  /** The float32 initializers some float16 node reads: they are stored float16. */
+  private storedTypes(): Map<string, number> {
+    const out = new Map<string, number>();
     this.nodes.forEach((n, i) => (n.input ?? []).forEach((x, j) => {
-      const want = this.plans[i]!.want[j];
-      const r = readers.get(x);
-      if (r && (want === undefined || want === this.inits.get(x)!.dataType)) r.asIs = true;
+      if (this.plans[i]!.want[j] === DT.FLOAT16 && this.inits.get(x)?.dataType === DT.FLOAT) out.set(x, DT.FLOAT16);
     }));
-    return readers;
+    return out;
   }
 
   private castAttributes(n: NodeProto, p: NodePlan): NodeProto['attribute'] {

@@ -17,13 +17,16 @@ import { parseFlags } from '../../src/flags.js';
 import { StageListFlag } from './flags.js';
 import { ErrorCodes } from '../../src/errors.js';
 
+/** The builder's workspace limit by default: TensorRT's tactic scratch memory (unified memory on a Jetson). */
+export const DEFAULT_WORKSPACE_MB = 1024;
+
 const EngineOptions = z.object({
   model: z.string().min(1),
   stages: StageListFlag,
   precision: z.enum(PRECISIONS).optional(),
   maxTokens: z.coerce.number().int().positive().optional(),
   maxContext: z.coerce.number().int().positive().optional(),
-  workspaceMb: z.coerce.number().int().positive().default(1024),
+  workspaceMb: z.coerce.number().int().positive().default(DEFAULT_WORKSPACE_MB),
   timingCache: z.string().optional(),
   out: z.string().optional(),
   progress: z.boolean().default(true),
@@ -38,7 +41,7 @@ export function registerEngineCommand(exportCmd: Command): void {
     .option('--precision <p>', `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file)`)
     .option('--max-tokens <n>', 'largest vision-token count L the engines accept (default: the architecture maxTokens)')
     .option('--max-context <n>', 'largest LLM context (default: the architecture maxContext)')
-    .option('--workspace-mb <n>', 'builder workspace limit in MiB; lower it on 8 GB boards', '1024')
+    .option('--workspace-mb <n>', 'builder workspace limit in MiB; lower it on 8 GB boards', String(DEFAULT_WORKSPACE_MB))
     .option('--timing-cache <file>', 'timing cache to reuse and update (default: <out>/timing.cache)')
     .option('--out <dir>', 'where to write engines (default: <model>/engines)')
     .option('--no-progress', 'no progress bar')
