@@ -56,7 +56,10 @@ export interface AwqResult {
 export function awqMultipliers(meanAbs: Float64Array, alpha: number, where: string): Float32Array {
   const K = meanAbs.length;
   let top = 0;
-  for (const v of meanAbs) top = Math.max(top, v);
+  meanAbs.forEach((v, k) => {
+    if (!(v >= 0 && Number.isFinite(v))) throw new SetokimError(ErrorCodes.QUANT_SCALE_INVALID, `${where}: the AWQ scale of input channel ${k} is ${v} (its mean |x| over the calibration rows); calibrate on other images or quantise without this stage`);
+    top = Math.max(top, v);
+  });
   const floor = top > 0 ? top * 1e-4 : 1; // a dead channel: no blow-up
   const s = new Float64Array(K);
   let lo = Infinity;

@@ -10,8 +10,8 @@ import { z } from 'zod';
 import { SetokimError } from '../../src/errors.js';
 import { STAGES, type StageName } from '../../src/engine/contract.js';
 import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engine-builder.js';
-import { PRECISIONS } from '../../src/engine/manifest.js';
-import { openModelSet } from '../../src/engine/modelset.js';
+import { PRECISIONS, type Precision } from '../../src/engine/manifest.js';
+import { openModelSet, type ModelSet } from '../../src/engine/modelset.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
 import { parseFlags } from '../../src/flags.js';
 import { StageListFlag } from './flags.js';
@@ -31,6 +31,16 @@ const EngineOptions = z.object({
   out: z.string().optional(),
   progress: z.boolean().default(true),
 });
+
+/** What each stage's engine is built from: its build at `precision` in the TensorRT dialect (or the main file), and where the plan goes. */
+export function engineSources(set: ModelSet, stages: readonly StageName[] | undefined, precision: Precision | undefined, out: string): { stage: StageName; onnx: string; precision: Precision; plan: string }[] {
+  return (stages ?? STAGES.filter((s) => set.has(s))).map((stage) => {
+    if (!set.has(stage)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${stage} stage`);
+    const onnx = set.stagePath(stage, precision, 'tensorrt'); // the TensorRT dialect where a precision has two
+    const built = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
+    return { stage, onnx, precision: built, plan: path.join(out, `${stage}.${built}.plan`) };
+  });
+}
 
 export function registerEngineCommand(exportCmd: Command): void {
   exportCmd
@@ -58,12 +68,7 @@ export function registerEngineCommand(exportCmd: Command): void {
       const set = await openModelSet(o.model);
       const out = o.out ?? engineDir(set.dir);
       const timingCache = o.timingCache ?? path.join(out, 'timing.cache');
-      const stages = (o.stages ?? STAGES.filter((s) => set.has(s))) as StageName[];
-      for (const stage of stages) {
-        if (!set.has(stage)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${stage} stage`);
-        const onnx = set.stagePath(stage, o.precision, 'tensorrt'); // the TensorRT dialect where a precision has two
-        const precision = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
-        const plan = path.join(out, `${stage}.${precision}.plan`);
+      for (const { stage, onnx, precision, plan } of engineSources(set, o.stages, o.precision, out)) {
         const bar = o.progress && process.stderr.isTTY ? new SingleBar({ format: `${stage} {bar} {value}/{total} {phase}`, hideCursor: true }, Presets.shades_classic) : null;
         let lastPhase = '';
         const m = await buildEngine({
