@@ -8,7 +8,9 @@ import path from 'node:path';
 import { verifyStageFile } from '../../src/engine/manifest.js';
 import { ModelSet } from '../../src/engine/modelset.js';
 import { createPipeline } from '../../src/pipeline/pipeline.js';
-import { FeedRecorder, RecordingSession } from '../../src/quant/index.js';
+import { STAGES } from '../../src/engine/contract.js';
+import { decodeModel, FeedRecorder, RecordingSession } from '../../src/quant/index.js';
+import { checkTensorRtSupport } from '../../src/quant/tensorrt-support.js';
 import { runCli } from '../helpers/cli.js';
 import { busyImage, collect, tinySet } from '../pipeline/fixtures.js';
 
@@ -75,13 +77,17 @@ t.test('setokim run --precision int8 answers through the CLI', async (t) => {
   t.match(run.out, /tokens: \d+ vision, \d+ prompt, 4 generated/);
 });
 
-t.test('refusals: int4w, fp16, a bad precision, a missing model set, a tolerance no stage meets', async (t) => {
-  const int4 = await runCli(['export', 'quantize', '--models', dir, '--precision', 'int4w']);
-  t.equal(int4.status, 2);
-  t.match(int4.err, /BAD_ARGUMENT.*int4w is not built yet.*blocked DequantizeLinear.*opset 21/);
-  const fp16 = await runCli(['export', 'quantize', '--models', dir, '--precision', 'fp16']);
-  t.equal(fp16.status, 2);
-  t.match(fp16.err, /BAD_ARGUMENT.*fp16 is not built yet/);
+t.test('every int8 graph passes TensorRT 10.3 and 11.1 ONNX parser support (no error, no warning)', async (t) => {
+  const set = await ModelSet.open(dir, { verify: false });
+  for (const s of STAGES) {
+    const v = set.variants(s).find((x) => x.precision === 'int8');
+    if (!v) continue;
+    const m = decodeModel(new Uint8Array(await readFile(path.join(dir, v.file))));
+    for (const version of ['10.3', '11.1']) t.same(checkTensorRtSupport(m, version), [], `${v.file} on ${version}`);
+  }
+});
+
+t.test('refusals: a bad precision, a missing model set, a tolerance no stage meets', async (t) => {
   const bogus = await runCli(['export', 'quantize', '--models', dir, '--precision', 'int3']);
   t.equal(bogus.status, 2);
   t.match(bogus.err, /BAD_ARGUMENT.*int3/);
