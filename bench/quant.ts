@@ -25,7 +25,19 @@ import { openModelSet, type ModelSet } from '../src/engine/modelset.js';
 import { OrtBackend } from '../src/engine/onnxruntime.js';
 import { createPipeline, type LocalPipeline } from '../src/pipeline/pipeline.js';
 import type { PipelineEvent } from '../src/pipeline/types.js';
-import { collectFeeds, decodeModel, encodeModel, planInt4, quantizeModelSet, selectInt4, splitSamples, tensorError, withSession, Int4Rewrite, type Feeds } from '../src/quant/index.js';
+import {
+  collectFeeds,
+  decodeModel,
+  encodeModel,
+  planInt4,
+  quantizeModelSet,
+  selectInt4,
+  splitSamples,
+  tensorError,
+  withSession,
+  Int4Rewrite,
+  type Feeds,
+} from '../src/quant/index.js';
 import { sampleImages } from '../tools/export/quantize.js';
 import { planModelSet } from '../tools/export/plan.js';
 import { synthesize } from '../tools/export/synth.js';
@@ -86,7 +98,9 @@ async function bytesTable(set: ModelSet): Promise<void> {
   }
   console.log(`${'total'.padEnd(13)} | ${PRECISIONS.map((p) => pad(mib(totals[p]!), 16)).join(' | ')}`);
   const llm = (p: Precision) => stat(fileOf(set, 'llm', p, 'tensorrt')).then((x) => x.size);
-  console.log(`\nint4w LLM / fp32 LLM bytes: ${((await llm('int4w')) / (await llm('fp32'))).toFixed(3)} (target <= 0.30)`);
+  console.log(
+    `\nint4w LLM / fp32 LLM bytes: ${((await llm('int4w')) / (await llm('fp32'))).toFixed(3)} (target <= 0.30)`,
+  );
 
   // The planner against the files: weight bytes (initializers) of each TensorRT-dialect file.
   let worst = 0;
@@ -98,14 +112,20 @@ async function bytesTable(set: ModelSet): Promise<void> {
       worst = Math.max(worst, Math.abs(plan.stages.find((x) => x.stage === s)!.bytes / stored - 1));
     }
   }
-  console.log(`planner weight bytes against the files written, every stage and precision: worst ${(100 * worst).toFixed(2)}% (target <= 5%)`);
+  console.log(
+    `planner weight bytes against the files written, every stage and precision: worst ` +
+      `${(100 * worst).toFixed(2)}% (target <= 5%)`,
+  );
 }
 
 async function cosineTable(set: ModelSet, images: Uint8Array[]): Promise<void> {
   const stages = STAGES.filter((x) => set.has(x));
   const rec = await collectFeeds({ modelsDir: set.dir, stages, images, threads, verify: false });
   const backend = new OrtBackend({ threads });
-  console.log('\n## cosine to fp32 per stage output (worst over the held-out stage inputs; the TensorRT dialect run in ONNX Runtime, [ONNX Runtime dialect])\n');
+  console.log(
+    '\n## cosine to fp32 per stage output (worst over the held-out stage inputs; ' +
+      'the TensorRT dialect run in ONNX Runtime, [ONNX Runtime dialect])\n',
+  );
   console.log(`stage / output               | ${BUILT.map((p) => pad(p, 20)).join(' | ')}`);
   for (const s of stages) {
     const feeds = splitSamples(rec.samples(s)).heldOut.slice(0, 6);
@@ -118,23 +138,33 @@ async function cosineTable(set: ModelSet, images: Uint8Array[]): Promise<void> {
       });
     const ref = await run(set.stagePath(s));
     const cos: Record<string, Record<string, string>> = {};
+    const cell = (xs: number[]) => xs.map((c) => c.toFixed(6)).join(' [') + (xs.length > 1 ? ']' : '');
     for (const p of BUILT) {
       const files = [fileOf(set, s, p, 'tensorrt'), fileOf(set, s, p, 'onnxruntime')];
       const outs = await Promise.all([...new Set(files)].map(run));
       for (const name of Object.keys(ref[0]!)) {
         if (ref[0]![name]!.dtype !== 'float32') continue;
-        const worst = outs.map((o) => Math.min(...ref.map((r, i) => tensorError(r[name]!, o[i]![name]!).cosine)));
-        (cos[name] ??= {})[p] = worst.map((c) => c.toFixed(6)).join(' [') + (worst.length > 1 ? ']' : '');
+        const each = outs.map((o) => ref.map((r, i) => tensorError(r[name]!, o[i]![name]!).cosine));
+        (cos[name] ??= {})[p] = cell(each.map((c) => Math.min(...c)));
+        if (s === 'llm' && name === 'logits')
+          (cos['logits (mean)'] ??= {})[p] = cell(each.map((c) => c.reduce((x, y) => x + y, 0) / c.length));
       }
     }
-    for (const [name, byP] of Object.entries(cos)) console.log(`${`${s} / ${name}`.padEnd(28)} | ${BUILT.map((p) => pad(byP[p]!, 20)).join(' | ')}`);
+    for (const [name, byP] of Object.entries(cos))
+      console.log(`${`${s} / ${name}`.padEnd(28)} | ${BUILT.map((p) => pad(byP[p]!, 20)).join(' | ')}`);
   }
 }
 
 async function ask(p: LocalPipeline, image: Uint8Array, id: string): Promise<{ done: Done; text: string }> {
   let text = '';
   let done: Done | undefined;
-  for await (const e of p.run({ id, task: 'ask', image, prompt: 'What is in the picture?', generation: { maxTokens: Number(args.tokens), temperature: 0 } })) {
+  for await (const e of p.run({
+    id,
+    task: 'ask',
+    image,
+    prompt: 'What is in the picture?',
+    generation: { maxTokens: Number(args.tokens), temperature: 0 },
+  })) {
     if (e.type === 'text') text += e.delta;
     if (e.type === 'done') done = e;
     if (e.type === 'error') throw new Error(`${e.code}: ${e.message}`);
@@ -144,7 +174,17 @@ async function ask(p: LocalPipeline, image: Uint8Array, id: string): Promise<{ d
 
 async function pipelines(dir: string, images: Uint8Array[]): Promise<void> {
   const ps = new Map<Precision, LocalPipeline>();
-  for (const p of PRECISIONS) ps.set(p, await createPipeline({ modelsDir: dir, threads, maxInFlight: 1, verify: false, ...(p === 'fp32' ? {} : { precision: p }) }));
+  for (const p of PRECISIONS)
+    ps.set(
+      p,
+      await createPipeline({
+        modelsDir: dir,
+        threads,
+        maxInFlight: 1,
+        verify: false,
+        ...(p === 'fp32' ? {} : { precision: p }),
+      }),
+    );
   for (const p of ps.values()) await ask(p, images[0]!, 'warm');
   const times = new Map<string, Record<string, number[]>>();
   const tokens: Record<string, number[]> = {};
@@ -164,29 +204,45 @@ async function pipelines(dir: string, images: Uint8Array[]): Promise<void> {
     }
   }
   for (const p of ps.values()) await p.close();
-  console.log(`\n## pipelines, ${images.length} held-out images, ${args.tokens} greedy tokens, ${threads} thread(s) per stage: median ms per stage (x fp32)\n`);
+  console.log(
+    `\n## pipelines, ${images.length} held-out images, ${args.tokens} greedy tokens, ${threads} thread(s) per ` +
+      `stage: median ms per stage (x fp32)\n`,
+  );
   console.log(`stage         | ${PRECISIONS.map((p) => pad(p, 15)).join(' | ')}`);
   for (const [stage, row] of times) {
     const base = median(row.fp32!);
-    console.log(`${stage.padEnd(13)} | ${PRECISIONS.map((p) => pad(`${median(row[p]!).toFixed(1)} (${(median(row[p]!) / base).toFixed(2)})`, 15)).join(' | ')}`);
+    const cell = (p: Precision) => `${median(row[p]!).toFixed(1)} (${(median(row[p]!) / base).toFixed(2)})`;
+    console.log(`${stage.padEnd(13)} | ${PRECISIONS.map((p) => pad(cell(p), 15)).join(' | ')}`);
   }
   const d = (p: string) => median(decodePerToken[p]!);
-  console.log(`decode ms/token | ${PRECISIONS.map((p) => `${p} ${d(p).toFixed(2)}`).join(', ')}; int4w / fp32 = ${(d('int4w') / d('fp32')).toFixed(2)} (target <= 1)`);
+  const perToken = PRECISIONS.map((p) => `${p} ${d(p).toFixed(2)}`).join(', ');
+  console.log(`decode ms/token: ${perToken}; int4w / fp32 = ${(d('int4w') / d('fp32')).toFixed(2)} (target <= 1)`);
   for (const p of BUILT) {
     const drift = tokens[p]!.map((n, i) => n - tokens.fp32![i]!);
     const same = texts[p]!.filter((x, i) => x === texts.fp32![i]).length;
-    console.log(`${p}: vision tokens ${tokens[p]!.map((n, i) => (n === tokens.fp32![i] ? `${n}` : `${tokens.fp32![i]}->${n}`)).join(' ')}; changed on ${drift.filter((x) => x !== 0).length} of ${images.length} images; answers identical to fp32: ${same} of ${images.length}`);
+    const counts = tokens[p]!.map((n, i) => (n === tokens.fp32![i] ? String(n) : `${tokens.fp32![i]}->${n}`)).join(' ');
+    const changed = drift.filter((x) => x !== 0).length;
+    console.log(
+      `${p}: vision tokens ${counts}; changed on ${changed} of ${images.length} images; ` +
+        `answers identical to fp32: ${same} of ${images.length}`,
+    );
   }
 }
 
-/** The LLM's INT4 weights as MatMulNBits (accuracy 0, 4) and DequantizeLinear, timed on recorded decode steps, alternating. */
+/**
+ * The LLM's INT4 weights as MatMulNBits (accuracy 0, 4) and DequantizeLinear, timed on recorded decode
+ * steps, alternating.
+ */
 async function dialects(dir: string, calibration: Uint8Array[], heldOut: Uint8Array[]): Promise<void> {
   const set = await openModelSet(dir, { verify: false });
   const backend = new OrtBackend({ threads });
   const model = decodeModel(new Uint8Array(await readFile(set.stagePath('llm'))));
   const cal = await collectFeeds({ modelsDir: dir, stages: ['llm'], images: calibration, threads, verify: false });
   const test = await collectFeeds({ modelsDir: dir, stages: ['llm'], images: heldOut, threads, verify: false });
-  const { plan } = await planInt4(backend, model, selectInt4(model, 128), splitSamples(cal.samples('llm')).calibrate, { stage: 'llm', threads });
+  const { plan } = await planInt4(backend, model, selectInt4(model, 128), splitSamples(cal.samples('llm')).calibrate, {
+    stage: 'llm',
+    threads,
+  });
   const rw = new Int4Rewrite(model, plan, 'llm');
   const forms: [string, Uint8Array][] = [
     ['fp32', new Uint8Array(await readFile(set.stagePath('llm')))],
@@ -194,7 +250,10 @@ async function dialects(dir: string, calibration: Uint8Array[], heldOut: Uint8Ar
     ['MatMulNBits acc 4', encodeModel(rw.write('nbits', { headsFp16: true, accuracyLevel: 4 }).model)],
     ['DequantizeLinear', encodeModel(rw.write('dq', { headsFp16: true }).model)],
   ];
-  const decode: Feeds[] = test.samples('llm').filter((f) => f.inputs_embeds!.dims[1] === 1).slice(0, 24);
+  const decode: Feeds[] = test
+    .samples('llm')
+    .filter((f) => f.inputs_embeds!.dims[1] === 1)
+    .slice(0, 24);
   const signature = set.manifest.stages.llm!.signature;
   const tmp = await mkdtemp(path.join(tmpdir(), 'setokim-dialects-'));
   const sessions: Session[] = [];
@@ -217,10 +276,15 @@ async function dialects(dir: string, calibration: Uint8Array[], heldOut: Uint8Ar
         ms[i]!.push((performance.now() - t0) / decode.length);
       }
     }
-    console.log(`\n## INT4 in ONNX Runtime: ${decode.length} recorded decode steps, 5 rounds alternating, median ms per step\n`);
+    console.log(
+      `\n## INT4 in ONNX Runtime: ${decode.length} recorded decode steps, 5 rounds alternating, median ms per step\n`,
+    );
     forms.forEach(([name, bytes], i) => {
       const cos = Math.min(...outs[0]!.map((r, j) => tensorError(r.logits!, outs[i]![j]!.logits!).cosine));
-      console.log(`${name.padEnd(18)} ${mib(bytes.length).padStart(8)} MiB  ${median(ms[i]!).toFixed(2).padStart(7)} ms/step (${(median(ms[i]!) / median(ms[0]!)).toFixed(2)}x fp32)  logits cosine ${cos.toFixed(5)}`);
+      console.log(
+        `${name.padEnd(18)} ${mib(bytes.length).padStart(8)} MiB  ${median(ms[i]!).toFixed(2).padStart(7)} ` +
+          `ms/step (${(median(ms[i]!) / median(ms[0]!)).toFixed(2)}x fp32)  logits cosine ${cos.toFixed(5)}`,
+      );
     });
   } finally {
     for (const s of sessions) await s.dispose();

@@ -53,7 +53,10 @@ export const StageEntrySchema = StageFileSchema.extend({
   signature: SignatureSchema,
   /** Other builds of the same stage with the same signature (e.g. int8, int4w), chosen at open. */
   variants: z.array(StageFileSchema).default([]),
-}).refine((e) => e.dialect === undefined, { message: 'the main file is for every backend: no dialect', path: ['dialect'] });
+}).refine((e) => e.dialect === undefined, {
+  message: 'the main file is for every backend: no dialect',
+  path: ['dialect'],
+});
 export type StageEntry = z.infer<typeof StageEntrySchema>;
 
 export const ManifestSchema = z

@@ -9,7 +9,17 @@ import { join } from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from './durable.js';
 import type { Architecture, StageName } from './contract.js';
-import { loadManifest, MANIFEST_FILE, ModelSetId, verifyModelSet, verifyStageFile, type Dialect, type Manifest, type Precision, type StageFile } from './manifest.js';
+import {
+  loadManifest,
+  MANIFEST_FILE,
+  ModelSetId,
+  verifyModelSet,
+  verifyStageFile,
+  type Dialect,
+  type Manifest,
+  type Precision,
+  type StageFile,
+} from './manifest.js';
 
 export interface OpenOptions {
   /** Check size, sha256 and ONNX structure of every file (default true; false trusts the disk). */
@@ -71,7 +81,8 @@ export class ModelSet {
       const has = all.map((v) => (v.dialect ? `${v.precision} (${v.dialect})` : v.precision)).join(', ');
       throw new SetokimError(
         ErrorCodes.MODEL_NOT_FOUND,
-        `model set ${this.id} has no ${precision} build of ${stage} for ${target} (has: ${has}); quantise it first or pick another precision`,
+        `model set ${this.id} has no ${precision} build of ${stage} for ${target} (has: ${has}); ` +
+          'quantise it first or pick another precision',
       );
     }
     return join(this.dir, pick.file);
@@ -122,7 +133,10 @@ export class ModelStore {
     }
   }
 
-  /** Verifies the set fully, then points `active` at it: write + rename, synced, so after power loss it names the old set or the new one. */
+  /**
+   * Verifies the set fully, then points `active` at it: write + rename, synced, so after power loss it
+   * names the old set or the new one.
+   */
   async activate(id: string): Promise<ModelSet> {
     const set = await ModelSet.open(this.dirOf(id));
     if (set.id !== id) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);

@@ -16,7 +16,8 @@ import type { StageSource } from './registry.js';
  * build of the stage has is MODEL_NOT_FOUND.
  */
 export function stageSource(set: ModelSet, stage: StageName, precision?: Precision): StageSource {
-  set.stagePath(stage, precision, set.pick(stage, precision, 'onnxruntime') ? 'onnxruntime' : 'tensorrt'); // MODEL_NOT_FOUND for a missing stage or precision
+  // MODEL_NOT_FOUND for a missing stage or precision
+  set.stagePath(stage, precision, set.pick(stage, precision, 'onnxruntime') ? 'onnxruntime' : 'tensorrt');
   const main = set.pick(stage)!;
   const ort = set.pick(stage, precision, 'onnxruntime') ?? main;
   const trt = set.pick(stage, precision, 'tensorrt') ?? main;

@@ -57,7 +57,12 @@ export function awqMultipliers(meanAbs: Float64Array, alpha: number, where: stri
   const K = meanAbs.length;
   let top = 0;
   meanAbs.forEach((v, k) => {
-    if (!(v >= 0 && Number.isFinite(v))) throw new SetokimError(ErrorCodes.QUANT_SCALE_INVALID, `${where}: the AWQ scale of input channel ${k} is ${v} (its mean |x| over the calibration rows); calibrate on other images or quantise without this stage`);
+    if (!(v >= 0 && Number.isFinite(v)))
+      throw new SetokimError(
+        ErrorCodes.QUANT_SCALE_INVALID,
+        `${where}: the AWQ scale of input channel ${k} is ${v} (its mean |x| over the calibration rows); ` +
+          `calibrate on other images or quantise without this stage`,
+      );
     top = Math.max(top, v);
   });
   const floor = top > 0 ? top * 1e-4 : 1; // a dead channel: no blow-up
@@ -74,7 +79,11 @@ export function awqMultipliers(meanAbs: Float64Array, alpha: number, where: stri
   for (let k = 0; k < K; k++) {
     m[k] = roundToFloat16(norm / s[k]!);
     if (!Number.isFinite(m[k]!) || m[k]! <= 0) {
-      throw new SetokimError(ErrorCodes.QUANT_SCALE_INVALID, `${where}: the AWQ scale of input channel ${k} is ${m[k]} (mean |x| ${meanAbs[k]}, alpha ${alpha}); calibrate on other images or quantise without this stage`);
+      throw new SetokimError(
+        ErrorCodes.QUANT_SCALE_INVALID,
+        `${where}: the AWQ scale of input channel ${k} is ${m[k]} (mean |x| ${meanAbs[k]}, alpha ${alpha}); ` +
+          `calibrate on other images or quantise without this stage`,
+      );
     }
   }
   return m;
@@ -89,12 +98,21 @@ function divideRows(w: Float32Array, m: Float32Array | undefined, N: number): Fl
 
 /** A MatMul(A [r, K], B [K, N]) graph with free dims, for the error products. */
 function matmulModel(): Uint8Array {
-  const io = (name: string, a: string, b: string) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: DT.FLOAT, shape: { dim: [{ dimParam: a }, { dimParam: b }] } } } });
+  const io = (name: string, a: string, b: string) =>
+    onnx.ValueInfoProto.create({
+      name,
+      type: { tensorType: { elemType: DT.FLOAT, shape: { dim: [{ dimParam: a }, { dimParam: b }] } } },
+    });
   const m: ModelProto = onnx.ModelProto.create({
     irVersion: 8,
     opsetImport: [{ domain: '', version: 17 }],
     producerName: 'setokim-edge',
-    graph: { name: 'awq_error', node: [{ opType: 'MatMul', name: 'error', input: ['x', 'e'], output: ['y'] }], input: [io('x', 'r', 'k'), io('e', 'k', 'n')], output: [io('y', 'r', 'n')] },
+    graph: {
+      name: 'awq_error',
+      node: [{ opType: 'MatMul', name: 'error', input: ['x', 'e'], output: ['y'] }],
+      input: [io('x', 'r', 'k'), io('e', 'k', 'n')],
+      output: [io('y', 'r', 'n')],
+    },
   });
   return encodeModel(m);
 }
@@ -106,27 +124,44 @@ export async function searchAwq(
   stats: ReadonlyMap<string, ActivationStats>,
   opts: { stage: string; threads?: number; onGroup?: (done: number, total: number) => void },
 ): Promise<AwqResult[]> {
-  return withSession(backend, matmulModel(), { stage: `${opts.stage} (AWQ search)`, threads: opts.threads }, async (run) => {
-    const out: AwqResult[] = [];
-    for (const g of groups) {
-      out.push(await searchGroup(g, stats.get(g.activation), opts.stage, async (x, rows, e, n) => {
-        const y = await run({ x: { dtype: 'float32', dims: [rows, g.K], data: x, location: 'host' }, e: { dtype: 'float32', dims: [g.K, n], data: e, location: 'host' } });
-        return y.y!.data as Float32Array;
-      }));
-      opts.onGroup?.(out.length, groups.length);
-    }
-    return out;
-  });
+  return withSession(
+    backend,
+    matmulModel(),
+    { stage: `${opts.stage} (AWQ search)`, threads: opts.threads },
+    async (run) => {
+      const out: AwqResult[] = [];
+      for (const g of groups) {
+        out.push(
+          await searchGroup(g, stats.get(g.activation), opts.stage, async (x, rows, e, n) => {
+            const y = await run({
+              x: { dtype: 'float32', dims: [rows, g.K], data: x, location: 'host' },
+              e: { dtype: 'float32', dims: [g.K, n], data: e, location: 'host' },
+            });
+            return y.y!.data as Float32Array;
+          }),
+        );
+        opts.onGroup?.(out.length, groups.length);
+      }
+      return out;
+    },
+  );
 }
 
 type MatMul = (x: Float32Array, rows: number, e: Float32Array, n: number) => Promise<Float32Array>;
 
-async function searchGroup(g: AwqGroup, st: ActivationStats | undefined, stage: string, matmul: MatMul): Promise<AwqResult> {
+async function searchGroup(
+  g: AwqGroup,
+  st: ActivationStats | undefined,
+  stage: string,
+  matmul: MatMul,
+): Promise<AwqResult> {
   // alpha is searched with max|w| / 7 scales (fast); the chosen alpha's weights then get the clip search (int4.ts)
-  const quantize = (m: Float32Array | undefined, ratios: readonly number[] = [1]) => g.weights.map((w) => quantizeInt4(divideRows(w.w, m, w.N), g.K, w.N, w.block, `${stage} ${w.name}`, ratios));
+  const quantize = (m: Float32Array | undefined, ratios: readonly number[] = [1]) =>
+    g.weights.map((w) => quantizeInt4(divideRows(w.w, m, w.N), g.K, w.N, w.block, `${stage} ${w.name}`, ratios));
   const rtn = quantize(undefined);
   const rows = st?.rows();
-  if (!st || !rows || rows.count === 0 || st.width !== g.K) return { activation: g.activation, alpha: 0, quantized: quantize(undefined, CLIP_RATIOS), lossRtn: NaN, loss: NaN };
+  if (!st || !rows || rows.count === 0 || st.width !== g.K)
+    return { activation: g.activation, alpha: 0, quantized: quantize(undefined, CLIP_RATIOS), lossRtn: NaN, loss: NaN };
   const totalN = g.weights.reduce((s, w) => s + w.N, 0);
   // E = W - m * deq(Q(W / m)), all weights of the group side by side: [K, sum N]
   const loss = async (q: Int4Weights[], m: Float32Array | undefined): Promise<number> => {
@@ -158,21 +193,39 @@ async function searchGroup(g: AwqGroup, st: ActivationStats | undefined, stage: 
   return { ...best, quantized: clipped, loss: await loss(clipped, best.multipliers) };
 }
 
-/** Calibrates the selected MatMuls' activations on `feeds`, searches AWQ for each group and returns the weights to write. */
+/**
+ * Calibrates the selected MatMuls' activations on `feeds`, searches AWQ for each group and returns the
+ * weights to write.
+ */
 export async function planInt4(
   backend: Backend,
   model: ModelProto,
   selection: Int4Selection,
   feeds: readonly Feeds[],
-  opts: { stage: string; signature?: StageSignature; threads?: number; onProgress?: (phase: 'activations' | 'awq', done: number, total: number) => void },
+  opts: {
+    stage: string;
+    signature?: StageSignature;
+    threads?: number;
+    onProgress?: (phase: 'activations' | 'awq', done: number, total: number) => void;
+  },
 ): Promise<{ plan: Int4Plan; awq: AwqResult[] }> {
   const names = [...selection.groups.keys()];
-  const stats = await activationStats(backend, model, names, feeds, { ...opts, channels: true, rows: AWQ_ROWS, onSample: (d, t) => opts.onProgress?.('activations', d, t) });
+  const stats = await activationStats(backend, model, names, feeds, {
+    ...opts,
+    channels: true,
+    rows: AWQ_ROWS,
+    onSample: (d, t) => opts.onProgress?.('activations', d, t),
+  });
   const inits = new Map((model.graph!.initializer ?? []).map((t) => [t.name!, t]));
   const groups: AwqGroup[] = [...selection.groups].map(([activation, targets]) => ({
     activation,
     K: targets[0]!.dims[0],
-    weights: targets.map((t) => ({ name: t.weight, w: floatValues(inits.get(t.weight)!), N: t.dims[1], block: t.block })),
+    weights: targets.map((t) => ({
+      name: t.weight,
+      w: floatValues(inits.get(t.weight)!),
+      N: t.dims[1],
+      block: t.block,
+    })),
   }));
   const awq = await searchAwq(backend, groups, stats, { ...opts, onGroup: (d, t) => opts.onProgress?.('awq', d, t) });
   const weights = new Map<string, Int4Weights>();

@@ -30,14 +30,22 @@ const PROMPTS = [
 ];
 
 /** Which task exercises which stage (ask covers encoder, merger, embed and llm). */
-const STAGE_TASK: Partial<Record<StageName, Task>> = { mask_decoder: 'segment', diffusion: 'edit', detokenizer: 'edit' };
+const STAGE_TASK: Partial<Record<StageName, Task>> = {
+  mask_decoder: 'segment',
+  diffusion: 'edit',
+  detokenizer: 'edit',
+};
 
 /**
  * The calibration queries over encoded images: every image is asked a question, and also segmented
  * or edited when a wanted stage only runs in that task. Greedy and seeded: the same images give the
  * same queries, hence the same feeds.
  */
-export function calibrationQueries(stages: readonly StageName[], images: readonly Uint8Array[], maxTokens = 8): QueryRequest[] {
+export function calibrationQueries(
+  stages: readonly StageName[],
+  images: readonly Uint8Array[],
+  maxTokens = 8,
+): QueryRequest[] {
   const tasks: Task[] = ['ask', ...new Set(stages.map((s) => STAGE_TASK[s]).filter((t): t is Task => t !== undefined))];
   const out: QueryRequest[] = [];
   for (const [i, image] of images.entries()) {
@@ -46,7 +54,12 @@ export function calibrationQueries(stages: readonly StageName[], images: readonl
         id: `calibration-${i}-${task}`,
         task,
         image,
-        prompt: task === 'edit' ? 'Make it look like a painting.' : task === 'segment' ? 'the largest shape' : PROMPTS[i % PROMPTS.length],
+        prompt:
+          task === 'edit'
+            ? 'Make it look like a painting.'
+            : task === 'segment'
+              ? 'the largest shape'
+              : PROMPTS[i % PROMPTS.length],
         generation: { maxTokens, temperature: 0, seed: i + 1 },
       });
     }
@@ -68,7 +81,13 @@ export interface CollectOptions {
 
 /** Runs the fp32 pipeline over the calibration queries and returns what each stage received. */
 export async function collectFeeds(o: CollectOptions): Promise<FeedRecorder> {
-  const pipeline = await createPipeline({ modelsDir: o.modelsDir, threads: o.threads, maxInFlight: 1, verify: o.verify, backend: 'onnxruntime-cpu' });
+  const pipeline = await createPipeline({
+    modelsDir: o.modelsDir,
+    threads: o.threads,
+    maxInFlight: 1,
+    verify: o.verify,
+    backend: 'onnxruntime-cpu',
+  });
   const recorder = new FeedRecorder(o.samplesPerStage);
   try {
     recordStages(pipeline, o.stages, recorder);
@@ -87,16 +106,26 @@ export async function collectFeeds(o: CollectOptions): Promise<FeedRecorder> {
   return recorder;
 }
 
-/** Feeds for calibration and the held-out ones for the error check: every fourth sample (the 2nd, 6th, ...) is held out. */
+/**
+ * Feeds for calibration and the held-out ones for the error check: every fourth sample (the 2nd, 6th,
+ * ...) is held out.
+ */
 export function splitSamples(samples: readonly Feeds[]): { calibrate: Feeds[]; heldOut: Feeds[]; disjoint: boolean } {
   if (samples.length < 2) return { calibrate: [...samples], heldOut: [...samples], disjoint: false };
   const calibrate = samples.filter((_, i) => i % 4 !== 1);
   const heldOut = samples.filter((_, i) => i % 4 === 1);
-  return heldOut.length > 0 ? { calibrate, heldOut, disjoint: true } : { calibrate: samples.slice(0, -1), heldOut: samples.slice(-1), disjoint: true };
+  return heldOut.length > 0
+    ? { calibrate, heldOut, disjoint: true }
+    : { calibrate: samples.slice(0, -1), heldOut: samples.slice(-1), disjoint: true };
 }
 
 /** Opens a graph given as bytes on a backend (ONNX Runtime opens files: a temp file, removed after). */
-export async function withSession<T>(backend: Backend, bytes: Uint8Array, opts: { stage: string; signature?: StageSignature; threads?: number }, fn: (run: (f: Feeds) => Promise<Record<string, Tensor>>) => Promise<T>): Promise<T> {
+export async function withSession<T>(
+  backend: Backend,
+  bytes: Uint8Array,
+  opts: { stage: string; signature?: StageSignature; threads?: number },
+  fn: (run: (f: Feeds) => Promise<Record<string, Tensor>>) => Promise<T>,
+): Promise<T> {
   const dir = await mkdtemp(path.join(tmpdir(), 'setokim-quant-'));
   try {
     const file = path.join(dir, `${opts.stage}.onnx`);
@@ -157,14 +186,25 @@ export class ActivationStats {
   ) {}
 
   add(t: Tensor): void {
-    if (!(t.data instanceof Float32Array)) throw new SetokimError(ErrorCodes.INTERNAL, `stage ${this.opts.stage}: calibration output ${this.name} is not float32`);
+    if (!(t.data instanceof Float32Array)) {
+      throw new SetokimError(
+        ErrorCodes.INTERNAL,
+        `stage ${this.opts.stage}: calibration output ${this.name} is not float32`,
+      );
+    }
     const x = t.data;
     let m = 0;
     for (const v of x) {
       const a = Math.abs(v);
       if (a > m) m = a;
     }
-    if (!Number.isFinite(m)) throw new SetokimError(ErrorCodes.MODEL_INVALID, `stage ${this.opts.stage}: activation ${this.name} reached ${m} on a calibration input; the fp32 graph overflows, fix it before quantising`);
+    if (!Number.isFinite(m)) {
+      throw new SetokimError(
+        ErrorCodes.MODEL_INVALID,
+        `stage ${this.opts.stage}: activation ${this.name} reached ${m} on a calibration input; ` +
+          'the fp32 graph overflows, fix it before quantising',
+      );
+    }
     this.maxAbs = Math.max(this.maxAbs, m);
     this.minFeedMaxAbs = Math.min(this.minFeedMaxAbs, m);
     if (!this.opts.channels && !this.opts.rows) return;
@@ -203,8 +243,17 @@ export class ActivationStats {
   }
 }
 
-/** Runs the graph with the named float32 activations as extra outputs over the feeds (one ONNX Runtime session) and measures each. */
-export async function activationStats(backend: Backend, model: Uint8Array | ModelProto, names: readonly string[], feeds: readonly Feeds[], opts: StatsOptions): Promise<Map<string, ActivationStats>> {
+/**
+ * Runs the graph with the named float32 activations as extra outputs over the feeds (one ONNX Runtime
+ * session) and measures each.
+ */
+export async function activationStats(
+  backend: Backend,
+  model: Uint8Array | ModelProto,
+  names: readonly string[],
+  feeds: readonly Feeds[],
+  opts: StatsOptions,
+): Promise<Map<string, ActivationStats>> {
   const stats = new Map(names.map((n) => [n, new ActivationStats(n, opts)]));
   if (names.length === 0 || feeds.length === 0) return stats;
   await withSession(backend, withOutputs(model, names), opts, async (run) => {

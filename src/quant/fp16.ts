@@ -17,20 +17,56 @@
  * Initializers read by float16 nodes are stored float16; one read by both kinds is stored twice.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { DT, FLOAT16_MAX, floatValues, Names, node, onnx, tensor, withGraph, type ModelProto, type NodeProto, type TensorProto } from './onnx-model.js';
+import {
+  DT,
+  FLOAT16_MAX,
+  floatValues,
+  Names,
+  node,
+  onnx,
+  tensor,
+  withGraph,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+} from './onnx-model.js';
 import { opRule, outputType, type OpRule } from './op-types.js';
 
 /** Ops that always run in float32 (their float inputs are cast up). */
-export const FP32_OPS: ReadonlySet<string> = new Set(['LayerNormalization', 'Softmax', 'ReduceMean', 'Pow', 'Sqrt', 'Sin', 'Cos']);
+export const FP32_OPS: ReadonlySet<string> = new Set([
+  'LayerNormalization',
+  'Softmax',
+  'ReduceMean',
+  'Pow',
+  'Sqrt',
+  'Sin',
+  'Cos',
+]);
 /** Ops whose float inputs are computed in float32 back to their sources. */
 const FP32_CONES = new Set(['Sin', 'Cos']);
 /** Ops that read weights: always float16, even when every input is a constant (an embedding table). */
 const WEIGHT_OPS = new Set(['MatMul', 'Conv', 'Gather', 'DequantizeLinear']);
 /** Cheap ops a float32 cone may pass back through. */
-const CONE_OPS = new Set(['Mul', 'Add', 'Sub', 'Div', 'Neg', 'Unsqueeze', 'Reshape', 'Concat', 'Transpose', 'Cast', 'Identity', 'Expand']);
+const CONE_OPS = new Set([
+  'Mul',
+  'Add',
+  'Sub',
+  'Div',
+  'Neg',
+  'Unsqueeze',
+  'Reshape',
+  'Concat',
+  'Transpose',
+  'Cast',
+  'Identity',
+  'Expand',
+]);
 
 const isFloat = (t: number | undefined) => t === DT.FLOAT || t === DT.FLOAT16;
-/** Where a float value comes from: a constant (initializer or derived from constants), a graph input, or a node's result in float16 / float32. */
+/**
+ * Where a float value comes from: a constant (initializer or derived from constants), a graph input,
+ * or a node's result in float16 / float32.
+ */
 type Origin = 'const' | 'input' | 'f16' | 'f32';
 
 export interface Fp16Report {
@@ -66,7 +102,14 @@ class Float16Rewrite {
   private readonly origin = new Map<string, Origin>();
   private readonly forced32 = new Set<number>();
   private readonly plans: NodePlan[] = [];
-  private readonly report: Fp16Report = { fp32Nodes: {}, fp16Nodes: 0, casts: 0, weightBytesBefore: 0, weightBytesAfter: 0, flushedToZero: 0 };
+  private readonly report: Fp16Report = {
+    fp32Nodes: {},
+    fp16Nodes: 0,
+    casts: 0,
+    weightBytesBefore: 0,
+    weightBytesAfter: 0,
+    flushedToZero: 0,
+  };
 
   constructor(
     private readonly m: ModelProto,
@@ -117,7 +160,11 @@ class Float16Rewrite {
   private ruleOf(n: NodeProto): OpRule {
     const r = opRule(n);
     if (!r || (n.domain && n.domain !== 'ai.onnx') || n.opType === 'QuantizeLinear') {
-      throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${this.stage} cannot be built in fp16: it uses ${n.domain ? `${n.domain}.` : ''}${n.opType} (node ${n.name}), whose float16 typing this exporter does not know`);
+      throw new SetokimError(
+        ErrorCodes.QUANT_UNSUPPORTED,
+        `stage ${this.stage} cannot be built in fp16: it uses ${n.domain ? n.domain + '.' : ''}${n.opType} ` +
+          `(node ${n.name}), whose float16 typing this exporter does not know`,
+      );
     }
     return r;
   }
@@ -125,7 +172,9 @@ class Float16Rewrite {
   private plan(n: NodeProto, i: number): NodePlan {
     const r = this.ruleOf(n);
     const inputs = n.input ?? [];
-    const floatIdx = (r.float === 'all' ? inputs.map((_, j) => j) : r.float).filter((j) => inputs[j] && isFloat(this.type.get(inputs[j]!)));
+    const floatIdx = (r.float === 'all' ? inputs.map((_, j) => j) : r.float).filter(
+      (j) => inputs[j] && isFloat(this.type.get(inputs[j]!)),
+    );
     const origins = floatIdx.map((j) => this.origin.get(inputs[j]!) ?? 'f32');
     let mode: NodePlan['mode'];
     let out: Origin;
@@ -153,7 +202,8 @@ class Float16Rewrite {
       this.type.set(o, outTypes[k]!);
       if (isFloat(outTypes[k])) this.origin.set(o, out);
     });
-    if (mode === 'fp32' && out !== 'const') this.report.fp32Nodes[n.opType!] = (this.report.fp32Nodes[n.opType!] ?? 0) + 1;
+    if (mode === 'fp32' && out !== 'const')
+      this.report.fp32Nodes[n.opType!] = (this.report.fp32Nodes[n.opType!] ?? 0) + 1;
     if (mode === 'fp16') this.report.fp16Nodes++;
     return { mode, want, outTypes };
   }
@@ -225,9 +275,11 @@ class Float16Rewrite {
   /** The float32 initializers some float16 node reads: they are stored float16. */
   private storedTypes(): Map<string, number> {
     const out = new Map<string, number>();
-    this.nodes.forEach((n, i) => (n.input ?? []).forEach((x, j) => {
-      if (this.plans[i]!.want[j] === DT.FLOAT16 && this.inits.get(x)?.dataType === DT.FLOAT) out.set(x, DT.FLOAT16);
-    }));
+    this.nodes.forEach((n, i) =>
+      (n.input ?? []).forEach((x, j) => {
+        if (this.plans[i]!.want[j] === DT.FLOAT16 && this.inits.get(x)?.dataType === DT.FLOAT) out.set(x, DT.FLOAT16);
+      }),
+    );
     return out;
   }
 
@@ -246,11 +298,15 @@ class Float16Rewrite {
         if (a !== 0 && a < 2 ** -25) this.report.flushedToZero++;
       }
       if (!(worst <= FLOAT16_MAX)) {
-        throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${this.stage} cannot be built in fp16: initializer ${src.name} holds ${worst.toPrecision(3)}, beyond float16's largest value ${FLOAT16_MAX}`);
+        throw new SetokimError(
+          ErrorCodes.QUANT_UNSUPPORTED,
+          `stage ${this.stage} cannot be built in fp16: initializer ${src.name} holds ${worst.toPrecision(3)}, ` +
+            `beyond float16's largest value ${FLOAT16_MAX}`,
+        );
       }
     }
     return tensor(name, type, (src.dims ?? []).map(Number), values);
   }
 }
 
-const bytesOf = (t: TensorProto) => (t.rawData?.length ?? 0) || ((t.floatData?.length ?? 0) * 4);
+const bytesOf = (t: TensorProto) => (t.rawData?.length ?? 0) || (t.floatData?.length ?? 0) * 4;

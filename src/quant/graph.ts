@@ -13,7 +13,22 @@
  * (attention scores) stays float.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { DT, decodeModel, elements, encodeModel, floatValues, Names, node, onnx, opsetOf, tensor, withGraph, type ModelProto, type NodeProto, type TensorProto } from './onnx-model.js';
+import {
+  DT,
+  decodeModel,
+  elements,
+  encodeModel,
+  floatValues,
+  Names,
+  node,
+  onnx,
+  opsetOf,
+  tensor,
+  withGraph,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+} from './onnx-model.js';
 import { activationScale, quantizeColumns, REDUCED_MAX } from './weights.js';
 
 export { decodeModel, encodeModel, floatValues } from './onnx-model.js';
@@ -49,7 +64,10 @@ export interface QuantizeReport {
 }
 
 /** The MatMuls whose weight is a 2-D float32 initializer of at least `minElements` values. */
-export function findTargets(m: ModelProto, minElements = DEFAULT_MIN_ELEMENTS): { targets: QuantTarget[]; skipped: QuantizeReport['skipped'] } {
+export function findTargets(
+  m: ModelProto,
+  minElements = DEFAULT_MIN_ELEMENTS,
+): { targets: QuantTarget[]; skipped: QuantizeReport['skipped'] } {
   const g = m.graph!;
   const inits = new Map((g.initializer ?? []).map((t) => [t.name!, t]));
   const graphInputs = new Set((g.input ?? []).map((v) => v.name!));
@@ -60,25 +78,31 @@ export function findTargets(m: ModelProto, minElements = DEFAULT_MIN_ELEMENTS): 
     const [a, b] = n.input ?? [];
     const w = b ? inits.get(b) : undefined;
     const label = n.name || `MatMul #${i}`;
-    if (!a || !b || !w || inits.has(a)) return; // activation x activation (attention) or constant A: not a weight MatMul
+    // activation x activation (attention) or constant A: not a weight MatMul
+    if (!a || !b || !w || inits.has(a)) return;
     if (graphInputs.has(b)) return void skipped.push({ node: label, why: `${b} is also a graph input (overridable)` });
     if (w.dataType !== DT.FLOAT) return void skipped.push({ node: label, why: `${b} is not float32` });
     const dims = (w.dims ?? []).map(Number);
     if (dims.length !== 2) return void skipped.push({ node: label, why: `${b} is ${dims.length}-D, not 2-D` });
-    if (elements(dims) < minElements) return void skipped.push({ node: label, why: `${b} has ${elements(dims)} values (< ${minElements})` });
+    if (elements(dims) < minElements)
+      return void skipped.push({ node: label, why: `${b} has ${elements(dims)} values (< ${minElements})` });
     targets.push({ node: i, activation: a, weight: b, dims: [dims[0]!, dims[1]!] });
   });
   return { targets, skipped };
 }
 
 /** The distinct activation tensors that calibration must measure. */
-export const activationNames = (targets: readonly QuantTarget[]): string[] => [...new Set(targets.map((t) => t.activation))];
+export const activationNames = (targets: readonly QuantTarget[]): string[] => [
+  ...new Set(targets.map((t) => t.activation)),
+];
 
 /** A copy of the model with extra float32 graph outputs (for calibration: the activations' values). */
 export function withOutputs(model: Uint8Array | ModelProto, names: readonly string[]): Uint8Array {
   const m = model instanceof Uint8Array ? decodeModel(model) : model;
   const have = new Set((m.graph!.output ?? []).map((o) => o.name!));
-  const extra = names.filter((n) => !have.has(n)).map((name) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: DT.FLOAT } } }));
+  const extra = names
+    .filter((n) => !have.has(n))
+    .map((name) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: DT.FLOAT } } }));
   return encodeModel(withGraph(m, { output: [...(m.graph!.output ?? []), ...extra] }));
 }
 
@@ -87,10 +111,18 @@ export function withOutputs(model: Uint8Array | ModelProto, names: readonly stri
  * `findTargets` names; a MatMul whose activation has no range keeps a float activation (weight-only
  * int8, reported). Weights use [-63, 63] unless `weightMax` says 127 (see REDUCED_MAX in weights.ts).
  */
-export function quantizeModel(model: Uint8Array | ModelProto, ranges: ReadonlyMap<string, number>, opts: { minElements?: number; weightMax?: number } = {}): { bytes: Uint8Array; report: QuantizeReport } {
+export function quantizeModel(
+  model: Uint8Array | ModelProto,
+  ranges: ReadonlyMap<string, number>,
+  opts: { minElements?: number; weightMax?: number } = {},
+): { bytes: Uint8Array; report: QuantizeReport } {
   const m = model instanceof Uint8Array ? decodeModel(model) : model;
   const opset = opsetOf(m);
-  if (opset < MIN_OPSET) throw new SetokimError(ErrorCodes.MODEL_INVALID, `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`);
+  if (opset < MIN_OPSET)
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`,
+    );
   const g = m.graph!;
   const { targets, skipped } = findTargets(m, opts.minElements);
   const report: QuantizeReport = { weights: [], activations: [], skipped };
@@ -108,8 +140,14 @@ export function quantizeModel(model: Uint8Array | ModelProto, ranges: ReadonlyMa
     const qName = fresh(`${t.weight}_quantized`);
     const sName = fresh(`${t.weight}_scale`);
     const zName = fresh(`${t.weight}_zero_point`);
-    newInits.push(tensor(qName, DT.INT8, [K, N], qw.q), tensor(sName, DT.FLOAT, [N], qw.scales), tensor(zName, DT.INT8, [N], new Int8Array(N)));
-    weightNodes.push(node('DequantizeLinear', fresh(`${t.weight}/DequantizeLinear`), [qName, sName, zName], [t.weight], { axis: 1 }));
+    newInits.push(
+      tensor(qName, DT.INT8, [K, N], qw.q),
+      tensor(sName, DT.FLOAT, [N], qw.scales),
+      tensor(zName, DT.INT8, [N], new Int8Array(N)),
+    );
+    weightNodes.push(
+      node('DequantizeLinear', fresh(`${t.weight}/DequantizeLinear`), [qName, sName, zName], [t.weight], { axis: 1 }),
+    );
     drop.add(t.weight);
     report.weights.push({ name: t.weight, dims: t.dims, bytesBefore: K * N * 4, bytesAfter: K * N + N * 4 + N });
   }
@@ -125,7 +163,10 @@ export function quantizeModel(model: Uint8Array | ModelProto, ranges: ReadonlyMa
   for (const t of targets) {
     const range = ranges.get(t.activation);
     if (range === undefined) {
-      report.skipped.push({ node: g.node![t.node]!.name || `MatMul #${t.node}`, why: `no calibration range for ${t.activation}` });
+      report.skipped.push({
+        node: g.node![t.node]!.name || `MatMul #${t.node}`,
+        why: `no calibration range for ${t.activation}`,
+      });
       continue;
     }
     const scale = activationScale(range);
@@ -156,6 +197,7 @@ export function quantizeModel(model: Uint8Array | ModelProto, ranges: ReadonlyMa
 /** Counts of each op type (tests and reports). */
 export function opCounts(model: Uint8Array | ModelProto): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const n of (model instanceof Uint8Array ? decodeModel(model) : model).graph!.node ?? []) out[n.opType!] = (out[n.opType!] ?? 0) + 1;
+  for (const n of (model instanceof Uint8Array ? decodeModel(model) : model).graph!.node ?? [])
+    out[n.opType!] = (out[n.opType!] ?? 0) + 1;
   return out;
 }

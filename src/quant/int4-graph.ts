@@ -16,7 +16,21 @@
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { findTargets, type QuantTarget } from './graph.js';
 import { int4Block, int4Bytes, packInt4, packMatMulNBits, unpackInt4, type Int4Weights } from './int4.js';
-import { DT, floatValues, intAttr, Names, node, onnx, opsetOf, setOpset, tensor, withGraph, type ModelProto, type NodeProto, type TensorProto } from './onnx-model.js';
+import {
+  DT,
+  floatValues,
+  intAttr,
+  Names,
+  node,
+  onnx,
+  opsetOf,
+  setOpset,
+  tensor,
+  withGraph,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+} from './onnx-model.js';
 
 export type Int4Form = 'dq' | 'nbits';
 /** Opset and IR version of the 'dq' form (INT4 and block_size came with ONNX 1.16). */
@@ -40,7 +54,9 @@ export function selectInt4(m: ModelProto, requested: number, minElements?: numbe
   const { targets, skipped } = findTargets(m, minElements);
   const g = m.graph!;
   const outputs = new Set((g.output ?? []).map((o) => o.name!));
-  const identityOut = new Map((g.node ?? []).filter((n) => n.opType === 'Identity').map((n) => [n.input![0]!, n.output![0]!]));
+  const identityOut = new Map(
+    (g.node ?? []).filter((n) => n.opType === 'Identity').map((n) => [n.input![0]!, n.output![0]!]),
+  );
   const groups = new Map<string, Int4Target[]>();
   const heads: QuantTarget[] = [];
   for (const t of targets) {
@@ -80,14 +96,55 @@ export interface Int4Report {
   multiplied: string[];
 }
 
-/** The ops a graph may hold to move from opset 17 to 21 (their meaning is the same in both, after the Reduce axes move). */
+/**
+ * The ops a graph may hold to move from opset 17 to 21 (their meaning is the same in both, after the
+ * Reduce axes move).
+ */
 const OPSET_21_SAFE = new Set([
-  'Add', 'Sub', 'Mul', 'Div', 'Pow', 'MatMul', 'Conv', 'LayerNormalization', 'Softmax', 'ReduceSum', 'Sqrt', 'Sin', 'Cos', 'Neg', 'Sigmoid',
-  'Tanh', 'Identity', 'Reshape', 'Transpose', 'Unsqueeze', 'Expand', 'Split', 'Concat', 'Gather', 'Where', 'Range', 'Greater', 'Shape',
-  'Cast', 'DequantizeLinear', 'QuantizeLinear',
+  'Add',
+  'Sub',
+  'Mul',
+  'Div',
+  'Pow',
+  'MatMul',
+  'Conv',
+  'LayerNormalization',
+  'Softmax',
+  'ReduceSum',
+  'Sqrt',
+  'Sin',
+  'Cos',
+  'Neg',
+  'Sigmoid',
+  'Tanh',
+  'Identity',
+  'Reshape',
+  'Transpose',
+  'Unsqueeze',
+  'Expand',
+  'Split',
+  'Concat',
+  'Gather',
+  'Where',
+  'Range',
+  'Greater',
+  'Shape',
+  'Cast',
+  'DequantizeLinear',
+  'QuantizeLinear',
 ]);
 /** Reduce ops whose `axes` attribute became an input in opset 18. */
-const REDUCE_AXES_18 = new Set(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceProd', 'ReduceL1', 'ReduceL2', 'ReduceLogSum', 'ReduceLogSumExp', 'ReduceSumSquare']);
+const REDUCE_AXES_18 = new Set([
+  'ReduceMean',
+  'ReduceMax',
+  'ReduceMin',
+  'ReduceProd',
+  'ReduceL1',
+  'ReduceL2',
+  'ReduceLogSum',
+  'ReduceLogSumExp',
+  'ReduceSumSquare',
+]);
 
 export class Int4Rewrite {
   private readonly g;
@@ -104,7 +161,10 @@ export class Int4Rewrite {
   }
 
   /** The model in `form`, computing in float32; `headsFp16` stores output-projection weights float16 behind a Cast. */
-  write(form: Int4Form, opts: { headsFp16: boolean; accuracyLevel?: number }): { model: ModelProto; report: Int4Report } {
+  write(
+    form: Int4Form,
+    opts: { headsFp16: boolean; accuracyLevel?: number },
+  ): { model: ModelProto; report: Int4Report } {
     const report: Int4Report = { weights: [], heads: [], multiplied: [] };
     this.names = new Names(this.m);
     const nodes = [...(this.g.node ?? [])];
@@ -124,7 +184,10 @@ export class Int4Rewrite {
         const mName = this.names.fresh(`${activation}_awq_multiplier`);
         add.push(tensor(mName, DT.FLOAT, [m.length], m));
         const first = Math.min(...targets.map((t) => t.node));
-        before.set(first, [...(before.get(first) ?? []), node('Mul', this.names.fresh(`${activation}/awq/Mul`), [activation, mName], [input])]);
+        before.set(first, [
+          ...(before.get(first) ?? []),
+          node('Mul', this.names.fresh(`${activation}/awq/Mul`), [activation, mName], [input]),
+        ]);
         report.multiplied.push(activation);
       }
       for (const t of targets) {
@@ -135,25 +198,58 @@ export class Int4Rewrite {
           if (!drop.has(t.weight)) {
             const qName = this.names.fresh(`${t.weight}_int4`);
             const sName = this.names.fresh(`${t.weight}_scale`);
-            add.push(tensor(qName, DT.INT4, [K, N], packInt4(q.q)), tensor(sName, DT.FLOAT, [K / q.block, N], q.scales));
-            prologue.push(node('DequantizeLinear', this.names.fresh(`${t.weight}/DequantizeLinear`), [qName, sName], [t.weight], { axis: 0, block_size: q.block }));
+            add.push(
+              tensor(qName, DT.INT4, [K, N], packInt4(q.q)),
+              tensor(sName, DT.FLOAT, [K / q.block, N], q.scales),
+            );
+            prologue.push(
+              node('DequantizeLinear', this.names.fresh(`${t.weight}/DequantizeLinear`), [qName, sName], [t.weight], {
+                axis: 0,
+                block_size: q.block,
+              }),
+            );
           }
           replaced.set(t.node, onnx.NodeProto.create({ ...mm, input: [input, t.weight] }));
         } else {
           const packed = packMatMulNBits(q);
           const bName = this.names.fresh(`${t.weight}_uint4`);
           const sName = this.names.fresh(`${t.weight}_scale`);
-          add.push(tensor(bName, DT.UINT8, [N, K / q.block, q.block / 2], packed.b), tensor(sName, DT.FLOAT, [N * (K / q.block)], packed.scales));
+          add.push(
+            tensor(bName, DT.UINT8, [N, K / q.block, q.block / 2], packed.b),
+            tensor(sName, DT.FLOAT, [N * (K / q.block)], packed.scales),
+          );
           const attrs = { K, N, bits: 4, block_size: q.block, accuracy_level: opts.accuracyLevel ?? 0 };
-          replaced.set(t.node, node('MatMulNBits', mm.name || this.names.fresh(`${t.weight}/MatMulNBits`), [input, bName, sName], mm.output!, attrs, 'com.microsoft'));
+          replaced.set(
+            t.node,
+            node(
+              'MatMulNBits',
+              mm.name || this.names.fresh(`${t.weight}/MatMulNBits`),
+              [input, bName, sName],
+              mm.output!,
+              attrs,
+              'com.microsoft',
+            ),
+          );
         }
-        if (!drop.has(t.weight)) report.weights.push({ name: t.weight, dims: t.dims, block: q.block, bytesBefore: K * N * 4, bytesAfter: int4Bytes(K, N, q.block) });
+        if (!drop.has(t.weight))
+          report.weights.push({
+            name: t.weight,
+            dims: t.dims,
+            block: q.block,
+            bytesBefore: K * N * 4,
+            bytesAfter: int4Bytes(K, N, q.block),
+          });
         drop.add(t.weight);
       }
     }
     for (const h of this.plan.selection.heads) {
       const [K, N] = h.dims;
-      report.heads.push({ name: h.weight, dims: h.dims, bytesBefore: K * N * 4, bytesAfter: K * N * (opts.headsFp16 ? 2 : 4) });
+      report.heads.push({
+        name: h.weight,
+        dims: h.dims,
+        bytesBefore: K * N * 4,
+        bytesAfter: K * N * (opts.headsFp16 ? 2 : 4),
+      });
       if (!opts.headsFp16 || drop.has(h.weight) || castHeads.has(h.weight)) continue;
       const half = this.names.fresh(`${h.weight}_fp16`);
       add.push(tensor(half, DT.FLOAT16, [K, N], floatValues(inits.get(h.weight)!)));
@@ -164,8 +260,14 @@ export class Int4Rewrite {
     const out: NodeProto[] = [...prologue];
     nodes.forEach((n, i) => out.push(...(before.get(i) ?? []), replaced.get(i) ?? n));
     // 'dq': the DequantizeLinear output takes the weight's name; 'nbits': a weight some other node still reads stays.
-    const stillRead = (name: string) => form === 'nbits' && (this.g.node ?? []).some((n, i) => !replaced.has(i) && (n.input ?? []).includes(name));
-    let initializer = [...(this.g.initializer ?? []).filter((t) => !castHeads.has(t.name!) && (!drop.has(t.name!) || stillRead(t.name!))), ...add];
+    const stillRead = (name: string) =>
+      form === 'nbits' && (this.g.node ?? []).some((n, i) => !replaced.has(i) && (n.input ?? []).includes(name));
+    let initializer = [
+      ...(this.g.initializer ?? []).filter(
+        (t) => !castHeads.has(t.name!) && (!drop.has(t.name!) || stillRead(t.name!)),
+      ),
+      ...add,
+    ];
     let opsetImport = this.m.opsetImport;
     let irVersion: number | undefined;
     let body = out;
@@ -179,10 +281,17 @@ export class Int4Rewrite {
     return { model: withGraph(this.m, { node: body, initializer }, { opsetImport, irVersion }), report };
   }
 
-  /** Opset 17 -> 21: Reduce* `axes` attributes become int64 inputs; any op whose meaning may have changed refuses the stage. */
+  /**
+   * Opset 17 -> 21: Reduce* `axes` attributes become int64 inputs; any op whose meaning may have
+   * changed refuses the stage.
+   */
   private toOpset21(nodes: NodeProto[], initializer: TensorProto[]): { nodes: NodeProto[]; axes: TensorProto[] } {
     const from = opsetOf(this.m);
-    if (from > INT4_OPSET) throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${this.stage} is opset ${from}; the INT4 form is written at opset ${INT4_OPSET}`);
+    if (from > INT4_OPSET)
+      throw new SetokimError(
+        ErrorCodes.QUANT_UNSUPPORTED,
+        `stage ${this.stage} is opset ${from}; the INT4 form is written at opset ${INT4_OPSET}`,
+      );
     const extra: TensorProto[] = [];
     const body = nodes.map((n) => {
       if (n.domain && n.domain !== 'ai.onnx') return n;
@@ -190,11 +299,26 @@ export class Int4Rewrite {
         const a = (n.attribute ?? []).find((x) => x.name === 'axes');
         if (!a) return n;
         const name = this.names.fresh(`${n.name}/axes`);
-        extra.push(tensor(name, DT.INT64, [(a.ints ?? []).length], BigInt64Array.from((a.ints ?? []).map((v) => BigInt(Number(v))))));
-        return onnx.NodeProto.create({ ...n, input: [n.input![0]!, name], attribute: (n.attribute ?? []).filter((x) => x.name !== 'axes') });
+        extra.push(
+          tensor(
+            name,
+            DT.INT64,
+            [(a.ints ?? []).length],
+            BigInt64Array.from((a.ints ?? []).map((v) => BigInt(Number(v)))),
+          ),
+        );
+        return onnx.NodeProto.create({
+          ...n,
+          input: [n.input![0]!, name],
+          attribute: (n.attribute ?? []).filter((x) => x.name !== 'axes'),
+        });
       }
       if (!OPSET_21_SAFE.has(n.opType!)) {
-        throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${this.stage} cannot be written in the INT4 form: it uses ${n.opType} (node ${n.name}), which this exporter cannot move from opset ${from} to ${INT4_OPSET}`);
+        throw new SetokimError(
+          ErrorCodes.QUANT_UNSUPPORTED,
+          `stage ${this.stage} cannot be written in the INT4 form: it uses ${n.opType} (node ${n.name}), which ` +
+            `this exporter cannot move from opset ${from} to ${INT4_OPSET}`,
+        );
       }
       return n;
     });
@@ -203,7 +327,10 @@ export class Int4Rewrite {
 }
 
 /** The INT4 values, scales and multipliers a written model holds for `weight` (for checks: 'dq' form). */
-export function readInt4Weight(m: ModelProto, weight: string): { q: Int8Array; scales: Float32Array; block: number; K: number; N: number; multipliers?: Float32Array } {
+export function readInt4Weight(
+  m: ModelProto,
+  weight: string,
+): { q: Int8Array; scales: Float32Array; block: number; K: number; N: number; multipliers?: Float32Array } {
   const g = m.graph!;
   const inits = new Map((g.initializer ?? []).map((t) => [t.name!, t]));
   const dq = (g.node ?? []).find((n) => n.opType === 'DequantizeLinear' && n.output?.[0] === weight);

@@ -22,7 +22,10 @@ export const DEFAULT_BLOCK_SIZE: BlockSize = 128;
 /** MatMulNBits' smallest block; also the smallest block this exporter writes. */
 export const MIN_BLOCK = 16;
 
-/** The block used for a weight with K input rows: the largest of requested, requested/2, ..., 16 dividing K; undefined when none does. */
+/**
+ * The block used for a weight with K input rows: the largest of requested, requested/2, ..., 16
+ * dividing K; undefined when none does.
+ */
 export function int4Block(K: number, requested: number): number | undefined {
   for (let b = requested; b >= MIN_BLOCK; b /= 2) if (K % b === 0) return b;
   return undefined;
@@ -53,7 +56,12 @@ export function blockScale(maxAbs: number, where: string): number {
   if (maxAbs === 0) return 1;
   const s = float16AtLeast(maxAbs / INT4_MAX);
   if (!Number.isFinite(s) || s > FLOAT16_MAX) {
-    throw new SetokimError(ErrorCodes.QUANT_SCALE_INVALID, `${where}: a block's largest |w| is ${maxAbs.toPrecision(3)}, so its INT4 scale ${(maxAbs / INT4_MAX).toPrecision(3)} is beyond float16's ${FLOAT16_MAX}; this weight cannot be stored as INT4 with float16 scales`);
+    throw new SetokimError(
+      ErrorCodes.QUANT_SCALE_INVALID,
+      `${where}: a block's largest |w| is ${maxAbs.toPrecision(3)}, so its INT4 scale ` +
+        `${(maxAbs / INT4_MAX).toPrecision(3)} is beyond float16's ${FLOAT16_MAX}; this weight cannot be stored ` +
+        `as INT4 with float16 scales`,
+    );
   }
   return Math.max(s, FLOAT16_MIN_POSITIVE);
 }
@@ -65,7 +73,14 @@ export function blockScale(maxAbs: number, where: string): number {
 export const CLIP_RATIOS = [1, 0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 7 / 7.5];
 
 /** Quantises a row-major [K, N] float matrix per block of `block` rows. Throws MODEL_INVALID on NaN or Inf. */
-export function quantizeInt4(w: Float32Array | Float64Array, K: number, N: number, block: number, name = 'weight', ratios: readonly number[] = CLIP_RATIOS): Int4Weights {
+export function quantizeInt4(
+  w: Float32Array | Float64Array,
+  K: number,
+  N: number,
+  block: number,
+  name = 'weight',
+  ratios: readonly number[] = CLIP_RATIOS,
+): Int4Weights {
   if (w.length !== K * N) throw new RangeError(`${name}: ${w.length} values for [${K}, ${N}]`);
   if (K % block !== 0) throw new RangeError(`${name}: block ${block} does not divide K = ${K}`);
   const blocks = K / block;
@@ -77,12 +92,17 @@ export function quantizeInt4(w: Float32Array | Float64Array, K: number, N: numbe
     for (let k = b * block; k < (b + 1) * block; k++) {
       for (let n = 0; n < N; n++) {
         const v = w[k * N + n]!;
-        if (!Number.isFinite(v)) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${name}: element [${k}, ${n}] is ${v}; a weight must be finite to quantise it; re-export the model`);
+        if (!Number.isFinite(v))
+          throw new SetokimError(
+            ErrorCodes.MODEL_INVALID,
+            `${name}: element [${k}, ${n}] is ${v}; a weight must be finite to quantise it; re-export the model`,
+          );
         const a = Math.abs(v);
         if (a > maxAbs[n]!) maxAbs[n] = a;
       }
     }
-    for (let n = 0; n < N; n++) scales[b * N + n] = bestScale(w, b * block, block, N, n, maxAbs[n]!, ratios, `${name} block ${b} column ${n}`);
+    for (let n = 0; n < N; n++)
+      scales[b * N + n] = bestScale(w, b * block, block, N, n, maxAbs[n]!, ratios, `${name} block ${b} column ${n}`);
     for (let k = b * block; k < (b + 1) * block; k++) {
       for (let n = 0; n < N; n++) {
         const x = Math.round(w[k * N + n]! / scales[b * N + n]!);
@@ -94,7 +114,16 @@ export function quantizeInt4(w: Float32Array | Float64Array, K: number, N: numbe
 }
 
 /** The scale of one block column with the smallest squared error among max|w| * ratio / 7. */
-function bestScale(w: Float32Array | Float64Array, k0: number, block: number, N: number, n: number, maxAbs: number, ratios: readonly number[], where: string): number {
+function bestScale(
+  w: Float32Array | Float64Array,
+  k0: number,
+  block: number,
+  N: number,
+  n: number,
+  maxAbs: number,
+  ratios: readonly number[],
+  where: string,
+): number {
   let best = blockScale(maxAbs, where);
   if (ratios.length < 2 || maxAbs === 0) return best;
   let bestErr = Infinity;

@@ -23,7 +23,8 @@ const ATTR = onnx.AttributeProto.AttributeType;
 export const decodeModel = (bytes: Uint8Array): ModelProto => onnx.ModelProto.decode(bytes);
 export const encodeModel = (m: ModelProto): Uint8Array => onnx.ModelProto.encode(m).finish();
 
-export const elements = (dims: readonly (number | { toNumber(): number })[]) => dims.reduce<number>((a, d) => a * Number(d), 1);
+export const elements = (dims: readonly (number | { toNumber(): number })[]) =>
+  dims.reduce<number>((a, d) => a * Number(d), 1);
 
 /** The version of `domain` the model imports (0 when it does not). */
 export function opsetOf(m: ModelProto, domain = ''): number {
@@ -35,7 +36,11 @@ export function opsetOf(m: ModelProto, domain = ''): number {
  * A copy of `m` with some graph fields replaced and, optionally, other opset imports and IR version.
  * Everything not replaced (initializers included) is shared with `m`, not copied.
  */
-export function withGraph(m: ModelProto, graph: Partial<GraphProto>, top: { opsetImport?: ModelProto['opsetImport']; irVersion?: number } = {}): ModelProto {
+export function withGraph(
+  m: ModelProto,
+  graph: Partial<GraphProto>,
+  top: { opsetImport?: ModelProto['opsetImport']; irVersion?: number } = {},
+): ModelProto {
   return onnx.ModelProto.create({
     ...m,
     ...(top.irVersion !== undefined ? { irVersion: top.irVersion } : {}),
@@ -45,7 +50,11 @@ export function withGraph(m: ModelProto, graph: Partial<GraphProto>, top: { opse
 }
 
 /** `imports` with `domain` set to `version` (added when absent). */
-export function setOpset(imports: ModelProto['opsetImport'], domain: string, version: number): ModelProto['opsetImport'] {
+export function setOpset(
+  imports: ModelProto['opsetImport'],
+  domain: string,
+  version: number,
+): ModelProto['opsetImport'] {
   const rest = (imports ?? []).filter((o) => (o.domain ?? '') !== domain && !(domain === '' && o.domain === 'ai.onnx'));
   return [{ domain, version }, ...rest];
 }
@@ -54,18 +63,29 @@ export function setOpset(imports: ModelProto['opsetImport'], domain: string, ver
 export function floatValues(t: TensorProto): Float32Array {
   const n = elements(t.dims ?? []);
   const width = t.dataType === DT.FLOAT16 ? 2 : 4;
-  if (t.dataType !== DT.FLOAT && t.dataType !== DT.FLOAT16) throw new SetokimError(ErrorCodes.INTERNAL, `initializer ${t.name}: data type ${t.dataType} is not a float`);
+  if (t.dataType !== DT.FLOAT && t.dataType !== DT.FLOAT16)
+    throw new SetokimError(ErrorCodes.INTERNAL, `initializer ${t.name}: data type ${t.dataType} is not a float`);
   if (t.rawData && t.rawData.length > 0) {
-    if (t.rawData.length !== n * width) throw new SetokimError(ErrorCodes.MODEL_INVALID, `initializer ${t.name}: ${t.rawData.length} bytes for ${n} values of ${width} bytes`);
+    if (t.rawData.length !== n * width)
+      throw new SetokimError(
+        ErrorCodes.MODEL_INVALID,
+        `initializer ${t.name}: ${t.rawData.length} bytes for ${n} values of ${width} bytes`,
+      );
     const view = new DataView(t.rawData.buffer, t.rawData.byteOffset, t.rawData.byteLength);
     const out = new Float32Array(n);
     if (width === 4) for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
     else for (let i = 0; i < n; i++) out[i] = fromFloat16Bits(view.getUint16(i * 2, true));
     return out;
   }
-  const out = width === 4 ? Float32Array.from(t.floatData ?? []) : Float32Array.from(t.int32Data ?? [], fromFloat16Bits);
+  const out =
+    width === 4 ? Float32Array.from(t.floatData ?? []) : Float32Array.from(t.int32Data ?? [], fromFloat16Bits);
   // Neither raw_data nor the typed field holds them: external data (a model over 2 GB), not read here.
-  if (out.length !== n) throw new SetokimError(ErrorCodes.MODEL_INVALID, `initializer ${t.name}: ${out.length} values stored for ${n}; weights in external data files are not supported: export the stage with its weights inside the .onnx file`);
+  if (out.length !== n)
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `initializer ${t.name}: ${out.length} values stored for ${n}; weights in external data files are not ` +
+        `supported: export the stage with its weights inside the .onnx file`,
+    );
   return out;
 }
 
@@ -80,24 +100,44 @@ function littleEndian(data: Float32Array | Uint16Array | BigInt64Array): Uint8Ar
 }
 
 /** An initializer. Float16 data is given as float values (rounded here) or as bits; int4 as packed bytes (int4Pack). */
-export function tensor(name: string, dataType: number, dims: readonly number[], data: Float32Array | Uint16Array | Int8Array | Uint8Array | BigInt64Array): TensorProto {
+export function tensor(
+  name: string,
+  dataType: number,
+  dims: readonly number[],
+  data: Float32Array | Uint16Array | Int8Array | Uint8Array | BigInt64Array,
+): TensorProto {
   let raw: Uint8Array;
   if (dataType === DT.FLOAT16 && data instanceof Float32Array) raw = littleEndian(toFloat16Array(data));
-  else if (data instanceof Float32Array || data instanceof Uint16Array || data instanceof BigInt64Array) raw = littleEndian(data);
+  else if (data instanceof Float32Array || data instanceof Uint16Array || data instanceof BigInt64Array)
+    raw = littleEndian(data);
   else raw = new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
   return onnx.TensorProto.create({ name, dims: [...dims], dataType, rawData: raw });
 }
 
 export type AttrValue = number | number[] | string | { float: number };
 
-export function node(opType: string, name: string, input: readonly string[], output: readonly string[], attrs: Record<string, AttrValue> = {}, domain?: string): NodeProto {
+export function node(
+  opType: string,
+  name: string,
+  input: readonly string[],
+  output: readonly string[],
+  attrs: Record<string, AttrValue> = {},
+  domain?: string,
+): NodeProto {
   const attribute = Object.entries(attrs).map(([k, v]): AttributeProto => {
     if (typeof v === 'string') return { name: k, type: ATTR.STRING, s: new TextEncoder().encode(v) };
     if (Array.isArray(v)) return { name: k, type: ATTR.INTS, ints: v };
     if (typeof v === 'number') return { name: k, type: ATTR.INT, i: v };
     return { name: k, type: ATTR.FLOAT, f: v.float };
   });
-  return onnx.NodeProto.create({ opType, name, input: [...input], output: [...output], attribute, ...(domain ? { domain } : {}) });
+  return onnx.NodeProto.create({
+    opType,
+    name,
+    input: [...input],
+    output: [...output],
+    attribute,
+    ...(domain ? { domain } : {}),
+  });
 }
 
 /** An INT (or INTS) attribute of a node, or `fallback`. */

@@ -16,7 +16,16 @@ import path from 'node:path';
 import type { Backend, Session, Tensor } from '../engine/backend.js';
 import { STAGES, type StageName, type StageSignature } from '../engine/contract.js';
 import { fsyncDir, writeFileDurable } from '../engine/durable.js';
-import { manifestPath, parseManifest, serializeManifest, sha256Bytes, type Dialect, type Manifest, type Precision, type StageFile } from '../engine/manifest.js';
+import {
+  manifestPath,
+  parseManifest,
+  serializeManifest,
+  sha256Bytes,
+  type Dialect,
+  type Manifest,
+  type Precision,
+  type StageFile,
+} from '../engine/manifest.js';
 import { openModelSet, type ModelSet } from '../engine/modelset.js';
 import { OrtBackend } from '../engine/onnxruntime.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
@@ -44,7 +53,10 @@ export interface QuantizeSetOptions {
   images: readonly Uint8Array[];
   tolerance?: number;
   minElements?: number;
-  /** int8: 7 (default: weights in [-63, 63], safe for ONNX Runtime's x86 kernels, see weights.ts) or 8 ([-127, 127]). */
+  /**
+   * int8: 7 (default: weights in [-63, 63], safe for ONNX Runtime's x86 kernels, see weights.ts) or 8
+   * ([-127, 127]).
+   */
   weightBits?: 7 | 8;
   /** int4w: rows per INT4 block (32, 64 or 128; default 128). */
   blockSize?: number;
@@ -91,24 +103,46 @@ export interface StageResult {
 /** The precisions `export quantize` builds; the others say why not. */
 export function checkPrecision(p: string): asserts p is BuildPrecision {
   if ((BUILD_PRECISIONS as readonly string[]).includes(p)) return;
-  if (p === 'fp32') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--precision fp32 is the main file of every stage already; build one of ${BUILD_PRECISIONS.join(', ')}`);
-  throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--precision ${JSON.stringify(p)}: expected one of ${BUILD_PRECISIONS.join(', ')}`);
+  if (p === 'fp32')
+    throw new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `--precision fp32 is the main file of every stage already; build one of ${BUILD_PRECISIONS.join(', ')}`,
+    );
+  throw new SetokimError(
+    ErrorCodes.BAD_ARGUMENT,
+    `--precision ${JSON.stringify(p)}: expected one of ${BUILD_PRECISIONS.join(', ')}`,
+  );
 }
 
 /** Every file a manifest names (main files and variants). */
-const listedFiles = (m: Manifest) => new Set(Object.values(m.stages).flatMap((e) => [e.file, ...e.variants.map((v) => v.file)]));
+const listedFiles = (m: Manifest) =>
+  new Set(Object.values(m.stages).flatMap((e) => [e.file, ...e.variants.map((v) => v.file)]));
 const dialectTag = (d?: Dialect) => (d === 'tensorrt' ? '.trt' : '');
 
 /** A name for a new build that the manifest on disk does not list (see the header). */
-function newBuildName(stage: StageName, precision: Precision, dialect: Dialect | undefined, sha: string, listed: ReadonlySet<string>): string {
+function newBuildName(
+  stage: StageName,
+  precision: Precision,
+  dialect: Dialect | undefined,
+  sha: string,
+  listed: ReadonlySet<string>,
+): string {
   const base = `${stage}.${precision}${dialectTag(dialect)}`;
   const names = [`${base}.onnx`, `${base}.${sha.slice(0, 12)}.onnx`];
   const free = names.find((n) => !listed.has(n));
-  if (!free) throw new SetokimError(ErrorCodes.MODEL_INVALID, `manifest.json lists both ${names.join(' and ')}; remove one of those variants from the manifest (or re-export the set) and quantise again`);
+  if (!free)
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `manifest.json lists both ${names.join(' and ')}; remove one of those variants from the manifest (or ` +
+        `re-export the set) and quantise again`,
+    );
   return free;
 }
 
-/** A file this module writes for `stage` at `precision` (either dialect, plain or hashed name), or a temp file of an older version. */
+/**
+ * A file this module writes for `stage` at `precision` (either dialect, plain or hashed name), or a
+ * temp file of an older version.
+ */
 const isBuildFile = (f: string, stage: StageName, precision: Precision) => {
   const rest = f.startsWith(`${stage}.${precision}.`) ? f.slice(stage.length + precision.length + 2) : undefined;
   return rest !== undefined && /^(trt\.)?([0-9a-f]{12}\.)?onnx(\.tmp-\d+)?$/.test(rest);
@@ -168,12 +202,20 @@ class SetQuantizer {
     this.set = await openModelSet(path.resolve(this.o.dir), { verify: this.o.verify });
     this.stages = [...new Set(this.o.stages ?? STAGES.filter((s) => this.set.has(s)))];
     for (const s of this.stages) {
-      if (!this.set.has(s)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${this.set.id} has no ${s} stage; --stages takes: ${STAGES.filter((x) => this.set.has(x)).join(', ')}`);
+      if (!this.set.has(s))
+        throw new SetokimError(
+          ErrorCodes.MODEL_NOT_FOUND,
+          `model set ${this.set.id} has no ${s} stage; --stages takes: ` +
+            `${STAGES.filter((x) => this.set.has(x)).join(', ')}`,
+        );
     }
     this.listed = listedFiles(this.set.manifest);
   }
 
-  /** Reads and decodes each stage's fp32 file once; a stage named in --stages with nothing to build refuses the run here. */
+  /**
+   * Reads and decodes each stage's fp32 file once; a stage named in --stages with nothing to build
+   * refuses the run here.
+   */
   private async readStages(): Promise<void> {
     for (const stage of this.stages) {
       const bytes = new Uint8Array(await readFile(this.set.stagePath(stage)));
@@ -181,7 +223,11 @@ class SetQuantizer {
       this.models.set(stage, { bytes, model, signature: this.set.manifest.stages[stage]!.signature });
       const why = this.recipe.nothingToBuild(stage, model);
       if (!why) continue;
-      if (this.o.stages) throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${stage} cannot be built at ${this.o.precision}: ${why}; leave it out of --stages`);
+      if (this.o.stages)
+        throw new SetokimError(
+          ErrorCodes.QUANT_UNSUPPORTED,
+          `stage ${stage} cannot be built at ${this.o.precision}: ${why}; leave it out of --stages`,
+        );
       this.skipped.set(stage, why);
     }
   }
@@ -203,26 +249,56 @@ class SetQuantizer {
 
   private async quantizeStage(stage: StageName): Promise<void> {
     const m = this.models.get(stage)!;
-    const base: StageResult = { stage, precision: this.o.precision, builds: [], weightBytesBefore: 0, weightBytesAfter: 0, fileBytesBefore: m.bytes.length, calibrationSamples: 0, heldOutSamples: 0, heldOutDisjoint: false };
+    const base: StageResult = {
+      stage,
+      precision: this.o.precision,
+      builds: [],
+      weightBytesBefore: 0,
+      weightBytesAfter: 0,
+      fileBytesBefore: m.bytes.length,
+      calibrationSamples: 0,
+      heldOutSamples: 0,
+      heldOutDisjoint: false,
+    };
     const why = this.skipped.get(stage);
     if (why) return this.report({ ...base, skipped: why });
     const samples = this.recorder!.samples(stage);
-    if (samples.length === 0) throw new SetokimError(ErrorCodes.INTERNAL, `stage ${stage}: the calibration queries never ran it; nothing to calibrate on`);
+    if (samples.length === 0)
+      throw new SetokimError(
+        ErrorCodes.INTERNAL,
+        `stage ${stage}: the calibration queries never ran it; nothing to calibrate on`,
+      );
     const { calibrate, heldOut, disjoint } = splitSamples(samples);
-    const built = await this.recipe.build({ stage, model: m.model, signature: m.signature, calibrate }, {
-      backend: this.backend,
-      threads: this.o.threads,
-      onProgress: (phase, done, total) => this.o.onProgress?.({ phase, stage, done, total }),
-    });
+    const built = await this.recipe.build(
+      { stage, model: m.model, signature: m.signature, calibrate },
+      {
+        backend: this.backend,
+        threads: this.o.threads,
+        onProgress: (phase, done, total) => this.o.onProgress?.({ phase, stage, done, total }),
+      },
+    );
     const files = await this.writeBuilds(stage, built);
     const { builds, fp32Ms } = await this.check(stage, files, heldOut);
-    const r: StageResult = { ...base, summary: built.summary, builds, fp32Ms, weightBytesBefore: built.weightBytesBefore, weightBytesAfter: built.weightBytesAfter, calibrationSamples: calibrate.length, heldOutSamples: heldOut.length, heldOutDisjoint: disjoint };
+    const r: StageResult = {
+      ...base,
+      summary: built.summary,
+      builds,
+      fp32Ms,
+      weightBytesBefore: built.weightBytesBefore,
+      weightBytesAfter: built.weightBytesAfter,
+      calibrationSamples: calibrate.length,
+      heldOutSamples: heldOut.length,
+      heldOutDisjoint: disjoint,
+    };
     this.report(r);
     for (const b of builds) {
       if (b.worst && b.worst.relError <= this.tolerance) continue;
       throw new SetokimError(
         ErrorCodes.QUANT_TOLERANCE,
-        `stage ${stage}: ${this.o.precision}${b.dialect ? ` (${b.dialect})` : ''} output ${b.worst?.output ?? '?'} is off by ${b.worst?.relError.toPrecision(3)} of its range (cosine ${b.worst?.cosine.toFixed(5)}) on ${heldOut.length} held-out inputs, over the tolerance ${this.tolerance}; nothing was written. Raise --tolerance, calibrate on more images, or leave the stage out with --stages`,
+        `stage ${stage}: ${this.o.precision}${b.dialect ? ' (' + b.dialect + ')' : ''} output ${b.worst?.output ?? '?'} ` +
+          `is off by ${b.worst?.relError.toPrecision(3)} of its range (cosine ${b.worst?.cosine.toFixed(5)}) ` +
+          `on ${heldOut.length} held-out inputs, over the tolerance ${this.tolerance}; nothing was written. ` +
+          'Raise --tolerance, calibrate on more images, or leave the stage out with --stages',
       );
     }
   }
@@ -238,7 +314,14 @@ class SetQuantizer {
     for (const b of built.builds) {
       const hash = sha256Bytes(b.bytes);
       const file = newBuildName(stage, this.o.precision, b.dialect, hash, this.listed);
-      const entry: StageFile = { file, format: 'onnx', sha256: hash, bytes: b.bytes.length, precision: this.o.precision, ...(b.dialect ? { dialect: b.dialect } : {}) };
+      const entry: StageFile = {
+        file,
+        format: 'onnx',
+        sha256: hash,
+        bytes: b.bytes.length,
+        precision: this.o.precision,
+        ...(b.dialect ? { dialect: b.dialect } : {}),
+      };
       const final = path.join(this.set.dir, file);
       this.written.push({ file: final, stage, entry });
       await writeFile(final, b.bytes, { flush: true });
@@ -248,14 +331,22 @@ class SetQuantizer {
   }
 
   /** The fp32 file and every build on the held-out feeds in ONNX Runtime, side by side. */
-  private async check(stage: StageName, files: { file: string; entry: StageFile }[], heldOut: readonly Feeds[]): Promise<{ builds: BuildResult[]; fp32Ms: number }> {
+  private async check(
+    stage: StageName,
+    files: { file: string; entry: StageFile }[],
+    heldOut: readonly Feeds[],
+  ): Promise<{ builds: BuildResult[]; fp32Ms: number }> {
     const signature = this.models.get(stage)!.signature;
     const ref = await this.backend.open(this.set.stagePath(stage), { stage, signature, threads: this.o.threads });
     try {
       const a = await timedRuns(ref, heldOut);
       const builds: BuildResult[] = [];
       for (const f of files) {
-        const q = await this.backend.open(f.file, { stage: `${stage} (${f.entry.file})`, signature, threads: this.o.threads });
+        const q = await this.backend.open(f.file, {
+          stage: `${stage} (${f.entry.file})`,
+          signature,
+          threads: this.o.threads,
+        });
         try {
           const b = await timedRuns(q, heldOut);
           const worst = new Map<string, OutputError>();
@@ -264,7 +355,14 @@ class SetQuantizer {
             this.o.onProgress?.({ phase: 'check', stage, done: i + 1, total: heldOut.length });
           });
           const errors = [...worst.values()];
-          builds.push({ file: f.entry.file, dialect: f.entry.dialect, bytes: f.entry.bytes, errors, worst: worstOutput(errors), ms: b.ms });
+          builds.push({
+            file: f.entry.file,
+            dialect: f.entry.dialect,
+            bytes: f.entry.bytes,
+            errors,
+            worst: worstOutput(errors),
+            ms: b.ms,
+          });
         } finally {
           await q.dispose();
         }
@@ -281,7 +379,10 @@ class SetQuantizer {
     const built = new Set(this.written.map((w) => w.stage));
     for (const s of built) {
       const e = m.stages[s]!;
-      e.variants = [...e.variants.filter((v) => v.precision !== this.o.precision), ...this.written.filter((w) => w.stage === s).map((w) => w.entry)];
+      e.variants = [
+        ...e.variants.filter((v) => v.precision !== this.o.precision),
+        ...this.written.filter((w) => w.stage === s).map((w) => w.entry),
+      ];
     }
     parseManifest(m, manifestPath(this.set.dir));
     await fsyncDir(this.set.dir);
@@ -290,10 +391,15 @@ class SetQuantizer {
     await this.removeUnlisted(m, [...built]);
   }
 
-  /** Removes the builds of `stages` the manifest no longer lists: the ones just replaced, and leftovers of a run cut off before its switch. */
+  /**
+   * Removes the builds of `stages` the manifest no longer lists: the ones just replaced, and leftovers
+   * of a run cut off before its switch.
+   */
   private async removeUnlisted(m: Manifest, stages: readonly StageName[]): Promise<void> {
     const keep = listedFiles(m);
-    const stale = (await readdir(this.set.dir)).filter((f) => !keep.has(f) && stages.some((s) => isBuildFile(f, s, this.o.precision)));
+    const stale = (await readdir(this.set.dir)).filter(
+      (f) => !keep.has(f) && stages.some((s) => isBuildFile(f, s, this.o.precision)),
+    );
     for (const f of stale) await rm(path.join(this.set.dir, f), { force: true });
     if (stale.length) await fsyncDir(this.set.dir);
   }

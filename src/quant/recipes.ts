@@ -25,7 +25,10 @@ import { INT8_MAX, REDUCED_MAX } from './weights.js';
 export const BUILD_PRECISIONS = ['fp16', 'int8', 'int4w'] as const;
 export type BuildPrecision = (typeof BUILD_PRECISIONS)[number];
 
-/** Stages int4w stores with INT4 weights (the rest: float16). See docs/QUANT.md for the merger and detokenizer measurements. */
+/**
+ * Stages int4w stores with INT4 weights (the rest: float16). See docs/QUANT.md for the merger and
+ * detokenizer measurements.
+ */
 export const INT4_STAGES: readonly StageName[] = ['llm'];
 /**
  * The ONNX Runtime dialect of INT4: MatMulNBits with accuracy_level 4 (int8 activations inside the
@@ -71,7 +74,9 @@ export class Int8Recipe implements Recipe {
 
   nothingToBuild(_stage: StageName, model: ModelProto): string | undefined {
     const min = this.o.minElements ?? DEFAULT_MIN_ELEMENTS;
-    return findTargets(model, min).targets.length === 0 ? `no MatMul with a 2-D float32 weight of >= ${min} values; stays fp32` : undefined;
+    return findTargets(model, min).targets.length === 0
+      ? `no MatMul with a 2-D float32 weight of >= ${min} values; stays fp32`
+      : undefined;
   }
 
   async build(input: StageInput, ctx: RecipeContext): Promise<Built> {
@@ -83,8 +88,12 @@ export class Int8Recipe implements Recipe {
       threads: ctx.threads,
       onSample: (d, t) => ctx.onProgress?.('ranges', d, t),
     });
-    const { bytes, report } = quantizeModel(input.model, ranges, { minElements, weightMax: this.o.weightBits === 8 ? INT8_MAX : REDUCED_MAX });
-    const float = dynamic.length ? ` (${dynamic.length} left float: ${dynamic.map((a) => `${a.name} range varies ${a.spread.toFixed(0)}x`).join(', ')})` : '';
+    const { bytes, report } = quantizeModel(input.model, ranges, {
+      minElements,
+      weightMax: this.o.weightBits === 8 ? INT8_MAX : REDUCED_MAX,
+    });
+    const spreads = dynamic.map((a) => `${a.name} range varies ${a.spread.toFixed(0)}x`).join(', ');
+    const float = dynamic.length ? ` (${dynamic.length} left float: ${spreads})` : '';
     return {
       builds: [{ bytes }],
       summary: `${report.weights.length} MatMuls, ${report.activations.length} activations int8${float}`,
@@ -95,8 +104,11 @@ export class Int8Recipe implements Recipe {
 }
 
 const fp32Summary = (r: Fp16Report) => {
-  const ops = Object.entries(r.fp32Nodes).map(([op, n]) => `${n} ${op}`).join(', ');
-  return `fp16, float32 kept for ${ops || 'nothing'}, ${r.casts} casts${r.flushedToZero ? `, ${r.flushedToZero} weights below float16's range read as 0` : ''}`;
+  const ops = Object.entries(r.fp32Nodes)
+    .map(([op, n]) => `${n} ${op}`)
+    .join(', ');
+  const flushed = r.flushedToZero ? `, ${r.flushedToZero} weights below float16's range read as 0` : '';
+  return `fp16, float32 kept for ${ops || 'nothing'}, ${r.casts} casts${flushed}`;
 };
 
 export class Fp16Recipe implements Recipe {
@@ -108,7 +120,12 @@ export class Fp16Recipe implements Recipe {
 
   async build(input: StageInput): Promise<Built> {
     const { model, report } = toFloat16(input.model, input.stage);
-    return { builds: [{ bytes: encodeModel(model) }], summary: fp32Summary(report), weightBytesBefore: report.weightBytesBefore, weightBytesAfter: report.weightBytesAfter };
+    return {
+      builds: [{ bytes: encodeModel(model) }],
+      summary: fp32Summary(report),
+      weightBytesBefore: report.weightBytesBefore,
+      weightBytesAfter: report.weightBytesAfter,
+    };
   }
 }
 
@@ -118,7 +135,8 @@ export class Int4wRecipe implements Recipe {
 
   constructor(o: { blockSize?: number }) {
     const b = o.blockSize ?? DEFAULT_BLOCK_SIZE;
-    if (!(BLOCK_SIZES as readonly number[]).includes(b)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--block-size ${b}: expected one of ${BLOCK_SIZES.join(', ')}`);
+    if (!(BLOCK_SIZES as readonly number[]).includes(b))
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--block-size ${b}: expected one of ${BLOCK_SIZES.join(', ')}`);
     this.block = b as BlockSize;
   }
 
@@ -129,13 +147,27 @@ export class Int4wRecipe implements Recipe {
   async build(input: StageInput, ctx: RecipeContext): Promise<Built> {
     if (!INT4_STAGES.includes(input.stage)) {
       const { model, report } = toFloat16(input.model, input.stage);
-      return { builds: [{ bytes: encodeModel(model), dialect: 'tensorrt' }], summary: `${fp32Summary(report)} (not an INT4 stage)`, weightBytesBefore: report.weightBytesBefore, weightBytesAfter: report.weightBytesAfter };
+      return {
+        builds: [{ bytes: encodeModel(model), dialect: 'tensorrt' }],
+        summary: `${fp32Summary(report)} (not an INT4 stage)`,
+        weightBytesBefore: report.weightBytesBefore,
+        weightBytesAfter: report.weightBytesAfter,
+      };
     }
     const selection = selectInt4(input.model, this.block);
     if (selection.groups.size === 0) {
-      throw new SetokimError(ErrorCodes.QUANT_UNSUPPORTED, `stage ${input.stage} cannot be built at int4w: no MatMul takes INT4 weights (${selection.skipped.map((s) => `${s.node}: ${s.why}`).join('; ') || 'no 2-D float32 MatMul weight'})`);
+      throw new SetokimError(
+        ErrorCodes.QUANT_UNSUPPORTED,
+        `stage ${input.stage} cannot be built at int4w: no MatMul takes INT4 weights ` +
+          `(${selection.skipped.map((s) => s.node + ': ' + s.why).join('; ') || 'no 2-D float32 MatMul weight'})`,
+      );
     }
-    const { plan, awq } = await planInt4(ctx.backend, input.model, selection, input.calibrate, { stage: input.stage, signature: input.signature, threads: ctx.threads, onProgress: (p, d, t) => ctx.onProgress?.(p === 'awq' ? 'awq' : 'ranges', d, t) });
+    const { plan, awq } = await planInt4(ctx.backend, input.model, selection, input.calibrate, {
+      stage: input.stage,
+      signature: input.signature,
+      threads: ctx.threads,
+      onProgress: (p, d, t) => ctx.onProgress?.(p === 'awq' ? 'awq' : 'ranges', d, t),
+    });
     const rewrite = new Int4Rewrite(input.model, plan, input.stage);
     const ort = rewrite.write(ORT_INT4_FORM, { headsFp16: true, accuracyLevel: ORT_INT4_ACCURACY_LEVEL });
     const trt = toFloat16(rewrite.write('dq', { headsFp16: false }).model, input.stage);
@@ -143,7 +175,10 @@ export class Int4wRecipe implements Recipe {
     const blocks = [...new Set(r.weights.map((w) => w.block))].join('/');
     const scaled = awq.filter((a) => a.alpha > 0);
     const heads = r.heads.map((h) => `${h.name} fp16`).join(', ');
-    const skipped = selection.skipped.length ? `; ${selection.skipped.length} MatMuls left float (${selection.skipped.map((s) => s.why).join('; ')})` : '';
+    const skipped = selection.skipped.length
+      ? `; ${selection.skipped.length} MatMuls left float (${selection.skipped.map((s) => s.why).join('; ')})`
+      : '';
+    const alphas = scaled.length ? `, alpha ${scaled.map((a) => a.alpha).join('/')}` : '';
     return {
       builds: [
         { bytes: encodeModel(ort.model), dialect: 'onnxruntime' },
@@ -151,14 +186,17 @@ export class Int4wRecipe implements Recipe {
       ],
       summary:
         `${r.weights.length} MatMuls INT4 (block ${blocks}; AWQ scales on ${scaled.length} of ${awq.length} inputs` +
-        `${scaled.length ? `, alpha ${scaled.map((a) => a.alpha).join('/')}` : ''}), ${heads || 'no output head'}${skipped}`,
+        `${alphas}), ${heads || 'no output head'}${skipped}`,
       weightBytesBefore: [...r.weights, ...r.heads].reduce((n, w) => n + w.bytesBefore, 0),
       weightBytesAfter: [...r.weights, ...r.heads].reduce((n, w) => n + w.bytesAfter, 0),
     };
   }
 }
 
-export function recipeFor(precision: BuildPrecision, o: { minElements?: number; weightBits?: 7 | 8; blockSize?: number }): Recipe {
+export function recipeFor(
+  precision: BuildPrecision,
+  o: { minElements?: number; weightBits?: 7 | 8; blockSize?: number },
+): Recipe {
   if (precision === 'int8') return new Int8Recipe(o);
   if (precision === 'fp16') return new Fp16Recipe();
   return new Int4wRecipe(o);

@@ -13,7 +13,12 @@ import type { LocalPipeline } from '../pipeline/pipeline.js';
 
 export type Feeds = Record<string, Tensor>;
 
-const copy = (t: Tensor): Tensor => ({ dtype: t.dtype, dims: [...t.dims], data: t.data.slice() as TypedArray, location: 'host' });
+const copy = (t: Tensor): Tensor => ({
+  dtype: t.dtype,
+  dims: [...t.dims],
+  data: t.data.slice() as TypedArray,
+  location: 'host',
+});
 
 /** xorshift32: deterministic, good enough to pick reservoir slots; a number in [0, 1) per call. */
 export class Xorshift32 {
@@ -44,7 +49,10 @@ export class FeedRecorder {
   /** Keeps a copy of the feeds; identical feeds (the same image asked twice) count once. */
   add(stage: string, feeds: Feeds): void {
     const h = createHash('sha1');
-    for (const [k, t] of Object.entries(feeds).sort(([a], [b]) => (a < b ? -1 : 1))) h.update(`${k}:${t.dtype}:${t.dims.join('x')};`).update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    for (const [k, t] of Object.entries(feeds).sort(([a], [b]) => (a < b ? -1 : 1)))
+      h.update(`${k}:${t.dtype}:${t.dims.join('x')};`).update(
+        new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+      );
     const digest = h.digest('hex');
     const hashes = this.hashes.get(stage) ?? new Set<string>();
     this.hashes.set(stage, hashes);
@@ -54,10 +62,12 @@ export class FeedRecorder {
     this.seen.set(stage, n + 1);
     const list = this.kept.get(stage) ?? [];
     this.kept.set(stage, list);
-    if (list.length < this.capacity) list.push({ seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) });
+    if (list.length < this.capacity)
+      list.push({ seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) });
     else {
       const j = Math.floor(this.rng.next() * (n + 1));
-      if (j < this.capacity) list[j] = { seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) };
+      if (j < this.capacity)
+        list[j] = { seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) };
     }
   }
 

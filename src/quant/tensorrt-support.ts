@@ -12,10 +12,26 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { packageRoot } from '../engine/native.js';
-import { DT, elements, floatValues, intAttr, opsetOf, type ModelProto, type NodeProto, type TensorProto } from './onnx-model.js';
+import {
+  DT,
+  elements,
+  floatValues,
+  intAttr,
+  opsetOf,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+} from './onnx-model.js';
 import { inferTypes, opRule } from './op-types.js';
 
-const RULES = ['zero_point_zero', 'scale_positive', 'block_int4_2d_constant', 'int4_even', 'axes_initializer', 'only_first_output'] as const;
+const RULES = [
+  'zero_point_zero',
+  'scale_positive',
+  'block_int4_2d_constant',
+  'int4_even',
+  'axes_initializer',
+  'only_first_output',
+] as const;
 type Rule = (typeof RULES)[number];
 
 const OpRowSchema = z.object({
@@ -50,8 +66,18 @@ export interface SupportFinding {
 
 /** TensorRT's names for ONNX element types (operators.md's "Supported Types"). */
 const TYPE_NAMES: Record<number, string> = {
-  [DT.FLOAT]: 'FP32', [DT.FLOAT16]: 'FP16', [DT.BFLOAT16]: 'BF16', [DT.INT32]: 'INT32', [DT.INT64]: 'INT64', [DT.INT8]: 'INT8',
-  [DT.UINT8]: 'UINT8', [DT.BOOL]: 'BOOL', [DT.INT4]: 'INT4', [DT.DOUBLE]: 'DOUBLE', 17: 'FP8', 23: 'FP4',
+  [DT.FLOAT]: 'FP32',
+  [DT.FLOAT16]: 'FP16',
+  [DT.BFLOAT16]: 'BF16',
+  [DT.INT32]: 'INT32',
+  [DT.INT64]: 'INT64',
+  [DT.INT8]: 'INT8',
+  [DT.UINT8]: 'UINT8',
+  [DT.BOOL]: 'BOOL',
+  [DT.INT4]: 'INT4',
+  [DT.DOUBLE]: 'DOUBLE',
+  17: 'FP8',
+  23: 'FP4',
 };
 const typeName = (t: number | undefined) => (t === undefined ? 'unknown' : (TYPE_NAMES[t] ?? `type ${t}`));
 /** Types a TensorRT network input or output may have (quantised types only inside the network). */
@@ -60,7 +86,10 @@ const IO_TYPES = new Set(['FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'UINT8', 'BO
 /** Every finding for `m` against TensorRT `version` ('10.3', '11.1'). */
 export function checkTensorRtSupport(m: ModelProto, version: string): SupportFinding[] {
   const v = supportMatrix().versions[version];
-  if (!v) throw new RangeError(`no TensorRT ${version} in ${MATRIX_FILE}; it holds ${Object.keys(supportMatrix().versions).join(', ')}`);
+  if (!v)
+    throw new RangeError(
+      `no TensorRT ${version} in ${MATRIX_FILE}; it holds ${Object.keys(supportMatrix().versions).join(', ')}`,
+    );
   return new SupportCheck(m, version, v).run();
 }
 
@@ -88,26 +117,40 @@ class SupportCheck {
   }
 
   private add(severity: SupportFinding['severity'], message: string, n?: NodeProto): void {
-    this.out.push({ severity, message: `TensorRT ${this.version}: ${message}`, ...(n ? { node: n.name || n.opType! } : {}) });
+    this.out.push({
+      severity,
+      message: `TensorRT ${this.version}: ${message}`,
+      ...(n ? { node: n.name || n.opType! } : {}),
+    });
   }
 
   private checkOpset(): void {
     const opset = opsetOf(this.m);
     if (opset < this.v.opset.min) this.add('error', `opset ${opset} is below ${this.v.opset.min}`);
-    else if (opset > this.v.opset.max) this.add('warning', `opset ${opset} is above the documented ${this.v.opset.min}-${this.v.opset.max} (${this.v.opset.note}); the parser does not refuse a newer opset`);
+    else if (opset > this.v.opset.max)
+      this.add(
+        'warning',
+        `opset ${opset} is above the documented ${this.v.opset.min}-${this.v.opset.max} (${this.v.opset.note}); ` +
+          `the parser does not refuse a newer opset`,
+      );
   }
 
   private checkIo(): void {
     for (const io of [...(this.g.input ?? []), ...(this.g.output ?? [])]) {
       const t = typeName(io.type?.tensorType?.elemType ?? undefined);
-      if (!IO_TYPES.has(t)) this.add('error', `graph input/output ${io.name} is ${t}; a network's IO is one of ${[...IO_TYPES].join(', ')}`);
+      if (!IO_TYPES.has(t))
+        this.add(
+          'error',
+          `graph input/output ${io.name} is ${t}; a network's IO is one of ${[...IO_TYPES].join(', ')}`,
+        );
     }
   }
 
   private checkNode(n: NodeProto): void {
     const domain = n.domain && n.domain !== 'ai.onnx' ? n.domain : '';
     if (domain) {
-      if (!(this.v.customOps[domain] ?? []).includes(n.opType!)) this.add('error', `${domain}.${n.opType} is not an op its ONNX parser imports`, n);
+      if (!(this.v.customOps[domain] ?? []).includes(n.opType!))
+        this.add('error', `${domain}.${n.opType} is not an op its ONNX parser imports`, n);
       return;
     }
     const row = this.v.ops[n.opType!];
@@ -123,7 +166,8 @@ class SupportCheck {
     const idx = r?.data ?? (r?.float === 'all' ? inputs.map((_, i) => i) : r?.float.length ? r.float : [0]);
     const seen = idx.filter((i) => inputs[i]).map((i) => typeName(this.types.get(inputs[i]!)));
     if (n.opType === 'Cast') seen.push(typeName(this.types.get(n.output![0]!)));
-    for (const t of new Set(seen)) if (!allowed.includes(t)) this.add('error', `${n.opType} on ${t}: it takes ${allowed.join(', ')}`, n);
+    for (const t of new Set(seen))
+      if (!allowed.includes(t)) this.add('error', `${n.opType} on ${t}: it takes ${allowed.join(', ')}`, n);
   }
 
   private checkRule(rule: Rule, n: NodeProto): void {
@@ -133,50 +177,89 @@ class SupportCheck {
         const zp = input(2);
         if (!zp) return;
         const t = this.inits.get(zp);
-        if (!t) return this.add('error', `${n.opType} zero point ${zp} is not an initializer; it must be a constant zero`, n);
-        if ((t.rawData ?? []).some((b) => b !== 0) || (t.int32Data ?? []).some((x) => x !== 0)) this.add('error', `${n.opType} zero point ${zp} is not zero`, n);
+        if (!t)
+          return this.add('error', `${n.opType} zero point ${zp} is not an initializer; it must be a constant zero`, n);
+        if ((t.rawData ?? []).some((b) => b !== 0) || (t.int32Data ?? []).some((x) => x !== 0))
+          this.add('error', `${n.opType} zero point ${zp} is not zero`, n);
         return;
       }
       case 'scale_positive': {
         const s = this.inits.get(input(1) ?? '');
-        if (s && floatValues(s).some((x) => !(x > 0))) this.add('error', `${n.opType} scale ${s.name} has a value <= 0 (or NaN): scales must all be positive`, n);
+        if (s && floatValues(s).some((x) => !(x > 0)))
+          this.add('error', `${n.opType} scale ${s.name} has a value <= 0 (or NaN): scales must all be positive`, n);
         return;
       }
       case 'block_int4_2d_constant':
         return this.checkBlocked(n);
       case 'int4_even': {
         const x = this.inits.get(input(0) ?? '');
-        if (x?.dataType === DT.INT4 && elements(x.dims ?? []) % 2 !== 0) this.add('error', `${n.opType}: INT4 ${x.name} has an odd number of elements`, n);
+        if (x?.dataType === DT.INT4 && elements(x.dims ?? []) % 2 !== 0)
+          this.add('error', `${n.opType}: INT4 ${x.name} has an odd number of elements`, n);
         return;
       }
       case 'axes_initializer': {
         const axes = input(1);
-        if (axes && !this.inits.has(axes)) this.add('error', `${n.opType} axes ${axes} is computed; it must be an initializer`, n);
+        if (axes && !this.inits.has(axes))
+          this.add('error', `${n.opType} axes ${axes} is computed; it must be an initializer`, n);
         return;
       }
       case 'only_first_output':
-        if ((n.output ?? []).filter(Boolean).length > 1) this.add('error', `${n.opType}: only the first output is supported`, n);
+        if ((n.output ?? []).filter(Boolean).length > 1)
+          this.add('error', `${n.opType}: only the first output is supported`, n);
         return;
     }
   }
 
-  /** A scale of the input's rank is block quantisation: a 2-D INT4 constant, one blocked axis, an integer block that block_size (when given) agrees with. */
+  /**
+   * A scale of the input's rank is block quantisation: a 2-D INT4 constant, one blocked axis, an
+   * integer block that block_size (when given) agrees with.
+   */
   private checkBlocked(n: NodeProto): void {
     const x = this.inits.get(n.input?.[0] ?? '');
     const s = this.inits.get(n.input?.[1] ?? '');
     const sDims = (s?.dims ?? []).map(Number);
     if (!s || sDims.length < 2) return; // per-tensor or per-axis
-    if (!x) return this.add('error', `${n.opType}: a blocked scale needs its data to be a constant (weights), ${n.input?.[0]} is computed`, n);
+    if (!x)
+      return this.add(
+        'error',
+        `${n.opType}: a blocked scale needs its data to be a constant (weights), ${n.input?.[0]} is computed`,
+        n,
+      );
     const xDims = (x.dims ?? []).map(Number);
-    if (x.dataType !== DT.INT4 || xDims.length !== 2) return this.add('error', `${n.opType}: block quantisation is for 2-D INT4 weights, ${x.name} is ${xDims.length}-D ${typeName(x.dataType ?? undefined)}`, n);
-    if (sDims.length !== 2) return this.add('error', `${n.opType}: scale ${s.name} has rank ${sDims.length}, its data rank 2`, n);
+    if (x.dataType !== DT.INT4 || xDims.length !== 2)
+      return this.add(
+        'error',
+        `${n.opType}: block quantisation is for 2-D INT4 weights, ${x.name} is ${xDims.length}-D ` +
+          `${typeName(x.dataType ?? undefined)}`,
+        n,
+      );
+    if (sDims.length !== 2)
+      return this.add('error', `${n.opType}: scale ${s.name} has rank ${sDims.length}, its data rank 2`, n);
     const blocked = [0, 1].filter((a) => sDims[a] !== xDims[a]);
-    if (blocked.length !== 1) return this.add('error', `${n.opType}: exactly one axis may be blocked (scale [${sDims}] for data [${xDims}])`, n);
+    if (blocked.length !== 1)
+      return this.add(
+        'error',
+        `${n.opType}: exactly one axis may be blocked (scale [${sDims}] for data [${xDims}])`,
+        n,
+      );
     const a = blocked[0]!;
-    if (xDims[a]! % sDims[a]! !== 0) return this.add('error', `${n.opType}: ${xDims[a]} rows in ${sDims[a]} blocks is not an integer block (TensorRT infers the block from the shapes)`, n);
+    if (xDims[a]! % sDims[a]! !== 0)
+      return this.add(
+        'error',
+        `${n.opType}: ${xDims[a]} rows in ${sDims[a]} blocks is not an integer block (TensorRT infers the block ` +
+          `from the shapes)`,
+        n,
+      );
     const block = xDims[a]! / sDims[a]!;
     const declared = intAttr(n, 'block_size', 0);
-    if (declared && declared !== block) this.add('error', `${n.opType}: block_size ${declared} but the shapes give ${block}: TensorRT would read other blocks than ONNX Runtime`, n);
-    if (intAttr(n, 'axis', 1) !== a && intAttr(n, 'axis', 1) !== a - 2) this.add('error', `${n.opType}: axis ${intAttr(n, 'axis', 1)} is not the blocked axis ${a}`, n);
+    if (declared && declared !== block)
+      this.add(
+        'error',
+        `${n.opType}: block_size ${declared} but the shapes give ${block}: TensorRT would read other blocks than ` +
+          `ONNX Runtime`,
+        n,
+      );
+    if (intAttr(n, 'axis', 1) !== a && intAttr(n, 'axis', 1) !== a - 2)
+      this.add('error', `${n.opType}: axis ${intAttr(n, 'axis', 1)} is not the blocked axis ${a}`, n);
   }
 }

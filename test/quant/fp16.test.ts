@@ -38,52 +38,97 @@ t.test('float16 bits: every finite value round-trips, rounding is to nearest eve
 /** Random feeds for a stage (prefill with no past for the LLM, a batch of 3 for diffusion). */
 function feeds(s: StageName, seed: number): Feeds {
   const rng = new Rng(seed);
-  const f = (dims: number[], scale = 1, offset = 0) => ({ dtype: 'float32' as const, dims, data: rng.uniform(dims.reduce((x, y) => x * y, 1), scale).map((v) => v + offset), location: 'host' as const });
+  const f = (dims: number[], scale = 1, offset = 0) => ({
+    dtype: 'float32' as const,
+    dims,
+    data: rng
+      .uniform(
+        dims.reduce((x, y) => x * y, 1),
+        scale,
+      )
+      .map((v) => v + offset),
+    location: 'host' as const,
+  });
   const { layers, kvHeads, hidden } = a.llm;
   const hd = hidden / a.llm.heads;
-  if (s === 'llm') return { inputs_embeds: f([1, 5, hidden]), past_keys: f([layers, 1, kvHeads, 0, hd]), past_values: f([layers, 1, kvHeads, 0, hd]) };
+  if (s === 'llm')
+    return {
+      inputs_embeds: f([1, 5, hidden]),
+      past_keys: f([layers, 1, kvHeads, 0, hd]),
+      past_values: f([layers, 1, kvHeads, 0, hd]),
+    };
   return { x: f([3, a.merger.tokenWidth]), t: f([3], 0.5, 0.5), cond: f([3, hidden]) };
 }
 
 for (const s of ['llm', 'diffusion'] as const) {
-  t.test(`${s}: float32 IO, float32 statistics behind Casts, float16 weights, close to fp32 in ONNX Runtime`, async (t) => {
-    const m = graph(s);
-    const { model, report } = toFloat16(m, s);
-    const g = model.graph!;
-    t.same(g.input!.map((v) => v.type!.tensorType!.elemType), m.graph!.input!.map((v) => v.type!.tensorType!.elemType), 'graph inputs keep their types');
-    t.ok(g.output!.every((v) => v.type!.tensorType!.elemType === DT.FLOAT), 'every output is float32');
-    const types = inferTypes(g);
-    const inits = new Map(g.initializer!.map((x) => [x.name!, x]));
-    for (const n of g.node!) {
-      const x = types.get(n.input![0]!);
-      if (['LayerNormalization', 'Softmax', 'ReduceMean', 'Pow', 'Sqrt', 'Sin', 'Cos'].includes(n.opType!) && x !== DT.FLOAT) t.fail(`${n.name} (${n.opType}) reads ${x}, not float32`);
-      if (n.opType === 'MatMul') {
-        if (types.get(n.input![0]!) !== DT.FLOAT16 || types.get(n.input![1]!) !== DT.FLOAT16) t.fail(`${n.name} is not a float16 MatMul`);
-        const w = inits.get(n.input![1]!);
-        if (w && w.dataType !== DT.FLOAT16) t.fail(`${w.name} is not stored float16`);
+  t.test(
+    `${s}: float32 IO, float32 statistics behind Casts, float16 weights, close to fp32 in ONNX Runtime`,
+    async (t) => {
+      const m = graph(s);
+      const { model, report } = toFloat16(m, s);
+      const g = model.graph!;
+      t.same(
+        g.input!.map((v) => v.type!.tensorType!.elemType),
+        m.graph!.input!.map((v) => v.type!.tensorType!.elemType),
+        'graph inputs keep their types',
+      );
+      t.ok(
+        g.output!.every((v) => v.type!.tensorType!.elemType === DT.FLOAT),
+        'every output is float32',
+      );
+      const types = inferTypes(g);
+      const inits = new Map(g.initializer!.map((x) => [x.name!, x]));
+      for (const n of g.node!) {
+        const x = types.get(n.input![0]!);
+        if (
+          ['LayerNormalization', 'Softmax', 'ReduceMean', 'Pow', 'Sqrt', 'Sin', 'Cos'].includes(n.opType!) &&
+          x !== DT.FLOAT
+        )
+          t.fail(`${n.name} (${n.opType}) reads ${x}, not float32`);
+        if (n.opType === 'MatMul') {
+          if (types.get(n.input![0]!) !== DT.FLOAT16 || types.get(n.input![1]!) !== DT.FLOAT16)
+            t.fail(`${n.name} is not a float16 MatMul`);
+          const w = inits.get(n.input![1]!);
+          if (w && w.dataType !== DT.FLOAT16) t.fail(`${w.name} is not stored float16`);
+        }
       }
-    }
-    t.ok(report.casts > 0 && g.node!.filter((n) => n.opType === 'Cast').length >= report.casts, `${report.casts} explicit casts`);
-    t.ok(report.weightBytesAfter < 0.52 * report.weightBytesBefore, `weights ${report.weightBytesBefore} -> ${report.weightBytesAfter} bytes`);
-    if (s === 'llm') t.same(Object.keys(report.fp32Nodes).sort(), ['Add', 'Pow', 'ReduceMean', 'Softmax', 'Sqrt'], 'RMSNorm statistics (x^2, mean, + eps, sqrt) and softmax');
-    if (s === 'diffusion') {
-      // the timestep embedding's arguments (t * 1000 * freqs) are computed in float32 back to t
-      const mul = g.node!.find((n) => n.opType === 'Mul' && n.input!.includes('t'));
-      t.equal(mul && types.get(mul.output![0]!), DT.FLOAT, 't * 1000 stays float32');
-    }
+      t.ok(
+        report.casts > 0 && g.node!.filter((n) => n.opType === 'Cast').length >= report.casts,
+        `${report.casts} explicit casts`,
+      );
+      t.ok(
+        report.weightBytesAfter < 0.52 * report.weightBytesBefore,
+        `weights ${report.weightBytesBefore} -> ${report.weightBytesAfter} bytes`,
+      );
+      if (s === 'llm')
+        t.same(
+          Object.keys(report.fp32Nodes).sort(),
+          ['Add', 'Pow', 'ReduceMean', 'Softmax', 'Sqrt'],
+          'RMSNorm statistics (x^2, mean, + eps, sqrt) and softmax',
+        );
+      if (s === 'diffusion') {
+        // the timestep embedding's arguments (t * 1000 * freqs) are computed in float32 back to t
+        const mul = g.node!.find((n) => n.opType === 'Mul' && n.input!.includes('t'));
+        t.equal(mul && types.get(mul.output![0]!), DT.FLOAT, 't * 1000 stays float32');
+      }
 
-    const sig = stageSignature(s, a);
-    const run = async (bytes: Uint8Array, f: Feeds) => withSession(backend, bytes, { stage: s, signature: sig, threads: 1 }, (r) => r(f));
-    for (const seed of [1, 2]) {
-      const f = feeds(s, seed);
-      const ref = await run(encodeModel(m), f);
-      const got = await run(encodeModel(model), f);
-      for (const [name, r] of Object.entries(ref)) {
-        const e = tensorError(r, got[name]!);
-        t.ok(e.relError < 0.01 && e.cosine > 0.9999, `seed ${seed} ${name}: rel ${e.relError.toExponential(2)}, cosine ${e.cosine.toFixed(6)}`);
+      const sig = stageSignature(s, a);
+      const run = async (bytes: Uint8Array, f: Feeds) =>
+        withSession(backend, bytes, { stage: s, signature: sig, threads: 1 }, (r) => r(f));
+      for (const seed of [1, 2]) {
+        const f = feeds(s, seed);
+        const ref = await run(encodeModel(m), f);
+        const got = await run(encodeModel(model), f);
+        for (const [name, r] of Object.entries(ref)) {
+          const e = tensorError(r, got[name]!);
+          t.ok(
+            e.relError < 0.01 && e.cosine > 0.9999,
+            `seed ${seed} ${name}: rel ${e.relError.toExponential(2)}, cosine ${e.cosine.toFixed(6)}`,
+          );
+        }
       }
-    }
-  });
+    },
+  );
 }
 
 t.test('the rewrite does not change the model it was given', async (t) => {
@@ -101,9 +146,15 @@ t.test('refused, naming the stage and why: a weight float16 cannot hold, an op i
     b.output('y', b.op('MatMul', [x, w]), 'float32', [1, 2]);
     return decodeModel(b.encode());
   };
-  t.throws(() => toFloat16(big(), 'big'), { code: 'QUANT_UNSUPPORTED', message: /stage big cannot be built in fp16: initializer w holds 7\.00e\+4, beyond float16's largest value 65504/ });
+  t.throws(() => toFloat16(big(), 'big'), {
+    code: 'QUANT_UNSUPPORTED',
+    message: /stage big cannot be built in fp16: initializer w holds 7\.00e\+4, beyond float16's largest value 65504/,
+  });
   const b = new GraphBuilder('erf');
   const x = b.input('x', 'float32', [1, 4]);
   b.output('y', b.op('Erf', [x]), 'float32', [1, 4]);
-  t.throws(() => toFloat16(decodeModel(b.encode()), 'erf'), { code: 'QUANT_UNSUPPORTED', message: /stage erf cannot be built in fp16: it uses Erf/ });
+  t.throws(() => toFloat16(decodeModel(b.encode()), 'erf'), {
+    code: 'QUANT_UNSUPPORTED',
+    message: /stage erf cannot be built in fp16: it uses Erf/,
+  });
 });

@@ -24,8 +24,28 @@ t.teardown(fixture.cleanup);
 const dir = fixture.dir;
 const load = async (file: string) => decodeModel(new Uint8Array(await readFile(path.join(dir, file))));
 
-const fp16 = await runCli(['export', 'quantize', '--models', dir, '--precision', 'fp16', '--calibration-images', '2', '--no-progress']);
-const int4 = await runCli(['export', 'quantize', '--models', dir, '--precision', 'int4w', '--calibration-images', '2', '--no-progress']);
+const fp16 = await runCli([
+  'export',
+  'quantize',
+  '--models',
+  dir,
+  '--precision',
+  'fp16',
+  '--calibration-images',
+  '2',
+  '--no-progress',
+]);
+const int4 = await runCli([
+  'export',
+  'quantize',
+  '--models',
+  dir,
+  '--precision',
+  'int4w',
+  '--calibration-images',
+  '2',
+  '--no-progress',
+]);
 
 t.test('fp16: one variant per stage for every backend, each within 1% of fp32 on held-out inputs', async (t) => {
   t.equal(fp16.status, 0, fp16.err);
@@ -44,60 +64,95 @@ t.test('int4w: the LLM in two dialects, the other stages as fp16 for TensorRT', 
   t.equal(int4.status, 0, int4.err);
   const set = await ModelSet.open(dir);
   const llm = set.variants('llm').filter((v) => v.precision === 'int4w');
-  t.same(llm.map((v) => [v.file, v.dialect]), [['llm.int4w.onnx', 'onnxruntime'], ['llm.int4w.trt.onnx', 'tensorrt']]);
+  t.same(
+    llm.map((v) => [v.file, v.dialect]),
+    [
+      ['llm.int4w.onnx', 'onnxruntime'],
+      ['llm.int4w.trt.onnx', 'tensorrt'],
+    ],
+  );
   t.equal(set.stagePath('llm', 'int4w', 'onnxruntime'), path.join(dir, 'llm.int4w.onnx'));
   t.equal(set.stagePath('llm', 'int4w', 'tensorrt'), path.join(dir, 'llm.int4w.trt.onnx'));
   for (const s of STAGES.filter((x) => x !== 'llm')) {
-    t.same(set.variants(s).filter((v) => v.precision === 'int4w').map((v) => [v.file, v.dialect]), [[`${s}.int4w.trt.onnx`, 'tensorrt']], s);
+    t.same(
+      set
+        .variants(s)
+        .filter((v) => v.precision === 'int4w')
+        .map((v) => [v.file, v.dialect]),
+      [[`${s}.int4w.trt.onnx`, 'tensorrt']],
+      s,
+    );
   }
   const line = int4.out.split('\n').find((l) => l.startsWith('llm:')) ?? '';
   t.match(line, /14 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 8 inputs/);
   t.match(line, /lm_head\/weight fp16/);
-  const cos = [...line.matchAll(/llm\.int4w(\.trt)?\.onnx \((onnxruntime|tensorrt)\): .*? worst output \w+: max rel error [\d.e+-]+, cosine ([\d.]+)/g)].map((m) => Number(m[3]));
+  const cos = [
+    ...line.matchAll(
+      /llm\.int4w(\.trt)?\.onnx \((onnxruntime|tensorrt)\): .*? worst output \w+: max rel error [\d.e+-]+, cosine ([\d.]+)/g,
+    ),
+  ].map((m) => Number(m[3]));
   t.equal(cos.length, 2, 'both dialects checked against fp32');
-  t.ok(cos.every((c) => c > 0.99), `worst output cosine ${cos.join(', ')}`);
-  t.ok(set.variants('llm').find((v) => v.file === 'llm.int4w.onnx')!.bytes < 0.5 * set.variants('llm')[0]!.bytes, 'the int4w LLM is under half the fp32 file (lm_head fp16 is half of it on tiny)');
+  t.ok(
+    cos.every((c) => c > 0.99),
+    `worst output cosine ${cos.join(', ')}`,
+  );
+  t.ok(
+    set.variants('llm').find((v) => v.file === 'llm.int4w.onnx')!.bytes < 0.5 * set.variants('llm')[0]!.bytes,
+    'the int4w LLM is under half the fp32 file (lm_head fp16 is half of it on tiny)',
+  );
 });
 
-t.test('the INT4 weights dequantise to within half a step of the fp32 weights; both dialects hold the same values', async (t) => {
-  const fp32 = await load('llm.onnx');
-  const trt = await load('llm.int4w.trt.onnx');
-  const ort = await load('llm.int4w.onnx');
-  const w32 = new Map(fp32.graph!.initializer!.map((x) => [x.name!, x]));
-  const ortInits = new Map(ort.graph!.initializer!.map((x) => [x.name!, x]));
-  const dqs = trt.graph!.node!.filter((n) => n.opType === 'DequantizeLinear');
-  t.equal(dqs.length, 14, 'one DequantizeLinear per INT4 weight');
-  let worst = 0;
-  for (const dq of dqs) {
-    const name = dq.output![0]!;
-    const q = readInt4Weight(trt, name);
-    const w = floatValues(w32.get(name)!);
-    for (let k = 0; k < q.K; k++) {
-      const m = q.multipliers ? q.multipliers[k]! : 1;
-      for (let n = 0; n < q.N; n++) {
-        const s = q.scales[Math.floor(k / q.block) * q.N + n]!;
-        worst = Math.max(worst, Math.abs(w[k * q.N + n]! - m * q.q[k * q.N + n]! * s) / ((m * s) / 2));
+t.test(
+  'the INT4 weights dequantise to within half a step of the fp32 weights; both dialects hold the same values',
+  async (t) => {
+    const fp32 = await load('llm.onnx');
+    const trt = await load('llm.int4w.trt.onnx');
+    const ort = await load('llm.int4w.onnx');
+    const w32 = new Map(fp32.graph!.initializer!.map((x) => [x.name!, x]));
+    const ortInits = new Map(ort.graph!.initializer!.map((x) => [x.name!, x]));
+    const dqs = trt.graph!.node!.filter((n) => n.opType === 'DequantizeLinear');
+    t.equal(dqs.length, 14, 'one DequantizeLinear per INT4 weight');
+    let worst = 0;
+    for (const dq of dqs) {
+      const name = dq.output![0]!;
+      const q = readInt4Weight(trt, name);
+      const w = floatValues(w32.get(name)!);
+      for (let k = 0; k < q.K; k++) {
+        const m = q.multipliers ? q.multipliers[k]! : 1;
+        for (let n = 0; n < q.N; n++) {
+          const s = q.scales[Math.floor(k / q.block) * q.N + n]!;
+          worst = Math.max(worst, Math.abs(w[k * q.N + n]! - m * q.q[k * q.N + n]! * s) / ((m * s) / 2));
+        }
       }
+      // the ONNX Runtime dialect's MatMulNBits holds the same values (q + 8, scales transposed)
+      const nb = ort.graph!.node!.find(
+        (n) =>
+          n.opType === 'MatMulNBits' &&
+          n.output![0] === trt.graph!.node!.find((x) => x.opType === 'MatMul' && x.input![1] === name)!.output![0],
+      );
+      if (!nb) {
+        t.fail(`no MatMulNBits for ${name}`);
+        continue;
+      }
+      t.equal(intAttr(nb, 'block_size', 0), q.block);
+      const packed = ortInits.get(nb.input![1]!)!.rawData!;
+      const scales = floatValues(ortInits.get(nb.input![2]!)!);
+      const blocks = q.K / q.block;
+      let same = true;
+      for (let n = 0; n < q.N && same; n++) {
+        const col = unpackInt4(packed.subarray(n * (q.K / 2), (n + 1) * (q.K / 2)), q.K);
+        for (let k = 0; k < q.K; k++)
+          if (
+            ((col[k]! + 16) % 16) - 8 !== q.q[k * q.N + n] ||
+            scales[n * blocks + Math.floor(k / q.block)] !== q.scales[Math.floor(k / q.block) * q.N + n]
+          )
+            same = false;
+      }
+      t.ok(same, `${name}: the same INT4 values and scales in both dialects`);
     }
-    // the ONNX Runtime dialect's MatMulNBits holds the same values (q + 8, scales transposed)
-    const nb = ort.graph!.node!.find((n) => n.opType === 'MatMulNBits' && n.output![0] === trt.graph!.node!.find((x) => x.opType === 'MatMul' && x.input![1] === name)!.output![0]);
-    if (!nb) {
-      t.fail(`no MatMulNBits for ${name}`);
-      continue;
-    }
-    t.equal(intAttr(nb, 'block_size', 0), q.block);
-    const packed = ortInits.get(nb.input![1]!)!.rawData!;
-    const scales = floatValues(ortInits.get(nb.input![2]!)!);
-    const blocks = q.K / q.block;
-    let same = true;
-    for (let n = 0; n < q.N && same; n++) {
-      const col = unpackInt4(packed.subarray(n * (q.K / 2), (n + 1) * (q.K / 2)), q.K);
-      for (let k = 0; k < q.K; k++) if (((col[k]! + 16) % 16) - 8 !== q.q[k * q.N + n] || scales[n * blocks + Math.floor(k / q.block)] !== q.scales[Math.floor(k / q.block) * q.N + n]) same = false;
-    }
-    t.ok(same, `${name}: the same INT4 values and scales in both dialects`);
-  }
-  t.ok(worst <= 1 + 1e-3, `worst |w - m q s| / (m s / 2) = ${worst.toFixed(5)} over every INT4 weight`);
-});
+    t.ok(worst <= 1 + 1e-3, `worst |w - m q s| / (m s / 2) = ${worst.toFixed(5)} over every INT4 weight`);
+  },
+);
 
 t.test('every written graph against TensorRT 10.3 and 11.1 ONNX parser support', async (t) => {
   const set = await ModelSet.open(dir, { verify: false });
@@ -110,26 +165,40 @@ t.test('every written graph against TensorRT 10.3 and 11.1 ONNX parser support',
         const warnings = f.filter((x) => x.severity === 'warning');
         if (v.dialect === 'onnxruntime') {
           // MatMulNBits is ONNX Runtime's: this dialect is why there is a TensorRT one
-          t.ok(errors.length > 0 && errors.every((e) => /com\.microsoft\.MatMulNBits is not an op its ONNX parser imports/.test(e.message)), `${v.file} is refused by ${version} for MatMulNBits only`);
+          t.ok(
+            errors.length > 0 &&
+              errors.every((e) => /com\.microsoft\.MatMulNBits is not an op its ONNX parser imports/.test(e.message)),
+            `${v.file} is refused by ${version} for MatMulNBits only`,
+          );
           continue;
         }
         t.same(errors, [], `${v.file} on ${version}: no errors`);
         const opset21 = v.file === 'llm.int4w.trt.onnx' && version === '10.3';
-        t.same(warnings.map((w) => /opset 21 is above the documented 9-20/.test(w.message)), opset21 ? [true] : [], `${v.file} on ${version}: ${opset21 ? 'opset 21 is beyond 10.x\'s documented range' : 'no warnings'}`);
+        t.same(
+          warnings.map((w) => /opset 21 is above the documented 9-20/.test(w.message)),
+          opset21 ? [true] : [],
+          `${v.file} on ${version}: ${opset21 ? "opset 21 is beyond 10.x's documented range" : 'no warnings'}`,
+        );
       }
     }
   }
 });
 
-t.test('the planner\'s weight bytes are the written files\' (fp16, int4w TensorRT dialect) within 5%', async (t) => {
+t.test("the planner's weight bytes are the written files' (fp16, int4w TensorRT dialect) within 5%", async (t) => {
   const set = await ModelSet.open(dir, { verify: false });
   for (const precision of ['fp16', 'int4w'] as const) {
     const p = planModelSet(set.architecture, { precision, tokens: 8, context: 256 });
     for (const s of STAGES) {
       const file = set.stagePath(s, precision, 'tensorrt');
-      const stored = (await load(path.basename(file))).graph!.initializer!.reduce((n, x) => n + (x.rawData?.length ?? 0), 0);
+      const stored = (await load(path.basename(file))).graph!.initializer!.reduce(
+        (n, x) => n + (x.rawData?.length ?? 0),
+        0,
+      );
       const planned = p.stages.find((x) => x.stage === s)!.bytes;
-      t.ok(Math.abs(planned / stored - 1) <= 0.05, `${precision} ${s}: planned ${planned}, ${path.basename(file)} stores ${stored}`);
+      t.ok(
+        Math.abs(planned / stored - 1) <= 0.05,
+        `${precision} ${s}: planned ${planned}, ${path.basename(file)} stores ${stored}`,
+      );
     }
   }
 });
@@ -137,10 +206,13 @@ t.test('the planner\'s weight bytes are the written files\' (fp16, int4w TensorR
 t.test('export engine builds from the TensorRT dialect', async (t) => {
   const set = await ModelSet.open(dir, { verify: false });
   const src = engineSources(set, ['llm', 'encoder'], 'int4w', path.join(dir, 'engines'));
-  t.same(src.map((x) => [path.basename(x.onnx), x.precision, path.basename(x.plan)]), [
-    ['llm.int4w.trt.onnx', 'int4w', 'llm.int4w.plan'],
-    ['encoder.int4w.trt.onnx', 'int4w', 'encoder.int4w.plan'],
-  ]);
+  t.same(
+    src.map((x) => [path.basename(x.onnx), x.precision, path.basename(x.plan)]),
+    [
+      ['llm.int4w.trt.onnx', 'int4w', 'llm.int4w.plan'],
+      ['encoder.int4w.trt.onnx', 'int4w', 'encoder.int4w.plan'],
+    ],
+  );
 });
 
 t.test('setokim run --precision fp16 and int4w answer end to end', async (t) => {
@@ -148,7 +220,21 @@ t.test('setokim run --precision fp16 and int4w answer end to end', async (t) => 
   const img = path.join(work, 'busy.jpg');
   await writeFile(img, await busyImage(4));
   for (const precision of ['fp16', 'int4w']) {
-    const run = await runCli(['run', '--models', dir, '--precision', precision, '--image', img, '--prompt', 'Describe it', '--max-tokens', '4', '--out', work]);
+    const run = await runCli([
+      'run',
+      '--models',
+      dir,
+      '--precision',
+      precision,
+      '--image',
+      img,
+      '--prompt',
+      'Describe it',
+      '--max-tokens',
+      '4',
+      '--out',
+      work,
+    ]);
     t.equal(run.status, 0, `${precision}: ${run.err}`);
     t.match(run.out, /tokens: \d+ vision, \d+ prompt, 4 generated/, precision);
   }

@@ -22,29 +22,50 @@ import { TEXT_VOCAB } from './configs.js';
 export const PRECISIONS = ['fp32', 'fp16', 'int8', 'int4w'] as const;
 export type Precision = (typeof PRECISIONS)[number];
 
-/** A weight tensor: a linear layer's matrix plus its bias (`head`: the output projection, lm_head), a LayerNorm's parameters, or any other tensor. */
+/**
+ * A weight tensor: a linear layer's matrix plus its bias (`head`: the output projection, lm_head), a
+ * LayerNorm's parameters, or any other tensor.
+ */
 export type Weight =
   | { kind: 'linear'; in: number; out: number; bias: boolean; count: number; head: boolean }
   | { kind: 'norm'; n: number; count: number }
   | { kind: 'other'; n: number; count: number };
 
-export const lin = (inF: number, outF: number, count = 1, bias = true, head = false): Weight => ({ kind: 'linear', in: inF, out: outF, bias, count, head });
+export const lin = (inF: number, outF: number, count = 1, bias = true, head = false): Weight => ({
+  kind: 'linear',
+  in: inF,
+  out: outF,
+  bias,
+  count,
+  head,
+});
 export const other = (n: number, count = 1): Weight => ({ kind: 'other', n, count });
 export const ln = (w: number, count = 1): Weight => ({ kind: 'norm', n: 2 * w, count }); // LayerNorm scale + bias
-export const attn = (w: number, count = 1, kvW = w): Weight[] => [lin(w, w, count), lin(kvW, w, 2 * count), lin(w, w, count)];
+export const attn = (w: number, count = 1, kvW = w): Weight[] => [
+  lin(w, w, count),
+  lin(kvW, w, 2 * count),
+  lin(w, w, count),
+];
 export const gmlp = (w: number, h: number, count = 1, out = w): Weight[] => [lin(w, h, count), lin(h, out, count)];
 const times = (ws: Weight[], k: number) => ws.map((w) => ({ ...w, count: w.count * k }));
 
-export const paramsOf = (ws: Weight[]) => ws.reduce((n, w) => n + w.count * (w.kind === 'linear' ? w.in * w.out + (w.bias ? w.out : 0) : w.n), 0);
+export const paramsOf = (ws: Weight[]) =>
+  ws.reduce((n, w) => n + w.count * (w.kind === 'linear' ? w.in * w.out + (w.bias ? w.out : 0) : w.n), 0);
 
 /** Patches per image: the stride-`patch` convolution drops the remainder (384 / 14 -> 27 x 27 = 729). */
 export const patches = (a: Architecture) => Math.floor(a.image.size / a.image.patch) ** 2;
 
 /** Bytes of one linear matrix (no bias) at a precision; `int4Stage`: the stage takes INT4 weights at int4w. */
-function matrixBytes(w: Extract<Weight, { kind: 'linear' }>, precision: Precision, int4Stage: boolean, block: number): number {
+function matrixBytes(
+  w: Extract<Weight, { kind: 'linear' }>,
+  precision: Precision,
+  int4Stage: boolean,
+  block: number,
+): number {
   const m = w.in * w.out;
   if (precision === 'fp32') return 4 * m;
-  if (precision === 'int8') return m >= DEFAULT_MIN_ELEMENTS ? m + 5 * w.out : 4 * m; // int8 + fp32 scale + int8 zero point per column
+  // int8 + fp32 scale + int8 zero point per column
+  if (precision === 'int8') return m >= DEFAULT_MIN_ELEMENTS ? m + 5 * w.out : 4 * m;
   if (precision === 'int4w' && int4Stage && !w.head && m >= DEFAULT_MIN_ELEMENTS && w.out % 2 === 0) {
     const b = int4Block(w.in, block);
     if (b !== undefined) return int4Bytes(w.in, w.out, b);
@@ -53,14 +74,20 @@ function matrixBytes(w: Extract<Weight, { kind: 'linear' }>, precision: Precisio
 }
 
 /** Bytes of a stage's weights at a precision, as `export quantize` writes them (header). */
-export function bytesOf(stage: StageName, ws: Weight[], precision: Precision, block: number = DEFAULT_BLOCK_SIZE): number {
+export function bytesOf(
+  stage: StageName,
+  ws: Weight[],
+  precision: Precision,
+  block: number = DEFAULT_BLOCK_SIZE,
+): number {
   if (precision === 'int8' && stage === 'embed') precision = 'fp32'; // a Gather: no int8 build
   const int4Stage = INT4_STAGES.includes(stage);
   const el = precision === 'fp32' || precision === 'int8' ? 4 : 2; // everything that is not a quantised matrix
   let bytes = 0;
   for (const w of ws) {
     if (w.kind === 'other') bytes += el * w.n * w.count;
-    else if (w.kind === 'norm') bytes += 4 * w.n * w.count; // LayerNorm parameters: float32 in every build
+    else if (w.kind === 'norm')
+      bytes += 4 * w.n * w.count; // LayerNorm parameters: float32 in every build
     else bytes += w.count * (matrixBytes(w, precision, int4Stage, block) + (w.bias ? el * w.out : 0));
   }
   return bytes;
@@ -98,15 +125,28 @@ export function stageWeights(a: Architecture, stage: StageName, opts: { text?: b
       const hd = headDim(a);
       const q = (i: number, o: number) => lin(i, o, layers, false);
       return [
-        q(H, heads * hd), q(H, kvHeads * hd), q(H, kvHeads * hd), q(heads * hd, H), // attention
-        q(H, I), q(H, I), q(I, H), // SwiGLU gate, up, down
+        q(H, heads * hd),
+        q(H, kvHeads * hd),
+        q(H, kvHeads * hd),
+        q(heads * hd, H), // attention
+        q(H, I),
+        q(H, I),
+        q(I, H), // SwiGLU gate, up, down
         other(H, 2 * layers + 1), // RMSNorm weights (a Mul: float16 in fp16 builds)
         lin(H, V, 1, false, true), // lm_head: it sets the logits
       ];
     }
     case 'diffusion': {
       const { width: W, layers } = a.diffusion;
-      return [...gmlp(W, W), lin(H, W), lin(D, W), lin(W, 3 * W, layers), ...gmlp(W, W, layers), lin(W, 2 * W), lin(W, D)];
+      return [
+        ...gmlp(W, W),
+        lin(H, W),
+        lin(D, W),
+        lin(W, 3 * W, layers),
+        ...gmlp(W, W, layers),
+        lin(W, 2 * W),
+        lin(W, D),
+      ];
     }
     case 'detokenizer': {
       const { queries: Q, width: W, layers, patch: p } = a.detokenizer;

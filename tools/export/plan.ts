@@ -17,12 +17,29 @@ import { BLOCK_SIZES, DEFAULT_BLOCK_SIZE } from '../../src/quant/index.js';
 import { CONFIG_NAMES, CONFIGS } from './configs.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { DEFAULT_WORKSPACE_MB } from './engine.js';
-import { attn, bytesOf, gmlp, lin, llamaPublishedParams, paramsOf, patches, PRECISIONS, siglipPublishedParams, stagePrecision, stageWeights, type Precision, type Weight } from './plan-weights.js';
+import {
+  attn,
+  bytesOf,
+  gmlp,
+  lin,
+  llamaPublishedParams,
+  paramsOf,
+  patches,
+  PRECISIONS,
+  siglipPublishedParams,
+  stagePrecision,
+  stageWeights,
+  type Precision,
+  type Weight,
+} from './plan-weights.js';
 
 export { PRECISIONS, stageWeights, type Precision } from './plan-weights.js';
 const GiB = 2 ** 30;
 
-/** Jetson Orin modules: memory is shared by CPU and GPU; bandwidth is the LPDDR5's peak (NVIDIA's module data sheets). */
+/**
+ * Jetson Orin modules: memory is shared by CPU and GPU; bandwidth is the LPDDR5's peak (NVIDIA's
+ * module data sheets).
+ */
 export const MODULES = [
   { name: 'Orin Nano 8 GB', memoryBytes: 8 * GiB, bandwidthBytes: 68e9 },
   { name: 'Orin NX 16 GB', memoryBytes: 16 * GiB, bandwidthBytes: 102.4e9 },
@@ -49,7 +66,8 @@ export function stageFlops(a: Architecture, stage: StageName | 'cluster', q: Que
   const D = a.merger.tokenWidth;
   const H = a.llm.hidden;
   const L = q.tokens;
-  const macs = (ws: Weight[], tokens: number) => 2 * tokens * ws.reduce((n, w) => n + (w.kind === 'linear' ? w.count * w.in * w.out : 0), 0);
+  const macs = (ws: Weight[], tokens: number) =>
+    2 * tokens * ws.reduce((n, w) => n + (w.kind === 'linear' ? w.count * w.in * w.out : 0), 0);
   const attnScores = (sq: number, sk: number, width: number) => 4 * sq * sk * width; // QK^T and AV
   switch (stage) {
     case 'encoder': {
@@ -87,7 +105,8 @@ export function stageFlops(a: Architecture, stage: StageName | 'cluster', q: Que
     case 'mask_decoder': {
       const W = a.maskDecoder.width;
       const f = macs(gmlp(C, W, 1, W), N);
-      const t = macs([lin(D, W), lin(W, W, 2)], L) + macs([lin(W, W, 2)], N) + attnScores(L, N, W) + macs([lin(W, W)], L);
+      const t =
+        macs([lin(D, W), lin(W, W, 2)], L) + macs([lin(W, W, 2)], N) + attnScores(L, N, W) + macs([lin(W, W)], L);
       return f + t + 2 * L * W * N + macs([lin(H, W)], 1) + 2 * W * N;
     }
   }
@@ -138,7 +157,8 @@ export interface StagePlan {
  * builder's tactic workspace and the CUDA/TensorRT runtime. On a Jetson host and GPU memory are the
  * same LPDDR5, so this is what the build needs free. Not yet measured on a device.
  */
-export const builderPeakBytes = (weightBytes: number, workspaceBytes = DEFAULT_WORKSPACE_MB * 2 ** 20) => 3 * weightBytes + workspaceBytes + RUNTIME_BYTES;
+export const builderPeakBytes = (weightBytes: number, workspaceBytes = DEFAULT_WORKSPACE_MB * 2 ** 20) =>
+  3 * weightBytes + workspaceBytes + RUNTIME_BYTES;
 
 export interface ModulePlan {
   module: string;
@@ -150,7 +170,10 @@ export interface ModulePlan {
   /** every stage resident (generate, edit, segment too). */
   all: { needBytes: number; fits: boolean; spareBytes: number };
   bandwidthBytes: number;
-  /** Decode ceiling: bandwidth / bytes read per generated token (the LLM's weights, one embedding row, the KV cache). */
+  /**
+   * Decode ceiling: bandwidth / bytes read per generated token (the LLM's weights, one embedding row,
+   * the KV cache).
+   */
   decodeTokensPerS: number;
 }
 
@@ -186,20 +209,38 @@ export interface PlanOptions {
 }
 
 export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
-  const query: QueryShape = { tokens: opts.tokens, promptTokens: opts.promptTokens ?? 64, answerTokens: opts.answerTokens ?? 64 };
+  const query: QueryShape = {
+    tokens: opts.tokens,
+    promptTokens: opts.promptTokens ?? 64,
+    answerTokens: opts.answerTokens ?? 64,
+  };
   const block = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
-  const stages: StagePlan[] = (['encoder', 'cluster', 'merger', 'embed', 'llm', 'diffusion', 'detokenizer', 'mask_decoder'] as const).map((stage) => {
+  const stages: StagePlan[] = (
+    ['encoder', 'cluster', 'merger', 'embed', 'llm', 'diffusion', 'detokenizer', 'mask_decoder'] as const
+  ).map((stage) => {
     const flops = stageFlops(a, stage, query);
-    if (stage === 'cluster') return { stage, precision: 'fp32', params: 0, bytes: 0, flops, use: STAGE_USE[stage], builderPeakBytes: 0 };
+    if (stage === 'cluster')
+      return { stage, precision: 'fp32', params: 0, bytes: 0, flops, use: STAGE_USE[stage], builderPeakBytes: 0 };
     const ws = stageWeights(a, stage);
     const bytes = bytesOf(stage, ws, opts.precision, block);
-    return { stage, precision: stagePrecision(stage, opts.precision, block), params: paramsOf(ws), bytes, flops, use: STAGE_USE[stage], builderPeakBytes: builderPeakBytes(bytes) };
+    return {
+      stage,
+      precision: stagePrecision(stage, opts.precision, block),
+      params: paramsOf(ws),
+      bytes,
+      flops,
+      use: STAGE_USE[stage],
+      builderPeakBytes: builderPeakBytes(bytes),
+    };
   });
   const sum = (f: (s: StagePlan) => number, only?: readonly string[]) =>
     stages.filter((s) => !only || only.includes(s.stage)).reduce((n, s) => n + f(s), 0);
   const queryFlops = sum((s) => s.flops, ['encoder', 'cluster', 'merger', 'embed', 'llm']);
   const fixed = { ...query, tokens: 256 };
-  const queryFlopsFixed256 = (['encoder', 'cluster', 'merger', 'llm'] as const).reduce((n, s) => n + stageFlops(a, s, fixed), 0);
+  const queryFlopsFixed256 = (['encoder', 'cluster', 'merger', 'llm'] as const).reduce(
+    (n, s) => n + stageFlops(a, s, fixed),
+    0,
+  );
   const kvPerPosition = 2 * a.llm.layers * a.llm.kvHeads * headDim(a) * 2; // K and V, fp16
   const kvCacheBytes = kvPerPosition * opts.context;
   const llm = stages.find((s) => s.stage === 'llm')!;
@@ -245,62 +286,116 @@ export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
 }
 
 const fmtParams = (n: number) => (n === 0 ? '-' : n >= 1e9 ? `${(n / 1e9).toFixed(2)} B` : `${(n / 1e6).toFixed(1)} M`);
-const fmtBytes = (n: number) => (n === 0 ? '-' : Math.abs(n) >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`);
+const fmtBytes = (n: number) =>
+  n === 0 ? '-' : Math.abs(n) >= GiB ? `${(n / GiB).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`;
 const fmtGiB = (n: number) => (n / GiB).toFixed(2);
 const fmtFlops = (n: number) => (n >= 1e12 ? `${(n / 1e12).toFixed(2)} T` : `${(n / 1e9).toFixed(1)} G`);
 /** Table row: the first `left` columns left-aligned (names), the rest right-aligned (numbers). */
 const pad = (cells: string[], widths: number[], left = 1) =>
-  cells.map((c, i) => (i < left ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  cells
+    .map((c, i) => (i < left ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+    .join('  ')
+    .trimEnd();
 
 export function formatPlan(config: string, p: ModelSetPlan): string {
   const q = p.query;
   const out = [
-    `${config} at ${p.precision}: ${q.tokens} vision tokens, prompt ${q.promptTokens} + answer ${q.answerTokens} text tokens, KV cache for ${p.context} positions`,
+    `${config} at ${p.precision}: ${q.tokens} vision tokens, prompt ${q.promptTokens} + answer ${q.answerTokens} ` +
+      `text tokens, KV cache for ${p.context} positions`,
     '',
   ];
   const w = [13, 24, 8, 11, 9, 12];
   out.push(pad(['stage', 'precision', 'params', 'weights', 'FLOPs', 'engine build'], w, 2) + '  use');
   for (const s of p.stages) {
     const build = s.builderPeakBytes ? fmtBytes(s.builderPeakBytes) : '-';
-    out.push(pad([s.stage, s.precision, fmtParams(s.params), fmtBytes(s.bytes), fmtFlops(s.flops), build], w, 2) + `  ${s.use}`);
+    out.push(
+      pad([s.stage, s.precision, fmtParams(s.params), fmtBytes(s.bytes), fmtFlops(s.flops), build], w, 2) +
+        `  ${s.use}`,
+    );
   }
   out.push(pad(['total', '', fmtParams(p.totals.params), fmtBytes(p.totals.bytes), '', ''], w, 2));
   out.push(
     '',
-    `published sizes: SigLIP-SO400M vision tower ${fmtParams(p.published.siglipVisionTower)} (with its pooling head and post-LayerNorm, which the encoder stage leaves out), Vicuna-7B ${fmtParams(p.published.vicuna)} (32000-piece vocabulary)`,
-    `per ask query: ${fmtFlops(p.queryFlops)}FLOPs with ${q.tokens} vision tokens, ${fmtFlops(p.queryFlopsFixed256)}FLOPs with 256 fixed tokens (ratio ${(p.queryFlops / p.queryFlopsFixed256).toFixed(2)}; the paper reports 8.3 vs 15.7 TFLOPs, ratio 0.53)`,
-    `KV cache (fp16, ${p.context} positions): ${fmtBytes(p.kvCacheBytes)}; peak activations ${fmtBytes(p.activationBytes)}; CUDA/TensorRT runtime ${fmtBytes(p.runtimeBytes)}; OS reserve ${fmtBytes(p.osReservedBytes)}`,
+    `published sizes: SigLIP-SO400M vision tower ${fmtParams(p.published.siglipVisionTower)} (with its pooling ` +
+      `head and post-LayerNorm, which the encoder stage leaves out), Vicuna-7B ${fmtParams(p.published.vicuna)} ` +
+      `(32000-piece vocabulary)`,
+    `per ask query: ${fmtFlops(p.queryFlops)}FLOPs with ${q.tokens} vision tokens, ` +
+      `${fmtFlops(p.queryFlopsFixed256)}FLOPs with 256 fixed tokens (ratio ` +
+      `${(p.queryFlops / p.queryFlopsFixed256).toFixed(2)}; the paper reports 8.3 vs 15.7 TFLOPs, ratio 0.53)`,
+    `KV cache (fp16, ${p.context} positions): ${fmtBytes(p.kvCacheBytes)}; peak activations ` +
+      `${fmtBytes(p.activationBytes)}; CUDA/TensorRT runtime ${fmtBytes(p.runtimeBytes)}; OS reserve ` +
+      `${fmtBytes(p.osReservedBytes)}`,
     '',
   );
   const mw = [16, 7, 9, 9, 5, 7, 9, 5, 7, 9, 10];
   out.push('memory (GiB)      ask/describe: encoder+merger+embed+llm      all stages resident     decode ceiling');
-  out.push(pad(['module', 'total', 'usable', 'need', 'fits', 'spare', 'need', 'fits', 'spare', 'GB/s', 'tokens/s'], mw));
+  out.push(
+    pad(['module', 'total', 'usable', 'need', 'fits', 'spare', 'need', 'fits', 'spare', 'GB/s', 'tokens/s'], mw),
+  );
   for (const m of p.modules) {
     const yn = (b: boolean) => (b ? 'yes' : 'no');
     const decode = [(m.bandwidthBytes / 1e9).toFixed(1), m.decodeTokensPerS.toFixed(1)];
-    out.push(pad([m.module, fmtGiB(m.memoryBytes), fmtGiB(m.availableBytes), fmtGiB(m.ask.needBytes), yn(m.ask.fits), fmtGiB(m.ask.spareBytes), fmtGiB(m.all.needBytes), yn(m.all.fits), fmtGiB(m.all.spareBytes), ...decode], mw));
+    out.push(
+      pad(
+        [
+          m.module,
+          fmtGiB(m.memoryBytes),
+          fmtGiB(m.availableBytes),
+          fmtGiB(m.ask.needBytes),
+          yn(m.ask.fits),
+          fmtGiB(m.ask.spareBytes),
+          fmtGiB(m.all.needBytes),
+          yn(m.all.fits),
+          fmtGiB(m.all.spareBytes),
+          ...decode,
+        ],
+        mw,
+      ),
+    );
   }
   out.push(
     '',
-    `decode ceiling: bandwidth / ${fmtBytes(p.decodeBytesPerToken)} read per generated token (every LLM weight, one embedding row, the fp16 KV cache`,
-    'of the mean answer position); a decode step cannot be faster than its weights stream from memory.',
-    'engine build: host memory a TensorRT build of the stage peaks at, estimated as 3x its weights (the parsed ONNX, the',
-    `network's copy, the serialized plan) + the ${DEFAULT_WORKSPACE_MB} MiB workspace + the runtime; unified memory on a Jetson. Not measured on a device.`,
-    'weights: the builds `export quantize` writes (TensorRT dialect): fp16 keeps LayerNorm parameters fp32; int8 stores linear',
-    'weights int8 with fp32 scales and keeps everything else fp32 (the embed stage has no int8 build); int4w = INT4 weights,',
-    'symmetric, one fp16 scale per block, for the LLM (lm_head fp16), every other stage fp16.',
+    `decode ceiling: bandwidth / ${fmtBytes(p.decodeBytesPerToken)} read per generated token (every LLM weight,`,
+    'one embedding row, the fp16 KV cache of the mean answer position); a decode step cannot be',
+    'faster than its weights stream from memory.',
+    'engine build: host memory a TensorRT build of the stage peaks at, estimated as 3x its weights',
+    `(the parsed ONNX, the network's copy, the serialized plan) + the ${DEFAULT_WORKSPACE_MB} MiB workspace + the`,
+    'runtime; unified memory on a Jetson. Not measured on a device.',
+    'weights: the builds `export quantize` writes (TensorRT dialect): fp16 keeps LayerNorm parameters',
+    'fp32; int8 stores linear weights int8 with fp32 scales and keeps everything else fp32 (the embed',
+    'stage has no int8 build); int4w = INT4 weights, symmetric, one fp16 scale per block, for the LLM',
+    '(lm_head fp16), every other stage fp16.',
   );
   return out.join('\n');
 }
 
 const PlanCliOptions = z.object({
-  blockSize: z.enum(BLOCK_SIZES.map(String) as [string, ...string[]], { error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}` }).default(String(DEFAULT_BLOCK_SIZE)).transform(Number),
-  config: z.enum(CONFIG_NAMES, { error: (i) => `unknown config ${JSON.stringify(i.input)}; one of ${CONFIG_NAMES.join(', ')}` }),
-  precision: z.enum(PRECISIONS, { error: (i) => `unknown precision ${JSON.stringify(i.input)}; one of ${PRECISIONS.join(', ')}` }),
+  blockSize: z
+    .enum(BLOCK_SIZES.map(String) as [string, ...string[]], {
+      error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}`,
+    })
+    .default(String(DEFAULT_BLOCK_SIZE))
+    .transform(Number),
+  config: z.enum(CONFIG_NAMES, {
+    error: (i) => `unknown config ${JSON.stringify(i.input)}; one of ${CONFIG_NAMES.join(', ')}`,
+  }),
+  precision: z.enum(PRECISIONS, {
+    error: (i) => `unknown precision ${JSON.stringify(i.input)}; one of ${PRECISIONS.join(', ')}`,
+  }),
   tokens: z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1'),
-  context: z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1').optional(),
-  promptTokens: z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1'),
-  answerTokens: z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1'),
+  context: z.coerce
+    .number({ error: 'must be a number' })
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .optional(),
+  promptTokens: z.coerce
+    .number({ error: 'must be a number' })
+    .int('must be a whole number')
+    .min(1, 'must be at least 1'),
+  answerTokens: z.coerce
+    .number({ error: 'must be a number' })
+    .int('must be a whole number')
+    .min(1, 'must be at least 1'),
   json: z.boolean().optional(),
 });
 
@@ -309,25 +404,52 @@ export function planFromCli(raw: unknown): { config: string; plan: ModelSetPlan 
   const o = parseFlags(PlanCliOptions, raw, 'export plan');
   const a = CONFIGS[o.config];
   const N = patches(a);
-  if (o.tokens > N) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `export plan: --tokens ${o.tokens} is more than the ${N} patches an image has`);
+  if (o.tokens > N)
+    throw new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `export plan: --tokens ${o.tokens} is more than the ${N} patches an image has`,
+    );
   const context = o.context ?? Math.min(2048, a.llm.maxContext);
   const needed = o.promptTokens + o.tokens + o.answerTokens;
   if (context > a.llm.maxContext) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `export plan: --context ${context} is beyond the LLM's ${a.llm.maxContext} positions`);
+    throw new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `export plan: --context ${context} is beyond the LLM's ${a.llm.maxContext} positions`,
+    );
   }
   if (context < needed) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `export plan: --context ${context} cannot hold the query's ${needed} tokens (prompt + vision + answer)`);
+    throw new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `export plan: --context ${context} cannot hold the query's ${needed} tokens (prompt + vision + answer)`,
+    );
   }
-  return { config: o.config, plan: planModelSet(a, { precision: o.precision, tokens: o.tokens, context, promptTokens: o.promptTokens, answerTokens: o.answerTokens, blockSize: o.blockSize }) };
+  return {
+    config: o.config,
+    plan: planModelSet(a, {
+      precision: o.precision,
+      tokens: o.tokens,
+      context,
+      promptTokens: o.promptTokens,
+      answerTokens: o.answerTokens,
+      blockSize: o.blockSize,
+    }),
+  };
 }
 
 export function registerPlanCommand(exportCmd: Command): void {
   exportCmd
     .command('plan')
-    .description('size a model set for Jetson: parameters, weight bytes and FLOPs per stage, KV cache, which Orin modules it fits, decode ceiling, engine build memory')
+    .description(
+      'size a model set for Jetson: parameters, weight bytes and FLOPs per stage, KV cache, ' +
+        'which Orin modules it fits, decode ceiling, engine build memory',
+    )
     .requiredOption('--config <name>', `architecture: ${CONFIG_NAMES.join(' | ')}`)
     .requiredOption('--precision <p>', `the builds \`export quantize\` writes: ${PRECISIONS.join(' | ')}`)
-    .option('--block-size <k>', `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')})`, String(DEFAULT_BLOCK_SIZE))
+    .option(
+      '--block-size <k>',
+      `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')})`,
+      String(DEFAULT_BLOCK_SIZE),
+    )
     .requiredOption('--tokens <L>', 'vision tokens per image after clustering (the paper averages about 25)')
     .option('--context <n>', 'KV cache positions to reserve (default 2048, at most the LLM context)')
     .option('--prompt-tokens <n>', 'text tokens of the prompt, template included', '64')
@@ -335,6 +457,9 @@ export function registerPlanCommand(exportCmd: Command): void {
     .option('--json', 'print the plan as JSON')
     .action((raw: unknown) => {
       const { config, plan } = planFromCli(raw);
-      process.stdout.write((((raw as { json?: boolean }).json ? JSON.stringify({ config, ...plan }, null, 2) : formatPlan(config, plan))) + '\n');
+      process.stdout.write(
+        ((raw as { json?: boolean }).json ? JSON.stringify({ config, ...plan }, null, 2) : formatPlan(config, plan)) +
+          '\n',
+      );
     });
 }
