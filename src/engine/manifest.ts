@@ -21,8 +21,8 @@ export const PRECISIONS = ['fp32', 'fp16', 'int8', 'int4w'] as const;
 export type Precision = (typeof PRECISIONS)[number];
 /**
  * The backend a variant's graph is written for, when it is not for every backend: an INT4 stage is
- * written twice, as com.microsoft MatMulNBits for ONNX Runtime and as blocked DequantizeLinear in
- * float16 for TensorRT (docs/QUANT.md). A variant without a dialect is for any backend.
+ * written twice, computing in float32 for ONNX Runtime and in float16 for TensorRT (docs/QUANT.md).
+ * A variant without a dialect is for any backend.
  */
 export const DIALECTS = ['onnxruntime', 'tensorrt'] as const;
 export type Dialect = (typeof DIALECTS)[number];

@@ -67,7 +67,6 @@ export {
   BUILD_PRECISIONS,
   INT4_STAGES,
   ORT_INT4_FORM,
-  ORT_INT4_ACCURACY_LEVEL,
   type BuildPrecision,
 } from './recipes.js';
 export {

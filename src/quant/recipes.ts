@@ -4,9 +4,9 @@
  * - int8:  explicit Q/DQ (graph.ts), activations calibrated; one file for every backend.
  * - fp16:  the float16 rewrite (fp16.ts); one file for every backend.
  * - int4w: the stages in INT4_STAGES get INT4 weights (AWQ-searched, int4.ts / awq.ts) in two
- *          dialects: float32 compute with MatMulNBits for ONNX Runtime, float16 compute with
- *          blocked DequantizeLinear for TensorRT; every other stage is its float16 graph, for
- *          TensorRT only (ONNX Runtime keeps serving its fp32 file: float16 is no faster on a CPU).
+ *          dialects of blocked DequantizeLinear: float32 compute for ONNX Runtime, float16 compute
+ *          for TensorRT; every other stage is its float16 graph, for TensorRT only (ONNX Runtime
+ *          keeps serving its fp32 file: float16 is no faster on a CPU).
  */
 import type { Backend } from '../engine/backend.js';
 import type { StageName, StageSignature } from '../engine/contract.js';
@@ -31,11 +31,12 @@ export type BuildPrecision = (typeof BUILD_PRECISIONS)[number];
  */
 export const INT4_STAGES: readonly StageName[] = ['llm'];
 /**
- * The ONNX Runtime dialect of INT4: MatMulNBits with accuracy_level 4 (int8 activations inside the
- * kernel), measured against DequantizeLinear + MatMul by bench/quant.ts --dialects (bench/RESULTS.md).
+ * The ONNX Runtime dialect's INT4 form: DequantizeLinear + MatMul, which ONNX Runtime fuses into its
+ * MatMulNBits kernel (at its session default accuracy level 4: int8 activations inside the GEMM).
+ * bench/quant.ts --dialects measured it 16-20% faster per decode step than writing com.microsoft
+ * MatMulNBits (accuracy level 4) directly, and 20-30% faster than level 0 (bench/RESULTS.md).
  */
-export const ORT_INT4_FORM: Int4Form = 'nbits';
-export const ORT_INT4_ACCURACY_LEVEL = 4;
+export const ORT_INT4_FORM: Int4Form = 'dq';
 
 /** One stage's fp32 graph, decoded once, and its recorded feeds. */
 export interface StageInput {
@@ -169,7 +170,7 @@ export class Int4wRecipe implements Recipe {
       onProgress: (p, d, t) => ctx.onProgress?.(p === 'awq' ? 'awq' : 'ranges', d, t),
     });
     const rewrite = new Int4Rewrite(input.model, plan, input.stage);
-    const ort = rewrite.write(ORT_INT4_FORM, { headsFp16: true, accuracyLevel: ORT_INT4_ACCURACY_LEVEL });
+    const ort = rewrite.write(ORT_INT4_FORM, { headsFp16: true });
     const trt = toFloat16(rewrite.write('dq', { headsFp16: false }).model, input.stage);
     const r = ort.report;
     const blocks = [...new Set(r.weights.map((w) => w.block))].join('/');
