@@ -34,6 +34,8 @@ export const ERRORS = {
   NATIVE_MISSING: { exit: 3, meaning: 'the native addon is not built or lacks the feature' },
   BACKEND_CRASHED: { exit: 3, meaning: "a backend's worker died (crash, exit, out of memory) while it held a session" },
   QUANT_TOLERANCE: { exit: 3, meaning: "a quantised stage's outputs are further from fp32 than the export's tolerance" },
+  QUANT_UNSUPPORTED: { exit: 3, meaning: 'a stage cannot be built at the requested precision (the message says which and why)' },
+  QUANT_SCALE_INVALID: { exit: 3, meaning: 'quantisation produced a NaN, infinite or out-of-range scale; nothing was written' },
   // fleet bundles (docs/FLEET.md)
   BUNDLE_INVALID: { exit: 3, meaning: 'a bundle is not in the bundle format (magic, header, layout, an unsafe path)' },
   BUNDLE_SIGNATURE: { exit: 3, meaning: "a bundle's signature does not verify with the trusted key" },
