@@ -11,6 +11,7 @@ import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task 
 import { Admission, SeenIds } from './admission.js';
 import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
 import type { AgentConfig } from './config.js';
+import { DeviceHealth, type HealthSummary } from './health.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
 import { credentialOptions } from '../mqtt/connection.js';
@@ -115,6 +116,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** The load the last published status showed, and when it went out. */
   private published?: { depth: number; inFlight: number; at: number };
   private connects = 0;
+  /** tegrastats readings on a Jetson (src/agent/health.ts); absent when turned off. */
+  private readonly health?: DeviceHealth;
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -126,6 +129,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    const h = this.config.health;
+    if (h.enabled) this.health = new DeviceHealth({ tegrastats: h.tegrastats, intervalMs: h.intervalMs, energyRails: h.energyRails, metrics: this.metrics, log: this.log });
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
@@ -150,10 +155,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   async start(): Promise<void> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
+    this.health?.start();
     try {
       await this.connectBroker();
     } catch (err) {
       // A failed start leaves nothing running: the process must be able to exit with the error.
+      this.health?.stop();
       await this.client?.endAsync(true).catch(() => undefined);
       await this.metrics.close();
       throw err;
@@ -355,6 +362,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     // Bound here, when the query starts: a replacement never moves a running query.
     const serving = this.serving;
     serving.running++;
+    const startedAt = Date.now();
     const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
     let iterator: AsyncIterator<PipelineEvent> | undefined;
     const aborted = new Promise<typeof ABORTED>((resolve) => {
@@ -374,6 +382,7 @@ export class Agent extends EventEmitter<AgentEvents> {
           last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
         } else {
           last = { ...step.value, id: ticket.id } as PipelineEvent;
+          if (last.type === 'done') last = this.withEnergy(last, startedAt);
         }
         this.observe(last);
         stream.send(last);
@@ -433,6 +442,14 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
+  /** The board energy the query took, where power rails are read (a Jetson); the event as it was elsewhere. */
+  private withEnergy(done: Extract<PipelineEvent, { type: 'done' }>, startedAt: number): PipelineEvent {
+    const mJ = this.health?.energyMj(startedAt, Date.now());
+    if (mJ === undefined) return done;
+    this.metrics.device().queryEnergy.observe(mJ / 1000);
+    return { ...done, energyMj: Math.round(mJ * 10) / 10 };
+  }
+
   private observe(event: PipelineEvent): void {
     if (event.type === 'error') this.metrics.errors.inc({ code: event.code });
     if (event.type !== 'done') return;
@@ -460,7 +477,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       maxContext: info.maxContext,
       updatedUnixMs: Date.now(),
       version: this.version,
+      ...this.healthSummary(online),
     };
+  }
+
+  /** The device's latest reading for the retained status while online (a Last Will would carry a stale one). */
+  private healthSummary(online: boolean): { health?: HealthSummary } {
+    const health = online ? this.health?.summary() : undefined;
+    return health ? { health } : {};
   }
 
   private publishStatus(): Promise<void> {
@@ -532,6 +556,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     clearTimeout(timer);
     await Promise.all(this.retiring); // every query has stopped: replaced pipelines close now
+    this.health?.stop();
     const published = client ? await this.disconnect(client) : false;
     await this.metrics.close();
     this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');

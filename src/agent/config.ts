@@ -66,6 +66,20 @@ export const agentSettings = group(
       host: setting({ schema: z.string(), default: '127.0.0.1', help: 'address the metrics endpoint listens on' }),
       enabled: setting({ schema: z.boolean(), default: true, flag: '--no-metrics', env: 'SETOKIM_METRICS', read: 'boolean', help: 'no metrics endpoint' }),
     }),
+    /** Device health on a Jetson (src/agent/health.ts): tegrastats read every intervalMs; absent elsewhere. */
+    health: group({
+      enabled: setting({ schema: z.boolean(), default: true, flag: '--no-device-health', env: 'SETOKIM_DEVICE_HEALTH', read: 'boolean', help: 'do not run tegrastats (no device health gauges, status summary or energy per query)' }),
+      tegrastats: setting({ schema: z.string().min(1), default: '/usr/bin/tegrastats', flag: '--tegrastats <path>', env: 'SETOKIM_TEGRASTATS', help: "tegrastats binary (JetPack's path; device health is off where it does not exist)" }),
+      intervalMs: setting({ schema: count(100), default: 1000, flag: '--health-interval-ms <n>', env: 'SETOKIM_HEALTH_INTERVAL_MS', read: 'number', help: 'how often tegrastats prints a reading' }),
+      energyRails: setting({
+        schema: z.array(z.string().regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a rail name as tegrastats prints it, or rails joined by +')).min(1),
+        default: ['VDD_IN', 'POM_5V_IN'],
+        flag: '--energy-rails <a,b>',
+        env: 'SETOKIM_ENERGY_RAILS',
+        read: 'list',
+        help: 'board power rail for energy per query: the first one tegrastats prints (AGX Orin has no input rail: VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0)',
+      }),
+    }),
     /** How the pipeline runs the model set (see createPipeline). */
     pipeline: group({
       backend: setting({ schema: z.string().min(1), flag: '--backend <name>', env: 'SETOKIM_BACKEND', help: 'only this backend (onnxruntime-cpu, tensorrt)' }),
