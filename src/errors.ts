@@ -44,6 +44,9 @@ export const ERRORS = {
   UPDATE_CONFLICT: { exit: 3, meaning: "another install holds the store, or the bundle's set id is the one serving" },
   ROLLOUT_ABORTED: { exit: 3, meaning: 'a staged rollout stopped: a canary failed, or failures passed the threshold' },
   UPDATE_HOOK_FAILED: { exit: 3, meaning: 'a hook run after an update committed failed (a warning: the release stays active)' },
+  // flashing kits (docs/FLASHING.md)
+  BAD_DEVICE_LIST: { exit: 2, meaning: 'a devices.csv for flash-kit is invalid (a duplicate or unsafe device id, a bad URL, a missing or mismatched key file)' },
+  KIT_BUILD_FAILED: { exit: 3, meaning: 'building a flashing kit failed (a packaging tool or cross compiler missing or failing); nothing is left in --out' },
   DOWNLOAD_STALLED: { exit: 3, meaning: 'a bundle download received nothing for the stall timeout; the partial file is kept' },
   BUNDLE_TOO_LARGE: { exit: 3, meaning: "a bundle download is larger than the job's size or the download cap" },
   // serving

@@ -106,7 +106,8 @@ export type AgentConfigInput = InputOf<typeof agentSettings>;
 
 type Json = Record<string, unknown>;
 
-function readFile(file: string): Json {
+/** A config file's settings as written (JSON or YAML), not yet merged or validated; BAD_CONFIG when it does not read. */
+export function readConfigFile(file: string): Json {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -143,7 +144,7 @@ export interface LoadConfigOptions {
 }
 
 export function loadAgentConfig(opts: LoadConfigOptions = {}): AgentConfig {
-  let data: Json = merge(opts.defaults ?? {}, opts.file ? readFile(opts.file) : {});
+  let data: Json = merge(opts.defaults ?? {}, opts.file ? readConfigFile(opts.file) : {});
   data = merge(data, fromEnv(agentSettings, opts.env ?? process.env));
   if (opts.overrides) data = merge(data, opts.overrides);
   return parseAgentConfig(data, opts.file ? `configuration (${opts.file} + environment + flags)` : 'configuration (environment + flags)');
