@@ -88,12 +88,17 @@ export async function debianRoot(): Promise<DebianRoot> {
     rmSync(base, { recursive: true, force: true });
     throw err;
   }
-  const chrootArgs = (cmd: string[], user?: string) => ['chroot', ...(user ? [`--userspec=${user}:${user}`] : []), root, ...cmd];
+  // `env -i` first: only these variables reach the chroot (tap adds NODE_OPTIONS to every child it
+  // sees, naming its loader by a path that does not exist in there).
+  const chrootArgs = (cmd: string[], user?: string, env: Record<string, string> = {}) => [
+    'env', '-i', ...Object.entries({ ...CHROOT_ENV, ...env }).map(([k, v]) => `${k}=${v}`),
+    'chroot', ...(user ? [`--userspec=${user}:${user}`] : []), root, ...cmd,
+  ];
   return {
     root,
-    exec: (cmd, o = {}) => run('nsenter', ['-t', String(holder.pid), '-m', '--', ...chrootArgs(cmd, o.user)], { maxBuffer: 64 << 20, env: { ...CHROOT_ENV, ...o.env } }),
+    exec: (cmd, o = {}) => run('nsenter', ['-t', String(holder.pid), '-m', '--', ...chrootArgs(cmd, o.user, o.env)], { maxBuffer: 64 << 20 }),
     host: (cmd, o = {}) => run('nsenter', ['-t', String(holder.pid), '-m', '--', ...cmd], { maxBuffer: 64 << 20, env: { ...process.env, ...CHROOT_ENV, ...o.env } }),
-    spawn: (cmd, o) => spawn('nsenter', ['-t', String(holder.pid), '-m', '--', ...chrootArgs(cmd, o.user)], { env: { ...CHROOT_ENV, ...o.env }, stdio: o.stdio ?? 'pipe' }),
+    spawn: (cmd, o) => spawn('nsenter', ['-t', String(holder.pid), '-m', '--', ...chrootArgs(cmd, o.user, o.env)], { stdio: o.stdio ?? 'pipe' }),
     async close() {
       const gone = new Promise((resolve) => holder.once('exit', resolve));
       holder.kill('SIGKILL'); // the last process in the namespace: every mount goes with it
