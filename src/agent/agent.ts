@@ -130,7 +130,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
     const h = this.config.health;
-    if (h.enabled) this.health = new DeviceHealth({ tegrastats: h.tegrastats, intervalMs: h.intervalMs, energyRails: h.energyRails, metrics: this.metrics, log: this.log });
+    if (h.enabled) {
+      const { tegrastats, intervalMs, energyRails } = h;
+      this.health = new DeviceHealth({ tegrastats, intervalMs, energyRails, metrics: this.metrics, log: this.log });
+    }
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,

@@ -197,7 +197,18 @@ export function decodeReply(payload: Uint8Array): ReplyEvent {
     case 'done': {
       const d = r.done;
       const finishReason = finishReasons.includes(d.finishReason) ? d.finishReason : 'stop';
-      return { ...base, type: 'done', visionTokens: d.visionTokens, promptTokens: d.promptTokens, generatedTokens: d.generatedTokens, finishReason, stages: d.stagesMs, totalMs: d.totalMs, ...(d.firstTokenMs != null ? { firstTokenMs: d.firstTokenMs } : {}), ...(d.energyMj != null ? { energyMj: d.energyMj } : {}) };
+      return {
+        ...base,
+        type: 'done',
+        visionTokens: d.visionTokens,
+        promptTokens: d.promptTokens,
+        generatedTokens: d.generatedTokens,
+        finishReason,
+        stages: d.stagesMs,
+        totalMs: d.totalMs,
+        ...(d.firstTokenMs != null ? { firstTokenMs: d.firstTokenMs } : {}),
+        ...(d.energyMj != null ? { energyMj: d.energyMj } : {}),
+      };
     }
     case 'error':
       return { ...base, type: 'error', code: (r.error.code || ErrorCodes.INTERNAL) as ErrorCode, message: r.error.message };
@@ -230,7 +241,9 @@ export function encodeStatus(s: AgentStatus): Uint8Array {
   return StatusType.encode(StatusType.fromObject(s)).finish();
 }
 
-const HEALTH_FIELDS = ['ramUsedMib', 'ramTotalMib', 'gpuLoadPct', 'emcLoadPct', 'tempC', 'tempSensor', 'powerMw', 'powerRail'] as const;
+const HEALTH_FIELDS = [
+  'ramUsedMib', 'ramTotalMib', 'gpuLoadPct', 'emcLoadPct', 'tempC', 'tempSensor', 'powerMw', 'powerRail',
+] as const;
 
 /** The set fields only (protobufjs adds null defaults and `_field` oneof markers for optional ones). */
 function decodeHealth(h: Record<string, unknown> | null | undefined): HealthSummary | undefined {

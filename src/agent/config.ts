@@ -13,6 +13,10 @@ import { fromEnv, group, merge, parseSettings, schemaOf, setting, type InputOf, 
 
 const port = z.number().int().min(0).max(65535);
 const count = (min: number) => z.number().int().min(min);
+/** A power rail as tegrastats names it (VDD_IN), or rails summed with + (VDD_GPU_SOC+VDD_CPU_CV). */
+const energyRail = z
+  .string()
+  .regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a tegrastats rail, or rails joined by +');
 
 /**
  * Every agent setting, declared once: its schema and default, flag, SETOKIM_* variable and help.
@@ -68,16 +72,36 @@ export const agentSettings = group(
     }),
     /** Device health on a Jetson (src/agent/health.ts): tegrastats read every intervalMs; absent elsewhere. */
     health: group({
-      enabled: setting({ schema: z.boolean(), default: true, flag: '--no-device-health', env: 'SETOKIM_DEVICE_HEALTH', read: 'boolean', help: 'do not run tegrastats (no device health gauges, status summary or energy per query)' }),
-      tegrastats: setting({ schema: z.string().min(1), default: '/usr/bin/tegrastats', flag: '--tegrastats <path>', env: 'SETOKIM_TEGRASTATS', help: "tegrastats binary (JetPack's path; device health is off where it does not exist)" }),
-      intervalMs: setting({ schema: count(100), default: 1000, flag: '--health-interval-ms <n>', env: 'SETOKIM_HEALTH_INTERVAL_MS', read: 'number', help: 'how often tegrastats prints a reading' }),
+      enabled: setting({
+        schema: z.boolean(),
+        default: true,
+        flag: '--no-device-health',
+        env: 'SETOKIM_DEVICE_HEALTH',
+        read: 'boolean',
+        help: 'do not run tegrastats (no device health gauges, status summary or energy per query)',
+      }),
+      tegrastats: setting({
+        schema: z.string().min(1),
+        default: '/usr/bin/tegrastats',
+        flag: '--tegrastats <path>',
+        env: 'SETOKIM_TEGRASTATS',
+        help: "tegrastats binary (JetPack's path; device health is off where it does not exist)",
+      }),
+      intervalMs: setting({
+        schema: count(100),
+        default: 1000,
+        flag: '--health-interval-ms <n>',
+        env: 'SETOKIM_HEALTH_INTERVAL_MS',
+        read: 'number',
+        help: 'how often tegrastats prints a reading',
+      }),
       energyRails: setting({
-        schema: z.array(z.string().regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a rail name as tegrastats prints it, or rails joined by +')).min(1),
+        schema: z.array(energyRail).min(1),
         default: ['VDD_IN', 'POM_5V_IN'],
         flag: '--energy-rails <a,b>',
         env: 'SETOKIM_ENERGY_RAILS',
         read: 'list',
-        help: 'board power rail for energy per query: the first one tegrastats prints (AGX Orin has no input rail: VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0)',
+        help: 'rails for energy per query: the first tegrastats prints (AGX Orin: VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0)',
       }),
     }),
     /** How the pipeline runs the model set (see createPipeline). */
@@ -106,7 +130,7 @@ export type AgentConfigInput = InputOf<typeof agentSettings>;
 
 type Json = Record<string, unknown>;
 
-/** A config file's settings as written (JSON or YAML), not yet merged or validated; BAD_CONFIG when it does not read. */
+/** A config file's settings as written (JSON or YAML), not merged or validated; BAD_CONFIG when it does not read. */
 export function readConfigFile(file: string): Json {
   let text: string;
   try {

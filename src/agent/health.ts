@@ -71,7 +71,8 @@ export class EnergyMeter {
   /** mJ from `from` to `to` (ms). */
   between(from: number, to: number): number | undefined {
     const s = this.samples;
-    if (!s.length || to < from || from < s[0]!.at - this.slackMs || to > s[s.length - 1]!.at + this.slackMs) return undefined;
+    if (!s.length || to < from || from < s[0]!.at - this.slackMs || to > s[s.length - 1]!.at + this.slackMs)
+      return undefined;
     const points = [from, ...s.map((x) => x.at).filter((at) => at > from && at < to), to];
     let microJoules = 0; // mW x ms
     for (let i = 1; i < points.length; i++) {
@@ -120,13 +121,16 @@ export class DeviceHealth implements HealthSource {
   }
 
   private launch(): void {
-    const child = spawn(this.o.tegrastats, ['--interval', String(this.o.intervalMs)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(this.o.tegrastats, ['--interval', String(this.o.intervalMs)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     this.child = child;
     let errText = '';
     child.stderr!.on('data', (c: Buffer) => (errText = (errText + c.toString()).slice(-400)));
     createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line));
     child.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') this.o.log('info', `device health off: ${this.o.tegrastats} not found (tegrastats exists on Jetsons only)`);
+      if (err.code === 'ENOENT')
+        this.o.log('info', `device health off: ${this.o.tegrastats} not found (tegrastats exists on Jetsons only)`);
       else this.o.log('warn', `device health: cannot run ${this.o.tegrastats}: ${err.message}`);
       this.child = undefined;
     });
@@ -136,7 +140,11 @@ export class DeviceHealth implements HealthSource {
       this.forget();
       if (this.stopped) return;
       const restartMs = this.o.restartMs ?? 10_000;
-      this.o.log('warn', `device health: ${this.o.tegrastats} exited (${signal ?? code})${errText ? `: ${errText.trim()}` : ''}; starting it again in ${restartMs / 1000} s`);
+      this.o.log(
+        'warn',
+        `device health: ${this.o.tegrastats} exited (${signal ?? code})${errText ? `: ${errText.trim()}` : ''}; ` +
+          `starting it again in ${restartMs / 1000} s`,
+      );
       this.restartTimer = setTimeout(() => this.launch(), restartMs); // stop() clears it
     });
   }

@@ -25,14 +25,31 @@ export class DeviceMetrics {
   private readonly all: Gauge[];
 
   constructor(registry: Registry) {
-    const gauge = (name: string, help: string, label: string) => new Gauge({ name, help, labelNames: [label], registers: [registry] });
-    this.memory = gauge('setokim_device_memory_bytes', 'RAM (shared by CPU and GPU) and swap: ram_used, ram_total, swap_used, swap_total (tegrastats RAM, SWAP)', 'kind');
-    this.load = gauge('setokim_device_load_ratio', 'Load at the current clock, 0..1: gpu (tegrastats GR3D_FREQ), emc (external memory controller, EMC_FREQ)', 'unit');
-    this.frequency = gauge('setokim_device_frequency_hertz', 'Clock of gpu and emc (tegrastats GR3D_FREQ, EMC_FREQ)', 'unit');
-    this.cpuLoad = gauge('setokim_device_cpu_load_ratio', 'Load of each online CPU core, 0..1 (tegrastats CPU; cores that are off are left out)', 'cpu');
-    this.temperature = gauge('setokim_device_temperature_celsius', 'Thermal sensors (tegrastats name@C; sensors that are off are left out)', 'sensor');
+    const gauge = (name: string, help: string, label: string) =>
+      new Gauge({ name, help, labelNames: [label], registers: [registry] });
+    this.memory = gauge(
+      'setokim_device_memory_bytes',
+      'RAM (shared by CPU and GPU) and swap: ram_used, ram_total, swap_used, swap_total (tegrastats RAM, SWAP)',
+      'kind',
+    );
+    this.load = gauge(
+      'setokim_device_load_ratio',
+      'Load at the current clock, 0..1: gpu (tegrastats GR3D_FREQ), emc (external memory controller, EMC_FREQ)',
+      'unit',
+    );
+    this.frequency = gauge('setokim_device_frequency_hertz', 'Clock of gpu and emc (GR3D_FREQ, EMC_FREQ)', 'unit');
+    this.cpuLoad = gauge(
+      'setokim_device_cpu_load_ratio',
+      'Load of each online CPU core, 0..1 (tegrastats CPU; cores that are off are left out)',
+      'cpu',
+    );
+    this.temperature = gauge(
+      'setokim_device_temperature_celsius',
+      'Thermal sensors (tegrastats name@C; sensors that are off are left out)',
+      'sensor',
+    );
     this.power = gauge('setokim_device_power_watts', 'Power rails, instantaneous (tegrastats VDD_IN etc.)', 'rail');
-    this.sampled = gauge('setokim_device_health_sampled_seconds', 'Unix time of the last device health reading', 'source');
+    this.sampled = gauge('setokim_device_health_sampled_seconds', 'Unix time of the last health reading', 'source');
     this.all = [this.memory, this.load, this.frequency, this.cpuLoad, this.temperature, this.power, this.sampled];
     this.queryEnergy = new Histogram({
       name: 'setokim_query_energy_joules',
@@ -45,7 +62,8 @@ export class DeviceMetrics {
   update(s: TegraSample, at: number): void {
     this.clear();
     const mib = 2 ** 20;
-    const set = (g: Gauge, label: Record<string, string>, v: number | undefined, scale: number) => v !== undefined && g.set(label, v * scale);
+    const set = (g: Gauge, label: Record<string, string>, v: number | undefined, scale: number) =>
+      v !== undefined && g.set(label, v * scale);
     set(this.memory, { kind: 'ram_used' }, s.ramUsedMib, mib);
     set(this.memory, { kind: 'ram_total' }, s.ramTotalMib, mib);
     set(this.memory, { kind: 'swap_used' }, s.swapUsedMib, mib);

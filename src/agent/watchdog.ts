@@ -49,7 +49,8 @@ export class SystemdNotifier {
     const socket = env.NOTIFY_SOCKET;
     if (!socket) return undefined;
     const usec = Number(env.WATCHDOG_USEC);
-    const forUs = env.WATCHDOG_PID === undefined || env.WATCHDOG_PID === '' || Number(env.WATCHDOG_PID) === (o.pid ?? process.pid);
+    const forUs =
+      env.WATCHDOG_PID === undefined || env.WATCHDOG_PID === '' || Number(env.WATCHDOG_PID) === (o.pid ?? process.pid);
     const watchdog = forUs && Number.isSafeInteger(usec) && usec > 0 ? usec : undefined;
     return new SystemdNotifier(socket, watchdog, o.send ?? nativeSend, o.log ?? (() => undefined));
   }
@@ -88,7 +89,11 @@ export class SystemdNotifier {
       this.failed = false;
     } catch (err) {
       // Logged once per run of failures: a watchdog timer must not flood the log.
-      if (!this.failed) this.log('warn', `systemd notification failed (${(err as Error).message}); the service manager may restart the agent`);
+      if (!this.failed)
+        this.log(
+          'warn',
+          `systemd notification failed (${(err as Error).message}); the service manager may restart the agent`,
+        );
       this.failed = true;
     }
   }

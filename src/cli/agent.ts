@@ -51,7 +51,10 @@ export function registerAgent(program: Command): void {
       const systemd = SystemdNotifier.fromEnv({ log });
       systemd?.ready(`serving ${opened.pipeline.info.modelSetId}; connecting to ${redactUrl(config.broker.url)}`);
       systemd?.startWatchdog();
-      agent.on('ready', ({ reconnect }) => systemd?.status(`serving ${agent.pipeline.info.modelSetId}; ${reconnect ? 're' : ''}connected to ${redactUrl(config.broker.url)}`));
+      agent.on('ready', ({ reconnect }) => {
+        const set = agent.pipeline.info.modelSetId;
+        systemd?.status(`serving ${set}; ${reconnect ? 're' : ''}connected to ${redactUrl(config.broker.url)}`);
+      });
       let updates: UpdateService | undefined;
       let stopping: Promise<void> | undefined;
       let stopped!: () => void;

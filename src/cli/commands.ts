@@ -11,4 +11,7 @@ import { registerRun } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle, registerFleet, registerFlashKit];
+export const commands: RegisterCommand[] = [
+  registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle,
+  registerFleet, registerFlashKit,
+];

@@ -15,7 +15,10 @@ import { registerEnsureEnginesCommand } from '../../tools/export/ensure-engines.
 import { parseFlags } from '../flags.js';
 
 /** Subcommands of `export`, each registered on the `export` command; a new one goes in this list. */
-const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand, registerEngineCommand, registerQuantizeCommand, registerEnsureEnginesCommand];
+const exportSubcommands: Array<(exportCmd: Command) => void> = [
+  registerSynthCommand, registerPlanCommand, registerEngineCommand, registerQuantizeCommand,
+  registerEnsureEnginesCommand,
+];
 
 export function registerExport(program: Command): Command {
   const exportCmd = program.command('export').description('build model sets: synthesise reference sets, plan a real export');

@@ -18,19 +18,31 @@ const FlashKitOptions = z.object({
   arch: z.enum(Object.keys(ARCHES) as [DebArch, ...DebArch[]]).optional(),
   devices: z.string().min(1).optional(),
   compression: z.enum(['xz', 'gzip', 'zstd']).default('xz'),
-  maintainer: z.string().regex(/^[^<>]+ <[^<>@\s]+@[^<>\s]+>$/, 'Name <email>').optional(),
+  maintainer: z
+    .string()
+    .regex(/^[^<>]+ <[^<>@\s]+@[^<>\s]+>$/, 'Name <email>')
+    .optional(),
 });
 
 export function registerFlashKit(program: Command): void {
   program
     .command('flash-kit')
-    .description('build a Jetson provisioning kit from a signed bundle: a .deb, root file system overlays (one per device) and apply-to-rootfs.sh (docs/FLASHING.md)')
-    .option('--bundle <file>', 'signed bundle to install into the kit\'s model store (required)')
+    .description(
+      'build a Jetson provisioning kit from a signed bundle: a .deb, root file system overlays (one per device) ' +
+        'and apply-to-rootfs.sh (docs/FLASHING.md)',
+    )
+    .option('--bundle <file>', "signed bundle to install into the kit's model store (required)")
     .option('--pubkey <pem>', 'the public key bundles are signed with (required; never the private key)')
     .option('--config <file>', 'agent configuration (YAML or JSON) for the devices (required)')
     .option('--out <dir>', 'directory to write the kit into; must not exist or be empty (required)')
-    .option('--arch <arch>', `Debian architecture of the devices: ${Object.keys(ARCHES).join(' | ')} (default: this machine's)`)
-    .option('--devices <csv>', 'devices.csv (device,fleet,broker[,cert,key]): one overlay per device with its identity and secrets')
+    .option(
+      '--arch <arch>',
+      `Debian architecture of the devices: ${Object.keys(ARCHES).join(' | ')} (default: this machine's)`,
+    )
+    .option(
+      '--devices <csv>',
+      'devices.csv (device,fleet,broker[,cert,key]): one overlay per device with its identity and secrets',
+    )
     .option('--compression <c>', 'package compression: xz (default), gzip, zstd')
     .option('--maintainer <who>', 'the package\'s Maintainer field, "Name <email>"')
     .action(async (raw: unknown) => {
@@ -51,9 +63,11 @@ export function registerFlashKit(program: Command): void {
       const mib = (n: number) => (n / 2 ** 20).toFixed(1);
       process.stdout.write(
         `${o.out}/${kit.deb.file} (${mib(kit.deb.bytes)} MiB, Depends: ${kit.deb.depends.join(', ')})\n` +
-          `${o.out}/overlay: ${kit.bundle.modelSetId} release ${kit.bundle.release} committed in the store, key ${kit.bundle.keyId}\n` +
+          `${o.out}/overlay: ${kit.bundle.modelSetId} release ${kit.bundle.release} committed in the store, ` +
+          `key ${kit.bundle.keyId}\n` +
           (kit.devices.length ? `${o.out}/devices: ${kit.devices.join(', ')}\n` : '') +
-          `${o.out}/apply-to-rootfs.sh: sudo ${o.out}/apply-to-rootfs.sh${kit.devices.length ? ' --device ID' : ''} Linux_for_Tegra/rootfs (dry run; --apply to change it)\n`,
+          `${o.out}/apply-to-rootfs.sh: sudo ${o.out}/apply-to-rootfs.sh${kit.devices.length ? ' --device ID' : ''} ` +
+          `Linux_for_Tegra/rootfs (dry run; --apply to change it)\n`,
       );
     });
 }

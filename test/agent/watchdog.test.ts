@@ -25,7 +25,9 @@ for (const abstract of [false, true]) {
   t.test(`READY, STATUS, WATCHDOG and STOPPING arrive on ${abstract ? 'an abstract' : 'a path'} socket`, async (t) => {
     const sock = await listenNotify({ abstract });
     t.teardown(() => sock.close());
-    const n = SystemdNotifier.fromEnv({ env: { NOTIFY_SOCKET: sock.address, WATCHDOG_USEC: '300000', WATCHDOG_PID: String(process.pid) } })!;
+    const n = SystemdNotifier.fromEnv({
+      env: { NOTIFY_SOCKET: sock.address, WATCHDOG_USEC: '300000', WATCHDOG_PID: String(process.pid) },
+    })!;
     t.teardown(() => n.close());
     t.equal(n.pingEveryMs, 150, 'half of WATCHDOG_USEC, in ms');
     n.ready('serving set-1;\nconnecting');
@@ -36,25 +38,39 @@ for (const abstract of [false, true]) {
     for (let i = 0; i < 4; i++) pings.push(await sock.next(/^WATCHDOG=1$/, from + i));
     const gaps = pings.slice(1).map((p, i) => p.at - pings[i]!.at);
     // The first goes at once; then one per interval, never faster (a slow CI box may be slower).
-    t.ok(gaps.every((g) => g >= 120), `gaps between pings ${gaps.map((g) => g.toFixed(0)).join(', ')} ms >= 120`);
+    t.ok(
+      gaps.every((g) => g >= 120),
+      `gaps between pings ${gaps.map((g) => g.toFixed(0)).join(', ')} ms >= 120`,
+    );
     n.stopping('SIGTERM: finishing 1 in flight');
     t.equal((await sock.next(/^STOPPING=1/)).state, 'STOPPING=1\nSTATUS=SIGTERM: finishing 1 in flight');
   });
 }
 
 t.test('the watchdog is off when WATCHDOG_PID names another process, or WATCHDOG_USEC is not a number', async (t) => {
-  for (const env of [{ WATCHDOG_USEC: '300000', WATCHDOG_PID: String(process.pid + 1) }, { WATCHDOG_USEC: 'soon' }, {}]) {
+  for (const env of [
+    { WATCHDOG_USEC: '300000', WATCHDOG_PID: String(process.pid + 1) },
+    { WATCHDOG_USEC: 'soon' },
+    {},
+  ]) {
     const n = SystemdNotifier.fromEnv({ env: { NOTIFY_SOCKET: '/run/none', ...env } })!;
     t.equal(n.pingEveryMs, undefined, JSON.stringify(env));
   }
-  t.equal(SystemdNotifier.fromEnv({ env: { NOTIFY_SOCKET: '/run/none', WATCHDOG_USEC: '2000000' } })!.pingEveryMs, 1000, 'no WATCHDOG_PID: ours');
+  t.equal(
+    SystemdNotifier.fromEnv({ env: { NOTIFY_SOCKET: '/run/none', WATCHDOG_USEC: '2000000' } })!.pingEveryMs,
+    1000,
+    'no WATCHDOG_PID: ours',
+  );
 });
 
 t.test('a socket that is gone is logged once, not thrown, and not logged on every ping', async (t) => {
   const logs: string[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'setokim-notify-gone-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const n = SystemdNotifier.fromEnv({ env: { NOTIFY_SOCKET: join(dir, 'gone.sock'), WATCHDOG_USEC: '20000' }, log: (_l, m) => logs.push(m) })!;
+  const n = SystemdNotifier.fromEnv({
+    env: { NOTIFY_SOCKET: join(dir, 'gone.sock'), WATCHDOG_USEC: '20000' },
+    log: (_l, m) => logs.push(m),
+  })!;
   t.teardown(() => n.close());
   n.ready('x');
   n.status('y');
@@ -64,30 +80,56 @@ t.test('a socket that is gone is logged once, not thrown, and not logged on ever
 
 const kind = brokerKinds[0]!;
 
-t.test(`setokim agent under a notify socket (${kind}): READY, WATCHDOG while serving, STOPPING on SIGTERM`, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'setokim-watchdog-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  await synthesize({ config: 'tiny', seed: 4, out: join(dir, 'tiny') });
-  const broker = await startBroker(kind);
-  t.teardown(() => broker.close());
-  const sock = await listenNotify();
-  t.teardown(() => sock.close());
-  const cli = fileURLToPath(new URL('./fixtures/cli.ts', import.meta.url));
-  const args = ['agent', '--broker', broker.url, '--mqtt-version', String(broker.protocolVersion), '--models', join(dir, 'tiny'), '--fleet', 'wd', '--device', 'dev', '--metrics-port', '0', '--no-verify', '--fleet-subscription', broker.shared ? 'shared' : 'plain'];
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { env: childEnv({ NOTIFY_SOCKET: sock.address, WATCHDOG_USEC: '400000' }), stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exit = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  t.teardown(() => child.kill('SIGKILL'));
+t.test(
+  `setokim agent under a notify socket (${kind}): READY, WATCHDOG while serving, STOPPING on SIGTERM`,
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'setokim-watchdog-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    await synthesize({ config: 'tiny', seed: 4, out: join(dir, 'tiny') });
+    const broker = await startBroker(kind);
+    t.teardown(() => broker.close());
+    const sock = await listenNotify();
+    t.teardown(() => sock.close());
+    const cli = fileURLToPath(new URL('./fixtures/cli.ts', import.meta.url));
+    const args = [
+      'agent',
+      '--broker',
+      broker.url,
+      '--mqtt-version',
+      String(broker.protocolVersion),
+      '--models',
+      join(dir, 'tiny'),
+      '--fleet',
+      'wd',
+      '--device',
+      'dev',
+      '--metrics-port',
+      '0',
+      '--no-verify',
+      '--fleet-subscription',
+      broker.shared ? 'shared' : 'plain',
+    ];
+    const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
+      env: childEnv({ NOTIFY_SOCKET: sock.address, WATCHDOG_USEC: '400000' }),
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exit = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    t.teardown(() => child.kill('SIGKILL'));
 
-  const ready = await sock.next(/^READY=1/);
-  t.match(ready.state, /^READY=1\nSTATUS=serving \S+; connecting to mqtt:\/\/127\.0\.0\.1:\d+$/);
-  t.match((await sock.next(/^STATUS=serving \S+; connected to/)).state, /connected to mqtt:\/\/127\.0\.0\.1/);
-  const at = sock.received.indexOf(ready);
-  await sock.next(/^WATCHDOG=1$/, at + 1);
-  const second = await sock.next(/^WATCHDOG=1$/, sock.received.findIndex((n, i) => i > at && n.state === 'WATCHDOG=1') + 1);
-  t.ok(second, 'fed again while serving');
-  child.kill('SIGTERM');
-  t.match((await sock.next(/^STOPPING=1/)).state, /^STOPPING=1\nSTATUS=SIGTERM: finishing 0 in flight and 0 queued$/);
-  t.equal(await exit, 0, stderr);
-});
+    const ready = await sock.next(/^READY=1/);
+    t.match(ready.state, /^READY=1\nSTATUS=serving \S+; connecting to mqtt:\/\/127\.0\.0\.1:\d+$/);
+    t.match((await sock.next(/^STATUS=serving \S+; connected to/)).state, /connected to mqtt:\/\/127\.0\.0\.1/);
+    const at = sock.received.indexOf(ready);
+    await sock.next(/^WATCHDOG=1$/, at + 1);
+    const second = await sock.next(
+      /^WATCHDOG=1$/,
+      sock.received.findIndex((n, i) => i > at && n.state === 'WATCHDOG=1') + 1,
+    );
+    t.ok(second, 'fed again while serving');
+    child.kill('SIGTERM');
+    t.match((await sock.next(/^STOPPING=1/)).state, /^STOPPING=1\nSTATUS=SIGTERM: finishing 0 in flight and 0 queued$/);
+    t.equal(await exit, 0, stderr);
+  },
+);

@@ -1,4 +1,4 @@
-/** Inputs of a flashing kit for the tests: a tiny set in a signed bundle, its key pair, a config, client certificates. */
+/** Inputs of a flashing kit for the tests: a tiny set in a signed bundle, its keys, a config, client certificates. */
 import { execFile } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readdir, writeFile } from 'node:fs/promises';
@@ -33,13 +33,31 @@ export async function kitInputs(dir: string, config: Record<string, unknown>, se
 export async function clientCert(dir: string, name: string): Promise<{ cert: string; key: string }> {
   const cert = join(dir, `${name}.pem`);
   const key = join(dir, `${name}.key`);
-  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', `/CN=${name}`]);
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '2',
+    '-subj',
+    `/CN=${name}`,
+  ]);
   return { cert, key };
 }
 
 /** Every regular file under dir (recursively). */
 export async function filesUnder(dir: string): Promise<string[]> {
-  return (await readdir(dir, { withFileTypes: true, recursive: true })).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
+  return (await readdir(dir, { withFileTypes: true, recursive: true }))
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name));
 }
 
 /** The files under dir that contain `needle` anywhere. */

@@ -13,8 +13,19 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import type { StageName } from '../../src/engine/contract.js';
 import { STAGES } from '../../src/engine/contract.js';
-import { buildEngine, enginePlanPath, stageDimProfiles, type BuildEngineOptions } from '../../src/engine/engine-builder.js';
-import { incompatibilities, machineInfo, readEngineManifest, type EngineManifest, type MachineInfo } from '../../src/engine/engine-manifest.js';
+import {
+  buildEngine,
+  enginePlanPath,
+  stageDimProfiles,
+  type BuildEngineOptions,
+} from '../../src/engine/engine-builder.js';
+import {
+  incompatibilities,
+  machineInfo,
+  readEngineManifest,
+  type EngineManifest,
+  type MachineInfo,
+} from '../../src/engine/engine-manifest.js';
 import { PRECISIONS, signatureDifference, type Precision } from '../../src/engine/manifest.js';
 import { ModelStore, openModelSet, type ModelSet } from '../../src/engine/modelset.js';
 import { loadNative } from '../../src/engine/native.js';
@@ -38,7 +49,13 @@ export function checkEngines(set: ModelSet, machine: MachineInfo, precision?: Pr
   });
 }
 
-function whyRebuild(set: ModelSet, stage: StageName, plan: string, onnxSha256: string, machine: MachineInfo): string | null {
+function whyRebuild(
+  set: ModelSet,
+  stage: StageName,
+  plan: string,
+  onnxSha256: string,
+  machine: MachineInfo,
+): string | null {
   if (!existsSync(plan)) return 'no engine yet';
   let m: EngineManifest;
   try {
@@ -50,7 +67,10 @@ function whyRebuild(set: ModelSet, stage: StageName, plan: string, onnxSha256: s
   if (why.length) return why.join('; ');
   const diff = signatureDifference(set.manifest.stages[stage]!.signature, m.io);
   if (diff) return `built for another stage signature (${diff})`;
-  if (m.source.sha256 !== onnxSha256) return `built from another ${m.source.file} (sha256 ${m.source.sha256.slice(0, 12)}, the set has ${onnxSha256.slice(0, 12)})`;
+  if (m.source.sha256 !== onnxSha256) {
+    const [had, has] = [m.source.sha256.slice(0, 12), onnxSha256.slice(0, 12)];
+    return `built from another ${m.source.file} (sha256 ${had}, the set has ${has})`;
+  }
   return null;
 }
 
@@ -109,15 +129,24 @@ const Options = z
     precision: z.enum(PRECISIONS).optional(),
     workspaceMb: z.coerce.number().int().positive().optional(),
   })
-  .refine((o) => !o.store !== !o.model, { message: 'give --store (its active set) or --model, one of them', path: ['store'] });
+  .refine((o) => !o.store !== !o.model, {
+    message: 'give --store (its active set) or --model, one of them',
+    path: ['store'],
+  });
 
 export function registerEnsureEnginesCommand(exportCmd: Command): void {
   exportCmd
     .command('ensure-engines')
-    .description('build the TensorRT engines this machine is missing for a set (first boot, after a JetPack upgrade); without TensorRT build nothing and say why')
+    .description(
+      'build the TensorRT engines this machine is missing for a set (first boot, after a JetPack upgrade); ' +
+        'without TensorRT build nothing and say why',
+    )
     .option('--store <dir>', "model store: its active set (what the agent serves); setokim-engines.service's choice")
     .option('--model <dir>', 'a model set directory instead of a store')
-    .option('--precision <p>', `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file, as the agent serves)`)
+    .option(
+      '--precision <p>',
+      `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file, as the agent serves)`,
+    )
     .option('--workspace-mb <n>', 'builder workspace limit in MiB (default 1024; lower on 8 GB boards)')
     .action(async (raw: unknown) => {
       const o = parseFlags(Options, raw, 'export ensure-engines');
@@ -140,6 +169,10 @@ export function registerEnsureEnginesCommand(exportCmd: Command): void {
         log: say,
       });
       if (r.skipped) say(`built nothing for ${set.id}: ${r.skipped}. The agent serves the set on ONNX Runtime.`);
-      else say(`${set.id}: built ${r.built.length ? r.built.join(', ') : 'nothing'}; ${r.kept.length ? `${r.kept.join(', ')} already fit this machine` : 'none was there'}`);
+      else
+        say(
+          `${set.id}: built ${r.built.length ? r.built.join(', ') : 'nothing'}; ` +
+            (r.kept.length ? `${r.kept.join(', ')} already fit this machine` : 'none was there'),
+        );
     });
 }

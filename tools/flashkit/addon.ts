@@ -26,7 +26,10 @@ async function need(tool: string, apt: string): Promise<void> {
   try {
     await run('which', [tool]);
   } catch {
-    throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `${tool} is not installed (apt-get install -y ${apt}); it is needed for this kit`);
+    throw new SetokimError(
+      ErrorCodes.KIT_BUILD_FAILED,
+      `${tool} is not installed (apt-get install -y ${apt}); it is needed for this kit`,
+    );
   }
 }
 
@@ -34,12 +37,20 @@ async function need(tool: string, apt: string): Promise<void> {
 export async function checkAddonTools(root: string, arch: DebArch): Promise<void> {
   if (arch === hostArch()) {
     if (!existsSync(join(root, 'build', 'Release', 'setokim.node'))) {
-      throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `the native addon is not built (${join(root, 'build/Release/setokim.node')}); run \`npm ci\` or \`npm run build:native\` first`);
+      throw new SetokimError(
+        ErrorCodes.KIT_BUILD_FAILED,
+        `the native addon is not built (${join(root, 'build/Release/setokim.node')}); run \`npm ci\` or \`npm run ` +
+          `build:native\` first`,
+      );
     }
     return;
   }
   if (arch !== 'arm64' || hostArch() !== 'amd64') {
-    throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `a ${arch} kit is built on an ${arch} machine or, for arm64, cross-compiled on x86-64; this machine is ${process.arch}`);
+    throw new SetokimError(
+      ErrorCodes.KIT_BUILD_FAILED,
+      `a ${arch} kit is built on an ${arch} machine or, for arm64, cross-compiled on x86-64; ` +
+        `this machine is ${process.arch}`,
+    );
   }
   await need(`${ARCHES.arm64.triple}-g++`, 'g++-aarch64-linux-gnu');
   await need('cmake', 'cmake');
@@ -49,7 +60,10 @@ async function napiInclude(root: string): Promise<string> {
   for (const d of [join(root, 'node_modules', 'node-api-headers', 'include'), '/usr/include/node']) {
     if (existsSync(join(d, 'node_api.h'))) return d;
   }
-  throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, 'no Node-API headers (node_modules/node-api-headers: run `npm ci`)');
+  throw new SetokimError(
+    ErrorCodes.KIT_BUILD_FAILED,
+    'no Node-API headers (node_modules/node-api-headers: run `npm ci`)',
+  );
 }
 
 async function cmake(args: string[], what: string): Promise<void> {
@@ -73,8 +87,10 @@ export async function stageAddon(root: string, arch: DebArch, dest: string): Pro
     const dir = join(root, 'build', `kit-${arch}`);
     await cmake(
       [
-        '-S', root,
-        '-B', dir,
+        '-S',
+        root,
+        '-B',
+        dir,
         `-DCMAKE_TOOLCHAIN_FILE=${join(root, 'cmake', 'toolchains', 'aarch64-linux-gnu.cmake')}`,
         '-DCMAKE_BUILD_TYPE=Release',
         // What cmake-js passes (CMakeLists.txt builds the addon when CMAKE_JS_VERSION is set).
@@ -87,7 +103,10 @@ export async function stageAddon(root: string, arch: DebArch, dest: string): Pro
       ],
       'configuring the aarch64 addon build',
     );
-    await cmake(['--build', dir, '--target', 'setokim_addon', '-j', String(Math.max(1, cpus().length))], 'building the aarch64 addon');
+    await cmake(
+      ['--build', dir, '--target', 'setokim_addon', '-j', String(Math.max(1, cpus().length))],
+      'building the aarch64 addon',
+    );
     file = join(dir, 'Release', 'setokim.node');
     how = `cross-compiled with ${ARCHES[arch].triple}-g++ (CPU tier: no cross CUDA), libstdc++ linked in`;
   }

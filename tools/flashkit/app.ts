@@ -29,7 +29,11 @@ export async function checkCompiled(root: string): Promise<void> {
     }
   }
   if (stale.length) {
-    throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `dist/ is older than ${stale.length} source file(s) (${stale.slice(0, 3).join(', ')}${stale.length > 3 ? ', ...' : ''}); run \`npm run build\` first`);
+    throw new SetokimError(
+      ErrorCodes.KIT_BUILD_FAILED,
+      `dist/ is older than ${stale.length} source file(s) ` +
+        `(${stale.slice(0, 3).join(', ')}${stale.length > 3 ? ', ...' : ''}); run \`npm run build\` first`,
+    );
   }
 }
 
@@ -46,11 +50,17 @@ async function copyJs(from: string, to: string): Promise<number> {
   return n;
 }
 
-/** The app's package.json: what Node needs (ES modules) and what identifies it; no scripts, no dependencies to install. */
+/** The app's package.json: what Node needs (ES modules) and what identifies it; no scripts, nothing to install. */
 async function appPackageJson(root: string): Promise<string> {
   const pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as Record<string, unknown>;
   const keep = ['name', 'version', 'description', 'type', 'license', 'engines', 'bin'];
-  return JSON.stringify({ ...Object.fromEntries(keep.filter((k) => k in pkg).map((k) => [k, pkg[k]])), private: true }, null, 2) + '\n';
+  return (
+    JSON.stringify(
+      { ...Object.fromEntries(keep.filter((k) => k in pkg).map((k) => [k, pkg[k]])), private: true },
+      null,
+      2,
+    ) + '\n'
+  );
 }
 
 /**
@@ -71,7 +81,8 @@ export async function normalizeModes(dir: string): Promise<void> {
     await fh.read(head, 0, 4, 0).finally(() => fh.close());
     const elf = head.readUInt32BE(0) === 0x7f454c46;
     const library = /\.(node|so(\.\d+)*)$/.test(e.name);
-    const executable = head.subarray(0, 2).toString() === '#!' || (elf && !library && ((await stat(full)).mode & 0o111) !== 0);
+    const executable =
+      head.subarray(0, 2).toString() === '#!' || (elf && !library && ((await stat(full)).mode & 0o111) !== 0);
     await chmod(full, executable ? 0o755 : 0o644);
   }
 }
@@ -110,6 +121,9 @@ export async function stageApp(root: string, files: string, arch: DebArch, stage
   }
   const overrides = join(stage, 'usr', 'share', 'lintian', 'overrides');
   await mkdir(overrides, { recursive: true });
-  await writeFile(join(overrides, DEVICE.package), fillTemplate(await readFile(join(files, 'lintian-overrides'), 'utf8')));
+  await writeFile(
+    join(overrides, DEVICE.package),
+    fillTemplate(await readFile(join(files, 'lintian-overrides'), 'utf8')),
+  );
   return { jsFiles, addon, modules };
 }

@@ -72,12 +72,23 @@ export async function writeControlDir(stage: string, files: string, c: ControlFi
 }
 
 /** /usr/share/doc/<package>: copyright, changelog.gz (native version), the flashing guide. */
-export async function writeDocs(stage: string, files: string, guide: string, c: Pick<ControlFields, 'version' | 'maintainer'>, at: Date): Promise<void> {
+export async function writeDocs(
+  stage: string,
+  files: string,
+  guide: string,
+  c: Pick<ControlFields, 'version' | 'maintainer'>,
+  at: Date,
+): Promise<void> {
   const doc = join(stage, 'usr', 'share', 'doc', DEVICE.package);
   await mkdir(doc, { recursive: true });
-  await writeFile(join(doc, 'copyright'), fillTemplate(await readFile(join(files, 'copyright'), 'utf8'), { year: String(at.getUTCFullYear()) }));
+  await writeFile(
+    join(doc, 'copyright'),
+    fillTemplate(await readFile(join(files, 'copyright'), 'utf8'), { year: String(at.getUTCFullYear()) }),
+  );
   const date = at.toUTCString().replace(/GMT$/, '+0000');
-  const changelog = `${DEVICE.package} (${c.version}) unstable; urgency=medium\n\n  * Built by setokim flash-kit from the setokim-edge ${c.version} sources.\n\n -- ${c.maintainer}  ${date}\n`;
+  const changelog =
+    `${DEVICE.package} (${c.version}) unstable; urgency=medium\n\n  * Built by setokim flash-kit ` +
+    `from the setokim-edge ${c.version} sources.\n\n -- ${c.maintainer}  ${date}\n`;
   await writeFile(join(doc, 'changelog.gz'), gzipSync(changelog, { level: 9 }));
   await writeFile(join(doc, 'FLASHING.md'), await readFile(guide));
 }
@@ -89,6 +100,9 @@ export async function buildDeb(stage: string, out: string, compression: Compress
   try {
     await run('dpkg-deb', ['--root-owner-group', `-Z${compression}`, '--build', stage, out], { maxBuffer: 16 << 20 });
   } catch (err) {
-    throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `dpkg-deb could not build the package: ${(err as Error).message}`);
+    throw new SetokimError(
+      ErrorCodes.KIT_BUILD_FAILED,
+      `dpkg-deb could not build the package: ${(err as Error).message}`,
+    );
   }
 }

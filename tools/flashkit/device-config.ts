@@ -68,9 +68,17 @@ function checkClientPair(certFile: string, keyFile: string, signing: KeyObject, 
     throw new SetokimError(src.code, `${src.where}: ${keyFile} is not a PEM private key (${(err as Error).message})`);
   }
   if (keyIdOf(createPublicKey(key)) === keyIdOf(signing)) {
-    throw new SetokimError(src.code, `${src.where}: ${keyFile} is the bundle-signing private key; it never leaves the build machine: give the device its own client key`);
+    throw new SetokimError(
+      src.code,
+      `${src.where}: ${keyFile} is the bundle-signing private key; it never leaves the build machine: give the ` +
+        `device its own client key`,
+    );
   }
-  if (!cert.checkPrivateKey(key)) throw new SetokimError(src.code, `${src.where}: ${keyFile} is not the key of ${certFile} (${cert.subject.replace(/\n/g, ', ')})`);
+  if (!cert.checkPrivateKey(key))
+    throw new SetokimError(
+      src.code,
+      `${src.where}: ${keyFile} is not the key of ${certFile} (${cert.subject.replace(/\n/g, ', ')})`,
+    );
 }
 
 function checkCa(file: string, src: Source): void {
@@ -86,18 +94,35 @@ function checkCa(file: string, src: Source): void {
 function refuseConflicts(base: Json, configFile: string): void {
   const conflict = (msg: string) => new SetokimError(ErrorCodes.BAD_CONFIG, `${configFile}: ${msg}`);
   if (base.models !== undefined) {
-    throw conflict(`models (${String(base.models)}) names a directory on this machine; a flashed device serves the bundle from its store ${DEVICE.store}: remove models`);
+    throw conflict(
+      `models (${String(base.models)}) names a directory on this machine; a flashed device serves the bundle from ` +
+        `its store ${DEVICE.store}: remove models`,
+    );
   }
   const u = (base.updates ?? {}) as Json;
-  if (u.store !== undefined && u.store !== DEVICE.store) throw conflict(`updates.store is ${String(u.store)}; the kit installs the bundle into ${DEVICE.store}: remove it or set it to that`);
-  if (u.pubkey !== undefined && u.pubkey !== DEVICE.pubkey) throw conflict(`updates.pubkey is ${String(u.pubkey)}; the kit installs the key as ${DEVICE.pubkey}: remove it or set it to that`);
+  if (u.store !== undefined && u.store !== DEVICE.store)
+    throw conflict(
+      `updates.store is ${String(u.store)}; the kit installs the bundle into ${DEVICE.store}: ` +
+        'remove it or set it to that',
+    );
+  if (u.pubkey !== undefined && u.pubkey !== DEVICE.pubkey)
+    throw conflict(
+      `updates.pubkey is ${String(u.pubkey)}; the kit installs the key as ${DEVICE.pubkey}: ` +
+        'remove it or set it to that',
+    );
 }
 
 /**
  * The overlay files of one configuration: agent.yaml and its TLS files. `device` is a devices.csv
  * row (its fleet, id, broker and client pair win over the base config's).
  */
-export function deviceSetup(base: Json, configFile: string, signing: KeyObject, device?: DeviceEntry, csv?: string): DeviceSetup {
+export function deviceSetup(
+  base: Json,
+  configFile: string,
+  signing: KeyObject,
+  device?: DeviceEntry,
+  csv?: string,
+): DeviceSetup {
   refuseConflicts(base, configFile);
   const fromCsv: Source = { where: `${csv}: line ${device?.line}`, code: ErrorCodes.BAD_DEVICE_LIST };
   const fromConfig: Source = { where: configFile, code: ErrorCodes.BAD_CONFIG };
@@ -110,21 +135,40 @@ export function deviceSetup(base: Json, configFile: string, signing: KeyObject, 
     files.push({ path: TLS.ca, from: broker.ca, mode: 0o644, owner: 'root' });
     overBroker.ca = TLS.ca;
   }
-  const pair = device?.cert && device.key ? { cert: device.cert, key: device.key, src: fromCsv } : typeof broker.cert === 'string' && typeof broker.key === 'string' ? { cert: broker.cert, key: broker.key, src: fromConfig } : undefined;
+  const pair =
+    device?.cert && device.key
+      ? { cert: device.cert, key: device.key, src: fromCsv }
+      : typeof broker.cert === 'string' && typeof broker.key === 'string'
+        ? { cert: broker.cert, key: broker.key, src: fromConfig }
+        : undefined;
   if (pair) {
     checkClientPair(pair.cert, pair.key, signing, pair.src);
-    files.push({ path: TLS.cert, from: pair.cert, mode: 0o600, owner: 'service' }, { path: TLS.key, from: pair.key, mode: 0o600, owner: 'service' });
+    files.push(
+      { path: TLS.cert, from: pair.cert, mode: 0o600, owner: 'service' },
+      { path: TLS.key, from: pair.key, mode: 0o600, owner: 'service' },
+    );
     Object.assign(overBroker, { cert: TLS.cert, key: TLS.key });
   }
-  if (device) Object.assign(over, { fleet: device.fleet, device: device.device }), (overBroker.url = device.broker);
+  if (device) {
+    Object.assign(over, { fleet: device.fleet, device: device.device });
+    overBroker.url = device.broker;
+  }
   const config = merge(base, over);
   try {
-    parseAgentConfig(config, device ? `configuration for ${device.device} (${configFile} + ${csv} line ${device.line})` : `configuration ${configFile}`);
+    parseAgentConfig(
+      config,
+      device
+        ? `configuration for ${device.device} (${configFile} + ${csv} line ${device.line})`
+        : `configuration ${configFile}`,
+    );
   } catch (err) {
-    if (err instanceof SetokimError) throw new SetokimError(ErrorCodes.BAD_CONFIG, `the agent would refuse this: ${err.message}`);
+    if (err instanceof SetokimError)
+      throw new SetokimError(ErrorCodes.BAD_CONFIG, `the agent would refuse this: ${err.message}`);
     throw err;
   }
-  const header = `# ${DEVICE.config}: written by setokim flash-kit${device ? ` for ${device.device}` : ''}; the agent reads it (setokim agent --config).\n`;
+  const header =
+    `# ${DEVICE.config}: written by setokim flash-kit${device ? ` for ${device.device}` : ''}; the ` +
+    `agent reads it (setokim agent --config).\n`;
   files.push({ path: DEVICE.config, text: header + stringify(config), mode: 0o600, owner: 'service' });
   return { ...(device ? { id: device.device } : {}), files };
 }

@@ -26,7 +26,9 @@ const DeviceRow = z
   .strictObject({
     device: deviceId,
     fleet: levelName,
-    broker: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\/[^\s]+$/, 'must be a broker URL (mqtt://, mqtts://, ws://, wss://)'),
+    broker: z
+      .string()
+      .regex(/^(mqtts?|wss?|tcp|ssl):\/\/[^\s]+$/, 'must be a broker URL (mqtt://, mqtts://, ws://, wss://)'),
     cert: optionalPath,
     key: optionalPath,
   })
@@ -45,31 +47,54 @@ export async function readDevicesCsv(file: string): Promise<DeviceEntry[]> {
   } catch (err) {
     return refuse(file, `cannot read it: ${(err as Error).message}`);
   }
-  const lines = text.split(/\r?\n/).map((l, i) => ({ n: i + 1, text: l.trim() })).filter((l) => l.text && !l.text.startsWith('#'));
+  const lines = text
+    .split(/\r?\n/)
+    .map((l, i) => ({ n: i + 1, text: l.trim() }))
+    .filter((l) => l.text && !l.text.startsWith('#'));
   if (!lines.length) refuse(file, 'no header and no devices (the header is: device,fleet,broker,cert,key)');
   const header = lines[0]!.text.split(',').map((c) => c.trim());
   const unknown = header.filter((c) => !(COLUMNS as readonly string[]).includes(c));
   const missing = REQUIRED.filter((c) => !header.includes(c));
   if (unknown.length || missing.length || new Set(header).size !== header.length) {
-    refuse(file, `line ${lines[0]!.n}: the header must name the columns ${COLUMNS.join(',')} (cert and key may be left out)${unknown.length ? `; unknown: ${unknown.join(', ')}` : ''}${missing.length ? `; missing: ${missing.join(', ')}` : ''}`);
+    refuse(
+      file,
+      `line ${lines[0]!.n}: the header must name the columns ${COLUMNS.join(',')} (cert and key may be left out)` +
+        (unknown.length ? `; unknown: ${unknown.join(', ')}` : '') +
+        (missing.length ? `; missing: ${missing.join(', ')}` : ''),
+    );
   }
   const seen = new Map<string, number>();
   const out: DeviceEntry[] = [];
   for (const l of lines.slice(1)) {
     if (l.text.includes('"')) refuse(file, `line ${l.n}: quotes are not read; values cannot hold commas`);
     const cells = l.text.split(',').map((c) => c.trim());
-    if (cells.length !== header.length) refuse(file, `line ${l.n}: ${cells.length} values for ${header.length} columns (${header.join(',')})`);
+    if (cells.length !== header.length)
+      refuse(file, `line ${l.n}: ${cells.length} values for ${header.length} columns (${header.join(',')})`);
     const row = Object.fromEntries(COLUMNS.map((c) => [c, cells[header.indexOf(c)] ?? '']));
     const parsed = DeviceRow.safeParse(row);
     if (!parsed.success) {
       const i = parsed.error.issues[0]!;
-      refuse(file, `line ${l.n}: ${i.path.join('.') || 'row'}${row[i.path[0] as string] ? ` ${JSON.stringify(row[i.path[0] as string])}` : ''}: ${i.message}`);
+      const value = row[i.path[0] as string];
+      refuse(
+        file,
+        `line ${l.n}: ${i.path.join('.') || 'row'}${value ? ` ${JSON.stringify(value)}` : ''}: ${i.message}`,
+      );
     }
     const first = seen.get(parsed.data.device.toLowerCase());
-    if (first !== undefined) refuse(file, `line ${l.n}: device ${parsed.data.device} is already on line ${first} (ids are unique, whatever their case: each names a directory and an MQTT client)`);
+    if (first !== undefined)
+      refuse(
+        file,
+        `line ${l.n}: device ${parsed.data.device} is already on line ${first} (ids are unique, whatever their case: ` +
+          `each names a directory and an MQTT client)`,
+      );
     seen.set(parsed.data.device.toLowerCase(), l.n);
     const base = dirname(resolve(file));
-    out.push({ ...parsed.data, cert: parsed.data.cert && resolve(base, parsed.data.cert), key: parsed.data.key && resolve(base, parsed.data.key), line: l.n });
+    out.push({
+      ...parsed.data,
+      cert: parsed.data.cert && resolve(base, parsed.data.cert),
+      key: parsed.data.key && resolve(base, parsed.data.key),
+      line: l.n,
+    });
   }
   if (!out.length) refuse(file, 'no devices after the header');
   return out;

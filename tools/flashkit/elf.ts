@@ -45,7 +45,8 @@ export interface LinkNeeds {
 }
 
 const cmp = (a: number[], b: number[]) => {
-  for (let i = 0; i < Math.max(a.length, b.length); i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) - (b[i] ?? 0);
+  for (let i = 0; i < Math.max(a.length, b.length); i++)
+    if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) - (b[i] ?? 0);
   return 0;
 };
 
@@ -57,7 +58,10 @@ export async function linkNeeds(files: string[]): Promise<LinkNeeds> {
     try {
       ({ stdout: text } = await run('readelf', ['-d', '-V', '-W', f], { maxBuffer: 64 << 20 }));
     } catch (err) {
-      throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `readelf ${f} failed (install binutils): ${(err as Error).message}`);
+      throw new SetokimError(
+        ErrorCodes.KIT_BUILD_FAILED,
+        `readelf ${f} failed (install binutils): ${(err as Error).message}`,
+      );
     }
     for (const m of text.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)) needs.libraries.add(m[1]!);
     // Version needs (.gnu.version_r): "Name: GLIBC_2.34  Flags: none  Version: 5"
@@ -72,7 +76,21 @@ export async function linkNeeds(files: string[]): Promise<LinkNeeds> {
 }
 
 /** GLIBCXX_3.4.N -> the GCC release that first shipped it (libstdc++6's Debian version). */
-const GLIBCXX_GCC: Record<number, string> = { 21: '5', 22: '6', 23: '7', 24: '8', 25: '8', 26: '9', 27: '9', 28: '10', 29: '11', 30: '12', 31: '13', 32: '13.2', 33: '14' };
+const GLIBCXX_GCC: Record<number, string> = {
+  21: '5',
+  22: '6',
+  23: '7',
+  24: '8',
+  25: '8',
+  26: '9',
+  27: '9',
+  28: '10',
+  29: '11',
+  30: '12',
+  31: '13',
+  32: '13.2',
+  33: '14',
+};
 
 /** The sonames glibc provides (package libc6). */
 const LIBC = /^(libc|libm|libpthread|libdl|librt|libutil|libresolv|ld-linux[-\w.]*)\.so(\.\d+)*$/;

@@ -62,7 +62,11 @@ interface Checked {
   devices: DeviceSetup[];
 }
 
-const TOOLS: Array<[string, string]> = [['dpkg-deb', 'dpkg'], ['readelf', 'binutils'], ['tar', 'tar']];
+const TOOLS: Array<[string, string]> = [
+  ['dpkg-deb', 'dpkg'],
+  ['readelf', 'binutils'],
+  ['tar', 'tar'],
+];
 
 export class KitBuilder {
   private readonly root = packageRoot();
@@ -91,7 +95,11 @@ export class KitBuilder {
         deb,
         addon: deb.addon,
         nodeModules: deb.modules,
-        bundle: { modelSetId: checked.manifest.modelSetId, release: checked.manifest.release, keyId: checked.manifest.keyId },
+        bundle: {
+          modelSetId: checked.manifest.modelSetId,
+          release: checked.manifest.release,
+          keyId: checked.manifest.keyId,
+        },
         devices: checked.devices.map((d) => d.id!),
         createdAt: new Date().toISOString(),
       };
@@ -113,10 +121,14 @@ export class KitBuilder {
   private async checkInputs(): Promise<Checked> {
     const o = this.o;
     if (existsSync(o.out) && (!(await stat(o.out)).isDirectory() || (await readdir(o.out)).length > 0)) {
-      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--out ${o.out} exists and is not an empty directory; a kit is never written over another`);
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `--out ${o.out} exists and is not an empty directory; a kit is never written over another`,
+      );
     }
     const pubkey = await loadPublicKey(o.pubkey); // refuses a private key given as --pubkey
-    if (!existsSync(o.bundle)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read --bundle ${o.bundle}: no such file`);
+    if (!existsSync(o.bundle))
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read --bundle ${o.bundle}: no such file`);
     this.log(`verifying ${o.bundle}`);
     const manifest = await verifyBundle(o.bundle, pubkey);
     const base = readConfigFile(o.config);
@@ -130,12 +142,16 @@ export class KitBuilder {
     }
     for (const [tool, pkg] of TOOLS) {
       await run('which', [tool]).catch(() => {
-        throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `${tool} is not installed (apt-get install -y ${pkg}); it is needed to build a kit`);
+        throw new SetokimError(
+          ErrorCodes.KIT_BUILD_FAILED,
+          `${tool} is not installed (apt-get install -y ${pkg}); it is needed to build a kit`,
+        );
       });
     }
     await checkAddonTools(this.root, o.arch);
     await checkCompiled(this.root);
-    const version = (JSON.parse(await readFile(join(this.root, 'package.json'), 'utf8')) as { version: string }).version;
+    const version = (JSON.parse(await readFile(join(this.root, 'package.json'), 'utf8')) as { version: string })
+      .version;
     return { version, pubkey, manifest, common, devices };
   }
 
@@ -143,17 +159,41 @@ export class KitBuilder {
   private async buildPackage(c: Checked, stage: string, kit: string) {
     this.log(`staging the ${this.o.arch} package`);
     const app: StagedApp = await stageApp(this.root, this.files, this.o.arch, stage);
-    this.log(`  ${app.jsFiles} JavaScript files, ${app.modules.packages} npm packages (${app.modules.fetched.length} fetched for ${this.o.arch}, ${app.modules.removed.length} binaries for other platforms left out), addon: ${app.addon.how}`);
+    const m = app.modules;
+    this.log(
+      `  ${app.jsFiles} JavaScript files, ${m.packages} npm packages (${m.fetched.length} fetched for ` +
+        `${this.o.arch}, ` +
+        `${m.removed.length} binaries for other platforms left out), addon: ${app.addon.how}`,
+    );
     const elves = await elfFiles(stage);
     const foreign = elves.filter((e) => e.machine !== ARCHES[this.o.arch].elfMachine);
-    if (foreign.length) throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `${foreign.map((e) => e.path).join(', ')} is not ${ARCHES[this.o.arch].elfName} code`);
-    const { depends: libs, unresolved } = dependsFor(await linkNeeds(elves.map((e) => join(stage, e.path))), new Set(elves.map((e) => basename(e.path))));
+    if (foreign.length)
+      throw new SetokimError(
+        ErrorCodes.KIT_BUILD_FAILED,
+        `${foreign.map((e) => e.path).join(', ')} is not ${ARCHES[this.o.arch].elfName} code`,
+      );
+    const { depends: libs, unresolved } = dependsFor(
+      await linkNeeds(elves.map((e) => join(stage, e.path))),
+      new Set(elves.map((e) => basename(e.path))),
+    );
     if (unresolved.length) this.log(`  warning: libraries neither shipped nor in Depends: ${unresolved.join(', ')}`);
     const depends = ['nodejs (>= 20)', 'adduser', ...libs];
     const maintainer = this.o.maintainer ?? 'setokim-edge maintainers <maintainers@setokim-edge.invalid>';
-    await writeDocs(stage, this.files, join(this.root, 'docs', 'FLASHING.md'), { version: c.version, maintainer }, new Date());
+    await writeDocs(
+      stage,
+      this.files,
+      join(this.root, 'docs', 'FLASHING.md'),
+      { version: c.version, maintainer },
+      new Date(),
+    );
     const { stdout } = await run('du', ['-sk', '--apparent-size', stage]);
-    await writeControlDir(stage, this.files, { version: c.version, arch: this.o.arch, maintainer, depends, installedKib: Number(stdout.split('\t')[0]) });
+    await writeControlDir(stage, this.files, {
+      version: c.version,
+      arch: this.o.arch,
+      maintainer,
+      depends,
+      installedKib: Number(stdout.split('\t')[0]),
+    });
     const file = `${DEVICE.package}_${c.version}_${this.o.arch}.deb`;
     this.log(`building ${file} (${this.o.compression ?? 'xz'})`);
     await buildDeb(stage, join(kit, file), this.o.compression ?? 'xz');
@@ -164,7 +204,11 @@ export class KitBuilder {
       bytes: (await stat(path)).size,
       depends,
       addon: app.addon.how,
-      modules: { packages: app.modules.packages, fetched: app.modules.fetched, removedForeignBinaries: app.modules.removed.length },
+      modules: {
+        packages: app.modules.packages,
+        fetched: app.modules.fetched,
+        removedForeignBinaries: app.modules.removed.length,
+      },
     };
   }
 
@@ -189,7 +233,11 @@ export class KitBuilder {
 
   /** Step 4: apply-to-rootfs.sh for this kit. */
   private async writeApplyScript(c: Checked, debFile: string, kit: string): Promise<void> {
-    const script = fillTemplate(await readFile(join(this.files, 'apply-to-rootfs.sh'), 'utf8'), { debFile, debArch: this.o.arch, kitVersion: c.version });
+    const script = fillTemplate(await readFile(join(this.files, 'apply-to-rootfs.sh'), 'utf8'), {
+      debFile,
+      debArch: this.o.arch,
+      kitVersion: c.version,
+    });
     await writeFile(join(kit, 'apply-to-rootfs.sh'), script);
     await chmod(join(kit, 'apply-to-rootfs.sh'), 0o755);
   }
@@ -209,7 +257,11 @@ export class KitBuilder {
         } catch {
           continue; // not a key this runtime reads: not the signing key either
         }
-        if (id === signing) throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `${file} holds the bundle-signing private key (${signing}); the kit is not written`);
+        if (id === signing)
+          throw new SetokimError(
+            ErrorCodes.KIT_BUILD_FAILED,
+            `${file} holds the bundle-signing private key (${signing}); the kit is not written`,
+          );
       }
     }
   }

@@ -47,7 +47,9 @@ export interface PackagePick {
 
 /** Which lock entries a linux-<arch> production install holds, and where each comes from. */
 export async function pickPackages(root: string, arch: DebArch): Promise<PackagePick[]> {
-  const lock = JSON.parse(await readFile(join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, LockEntry> };
+  const lock = JSON.parse(await readFile(join(root, 'package-lock.json'), 'utf8')) as {
+    packages: Record<string, LockEntry>;
+  };
   const cpu = ARCHES[arch].node;
   const picks: PackagePick[] = [];
   for (const [path, e] of Object.entries(lock.packages)) {
@@ -60,7 +62,10 @@ export async function pickPackages(root: string, arch: DebArch): Promise<Package
     // (wasm fallbacks and their dependencies) are skipped for the target too.
     else if (e.optional && e.cpu?.includes(cpu)) picks.push({ ...pick, source: 'fetch' });
     else if (!e.optional) {
-      throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `${path} (${name}@${e.version}) is in package-lock.json but not installed; run \`npm ci\` first`);
+      throw new SetokimError(
+        ErrorCodes.KIT_BUILD_FAILED,
+        `${path} (${name}@${e.version}) is in package-lock.json but not installed; run \`npm ci\` first`,
+      );
     }
   }
   return picks;
@@ -78,13 +83,24 @@ async function fetchPackage(p: PackagePick, dest: string): Promise<void> {
   try {
     let out: string;
     try {
-      ({ stdout: out } = await run('npm', ['pack', `${p.name}@${p.version}`, '--pack-destination', tmp, '--silent', '--ignore-scripts'], { maxBuffer: 1 << 20 }));
+      ({ stdout: out } = await run(
+        'npm',
+        ['pack', `${p.name}@${p.version}`, '--pack-destination', tmp, '--silent', '--ignore-scripts'],
+        { maxBuffer: 1 << 20 },
+      ));
     } catch (err) {
-      throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `cannot fetch ${p.name}@${p.version} for the target (npm pack): ${(err as Error).message.split('\n').slice(-3).join(' ')}`);
+      throw new SetokimError(
+        ErrorCodes.KIT_BUILD_FAILED,
+        `cannot fetch ${p.name}@${p.version} for the target (npm pack): ` +
+          (err as Error).message.split('\n').slice(-3).join(' '),
+      );
     }
     const tarball = join(tmp, out.trim().split('\n').at(-1)!);
     if (p.integrity && (await sha512(tarball)) !== p.integrity) {
-      throw new SetokimError(ErrorCodes.KIT_BUILD_FAILED, `${p.name}@${p.version}: the fetched tarball does not match package-lock.json's integrity`);
+      throw new SetokimError(
+        ErrorCodes.KIT_BUILD_FAILED,
+        `${p.name}@${p.version}: the fetched tarball does not match package-lock.json's integrity`,
+      );
     }
     await mkdir(dest, { recursive: true });
     await run('tar', ['-xzf', tarball, '-C', dest, '--strip-components=1', '--no-same-owner']);
@@ -158,7 +174,11 @@ export async function stageNodeModules(root: string, arch: DebArch, dest: string
     }
   }
   const removed = await stripForeign(join(dest, 'node_modules'), ARCHES[arch].elfMachine);
-  return { packages: picks.length, fetched: picks.filter((p) => p.source === 'fetch').map((p) => `${p.name}@${p.version}`), removed };
+  return {
+    packages: picks.length,
+    fetched: picks.filter((p) => p.source === 'fetch').map((p) => `${p.name}@${p.version}`),
+    removed,
+  };
 }
 
 /** Sizes for the summary. */

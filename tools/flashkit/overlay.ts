@@ -47,14 +47,20 @@ export class Overlay {
     this.entries.set(f.path, { type: 'f', mode: f.mode, owner: f.owner, path: f.path });
   }
 
-  /** Records every file and directory already written under a device path (e.g. the store), as they are; the top one with `mode`. */
+  /** Records the files and directories written under a device path (the store) as they are; the top one with `mode`. */
   async addTree(path: string, mode: number, owner: Entry['owner']): Promise<void> {
     const root = this.at(path);
     this.entries.set(path, { type: 'd', mode, owner, path });
     for (const e of await readdir(root, { withFileTypes: true, recursive: true })) {
       const full = join(e.parentPath, e.name);
       const p = `/${relative(this.files, full)}`;
-      if (e.isDirectory() || e.isFile()) this.entries.set(p, { type: e.isDirectory() ? 'd' : 'f', mode: (await stat(full)).mode & 0o7777, owner, path: p });
+      if (e.isDirectory() || e.isFile())
+        this.entries.set(p, {
+          type: e.isDirectory() ? 'd' : 'f',
+          mode: (await stat(full)).mode & 0o7777,
+          owner,
+          path: p,
+        });
     }
   }
 
@@ -62,7 +68,10 @@ export class Overlay {
   async finish(): Promise<number> {
     const lines = [...this.entries.values()]
       .sort((a, b) => a.path.localeCompare(b.path))
-      .map((e) => `${e.type} ${e.mode.toString(8).padStart(4, '0')} ${e.owner === 'service' ? DEVICE.user : 'root'} ${e.path}`);
+      .map(
+        (e) =>
+          `${e.type} ${e.mode.toString(8).padStart(4, '0')} ${e.owner === 'service' ? DEVICE.user : 'root'} ${e.path}`,
+      );
     await writeFile(join(this.dir, 'files.txt'), lines.join('\n') + '\n');
     return lines.length;
   }
@@ -79,11 +88,22 @@ export interface CommonOverlayOptions {
 /** overlay/: the public key, the store holding the committed bundle, the configuration of a one-device kit. */
 export async function writeCommonOverlay(o: Overlay, c: CommonOverlayOptions): Promise<InstallResult> {
   o.addDir(DEVICE.configDir, 0o755, 'root');
-  await o.add({ path: DEVICE.pubkey, text: c.pubkey.export({ type: 'spki', format: 'pem' }) as string, mode: 0o644, owner: 'root' });
+  await o.add({
+    path: DEVICE.pubkey,
+    text: c.pubkey.export({ type: 'spki', format: 'pem' }) as string,
+    mode: 0o644,
+    owner: 'root',
+  });
   const store = o.at(DEVICE.store);
   await mkdir(store, { recursive: true });
   // The same install as `setokim bundle install`: verify, stage, activate, canary query, commit.
-  const installed = await installBundle({ bundle: c.bundle, store, pubkey: c.pubkey, health: (dir) => canaryQuery(dir), ...(c.onStep ? { onStep: c.onStep } : {}) });
+  const installed = await installBundle({
+    bundle: c.bundle,
+    store,
+    pubkey: c.pubkey,
+    health: (dir) => canaryQuery(dir),
+    ...(c.onStep ? { onStep: c.onStep } : {}),
+  });
   o.addDir(DEVICE.stateDir, 0o750, 'service');
   await o.addTree(DEVICE.store, 0o750, 'service'); // as the postinst makes it
   await writeDeviceFiles(o, c.device ?? []);

@@ -10,8 +10,9 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
     throw Napi::TypeError::New(env, "sdNotify(socketPath: string, state: string)");
   }
-  const std::string error = setokim::SdNotifier::Send(info[0].As<Napi::String>(), info[1].As<Napi::String>());
-  if (!error.empty()) throw Napi::Error::New(env, "sd_notify to " + info[0].As<Napi::String>().Utf8Value() + ": " + error);
+  const std::string socket = info[0].As<Napi::String>();
+  const std::string error = setokim::SdNotifier::Send(socket, info[1].As<Napi::String>());
+  if (!error.empty()) throw Napi::Error::New(env, "sd_notify to " + socket + ": " + error);
   return env.Undefined();
 }
 

@@ -35,37 +35,56 @@ fail() { echo "apply-to-rootfs: $*" >&2; exit 1; }
 
 [ -d "$ROOTFS" ] || fail "$ROOTFS is not a directory"
 ROOTFS=$(cd "$ROOTFS" && pwd)
-[ -f "$ROOTFS/var/lib/dpkg/status" ] && [ -e "$ROOTFS/usr/bin/dpkg" ] || fail "$ROOTFS is not a Debian/Ubuntu root file system (no var/lib/dpkg/status or usr/bin/dpkg); for L4T, extract the sample root file system into Linux_for_Tegra/rootfs and run apply_binaries.sh first"
+[ -f "$ROOTFS/var/lib/dpkg/status" ] && [ -e "$ROOTFS/usr/bin/dpkg" ] ||
+  fail "$ROOTFS is not a Debian/Ubuntu root file system (no var/lib/dpkg/status or usr/bin/dpkg);" \
+    "for L4T, extract the sample root file system into Linux_for_Tegra/rootfs and run apply_binaries.sh first"
 [ -f "$DEB" ] || fail "the package $DEB is missing from the kit"
 LISTS=("$KIT/overlay/files.txt")
 if [ -n "$DEVICE" ]; then
-  [ -f "$KIT/devices/$DEVICE/files.txt" ] || fail "no device $DEVICE in this kit (have: $(ls "$KIT/devices" 2>/dev/null | tr '\n' ' '))"
+  [ -f "$KIT/devices/$DEVICE/files.txt" ] ||
+    fail "no device $DEVICE in this kit (have: $(ls "$KIT/devices" 2>/dev/null | tr '\n' ' '))"
   LISTS+=("$KIT/devices/$DEVICE/files.txt")
 fi
 
 # The root file system's architecture, from its dpkg binary's ELF header (e_machine at byte 18).
 machine=$(od -An -tu2 -j18 -N2 "$(readlink -f "$ROOTFS/usr/bin/dpkg")" | tr -d ' ')
 case "$machine" in 62) rootarch=amd64 ;; 183) rootarch=arm64 ;; *) rootarch="machine-$machine" ;; esac
-[ "$rootarch" = "@debArch@" ] || fail "$ROOTFS is $rootarch; this kit is for @debArch@ (build one with --arch $rootarch)"
+[ "$rootarch" = "@debArch@" ] ||
+  fail "$ROOTFS is $rootarch; this kit is for @debArch@ (build one with --arch $rootarch)"
 RUNNING=0
 [ "$ROOTFS" = / ] && RUNNING=1
 in_root() { if [ "$RUNNING" = 1 ]; then "$@"; else chroot "$ROOTFS" "$@"; fi; }
+CANNOT_RUN=""
 if [ "$RUNNING" = 0 ] && [ "$rootarch" != "$(dpkg --print-architecture 2>/dev/null || echo unknown)" ]; then
   [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || [ -x "$ROOTFS/usr/bin/qemu-aarch64-static" ] ||
-    fail "this host cannot run the $rootarch programs in $ROOTFS: apt-get install -y qemu-user-static binfmt-support (or copy qemu-aarch64-static into $ROOTFS/usr/bin, as apply_binaries.sh does)"
+    CANNOT_RUN="this host cannot run the $rootarch programs in $ROOTFS (its dpkg):"\
+" apt-get install -y qemu-user-static binfmt-support"\
+" (or copy qemu-aarch64-static into $ROOTFS/usr/bin, as apply_binaries.sh does)"
 fi
 
 mode_of() { stat -c %a "$1"; }
-echo "setokim flashing kit @kitVersion@ (@debArch@) -> $ROOTFS$([ "$APPLY" = 1 ] || echo ' (dry run: nothing is changed; add --apply)')"
+dry=""
+[ "$APPLY" = 1 ] || dry=" (dry run: nothing is changed; add --apply)"
+echo "setokim flashing kit @kitVersion@ (@debArch@) -> $ROOTFS$dry"
 
 # 1. The package.
 # What the root file system's package database says is installed (this host's dpkg-query reads it).
-version_in_root() { { dpkg-query --admindir="$ROOTFS/var/lib/dpkg" -W -f '${db:Status-Status} ${Version}' "$1" 2>/dev/null || true; } | awk '$1=="installed"{print $2}'; }
+version_in_root() {
+  { dpkg-query --admindir="$ROOTFS/var/lib/dpkg" -W -f '${db:Status-Status} ${Version}' "$1" 2>/dev/null || true; } |
+    awk '$1=="installed"{print $2}'
+}
 installed=$(version_in_root @package@)
 node=$(version_in_root nodejs)
-echo "package: @debFile@ (installed: ${installed:-none}), with $([ "$RUNNING" = 1 ] && echo "dpkg -i" || echo "chroot $ROOTFS dpkg -i")"
+how="chroot $ROOTFS dpkg -i"
+[ "$RUNNING" = 0 ] || how="dpkg -i"
+echo "package: @debFile@ (installed: ${installed:-none}), with $how"
+if [ -n "$CANNOT_RUN" ]; then
+  [ "$APPLY" = 1 ] && fail "$CANNOT_RUN"
+  echo "warning: $CANNOT_RUN"
+fi
 if [ -z "$node" ] || ! dpkg --compare-versions "$node" ge 20; then
-  msg="nodejs >= 20 is not installed in $ROOTFS (found: ${node:-none}); JetPack has none: install NodeSource's nodejs 20 package into it first (docs/FLASHING.md)"
+  msg="nodejs >= 20 is not installed in $ROOTFS (found: ${node:-none}); JetPack has none:"\
+" install NodeSource's nodejs 20 package into it first (docs/FLASHING.md)"
   [ "$APPLY" = 1 ] && fail "$msg"
   echo "warning: $msg"
 fi
@@ -88,7 +107,8 @@ for list in "${LISTS[@]}"; do
   done < "$list"
 done
 if [ -z "$DEVICE" ] && [ -d "$KIT/devices" ]; then
-  echo "note: no --device: the board gets no identity; $(grep -c . "$KIT/overlay/files.txt") common files only, and the agent stays off until @config@ is installed (apply again with --device ID)"
+  echo "note: no --device: the board gets no identity; $(grep -c . "$KIT/overlay/files.txt") common files only," \
+    "and the agent stays off until @config@ is installed (apply again with --device ID)"
 fi
 [ "$APPLY" = 1 ] || { echo "dry run: $changes file(s) would change; the package would be installed"; exit 0; }
 
