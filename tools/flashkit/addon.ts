@@ -4,7 +4,7 @@
  * an x86 machine it is cross-compiled with the aarch64 toolchain (cmake/toolchains/, as
  * scripts/check-aarch64.sh does for the CPU tier) into build/kit-arm64: CPU tier only, since the
  * toolchain file turns CUDA and TensorRT off (no cross CUDA is used; a kit built on a Jetson
- * carries its CUDA tier), with libstdc++ linked in so the addon does not need the build machine's.
+ * carries its CUDA tier). libstdc++ stays shared: the package Depends on the libstdc++6 it needs.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -97,7 +97,9 @@ export async function stageAddon(root: string, arch: DebArch, dest: string): Pro
         '-DCMAKE_JS_VERSION=flash-kit',
         `-DCMAKE_JS_INC=${await napiInclude(root)}`,
         `-DCMAKE_LIBRARY_OUTPUT_DIRECTORY=${join(dir, 'Release')}`,
-        '-DCMAKE_SHARED_LINKER_FLAGS=-static-libstdc++ -static-libgcc',
+        // libstdc++ and libgcc stay shared: linked in statically they bring glibc 2.36's arc4random and
+        // 2.35's _dl_find_object with them, which JetPack 6 (Ubuntu 22.04, glibc 2.35) lacks.
+        '-DCMAKE_SHARED_LINKER_FLAGS=',
         '-DSETOKIM_CUDA=OFF',
         '-DSETOKIM_TENSORRT=OFF',
       ],
@@ -108,7 +110,7 @@ export async function stageAddon(root: string, arch: DebArch, dest: string): Pro
       'building the aarch64 addon',
     );
     file = join(dir, 'Release', 'setokim.node');
-    how = `cross-compiled with ${ARCHES[arch].triple}-g++ (CPU tier: no cross CUDA), libstdc++ linked in`;
+    how = `cross-compiled with ${ARCHES[arch].triple}-g++ (CPU tier: no cross CUDA)`;
   }
   await copyFile(file, dest);
   const strip = arch === hostArch() ? 'strip' : `${ARCHES[arch].triple}-strip`;
