@@ -1,7 +1,6 @@
 /** Inputs of a flashing kit for the tests: a tiny set in a signed bundle, its keys, a config, client certificates. */
 import { execFile } from 'node:child_process';
-import { createReadStream } from 'node:fs';
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createBundle, generateKeys, loadPrivateKey } from '../../src/fleet/index.js';
@@ -60,19 +59,12 @@ export async function filesUnder(dir: string): Promise<string[]> {
     .map((e) => join(e.parentPath, e.name));
 }
 
-/** The files under dir that contain `needle` anywhere. */
-export async function filesContaining(dir: string, needle: Buffer): Promise<string[]> {
+/** The files under dir that contain any of the needles, with the needle's index (each file read once, whole). */
+export async function filesContaining(dir: string, needles: Buffer[]): Promise<string[]> {
   const hits: string[] = [];
   for (const f of await filesUnder(dir)) {
-    let tail = Buffer.alloc(0);
-    for await (const chunk of createReadStream(f)) {
-      const buf = Buffer.concat([tail, chunk as Buffer]);
-      if (buf.includes(needle)) {
-        hits.push(f);
-        break;
-      }
-      tail = buf.subarray(Math.max(0, buf.length - needle.length + 1));
-    }
+    const bytes = await readFile(f);
+    needles.forEach((n, i) => bytes.includes(n) && hits.push(`${f} (needle ${i})`));
   }
   return hits;
 }

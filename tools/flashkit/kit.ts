@@ -6,11 +6,13 @@
  * leaves no kit at all. The bundle-signing private key is never an input, and a last step checks
  * that no file of the overlays holds it.
  */
+import { execFile } from 'node:child_process';
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { promisify } from 'node:util';
 import { readConfigFile } from '../../src/agent/config.js';
 import { packageRoot } from '../../src/engine/native.js';
 import { sha256File } from '../../src/engine/manifest.js';
@@ -24,8 +26,6 @@ import { readDevicesCsv } from './devices.js';
 import { dependsFor, elfFiles, linkNeeds } from './elf.js';
 import { ARCHES, DEVICE, fillTemplate, type DebArch } from './layout.js';
 import { Overlay, writeCommonOverlay, writeDeviceFiles } from './overlay.js';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
@@ -84,17 +84,17 @@ export class KitBuilder {
     await mkdir(partial, { recursive: true });
     const stage = join(tmpdir(), `setokim-kit-${process.pid}-${Date.now()}`);
     try {
-      const deb = await this.buildPackage(checked, stage, partial);
+      const pkg = await this.buildPackage(checked, stage, partial);
       await this.writeOverlays(checked, partial);
-      await this.writeApplyScript(checked, deb.file, partial);
+      await this.writeApplyScript(checked, pkg.deb.file, partial);
       await this.refuseSigningKey(checked.pubkey, partial);
       const summary: KitSummary = {
         format: 'setokim-flash-kit/1',
         version: checked.version,
         arch: this.o.arch,
-        deb,
-        addon: deb.addon,
-        nodeModules: deb.modules,
+        deb: pkg.deb,
+        addon: pkg.addon,
+        nodeModules: pkg.modules,
         bundle: {
           modelSetId: checked.manifest.modelSetId,
           release: checked.manifest.release,
@@ -103,8 +103,6 @@ export class KitBuilder {
         devices: checked.devices.map((d) => d.id!),
         createdAt: new Date().toISOString(),
       };
-      const { addon: _a, modules: _m, ...debInfo } = deb;
-      summary.deb = debInfo;
       await writeFile(join(partial, 'kit.json'), JSON.stringify(summary, null, 2) + '\n');
       if (existsSync(this.o.out)) await rm(this.o.out, { recursive: true }); // an empty directory (checked)
       await rename(partial, this.o.out);
@@ -156,7 +154,11 @@ export class KitBuilder {
   }
 
   /** Step 2: the Debian package. */
-  private async buildPackage(c: Checked, stage: string, kit: string) {
+  private async buildPackage(
+    c: Checked,
+    stage: string,
+    kit: string,
+  ): Promise<{ deb: KitSummary['deb']; addon: string; modules: KitSummary['nodeModules'] }> {
     this.log(`staging the ${this.o.arch} package`);
     const app: StagedApp = await stageApp(this.root, this.files, this.o.arch, stage);
     const m = app.modules;
@@ -198,18 +200,9 @@ export class KitBuilder {
     this.log(`building ${file} (${this.o.compression ?? 'xz'})`);
     await buildDeb(stage, join(kit, file), this.o.compression ?? 'xz');
     const path = join(kit, file);
-    return {
-      file,
-      sha256: await sha256File(path),
-      bytes: (await stat(path)).size,
-      depends,
-      addon: app.addon.how,
-      modules: {
-        packages: app.modules.packages,
-        fetched: app.modules.fetched,
-        removedForeignBinaries: app.modules.removed.length,
-      },
-    };
+    const deb = { file, sha256: await sha256File(path), bytes: (await stat(path)).size, depends };
+    const modules = { packages: m.packages, fetched: m.fetched, removedForeignBinaries: m.removed.length };
+    return { deb, addon: app.addon.how, modules };
   }
 
   /** Step 3: overlay/ (key, store, one configuration) and devices/<id>/ (identity and secrets). */
