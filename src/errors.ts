@@ -46,6 +46,15 @@ export const ERRORS = {
   UPDATE_CONFLICT: { exit: 3, meaning: "another install holds the store, or the bundle's set id is the one serving" },
   ROLLOUT_ABORTED: { exit: 3, meaning: 'a staged rollout stopped: a canary failed, or failures passed the threshold' },
   UPDATE_HOOK_FAILED: { exit: 3, meaning: 'a hook run after an update committed failed (a warning: the release stays active)' },
+  // flashing kits (docs/FLASHING.md)
+  BAD_DEVICE_LIST: {
+    exit: 2,
+    meaning: 'a flash-kit devices.csv is invalid (a duplicate or unsafe id, a bad URL, a missing or mismatched key)',
+  },
+  KIT_BUILD_FAILED: {
+    exit: 3,
+    meaning: 'building a flashing kit failed (a packaging tool or cross compiler missing or failing); no kit is left',
+  },
   DOWNLOAD_STALLED: { exit: 3, meaning: 'a bundle download received nothing for the stall timeout; the partial file is kept' },
   BUNDLE_TOO_LARGE: { exit: 3, meaning: "a bundle download is larger than the job's size or the download cap" },
   URL_NOT_ALLOWED: { exit: 3, meaning: 'an update job names a URL this device may not fetch (updates.allowUrls)' },

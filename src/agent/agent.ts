@@ -12,6 +12,7 @@ import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task 
 import { Admission, SeenIds } from './admission.js';
 import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
 import type { AgentConfig } from './config.js';
+import { DeviceHealth, type HealthSummary } from './health.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
 import { credentialOptions } from '../mqtt/connection.js';
@@ -125,6 +126,8 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   /** The load the last published status showed, and when it went out. */
   private published?: { depth: number; inFlight: number; at: number };
   private connects = 0;
+  /** tegrastats readings on a Jetson (src/agent/health.ts); absent when turned off. */
+  private readonly health?: DeviceHealth;
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -136,6 +139,11 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    const h = this.config.health;
+    if (h.enabled) {
+      const { tegrastats, intervalMs, energyRails } = h;
+      this.health = new DeviceHealth({ tegrastats, intervalMs, energyRails, metrics: this.metrics, log: this.log });
+    }
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
@@ -160,10 +168,12 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   async start(): Promise<void> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
+    this.health?.start();
     try {
       await this.connectBroker();
     } catch (err) {
       // A failed start leaves nothing running: the process must be able to exit with the error.
+      this.health?.stop();
       await this.client?.endAsync(true).catch(() => undefined);
       await this.metrics.close();
       throw err;
@@ -366,6 +376,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     // Bound here, when the query starts: a replacement never moves a running query.
     const serving = this.serving;
     serving.running++;
+    const startedAt = Date.now();
     const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
     let iterator: AsyncIterator<PipelineEvent> | undefined;
     const aborted = new Promise<typeof ABORTED>((resolve) => {
@@ -385,6 +396,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
           last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
         } else {
           last = { ...step.value, id: ticket.id } as PipelineEvent;
+          if (last.type === 'done') last = this.withEnergy(last, startedAt);
         }
         this.observe(last);
         stream.send(last);
@@ -444,6 +456,14 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     }
   }
 
+  /** The board energy the query took, where power rails are read (a Jetson); the event as it was elsewhere. */
+  private withEnergy(done: Extract<PipelineEvent, { type: 'done' }>, startedAt: number): PipelineEvent {
+    const mJ = this.health?.energyMj(startedAt, Date.now());
+    if (mJ === undefined) return done;
+    this.metrics.device().queryEnergy.observe(mJ / 1000);
+    return { ...done, energyMj: Math.round(mJ * 10) / 10 };
+  }
+
   private observe(event: PipelineEvent): void {
     if (event.type === 'error') this.metrics.errors.inc({ code: event.code });
     if (event.type !== 'done') return;
@@ -471,7 +491,14 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
       maxContext: info.maxContext,
       updatedUnixMs: Date.now(),
       version: this.version,
+      ...this.healthSummary(online),
     };
+  }
+
+  /** The device's latest reading for the retained status while online (a Last Will would carry a stale one). */
+  private healthSummary(online: boolean): { health?: HealthSummary } {
+    const health = online ? this.health?.summary() : undefined;
+    return health ? { health } : {};
   }
 
   private publishStatus(): Promise<void> {
@@ -543,6 +570,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     }
     clearTimeout(timer);
     await Promise.all(this.retiring); // every query has stopped: replaced pipelines close now
+    this.health?.stop();
     const published = client ? await this.disconnect(client) : false;
     await this.metrics.close();
     this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');
