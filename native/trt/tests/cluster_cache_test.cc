@@ -2,7 +2,7 @@
 // checked bit for bit against the plain-loop reference in dpc_knn_test.cc): centres, labels, scores
 // and rho must be bit-identical on every frame, whatever changed: a few rows, most rows, none, rows
 // copied from others (ties at t), a block moving across the grid, n not a multiple of the tiles,
-// k = n, and SeTok's real 729 x 1152. Prints "N passed, M failed".
+// k = n, and SeTok's 729 patches. Prints "N passed, M failed".
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -151,18 +151,20 @@ void TestMovingBlock() {
   EXPECT(max_changed == 8, "a 4 x 4 block moving one column changes 8 rows, got %d", max_changed);
 }
 
-// SeTok's real size, 10% of the patches changing per frame (the benchmark's case).
-void TestRealSize() {
-  const ClusterParams p = Params(729, 1152, 64, 0.55, 64);
+// SeTok's real patch count (27 x 27 = 729, not a multiple of the kernels' tiles), 10% of the patches
+// changing per frame (the benchmark's case; its 1152 channels cost minutes under qemu and change
+// nothing in the logic: the features are 128 wide here).
+void TestRealPatchCount() {
+  const ClusterParams p = Params(729, 128, 64, 0.55, 64);
   ClusterCache cache(p);
-  auto x = PlantedFeatures(27, 27, 1152, 5, 21, 0.5);
+  auto x = PlantedFeatures(27, 27, 128, 5, 21, 0.5);
   Rng r(5);
   bool all_same = true;
   for (int frame = 0; frame < 4; ++frame) {
     if (frame > 0) Perturb(x, p.n, p.dim, 73, 0.05f, r);
     all_same &= Same(cache.Push(x.data(), nullptr), DpcKnn(p).Cluster(x.data()));
   }
-  EXPECT(all_same, "a 729 x 1152 frame differs from clustering it alone");
+  EXPECT(all_same, "a 729-patch frame differs from clustering it alone");
 }
 
 }  // namespace
@@ -172,6 +174,6 @@ int main() {
   TestStreamingTies();
   TestFractions();
   TestMovingBlock();
-  TestRealSize();
+  TestRealPatchCount();
   return Finish();
 }
