@@ -171,13 +171,16 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
     });
   }
 
-  /** Stops the tool (TERM, then KILL after 2 s) and ends the frames; idempotent. */
+  /** Stops the tool (TERM, then KILL after 2 s) and ends the frames (undelivered ones are dropped); idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;
+    for (const f of this.pending.splice(0)) this.pool.give(f.rgb);
     clearTimeout(this.restartTimer);
     clearTimeout(this.stallTimer);
     const child = this.child;
     if (child && child.exitCode === null && child.signalCode === null) {
+      // A paused pipe would hold the tool in write() and its 'close' forever: let it drain.
+      child.stdout?.resume();
       child.kill('SIGTERM');
       const kill = setTimeout(() => child.kill('SIGKILL'), 2000);
       await this.exited;
@@ -235,6 +238,7 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
   }
 
   private onFrame(f: Frame): void {
+    if (this.stopping) return this.pool.give(f.rgb);
     this.counts.received++;
     this.runFrames++;
     this.failuresInRow = 0;

@@ -50,6 +50,17 @@ t.test('a file, read at the consumer pace: every frame, sized by ffmpeg, then th
   t.equal(await src.next(), undefined, 'stays ended');
 });
 
+t.test('stop() while the tool waits on a paused pipe returns (no hang, no leftover process)', async (t) => {
+  const src = new FrameSource({ source: videos.testsrc, size: { width: 160, height: 120 }, realtime: false });
+  src.start();
+  t.ok(await src.next(), 'a frame; the rest of the file waits behind the paused pipe');
+  await sleep(200);
+  const pid = src.pid!;
+  await src.stop();
+  t.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the tool is gone');
+  t.equal(await src.next(), undefined);
+});
+
 t.test('letterboxing uses the padding colour at the source', async (t) => {
   const src = new FrameSource({ source: videos.testsrc, size: { width: 64, height: 64 }, fps: 2, realtime: false, pad: [10, 200, 30] });
   src.start();
