@@ -7,7 +7,8 @@ import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
 import { registerQuery } from './query.js';
 import { registerRun } from './run.js';
+import { registerWatch } from './watch.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle, registerFleet];
+export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerWatch, registerAgent, registerQuery, registerDemo, registerBundle, registerFleet];

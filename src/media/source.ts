@@ -104,6 +104,8 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
   private stallTimer: NodeJS.Timeout | undefined;
   private exited: Promise<void> = Promise.resolve();
   private readonly counts: SourceStats = { received: 0, delivered: 0, dropped: 0, restarts: 0 };
+  private readonly firstFrame: Promise<void>;
+  private firstFrameDone!: (err?: SetokimError) => void;
 
   constructor(o: FrameSourceOptions) {
     super();
@@ -120,6 +122,19 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
     this.policy = { ...DEFAULT_RESTART, ...o.restart };
     this.pool = new FramePool(this.frameSize.width * this.frameSize.height * 3);
     this.assembler = new FrameAssembler(this.frameSize.width, this.frameSize.height, this.pool, (f) => this.onFrame(f));
+    this.firstFrame = new Promise((resolve, reject) => {
+      this.firstFrameDone = (err) => (err ? reject(err) : resolve());
+    });
+    this.firstFrame.catch(() => undefined); // read through ready(); never an unhandled rejection
+  }
+
+  /**
+   * Resolves once the first frame arrived (it stays for next()); rejects with the source's error
+   * when it fails first, so a caller can learn that a source opens before loading anything heavy.
+   * A source that ends (or is stopped) without a frame resolves: next() then says so.
+   */
+  ready(): Promise<void> {
+    return this.firstFrame;
   }
 
   get stats(): SourceStats {
@@ -240,6 +255,7 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
   private onFrame(f: Frame): void {
     if (this.stopping) return this.pool.give(f.rgb);
     this.counts.received++;
+    this.firstFrameDone();
     this.runFrames++;
     this.failuresInRow = 0;
     this.armStall();
@@ -286,12 +302,14 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
   private fail(err: SetokimError): void {
     if (this.failure) return;
     this.failure = err;
+    this.firstFrameDone(err);
     this.emit('event', { type: 'failed', code: err.code, message: err.message });
     this.finish();
   }
 
   /** Wakes a waiting consumer once nothing more will come (it then sees the end or the error). */
   private finish(): void {
+    this.firstFrameDone(this.failure);
     if (this.pending.length === 0) this.waiter?.(undefined);
   }
 }

@@ -39,6 +39,8 @@ t.test('a file, read at the consumer pace: every frame, sized by ffmpeg, then th
   const src = new FrameSource({ source: videos.testsrc, size: { width: 64, height: 48 }, fps: 5, realtime: false });
   const seen = events(src);
   src.start();
+  await src.ready();
+  t.equal(src.stats.delivered, 0, 'ready() takes no frame');
   const frames = await drain(src);
   t.equal(frames.length, 10, '2 s at --fps 5');
   t.ok(frames.every((f) => f.width === 64 && f.height === 48 && f.rgb.length === 64 * 48 * 3));
@@ -160,6 +162,7 @@ t.test('sources that never open fail at once with a code (no retries)', async (t
   for (const [source, code] of cases) {
     const src = new FrameSource({ source, size: { width: 32, height: 32 }, restart: { minDelayMs: 10 } });
     src.start();
+    await t.rejects(src.ready(), { code }, 'ready() tells before any frame is asked for');
     const err = await src.next().catch((e: unknown) => e);
     t.match(err, { code, message: /video source / }, `${source.split('/').pop()}: ${code}`);
     t.equal(src.stats.restarts, 0);
