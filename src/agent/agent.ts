@@ -115,6 +115,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** The load the last published status showed, and when it went out. */
   private published?: { depth: number; inFlight: number; at: number };
   private connects = 0;
+  /** Fields services add to the retained status (e.g. the stream count). */
+  private readonly statusSources: (() => Partial<AgentStatus>)[] = [];
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -265,6 +267,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
       return;
     }
+    // Other services share this connection (update jobs, streams): their topics are theirs.
+    if (topic !== this.topics.query && topic !== this.topics.fleetQuery) return;
     this.onQuery(topic, payload, packet);
   }
 
@@ -442,9 +446,21 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (event.generatedTokens > 0 && decodeMs > 0) this.metrics.tokensPerSecond.observe(event.generatedTokens / (decodeMs / 1000));
   }
 
+  /** Adds fields to the retained status (a service's own counts); refreshStatus() republishes it. */
+  addStatusSource(fields: () => Partial<AgentStatus>): void {
+    this.statusSources.push(fields);
+  }
+
+  /** Republishes the retained status now (a service's counts changed). */
+  refreshStatus(): Promise<void> {
+    return this.publishStatus();
+  }
+
   private status(online: boolean): AgentStatus {
     const info = this.serving.pipeline.info;
+    const extra = online ? Object.assign({}, ...this.statusSources.map((f) => f())) : {};
     return {
+      ...extra,
       fleet: this.config.fleet,
       device: this.config.device,
       online,

@@ -23,6 +23,8 @@ function protoPath(): string {
 }
 
 const root = protobuf.loadSync(protoPath());
+/** The wire format's types, for the messages other modules encode (stream-codec.ts). */
+export const wireFormat = root;
 const QueryType = root.lookupType('setokim.v1.Query');
 const CancelType = root.lookupType('setokim.v1.Cancel');
 const ReplyType = root.lookupType('setokim.v1.Reply');
@@ -220,6 +222,9 @@ export interface AgentStatus {
   maxContext: number;
   updatedUnixMs: number;
   version: string;
+  /** Video streams running, and the most the agent takes (streams.max); docs/STREAMS.md. */
+  streams?: number;
+  maxStreams?: number;
 }
 
 export function encodeStatus(s: AgentStatus): Uint8Array {
