@@ -460,7 +460,6 @@ export class Agent extends EventEmitter<AgentEvents> {
     const info = this.serving.pipeline.info;
     const extra = online ? Object.assign({}, ...this.statusSources.map((f) => f())) : {};
     return {
-      ...extra,
       fleet: this.config.fleet,
       device: this.config.device,
       online,
@@ -476,6 +475,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       maxContext: info.maxContext,
       updatedUnixMs: Date.now(),
       version: this.version,
+      streams: 0,
+      maxStreams: 0,
+      ...extra,
     };
   }
 

@@ -222,9 +222,9 @@ export interface AgentStatus {
   maxContext: number;
   updatedUnixMs: number;
   version: string;
-  /** Video streams running, and the most the agent takes (streams.max); docs/STREAMS.md. */
-  streams?: number;
-  maxStreams?: number;
+  /** Video streams running, and the most the agent takes (streams.max, 0: none); docs/STREAMS.md. */
+  streams: number;
+  maxStreams: number;
 }
 
 export function encodeStatus(s: AgentStatus): Uint8Array {
