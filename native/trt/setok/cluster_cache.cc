@@ -53,8 +53,9 @@ ClusterResult ClusterCache::Push(const float* features, int* changed_rows) {
   if (changed_rows) *changed_rows = changed;
   if (valid_ && changed == 0) return last_;
   valid_ = false;  // until the frame is through (an exception leaves a full recompute next)
-  // Past half the rows the triangle of a full Gram (n^2 / 2 entries) is cheaper than n x m.
-  if (changed * 2 > p.n) {
+  // The triangle of a full Gram is n^2 / 2 entries against n x m here, and the rest of a frame costs
+  // more incrementally: past 3/8 of the rows (measured: at 40% the update was ~10% slower) recompute.
+  if (changed * 8 > p.n * 3) {
     prev_.assign(features, features + static_cast<size_t>(p.n) * p.dim);
     last_ = Full(features);
   } else {

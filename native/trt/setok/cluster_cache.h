@@ -1,14 +1,14 @@
 // Streaming clustering over the frames of one camera. A frame's result equals clustering it alone,
 // bit for bit; the work follows what changed. The cache keeps the previous frame's features, the
 // n x n distances, the Gram diagonal, and each row's t (k-th smallest distance), density and largest
-// distance. For a frame whose m changed patches (rows that differ bitwise) are at most half of them:
+// distance. For a frame whose m changed patches (rows that differ bitwise) are at most 3/8 of them:
 //   - Gram: only the m changed columns, n x m entries (GramColumns), each in the reference order;
 //   - distances: the m changed rows and columns, from the new diagonal;
 //   - density: a row none of whose changed entries was or is at most its t keeps its density
 //     (its k nearest, t and their index-order sum are what they were); the others are recomputed;
 //   - delta, centres and labels as from scratch (one vectorised pass per row, O(n L) labels);
 //   - the finite check covers the changed rows only (the others equal a frame already checked).
-// Past half the rows, or on the first frame, everything is recomputed (DpcKnn). An unchanged frame
+// Past 3/8 of the rows, or on the first frame, everything is recomputed (DpcKnn). An unchanged frame
 // returns the previous result. Memory: one frame's features, the n x n distances, the Gram matrix
 // of the last full frame and an n x m block, whatever the stream's length.
 // Thread safety: one thread at a time per instance (the binding serialises pushes); each push uses
