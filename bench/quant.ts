@@ -5,7 +5,7 @@
  * when they are missing, then asks the same greedy questions of an fp32 and an int8 pipeline, query
  * by query alternating, and prints:
  * - time per stage (median over the queries) and the int8 / fp32 ratio;
- * - vision tokens per image with each: SETOK.md's threshold is absolute, so a quantised encoder that
+ * - vision tokens per image with each: docs/SETOK.md's threshold is absolute, so a quantised encoder that
  *   shifts the feature scale shifts the token count;
  * - how many answers are identical, and the stage files' bytes.
  */

@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
+import { packageVersion } from '../engine/native.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
 import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
@@ -14,6 +15,13 @@ import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
 import { credentialOptions } from '../mqtt/connection.js';
+import {
+  TopicRoutes,
+  type SubscribeOptions,
+  type TopicHandler,
+  type TopicLink,
+  type TopicSubscription,
+} from '../mqtt/subscriptions.js';
 import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -95,7 +103,7 @@ export interface AgentOptions {
   countTokens?: (text: string) => number;
 }
 
-export class Agent extends EventEmitter<AgentEvents> {
+export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   readonly config: AgentConfig;
   readonly topics: DeviceTopics;
   readonly metrics = new AgentMetrics();
@@ -108,6 +116,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
   private client?: MqttClient;
+  /** Topics that services beside the queries took with subscribe(): routed by exact topic, never read as queries. */
+  private routes?: TopicRoutes;
   private backoffMs: number;
   private stopping = false;
   private stopped?: Promise<void>;
@@ -124,7 +134,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.config = opts.config;
     this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
-    this.version = opts.version ?? '0.1.0';
+    this.version = opts.version ?? packageVersion();
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
@@ -257,6 +267,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    if (this.routes?.dispatch(topic, payload, packet)) return;
     if (topic === this.topics.cancel || topic === this.topics.fleetCancel) {
       try {
         const id = decodeCancel(payload);
@@ -403,7 +414,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   /**
    * Points new queries (and queued ones, which have not started) at `next` at once; queries
    * already running finish on the old pipeline, which is closed once the last of them has
-   * stopped (FIELD.md: drain, then switch; never a swap inside an inference). The retained
+   * stopped (docs/FLEET.md, "Wiring into the agent": drain, then switch; never a swap inside an inference). The retained
    * status (and the Last Will for later reconnects) names the new set straight away. Resolves
    * when the old pipeline is closed. A second replace while one drains is safe: each drains and
    * closes the pipeline it replaced. While stopping, `next` is closed unused (the store's
@@ -568,6 +579,25 @@ export class Agent extends EventEmitter<AgentEvents> {
     client.stream?.destroy(); // ...which this unblocks: it waited for a broker that does not answer
     await within(ended, BROKER_STOP_WAIT_MS);
     return false;
+  }
+
+  /**
+   * A service beside the queries (fleet updates) takes an exact topic on the agent's connection
+   * (TopicLink, src/mqtt/subscriptions.ts): subscribed now and after every reconnect, its messages
+   * go to `handler` only. Call after start(); BROKER_REFUSED when the broker refuses it.
+   */
+  subscribe(topic: string, handler: TopicHandler, o?: SubscribeOptions): Promise<TopicSubscription> {
+    if (!this.client) {
+      return Promise.reject(new SetokimError(ErrorCodes.INTERNAL, `Agent.subscribe(${topic}) before start()`));
+    }
+    this.routes ??= new TopicRoutes(this.client, { listen: false });
+    return this.routes.subscribe(topic, handler, o);
+  }
+
+  /** Publishes on the agent's connection (a service's messages, e.g. update states). */
+  publish(topic: string, payload: string | Buffer, o: { qos: 0 | 1; retain?: boolean }): void {
+    if (!this.client) throw new SetokimError(ErrorCodes.INTERNAL, `Agent.publish(${topic}) before start()`);
+    this.client.publish(topic, payload, { qos: o.qos, retain: o.retain ?? false });
   }
 
   /** Tests and benchmarks: the underlying connection. */

@@ -45,7 +45,7 @@ export function registerAgent(program: Command): void {
       const models = await startingModels(config, log);
       log('info', `opening the model set ${models}`);
       const opened = await openServingSet(config, models);
-      const agent = new Agent({ config, pipeline: opened.pipeline, log, version: process.env.npm_package_version ?? '0.1.0', ...(opened.countTokens ? { countTokens: opened.countTokens } : {}) });
+      const agent = new Agent({ config, pipeline: opened.pipeline, log, ...(opened.countTokens ? { countTokens: opened.countTokens } : {}) });
       let updates: UpdateService | undefined;
       let streams: StreamService | undefined;
       let stopping: Promise<void> | undefined;

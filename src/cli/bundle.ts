@@ -10,11 +10,15 @@ import type { Command } from 'commander';
 import { connectAsync } from 'mqtt';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
+import { TargetPattern } from '../engine/target.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import {
+  AgentVersion,
   canaryQuery,
+  compatibilityOf,
   createBundle,
   DEFAULT_RESERVE_BYTES,
+  FIRST_BOUND_AGENT_VERSION,
   generateKeys,
   installBundle,
   loadPrivateKey,
@@ -22,8 +26,10 @@ import {
   readJournal,
   readRelease,
   recoverStore,
+  parseExpiry,
   rollout,
   verifyBundle,
+  type BundleManifest,
   type ByteProgress,
   type UpdateState,
 } from '../fleet/index.js';
@@ -31,6 +37,14 @@ import { parseFlags } from '../flags.js';
 import { brokerGroup, credentialOptions } from '../mqtt/connection.js';
 import { levelName } from '../mqtt/topics.js';
 import { group, parseCommandSettings, registerFlags, setting } from '../settings.js';
+
+/** What a bundle is bound to, for create's and verify's one line. */
+function describeBinding(m: BundleManifest): string {
+  const c = compatibilityOf(m);
+  if (!c) return 'format 1: bound to no fleet, target or expiry (devices refuse it unless --allow-unbound)';
+  const what = `for fleet ${c.fleets.join(', ')}, target ${c.targets.join(', ')}, until ${c.notAfter}`;
+  return `${what}, agent ${c.minAgentVersion} or newer`;
+}
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
 const req = () => z.string({ error: missingOr() }).min(1);
@@ -60,12 +74,30 @@ async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: R
   }
 }
 
+/** A repeatable flag: commander collects each use into an array. */
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+const repeated = <T extends z.ZodType<string>>(item: T, what: string) =>
+  z.array(item, { error: missingOr() }).min(1, `give at least one ${what}`);
+
 const KeygenOptions = z.object({ out: req() });
-const CreateOptions = z.object({ models: req(), release: wholeNumber(1), key: req(), out: req(), progress: z.boolean() });
+const CreateOptions = z.object({
+  models: req(),
+  release: wholeNumber(1),
+  key: req(),
+  out: req(),
+  fleet: repeated(levelName, 'fleet'),
+  target: repeated(TargetPattern, 'target pattern (* for any)'),
+  expires: req(),
+  minAgentVersion: AgentVersion.default(FIRST_BOUND_AGENT_VERSION),
+  progress: z.boolean(),
+});
 const VerifyOptions = z.object({ pubkey: req(), progress: z.boolean() });
 const InstallOptions = z.object({
   store: req(),
   pubkey: req(),
+  fleet: levelName.optional(),
+  allowUnbound: z.boolean().default(false),
+  maxReleaseJump: wholeNumber(1).optional(),
   canaryImage: z.string().min(1).optional(),
   backend: z.string().min(1).optional(),
   reserveMib: wholeNumber(0).optional(),
@@ -94,13 +126,24 @@ export function registerBundle(program: Command): Command {
     .option('--release <n>', 'release number, higher than every earlier bundle for this fleet (required)')
     .option('--key <pem>', 'Ed25519 private key from `bundle keygen` (required)')
     .option('--out <file>', 'bundle file to write (required)')
+    .option('--fleet <name>', 'a fleet whose devices may install it (repeatable; at least one)', collect)
+    .option('--target <pattern>', 'a target it runs on: orin-nano-*/jp6.*/trt10.3, * for any (repeatable; at least one)', collect)
+    .option('--expires <when>', 'devices refuse it after: a duration (90m, 12h, 30d, 8w) or a date (2026-12-31) (required)')
+    .option('--min-agent-version <v>', `the oldest setokim-edge that may install it (default ${FIRST_BOUND_AGENT_VERSION})`)
     .option('--no-progress', 'no progress bar')
     .action(async (raw: unknown) => {
       const o = parseFlags(CreateOptions, raw, 'bundle create');
+      const now = new Date();
+      const notAfter = parseExpiry(o.expires, now).toISOString();
+      const compatibility = { fleets: o.fleet, targets: o.target, notAfter, minAgentVersion: o.minAgentVersion };
       const key = await loadPrivateKey(o.key);
-      const m = await withProgressBar('bundle', o.progress, (bar) => createBundle({ models: o.models, release: o.release, key, out: o.out, onProgress: bar.onProgress }));
-      const bytes = m.files.reduce((a, f) => a + f.size, 0);
-      process.stdout.write(`${o.out}: ${m.modelSetId} release ${m.release}, ${m.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, signed by ${m.keyId}\n`);
+      const { models, release, out } = o;
+      const m = await withProgressBar('bundle', o.progress, (bar) =>
+        createBundle({ models, release, key, out, compatibility, createdAt: now, onProgress: bar.onProgress }),
+      );
+      const mib = (m.files.reduce((a, f) => a + f.size, 0) / 2 ** 20).toFixed(1);
+      const what = `${m.modelSetId} release ${m.release}, ${m.files.length} files, ${mib} MiB, signed by ${m.keyId}`;
+      process.stdout.write(`${o.out}: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -112,7 +155,8 @@ export function registerBundle(program: Command): Command {
       const o = parseFlags(VerifyOptions, raw, 'bundle verify');
       const pubkey = await loadPublicKey(o.pubkey);
       const m = await withProgressBar('verify', o.progress, (bar) => verifyBundle(file, pubkey, bar.onProgress));
-      process.stdout.write(`${file}: OK: ${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}\n`);
+      const what = `${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}`;
+      process.stdout.write(`${file}: OK: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -120,6 +164,9 @@ export function registerBundle(program: Command): Command {
     .description('install a bundle into a device model store: verify, stage, activate, canary query, commit; roll back on any failure')
     .option('--store <dir>', 'model store root (sets in <dir>/<id>/, the active pointer in <dir>/active) (required)')
     .option('--pubkey <pem>', 'trusted Ed25519 public key (required)')
+    .option('--fleet <name>', "this device's fleet: bundles signed for other fleets are refused (needed for format 2)")
+    .option('--allow-unbound', 'also install a format-1 bundle, which signs no fleet, target or expiry')
+    .option('--max-release-jump <n>', 'refuse a release more than n above the committed one (default: no limit)')
     .option('--canary-image <file>', 'image for the health-check query (default: a generated gradient)')
     .option('--backend <name>', 'run the health check on this backend only (onnxruntime-cpu, tensorrt)')
     .option('--reserve-mib <n>', `free space to leave after unpacking (default ${DEFAULT_RESERVE_BYTES / 2 ** 20})`)
@@ -141,6 +188,9 @@ export function registerBundle(program: Command): Command {
           bundle: file,
           store: o.store,
           pubkey,
+          device: o.fleet === undefined ? {} : { fleet: o.fleet },
+          allowUnbound: o.allowUnbound,
+          maxReleaseJump: o.maxReleaseJump,
           reserveBytes: o.reserveMib === undefined ? undefined : o.reserveMib * 2 ** 20,
           health: (dir) => canaryQuery(dir, { image, backend: o.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
           onProgress: bar.onProgress,
@@ -187,13 +237,26 @@ const rolloutSettings = group({
   fleet: setting({ schema: levelName, required: true, flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name (required)' }),
   devices: setting({ schema: z.array(levelName).min(1), required: true, flag: '--devices <a,b,c>', read: 'list', help: 'devices to update, comma-separated (required)' }),
   canary: setting({ schema: z.array(levelName).min(1), flag: '--canary <a>', read: 'list', help: 'devices to update first, one at a time (default: the first of --devices)' }),
-  url: setting({ schema: z.string().min(1), required: true, flag: '--url <url>', help: 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)' }),
+  url: setting({
+    schema: z
+      .string()
+      .regex(/^https?:\/\//i, 'https:// (or http://): devices refuse file: and other URLs in jobs over MQTT'),
+    required: true,
+    flag: '--url <url>',
+    help: "bundle URL the devices fetch (resumable), under a prefix of their updates.allowUrls (required)",
+  }),
   sha256: setting({ schema: z.string().regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'), required: true, flag: '--sha256 <hex>', help: 'sha256 of the bundle file (required)' }),
   release: setting({ schema: whole(1), flag: '--release <n>', read: 'number', help: 'the release it carries (informational; devices check the signed one)' }),
   size: setting({ schema: whole(1), flag: '--size <bytes>', read: 'number', help: "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first" }),
   maxFailures: setting({ schema: whole(0), default: 0, flag: '--max-failures <n>', read: 'number', help: 'failures tolerated after the canaries' }),
   concurrency: setting({ schema: whole(1), default: 1, flag: '--concurrency <n>', read: 'number', help: 'devices updating at once after the canaries' }),
   timeout: setting({ schema: whole(1), default: 600, flag: '--timeout <s>', read: 'number', help: 'seconds a device may take from job to final state' }),
+  signKey: setting({
+    schema: z.string().min(1),
+    flag: '--sign-key <pem>',
+    env: 'SETOKIM_SIGN_KEY',
+    help: "the fleet's private key (bundle keygen): signs each device's job (devices with updates.signedJobs need it)",
+  }),
   settle: setting({ schema: whole(0), default: 10, flag: '--settle <s>', read: 'number', help: 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (0: do not wait)' }),
 });
 
@@ -205,6 +268,7 @@ export function registerFleet(program: Command): Command {
     .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures');
   registerFlags(rolloutCmd, rolloutSettings).action(async (raw: Record<string, unknown>) => {
       const o = parseCommandSettings(rolloutSettings, raw, 'fleet rollout');
+      const signKey = o.signKey ? await loadPrivateKey(o.signKey) : undefined;
       let client;
       try {
         client = await connectAsync(o.broker.url, { ...credentialOptions(o.broker), reconnectPeriod: 0 });
@@ -227,6 +291,9 @@ export function registerFleet(program: Command): Command {
           devices: o.devices,
           canary: o.canary,
           job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
+          ...(signKey ? { signKey } : {}),
+          onForged: (d) =>
+            process.stderr.write(`${d}: ignored a state for its job not sealed with the job's nonce (another client sent it)\n`),
           maxFailures: o.maxFailures,
           concurrency: o.concurrency,
           timeoutMs: o.timeout * 1000,

@@ -29,8 +29,26 @@ const FileName = z
 
 /** A sha256 as the manifests, bundles and update jobs write it. */
 export const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits');
-/** A model set id: a store directory name and what fleet updates switch between. */
-export const ModelSetId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-"');
+/**
+ * Names a model store keeps for itself beside the set directories (src/engine/modelset.ts):
+ * the `active` pointer and the `<name>.tmp` files durable writes go through; its `.fleet/` state
+ * is a dot-name, which no id can start with. Compared case-insensitively (a store on a
+ * case-insensitive file system).
+ */
+export function isReservedStoreName(id: string): boolean {
+  const lower = id.toLowerCase();
+  return lower === 'active' || lower.endsWith('.tmp');
+}
+
+/**
+ * A model set id: a store directory name and what fleet updates switch between. The one check of
+ * every id (set manifest, bundle manifest, journal, release record, ModelStore.dirOf), so no signed
+ * bundle can name the store's own files.
+ */
+export const ModelSetId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-", starting with a letter or digit')
+  .refine((id) => !isReservedStoreName(id), 'reserved for the model store ("active" and names ending in ".tmp")');
 
 export const StageFileSchema = z.object({
   file: FileName,
@@ -127,8 +145,8 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
 }
 
 /** Streams a file into `hash` (a fresh sha256 by default): a resumed download seeds it with its partial file. */
-export async function hashFile(path: string, hash: Hash = createHash('sha256')): Promise<Hash> {
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+export async function hashFile(path: string, hash: Hash = createHash('sha256'), signal?: AbortSignal): Promise<Hash> {
+  for await (const chunk of createReadStream(path, signal ? { signal } : {})) hash.update(chunk as Buffer);
   return hash;
 }
 

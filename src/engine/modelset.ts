@@ -81,7 +81,11 @@ export class ModelStore {
   constructor(readonly root: string) {}
 
   dirOf(id: string): string {
-    if (!ModelSetId.safeParse(id).success) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
+    const ok = ModelSetId.safeParse(id);
+    if (!ok.success) {
+      const why = ok.error.issues[0]?.message;
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: ${why}`);
+    }
     return join(this.root, id);
   }
 

@@ -3,7 +3,7 @@
  * Binding modules add their functions to NativeAddon as they land.
  */
 import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
@@ -72,6 +72,8 @@ export interface NativeAddon {
   setokGramBench?: (n: number, dim: number, reps: number) => {
     gramMs: number; gemmMs: number; distanceMs: number; peakGflops: number; isa: string; threads: number;
   };
+  /** flock(2) without waiting on a descriptor (native/trt/addon/file_lock_binding.cc; src/engine/file-lock.ts). */
+  flock?: (fd: number, op: 'exclusive' | 'unlock') => boolean;
   trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
   trtBuildEngine?(
     options: NativeTrtBuildOptions,
@@ -89,6 +91,17 @@ export function packageRoot(): string {
     dir = up;
   }
   return dir;
+}
+
+let version: string | undefined;
+
+/** This package's version (package.json), e.g. what a bundle's minAgentVersion is checked against. */
+export function packageVersion(): string {
+  if (version === undefined) {
+    const pkg = JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: unknown };
+    version = String(pkg.version);
+  }
+  return version;
 }
 
 let cached: NativeAddon | undefined;

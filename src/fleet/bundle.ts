@@ -11,7 +11,21 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { hashingTap, loadManifest, MANIFEST_FILE, sha256File, verifyModelSet } from '../engine/manifest.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { BUNDLE_FORMAT, BUNDLE_MAGIC, BUNDLE_VERSION, BundleHeaderSchema, encodePrefix, MAX_HEADER_BYTES, parseBundleManifest, PREFIX_BYTES, signedBytes, type BundleFile, type BundleManifest } from './format.js';
+import {
+  BUNDLE_FORMAT,
+  BUNDLE_MAGIC,
+  BUNDLE_VERSION,
+  BundleHeaderSchema,
+  encodePrefix,
+  MAX_HEADER_BYTES,
+  parseBundleManifest,
+  PREFIX_BYTES,
+  signedBytes,
+  type BundleFile,
+  type BundleManifest,
+  type BundleManifestV2,
+  type Compatibility,
+} from './format.js';
 import { syncFile } from '../engine/durable.js';
 import { keyIdOf } from './keys.js';
 
@@ -44,12 +58,19 @@ export interface CreateOptions {
   release: number;
   key: KeyObject;
   out: string;
+  /** Which fleets and targets the bundle is for, and until when (signed; checked by each device). */
+  compatibility: Compatibility;
   createdAt?: Date;
   onProgress?: ByteProgress;
 }
 
 /** Bundles a model set: verifies it, hashes every file, signs the manifest, writes prefix + files. */
-export async function createBundle(o: CreateOptions): Promise<BundleManifest> {
+export async function createBundle(o: CreateOptions): Promise<BundleManifestV2> {
+  const createdAt = o.createdAt ?? new Date();
+  if (Date.parse(o.compatibility.notAfter) <= createdAt.getTime()) {
+    const when = `(${o.compatibility.notAfter}) before it is created (${createdAt.toISOString()})`;
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `the bundle would expire ${when}; give a later expiry`);
+  }
   const set = await loadManifest(o.models);
   await verifyModelSet(o.models, set); // never sign a set that would not open
   const paths = await listFiles(o.models);
@@ -61,9 +82,18 @@ export async function createBundle(o: CreateOptions): Promise<BundleManifest> {
     files.push({ path: p, size: (await stat(full)).size, sha256: await sha256File(full) });
   }
   const manifest = parseBundleManifest(
-    { format: BUNDLE_FORMAT, formatVersion: BUNDLE_VERSION, modelSetId: set.id, release: o.release, createdAt: (o.createdAt ?? new Date()).toISOString(), keyId: keyIdOf(o.key), files },
+    {
+      format: BUNDLE_FORMAT,
+      formatVersion: BUNDLE_VERSION,
+      modelSetId: set.id,
+      release: o.release,
+      createdAt: createdAt.toISOString(),
+      keyId: keyIdOf(o.key),
+      compatibility: o.compatibility,
+      files,
+    },
     'new bundle',
-  );
+  ) as BundleManifestV2;
   const signature = sign(null, signedBytes(manifest), o.key);
   const total = files.reduce((a, f) => a + f.size, 0);
   const tmp = `${o.out}.partial`;

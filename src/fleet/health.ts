@@ -1,7 +1,7 @@
 /**
  * The health check after activation: open the set the way serving does (pipeline, ONNX Runtime
  * or TensorRT) and run one canary query that must answer. Deserialising is not enough: a graph
- * can load and still fail on its first run (FIELD.md: run one canary inference before traffic).
+ * can load and still fail on its first run (docs/ENGINES.md: one canary inference before traffic).
  */
 import sharp from 'sharp';
 import { ErrorCodes, SetokimError } from '../errors.js';

@@ -1,6 +1,7 @@
 /**
  * Installing a bundle into a ModelStore, as the state machine of docs/FLEET.md:
- *   verify signature -> anti-rollback -> space -> [staging] unpack + hash -> verifyModelSet
+ *   verify signature -> binding (fleet, expiry, agent version, target: compat.ts)
+ *   -> anti-rollback and release jump -> space -> [staging] unpack + hash -> verifyModelSet
  *   -> [staged] rename into the store -> [placed] activate -> [activated] canary query
  *   -> commit (release.json) -> journal removed
  * The journal names the last step finished. Until release.json records the release, the install
@@ -14,6 +15,7 @@ import { loadManifest, verifyModelSet } from '../engine/manifest.js';
 import { ModelStore } from '../engine/modelset.js';
 import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
 import { openBundle, streamBundle, type ByteProgress } from './bundle.js';
+import { checkBinding, checkReleaseJump, type BindingPolicy } from './compat.js';
 import { freeBytes, fsyncDir, removeDurable } from '../engine/durable.js';
 import { canaryQuery, type CanaryResult, type HealthCheck } from './health.js';
 import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagingRoot, writeJournal, writeRelease, type Journal, type JournalStep } from './journal.js';
@@ -21,7 +23,8 @@ import { clearJournal, JOURNAL_STEPS, lockStore, readJournal, readRelease, stagi
 /** What an install reports, in order: journal steps plus the checks between them. */
 export type InstallStep = 'recovered' | 'verified' | JournalStep | 'healthy' | 'committed' | 'rolled-back';
 
-export interface InstallOptions {
+/** The binding (BindingPolicy: fleet, target, allowUnbound, maxReleaseJump) is checked after the signature. */
+export interface InstallOptions extends BindingPolicy {
   bundle: string;
   store: string;
   pubkey: KeyObject;
@@ -56,20 +59,22 @@ const stepIndex = (s: JournalStep) => JOURNAL_STEPS.indexOf(s);
 /**
  * Undoes an uncommitted install: the previous set active again (or none, if there was none),
  * the new set's directory and the staging directory gone, then the journal. Safe to repeat.
+ * The pointer is put back whatever it names now (the new set, nothing, a lost or unreadable
+ * pointer), so a rollback never depends on what the failed install left. A previous set that no
+ * longer verifies is not put back (nothing is active then); the rollback still finishes, so the
+ * next start is not stuck on it, and then throws to say so.
  */
 async function rollBack(root: string, j: Journal): Promise<string | null> {
   const store = new ModelStore(root);
-  if ((await store.active()) === j.modelSetId) {
-    if (j.previous) {
-      try {
-        await store.activate(j.previous);
-      } catch (err) {
-        // The old set is damaged too: serve nothing rather than the half-installed one.
-        await store.deactivate();
-        throw new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
-      }
-    } else {
+  let damaged: SetokimError | undefined;
+  if ((await store.active()) !== j.previous) {
+    try {
+      if (j.previous) await store.activate(j.previous);
+      else await store.deactivate();
+    } catch (err) {
+      // The old set is damaged too: serve nothing rather than the half-installed one.
       await store.deactivate();
+      damaged = new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
     }
   }
   // From 'staged' on, the target directory may hold the new set (the rename may have happened
@@ -77,6 +82,7 @@ async function rollBack(root: string, j: Journal): Promise<string | null> {
   if (stepIndex(j.step) >= stepIndex('staged')) await removeDurable(store.dirOf(j.modelSetId));
   await removeDurable(join(stagingRoot(root), j.staging));
   await clearJournal(root);
+  if (damaged) throw damaged;
   return store.active();
 }
 
@@ -110,6 +116,10 @@ export async function recoverStore(root: string): Promise<RecoverResult> {
 export async function installBundle(o: InstallOptions): Promise<InstallResult> {
   const root = o.store;
   const step = async (s: InstallStep, detail: string) => o.onStep?.(s, detail);
+  if (o.maxReleaseJump !== undefined && !(Number.isSafeInteger(o.maxReleaseJump) && o.maxReleaseJump >= 1)) {
+    const what = `maxReleaseJump ${o.maxReleaseJump}`;
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${what}: a whole number of releases, at least 1`);
+  }
   const unlock = await lockStore(root);
   try {
     const recovered = await recoverLocked(root);
@@ -117,11 +127,13 @@ export async function installBundle(o: InstallOptions): Promise<InstallResult> {
 
     const b = await openBundle(o.bundle, o.pubkey);
     const { modelSetId, release } = b.manifest;
-    await step('verified', `${modelSetId} release ${release}, signed by ${b.manifest.keyId}`);
+    const bound = await checkBinding(b.manifest, o.bundle, o);
+    await step('verified', `${modelSetId} release ${release}, signed by ${b.manifest.keyId}, ${bound}`);
     const floor = await readRelease(root);
     if (floor && release <= floor.release) {
       throw new SetokimError(ErrorCodes.ROLLBACK_REFUSED, `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) committed in ${root}; publish a bundle with a higher --release`);
     }
+    checkReleaseJump(release, floor?.release ?? null, o.maxReleaseJump, o.bundle);
     const store = new ModelStore(root);
     store.dirOf(modelSetId); // validates the id as a directory name
     const previous = await store.active();

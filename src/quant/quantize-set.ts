@@ -9,11 +9,11 @@
  * only then are the replaced builds removed. At every instant the manifest names whole files that
  * match it; a crash leaves at most unlisted files, which the next run removes.
  */
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Backend, Session, Tensor } from '../engine/backend.js';
 import { STAGES, type StageName } from '../engine/contract.js';
-import { fsyncDir, writeFileDurable } from '../engine/durable.js';
+import { fsyncDir, writeFileDurable, writeFileSynced } from '../engine/durable.js';
 import { manifestPath, parseManifest, serializeManifest, sha256Bytes, type Manifest, type Precision, type StageFile } from '../engine/manifest.js';
 import { openModelSet } from '../engine/modelset.js';
 import { OrtBackend } from '../engine/onnxruntime.js';
@@ -153,7 +153,7 @@ export async function quantizeModelSet(o: QuantizeSetOptions): Promise<StageResu
       const file = newBuildName(stage, o.precision, hash, listed);
       const final = path.join(set.dir, file);
       written.push({ file: final, stage, entry: { file, format: 'onnx', sha256: hash, bytes: bytes.length, precision: o.precision } });
-      await writeFile(final, bytes, { flush: true }); // on disk before any manifest names it
+      await writeFileSynced(final, bytes); // on disk before any manifest names it
 
       const worst = new Map<string, OutputError>();
       let fp32Ms = 0;

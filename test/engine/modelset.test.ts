@@ -49,3 +49,15 @@ t.test('a store holds versioned sets and switches the active one only to a verif
   t.equal(await store.active(), 'setokim-tiny-seed1');
   t.throws(() => store.dirOf('../escape'), { code: 'BAD_ARGUMENT' });
 });
+
+t.test("a set manifest or a store id naming the store's own files is refused", async (t) => {
+  const dir = t.testdir();
+  await synthesize({ config: 'tiny', seed: 1, out: dir });
+  const json = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8'));
+  for (const id of ['active', 'Active', 'x.tmp', 'X.TMP', '.fleet']) {
+    await writeFile(join(dir, 'manifest.json'), JSON.stringify({ ...json, id }));
+    t.equal(await codeOf(ModelSet.open(dir, { verify: false })), 'MODEL_INVALID', id);
+    t.throws(() => new ModelStore(dir).dirOf(id), { code: 'BAD_ARGUMENT' }, id);
+  }
+  t.equal(new ModelStore('/s').dirOf('active-1.tmp2'), '/s/active-1.tmp2', 'only the exact names are reserved');
+});

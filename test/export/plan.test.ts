@@ -19,7 +19,7 @@ t.test('parameter counts match the published model sizes', async (t) => {
   t.ok(near(p.published.siglipVisionTower, 428e6, 0.02), `SigLIP-SO400M vision tower ${p.published.siglipVisionTower}`);
   // Vicuna-7B v1.5 / LLaMA-2-7B: 6.74 B.
   t.ok(near(p.published.vicuna, 6.74e9, 0.02), `Vicuna-7B ${p.published.vicuna}`);
-  // The encoder stage stops before the post-LayerNorm and has no pooling head (SETOK.md): 15 M fewer.
+  // The encoder stage stops before the post-LayerNorm and has no pooling head (docs/SETOK.md): 15 M fewer.
   const enc = stage(p, 'encoder').params;
   t.ok(near(enc, 400e6, 0.05) && enc < p.published.siglipVisionTower - 15e6, `encoder stage ${enc}`);
   // embed + llm = Vicuna plus the 64 padded vocabulary rows (3 specials + alignment) in both tables.
@@ -38,7 +38,7 @@ t.test('the counts are those of the graphs synth builds (tiny, every stage)', as
 
 t.test('weight bytes per precision', async (t) => {
   const llmBytes = (p: ModelSetPlan) => stage(p, 'embed').bytes + stage(p, 'llm').bytes;
-  // SETOK.md: the 7B LLM is about 14 GB in FP16 and 3.9 GB in INT4 weights.
+  // docs/SETOK.md: the 7B LLM is about 14 GB in FP16 and 3.9 GB in INT4 weights.
   t.ok(near(llmBytes(plan('fp16')), 14e9, 0.05), `fp16 LLM ${llmBytes(plan('fp16'))}`);
   t.ok(near(llmBytes(plan('int4w')), 3.9e9, 0.05), `int4w LLM ${llmBytes(plan('int4w'))}`);
   t.ok(near(llmBytes(plan('int8')), 7.0e9, 0.05), `int8 LLM ${llmBytes(plan('int8'))}`);

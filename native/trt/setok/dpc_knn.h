@@ -1,4 +1,4 @@
-// DPC-KNN clustering on the CPU (SETOK.md "The clustering"), bit-identical to the TypeScript
+// DPC-KNN clustering on the CPU (docs/SETOK.md "The clustering"), bit-identical to the TypeScript
 // reference (src/setok/reference.ts defines the float32 order; gram_cpu.h follows it).
 // Thread safety: a DpcKnn holds scratch buffers, so one instance serves one thread at a time;
 // separate instances may run concurrently. Each call uses all cores internally.
