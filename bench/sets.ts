@@ -13,13 +13,21 @@ import { openModelSet } from '../src/engine/modelset.js';
 import { CONFIGS } from '../tools/export/configs.js';
 import { synthesize } from '../tools/export/synth.js';
 
-const checkout = createHash('sha256').update(path.resolve(import.meta.dirname, '..')).digest('hex').slice(0, 8);
+const checkout = createHash('sha256')
+  .update(path.resolve(import.meta.dirname, '..'))
+  .digest('hex')
+  .slice(0, 8);
 
 export async function benchSet(config: 'tiny' | 'small'): Promise<string> {
   const dir = path.join(tmpdir(), 'setokim-bench', `${config}-seed1-${checkout}`);
   const manifest = path.join(dir, 'manifest.json');
-  let current = existsSync(manifest) && isDeepStrictEqual(JSON.parse(readFileSync(manifest, 'utf8')).architecture, CONFIGS[config]);
-  if (current) current = await openModelSet(dir, { verify: false }).then(() => true, () => false);
+  let current =
+    existsSync(manifest) && isDeepStrictEqual(JSON.parse(readFileSync(manifest, 'utf8')).architecture, CONFIGS[config]);
+  if (current)
+    current = await openModelSet(dir, { verify: false }).then(
+      () => true,
+      () => false,
+    );
   if (!current) {
     process.stdout.write(`synthesising the ${config} set into ${dir} ...\n`);
     await synthesize({ config, seed: 1, out: dir });

@@ -22,27 +22,45 @@ import { ClusterStream, cluster } from '../src/setok/index.js';
 import { plantedFeatures, rng } from '../test/setok/helpers.js';
 import { benchSet } from './sets.js';
 
-const { values: args } = parseArgs({ options: { frames: { type: 'string', default: '24' }, configs: { type: 'string', default: 'tiny,small' } } });
+const { values: args } = parseArgs({
+  options: { frames: { type: 'string', default: '24' }, configs: { type: 'string', default: 'tiny,small' } },
+});
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))]!;
+const quantile = (xs: number[], q: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))]!;
 const f = (v: number, d = 2) => v.toFixed(d);
 
-console.log(`# stream benchmark: ${os.cpus().length} cores (${os.cpus()[0]?.model}), load ${os.loadavg()[0]!.toFixed(1)}, node ${process.version}`);
+console.log(
+  `# stream benchmark: ${os.cpus().length} cores (${os.cpus()[0]?.model}), ` +
+    `load ${os.loadavg()[0]!.toFixed(1)}, node ${process.version}`,
+);
 
 // 1. ClusterStream vs from scratch.
 {
-  const n = 729, C = 1152;
+  const n = 729,
+    C = 1152;
   const p = { n, dim: C, k: 64, threshold: 0.55, fallback: 64 };
   const frames = Number(args.frames);
-  console.log(`\n## ClusterStream vs clustering each frame from scratch, ${n} x ${C} (k 64), median of ${frames} frames, alternating`);
-  console.log('changed | rows changed | from scratch wall / cpu ms | stream wall / cpu ms | faster: wall (paired) / cpu | identical');
+  console.log(
+    `\n## ClusterStream vs clustering each frame from scratch, ${n} x ${C} (k 64), ` +
+      `median of ${frames} frames, alternating`,
+  );
+  console.log(
+    'changed | rows changed | from scratch wall / cpu ms | stream wall / cpu ms | ' +
+      'faster: wall (paired) / cpu | identical',
+  );
   for (const fraction of [0.01, 0.05, 0.1, 0.5]) {
     const r = rng(5);
     let x = plantedFeatures(27, 27, C, 5, 21, 0.5);
     const stream = new ClusterStream(p, { backend: 'native' });
     await stream.push(x);
     await cluster(x, p);
-    const sw: number[] = [], sc: number[] = [], fw: number[] = [], fc: number[] = [], paired: number[] = [], changed: number[] = [];
+    const sw: number[] = [],
+      sc: number[] = [],
+      fw: number[] = [],
+      fc: number[] = [],
+      paired: number[] = [],
+      changed: number[] = [];
     let same = true;
     for (let i = 0; i < frames; i++) {
       x = x.slice(); // a new frame (the previous one is the stream's until its push resolved)
@@ -66,11 +84,21 @@ console.log(`# stream benchmark: ${os.cpus().length} cores (${os.cpus()[0]?.mode
       fw.push(fWall);
       paired.push(fWall / sWall);
       changed.push(s.changedPatches);
-      same &&= full.labels.join() === s.labels.join() && full.centers.join() === s.centers.join() && Buffer.compare(Buffer.from(full.scores.buffer), Buffer.from(s.scores.buffer)) === 0;
+      same &&=
+        full.labels.join() === s.labels.join() &&
+        full.centers.join() === s.centers.join() &&
+        Buffer.compare(Buffer.from(full.scores.buffer), Buffer.from(s.scores.buffer)) === 0;
     }
     stream.close();
     console.log(
-      `${`${fraction * 100}%`.padStart(7)} | ${String(median(changed)).padStart(12)} | ${f(median(fw)).padStart(12)} / ${f(median(fc)).padStart(6)} | ${f(median(sw)).padStart(10)} / ${f(median(sc)).padStart(6)} | ${f(median(fw) / median(sw))}x (${f(median(paired))}x) / ${f(median(fc) / median(sc))}x | ${same}`,
+      [
+        `${fraction * 100}%`.padStart(7),
+        String(median(changed)).padStart(12),
+        `${f(median(fw)).padStart(12)} / ${f(median(fc)).padStart(6)}`,
+        `${f(median(sw)).padStart(10)} / ${f(median(sc)).padStart(6)}`,
+        `${f(median(fw) / median(sw))}x (${f(median(paired))}x) / ${f(median(fc) / median(sc))}x`,
+        same,
+      ].join(' | '),
     );
   }
 }
@@ -81,22 +109,60 @@ const ffmpeg = (a: string[]) => promisify(execFile)('ffmpeg', ['-hide_banner', '
 const everywhere = path.join(work, 'testsrc.mkv');
 const moving = path.join(work, 'moving.mkv');
 await ffmpeg(['-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=10', '-t', '12', '-c:v', 'ffv1', everywhere]);
-await ffmpeg(['-f', 'lavfi', '-i', 'color=c=0x405878:size=384x384:rate=10', '-f', 'lavfi', '-i', 'color=c=0xf0d020:size=64x64:rate=10',
-  '-filter_complex', "[0][1]overlay=x='20+30*t':y=150:shortest=1", '-t', '10', '-c:v', 'ffv1', moving]);
+await ffmpeg([
+  '-f',
+  'lavfi',
+  '-i',
+  'color=c=0x405878:size=384x384:rate=10',
+  '-f',
+  'lavfi',
+  '-i',
+  'color=c=0xf0d020:size=64x64:rate=10',
+  '-filter_complex',
+  "[0][1]overlay=x='20+30*t':y=150:shortest=1",
+  '-t',
+  '10',
+  '-c:v',
+  'ffv1',
+  moving,
+]);
 
-interface Run { frames: number; processed: number; seconds: number; stages: Record<string, number[]>; latency: number[] }
+/** A run's frame-to-event latency, median and 90th percentile. */
+const latency = (r: Run) => `${f(quantile(r.latency, 0.5), 0)} / ${f(quantile(r.latency, 0.9), 0)} ms`;
 
-async function session(models: string, file: string, o: { gate: number; frames: number; realtime?: boolean; fps?: number }): Promise<Run> {
+interface Run {
+  frames: number;
+  processed: number;
+  seconds: number;
+  stages: Record<string, number[]>;
+  latency: number[];
+}
+
+async function session(
+  models: string,
+  file: string,
+  o: { gate: number; frames: number; realtime?: boolean; fps?: number },
+): Promise<Run> {
   const pipeline = await createPipeline({ modelsDir: models, maxInFlight: 1, verify: false });
   try {
     const a = pipeline.models.arch;
-    const source = new FrameSource({ source: file, size: { width: a.image.size, height: a.image.size }, realtime: o.realtime ?? false, pad: meanColour(a), ...(o.fps ? { fps: o.fps } : {}) });
+    const source = new FrameSource({
+      source: file,
+      size: { width: a.image.size, height: a.image.size },
+      realtime: o.realtime ?? false,
+      pad: meanColour(a),
+      ...(o.fps ? { fps: o.fps } : {}),
+    });
     const stages: Record<string, number[]> = {};
     const latency: number[] = [];
     let seen = 0;
     const s = new StreamSession({ pipeline, source, gate: o.gate });
     // Per-stage times from FrameVision, through the session's frames.
-    const vision = (s as unknown as { vision: { process: (...x: unknown[]) => Promise<{ times: Record<string, number> } | undefined> } }).vision;
+    const vision = (
+      s as unknown as {
+        vision: { process: (...x: unknown[]) => Promise<{ times: Record<string, number> } | undefined> };
+      }
+    ).vision;
     const process = vision.process.bind(vision);
     vision.process = async (...x) => {
       const r = await process(...x);
@@ -115,7 +181,13 @@ async function session(models: string, file: string, o: { gate: number; frames: 
     });
     const end = await s.run();
     const seconds = (performance.now() - t0) / 1000;
-    return { frames: end.stats.delivered - 1, processed: end.stats.processed - 1, seconds, stages, latency: latency.slice(1) };
+    return {
+      frames: end.stats.delivered - 1,
+      processed: end.stats.processed - 1,
+      seconds,
+      stages,
+      latency: latency.slice(1),
+    };
   } finally {
     await pipeline.close();
   }
@@ -126,13 +198,31 @@ for (const config of args.configs!.split(',') as ('tiny' | 'small')[]) {
   const frames = config === 'small' ? 8 : 40;
   console.log(`\n## end to end on ${config} (ONNX Runtime CPU, one session per stage), median ms per processed frame`);
   console.log('video | frames | processed | frames/s | encoder | cluster | merger | latency frame -> event p50 / p90');
-  for (const [what, file, gate] of [['changes everywhere (testsrc, gate off)', everywhere, -1], ['one moving object (gate on)', moving, 2]] as const) {
+  for (const [what, file, gate] of [
+    ['changes everywhere (testsrc, gate off)', everywhere, -1],
+    ['one moving object (gate on)', moving, 2],
+  ] as const) {
     const r = await session(models, file, { gate, frames });
     const st = (k: string) => (r.stages[k]?.length ? f(median(r.stages[k]!), 1) : '-');
-    console.log(`${what} | ${r.frames} | ${r.processed} | ${f(r.frames / r.seconds, 1)} | ${st('encoder')} | ${st('cluster')} | ${st('merger')} | ${f(quantile(r.latency, 0.5), 0)} / ${f(quantile(r.latency, 0.9), 0)} ms`);
+    console.log(
+      [
+        what,
+        r.frames,
+        r.processed,
+        f(r.frames / r.seconds, 1),
+        st('encoder'),
+        st('cluster'),
+        st('merger'),
+        latency(r),
+      ].join(' | '),
+    );
   }
   // A live source at 5 fps: frames the pipeline cannot keep up with are dropped, latency stays bounded.
   const live = await session(models, moving, { gate: 2, frames: config === 'small' ? 6 : 20, realtime: true, fps: 5 });
-  console.log(`one moving object, read in real time at 5 fps | ${live.frames} | ${live.processed} | ${f(live.frames / live.seconds, 1)} | | | | ${f(quantile(live.latency, 0.5), 0)} / ${f(quantile(live.latency, 0.9), 0)} ms`);
+  console.log(
+    ['one moving object, read in real time at 5 fps', live.frames, live.processed, f(live.frames / live.seconds, 1)]
+      .concat(['', '', '', latency(live)])
+      .join(' | '),
+  );
 }
 await rm(work, { recursive: true, force: true });

@@ -12,7 +12,13 @@ import { fleetStreamStopTopic, replyTopicFor, streamTopics } from '../mqtt/topic
 import { EventChannel } from '../pipeline/channel.js';
 import { noDelay } from './agent.js';
 import type { QueryClientOptions } from './client.js';
-import { decodeStreamEvent, encodeStreamControl, encodeStreamStart, type StreamReply, type StreamStartInput } from './stream-codec.js';
+import {
+  decodeStreamEvent,
+  encodeStreamControl,
+  encodeStreamStart,
+  type StreamReply,
+  type StreamStartInput,
+} from './stream-codec.js';
 
 export interface StreamClientOptions extends QueryClientOptions {
   fleet: string;
@@ -82,7 +88,12 @@ export class StreamClient {
       const fail = (err: Error): void => {
         clearTimeout(timer);
         void client.endAsync(true);
-        reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot reach the broker ${o.url}: ${err.message}; check the URL and that the broker is running`));
+        reject(
+          new SetokimError(
+            ErrorCodes.BAD_ARGUMENT,
+            `cannot reach the broker ${o.url}: ${err.message}; check the URL and that the broker is running`,
+          ),
+        );
       };
       const timer = setTimeout(() => fail(new Error('no answer within 10 s')), 10_000);
       client.once('error', fail);
@@ -105,25 +116,40 @@ export class StreamClient {
 
   /** Starts a stream on a device; its events arrive on the handle. */
   async start(device: string, start: StreamStartInput): Promise<StreamHandle> {
-    if (this.open.has(start.id)) throw new SetokimError(ErrorCodes.DUPLICATE, `stream ${start.id} is open on this client already`);
+    if (this.open.has(start.id))
+      throw new SetokimError(ErrorCodes.DUPLICATE, `stream ${start.id} is open on this client already`);
     const channel = new EventChannel<StreamReply>();
     this.open.set(start.id, { device, channel, lastSeq: -1 });
     const v5 = this.client.options.protocolVersion === 5;
-    const payload = encodeStreamStart({ ...start, owner: this.clientId, ...(v5 ? {} : { replyTopic: this.replyTopic }) });
-    await this.client.publishAsync(streamTopics(this.fleet, device).start, Buffer.from(payload), { qos: 1, ...(v5 ? { properties: { responseTopic: this.replyTopic } } : {}) });
+    const payload = encodeStreamStart({
+      ...start,
+      owner: this.clientId,
+      ...(v5 ? {} : { replyTopic: this.replyTopic }),
+    });
+    await this.client.publishAsync(streamTopics(this.fleet, device).start, Buffer.from(payload), {
+      qos: 1,
+      ...(v5 ? { properties: { responseTopic: this.replyTopic } } : {}),
+    });
     return { id: start.id, events: channel, stop: () => this.stop(start.id) };
   }
 
   async stop(id: string): Promise<void> {
     const o = this.open.get(id);
     if (!o) return;
-    await this.client.publishAsync(streamTopics(this.fleet, o.device).stop, Buffer.from(encodeStreamControl({ id })), { qos: 1 });
+    await this.client.publishAsync(streamTopics(this.fleet, o.device).stop, Buffer.from(encodeStreamControl({ id })), {
+      qos: 1,
+    });
   }
 
   /** Renews one stream's lease now (done on a timer while it runs). */
   async renew(id: string): Promise<void> {
     const o = this.open.get(id);
-    if (o) await this.client.publishAsync(streamTopics(this.fleet, o.device).renew, Buffer.from(encodeStreamControl({ id })), { qos: 1 });
+    if (o)
+      await this.client.publishAsync(
+        streamTopics(this.fleet, o.device).renew,
+        Buffer.from(encodeStreamControl({ id })),
+        { qos: 1 },
+      );
   }
 
   /** Stops every open stream and disconnects (cleanly: no will). */

@@ -18,7 +18,13 @@ import type { Pipeline } from '../pipeline/types.js';
 import { BROKER_STOP_WAIT_MS, within, type Agent, type Logger } from './agent.js';
 import type { AgentConfig } from './config.js';
 import { replyAddress, type ReplyAddress } from './replies.js';
-import { decodeStreamControl, decodeStreamStart, encodeStreamEvent, type OutgoingStreamEvent, type WireStreamStart } from './stream-codec.js';
+import {
+  decodeStreamControl,
+  decodeStreamStart,
+  encodeStreamEvent,
+  type OutgoingStreamEvent,
+  type WireStreamStart,
+} from './stream-codec.js';
 
 /** How often leases are checked. */
 const LEASE_TICK_MS = 200;
@@ -36,9 +42,18 @@ class StreamReplies {
   send(e: OutgoingStreamEvent): void {
     if (this.ended) return;
     if (e.type === 'ended' || (e.type === 'error' && e.fatal && this.seq === 0)) this.ended = true;
-    const payload = encodeStreamEvent(e, { seq: this.seq++, device: this.device, ...(this.address.correlation ? { correlation: this.address.correlation } : {}) });
+    const payload = encodeStreamEvent(e, {
+      seq: this.seq++,
+      device: this.device,
+      ...(this.address.correlation ? { correlation: this.address.correlation } : {}),
+    });
     const properties = this.address.correlationData ? { correlationData: this.address.correlationData } : undefined;
-    this.client.publish(this.address.topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1, ...(properties ? { properties } : {}) }, () => undefined);
+    this.client.publish(
+      this.address.topic,
+      Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+      { qos: 1, ...(properties ? { properties } : {}) },
+      () => undefined,
+    );
   }
 }
 
@@ -74,10 +89,20 @@ class AgentStreams implements StreamService {
   private readonly cfg: AgentConfig['streams'];
   private closing = false;
   private readonly leaseTimer: NodeJS.Timeout;
-  private readonly onMessage = (topic: string, payload: Buffer, packet: IPublishPacket): void => this.route(topic, payload, packet);
-  private readonly onConnect = (): void => void this.subscribe().catch((err: Error) => this.log('warn', `stream topics: ${err.message}; the next reconnect tries again`));
+  private readonly onMessage = (topic: string, payload: Buffer, packet: IPublishPacket): void =>
+    this.route(topic, payload, packet);
+  private readonly onConnect = (): void =>
+    void this.subscribe().catch((err: Error) =>
+      this.log('warn', `stream topics: ${err.message}; the next reconnect tries again`),
+    );
   private readonly onSwitched = ({ to }: { to: string }): void => {
-    this.stopStreams({}, new SetokimError(ErrorCodes.BUSY, `device ${this.agent.config.device} switched to model set ${to}; start the stream again`));
+    this.stopStreams(
+      {},
+      new SetokimError(
+        ErrorCodes.BUSY,
+        `device ${this.agent.config.device} switched to model set ${to}; start the stream again`,
+      ),
+    );
   };
 
   constructor(
@@ -89,7 +114,10 @@ class AgentStreams implements StreamService {
     this.topics = streamTopics(agent.config.fleet, agent.config.device);
     this.leaseTimer = setInterval(() => this.expireLeases(), LEASE_TICK_MS);
     this.leaseTimer.unref();
-    agent.addStatusSource(() => ({ streams: this.closing ? 0 : this.streams.size, maxStreams: this.cfg.sources.length ? this.cfg.max : 0 }));
+    agent.addStatusSource(() => ({
+      streams: this.closing ? 0 : this.streams.size,
+      maxStreams: this.cfg.sources.length ? this.cfg.max : 0,
+    }));
   }
 
   get running(): number {
@@ -119,12 +147,22 @@ class AgentStreams implements StreamService {
     const t = this.topics;
     const topics = [t.start, t.stop, t.renew, t.fleetStop];
     return new Promise((resolve, reject) => {
-      this.client.subscribe(Object.fromEntries(topics.map((x) => [x, { qos: 1 as const }])), (err, _granted, packet) => {
-        const refused = refusedSubscriptions(topics, (packet as { granted?: unknown[] } | undefined)?.granted);
-        if (refused.length) reject(new SetokimError(ErrorCodes.BROKER_REFUSED, `the broker refused the subscription to ${refused.join(', ')}; allow this client to subscribe to it in the broker's ACL`));
-        else if (err) reject(err);
-        else resolve();
-      });
+      this.client.subscribe(
+        Object.fromEntries(topics.map((x) => [x, { qos: 1 as const }])),
+        (err, _granted, packet) => {
+          const refused = refusedSubscriptions(topics, (packet as { granted?: unknown[] } | undefined)?.granted);
+          if (refused.length)
+            reject(
+              new SetokimError(
+                ErrorCodes.BROKER_REFUSED,
+                `the broker refused the subscription to ${refused.join(', ')}; ` +
+                  "allow this client to subscribe to it in the broker's ACL",
+              ),
+            );
+          else if (err) reject(err);
+          else resolve();
+        },
+      );
     });
   }
 
@@ -135,8 +173,14 @@ class AgentStreams implements StreamService {
     try {
       const c = decodeStreamControl(payload);
       if (topic === t.renew) return this.renew(c.id);
-      const n = this.stopStreams(c.id ? { id: c.id } : { owner: c.owner }, c.id ? undefined : new SetokimError(ErrorCodes.CANCELLED, `the client ${c.owner} is gone (its Last Will arrived)`));
-      if (n) this.log('info', `stopped ${n} stream${n > 1 ? 's' : ''} (${c.id ? `stream ${c.id}` : `owner ${c.owner}`})`);
+      const n = this.stopStreams(
+        c.id ? { id: c.id } : { owner: c.owner },
+        c.id
+          ? undefined
+          : new SetokimError(ErrorCodes.CANCELLED, `the client ${c.owner} is gone (its Last Will arrived)`),
+      );
+      if (n)
+        this.log('info', `stopped ${n} stream${n > 1 ? 's' : ''} (${c.id ? `stream ${c.id}` : `owner ${c.owner}`})`);
     } catch (err) {
       this.agent.metrics.errors.inc({ code: errorCode(err) });
       this.log('warn', `ignored a message on ${topic}: ${(err as Error).message}`);
@@ -150,8 +194,18 @@ class AgentStreams implements StreamService {
 
   private onStart(payload: Buffer, packet: IPublishPacket): void {
     const decoded = decodeStreamStart(payload);
-    const salvage = decoded.ok ? { id: decoded.start.id, replyTopic: decoded.start.replyTopic, correlation: decoded.start.correlation.length ? decoded.start.correlation : undefined } : decoded.salvage;
-    const address = replyAddress(packet, { id: salvage.id, ...(salvage.replyTopic ? { replyTopic: salvage.replyTopic } : {}), ...(salvage.correlation ? { correlation: salvage.correlation } : {}) });
+    const salvage = decoded.ok
+      ? {
+          id: decoded.start.id,
+          replyTopic: decoded.start.replyTopic,
+          correlation: decoded.start.correlation.length ? decoded.start.correlation : undefined,
+        }
+      : decoded.salvage;
+    const address = replyAddress(packet, {
+      id: salvage.id,
+      ...(salvage.replyTopic ? { replyTopic: salvage.replyTopic } : {}),
+      ...(salvage.correlation ? { correlation: salvage.correlation } : {}),
+    });
     if (!address) {
       this.agent.metrics.unaddressable.inc();
       this.log('warn', `dropped a stream start with no reply address (MQTT 5 Response Topic or reply_topic)`);
@@ -174,16 +228,33 @@ class AgentStreams implements StreamService {
   /** Checks a start against the allow-list and the limits, then runs it; throws a coded error. */
   private open(req: WireStreamStart, replies: StreamReplies): void {
     const device = this.agent.config.device;
-    if (this.closing) throw new SetokimError(ErrorCodes.BUSY, `device ${device} is shutting down; start the stream on another device`);
-    if (!this.cfg.sources.length) throw new SetokimError(ErrorCodes.STREAM_REFUSED, `device ${device} takes no streams: its operator has allowed no sources (streams.sources, --stream-source name=source)`);
+    if (this.closing)
+      throw new SetokimError(ErrorCodes.BUSY, `device ${device} is shutting down; start the stream on another device`);
+    if (!this.cfg.sources.length)
+      throw new SetokimError(
+        ErrorCodes.STREAM_REFUSED,
+        `device ${device} takes no streams: its operator has allowed no sources ` +
+          '(streams.sources, --stream-source name=source)',
+      );
     const entry = this.cfg.sources.find((s) => s.name === req.source);
     if (!entry) {
-      throw new SetokimError(ErrorCodes.STREAM_REFUSED, `source "${req.source.slice(0, 64)}" is not on device ${device}'s allow-list; use one of: ${this.cfg.sources.map((s) => s.name).join(', ')}`);
+      throw new SetokimError(
+        ErrorCodes.STREAM_REFUSED,
+        `source "${req.source.slice(0, 64)}" is not on device ${device}'s allow-list; ` +
+          `use one of: ${this.cfg.sources.map((s) => s.name).join(', ')}`,
+      );
     }
-    if (this.streams.has(req.id)) throw new SetokimError(ErrorCodes.DUPLICATE, `stream ${req.id} is running already; stop it or use another id`);
-    if (this.streams.size >= this.cfg.max) throw new SetokimError(ErrorCodes.BUSY, `device ${device} runs ${this.streams.size} of its ${this.cfg.max} streams (streams.max); stop one or try another device`);
+    if (this.streams.has(req.id))
+      throw new SetokimError(ErrorCodes.DUPLICATE, `stream ${req.id} is running already; stop it or use another id`);
+    if (this.streams.size >= this.cfg.max)
+      throw new SetokimError(
+        ErrorCodes.BUSY,
+        `device ${device} runs ${this.streams.size} of its ${this.cfg.max} streams (streams.max); ` +
+          'stop one or try another device',
+      );
     const pipeline = this.agent.pipeline;
-    if (!streamable(pipeline)) throw new SetokimError(ErrorCodes.STREAM_REFUSED, `device ${device}'s pipeline cannot tokenize video frames`);
+    if (!streamable(pipeline))
+      throw new SetokimError(ErrorCodes.STREAM_REFUSED, `device ${device}'s pipeline cannot tokenize video frames`);
     const a = pipeline.models.arch;
     const source = new FrameSource({
       source: entry.source,
@@ -200,30 +271,54 @@ class AgentStreams implements StreamService {
       ...(req.prompt ? { prompt: req.prompt } : {}),
       ...(req.everyS ? { everyMs: req.everyS * 1000 } : {}),
       ...(req.maskEveryS ? { maskEveryMs: req.maskEveryS * 1000 } : {}),
-      ...(req.generation ? { generation: { ...req.generation, stop: req.generation.stop.length ? req.generation.stop : undefined } } : {}),
+      ...(req.generation
+        ? { generation: { ...req.generation, stop: req.generation.stop.length ? req.generation.stop : undefined } }
+        : {}),
     });
     const leaseMs = req.leaseMs > 0 ? Math.min(req.leaseMs, this.cfg.leaseMs) : this.cfg.leaseMs;
-    const s: RunningStream = { id: req.id, owner: req.owner, source: entry.name, session, replies, leaseMs, leaseUntil: Date.now() + leaseMs, done: Promise.resolve() };
+    const s: RunningStream = {
+      id: req.id,
+      owner: req.owner,
+      source: entry.name,
+      session,
+      replies,
+      leaseMs,
+      leaseUntil: Date.now() + leaseMs,
+      done: Promise.resolve(),
+    };
     session.on('event', (e) => {
       if (e.type === 'started') replies.send({ ...e, source: entry.name, leaseMs });
       else replies.send(e);
     });
     this.streams.set(req.id, s);
-    this.log('info', `stream ${req.id} started on ${entry.name}${req.owner ? ` for ${req.owner}` : ''} (${this.streams.size} of ${this.cfg.max})`);
+    this.log(
+      'info',
+      `stream ${req.id} started on ${entry.name}${req.owner ? ` for ${req.owner}` : ''} ` +
+        `(${this.streams.size} of ${this.cfg.max})`,
+    );
     void this.agent.refreshStatus();
-    s.done = session.run().then(
-      (end) => this.log('info', `stream ${req.id} ended: ${end.reason} (${end.stats.received} frames, ${end.stats.dropped} dropped, ${end.stats.answers} answers)`),
-      (err: Error) => this.log('error', `stream ${req.id} failed: ${err.message}`),
-    ).finally(() => {
-      this.streams.delete(req.id);
-      void this.agent.refreshStatus();
-    });
+    s.done = session
+      .run()
+      .then(
+        (end) =>
+          this.log(
+            'info',
+            `stream ${req.id} ended: ${end.reason} (${end.stats.received} frames, ` +
+              `${end.stats.dropped} dropped, ${end.stats.answers} answers)`,
+          ),
+        (err: Error) => this.log('error', `stream ${req.id} failed: ${err.message}`),
+      )
+      .finally(() => {
+        this.streams.delete(req.id);
+        void this.agent.refreshStatus();
+      });
   }
 
   stopStreams(match: { id?: string; owner?: string }, why?: SetokimError): number {
     let n = 0;
     for (const s of this.streams.values()) {
-      if ((match.id !== undefined && s.id !== match.id) || (match.owner !== undefined && s.owner !== match.owner)) continue;
+      if ((match.id !== undefined && s.id !== match.id) || (match.owner !== undefined && s.owner !== match.owner))
+        continue;
       if (why) s.replies.send({ type: 'error', id: s.id, code: why.code, message: why.message, fatal: true });
       s.session.stop();
       n++;
@@ -237,7 +332,13 @@ class AgentStreams implements StreamService {
       if (now <= s.leaseUntil) continue;
       s.leaseUntil = Infinity; // stopped once
       this.log('info', `stream ${s.id}: its lease ran out (no renew within ${s.leaseMs} ms); stopping it`);
-      this.stopStreams({ id: s.id }, new SetokimError(ErrorCodes.EXPIRED, `stream ${s.id} was not renewed within ${s.leaseMs} ms (the client is gone?); it is stopped`));
+      this.stopStreams(
+        { id: s.id },
+        new SetokimError(
+          ErrorCodes.EXPIRED,
+          `stream ${s.id} was not renewed within ${s.leaseMs} ms (the client is gone?); it is stopped`,
+        ),
+      );
     }
   }
 
@@ -246,7 +347,8 @@ class AgentStreams implements StreamService {
     this.closing = true;
     this.detach();
     const t = this.topics;
-    if (this.client.connected) await within(this.client.unsubscribeAsync([t.start, t.stop, t.renew, t.fleetStop]), BROKER_STOP_WAIT_MS);
+    if (this.client.connected)
+      await within(this.client.unsubscribeAsync([t.start, t.stop, t.renew, t.fleetStop]), BROKER_STOP_WAIT_MS);
     const ends = [...this.streams.values()].map((s) => s.done);
     this.stopStreams({}, new SetokimError(ErrorCodes.CANCELLED, `device ${this.agent.config.device} is shutting down`));
     await Promise.all(ends);
@@ -260,6 +362,12 @@ export async function startStreams(agent: Agent, o: { log: Logger }): Promise<St
   const service = new AgentStreams(agent, client, o.log);
   await service.attach();
   const { sources, max } = agent.config.streams;
-  o.log('info', sources.length ? `taking streams on ${streamTopics(agent.config.fleet, agent.config.device).start} from ${sources.map((s) => s.name).join(', ')} (at most ${max})` : 'streams are off (no streams.sources)');
+  o.log(
+    'info',
+    sources.length
+      ? `taking streams on ${streamTopics(agent.config.fleet, agent.config.device).start} ` +
+          `from ${sources.map((s) => s.name).join(', ')} (at most ${max})`
+      : 'streams are off (no streams.sources)',
+  );
   return service;
 }

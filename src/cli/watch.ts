@@ -16,28 +16,118 @@ import { DEFAULT_GATE, StreamSession, checkFrameSize, meanColour, type StreamEve
 import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
 
 const watchSettings = group({
-  models: setting({ schema: z.string().min(1), required: true, flag: '--models <dir>', env: 'SETOKIM_MODELS', help: 'model set directory' }),
-  source: setting({ schema: z.string().min(1), required: true, flag: '--source <src>', help: 'a video file, a camera (/dev/video0, csi://0), a stream URL (rtsp://, http://) or test://ball' }),
-  prompt: setting({ schema: z.string().min(1), flag: '--prompt <text>', help: 'standing prompt, answered on the first frame and when the scene changes' }),
-  every: setting({ schema: z.number().positive(), flag: '--every <s>', read: 'number', help: 'also answer every S seconds' }),
-  change: setting({ schema: z.number().min(0).max(1), default: 0.25, flag: '--change <f>', read: 'number', help: 'fraction of patches with another token id that counts as a scene change' }),
-  fps: setting({ schema: z.number().positive().max(240), flag: '--fps <n>', read: 'number', help: 'frames per second taken from the source (rate-limited by the media tool)' }),
-  size: setting({ schema: FrameSizeSchema, flag: '--size <WxH>', help: "frame size delivered by the source (default: the encoder's input, letterboxed by the tool)" }),
-  tool: setting({ schema: z.enum(MEDIA_TOOLS), flag: '--tool <tool>', help: 'ffmpeg or gstreamer (default: gstreamer for csi://, else ffmpeg)' }),
-  realtime: setting({ schema: z.boolean(), default: true, flag: '--no-realtime', help: 'read a file as fast as the pipeline takes it (every frame, none dropped) instead of at its own rate' }),
-  gate: setting({ schema: z.number(), default: DEFAULT_GATE, flag: '--gate <levels>', read: 'number', help: 'a patch whose pixels changed by at most this (mean, 0-255) keeps its features; < 0: off' }),
-  out: setting({ schema: z.string().min(1), default: 'watch.tokens.png', flag: '--out <png>', help: 'the latest token-mask picture' }),
-  maskEvery: setting({ schema: z.number().min(0), default: 1, flag: '--mask-every <s>', read: 'number', help: 'write the token-mask picture at most every S seconds' }),
-  json: setting({ schema: z.boolean(), default: false, flag: '--json', help: 'one JSON event per line (token events with their ids)' }),
-  maxTokens: setting({ schema: z.number().int().positive(), flag: '--max-tokens <n>', read: 'number', help: 'new tokens per answer at most' }),
-  backend: setting({ schema: z.string().min(1), flag: '--backend <name>', help: 'only this backend (onnxruntime-cpu, tensorrt)' }),
-  threads: setting({ schema: z.number().int().positive(), flag: '--threads <n>', read: 'number', help: 'CPU threads per stage session' }),
-  verify: setting({ schema: z.boolean(), default: true, flag: '--no-verify', help: 'skip the sha256 check of the model files' }),
+  models: setting({
+    schema: z.string().min(1),
+    required: true,
+    flag: '--models <dir>',
+    env: 'SETOKIM_MODELS',
+    help: 'model set directory',
+  }),
+  source: setting({
+    schema: z.string().min(1),
+    required: true,
+    flag: '--source <src>',
+    help: 'a video file, a camera (/dev/video0, csi://0), a stream URL (rtsp://, http://) or test://ball',
+  }),
+  prompt: setting({
+    schema: z.string().min(1),
+    flag: '--prompt <text>',
+    help: 'standing prompt, answered on the first frame and when the scene changes',
+  }),
+  every: setting({
+    schema: z.number().positive(),
+    flag: '--every <s>',
+    read: 'number',
+    help: 'also answer every S seconds',
+  }),
+  change: setting({
+    schema: z.number().min(0).max(1),
+    default: 0.25,
+    flag: '--change <f>',
+    read: 'number',
+    help: 'fraction of patches with another token id that counts as a scene change',
+  }),
+  fps: setting({
+    schema: z.number().positive().max(240),
+    flag: '--fps <n>',
+    read: 'number',
+    help: 'frames per second taken from the source (rate-limited by the media tool)',
+  }),
+  size: setting({
+    schema: FrameSizeSchema,
+    flag: '--size <WxH>',
+    help: "frame size delivered by the source (default: the encoder's input, letterboxed by the tool)",
+  }),
+  tool: setting({
+    schema: z.enum(MEDIA_TOOLS),
+    flag: '--tool <tool>',
+    help: 'ffmpeg or gstreamer (default: gstreamer for csi://, else ffmpeg)',
+  }),
+  realtime: setting({
+    schema: z.boolean(),
+    default: true,
+    flag: '--no-realtime',
+    help: 'read a file as fast as the pipeline takes it (every frame, none dropped) instead of at its own rate',
+  }),
+  gate: setting({
+    schema: z.number(),
+    default: DEFAULT_GATE,
+    flag: '--gate <levels>',
+    read: 'number',
+    help: 'a patch whose pixels changed by at most this (mean, 0-255) keeps its features; < 0: off',
+  }),
+  out: setting({
+    schema: z.string().min(1),
+    default: 'watch.tokens.png',
+    flag: '--out <png>',
+    help: 'the latest token-mask picture',
+  }),
+  maskEvery: setting({
+    schema: z.number().min(0),
+    default: 1,
+    flag: '--mask-every <s>',
+    read: 'number',
+    help: 'write the token-mask picture at most every S seconds',
+  }),
+  json: setting({
+    schema: z.boolean(),
+    default: false,
+    flag: '--json',
+    help: 'one JSON event per line (token events with their ids)',
+  }),
+  maxTokens: setting({
+    schema: z.number().int().positive(),
+    flag: '--max-tokens <n>',
+    read: 'number',
+    help: 'new tokens per answer at most',
+  }),
+  backend: setting({
+    schema: z.string().min(1),
+    flag: '--backend <name>',
+    help: 'only this backend (onnxruntime-cpu, tensorrt)',
+  }),
+  threads: setting({
+    schema: z.number().int().positive(),
+    flag: '--threads <n>',
+    read: 'number',
+    help: 'CPU threads per stage session',
+  }),
+  verify: setting({
+    schema: z.boolean(),
+    default: true,
+    flag: '--no-verify',
+    help: 'skip the sha256 check of the model files',
+  }),
 });
 type WatchOpts = OutputOf<typeof watchSettings>;
 
 export function registerWatch(program: Command): void {
-  const cmd = program.command('watch').description('watch a camera, stream or video file: token changes as they happen, a standing prompt answered on scene changes (docs/STREAMS.md)');
+  const cmd = program
+    .command('watch')
+    .description(
+      'watch a camera, stream or video file: token changes as they happen, ' +
+        'a standing prompt answered on scene changes (docs/STREAMS.md)',
+    );
   registerFlags(cmd, watchSettings).action(async (raw: Record<string, unknown>) => {
     await watch(parseCommandSettings(watchSettings, raw, 'watch'));
   });
@@ -73,7 +163,13 @@ async function watch(o: WatchOpts): Promise<void> {
     throw err;
   }
   const out = path.resolve(o.out);
-  const pipeline = await createPipeline({ modelsDir: o.models, backend: o.backend, threads: o.threads, maxInFlight: 2, verify: o.verify }).catch(async (err: unknown) => {
+  const pipeline = await createPipeline({
+    modelsDir: o.models,
+    backend: o.backend,
+    threads: o.threads,
+    maxInFlight: 2,
+    verify: o.verify,
+  }).catch(async (err: unknown) => {
     await source.stop();
     throw err;
   });
@@ -133,15 +229,22 @@ class WatchPrinter {
     if (e.type === 'error' && e.fatal) this.fatal = e;
     if (this.json) {
       const line = JSON.stringify(e, (_k, v) => (v instanceof Uint8Array ? undefined : v));
-      process.stdout.write((wrotePicture ? line.replace(/}$/, `,"file":${JSON.stringify(this.picture)}}`) : line) + '\n');
+      process.stdout.write(
+        (wrotePicture ? line.replace(/}$/, `,"file":${JSON.stringify(this.picture)}}`) : line) + '\n',
+      );
       return;
     }
     switch (e.type) {
       case 'started':
         return this.err(`[watching ${e.source} through ${e.tool}, ${e.width}x${e.height} frames]`);
       case 'tokens': {
-        const where = e.region ? ` in rows ${e.region.row0}-${e.region.row1}, columns ${e.region.col0}-${e.region.col1}` : '';
-        return this.err(`[frame ${e.frame}: ${e.count} tokens (+${e.added.length} -${e.removed.length}), ${e.relabelled} patches relabelled${where}, ${e.latencyMs.toFixed(0)} ms]`);
+        const where = e.region
+          ? ` in rows ${e.region.row0}-${e.region.row1}, columns ${e.region.col0}-${e.region.col1}`
+          : '';
+        return this.err(
+          `[frame ${e.frame}: ${e.count} tokens (+${e.added.length} -${e.removed.length}), ` +
+            `${e.relabelled} patches relabelled${where}, ${e.latencyMs.toFixed(0)} ms]`,
+        );
       }
       case 'text':
         if (!this.answerOpen) process.stdout.write(`[answer ${e.answer}] `);
@@ -156,7 +259,11 @@ class WatchPrinter {
         return this.err(`[${e.fatal ? 'error' : 'warning'} ${e.code}: ${e.message}]`);
       case 'ended': {
         const s = e.stats;
-        this.err(`[${e.reason}: ${s.received} frames (${s.processed} processed, ${s.unchanged} unchanged, ${s.dropped} dropped, ${s.failed} failed), ${s.restarts} restarts, ${s.answers} answers${wrotePicture ? `; wrote ${this.picture}` : ''}]`);
+        this.err(
+          `[${e.reason}: ${s.received} frames (${s.processed} processed, ${s.unchanged} unchanged, ` +
+            `${s.dropped} dropped, ${s.failed} failed), ${s.restarts} restarts, ${s.answers} answers` +
+            `${wrotePicture ? `; wrote ${this.picture}` : ''}]`,
+        );
       }
     }
   }

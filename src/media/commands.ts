@@ -32,7 +32,14 @@ export interface MediaCommand {
   args: string[];
 }
 
-const hex = (pad: readonly [number, number, number]) => `0x${pad.map((c) => Math.max(0, Math.min(255, Math.round(c))).toString(16).padStart(2, '0')).join('')}`;
+const hex = (pad: readonly [number, number, number]) =>
+  `0x${pad
+    .map((c) =>
+      Math.max(0, Math.min(255, Math.round(c)))
+        .toString(16)
+        .padStart(2, '0'),
+    )
+    .join('')}`;
 
 /** ffmpeg's frame rate filter argument: integer rates as such, others as a fraction of 1000. */
 function rate(fps: number): string {
@@ -79,7 +86,25 @@ export function ffmpegCommand(spec: SourceSpec, o: CommandOptions): MediaCommand
   ];
   return {
     tool: 'ffmpeg',
-    args: ['-hide_banner', '-loglevel', 'error', '-nostdin', ...input, '-map', '0:v:0', '-an', '-sn', '-dn', '-vf', filters.join(','), '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1'],
+    args: [
+      '-hide_banner',
+      '-loglevel',
+      'error',
+      '-nostdin',
+      ...input,
+      '-map',
+      '0:v:0',
+      '-an',
+      '-sn',
+      '-dn',
+      '-vf',
+      filters.join(','),
+      '-f',
+      'rawvideo',
+      '-pix_fmt',
+      'rgb24',
+      'pipe:1',
+    ],
   };
 }
 
@@ -98,7 +123,10 @@ export function fitInside(capture: FrameSize, frame: FrameSize): FrameSize {
   const scale = Math.min(frame.width / capture.width, frame.height / capture.height);
   // Even sides: nvvidconv and most converters want them.
   const even = (v: number) => Math.max(2, 2 * Math.round(v / 2));
-  return { width: Math.min(frame.width, even(capture.width * scale)), height: Math.min(frame.height, even(capture.height * scale)) };
+  return {
+    width: Math.min(frame.width, even(capture.width * scale)),
+    height: Math.min(frame.height, even(capture.height * scale)),
+  };
 }
 
 /** The frame size a GStreamer pipeline for `spec` delivers (a Jetson CSI camera keeps its aspect). */
@@ -122,15 +150,18 @@ export function gstCommand(spec: SourceSpec, o: CommandOptions): MediaCommand {
       // Argus delivers NV12 in NVMM memory; nvvidconv scales it and converts to BGRx in hardware.
       return {
         tool: 'gst-launch-1.0',
-        args: ['-q', ...chain(
-          ['nvarguscamerasrc', `sensor-id=${spec.sensor}`],
-          [`video/x-raw(memory:NVMM),width=${cap.width},height=${cap.height},framerate=${capFps}`],
-          ['nvvidconv'],
-          [`video/x-raw,format=BGRx,width=${out.width},height=${out.height}`],
-          ['videoconvert'],
-          [rgb],
-          sink,
-        )],
+        args: [
+          '-q',
+          ...chain(
+            ['nvarguscamerasrc', `sensor-id=${spec.sensor}`],
+            [`video/x-raw(memory:NVMM),width=${cap.width},height=${cap.height},framerate=${capFps}`],
+            ['nvvidconv'],
+            [`video/x-raw,format=BGRx,width=${out.width},height=${out.height}`],
+            ['videoconvert'],
+            [rgb],
+            sink,
+          ),
+        ],
       };
     }
     case 'v4l2':
@@ -141,7 +172,9 @@ export function gstCommand(spec: SourceSpec, o: CommandOptions): MediaCommand {
       source = [['filesrc', `location=${spec.path}`], ['decodebin']];
       break;
     case 'url':
-      source = spec.protocol.startsWith('rtsp') ? [['rtspsrc', `location=${spec.url}`, 'latency=100'], ['decodebin']] : [['uridecodebin', `uri=${spec.url}`]];
+      source = spec.protocol.startsWith('rtsp')
+        ? [['rtspsrc', `location=${spec.url}`, 'latency=100'], ['decodebin']]
+        : [['uridecodebin', `uri=${spec.url}`]];
       break;
     case 'test':
       source = [['videotestsrc', `pattern=${TEST_PATTERNS[spec.pattern].gst}`, ...(realtime ? ['is-live=true'] : [])]];
@@ -151,11 +184,34 @@ export function gstCommand(spec: SourceSpec, o: CommandOptions): MediaCommand {
     // Into NVMM and out again: the second nvvidconv scales and converts on the VIC engine.
     return {
       tool: 'gst-launch-1.0',
-      args: ['-q', ...chain(...source, ...limit, ['nvvidconv'], ['video/x-raw(memory:NVMM)'], ['nvvidconv'], [`video/x-raw,format=BGRx,width=${out.width},height=${out.height}`], ['videoconvert'], [rgb], sink)],
+      args: [
+        '-q',
+        ...chain(
+          ...source,
+          ...limit,
+          ['nvvidconv'],
+          ['video/x-raw(memory:NVMM)'],
+          ['nvvidconv'],
+          [`video/x-raw,format=BGRx,width=${out.width},height=${out.height}`],
+          ['videoconvert'],
+          [rgb],
+          sink,
+        ),
+      ],
     };
   }
   return {
     tool: 'gst-launch-1.0',
-    args: ['-q', ...chain(...source, ...limit, ['videoconvert'], ['videoscale', 'add-borders=true'], [`${rgb},pixel-aspect-ratio=1/1`], sink)],
+    args: [
+      '-q',
+      ...chain(
+        ...source,
+        ...limit,
+        ['videoconvert'],
+        ['videoscale', 'add-borders=true'],
+        [`${rgb},pixel-aspect-ratio=1/1`],
+        sink,
+      ),
+    ],
   };
 }

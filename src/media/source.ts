@@ -15,7 +15,15 @@ import { existsSync } from 'node:fs';
 import { ErrorCodes, SetokimError, type ErrorCode } from '../errors.js';
 import { ffmpegCommand, gstCommand, gstFrameSize, type CommandOptions, type MediaCommand } from './commands.js';
 import { FrameAssembler, FramePool, type Frame } from './frames.js';
-import { defaultTool, describeSource, isLive, parseSource, type FrameSize, type MediaTool, type SourceSpec } from './spec.js';
+import {
+  defaultTool,
+  describeSource,
+  isLive,
+  parseSource,
+  type FrameSize,
+  type MediaTool,
+  type SourceSpec,
+} from './spec.js';
 
 export interface RestartPolicy {
   /** Failures in a row without a frame before the source is given up (SOURCE_LOST). */
@@ -62,16 +70,39 @@ export function isJetson(): boolean {
 
 const STDERR_KEEP = 4096;
 
+/** The Debian packages that provide each tool (for the message when one is missing). */
+const PACKAGES: Record<MediaCommand['tool'], string> = {
+  ffmpeg: 'ffmpeg',
+  'gst-launch-1.0': 'gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good',
+};
+
 /** What a tool's error output means, as one coded error that names the source. */
 export function classifyFailure(tool: string, stderr: string, source: string, exit: string): SetokimError {
-  const said = stderr.trim().split('\n').filter(Boolean).slice(-3).join(' | ') || `${tool} exited (${exit}) without a message`;
+  const said =
+    stderr.trim().split('\n').filter(Boolean).slice(-3).join(' | ') || `${tool} exited (${exit}) without a message`;
   const has = (re: RegExp) => re.test(stderr);
   let code: ErrorCode = ErrorCodes.SOURCE_UNAVAILABLE;
   let hint = 'check the path, the URL, the network or the camera';
   if (has(/no element "([^"]+)"|No such element or plugin/i)) {
     code = ErrorCodes.MEDIA_TOOL_MISSING;
     hint = 'install the GStreamer plugin that provides it (on a Jetson: the L4T multimedia packages)';
-  } else if (has(/Invalid data found when processing input|does not contain any stream|matches no streams|moov atom not found|Could not determine type of stream|not a video|no video stream|Could not find codec parameters/i)) {
+  } else if (
+    has(
+      new RegExp(
+        [
+          'Invalid data found when processing input',
+          'does not contain any stream',
+          'matches no streams',
+          'moov atom not found',
+          'Could not determine type of stream',
+          'not a video',
+          'no video stream',
+          'Could not find codec parameters',
+        ].join('|'),
+        'i',
+      ),
+    )
+  ) {
     code = ErrorCodes.SOURCE_NOT_VIDEO;
     hint = 'give a video file or stream (a container with a video track)';
   }
@@ -113,7 +144,11 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
     this.spec = typeof o.source === 'string' ? parseSource(o.source) : o.source;
     this.tool = o.tool ?? defaultTool(this.spec);
     if (this.tool === 'ffmpeg' && this.spec.kind === 'csi') {
-      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, 'csi:// cameras are read through GStreamer (nvarguscamerasrc); leave the tool to its default or choose gstreamer');
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        'csi:// cameras are read through GStreamer (nvarguscamerasrc); ' +
+          'leave the tool to its default or choose gstreamer',
+      );
     }
     this.frameSize = this.tool === 'gstreamer' ? gstFrameSize(this.spec, o) : o.size;
     this.description = describeSource(this.spec);
@@ -148,7 +183,10 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
 
   /** The command line of the next run. */
   command(): MediaCommand {
-    const startAt = this.spec.kind === 'file' && this.o.fps && this.counts.received > 0 ? this.counts.received / this.o.fps : undefined;
+    const startAt =
+      this.spec.kind === 'file' && this.o.fps && this.counts.received > 0
+        ? this.counts.received / this.o.fps
+        : undefined;
     const o: CommandOptions = { ...this.o, jetson: this.o.jetson ?? isJetson(), ...(startAt ? { startAt } : {}) };
     return this.tool === 'gstreamer' ? gstCommand(this.spec, o) : ffmpegCommand(this.spec, o);
   }
@@ -175,7 +213,10 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
     }
     if (this.failure) return Promise.reject(this.failure);
     if (this.ended || this.stopping) return Promise.resolve(undefined);
-    if (this.waiter) return Promise.reject(new SetokimError(ErrorCodes.INTERNAL, 'FrameSource.next() called again before the previous call resolved'));
+    if (this.waiter)
+      return Promise.reject(
+        new SetokimError(ErrorCodes.INTERNAL, 'FrameSource.next() called again before the previous call resolved'),
+      );
     return new Promise((resolve, reject) => {
       this.waiter = (frame) => {
         this.waiter = undefined;
@@ -229,7 +270,9 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
       this.fail(
         new SetokimError(
           missing ? ErrorCodes.MEDIA_TOOL_MISSING : ErrorCodes.SOURCE_UNAVAILABLE,
-          missing ? `${cmd.tool} is not installed; install it (Debian: apt-get install ${cmd.tool === 'ffmpeg' ? 'ffmpeg' : 'gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good'})` : `cannot start ${cmd.tool}: ${err.message}`,
+          missing
+            ? `${cmd.tool} is not installed; install it (Debian: apt-get install ${PACKAGES[cmd.tool]})`
+            : `cannot start ${cmd.tool}: ${err.message}`,
         ),
       );
       resolveExit();
@@ -286,9 +329,16 @@ export class FrameSource extends EventEmitter<{ event: [SourceEvent] }> {
     if (this.counts.received === 0) return this.fail(classifyFailure(this.tool, this.stderr, this.description, exit));
     if (this.runFrames === 0) this.failuresInRow++;
     else this.failuresInRow = 1;
-    const reason = `${this.tool} stopped (${exit})${this.stderr.trim() ? `: ${this.stderr.trim().split('\n').slice(-1)[0]}` : ''}`;
+    const said = this.stderr.trim().split('\n').slice(-1)[0];
+    const reason = `${this.tool} stopped (${exit})${said ? `: ${said}` : ''}`;
     if (this.failuresInRow > this.policy.attempts) {
-      return this.fail(new SetokimError(ErrorCodes.SOURCE_LOST, `video source ${this.description} stopped and did not come back after ${this.policy.attempts} restarts (last: ${reason}); check the camera or the stream`));
+      return this.fail(
+        new SetokimError(
+          ErrorCodes.SOURCE_LOST,
+          `video source ${this.description} stopped and did not come back after ${this.policy.attempts} restarts ` +
+            `(last: ${reason}); check the camera or the stream`,
+        ),
+      );
     }
     const delayMs = Math.min(this.policy.maxDelayMs, this.policy.minDelayMs * 2 ** (this.failuresInRow - 1));
     this.emit('event', { type: 'restarting', attempt: this.failuresInRow, delayMs, reason });

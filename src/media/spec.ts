@@ -43,7 +43,8 @@ function bad(message: string): never {
 /** Parses a source string; BAD_ARGUMENT says which forms exist. Files are resolved to absolute paths. */
 export function parseSource(text: string): SourceSpec {
   const s = text.trim();
-  if (!s) bad('the video source is empty; give a file, a camera (/dev/video0, csi://0), a URL (rtsp://...) or test://ball');
+  if (!s)
+    bad('the video source is empty; give a file, a camera (/dev/video0, csi://0), a URL (rtsp://...) or test://ball');
   if (/^v4l2:\/\//i.test(s)) {
     const device = s.slice('v4l2://'.length);
     if (!V4L2_DEVICE.test(device)) bad(`v4l2 source ${s}: expected v4l2:///dev/videoN`);
@@ -52,12 +53,18 @@ export function parseSource(text: string): SourceSpec {
   if (V4L2_DEVICE.test(s)) return { kind: 'v4l2', device: s };
   if (/^csi:\/\//i.test(s)) {
     const sensor = Number(s.slice('csi://'.length));
-    if (!Number.isInteger(sensor) || sensor < 0 || sensor > 15) bad(`CSI source ${s}: expected csi://N with a sensor id 0-15`);
+    if (!Number.isInteger(sensor) || sensor < 0 || sensor > 15)
+      bad(`CSI source ${s}: expected csi://N with a sensor id 0-15`);
     return { kind: 'csi', sensor };
   }
   if (/^test:\/\//i.test(s)) {
     const pattern = s.slice('test://'.length);
-    if (!Object.hasOwn(TEST_PATTERNS, pattern)) bad(`test source ${s}: use one of ${Object.keys(TEST_PATTERNS).map((p) => `test://${p}`).join(', ')}`);
+    if (!Object.hasOwn(TEST_PATTERNS, pattern))
+      bad(
+        `test source ${s}: use one of ${Object.keys(TEST_PATTERNS)
+          .map((p) => `test://${p}`)
+          .join(', ')}`,
+      );
     return { kind: 'test', pattern: pattern as TestPattern };
   }
   const network = NETWORK.exec(s);
@@ -70,7 +77,11 @@ export function parseSource(text: string): SourceSpec {
     return { kind: 'url', url: s, protocol: network[1]!.toLowerCase() };
   }
   if (/^file:\/\//i.test(s)) return { kind: 'file', path: path.resolve(decodeURIComponent(new URL(s).pathname)) };
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(s)) bad(`unsupported source scheme in ${redactUrl(s)}; use a file, /dev/videoN, csi://N, rtsp://, http(s)://, rtmp://, udp://, srt:// or test://`);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(s))
+    bad(
+      `unsupported source scheme in ${redactUrl(s)}; ` +
+        'use a file, /dev/videoN, csi://N, rtsp://, http(s)://, rtmp://, udp://, srt:// or test://',
+    );
   return { kind: 'file', path: path.resolve(s) };
 }
 

@@ -22,7 +22,8 @@ import { busyImage, tinySet } from '../pipeline/fixtures.js';
 import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
 
 type Of<K extends StreamReply['type']> = Extract<StreamReply, { type: K }>;
-const of = <K extends StreamReply['type']>(events: StreamReply[], type: K) => events.filter((e): e is Of<K> => e.type === type);
+const of = <K extends StreamReply['type']>(events: StreamReply[], type: K) =>
+  events.filter((e): e is Of<K> => e.type === type);
 
 let pipeline: LocalPipeline;
 let videos: TestVideos;
@@ -37,7 +38,11 @@ t.before(async () => {
   image = await busyImage();
 });
 
-async function serve(broker: TestBroker, device: string, streams: Record<string, unknown>): Promise<{ agent: Agent; service: StreamService }> {
+async function serve(
+  broker: TestBroker,
+  device: string,
+  streams: Record<string, unknown>,
+): Promise<{ agent: Agent; service: StreamService }> {
   const agent = new Agent({ config: testConfig(broker, device, { streams } as never), pipeline });
   await agent.start();
   const service = await startStreams(agent, { log: () => undefined });
@@ -86,29 +91,64 @@ t.test('mosquitto (MQTT 5): streams end to end', { skip: !mosquitto && 'no mosqu
   });
 
   t.test('a stream of a moving object: token events where it moves, answers, the end', async (t) => {
-    const handle = await client.start('cam1', { id: 's1', source: 'moving', prompt: 'What moves?', generation: { maxTokens: 3 }, maskEveryS: 0.5 });
+    const handle = await client.start('cam1', {
+      id: 's1',
+      source: 'moving',
+      prompt: 'What moves?',
+      generation: { maxTokens: 3 },
+      maskEveryS: 0.5,
+    });
     await until(() => service.running === 1, 'the stream to run');
     t.match(await statusOf(broker, 'cam1'), { streams: 1, maxStreams: 2 }, 'counted in the retained status');
     // A query while the stream runs is answered.
-    const answer = await collect(queries.query({ fleet: 'test', device: 'cam1' }, { id: newQueryId(), task: 'ask', prompt: 'hi', image, generation: { maxTokens: 2 } }));
+    const answer = await collect(
+      queries.query(
+        { fleet: 'test', device: 'cam1' },
+        { id: newQueryId(), task: 'ask', prompt: 'hi', image, generation: { maxTokens: 2 } },
+      ),
+    );
     t.equal(answer.at(-1)?.type, 'done', 'queries are served during a stream');
     const events = await collect(handle.events);
-    t.match(events[0], { type: 'started', id: 's1', source: 'moving', width: 224, height: 224, tool: 'ffmpeg', leaseMs: 5000, seq: 0, device: 'cam1' });
-    t.same(events.map((e) => e.seq), [...events.keys()], 'numbered in order');
+    t.match(events[0], {
+      type: 'started',
+      id: 's1',
+      source: 'moving',
+      width: 224,
+      height: 224,
+      tool: 'ffmpeg',
+      leaseMs: 5000,
+      seq: 0,
+      device: 'cam1',
+    });
+    t.same(
+      events.map((e) => e.seq),
+      [...events.keys()],
+      'numbered in order',
+    );
     const tokens = of(events, 'tokens');
     t.equal(tokens[0]!.frame, 0);
     t.same(tokens[0]!.added, tokens[0]!.ids);
     // The file plays in real time here: under load frames are dropped, and the first frame taken
     // after the motion may catch up with it (the frame-exact checks: test/pipeline/stream-session).
     const end = (MOVING.stillS + MOVING.moveS) * MOVING.fps;
-    t.same(tokens.filter((e) => e.frame > 0 && e.frame <= MOVING.stillS * MOVING.fps), [], 'no token event while everything is still');
+    t.same(
+      tokens.filter((e) => e.frame > 0 && e.frame <= MOVING.stillS * MOVING.fps),
+      [],
+      'no token event while everything is still',
+    );
     t.ok(tokens.filter((e) => e.frame > end).length <= 1, 'at most one catching up after the motion');
     const rows = [Math.floor(MOVING.y / 14), Math.floor((MOVING.y + MOVING.object - 1) / 14)];
     t.ok(tokens.length >= 2, `${tokens.length} token events`);
-    t.ok(tokens.slice(1).every((e) => e.region && e.region.row0 <= rows[1]! && e.region.row1 >= rows[0]!), 'each change covers the rows the object crosses');
+    t.ok(
+      tokens.slice(1).every((e) => e.region && e.region.row0 <= rows[1]! && e.region.row1 >= rows[0]!),
+      'each change covers the rows the object crosses',
+    );
     const background = tokens[0]!.ids.filter((id) => tokens.slice(1).every((e) => e.kept.includes(id)));
     t.ok(background.length >= 2, `background token ids ${background} kept throughout`);
-    t.ok(tokens.some((e) => e.maskPng && e.maskPng.length > 100), 'token-mask pictures at a lower rate');
+    t.ok(
+      tokens.some((e) => e.maskPng && e.maskPng.length > 100),
+      'token-mask pictures at a lower rate',
+    );
     const answers = of(events, 'answer');
     t.ok(answers.length >= 1 && answers[0]!.trigger === 'first');
     t.match(events.at(-1), { type: 'ended', reason: 'source-ended', stats: { failed: 0 } });
@@ -117,14 +157,36 @@ t.test('mosquitto (MQTT 5): streams end to end', { skip: !mosquitto && 'no mosqu
   });
 
   t.test('refusals: one fatal error each, and the agent serves on', async (t) => {
-    const refused = async (start: Parameters<StreamClient['start']>[1]) => collect((await client.start('cam1', start)).events);
-    t.match(await refused({ id: 'r1', source: videos.moving }), [{ type: 'error', code: ErrorCodes.STREAM_REFUSED, fatal: true, message: /not on device cam1's allow-list; use one of: moving, ball, gone/ }], 'a path a client names is refused');
+    const refused = async (start: Parameters<StreamClient['start']>[1]) =>
+      collect((await client.start('cam1', start)).events);
+    t.match(
+      await refused({ id: 'r1', source: videos.moving }),
+      [
+        {
+          type: 'error',
+          code: ErrorCodes.STREAM_REFUSED,
+          fatal: true,
+          message: /not on device cam1's allow-list; use one of: moving, ball, gone/,
+        },
+      ],
+      'a path a client names is refused',
+    );
     t.match(await refused({ id: 'r2', source: 'door' }), [{ type: 'error', code: ErrorCodes.STREAM_REFUSED }]);
     const a = await client.start('cam1', { id: 'b1', source: 'ball' });
     const b = await client.start('cam1', { id: 'b2', source: 'ball' });
     await until(() => service.running === 2, 'two streams');
-    t.match(await refused({ id: 'b3', source: 'ball' }), [{ type: 'error', code: ErrorCodes.BUSY, message: /runs 2 of its 2 streams/ }], 'streams.max');
-    const dup = await collect((await StreamClient.connect({ url: broker.url, fleet: 'test' }).then((c2) => (t.teardown(() => c2.close()), c2.start('cam1', { id: 'b1', source: 'ball' })))).events);
+    t.match(
+      await refused({ id: 'b3', source: 'ball' }),
+      [{ type: 'error', code: ErrorCodes.BUSY, message: /runs 2 of its 2 streams/ }],
+      'streams.max',
+    );
+    const dup = await collect(
+      (
+        await StreamClient.connect({ url: broker.url, fleet: 'test' }).then(
+          (c2) => (t.teardown(() => c2.close()), c2.start('cam1', { id: 'b1', source: 'ball' })),
+        )
+      ).events,
+    );
     t.match(dup, [{ type: 'error', code: ErrorCodes.DUPLICATE }], 'a running stream id');
     await a.stop();
     await b.stop();
@@ -136,9 +198,17 @@ t.test('mosquitto (MQTT 5): streams end to end', { skip: !mosquitto && 'no mosqu
     t.teardown(() => raw.endAsync());
     const got = new Promise<StreamReply>((resolve) => raw.on('message', (_t, p) => resolve(decodeStreamEvent(p))));
     await raw.subscribeAsync('raw/replies');
-    await raw.publishAsync(streamTopics('test', 'cam1').start, Buffer.from([0xff, 0xff, 0xff]), { qos: 1, properties: { responseTopic: 'raw/replies' } });
+    await raw.publishAsync(streamTopics('test', 'cam1').start, Buffer.from([0xff, 0xff, 0xff]), {
+      qos: 1,
+      properties: { responseTopic: 'raw/replies' },
+    });
     t.match(await got, { type: 'error', code: ErrorCodes.BAD_MESSAGE, fatal: true });
-    const q = await collect(queries.query({ fleet: 'test', device: 'cam1' }, { id: newQueryId(), task: 'ask', prompt: 'hi', image, generation: { maxTokens: 1 } }));
+    const q = await collect(
+      queries.query(
+        { fleet: 'test', device: 'cam1' },
+        { id: newQueryId(), task: 'ask', prompt: 'hi', image, generation: { maxTokens: 1 } },
+      ),
+    );
     t.equal(q.at(-1)?.type, 'done', 'queries still served');
   });
 
@@ -161,7 +231,11 @@ t.test('mosquitto (MQTT 5): streams end to end', { skip: !mosquitto && 'no mosqu
     );
     await raw.subscribeAsync('lease/replies');
     const t0 = Date.now();
-    await raw.publishAsync(streamTopics('test', 'cam1').start, Buffer.from(encodeStreamStart({ id: 'l1', source: 'ball', leaseMs: 1000 })), { qos: 1, properties: { responseTopic: 'lease/replies' } });
+    await raw.publishAsync(
+      streamTopics('test', 'cam1').start,
+      Buffer.from(encodeStreamStart({ id: 'l1', source: 'ball', leaseMs: 1000 })),
+      { qos: 1, properties: { responseTopic: 'lease/replies' } },
+    );
     await ended;
     const ms = Date.now() - t0;
     t.match(events[0], { type: 'started', leaseMs: 1000 });
@@ -214,6 +288,8 @@ t.test('aedes (MQTT 3.1.1): reply_topic in the start, streams off without source
   t.match(seen[0], { type: 'started', source: 'ball', tool: 'ffmpeg' });
   t.ok(of(seen, 'tokens').length >= 1);
   t.match(seen.at(-1), { type: 'ended', reason: 'stopped' });
-  t.match(await collect((await client.start('cam3', { id: 'a2', source: 'ball' })).events), [{ type: 'error', code: ErrorCodes.STREAM_REFUSED, message: /takes no streams/ }]);
+  t.match(await collect((await client.start('cam3', { id: 'a2', source: 'ball' })).events), [
+    { type: 'error', code: ErrorCodes.STREAM_REFUSED, message: /takes no streams/ },
+  ]);
   t.match(await statusOf(broker, 'cam3'), { streams: 0, maxStreams: 0 });
 });

@@ -12,6 +12,16 @@ import { runCli } from '../helpers/cli.js';
 import { MOVING, makeTestVideos, type TestVideos } from '../helpers/videos.js';
 import { tinySet } from '../pipeline/fixtures.js';
 
+/** What the checks read of a `watch --json` line. */
+interface JsonLine {
+  type: string;
+  frame: number;
+  count: number;
+  ids: number[];
+  trigger?: string;
+  file?: string;
+}
+
 let models: string;
 let videos: TestVideos;
 let work: string;
@@ -27,12 +37,37 @@ t.before(async () => {
 
 t.test('--json: one event per line, token ids, answers, the picture, ends with the file', async (t) => {
   const out = path.join(work, 'latest.png');
-  const r = await runCli(['watch', '--models', models, '--source', videos.moving, '--prompt', 'What moves?', '--no-realtime', '--max-tokens', '3', '--json', '--out', out, '--mask-every', '0', '--no-verify']);
+  const r = await runCli([
+    'watch',
+    '--models',
+    models,
+    '--source',
+    videos.moving,
+    '--prompt',
+    'What moves?',
+    '--no-realtime',
+    '--max-tokens',
+    '3',
+    '--json',
+    '--out',
+    out,
+    '--mask-every',
+    '0',
+    '--no-verify',
+  ]);
   t.equal(r.status, 0, r.err);
-  const events = r.out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, any>);
+  const events = r.out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as JsonLine);
   t.equal(events[0]!.type, 'started');
   const end = events.at(-1)!;
-  t.match(end, { type: 'ended', reason: 'source-ended', stats: { received: (MOVING.stillS + MOVING.moveS + MOVING.endS) * MOVING.fps, dropped: 0 }, file: out });
+  t.match(end, {
+    type: 'ended',
+    reason: 'source-ended',
+    stats: { received: (MOVING.stillS + MOVING.moveS + MOVING.endS) * MOVING.fps, dropped: 0 },
+    file: out,
+  });
   const tokens = events.filter((e) => e.type === 'tokens');
   t.ok(tokens.length >= 5, `${tokens.length} token events`);
   for (const e of tokens) {
@@ -40,20 +75,43 @@ t.test('--json: one event per line, token ids, answers, the picture, ends with t
     t.equal(e.file, out, 'each wrote the picture');
     t.notOk('maskPng' in e, 'no bytes in the JSON');
   }
-  t.ok(tokens.slice(1).every((e) => e.frame > 10 && e.frame <= 20), 'token changes only while the object moves');
+  t.ok(
+    tokens.slice(1).every((e) => e.frame > 10 && e.frame <= 20),
+    'token changes only while the object moves',
+  );
   const answers = events.filter((e) => e.type === 'answer');
   t.ok(answers.length >= 2 && answers[0]!.trigger === 'first');
   t.equal((await sharp(out).metadata()).width, 448, 'the latest token-mask picture');
 });
 
 t.test('human output: token changes on stderr, answers on stdout, a summary', async (t) => {
-  const r = await runCli(['watch', '--models', models, '--source', videos.moving, '--prompt', 'What moves?', '--no-realtime', '--max-tokens', '2', '--out', path.join(work, 'h.png'), '--no-verify']);
+  const r = await runCli([
+    'watch',
+    '--models',
+    models,
+    '--source',
+    videos.moving,
+    '--prompt',
+    'What moves?',
+    '--no-realtime',
+    '--max-tokens',
+    '2',
+    '--out',
+    path.join(work, 'h.png'),
+    '--no-verify',
+  ]);
   t.equal(r.status, 0, r.err);
   t.match(r.err, /\[watching .*moving\.mkv through ffmpeg, 224x224 frames\]/);
   t.match(r.err, /\[frame 0: \d+ tokens \(\+\d+ -0\), 256 patches relabelled in rows 0-15, columns 0-15, \d+ ms\]/);
   t.match(r.err, /\[frame 1\d: \d+ tokens .* in rows [5-9]-[5-9]/);
   t.match(r.out, /^\[answer 1\] /);
-  t.match(r.err, /\[source-ended: 30 frames \(\d+ processed, \d+ unchanged, 0 dropped, 0 failed\), 0 restarts, \d+ answers; wrote .*h\.png\]/);
+  t.match(
+    r.err,
+    new RegExp(
+      String.raw`\[source-ended: 30 frames \(\d+ processed, \d+ unchanged, 0 dropped, 0 failed\), ` +
+        String.raw`0 restarts, \d+ answers; wrote .*h\.png\]`,
+    ),
+  );
 });
 
 t.test('sources that do not work: one coded line, exit 2', async (t) => {

@@ -31,7 +31,17 @@ export interface MovingObject {
   y: number;
 }
 
-export const MOVING: MovingObject = { size: 224, object: 48, fps: 10, stillS: 1, moveS: 1, endS: 1, speed: 60, x0: 20, y: 88 };
+export const MOVING: MovingObject = {
+  size: 224,
+  object: 48,
+  fps: 10,
+  stillS: 1,
+  moveS: 1,
+  endS: 1,
+  speed: 60,
+  x0: 20,
+  y: 88,
+};
 
 export interface TestVideos {
   dir: string;
@@ -63,10 +73,21 @@ export async function makeTestVideos(o: { seconds?: number; moving?: MovingObjec
   const total = m.stillS + m.moveS + m.endS;
   const x = `${m.x0}+${m.speed}*min(max(t-${m.stillS},0),${m.moveS})`;
   await ffmpeg([
-    '-f', 'lavfi', '-i', `color=c=0x405878:size=${m.size}x${m.size}:rate=${m.fps}`,
-    '-f', 'lavfi', '-i', `color=c=0xf0d020:size=${m.object}x${m.object}:rate=${m.fps}`,
-    '-filter_complex', `[0][1]overlay=x='${x}':y=${m.y}:shortest=1`,
-    '-t', String(total), '-c:v', 'ffv1', moving,
+    '-f',
+    'lavfi',
+    '-i',
+    `color=c=0x405878:size=${m.size}x${m.size}:rate=${m.fps}`,
+    '-f',
+    'lavfi',
+    '-i',
+    `color=c=0xf0d020:size=${m.object}x${m.object}:rate=${m.fps}`,
+    '-filter_complex',
+    `[0][1]overlay=x='${x}':y=${m.y}:shortest=1`,
+    '-t',
+    String(total),
+    '-c:v',
+    'ffv1',
+    moving,
   ]);
   await writeFile(notVideo, 'this is not a video, only text\n'.repeat(100));
   await ffmpeg(['-f', 'lavfi', '-i', 'sine=frequency=440:duration=1', audio]);

@@ -44,11 +44,17 @@ t.test('a file, read at the consumer pace: every frame, sized by ffmpeg, then th
   const frames = await drain(src);
   t.equal(frames.length, 10, '2 s at --fps 5');
   t.ok(frames.every((f) => f.width === 64 && f.height === 48 && f.rgb.length === 64 * 48 * 3));
-  t.same(frames.map((f) => f.index), [...Array(10).keys()]);
+  t.same(
+    frames.map((f) => f.index),
+    [...Array(10).keys()],
+  );
   // testsrc is 160x120 (4:3) into 64x48 (4:3): no padding; its frames differ from one another.
   t.not(Buffer.compare(frames[0]!.rgb, frames[1]!.rgb), 0);
   t.same(src.stats, { received: 10, delivered: 10, dropped: 0, restarts: 0 });
-  t.same(seen.map((e) => e.type), ['started', 'ended']);
+  t.same(
+    seen.map((e) => e.type),
+    ['started', 'ended'],
+  );
   t.equal(await src.next(), undefined, 'stays ended');
 });
 
@@ -64,7 +70,13 @@ t.test('stop() while the tool waits on a paused pipe returns (no hang, no leftov
 });
 
 t.test('letterboxing uses the padding colour at the source', async (t) => {
-  const src = new FrameSource({ source: videos.testsrc, size: { width: 64, height: 64 }, fps: 2, realtime: false, pad: [10, 200, 30] });
+  const src = new FrameSource({
+    source: videos.testsrc,
+    size: { width: 64, height: 64 },
+    fps: 2,
+    realtime: false,
+    pad: [10, 200, 30],
+  });
   src.start();
   const [first] = await drain(src);
   // 160x120 into 64x64: 64x48 of picture, 8 rows of padding above and below.
@@ -83,11 +95,19 @@ t.test('a slow consumer of a real-time source: older frames are dropped and coun
   t.ok(s.dropped >= 8, `dropped ${s.dropped}`);
   t.equal(s.delivered, frames.length);
   t.equal(s.received, s.delivered + s.dropped, 'each frame was delivered or dropped: nothing waits');
-  t.ok(frames.every((f, i) => i === 0 || f.index > frames[i - 1]!.index), 'the newest frame wins');
+  t.ok(
+    frames.every((f, i) => i === 0 || f.index > frames[i - 1]!.index),
+    'the newest frame wins',
+  );
 });
 
 t.test('a tool killed mid-stream is restarted with backoff, and the frames go on', async (t) => {
-  const src = new FrameSource({ source: 'test://ball', size: { width: 32, height: 32 }, fps: 20, restart: { minDelayMs: 100 } });
+  const src = new FrameSource({
+    source: 'test://ball',
+    size: { width: 32, height: 32 },
+    fps: 20,
+    restart: { minDelayMs: 100 },
+  });
   const seen = events(src);
   src.start();
   const first = await src.next();
@@ -109,7 +129,12 @@ t.test('a tool killed mid-stream is restarted with backoff, and the frames go on
 });
 
 t.test('a killed file source resumes where it was, not from the start', async (t) => {
-  const src = new FrameSource({ source: videos.testsrc, size: { width: 32, height: 24 }, fps: 10, restart: { minDelayMs: 20 } });
+  const src = new FrameSource({
+    source: videos.testsrc,
+    size: { width: 32, height: 24 },
+    fps: 10,
+    restart: { minDelayMs: 20 },
+  });
   src.start();
   const frames: number[] = [];
   for (;;) {
@@ -119,7 +144,10 @@ t.test('a killed file source resumes where it was, not from the start', async (t
     if (frames.length === 8) process.kill(src.pid!, 'SIGKILL');
   }
   t.equal(src.stats.restarts, 1);
-  t.ok(src.stats.received >= 18 && src.stats.received <= 22, `about the 20 frames of the file once (${src.stats.received})`);
+  t.ok(
+    src.stats.received >= 18 && src.stats.received <= 22,
+    `about the 20 frames of the file once (${src.stats.received})`,
+  );
 });
 
 /** An HTTP server that streams a file once, then is gone: a network camera that disappears. */
@@ -141,14 +169,21 @@ async function vanishingStream(file: string): Promise<{ url: string; close: () =
 t.test('a stream that goes away: restarted, then given up with SOURCE_LOST', async (t) => {
   const cam = await vanishingStream(videos.testsrc);
   t.teardown(cam.close);
-  const src = new FrameSource({ source: cam.url, size: { width: 32, height: 24 }, restart: { attempts: 2, minDelayMs: 30 } });
+  const src = new FrameSource({
+    source: cam.url,
+    size: { width: 32, height: 24 },
+    restart: { attempts: 2, minDelayMs: 30 },
+  });
   const seen = events(src);
   src.start();
   const got: Frame[] = [];
   const error = await drain(src, (f) => void got.push(f)).catch((e: unknown) => e);
   t.ok(got.length > 0, `frames flowed first (${got.length})`);
   t.match(error, { code: ErrorCodes.SOURCE_LOST, message: /did not come back after 2 restarts/ });
-  t.same(seen.filter((e) => e.type === 'restarting').map((e) => (e as { attempt: number }).attempt), [1, 2]);
+  t.same(
+    seen.filter((e) => e.type === 'restarting').map((e) => (e as { attempt: number }).attempt),
+    [1, 2],
+  );
   t.match(seen.at(-1), { type: 'failed', code: ErrorCodes.SOURCE_LOST });
 });
 
@@ -175,7 +210,10 @@ t.test('a missing media tool is MEDIA_TOOL_MISSING', async (t) => {
   t.teardown(() => void (process.env.PATH = path));
   const src = new FrameSource({ source: 'test://ball', size: { width: 32, height: 32 } });
   src.start();
-  t.match(await src.next().catch((e: unknown) => e), { code: ErrorCodes.MEDIA_TOOL_MISSING, message: /ffmpeg is not installed/ });
+  t.match(await src.next().catch((e: unknown) => e), {
+    code: ErrorCodes.MEDIA_TOOL_MISSING,
+    message: /ffmpeg is not installed/,
+  });
 });
 
 t.test('a live source that goes silent is killed and counted as stalled', async (t) => {
@@ -183,13 +221,26 @@ t.test('a live source that goes silent is killed and counted as stalled', async 
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   t.teardown(() => new Promise<void>((r) => server.close(() => r())));
   server.on('connection', (s) => t.teardown(() => s.destroy()));
-  const src = new FrameSource({ source: `http://127.0.0.1:${(server.address() as AddressInfo).port}/x`, size: { width: 32, height: 32 }, stallMs: 300 });
+  const src = new FrameSource({
+    source: `http://127.0.0.1:${(server.address() as AddressInfo).port}/x`,
+    size: { width: 32, height: 32 },
+    stallMs: 300,
+  });
   src.start();
-  t.match(await src.next().catch((e: unknown) => e), { code: ErrorCodes.SOURCE_UNAVAILABLE, message: /no frame for 300 ms/ });
+  t.match(await src.next().catch((e: unknown) => e), {
+    code: ErrorCodes.SOURCE_UNAVAILABLE,
+    message: /no frame for 300 ms/,
+  });
 });
 
 t.test('GStreamer: the videotestsrc pipeline runs here and delivers RGB frames', async (t) => {
-  const src = new FrameSource({ source: 'test://ball', tool: 'gstreamer', size: { width: 48, height: 32 }, fps: 20, jetson: false });
+  const src = new FrameSource({
+    source: 'test://ball',
+    tool: 'gstreamer',
+    size: { width: 48, height: 32 },
+    fps: 20,
+    jetson: false,
+  });
   src.start();
   const frames: Frame[] = [];
   while (frames.length < 4) {
@@ -200,6 +251,9 @@ t.test('GStreamer: the videotestsrc pipeline runs here and delivers RGB frames',
   await src.stop();
   t.equal(frames.length, 4);
   t.ok(frames.every((f) => f.rgb.length === 48 * 32 * 3));
-  t.ok(frames.some((f) => f.rgb.some((v) => v > 0)), 'the ball is drawn');
+  t.ok(
+    frames.some((f) => f.rgb.some((v) => v > 0)),
+    'the ball is drawn',
+  );
   t.equal(await src.next(), undefined, 'stopped');
 });

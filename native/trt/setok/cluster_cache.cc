@@ -28,12 +28,15 @@ std::vector<int> ClusterCache::ChangedRows(const float* features) const {
   constexpr int kChunk = 64;
   const int chunks = Tasks(p.n, kChunk);
   std::vector<std::vector<int>> found(chunks);
-  ParallelFor(chunks, [&](int t) {
-    for (int i = t * kChunk; i < std::min(p.n, (t + 1) * kChunk); ++i) {
-      const size_t off = static_cast<size_t>(i) * p.dim;
-      if (std::memcmp(features + off, prev_.data() + off, bytes) != 0) found[t].push_back(i);
-    }
-  }, WorthThreads(static_cast<double>(p.n) * p.dim / 8));
+  ParallelFor(
+      chunks,
+      [&](int t) {
+        for (int i = t * kChunk; i < std::min(p.n, (t + 1) * kChunk); ++i) {
+          const size_t off = static_cast<size_t>(i) * p.dim;
+          if (std::memcmp(features + off, prev_.data() + off, bytes) != 0) found[t].push_back(i);
+        }
+      },
+      WorthThreads(static_cast<double>(p.n) * p.dim / 8));
   std::vector<int> rows;
   for (const auto& f : found) rows.insert(rows.end(), f.begin(), f.end());
   return rows;
@@ -59,7 +62,9 @@ ClusterResult ClusterCache::Push(const float* features, int* changed_rows) {
     prev_.assign(features, features + static_cast<size_t>(p.n) * p.dim);
     last_ = Full(features);
   } else {
-    for (int i : rows) std::memcpy(prev_.data() + static_cast<size_t>(i) * p.dim, features + static_cast<size_t>(i) * p.dim, sizeof(float) * p.dim);
+    for (int i : rows)
+      std::memcpy(prev_.data() + static_cast<size_t>(i) * p.dim, features + static_cast<size_t>(i) * p.dim,
+                  sizeof(float) * p.dim);
     last_ = Incremental(features, rows);
   }
   valid_ = true;
@@ -89,12 +94,15 @@ ClusterResult ClusterCache::Incremental(const float* features, const std::vector
   // Step 2: block_dist_[j][r] = D[j][rows[r]] = D[rows[r]][j] (D is symmetric bit for bit).
   block_dist_.resize(static_cast<size_t>(n) * m);
   const float fdim = static_cast<float>(p.dim);
-  ParallelFor(Tasks(n, kRowsPerTask * 4), [&](int t) {
-    for (int j = t * kRowsPerTask * 4; j < std::min(n, (t + 1) * kRowsPerTask * 4); ++j) {
-      DistanceRow(st.diag[j], diag_changed_.data(), block_.data() + static_cast<size_t>(j) * ld, fdim, m,
-                  block_dist_.data() + static_cast<size_t>(j) * m);
-    }
-  }, par);
+  ParallelFor(
+      Tasks(n, kRowsPerTask * 4),
+      [&](int t) {
+        for (int j = t * kRowsPerTask * 4; j < std::min(n, (t + 1) * kRowsPerTask * 4); ++j) {
+          DistanceRow(st.diag[j], diag_changed_.data(), block_.data() + static_cast<size_t>(j) * ld, fdim, m,
+                      block_dist_.data() + static_cast<size_t>(j) * m);
+        }
+      },
+      par);
   // The rows: changed ones replaced whole, the others get their m new columns (disjoint writes);
   // then step 3 for every row whose k nearest may have changed, eight rows at a time where most
   // of a block needs it (the vectorised block kernel), one at a time elsewhere, each selection
@@ -103,42 +111,51 @@ ClusterResult ClusterCache::Incremental(const float* features, const std::vector
   for (int r = 0; r < m; ++r) position[rows[r]] = r;
   std::vector<char> stale(n, 0);
   // The changed rows, transposed from the block 8 x 8 at a time (tiles stay in cache).
-  ParallelFor(Tasks(m, 8), [&](int t) {
-    const int r0 = t * 8, r1 = std::min(m, r0 + 8);
-    for (int j0 = 0; j0 < n; j0 += 8) {
-      const int j1 = std::min(n, j0 + 8);
-      for (int r = r0; r < r1; ++r) {
-        float* row = st.dist.data() + static_cast<size_t>(rows[r]) * n;
-        for (int j = j0; j < j1; ++j) row[j] = block_dist_[static_cast<size_t>(j) * m + r];
-      }
-    }
-    for (int r = r0; r < r1; ++r) stale[rows[r]] = 1;
-  }, par);
-  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    for (int j = t * kRowsPerTask; j < std::min(n, (t + 1) * kRowsPerTask); ++j) {
-      if (position[j] < 0) stale[j] = UpdateRow(j, rows);
-    }
-    for (int i0 = t * kRowsPerTask; i0 < std::min(n, (t + 1) * kRowsPerTask); i0 += kDensityBlock) {
-      const int block = std::min(kDensityBlock, n - i0);
-      int count = 0;
-      for (int r = 0; r < block; ++r) count += stale[i0 + r];
-      if (2 * count >= block) {
-        dpc_.Density(i0, block, true);
-      } else {
-        for (int r = 0; r < block; ++r)
-          if (stale[i0 + r]) dpc_.Density(i0 + r, 1, true);
-      }
-    }
-  }, par_rows);
+  ParallelFor(
+      Tasks(m, 8),
+      [&](int t) {
+        const int r0 = t * 8, r1 = std::min(m, r0 + 8);
+        for (int j0 = 0; j0 < n; j0 += 8) {
+          const int j1 = std::min(n, j0 + 8);
+          for (int r = r0; r < r1; ++r) {
+            float* row = st.dist.data() + static_cast<size_t>(rows[r]) * n;
+            for (int j = j0; j < j1; ++j) row[j] = block_dist_[static_cast<size_t>(j) * m + r];
+          }
+        }
+        for (int r = r0; r < r1; ++r) stale[rows[r]] = 1;
+      },
+      par);
+  ParallelFor(
+      Tasks(n, kRowsPerTask),
+      [&](int t) {
+        for (int j = t * kRowsPerTask; j < std::min(n, (t + 1) * kRowsPerTask); ++j) {
+          if (position[j] < 0) stale[j] = UpdateRow(j, rows);
+        }
+        for (int i0 = t * kRowsPerTask; i0 < std::min(n, (t + 1) * kRowsPerTask); i0 += kDensityBlock) {
+          const int block = std::min(kDensityBlock, n - i0);
+          int count = 0;
+          for (int r = 0; r < block; ++r) count += stale[i0 + r];
+          if (2 * count >= block) {
+            dpc_.Density(i0, block, true);
+          } else {
+            for (int r = 0; r < block; ++r)
+              if (stale[i0 + r]) dpc_.Density(i0 + r, 1, true);
+          }
+        }
+      },
+      par_rows);
   // Step 4: delta = min D to a better-ranked patch (a scan per row: every rank may have moved).
   std::vector<int32_t> order, rank;
   RankByDensity(st.rho, order, rank);
   std::vector<float> delta(n);
-  ParallelFor(Tasks(n, kRowsPerTask * 4), [&](int t) {
-    for (int i = t * kRowsPerTask * 4; i < std::min(n, (t + 1) * kRowsPerTask * 4); ++i) {
-      DeltaRow(st.dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &st.row_max[i]);
-    }
-  }, par_rows);
+  ParallelFor(
+      Tasks(n, kRowsPerTask * 4),
+      [&](int t) {
+        for (int i = t * kRowsPerTask * 4; i < std::min(n, (t + 1) * kRowsPerTask * 4); ++i) {
+          DeltaRow(st.dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &st.row_max[i]);
+        }
+      },
+      par_rows);
   delta[order[0]] = *std::max_element(st.row_max.begin(), st.row_max.end());
   return FinishClustering(st.dist.data(), st.rho, delta, p, par_rows);
 }

@@ -12,7 +12,8 @@ void RankByDensity(const std::vector<float>& rho, std::vector<int32_t>& order, s
   order.resize(n);
   rank.resize(n);
   std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return rho[a] > rho[b] || (rho[a] == rho[b] && a < b); });
+  std::sort(order.begin(), order.end(),
+            [&](int32_t a, int32_t b) { return rho[a] > rho[b] || (rho[a] == rho[b] && a < b); });
   for (int r = 0; r < n; ++r) rank[order[r]] = r;
 }
 
@@ -27,21 +28,23 @@ ClusterResult FinishClustering(const float* dist, const std::vector<float>& rho,
   res.centers = SelectCenters(res.scores, p);
   res.labels.assign(n, 0);
   const int L = static_cast<int>(res.centers.size());
-  ParallelFor((n + kRowsPerTask - 1) / kRowsPerTask, [&](int t) {
-    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      const float* d = dist + static_cast<size_t>(i) * n;
-      int best = 0;
-      float bd = d[res.centers[0]];
-      for (int m = 1; m < L; ++m) {
-        const float v = d[res.centers[m]];
-        if (v < bd) {
-          bd = v;
-          best = m;
-        }
-      }
-      res.labels[i] = best;
-    }
-  }, parallel);
+  ParallelFor((n + kRowsPerTask - 1) / kRowsPerTask,
+              [&](int t) {
+                for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+                  const float* d = dist + static_cast<size_t>(i) * n;
+                  int best = 0;
+                  float bd = d[res.centers[0]];
+                  for (int m = 1; m < L; ++m) {
+                    const float v = d[res.centers[m]];
+                    if (v < bd) {
+                      bd = v;
+                      best = m;
+                    }
+                  }
+                  res.labels[i] = best;
+                }
+              },
+              parallel);
   for (int m = 0; m < L; ++m) res.labels[res.centers[m]] = m;
   return res;
 }

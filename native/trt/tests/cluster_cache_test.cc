@@ -27,7 +27,11 @@ bool Same(const ClusterResult& got, const ClusterResult& want) {
 
 ClusterParams Params(int n, int dim, int k, double threshold, int fallback) {
   ClusterParams p;
-  p.n = n; p.dim = dim; p.k = k; p.threshold = threshold; p.fallback = fallback;
+  p.n = n;
+  p.dim = dim;
+  p.k = k;
+  p.threshold = threshold;
+  p.fallback = fallback;
   return p;
 }
 
@@ -56,7 +60,11 @@ void TestStreamingCache() {
   auto bad = x;
   bad[5] = NAN;
   bool threw = false;
-  try { cache.Push(bad.data(), nullptr); } catch (const BadInput&) { threw = true; }
+  try {
+    cache.Push(bad.data(), nullptr);
+  } catch (const BadInput&) {
+    threw = true;
+  }
   EXPECT(threw, "NaN frame must throw BadInput");
   int changed = -1;
   const ClusterResult after = cache.Push(x.data(), &changed);
@@ -65,7 +73,11 @@ void TestStreamingCache() {
   bad = x;
   bad[static_cast<size_t>(7) * p.dim + 3] = INFINITY;
   threw = false;
-  try { cache.Push(bad.data(), nullptr); } catch (const BadInput& e) { threw = std::strstr(e.what(), "[0][3]") || std::strstr(e.what(), "Inf"); }
+  try {
+    cache.Push(bad.data(), nullptr);
+  } catch (const BadInput& e) {
+    threw = std::strstr(e.what(), "[0][3]") || std::strstr(e.what(), "Inf");
+  }
   EXPECT(threw, "Inf in a changed row must throw BadInput");
   Perturb(x, p.n, p.dim, 5, 0.3f, r);
   EXPECT(Same(cache.Push(x.data(), nullptr), DpcKnn(p).Cluster(x.data())), "incremental frame after a bad one");
@@ -103,7 +115,9 @@ void TestStreamingTies() {
 // Every fraction of changed rows around the switch to a full recompute (3/8), on sizes that are
 // and are not multiples of the kernels' tiles, k from 1 to n.
 void TestFractions() {
-  struct Case { int n, dim, k; };
+  struct Case {
+    int n, dim, k;
+  };
   const Case cases[] = {{300, 48, 12}, {37, 20, 5}, {64, 16, 64}, {97, 33, 1}, {256, 64, 16}};
   const double fractions[] = {0.01, 0.1, 0.3, 0.37, 0.38, 0.49, 0.51, 0.9, 0.0, 0.05};
   int frames = 0, bad = 0;

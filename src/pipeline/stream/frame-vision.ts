@@ -53,18 +53,28 @@ export interface FrameTokens {
 }
 
 /** The set and per-patch differences between two frames' token ids. */
-export function tokenChange(prevIds: Int32Array | undefined, prevPatchIds: Int32Array | undefined, ids: Int32Array, patchIds: Int32Array, grid: number): TokenChange {
+export function tokenChange(
+  prevIds: Int32Array | undefined,
+  prevPatchIds: Int32Array | undefined,
+  ids: Int32Array,
+  patchIds: Int32Array,
+  grid: number,
+): TokenChange {
   const before = new Set(prevIds ?? []);
   const now = new Set(ids);
   const added = [...now].filter((id) => !before.has(id)).sort((x, y) => x - y);
   const removed = [...before].filter((id) => !now.has(id)).sort((x, y) => x - y);
   const kept = [...now].filter((id) => before.has(id)).sort((x, y) => x - y);
   let relabelled = 0;
-  let row0 = grid, col0 = grid, row1 = -1, col1 = -1;
+  let row0 = grid,
+    col0 = grid,
+    row1 = -1,
+    col1 = -1;
   for (let p = 0; p < patchIds.length; p++) {
     if (prevPatchIds && prevPatchIds[p] === patchIds[p]) continue;
     relabelled++;
-    const r = Math.floor(p / grid), c = p % grid;
+    const r = Math.floor(p / grid),
+      c = p % grid;
     row0 = Math.min(row0, r);
     row1 = Math.max(row1, r);
     col0 = Math.min(col0, c);
@@ -90,7 +100,11 @@ export class FrameVision {
     private readonly gate = DEFAULT_GATE,
   ) {
     const { encoder, merger } = models.stages;
-    if (!encoder || !merger) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, 'the model set has no encoder or merger stage, so it cannot tokenize video frames');
+    if (!encoder || !merger)
+      throw new SetokimError(
+        ErrorCodes.MODEL_NOT_FOUND,
+        'the model set has no encoder or merger stage, so it cannot tokenize video frames',
+      );
     this.a = models.arch;
     this.encoder = encoder;
     this.merger = merger;
@@ -117,7 +131,16 @@ export class FrameVision {
     this.features = features;
     this.ids = clustered.ids;
     this.patchIds = patchIds;
-    return { index: frame.index, vision, ids: clustered.ids, patchIds, changedPatches: changed.count, change, rgb, times: ctx.times };
+    return {
+      index: frame.index,
+      vision,
+      ids: clustered.ids,
+      patchIds,
+      changedPatches: changed.count,
+      change,
+      rgb,
+      times: ctx.times,
+    };
   }
 
   close(): void {
@@ -126,7 +149,9 @@ export class FrameVision {
 
   /** Which patches' pixels moved beyond the gate since their features were taken (all, at first). */
   private changedPatches(rgb: Uint8Array): { flags: Uint8Array; count: number } {
-    const G = this.grid, P = this.a.image.patch, S = this.a.image.size;
+    const G = this.grid,
+      P = this.a.image.patch,
+      S = this.a.image.size;
     const flags = new Uint8Array(G * G);
     const ref = this.reference;
     if (!ref || this.gate < 0) return { flags: flags.fill(1), count: G * G };
@@ -150,7 +175,10 @@ export class FrameVision {
 
   /** New features where patches changed, the previous ones elsewhere; records the pixels taken. */
   private compose(fresh: Float32Array, flags: Uint8Array, rgb: Uint8Array): Float32Array {
-    const G = this.grid, P = this.a.image.patch, S = this.a.image.size, C = this.a.encoder.width;
+    const G = this.grid,
+      P = this.a.image.patch,
+      S = this.a.image.size,
+      C = this.a.encoder.width;
     if (!this.reference || !this.features || this.gate < 0) {
       this.reference = rgb.slice();
       return fresh;
@@ -160,7 +188,8 @@ export class FrameVision {
         fresh.set(this.features.subarray(p * C, (p + 1) * C), p * C);
         continue;
       }
-      const r = Math.floor(p / G), c = p % G;
+      const r = Math.floor(p / G),
+        c = p % G;
       for (let y = r * P; y < (r + 1) * P; y++) {
         const row = (y * S + c * P) * 3;
         this.reference.set(rgb.subarray(row, row + 3 * P), row);

@@ -16,7 +16,12 @@ export function meanColour(a: Architecture): [number, number, number] {
 }
 
 /** Throws FRAME_SIZE unless frames of width x height can become encoder input. */
-export function checkFrameSize(a: Architecture, width: number, height: number, limits: ImageLimits = DEFAULT_IMAGE_LIMITS): void {
+export function checkFrameSize(
+  a: Architecture,
+  width: number,
+  height: number,
+  limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+): void {
   const p = a.image.patch;
   const problem =
     !Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1
@@ -27,7 +32,11 @@ export function checkFrameSize(a: Architecture, width: number, height: number, l
           ? `is over the limit (${limits.maxSide} px a side, ${limits.maxPixels} pixels)`
           : undefined;
   if (problem) {
-    throw new SetokimError(ErrorCodes.FRAME_SIZE, `a ${width}x${height} frame ${problem}; this model set's encoder takes ${a.image.size}x${a.image.size} (the default --size)`);
+    throw new SetokimError(
+      ErrorCodes.FRAME_SIZE,
+      `a ${width}x${height} frame ${problem}; ` +
+        `this model set's encoder takes ${a.image.size}x${a.image.size} (the default --size)`,
+    );
   }
 }
 
@@ -38,7 +47,10 @@ export function checkFrameSize(a: Architecture, width: number, height: number, l
 export async function modelRgb(a: Architecture, f: Frame): Promise<Uint8Array> {
   const S = a.image.size;
   if (f.rgb.byteLength !== f.width * f.height * 3) {
-    throw new SetokimError(ErrorCodes.FRAME_SIZE, `a frame of ${f.rgb.byteLength} bytes is not ${f.width}x${f.height} RGB (${f.width * f.height * 3} bytes)`);
+    throw new SetokimError(
+      ErrorCodes.FRAME_SIZE,
+      `a frame of ${f.rgb.byteLength} bytes is not ${f.width}x${f.height} RGB (${f.width * f.height * 3} bytes)`,
+    );
   }
   if (f.width === S && f.height === S) return f.rgb;
   const side = Math.max(f.width, f.height);

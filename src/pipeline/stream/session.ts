@@ -75,7 +75,13 @@ export type StreamEvent =
     }
   | { type: 'source'; id: string; state: 'restarting'; attempt: number; delayMs: number; reason: string }
   | { type: 'error'; id: string; code: ErrorCode; message: string; fatal: boolean }
-  | { type: 'ended'; id: string; reason: 'source-ended' | 'stopped' | 'failed'; stats: StreamStats; maskPng?: Uint8Array };
+  | {
+      type: 'ended';
+      id: string;
+      reason: 'source-ended' | 'stopped' | 'failed';
+      stats: StreamStats;
+      maskPng?: Uint8Array;
+    };
 
 export type StreamEnd = Extract<StreamEvent, { type: 'ended' }>;
 
@@ -98,7 +104,10 @@ export class StreamSession extends EventEmitter<{ event: [StreamEvent] }> {
     this.id = o.id ?? 'stream';
     checkFrameSize(o.pipeline.models.arch, o.source.frameSize.width, o.source.frameSize.height);
     this.vision = new FrameVision(o.pipeline.models, o.gate ?? DEFAULT_GATE);
-    this.policy = new AnswerPolicy({ change: o.change ?? 0.25, ...(o.everyMs !== undefined ? { everyMs: o.everyMs } : {}) });
+    this.policy = new AnswerPolicy({
+      change: o.change ?? 0.25,
+      ...(o.everyMs !== undefined ? { everyMs: o.everyMs } : {}),
+    });
   }
 
   get stats(): StreamStats {
@@ -117,11 +126,26 @@ export class StreamSession extends EventEmitter<{ event: [StreamEvent] }> {
     this.ran = true;
     const { source } = this.o;
     const onSource = (e: SourceEvent): void => {
-      if (e.type === 'restarting') this.emitEvent({ type: 'source', id: this.id, state: 'restarting', attempt: e.attempt, delayMs: e.delayMs, reason: e.reason });
+      if (e.type === 'restarting')
+        this.emitEvent({
+          type: 'source',
+          id: this.id,
+          state: 'restarting',
+          attempt: e.attempt,
+          delayMs: e.delayMs,
+          reason: e.reason,
+        });
     };
     source.on('event', onSource);
     source.start();
-    this.emitEvent({ type: 'started', id: this.id, source: source.description, tool: source.tool, width: source.frameSize.width, height: source.frameSize.height });
+    this.emitEvent({
+      type: 'started',
+      id: this.id,
+      source: source.description,
+      tool: source.tool,
+      width: source.frameSize.width,
+      height: source.frameSize.height,
+    });
     let reason: StreamEnd['reason'] = 'source-ended';
     try {
       for (;;) {
@@ -136,7 +160,13 @@ export class StreamSession extends EventEmitter<{ event: [StreamEvent] }> {
         reason = 'stopped';
       } else {
         reason = 'failed';
-        this.emitEvent({ type: 'error', id: this.id, code: errorCode(err), message: (err as Error).message, fatal: true });
+        this.emitEvent({
+          type: 'error',
+          id: this.id,
+          code: errorCode(err),
+          message: (err as Error).message,
+          fatal: true,
+        });
       }
     } finally {
       source.off('event', onSource);
@@ -160,7 +190,13 @@ export class StreamSession extends EventEmitter<{ event: [StreamEvent] }> {
       // A frame the encoder cannot take will not be the last: end the stream with it.
       if (errorCode(err) === ErrorCodes.FRAME_SIZE) throw err;
       this.counts.failed++;
-      this.emitEvent({ type: 'error', id: this.id, code: errorCode(err), message: `frame ${frame.index}: ${(err as Error).message}`, fatal: false });
+      this.emitEvent({
+        type: 'error',
+        id: this.id,
+        code: errorCode(err),
+        message: `frame ${frame.index}: ${(err as Error).message}`,
+        fatal: false,
+      });
       return;
     }
     if (!tokens) {
@@ -224,16 +260,38 @@ export class StreamSession extends EventEmitter<{ event: [StreamEvent] }> {
 
   /** The standing prompt on one frame's tokens, through the pipeline's query path. */
   private async answer(n: number, trigger: AnswerTrigger, tokens: FrameTokens): Promise<void> {
-    const request = { id: `${this.id}-a${n}`, task: 'ask' as const, prompt: this.o.prompt!, ...(this.o.generation ? { generation: this.o.generation } : {}) };
+    const request = {
+      id: `${this.id}-a${n}`,
+      task: 'ask' as const,
+      prompt: this.o.prompt!,
+      ...(this.o.generation ? { generation: this.o.generation } : {}),
+    };
     let text = '';
     for await (const e of this.o.pipeline.run(request, { signal: this.ac.signal, vision: tokens.vision })) {
       if (e.type === 'text') {
         text += e.delta;
         this.emitEvent({ type: 'text', id: this.id, answer: n, delta: e.delta });
       } else if (e.type === 'done') {
-        this.emitEvent({ type: 'answer', id: this.id, answer: n, frame: tokens.index, trigger, text, visionTokens: e.visionTokens, promptTokens: e.promptTokens, generatedTokens: e.generatedTokens, totalMs: e.totalMs });
+        this.emitEvent({
+          type: 'answer',
+          id: this.id,
+          answer: n,
+          frame: tokens.index,
+          trigger,
+          text,
+          visionTokens: e.visionTokens,
+          promptTokens: e.promptTokens,
+          generatedTokens: e.generatedTokens,
+          totalMs: e.totalMs,
+        });
       } else if (e.type === 'error' && e.code !== ErrorCodes.CANCELLED) {
-        this.emitEvent({ type: 'error', id: this.id, code: e.code, message: `answer ${n}: ${e.message}`, fatal: false });
+        this.emitEvent({
+          type: 'error',
+          id: this.id,
+          code: e.code,
+          message: `answer ${n}: ${e.message}`,
+          fatal: false,
+        });
       }
     }
   }
