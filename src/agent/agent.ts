@@ -1,11 +1,11 @@
 /**
  * The agent: serves queries that arrive over MQTT with a Pipeline, streams the events back, and
- * keeps a retained status with a Last Will. One connection; reconnects with exponential backoff and
- * subscribes again on every connect (a restarted broker has forgotten us); SIGTERM-style stop()
- * takes no new work, finishes what is in flight, and publishes offline.
+ * keeps a retained status with a Last Will. One connection (AgentConnection, connection.ts:
+ * reconnects, subscriptions, routing by topic); SIGTERM-style stop() takes no new work, finishes
+ * what is in flight, and publishes offline.
  */
 import { EventEmitter } from 'node:events';
-import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import type { IPublishPacket, MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
@@ -13,8 +13,10 @@ import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQue
 import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
-import { credentialOptions } from '../mqtt/connection.js';
-import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
+import { AgentConnection, agentSubscriptions } from './connection.js';
+import { deviceTopics, type DeviceTopics } from '../mqtt/topics.js';
+
+export { BROKER_STOP_WAIT_MS, noDelay, within } from './connection.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;
@@ -62,28 +64,14 @@ export interface ReplaceOptions {
   countTokens?: (text: string) => number;
 }
 
-/** How long stop() waits for the broker at each step (unsubscribe; offline status and DISCONNECT). */
-export const BROKER_STOP_WAIT_MS = 2_000;
 /** An unchanged status is still republished every this many status intervals, as a heartbeat. */
 export const STATUS_HEARTBEAT_INTERVALS = 12;
-
-/** What `p` resolves to, 'failed' if it rejects, or 'timeout' after ms. */
-export function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout' | 'failed'> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
-  return Promise.race([p.catch(() => 'failed' as const), late]).finally(() => clearTimeout(timer));
-}
 
 /** JPEG, PNG or WebP, by magic bytes: cheap, and catches text sent as an image early. */
 function looksLikeImage(b: Uint8Array): boolean {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return true;
   if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return true;
   return b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP';
-}
-
-/** Replies are small and streamed: without this, Nagle + delayed ACK add ~40 ms per round trip. */
-export function noDelay(client: MqttClient): void {
-  (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
 }
 
 export interface AgentOptions {
@@ -107,14 +95,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly version: string;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
-  private client?: MqttClient;
-  private backoffMs: number;
+  private connection?: AgentConnection;
   private stopping = false;
   private stopped?: Promise<void>;
   private statusTicker?: NodeJS.Timeout;
   /** The load the last published status showed, and when it went out. */
   private published?: { depth: number; inFlight: number; at: number };
-  private connects = 0;
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -124,7 +110,6 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.log = opts.log ?? (() => undefined);
     this.version = opts.version ?? '0.1.0';
     this.topics = deviceTopics(this.config.fleet, this.config.device);
-    this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
@@ -151,121 +136,43 @@ export class Agent extends EventEmitter<AgentEvents> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
     try {
-      await this.connectBroker();
+      // Reading the TLS files can fail here (BAD_CONFIG): inside the try, like the connect.
+      this.connection = new AgentConnection({
+        config,
+        topics: this.topics,
+        subscriptions: agentSubscriptions(this.topics, config.fleetSubscription),
+        handlers: { query: (payload, packet) => this.onQuery(packet.topic, payload, packet), cancel: (payload, packet) => this.onCancel(packet.topic, payload) },
+        will: () => Buffer.from(encodeStatus(this.status(false))),
+        log: this.log,
+        metrics: this.metrics,
+        onConnected: ({ reconnect, stopping }) => {
+          void this.publishStatus();
+          if (!stopping) this.emit('ready', { reconnect });
+        },
+        onOffline: () => this.emit('offline'),
+      });
+      await this.connection.started();
     } catch (err) {
       // A failed start leaves nothing running: the process must be able to exit with the error.
-      await this.client?.endAsync(true).catch(() => undefined);
+      await this.connection?.abort();
       await this.metrics.close();
       throw err;
     }
     if (!this.stopping) this.startStatusTicker();
   }
 
-  private async connectBroker(): Promise<void> {
-    const { config } = this;
-    const b = config.broker;
-    const options: IClientOptions = {
-      clientId: b.clientId ?? `setokim-${config.fleet}-${config.device}`,
-      clean: true,
-      keepalive: b.keepaliveS,
-      reconnectPeriod: b.reconnectMinMs,
-      connectTimeout: 10_000,
-      resubscribe: false, // we subscribe on every connect ourselves
-      will: { topic: this.topics.status, payload: Buffer.from(encodeStatus(this.status(false))), qos: 1, retain: true },
-      ...credentialOptions(b),
-    };
-    const client = connect(b.url, options);
-    this.client = client;
-    client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
-    client.on('connect', () => noDelay(client));
-    client.on('close', () => {
-      this.metrics.connected.set(0);
-      if (this.stopping) return;
-      // Exponential backoff with jitter; mqtt.js reads reconnectPeriod each time it schedules.
-      client.options.reconnectPeriod = Math.round(this.backoffMs * (0.75 + Math.random() * 0.5));
-      this.backoffMs = Math.min(this.backoffMs * 2, b.reconnectMaxMs);
-    });
-    client.on('offline', () => {
-      this.log('warn', `lost the broker ${b.url}; reconnecting with backoff`);
-      this.emit('offline');
-    });
-    client.on('error', (err) => this.log('warn', `mqtt: ${err.message}`));
-
-    await new Promise<void>((resolve, reject) => {
-      const onConnect = (): void => {
-        if (this.stopping) {
-          // A reconnect while stop() drains must not take work again (stop() unsubscribed): say offline only.
-          this.metrics.connected.set(1);
-          void this.publishStatus();
-          resolve();
-          return;
-        }
-        this.subscribeAll().then(
-          () => {
-            this.backoffMs = b.reconnectMinMs;
-            client.options.reconnectPeriod = b.reconnectMinMs;
-            this.metrics.connected.set(1);
-            const reconnect = this.connects++ > 0;
-            this.publishStatus();
-            this.log('info', `${reconnect ? 're' : ''}connected to ${b.url} as ${config.fleet}/${config.device}`);
-            this.emit('ready', { reconnect });
-            resolve();
-          },
-          (err: Error) => {
-            // A subscription the broker refuses (an ACL) will be refused again: fail start() with it.
-            if (this.connects === 0 && err instanceof SetokimError) reject(err);
-            else this.log('error', `subscribing failed: ${err.message}; will retry on the next connect`);
-          },
-        );
-      };
-      client.on('connect', onConnect);
-      // Refused credentials will not get better by retrying: fail start() with a clear message.
-      client.on('error', (err: Error & { code?: number }) => {
-        if (this.connects === 0 && (err.code === 4 || err.code === 5 || err.code === 134 || err.code === 135)) {
-          reject(new SetokimError(ErrorCodes.BAD_CONFIG, `the broker ${b.url} refused the credentials (${err.message}); check broker.username, broker.password or the client certificate`));
-        }
-      });
-    });
+  private get client(): MqttClient | undefined {
+    return this.connection?.client;
   }
 
-  /** Subscribes to every topic the agent serves; a refused one is a BROKER_REFUSED naming it. */
-  private subscribeAll(): Promise<void> {
-    const client = this.client!;
-    const t = this.topics;
-    const topics: Record<string, { qos: 0 | 1 }> = { [t.query]: { qos: 1 }, [t.cancel]: { qos: 1 }, [t.fleetCancel]: { qos: 1 } };
-    if (this.config.fleetSubscription === 'shared') topics[t.sharedFleetQuery] = { qos: 1 };
-    if (this.config.fleetSubscription === 'plain') topics[t.fleetQuery] = { qos: 1 };
-    return new Promise((resolve, reject) => {
-      // The callback, not subscribeAsync: its error keeps only the last reason code, not which topic.
-      client.subscribe(topics, (err, _granted, packet) => {
-        const refused = refusedSubscriptions(Object.keys(topics), (packet as { granted?: unknown[] } | undefined)?.granted);
-        if (refused.length) {
-          const shared = this.config.fleetSubscription === 'shared' && refused.some((r) => r.startsWith('$share/'));
-          reject(
-            new SetokimError(
-              ErrorCodes.BROKER_REFUSED,
-              `the broker ${this.config.broker.url} refused the subscription to ${refused.join(', ')}; allow this client to subscribe to ${refused.length > 1 ? 'these topics' : 'it'} in the broker's ACL` +
-                (shared ? ', or set fleetSubscription to plain (a broker without shared subscriptions) or off' : ''),
-            ),
-          );
-        } else if (err) reject(err);
-        else resolve();
-      });
-    });
-  }
-
-  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
-    if (topic === this.topics.cancel || topic === this.topics.fleetCancel) {
-      try {
-        const id = decodeCancel(payload);
-        if (this.admission.cancel(id)) this.log('info', `cancelled ${id}`);
-      } catch (err) {
-        this.metrics.errors.inc({ code: errorCode(err) });
-        this.log('warn', `ignored a cancel on ${topic}: ${(err as Error).message}`);
-      }
-      return;
+  private onCancel(topic: string, payload: Buffer): void {
+    try {
+      const id = decodeCancel(payload);
+      if (this.admission.cancel(id)) this.log('info', `cancelled ${id}`);
+    } catch (err) {
+      this.metrics.errors.inc({ code: errorCode(err) });
+      this.log('warn', `ignored a cancel on ${topic}: ${(err as Error).message}`);
     }
-    this.onQuery(topic, payload, packet);
   }
 
   private onQuery(topic: string, payload: Buffer, packet: IPublishPacket): void {
@@ -415,7 +322,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.serving = { pipeline: next, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     const from = old.pipeline.info.modelSetId;
     const to = next.info.modelSetId;
-    if (this.client) this.client.options.will = { ...this.client.options.will!, payload: Buffer.from(encodeStatus(this.status(false))) };
+    if (this.connection) this.connection.will = Buffer.from(encodeStatus(this.status(false)));
     void this.publishStatus();
     this.log('info', `serving ${to}; ${old.running} quer${old.running === 1 ? 'y' : 'ies'} finishing on ${from}`);
     this.emit('switched', { from, to, draining: old.running });
@@ -518,11 +425,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.admission.close();
     clearInterval(this.statusTicker);
     this.statusTicker = undefined;
-    const client = this.client;
-    if (client?.connected) {
-      const t = this.topics;
-      await within(client.unsubscribeAsync([t.query, t.sharedFleetQuery, t.fleetQuery]), BROKER_STOP_WAIT_MS);
-    }
+    await this.connection?.takeNoWork();
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
     if ((await Promise.race([this.admission.idle(), graceOver])) === 'timeout') {
@@ -532,24 +435,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     clearTimeout(timer);
     await Promise.all(this.retiring); // every query has stopped: replaced pipelines close now
-    const published = client ? await this.disconnect(client) : false;
+    const published = (await this.connection?.close(() => this.publishStatus())) ?? false;
     await this.metrics.close();
     this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');
-  }
-
-  /**
-   * Offline status and a clean DISCONNECT when the broker answers within BROKER_STOP_WAIT_MS;
-   * otherwise drop the connection (and the replies still waiting for it): the broker then publishes
-   * the Last Will, the same status with online = false, once it notices the connection is gone.
-   */
-  private async disconnect(client: MqttClient): Promise<boolean> {
-    const outcome = client.connected ? await within(this.publishStatus().then(() => client.endAsync()), BROKER_STOP_WAIT_MS) : 'timeout';
-    if (outcome !== 'timeout' && outcome !== 'failed') return true;
-    this.log('warn', `the broker ${this.config.broker.url} is unreachable: could not publish offline; its Last Will marks ${this.config.device} offline`);
-    const ended = client.endAsync(true); // resolves at once when a clean end is already under way...
-    client.stream?.destroy(); // ...which this unblocks: it waited for a broker that does not answer
-    await within(ended, BROKER_STOP_WAIT_MS);
-    return false;
   }
 
   /** Tests and benchmarks: the underlying connection. */
