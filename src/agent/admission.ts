@@ -14,6 +14,9 @@ export interface Ticket {
   deadline?: number;
 }
 
+/** setTimeout's longest delay (2^31 - 1 ms, 24.8 days): a longer one fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export type AdmitResult = 'started' | 'queued' | 'busy' | 'duplicate' | 'expired' | 'closed';
 
 interface Entry<T extends Ticket> {
@@ -72,10 +75,7 @@ export class Admission<T extends Ticket> {
     if (!hasSlot && this.queue.length >= this.opts.queueSize) return 'busy';
     const entry: Entry<T> = { ticket, controller: new AbortController(), state: 'queued' };
     this.live.set(ticket.id, entry);
-    if (ticket.deadline !== undefined) {
-      entry.timer = setTimeout(() => this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, `query ${ticket.id} passed its deadline; send it again with a later deadline or a longer message expiry`)), ticket.deadline - now);
-      entry.timer.unref();
-    }
+    if (ticket.deadline !== undefined) this.armDeadline(entry, ticket.deadline - now);
     if (hasSlot) {
       this.start(entry);
       return 'started';
@@ -120,6 +120,16 @@ export class Admission<T extends Ticket> {
     } else if (!entry.controller.signal.aborted) {
       entry.controller.abort(reason);
     }
+  }
+
+  /** EXPIRED at the deadline; one further than setTimeout reaches waits in steps of MAX_TIMER_MS. */
+  private armDeadline(entry: Entry<T>, ms: number): void {
+    entry.timer = setTimeout(() => {
+      const left = entry.ticket.deadline! - Date.now();
+      if (left > 0) return this.armDeadline(entry, left);
+      this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, `query ${entry.ticket.id} passed its deadline; send it again with a later deadline or a longer message expiry`));
+    }, Math.min(ms, MAX_TIMER_MS));
+    entry.timer.unref();
   }
 
   private start(entry: Entry<T>): void {

@@ -9,10 +9,10 @@ import type { IPublishPacket, MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
-import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
+import { decodeCancel, encodeStatus, QueryDecoder, type AgentStatus, type WireQuery } from './codec.js';
 import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
-import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
+import { ReplyStream, ReplyTopics, replyAddress, type ReplyAddress } from './replies.js';
 import { AgentConnection, agentSubscriptions } from './connection.js';
 import { deviceTopics, type DeviceTopics } from '../mqtt/topics.js';
 
@@ -95,6 +95,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly version: string;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
+  private readonly replyTopics: ReplyTopics;
+  private readonly decoder: QueryDecoder;
   private connection?: AgentConnection;
   private stopping = false;
   private stopped?: Promise<void>;
@@ -111,6 +113,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.version = opts.version ?? '0.1.0';
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    this.replyTopics = new ReplyTopics(this.config.replyTopics);
+    const { maxPromptBytes, maxImageBytes } = this.config.limits;
+    this.decoder = new QueryDecoder({ maxPromptBytes, maxImageBytes, replyTopic: (t) => this.replyTopics.allows(t) });
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
@@ -177,11 +182,12 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private onQuery(topic: string, payload: Buffer, packet: IPublishPacket): void {
     const receivedAt = Date.now();
-    const decoded = decodeQuery(payload);
+    const decoded = this.decoder.decode(payload);
     const salvage = decoded.ok ? { id: decoded.query.id, replyTopic: decoded.query.replyTopic, correlation: decoded.query.correlation } : decoded.salvage;
-    const address = replyAddress(packet, salvage);
+    const addressing = replyAddress(packet, salvage, this.replyTopics);
+    const address = addressing.address;
     if (!address) {
-      const reason = decoded.ok ? 'the query has no reply address (MQTT 5 Response Topic or reply_topic)' : decoded.error.message;
+      const reason = decoded.ok ? addressing.reason : `${decoded.error.message}; ${addressing.reason}`;
       this.metrics.unaddressable.inc();
       this.metrics.errors.inc({ code: decoded.ok ? ErrorCodes.BAD_MESSAGE : decoded.error.code });
       this.log('warn', `dropped a message on ${topic} with no reply address (${payload.length} bytes): ${reason}`);
@@ -195,6 +201,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     if (!decoded.ok) return this.refuse(address, salvage.id, decoded.error.code, decoded.error.message);
+    if (addressing.problem) return this.refuse(address, salvage.id, addressing.problem.code, addressing.problem.message);
     const q = decoded.query;
     this.metrics.queries.inc({ task: (TASKS as readonly string[]).includes(q.task) ? q.task : 'unknown' });
     const problem = this.check(q);
@@ -228,14 +235,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  /** Cheap checks before a query takes a slot; the pipeline does the rest (decoding, prompt length). */
+  /**
+   * Cheap checks before a query takes a slot (the sizes were checked as it was decoded); the pipeline
+   * does the rest (decoding the image, whether the prompt fits the context).
+   */
   private check(q: WireQuery): SetokimError | undefined {
     if (!(TASKS as readonly string[]).includes(q.task)) {
       return new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task "${q.task.slice(0, 64)}"; use one of ${TASKS.join(', ')}`);
-    }
-    const max = this.config.limits.maxImageBytes;
-    if (q.image && q.image.length > max) {
-      return new SetokimError(ErrorCodes.PAYLOAD_TOO_LARGE, `the image is ${q.image.length} bytes; this device takes at most ${max} (limits.maxImageBytes); resize it first`);
     }
     if (q.image && !looksLikeImage(q.image)) return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
     const maxPrompt = this.config.limits.maxPromptTokens;

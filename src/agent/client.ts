@@ -11,6 +11,7 @@ import { noDelay } from './agent.js';
 import type { QueryRequest } from '../pipeline/types.js';
 import { decodeReply, decodeStatus, encodeCancel, encodeQuery, type AgentStatus, type ReplyEvent } from './codec.js';
 import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from '../mqtt/topics.js';
+import { redactUrl } from '../redact.js';
 
 /** Where the broker is, and the credentials and TLS files (src/mqtt/connection.ts credentialOptions) to reach it. */
 export interface QueryClientOptions extends Pick<IClientOptions, 'username' | 'password' | 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> {
@@ -129,7 +130,7 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
     await new Promise<void>((resolve, reject) => {
       const fail = (err: Error): void => {
         void mqttClient.endAsync(true);
-        reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot reach the broker ${opts.url}: ${err.message}; check --broker and that the broker is running`));
+        reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot reach the broker ${redactUrl(opts.url)}: ${err.message}; check --broker and that the broker is running`));
       };
       const timer = setTimeout(() => fail(new Error('no answer within 10 s')), 10_000);
       mqttClient.once('error', (err) => {

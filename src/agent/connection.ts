@@ -9,7 +9,9 @@ import { connect, type IClientOptions, type IPublishPacket, type MqttClient } fr
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { credentialOptions } from '../mqtt/connection.js';
 import { refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
+import { redactUrl } from '../redact.js';
 import type { Logger } from './agent.js';
+import { maxQueryPacketBytes } from './codec.js';
 import type { AgentConfig } from './config.js';
 import type { AgentMetrics } from './metrics.js';
 
@@ -80,7 +82,7 @@ export class AgentConnection {
 
   constructor(private readonly o: AgentConnectionOptions) {
     const b = o.config.broker;
-    this.url = b.url;
+    this.url = redactUrl(b.url);
     this.backoffMs = b.reconnectMinMs;
     this.routes = new Map(o.subscriptions.map((s) => [s.topic, o.handlers[s.kind]]));
     this.client = connect(b.url, this.options());
@@ -109,13 +111,17 @@ export class AgentConnection {
       resubscribe: false, // we subscribe on every connect ourselves
       will: { topic: this.o.topics.status, payload: this.o.will(), qos: 1, retain: true },
       ...credentialOptions(b),
+      // MQTT 5: the broker drops a larger message instead of sending it (3.1.1 has no such limit).
+      ...(b.protocolVersion === 5 ? { properties: { maximumPacketSize: maxQueryPacketBytes(config.limits) } } : {}),
     };
   }
 
-  /** Messages by exact topic: a query topic's go to the queries, the cancel topics' to cancel, the rest is not ours. */
+  /**
+   * Messages by exact topic: the query topics' are queries, the cancel topics' cancels; anything else
+   * that arrives on this connection (an update job for the update service) is not the agent's.
+   */
   private route(topic: string, payload: Buffer, packet: IPublishPacket): void {
-    const handler = this.routes.get(topic) ?? this.o.handlers.query;
-    handler(payload, packet);
+    this.routes.get(topic)?.(payload, packet);
   }
 
   private onConnect(): void {
