@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError, type ErrorCode } from '../errors.js';
+import { GenerationSchema, MAX_ID_CHARS } from '../pipeline/request.js';
 import type { GenerationParams, PipelineEvent } from '../pipeline/types.js';
 import { isSafeReplyTopic, MAX_REPLY_TOPIC, REPLY_FILTER, topicMatches } from '../mqtt/topics.js';
 
@@ -76,20 +77,12 @@ const bytes = z.instanceof(Uint8Array);
 /** The wire rules of a Query, for an agent's QueryRules. */
 function querySchema(rules: QueryRules) {
   return z.object({
-  id: z.string().min(1, 'the query has no id').max(200, 'the query id is longer than 200 characters'),
-  task: z.string().max(64),
+  id: z.string().min(1, 'the query has no id').max(MAX_ID_CHARS, `the query id is longer than ${MAX_ID_CHARS} characters`),
+  task: z.string(), // anything but the five tasks is UNKNOWN_TASK (the agent's check)
   prompt: z.string(),
   image: bytes,
-  generation: z
-    .object({
-      maxTokens: z.number().int().min(1).optional(),
-      temperature: z.number().min(0).max(10).optional(),
-      topK: z.number().int().min(0).optional(),
-      topP: z.number().min(0).max(1).optional(),
-      seed: z.number().int().min(0).optional(),
-      stop: z.array(z.string().max(256)).max(16),
-    })
-    .nullable(),
+  // The pipeline's own schema: what passes here is never its BAD_ARGUMENT.
+  generation: GenerationSchema.nullable(),
   deadlineUnixMs: z.number().int().min(0),
   replyTopic: replyTopicSchema(rules),
   correlation: bytes.refine((b) => b.length <= MAX_CORRELATION_BYTES, `correlation is longer than ${MAX_CORRELATION_BYTES} bytes`),
@@ -202,7 +195,7 @@ export class QueryDecoder {
     if (p.image.length) query.image = p.image;
     if (p.generation) {
       const { stop, ...rest } = p.generation;
-      query.generation = { ...rest, ...(stop.length ? { stop } : {}) };
+      query.generation = { ...rest, ...(stop?.length ? { stop } : {}) };
     }
     if (p.deadlineUnixMs) query.deadlineUnixMs = p.deadlineUnixMs;
     if (p.replyTopic) query.replyTopic = p.replyTopic;
