@@ -22,6 +22,8 @@ export type AdmitResult = 'started' | 'queued' | 'busy' | 'duplicate' | 'expired
 interface Entry<T extends Ticket> {
   ticket: T;
   controller: AbortController;
+  aborted: Promise<SetokimError>;
+  abortWith: (reason: SetokimError) => void;
   timer?: NodeJS.Timeout;
   state: 'queued' | 'running';
 }
@@ -29,8 +31,11 @@ interface Entry<T extends Ticket> {
 export interface AdmissionOptions<T extends Ticket> {
   queueSize: number;
   concurrency: number;
-  /** Runs one admitted query; the promise settles when its slot may be reused. */
-  run(ticket: T, signal: AbortSignal): Promise<void>;
+  /**
+   * Runs one admitted query; the promise settles when its slot may be reused. `aborted` resolves
+   * with the reason when it is cancelled or expires (as `signal` aborts; no listener needed).
+   */
+  run(ticket: T, signal: AbortSignal, aborted: Promise<SetokimError>): Promise<void>;
   /** A query that left the queue without running (cancelled or expired while waiting). */
   dropped(ticket: T, reason: SetokimError): void;
   /** Queue depth or in-flight count changed. */
@@ -73,7 +78,9 @@ export class Admission<T extends Ticket> {
     if (ticket.deadline !== undefined && ticket.deadline <= now) return 'expired';
     const hasSlot = this.running < this.opts.concurrency;
     if (!hasSlot && this.queue.length >= this.opts.queueSize) return 'busy';
-    const entry: Entry<T> = { ticket, controller: new AbortController(), state: 'queued' };
+    let abortWith!: (reason: SetokimError) => void;
+    const aborted = new Promise<SetokimError>((resolve) => (abortWith = resolve));
+    const entry: Entry<T> = { ticket, controller: new AbortController(), aborted, abortWith, state: 'queued' };
     this.live.set(ticket.id, entry);
     if (ticket.deadline !== undefined) this.armDeadline(entry, ticket.deadline - now);
     if (hasSlot) {
@@ -119,6 +126,7 @@ export class Admission<T extends Ticket> {
       this.checkIdle();
     } else if (!entry.controller.signal.aborted) {
       entry.controller.abort(reason);
+      entry.abortWith(reason);
     }
   }
 
@@ -127,7 +135,8 @@ export class Admission<T extends Ticket> {
     entry.timer = setTimeout(() => {
       const left = entry.ticket.deadline! - Date.now();
       if (left > 0) return this.armDeadline(entry, left);
-      this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, `query ${entry.ticket.id} passed its deadline; send it again with a later deadline or a longer message expiry`));
+      const message = `query ${entry.ticket.id} passed its deadline; send it again with a later deadline or expiry`;
+      this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, message));
     }, Math.min(ms, MAX_TIMER_MS));
     entry.timer.unref();
   }
@@ -137,7 +146,7 @@ export class Admission<T extends Ticket> {
     this.running++;
     this.opts.changed?.();
     this.opts
-      .run(entry.ticket, entry.controller.signal)
+      .run(entry.ticket, entry.controller.signal, entry.aborted)
       .catch(() => undefined) // run reports its own errors; a slot must never leak
       .finally(() => {
         this.running--;

@@ -48,8 +48,6 @@ interface Ticket {
   receivedAt: number;
 }
 
-const ABORTED = Symbol('aborted');
-
 /** The pipeline queries start on, with the prompt counter of its set and its running count. */
 interface Serving {
   pipeline: Pipeline;
@@ -119,7 +117,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
-      run: (t, signal) => this.runQuery(t, signal),
+      run: (t, signal, aborted) => this.runQuery(t, signal, aborted),
       dropped: (t, reason) => this.replyError(t.address, t.id, reason.code, reason.message),
       changed: () => this.queueChanged(),
     });
@@ -146,7 +144,10 @@ export class Agent extends EventEmitter<AgentEvents> {
         config,
         topics: this.topics,
         subscriptions: agentSubscriptions(this.topics, config.fleetSubscription),
-        handlers: { query: (payload, packet) => this.onQuery(packet.topic, payload, packet), cancel: (payload, packet) => this.onCancel(packet.topic, payload) },
+        handlers: {
+          query: (payload, packet) => this.onQuery(packet.topic, payload, packet),
+          cancel: (payload, packet) => this.onCancel(packet.topic, payload),
+        },
         will: () => Buffer.from(encodeStatus(this.status(false))),
         log: this.log,
         metrics: this.metrics,
@@ -201,22 +202,20 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     if (!decoded.ok) return this.refuse(address, salvage.id, decoded.error.code, decoded.error.message);
-    if (addressing.problem) return this.refuse(address, salvage.id, addressing.problem.code, addressing.problem.message);
+    const { problem: wrongAddress } = addressing;
+    if (wrongAddress) return this.refuse(address, salvage.id, wrongAddress.code, wrongAddress.message);
     const q = decoded.query;
-    this.metrics.queries.inc({ task: (TASKS as readonly string[]).includes(q.task) ? q.task : 'unknown' });
+    this.metrics.queryOf(q.task).inc();
     const problem = this.check(q);
     if (problem) return this.refuse(address, q.id, problem.code, problem.message);
 
+    const ticket: Ticket = { id: q.id, request: this.request(q), address, receivedAt };
     const expiry = packet.properties?.messageExpiryInterval;
-    const deadlines = [q.deadlineUnixMs, expiry !== undefined ? receivedAt + expiry * 1000 : undefined].filter((d): d is number => d !== undefined);
-    const deadline = deadlines.length ? Math.min(...deadlines) : undefined;
-    const request: QueryRequest = { id: q.id, task: q.task as Task };
-    if (q.prompt !== undefined) request.prompt = q.prompt;
-    if (q.image) request.image = q.image;
-    const generation = { ...q.generation };
-    if (this.config.limits.maxTokens !== undefined) generation.maxTokens = Math.min(generation.maxTokens ?? Infinity, this.config.limits.maxTokens);
-    if (Object.keys(generation).length) request.generation = generation;
-    const ticket: Ticket = { id: q.id, request, address, receivedAt, ...(deadline !== undefined ? { deadline } : {}) };
+    const expires = expiry !== undefined ? receivedAt + expiry * 1000 : undefined;
+    if (q.deadlineUnixMs !== undefined || expires !== undefined) {
+      ticket.deadline = Math.min(q.deadlineUnixMs ?? Infinity, expires ?? Infinity);
+    }
+    const { request } = ticket;
 
     switch (this.admission.admit(ticket, receivedAt)) {
       case 'started':
@@ -233,6 +232,23 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.metrics.duplicates.inc();
         return;
     }
+  }
+
+  /**
+   * The pipeline's request for a query, generation capped by limits.maxTokens. (No object spreads on
+   * this path: they cost more than the rest.)
+   */
+  private request(q: WireQuery): QueryRequest {
+    const request: QueryRequest = { id: q.id, task: q.task as Task };
+    if (q.prompt !== undefined) request.prompt = q.prompt;
+    if (q.image) request.image = q.image;
+    const cap = this.config.limits.maxTokens;
+    if (q.generation || cap !== undefined) {
+      const generation = Object.assign({}, q.generation);
+      if (cap !== undefined) generation.maxTokens = Math.min(generation.maxTokens ?? Infinity, cap);
+      request.generation = generation;
+    }
+    return request;
   }
 
   /**
@@ -257,36 +273,36 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.replyError(address, id, code, message);
   }
 
+  /** The replies of one query; its last one is written at once, with the PUBACK and the rest held with it. */
+  private replyStream(address: ReplyAddress): ReplyStream {
+    return new ReplyStream(this.client!, address, this.config.device, () => this.connection?.flushSoon());
+  }
+
   private replyError(address: ReplyAddress, id: string, code: ErrorCode, message: string): void {
     if (!this.client) return;
     this.metrics.errors.inc({ code });
-    new ReplyStream(this.client, address, this.config.device).send({ type: 'error', id, code, message });
+    this.replyStream(address).send({ type: 'error', id, code, message });
     this.emit('answered', { id, code });
   }
 
-  private async runQuery(ticket: Ticket, signal: AbortSignal): Promise<void> {
+  private async runQuery(ticket: Ticket, signal: AbortSignal, aborted: Promise<SetokimError>): Promise<void> {
     // Bound here, when the query starts: a replacement never moves a running query.
     const serving = this.serving;
     serving.running++;
-    const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
+    const stream = this.replyStream(ticket.address);
     let iterator: AsyncIterator<PipelineEvent> | undefined;
-    const aborted = new Promise<typeof ABORTED>((resolve) => {
-      if (signal.aborted) resolve(ABORTED);
-      else signal.addEventListener('abort', () => resolve(ABORTED), { once: true });
-    });
     let last: PipelineEvent | undefined;
     try {
       // Inside the try: a pipeline that throws on the call still gets the query its error reply.
       iterator = serving.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
       while (!stream.finished) {
         const step = await Promise.race([iterator.next(), aborted]);
-        if (step === ABORTED) {
-          const reason = signal.reason as SetokimError;
-          last = { type: 'error', id: ticket.id, code: errorCode(reason), message: reason.message };
+        if (step instanceof SetokimError) {
+          last = { type: 'error', id: ticket.id, code: step.code, message: step.message };
         } else if (step.done) {
           last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
         } else {
-          last = { ...step.value, id: ticket.id } as PipelineEvent;
+          last = step.value.id === ticket.id ? step.value : ({ ...step.value, id: ticket.id } as PipelineEvent);
         }
         this.observe(last);
         stream.send(last);
@@ -297,7 +313,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       stream.send(last);
     } finally {
       this.metrics.querySeconds.observe((Date.now() - ticket.receivedAt) / 1000);
-      this.emit('answered', { id: ticket.id, ...(last?.type === 'error' ? { code: last.code } : {}), modelSetId: serving.pipeline.info.modelSetId });
+      const answered: AgentEvents['answered'][0] = { id: ticket.id, modelSetId: serving.pipeline.info.modelSetId };
+      if (last?.type === 'error') answered.code = last.code;
+      this.emit('answered', answered);
       // The slot is free only once the pipeline has really stopped (it checks the signal).
       await Promise.resolve(iterator?.return?.()).catch(() => undefined);
       if (--serving.running === 0) serving.drained?.();

@@ -33,6 +33,32 @@ export function noDelay(client: MqttClient): void {
   (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
 }
 
+/**
+ * Holds what a client writes until release() or, at the latest, the end of this turn of the event
+ * loop: the PUBACK of a message and what its handler publishes at once (a refusal, or an answer that
+ * is ready) leave in one TCP segment instead of one each. Nothing waits beyond the current turn.
+ */
+export class WriteCoalescer {
+  private held: Array<{ uncork(): void }> = [];
+
+  constructor(private readonly client: MqttClient) {}
+
+  hold(): void {
+    const stream = this.client.stream as { cork?: () => void; uncork?: () => void; writable?: boolean } | undefined;
+    if (!stream?.cork || !stream.uncork || !stream.writable) return;
+    stream.cork();
+    this.held.push(stream as { uncork(): void });
+    if (this.held.length === 1) setImmediate(() => this.release());
+  }
+
+  /** Writes what was held (what is written in this same tick joins it). */
+  release(): void {
+    const held = this.held;
+    this.held = [];
+    for (const stream of held) stream.uncork();
+  }
+}
+
 export type Route = (payload: Buffer, packet: IPublishPacket) => void;
 
 /** A filter the agent subscribes to, the topic its messages arrive on, and what they are. */
@@ -43,7 +69,10 @@ export interface Subscription {
 }
 
 /** Every filter the agent serves: its device's query and cancel topics, and the fleet's as configured. */
-export function agentSubscriptions(t: DeviceTopics, fleetSubscription: AgentConfig['fleetSubscription']): Subscription[] {
+export function agentSubscriptions(
+  t: DeviceTopics,
+  fleetSubscription: AgentConfig['fleetSubscription'],
+): Subscription[] {
   const subs: Subscription[] = [
     { filter: t.query, topic: t.query, kind: 'query' },
     { filter: t.cancel, topic: t.cancel, kind: 'cancel' },
@@ -74,6 +103,7 @@ export class AgentConnection {
   readonly client: MqttClient;
   private readonly url: string;
   private readonly routes: Map<string, Route>;
+  private readonly writes: WriteCoalescer;
   private backoffMs: number;
   private connects = 0;
   private stopping = false;
@@ -86,6 +116,7 @@ export class AgentConnection {
     this.backoffMs = b.reconnectMinMs;
     this.routes = new Map(o.subscriptions.map((s) => [s.topic, o.handlers[s.kind]]));
     this.client = connect(b.url, this.options());
+    this.writes = new WriteCoalescer(this.client);
     this.client.on('message', (topic, payload, packet) => this.route(topic, payload, packet));
     this.client.on('connect', () => this.onConnect());
     this.client.on('close', () => this.onClose());
@@ -121,7 +152,10 @@ export class AgentConnection {
    * that arrives on this connection (an update job for the update service) is not the agent's.
    */
   private route(topic: string, payload: Buffer, packet: IPublishPacket): void {
-    this.routes.get(topic)?.(payload, packet);
+    const handler = this.routes.get(topic);
+    if (!handler) return;
+    this.writes.hold();
+    handler(payload, packet);
   }
 
   private onConnect(): void {
@@ -173,7 +207,8 @@ export class AgentConnection {
     const shared = this.o.config.fleetSubscription === 'shared' && refused.some((r) => r.startsWith('$share/'));
     return new SetokimError(
       ErrorCodes.BROKER_REFUSED,
-      `the broker ${this.url} refused the subscription to ${refused.join(', ')}; allow this client to subscribe to ${refused.length > 1 ? 'these topics' : 'it'} in the broker's ACL` +
+      `the broker ${this.url} refused the subscription to ${refused.join(', ')}; ` +
+        `allow this client to subscribe to ${refused.length > 1 ? 'these topics' : 'it'} in the broker's ACL` +
         (shared ? ', or set fleetSubscription to plain (a broker without shared subscriptions) or off' : ''),
     );
   }
@@ -196,9 +231,18 @@ export class AgentConnection {
     // Refused credentials will not get better by retrying: fail start() with a clear message.
     if (this.connects === 0 && err.code !== undefined && REFUSED_CREDENTIALS.has(err.code)) {
       this.first?.reject(
-        new SetokimError(ErrorCodes.BAD_CONFIG, `the broker ${this.url} refused the credentials (${err.message}); check broker.username, broker.password or the client certificate`),
+        new SetokimError(
+          ErrorCodes.BAD_CONFIG,
+          `the broker ${this.url} refused the credentials (${err.message}); ` +
+            'check broker.username, broker.password or the client certificate',
+        ),
       );
     }
+  }
+
+  /** Writes what is held as soon as this tick's packets have joined it (an answer is complete). */
+  flushSoon(): void {
+    process.nextTick(() => this.writes.release());
   }
 
   /** The Last Will for later reconnects (the status names what is served now). */
@@ -223,9 +267,18 @@ export class AgentConnection {
   async close(goodbye: () => Promise<void>): Promise<boolean> {
     this.stopping = true;
     const client = this.client;
-    const outcome = client.connected ? await within(goodbye().then(() => client.endAsync()), BROKER_STOP_WAIT_MS) : 'timeout';
+    const outcome = client.connected
+      ? await within(
+          goodbye().then(() => client.endAsync()),
+          BROKER_STOP_WAIT_MS,
+        )
+      : 'timeout';
     if (outcome !== 'timeout' && outcome !== 'failed') return true;
-    this.o.log('warn', `the broker ${this.url} is unreachable: could not publish offline; its Last Will marks ${this.o.config.device} offline`);
+    this.o.log(
+      'warn',
+      `the broker ${this.url} is unreachable: could not publish offline; ` +
+        `its Last Will marks ${this.o.config.device} offline`,
+    );
     const ended = client.endAsync(true); // resolves at once when a clean end is already under way...
     client.stream?.destroy(); // ...which this unblocks: it waited for a broker that does not answer
     await within(ended, BROKER_STOP_WAIT_MS);

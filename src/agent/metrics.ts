@@ -6,6 +6,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { TASKS } from '../pipeline/types.js';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -41,6 +42,16 @@ export class AgentMetrics {
     registers: [this.registry],
   });
   private server?: Server;
+  /** setokim_queries_total's children by task, made once (labels() hashes its argument on every call). */
+  private readonly byTask = new Map<string, { inc(): void }>();
+
+  /** The query counter of a task ("unknown" for anything but the five). */
+  queryOf(task: string): { inc(): void } {
+    const known = (TASKS as readonly string[]).includes(task) ? task : 'unknown';
+    let child = this.byTask.get(known);
+    if (!child) this.byTask.set(known, (child = this.queries.labels({ task: known })));
+    return child;
+  }
 
   /** Serves /metrics on host:port (port 0 = a free port); resolves with the bound port. */
   async listen(port: number, host = '127.0.0.1'): Promise<number> {

@@ -6,10 +6,10 @@
  * setokim/v1/replies/ and to the filters it is configured with (ReplyTopics): a reply topic is
  * where the agent writes with its own broker permissions, so a client must not choose it freely.
  */
-import type { IPublishPacket, MqttClient } from 'mqtt';
+import type { IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import type { PipelineEvent } from '../pipeline/types.js';
-import { encodeReply, MAX_CORRELATION_BYTES, type Salvage } from './codec.js';
+import { encodeReply, MAX_CORRELATION_BYTES, type ReplyMeta, type Salvage } from './codec.js';
 import { isSafeReplyTopic, REPLY_FILTER, topicMatches } from '../mqtt/topics.js';
 
 /** The topics this agent publishes replies to: setokim/v1/replies/# and its configured replyTopics. */
@@ -49,34 +49,50 @@ const quoted = (s: string): string => JSON.stringify(s.length > 100 ? `${s.slice
  */
 export function replyAddress(packet: IPublishPacket, fromPayload: Salvage, topics: ReplyTopics): Addressing {
   const props = packet.properties;
-  const correlation = fromPayload.correlation;
   const responseTopic = props?.responseTopic;
+  const at = (topic: string): ReplyAddress => {
+    const address: ReplyAddress = { topic };
+    if (fromPayload.correlation) address.correlation = fromPayload.correlation;
+    return address;
+  };
   if (responseTopic && topics.allows(responseTopic)) {
+    const address = at(responseTopic);
     const data = props.correlationData;
     if (data && data.length > MAX_CORRELATION_BYTES) {
-      const problem = new SetokimError(ErrorCodes.BAD_MESSAGE, `the Correlation Data is ${data.length} bytes; at most ${MAX_CORRELATION_BYTES} (as the correlation field)`);
-      return { address: { topic: responseTopic, ...(correlation ? { correlation } : {}) }, problem };
+      const why = `the Correlation Data is ${data.length} bytes; at most ${MAX_CORRELATION_BYTES} (as correlation)`;
+      return { address, problem: new SetokimError(ErrorCodes.BAD_MESSAGE, why) };
     }
-    return { address: { topic: responseTopic, ...(data ? { correlationData: data } : {}), ...(correlation ? { correlation } : {}) } };
+    if (data) address.correlationData = data;
+    return { address };
   }
-  if (fromPayload.replyTopic) return { address: { topic: fromPayload.replyTopic, ...(correlation ? { correlation } : {}) } };
-  if (responseTopic) return { reason: `the Response Topic ${quoted(responseTopic)} is not a reply topic this agent publishes to (${topics})` };
+  if (fromPayload.replyTopic) return { address: at(fromPayload.replyTopic) };
+  if (responseTopic) {
+    return { reason: `the Response Topic ${quoted(responseTopic)} is not a reply topic of this agent (${topics})` };
+  }
   return { reason: 'the query has no reply address (MQTT 5 Response Topic or reply_topic)' };
 }
 
 /** Publishes the events of one query in order, numbering them. */
 export class ReplyStream {
-  private seq = 0;
-  private ended = false;
+  private readonly meta: ReplyMeta;
+  private readonly options: IClientPublishOptions;
+  private over = false;
 
+  /** `ended` is called once the last event (done or error) has been handed to the client library. */
   constructor(
     private readonly client: MqttClient,
     private readonly address: ReplyAddress,
-    private readonly device: string,
-  ) {}
+    device: string,
+    private readonly ended?: () => void,
+  ) {
+    this.meta = { seq: 0, device };
+    if (address.correlation) this.meta.correlation = address.correlation;
+    this.options = { qos: 1 };
+    if (address.correlationData) this.options.properties = { correlationData: address.correlationData };
+  }
 
   get finished(): boolean {
-    return this.ended;
+    return this.over;
   }
 
   /**
@@ -84,10 +100,13 @@ export class ReplyStream {
    * QoS 1 messages in its outgoing store and sends them after reconnecting.
    */
   send(event: PipelineEvent): void {
-    if (this.ended) return; // one terminal event per query, whatever races produced more
-    if (event.type === 'done' || event.type === 'error') this.ended = true;
-    const payload = encodeReply(event, { seq: this.seq++, device: this.device, ...(this.address.correlation ? { correlation: this.address.correlation } : {}) });
-    const properties = this.address.correlationData ? { correlationData: this.address.correlationData } : undefined;
-    this.client.publish(this.address.topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1, ...(properties ? { properties } : {}) }, () => undefined);
+    if (this.over) return; // one terminal event per query, whatever races produced more
+    const last = event.type === 'done' || event.type === 'error';
+    if (last) this.over = true;
+    const payload = encodeReply(event, this.meta);
+    this.meta.seq++;
+    const bytes = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    this.client.publish(this.address.topic, bytes, this.options, () => undefined);
+    if (last) this.ended?.();
   }
 }

@@ -100,9 +100,20 @@ export const replyTopicFilter = z
   .string()
   .min(1)
   .max(MAX_REPLY_TOPIC)
-  .refine((f) => !/\u0000/.test(f) && f.split('/').every((level, i, all) => (level.includes('#') ? level === '#' && i === all.length - 1 : !level.includes('+') || level === '+')), 'not an MQTT topic filter (# only as the last level, + only as a whole level)')
-  .refine((f) => !f.startsWith('$'), 'a $ topic is the broker\'s own')
-  .refine((f) => !f.startsWith('setokim/') || f.startsWith(`${TOPIC_ROOT}/replies/`), `inside setokim/ replies go to ${REPLY_FILTER} only`);
+  .refine(isTopicFilter, 'not an MQTT topic filter (# only as the last level, + only as a whole level)')
+  .refine((f) => !f.startsWith('$'), "a $ topic is the broker's own")
+  .refine(
+    (f) => !f.startsWith('setokim/') || f.startsWith(`${TOPIC_ROOT}/replies/`),
+    `inside setokim/ replies go to ${REPLY_FILTER} only`,
+  );
+
+/** MQTT filter syntax: `#` only as the whole last level, `+` only as a whole level, no NUL. */
+function isTopicFilter(filter: string): boolean {
+  if (filter.includes('\u0000')) return false;
+  const levels = filter.split('/');
+  const last = levels.length - 1;
+  return levels.every((level, i) => (level.includes('#') ? level === '#' && i === last : !level.includes('+') || level === '+'));
+}
 
 /**
  * The topics a SUBACK refused (a reason code >= 0x80, e.g. the broker's ACL), in the order they

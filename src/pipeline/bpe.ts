@@ -1,8 +1,9 @@
 /**
  * SentencePiece-style byte-pair encoding in O(n log n) with small constants: the same ids as
  * llama-tokenizer-js and @huggingface/tokenizers give for a LLaMA vocabulary (test/pipeline/bpe.test.ts
- * compares them on thousands of texts), at about a microsecond per character instead of 3-60: a
- * maximal prompt is tokenised without holding the event loop (docs/MQTT.md, limits.maxPromptBytes).
+ * compares them on thousands of texts), at under a microsecond per character where they take 1.5
+ * to 60 (bench/agent.ts): a maximal prompt is tokenised without holding the event loop for long
+ * (docs/MQTT.md, limits.maxPromptBytes).
  *
  * The input is already normalised (spaces as "▁", the dummy prefix added). Every character starts as
  * its own symbol (a character outside the vocabulary as its UTF-8 bytes "<0xNN>", which never
@@ -27,10 +28,13 @@ export class SentencePieceBpe {
    * @param unk the id of a character neither in the vocabulary nor coverable by byte pieces
    */
   constructor(pieces: readonly (string | undefined)[], merges: Iterable<readonly [string, string]>, unk: number) {
-    if (pieces.length >= ID_SPACE) throw new RangeError(`a vocabulary of ${pieces.length} pieces is beyond this encoder's ${ID_SPACE}`);
+    if (pieces.length >= ID_SPACE)
+      throw new RangeError(`a vocabulary of ${pieces.length} pieces is beyond this encoder's ${ID_SPACE}`);
     this.idOf = new Map();
     pieces.forEach((p, id) => p !== undefined && !this.idOf.has(p) && this.idOf.set(p, id));
-    this.byteIds = new Int32Array(256).map((_, b) => this.idOf.get(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`) ?? unk);
+    this.byteIds = new Int32Array(256).map(
+      (_, b) => this.idOf.get(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`) ?? unk,
+    );
     let rank = 0;
     for (const [left, right] of merges) {
       const l = this.idOf.get(left);
@@ -53,7 +57,7 @@ export class SentencePieceBpe {
         ids.push(id);
         mergeable.push(true);
       } else {
-        for (const b of utf8.encode(ch)) ids.push(this.byteIds[b]!), mergeable.push(false);
+        for (const b of utf8.encode(ch)) (ids.push(this.byteIds[b]!), mergeable.push(false));
       }
     }
     return this.mergeAll(ids, mergeable);

@@ -57,7 +57,8 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
   }
   const r = parsed.data;
   if (r.prompt && r.prompt.length > MAX_PROMPT_CHARS) {
-    throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the prompt is ${r.prompt.length} characters; a query takes at most ${MAX_PROMPT_CHARS}; shorten it`);
+    const why = `the prompt is ${r.prompt.length} characters; a query takes at most ${MAX_PROMPT_CHARS}; shorten it`;
+    throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, why);
   }
   if (!(TASKS as readonly string[]).includes(r.task))
     throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);

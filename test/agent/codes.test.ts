@@ -65,7 +65,13 @@ if (!mosquittoPath()) {
 
   const mosquitto = await startMosquitto();
   t.teardown(() => mosquitto.stop());
-  const broker: TestBroker = { kind: 'mosquitto', url: mosquitto.url, protocolVersion: 5, shared: true, close: async () => {} };
+  const broker: TestBroker = {
+    kind: 'mosquitto',
+    url: mosquitto.url,
+    protocolVersion: 5,
+    shared: true,
+    close: async () => {},
+  };
   const agents: Record<NonNullable<Case['device']>, Partial<AgentConfigInput>> = {
     // Room for the 120,000-character prompt within the MQTT 5 Maximum Packet Size (image + prompt + 16 KiB).
     codes: { limits: { maxImageBytes: 256 * 1024 } },
@@ -74,7 +80,11 @@ if (!mosquittoPath()) {
   };
   const answered = new Set<string>();
   for (const [device, extra] of Object.entries(agents)) {
-    const agent = new Agent({ config: testConfig(broker, device, extra), pipeline, countTokens: (s) => tok.encode(s).length });
+    const agent = new Agent({
+      config: testConfig(broker, device, extra),
+      pipeline,
+      countTokens: (s) => tok.encode(s).length,
+    });
     agent.on('answered', (a) => a.code && answered.add(a.code));
     await agent.start();
     t.teardown(() => agent.stop(0));
@@ -89,13 +99,18 @@ if (!mosquittoPath()) {
   const replies: Array<ReplyEvent & { key?: string }> = [];
   let arrived = (): void => undefined;
   client.on('message', (_topic, payload, packet) => {
-    replies.push({ ...decodeReply(payload), ...(packet.properties?.correlationData ? { key: packet.properties.correlationData.toString() } : {}) });
+    replies.push({
+      ...decodeReply(payload),
+      ...(packet.properties?.correlationData ? { key: packet.properties.correlationData.toString() } : {}),
+    });
     arrived();
   });
   const terminal = async (q: WireQuery): Promise<ReplyEvent | undefined> => {
     const until = Date.now() + 20_000;
     while (Date.now() < until) {
-      const last = replies.find((r) => (r.key === q.id || (q.id && r.id === q.id)) && (r.type === 'done' || r.type === 'error'));
+      const last = replies.find(
+        (r) => (r.key === q.id || (q.id && r.id === q.id)) && (r.type === 'done' || r.type === 'error'),
+      );
       if (last) return last;
       await new Promise<void>((resolve) => {
         arrived = resolve;
@@ -107,7 +122,10 @@ if (!mosquittoPath()) {
 
   const png = await samplePng(48, 40);
   const send = (device: string, q: WireQuery, payload?: Buffer, properties?: IClientPublishOptions['properties']) =>
-    client.publishAsync(queryTopic({ fleet: 'test', device }), payload ?? Buffer.from(encodeQuery(q)), { qos: 1, properties: { responseTopic: replyTopic, correlationData: Buffer.from(q.id), ...properties } });
+    client.publishAsync(queryTopic({ fleet: 'test', device }), payload ?? Buffer.from(encodeQuery(q)), {
+      qos: 1,
+      properties: { responseTopic: replyTopic, correlationData: Buffer.from(q.id), ...properties },
+    });
   const long = { generation: { maxTokens: 8 } };
 
   const cases: Case[] = [
@@ -115,12 +133,24 @@ if (!mosquittoPath()) {
     { what: 'no id', code: 'BAD_MESSAGE', query: { id: '' } },
     { what: 'an id of 150 characters', code: 'BAD_MESSAGE', query: { id: 'i'.repeat(150) } },
     { what: 'a reply_topic outside the reply topics', code: 'BAD_MESSAGE', query: { replyTopic: 'home/door/unlock' } },
-    { what: 'Correlation Data of 300 bytes', code: 'BAD_MESSAGE', properties: { correlationData: Buffer.alloc(300, 1) } },
+    {
+      what: 'Correlation Data of 300 bytes',
+      code: 'BAD_MESSAGE',
+      properties: { correlationData: Buffer.alloc(300, 1) },
+    },
     { what: 'top_p 0', code: 'BAD_MESSAGE', query: { generation: { topP: 0 } } },
-    { what: 'a stop sequence of 100 characters', code: 'BAD_MESSAGE', query: { generation: { stop: ['s'.repeat(100)] } } },
+    {
+      what: 'a stop sequence of 100 characters',
+      code: 'BAD_MESSAGE',
+      query: { generation: { stop: ['s'.repeat(100)] } },
+    },
     { what: 'task paint', code: 'UNKNOWN_TASK', query: { task: 'paint' } },
     { what: 'a task of 100 characters', code: 'UNKNOWN_TASK', query: { task: 't'.repeat(100) } },
-    { what: 'an image over limits.maxImageBytes', code: 'PAYLOAD_TOO_LARGE', query: { image: Buffer.concat([png, Buffer.alloc(256 * 1024)]) } },
+    {
+      what: 'an image over limits.maxImageBytes',
+      code: 'PAYLOAD_TOO_LARGE',
+      query: { image: Buffer.concat([png, Buffer.alloc(256 * 1024)]) },
+    },
     { what: 'text sent as an image', code: 'BAD_IMAGE', query: { image: Buffer.from('hello, not a picture') } },
     { what: 'a truncated PNG', code: 'BAD_IMAGE', query: { image: png.subarray(0, 60) } },
     { what: 'ask without an image', code: 'BAD_INPUT', query: { image: new Uint8Array(0) } },
@@ -128,12 +158,41 @@ if (!mosquittoPath()) {
     { what: 'generate with an image', code: 'BAD_INPUT', query: { task: 'generate' } },
     { what: '<image> twice in the prompt', code: 'BAD_INPUT', query: { prompt: '<image> and <image>' } },
     { what: 'a 120,000-character prompt (issue 15)', code: 'PROMPT_TOO_LONG', query: { prompt: 'p'.repeat(120_000) } },
-    { what: 'a prompt over limits.maxPromptTokens', code: 'PROMPT_TOO_LONG', device: 'tokens', query: { prompt: 'word '.repeat(2500) } },
-    { what: 'a prompt that does not fit the context', code: 'PROMPT_TOO_LONG', device: 'tokens', query: { prompt: 'word '.repeat(1000) } },
-    { what: 'a full queue', code: 'BUSY', device: 'busy', first: async () => void (await send('busy', { id: randomUUID(), task: 'describe', image: png, ...long })) },
+    {
+      what: 'a prompt over limits.maxPromptTokens',
+      code: 'PROMPT_TOO_LONG',
+      device: 'tokens',
+      query: { prompt: 'word '.repeat(2500) },
+    },
+    {
+      what: 'a prompt that does not fit the context',
+      code: 'PROMPT_TOO_LONG',
+      device: 'tokens',
+      query: { prompt: 'word '.repeat(1000) },
+    },
+    {
+      what: 'a full queue',
+      code: 'BUSY',
+      device: 'busy',
+      first: async () => void (await send('busy', { id: randomUUID(), task: 'describe', image: png, ...long })),
+    },
     { what: 'a deadline already past', code: 'EXPIRED', query: { deadlineUnixMs: Date.now() - 1000 } },
-    { what: 'a cancel while it runs', code: 'CANCELLED', query: long, then: async (q) => void (await client.publishAsync(cancelTopic({ fleet: 'test', device: 'codes' }), Buffer.from(encodeCancel(q.id)), { qos: 1 })) },
-    { what: 'generate on a set without diffusion stages', code: 'MODEL_NOT_FOUND', query: { task: 'generate', image: new Uint8Array(0), prompt: 'a lighthouse' } },
+    {
+      what: 'a cancel while it runs',
+      code: 'CANCELLED',
+      query: long,
+      then: async (q) =>
+        void (await client.publishAsync(
+          cancelTopic({ fleet: 'test', device: 'codes' }),
+          Buffer.from(encodeCancel(q.id)),
+          { qos: 1 },
+        )),
+    },
+    {
+      what: 'generate on a set without diffusion stages',
+      code: 'MODEL_NOT_FOUND',
+      query: { task: 'generate', image: new Uint8Array(0), prompt: 'a lighthouse' },
+    },
     {
       what: "the stages' worker threads die",
       code: 'BACKEND_CRASHED',
@@ -144,8 +203,16 @@ if (!mosquittoPath()) {
   t.test('the cases cover every documented code', async (t) => {
     t.ok(DOCUMENTED.length >= 10, `docs/MQTT.md lists ${DOCUMENTED.length} codes`);
     const covered = new Set([...cases.map((c) => c.code), ...Object.keys(NOT_SENDABLE)]);
-    t.same(DOCUMENTED.filter((c) => !covered.has(c)), [], 'documented codes without a case');
-    t.same([...covered].filter((c) => !DOCUMENTED.includes(c)), [], 'cases for codes the docs do not list');
+    t.same(
+      DOCUMENTED.filter((c) => !covered.has(c)),
+      [],
+      'documented codes without a case',
+    );
+    t.same(
+      [...covered].filter((c) => !DOCUMENTED.includes(c)),
+      [],
+      'cases for codes the docs do not list',
+    );
   });
 
   t.test('each documented case is answered with its code', async (t) => {
@@ -156,12 +223,19 @@ if (!mosquittoPath()) {
       await send(c.device ?? 'codes', q, c.payload, c.properties);
       await c.then?.(q);
       const last = await terminal(q);
-      t.equal(last?.type === 'error' ? last.code : (last?.type ?? 'no reply'), c.code, `${c.what}: ${last?.type === 'error' ? last.message : ''}`);
+      t.equal(
+        last?.type === 'error' ? last.code : (last?.type ?? 'no reply'),
+        c.code,
+        `${c.what}: ${last?.type === 'error' ? last.message : ''}`,
+      );
     }
   });
 
   t.test('no reply carried a code the docs do not list', async (t) => {
     const codes = new Set([...replies.flatMap((r) => (r.type === 'error' ? [r.code] : [])), ...answered]);
-    t.same([...codes].filter((c) => !DOCUMENTED.includes(c)), []);
+    t.same(
+      [...codes].filter((c) => !DOCUMENTED.includes(c)),
+      [],
+    );
   });
 }

@@ -13,7 +13,27 @@ import llama from 'llama-tokenizer-js';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { loadTokenizer } from '../../src/pipeline/tokenizer.js';
 
-const WORDS = ['the', 'quick', 'brown', 'fox', 'é', '漢字', 'tt', '\n', 'a\tb', '😀', 'Ünïcödé', '\u2581', '<s>', 'aaaa', '1234567', 'hello,world', '👩‍👩‍👧', '\uFEFF', '\u0000'];
+const WORDS = [
+  'the',
+  'quick',
+  'brown',
+  'fox',
+  'é',
+  '漢字',
+  'tt',
+  '\n',
+  'a\tb',
+  '😀',
+  'Ünïcödé',
+  '\u2581',
+  '<s>',
+  'aaaa',
+  '1234567',
+  'hello,world',
+  '👩‍👩‍👧',
+  '\uFEFF',
+  '\u0000',
+];
 
 /** Seeded texts: words with one, two or no spaces between, some from random code points. */
 function texts(count: number, seed: number): string[] {
@@ -22,7 +42,8 @@ function texts(count: number, seed: number): string[] {
   return Array.from({ length: count }, () => {
     if (rnd() < 0.2) return String.fromCodePoint(...Array.from({ length: 24 }, () => 32 + Math.floor(rnd() * 3000)));
     let s = rnd() < 0.2 ? ' ' : '';
-    for (let n = 1 + Math.floor(rnd() * 24); n > 0; n--) s += WORDS[Math.floor(rnd() * WORDS.length)] + (rnd() < 0.6 ? ' ' : rnd() < 0.5 ? '  ' : '');
+    for (let n = 1 + Math.floor(rnd() * 24); n > 0; n--)
+      s += WORDS[Math.floor(rnd() * WORDS.length)] + (rnd() < 0.6 ? ' ' : rnd() < 0.5 ? '  ' : '');
     return s;
   });
 }
@@ -31,19 +52,60 @@ function texts(count: number, seed: number): string[] {
 function llamaJson(layout: 'legacy' | 'metaspace'): Record<string, unknown> {
   const vocab = Object.fromEntries((llama.vocabById as string[]).map((p, i) => [p, i]));
   const merges = [...(llama.merges as Map<string, number>)].sort((a, b) => a[1] - b[1]).map(([pair]) => pair);
-  const added = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const added = (id: number, content: string) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
   const metaspace = { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false };
   return {
     version: '1.0',
-    added_tokens: [added(0, '<unk>'), added(1, '<s>'), added(2, '</s>'), added(32000, '<im_start>'), added(32001, '<im_end>'), added(32002, '<target>')],
+    added_tokens: [
+      added(0, '<unk>'),
+      added(1, '<s>'),
+      added(2, '</s>'),
+      added(32000, '<im_start>'),
+      added(32001, '<im_end>'),
+      added(32002, '<target>'),
+    ],
     normalizer:
       layout === 'legacy'
-        ? { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] }
+        ? {
+            type: 'Sequence',
+            normalizers: [
+              { type: 'Prepend', prepend: '▁' },
+              { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+            ],
+          }
         : null,
     pre_tokenizer: layout === 'legacy' ? null : metaspace,
     post_processor: null,
-    decoder: layout === 'legacy' ? { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }] } : metaspace,
-    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, vocab, merges },
+    decoder:
+      layout === 'legacy'
+        ? {
+            type: 'Sequence',
+            decoders: [
+              { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+              { type: 'ByteFallback' },
+              { type: 'Fuse' },
+            ],
+          }
+        : metaspace,
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      vocab,
+      merges,
+    },
   };
 }
 
@@ -68,8 +130,8 @@ for (const layout of ['legacy', 'metaspace'] as const) {
     const hf = new HfTokenizer({ ...json, added_tokens: [] }, {});
     let differ = 0;
     // @huggingface/tokenizers is slow: fewer texts than above.
-    for (const s of texts(150, 11)) if (tok.encode(s).join() !== hf.encode(s, { add_special_tokens: false }).ids.join()) differ++;
+    for (const s of texts(150, 11))
+      if (tok.encode(s).join() !== hf.encode(s, { add_special_tokens: false }).ids.join()) differ++;
     t.equal(differ, 0, 'the same ids on 150 texts');
   });
 }
-
