@@ -10,7 +10,8 @@ import { ErrorCodes, SetokimError } from '../errors.js';
 import { urlPrefixProblem } from '../fleet/policy.js';
 import { parseSource } from '../media/spec.js';
 import { brokerGroup } from '../mqtt/connection.js';
-import { levelName } from '../mqtt/topics.js';
+import { levelName, replyTopicFilter } from '../mqtt/topics.js';
+import { DEFAULT_MAX_PROMPT_BYTES } from './codec.js';
 import { fromEnv, group, merge, parseSettings, schemaOf, setting, type InputOf, type OutputOf } from '../settings.js';
 
 const port = z.number().int().min(0).max(65535);
@@ -141,8 +142,26 @@ export const agentSettings = group(
       env: 'SETOKIM_FLEET_SUBSCRIPTION',
       help: 'shared ($share/<fleet>/...), plain (brokers without shared subscriptions), off',
     }),
+    /** Beside setokim/v1/replies/#, where replies may go (MQTT filters; never other setokim/ or $ topics). */
+    replyTopics: setting({
+      schema: z.array(replyTopicFilter).max(64),
+      default: [],
+      flag: '--reply-topic <filter>',
+      env: 'SETOKIM_REPLY_TOPICS',
+      read: 'list',
+      help: 'also publish replies to topics matching this MQTT filter, e.g. plant/replies/# (repeatable)',
+    }),
     limits: group({
       maxImageBytes: setting({ schema: count(1024), default: 8 * 1024 * 1024, flag: '--max-image-bytes <n>', env: 'SETOKIM_MAX_IMAGE_BYTES', read: 'number', help: 'larger images are refused with PAYLOAD_TOO_LARGE' }),
+      /** Prompts longer than this in UTF-8 bytes are PROMPT_TOO_LONG, measured before they are decoded. */
+      maxPromptBytes: setting({
+        schema: count(1).max(1 << 20),
+        default: DEFAULT_MAX_PROMPT_BYTES,
+        flag: '--max-prompt-bytes <n>',
+        env: 'SETOKIM_MAX_PROMPT_BYTES',
+        read: 'number',
+        help: 'longer prompts (UTF-8 bytes) are refused with PROMPT_TOO_LONG before they are decoded',
+      }),
       maxTokens: setting({ schema: count(1), flag: '--max-tokens <n>', env: 'SETOKIM_MAX_TOKENS', read: 'number', help: 'cap on new tokens per query' }),
       /** Prompts longer than this (in tokens of the model set's tokenizer) are PROMPT_TOO_LONG. */
       maxPromptTokens: setting({ schema: count(1), flag: '--max-prompt-tokens <n>', env: 'SETOKIM_MAX_PROMPT_TOKENS', read: 'number', help: 'longer prompts are refused with PROMPT_TOO_LONG before they take a slot' }),

@@ -83,6 +83,7 @@ export class DeviceMetrics {
     for (const g of this.all) g.reset();
   }
 }
+import { TASKS } from '../pipeline/types.js';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -124,6 +125,17 @@ export class AgentMetrics {
   device(): DeviceMetrics {
     this.deviceMetrics ??= new DeviceMetrics(this.registry);
     return this.deviceMetrics;
+  }
+
+  /** setokim_queries_total's children by task, made once (labels() hashes its argument on every call). */
+  private readonly byTask = new Map<string, { inc(): void }>();
+
+  /** The query counter of a task ("unknown" for anything but the five). */
+  queryOf(task: string): { inc(): void } {
+    const known = (TASKS as readonly string[]).includes(task) ? task : 'unknown';
+    let child = this.byTask.get(known);
+    if (!child) this.byTask.set(known, (child = this.queries.labels({ task: known })));
+    return child;
   }
 
   /** Serves /metrics on host:port (port 0 = a free port); resolves with the bound port. */

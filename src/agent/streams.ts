@@ -201,23 +201,28 @@ class AgentStreams implements StreamService {
           correlation: decoded.start.correlation.length ? decoded.start.correlation : undefined,
         }
       : decoded.salvage;
-    const address = replyAddress(packet, {
-      id: salvage.id,
-      ...(salvage.replyTopic ? { replyTopic: salvage.replyTopic } : {}),
-      ...(salvage.correlation ? { correlation: salvage.correlation } : {}),
-    });
-    if (!address) {
+    const addressing = replyAddress(
+      packet,
+      {
+        id: salvage.id,
+        ...(salvage.replyTopic ? { replyTopic: salvage.replyTopic } : {}),
+        ...(salvage.correlation ? { correlation: salvage.correlation } : {}),
+      },
+      this.agent.replyTopics,
+    );
+    if (!addressing.address) {
       this.agent.metrics.unaddressable.inc();
-      this.log('warn', `dropped a stream start with no reply address (MQTT 5 Response Topic or reply_topic)`);
+      this.log('warn', `dropped a stream start with no reply address: ${addressing.reason}`);
       return;
     }
-    const replies = new StreamReplies(this.client, address, this.agent.config.device);
+    const replies = new StreamReplies(this.client, addressing.address, this.agent.config.device);
     const refuse = (code: ErrorCode, message: string): void => {
       this.agent.metrics.errors.inc({ code });
       this.log('info', `refused stream ${salvage.id || '(no id)'}: [${code}] ${message}`);
       replies.send({ type: 'error', id: salvage.id, code, message, fatal: true });
     };
     if (!decoded.ok) return refuse(decoded.error.code, decoded.error.message);
+    if (addressing.problem) return refuse(addressing.problem.code, addressing.problem.message);
     try {
       this.open(decoded.start, replies);
     } catch (err) {

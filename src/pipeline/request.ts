@@ -5,7 +5,13 @@ import { TASKS, type QueryRequest, type Task } from './types.js';
 
 export const DESCRIBE_PROMPT = 'Describe the image in detail.';
 
-const GenerationSchema = z
+/** A request id's longest (the agent's codec refuses longer ones as BAD_MESSAGE). */
+export const MAX_ID_CHARS = 128;
+/** The longest prompt a pipeline takes, in characters (PROMPT_TOO_LONG); the agent caps bytes before this. */
+export const MAX_PROMPT_CHARS = 16384;
+
+/** Generation parameters; the agent's codec checks a query's with this very schema (BAD_MESSAGE). */
+export const GenerationSchema = z
   .object({
     maxTokens: z.number().int().positive().optional(),
     temperature: z.number().min(0).max(10).optional(),
@@ -17,9 +23,9 @@ const GenerationSchema = z
   .strict();
 
 const RequestSchema = z.object({
-  id: z.string().min(1).max(128),
+  id: z.string().min(1).max(MAX_ID_CHARS),
   task: z.string(),
-  prompt: z.string().max(16384).optional(),
+  prompt: z.string().optional(),
   image: z.instanceof(Uint8Array).optional(),
   generation: GenerationSchema.optional(),
 });
@@ -43,7 +49,7 @@ export interface RequestDefaults {
 }
 
 /**
- * Throws BAD_ARGUMENT / BAD_INPUT / UNKNOWN_TASK with a message that says what to fix. `withVision`:
+ * Throws BAD_ARGUMENT / BAD_INPUT / UNKNOWN_TASK / PROMPT_TOO_LONG with a message that says what to fix. `withVision`:
  * the caller brings vision tokens (RunOptions.vision) in place of an image.
  */
 export function checkRequest(request: QueryRequest, defaults: RequestDefaults, withVision = false): CheckedRequest {
@@ -53,6 +59,10 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults, w
     throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `invalid request: ${issue.path.join('.') || 'request'}: ${issue.message}`);
   }
   const r = parsed.data;
+  if (r.prompt && r.prompt.length > MAX_PROMPT_CHARS) {
+    const why = `the prompt is ${r.prompt.length} characters; a query takes at most ${MAX_PROMPT_CHARS}; shorten it`;
+    throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, why);
+  }
   if (!(TASKS as readonly string[]).includes(r.task))
     throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
   const task = r.task as Task;

@@ -1,17 +1,19 @@
 import t from 'tap';
 import { decodeCancel, decodeQuery, decodeReply, decodeStatus, encodeCancel, encodeQuery, encodeReply, encodeStatus } from '../../src/agent/codec.js';
+import { DEFAULT_QUERY_RULES, maxQueryPacketBytes, QUERY_OVERHEAD_BYTES } from '../../src/agent/codec.js';
+import { ReplyTopics } from '../../src/agent/replies.js';
 import type { PipelineEvent } from '../../src/pipeline/types.js';
 
 t.test('a query survives the round trip, generation parameters included', async (t) => {
   const image = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]);
   const deadline = Date.now() + 5000;
-  const r = decodeQuery(encodeQuery({ id: 'q1', task: 'ask', prompt: 'hi', image, deadlineUnixMs: deadline, replyTopic: 'r/t', correlation: new Uint8Array([9]), generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] } }));
+  const r = decodeQuery(encodeQuery({ id: 'q1', task: 'ask', prompt: 'hi', image, deadlineUnixMs: deadline, replyTopic: 'setokim/v1/replies/r', correlation: new Uint8Array([9]), generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] } }));
   t.ok(r.ok);
   if (!r.ok) return;
   t.same(Buffer.from(r.query.image!), Buffer.from(image));
   t.equal(r.query.deadlineUnixMs, deadline, 'uint64 milliseconds come back as a number');
   t.same(r.query.generation, { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] });
-  t.same([r.query.id, r.query.task, r.query.prompt, r.query.replyTopic], ['q1', 'ask', 'hi', 'r/t']);
+  t.same([r.query.id, r.query.task, r.query.prompt, r.query.replyTopic], ['q1', 'ask', 'hi', 'setokim/v1/replies/r']);
 });
 
 t.test('bytes that are not a query, and queries that break the rules, are BAD_MESSAGE', async (t) => {
@@ -19,19 +21,42 @@ t.test('bytes that are not a query, and queries that break the rules, are BAD_ME
     const r = decodeQuery(Buffer.from(junk));
     t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', JSON.stringify(junk));
   }
-  const noId = decodeQuery(encodeQuery({ id: '', task: 'ask', replyTopic: 'back/here', correlation: new Uint8Array([7]) }));
+  const noId = decodeQuery(encodeQuery({ id: '', task: 'ask', replyTopic: 'setokim/v1/replies/back', correlation: new Uint8Array([7]) }));
   t.notOk(noId.ok);
   if (!noId.ok) {
     t.match(noId.error.message, /no id/);
-    t.equal(noId.salvage.replyTopic, 'back/here', 'the reply address is salvaged so the error can be answered');
+    t.equal(noId.salvage.replyTopic, 'setokim/v1/replies/back', 'the reply address is salvaged so the error can be answered');
     t.same(Buffer.from(noId.salvage.correlation!), Buffer.from([7]));
   }
-  for (const topic of ['a/#', 'a/+/b', '$SYS/x', 'setokim/v1/f/d/status', 'setokim/v1/f/query']) {
+  for (const topic of ['a/#', 'a/+/b', '$SYS/x', 'setokim/v1/f/d/status', 'setokim/v1/f/query', 'home/door/unlock']) {
     const r = decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: topic }));
     t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', `reply topic ${topic} is refused`);
     t.equal(!r.ok && r.salvage.replyTopic, undefined, 'and never used as a reply address');
   }
   t.ok(decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'setokim/v1/replies/me' })).ok, 'the client reply area is fine');
+  const home = { ...DEFAULT_QUERY_RULES, replyTopic: (t: string) => new ReplyTopics(['home/replies/#']).allows(t) };
+  const to = (replyTopic: string) => decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic }), home);
+  t.ok(to('home/replies/cam').ok, 'a configured filter');
+  t.notOk(to('home/door/unlock').ok, 'beside it, still refused');
+});
+
+t.test('prompt and image sizes are refused on the wire, with the reply address salvaged', async (t) => {
+  const rules = { ...DEFAULT_QUERY_RULES, maxPromptBytes: 100, maxImageBytes: 50 };
+  const address = { id: 'q1', replyTopic: 'setokim/v1/replies/me', correlation: new Uint8Array([3]) };
+  const long = decodeQuery(encodeQuery({ ...address, task: 'ask', prompt: 'é'.repeat(50) + 'x' }), rules);
+  t.equal(!long.ok && long.error.code, 'PROMPT_TOO_LONG');
+  t.match(!long.ok && long.error.message, /101 bytes; this device takes at most 100 \(limits\.maxPromptBytes\)/);
+  const salvaged = !long.ok && { ...long.salvage, correlation: [...long.salvage.correlation!] };
+  t.same(salvaged, { ...address, correlation: [3] });
+  t.ok(decodeQuery(encodeQuery({ ...address, task: 'ask', prompt: 'é'.repeat(50) }), rules).ok, '100 bytes pass');
+  const big = decodeQuery(encodeQuery({ ...address, task: 'ask', image: new Uint8Array(51) }), rules);
+  t.equal(!big.ok && big.error.code, 'PAYLOAD_TOO_LARGE');
+  t.equal(!big.ok && big.salvage.id, 'q1');
+});
+
+t.test('maximum packet size: image + prompt + overhead, within what MQTT can say', async (t) => {
+  t.equal(maxQueryPacketBytes({ maxImageBytes: 1000, maxPromptBytes: 100 }), 1100 + QUERY_OVERHEAD_BYTES);
+  t.equal(maxQueryPacketBytes({ maxImageBytes: 2 ** 30, maxPromptBytes: 100 }), 268_435_455);
 });
 
 /** Bytes as plain arrays, so Buffer and Uint8Array compare equal. */
