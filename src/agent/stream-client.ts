@@ -55,6 +55,11 @@ export class StreamClient {
     this.replyTopic = replyTopicFor(clientId);
     client.on('message', (topic, payload) => this.onEvent(topic, payload));
     client.on('connect', () => noDelay(client));
+    // The connection ended for good (closed here, or by whoever holds `mqtt`): no event can arrive
+    // any more, so end every open stream's events and stop renewing.
+    client.on('end', () => {
+      for (const [id, o] of this.open) this.finish(id, o);
+    });
   }
 
   static async connect(o: StreamClientOptions): Promise<StreamClient> {

@@ -197,10 +197,10 @@ t.test('mosquitto (MQTT 5): streams end to end', { skip: !mosquitto && 'no mosqu
     const raw = connect(broker.url, { protocolVersion: 5 });
     t.teardown(() => raw.endAsync());
     const got = new Promise<StreamReply>((resolve) => raw.on('message', (_t, p) => resolve(decodeStreamEvent(p))));
-    await raw.subscribeAsync('raw/replies');
+    await raw.subscribeAsync('setokim/v1/replies/raw');
     await raw.publishAsync(streamTopics('test', 'cam1').start, Buffer.from([0xff, 0xff, 0xff]), {
       qos: 1,
-      properties: { responseTopic: 'raw/replies' },
+      properties: { responseTopic: 'setokim/v1/replies/raw' },
     });
     t.match(await got, { type: 'error', code: ErrorCodes.BAD_MESSAGE, fatal: true });
     const q = await collect(
@@ -229,12 +229,12 @@ t.test('mosquitto (MQTT 5): streams end to end', { skip: !mosquitto && 'no mosqu
         if (e.type === 'ended') resolve();
       }),
     );
-    await raw.subscribeAsync('lease/replies');
+    await raw.subscribeAsync('setokim/v1/replies/lease');
     const t0 = Date.now();
     await raw.publishAsync(
       streamTopics('test', 'cam1').start,
       Buffer.from(encodeStreamStart({ id: 'l1', source: 'ball', leaseMs: 1000 })),
-      { qos: 1, properties: { responseTopic: 'lease/replies' } },
+      { qos: 1, properties: { responseTopic: 'setokim/v1/replies/lease' } },
     );
     await ended;
     const ms = Date.now() - t0;
