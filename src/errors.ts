@@ -33,6 +33,10 @@ export const ERRORS = {
   ENGINE_INCOMPATIBLE: { exit: 3, meaning: 'a TensorRT engine was built for another TensorRT, GPU or profile' },
   NATIVE_MISSING: { exit: 3, meaning: 'the native addon is not built or lacks the feature' },
   BACKEND_CRASHED: { exit: 3, meaning: "a backend's worker died (crash, exit, out of memory) while it held a session" },
+  ENGINE_BUILD_FAILED: { exit: 3, meaning: 'TensorRT could not build an engine from a stage graph on this device' },
+  ENGINE_BUILD_TIMEOUT: { exit: 3, meaning: 'an engine build ran past its time limit and was cancelled' },
+  ENGINE_BUILD_RESOURCES: { exit: 3, meaning: 'an engine build needs more free host memory, CMA or disk than the device has' },
+  ENGINE_MISSING: { exit: 3, meaning: "a stage has no engine for this device's target and no ONNX graph to build one from" },
   QUANT_TOLERANCE: { exit: 3, meaning: "a quantised stage's outputs are further from fp32 than the export's tolerance" },
   // fleet bundles (docs/FLEET.md)
   BUNDLE_INVALID: { exit: 3, meaning: 'a bundle is not in the bundle format (magic, header, layout, an unsafe path)' },
