@@ -5,8 +5,9 @@
  *
  *   key     sha256 over the canonical JSON of { source: the stage file's sha256, precision, dialect,
  *           target, profiles }: everything that makes two plans differ
- *   layout  <dir>/<target, "/" as "+">/<key>.plan and <key>.plan.json; <dir>/.building/ holds builds
- *           in progress (whatever is there after a crash is removed by clearBuilding)
+ *   layout  <dir>/<target, "/" as "+">/<key>.plan and <key>.plan.json, and the target's timing.cache;
+ *           <dir>/.building/ holds builds in progress (whatever is there after a crash is removed
+ *           by clearBuilding)
  *
  * Entries are hard-linked into the sets that use them (`<set>/engines/<stage>.<precision>.plan`,
  * where the serving backend looks), so a cached plan takes its space once; where the file system
@@ -36,6 +37,9 @@ export interface EngineCacheKey {
   target: string;
   profiles: EngineManifest['profiles'];
 }
+
+/** Each target directory's TensorRT timing cache (tied to the device, CUDA and TensorRT, like the target). */
+export const TIMING_CACHE_FILE = 'timing.cache';
 
 /** The dialect of a plain ONNX stage file (no other form of the weights). */
 export const DEFAULT_DIALECT = 'onnx';
@@ -74,6 +78,12 @@ async function linkOrCopy(from: string, to: string): Promise<void> {
 
 export class EngineCache {
   constructor(readonly dir: string) {}
+
+  /** The TensorRT timing cache builds for `target` share (its directory is made, for the builder to write into). */
+  async timingCache(target: string): Promise<string> {
+    await mkdir(join(this.dir, targetDirName(target)), { recursive: true });
+    return join(this.dir, targetDirName(target), TIMING_CACHE_FILE);
+  }
 
   /** Where the entry of `key` for `target` keeps its plan (its manifest is `<plan>.json`). */
   entryPlan(key: string, target: string): string {
@@ -155,6 +165,7 @@ export class EngineCache {
         continue;
       }
       for (const f of await readdir(full)) {
+        if (f === TIMING_CACHE_FILE) continue;
         const key = /^([0-9a-f]{64})\.plan(\.json)?$/.exec(f)?.[1];
         if (key && keep.has(key)) continue;
         if (f.endsWith('.plan')) removed.push(join(full, f));

@@ -23,7 +23,6 @@ import {
   EngineCache,
   cacheKeyOf,
   engineCacheKey,
-  targetDirName,
   type CachedEngine,
   type EngineCacheKey,
 } from '../engine/engine-cache.js';
@@ -120,6 +119,7 @@ export class EnginePreparation {
     }
     if (!this.group) await removeDurable(this.dir); // only engines signed for this target are taken
     await mkdir(this.dir, { recursive: true });
+    await mkdir(this.o.cache.dir, { recursive: true });
     const have = await this.checkPrebuilt();
     const builds: Build[] = [];
     for (const stage of STAGES) {
@@ -232,7 +232,7 @@ export class EnginePreparation {
         precision: file.precision,
         target: this.o.env.target,
         workspaceBytes: this.workspace,
-        timingCache: join(this.o.cache.dir, targetDirName(this.o.env.target), 'timing.cache'),
+        timingCache: await this.o.cache.timingCache(this.o.env.target),
         jetpack: this.o.env.jetpack,
         signal: ac.signal,
         onProgress: report,
