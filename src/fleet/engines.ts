@@ -216,7 +216,7 @@ export class EnginePreparation {
     const ac = new AbortController();
     const timeout = new SetokimError(
       ErrorCodes.ENGINE_BUILD_TIMEOUT,
-      `building the ${stage} engine took more than ${(timeoutMs / 1000).toFixed(0)} s on ${this.o.env.target}; it was cancelled`,
+      `building the ${stage} engine took more than ${Number((timeoutMs / 1000).toPrecision(3))} s on ${this.o.env.target}; it was cancelled`,
     );
     const timer = setTimeout(() => ac.abort(timeout), timeoutMs);
     const report = (phase: string, step: number, steps: number) => this.o.onProgress?.({ stage, index, count, phase, step, steps });
@@ -244,7 +244,6 @@ export class EnginePreparation {
       entry = await this.o.cache.add(plan, m, 'move');
     } catch (err) {
       if (ac.signal.aborted) throw timeout;
-      if (err instanceof SetokimError && err.code === ErrorCodes.ENGINE_BUILD_FAILED) throw err;
       const why = `[${errorCode(err)}] ${(err as Error)?.message ?? String(err)}`;
       throw new SetokimError(ErrorCodes.ENGINE_BUILD_FAILED, `building the ${stage} engine on ${this.o.env.target} failed: ${why}`, { cause: err });
     } finally {

@@ -51,6 +51,8 @@ export interface BuilderDoubleOptions {
   ignoreAbort?: boolean;
   /** Called at each progress step of each build, awaited. */
   onStep?: (stage: string, step: number) => void | Promise<void>;
+  /** Called with the plan half-written (its `.partial` file on disk, not renamed yet), awaited. */
+  onPartial?: (stage: string, partial: string) => void | Promise<void>;
 }
 
 export class EngineBuilderTestDouble implements EngineBuilder {
@@ -82,6 +84,7 @@ export class EngineBuilderTestDouble implements EngineBuilder {
     for (let i = 0; i < bytes.length; i++) bytes[i] = seed[i % seed.length]! ^ (i & 0xff);
     await mkdir(path.dirname(r.plan), { recursive: true });
     await writeFile(`${r.plan}.partial`, bytes);
+    await this.o.onPartial?.(r.stage, `${r.plan}.partial`);
     await rename(`${r.plan}.partial`, r.plan);
     const m = await engineManifestFor(r, facts);
     await writeEngineManifest(r.plan, m);
