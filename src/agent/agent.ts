@@ -14,6 +14,13 @@ import type { AgentConfig } from './config.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
 import { credentialOptions } from '../mqtt/connection.js';
+import {
+  TopicRoutes,
+  type SubscribeOptions,
+  type TopicHandler,
+  type TopicLink,
+  type TopicSubscription,
+} from '../mqtt/subscriptions.js';
 import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -95,7 +102,7 @@ export interface AgentOptions {
   countTokens?: (text: string) => number;
 }
 
-export class Agent extends EventEmitter<AgentEvents> {
+export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   readonly config: AgentConfig;
   readonly topics: DeviceTopics;
   readonly metrics = new AgentMetrics();
@@ -108,6 +115,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
   private client?: MqttClient;
+  /** Topics that services beside the queries took with subscribe(): routed by exact topic, never read as queries. */
+  private routes?: TopicRoutes;
   private backoffMs: number;
   private stopping = false;
   private stopped?: Promise<void>;
@@ -255,6 +264,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    if (this.routes?.dispatch(topic, payload, packet)) return;
     if (topic === this.topics.cancel || topic === this.topics.fleetCancel) {
       try {
         const id = decodeCancel(payload);
@@ -550,6 +560,25 @@ export class Agent extends EventEmitter<AgentEvents> {
     client.stream?.destroy(); // ...which this unblocks: it waited for a broker that does not answer
     await within(ended, BROKER_STOP_WAIT_MS);
     return false;
+  }
+
+  /**
+   * A service beside the queries (fleet updates) takes an exact topic on the agent's connection
+   * (TopicLink, src/mqtt/subscriptions.ts): subscribed now and after every reconnect, its messages
+   * go to `handler` only. Call after start(); BROKER_REFUSED when the broker refuses it.
+   */
+  subscribe(topic: string, handler: TopicHandler, o?: SubscribeOptions): Promise<TopicSubscription> {
+    if (!this.client) {
+      return Promise.reject(new SetokimError(ErrorCodes.INTERNAL, `Agent.subscribe(${topic}) before start()`));
+    }
+    this.routes ??= new TopicRoutes(this.client, { listen: false });
+    return this.routes.subscribe(topic, handler, o);
+  }
+
+  /** Publishes on the agent's connection (a service's messages, e.g. update states). */
+  publish(topic: string, payload: string | Buffer, o: { qos: 0 | 1; retain?: boolean }): void {
+    if (!this.client) throw new SetokimError(ErrorCodes.INTERNAL, `Agent.publish(${topic}) before start()`);
+    this.client.publish(topic, payload, { qos: o.qos, retain: o.retain ?? false });
   }
 
   /** Tests and benchmarks: the underlying connection. */

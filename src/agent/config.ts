@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { urlPrefixProblem } from '../fleet/policy.js';
 import { brokerGroup } from '../mqtt/connection.js';
 import { levelName } from '../mqtt/topics.js';
 import { fromEnv, group, merge, parseSettings, schemaOf, setting, type InputOf, type OutputOf } from '../settings.js';
@@ -29,13 +30,72 @@ export const agentSettings = group(
      * for a store nothing was installed into yet.
      */
     models: setting({ schema: z.string().min(1), flag: '--models <dir>', env: 'SETOKIM_MODELS', help: 'model set directory; with --store, served only while the store has no active set' }),
-    /** Fleet updates (docs/FLEET.md): the model store bundles install into, and the public key they must be signed with. */
+    /**
+     * Fleet updates (docs/FLEET.md): the model store bundles install into, the public key they must
+     * be signed with, and who may make the device fetch what (docs/FLEET.md, "What a job may name").
+     */
     updates: group(
       {
         store: setting({ schema: z.string().min(1), required: true, flag: '--store <dir>', env: 'SETOKIM_STORE', help: 'model store: serve its active set and take fleet update jobs into it (with --update-pubkey)' }),
-        pubkey: setting({ schema: z.string().min(1), required: true, flag: '--update-pubkey <pem>', env: 'SETOKIM_UPDATE_PUBKEY', help: 'public key update bundles must be signed with (with --store)' }),
+        pubkey: setting({
+          schema: z.string().min(1),
+          required: true,
+          flag: '--update-pubkey <pem>',
+          env: 'SETOKIM_UPDATE_PUBKEY',
+          help: 'public key update bundles (and signed jobs) must be signed with (with --store)',
+        }),
+        allowUrls: setting({
+          schema: z.array(z.string().min(1)),
+          default: [],
+          flag: '--update-allow-url <prefix>',
+          env: 'SETOKIM_UPDATE_ALLOW_URLS',
+          read: 'list',
+          help: 'URL prefix an update job may name, e.g. https://updates.example/bundles/ (repeatable; none: none may)',
+        }),
+        allowHttp: setting({
+          schema: z.boolean(),
+          default: false,
+          flag: '--update-allow-http',
+          env: 'SETOKIM_UPDATE_ALLOW_HTTP',
+          read: 'boolean',
+          help: 'let jobs name http:// URLs under the allowed prefixes (otherwise https only)',
+        }),
+        signedJobs: setting({
+          schema: z.boolean(),
+          default: false,
+          flag: '--update-signed-jobs',
+          env: 'SETOKIM_UPDATE_SIGNED_JOBS',
+          read: 'boolean',
+          help: 'run only jobs signed with --update-pubkey for this device (fleet rollout --sign-key)',
+        }),
+        jobTimeoutS: setting({
+          schema: count(1),
+          default: 3_600,
+          flag: '--update-job-timeout <s>',
+          env: 'SETOKIM_UPDATE_JOB_TIMEOUT',
+          read: 'number',
+          help: "an update job's total time limit in seconds (download and install)",
+        }),
+        maxDownloadMib: setting({
+          schema: count(1),
+          default: 8_192,
+          flag: '--update-max-download-mib <n>',
+          env: 'SETOKIM_UPDATE_MAX_DOWNLOAD_MIB',
+          read: 'number',
+          help: 'largest bundle download in MiB (one at a time); a job without a size needs this much free',
+        }),
       },
-      { optional: true },
+      {
+        optional: true,
+        refine: (s) =>
+          s.superRefine((u, ctx) => {
+            const { allowUrls, allowHttp } = u as { allowUrls: string[]; allowHttp: boolean };
+            for (const p of allowUrls) {
+              const problem = urlPrefixProblem(p, allowHttp);
+              if (problem) ctx.addIssue({ code: 'custom', path: ['allowUrls'], message: problem });
+            }
+          }),
+      },
     ),
     broker: brokerGroup({
       clientId: setting({ schema: z.string().max(128), help: 'MQTT client id (default setokim-<fleet>-<device>)' }),

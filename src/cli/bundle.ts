@@ -237,13 +237,26 @@ const rolloutSettings = group({
   fleet: setting({ schema: levelName, required: true, flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name (required)' }),
   devices: setting({ schema: z.array(levelName).min(1), required: true, flag: '--devices <a,b,c>', read: 'list', help: 'devices to update, comma-separated (required)' }),
   canary: setting({ schema: z.array(levelName).min(1), flag: '--canary <a>', read: 'list', help: 'devices to update first, one at a time (default: the first of --devices)' }),
-  url: setting({ schema: z.string().min(1), required: true, flag: '--url <url>', help: 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)' }),
+  url: setting({
+    schema: z
+      .string()
+      .regex(/^https?:\/\//i, 'https:// (or http://): devices refuse file: and other URLs in jobs over MQTT'),
+    required: true,
+    flag: '--url <url>',
+    help: "bundle URL the devices fetch (resumable), under a prefix of their updates.allowUrls (required)",
+  }),
   sha256: setting({ schema: z.string().regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'), required: true, flag: '--sha256 <hex>', help: 'sha256 of the bundle file (required)' }),
   release: setting({ schema: whole(1), flag: '--release <n>', read: 'number', help: 'the release it carries (informational; devices check the signed one)' }),
   size: setting({ schema: whole(1), flag: '--size <bytes>', read: 'number', help: "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first" }),
   maxFailures: setting({ schema: whole(0), default: 0, flag: '--max-failures <n>', read: 'number', help: 'failures tolerated after the canaries' }),
   concurrency: setting({ schema: whole(1), default: 1, flag: '--concurrency <n>', read: 'number', help: 'devices updating at once after the canaries' }),
   timeout: setting({ schema: whole(1), default: 600, flag: '--timeout <s>', read: 'number', help: 'seconds a device may take from job to final state' }),
+  signKey: setting({
+    schema: z.string().min(1),
+    flag: '--sign-key <pem>',
+    env: 'SETOKIM_SIGN_KEY',
+    help: "the fleet's private key (bundle keygen): signs each device's job (devices with updates.signedJobs need it)",
+  }),
   settle: setting({ schema: whole(0), default: 10, flag: '--settle <s>', read: 'number', help: 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (0: do not wait)' }),
 });
 
@@ -255,6 +268,7 @@ export function registerFleet(program: Command): Command {
     .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures');
   registerFlags(rolloutCmd, rolloutSettings).action(async (raw: Record<string, unknown>) => {
       const o = parseCommandSettings(rolloutSettings, raw, 'fleet rollout');
+      const signKey = o.signKey ? await loadPrivateKey(o.signKey) : undefined;
       let client;
       try {
         client = await connectAsync(o.broker.url, { ...credentialOptions(o.broker), reconnectPeriod: 0 });
@@ -277,6 +291,9 @@ export function registerFleet(program: Command): Command {
           devices: o.devices,
           canary: o.canary,
           job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
+          ...(signKey ? { signKey } : {}),
+          onForged: (d) =>
+            process.stderr.write(`${d}: ignored a state for its job not sealed with the job's nonce (another client sent it)\n`),
           maxFailures: o.maxFailures,
           concurrency: o.concurrency,
           timeoutMs: o.timeout * 1000,

@@ -145,8 +145,8 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
 }
 
 /** Streams a file into `hash` (a fresh sha256 by default): a resumed download seeds it with its partial file. */
-export async function hashFile(path: string, hash: Hash = createHash('sha256')): Promise<Hash> {
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+export async function hashFile(path: string, hash: Hash = createHash('sha256'), signal?: AbortSignal): Promise<Hash> {
+  for await (const chunk of createReadStream(path, signal ? { signal } : {})) hash.update(chunk as Buffer);
   return hash;
 }
 

@@ -1,6 +1,8 @@
 /** Fixtures for the fleet tests: tiny model sets synthesised into a temp dir, a key pair, bundles. */
 import { createHash } from 'node:crypto';
 import { copyFile, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { synthesize } from '../../tools/export/synth.js';
@@ -124,6 +126,47 @@ async function synthesizeCopy(from: string, out: string): Promise<void> {
 
 /** A canary check that passes at once: for tests about the install steps, not the canary. */
 export const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+
+/** One request a test server saw. */
+export interface Seen {
+  url: string;
+  range?: string;
+}
+
+/**
+ * A real HTTP server on port 0 serving `files` (name -> path) at `/<name>` with Range support, and
+ * `routes` of its own (a redirect, a server that holds the answer...). `seen` lists every request.
+ */
+export async function bundleServer(files: Record<string, string> = {}, routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {}) {
+  const seen: Seen[] = [];
+  const server = createServer((req, res) => {
+    seen.push({ url: req.url ?? '', ...(req.headers.range ? { range: req.headers.range } : {}) });
+    const name = (req.url ?? '').slice(1).split('?')[0]!;
+    const route = routes[name];
+    if (route) return route(req, res);
+    const file = files[name];
+    if (!file) return void res.writeHead(404).end('no such bundle');
+    void readFile(file).then((body) => {
+      const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+      const start = m ? Number(m[1]) : 0;
+      if (start >= body.length) return void res.writeHead(416).end();
+      res.writeHead(m ? 206 : 200, { 'content-length': body.length - start });
+      res.end(body.subarray(start));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    base,
+    /** The URL of `/<name>`. */
+    url: (name: string) => `${base}/${name}`,
+    seen,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
 
 /**
  * A bundle signed with the fixture's key over whatever manifest `edit` leaves, with none of
