@@ -60,6 +60,8 @@ export interface EngineStepOptions {
   /** Free disk to leave after the plans (the install's reserve). */
   reserveBytes?: number;
   onProgress?: (p: EngineProgress) => void;
+  /** Aborting cancels the build under way and fails the step with the signal's reason (the install rolls back). */
+  signal?: AbortSignal;
 }
 
 /** What the step did, per stage. */
@@ -219,6 +221,10 @@ export class EnginePreparation {
       `building the ${stage} engine took more than ${Number((timeoutMs / 1000).toPrecision(3))} s on ${this.o.env.target}; it was cancelled`,
     );
     const timer = setTimeout(() => ac.abort(timeout), timeoutMs);
+    const outer = this.o.signal;
+    const onOuter = () => ac.abort(outer!.reason);
+    if (outer?.aborted) onOuter();
+    outer?.addEventListener('abort', onOuter, { once: true });
     const report = (phase: string, step: number, steps: number) => this.o.onProgress?.({ stage, index, count, phase, step, steps });
     report('start', 0, 0);
     let entry: CachedEngine;
@@ -243,11 +249,12 @@ export class EnginePreparation {
       await verifyPlanFile(plan, m);
       entry = await this.o.cache.add(plan, m, 'move');
     } catch (err) {
-      if (ac.signal.aborted) throw timeout;
+      if (ac.signal.aborted) throw ac.signal.reason instanceof Error ? ac.signal.reason : timeout;
       const why = `[${errorCode(err)}] ${(err as Error)?.message ?? String(err)}`;
       throw new SetokimError(ErrorCodes.ENGINE_BUILD_FAILED, `building the ${stage} engine on ${this.o.env.target} failed: ${why}`, { cause: err });
     } finally {
       clearTimeout(timer);
+      outer?.removeEventListener('abort', onOuter);
       await this.o.cache.clearBuilding();
     }
     await mkdir(this.dir, { recursive: true });

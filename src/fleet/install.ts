@@ -61,6 +61,8 @@ export interface EngineInstallOptions {
   workspaceBytes?: number;
   /** Each build's progress (the install's steps report only its start and end). */
   onProgress?: (p: EngineProgress) => void;
+  /** Aborting cancels the build under way (e.g. an update job's time limit); the install rolls back. */
+  signal?: AbortSignal;
 }
 
 /** The binding (BindingPolicy: fleet, target, allowUnbound, maxReleaseJump) is checked after the signature. */
@@ -282,6 +284,7 @@ class Installation {
       ...(eo.cancelGraceMs !== undefined ? { cancelGraceMs: eo.cancelGraceMs } : {}),
       ...(eo.workspaceBytes !== undefined ? { workspaceBytes: eo.workspaceBytes } : {}),
       ...(eo.onProgress ? { onProgress: eo.onProgress } : {}),
+      ...(eo.signal ? { signal: eo.signal } : {}),
     }).run();
     const e = this.engines;
     if (e.backend) await this.step('engines-ready', `${env.target}: prebuilt ${e.prebuilt.join(', ') || 'none'}; reused ${e.reused.join(', ') || 'none'}; built ${e.built.join(', ') || 'none'}`);
