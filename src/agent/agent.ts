@@ -100,6 +100,8 @@ export interface AgentOptions {
   version?: string;
   /** Counts a prompt's tokens (the model set's tokenizer) for limits.maxPromptTokens. */
   countTokens?: (text: string) => number;
+  /** This device's target (detectTarget().id), reported in the retained status. */
+  target?: string;
 }
 
 export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
@@ -112,6 +114,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   private readonly retiring = new Set<Promise<void>>();
   private readonly log: Logger;
   private readonly version: string;
+  private readonly target?: string;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
   private client?: MqttClient;
@@ -132,6 +135,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
     this.version = opts.version ?? '0.1.0';
+    if (opts.target) this.target = opts.target;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
@@ -470,6 +474,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
       maxContext: info.maxContext,
       updatedUnixMs: Date.now(),
       version: this.version,
+      ...(this.target ? { target: this.target } : {}),
     };
   }
 

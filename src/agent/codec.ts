@@ -220,6 +220,8 @@ export interface AgentStatus {
   maxContext: number;
   updatedUnixMs: number;
   version: string;
+  /** The device's target (src/engine/target.ts); absent from agents that predate it. */
+  target?: string;
 }
 
 export function encodeStatus(s: AgentStatus): Uint8Array {

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { Agent, type LogLevel } from '../agent/agent.js';
 import { agentSettings, loadAgentConfig } from '../agent/config.js';
 import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
+import { describeTarget, detectTarget } from '../engine/target.js';
 import { loadPublicKey } from '../fleet/keys.js';
 import { parseFlags } from '../flags.js';
 import { fromFlags, registerFlags } from '../settings.js';
@@ -44,7 +45,16 @@ export function registerAgent(program: Command): void {
       const models = await startingModels(config, log);
       log('info', `opening the model set ${models}`);
       const opened = await openServingSet(config, models);
-      const agent = new Agent({ config, pipeline: opened.pipeline, log, version: process.env.npm_package_version ?? '0.1.0', ...(opened.countTokens ? { countTokens: opened.countTokens } : {}) });
+      const target = await detectTarget();
+      log('info', `target ${describeTarget(target)}`);
+      const agent = new Agent({
+        config,
+        pipeline: opened.pipeline,
+        log,
+        version: process.env.npm_package_version ?? '0.1.0',
+        target: target.id,
+        ...(opened.countTokens ? { countTokens: opened.countTokens } : {}),
+      });
       let updates: UpdateService | undefined;
       let stopping: Promise<void> | undefined;
       let stopped!: () => void;

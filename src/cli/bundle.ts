@@ -7,7 +7,6 @@
 import { readFile } from 'node:fs/promises';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import { connectAsync } from 'mqtt';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
 import { TargetPattern } from '../engine/target.js';
@@ -27,16 +26,12 @@ import {
   readRelease,
   recoverStore,
   parseExpiry,
-  rollout,
   verifyBundle,
   type BundleManifest,
   type ByteProgress,
-  type UpdateState,
 } from '../fleet/index.js';
 import { parseFlags } from '../flags.js';
-import { brokerGroup, credentialOptions } from '../mqtt/connection.js';
 import { levelName } from '../mqtt/topics.js';
-import { group, parseCommandSettings, registerFlags, setting } from '../settings.js';
 
 /** What a bundle is bound to, for create's and verify's one line. */
 function describeBinding(m: BundleManifest): string {
@@ -225,100 +220,6 @@ export function registerBundle(program: Command): Command {
       process.stdout.write(
         JSON.stringify({ store: o.store, active, release: release?.release ?? null, previous: release?.previous ?? null, sets, interrupted: journal ? { step: journal.step, release: journal.release, modelSetId: journal.modelSetId } : null }) + '\n',
       );
-    });
-  return cmd;
-}
-
-const whole = (min: number) => z.number().int().min(min).max(Number.MAX_SAFE_INTEGER);
-
-/** Every flag of `setokim fleet rollout`, declared once (src/settings.ts); the broker's are shared with the agent and query. */
-const rolloutSettings = group({
-  broker: brokerGroup({}),
-  fleet: setting({ schema: levelName, required: true, flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name (required)' }),
-  devices: setting({ schema: z.array(levelName).min(1), required: true, flag: '--devices <a,b,c>', read: 'list', help: 'devices to update, comma-separated (required)' }),
-  canary: setting({ schema: z.array(levelName).min(1), flag: '--canary <a>', read: 'list', help: 'devices to update first, one at a time (default: the first of --devices)' }),
-  url: setting({
-    schema: z
-      .string()
-      .regex(/^https?:\/\//i, 'https:// (or http://): devices refuse file: and other URLs in jobs over MQTT'),
-    required: true,
-    flag: '--url <url>',
-    help: "bundle URL the devices fetch (resumable), under a prefix of their updates.allowUrls (required)",
-  }),
-  sha256: setting({ schema: z.string().regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'), required: true, flag: '--sha256 <hex>', help: 'sha256 of the bundle file (required)' }),
-  release: setting({ schema: whole(1), flag: '--release <n>', read: 'number', help: 'the release it carries (informational; devices check the signed one)' }),
-  size: setting({ schema: whole(1), flag: '--size <bytes>', read: 'number', help: "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first" }),
-  maxFailures: setting({ schema: whole(0), default: 0, flag: '--max-failures <n>', read: 'number', help: 'failures tolerated after the canaries' }),
-  concurrency: setting({ schema: whole(1), default: 1, flag: '--concurrency <n>', read: 'number', help: 'devices updating at once after the canaries' }),
-  timeout: setting({ schema: whole(1), default: 600, flag: '--timeout <s>', read: 'number', help: 'seconds a device may take from job to final state' }),
-  signKey: setting({
-    schema: z.string().min(1),
-    flag: '--sign-key <pem>',
-    env: 'SETOKIM_SIGN_KEY',
-    help: "the fleet's private key (bundle keygen): signs each device's job (devices with updates.signedJobs need it)",
-  }),
-  settle: setting({ schema: whole(0), default: 10, flag: '--settle <s>', read: 'number', help: 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (0: do not wait)' }),
-});
-
-/** `setokim fleet rollout`: publish an update job to devices over MQTT, canaries first (src/fleet/rollout.ts). */
-export function registerFleet(program: Command): Command {
-  const cmd = program.command('fleet').description('fleet operations over MQTT: staged rollouts of bundles');
-  const rolloutCmd = cmd
-    .command('rollout')
-    .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures');
-  registerFlags(rolloutCmd, rolloutSettings).action(async (raw: Record<string, unknown>) => {
-      const o = parseCommandSettings(rolloutSettings, raw, 'fleet rollout');
-      const signKey = o.signKey ? await loadPrivateKey(o.signKey) : undefined;
-      let client;
-      try {
-        client = await connectAsync(o.broker.url, { ...credentialOptions(o.broker), reconnectPeriod: 0 });
-      } catch (err) {
-        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot connect to --broker ${o.broker.url}: ${(err as Error).message}`, { cause: err });
-      }
-      const last = new Map<string, UpdateState>();
-      const stop = new AbortController();
-      const leave = () => process.exit(130);
-      const onSigint = () => {
-        process.stderr.write('stopping: no more jobs are sent; waiting for the devices already updating (Ctrl-C again to leave now)\n');
-        stop.abort();
-        process.once('SIGINT', leave);
-      };
-      process.once('SIGINT', onSigint);
-      try {
-        const r = await rollout(client, {
-          signal: stop.signal,
-          fleet: o.fleet,
-          devices: o.devices,
-          canary: o.canary,
-          job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
-          ...(signKey ? { signKey } : {}),
-          onForged: (d) =>
-            process.stderr.write(`${d}: ignored a state for its job not sealed with the job's nonce (another client sent it)\n`),
-          maxFailures: o.maxFailures,
-          concurrency: o.concurrency,
-          timeoutMs: o.timeout * 1000,
-          settleMs: o.settle * 1000,
-          onEvent: (d, e) => {
-            if (last.get(d) === e.state && !e.warning) return;
-            last.set(d, e.state);
-            process.stderr.write(`${d}: ${e.state}${e.code ? ` [${e.code}]` : ''}${e.message ? ` ${e.message}` : ''}${e.warning ? ` warning [${e.warning.code}] ${e.warning.message}` : ''}\n`);
-          },
-        });
-        for (const x of r.outcomes) {
-          const warning = x.warning ? ` with warning ${x.warning.code}: ${x.warning.message}` : '';
-          process.stdout.write(`${x.device}: ${x.result}${x.code ? ` ${x.code}` : ''}${x.message && x.result !== 'committed' ? `: ${x.message}` : ''}${warning}\n`);
-        }
-        const warned = r.outcomes.filter((x) => x.warning).map((x) => x.device);
-        if (warned.length) process.stderr.write(`warning: ${warned.join(', ')} committed the release but reported a failure after the commit (see above): check that they serve it, or restart their agents\n`);
-        if (r.aborted) {
-          const failed = r.failures; // a canary that committed with a warning is one
-          throw new SetokimError(ErrorCodes.ROLLOUT_ABORTED, `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
-        }
-      } finally {
-        process.off('SIGINT', onSigint);
-        process.off('SIGINT', leave);
-        await client.endAsync();
-      }
     });
   return cmd;
 }

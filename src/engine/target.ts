@@ -263,7 +263,7 @@ export async function detectTarget(o: DetectTargetOptions = {}): Promise<Target>
   }
   const memKb = /^MemTotal:\s+(\d+)\s*kB/m.exec(files.meminfo ?? '')?.[1];
   const module = jetsonModule(jetson.model, jetson.compatible, memKb ? Number(memKb) * 1024 : null);
-  const { l4t, jetpack, chip } = jetson;
+  const { l4t, chip } = jetson;
   const platform = l4t ? platformOf(l4t) : 'none';
   const sm = probed ?? (chip ? (CHIP_SM[chip] ?? null) : null);
   return { id: `${module}/${platform}/${runtime}`, module, platform, runtime, arch, sm, tensorrt, jetson };
