@@ -4,8 +4,8 @@
  * model store (journalled, health-checked, rolled back on failure), recover finishes or undoes an
  * install a crash interrupted, status shows the store. The work lives in src/fleet.
  */
-import { readFile } from 'node:fs/promises';
-import { Presets, SingleBar } from 'cli-progress';
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
@@ -17,6 +17,7 @@ import {
   compatibilityOf,
   createBundle,
   DEFAULT_RESERVE_BYTES,
+  ENGINES_DIR,
   FIRST_BOUND_AGENT_VERSION,
   generateKeys,
   installBundle,
@@ -28,9 +29,10 @@ import {
   parseExpiry,
   verifyBundle,
   type BundleManifest,
-  type ByteProgress,
+  engineGroupsOf,
 } from '../fleet/index.js';
 import { parseFlags } from '../flags.js';
+import { engineProgress, withProgressBar } from './progress.js';
 import { levelName } from '../mqtt/topics.js';
 
 /** What a bundle is bound to, for create's and verify's one line. */
@@ -38,36 +40,14 @@ function describeBinding(m: BundleManifest): string {
   const c = compatibilityOf(m);
   if (!c) return 'format 1: bound to no fleet, target or expiry (devices refuse it unless --allow-unbound)';
   const what = `for fleet ${c.fleets.join(', ')}, target ${c.targets.join(', ')}, until ${c.notAfter}`;
-  return `${what}, agent ${c.minAgentVersion} or newer`;
+  const groups = engineGroupsOf(m);
+  const engines = groups.length ? `; prebuilt engines for ${groups.map((g) => `${g.target} (${g.files.length / 2})`).join(', ')}` : '';
+  return `${what}, agent ${c.minAgentVersion} or newer${engines}`;
 }
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
 const req = () => z.string({ error: missingOr() }).min(1);
 const wholeNumber = (min: number) => z.string({ error: missingOr() }).regex(/^\d+$/, 'a whole number').transform(Number).pipe(z.number().int().min(min).max(Number.MAX_SAFE_INTEGER));
-
-/** A byte-progress bar on stderr when it is a terminal; null otherwise (or with --no-progress). */
-function progressBar(label: string, enabled: boolean): { onProgress?: ByteProgress; stop: () => void } {
-  if (!enabled || !process.stderr.isTTY) return { stop: () => {} };
-  const bar = new SingleBar({ format: `${label} {bar} {percentage}% {mib}/{totalMib} MiB {file}`, hideCursor: true, stream: process.stderr }, Presets.shades_classic);
-  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
-  return {
-    onProgress: (done, total, file) => {
-      if (!bar.isActive) bar.start(total, 0, { mib: '0.0', totalMib: mib(total), file });
-      bar.update(done, { mib: mib(done), totalMib: mib(total), file });
-    },
-    stop: () => bar.stop(),
-  };
-}
-
-/** Runs `work` with a progress bar, stopped however the work ends. */
-async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: ReturnType<typeof progressBar>) => Promise<T>): Promise<T> {
-  const bar = progressBar(label, enabled);
-  try {
-    return await work(bar);
-  } finally {
-    bar.stop();
-  }
-}
 
 /** A repeatable flag: commander collects each use into an array. */
 const collect = (value: string, previous: string[] = []) => [...previous, value];
@@ -84,6 +64,7 @@ const CreateOptions = z.object({
   target: repeated(TargetPattern, 'target pattern (* for any)'),
   expires: req(),
   minAgentVersion: AgentVersion.default(FIRST_BOUND_AGENT_VERSION),
+  engines: z.array(z.string().min(1)).optional(),
   progress: z.boolean(),
 });
 const VerifyOptions = z.object({ pubkey: req(), progress: z.boolean() });
@@ -97,6 +78,9 @@ const InstallOptions = z.object({
   backend: z.string().min(1).optional(),
   reserveMib: wholeNumber(0).optional(),
   healthTimeout: wholeNumber(1).optional(),
+  engines: z.boolean(),
+  buildTimeout: wholeNumber(1).optional(),
+  workspaceMib: wholeNumber(1).optional(),
   progress: z.boolean(),
 });
 const StoreOptions = z.object({ store: req() });
@@ -125,18 +109,22 @@ export function registerBundle(program: Command): Command {
     .option('--target <pattern>', 'a target it runs on: orin-nano-*/jp6.*/trt10.3, * for any (repeatable; at least one)', collect)
     .option('--expires <when>', 'devices refuse it after: a duration (90m, 12h, 30d, 8w) or a date (2026-12-31) (required)')
     .option('--min-agent-version <v>', `the oldest setokim-edge that may install it (default ${FIRST_BOUND_AGENT_VERSION})`)
+    .option('--engines <dirs...>', "prebuilt engines, one directory per target (what `export engine` wrote on a device of it); a device unpacks only its own target's")
     .option('--no-progress', 'no progress bar')
     .action(async (raw: unknown) => {
       const o = parseFlags(CreateOptions, raw, 'bundle create');
+      const own = path.join(o.models, ENGINES_DIR);
+      if (await stat(own).then(() => true, () => false)) process.stderr.write(`note: ${own} is left out: engines travel per target (--engines DIR)\n`);
       const now = new Date();
       const notAfter = parseExpiry(o.expires, now).toISOString();
       const compatibility = { fleets: o.fleet, targets: o.target, notAfter, minAgentVersion: o.minAgentVersion };
       const key = await loadPrivateKey(o.key);
       const { models, release, out } = o;
       const m = await withProgressBar('bundle', o.progress, (bar) =>
-        createBundle({ models, release, key, out, compatibility, createdAt: now, onProgress: bar.onProgress }),
+        createBundle({ models, release, key, out, compatibility, createdAt: now, onProgress: bar.onProgress, ...(o.engines ? { engines: o.engines } : {}) }),
       );
-      const mib = (m.files.reduce((a, f) => a + f.size, 0) / 2 ** 20).toFixed(1);
+      const files = [...m.files, ...engineGroupsOf(m).flatMap((g) => g.files)];
+      const mib = (files.reduce((a, f) => a + f.size, 0) / 2 ** 20).toFixed(1);
       const what = `${m.modelSetId} release ${m.release}, ${m.files.length} files, ${mib} MiB, signed by ${m.keyId}`;
       process.stdout.write(`${o.out}: ${what}; ${describeBinding(m)}\n`);
     });
@@ -163,12 +151,20 @@ export function registerBundle(program: Command): Command {
     .option('--allow-unbound', 'also install a format-1 bundle, which signs no fleet, target or expiry')
     .option('--max-release-jump <n>', 'refuse a release more than n above the committed one (default: no limit)')
     .option('--canary-image <file>', 'image for the health-check query (default: a generated gradient)')
-    .option('--backend <name>', 'run the health check on this backend only (onnxruntime-cpu, tensorrt)')
+    .option('--backend <name>', 'run the health check on this backend only (default: the one that will serve: tensorrt once engines are ready)')
     .option('--reserve-mib <n>', `free space to leave after unpacking (default ${DEFAULT_RESERVE_BYTES / 2 ** 20})`)
     .option('--health-timeout <s>', 'seconds the canary query may take (default 120)')
+    .option('--no-engines', 'no engine step: serve the set on ONNX Runtime (no engine is checked or built)')
+    .option('--build-timeout <s>', 'seconds one engine build may take before it is cancelled (default 7200)')
+    .option('--workspace-mib <n>', 'TensorRT builder workspace limit for engines built here (default 1024; lower it on 8 GB boards)')
     .option('--no-progress', 'no progress bar')
     .action(async (file: string, raw: unknown) => {
       const o = parseFlags(InstallOptions, raw, 'bundle install');
+      const engines = o.engines && {
+        ...(o.buildTimeout !== undefined ? { buildTimeoutMs: o.buildTimeout * 1000 } : {}),
+        ...(o.workspaceMib !== undefined ? { workspaceBytes: o.workspaceMib * 2 ** 20 } : {}),
+        onProgress: engineProgress(o.progress),
+      };
       const pubkey = await loadPublicKey(o.pubkey);
       let image: Uint8Array | undefined;
       if (o.canaryImage) {
@@ -187,7 +183,8 @@ export function registerBundle(program: Command): Command {
           allowUnbound: o.allowUnbound,
           maxReleaseJump: o.maxReleaseJump,
           reserveBytes: o.reserveMib === undefined ? undefined : o.reserveMib * 2 ** 20,
-          health: (dir) => canaryQuery(dir, { image, backend: o.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
+          health: (dir, ctx) => canaryQuery(dir, { image, backend: o.backend ?? ctx.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
+          engines,
           onProgress: bar.onProgress,
           onStep: (s, detail) => {
             bar.stop();
@@ -195,7 +192,8 @@ export function registerBundle(program: Command): Command {
           },
         }),
       );
-      process.stdout.write(`installed ${r.modelSetId} release ${r.release} into ${o.store} (previous: ${r.previous ?? 'none'}); canary answered in ${r.health.ms.toFixed(0)} ms\n`);
+      const on = `canary answered in ${r.health.ms.toFixed(0)} ms on ${r.health.backend}`;
+      process.stdout.write(`installed ${r.modelSetId} release ${r.release} into ${o.store} (previous: ${r.previous ?? 'none'}); ${on}\n`);
     });
 
   cmd

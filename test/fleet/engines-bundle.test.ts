@@ -24,6 +24,7 @@ import {
   verifyBundle,
 } from '../../src/fleet/index.js';
 import { EngineBuilderTestDouble, machineOf, prebuiltEngines, tensorRtCanaryTestDouble, testEnvironment } from './engine-doubles.js';
+import { runCli } from '../helpers/cli.js';
 import { fixture, noCanary, testCompatibility, testDevice } from './helpers.js';
 
 const FIVE = ['orin-nano-8gb/jp6.2/trt10.3', 'agx-orin-64gb/jp6.1/trt10.3', 'orin-nx-16gb/jp5.1/trt8.5', 'agx-thor-128gb/jp7.0/trt10.13', 'x86_64-sm89/none/trt10.3'];
@@ -190,4 +191,32 @@ t.test('the manifest schema: a group for a target compatibility does not allow, 
   t.throws(() => parseBundleManifest({ ...m, files: [...m.files, { path: 'engines/llm.fp32.plan', size: 1, sha256: 'a'.repeat(64) }] }, 'x'), { code: 'BUNDLE_INVALID', message: /engines\/llm\.fp32\.plan: engines travel in engine groups/ });
   t.throws(() => parseBundleManifest({ ...m, engines: [{ ...m.engines[0], files: m.engines[0].files.slice(1) }] }, 'x'), { code: 'BUNDLE_INVALID', message: /comes without/ });
   t.throws(() => parseBundleManifest({ ...m, engines: [m.engines[0], m.engines[0]] }, 'x'), { code: 'BUNDLE_INVALID', message: /a target has two engine groups/ });
+});
+
+t.test('CLI: bundle create --engines, verify names the targets, install on this CPU machine unpacks none', async (t) => {
+  const withOwn = path.join(f.dir, 'set-with-own-engines');
+  await cp(set1, withOwn, { recursive: true });
+  await cp(engineDirs[NANO]!, path.join(withOwn, 'engines'), { recursive: true });
+  const file = path.join(f.dir, 'cli.bundle');
+  const c = await runCli([
+    'bundle', 'create', '--models', withOwn, '--release', '1', '--key', f.privPath, '--out', file, '--fleet', 'test',
+    '--target', '*', '--expires', '1d', '--engines', engineDirs[NANO]!, engineDirs['agx-orin-64gb/jp6.1/trt10.3']!, '--no-progress',
+  ]);
+  t.equal(c.status, 0, c.err);
+  t.match(c.err, /note: .*set-with-own-engines\/engines is left out: engines travel per target \(--engines DIR\)/);
+  const esc = (x: string) => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const groups = esc(`prebuilt engines for ${NANO} (${stageCount}), agx-orin-64gb/jp6.1/trt10.3 (${stageCount})`);
+  t.match(c.out, new RegExp(`cli\\.bundle: setokim-tiny-seed1 release 1, .*; for fleet test, target \\*, .*${groups}`));
+  const v = await runCli(['bundle', 'verify', file, '--pubkey', f.pubPath, '--no-progress']);
+  t.equal(v.status, 0, v.err);
+  t.match(v.out, new RegExp(`OK: .*${groups}`));
+  const root = path.join(f.dir, 'store-cli');
+  const i = await runCli(['bundle', 'install', file, '--store', root, '--fleet', 'test', '--pubkey', f.pubPath, '--no-progress']);
+  t.equal(i.status, 0, i.err);
+  t.match(i.out, /installed setokim-tiny-seed1 release 1 .*canary answered in \d+ ms on onnxruntime-cpu/);
+  t.notMatch(i.err, /building-engines/, 'no engine step on x86_64/none/cpu');
+  await t.rejects(stat(path.join(root, 'setokim-tiny-seed1', 'engines')), { code: 'ENOENT' });
+  const bad = await runCli(['bundle', 'create', '--models', set1, '--release', '2', '--key', f.privPath, '--out', path.join(f.dir, 'x.bundle'), '--fleet', 'test', '--target', 'agx-orin-*/*/*', '--expires', '1d', '--engines', engineDirs[NANO]!]);
+  t.equal(bad.status, 2);
+  t.match(bad.err, /\[BAD_ARGUMENT\]: --engines .*: engines for orin-nano-8gb\/jp6\.2\/trt10\.3, which no --target \(agx-orin-\*\/\*\/\*\) allows/);
 });
