@@ -16,7 +16,10 @@ import { decodeStatus, type AgentStatus } from './codec.js';
 export interface DeviceRow {
   device: string;
   status: Pick<AgentStatus, 'online' | 'modelSetId' | 'backend' | 'version' | 'updatedUnixMs' | 'target'> | null;
-  update: Pick<UpdateEvent, 'jobId' | 'state' | 'code' | 'message' | 'release' | 'modelSetId' | 'warning' | 'at'> | null;
+  update: Pick<
+    UpdateEvent,
+    'jobId' | 'state' | 'code' | 'message' | 'release' | 'modelSetId' | 'warning' | 'at'
+  > | null;
 }
 
 export interface FleetStatus {
@@ -38,7 +41,8 @@ export interface FleetStatusOptions {
 export async function collectFleetStatus(client: MqttClient, o: FleetStatusOptions): Promise<FleetStatus> {
   const filters = [fleetStatusFilter(o.fleet), fleetUpdateStateFilter(o.fleet)];
   const rows = new Map<string, DeviceRow>();
-  const row = (device: string) => rows.get(device) ?? rows.set(device, { device, status: null, update: null }).get(device)!;
+  const row = (device: string) =>
+    rows.get(device) ?? rows.set(device, { device, status: null, update: null }).get(device)!;
   let unreadable = 0;
   let heard: () => void = () => undefined;
   const onMessage = (topic: string, payload: Buffer) => {
@@ -108,7 +112,11 @@ export function formatFleetStatus(s: FleetStatus, now = Date.now()): string {
     const st = d.status;
     const u = d.update;
     const age = st ? `${Math.max(0, Math.round((now - st.updatedUnixMs) / 1000))} s ago` : '';
-    const error = u?.code ? `${u.code}: ${u.message ?? ''}` : u?.warning ? `warning ${u.warning.code}: ${u.warning.message}` : '-';
+    const error = u?.code
+      ? `${u.code}: ${u.message ?? ''}`
+      : u?.warning
+        ? `warning ${u.warning.code}: ${u.warning.message}`
+        : '-';
     return [
       d.device,
       st ? `${st.online ? 'yes' : 'no'} (${age})` : '?',

@@ -9,7 +9,10 @@ import type { EngineProgress } from '../fleet/engines.js';
 /** A byte-progress bar on stderr when it is a terminal; null otherwise (or with --no-progress). */
 export function progressBar(label: string, enabled: boolean): { onProgress?: ByteProgress; stop: () => void } {
   if (!enabled || !process.stderr.isTTY) return { stop: () => {} };
-  const bar = new SingleBar({ format: `${label} {bar} {percentage}% {mib}/{totalMib} MiB {file}`, hideCursor: true, stream: process.stderr }, Presets.shades_classic);
+  const bar = new SingleBar(
+    { format: `${label} {bar} {percentage}% {mib}/{totalMib} MiB {file}`, hideCursor: true, stream: process.stderr },
+    Presets.shades_classic,
+  );
   const mib = (n: number) => (n / 2 ** 20).toFixed(1);
   return {
     onProgress: (done, total, file) => {
@@ -21,7 +24,11 @@ export function progressBar(label: string, enabled: boolean): { onProgress?: Byt
 }
 
 /** Runs `work` with a progress bar, stopped however the work ends. */
-export async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: ReturnType<typeof progressBar>) => Promise<T>): Promise<T> {
+export async function withProgressBar<T>(
+  label: string,
+  enabled: boolean,
+  work: (bar: ReturnType<typeof progressBar>) => Promise<T>,
+): Promise<T> {
   const bar = progressBar(label, enabled);
   try {
     return await work(bar);
@@ -40,12 +47,16 @@ export function engineProgress(enabled: boolean): (p: EngineProgress) => void {
     const head = `${p.index}/${p.count} ${p.stage}`;
     if (!enabled) return;
     if (!process.stderr.isTTY) {
-      if (p.phase === 'start' || p.phase === 'done') process.stderr.write(`[engines] ${head}: ${p.phase === 'start' ? 'building' : 'built'}\n`);
+      if (p.phase === 'start' || p.phase === 'done')
+        process.stderr.write(`[engines] ${head}: ${p.phase === 'start' ? 'building' : 'built'}\n`);
       return;
     }
     if (p.phase === 'start') {
       bar?.stop();
-      bar = new SingleBar({ format: `engine ${head} {bar} {value}/{total} {phase}`, hideCursor: true, stream: process.stderr }, Presets.shades_classic);
+      bar = new SingleBar(
+        { format: `engine ${head} {bar} {value}/{total} {phase}`, hideCursor: true, stream: process.stderr },
+        Presets.shades_classic,
+      );
       bar.start(1, 0, { phase: 'starting' });
     } else if (p.phase === 'done') {
       bar?.update(bar.getTotal(), { phase: 'built' });

@@ -80,7 +80,8 @@ export interface HostResources {
 /** The `Name: N kB` fields of /proc/meminfo, in bytes. */
 export function parseMeminfo(text: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const m of text.matchAll(/^(\w+):\s+(\d+)(?:\s*kB)?$/gm)) out[m[1]!] = Number(m[2]) * (m[0].endsWith('kB') ? 1024 : 1);
+  for (const m of text.matchAll(/^(\w+):\s+(\d+)(?:\s*kB)?$/gm))
+    out[m[1]!] = Number(m[2]) * (m[0].endsWith('kB') ? 1024 : 1);
   return out;
 }
 

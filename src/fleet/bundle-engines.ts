@@ -33,8 +33,12 @@ export function engineSetMismatch(m: EngineManifest, set: Manifest): string | nu
   if (!entry) return `model set ${set.id} has no stage '${m.stage}'`;
   const builds = [entry, ...entry.variants];
   const from = builds.find((b) => b.sha256 === m.source.sha256);
-  if (!from) return `built from ${m.source.file} (sha256 ${m.source.sha256.slice(0, 12)}...), not from any file of stage '${m.stage}' in ${set.id}`;
-  if (from.precision !== m.precision) return `built from the ${from.precision} file, but the manifest says ${m.precision}`;
+  if (!from) {
+    const source = `${m.source.file} (sha256 ${m.source.sha256.slice(0, 12)}...)`;
+    return `built from ${source}, not from any file of stage '${m.stage}' in ${set.id}`;
+  }
+  if (from.precision !== m.precision)
+    return `built from the ${from.precision} file, but the manifest says ${m.precision}`;
   if (m.plan !== `${m.stage}.${m.precision}.plan`) return `plan ${m.plan} is not named ${m.stage}.${m.precision}.plan`;
   const diff = signatureDifference(entry.signature, m.io);
   return diff ? `its IO signature differs from the set's (${diff})` : null;
@@ -49,7 +53,10 @@ async function readEngineDir(dir: string, set: Manifest, compat: Compatibility):
     throw bad(`--engines ${dir}: ${(err as Error).message}`);
   }
   const plans = names.filter((n) => n.endsWith('.plan') && names.includes(`${n}.json`));
-  if (plans.length === 0) throw bad(`--engines ${dir}: no <stage>.<precision>.plan with its .plan.json (build them with \`setokim export engine\`)`);
+  if (plans.length === 0)
+    throw bad(
+      `--engines ${dir}: no <stage>.<precision>.plan with its .plan.json (build them with \`setokim export engine\`)`,
+    );
   const targets = new Set<string>();
   const files: string[] = [];
   for (const p of plans) {
@@ -58,22 +65,31 @@ async function readEngineDir(dir: string, set: Manifest, compat: Compatibility):
     const lies = targetContradictions(m);
     if (lies.length) throw bad(`--engines ${dir}: ${p} ${lies.join('; ')}`);
     const mismatch = engineSetMismatch(m, set);
-    if (mismatch) throw bad(`--engines ${dir}: ${p} does not belong to this set: ${mismatch}; rebuild it from this set`);
+    if (mismatch)
+      throw bad(`--engines ${dir}: ${p} does not belong to this set: ${mismatch}; rebuild it from this set`);
     await verifyPlanFile(plan, m);
     targets.add(m.target!);
     files.push(p, `${p}.json`);
   }
-  if (targets.size !== 1) throw bad(`--engines ${dir}: engines of ${[...targets].join(' and ')}; give one directory per target`);
+  if (targets.size !== 1)
+    throw bad(`--engines ${dir}: engines of ${[...targets].join(' and ')}; give one directory per target`);
   const target = [...targets][0]!;
   if (target.split('/')[2] === 'cpu') throw bad(`--engines ${dir}: target ${target} runs no TensorRT`);
   if (matchingPatterns(compat.targets, target).length === 0) {
-    throw bad(`--engines ${dir}: engines for ${target}, which no --target (${compat.targets.join(', ')}) allows; add --target ${target}`);
+    throw bad(
+      `--engines ${dir}: engines for ${target}, which no --target (${compat.targets.join(', ')}) allows; ` +
+        `add --target ${target}`,
+    );
   }
   return { dir, target, names: files };
 }
 
 /** Every engines directory, checked; two directories of one target are refused. */
-export async function readEngineDirs(dirs: readonly string[], set: Manifest, compat: Compatibility): Promise<EngineDir[]> {
+export async function readEngineDirs(
+  dirs: readonly string[],
+  set: Manifest,
+  compat: Compatibility,
+): Promise<EngineDir[]> {
   const out: EngineDir[] = [];
   for (const d of dirs) {
     const e = await readEngineDir(d, set, compat);

@@ -4,7 +4,13 @@
  * preflight, which compares the builder's peak estimate (src/engine/build-estimate.ts) with that
  * and refuses with ENGINE_BUILD_RESOURCES and the numbers instead of being OOM-killed halfway.
  */
-import { builderPeakEstimate, hostResources, largestWeightBytes, type BuildEstimate, type HostResources } from '../engine/build-estimate.js';
+import {
+  builderPeakEstimate,
+  hostResources,
+  largestWeightBytes,
+  type BuildEstimate,
+  type HostResources,
+} from '../engine/build-estimate.js';
 import type { Architecture, StageName } from '../engine/contract.js';
 import { TensorRtEngineBuilder, type EngineBuilder } from '../engine/engine-builder.js';
 import { machineInfo, type MachineInfo } from '../engine/engine-manifest.js';
@@ -69,7 +75,10 @@ export async function preflightBuilds(
   for (const b of builds) {
     const largest = largestWeightBytes(b.stage, a, b.precision);
     const input = { weightBytes: b.weightBytes, workspaceBytes: o.workspaceBytes, integratedGpu: env.jetson };
-    estimates.set(b.stage, builderPeakEstimate({ ...input, ...(largest !== undefined ? { largestTensorBytes: largest } : {}) }));
+    estimates.set(
+      b.stage,
+      builderPeakEstimate({ ...input, ...(largest !== undefined ? { largestTensorBytes: largest } : {}) }),
+    );
   }
   const free = await env.resources(o.dir);
   const short: string[] = [];
@@ -77,25 +86,31 @@ export async function preflightBuilds(
   const [hostStage, host] = worst('hostBytes');
   if (host.hostBytes > free.memAvailableBytes) {
     const weights = builds.find((b) => b.stage === hostStage)!.weightBytes;
+    const workspace = env.jetson ? `the ${mib(o.workspaceBytes)} workspace` : 'no workspace on a discrete GPU';
     short.push(
-      `host memory: building ${hostStage} needs about ${mib(host.hostBytes)} (4 x ${mib(weights)} of weights, the builder ` +
-        `and ${env.jetson ? `the ${mib(o.workspaceBytes)} workspace` : 'no workspace on a discrete GPU'}), MemAvailable is ${mib(free.memAvailableBytes)}`,
+      `host memory: building ${hostStage} needs about ${mib(host.hostBytes)} (4 x ${mib(weights)} of weights, ` +
+        `the builder and ${workspace}), MemAvailable is ${mib(free.memAvailableBytes)}`,
     );
   }
   const [cmaStage, cma] = worst('cmaBytes');
   if (env.jetson && free.cmaFreeBytes !== null && cma.cmaBytes > free.cmaFreeBytes) {
-    short.push(`CMA: ${cmaStage}'s largest tensor needs ${mib(cma.cmaBytes)} contiguous, CmaFree is ${mib(free.cmaFreeBytes)}`);
+    short.push(
+      `CMA: ${cmaStage}'s largest tensor needs ${mib(cma.cmaBytes)} contiguous, CmaFree is ${mib(free.cmaFreeBytes)}`,
+    );
   }
   const disk = [...estimates.values()].reduce((n, e) => n + e.diskBytes, 0) + o.reserveBytes;
   if (disk > free.diskFreeBytes) {
-    short.push(`disk: the plans need about ${mib(disk)} with the reserve, ${o.dir} has ${mib(free.diskFreeBytes)} free`);
+    short.push(
+      `disk: the plans need about ${mib(disk)} with the reserve, ${o.dir} has ${mib(free.diskFreeBytes)} free`,
+    );
   }
   if (short.length) {
     const stages = builds.map((b) => b.stage).join(', ');
     throw new SetokimError(
       ErrorCodes.ENGINE_BUILD_RESOURCES,
-      `cannot build the engines of ${stages} on ${env.target}: ${short.join('; ')}. Free memory or disk on the device ` +
-        `(stop other work, lower the builder workspace), or publish prebuilt engines for ${env.target} (bundle create --engines)`,
+      `cannot build the engines of ${stages} on ${env.target}: ${short.join('; ')}. Free memory or disk on the ` +
+        'device (stop other work, lower the builder workspace), or publish prebuilt engines for ' +
+        `${env.target} (bundle create --engines)`,
     );
   }
   return estimates;

@@ -17,7 +17,12 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StageName } from '../engine/contract.js';
 import { STAGES } from '../engine/contract.js';
-import { DEFAULT_WORKSPACE_BYTES, engineDir, profileFromSignature, stageDimProfiles } from '../engine/engine-builder.js';
+import {
+  DEFAULT_WORKSPACE_BYTES,
+  engineDir,
+  profileFromSignature,
+  stageDimProfiles,
+} from '../engine/engine-builder.js';
 import {
   DEFAULT_DIALECT,
   EngineCache,
@@ -26,7 +31,12 @@ import {
   type CachedEngine,
   type EngineCacheKey,
 } from '../engine/engine-cache.js';
-import { incompatibilities, readEngineManifest, targetContradictions, verifyPlanFile } from '../engine/engine-manifest.js';
+import {
+  incompatibilities,
+  readEngineManifest,
+  targetContradictions,
+  verifyPlanFile,
+} from '../engine/engine-manifest.js';
 import { removeDurable } from '../engine/durable.js';
 import type { Manifest, StageFile } from '../engine/manifest.js';
 import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
@@ -103,7 +113,7 @@ export class EnginePreparation {
   private readonly result: EnginesResult = { backend: null, prebuilt: [], reused: [], built: [] };
   private readonly dir: string;
 
-  /** `setDir`: the staged set; `group`: the bundle's engines for this device's target (unpacked into `setDir/engines`). */
+  /** `setDir`: the staged set; `group`: the bundle's engines for this target (unpacked into `setDir/engines`). */
   constructor(
     private readonly setDir: string,
     private readonly set: Manifest,
@@ -167,7 +177,8 @@ export class EnginePreparation {
     return new SetokimError(
       ErrorCodes.ENGINE_MISSING,
       `stage '${stage}' of ${this.set.id} is a ${f.format} file (${f.file}) with no ONNX graph to build from, and ` +
-        `the bundle has ${has} (this device is ${this.o.env.target}); publish the bundle with --engines for this target`,
+        `the bundle has ${has} (this device is ${this.o.env.target}); ` +
+        'publish the bundle with --engines for this target',
     );
   }
 
@@ -180,7 +191,10 @@ export class EnginePreparation {
       const m = readEngineManifest(plan);
       const where = `prebuilt engine ${name} for ${this.group.target}`;
       const lies = targetContradictions(m, this.o.env.target);
-      if (lies.length) throw incompatible(`${where} lies about its target: ${lies.join('; ')}; rebuild it on a ${this.o.env.target} device`);
+      if (lies.length)
+        throw incompatible(
+          `${where} lies about its target: ${lies.join('; ')}; rebuild it on a ${this.o.env.target} device`,
+        );
       const mismatch = engineSetMismatch(m, this.set);
       if (mismatch) throw incompatible(`${where} does not belong to ${this.set.id}: ${mismatch}`);
       const why = this.o.env.machine ? incompatibilities(m, this.o.env.machine) : ['TensorRT is not loaded'];
@@ -218,14 +232,16 @@ export class EnginePreparation {
     const ac = new AbortController();
     const timeout = new SetokimError(
       ErrorCodes.ENGINE_BUILD_TIMEOUT,
-      `building the ${stage} engine took more than ${Number((timeoutMs / 1000).toPrecision(3))} s on ${this.o.env.target}; it was cancelled`,
+      `building the ${stage} engine took more than ${Number((timeoutMs / 1000).toPrecision(3))} s ` +
+        `on ${this.o.env.target}; it was cancelled`,
     );
     const timer = setTimeout(() => ac.abort(timeout), timeoutMs);
     const outer = this.o.signal;
     const onOuter = () => ac.abort(outer!.reason);
     if (outer?.aborted) onOuter();
     outer?.addEventListener('abort', onOuter, { once: true });
-    const report = (phase: string, step: number, steps: number) => this.o.onProgress?.({ stage, index, count, phase, step, steps });
+    const report = (phase: string, step: number, steps: number) =>
+      this.o.onProgress?.({ stage, index, count, phase, step, steps });
     report('start', 0, 0);
     let entry: CachedEngine;
     try {
@@ -245,13 +261,21 @@ export class EnginePreparation {
       });
       const m = await untilAbortedPlus(building, ac.signal, this.o.cancelGraceMs ?? DEFAULT_CANCEL_GRACE_MS);
       const got = cacheKeyOf(m);
-      if (!got || engineCacheKey(got) !== name) throw new Error(`the builder's manifest does not describe the requested build (${stage}, ${file.precision}, ${this.o.env.target})`);
+      if (!got || engineCacheKey(got) !== name)
+        throw new Error(
+          "the builder's manifest does not describe the requested build " +
+            `(${stage}, ${file.precision}, ${this.o.env.target})`,
+        );
       await verifyPlanFile(plan, m);
       entry = await this.o.cache.add(plan, m, 'move');
     } catch (err) {
       if (ac.signal.aborted) throw ac.signal.reason instanceof Error ? ac.signal.reason : timeout;
       const why = `[${errorCode(err)}] ${(err as Error)?.message ?? String(err)}`;
-      throw new SetokimError(ErrorCodes.ENGINE_BUILD_FAILED, `building the ${stage} engine on ${this.o.env.target} failed: ${why}`, { cause: err });
+      throw new SetokimError(
+        ErrorCodes.ENGINE_BUILD_FAILED,
+        `building the ${stage} engine on ${this.o.env.target} failed: ${why}`,
+        { cause: err },
+      );
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener('abort', onOuter);

@@ -17,7 +17,14 @@ import { EngineCache } from '../engine/engine-cache.js';
 import { loadManifest, verifyModelSet, type Manifest } from '../engine/manifest.js';
 import { ModelStore } from '../engine/modelset.js';
 import { ErrorCodes, SetokimError, errorCode } from '../errors.js';
-import { engineGroupFor, openBundle, streamBundle, unpackedBytes, type ByteProgress, type OpenedBundle } from './bundle.js';
+import {
+  engineGroupFor,
+  openBundle,
+  streamBundle,
+  unpackedBytes,
+  type ByteProgress,
+  type OpenedBundle,
+} from './bundle.js';
 import { checkBinding, checkReleaseJump, type BindingPolicy } from './compat.js';
 import { freeBytes, fsyncDir, removeDurable } from '../engine/durable.js';
 import { detectEngineEnvironment, runsEngines, type EngineEnvironment } from './engine-env.js';
@@ -40,14 +47,7 @@ import { emptyTrash, pruneStore } from './prune.js';
 
 /** What an install reports, in order: journal steps plus the checks between them. */
 export type InstallStep =
-  | 'recovered'
-  | 'verified'
-  | JournalStep
-  | 'engines-ready'
-  | 'healthy'
-  | 'committed'
-  | 'pruned'
-  | 'rolled-back';
+  'recovered' | 'verified' | JournalStep | 'engines-ready' | 'healthy' | 'committed' | 'pruned' | 'rolled-back';
 
 /** How an install prepares engines (docs/FLEET.md "Engines"). */
 export interface EngineInstallOptions {
@@ -120,7 +120,11 @@ async function rollBack(root: string, j: Journal): Promise<string | null> {
     } catch (err) {
       // The old set is damaged too: serve nothing rather than the half-installed one.
       await store.deactivate();
-      damaged = new SetokimError(errorCode(err), `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`, { cause: err });
+      damaged = new SetokimError(
+        errorCode(err),
+        `rolling back to ${j.previous} failed (${(err as Error).message}); no model set is active now: install a good bundle`,
+        { cause: err },
+      );
     }
   }
   // From 'staged' on, the target directory may hold the new set (the rename may have happened
@@ -189,11 +193,22 @@ class Installation {
 
   async run(): Promise<InstallResult> {
     const recovered = await recoverLocked(this.root);
-    if (recovered.action !== 'none') await this.step('recovered', `${recovered.action} release ${recovered.journal?.release} (${recovered.journal?.modelSetId})`);
+    if (recovered.action !== 'none')
+      await this.step(
+        'recovered',
+        `${recovered.action} release ${recovered.journal?.release} (${recovered.journal?.modelSetId})`,
+      );
     await this.verify();
     await this.checkStore();
     const { release, modelSetId } = this.b.manifest;
-    this.j = { step: 'staging', release, modelSetId, previous: this.previous, staging: `${modelSetId}-r${release}`, startedAt: new Date().toISOString() };
+    this.j = {
+      step: 'staging',
+      release,
+      modelSetId,
+      previous: this.previous,
+      staging: `${modelSetId}-r${release}`,
+      startedAt: new Date().toISOString(),
+    };
     await writeJournal(this.root, this.j);
     let health: CanaryResult;
     try {
@@ -205,7 +220,11 @@ class Installation {
       const now = await rollBack(this.root, this.j);
       await this.step('rolled-back', `active: ${now ?? 'none'}`);
       if (err instanceof SetokimError && err.code === ErrorCodes.HEALTH_CHECK_FAILED) {
-        throw new SetokimError(ErrorCodes.HEALTH_CHECK_FAILED, `${err.message}; rolled back: active set is ${now ?? 'none'}`, { cause: err.cause });
+        throw new SetokimError(
+          ErrorCodes.HEALTH_CHECK_FAILED,
+          `${err.message}; rolled back: active set is ${now ?? 'none'}`,
+          { cause: err.cause },
+        );
       }
       throw err;
     }
@@ -220,11 +239,18 @@ class Installation {
     const { modelSetId, release, keyId } = this.b.manifest;
     this.env = o.engines === false ? null : (o.engines?.env ?? (await detectEngineEnvironment()));
     const target = o.device?.target ?? this.env?.target;
-    const bound = await checkBinding(this.b.manifest, o.bundle, { ...o, device: { ...o.device, ...(target ? { target } : {}) } });
+    const bound = await checkBinding(this.b.manifest, o.bundle, {
+      ...o,
+      device: { ...o.device, ...(target ? { target } : {}) },
+    });
     await this.step('verified', `${modelSetId} release ${release}, signed by ${keyId}, ${bound}`);
     const floor = await readRelease(this.root);
     if (floor && release <= floor.release) {
-      throw new SetokimError(ErrorCodes.ROLLBACK_REFUSED, `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) committed in ${this.root}; publish a bundle with a higher --release`);
+      throw new SetokimError(
+        ErrorCodes.ROLLBACK_REFUSED,
+        `${o.bundle}: release ${release} is not newer than release ${floor.release} (${floor.modelSetId}) ` +
+          `committed in ${this.root}; publish a bundle with a higher --release`,
+      );
     }
     checkReleaseJump(release, floor?.release ?? null, o.maxReleaseJump, o.bundle);
   }
@@ -235,13 +261,21 @@ class Installation {
     this.store.dirOf(modelSetId); // validates the id as a directory name
     this.previous = await this.store.active();
     if (this.previous === modelSetId) {
-      throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${modelSetId} is the set serving from ${this.root}; a new release must carry a new model set id (export it under another id)`);
+      throw new SetokimError(
+        ErrorCodes.UPDATE_CONFLICT,
+        `${modelSetId} is the set serving from ${this.root}; a new release must carry a new model set id ` +
+          '(export it under another id)',
+      );
     }
     const reserve = this.o.reserveBytes ?? DEFAULT_RESERVE_BYTES;
     const free = await freeBytes(this.root);
     const needed = unpackedBytes(this.b, this.engineTarget);
     if (free < needed + reserve) {
-      throw new SetokimError(ErrorCodes.NO_SPACE, `${this.root}: ${mib(free)} free, the bundle needs ${mib(needed)} plus a reserve of ${mib(reserve)}; remove old model sets from the store or free disk space`);
+      throw new SetokimError(
+        ErrorCodes.NO_SPACE,
+        `${this.root}: ${mib(free)} free, the bundle needs ${mib(needed)} plus a reserve of ${mib(reserve)}; ` +
+          'remove old model sets from the store or free disk space',
+      );
     }
   }
 
@@ -250,7 +284,7 @@ class Installation {
   }
 
   private async journal(step: JournalStep, detail: string): Promise<void> {
-    await writeJournal(this.root, (this.j.step = step, this.j));
+    await writeJournal(this.root, ((this.j.step = step), this.j));
     await this.step(step, detail);
   }
 
@@ -262,7 +296,12 @@ class Installation {
     await streamBundle(this.b, dir, this.o.onProgress, this.engineTarget);
     const manifest = await loadManifest(dir);
     const { modelSetId } = this.b.manifest;
-    if (manifest.id !== modelSetId) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${this.o.bundle}: its manifest.json names set ${manifest.id}, its signed bundle manifest ${modelSetId}; rebuild the bundle`);
+    if (manifest.id !== modelSetId)
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${this.o.bundle}: its manifest.json names set ${manifest.id}, its signed bundle manifest ` +
+          `${modelSetId}; rebuild the bundle`,
+      );
     await verifyModelSet(dir, manifest);
     await fsyncDir(dir);
     await this.journal('staged', dir);
@@ -275,7 +314,11 @@ class Installation {
     if (!env) return;
     const eo = this.o.engines || {};
     const group = this.engineTarget ? engineGroupFor(this.b, this.engineTarget) : undefined;
-    if (this.engineTarget) await this.journal('building-engines', `${env.target}: ${group ? `${group.files.length / 2} prebuilt engines` : 'no prebuilt engines'} in the bundle`);
+    if (this.engineTarget)
+      await this.journal(
+        'building-engines',
+        `${env.target}: ${group ? `${group.files.length / 2} prebuilt engines` : 'no prebuilt engines'} in the bundle`,
+      );
     this.engines = await new EnginePreparation(this.stagingDir, manifest, group, {
       env,
       cache: new EngineCache(engineCacheDir(this.root)),
@@ -287,7 +330,8 @@ class Installation {
       ...(eo.signal ? { signal: eo.signal } : {}),
     }).run();
     const e = this.engines;
-    if (e.backend) await this.step('engines-ready', `${env.target}: prebuilt ${e.prebuilt.join(', ') || 'none'}; reused ${e.reused.join(', ') || 'none'}; built ${e.built.join(', ') || 'none'}`);
+    const what = (['prebuilt', 'reused', 'built'] as const).map((k) => `${k} ${e[k].join(', ') || 'none'}`);
+    if (e.backend) await this.step('engines-ready', `${env.target}: ${what.join('; ')}`);
     await fsyncDir(this.stagingDir);
   }
 
@@ -308,14 +352,22 @@ class Installation {
     const { modelSetId, release } = this.b.manifest;
     const backend = this.engines?.backend ?? undefined;
     const fail = (why: string, cause?: unknown) =>
-      new SetokimError(ErrorCodes.HEALTH_CHECK_FAILED, `${modelSetId} release ${release} failed its canary query: ${why}`, { cause });
+      new SetokimError(
+        ErrorCodes.HEALTH_CHECK_FAILED,
+        `${modelSetId} release ${release} failed its canary query: ${why}`,
+        { cause },
+      );
     let health: CanaryResult;
     try {
-      health = await (this.o.health ?? ((dir, ctx) => canaryQuery(dir, ctx)))(this.store.dirOf(modelSetId), backend ? { backend } : {});
+      health = await (this.o.health ?? ((dir, ctx) => canaryQuery(dir, ctx)))(
+        this.store.dirOf(modelSetId),
+        backend ? { backend } : {},
+      );
     } catch (err) {
       throw fail(`[${errorCode(err)}] ${(err as Error).message}`, err);
     }
-    if (backend && health.backend !== backend) throw fail(`it ran on ${health.backend}, not on ${backend}, which is to serve it: the engines did not load`);
+    if (backend && health.backend !== backend)
+      throw fail(`it ran on ${health.backend}, not on ${backend}, which is to serve it: the engines did not load`);
     await this.step('healthy', `${health.generatedTokens} tokens in ${health.ms.toFixed(0)} ms on ${health.backend}`);
     return health;
   }
@@ -323,13 +375,21 @@ class Installation {
   /** The commit point (release.json), then the journal goes, then older sets and unused engines. */
   private async commit(): Promise<void> {
     const { modelSetId, release } = this.b.manifest;
-    await writeRelease(this.root, { release, modelSetId, previous: this.previous, committedAt: new Date().toISOString() });
+    await writeRelease(this.root, {
+      release,
+      modelSetId,
+      previous: this.previous,
+      committedAt: new Date().toISOString(),
+    });
     await this.step('committed', `${modelSetId} release ${release}`);
     await clearJournal(this.root);
     // Past the commit point: a failed prune is reported, never undone or thrown.
     const keep = [modelSetId, ...(this.previous ? [this.previous] : [])];
     const pruned = await pruneStore(this.root, keep, this.env?.target ?? '').then(
-      (p) => (p.sets.length || p.engines.length ? `sets ${p.sets.join(', ') || 'none'}; ${p.engines.length} cached engines` : null),
+      (p) =>
+        p.sets.length || p.engines.length
+          ? `sets ${p.sets.join(', ') || 'none'}; ${p.engines.length} cached engines`
+          : null,
       (err: Error) => `pruning failed (the rest stays in the store): ${err.message}`,
     );
     if (pruned) await this.step('pruned', pruned).catch(() => undefined);

@@ -36,7 +36,7 @@ async function keysOfSet(dir: string): Promise<string[]> {
   return keys;
 }
 
-/** Removes the sets of `root` not in `keep`, then the engine cache entries no remaining set uses and other targets' entries. */
+/** Removes the sets of `root` not in `keep`, then cache entries no set left uses and other targets' entries. */
 export async function pruneStore(root: string, keep: readonly string[], target: string): Promise<PruneResult> {
   const store = new ModelStore(root);
   const sets: string[] = [];

@@ -41,13 +41,27 @@ t.teardown(async () => {
 
 /** An agent (stub pipeline: the status is what matters here) and, for cam1 and cam2, an update handler on a store with release 1. */
 async function device(name: string, target?: string): Promise<string> {
-  const agent = new Agent({ config: testConfig(broker, name, { fleet: FLEET }), pipeline: new StubPipeline(), ...(target ? { target } : {}) });
+  const agent = new Agent({
+    config: testConfig(broker, name, { fleet: FLEET }),
+    pipeline: new StubPipeline(),
+    ...(target ? { target } : {}),
+  });
   agents.push(agent);
   await agent.start();
   const store = path.join(f.dir, `store-${name}`);
   if (!target) return store;
-  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, urls: { allowUrls: [`${http.base}/`], allowHttp: true } });
-  await handler.run({ jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}, 'local');
+  const handler = new UpdateHandler({
+    binding: { device: testDevice },
+    store,
+    pubkey: f.pub,
+    health: noCanary,
+    urls: { allowUrls: [`${http.base}/`], allowHttp: true },
+  });
+  await handler.run(
+    { jobId: 'preinstall', url: pathToFileURL(b1).href, sha256: await sha256File(b1) },
+    () => {},
+    'local',
+  );
   const c = await connectAsync(broker.url, { clientId: `dev-${name}`, protocolVersion: broker.protocolVersion });
   clients.push(c);
   await serveUpdates(topicLink(c), handler, { fleet: FLEET, device: name });
@@ -61,46 +75,106 @@ const brokerArgs = ['--broker', broker.url, '--mqtt-version', String(broker.prot
 
 t.test('the retained status carries each agent target; fleet status collects them', async (t) => {
   const s = await collectFleetStatus(op, { fleet: FLEET, quietMs: 300 });
-  t.same(s.devices.map((d) => [d.device, d.status?.online, d.status?.target]), [['cam1', true, NANO], ['cam2', true, AGX], ['cam3', true, undefined]]);
+  t.same(
+    s.devices.map((d) => [d.device, d.status?.online, d.status?.target]),
+    [
+      ['cam1', true, NANO],
+      ['cam2', true, AGX],
+      ['cam3', true, undefined],
+    ],
+  );
   t.equal(s.unreadable, 0);
-  t.same(s.devices.map((d) => d.update), [null, null, null], 'no update job yet');
+  t.same(
+    s.devices.map((d) => d.update),
+    [null, null, null],
+    'no update job yet',
+  );
 });
 
 t.test('fleet rollout --target: only matching devices get the job; the others are named as skipped', async (t) => {
-  const r = await runCli(['fleet', 'rollout', ...brokerArgs, '--devices', 'cam1,cam2,cam3', '--target', 'orin-nano-*/jp6.*/trt10.3', '--url', http.url('r2.bundle'), '--sha256', await sha256File(b2), '--timeout', '60', '--settle', '0']);
+  const r = await runCli([
+    'fleet',
+    'rollout',
+    ...brokerArgs,
+    '--devices',
+    'cam1,cam2,cam3',
+    '--target',
+    'orin-nano-*/jp6.*/trt10.3',
+    '--url',
+    http.url('r2.bundle'),
+    '--sha256',
+    await sha256File(b2),
+    '--timeout',
+    '60',
+    '--settle',
+    '0',
+  ]);
   t.equal(r.status, 0, r.err);
-  t.equal(r.out, `cam2: skipped: target ${AGX} does not match orin-nano-*/jp6.*/trt10.3\ncam3: skipped: no retained status with a target\ncam1: committed\n`);
+  t.equal(
+    r.out,
+    `cam2: skipped: target ${AGX} does not match orin-nano-*/jp6.*/trt10.3\ncam3: skipped: no retained status with a target\ncam1: committed\n`,
+  );
   t.equal(await new ModelStore(stores.cam1).active(), 'setokim-tiny-seed2');
   t.equal(await new ModelStore(stores.cam2).active(), 'setokim-tiny-seed1', 'cam2 was not sent the job');
-  const none = await runCli(['fleet', 'rollout', ...brokerArgs, '--devices', 'cam2,cam3', '--target', 'agx-thor-*/*/*', '--url', http.url('r2.bundle'), '--sha256', await sha256File(b2)]);
+  const none = await runCli([
+    'fleet',
+    'rollout',
+    ...brokerArgs,
+    '--devices',
+    'cam2,cam3',
+    '--target',
+    'agx-thor-*/*/*',
+    '--url',
+    http.url('r2.bundle'),
+    '--sha256',
+    await sha256File(b2),
+  ]);
   t.equal(none.status, 2);
   t.match(none.err, /\[BAD_ARGUMENT\]: no device of --devices reports a target matching agx-thor-\*\/\*\/\*/);
 });
 
-t.test('fleet status: release, target, state and last error of every device; unreadable messages counted', async (t) => {
-  const failed = { jobId: 'j9', state: 'failed', code: 'ENGINE_BUILD_RESOURCES', message: 'an engine build needs more free host memory, CMA or disk than the device has', at: new Date().toISOString() };
-  await op.publishAsync(updateStateTopic(FLEET, 'cam2'), JSON.stringify(failed), { qos: 1, retain: true });
-  await op.publishAsync(updateStateTopic(FLEET, 'cam4'), 'not json', { qos: 1, retain: true });
-  const s = await collectFleetStatus(op, { fleet: FLEET, quietMs: 300 });
-  const cam1 = s.devices.find((d) => d.device === 'cam1')!;
-  t.match(cam1.update, { state: 'committed', release: 2, modelSetId: 'setokim-tiny-seed2' });
-  t.match(s.devices.find((d) => d.device === 'cam2')!.update, { state: 'failed', code: 'ENGINE_BUILD_RESOURCES' });
-  t.equal(s.unreadable, 1, "cam4's state did not decode");
-  const table = formatFleetStatus(s).split('\n');
-  t.match(table[0], /^device\s+online\s+release\s+model set\s+target\s+backend\s+update\s+last error$/);
-  t.match(table[1], new RegExp(`^cam1\\s+yes \\(\\d+ s ago\\)\\s+2\\s+stub\\S*\\s+${NANO}\\s+\\S+\\s+committed \\(`));
-  t.match(table[2], new RegExp(`^cam2\\s+yes .*\\s+-\\s+\\S+\\s+${AGX}\\s+.*failed \\(.*ENGINE_BUILD_RESOURCES: an engine build needs more free host memory`));
-  t.match(table[3], /^cam3\s+yes .*\s+\?\s+/);
-  t.equal(table.at(-1), '(1 retained messages did not decode)');
+t.test(
+  'fleet status: release, target, state and last error of every device; unreadable messages counted',
+  async (t) => {
+    const failed = {
+      jobId: 'j9',
+      state: 'failed',
+      code: 'ENGINE_BUILD_RESOURCES',
+      message: 'an engine build needs more free host memory, CMA or disk than the device has',
+      at: new Date().toISOString(),
+    };
+    await op.publishAsync(updateStateTopic(FLEET, 'cam2'), JSON.stringify(failed), { qos: 1, retain: true });
+    await op.publishAsync(updateStateTopic(FLEET, 'cam4'), 'not json', { qos: 1, retain: true });
+    const s = await collectFleetStatus(op, { fleet: FLEET, quietMs: 300 });
+    const cam1 = s.devices.find((d) => d.device === 'cam1')!;
+    t.match(cam1.update, { state: 'committed', release: 2, modelSetId: 'setokim-tiny-seed2' });
+    t.match(s.devices.find((d) => d.device === 'cam2')!.update, { state: 'failed', code: 'ENGINE_BUILD_RESOURCES' });
+    t.equal(s.unreadable, 1, "cam4's state did not decode");
+    const table = formatFleetStatus(s).split('\n');
+    t.match(table[0], /^device\s+online\s+release\s+model set\s+target\s+backend\s+update\s+last error$/);
+    t.match(table[1], new RegExp(`^cam1\\s+yes \\(\\d+ s ago\\)\\s+2\\s+stub\\S*\\s+${NANO}\\s+\\S+\\s+committed \\(`));
+    t.match(
+      table[2],
+      new RegExp(
+        `^cam2\\s+yes .*\\s+-\\s+\\S+\\s+${AGX}\\s+.*failed \\(.*ENGINE_BUILD_RESOURCES: an engine build needs more free host memory`,
+      ),
+    );
+    t.match(table[3], /^cam3\s+yes .*\s+\?\s+/);
+    t.equal(table.at(-1), '(1 retained messages did not decode)');
 
-  const cli = await runCli(['fleet', 'status', ...brokerArgs, '--quiet-ms', '300']);
-  t.equal(cli.status, 0, cli.err);
-  t.match(cli.out, new RegExp(`cam1 .*${NANO}.*committed`));
-  const json = await runCli(['fleet', 'status', ...brokerArgs, '--json']);
-  t.same(JSON.parse(json.out).devices.map((d: { device: string }) => d.device), ['cam1', 'cam2', 'cam3'], 'a device is a row once something of it decodes');
-  t.equal(JSON.parse(json.out).unreadable, 1);
-  await op.publishAsync(updateStateTopic(FLEET, 'cam4'), '', { qos: 1, retain: true }); // clears the retained message
-});
+    const cli = await runCli(['fleet', 'status', ...brokerArgs, '--quiet-ms', '300']);
+    t.equal(cli.status, 0, cli.err);
+    t.match(cli.out, new RegExp(`cam1 .*${NANO}.*committed`));
+    const json = await runCli(['fleet', 'status', ...brokerArgs, '--json']);
+    t.same(
+      JSON.parse(json.out).devices.map((d: { device: string }) => d.device),
+      ['cam1', 'cam2', 'cam3'],
+      'a device is a row once something of it decodes',
+    );
+    t.equal(JSON.parse(json.out).unreadable, 1);
+    await op.publishAsync(updateStateTopic(FLEET, 'cam4'), '', { qos: 1, retain: true }); // clears the retained message
+  },
+);
 
 t.test('a stopped agent: its Last Will or offline status still names its target', async (t) => {
   await agents[1]!.stop();

@@ -5,7 +5,13 @@
 import t from 'tap';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { builderPeakEstimate, hostResources, largestWeightBytes, parseMeminfo, BUILDER_BASE_BYTES } from '../../src/engine/build-estimate.js';
+import {
+  builderPeakEstimate,
+  hostResources,
+  largestWeightBytes,
+  parseMeminfo,
+  BUILDER_BASE_BYTES,
+} from '../../src/engine/build-estimate.js';
 import { freeBytes } from '../../src/engine/durable.js';
 import type { Architecture } from '../../src/engine/contract.js';
 import { tmpDir } from './fixtures.js';
@@ -24,15 +30,36 @@ CmaFree:          196608 kB
 HugePages_Total:       0
 `;
 
-t.test('the estimate: 4x the weights plus the builder, the workspace on a Jetson only; CMA for the largest tensor; disk for the plan', async (t) => {
-  const jetson = builderPeakEstimate({ weightBytes: 1000 * MiB, largestTensorBytes: 300 * MiB, workspaceBytes: 1024 * MiB, integratedGpu: true });
-  t.same(jetson, { hostBytes: 4000 * MiB + BUILDER_BASE_BYTES + 1024 * MiB, cmaBytes: 300 * MiB, diskBytes: 1250 * MiB + 16 * MiB });
-  t.equal(jetson.hostBytes / MiB, 5536, '4000 + 512 + 1024 MiB');
-  const discrete = builderPeakEstimate({ weightBytes: 1000 * MiB, largestTensorBytes: 300 * MiB, workspaceBytes: 1024 * MiB, integratedGpu: false });
-  t.equal(discrete.hostBytes / MiB, 4512, 'a discrete GPU has its own memory for the workspace');
-  t.equal(discrete.cmaBytes, 0, 'no CMA off Jetson');
-  t.equal(builderPeakEstimate({ weightBytes: 10, workspaceBytes: 0, integratedGpu: true }).cmaBytes, 0, 'no CMA bound claimed without a known largest tensor');
-});
+t.test(
+  'the estimate: 4x the weights plus the builder, the workspace on a Jetson only; CMA for the largest tensor; disk for the plan',
+  async (t) => {
+    const jetson = builderPeakEstimate({
+      weightBytes: 1000 * MiB,
+      largestTensorBytes: 300 * MiB,
+      workspaceBytes: 1024 * MiB,
+      integratedGpu: true,
+    });
+    t.same(jetson, {
+      hostBytes: 4000 * MiB + BUILDER_BASE_BYTES + 1024 * MiB,
+      cmaBytes: 300 * MiB,
+      diskBytes: 1250 * MiB + 16 * MiB,
+    });
+    t.equal(jetson.hostBytes / MiB, 5536, '4000 + 512 + 1024 MiB');
+    const discrete = builderPeakEstimate({
+      weightBytes: 1000 * MiB,
+      largestTensorBytes: 300 * MiB,
+      workspaceBytes: 1024 * MiB,
+      integratedGpu: false,
+    });
+    t.equal(discrete.hostBytes / MiB, 4512, 'a discrete GPU has its own memory for the workspace');
+    t.equal(discrete.cmaBytes, 0, 'no CMA off Jetson');
+    t.equal(
+      builderPeakEstimate({ weightBytes: 10, workspaceBytes: 0, integratedGpu: true }).cmaBytes,
+      0,
+      'no CMA bound claimed without a known largest tensor',
+    );
+  },
+);
 
 t.test('the largest tensor: the LLM lm_head (fp16 unless the graph is fp32)', async (t) => {
   const a = { llm: { vocab: 32064, hidden: 4096 } } as Architecture;
@@ -52,7 +79,11 @@ t.test('what the device has free: MemAvailable, CmaFree (a Jetson), free disk', 
   t.equal(r.cmaFreeBytes, 192 * MiB);
   t.equal(r.diskFreeBytes, await freeBytes(root));
   writeFileSync(path.join(root, 'proc', 'meminfo'), 'MemTotal: 16000000 kB\nMemFree: 9000000 kB\n');
-  t.same(await hostResources(root, root), { memAvailableBytes: 9000000 * 1024, cmaFreeBytes: null, diskFreeBytes: await freeBytes(root) }, 'no MemAvailable: MemFree; no CMA off Jetson');
+  t.same(
+    await hostResources(root, root),
+    { memAvailableBytes: 9000000 * 1024, cmaFreeBytes: null, diskFreeBytes: await freeBytes(root) },
+    'no MemAvailable: MemFree; no CMA off Jetson',
+  );
   const here = await hostResources(root);
   t.ok(here.memAvailableBytes > 0, `this machine: ${(here.memAvailableBytes / MiB).toFixed(0)} MiB available`);
 });

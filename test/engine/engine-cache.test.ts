@@ -21,7 +21,10 @@ const TARGET = 'orin-nano-8gb/jp6.2/trt10.3';
 async function built(at: string, bytes: string, target = TARGET, profiles = dims) {
   await mkdir(path.dirname(at), { recursive: true });
   await writeFile(at, bytes);
-  const m = await engineManifestFor({ stage: 'add_matmul', onnx, plan: at, signature: ADD_MATMUL_SIGNATURE, profiles, precision: 'fp32', target }, facts);
+  const m = await engineManifestFor(
+    { stage: 'add_matmul', onnx, plan: at, signature: ADD_MATMUL_SIGNATURE, profiles, precision: 'fp32', target },
+    facts,
+  );
   await writeEngineManifest(at, m);
   return m;
 }
@@ -44,7 +47,10 @@ t.test('keys: stable, every field counts, and a manifest answers to the key it w
     engineCacheKey({ ...key, precision: 'fp16' }),
     engineCacheKey({ ...key, dialect: 'trt' }),
     engineCacheKey({ ...key, target: 'orin-nano-8gb/jp6.1/trt10.3' }),
-    engineCacheKey({ ...key, profiles: [profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 32 } })] }),
+    engineCacheKey({
+      ...key,
+      profiles: [profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 32 } })],
+    }),
   ]);
   t.equal(other.size, 5, 'five fields, five other keys');
   t.notOk(other.has(name));
@@ -77,7 +83,11 @@ t.test('add, lookup, link into a set: one copy on disk; a damaged entry is remov
   t.equal((await cache.add(again, m, 'link')).plan, e.plan);
 
   // Damage: an entry whose bytes are not its manifest's (written anew, so the set's link is untouched).
-  const damaged = await cache.add(await cache.buildPlan('z'), await built(await cache.buildPlan('z'), 'other', 'agx-orin-64gb/jp6.1/trt10.3'), 'move');
+  const damaged = await cache.add(
+    await cache.buildPlan('z'),
+    await built(await cache.buildPlan('z'), 'other', 'agx-orin-64gb/jp6.1/trt10.3'),
+    'move',
+  );
   await writeFile(`${damaged.plan}.new`, 'tampered');
   await rename(`${damaged.plan}.new`, damaged.plan);
   t.equal(await cache.lookup(cacheKeyOf(damaged.manifest)!), null, 'a damaged entry is a miss');
@@ -90,15 +100,33 @@ t.test('prune: keeps the keys still used and the timing cache, removes the rest 
   const cache = new EngineCache(path.join(dir, 'cache2'));
   const keep = await cache.add(await cache.buildPlan('a'), await built(await cache.buildPlan('a'), 'keep me'), 'move');
   const wider = [{ L: { min: 1, opt: 8, max: 64 } }];
-  const drop = await cache.add(await cache.buildPlan('b'), await built(await cache.buildPlan('b'), 'drop me', TARGET, wider), 'move');
+  const drop = await cache.add(
+    await cache.buildPlan('b'),
+    await built(await cache.buildPlan('b'), 'drop me', TARGET, wider),
+    'move',
+  );
   t.not(drop.plan, keep.plan, 'other profiles: another entry');
-  const old = await cache.add(await cache.buildPlan('c'), await built(await cache.buildPlan('c'), 'old target', 'orin-nano-8gb/jp6.1/trt10.3'), 'move');
+  const old = await cache.add(
+    await cache.buildPlan('c'),
+    await built(await cache.buildPlan('c'), 'old target', 'orin-nano-8gb/jp6.1/trt10.3'),
+    'move',
+  );
   await writeFile(path.join(path.dirname(keep.plan), 'timing.cache'), 'timing');
   await mkdir(path.join(cache.dir, '.building'), { recursive: true });
-  const removed = await cache.prune(new Set([engineCacheKey(cacheKeyOf(keep.manifest)!), engineCacheKey(cacheKeyOf(old.manifest)!)]), TARGET);
+  const removed = await cache.prune(
+    new Set([engineCacheKey(cacheKeyOf(keep.manifest)!), engineCacheKey(cacheKeyOf(old.manifest)!)]),
+    TARGET,
+  );
   t.same(removed.sort(), [drop.plan, path.join(cache.dir, 'orin-nano-8gb+jp6.1+trt10.3')].sort());
-  t.same((await readdir(path.dirname(keep.plan))).sort(), [path.basename(keep.plan), `${path.basename(keep.plan)}.json`, 'timing.cache'].sort());
-  t.same((await readdir(cache.dir)).sort(), ['.building', 'orin-nano-8gb+jp6.2+trt10.3'], "the old target's directory is gone whatever it held");
+  t.same(
+    (await readdir(path.dirname(keep.plan))).sort(),
+    [path.basename(keep.plan), `${path.basename(keep.plan)}.json`, 'timing.cache'].sort(),
+  );
+  t.same(
+    (await readdir(cache.dir)).sort(),
+    ['.building', 'orin-nano-8gb+jp6.2+trt10.3'],
+    "the old target's directory is gone whatever it held",
+  );
   await cache.clearBuilding();
   t.same(await readdir(cache.dir), ['orin-nano-8gb+jp6.2+trt10.3']);
   t.same(await new EngineCache(path.join(dir, 'none')).prune(new Set(), TARGET), [], 'no cache yet: nothing to do');

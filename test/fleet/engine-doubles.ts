@@ -16,8 +16,20 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { engineDir, engineManifestFor, type EngineBuildFacts, type EngineBuildRequest, type EngineBuilder } from '../../src/engine/engine-builder.js';
-import { readEngineManifest, verifyPlanFile, writeEngineManifest, type EngineManifest, type MachineInfo } from '../../src/engine/engine-manifest.js';
+import {
+  engineDir,
+  engineManifestFor,
+  type EngineBuildFacts,
+  type EngineBuildRequest,
+  type EngineBuilder,
+} from '../../src/engine/engine-builder.js';
+import {
+  readEngineManifest,
+  verifyPlanFile,
+  writeEngineManifest,
+  type EngineManifest,
+  type MachineInfo,
+} from '../../src/engine/engine-manifest.js';
 import { hostResources } from '../../src/engine/build-estimate.js';
 import { loadManifest } from '../../src/engine/manifest.js';
 import { STAGES } from '../../src/engine/contract.js';
@@ -27,18 +39,72 @@ import type { CanaryResult, HealthContext } from '../../src/fleet/health.js';
 
 /** Targets the tests pretend to be, each with the facts its builds record. */
 export const TARGETS: Record<string, EngineBuildFacts & { jetpack: string | null }> = {
-  'orin-nano-8gb/jp6.2/trt10.3': { tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', l4t: '36.4.3', jetpack: '6.2', seconds: 0 },
-  'orin-nano-8gb/jp6.1/trt10.3': { tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', l4t: '36.4.0', jetpack: '6.1', seconds: 0 },
-  'agx-orin-64gb/jp6.1/trt10.3': { tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', l4t: '36.4.0', jetpack: '6.1', seconds: 0 },
-  'orin-nx-16gb/jp5.1/trt8.5': { tensorrt: '8.5.2', cuda: '11.4', sm: '8.7', gpu: 'Orin', l4t: '35.4.1', jetpack: '5.1.2', seconds: 0 },
-  'agx-thor-128gb/jp7.0/trt10.13': { tensorrt: '10.13.3', cuda: '13.0', sm: '11.0', gpu: 'Thor', l4t: '38.2.0', jetpack: '7.0', seconds: 0 },
-  'x86_64-sm89/none/trt10.3': { tensorrt: '10.3.0', cuda: '12.6', sm: '8.9', gpu: 'NVIDIA L4', l4t: null, jetpack: null, seconds: 0 },
+  'orin-nano-8gb/jp6.2/trt10.3': {
+    tensorrt: '10.3.0',
+    cuda: '12.6',
+    sm: '8.7',
+    gpu: 'Orin',
+    l4t: '36.4.3',
+    jetpack: '6.2',
+    seconds: 0,
+  },
+  'orin-nano-8gb/jp6.1/trt10.3': {
+    tensorrt: '10.3.0',
+    cuda: '12.6',
+    sm: '8.7',
+    gpu: 'Orin',
+    l4t: '36.4.0',
+    jetpack: '6.1',
+    seconds: 0,
+  },
+  'agx-orin-64gb/jp6.1/trt10.3': {
+    tensorrt: '10.3.0',
+    cuda: '12.6',
+    sm: '8.7',
+    gpu: 'Orin',
+    l4t: '36.4.0',
+    jetpack: '6.1',
+    seconds: 0,
+  },
+  'orin-nx-16gb/jp5.1/trt8.5': {
+    tensorrt: '8.5.2',
+    cuda: '11.4',
+    sm: '8.7',
+    gpu: 'Orin',
+    l4t: '35.4.1',
+    jetpack: '5.1.2',
+    seconds: 0,
+  },
+  'agx-thor-128gb/jp7.0/trt10.13': {
+    tensorrt: '10.13.3',
+    cuda: '13.0',
+    sm: '11.0',
+    gpu: 'Thor',
+    l4t: '38.2.0',
+    jetpack: '7.0',
+    seconds: 0,
+  },
+  'x86_64-sm89/none/trt10.3': {
+    tensorrt: '10.3.0',
+    cuda: '12.6',
+    sm: '8.9',
+    gpu: 'NVIDIA L4',
+    l4t: null,
+    jetpack: null,
+    seconds: 0,
+  },
 };
 
 /** What a machine of `target` offers an engine. */
 export function machineOf(target: string): MachineInfo {
   const f = TARGETS[target]!;
-  return { tensorrtCompiled: true, tensorrt: f.tensorrt, cuda: f.cuda, gpus: [{ index: 0, name: f.gpu, sm: f.sm }], l4t: f.l4t };
+  return {
+    tensorrtCompiled: true,
+    tensorrt: f.tensorrt,
+    cuda: f.cuda,
+    gpus: [{ index: 0, name: f.gpu, sm: f.sm }],
+    l4t: f.l4t,
+  };
 }
 
 export interface BuilderDoubleOptions {
@@ -76,10 +142,17 @@ export class EngineBuilderTestDouble implements EngineBuilder {
     }
     if (r.stage === this.o.hangAt) await this.hang(r.signal);
     if (r.stage === this.o.failAt) {
-      throw new SetokimError(ErrorCodes.ENGINE_BUILD_FAILED, `EngineBuilderTestDouble: the ONNX parser rejected ${r.onnx} (as asked)`);
+      throw new SetokimError(
+        ErrorCodes.ENGINE_BUILD_FAILED,
+        `EngineBuilderTestDouble: the ONNX parser rejected ${r.onnx} (as asked)`,
+      );
     }
     const onnx = await readFile(r.onnx);
-    const seed = createHash('sha256').update(onnx).update(JSON.stringify(r.profiles)).update(r.target ?? '').digest();
+    const seed = createHash('sha256')
+      .update(onnx)
+      .update(JSON.stringify(r.profiles))
+      .update(r.target ?? '')
+      .digest();
     const bytes = Buffer.alloc(Math.max(1024, Math.floor(onnx.length / 4)));
     for (let i = 0; i < bytes.length; i++) bytes[i] = seed[i % seed.length]! ^ (i & 0xff);
     await mkdir(path.dirname(r.plan), { recursive: true });
@@ -113,7 +186,12 @@ export function testEnvironment(target: string, builder: EngineBuilder, root?: s
 }
 
 /** Builds every stage of `setDir` into `out` with the double, as `setokim export engine` on a `target` device would. */
-export async function prebuiltEngines(setDir: string, target: string, out: string, stages?: readonly string[]): Promise<string> {
+export async function prebuiltEngines(
+  setDir: string,
+  target: string,
+  out: string,
+  stages?: readonly string[],
+): Promise<string> {
   const { stageDimProfiles } = await import('../../src/engine/engine-builder.js');
   const set = await loadManifest(setDir);
   const builder = new EngineBuilderTestDouble();
@@ -150,7 +228,11 @@ export function tensorRtCanaryTestDouble(target: string, o: { failAt?: string; b
       const m = readEngineManifest(plan);
       await verifyPlanFile(plan, m);
       if (m.target !== target) throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `${plan} is for ${m.target}`);
-      if (stage === o.failAt) throw new SetokimError(ErrorCodes.INTERNAL, `stage '${stage}': TensorRT failed to run (tensorRtCanaryTestDouble, as asked)`);
+      if (stage === o.failAt)
+        throw new SetokimError(
+          ErrorCodes.INTERNAL,
+          `stage '${stage}': TensorRT failed to run (tensorRtCanaryTestDouble, as asked)`,
+        );
     }
     return { ms: 1, visionTokens: 1, generatedTokens: 1, backend: o.backend ?? 'tensorrt' };
   };

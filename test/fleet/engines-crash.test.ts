@@ -28,7 +28,10 @@ const env = (builder: EngineBuilderTestDouble) => testEnvironment(NANO, builder)
 
 function crashAt(at: string, store: string): Promise<{ signal: NodeJS.Signals | null; out: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', child, b2, store, f.pubPath, at], { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, ['--import', 'tsx', child, b2, store, f.pubPath, at], {
+      env: childEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (out += d));
@@ -49,7 +52,9 @@ async function snapshot(root: string) {
     building: await dirs(path.join(root, '.fleet', 'engines', '.building')),
   };
 }
-const cachedCount = async (root: string) => (await dirs(path.join(root, '.fleet', 'engines', NANO.replaceAll('/', '+')))).filter((x) => x.endsWith('.plan')).length;
+const cachedCount = async (root: string) =>
+  (await dirs(path.join(root, '.fleet', 'engines', NANO.replaceAll('/', '+')))).filter((x) => x.endsWith('.plan'))
+    .length;
 
 const set1Manifest = JSON.parse(await readFile(path.join(f.sets[1]!, 'manifest.json'), 'utf8'));
 const set1Stages = STAGES.filter((s) => s in set1Manifest.stages);
@@ -63,29 +68,70 @@ const cases = [
 const crashed = await Promise.all(
   cases.map(async (c) => {
     const root = path.join(f.dir, `store-${c.at}`);
-    await installBundle({ device: testDevice, bundle: b1, store: root, pubkey: f.pub, health: tensorRtCanaryTestDouble(NANO), engines: { env: env(new EngineBuilderTestDouble()) } });
+    await installBundle({
+      device: testDevice,
+      bundle: b1,
+      store: root,
+      pubkey: f.pub,
+      health: tensorRtCanaryTestDouble(NANO),
+      engines: { env: env(new EngineBuilderTestDouble()) },
+    });
     return crashAt(c.at, root);
   }),
 );
 
 for (const [i, c] of cases.entries()) {
-  t.test(`killed at ${c.at}: rolled back to release 1; the ${c.finished.length} engines finished are reused`, async (t) => {
-    const root = path.join(f.dir, `store-${c.at}`);
-    t.equal(crashed[i]!.signal, 'SIGKILL', `the child died at ${c.at}: ${crashed[i]!.out}`);
-    t.equal((await readJournal(root))?.step, c.journal, 'the journal says an engine step was under way');
-    t.equal(await new ModelStore(root).active(), 'setokim-tiny-seed1', 'release 1 served throughout: nothing was placed yet');
-    if (c.at === 'mid-build') t.match((await dirs(path.join(root, '.fleet', 'engines', '.building')))[0], /^[0-9a-f]{64}\.plan\.partial$/, 'a half-written plan was left');
+  t.test(
+    `killed at ${c.at}: rolled back to release 1; the ${c.finished.length} engines finished are reused`,
+    async (t) => {
+      const root = path.join(f.dir, `store-${c.at}`);
+      t.equal(crashed[i]!.signal, 'SIGKILL', `the child died at ${c.at}: ${crashed[i]!.out}`);
+      t.equal((await readJournal(root))?.step, c.journal, 'the journal says an engine step was under way');
+      t.equal(
+        await new ModelStore(root).active(),
+        'setokim-tiny-seed1',
+        'release 1 served throughout: nothing was placed yet',
+      );
+      if (c.at === 'mid-build')
+        t.match(
+          (await dirs(path.join(root, '.fleet', 'engines', '.building')))[0],
+          /^[0-9a-f]{64}\.plan\.partial$/,
+          'a half-written plan was left',
+        );
 
-    const rec = await recoverStore(root);
-    t.equal(rec.action, 'rolled-back');
-    t.same(await snapshot(root), { active: 'setokim-tiny-seed1', sets: ['setokim-tiny-seed1'], release: 1, journal: null, staging: [], building: [] });
-    t.equal((await new ModelStore(root).openActive()).id, 'setokim-tiny-seed1', 'release 1 verifies whole');
-    t.equal(await cachedCount(root), set1Stages.length + c.finished.length, "release 1's engines and the finished ones of release 2 are cached");
+      const rec = await recoverStore(root);
+      t.equal(rec.action, 'rolled-back');
+      t.same(await snapshot(root), {
+        active: 'setokim-tiny-seed1',
+        sets: ['setokim-tiny-seed1'],
+        release: 1,
+        journal: null,
+        staging: [],
+        building: [],
+      });
+      t.equal((await new ModelStore(root).openActive()).id, 'setokim-tiny-seed1', 'release 1 verifies whole');
+      t.equal(
+        await cachedCount(root),
+        set1Stages.length + c.finished.length,
+        "release 1's engines and the finished ones of release 2 are cached",
+      );
 
-    const builder = new EngineBuilderTestDouble();
-    const r = await installBundle({ device: testDevice, bundle: b2, store: root, pubkey: f.pub, health: tensorRtCanaryTestDouble(NANO), engines: { env: env(builder) } });
-    t.same(r.engines?.reused, c.finished, 'the next install reuses what was finished');
-    t.same(builder.started, set1Stages.filter((s) => !c.finished.includes(s)), 'and builds only the rest');
-    t.equal(r.release, 2);
-  });
+      const builder = new EngineBuilderTestDouble();
+      const r = await installBundle({
+        device: testDevice,
+        bundle: b2,
+        store: root,
+        pubkey: f.pub,
+        health: tensorRtCanaryTestDouble(NANO),
+        engines: { env: env(builder) },
+      });
+      t.same(r.engines?.reused, c.finished, 'the next install reuses what was finished');
+      t.same(
+        builder.started,
+        set1Stages.filter((s) => !c.finished.includes(s)),
+        'and builds only the rest',
+      );
+      t.equal(r.release, 2);
+    },
+  );
 }
