@@ -38,6 +38,8 @@ export const ERRORS = {
   ENGINE_BUILD_RESOURCES: { exit: 3, meaning: 'an engine build needs more free host memory, CMA or disk than the device has' },
   ENGINE_MISSING: { exit: 3, meaning: "a stage has no engine for this device's target and no ONNX graph to build one from" },
   QUANT_TOLERANCE: { exit: 3, meaning: "a quantised stage's outputs are further from fp32 than the export's tolerance" },
+  QUANT_UNSUPPORTED: { exit: 3, meaning: 'a stage cannot be built at the requested precision (the message says which and why)' },
+  QUANT_SCALE_INVALID: { exit: 3, meaning: 'quantisation produced a NaN, infinite or out-of-range scale; nothing was written' },
   // fleet bundles (docs/FLEET.md)
   BUNDLE_INVALID: { exit: 3, meaning: 'a bundle is not in the bundle format (magic, header, layout, an unsafe path)' },
   BUNDLE_SIGNATURE: { exit: 3, meaning: "a bundle's signature does not verify with the trusted key" },
@@ -48,6 +50,15 @@ export const ERRORS = {
   UPDATE_CONFLICT: { exit: 3, meaning: "another install holds the store, or the bundle's set id is the one serving" },
   ROLLOUT_ABORTED: { exit: 3, meaning: 'a staged rollout stopped: a canary failed, or failures passed the threshold' },
   UPDATE_HOOK_FAILED: { exit: 3, meaning: 'a hook run after an update committed failed (a warning: the release stays active)' },
+  // flashing kits (docs/FLASHING.md)
+  BAD_DEVICE_LIST: {
+    exit: 2,
+    meaning: 'a flash-kit devices.csv is invalid (a duplicate or unsafe id, a bad URL, a missing or mismatched key)',
+  },
+  KIT_BUILD_FAILED: {
+    exit: 3,
+    meaning: 'building a flashing kit failed (a packaging tool or cross compiler missing or failing); no kit is left',
+  },
   DOWNLOAD_STALLED: { exit: 3, meaning: 'a bundle download received nothing for the stall timeout; the partial file is kept' },
   BUNDLE_TOO_LARGE: { exit: 3, meaning: "a bundle download is larger than the job's size or the download cap" },
   URL_NOT_ALLOWED: { exit: 3, meaning: 'an update job names a URL this device may not fetch (updates.allowUrls)' },

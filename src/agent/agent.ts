@@ -7,10 +7,12 @@
 import { EventEmitter } from 'node:events';
 import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
+import { packageVersion } from '../engine/native.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
 import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
 import type { AgentConfig } from './config.js';
+import { DeviceHealth, type HealthSummary } from './health.js';
 import { AgentMetrics } from './metrics.js';
 import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
 import { credentialOptions } from '../mqtt/connection.js';
@@ -127,6 +129,8 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   /** The load the last published status showed, and when it went out. */
   private published?: { depth: number; inFlight: number; at: number };
   private connects = 0;
+  /** tegrastats readings on a Jetson (src/agent/health.ts); absent when turned off. */
+  private readonly health?: DeviceHealth;
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -134,11 +138,16 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.config = opts.config;
     this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
-    this.version = opts.version ?? '0.1.0';
+    this.version = opts.version ?? packageVersion();
     if (opts.target) this.target = opts.target;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    const h = this.config.health;
+    if (h.enabled) {
+      const { tegrastats, intervalMs, energyRails } = h;
+      this.health = new DeviceHealth({ tegrastats, intervalMs, energyRails, metrics: this.metrics, log: this.log });
+    }
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
@@ -163,10 +172,12 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   async start(): Promise<void> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
+    this.health?.start();
     try {
       await this.connectBroker();
     } catch (err) {
       // A failed start leaves nothing running: the process must be able to exit with the error.
+      this.health?.stop();
       await this.client?.endAsync(true).catch(() => undefined);
       await this.metrics.close();
       throw err;
@@ -369,6 +380,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     // Bound here, when the query starts: a replacement never moves a running query.
     const serving = this.serving;
     serving.running++;
+    const startedAt = Date.now();
     const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
     let iterator: AsyncIterator<PipelineEvent> | undefined;
     const aborted = new Promise<typeof ABORTED>((resolve) => {
@@ -388,6 +400,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
           last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
         } else {
           last = { ...step.value, id: ticket.id } as PipelineEvent;
+          if (last.type === 'done') last = this.withEnergy(last, startedAt);
         }
         this.observe(last);
         stream.send(last);
@@ -447,6 +460,14 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     }
   }
 
+  /** The board energy the query took, where power rails are read (a Jetson); the event as it was elsewhere. */
+  private withEnergy(done: Extract<PipelineEvent, { type: 'done' }>, startedAt: number): PipelineEvent {
+    const mJ = this.health?.energyMj(startedAt, Date.now());
+    if (mJ === undefined) return done;
+    this.metrics.device().queryEnergy.observe(mJ / 1000);
+    return { ...done, energyMj: Math.round(mJ * 10) / 10 };
+  }
+
   private observe(event: PipelineEvent): void {
     if (event.type === 'error') this.metrics.errors.inc({ code: event.code });
     if (event.type !== 'done') return;
@@ -474,8 +495,15 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
       maxContext: info.maxContext,
       updatedUnixMs: Date.now(),
       version: this.version,
+      ...this.healthSummary(online),
       ...(this.target ? { target: this.target } : {}),
     };
+  }
+
+  /** The device's latest reading for the retained status while online (a Last Will would carry a stale one). */
+  private healthSummary(online: boolean): { health?: HealthSummary } {
+    const health = online ? this.health?.summary() : undefined;
+    return health ? { health } : {};
   }
 
   private publishStatus(): Promise<void> {
@@ -547,6 +575,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     }
     clearTimeout(timer);
     await Promise.all(this.retiring); // every query has stopped: replaced pipelines close now
+    this.health?.stop();
     const published = client ? await this.disconnect(client) : false;
     await this.metrics.close();
     this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');

@@ -9,6 +9,7 @@ import protobuf from 'protobufjs';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError, type ErrorCode } from '../errors.js';
 import type { GenerationParams, PipelineEvent } from '../pipeline/types.js';
+import type { HealthSummary } from './health.js';
 import { isSafeReplyTopic } from '../mqtt/topics.js';
 
 /** Finds proto/setokim.proto above this file, from src/ (tsx, tap) or dist/src/ (compiled). */
@@ -162,6 +163,7 @@ export function encodeReply(event: PipelineEvent, meta: ReplyMeta): Uint8Array {
         stagesMs: event.stages,
         totalMs: event.totalMs,
         ...(event.firstTokenMs !== undefined ? { firstTokenMs: event.firstTokenMs } : {}),
+        ...(event.energyMj !== undefined ? { energyMj: event.energyMj } : {}),
       };
       break;
     case 'error':
@@ -195,7 +197,18 @@ export function decodeReply(payload: Uint8Array): ReplyEvent {
     case 'done': {
       const d = r.done;
       const finishReason = finishReasons.includes(d.finishReason) ? d.finishReason : 'stop';
-      return { ...base, type: 'done', visionTokens: d.visionTokens, promptTokens: d.promptTokens, generatedTokens: d.generatedTokens, finishReason, stages: d.stagesMs, totalMs: d.totalMs, ...(d.firstTokenMs != null ? { firstTokenMs: d.firstTokenMs } : {}) };
+      return {
+        ...base,
+        type: 'done',
+        visionTokens: d.visionTokens,
+        promptTokens: d.promptTokens,
+        generatedTokens: d.generatedTokens,
+        finishReason,
+        stages: d.stagesMs,
+        totalMs: d.totalMs,
+        ...(d.firstTokenMs != null ? { firstTokenMs: d.firstTokenMs } : {}),
+        ...(d.energyMj != null ? { energyMj: d.energyMj } : {}),
+      };
     }
     case 'error':
       return { ...base, type: 'error', code: (r.error.code || ErrorCodes.INTERNAL) as ErrorCode, message: r.error.message };
@@ -220,6 +233,8 @@ export interface AgentStatus {
   maxContext: number;
   updatedUnixMs: number;
   version: string;
+  /** The device's latest health reading (a Jetson's tegrastats); absent elsewhere. */
+  health?: HealthSummary;
   /** The device's target (src/engine/target.ts); absent from agents that predate it. */
   target?: string;
 }
@@ -228,10 +243,26 @@ export function encodeStatus(s: AgentStatus): Uint8Array {
   return StatusType.encode(StatusType.fromObject(s)).finish();
 }
 
+const HEALTH_FIELDS = [
+  'ramUsedMib', 'ramTotalMib', 'gpuLoadPct', 'emcLoadPct', 'tempC', 'tempSensor', 'powerMw', 'powerRail',
+] as const;
+
+/** The set fields only (protobufjs adds null defaults and `_field` oneof markers for optional ones). */
+function decodeHealth(h: Record<string, unknown> | null | undefined): HealthSummary | undefined {
+  if (!h) return undefined;
+  const out: Record<string, unknown> = { sampledUnixMs: h.sampledUnixMs };
+  for (const k of HEALTH_FIELDS) if (h[k] != null) out[k] = h[k];
+  return out as unknown as HealthSummary;
+}
+
 export function decodeStatus(payload: Uint8Array): AgentStatus {
+  let raw: Record<string, unknown>;
   try {
-    return StatusType.toObject(StatusType.decode(payload), toObjectOptions) as AgentStatus;
+    raw = StatusType.toObject(StatusType.decode(payload), toObjectOptions);
   } catch (err) {
     throw new SetokimError(ErrorCodes.BAD_MESSAGE, `the payload is not a setokim.v1.Status protobuf (${(err as Error).message})`);
   }
+  const { health, ...status } = raw;
+  const summary = decodeHealth(health as Record<string, unknown> | null);
+  return { ...(status as unknown as AgentStatus), ...(summary ? { health: summary } : {}) };
 }

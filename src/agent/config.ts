@@ -14,6 +14,10 @@ import { fromEnv, group, merge, parseSettings, schemaOf, setting, type InputOf, 
 
 const port = z.number().int().min(0).max(65535);
 const count = (min: number) => z.number().int().min(min);
+/** A power rail as tegrastats names it (VDD_IN), or rails summed with + (VDD_GPU_SOC+VDD_CPU_CV). */
+const energyRail = z
+  .string()
+  .regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a tegrastats rail, or rails joined by +');
 
 /**
  * Every agent setting, declared once: its schema and default, flag, SETOKIM_* variable and help.
@@ -84,6 +88,13 @@ export const agentSettings = group(
           read: 'number',
           help: 'largest bundle download in MiB (one at a time); a job without a size needs this much free',
         }),
+        maxReleaseJump: setting({
+          schema: count(1),
+          flag: '--update-max-release-jump <n>',
+          env: 'SETOKIM_UPDATE_MAX_RELEASE_JUMP',
+          read: 'number',
+          help: 'refuse a bundle whose release is more than this above the committed one (RELEASE_JUMP_REFUSED; default: no limit)',
+        }),
       },
       {
         optional: true,
@@ -126,6 +137,40 @@ export const agentSettings = group(
       host: setting({ schema: z.string(), default: '127.0.0.1', help: 'address the metrics endpoint listens on' }),
       enabled: setting({ schema: z.boolean(), default: true, flag: '--no-metrics', env: 'SETOKIM_METRICS', read: 'boolean', help: 'no metrics endpoint' }),
     }),
+    /** Device health on a Jetson (src/agent/health.ts): tegrastats read every intervalMs; absent elsewhere. */
+    health: group({
+      enabled: setting({
+        schema: z.boolean(),
+        default: true,
+        flag: '--no-device-health',
+        env: 'SETOKIM_DEVICE_HEALTH',
+        read: 'boolean',
+        help: 'do not run tegrastats (no device health gauges, status summary or energy per query)',
+      }),
+      tegrastats: setting({
+        schema: z.string().min(1),
+        default: '/usr/bin/tegrastats',
+        flag: '--tegrastats <path>',
+        env: 'SETOKIM_TEGRASTATS',
+        help: "tegrastats binary (JetPack's path; device health is off where it does not exist)",
+      }),
+      intervalMs: setting({
+        schema: count(100),
+        default: 1000,
+        flag: '--health-interval-ms <n>',
+        env: 'SETOKIM_HEALTH_INTERVAL_MS',
+        read: 'number',
+        help: 'how often tegrastats prints a reading',
+      }),
+      energyRails: setting({
+        schema: z.array(energyRail).min(1),
+        default: ['VDD_IN', 'POM_5V_IN'],
+        flag: '--energy-rails <a,b>',
+        env: 'SETOKIM_ENERGY_RAILS',
+        read: 'list',
+        help: 'rails for energy per query: the first tegrastats prints (AGX Orin: VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0)',
+      }),
+    }),
     /** How the pipeline runs the model set (see createPipeline). */
     pipeline: group({
       backend: setting({ schema: z.string().min(1), flag: '--backend <name>', env: 'SETOKIM_BACKEND', help: 'only this backend (onnxruntime-cpu, tensorrt)' }),
@@ -152,7 +197,8 @@ export type AgentConfigInput = InputOf<typeof agentSettings>;
 
 type Json = Record<string, unknown>;
 
-function readFile(file: string): Json {
+/** A config file's settings as written (JSON or YAML), not merged or validated; BAD_CONFIG when it does not read. */
+export function readConfigFile(file: string): Json {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -189,7 +235,7 @@ export interface LoadConfigOptions {
 }
 
 export function loadAgentConfig(opts: LoadConfigOptions = {}): AgentConfig {
-  let data: Json = merge(opts.defaults ?? {}, opts.file ? readFile(opts.file) : {});
+  let data: Json = merge(opts.defaults ?? {}, opts.file ? readConfigFile(opts.file) : {});
   data = merge(data, fromEnv(agentSettings, opts.env ?? process.env));
   if (opts.overrides) data = merge(data, opts.overrides);
   return parseAgentConfig(data, opts.file ? `configuration (${opts.file} + environment + flags)` : 'configuration (environment + flags)');

@@ -132,7 +132,8 @@ export class UpdateService {
     const handler = new UpdateHandler({
       store: store.root,
       pubkey: await loadPublicKey(u.pubkey),
-      binding: { device: { fleet: config.fleet } }, // the target is detected at install time
+      // the target is detected at install time
+      binding: { device: { fleet: config.fleet }, maxReleaseJump: u.maxReleaseJump },
       // The canary runs where the set will serve: the configured backend, else the one the
       // install prepared (tensorrt once engines are ready for this device's target).
       health: o.health ?? ((dir, ctx) => canaryQuery(dir, { ...ctx, ...(backend ? { backend } : {}) })),

@@ -8,9 +8,11 @@ import { z } from 'zod';
 import { Agent, type LogLevel } from '../agent/agent.js';
 import { agentSettings, loadAgentConfig } from '../agent/config.js';
 import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
+import { SystemdNotifier } from '../agent/watchdog.js';
 import { describeTarget, detectTarget } from '../engine/target.js';
 import { loadPublicKey } from '../fleet/keys.js';
 import { parseFlags } from '../flags.js';
+import { redactUrl } from '../redact.js';
 import { fromFlags, registerFlags } from '../settings.js';
 
 /** The flags of `setokim agent` beside its settings: the config file and log verbosity. */
@@ -51,9 +53,16 @@ export function registerAgent(program: Command): void {
         config,
         pipeline: opened.pipeline,
         log,
-        version: process.env.npm_package_version ?? '0.1.0',
         target: target.id,
         ...(opened.countTokens ? { countTokens: opened.countTokens } : {}),
+      });
+      // Under systemd (Type=notify, WatchdogSec=): ready once the set is open; the broker may come and go.
+      const systemd = SystemdNotifier.fromEnv({ log });
+      systemd?.ready(`serving ${opened.pipeline.info.modelSetId}; connecting to ${redactUrl(config.broker.url)}`);
+      systemd?.startWatchdog();
+      agent.on('ready', ({ reconnect }) => {
+        const set = agent.pipeline.info.modelSetId;
+        systemd?.status(`serving ${set}; ${reconnect ? 're' : ''}connected to ${redactUrl(config.broker.url)}`);
       });
       let updates: UpdateService | undefined;
       let stopping: Promise<void> | undefined;
@@ -66,6 +75,7 @@ export function registerAgent(program: Command): void {
           return;
         }
         log('info', `${signal}: taking no new work, finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
+        systemd?.stopping(`${signal}: finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
         // Update jobs first (no switch may start), then the queries.
         stopping = Promise.resolve(updates?.stop())
           .then(() => agent.stop())
@@ -94,6 +104,7 @@ export function registerAgent(program: Command): void {
       } finally {
         process.off('SIGTERM', onTerm);
         process.off('SIGINT', onInt);
+        systemd?.close();
         // The pipeline serving last (a replaced one was closed when it drained).
         await agent.pipeline.close();
       }

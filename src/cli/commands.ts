@@ -6,9 +6,13 @@ import { registerFleet } from './fleet.js';
 import { registerDemo } from './demo.js';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
+import { registerFlashKit } from './flashkit.js';
 import { registerQuery } from './query.js';
 import { registerRun } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle, registerFleet];
+export const commands: RegisterCommand[] = [
+  registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle,
+  registerFleet, registerFlashKit,
+];

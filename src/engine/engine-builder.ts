@@ -10,7 +10,7 @@ import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Architecture, StageName, StageSignature } from './contract.js';
 import { ENGINE_MANIFEST_FORMAT, type EngineManifest, machineInfo, writeEngineManifest } from './engine-manifest.js';
-import { sha256File } from './manifest.js';
+import { sha256File, type Dialect } from './manifest.js';
 import { type NativeAddon, loadNative } from './native.js';
 import { tensorrtUnavailableReason } from './tensorrt.js';
 
@@ -25,8 +25,8 @@ export interface EngineBuildRequest {
   profiles: DimRanges[];
   /** The precision written into the ONNX graph (recorded; the network is strongly typed). */
   precision: EngineManifest['precision'];
-  /** The graph dialect of `onnx` (absent: plain ONNX); recorded for the engine cache key. */
-  dialect?: string;
+  /** The graph dialect of `onnx` (absent: a graph for every backend); recorded for the engine cache key. */
+  dialect?: Dialect;
   /** The target it is built for (src/engine/target.ts); recorded in the manifest. */
   target?: string;
   /** Builder workspace limit; small boards run out of memory without one (default 1 GiB). */

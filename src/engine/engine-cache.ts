@@ -32,7 +32,7 @@ export interface EngineCacheKey {
   /** sha256 of the stage file (ONNX) it is built from. */
   source: string;
   precision: string;
-  /** The graph dialect (absent in a manifest: 'onnx'). */
+  /** The graph's dialect (src/engine/manifest.ts DIALECTS), or DEFAULT_DIALECT for one without. */
   dialect: string;
   target: string;
   profiles: EngineManifest['profiles'];
@@ -41,8 +41,8 @@ export interface EngineCacheKey {
 /** Each target directory's TensorRT timing cache (tied to the device, CUDA and TensorRT, like the target). */
 export const TIMING_CACHE_FILE = 'timing.cache';
 
-/** The dialect of a plain ONNX stage file (no other form of the weights). */
-export const DEFAULT_DIALECT = 'onnx';
+/** The key's dialect of a graph written for every backend (a stage file without a dialect). */
+export const DEFAULT_DIALECT = 'any';
 
 /** The key's name: sha256 of its canonical JSON, hex. */
 export function engineCacheKey(k: EngineCacheKey): string {

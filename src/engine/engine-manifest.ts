@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { SignatureSchema } from './contract.js';
 import type { Capabilities } from './native.js';
-import { Sha256Hex, sha256File } from './manifest.js';
+import { DIALECTS, Sha256Hex, sha256File } from './manifest.js';
 import { writeFileDurable } from './durable.js';
 import { moduleSm, platformOf, TargetId } from './target.js';
 
@@ -55,9 +55,10 @@ export const EngineManifestSchema = z.object({
   target: TargetId.optional(),
   /**
    * The graph dialect it was built from, when a stage has more than one form of the same weights
-   * (e.g. a TensorRT form of int4w); absent: the plain ONNX file ('onnx'). Part of the engine cache key.
+   * (the TensorRT form of int4w, docs/QUANT.md); absent: a graph for every backend. Part of the
+   * engine cache key.
    */
-  dialect: z.string().regex(/^[a-z0-9][a-z0-9-]*$/).optional(),
+  dialect: z.enum(DIALECTS).optional(),
   /** ed25519 signature over the manifest without this field (see manifestSigningBytes). */
   signature: z.object({ keyId: z.string().min(1), algorithm: z.literal('ed25519'), value: z.string().min(1) }).optional(),
 });

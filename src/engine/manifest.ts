@@ -19,6 +19,13 @@ export const MANIFEST_VERSION = 1;
 
 export const PRECISIONS = ['fp32', 'fp16', 'int8', 'int4w'] as const;
 export type Precision = (typeof PRECISIONS)[number];
+/**
+ * The backend a variant's graph is written for, when it is not for every backend: an INT4 stage is
+ * written twice, computing in float32 for ONNX Runtime and in float16 for TensorRT (docs/QUANT.md).
+ * A variant without a dialect is for any backend.
+ */
+export const DIALECTS = ['onnxruntime', 'tensorrt'] as const;
+export type Dialect = (typeof DIALECTS)[number];
 
 
 /** A plain relative file name inside the set's directory (no '..', no absolute paths). */
@@ -56,6 +63,7 @@ export const StageFileSchema = z.object({
   sha256: Sha256Hex,
   bytes: z.number().int().positive(),
   precision: z.enum(PRECISIONS),
+  dialect: z.enum(DIALECTS).optional(),
 });
 export type StageFile = z.infer<typeof StageFileSchema>;
 
@@ -63,6 +71,9 @@ export const StageEntrySchema = StageFileSchema.extend({
   signature: SignatureSchema,
   /** Other builds of the same stage with the same signature (e.g. int8, int4w), chosen at open. */
   variants: z.array(StageFileSchema).default([]),
+}).refine((e) => e.dialect === undefined, {
+  message: 'the main file is for every backend: no dialect',
+  path: ['dialect'],
 });
 export type StageEntry = z.infer<typeof StageEntrySchema>;
 

@@ -84,6 +84,8 @@ export interface NativeAddon {
     onProgress?: (phase: string, step: number, steps: number) => void,
     registerCancel?: (cancel: () => void) => void,
   ): Promise<NativeTrtBuildResult>;
+  /** One sd_notify(3) datagram to a $NOTIFY_SOCKET address (native/trt/addon/notify_binding.cc). */
+  sdNotify?(socket: string, state: string): void;
   [binding: string]: unknown;
 }
 

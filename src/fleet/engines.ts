@@ -159,6 +159,7 @@ export class EnginePreparation {
 
   private mainFile(stage: StageName): StageFile | undefined {
     const e = this.set.stages[stage];
+    // The main file, as the serving pipeline opens it (stage-source.ts): never of one dialect.
     return e && { file: e.file, format: e.format, sha256: e.sha256, bytes: e.bytes, precision: e.precision };
   }
 
@@ -211,7 +212,8 @@ export class EnginePreparation {
   private keyOf(stage: StageName, f: StageFile): EngineCacheKey {
     const sig = this.set.stages[stage]!.signature;
     const profiles = stageDimProfiles(stage, this.set.architecture).map((p) => profileFromSignature(sig, p));
-    return { source: f.sha256, precision: f.precision, dialect: DEFAULT_DIALECT, target: this.o.env.target, profiles };
+    const dialect = f.dialect ?? DEFAULT_DIALECT;
+    return { source: f.sha256, precision: f.precision, dialect, target: this.o.env.target, profiles };
   }
 
   /** Step 2: a whole, compatible cache entry is linked into the set. */
@@ -252,6 +254,7 @@ export class EnginePreparation {
         signature: this.set.stages[stage]!.signature,
         profiles: stageDimProfiles(stage, this.set.architecture),
         precision: file.precision,
+        ...(file.dialect ? { dialect: file.dialect } : {}),
         target: this.o.env.target,
         workspaceBytes: this.workspace,
         timingCache: await this.o.cache.timingCache(this.o.env.target),

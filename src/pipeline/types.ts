@@ -42,6 +42,7 @@ export type PipelineEvent =
       stages: StageTimes;
       totalMs: number;
       firstTokenMs?: number; // from the request's start to the first generated token
+      energyMj?: number; // set by the agent: board energy while the query ran, where power rails exist
     }
   | { type: 'error'; id: string; code: ErrorCode; message: string };
 

@@ -41,7 +41,8 @@ const trickle = (_req: unknown, res: import('node:http').ServerResponse) => {
   const timer = setInterval(() => res.write('x'), 50);
   res.on('close', () => clearInterval(timer));
 };
-const http = await bundleServer({ 'r1.bundle': r1, 'r2.bundle': r2, 'r2-tampered.bundle': tampered }, { 'trickle.bundle': trickle });
+const r5 = await bundleOf(f, f.sets[2]!, 5);
+const http = await bundleServer({ 'r1.bundle': r1, 'r2.bundle': r2, 'r5.bundle': r5, 'r2-tampered.bundle': tampered }, { 'trickle.bundle': trickle });
 t.teardown(http.close);
 const allowUrls = [`${http.base}/`];
 const bundleUrl = (bundle: string) => http.url(path.basename(bundle));
@@ -430,3 +431,30 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     t.ok(logs.some((l) => l.startsWith('error [BACKEND_CRASHED] release 2') && l.includes(`still serving ${SET1}`)), 'the agent logged it');
   });
 }
+
+t.test(`${kind}: the agent's updates.maxReleaseJump refuses a release too far above the committed one`, async (t) => {
+  const device = 'jumpy';
+  const jumpStore = path.join(f.dir, `store-${device}`);
+  const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+  await new UpdateHandler({ binding: { device: testDevice }, store: jumpStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+  const config = testConfig(broker, device, { updates: { store: jumpStore, pubkey: f.pubPath, allowUrls, allowHttp: true, maxReleaseJump: 2 } });
+  const log = () => undefined;
+  const opened = await openServingSet(config, await startingModels(config, log));
+  const agent = new Agent({ config, pipeline: opened.pipeline, log });
+  await agent.start();
+  const events: UpdateEvent[] = [];
+  const updates = await startUpdates(agent, { open: () => Promise.reject(new Error('unused')), log, health: noCanary, onEvent: (e) => events.push(e) });
+  t.teardown(async () => {
+    await updates.stop();
+    await agent.stop(0);
+    await agent.pipeline.close();
+  });
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r5', url: bundleUrl(r5), sha256: await sha256File(r5) }), { qos: 1 });
+  await new Promise<void>((resolve) => {
+    const poll = setInterval(() => events.some((e) => e.state === 'failed') && (clearInterval(poll), resolve()), 20);
+  });
+  t.match(events.at(-1), { jobId: 'r5', state: 'failed', code: 'RELEASE_JUMP_REFUSED' });
+  t.equal(await new ModelStore(jumpStore).active(), SET1, 'release 1 stays active');
+});

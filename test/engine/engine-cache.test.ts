@@ -34,7 +34,7 @@ t.test('keys: stable, every field counts, and a manifest answers to the key it w
   const key: EngineCacheKey = {
     source: m.source.sha256,
     precision: 'fp32',
-    dialect: 'onnx',
+    dialect: 'any',
     target: TARGET,
     profiles: dims.map((d) => profileFromSignature(ADD_MATMUL_SIGNATURE, d)),
   };
@@ -45,7 +45,7 @@ t.test('keys: stable, every field counts, and a manifest answers to the key it w
   const other = new Set([
     engineCacheKey({ ...key, source: 'f'.repeat(64) }),
     engineCacheKey({ ...key, precision: 'fp16' }),
-    engineCacheKey({ ...key, dialect: 'trt' }),
+    engineCacheKey({ ...key, dialect: 'tensorrt' }),
     engineCacheKey({ ...key, target: 'orin-nano-8gb/jp6.1/trt10.3' }),
     engineCacheKey({
       ...key,

@@ -26,7 +26,7 @@ import {
   type InstallStep,
 } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
-import { bundleOf, fixture, noCanary, rewriteHeader, signedAnyway, testCompatibility, testDevice } from './helpers.js';
+import { bundleOf, bundleServer, fixture, noCanary, rewriteHeader, signedAnyway, testCompatibility, testDevice } from './helpers.js';
 
 const f = await fixture([1, 2]);
 t.teardown(f.cleanup);
@@ -80,9 +80,13 @@ t.test('fleets: a bundle signed for other fleets is refused (BUNDLE_WRONG_FLEET)
 t.test('a bundle replayed over the update path to a device of another fleet: failed BUNDLE_WRONG_FLEET, nothing installed', async (t) => {
   const before = await snapshot(root1);
   const b = await bound('replay', { fleets: ['site1'] });
-  const h = new UpdateHandler({ binding: { device: { fleet: 'site9' } }, store: root1, pubkey: f.pub, health: noCanary });
+  const http = await bundleServer({ 'replay.bundle': b });
+  t.teardown(http.close);
+  const urls = { allowUrls: [`${http.base}/`], allowHttp: true };
+  const h = new UpdateHandler({ binding: { device: { fleet: 'site9' } }, store: root1, pubkey: f.pub, health: noCanary, urls });
   const states: string[] = [];
-  await t.rejects(h.run({ jobId: 'j1', url: pathToFileURL(b).href, sha256: await sha256File(b) }, (e) => void states.push(`${e.state}${e.code ? ` ${e.code}` : ''}`)), { code: 'BUNDLE_WRONG_FLEET' });
+  const job = { jobId: 'j1', url: http.url('replay.bundle'), sha256: await sha256File(b) };
+  await t.rejects(h.run(job, (e) => void states.push(`${e.state}${e.code ? ` ${e.code}` : ''}`), 'mqtt'), { code: 'BUNDLE_WRONG_FLEET' });
   t.same(states.filter((x, i, a) => x !== a[i - 1]), ['downloading', 'verifying', 'failed BUNDLE_WRONG_FLEET']);
   t.same(await snapshot(root1), before);
 });
@@ -150,7 +154,7 @@ t.test('format 1 (bound to nothing): BUNDLE_UNBOUND unless the installer opts in
   t.equal(await new ModelStore(root).active(), 'setokim-tiny-seed2');
   // UpdateHandler's binding has no allowUnbound; passed anyway (untyped JS), it is not used.
   const h = new UpdateHandler({ binding: { device: testDevice, allowUnbound: true } as never, store: root1, pubkey: f.pub, health: noCanary });
-  await t.rejects(h.run({ jobId: 'v1', url: pathToFileURL(v1).href, sha256: await sha256File(v1) }, () => {}), { code: 'BUNDLE_UNBOUND' });
+  await t.rejects(h.run({ jobId: 'v1', url: pathToFileURL(v1).href, sha256: await sha256File(v1) }, () => {}, 'local'), { code: 'BUNDLE_UNBOUND' });
   t.equal(await new ModelStore(root1).active(), 'setokim-tiny-seed1');
   // A format-1 manifest carrying a compatibility section is not format 1: refused by the schema.
   const mixed = await signedAnyway(f, f.sets[2]!, path.join(f.dir, 'v1-mixed.bundle'), (m) => void (m.formatVersion = 1));
@@ -169,7 +173,7 @@ t.test('maxReleaseJump: a release too far above the committed one is refused (RE
   await t.rejects(installBundle({ bundle: b1, store: newStore(), pubkey: f.pub, device: testDevice, maxReleaseJump: 0 }), { code: 'BAD_ARGUMENT', message: /maxReleaseJump 0/ });
   // Over the update path too.
   const h = new UpdateHandler({ binding: { device: testDevice, maxReleaseJump: 5 }, store: root1, pubkey: f.pub, health: noCanary });
-  await t.rejects(h.run({ jobId: 'far', url: pathToFileURL(huge).href, sha256: await sha256File(huge) }, () => {}), { code: 'RELEASE_JUMP_REFUSED' });
+  await t.rejects(h.run({ jobId: 'far', url: pathToFileURL(huge).href, sha256: await sha256File(huge) }, () => {}, 'local'), { code: 'RELEASE_JUMP_REFUSED' });
 });
 
 t.test('--expires: durations and dates, never in the past', async (t) => {
