@@ -139,6 +139,7 @@ export class EnginePreparation {
       if (!file || have.has(this.planName(stage, file))) continue;
       const key = this.keyOf(stage, file);
       if (await this.reuse(stage, file, key)) continue;
+      if (file.format === 'tensorrt' && this.fits(join(this.setDir, file.file))) continue; // the stage file is a plan for here
       if (file.format !== 'onnx') throw this.missing(stage, file);
       builds.push({ stage, file, key });
     }
@@ -181,6 +182,17 @@ export class EnginePreparation {
         `the bundle has ${has} (this device is ${this.o.env.target}); ` +
         'publish the bundle with --engines for this target',
     );
+  }
+
+  /** Whether a plan's manifest names this target truthfully and the plan runs on this machine. */
+  private fits(plan: string): boolean {
+    try {
+      const m = readEngineManifest(plan);
+      const machine = this.o.env.machine;
+      return !targetContradictions(m, this.o.env.target).length && !!machine && !incompatibilities(m, machine).length;
+    } catch {
+      return false; // no manifest, or one that does not read
+    }
   }
 
   /** Step 1: every engine of the group is checked and cached; returns the plan names it holds. */

@@ -224,7 +224,8 @@ export function tensorRtCanaryTestDouble(target: string, o: { failAt?: string; b
     for (const stage of STAGES) {
       const e = set.stages[stage];
       if (!e) continue;
-      const plan = path.join(engineDir(dir), `${stage}.${e.precision}.plan`);
+      const plan =
+        e.format === 'tensorrt' ? path.join(dir, e.file) : path.join(engineDir(dir), `${stage}.${e.precision}.plan`);
       const m = readEngineManifest(plan);
       await verifyPlanFile(plan, m);
       if (m.target !== target) throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `${plan} is for ${m.target}`);

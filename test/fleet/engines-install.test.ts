@@ -18,6 +18,7 @@ import { installBundle, readJournal, readRelease, type InstallStep } from '../..
 import type { EngineProgress } from '../../src/fleet/engines.js';
 import {
   EngineBuilderTestDouble,
+  prebuiltEngines,
   tensorRtCanaryTestDouble,
   testEnvironment,
   type BuilderDoubleOptions,
@@ -316,5 +317,20 @@ t.test(
       installBundle({ device: testDevice, bundle, store: cpu, pubkey: f.pub, health: tensorRtCanaryTestDouble(NANO) }),
       { code: 'ENGINE_MISSING', message: /this device is x86_64\/none\/cpu/ },
     );
+
+    // A stage file that is a plan for this very target (with its manifest) needs no engine.
+    const ownPlan = await setWithId(planOnly, path.join(f.dir, 'own-plan'), 'setokim-tiny-own-plan');
+    const built = await prebuiltEngines(f.sets[2]!, NANO, path.join(f.dir, 'own-plan-engines'), ['detokenizer']);
+    await cp(path.join(built, 'detokenizer.fp32.plan'), path.join(ownPlan, 'detokenizer.plan'));
+    await cp(path.join(built, 'detokenizer.fp32.plan.json'), path.join(ownPlan, 'detokenizer.plan.json'));
+    const own = JSON.parse(await readFile(path.join(ownPlan, 'manifest.json'), 'utf8'));
+    const planBytes = await readFile(path.join(ownPlan, 'detokenizer.plan'));
+    const sha256 = createHash('sha256').update(planBytes).digest('hex');
+    own.stages.detokenizer = { ...own.stages.detokenizer, bytes: planBytes.length, sha256 };
+    await writeFile(path.join(ownPlan, 'manifest.json'), JSON.stringify(own, null, 2) + '\n');
+    const ok = install(root, await bundleOf(f, ownPlan, 6, 'own-plan'));
+    const r = await ok.run;
+    t.notOk(ok.builder.started.includes('detokenizer'), 'the plan that is the stage file serves as it is');
+    t.equal(r.engines?.backend, 'tensorrt');
   },
 );
