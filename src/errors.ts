@@ -24,6 +24,11 @@ export const ERRORS = {
   UNKNOWN_TASK: { exit: 2, meaning: 'the task is not one of ask, describe, segment, generate, edit' },
   BAD_MESSAGE: { exit: 2, meaning: 'a message is not in the documented wire format' },
   BROKER_REFUSED: { exit: 2, meaning: 'the broker refused what the agent needs (e.g. a subscription its ACL denies)' },
+  // frame sources and streams (docs/STREAMS.md)
+  SOURCE_UNAVAILABLE: { exit: 2, meaning: 'a video source cannot be opened (no such file or camera, an unreachable URL)' },
+  SOURCE_NOT_VIDEO: { exit: 2, meaning: 'a video source holds no video stream the media tool can decode' },
+  SOURCE_LOST: { exit: 2, meaning: 'a video source stopped (a camera unplugged, a stream gone) and did not come back after restarts' },
+  FRAME_SIZE: { exit: 2, meaning: 'a frame size the encoder cannot take (smaller than a patch, over the size limit, a short frame)' },
   // models and engines
   MODEL_NOT_FOUND: { exit: 3, meaning: 'a model set or stage file is missing' },
   MODEL_INVALID: { exit: 3, meaning: 'a model set or stage file is not what the contract (docs/CONTRACT.md) requires' },
@@ -32,6 +37,7 @@ export const ERRORS = {
   BACKEND_UNAVAILABLE: { exit: 3, meaning: 'no backend can run the stage on this machine' },
   ENGINE_INCOMPATIBLE: { exit: 3, meaning: 'a TensorRT engine was built for another TensorRT, GPU or profile' },
   NATIVE_MISSING: { exit: 3, meaning: 'the native addon is not built or lacks the feature' },
+  MEDIA_TOOL_MISSING: { exit: 3, meaning: 'ffmpeg, gst-launch-1.0 or a GStreamer element a source needs is not installed' },
   BACKEND_CRASHED: { exit: 3, meaning: "a backend's worker died (crash, exit, out of memory) while it held a session" },
   ENGINE_BUILD_FAILED: { exit: 3, meaning: 'TensorRT could not build an engine from a stage graph on this device' },
   ENGINE_BUILD_TIMEOUT: { exit: 3, meaning: 'an engine build ran past its time limit and was cancelled' },
@@ -75,6 +81,7 @@ export const ERRORS = {
   EXPIRED: { exit: 4, meaning: 'the query arrived after its deadline or message expiry' },
   CANCELLED: { exit: 4, meaning: 'the query was cancelled' },
   DUPLICATE: { exit: 4, meaning: 'a query with this id was already taken' },
+  STREAM_REFUSED: { exit: 4, meaning: 'a stream request the agent does not take: a source not on its allow-list, or streams off' },
   INTERNAL: { exit: 1, meaning: 'an unexpected error (a bug): please report it' },
 } as const satisfies Record<string, { exit: ExitStatus; meaning: string }>;
 

@@ -131,6 +131,8 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   private connects = 0;
   /** tegrastats readings on a Jetson (src/agent/health.ts); absent when turned off. */
   private readonly health?: DeviceHealth;
+  /** Fields services add to the retained status (e.g. the stream count). */
+  private readonly statusSources: (() => Partial<AgentStatus>)[] = [];
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -290,6 +292,8 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
       }
       return;
     }
+    // Other services share this connection (update jobs, streams): their topics are theirs.
+    if (topic !== this.topics.query && topic !== this.topics.fleetQuery) return;
     this.onQuery(topic, payload, packet);
   }
 
@@ -477,8 +481,19 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     if (event.generatedTokens > 0 && decodeMs > 0) this.metrics.tokensPerSecond.observe(event.generatedTokens / (decodeMs / 1000));
   }
 
+  /** Adds fields to the retained status (a service's own counts); refreshStatus() republishes it. */
+  addStatusSource(fields: () => Partial<AgentStatus>): void {
+    this.statusSources.push(fields);
+  }
+
+  /** Republishes the retained status now (a service's counts changed). */
+  refreshStatus(): Promise<void> {
+    return this.publishStatus();
+  }
+
   private status(online: boolean): AgentStatus {
     const info = this.serving.pipeline.info;
+    const extra = online ? Object.assign({}, ...this.statusSources.map((f) => f())) : {};
     return {
       fleet: this.config.fleet,
       device: this.config.device,
@@ -496,7 +511,10 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
       updatedUnixMs: Date.now(),
       version: this.version,
       ...this.healthSummary(online),
+      streams: 0,
+      maxStreams: 0,
       ...(this.target ? { target: this.target } : {}),
+      ...extra,
     };
   }
 

@@ -24,6 +24,8 @@ function protoPath(): string {
 }
 
 const root = protobuf.loadSync(protoPath());
+/** The wire format's types, for the messages other modules encode (stream-codec.ts). */
+export const wireFormat = root;
 const QueryType = root.lookupType('setokim.v1.Query');
 const CancelType = root.lookupType('setokim.v1.Cancel');
 const ReplyType = root.lookupType('setokim.v1.Reply');
@@ -235,6 +237,9 @@ export interface AgentStatus {
   version: string;
   /** The device's latest health reading (a Jetson's tegrastats); absent elsewhere. */
   health?: HealthSummary;
+  /** Video streams running, and the most the agent takes (streams.max, 0: none); docs/STREAMS.md. */
+  streams: number;
+  maxStreams: number;
   /** The device's target (src/engine/target.ts); absent from agents that predate it. */
   target?: string;
 }

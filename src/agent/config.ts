@@ -8,11 +8,29 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { urlPrefixProblem } from '../fleet/policy.js';
+import { parseSource } from '../media/spec.js';
 import { brokerGroup } from '../mqtt/connection.js';
 import { levelName } from '../mqtt/topics.js';
 import { fromEnv, group, merge, parseSettings, schemaOf, setting, type InputOf, type OutputOf } from '../settings.js';
 
 const port = z.number().int().min(0).max(65535);
+
+/** `name=source`: an allow-list entry of streams.sources. */
+const StreamSourceEntry = z
+  .string()
+  .regex(/^[A-Za-z0-9_.-]{1,64}=.+$/, 'use name=source, e.g. door=rtsp://cam.local/stream1 (name: letters, digits, _ . -)')
+  .transform((entry) => {
+    const at = entry.indexOf('=');
+    return { name: entry.slice(0, at), source: entry.slice(at + 1) };
+  })
+  .refine(({ source }) => {
+    try {
+      parseSource(source);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 'the source must be a file, /dev/videoN, csi://N, rtsp://, http(s)://, rtmp://, udp://, srt:// or test://');
 const count = (min: number) => z.number().int().min(min);
 /** A power rail as tegrastats names it (VDD_IN), or rails summed with + (VDD_GPU_SOC+VDD_CPU_CV). */
 const energyRail = z
@@ -170,6 +188,24 @@ export const agentSettings = group(
         read: 'list',
         help: 'rails for energy per query: the first tegrastats prints (AGX Orin: VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0)',
       }),
+    }),
+    /**
+     * Video streams clients may start over MQTT (docs/STREAMS.md). Sources come only from this
+     * allow-list, `name=source` (a camera, a URL, or a file the operator chose): a client names an
+     * entry, never a path or URL of its own. No entries: streams are off (starts are refused).
+     */
+    streams: group({
+      sources: setting({
+        schema: z.array(StreamSourceEntry),
+        default: [],
+        flag: '--stream-source <name=source>',
+        env: 'SETOKIM_STREAM_SOURCES',
+        read: 'list',
+        help: 'a source clients may stream from, as name=source (e.g. door=rtsp://cam/1, desk=/dev/video0); repeat for more',
+      }),
+      max: setting({ schema: z.number().int().min(0).max(16), default: 1, flag: '--max-streams <n>', env: 'SETOKIM_MAX_STREAMS', read: 'number', help: 'streams running at once; more are refused with BUSY' }),
+      fps: setting({ schema: z.number().positive().max(60), default: 5, help: 'frames per second taken from a source; a stream may ask for fewer' }),
+      leaseMs: setting({ schema: count(1000), default: 30_000, help: 'a stream stops unless its client renews it within this (a stream may ask for less)' }),
     }),
     /** How the pipeline runs the model set (see createPipeline). */
     pipeline: group({

@@ -1,5 +1,5 @@
 /**
- * One line of Jetson's `tegrastats` as numbers. The fields differ per module and JetPack (FIELD.md):
+ * One line of Jetson's `tegrastats` as numbers. The fields differ per module and JetPack (docs/MQTT.md, "Device health"):
  *   JetPack 6 (Orin Nano/NX): `... EMC_FREQ 15%@204 GR3D_FREQ 0%@[305] ... cpu@48.5C tj@49.3C
  *     VDD_IN 5251mW/8535mW VDD_CPU_GPU_CV 512mW/1944mW VDD_SOC 2720mW/3659mW`
  *   JetPack 5 (AGX Orin): `... EMC_FREQ 0%@2133 GR3D_FREQ 0%@0 GR3D2_FREQ 0%@0 ... CV0@-256C CPU@42.5C

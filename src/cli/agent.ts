@@ -9,6 +9,7 @@ import { Agent, type LogLevel } from '../agent/agent.js';
 import { agentSettings, loadAgentConfig } from '../agent/config.js';
 import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
 import { SystemdNotifier } from '../agent/watchdog.js';
+import { startStreams, type StreamService } from '../agent/streams.js';
 import { describeTarget, detectTarget } from '../engine/target.js';
 import { loadPublicKey } from '../fleet/keys.js';
 import { parseFlags } from '../flags.js';
@@ -65,6 +66,7 @@ export function registerAgent(program: Command): void {
         systemd?.status(`serving ${set}; ${reconnect ? 're' : ''}connected to ${redactUrl(config.broker.url)}`);
       });
       let updates: UpdateService | undefined;
+      let streams: StreamService | undefined;
       let stopping: Promise<void> | undefined;
       let stopped!: () => void;
       const finished = new Promise<void>((resolve) => (stopped = resolve));
@@ -76,8 +78,9 @@ export function registerAgent(program: Command): void {
         }
         log('info', `${signal}: taking no new work, finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
         systemd?.stopping(`${signal}: finishing ${agent.inFlight} in flight and ${agent.queueDepth} queued`);
-        // Update jobs first (no switch may start), then the queries.
+        // Update jobs first (no switch may start), then the streams, then the queries.
         stopping = Promise.resolve(updates?.stop())
+          .then(() => streams?.stop())
           .then(() => agent.stop())
           .finally(stopped);
       };
@@ -89,6 +92,13 @@ export function registerAgent(program: Command): void {
         // A signal while start() still waits for an unreachable broker ends the wait too.
         await Promise.race([agent.start(), finished]);
         if (stopping) return await finished;
+        try {
+          streams = await startStreams(agent, { log });
+        } catch (err) {
+          await agent.stop(0);
+          throw err;
+        }
+        if (stopping) await streams.stop(); // a signal came while it subscribed
         if (config.updates) {
           try {
             updates = await startUpdates(agent, { open: (dir) => openServingSet(config, dir), log });

@@ -9,10 +9,11 @@ import { registerExport } from './export.js';
 import { registerFlashKit } from './flashkit.js';
 import { registerQuery } from './query.js';
 import { registerRun } from './run.js';
+import { registerWatch } from './watch.js';
 
 export type RegisterCommand = (program: Command) => void;
 
 export const commands: RegisterCommand[] = [
-  registerDoctor, registerExport, registerRun, registerAgent, registerQuery, registerDemo, registerBundle,
-  registerFleet, registerFlashKit,
+  registerDoctor, registerExport, registerRun, registerWatch, registerAgent, registerQuery, registerDemo,
+  registerBundle, registerFleet, registerFlashKit,
 ];

@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import { z } from 'zod';
+import { TargetId } from '../engine/target.js';
 import { parseFlags } from '../flags.js';
 import { ARCHES, hostArch, KitBuilder, type DebArch } from '../../tools/flashkit/index.js';
 
@@ -17,6 +18,7 @@ const FlashKitOptions = z.object({
   out: req(),
   arch: z.enum(Object.keys(ARCHES) as [DebArch, ...DebArch[]]).optional(),
   devices: z.string().min(1).optional(),
+  target: TargetId.optional(),
   compression: z.enum(['xz', 'gzip', 'zstd']).default('xz'),
   maintainer: z
     .string()
@@ -43,6 +45,10 @@ export function registerFlashKit(program: Command): void {
       '--devices <csv>',
       'devices.csv (device,fleet,broker[,cert,key]): one overlay per device with its identity and secrets',
     )
+    .option(
+      '--target <id>',
+      "the boards' target, e.g. orin-nano-8gb/jp6.2/trt10.3 (setokim doctor on one): needed for a bundle bound to targets",
+    )
     .option('--compression <c>', 'package compression: xz (default), gzip, zstd')
     .option('--maintainer <who>', 'the package\'s Maintainer field, "Name <email>"')
     .action(async (raw: unknown) => {
@@ -57,6 +63,7 @@ export function registerFlashKit(program: Command): void {
         arch,
         compression: o.compression,
         ...(o.devices ? { devices: o.devices } : {}),
+        ...(o.target ? { target: o.target } : {}),
         ...(o.maintainer ? { maintainer: o.maintainer } : {}),
         log: (line) => process.stderr.write(`flash-kit: [${((Date.now() - started) / 1000).toFixed(1)} s] ${line}\n`),
       }).build();

@@ -8,6 +8,9 @@
  *   setokim/v1/<fleet>/<device>/status         retained presence; the Last Will marks it offline
  *   setokim/v1/<fleet>/<device>/update         an update job (JSON, QoS 1; docs/FLEET.md)
  *   setokim/v1/<fleet>/<device>/update/state   the device's update events (QoS 1; the latest retained)
+ *   setokim/v1/<fleet>/<device>/stream/start   start a video stream (docs/STREAMS.md); .../stream/stop,
+ *                                              .../stream/renew; setokim/v1/<fleet>/stream/stop (every agent:
+ *                                              a stream client's Last Will)
  */
 import { ReasonCodes } from 'mqtt';
 import { z } from 'zod';
@@ -90,3 +93,19 @@ export const updateStateTopic = (fleet: string, device: string) => `${TOPIC_ROOT
 /** Every device's update states in a fleet (subscribe filter); the device is topic level 3. */
 export const fleetUpdateStateFilter = (fleet: string) => `${TOPIC_ROOT}/${fleet}/+/update/state`;
 export const deviceOfStateTopic = (topic: string): string | undefined => topic.split('/')[3];
+
+/** A device's video stream topics (docs/STREAMS.md), and the fleet-wide stop a client's Last Will uses. */
+export interface StreamTopics {
+  start: string;
+  stop: string;
+  renew: string;
+  fleetStop: string;
+}
+
+export function streamTopics(fleet: string, device: string): StreamTopics {
+  const d = `${TOPIC_ROOT}/${fleet}/${device}/stream`;
+  return { start: `${d}/start`, stop: `${d}/stop`, renew: `${d}/renew`, fleetStop: fleetStreamStopTopic(fleet) };
+}
+
+/** Every agent of a fleet stops the streams a StreamControl names here (a stream client's Last Will). */
+export const fleetStreamStopTopic = (fleet: string) => `${TOPIC_ROOT}/${fleet}/stream/stop`;

@@ -21,6 +21,7 @@ import { checkRequest } from './request.js';
 import { GatedStage, Semaphore, type RequestContext } from './scheduler.js';
 import { loadTokenizer } from './tokenizer.js';
 import type { Pipeline, PipelineEvent, QueryRequest, RunOptions } from './types.js';
+import type { VisionTokens } from './vision.js';
 
 const OptionsSchema = z
   .object({
@@ -119,26 +120,26 @@ class SetokimPipeline implements LocalPipeline {
     if (outer?.aborted) ac.abort(outer.reason);
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
     ch.onReturn = () => ac.abort(new SetokimError(ErrorCodes.CANCELLED, 'the consumer stopped reading'));
-    void this.execute(request, ac, ch).finally(() => {
+    void this.execute(request, ac, ch, options.vision).finally(() => {
       outer?.removeEventListener('abort', onOuterAbort);
       ch.end();
     });
     return ch;
   }
 
-  private async execute(request: QueryRequest, ac: AbortController, ch: EventChannel<PipelineEvent>): Promise<void> {
+  private async execute(request: QueryRequest, ac: AbortController, ch: EventChannel<PipelineEvent>, vision?: VisionTokens): Promise<void> {
     const startedAt = performance.now();
     const id = typeof request?.id === 'string' ? request.id : '';
     this.running.add(ac);
     let release: (() => void) | undefined;
     try {
       if (this.closed) throw new SetokimError(ErrorCodes.BUSY, 'the pipeline is closed');
-      const req = checkRequest(request, { maxTokens: this.info.maxTokens });
+      const req = checkRequest(request, { maxTokens: this.info.maxTokens }, !!vision);
       ch.push({ type: 'accepted', id });
       release = await this.admission.acquire(ac.signal);
       this.active++;
       const ctx: RequestContext = { signal: ac.signal, times: {} };
-      await runQuery({ models: this.models, kv: this.kv, imageLimits: this.imageLimits }, req, ctx, (e) => ch.push(e), startedAt);
+      await runQuery({ models: this.models, kv: this.kv, imageLimits: this.imageLimits }, req, ctx, (e) => ch.push(e), startedAt, vision);
     } catch (err) {
       const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =

@@ -46,23 +46,25 @@ function stage(models: PipelineModels, name: StageName, task: string): GatedStag
   return s;
 }
 
+/** `prepared`: vision tokens computed already (RunOptions.vision): no image path runs. */
 export async function runQuery(
   env: QueryEnv,
   req: CheckedRequest,
   ctx: RequestContext,
   emit: (e: PipelineEvent) => void,
   startedAt: number,
+  prepared?: VisionTokens,
 ): Promise<void> {
   const { models } = env;
   const a = models.arch;
   const tok = models.tokenizer;
   const id = req.id;
-  for (const s of TASK_STAGES[req.task]!) stage(models, s, req.task);
+  for (const s of TASK_STAGES[req.task]!) if (!prepared || (s !== 'encoder' && s !== 'merger')) stage(models, s, req.task);
   const sampler = new Sampler({ temperature: req.temperature, topK: req.topK, topP: req.topP, seed: req.seed });
   const imageTask = req.task === 'generate' || req.task === 'edit';
 
   let pre: Preprocessed | undefined;
-  let vision: VisionTokens | undefined;
+  let vision: VisionTokens | undefined = prepared;
   if (req.image) {
     pre = await timed(ctx, 'preprocess', () => preprocess(req.image!, a.image, env.imageLimits));
     vision = await visionTokens(a, { encoder: stage(models, 'encoder', req.task), merger: stage(models, 'merger', req.task) }, pre.pixels, ctx);

@@ -42,8 +42,11 @@ export interface RequestDefaults {
   maxTokens: number;
 }
 
-/** Throws BAD_ARGUMENT / BAD_INPUT / UNKNOWN_TASK with a message that says what to fix. */
-export function checkRequest(request: QueryRequest, defaults: RequestDefaults): CheckedRequest {
+/**
+ * Throws BAD_ARGUMENT / BAD_INPUT / UNKNOWN_TASK with a message that says what to fix. `withVision`:
+ * the caller brings vision tokens (RunOptions.vision) in place of an image.
+ */
+export function checkRequest(request: QueryRequest, defaults: RequestDefaults, withVision = false): CheckedRequest {
   const parsed = RequestSchema.safeParse(request);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
@@ -54,7 +57,9 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
     throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
   const task = r.task as Task;
   const needsImage = task !== 'generate';
-  if (needsImage && !r.image) throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
+  if (withVision && (r.image || (task !== 'ask' && task !== 'describe')))
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `vision tokens given with the request serve 'ask' and 'describe' without an image, not '${task}'${r.image ? ' with one' : ''}`);
+  if (needsImage && !r.image && !withVision) throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
   if (task === 'generate' && r.image)
     throw new SetokimError(ErrorCodes.BAD_INPUT, "task 'generate' takes no image; use 'edit' to change an image");
   const prompt = r.prompt?.trim() ? r.prompt : task === 'describe' ? DESCRIBE_PROMPT : '';

@@ -3,6 +3,7 @@
  * these; the protobuf messages in proto/ mirror them field for field.
  */
 import type { ErrorCode } from '../errors.js';
+import type { VisionTokens } from './vision.js';
 
 export const TASKS = ['ask', 'describe', 'segment', 'generate', 'edit'] as const;
 export type Task = (typeof TASKS)[number];
@@ -48,6 +49,12 @@ export type PipelineEvent =
 
 export interface RunOptions {
   signal?: AbortSignal;
+  /**
+   * Vision tokens computed already (a stream's frame, docs/STREAMS.md): an `ask` or `describe`
+   * then needs no image and skips preprocess, encoder, clustering and merger (and emits no
+   * `clustered`); the rest of the query (prompt, prefill, decode) is the normal path.
+   */
+  vision?: VisionTokens;
 }
 
 export interface Pipeline {

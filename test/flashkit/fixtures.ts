@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createBundle, generateKeys, loadPrivateKey } from '../../src/fleet/index.js';
 import { synthesize } from '../../tools/export/synth.js';
+import { testCompatibility } from '../fleet/helpers.js';
 
 const run = promisify(execFile);
 
@@ -17,12 +18,19 @@ export interface KitInputs {
   config: string;
 }
 
-export async function kitInputs(dir: string, config: Record<string, unknown>, seed = 11): Promise<KitInputs> {
+/** A kit's inputs; the bundle is signed for `fleets` (default: the config's fleet), any target, for a day. */
+export async function kitInputs(
+  dir: string,
+  config: Record<string, unknown>,
+  seed = 11,
+  fleets = [String(config.fleet)],
+): Promise<KitInputs> {
   const setDir = join(dir, 'set');
   await synthesize({ config: 'tiny', seed, out: setDir });
   const keys = await generateKeys(join(dir, 'keys'));
   const bundle = join(dir, 'r1.bundle');
-  await createBundle({ models: setDir, release: 1, key: await loadPrivateKey(keys.privatePath), out: bundle });
+  const compatibility = testCompatibility({ fleets });
+  await createBundle({ models: setDir, release: 1, key: await loadPrivateKey(keys.privatePath), out: bundle, compatibility });
   const configPath = join(dir, 'agent.yaml');
   await writeFile(configPath, JSON.stringify(config)); // JSON is YAML
   return { dir, setDir, bundle, pub: keys.publicPath, priv: keys.privatePath, config: configPath };

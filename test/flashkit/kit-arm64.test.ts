@@ -43,6 +43,7 @@ async function arm64Kit(): Promise<void> {
     dir,
     { broker: { url: 'mqtts://unused:8883', ca: ca.cert }, limits: { queueSize: 4 } },
     12,
+    ['plant-a'],
   );
   const csv = join(dir, 'devices.csv');
   writeFileSync(

@@ -18,6 +18,7 @@ const RANK: Record<string, number> = {
   'src/settings.ts': 1,
   'src/mqtt': 2,
   'src/engine': 3,
+  'src/media': 3,
   'src/setok': 4,
   'src/pipeline': 5,
   'src/quant': 6,

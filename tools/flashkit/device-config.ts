@@ -32,6 +32,8 @@ export interface OverlayFile {
 export interface DeviceSetup {
   /** The device id, or undefined for the one configuration of a kit without --devices. */
   id?: string;
+  /** Its fleet: the bundle committed into the kit's store must be signed for it. */
+  fleet: string;
   files: OverlayFile[];
 }
 
@@ -154,13 +156,14 @@ export function deviceSetup(
     overBroker.url = device.broker;
   }
   const config = merge(base, over);
+  let fleet: string;
   try {
-    parseAgentConfig(
+    fleet = parseAgentConfig(
       config,
       device
         ? `configuration for ${device.device} (${configFile} + ${csv} line ${device.line})`
         : `configuration ${configFile}`,
-    );
+    ).fleet;
   } catch (err) {
     if (err instanceof SetokimError)
       throw new SetokimError(ErrorCodes.BAD_CONFIG, `the agent would refuse this: ${err.message}`);
@@ -170,5 +173,5 @@ export function deviceSetup(
     `# ${DEVICE.config}: written by setokim flash-kit${device ? ` for ${device.device}` : ''}; the ` +
     `agent reads it (setokim agent --config).\n`;
   files.push({ path: DEVICE.config, text: header + stringify(config), mode: 0o600, owner: 'service' });
-  return { ...(device ? { id: device.device } : {}), files };
+  return { ...(device ? { id: device.device } : {}), fleet, files };
 }

@@ -17,7 +17,7 @@ import { readConfigFile } from '../../src/agent/config.js';
 import { packageRoot } from '../../src/engine/native.js';
 import { sha256File } from '../../src/engine/manifest.js';
 import { ErrorCodes, SetokimError } from '../../src/errors.js';
-import { keyIdOf, loadPublicKey, verifyBundle, type BundleManifest } from '../../src/fleet/index.js';
+import { checkBinding, compatibilityOf, keyIdOf, loadPublicKey, verifyBundle, type BundleManifest } from '../../src/fleet/index.js';
 import { checkAddonTools } from './addon.js';
 import { checkCompiled, stageApp, type StagedApp } from './app.js';
 import { buildDeb, writeControlDir, writeDocs, type Compression } from './deb.js';
@@ -36,6 +36,11 @@ export interface KitOptions {
   out: string;
   arch: DebArch;
   devices?: string;
+  /**
+   * The boards' target (orin-nano-8gb/jp6.2/trt10.3, `setokim doctor` on one of them): needed when
+   * the bundle is bound to targets other than `*`, since the kit is built on another machine.
+   */
+  target?: string;
   compression?: Compression;
   maintainer?: string;
   /** Progress lines (stderr in the CLI). */
@@ -138,6 +143,7 @@ export class KitBuilder {
     } else {
       common = deviceSetup(base, o.config, pubkey);
     }
+    await this.checkBinding(manifest, [...(common ? [common] : []), ...devices]);
     for (const [tool, pkg] of TOOLS) {
       await run('which', [tool]).catch(() => {
         throw new SetokimError(
@@ -151,6 +157,24 @@ export class KitBuilder {
     const version = (JSON.parse(await readFile(join(this.root, 'package.json'), 'utf8')) as { version: string })
       .version;
     return { version, pubkey, manifest, common, devices };
+  }
+
+  /**
+   * Step 1b: the bundle must be one every board of the kit would accept (its fleet, expiry, agent
+   * version and the boards' target), checked before anything is written.
+   */
+  private async checkBinding(manifest: BundleManifest, setups: DeviceSetup[]): Promise<void> {
+    const targets = compatibilityOf(manifest)?.targets ?? ['*'];
+    if (this.o.target === undefined && targets.some((t) => t !== '*')) {
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `${this.o.bundle} is bound to target ${targets.join(', ')}: name the boards' target with --target ` +
+          '(setokim doctor on one of them prints it); the kit is not built on the board',
+      );
+    }
+    for (const fleet of new Set(setups.map((d) => d.fleet))) {
+      await checkBinding(manifest, this.o.bundle, { device: { fleet, ...(this.o.target ? { target: this.o.target } : {}) } });
+    }
   }
 
   /** Step 2: the Debian package. */
@@ -212,6 +236,8 @@ export class KitBuilder {
     await writeCommonOverlay(common, {
       bundle: this.o.bundle,
       pubkey: c.pubkey,
+      // Checked for every board's fleet in step 1b; the store takes it as the first board's.
+      binding: { fleet: (c.common ?? c.devices[0])!.fleet, ...(this.o.target ? { target: this.o.target } : {}) },
       ...(c.common ? { device: c.common.files } : {}),
       onStep: (step, detail) => this.log(`  [${step}] ${detail}`),
     });

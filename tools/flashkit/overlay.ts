@@ -9,7 +9,7 @@
 import type { KeyObject } from 'node:crypto';
 import { copyFile, mkdir, readdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
-import { canaryQuery, installBundle, type InstallResult } from '../../src/fleet/index.js';
+import { canaryQuery, installBundle, type DeviceIdentity, type InstallResult } from '../../src/fleet/index.js';
 import type { OverlayFile } from './device-config.js';
 import { DEVICE } from './layout.js';
 
@@ -82,6 +82,8 @@ export interface CommonOverlayOptions {
   pubkey: KeyObject;
   /** The kit's single configuration (no --devices), else nothing. */
   device?: OverlayFile[];
+  /** The boards' fleet and target the bundle's signed binding is checked against. */
+  binding: DeviceIdentity;
   onStep?: (step: string, detail: string) => void;
 }
 
@@ -102,6 +104,7 @@ export async function writeCommonOverlay(o: Overlay, c: CommonOverlayOptions): P
     store,
     pubkey: c.pubkey,
     health: (dir) => canaryQuery(dir),
+    device: c.binding,
     ...(c.onStep ? { onStep: c.onStep } : {}),
   });
   o.addDir(DEVICE.stateDir, 0o750, 'service');
