@@ -88,6 +88,8 @@ export interface AgentOptions {
   version?: string;
   /** Counts a prompt's tokens (the model set's tokenizer) for limits.maxPromptTokens. */
   countTokens?: (text: string) => number;
+  /** This device's target (detectTarget().id), reported in the retained status. */
+  target?: string;
 }
 
 export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
@@ -100,6 +102,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   private readonly retiring = new Set<Promise<void>>();
   private readonly log: Logger;
   private readonly version: string;
+  private readonly target?: string;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
   /** Where replies may go (setokim/v1/replies/# and replyTopics): the query and stream services both check it. */
@@ -126,6 +129,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
     this.version = opts.version ?? packageVersion();
+    if (opts.target) this.target = opts.target;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
     const h = this.config.health;
@@ -440,6 +444,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
       ...this.healthSummary(online),
       streams: 0,
       maxStreams: 0,
+      ...(this.target ? { target: this.target } : {}),
       ...extra,
     };
   }

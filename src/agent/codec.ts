@@ -432,6 +432,8 @@ export interface AgentStatus {
   /** Video streams running, and the most the agent takes (streams.max, 0: none); docs/STREAMS.md. */
   streams: number;
   maxStreams: number;
+  /** The device's target (src/engine/target.ts); absent from agents that predate it. */
+  target?: string;
 }
 
 export function encodeStatus(s: AgentStatus): Uint8Array {

@@ -134,7 +134,11 @@ export class UpdateService {
       pubkey: await loadPublicKey(u.pubkey),
       // the target is detected at install time
       binding: { device: { fleet: config.fleet }, maxReleaseJump: u.maxReleaseJump },
-      health: o.health ?? ((dir) => canaryQuery(dir, backend ? { backend } : {})),
+      // The canary runs where the set will serve: the configured backend, else the one the
+      // install prepared (tensorrt once engines are ready for this device's target).
+      health: o.health ?? ((dir, ctx) => canaryQuery(dir, { ...ctx, ...(backend ? { backend } : {}) })),
+      // An agent held to another backend serves no engine: none is built for it.
+      ...(backend && backend !== 'tensorrt' ? { engines: false as const } : {}),
       urls: { allowUrls: u.allowUrls, allowHttp: u.allowHttp },
       jobsFor: { fleet: config.fleet, device: config.device },
       signedJobs: u.signedJobs,

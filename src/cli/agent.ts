@@ -10,6 +10,7 @@ import { agentSettings, loadAgentConfig } from '../agent/config.js';
 import { openServingSet, startingModels, startUpdates, type UpdateService } from '../agent/updates.js';
 import { SystemdNotifier } from '../agent/watchdog.js';
 import { startStreams, type StreamService } from '../agent/streams.js';
+import { describeTarget, detectTarget } from '../engine/target.js';
 import { loadPublicKey } from '../fleet/keys.js';
 import { parseFlags } from '../flags.js';
 import { redactUrl } from '../redact.js';
@@ -47,7 +48,15 @@ export function registerAgent(program: Command): void {
       const models = await startingModels(config, log);
       log('info', `opening the model set ${models}`);
       const opened = await openServingSet(config, models);
-      const agent = new Agent({ config, pipeline: opened.pipeline, log, ...(opened.countTokens ? { countTokens: opened.countTokens } : {}) });
+      const target = await detectTarget();
+      log('info', `target ${describeTarget(target)}`);
+      const agent = new Agent({
+        config,
+        pipeline: opened.pipeline,
+        log,
+        target: target.id,
+        ...(opened.countTokens ? { countTokens: opened.countTokens } : {}),
+      });
       // Under systemd (Type=notify, WatchdogSec=): ready once the set is open; the broker may come and go.
       const systemd = SystemdNotifier.fromEnv({ log });
       systemd?.ready(`serving ${opened.pipeline.info.modelSetId}; connecting to ${redactUrl(config.broker.url)}`);

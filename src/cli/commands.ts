@@ -1,7 +1,8 @@
 /** Every subcommand of `setokim`, one registration function per file. */
 import type { Command } from 'commander';
 import { registerAgent } from './agent.js';
-import { registerBundle, registerFleet } from './bundle.js';
+import { registerBundle } from './bundle.js';
+import { registerFleet } from './fleet.js';
 import { registerDemo } from './demo.js';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';

@@ -75,9 +75,14 @@ export interface NativeAddon {
   /** flock(2) without waiting on a descriptor (native/trt/addon/file_lock_binding.cc; src/engine/file-lock.ts). */
   flock?: (fd: number, op: 'exclusive' | 'unlock') => boolean;
   trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
+  /**
+   * `registerCancel` is called at once with a function that asks the build to stop at TensorRT's next
+   * progress step (IProgressMonitor::stepComplete returns false); the promise then rejects.
+   */
   trtBuildEngine?(
     options: NativeTrtBuildOptions,
     onProgress?: (phase: string, step: number, steps: number) => void,
+    registerCancel?: (cancel: () => void) => void,
   ): Promise<NativeTrtBuildResult>;
   /** One sd_notify(3) datagram to a $NOTIFY_SOCKET address (native/trt/addon/notify_binding.cc). */
   sdNotify?(socket: string, state: string): void;

@@ -263,10 +263,26 @@ export async function detectTarget(o: DetectTargetOptions = {}): Promise<Target>
   }
   const memKb = /^MemTotal:\s+(\d+)\s*kB/m.exec(files.meminfo ?? '')?.[1];
   const module = jetsonModule(jetson.model, jetson.compatible, memKb ? Number(memKb) * 1024 : null);
-  const { l4t, jetpack, chip } = jetson;
-  const platform = jetpack ? `jp${majorMinor(jetpack)}` : l4t ? `l4t${majorMinor(l4t)}` : 'none';
+  const { l4t, chip } = jetson;
+  const platform = l4t ? platformOf(l4t) : 'none';
   const sm = probed ?? (chip ? (CHIP_SM[chip] ?? null) : null);
   return { id: `${module}/${platform}/${runtime}`, module, platform, runtime, arch, sm, tensorrt, jetson };
+}
+
+/** The SM a target's module implies ("8.7" for any Orin, "8.9" for x86_64-sm89), or null when it names none. */
+export function moduleSm(module: string): string | null {
+  const sm = /-sm(\d+)(\d)$/.exec(module);
+  if (sm) return `${sm[1]}.${sm[2]}`;
+  if (/orin/.test(module)) return CHIP_SM.tegra234!;
+  if (/xavier/.test(module)) return CHIP_SM.tegra194!;
+  if (/thor/.test(module)) return CHIP_SM.tegra264!;
+  return null;
+}
+
+/** A target id's platform segment for an L4T release ("36.4.3" -> "jp6.2"; unknown: "l4t36.4"). */
+export function platformOf(l4t: string): string {
+  const jetpack = jetpackOf(l4t);
+  return jetpack ? `jp${majorMinor(jetpack)}` : `l4t${majorMinor(l4t)}`;
 }
 
 /** One line for logs and `setokim doctor`: the id, then what it rests on. */

@@ -11,11 +11,13 @@
  * payload byte is touched, and each file sits at an offset computed from the sizes before it.
  * Manifest format 2 adds the signed compatibility section (fleets, targets, expiry, minimum agent
  * version) that binds a bundle to where and until when it may be installed; format 1 has none.
+ * Format 3 adds prebuilt TensorRT engines per target (`engines`): their files follow the set's, one
+ * target's group after another, so a device reads (and writes) only its own target's group.
  */
 import { isAbsolute, posix } from 'node:path';
 import { z } from 'zod';
 import { ModelSetId, Sha256Hex } from '../engine/manifest.js';
-import { TargetPattern } from '../engine/target.js';
+import { matchTarget, TargetId, TargetPattern } from '../engine/target.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { levelName } from '../mqtt/topics.js';
 
@@ -23,10 +25,14 @@ export const BUNDLE_MAGIC = Buffer.from('SETOKIM-BNDL', 'ascii');
 export const PREFIX_BYTES = BUNDLE_MAGIC.length + 4;
 export const MAX_HEADER_BYTES = 4 * 2 ** 20;
 export const BUNDLE_FORMAT = 'setokim-bundle';
-/** The manifest format this runtime writes (2: with the compatibility section). */
+/** The manifest format this runtime writes for a set alone (2: with the compatibility section). */
 export const BUNDLE_VERSION = 2;
-/** The manifest formats this runtime reads: 1 (unbound: installed only with allowUnbound) and 2. */
-export const READABLE_BUNDLE_VERSIONS: readonly number[] = [1, 2];
+/** The manifest format this runtime writes for a set with prebuilt engines per target. */
+export const BUNDLE_ENGINES_VERSION = 3;
+/** The manifest formats this runtime reads: 1 (unbound: installed only with allowUnbound), 2 and 3. */
+export const READABLE_BUNDLE_VERSIONS: readonly number[] = [1, 2, 3];
+/** Where a set keeps engines (src/engine/engine-builder.ts engineDir): never a portable set file in format 3. */
+export const ENGINES_DIR = 'engines';
 /** Domain separation: a signature over a bundle manifest is never valid for anything else. */
 export const SIGNING_CONTEXT = 'setokim-bundle-v1\n';
 
@@ -73,6 +79,23 @@ export const CompatibilitySchema = z.strictObject({
 });
 export type Compatibility = z.infer<typeof CompatibilitySchema>;
 
+/** A plan or its manifest in an engine group: `<stage>.<precision>.plan` and `<stage>.<precision>.plan.json`. */
+const EngineFileName = /^[A-Za-z0-9_-]+\.[a-z0-9]+\.plan(\.json)?$/;
+
+/**
+ * The prebuilt engines for one target (format 3): plans with their engine manifests
+ * (src/engine/engine-manifest.ts), unpacked into `<set>/engines/` on a device of that target only.
+ */
+export const EngineGroupSchema = z.strictObject({
+  /** The exact target the plans were built on (no pattern): `orin-nano-8gb/jp6.2/trt10.3`. */
+  target: TargetId,
+  files: z
+    .array(BundleFileSchema.extend({ path: z.string().regex(EngineFileName, '<stage>.<precision>.plan[.json]') }))
+    .min(2)
+    .max(256),
+});
+export type EngineGroup = z.infer<typeof EngineGroupSchema>;
+
 const manifestFields = {
   format: z.literal(BUNDLE_FORMAT),
   modelSetId: ModelSetId,
@@ -101,6 +124,27 @@ function checkFiles(m: { files: BundleFile[] }, ctx: z.RefinementCtx): void {
   if (!seen.has('manifest.json')) ctx.addIssue({ code: 'custom', path: ['files'], message: 'manifest.json (the model set manifest) is missing' });
 }
 
+/** Each group's target distinct and allowed by `compatibility.targets`; each plan with its manifest; no set file under engines/. */
+function checkEngines(m: { compatibility: Compatibility; engines: EngineGroup[]; files: BundleFile[] }, ctx: z.RefinementCtx): void {
+  const issue = (message: string) => ctx.addIssue({ code: 'custom', path: ['engines'], message });
+  const targets = m.engines.map((g) => g.target);
+  if (new Set(targets).size !== targets.length) issue('a target has two engine groups');
+  for (const g of m.engines) {
+    if (!m.compatibility.targets.some((p) => matchTarget(p, g.target))) {
+      issue(`engines for ${g.target}, which compatibility.targets (${m.compatibility.targets.join(', ')}) does not allow`);
+    }
+    const names = new Set(g.files.map((f) => f.path));
+    if (names.size !== g.files.length) issue(`${g.target}: a file is listed twice`);
+    for (const n of names) {
+      const pair = n.endsWith('.json') ? n.slice(0, -'.json'.length) : `${n}.json`;
+      if (!names.has(pair)) issue(`${g.target}: ${n} comes without ${pair}`);
+    }
+  }
+  for (const f of m.files) {
+    if (f.path.split('/')[0] === ENGINES_DIR) issue(`${f.path}: engines travel in engine groups, not as set files`);
+  }
+}
+
 /** Format 1: no compatibility section, so bound to nothing (read for the opt-in only). */
 export const BundleManifestV1Schema = z
   .strictObject({ ...manifestFields, formatVersion: z.literal(1) })
@@ -109,13 +153,27 @@ export const BundleManifestV1Schema = z
 export const BundleManifestV2Schema = z
   .strictObject({ ...manifestFields, formatVersion: z.literal(2), compatibility: CompatibilitySchema })
   .superRefine(checkFiles);
+/** Format 3: format 2 plus prebuilt engines per target. */
+export const BundleManifestV3Schema = z
+  .strictObject({
+    ...manifestFields,
+    formatVersion: z.literal(3),
+    compatibility: CompatibilitySchema,
+    engines: z.array(EngineGroupSchema).min(1).max(64),
+  })
+  .superRefine(checkFiles)
+  .superRefine(checkEngines);
 export type BundleManifestV1 = z.infer<typeof BundleManifestV1Schema>;
 export type BundleManifestV2 = z.infer<typeof BundleManifestV2Schema>;
-export type BundleManifest = BundleManifestV1 | BundleManifestV2;
+export type BundleManifestV3 = z.infer<typeof BundleManifestV3Schema>;
+export type BundleManifest = BundleManifestV1 | BundleManifestV2 | BundleManifestV3;
 
 /** The compatibility section of a manifest, or null for an unbound (format 1) bundle. */
 export const compatibilityOf = (m: BundleManifest): Compatibility | null =>
-  m.formatVersion === 2 ? m.compatibility : null;
+  m.formatVersion === 1 ? null : m.compatibility;
+
+/** The engine groups of a manifest (none before format 3). */
+export const engineGroupsOf = (m: BundleManifest): EngineGroup[] => (m.formatVersion === 3 ? m.engines : []);
 
 export const BundleHeaderSchema = z.strictObject({
   manifest: z.unknown(),
@@ -147,11 +205,12 @@ export function parseBundleManifest(json: unknown, where: string): BundleManifes
   if (!head.success || head.data.format !== BUNDLE_FORMAT) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`);
   const version = head.data.formatVersion;
   if (typeof version !== 'number' || !READABLE_BUNDLE_VERSIONS.includes(version)) {
-    const reads = READABLE_BUNDLE_VERSIONS.join(' and ');
+    const reads = `${READABLE_BUNDLE_VERSIONS.slice(0, -1).join(', ')} and ${READABLE_BUNDLE_VERSIONS.at(-1)}`;
     const msg = `${where}: bundle formatVersion ${JSON.stringify(version)} is not supported (this runtime reads ${reads})`;
     throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${msg}; update setokim-edge`);
   }
-  const parsed = (version === 1 ? BundleManifestV1Schema : BundleManifestV2Schema).safeParse(json);
+  const schema = { 1: BundleManifestV1Schema, 2: BundleManifestV2Schema, 3: BundleManifestV3Schema }[version as 1 | 2 | 3];
+  const parsed = schema.safeParse(json);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
     throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: invalid bundle manifest: ${issues}`);

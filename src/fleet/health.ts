@@ -22,7 +22,12 @@ export interface CanaryResult {
   backend: string;
 }
 
-export type HealthCheck = (dir: string) => Promise<CanaryResult>;
+/** What the install tells its health check: the backend that will serve the set (tensorrt once engines were prepared). */
+export interface HealthContext {
+  backend?: string;
+}
+
+export type HealthCheck = (dir: string, ctx: HealthContext) => Promise<CanaryResult>;
 
 async function defaultImage(): Promise<Uint8Array> {
   const w = 96;

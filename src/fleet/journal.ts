@@ -4,6 +4,9 @@
  *   journal.json   the install in progress and the last step it finished (absent when idle)
  *   release.json   the last committed release: the anti-rollback floor, and the commit record
  *   staging/       where a bundle is unpacked before it is renamed into the store
+ *   engines/       the engine cache (src/engine/engine-cache.ts): plans by (stage file, precision,
+ *                  dialect, target, profiles), hard-linked into the sets that use them
+ *   trash/         sets being pruned: renamed here first, so a set disappears from the store at once
  *   lock           flock(2)ed by the process installing or recovering (its pid inside, for messages)
  * Both JSON files are written with write-temp + fsync + rename, so a crash leaves old or new.
  */
@@ -15,8 +18,12 @@ import { ErrorCodes, SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from '../engine/durable.js';
 import { FileLock } from '../engine/file-lock.js';
 
-/** Steps an install records, in order; recovery undoes whatever an uncommitted one did. */
-export const JOURNAL_STEPS = ['staging', 'staged', 'placed', 'activated'] as const;
+/**
+ * Steps an install records, in order; recovery undoes whatever an uncommitted one did. An install
+ * cut off in `building-engines` is rolled back like the others; the engines it finished stay in
+ * the engine cache, so the next install of that release builds only the rest.
+ */
+export const JOURNAL_STEPS = ['staging', 'staged', 'building-engines', 'placed', 'activated'] as const;
 export type JournalStep = (typeof JOURNAL_STEPS)[number];
 
 export const JournalSchema = z.strictObject({
@@ -43,6 +50,8 @@ export const fleetDir = (root: string) => join(root, '.fleet');
 export const journalPath = (root: string) => join(fleetDir(root), 'journal.json');
 export const releasePath = (root: string) => join(fleetDir(root), 'release.json');
 export const stagingRoot = (root: string) => join(fleetDir(root), 'staging');
+export const engineCacheDir = (root: string) => join(fleetDir(root), 'engines');
+export const trashDir = (root: string) => join(fleetDir(root), 'trash');
 const lockPath = (root: string) => join(fleetDir(root), 'lock');
 
 async function readJson<T>(path: string, schema: z.ZodType<T>, what: string): Promise<T | null> {

@@ -18,7 +18,8 @@ import { ErrorCodes, errorCode, SetokimError, type ErrorCode } from '../errors.j
 import { DEFAULT_MAX_DOWNLOAD_BYTES, downloadBundle } from './download.js';
 import type { BindingPolicy } from './compat.js';
 import type { HealthCheck } from './health.js';
-import { installBundle, type InstallResult, type InstallStep } from './install.js';
+import type { EngineProgress } from './engines.js';
+import { installBundle, type EngineInstallOptions, type InstallResult, type InstallStep } from './install.js';
 import { fleetDir } from './journal.js';
 import { UrlPolicy, type JobSource, type UrlPolicyOptions } from './policy.js';
 import {
@@ -97,6 +98,11 @@ export interface UpdateHandlerOptions {
   maxDownloadBytes?: number;
   /** A download that receives nothing for this long is DOWNLOAD_STALLED (download.ts' default). */
   stallMs?: number;
+  /**
+   * How installs prepare engines (install.ts; default: detected for this device). The job's time
+   * limit and stop cancel a build under way; each build's progress goes out as `building-engines`.
+   */
+  engines?: EngineInstallOptions | false;
   /** The details of each refusal and failure (the device's log; URLs redacted). Never published. */
   log?: (level: 'info' | 'warn', message: string) => void;
 }
@@ -217,6 +223,7 @@ export class UpdateHandler {
 
 const STATE_OF: Partial<Record<InstallStep, UpdateState>> = {
   staging: 'installing',
+  'building-engines': 'building-engines',
   placed: 'activating',
   activated: 'health',
 };
@@ -325,7 +332,25 @@ class JobRun {
       reserveBytes: this.o.reserveBytes,
       onProgress: this.progress('installing'),
       onStep: (s, detail) => this.onStep(s, detail),
+      engines: this.engines(),
     });
+  }
+
+  /** The install's engine options: cancelled with the job, progress as `building-engines` states (stages done of stages to build). */
+  private engines(): EngineInstallOptions | false {
+    const o = this.o.engines;
+    if (o === false) return false;
+    const every = this.o.progressIntervalMs ?? 500;
+    let last = 0;
+    const onProgress = (p: EngineProgress) => {
+      o?.onProgress?.(p);
+      const now = performance.now();
+      const edge = p.phase === 'start' || p.phase === 'done';
+      if (!edge && now - last < every) return;
+      last = now;
+      this.send('building-engines', { done: p.index - (p.phase === 'done' ? 0 : 1), total: p.count, stage: p.stage });
+    };
+    return { ...o, signal: this.signal, onProgress };
   }
 
   private async onStep(s: InstallStep, detail: string): Promise<void> {

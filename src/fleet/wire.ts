@@ -21,6 +21,7 @@ export const UPDATE_STATES = [
   'downloading',
   'verifying',
   'installing',
+  'building-engines',
   'activating',
   'health',
   'committed',
@@ -69,9 +70,11 @@ export const UpdateStateSchema = z.object({
   code: WireCode.optional(),
   /** Generic text for the code (never what was fetched, a hash, a path or a server's answer). */
   message: z.string().optional(),
-  /** Bytes, while downloading or unpacking. */
+  /** Bytes, while downloading or unpacking; engines built of the engines to build, while building-engines. */
   done: z.number().int().nonnegative().optional(),
   total: z.number().int().nonnegative().optional(),
+  /** While building-engines: the stage whose engine is being built. */
+  stage: z.string().max(64).optional(),
   modelSetId: z.string().optional(),
   release: z.number().int().optional(),
   /** On committed only: a hook run after the commit point failed; the release stays committed and active. */

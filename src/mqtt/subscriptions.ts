@@ -35,6 +35,25 @@ export interface TopicLink {
 }
 
 /**
+ * Subscribes `topics` (filters too); a SUBACK that refuses any of them (the broker's ACL) rejects
+ * BROKER_REFUSED naming each refused topic and its reason code.
+ */
+export async function subscribeOrRefuse(client: MqttClient, topics: string[], qos: 0 | 1): Promise<void> {
+  try {
+    await client.subscribeAsync(topics, { qos });
+  } catch (err) {
+    const refused = refusedSubscriptions(topics, (err as { packet?: { granted?: unknown[] } }).packet?.granted);
+    if (refused.length)
+      throw new SetokimError(
+        ErrorCodes.BROKER_REFUSED,
+        `the broker refused the subscription to ${refused.join(', ')}; allow this client to subscribe to it in the broker's ACL`,
+        { cause: err },
+      );
+    throw err;
+  }
+}
+
+/**
  * Exact-topic routes on one mqtt.js client. With `listen`, each subscription also listens to the
  * client's messages itself; without, the owner of the client (the Agent) calls dispatch() first
  * for every message it receives.
@@ -61,18 +80,7 @@ export class TopicRoutes implements TopicLink {
     if (this.routes.has(topic))
       throw new SetokimError(ErrorCodes.INTERNAL, `${topic} is subscribed already on this connection`);
     const grant = async () => {
-      try {
-        await this.client.subscribeAsync(topic, { qos: o.qos ?? 1 });
-      } catch (err) {
-        const [refused] = refusedSubscriptions([topic], (err as { packet?: { granted?: unknown[] } }).packet?.granted);
-        if (refused)
-          throw new SetokimError(
-            ErrorCodes.BROKER_REFUSED,
-            `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`,
-            { cause: err },
-          );
-        throw err;
-      }
+      await subscribeOrRefuse(this.client, [topic], o.qos ?? 1);
       o.onSubscribed?.();
     };
     const onConnect = () => void grant().catch(() => {}); // the next reconnect tries again

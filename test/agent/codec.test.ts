@@ -90,5 +90,7 @@ t.test('cancel and status', async (t) => {
   t.equal(decodeCancel(encodeCancel('q9')), 'q9');
   t.throws(() => decodeCancel(encodeCancel('')), { code: 'BAD_MESSAGE' });
   const s = { fleet: 'f', device: 'd', online: true, modelSetId: 'm', backend: 'b', tasks: ['ask'], queueDepth: 1, inFlight: 2, queueSize: 3, concurrency: 4, maxImageBytes: 5, maxTokens: 6, maxContext: 7, updatedUnixMs: Date.now(), version: '0.1.0', streams: 1, maxStreams: 2 };
-  t.same(decodeStatus(encodeStatus(s)), s);
+  t.same(decodeStatus(encodeStatus(s)), s, 'no target: an agent from before targets; the field stays absent');
+  const withTarget = { ...s, target: 'orin-nano-8gb/jp6.2/trt10.3' };
+  t.same(decodeStatus(encodeStatus(withTarget)), withTarget, 'the target travels in the retained status');
 });

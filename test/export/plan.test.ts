@@ -1,4 +1,5 @@
 import t from 'tap';
+import { BUILDER_BASE_BYTES } from '../../src/engine/build-estimate.js';
 import { runCli } from '../helpers/cli.js';
 import { STAGES } from '../../src/engine/contract.js';
 import { CONFIGS } from '../../tools/export/configs.js';
@@ -125,7 +126,8 @@ t.test("decode ceiling per module and the engine builder's peak host memory", as
     `int4w decodes ${(nano(p) / nano(plan('fp16'))).toFixed(2)}x faster than fp16 at the ceiling`,
   );
   for (const s of p.stages.filter((x) => x.stage !== 'cluster')) t.equal(s.builderPeakBytes, builderPeakBytes(s.bytes));
-  t.equal(builderPeakBytes(GiB), 3 * GiB + GiB + RUNTIME_BYTES, '3x the weights + the 1 GiB workspace + the runtime');
+  t.equal(builderPeakBytes(GiB), 4 * GiB + GiB + RUNTIME_BYTES, '4x the weights + the 1 GiB workspace + the runtime');
+  t.equal(RUNTIME_BYTES, BUILDER_BASE_BYTES, "the planner's runtime is the builder's base of the device's preflight");
 });
 
 t.test('KV cache: LLaMA-7B keeps 512 KiB per position in fp16', async (t) => {

@@ -92,7 +92,7 @@ t.test('unsafe paths and duplicate entries are refused by the manifest schema', 
   const noSet = structuredClone(header.manifest);
   noSet.files.shift();
   t.throws(() => parseBundleManifest(noSet, 'x'), { code: 'BUNDLE_INVALID', message: /manifest\.json/ });
-  t.throws(() => parseBundleManifest({ ...header.manifest, formatVersion: 3 }, 'x'), { code: 'BUNDLE_INVALID', message: /formatVersion 3 is not supported \(this runtime reads 1 and 2\)/ });
+  t.throws(() => parseBundleManifest({ ...header.manifest, formatVersion: 4 }, 'x'), { code: 'BUNDLE_INVALID', message: /formatVersion 4 is not supported \(this runtime reads 1, 2 and 3\)/ });
 });
 
 t.test('canonical JSON: sorted keys at every level, no whitespace, integers only', async (t) => {

@@ -12,6 +12,7 @@ import { STAGES, type StageName } from '../../src/engine/contract.js';
 import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engine-builder.js';
 import { PRECISIONS, type Precision } from '../../src/engine/manifest.js';
 import { openModelSet, type ModelSet } from '../../src/engine/modelset.js';
+import { detectTarget } from '../../src/engine/target.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
 import { parseFlags } from '../../src/flags.js';
 import { StageListFlag } from './flags.js';
@@ -81,6 +82,8 @@ export function registerEngineCommand(exportCmd: Command): void {
         );
       }
       const set = await openModelSet(o.model);
+      // Recorded in every manifest: `bundle create --engines` ships engines per target (docs/FLEET.md).
+      const target = await detectTarget();
       const out = o.out ?? engineDir(set.dir);
       const timingCache = o.timingCache ?? path.join(out, 'timing.cache');
       for (const { stage, onnx, precision, plan } of engineSources(set, o.stages, o.precision, out)) {
@@ -99,6 +102,8 @@ export function registerEngineCommand(exportCmd: Command): void {
           signature: set.manifest.stages[stage]!.signature,
           profiles: stageDimProfiles(stage, set.architecture, { maxTokens: o.maxTokens, maxContext: o.maxContext }),
           precision,
+          target: target.id,
+          jetpack: target.jetson?.jetpack ?? null,
           workspaceBytes: o.workspaceMb * 1024 * 1024,
           timingCache,
           onProgress: (phase, step, steps) => {

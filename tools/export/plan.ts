@@ -17,6 +17,7 @@ import { BLOCK_SIZES, DEFAULT_BLOCK_SIZE } from '../../src/quant/index.js';
 import { CONFIG_NAMES, CONFIGS } from './configs.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { DEFAULT_WORKSPACE_MB } from './engine.js';
+import { builderPeakEstimate } from '../../src/engine/build-estimate.js';
 import {
   attn,
   bytesOf,
@@ -152,13 +153,12 @@ export interface StagePlan {
 }
 
 /**
- * A TensorRT engine build's host memory, estimated: the ONNX file the parser reads, the network's
- * copy of its weights and the serialized plan each hold about the weights once (3x), plus the
- * builder's tactic workspace and the CUDA/TensorRT runtime. On a Jetson host and GPU memory are the
- * same LPDDR5, so this is what the build needs free. Not yet measured on a device.
+ * A TensorRT engine build's host memory on a Jetson (unified memory), from the estimate the device's
+ * build preflight checks too (src/engine/build-estimate.ts: 4x the weights, the builder, the
+ * workspace), so the planner and a fleet install agree on what a build needs. Not measured on a device.
  */
 export const builderPeakBytes = (weightBytes: number, workspaceBytes = DEFAULT_WORKSPACE_MB * 2 ** 20) =>
-  3 * weightBytes + workspaceBytes + RUNTIME_BYTES;
+  builderPeakEstimate({ weightBytes, workspaceBytes, integratedGpu: true }).hostBytes;
 
 export interface ModulePlan {
   module: string;
@@ -358,9 +358,9 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
     `decode ceiling: bandwidth / ${fmtBytes(p.decodeBytesPerToken)} read per generated token (every LLM weight,`,
     'one embedding row, the fp16 KV cache of the mean answer position); a decode step cannot be',
     'faster than its weights stream from memory.',
-    'engine build: host memory a TensorRT build of the stage peaks at, estimated as 3x its weights',
-    `(the parsed ONNX, the network's copy, the serialized plan) + the ${DEFAULT_WORKSPACE_MB} MiB workspace + the`,
-    'runtime; unified memory on a Jetson. Not measured on a device.',
+    'engine build: host memory a TensorRT build of the stage peaks at, estimated as 4x its weights',
+    `(users see 3-4x) + the builder's 512 MiB + the ${DEFAULT_WORKSPACE_MB} MiB workspace; unified memory on a`,
+    'Jetson; what a fleet install checks before it builds. Not measured on a device.',
     'weights: the builds `export quantize` writes (TensorRT dialect): fp16 keeps LayerNorm parameters',
     'fp32; int8 stores linear weights int8 with fp32 scales and keeps everything else fp32 (the embed',
     'stage has no int8 build); int4w = INT4 weights, symmetric, one fp16 scale per block, for the LLM',

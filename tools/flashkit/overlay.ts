@@ -105,6 +105,9 @@ export async function writeCommonOverlay(o: Overlay, c: CommonOverlayOptions): P
     pubkey: c.pubkey,
     health: (dir) => canaryQuery(dir),
     device: c.binding,
+    // The kit is built off the board: no engine is checked or built for this machine's target
+    // (the board builds its own on first boot: setokim-engines.service, ensure-engines).
+    engines: false,
     ...(c.onStep ? { onStep: c.onStep } : {}),
   });
   o.addDir(DEVICE.stateDir, 0o750, 'service');
