@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Agent } from '../../src/agent/agent.js';
 import { QueryClient, newQueryId } from '../../src/agent/client.js';
 import { decodeStatus, type AgentStatus, type ReplyEvent } from '../../src/agent/codec.js';
@@ -207,7 +207,7 @@ async function scrape(port: number): Promise<string> {
   return (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
 }
 
-async function runAgent(t: Tap.Test, broker: TestBroker, device: string, tegrastats: string) {
+async function runAgent(t: Test, broker: TestBroker, device: string, tegrastats: string) {
   process.env.TEGRASTATS_TEST_LINES = linesFile;
   process.env.TEGRASTATS_TEST_PICK = '1'; // the busy JetPack 6 line: VDD_IN 16321 mW on every reading
   const pipeline = new StubPipeline({ holdable: true });

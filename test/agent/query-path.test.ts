@@ -5,6 +5,7 @@
  * queries, and broker credentials in its logs.
  */
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -13,12 +14,11 @@ import { connect, type IClientPublishOptions, type MqttClient } from 'mqtt';
 import t, { type Test } from 'tap';
 import { Agent, type AgentEvents } from '../../src/agent/agent.js';
 import { decodeReply, encodeQuery, type ReplyEvent, type WireQuery } from '../../src/agent/codec.js';
-import type { AgentConfigInput } from '../../src/agent/config.js';
 import { startUpdates } from '../../src/agent/updates.js';
 import { queryTopic, replyTopicFor, updateTopic } from '../../src/mqtt/topics.js';
 import { loadTokenizer } from '../../src/pipeline/tokenizer.js';
 import { mosquittoPath, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { testConfig, type TestBroker } from './brokers.js';
+import { testConfig, type TestBroker, type TestConfigExtra } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
 
 if (!mosquittoPath()) {
@@ -39,7 +39,7 @@ if (!mosquittoPath()) {
   const startAgent = async (
     t: Test,
     device: string,
-    extra: Partial<AgentConfigInput> = {},
+    extra: TestConfigExtra = {},
     countTokens?: (s: string) => number,
   ) => {
     const logs: string[] = [];
@@ -96,7 +96,9 @@ if (!mosquittoPath()) {
     client.publishAsync(queryTopic({ fleet: 'test', device }), Buffer.from(encodeQuery(q)), { qos: 1, ...opts });
   /** The next agent event of `name`, as a promise. */
   const next = <K extends keyof AgentEvents>(agent: Agent, name: K) =>
-    new Promise<AgentEvents[K]>((resolve) => agent.once(name, (...a) => resolve(a as AgentEvents[K])));
+    new Promise<AgentEvents[K]>((resolve) =>
+      (agent as EventEmitter).once(name, (...a: unknown[]) => resolve(a as AgentEvents[K])),
+    );
   const ended = (r: { reply?: ReplyEvent }) => r.reply?.type === 'done' || r.reply?.type === 'error';
 
   t.test('reply topics: setokim/v1/replies/# and the configured filters only', { timeout: 20_000 }, async (t) => {

@@ -34,7 +34,7 @@ for (const abstract of [false, true]) {
     t.equal((await sock.next(/^READY=1/)).state, 'READY=1\nSTATUS=serving set-1; connecting', 'one status line');
     n.startWatchdog();
     const from = sock.received.length;
-    const pings = [];
+    const pings: Awaited<ReturnType<typeof sock.next>>[] = [];
     for (let i = 0; i < 4; i++) pings.push(await sock.next(/^WATCHDOG=1$/, from + i));
     const gaps = pings.slice(1).map((p, i) => p.at - pings[i]!.at);
     // The first goes at once; then one per interval, never faster (a slow CI box may be slower).

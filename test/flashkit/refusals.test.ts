@@ -7,7 +7,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { copyFile, mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createBundle, generateKeys, loadPrivateKey, type Compatibility } from '../../src/fleet/index.js';
 import { testCompatibility } from '../fleet/helpers.js';
 import { checkCompiled } from '../../tools/flashkit/app.js';
@@ -21,7 +21,7 @@ let n = 0;
 
 /** Runs flash-kit with the good inputs and `over` replacing some; checks nothing was written. */
 async function refused(
-  t: Tap.Test,
+  t: Test,
   over: Record<string, string | undefined>,
   code: string,
   message: RegExp,

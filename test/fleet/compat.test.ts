@@ -8,7 +8,7 @@
 import { pathToFileURL } from 'node:url';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { sha256File } from '../../src/engine/manifest.js';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { detectTarget } from '../../src/engine/target.js';
@@ -50,7 +50,7 @@ async function storeWith1(): Promise<string> {
 /** Release 1 committed: the store every refusal is tried on (each must leave it as it was). */
 const root1 = await storeWith1();
 
-async function refused(t: Tap.Test, bundle: string, opts: Partial<InstallOptions>, code: string, message: RegExp, stepsBefore: InstallStep[] = []) {
+async function refused(t: Test, bundle: string, opts: Partial<InstallOptions>, code: string, message: RegExp, stepsBefore: InstallStep[] = []) {
   const before = await snapshot(root1);
   const steps: InstallStep[] = [];
   await t.rejects(installBundle({ bundle, store: root1, pubkey: f.pub, health: noCanary, onStep: (s) => void steps.push(s), ...opts }), { code, message });
@@ -59,7 +59,7 @@ async function refused(t: Tap.Test, bundle: string, opts: Partial<InstallOptions
 }
 
 /** Installs release 2 (seed 2) into a new store. */
-async function installs(t: Tap.Test, bundle: string, opts: Partial<InstallOptions>) {
+async function installs(t: Test, bundle: string, opts: Partial<InstallOptions>) {
   const root = newStore();
   const r = await installBundle({ bundle, store: root, pubkey: f.pub, health: noCanary, ...opts });
   t.equal(r.release, 2);

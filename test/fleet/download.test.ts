@@ -51,7 +51,7 @@ const sub = (name: string) => path.join(dir, name, 'b.bundle');
 t.test('a server that stops half-way: DOWNLOAD_STALLED after stallMs, partial kept; the next call resumes and verifies', async (t) => {
   const half = Math.floor(body.length / 2);
   const s = await server((res, start, ranged, n) => {
-    if (n > 0) return serveRange(res, start, ranged);
+    if (n > 0) return serveRange(res, start, ranged, n);
     res.writeHead(200, { 'content-length': body.length });
     res.write(body.subarray(0, half)); // and nothing more: the socket stays open
   });
