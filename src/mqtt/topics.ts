@@ -79,7 +79,7 @@ export const MAX_REPLY_TOPIC = 1024;
  * cannot make an agent write onto other devices' query or status topics whatever filters allow.
  */
 export function isSafeReplyTopic(topic: string): boolean {
-  if (!topic || topic.length > MAX_REPLY_TOPIC || /[#+\u0000]/.test(topic) || topic.startsWith('$')) return false;
+  if (!topic || topic.length > MAX_REPLY_TOPIC || /[#+]/.test(topic) || topic.includes('\u0000') || topic.startsWith('$')) return false;
   return !topic.startsWith('setokim/') || topic.startsWith(`${TOPIC_ROOT}/replies/`);
 }
 

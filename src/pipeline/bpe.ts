@@ -57,7 +57,10 @@ export class SentencePieceBpe {
         ids.push(id);
         mergeable.push(true);
       } else {
-        for (const b of utf8.encode(ch)) (ids.push(this.byteIds[b]!), mergeable.push(false));
+        for (const b of utf8.encode(ch)) {
+          ids.push(this.byteIds[b]!);
+          mergeable.push(false);
+        }
       }
     }
     return this.mergeAll(ids, mergeable);

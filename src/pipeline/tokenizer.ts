@@ -178,13 +178,34 @@ export async function loadLlamaTokenizer(): Promise<Tokenizer> {
 
 const METASPACE = '\u2581';
 
+/** The parts of a tokenizer.json that llamaLayout reads; everything optional, checked where read. */
+interface RawTokenizerJson {
+  model?: {
+    byte_fallback?: boolean;
+    dropout?: number | null;
+    ignore_merges?: boolean;
+    continuing_subword_prefix?: string | null;
+    end_of_word_suffix?: string | null;
+    vocab: Record<string, number>;
+    merges?: unknown;
+  };
+  normalizer?: RawStep & { normalizers?: RawStep[] };
+  pre_tokenizer?: RawStep & { replacement?: string; split?: boolean; prepend_scheme?: string };
+}
+interface RawStep {
+  type?: string;
+  prepend?: string;
+  pattern?: { String?: string };
+  content?: string;
+}
+
 /**
  * How a tokenizer.json in one of the LLaMA layouts turns text into the string BPE runs on, or
  * undefined for any other layout (then @huggingface/tokenizers encodes): the legacy one (normalizer
  * Prepend "▁" then Replace " " -> "▁", no pre-tokenizer) or Metaspace ("▁", prepend_scheme first or
  * always, split false, no normalizer), with a byte-fallback BPE model and every byte piece.
  */
-function llamaLayout(raw: Record<string, any>): ((text: string) => string) | undefined {
+function llamaLayout(raw: RawTokenizerJson): ((text: string) => string) | undefined {
   const m = raw.model;
   const plainBpe = m?.byte_fallback === true && !m.dropout && !m.ignore_merges;
   if (!plainBpe || m.continuing_subword_prefix || m.end_of_word_suffix) return undefined;
@@ -208,7 +229,7 @@ function llamaLayout(raw: Record<string, any>): ((text: string) => string) | und
     p?.type === 'Metaspace' &&
     p.replacement === METASPACE &&
     p.split === false &&
-    ['first', 'always'].includes(p.prepend_scheme);
+    (p.prepend_scheme === 'first' || p.prepend_scheme === 'always');
   if (metaspace) {
     return (text) => {
       const replaced = text.replaceAll(' ', METASPACE);
@@ -268,8 +289,14 @@ export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
 
   const pieces: (string | undefined)[] = [];
   const idOf = new Map<string, number>();
-  for (const [piece, id] of Object.entries(json.model.vocab)) (pieces[id] = piece), idOf.set(piece, id);
-  for (const t of json.added_tokens) (pieces[t.id] = t.content), idOf.set(t.content, t.id);
+  for (const [piece, id] of Object.entries(json.model.vocab)) {
+    pieces[id] = piece;
+    idOf.set(piece, id);
+  }
+  for (const t of json.added_tokens) {
+    pieces[t.id] = t.content;
+    idOf.set(t.content, t.id);
+  }
   const specials = {} as SpecialTokens;
   for (const [key, text] of Object.entries(SPECIAL_TEXT) as [keyof SpecialTokens, string][]) {
     const id = idOf.get(text);
@@ -286,8 +313,8 @@ export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
     throw invalid(`@huggingface/tokenizers refused it (${(err as Error).message})`, err);
   }
   const extra = json.added_tokens.filter((t) => t.special).map((t) => t.id);
-  const normalize = llamaLayout(raw as Record<string, any>);
-  const pairs = normalize && mergePairs((raw as Record<string, any>).model.merges);
+  const normalize = llamaLayout(raw as RawTokenizerJson);
+  const pairs = normalize && mergePairs((raw as RawTokenizerJson).model?.merges);
   if (normalize && pairs) {
     // The model's own vocabulary only: added tokens are never produced from text.
     const modelPieces: string[] = [];

@@ -15,7 +15,7 @@ import t, { type Test } from 'tap';
 import { Agent, type AgentEvents } from '../../src/agent/agent.js';
 import { decodeReply, encodeQuery, type ReplyEvent, type WireQuery } from '../../src/agent/codec.js';
 import { startUpdates } from '../../src/agent/updates.js';
-import { queryTopic, replyTopicFor, updateTopic } from '../../src/mqtt/topics.js';
+import { queryTopic, updateTopic } from '../../src/mqtt/topics.js';
 import { loadTokenizer } from '../../src/pipeline/tokenizer.js';
 import { mosquittoPath, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { testConfig, type TestBroker, type TestConfigExtra } from './brokers.js';
