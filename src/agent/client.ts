@@ -5,21 +5,18 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { connect, type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { connect, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { noDelay, WriteCoalescer } from './connection.js';
 import type { QueryRequest } from '../pipeline/types.js';
 import { decodeReply, decodeStatus, encodeCancel, encodeQuery } from './codec.js';
 import type { AgentStatus, ReplyEvent, WireQuery } from './codec.js';
 import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from '../mqtt/topics.js';
+import { clientOptions, type ClientConnectOptions } from '../mqtt/connection.js';
 import { redactUrl } from '../redact.js';
 
 /** Where the broker is, and the credentials and TLS files (src/mqtt/connection.ts credentialOptions) to reach it. */
-export interface QueryClientOptions extends Pick<IClientOptions, 'username' | 'password' | 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> {
-  url: string;
-  protocolVersion?: 4 | 5;
-  clientId?: string;
-}
+export type QueryClientOptions = ClientConnectOptions;
 
 export interface QueryOptions {
   /** Give up (EXPIRED) after this long without the final reply; also sent as the query deadline. */
@@ -118,21 +115,7 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
   static async connect(opts: QueryClientOptions): Promise<QueryClient> {
     const protocolVersion = opts.protocolVersion ?? 5;
     const clientId = opts.clientId ?? `setokim-q-${randomBytes(6).toString('hex')}`;
-    const options: IClientOptions = {
-      protocolVersion,
-      clientId,
-      clean: true,
-      reconnectPeriod: 500,
-      connectTimeout: 10_000,
-      resubscribe: false,
-      ...(opts.username !== undefined ? { username: opts.username } : {}),
-      ...(opts.password !== undefined ? { password: opts.password } : {}),
-      ...(opts.ca ? { ca: opts.ca } : {}),
-      ...(opts.cert ? { cert: opts.cert } : {}),
-      ...(opts.key ? { key: opts.key } : {}),
-      ...(opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: opts.rejectUnauthorized } : {}),
-    };
-    const mqttClient = connect(opts.url, options);
+    const mqttClient = connect(opts.url, { ...clientOptions(opts, clientId), resubscribe: false });
     const qc = new QueryClient(mqttClient, protocolVersion, clientId);
     await new Promise<void>((resolve, reject) => {
       const fail = (err: Error): void => {

@@ -8,9 +8,11 @@
 import { randomBytes } from 'node:crypto';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { clientOptions } from '../mqtt/connection.js';
 import { fleetStreamStopTopic, replyTopicFor, streamTopics } from '../mqtt/topics.js';
+import { redactUrl } from '../redact.js';
 import { EventChannel } from '../pipeline/channel.js';
-import { noDelay } from './agent.js';
+import { noDelay } from './connection.js';
 import type { QueryClientOptions } from './client.js';
 import {
   decodeStreamEvent,
@@ -67,11 +69,7 @@ export class StreamClient {
     const clientId = o.clientId ?? `setokim-s-${randomBytes(6).toString('hex')}`;
     const willDelayS = o.willDelayS ?? 5;
     const options: IClientOptions = {
-      protocolVersion,
-      clientId,
-      clean: true,
-      reconnectPeriod: 500,
-      connectTimeout: 10_000,
+      ...clientOptions(o, clientId),
       will: {
         topic: fleetStreamStopTopic(o.fleet),
         payload: Buffer.from(encodeStreamControl({ owner: clientId })),
@@ -81,12 +79,6 @@ export class StreamClient {
       },
       // The will waits for the session's end: keep the session as long as the will delay.
       ...(protocolVersion === 5 ? { properties: { sessionExpiryInterval: willDelayS } } : {}),
-      ...(o.username !== undefined ? { username: o.username } : {}),
-      ...(o.password !== undefined ? { password: o.password } : {}),
-      ...(o.ca ? { ca: o.ca } : {}),
-      ...(o.cert ? { cert: o.cert } : {}),
-      ...(o.key ? { key: o.key } : {}),
-      ...(o.rejectUnauthorized !== undefined ? { rejectUnauthorized: o.rejectUnauthorized } : {}),
     };
     const client = connect(o.url, options);
     await new Promise<void>((resolve, reject) => {
@@ -96,7 +88,7 @@ export class StreamClient {
         reject(
           new SetokimError(
             ErrorCodes.BAD_ARGUMENT,
-            `cannot reach the broker ${o.url}: ${err.message}; check the URL and that the broker is running`,
+            `cannot reach the broker ${redactUrl(o.url)}: ${err.message}; check the URL and that the broker is running`,
           ),
         );
       };

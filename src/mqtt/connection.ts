@@ -77,6 +77,31 @@ function readPem(path: string, what: string): Buffer {
   }
 }
 
+/** What a client program (setokim query, the stream client) connects with: credentials and TLS as values, not paths. */
+export interface ClientConnectOptions
+  extends Pick<IClientOptions, 'username' | 'password' | 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> {
+  url: string;
+  protocolVersion?: 4 | 5;
+  clientId?: string;
+}
+
+/** The mqtt.js options a client program starts from (its own additions, such as a will, go on top). */
+export function clientOptions(o: ClientConnectOptions, clientId: string): IClientOptions {
+  return {
+    protocolVersion: o.protocolVersion ?? 5,
+    clientId,
+    clean: true,
+    reconnectPeriod: 500,
+    connectTimeout: 10_000,
+    ...(o.username !== undefined ? { username: o.username } : {}),
+    ...(o.password !== undefined ? { password: o.password } : {}),
+    ...(o.ca ? { ca: o.ca } : {}),
+    ...(o.cert ? { cert: o.cert } : {}),
+    ...(o.key ? { key: o.key } : {}),
+    ...(o.rejectUnauthorized !== undefined ? { rejectUnauthorized: o.rejectUnauthorized } : {}),
+  };
+}
+
 /** The mqtt.js options for credentials and TLS (PEM files read now: BAD_CONFIG naming one that cannot be read). */
 export function credentialOptions(b: BrokerConnection): IClientOptions {
   return {
