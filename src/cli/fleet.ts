@@ -18,16 +18,19 @@ import { group, parseCommandSettings, registerFlags, setting } from '../settings
 
 const whole = (min: number) => z.number().int().min(min).max(Number.MAX_SAFE_INTEGER);
 
+/** --fleet, the same for rollout and status. */
+const fleet = setting({
+  schema: levelName,
+  required: true,
+  flag: '--fleet <name>',
+  env: 'SETOKIM_FLEET',
+  help: 'fleet name (required)',
+});
+
 /** Every flag of `setokim fleet rollout`, declared once (src/settings.ts); the broker's are shared with the agent and query. */
 const rolloutSettings = group({
   broker: brokerGroup({}),
-  fleet: setting({
-    schema: levelName,
-    required: true,
-    flag: '--fleet <name>',
-    env: 'SETOKIM_FLEET',
-    help: 'fleet name (required)',
-  }),
+  fleet,
   devices: setting({
     schema: z.array(levelName).min(1),
     required: true,
@@ -111,13 +114,7 @@ const rolloutSettings = group({
 /** Every flag of `setokim fleet status`. */
 const statusSettings = group({
   broker: brokerGroup({}),
-  fleet: setting({
-    schema: levelName,
-    required: true,
-    flag: '--fleet <name>',
-    env: 'SETOKIM_FLEET',
-    help: 'fleet name (required)',
-  }),
+  fleet,
   quiet: setting({
     schema: whole(1),
     default: 500,
