@@ -7,6 +7,8 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { DEFAULT_WORKSPACE_BYTES } from '../engine/engine-builder.js';
+import { DEFAULT_BUILD_TIMEOUT_MS } from '../fleet/engines.js';
 import { urlPrefixProblem } from '../fleet/policy.js';
 import { parseSource } from '../media/spec.js';
 import { brokerGroup } from '../mqtt/connection.js';
@@ -106,6 +108,22 @@ export const agentSettings = group(
           env: 'SETOKIM_UPDATE_MAX_DOWNLOAD_MIB',
           read: 'number',
           help: 'largest bundle download in MiB (one at a time); a job without a size needs this much free',
+        }),
+        buildTimeoutS: setting({
+          schema: count(1),
+          default: DEFAULT_BUILD_TIMEOUT_MS / 1000,
+          flag: '--update-build-timeout <s>',
+          env: 'SETOKIM_UPDATE_BUILD_TIMEOUT',
+          read: 'number',
+          help: 'seconds one engine build in an update may take before it is cancelled (ENGINE_BUILD_TIMEOUT, rolled back)',
+        }),
+        workspaceMib: setting({
+          schema: count(1),
+          default: DEFAULT_WORKSPACE_BYTES / 2 ** 20,
+          flag: '--update-workspace-mib <n>',
+          env: 'SETOKIM_UPDATE_WORKSPACE_MIB',
+          read: 'number',
+          help: 'TensorRT builder workspace limit in MiB for engines an update builds (lower it on 8 GB boards)',
         }),
         maxReleaseJump: setting({
           schema: count(1),

@@ -19,6 +19,7 @@ import {
   type InstallResult,
   type UpdateEvent,
 } from '../fleet/index.js';
+import type { EngineEnvironment } from '../fleet/engine-env.js';
 import { createPipeline, loadTokenizer } from '../pipeline/index.js';
 import type { Pipeline } from '../pipeline/types.js';
 import { BROKER_STOP_WAIT_MS, within, type Agent, type Logger } from './agent.js';
@@ -91,6 +92,8 @@ export interface UpdateServiceOptions {
   onEvent?: (e: UpdateEvent) => void;
   /** A download that receives nothing for this long is DOWNLOAD_STALLED (default 30 s; tests). */
   stallMs?: number;
+  /** The device the engine step builds for (default: detected here); tests give a target whose builder is a test double. */
+  engineEnv?: EngineEnvironment;
 }
 
 /** The agent's update service: its job topic, the handler, and the switch to each committed set. */
@@ -138,7 +141,14 @@ export class UpdateService {
       // install prepared (tensorrt once engines are ready for this device's target).
       health: o.health ?? ((dir, ctx) => canaryQuery(dir, { ...ctx, ...(backend ? { backend } : {}) })),
       // An agent held to another backend serves no engine: none is built for it.
-      ...(backend && backend !== 'tensorrt' ? { engines: false as const } : {}),
+      engines:
+        backend && backend !== 'tensorrt'
+          ? false
+          : {
+              buildTimeoutMs: u.buildTimeoutS * 1000,
+              workspaceBytes: u.workspaceMib * 2 ** 20,
+              ...(o.engineEnv ? { env: o.engineEnv } : {}),
+            },
       urls: { allowUrls: u.allowUrls, allowHttp: u.allowHttp },
       jobsFor: { fleet: config.fleet, device: config.device },
       signedJobs: u.signedJobs,

@@ -6,6 +6,7 @@
  * release 2, the status naming it), and `setokim agent --store` serves release 2 after a restart.
  */
 import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t from 'tap';
@@ -22,6 +23,7 @@ import { bundleOf, bundleServer, fixture, flipByte, offsetOf, testDevice } from 
 import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
 import { sha256File } from '../../src/engine/manifest.js';
+import { EngineBuilderTestDouble, tensorRtCanaryTestDouble, testEnvironment } from '../fleet/engine-doubles.js';
 
 const kind = brokerKinds[0]!;
 const broker: TestBroker = await startBroker(kind);
@@ -57,6 +59,8 @@ const SET1 = 'setokim-tiny-seed1';
 const SET2 = 'setokim-tiny-seed2';
 const textOf = (events: ReplyEvent[]) => events.filter((e) => e.type === 'text').map((e) => (e as { delta: string }).delta).join('');
 const logs: string[] = [];
+const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+const NANO = 'orin-nano-8gb/jp6.2/trt10.3';
 let text2: string | undefined;
 
 /** A stub with its own model set id that records when it is closed. */
@@ -160,10 +164,11 @@ t.test(`${kind}: a replace during stop closes the new pipeline unused`, async (t
 t.test('config: updates come from flags, env or file; no models and no store is BAD_CONFIG', async (t) => {
   const base = { fleet: 'f', device: 'd', broker: { url: 'mqtt://b' } };
   const c = loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem' }, overrides: base });
-  t.same(c.updates, { store: '/s', pubkey: '/k.pem', allowUrls: [], allowHttp: false, signedJobs: false, jobTimeoutS: 3600, maxDownloadMib: 8192 }, 'no URL is allowed unless listed');
-  const listed = loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem', SETOKIM_UPDATE_ALLOW_URLS: 'https://a.example/b/, https://c.example/', SETOKIM_UPDATE_JOB_TIMEOUT: '60' }, overrides: base });
+  t.same(c.updates, { store: '/s', pubkey: '/k.pem', allowUrls: [], allowHttp: false, signedJobs: false, jobTimeoutS: 3600, maxDownloadMib: 8192, buildTimeoutS: 7200, workspaceMib: 1024 }, 'no URL is allowed unless listed');
+  const listed = loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem', SETOKIM_UPDATE_ALLOW_URLS: 'https://a.example/b/, https://c.example/', SETOKIM_UPDATE_JOB_TIMEOUT: '60', SETOKIM_UPDATE_WORKSPACE_MIB: '512' }, overrides: base });
   t.same(listed.updates?.allowUrls, ['https://a.example/b/', 'https://c.example/']);
   t.equal(listed.updates?.jobTimeoutS, 60);
+  t.equal(listed.updates?.workspaceMib, 512, 'the builder workspace from its variable');
   t.throws(() => loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem', SETOKIM_UPDATE_ALLOW_URLS: 'http://a.example/' }, overrides: base }), {
     code: 'BAD_CONFIG',
     message: /updates\.allowUrls: http:\/\/a\.example\/ is http: set updates\.allowHttp \(--update-allow-http\) to allow it \(--update-allow-url, SETOKIM_UPDATE_ALLOW_URLS\)/,
@@ -369,8 +374,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
   t.test(`${kind}: ${failing} failing after a commit: the job state is committed with UPDATE_HOOK_FAILED, release 1 keeps answering`, async (t) => {
     const device = `hook-${failing}`;
     const hookStore = path.join(f.dir, `store-${device}`);
-    const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
-    await new UpdateHandler({ binding: { device: testDevice }, store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+      await new UpdateHandler({ binding: { device: testDevice }, store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
     const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath, allowUrls, allowHttp: true } });
     const log = (level: string, m: string) => logs.push(`${level} ${m}`);
     const opened = await openServingSet(config, await startingModels(config, log));
@@ -431,6 +435,42 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     t.ok(logs.some((l) => l.startsWith('error [BACKEND_CRASHED] release 2') && l.includes(`still serving ${SET1}`)), 'the agent logged it');
   });
 }
+
+t.test(`${kind}: the agent's updates.workspaceMib and buildTimeoutS reach the engine builds of an update`, async (t) => {
+  const device = 'nano';
+  const nanoStore = path.join(f.dir, `store-${device}`);
+  await new UpdateHandler({ binding: { device: testDevice }, store: nanoStore, pubkey: f.pub, health: noCanary, engines: false }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+  const config = testConfig(broker, device, { updates: { store: nanoStore, pubkey: f.pubPath, allowUrls, allowHttp: true, workspaceMib: 256, buildTimeoutS: 1 } });
+  const log = () => undefined;
+  const opened = await openServingSet(config, await startingModels(config, log));
+  const agent = new Agent({ config, pipeline: opened.pipeline, log });
+  await agent.start();
+  // A build slower than updates.buildTimeoutS (1 s): the builder test double stands where TensorRT would build.
+  const builder = new EngineBuilderTestDouble({ onStep: (stage) => (stage === 'llm' ? sleep(400) : undefined) });
+  const events: UpdateEvent[] = [];
+  const updates = await startUpdates(agent, {
+    open: () => Promise.reject(new Error('unused')),
+    log,
+    health: tensorRtCanaryTestDouble(NANO),
+    engineEnv: testEnvironment(NANO, builder),
+    onEvent: (e) => events.push(e),
+  });
+  t.teardown(async () => {
+    await updates.stop();
+    await agent.stop(0);
+    await agent.pipeline.close();
+  });
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'e2', url: bundleUrl(r2), sha256: await sha256File(r2) }), { qos: 1 });
+  await new Promise<void>((resolve) => {
+    const poll = setInterval(() => events.some((e) => e.state === 'failed' || e.state === 'committed') && (clearInterval(poll), resolve()), 20);
+  });
+  t.ok(builder.requests.length > 0, 'engines were built for the update');
+  t.ok(builder.requests.every((r) => r.workspaceBytes === 256 * 2 ** 20), 'every build got the 256 MiB workspace');
+  t.match(events.at(-1), { jobId: 'e2', state: 'failed', code: 'ENGINE_BUILD_TIMEOUT' }, 'the llm build ran past 1 s');
+  t.equal(await new ModelStore(nanoStore).active(), SET1, 'release 1 stays active');
+});
 
 t.test(`${kind}: the agent's updates.maxReleaseJump refuses a release too far above the committed one`, async (t) => {
   const device = 'jumpy';

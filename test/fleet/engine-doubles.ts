@@ -127,11 +127,14 @@ export class EngineBuilderTestDouble implements EngineBuilder {
   readonly built: string[] = [];
   /** Stages whose build started. */
   readonly started: string[] = [];
+  /** Every build request, as given. */
+  readonly requests: EngineBuildRequest[] = [];
 
   constructor(private readonly o: BuilderDoubleOptions = {}) {}
 
   async build(r: EngineBuildRequest): Promise<EngineManifest> {
     this.started.push(r.stage);
+    this.requests.push(r);
     const facts = this.o.facts ?? TARGETS[r.target ?? '']!;
     const steps = 3;
     r.onProgress?.('Building engine', 0, steps);
