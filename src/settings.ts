@@ -305,3 +305,14 @@ export function parseCommandSettings<N extends Node>(node: N, raw: Record<string
   const input = merge(fromEnv(node, env), fromFlags(node, raw, command));
   return parseSettings(node, schemaOf(node), input, { what: command, flagsOnly: true });
 }
+
+/**
+ * `--no-progress`, the same on every command that shows progress bars (bundle create, verify and
+ * install; export synth, engine and quantize): bars are on unless it is given.
+ */
+export const progressSetting = setting({
+  schema: z.boolean(),
+  default: true,
+  flag: '--no-progress',
+  help: 'no progress bars (also off when stderr is not a terminal)',
+});
