@@ -5,7 +5,8 @@
  * and dead input channels that produce no NaN.
  */
 import t, { type Test } from 'tap';
-import { dequantizeInt4, quantizeInt4, type Int4Weights } from '../../src/quant/index.js';
+import { OrtBackend } from '../../src/engine/onnxruntime.js';
+import { ActivationStats, dequantizeInt4, quantizeInt4, searchAwq, type Int4Weights } from '../../src/quant/index.js';
 import { gram, InverseHessian, quantizeGptq, GPTQ_DAMP } from '../../src/quant/gptq.js';
 import { CLIP_RATIOS, INT4_MAX } from '../../src/quant/int4.js';
 import { fromFloat16Bits, toFloat16Bits } from '../../src/quant/onnx-model.js';
@@ -155,4 +156,22 @@ t.test('refused: a Hessian with a NaN diagonal (QUANT_SCALE_INVALID), mismatched
   });
   const hinv = InverseHessian.fromRows(x, rows, K);
   t.throws(() => quantizeGptq(w.subarray(0, 64 * N), 64, N, block, hinv, 'w'), RangeError);
+});
+
+t.test('the AWQ search runs GPTQ on its chosen alpha by default; gptq: false keeps round-to-nearest', async (t) => {
+  const backend = new OrtBackend({ threads: 1 });
+  const st = new ActivationStats('x', { stage: 'test', channels: true, rows: rows });
+  st.add({ dtype: 'float32', dims: [rows, K], data: x, location: 'host' });
+  const run = (gptq?: boolean) =>
+    searchAwq(backend, [{ activation: 'x', K, weights: [{ name: 'w', w, N, block }] }], new Map([['x', st]]), {
+      stage: 'test',
+      threads: 1,
+      ...(gptq === undefined ? {} : { gptq }),
+    });
+  const [[on], [off]] = await Promise.all([run(), run(false)]);
+  t.equal(on!.gptq, true, 'GPTQ by default');
+  t.equal(off!.gptq, false);
+  t.equal(on!.alpha, off!.alpha, 'the same alpha');
+  checkFormat(t, on!.quantized[0]!);
+  t.ok(on!.loss < 0.8 * off!.loss, `output error ${off!.loss.toExponential(3)} -> ${on!.loss.toExponential(3)}`);
 });
