@@ -86,7 +86,7 @@ t.test(
       );
     }
     const line = int4.out.split('\n').find((l) => l.startsWith('llm:')) ?? '';
-    t.match(line, /14 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 8 inputs/);
+    t.match(line, /14 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 8 inputs.*; GPTQ on 8 of 8\)/);
     t.match(line, /lm_head\/weight fp16/);
     // the ONNX Runtime dialect computes in float32 (float16 is slow on a CPU), the TensorRT one in float16
     for (const [file, type] of [
