@@ -125,7 +125,7 @@ t.test(
 );
 
 t.test(
-  'the INT4 weights dequantise to within half a step of the fp32 weights; both dialects hold the same values',
+  'the INT4 weights dequantise to within 3 half-steps of the fp32 weights (GPTQ); both dialects hold the same values',
   async (t) => {
     const fp32 = await load('llm.onnx');
     const trt = await load('llm.int4w.trt.onnx');
@@ -155,7 +155,9 @@ t.test(
       if (ortInits.get(dq.input?.[1] ?? '')?.dataType === DT.FLOAT16)
         t.fail('the ONNX Runtime dialect stores float32 scales');
     }
-    t.ok(worst <= 1 + 1e-3, `worst |w - m q s| / (m s / 2) = ${worst.toFixed(5)} over every INT4 weight`);
+    // GPTQ rounds the error-updated weights to within half a step, so against the fp32 weights the error it moved
+    // onto later rows shows (2.03 half-steps measured); a wrong scale, block or nibble order is far beyond 3
+    t.ok(worst <= 3, `worst |w - m q s| / (m s / 2) = ${worst.toFixed(5)} over every INT4 weight (GPTQ: <= 3)`);
   },
 );
 
