@@ -10,12 +10,17 @@
  * the same value) in one explicit Mul before those MatMuls, as TensorRT Model Optimizer's exports
  * do (its "pre_quant_scale"), and the weights quantised are W / m. alpha = 0 is plain round-to-
  * nearest: no Mul is written. The error products X E run in ONNX Runtime (one MatMul session).
+ *
+ * The chosen alpha's weights are then quantised with GPTQ error feedback (gptq.ts) on the scaled
+ * problem (weights W / m, activations X m, H from the same sampled rows), with int4.ts's clip search
+ * choosing each block's scale; `gptq: false` keeps round-to-nearest with the clip search.
  */
 import type { Backend } from '../engine/backend.js';
 import type { StageSignature } from '../engine/contract.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { activationStats, withSession, type ActivationStats } from './calibrate.js';
 import type { Int4Plan, Int4Selection } from './int4-graph.js';
+import { InverseHessian, quantizeGptq } from './gptq.js';
 import { CLIP_RATIOS, dequantizeInt4, quantizeInt4, type Int4Weights } from './int4.js';
 import { DT, encodeModel, floatValues, onnx, roundToFloat16, type ModelProto } from './onnx-model.js';
 import type { Feeds } from './record.js';
@@ -50,6 +55,16 @@ export interface AwqResult {
   /** Output error at alpha 0 and at the chosen alpha, sum of squares over the sampled rows. */
   lossRtn: number;
   loss: number;
+  /** Whether the weights were quantised with GPTQ error feedback (false without calibration rows). */
+  gptq: boolean;
+}
+
+export interface AwqOptions {
+  stage: string;
+  threads?: number;
+  /** GPTQ error feedback after the alpha search (default true). */
+  gptq?: boolean;
+  onGroup?: (done: number, total: number) => void;
 }
 
 /** The multipliers m = 1/s for one alpha (float16 values). */
@@ -122,7 +137,7 @@ export async function searchAwq(
   backend: Backend,
   groups: readonly AwqGroup[],
   stats: ReadonlyMap<string, ActivationStats>,
-  opts: { stage: string; threads?: number; onGroup?: (done: number, total: number) => void },
+  opts: AwqOptions,
 ): Promise<AwqResult[]> {
   return withSession(
     backend,
@@ -132,7 +147,7 @@ export async function searchAwq(
       const out: AwqResult[] = [];
       for (const g of groups) {
         out.push(
-          await searchGroup(g, stats.get(g.activation), opts.stage, async (x, rows, e, n) => {
+          await searchGroup(g, stats.get(g.activation), opts, async (x, rows, e, n) => {
             const y = await run({
               x: { dtype: 'float32', dims: [rows, g.K], data: x, location: 'host' },
               e: { dtype: 'float32', dims: [g.K, n], data: e, location: 'host' },
@@ -152,16 +167,24 @@ type MatMul = (x: Float32Array, rows: number, e: Float32Array, n: number) => Pro
 async function searchGroup(
   g: AwqGroup,
   st: ActivationStats | undefined,
-  stage: string,
+  opts: AwqOptions,
   matmul: MatMul,
 ): Promise<AwqResult> {
+  const stage = opts.stage;
   // alpha is searched with max|w| / 7 scales (fast); the chosen alpha's weights then get the clip search (int4.ts)
   const quantize = (m: Float32Array | undefined, ratios: readonly number[] = [1]) =>
     g.weights.map((w) => quantizeInt4(divideRows(w.w, m, w.N), g.K, w.N, w.block, `${stage} ${w.name}`, ratios));
   const rtn = quantize(undefined);
   const rows = st?.rows();
   if (!st || !rows || rows.count === 0 || st.width !== g.K)
-    return { activation: g.activation, alpha: 0, quantized: quantize(undefined, CLIP_RATIOS), lossRtn: NaN, loss: NaN };
+    return {
+      activation: g.activation,
+      alpha: 0,
+      quantized: quantize(undefined, CLIP_RATIOS),
+      lossRtn: NaN,
+      loss: NaN,
+      gptq: false,
+    };
   const totalN = g.weights.reduce((s, w) => s + w.N, 0);
   // E = W - m * deq(Q(W / m)), all weights of the group side by side: [K, sum N]
   const loss = async (q: Int4Weights[], m: Float32Array | undefined): Promise<number> => {
@@ -181,16 +204,24 @@ async function searchGroup(
     return s;
   };
   const lossRtn = await loss(rtn, undefined);
-  let best: AwqResult = { activation: g.activation, alpha: 0, quantized: rtn, lossRtn, loss: lossRtn };
+  let best: AwqResult = { activation: g.activation, alpha: 0, quantized: rtn, lossRtn, loss: lossRtn, gptq: false };
   const meanAbs = st.channelMeanAbs();
   for (const alpha of AWQ_ALPHAS.slice(1)) {
     const m = awqMultipliers(meanAbs, alpha, `${stage} ${g.activation}`);
     const q = quantize(m);
     const l = await loss(q, m);
-    if (l < best.loss) best = { activation: g.activation, alpha, multipliers: m, quantized: q, lossRtn, loss: l };
+    if (l < best.loss) best = { ...best, alpha, multipliers: m, quantized: q, loss: l };
   }
-  const clipped = quantize(best.multipliers, CLIP_RATIOS);
-  return { ...best, quantized: clipped, loss: await loss(clipped, best.multipliers) };
+  if (opts.gptq === false) {
+    const clipped = quantize(best.multipliers, CLIP_RATIOS);
+    return { ...best, quantized: clipped, loss: await loss(clipped, best.multipliers) };
+  }
+  const m = best.multipliers;
+  const hinv = InverseHessian.fromRows(rows.data, rows.count, g.K, m, undefined, `${stage} ${g.activation}`);
+  const q = g.weights.map((w) =>
+    quantizeGptq(divideRows(w.w, m, w.N), g.K, w.N, w.block, hinv, `${stage} ${w.name}`, CLIP_RATIOS),
+  );
+  return { ...best, quantized: q, loss: await loss(q, m), gptq: true };
 }
 
 /**
@@ -206,6 +237,8 @@ export async function planInt4(
     stage: string;
     signature?: StageSignature;
     threads?: number;
+    /** GPTQ error feedback (default true). */
+    gptq?: boolean;
     onProgress?: (phase: 'activations' | 'awq', done: number, total: number) => void;
   },
 ): Promise<{ plan: Int4Plan; awq: AwqResult[] }> {

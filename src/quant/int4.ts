@@ -86,31 +86,51 @@ export function quantizeInt4(
   const blocks = K / block;
   const scales = new Float32Array(blocks * N);
   const q = new Int8Array(K * N);
-  const maxAbs = new Float64Array(N);
   for (let b = 0; b < blocks; b++) {
-    maxAbs.fill(0);
+    scales.set(blockScales(w, b * block, block, N, ratios, name), b * N);
     for (let k = b * block; k < (b + 1) * block; k++) {
-      for (let n = 0; n < N; n++) {
-        const v = w[k * N + n]!;
-        if (!Number.isFinite(v))
-          throw new SetokimError(
-            ErrorCodes.MODEL_INVALID,
-            `${name}: element [${k}, ${n}] is ${v}; a weight must be finite to quantise it; re-export the model`,
-          );
-        const a = Math.abs(v);
-        if (a > maxAbs[n]!) maxAbs[n] = a;
-      }
-    }
-    for (let n = 0; n < N; n++)
-      scales[b * N + n] = bestScale(w, b * block, block, N, n, maxAbs[n]!, ratios, `${name} block ${b} column ${n}`);
-    for (let k = b * block; k < (b + 1) * block; k++) {
-      for (let n = 0; n < N; n++) {
-        const x = Math.round(w[k * N + n]! / scales[b * N + n]!);
-        q[k * N + n] = x > INT4_MAX ? INT4_MAX : x < -INT4_MAX ? -INT4_MAX : x;
-      }
+      for (let n = 0; n < N; n++) q[k * N + n] = roundInt4(w[k * N + n]!, scales[b * N + n]!);
     }
   }
   return { q, scales, K, N, block };
+}
+
+/** q = clamp(round(v / scale), -7, 7). */
+export function roundInt4(v: number, scale: number): number {
+  const x = Math.round(v / scale);
+  return x > INT4_MAX ? INT4_MAX : x < -INT4_MAX ? -INT4_MAX : x;
+}
+
+/**
+ * The N scales of the block of rows k0 .. k0 + block - 1 of a row-major [K, N] matrix: per column, the
+ * one among max|w| * ratio / 7 with the smallest squared error. Throws MODEL_INVALID on NaN or Inf.
+ */
+export function blockScales(
+  w: Float32Array | Float64Array,
+  k0: number,
+  block: number,
+  N: number,
+  ratios: readonly number[],
+  name: string,
+): Float32Array {
+  const maxAbs = new Float64Array(N);
+  for (let k = k0; k < k0 + block; k++) {
+    for (let n = 0; n < N; n++) {
+      const v = w[k * N + n]!;
+      if (!Number.isFinite(v))
+        throw new SetokimError(
+          ErrorCodes.MODEL_INVALID,
+          `${name}: element [${k}, ${n}] is ${v}; a weight must be finite to quantise it; re-export the model`,
+        );
+      const a = Math.abs(v);
+      if (a > maxAbs[n]!) maxAbs[n] = a;
+    }
+  }
+  const out = new Float32Array(N);
+  const b = k0 / block;
+  for (let n = 0; n < N; n++)
+    out[n] = bestScale(w, k0, block, N, n, maxAbs[n]!, ratios, `${name} block ${b} column ${n}`);
+  return out;
 }
 
 /** The scale of one block column with the smallest squared error among max|w| * ratio / 7. */
@@ -133,8 +153,7 @@ function bestScale(
     let err = 0;
     for (let k = k0; k < k0 + block; k++) {
       const v = w[k * N + n]!;
-      const q = Math.max(-INT4_MAX, Math.min(INT4_MAX, Math.round(v / s)));
-      err += (v - q * s) ** 2;
+      err += (v - roundInt4(v, s) * s) ** 2;
     }
     if (err < bestErr) [best, bestErr] = [s, err];
   }

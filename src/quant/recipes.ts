@@ -3,8 +3,8 @@
  *
  * - int8:  explicit Q/DQ (graph.ts), activations calibrated; one file for every backend.
  * - fp16:  the float16 rewrite (fp16.ts); one file for every backend.
- * - int4w: the stages in INT4_STAGES get INT4 weights (AWQ-searched, int4.ts / awq.ts) in two
- *          dialects of blocked DequantizeLinear: float32 compute for ONNX Runtime, float16 compute
+ * - int4w: the stages in INT4_STAGES get INT4 weights (AWQ-searched, then GPTQ: int4.ts / awq.ts / gptq.ts)
+ *          in two dialects of blocked DequantizeLinear: float32 compute for ONNX Runtime, float16 compute
  *          for TensorRT; every other stage is its float16 graph, for TensorRT only (ONNX Runtime
  *          keeps serving its fp32 file: float16 is no faster on a CPU).
  */
@@ -180,6 +180,7 @@ export class Int4wRecipe implements Recipe {
       ? `; ${selection.skipped.length} MatMuls left float (${selection.skipped.map((s) => s.why).join('; ')})`
       : '';
     const alphas = scaled.length ? `, alpha ${scaled.map((a) => a.alpha).join('/')}` : '';
+    const gptq = awq.filter((a) => a.gptq).length;
     return {
       builds: [
         { bytes: encodeModel(ort.model), dialect: 'onnxruntime' },
@@ -187,7 +188,7 @@ export class Int4wRecipe implements Recipe {
       ],
       summary:
         `${r.weights.length} MatMuls INT4 (block ${blocks}; AWQ scales on ${scaled.length} of ${awq.length} inputs` +
-        `${alphas}), ${heads || 'no output head'}${skipped}`,
+        `${alphas}; GPTQ on ${gptq} of ${awq.length}), ${heads || 'no output head'}${skipped}`,
       weightBytesBefore: [...r.weights, ...r.heads].reduce((n, w) => n + w.bytesBefore, 0),
       weightBytesAfter: [...r.weights, ...r.heads].reduce((n, w) => n + w.bytesAfter, 0),
     };

@@ -86,7 +86,7 @@ t.test(
       );
     }
     const line = int4.out.split('\n').find((l) => l.startsWith('llm:')) ?? '';
-    t.match(line, /14 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 8 inputs/);
+    t.match(line, /14 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 8 inputs.*; GPTQ on 8 of 8\)/);
     t.match(line, /lm_head\/weight fp16/);
     // the ONNX Runtime dialect computes in float32 (float16 is slow on a CPU), the TensorRT one in float16
     for (const [file, type] of [
@@ -125,7 +125,7 @@ t.test(
 );
 
 t.test(
-  'the INT4 weights dequantise to within half a step of the fp32 weights; both dialects hold the same values',
+  'the INT4 weights dequantise to within 3 half-steps of the fp32 weights (GPTQ); both dialects hold the same values',
   async (t) => {
     const fp32 = await load('llm.onnx');
     const trt = await load('llm.int4w.trt.onnx');
@@ -155,7 +155,9 @@ t.test(
       if (ortInits.get(dq.input?.[1] ?? '')?.dataType === DT.FLOAT16)
         t.fail('the ONNX Runtime dialect stores float32 scales');
     }
-    t.ok(worst <= 1 + 1e-3, `worst |w - m q s| / (m s / 2) = ${worst.toFixed(5)} over every INT4 weight`);
+    // GPTQ rounds the error-updated weights to within half a step, so against the fp32 weights the error it moved
+    // onto later rows shows (2.03 half-steps measured); a wrong scale, block or nibble order is far beyond 3
+    t.ok(worst <= 3, `worst |w - m q s| / (m s / 2) = ${worst.toFixed(5)} over every INT4 weight (GPTQ: <= 3)`);
   },
 );
 
