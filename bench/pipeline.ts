@@ -22,7 +22,7 @@ import { CONFIGS } from '../tools/export/configs.js';
 import { patchGrid } from '../src/engine/contract.js';
 import { createPipeline, type LocalPipeline } from '../src/pipeline/pipeline.js';
 import { LlmContext } from '../src/pipeline/generate.js';
-import { buildVicunaPrompt } from '../src/pipeline/template.js';
+import { buildVicunaPrompt, promptLength } from '../src/pipeline/template.js';
 import { mergeTokens, visionTokens, type VisionTokens } from '../src/pipeline/vision.js';
 import { preprocess } from '../src/pipeline/preprocess.js';
 import type { RequestContext } from '../src/pipeline/scheduler.js';
@@ -72,7 +72,12 @@ async function prefillMs(p: LocalPipeline, vision: VisionTokens): Promise<number
   const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
   const llm = new LlmContext(a, stages.llm!, stages.embed!, ctx);
   const layout = buildVicunaPrompt(tokenizer, { prompt: 'What is in the picture?', image: true });
-  await llm.step(await llm.promptEmbeds(layout, vision.embeds), 'prefill');
+  await llm.open(promptLength(layout, vision.count));
+  try {
+    await llm.step(await llm.promptEmbeds(layout.segments, vision.embeds), 'prefill');
+  } finally {
+    llm.release();
+  }
   return ctx.times.prefill!;
 }
 

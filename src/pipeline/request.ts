@@ -22,6 +22,12 @@ const RequestSchema = z.object({
   prompt: z.string().max(16384).optional(),
   image: z.instanceof(Uint8Array).optional(),
   generation: GenerationSchema.optional(),
+  conversation: z
+    .string()
+    .min(1)
+    .max(128)
+    .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces')
+    .optional(),
 });
 
 export interface CheckedRequest {
@@ -35,7 +41,11 @@ export interface CheckedRequest {
   topP: number;
   seed: number;
   stop: string[];
+  conversation: string | undefined;
 }
+
+/** Tasks that may run in a conversation: text answers about its image. */
+const CONVERSATION_TASKS: readonly Task[] = ['ask', 'describe'];
 
 export interface RequestDefaults {
   /** New tokens per query: the default, and the cap a request cannot raise. */
@@ -53,7 +63,11 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
   if (!(TASKS as readonly string[]).includes(r.task))
     throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
   const task = r.task as Task;
-  const needsImage = task !== 'generate';
+  if (r.conversation && !CONVERSATION_TASKS.includes(task)) {
+    throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' cannot run in a conversation; conversations take ${CONVERSATION_TASKS.join(' and ')}`);
+  }
+  // A conversation's follow-up carries no image: the conversation has it.
+  const needsImage = task !== 'generate' && !r.conversation;
   if (needsImage && !r.image) throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
   if (task === 'generate' && r.image)
     throw new SetokimError(ErrorCodes.BAD_INPUT, "task 'generate' takes no image; use 'edit' to change an image");
@@ -71,5 +85,6 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
     topP: g.topP ?? 1,
     seed: g.seed ?? 0,
     stop: g.stop ?? [],
+    conversation: r.conversation,
   };
 }

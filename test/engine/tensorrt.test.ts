@@ -157,9 +157,9 @@ t.test('default stage profiles: vision tokens up to maxTokens, LLM prefill and d
   const llm = stageDimProfiles('llm', a, { maxContext: 1024 });
   t.equal(llm.length, 2);
   t.same(llm[0]!.T, { min: 1, opt: 512, max: 1024 }, 'prefill');
-  t.same(llm[0]!.P, { min: 0, opt: 0, max: 1024 });
+  t.same(llm[0]!.S, { min: 0, opt: 0, max: 1024 }, 'prefill over an empty cache, or a cached prefix');
   t.same(llm[1]!.T, { min: 1, opt: 1, max: 1 }, 'decode');
-  t.same(llm[1]!.P, { min: 0, opt: 512, max: 1024 });
+  t.same(llm[1]!.S, { min: 1, opt: 512, max: 1024 }, "one fixed cache size per query: each decode step has the same shape");
   // Every <target> of an image (up to maxTokens) goes through the diffusion head in one batch.
   t.same(stageDimProfiles('diffusion', a)[0]!.B, { min: 1, opt: 2, max: 64 });
   t.same(stageDimProfiles('diffusion', a, { maxTokens: 16 })[0]!.B, { min: 1, opt: 2, max: 16 });
