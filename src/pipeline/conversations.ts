@@ -68,9 +68,12 @@ const unknown = (id: string) =>
     `conversation '${id}' is not held here: it was never started on this device, or it ended (idle too long, or its memory was needed). Start it again: send the image with the first question.`,
   );
 
+export type EndReason = 'expired' | 'evicted' | 'closed';
+
 export class Conversations {
   private readonly live = new Map<string, Conversation>();
   private readonly counters = { started: 0, expired: 0, evicted: 0, resumed: 0, replayed: 0 };
+  private readonly watchers = new Map<string, ((why: EndReason) => void)[]>();
 
   constructor(
     private readonly budget: KvBudget,
@@ -147,10 +150,18 @@ export class Conversations {
     const c = turn.conversation;
     if (turn.committed) return;
     if (turn.isNew) {
-      this.live.delete(c.id);
+      this.end(c.id, 'closed'); // never started: nothing was counted
       return;
     }
     if (this.live.has(c.id)) this.finish(c);
+  }
+
+  /** Resolves when conversation `id` ends (idle, evicted, closed); at once when none is held. */
+  ended(id: string): Promise<EndReason | 'unknown'> {
+    const c = this.live.get(id);
+    if (!c) return Promise.resolve('unknown');
+    c.timer?.ref(); // someone waits for it: the idle timer keeps the process alive now
+    return new Promise((resolve) => this.watchers.set(id, [...(this.watchers.get(id) ?? []), resolve]));
   }
 
   /** Ends every conversation (the pipeline is closing). */
@@ -164,7 +175,7 @@ export class Conversations {
     this.touch(c);
     clearTimeout(c.timer);
     c.timer = setTimeout(() => this.end(c.id, 'expired'), this.options.idleMs);
-    c.timer.unref();
+    if (!this.watchers.has(c.id)) c.timer.unref(); // never what keeps the process alive
   }
 
   private touch(c: Conversation): void {
@@ -180,7 +191,7 @@ export class Conversations {
     }
   }
 
-  private end(id: string, why: 'expired' | 'evicted' | 'closed'): void {
+  private end(id: string, why: EndReason): void {
     const c = this.live.get(id);
     if (!c || (c.busy && why === 'expired')) return;
     if (c.busy && why === 'evicted') {
@@ -196,5 +207,7 @@ export class Conversations {
     c.hold?.release(); // no-op when the budget took it back
     c.cache = undefined;
     if (why !== 'closed') this.counters[why]++;
+    for (const w of this.watchers.get(id) ?? []) w(why);
+    this.watchers.delete(id);
   }
 }

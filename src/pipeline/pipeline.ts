@@ -17,7 +17,7 @@ import { ErrorCodes, errorCode, SetokimError } from '../errors.js';
 import { EventChannel } from './channel.js';
 import { KvBudget, kvBytesPerToken } from './kv-cache.js';
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from './preprocess.js';
-import { Conversations } from './conversations.js';
+import { Conversations, type Turn } from './conversations.js';
 import { PrefixCache } from './prefix-cache.js';
 import { runQuery, type PipelineModels, type QueryCaches } from './query.js';
 import { VisionCache, visionModelKey } from './vision-cache.js';
@@ -163,20 +163,24 @@ class SetokimPipeline implements LocalPipeline {
     const id = typeof request?.id === 'string' ? request.id : '';
     this.running.add(ac);
     let release: (() => void) | undefined;
+    let turn: Turn | undefined;
     try {
       if (this.closed) throw new SetokimError(ErrorCodes.BUSY, 'the pipeline is closed');
       const req = checkRequest(request, { maxTokens: this.info.maxTokens });
+      // A conversation's turn is claimed on arrival: a second one while it is queued or running is BUSY.
+      turn = req.conversation ? this.caches.conversations.begin(req.conversation, !!req.image) : undefined;
       ch.push({ type: 'accepted', id });
       release = await this.admission.acquire(ac.signal);
       this.active++;
       const ctx: RequestContext = { signal: ac.signal, times: {} };
-      await runQuery({ models: this.models, kv: this.kv, caches: this.caches, imageLimits: this.imageLimits }, req, ctx, (e) => ch.push(e), startedAt);
+      await runQuery({ models: this.models, kv: this.kv, caches: this.caches, imageLimits: this.imageLimits }, req, turn, ctx, (e) => ch.push(e), startedAt);
     } catch (err) {
       const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =
         code === ErrorCodes.CANCELLED ? 'the request was cancelled; everything it held is released' : err instanceof SetokimError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
       ch.push({ type: 'error', id, code, message });
     } finally {
+      if (turn) this.caches.conversations.abandon(turn); // a no-op once the turn was committed
       if (release) {
         this.active--;
         release();

@@ -165,17 +165,19 @@ function dropRows(segments: readonly PromptSegment[], rows: number, visionTokens
   return out;
 }
 
-export async function runQuery(env: QueryEnv, req: CheckedRequest, ctx: RequestContext, emit: (e: PipelineEvent) => void, startedAt: number): Promise<void> {
+/**
+ * Runs one checked request. `turn`: the conversation turn it is (claimed by the caller, who
+ * abandons it if the query ends without committing it).
+ */
+export async function runQuery(
+  env: QueryEnv,
+  req: CheckedRequest,
+  turn: Turn | undefined,
+  ctx: RequestContext,
+  emit: (e: PipelineEvent) => void,
+  startedAt: number,
+): Promise<void> {
   for (const s of TASK_STAGES[req.task]!) if (req.image || (s !== 'encoder' && s !== 'merger')) stage(env.models, s, req.task);
-  const turn = req.conversation ? env.caches.conversations.begin(req.conversation, !!req.image) : undefined;
-  try {
-    await answer(env, req, ctx, emit, startedAt, turn);
-  } finally {
-    if (turn) env.caches.conversations.abandon(turn); // a no-op once the turn was committed
-  }
-}
-
-async function answer(env: QueryEnv, req: CheckedRequest, ctx: RequestContext, emit: (e: PipelineEvent) => void, startedAt: number, turn: Turn | undefined): Promise<void> {
   const { models } = env;
   const a = models.arch;
   const tok = models.tokenizer;
