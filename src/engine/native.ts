@@ -72,7 +72,8 @@ export interface NativeTrtEngine {
   allocate(tensors: { handle: number; dtype: string; dims: number[] }[]): Promise<void>;
   copyRows(copies: NativeTrtCopy[]): Promise<void>;
   read(handle: number): Promise<NativeTrtTensor>;
-  release(handles: number[]): void;
+  /** Frees device buffers (off the JS thread: a run may hold the session). */
+  release(handles: number[]): Promise<void>;
   dispose(): void;
 }
 export interface NativeTrtBuildOptions {

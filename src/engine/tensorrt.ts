@@ -133,7 +133,7 @@ class TrtSession implements Session {
 
   async release(tensors: readonly ResidentTensor[]): Promise<void> {
     const handles = tensors.map((t) => this.residents.drop(t)).filter((h): h is number => h !== undefined);
-    if (handles.length && !this.disposed) this.engine.release(handles);
+    if (handles.length && !this.disposed) await this.native('release device memory', () => this.engine.release(handles));
   }
 
   async dispose(): Promise<void> {

@@ -152,7 +152,7 @@ export function backendSuite(t: Test, h: Harness): void {
 const sum = (x: Float32Array, width: number) => Array.from({ length: width }, (_, j) => x.reduce((acc, v, i) => (i % width === j ? acc + v : acc), 0));
 
 /** Resident tensors: state kept in the backend between runs, fed and written by handle. */
-function residentSuite(t: Test, h: Harness, dir: string): void {
+export function residentSuite(t: Test, h: Harness, dir: string): void {
   let s: Session;
   t.before(async () => {
     const file = await h.prepare(cacheGraph(dir), CACHE_SIGNATURE, { S: 16, T: 8 });
