@@ -135,6 +135,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    this.metrics.trackCaches(() => ({ pipeline: this.serving.pipeline, stats: this.serving.pipeline.cacheStats?.() }));
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
@@ -314,6 +315,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const request: QueryRequest = { id: q.id, task: q.task as Task };
     if (q.prompt !== undefined) request.prompt = q.prompt;
     if (q.image) request.image = q.image;
+    if (q.conversation) request.conversation = q.conversation;
     const generation = { ...q.generation };
     if (this.config.limits.maxTokens !== undefined) generation.maxTokens = Math.min(generation.maxTokens ?? Infinity, this.config.limits.maxTokens);
     if (Object.keys(generation).length) request.generation = generation;

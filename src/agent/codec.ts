@@ -39,6 +39,7 @@ export interface WireQuery {
   deadlineUnixMs?: number;
   replyTopic?: string;
   correlation?: Uint8Array;
+  conversation?: string;
 }
 
 const bytes = z.instanceof(Uint8Array);
@@ -63,6 +64,7 @@ const decodedQuery = z.object({
   deadlineUnixMs: z.number().int().min(0),
   replyTopic: topicName,
   correlation: bytes.refine((b) => b.length <= 256, 'correlation is longer than 256 bytes'),
+  conversation: z.string().max(128, 'the conversation id is longer than 128 characters'),
 });
 
 /** What decodeQuery salvages from a message it rejects, so the error can still be answered. */
@@ -70,6 +72,7 @@ export interface Salvage {
   id: string;
   replyTopic?: string;
   correlation?: Uint8Array;
+  conversation?: string;
 }
 
 export type DecodedQuery =
@@ -109,6 +112,7 @@ export function decodeQuery(payload: Uint8Array): DecodedQuery {
   if (p.deadlineUnixMs) query.deadlineUnixMs = p.deadlineUnixMs;
   if (p.replyTopic) query.replyTopic = p.replyTopic;
   if (p.correlation.length) query.correlation = p.correlation;
+  if (p.conversation) query.conversation = p.conversation;
   return { ok: true, query };
 }
 

@@ -61,7 +61,15 @@ export const agentConfigSchema = z
       .default({ port: 9464, host: '127.0.0.1', enabled: true }),
     /** How the pipeline runs the model set (see createPipeline). */
     pipeline: z
-      .object({ backend: z.string().min(1).optional(), threads: z.number().int().min(1).optional(), verify: z.boolean().default(true) })
+      .object({
+        backend: z.string().min(1).optional(),
+        threads: z.number().int().min(1).optional(),
+        verify: z.boolean().default(true),
+        /** Bytes of vision tokens kept per image for later queries on it (0: off; default 64 MiB). */
+        visionCacheBytes: z.number().int().min(0).optional(),
+        /** A conversation with no turn for this long ends (default 10 minutes). */
+        conversationIdleMs: z.number().int().min(1).optional(),
+      })
       .strict()
       .default({ verify: true }),
     /** How long SIGTERM waits for in-flight queries before giving up on them. */
@@ -103,6 +111,8 @@ const ENV: Record<string, { path: string[]; type: 'string' | 'number' | 'boolean
   SETOKIM_METRICS: { path: ['metrics', 'enabled'], type: 'boolean' },
   SETOKIM_BACKEND: { path: ['pipeline', 'backend'], type: 'string' },
   SETOKIM_THREADS: { path: ['pipeline', 'threads'], type: 'number' },
+  SETOKIM_VISION_CACHE_BYTES: { path: ['pipeline', 'visionCacheBytes'], type: 'number' },
+  SETOKIM_CONVERSATION_IDLE_MS: { path: ['pipeline', 'conversationIdleMs'], type: 'number' },
 };
 
 function setPath(target: Json, path: string[], value: unknown): void {

@@ -6,6 +6,44 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import type { CacheStats } from '../pipeline/types.js';
+
+/** The pipeline serving now and its cache counters (undefined: a pipeline without caches). */
+export type CacheSource = () => { pipeline: object; stats: CacheStats | undefined };
+
+/**
+ * A counter that follows a running total kept elsewhere (the pipeline's cache counters): each
+ * scrape adds what the total grew by. A new pipeline (after an update) starts its totals at 0.
+ */
+function followingCounter(registry: Registry, name: string, help: string, source: () => CacheSource | undefined, pick: (s: CacheStats) => number): Counter {
+  let last = 0;
+  let from: object | undefined;
+  return new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const now = source()?.();
+      if (!now?.stats) return;
+      if (now.pipeline !== from) [from, last] = [now.pipeline, 0];
+      const value = pick(now.stats);
+      if (value > last) this.inc(value - last);
+      last = value;
+    },
+  });
+}
+
+function followingGauge(registry: Registry, name: string, help: string, source: () => CacheSource | undefined, pick: (s: CacheStats) => number): Gauge {
+  return new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const stats = source()?.().stats;
+      if (stats) this.set(pick(stats));
+    },
+  });
+}
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -40,7 +78,32 @@ export class AgentMetrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [this.registry],
   });
+  private caches?: CacheSource;
   private server?: Server;
+
+  constructor() {
+    // The vision-token, prefix and conversation caches of the pipeline serving (docs/MQTT.md, Metrics).
+    const src = () => this.caches;
+    const c = (name: string, help: string, pick: (s: CacheStats) => number) => followingCounter(this.registry, name, help, src, pick);
+    const g = (name: string, help: string, pick: (s: CacheStats) => number) => followingGauge(this.registry, name, help, src, pick);
+    c('setokim_vision_cache_hits_total', 'Queries whose image tokens came from the vision cache', (s) => s.vision.hits);
+    c('setokim_vision_cache_misses_total', 'Queries whose image went through the vision stages', (s) => s.vision.misses);
+    g('setokim_vision_cache_bytes', 'Bytes held by the vision-token cache', (s) => s.vision.bytes);
+    c('setokim_prefix_cache_hits_total', 'Prompts whose prefix (system prompt + image) KV rows were copied from the cache', (s) => s.prefix.hits);
+    c('setokim_prefix_cache_misses_total', 'Prompts whose prefix was prefilled', (s) => s.prefix.misses);
+    g('setokim_prefix_cache_bytes', 'KV bytes held by cached prompt prefixes', (s) => s.prefix.bytes);
+    g('setokim_conversations', 'Conversations held', (s) => s.conversations.active);
+    g('setokim_conversation_bytes', 'KV bytes held by conversations', (s) => s.conversations.bytes);
+    c('setokim_conversations_expired_total', 'Conversations ended after their idle time (or over the count limit)', (s) => s.conversations.expired);
+    c('setokim_conversations_evicted_total', 'Conversations ended because a query needed their memory', (s) => s.conversations.evicted);
+    c('setokim_kv_cache_evictions_total', 'Cache holds (prefixes, conversations) taken back for queries', (s) => s.kv.evictions);
+    g('setokim_kv_budget_used_bytes', 'KV-cache bytes held by queries and caches', (s) => s.kv.usedBytes);
+  }
+
+  /** Where the cache metrics read from (the agent's serving pipeline, which an update replaces). */
+  trackCaches(source: CacheSource): void {
+    this.caches = source;
+  }
 
   /** Serves /metrics on host:port (port 0 = a free port); resolves with the bound port. */
   async listen(port: number, host = '127.0.0.1'): Promise<number> {

@@ -28,6 +28,8 @@ export async function openServingSet(config: AgentConfig, dir: string): Promise<
     ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
     ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
     ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
+    ...(config.pipeline.visionCacheBytes !== undefined ? { visionCacheBytes: config.pipeline.visionCacheBytes } : {}),
+    ...(config.pipeline.conversationIdleMs !== undefined ? { conversationIdleMs: config.pipeline.conversationIdleMs } : {}),
     verify: config.pipeline.verify,
   });
   try {

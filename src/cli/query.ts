@@ -32,6 +32,7 @@ const QueryFlags = z.object({
   password: z.string().optional(),
   ca: z.string().optional(),
   json: z.boolean().optional(),
+  conversation: z.string().min(1).max(128).optional(),
 });
 type QueryOpts = z.infer<typeof QueryFlags>;
 
@@ -55,6 +56,7 @@ export function registerQuery(program: Command): void {
     .option('--password <secret>', 'broker password')
     .option('--ca <pem>', 'CA certificate that signed the broker (mqtts)')
     .option('--json', 'one JSON line per reply event (pictures as file paths)')
+    .option('--conversation <id>', 'ask/describe in a conversation: with --image start it, without continue it (send follow-ups to the same --device)')
     .action(async (raw: unknown) => {
       await sendQuery(parseFlags(QueryFlags, raw, 'query'));
     });
@@ -97,6 +99,7 @@ async function sendQuery(o: QueryOpts): Promise<void> {
   const request: QueryRequest = { id: newQueryId(), task: o.task };
   if (o.prompt !== undefined) request.prompt = o.prompt;
   if (image) request.image = image;
+  if (o.conversation) request.conversation = o.conversation;
   const generation = { maxTokens: o.maxTokens, temperature: o.temperature, seed: o.seed };
   if (Object.values(generation).some((v) => v !== undefined)) request.generation = JSON.parse(JSON.stringify(generation));
   const outDir = o.out ?? process.cwd();

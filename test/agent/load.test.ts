@@ -115,6 +115,12 @@ for (const [n, kind] of brokerKinds.entries()) {
     const stats = clients.reduce((s, c) => ({ strays: s.strays + c.stats.strays, duplicates: s.duplicates + c.stats.duplicates }), { strays: 0, duplicates: 0 });
     t.same(stats, { strays: 0, duplicates: 0 }, 'no reply answered twice or arrived for a finished query');
     t.equal((await agent.metrics.answered.get()).values[0]?.value, total - bad);
+    // Every query sends the same image: after the first, its tokens come from the vision cache.
+    const scrape = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+    const metric = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(scrape)?.[1]);
+    const [hits, misses] = [metric('setokim_vision_cache_hits_total'), metric('setokim_vision_cache_misses_total')];
+    t.ok(hits >= total - bad - 2 * (n + 1) && misses >= 1, `vision cache ${hits} hits, ${misses} misses (one image, a second broker's run continues the counts)`);
+    t.ok(metric('setokim_vision_cache_bytes') > 0 && metric('setokim_prefix_cache_hits_total') > 0, 'bytes held, prefixes reused');
 
     let after = '';
     for await (const e of clients[0]!.query(target, { id: newQueryId(), task: 'describe', image: png, generation: { maxTokens: 1 } })) after = e.type;
