@@ -9,6 +9,7 @@
  * (The stores on their own: kv-cache, vision-cache and conversation-store tests.)
  */
 import t from 'tap';
+import type { Worker } from 'node:worker_threads';
 import { createPipeline, type LocalPipeline } from '../../src/pipeline/pipeline.js';
 import type { PipelineEvent, QueryRequest } from '../../src/pipeline/types.js';
 import { busyImage, collect, tinySet } from './fixtures.js';
@@ -178,4 +179,21 @@ t.test('under memory pressure caches are evicted before a query waits', async (t
   t.ok(s.kv.usedBytes <= s.kv.budgetBytes);
   const late = await collect(p.run(turn('pressed', 1)));
   t.equal(errorOf(late)?.code, 'CONVERSATION_UNKNOWN', 'the evicted conversation is not started over');
+});
+
+t.test('a crashed LLM worker takes the kept KV rows with it: the next turn prefills the transcript again, same answer', async (t) => {
+  for (const p of [cached, plain]) t.ok(doneOf(await collect(p.run(turn('crash', 0)))));
+  const session = cached.models.stages.llm!.session as unknown as { worker: Worker };
+  const gone = new Promise((resolve) => session.worker.once('exit', resolve));
+  session.worker.ref();
+  session.worker.postMessage({ type: 'crash', how: 'exit' });
+  await gone;
+  const replayedBefore = cached.cacheStats().conversations.replayed;
+  const a = await collect(cached.run(turn('crash', 1)));
+  const b = await collect(plain.run(turn('crash', 1)));
+  t.equal(textOf(a), textOf(b), 'the same answer as without any cache');
+  t.equal(doneOf(a).cachedTokens, 0, 'nothing came from the lost cache');
+  t.equal(cached.cacheStats().conversations.replayed, replayedBefore + 1);
+  const next = await collect(cached.run(turn('crash', 2)));
+  t.ok(doneOf(next).cachedTokens! > 0, 'and the turn after resumes from the new cache');
 });

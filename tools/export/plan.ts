@@ -156,14 +156,16 @@ export function stageFlops(a: Architecture, stage: StageName | 'cluster', q: Que
     case 'embed':
       return 0; // a gather
     case 'llm': {
-      const { layers, heads } = a.llm;
-      const perToken = macs(stageWeights(a, 'llm'), 1); // includes lm_head: the graph computes logits at every position
-      const S = q.promptTokens + L;
+      const { layers, heads, hidden: H, vocab: V } = a.llm;
+      const head = 2 * H * V; // lm_head: the graph computes logits for the last position only
+      const perToken = macs(stageWeights(a, 'llm'), 1) - head;
+      const P = q.promptTokens + L;
+      const S = P + q.answerTokens; // the query's fixed cache: every decode step reads all of it
       const width = heads * headDim(a);
-      // causal attention: position i attends to i + 1 keys
-      const prefill = S * perToken + layers * attnScores(1, (S * (S + 1)) / 2, width);
-      const ctx = q.answerTokens * S + (q.answerTokens * (q.answerTokens + 1)) / 2; // keys summed over decode steps
-      return prefill + q.answerTokens * perToken + layers * attnScores(1, ctx, width);
+      // prefill from an empty cache: P x P scores among the new tokens (masked, not skipped)
+      const prefill = P * perToken + head + layers * attnScores(P, P, width);
+      // each decode step: scores against the S cache rows (those past the write position masked) and itself
+      return prefill + q.answerTokens * (perToken + head + layers * attnScores(1, S + 1, width));
     }
     case 'diffusion': // per generated image: every one of the L tokens, every sampling step
       return a.diffusion.steps * L * macs(stageWeights(a, 'diffusion'), 1);
@@ -192,7 +194,7 @@ function activationBytes(a: Architecture, q: QueryShape): number {
   return Math.max(
     2 * (N * (4 * C + a.encoder.mlp) + a.encoder.heads * N * N), // encoder layer: residual, qkv, MLP, scores
     2 * (N * (4 * C + a.merger.mlp) + a.merger.heads * N * N), // merger's dense masked attention
-    2 * (T * (4 * H + 2 * a.llm.intermediate) + a.llm.heads * T * T) + 4 * T * a.llm.vocab, // prefill + logits
+    2 * (T * (4 * H + 2 * a.llm.intermediate) + a.llm.heads * T * T) + 4 * a.llm.vocab, // prefill + the last position's logits
     2 * (Q * 8 * W + dh * Q * Q), // detokenizer
   );
 }
@@ -237,6 +239,13 @@ export interface ModelSetPlan {
   stages: StagePlan[];
   totals: { params: number; bytes: number; bytesUnderstanding: number };
   kvCacheBytes: number;
+  /**
+   * Bytes between host and device per decode step: the token's embedding and the write position in,
+   * the last position's logits and hidden state out (IO is fp32). The KV cache stays in device memory.
+   */
+  decodeStepHostBytes: number;
+  /** What a step would move if the cache crossed with it, in and out (the growing-cache contract this replaced). */
+  growingCacheStepBytes: number;
   activationBytes: number;
   runtimeBytes: number;
   osReservedBytes: number;
@@ -292,6 +301,8 @@ export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
     stages,
     totals: { params: sum((s) => s.params), bytes, bytesUnderstanding },
     kvCacheBytes,
+    decodeStepHostBytes: 4 * (a.llm.hidden + a.llm.vocab + a.llm.hidden) + 8,
+    growingCacheStepBytes: 2 * kvCacheBytes,
     activationBytes: act,
     runtimeBytes: RUNTIME_BYTES,
     osReservedBytes: OS_RESERVED_BYTES,
@@ -325,6 +336,7 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
     `published sizes: SigLIP-SO400M vision tower ${fmtParams(p.published.siglipVisionTower)} (with its pooling head and post-LayerNorm, which the encoder stage leaves out), Vicuna-7B ${fmtParams(p.published.vicuna)} (32000-piece vocabulary)`,
     `per ask query: ${fmtFlops(p.queryFlops)}FLOPs with ${q.tokens} vision tokens, ${fmtFlops(p.queryFlopsFixed256)}FLOPs with 256 fixed tokens (ratio ${(p.queryFlops / p.queryFlopsFixed256).toFixed(2)}; the paper reports 8.3 vs 15.7 TFLOPs, ratio 0.53)`,
     `KV cache (fp16, ${p.context} positions): ${fmtBytes(p.kvCacheBytes)}; peak activations ${fmtBytes(p.activationBytes)}; CUDA/TensorRT runtime ${fmtBytes(p.runtimeBytes)}; OS reserve ${fmtBytes(p.osReservedBytes)}`,
+    `per decode step to and from the host: ${(p.decodeStepHostBytes / 1024).toFixed(0)} KiB (the token's embedding in, the last logits and hidden out); the KV cache stays on the device (crossing with each step it would move ${fmtBytes(p.growingCacheStepBytes)})`,
     '',
   );
   const mw = [16, 7, 9, 9, 5, 7, 9, 5, 7];
