@@ -59,7 +59,10 @@ async function modelsDir(): Promise<string> {
   const manifest = path.join(dir, 'manifest.json');
   // The cached copy must be of this config and of this version of the stage contract.
   const m = existsSync(manifest) ? JSON.parse(readFileSync(manifest, 'utf8')) : undefined;
-  const current = m && isDeepStrictEqual(m.architecture, CONFIGS.small) && isDeepStrictEqual(m.stages?.llm?.signature, stageSignature('llm', CONFIGS.small));
+  const current =
+    m &&
+    isDeepStrictEqual(m.architecture, CONFIGS.small) &&
+    isDeepStrictEqual(m.stages?.llm?.signature, stageSignature('llm', CONFIGS.small));
   if (!current) {
     process.stdout.write(`synthesising the small set into ${dir} ...\n`);
     await synthesize({ config: 'small', seed: 1, out: dir });
@@ -100,7 +103,9 @@ async function prefillMs(p: LocalPipeline, vision: VisionTokens): Promise<number
  */
 async function decodeRates(p: LocalPipeline, contexts: readonly number[], steps: number): Promise<number[]> {
   const { arch: a, tokenizer: tok, stages } = p.models;
-  const words = tok.encode('The quick brown fox jumps over the lazy dog while the cat watches from the warm window sill.');
+  const words = tok.encode(
+    'The quick brown fox jumps over the lazy dog while the cat watches from the warm window sill.',
+  );
   const seqs: { llm: LlmContext; ms: number; logits: Float32Array }[] = [];
   try {
     for (const context of contexts) {
@@ -135,42 +140,79 @@ async function main(): Promise<void> {
   const p = await createPipeline({ modelsDir: dir, threads, maxInFlight: 2, verify: false });
   const a = p.models.arch;
   const N = patchGrid(a) ** 2;
-  console.log(`setokim pipeline bench: ${p.info.modelSetId} (${p.info.backend}), ${cpus().length} x ${cpus()[0]?.model.trim()}`);
-  console.log(`encoder ${a.encoder.layers}x${a.encoder.width}, LLM ${a.llm.layers}x${a.llm.hidden}, ${N} patches, ${runs} ask queries of ${maxTokens} new tokens\n`);
+  console.log(
+    `setokim pipeline bench: ${p.info.modelSetId} (${p.info.backend}), ${cpus().length} x ${cpus()[0]?.model.trim()}`,
+  );
+  console.log(
+    `encoder ${a.encoder.layers}x${a.encoder.width}, LLM ${a.llm.layers}x${a.llm.hidden}, ${N} patches, ${runs} ask queries of ${maxTokens} new tokens\n`,
+  );
   // Every section asks about images none before it saw: the caches start cold for each.
   let seed = 5;
-  const freshImages = (n: number) => Promise.all(Array.from({ length: n }, (_, i) => busyImage(seed++ * 6, 40 + 20 * (i % 3))));
-  await query(p, { id: 'warmup', task: 'ask', prompt: 'Hi', image: (await freshImages(1))[0]!, generation: { maxTokens: 4 } });
+  const freshImages = (n: number) =>
+    Promise.all(Array.from({ length: n }, (_, i) => busyImage(seed++ * 6, 40 + 20 * (i % 3))));
+  await query(p, {
+    id: 'warmup',
+    task: 'ask',
+    prompt: 'Hi',
+    image: (await freshImages(1))[0]!,
+    generation: { maxTokens: 4 },
+  });
 
   if (sections.has('stages')) {
     // 1. Stages, TTFT, decode rate, overhead: queries one at a time, each on a new image.
     const images = await freshImages(runs);
     const dones: { done: Done; wall: number }[] = [];
     for (let i = 0; i < runs; i++)
-      dones.push(await query(p, { id: `q${i}`, task: 'ask', prompt: 'What is in the picture?', image: images[i]!, generation: { maxTokens } }));
+      dones.push(
+        await query(p, {
+          id: `q${i}`,
+          task: 'ask',
+          prompt: 'What is in the picture?',
+          image: images[i]!,
+          generation: { maxTokens },
+        }),
+      );
     const stageNames = [...new Set(dones.flatMap((d) => Object.keys(d.done.stages)))];
     console.log('time per stage (mean over queries):');
-    for (const s of stageNames) console.log(`  ${s.padEnd(12)} ${ms(mean(dones.map((d) => d.done.stages[s] ?? 0))).padStart(10)}`);
+    for (const s of stageNames)
+      console.log(`  ${s.padEnd(12)} ${ms(mean(dones.map((d) => d.done.stages[s] ?? 0))).padStart(10)}`);
     const ttft = mean(dones.map((d) => d.done.firstTokenMs!));
     const rate = mean(dones.map((d) => (d.done.generatedTokens - 1) / (d.done.stages.decode! / 1000)));
     const stepRate = mean(dones.map((d) => (d.done.generatedTokens - 1) / ((d.wall - d.done.firstTokenMs!) / 1000)));
     console.log(`vision tokens: ${dones.map((d) => d.done.visionTokens).join(', ')} (of ${N} patches)`);
     console.log(`time to first token: ${ms(ttft)}`);
-    console.log(`decode: ${rate.toFixed(1)} tokens/s (LLM time only), ${stepRate.toFixed(1)} tokens/s wall after the first token`);
+    console.log(
+      `decode: ${rate.toFixed(1)} tokens/s (LLM time only), ${stepRate.toFixed(1)} tokens/s wall after the first token`,
+    );
     const overheads = dones.map((d) => d.wall / Object.values(d.done.stages).reduce((x, y) => x + y, 0));
     const backendOnly = dones.map(
-      (d) => d.wall / Object.entries(d.done.stages).filter(([s]) => !['preprocess', 'cluster', 'png'].includes(s)).reduce((x, [, y]) => x + y, 0),
+      (d) =>
+        d.wall /
+        Object.entries(d.done.stages)
+          .filter(([s]) => !['preprocess', 'cluster', 'png'].includes(s))
+          .reduce((x, [, y]) => x + y, 0),
     );
     console.log(`orchestration overhead, wall / sum of stage time: ${mean(overheads).toFixed(3)} (target <= 1.10)`);
-    console.log(`  wall / sum of ONNX stage time only (preprocess, clustering and PNG counted as overhead): ${mean(backendOnly).toFixed(3)}\n`);
+    console.log(
+      `  wall / sum of ONNX stage time only (preprocess, clustering and PNG counted as overhead): ${mean(backendOnly).toFixed(3)}\n`,
+    );
   }
 
   if (sections.has('prefill')) {
     // 2. Prefill: SeTok tokens against all patch tokens, alternating so drift hits both.
     const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
     const pre = await preprocess((await freshImages(1))[0]!, a.image);
-    const setok = await visionTokens(a, { encoder: p.models.stages.encoder!, merger: p.models.stages.merger! }, pre.pixels, ctx);
-    const identity = { centers: Int32Array.from({ length: N }, (_, i) => i), labels: Int32Array.from({ length: N }, (_, i) => i), scores: new Float32Array(N) };
+    const setok = await visionTokens(
+      a,
+      { encoder: p.models.stages.encoder!, merger: p.models.stages.merger! },
+      pre.pixels,
+      ctx,
+    );
+    const identity = {
+      centers: Int32Array.from({ length: N }, (_, i) => i),
+      labels: Int32Array.from({ length: N }, (_, i) => i),
+      scores: new Float32Array(N),
+    };
     const patches = await mergeTokens(a, p.models.stages.merger!, setok.features, identity, ctx);
     const tSetok: number[] = [];
     const tPatch: number[] = [];
@@ -199,15 +241,25 @@ async function main(): Promise<void> {
         generation: { maxTokens: 16 },
       });
       const own = ['mask_decoder', 'diffusion', 'detokenizer'].filter((s) => done.stages[s] !== undefined);
-      console.log(`  ${task.padEnd(9)} ${ms(wall).padStart(10)} wall; ${own.map((s) => `${s} ${ms(done.stages[s]!)}`).join(', ')}`);
+      console.log(
+        `  ${task.padEnd(9)} ${ms(wall).padStart(10)} wall; ${own.map((s) => `${s} ${ms(done.stages[s]!)}`).join(', ')}`,
+      );
     }
-    console.log(`  (diffusion: ${a.diffusion.steps} DDIM steps over all <target> tokens in one batch; edit reuses segment's image tokens)\n`);
+    console.log(
+      `  (diffusion: ${a.diffusion.steps} DDIM steps over all <target> tokens in one batch; edit reuses segment's image tokens)\n`,
+    );
   }
 
   if (sections.has('pair')) {
     // 4. Two queries in flight at once against one after the other (four new images: no cache hits).
     const [i0, i1, i2, i3] = await freshImages(4);
-    const pair = (id: string, image: Uint8Array): QueryRequest => ({ id, task: 'ask', prompt: 'What is in the picture?', image, generation: { maxTokens } });
+    const pair = (id: string, image: Uint8Array): QueryRequest => ({
+      id,
+      task: 'ask',
+      prompt: 'What is in the picture?',
+      image,
+      generation: { maxTokens },
+    });
     let t0 = performance.now();
     await query(p, pair('c0', i0!));
     await query(p, pair('c1', i1!));
@@ -215,7 +267,9 @@ async function main(): Promise<void> {
     t0 = performance.now();
     await Promise.all([query(p, pair('c2', i2!)), query(p, pair('c3', i3!))]);
     const par = performance.now() - t0;
-    console.log(`two queries: one after the other ${ms(seq)}, in flight together ${ms(par)} (${(seq / par).toFixed(2)}x)\n`);
+    console.log(
+      `two queries: one after the other ${ms(seq)}, in flight together ${ms(par)} (${(seq / par).toFixed(2)}x)\n`,
+    );
   }
 
   if (sections.has('decode')) {
@@ -224,10 +278,21 @@ async function main(): Promise<void> {
     const rates = new Map<number, number[]>(contexts.map((c) => [c, []]));
     const steps = Math.min(maxTokens, 32);
     await decodeRates(p, [64], 4); // warm-up
-    for (let r = 0; r < reps; r++) (await decodeRates(p, contexts, steps)).forEach((x, i) => rates.get(contexts[i]!)!.push(x));
-    console.log(`decode tokens/s after a prompt of N tokens (${steps} greedy steps each, taken in turn across the contexts; median of ${reps}):`);
-    for (const c of contexts) console.log(`  context ${String(c).padStart(4)}: ${median(rates.get(c)!).toFixed(1)} tokens/s  (${rates.get(c)!.map((x) => x.toFixed(1)).join(', ')})`);
-    console.log(`  1024 / 64 rate: ${(median(rates.get(1024)!) / median(rates.get(64)!)).toFixed(2)} (target >= 0.8)\n`);
+    for (let r = 0; r < reps; r++)
+      (await decodeRates(p, contexts, steps)).forEach((x, i) => rates.get(contexts[i]!)!.push(x));
+    console.log(
+      `decode tokens/s after a prompt of N tokens (${steps} greedy steps each, taken in turn across the contexts; median of ${reps}):`,
+    );
+    for (const c of contexts)
+      console.log(
+        `  context ${String(c).padStart(4)}: ${median(rates.get(c)!).toFixed(1)} tokens/s  (${rates
+          .get(c)!
+          .map((x) => x.toFixed(1))
+          .join(', ')})`,
+      );
+    console.log(
+      `  1024 / 64 rate: ${(median(rates.get(1024)!) / median(rates.get(64)!)).toFixed(2)} (target >= 0.8)\n`,
+    );
   }
 
   if (sections.has('ttft')) {
@@ -236,31 +301,69 @@ async function main(): Promise<void> {
     const first: number[] = [];
     const second: number[] = [];
     for (const [i, image] of images.entries()) {
-      const q1 = await query(p, { id: `t${i}a`, task: 'ask', prompt: 'What is in the picture?', image, generation: { maxTokens: 4 } });
-      const q2 = await query(p, { id: `t${i}b`, task: 'ask', prompt: 'Which colour is the largest shape?', image, generation: { maxTokens: 4 } });
+      const q1 = await query(p, {
+        id: `t${i}a`,
+        task: 'ask',
+        prompt: 'What is in the picture?',
+        image,
+        generation: { maxTokens: 4 },
+      });
+      const q2 = await query(p, {
+        id: `t${i}b`,
+        task: 'ask',
+        prompt: 'Which colour is the largest shape?',
+        image,
+        generation: { maxTokens: 4 },
+      });
       first.push(q1.done.firstTokenMs!);
       second.push(q2.done.firstTokenMs!);
-      if (i === 0) console.log(`  second query: ${q2.done.cachedTokens} of ${q2.done.promptTokens} prompt tokens from the prefix cache, stages ${Object.keys(q2.done.stages).join(' ')}`);
+      if (i === 0)
+        console.log(
+          `  second query: ${q2.done.cachedTokens} of ${q2.done.promptTokens} prompt tokens from the prefix cache, stages ${Object.keys(q2.done.stages).join(' ')}`,
+        );
     }
-    console.log(`time to first token, median of ${reps} images: first question ${ms(median(first))}, second on the same image ${ms(median(second))}`);
+    console.log(
+      `time to first token, median of ${reps} images: first question ${ms(median(first))}, second on the same image ${ms(median(second))}`,
+    );
     console.log(`  second / first: ${(median(second) / median(first)).toFixed(3)} (target <= 0.2)\n`);
   }
 
   if (sections.has('conversation')) {
     // 7. A conversation's follow-up against the same turn with no cache (the whole transcript prefilled).
-    const cold = await createPipeline({ modelsDir: dir, threads, maxInFlight: 1, verify: false, visionCacheBytes: 0, reuseKv: false });
+    const cold = await createPipeline({
+      modelsDir: dir,
+      threads,
+      maxInFlight: 1,
+      verify: false,
+      visionCacheBytes: 0,
+      reuseKv: false,
+    });
     try {
       const [image] = await freshImages(1);
       const turns = ['What is in the picture?', 'Which shape is the largest?', 'What colour is it?'];
       const rows: string[] = [];
       for (const [i, prompt] of turns.entries()) {
-        const q = (pl: LocalPipeline, tag: string) => query(pl, { id: `${tag}${i}`, task: 'ask', prompt, conversation: `bench-${tag}`, ...(i === 0 ? { image } : {}), generation: { maxTokens: 32 } });
+        const q = (pl: LocalPipeline, tag: string) =>
+          query(pl, {
+            id: `${tag}${i}`,
+            task: 'ask',
+            prompt,
+            conversation: `bench-${tag}`,
+            ...(i === 0 ? { image } : {}),
+            generation: { maxTokens: 32 },
+          });
         const warm = await q(p, 'warm');
         const coldRun = await q(cold, 'cold');
         if (i === 0) continue;
-        const line = (d: Done) => `${String(d.promptTokens - (d.cachedTokens ?? 0)).padStart(4)} prefilled of ${d.promptTokens}, prefill ${ms(d.stages.prefill!).padStart(9)}, first token ${ms(d.firstTokenMs!).padStart(9)}`;
-        rows.push(`  turn ${i + 1} kept cache: ${line(warm.done)}`, `  turn ${i + 1} cold:       ${line(coldRun.done)}`);
-        rows.push(`    prefill time kept / cold: ${(warm.done.stages.prefill! / coldRun.done.stages.prefill!).toFixed(3)}`);
+        const line = (d: Done) =>
+          `${String(d.promptTokens - (d.cachedTokens ?? 0)).padStart(4)} prefilled of ${d.promptTokens}, prefill ${ms(d.stages.prefill!).padStart(9)}, first token ${ms(d.firstTokenMs!).padStart(9)}`;
+        rows.push(
+          `  turn ${i + 1} kept cache: ${line(warm.done)}`,
+          `  turn ${i + 1} cold:       ${line(coldRun.done)}`,
+        );
+        rows.push(
+          `    prefill time kept / cold: ${(warm.done.stages.prefill! / coldRun.done.stages.prefill!).toFixed(3)}`,
+        );
       }
       console.log('conversation follow-ups (32 new tokens a turn): kept KV cache against no cache');
       for (const r of rows) console.log(r);
@@ -270,7 +373,9 @@ async function main(): Promise<void> {
     }
   }
   const s = p.cacheStats();
-  console.log(`caches: vision ${s.vision.hits} hits / ${s.vision.misses} misses (${(s.vision.bytes / 2 ** 20).toFixed(1)} MiB), prefix ${s.prefix.hits} / ${s.prefix.misses}, KV evictions ${s.kv.evictions}`);
+  console.log(
+    `caches: vision ${s.vision.hits} hits / ${s.vision.misses} misses (${(s.vision.bytes / 2 ** 20).toFixed(1)} MiB), prefix ${s.prefix.hits} / ${s.prefix.misses}, KV evictions ${s.kv.evictions}`,
+  );
   await p.close();
 }
 

@@ -53,7 +53,9 @@ export const ERRORS = {
   DUPLICATE: { exit: 4, meaning: 'a query with this id was already taken' },
   CONVERSATION_UNKNOWN: {
     exit: 4,
-    meaning: 'the query continues a conversation this device does not hold (never started here, idle too long, or its memory was needed); start it again with the image',
+    meaning:
+      'the query continues a conversation this device does not hold (never started here, idle too long, ' +
+      'or its memory was needed); start it again with the image',
   },
   INTERNAL: { exit: 1, meaning: 'an unexpected error (a bug): please report it' },
 } as const satisfies Record<string, { exit: ExitStatus; meaning: string }>;

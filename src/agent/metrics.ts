@@ -15,7 +15,10 @@ export type CacheSource = () => { pipeline: object; stats: CacheStats | undefine
  * A counter that follows a running total kept elsewhere (the pipeline's cache counters): each
  * scrape adds what the total grew by. A new pipeline (after an update) starts its totals at 0.
  */
-function followingCounter(registry: Registry, name: string, help: string, source: () => CacheSource | undefined, pick: (s: CacheStats) => number): Counter {
+type Source = () => CacheSource | undefined;
+type Pick = (s: CacheStats) => number;
+
+function followingCounter(registry: Registry, name: string, help: string, source: Source, pick: Pick): Counter {
   let last = 0;
   let from: object | undefined;
   return new Counter({
@@ -33,7 +36,7 @@ function followingCounter(registry: Registry, name: string, help: string, source
   });
 }
 
-function followingGauge(registry: Registry, name: string, help: string, source: () => CacheSource | undefined, pick: (s: CacheStats) => number): Gauge {
+function followingGauge(registry: Registry, name: string, help: string, source: Source, pick: Pick): Gauge {
   return new Gauge({
     name,
     help,
@@ -84,19 +87,20 @@ export class AgentMetrics {
   constructor() {
     // The vision-token, prefix and conversation caches of the pipeline serving (docs/MQTT.md, Metrics).
     const src = () => this.caches;
-    const c = (name: string, help: string, pick: (s: CacheStats) => number) => followingCounter(this.registry, name, help, src, pick);
-    const g = (name: string, help: string, pick: (s: CacheStats) => number) => followingGauge(this.registry, name, help, src, pick);
+    const c = (name: string, help: string, pick: Pick) => followingCounter(this.registry, name, help, src, pick);
+    const g = (name: string, help: string, pick: Pick) => followingGauge(this.registry, name, help, src, pick);
     c('setokim_vision_cache_hits_total', 'Queries whose image tokens came from the vision cache', (s) => s.vision.hits);
-    c('setokim_vision_cache_misses_total', 'Queries whose image went through the vision stages', (s) => s.vision.misses);
+    c('setokim_vision_cache_misses_total', 'Queries whose image went through the vision', (s) => s.vision.misses);
     g('setokim_vision_cache_bytes', 'Bytes held by the vision-token cache', (s) => s.vision.bytes);
-    c('setokim_prefix_cache_hits_total', 'Prompts whose prefix (system prompt + image) KV rows were copied from the cache', (s) => s.prefix.hits);
+    c('setokim_prefix_cache_hits_total', 'Prompts whose prefix KV rows came from the cache', (s) => s.prefix.hits);
     c('setokim_prefix_cache_misses_total', 'Prompts whose prefix was prefilled', (s) => s.prefix.misses);
     g('setokim_prefix_cache_bytes', 'KV bytes held by cached prompt prefixes', (s) => s.prefix.bytes);
     g('setokim_conversations', 'Conversations held', (s) => s.conversations.active);
     g('setokim_conversation_bytes', 'KV bytes held by conversations', (s) => s.conversations.bytes);
-    c('setokim_conversations_expired_total', 'Conversations ended after their idle time (or over the count limit)', (s) => s.conversations.expired);
-    c('setokim_conversations_evicted_total', 'Conversations ended because a query needed their memory', (s) => s.conversations.evicted);
-    c('setokim_kv_cache_evictions_total', 'Cache holds (prefixes, conversations) taken back for queries', (s) => s.kv.evictions);
+    const expired = (s: CacheStats) => s.conversations.expired;
+    c('setokim_conversations_expired_total', 'Conversations ended idle or over the count', expired);
+    c('setokim_conversations_evicted_total', 'Conversations ended for memory', (s) => s.conversations.evicted);
+    c('setokim_kv_cache_evictions_total', 'Cache holds taken back for queries', (s) => s.kv.evictions);
     g('setokim_kv_budget_used_bytes', 'KV-cache bytes held by queries and caches', (s) => s.kv.usedBytes);
   }
 

@@ -20,6 +20,11 @@ export interface OpenedSet {
   countTokens?: (text: string) => number;
 }
 
+/** The settings of `o` among `keys` that are set. */
+function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Partial<Pick<T, K>> {
+  return Object.fromEntries(keys.filter((k) => o[k] !== undefined).map((k) => [k, o[k]])) as Partial<Pick<T, K>>;
+}
+
 /** Opens a model set directory the way the agent serves it (start, and after an update commits). */
 export async function openServingSet(config: AgentConfig, dir: string): Promise<OpenedSet> {
   const pipeline = await createPipeline({
@@ -28,8 +33,7 @@ export async function openServingSet(config: AgentConfig, dir: string): Promise<
     ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
     ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
     ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
-    ...(config.pipeline.visionCacheBytes !== undefined ? { visionCacheBytes: config.pipeline.visionCacheBytes } : {}),
-    ...(config.pipeline.conversationIdleMs !== undefined ? { conversationIdleMs: config.pipeline.conversationIdleMs } : {}),
+    ...pick(config.pipeline, ['visionCacheBytes', 'conversationIdleMs']),
     verify: config.pipeline.verify,
   });
   try {

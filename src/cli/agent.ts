@@ -130,8 +130,8 @@ export function registerAgent(program: Command): void {
     .option('--no-metrics', 'no metrics endpoint')
     .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
     .option('--threads <n>', 'CPU threads per stage session')
-    .option('--vision-cache-bytes <n>', 'vision tokens kept per image for later queries on it (SETOKIM_VISION_CACHE_BYTES; default 64 MiB, 0 = off)')
-    .option('--conversation-idle-ms <ms>', 'a conversation with no turn for this long ends (SETOKIM_CONVERSATION_IDLE_MS; default 600000)')
+    .option('--vision-cache-bytes <n>', 'vision tokens kept per image (SETOKIM_VISION_CACHE_BYTES; 64 MiB, 0 = off)')
+    .option('--conversation-idle-ms <ms>', 'a conversation idle this long ends (SETOKIM_CONVERSATION_IDLE_MS; 600000)')
     .option('--no-verify', 'skip the sha256 check of the model files at start')
     .option('--verbose', 'log every dropped duplicate and other debug lines')
     .action(async (raw: unknown) => {

@@ -56,7 +56,7 @@ export function registerQuery(program: Command): void {
     .option('--password <secret>', 'broker password')
     .option('--ca <pem>', 'CA certificate that signed the broker (mqtts)')
     .option('--json', 'one JSON line per reply event (pictures as file paths)')
-    .option('--conversation <id>', 'ask/describe in a conversation: with --image start it, without continue it (send follow-ups to the same --device)')
+    .option('--conversation <id>', 'start (with --image) or continue a conversation; follow-ups to the same --device')
     .action(async (raw: unknown) => {
       await sendQuery(parseFlags(QueryFlags, raw, 'query'));
     });

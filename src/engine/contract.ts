@@ -133,7 +133,12 @@ export function stageSignature(stage: StageName, a: Architecture): StageSignatur
       const perLayer = (name: string, rows: Dim) =>
         Array.from({ length: a.llm.layers }, (_, l) => f(`${name}.${l}`, [1, a.llm.kvHeads, rows, headDim(a)]));
       return {
-        inputs: [f('inputs_embeds', [1, 'T', H]), i64('past_length', [1]), ...perLayer('past_keys', 'S'), ...perLayer('past_values', 'S')],
+        inputs: [
+          f('inputs_embeds', [1, 'T', H]),
+          i64('past_length', [1]),
+          ...perLayer('past_keys', 'S'),
+          ...perLayer('past_values', 'S'),
+        ],
         outputs: [
           f('logits', [1, 1, a.llm.vocab]), // the last position only
           f('hidden', [1, 1, H]),

@@ -12,7 +12,8 @@ import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Feed, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
-import { checkRowCopies, checkRowWrites, ResidentRegistry, type ResidentSpec, type ResidentTensor, type RowCopy } from './resident.js';
+import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
 
@@ -37,7 +38,13 @@ interface WireCopy {
 }
 /** Requests the worker answers with a result or an error, in the order they were sent. */
 type Request =
-  | { type: 'run'; id: number; feeds: Record<string, WireTensor>; resident: Record<string, number>; writes: Record<string, WireWrite> }
+  | {
+      type: 'run';
+      id: number;
+      feeds: Record<string, WireTensor>;
+      resident: Record<string, number>;
+      writes: Record<string, WireWrite>;
+    }
   | { type: 'allocate'; id: number; tensors: { handle: number; dtype: DType; dims: number[] }[] }
   | { type: 'copy'; id: number; copies: WireCopy[] }
   | { type: 'read'; id: number; handle: number };
@@ -125,7 +132,8 @@ async function startWorker(spec: WorkerSpec): Promise<{ worker: Worker; ready: R
   return { worker, ready };
 }
 
-type Pending = { what: string; resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void };
+type Outputs = Record<string, Tensor>;
+type Pending = { what: string; resolve: (o: Outputs) => void; reject: (e: Error) => void };
 
 /** How often a dead worker is replaced before the session gives up (OrtBackendOptions). */
 interface CrashLoopLimit {
@@ -225,10 +233,9 @@ class OrtSession implements Session {
       if (t.location === 'resident') resident[name] = this.residents.idOf(t, `input '${name}'`);
       else host[name] = toWire(t);
     }
-    const wireWrites = Object.fromEntries(
-      Object.entries(writes).map(([name, w]) => [name, { handle: this.residents.idOf(w.into, `the target of output '${name}'`), axis: w.axis, offset: w.offset }]),
-    );
-    return this.request('run', (id) => ({ type: 'run', id, feeds: host, resident, writes: wireWrites }), transferList(host, options.transfer));
+    const wireWrites = wireRowWrites(this.residents, writes);
+    const transfer = transferList(host, options.transfer);
+    return this.request('run', (id) => ({ type: 'run', id, feeds: host, resident, writes: wireWrites }), transfer);
   }
 
   async allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]> {
@@ -267,7 +274,9 @@ class OrtSession implements Session {
   async release(tensors: readonly ResidentTensor[]): Promise<void> {
     const handles = tensors.map((t) => this.residents.drop(t)).filter((h): h is number => h !== undefined);
     // Ordered after every request already sent; a dead worker took its tensors with it.
-    if (handles.length && this.worker && !this.disposed) this.worker.postMessage({ type: 'release', handles } satisfies ToWorker);
+    if (handles.length && this.worker && !this.disposed) {
+      this.worker.postMessage({ type: 'release', handles } satisfies ToWorker);
+    }
   }
 
   private assertOpen(): void {
@@ -275,7 +284,7 @@ class OrtSession implements Session {
   }
 
   /** Sends one request to the worker (reopened if it died) and waits for its answer. */
-  private async request(what: string, make: (id: number) => Request, transfer: ArrayBuffer[] = []): Promise<Record<string, Tensor>> {
+  private async request(what: string, make: (id: number) => Request, transfer: ArrayBuffer[] = []): Promise<Outputs> {
     if (this.broken) throw this.broken;
     if (!this.worker) await this.reopen();
     const worker = this.worker;
@@ -367,7 +376,8 @@ class OrtSession implements Session {
       this.settle(m.id)?.resolve(Object.fromEntries(Object.entries(m.outputs).map(([k, w]) => [k, fromWire(w)])));
     } else if (m.type === 'error') {
       const p = this.settle(m.id);
-      p?.reject(new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': ONNX Runtime failed to ${p.what}: ${m.message}`));
+      const why = `stage '${this.stage}': ONNX Runtime failed to ${p?.what}: ${m.message}`;
+      p?.reject(new SetokimError(ErrorCodes.INTERNAL, why));
     }
   }
 

@@ -124,7 +124,9 @@ async function handle(session, msg) {
     case 'run':
       return run(session, msg);
     case 'allocate':
-      for (const t of msg.tensors) resident.set(t.handle, { dtype: t.dtype, dims: t.dims, data: new ARRAYS[t.dtype](count(t.dims)) });
+      for (const t of msg.tensors) {
+        resident.set(t.handle, { dtype: t.dtype, dims: t.dims, data: new ARRAYS[t.dtype](count(t.dims)) });
+      }
       return { outputs: {}, transfer: [] };
     case 'copy':
       for (const c of msg.copies) {

@@ -88,7 +88,8 @@ export class ResidentRegistry {
   /** New handles for `specs` (checked: known dtypes, whole non-negative dims). */
   create(specs: readonly ResidentSpec[]): (ResidentTensor & { id: number })[] {
     for (const s of specs) {
-      if (!(s.dtype in ELEMENT_BYTES)) throw badArg(this.stage, `cannot allocate a resident tensor of dtype '${s.dtype}'`);
+      if (!(s.dtype in ELEMENT_BYTES))
+        throw badArg(this.stage, `cannot allocate a resident tensor of dtype '${s.dtype}'`);
       if (!Array.isArray(s.dims) || s.dims.some((d) => !Number.isInteger(d) || d < 0)) {
         throw badArg(this.stage, `a resident tensor needs whole non-negative dims, got ${JSON.stringify(s.dims)}`);
       }
@@ -106,11 +107,17 @@ export class ResidentRegistry {
   idOf(t: ResidentTensor, what: string): number {
     const h = t as Handle;
     if (!(h instanceof Handle) || h.owner !== this) {
-      throw badArg(this.stage, `${what} is a resident tensor of another session; feed it to the session that allocated it`);
+      throw badArg(
+        this.stage,
+        `${what} is a resident tensor of another session; feed it to the session that allocated it`,
+      );
     }
     if (h.state === 'released') throw badArg(this.stage, `${what} was released`);
     if (h.state === 'lost') {
-      throw new SetokimError(ErrorCodes.BACKEND_CRASHED, `stage '${this.stage}': ${what} was lost with its backend (${this.lostBecause ?? 'it stopped'})`);
+      throw new SetokimError(
+        ErrorCodes.BACKEND_CRASHED,
+        `stage '${this.stage}': ${what} was lost with its backend (${this.lostBecause ?? 'it stopped'})`,
+      );
     }
     return h.id;
   }
@@ -134,15 +141,29 @@ export class ResidentRegistry {
   }
 }
 
-function checkRows(stage: string, what: string, dims: readonly number[], to: ResidentTensor, axis: number, offset: number): void {
+function checkRows(
+  stage: string,
+  what: string,
+  dims: readonly number[],
+  to: ResidentTensor,
+  axis: number,
+  offset: number,
+): void {
   if (!Number.isInteger(axis) || axis < 0 || axis >= to.dims.length) {
     throw badArg(stage, `${what}: axis ${axis} is not an axis of ${formatShape(to.dims)}`);
   }
   if (dims.length !== to.dims.length || dims.some((d, i) => i !== axis && d !== to.dims[i])) {
-    throw badArg(stage, `${what}: rows of ${formatShape(dims)} do not fit ${formatShape(to.dims)} along axis ${axis} (every other dim must match)`);
+    throw badArg(
+      stage,
+      `${what}: rows of ${formatShape(dims)} do not fit ${formatShape(to.dims)} along axis ${axis}` +
+        ' (every other dim must match)',
+    );
   }
   if (!Number.isInteger(offset) || offset < 0 || offset + dims[axis]! > to.dims[axis]!) {
-    throw badArg(stage, `${what}: ${dims[axis]} rows at offset ${offset} overrun the ${to.dims[axis]} rows of axis ${axis}`);
+    throw badArg(
+      stage,
+      `${what}: ${dims[axis]} rows at offset ${offset} overrun the ${to.dims[axis]} rows of axis ${axis}`,
+    );
   }
 }
 
@@ -159,25 +180,52 @@ export function checkRowWrites(
   outputNames: readonly string[],
 ): void {
   for (const [name, w] of Object.entries(writes)) {
-    if (!outputNames.includes(name)) throw badArg(stage, `cannot write output '${name}': the stage has no such output`);
     const spec = signature?.outputs.find((o) => o.name === name);
+    if (!outputNames.includes(name)) {
+      if (!spec) throw badArg(stage, `cannot write output '${name}': the stage has no such output`);
+      // The signature promises it, the graph lacks it: the model set is not what it claims.
+      throw new SetokimError(
+        ErrorCodes.MODEL_INVALID,
+        `stage '${stage}': the graph has no output '${name}' though its signature declares it; re-export the model set`,
+      );
+    }
     if (!spec) {
-      if (!Number.isInteger(w.offset) || w.offset < 0) throw badArg(stage, `output '${name}': offset ${w.offset} is not a row index`);
+      if (!Number.isInteger(w.offset) || w.offset < 0)
+        throw badArg(stage, `output '${name}': offset ${w.offset} is not a row index`);
       continue;
     }
-    if (spec.dtype !== w.into.dtype) throw badArg(stage, `output '${name}' is ${spec.dtype}; it cannot be written into a ${w.into.dtype} resident tensor`);
+    if (spec.dtype !== w.into.dtype)
+      throw badArg(
+        stage,
+        `output '${name}' is ${spec.dtype}; it cannot be written into a ${w.into.dtype} resident tensor`,
+      );
     const dims = spec.shape.map((d) => evalDim(d, bound));
     if (dims.some((d) => d === undefined)) continue;
     checkRows(stage, `output '${name}'`, dims as number[], w.into, w.axis, w.offset);
   }
 }
 
+/** The row writes as backends take them: handle numbers of `registry`. */
+export function wireRowWrites(
+  registry: ResidentRegistry,
+  writes: Readonly<Record<string, RowWrite>>,
+): Record<string, { handle: number; axis: number; offset: number }> {
+  return Object.fromEntries(
+    Object.entries(writes).map(([name, w]) => {
+      const handle = registry.idOf(w.into, `the target of output '${name}'`);
+      return [name, { handle, axis: w.axis, offset: w.offset }];
+    }),
+  );
+}
+
 /** Checks copies between resident tensors: same dtype, every dim but `axis` equal, rows in range. */
 export function checkRowCopies(stage: string, copies: readonly RowCopy[]): void {
   copies.forEach((c, i) => {
     const what = `copy ${i}`;
-    if (c.from.dtype !== c.to.dtype) throw badArg(stage, `${what}: ${c.from.dtype} rows cannot go into a ${c.to.dtype} tensor`);
-    if (!Number.isInteger(c.rows) || c.rows < 0) throw badArg(stage, `${what}: rows must be a whole number, got ${c.rows}`);
+    if (c.from.dtype !== c.to.dtype)
+      throw badArg(stage, `${what}: ${c.from.dtype} rows cannot go into a ${c.to.dtype} tensor`);
+    if (!Number.isInteger(c.rows) || c.rows < 0)
+      throw badArg(stage, `${what}: rows must be a whole number, got ${c.rows}`);
     const from = c.fromOffset ?? 0;
     const rows = c.from.dims.map((d, k) => (k === c.axis ? c.rows : d));
     checkRows(stage, `${what} (source)`, rows, c.from, c.axis, from);

@@ -17,8 +17,10 @@ import {
   verifyPlanFile,
 } from './engine-manifest.js';
 import { signatureDifference } from './manifest.js';
-import { type Capabilities, type NativeAddon, type NativeTrtCopy, type NativeTrtEngine, type NativeTrtTensor, loadNative } from './native.js';
-import { checkRowCopies, checkRowWrites, ResidentRegistry, type ResidentSpec, type ResidentTensor, type RowCopy } from './resident.js';
+import { loadNative } from './native.js';
+import type { Capabilities, NativeAddon, NativeTrtCopy, NativeTrtEngine, NativeTrtTensor } from './native.js';
+import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
 import { type DimLimits, checkFeeds } from './signature.js';
 
 /** Why TensorRT cannot run here, or undefined when it can. */
@@ -52,7 +54,12 @@ function profileLimits(m: EngineManifest): DimLimits {
   return limits;
 }
 
-const fromNative = (t: NativeTrtTensor): Tensor => ({ dtype: t.dtype as DType, dims: t.dims, data: t.data as TypedArray, location: 'host' });
+const fromNative = (t: NativeTrtTensor): Tensor => ({
+  dtype: t.dtype as DType,
+  dims: t.dims,
+  data: t.data as TypedArray,
+  location: 'host',
+});
 
 /**
  * One engine's session. Resident tensors are device buffers the addon keeps under the handles
@@ -92,9 +99,7 @@ class TrtSession implements Session {
       if (t.location === 'resident') resident[name] = this.residents.idOf(t, `input '${name}'`);
       else host[name] = { dtype: t.dtype, dims: [...t.dims], data: t.data };
     }
-    const wireWrites = Object.fromEntries(
-      Object.entries(writes).map(([name, w]) => [name, { handle: this.residents.idOf(w.into, `the target of output '${name}'`), axis: w.axis, offset: w.offset }]),
-    );
+    const wireWrites = wireRowWrites(this.residents, writes);
     const out = await this.native('run', () => this.engine.run(host, resident, wireWrites));
     return Object.fromEntries(Object.entries(out).map(([k, t]) => [k, fromNative(t)]));
   }
@@ -103,7 +108,8 @@ class TrtSession implements Session {
     this.assertOpen();
     const handles = this.residents.create(specs);
     try {
-      await this.native('allocate device memory', () => this.engine.allocate(handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] }))));
+      const tensors = handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] }));
+      await this.native('allocate device memory', () => this.engine.allocate(tensors));
     } catch (err) {
       for (const h of handles) this.residents.drop(h);
       throw err;
@@ -133,7 +139,8 @@ class TrtSession implements Session {
 
   async release(tensors: readonly ResidentTensor[]): Promise<void> {
     const handles = tensors.map((t) => this.residents.drop(t)).filter((h): h is number => h !== undefined);
-    if (handles.length && !this.disposed) await this.native('release device memory', () => this.engine.release(handles));
+    if (handles.length === 0 || this.disposed) return;
+    await this.native('release device memory', () => this.engine.release(handles));
   }
 
   async dispose(): Promise<void> {
@@ -151,7 +158,8 @@ class TrtSession implements Session {
     try {
       return await call();
     } catch (err) {
-      throw new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': TensorRT failed to ${what}: ${(err as Error).message}`, { cause: err });
+      const why = `stage '${this.stage}': TensorRT failed to ${what}: ${(err as Error).message}`;
+      throw new SetokimError(ErrorCodes.INTERNAL, why, { cause: err });
     }
   }
 }

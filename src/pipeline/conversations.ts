@@ -65,7 +65,8 @@ export interface Turn {
 const unknown = (id: string) =>
   new SetokimError(
     ErrorCodes.CONVERSATION_UNKNOWN,
-    `conversation '${id}' is not held here: it was never started on this device, or it ended (idle too long, or its memory was needed). Start it again: send the image with the first question.`,
+    `conversation '${id}' is not held here: it was never started on this device, or it ended ` +
+      '(idle too long, or its memory was needed). Start it again: send the image with the first question.',
   );
 
 export type EndReason = 'expired' | 'evicted' | 'closed';
@@ -98,7 +99,12 @@ export class Conversations {
   begin(id: string, hasImage: boolean): Turn {
     const c = this.live.get(id);
     if (hasImage) {
-      if (c) throw new SetokimError(ErrorCodes.BAD_INPUT, `conversation '${id}' already exists; its follow-ups carry no image. Use a new conversation id for another image.`);
+      if (c)
+        throw new SetokimError(
+          ErrorCodes.BAD_INPUT,
+          `conversation '${id}' already exists; its follow-ups carry no image. ` +
+            'Use a new conversation id for another image.',
+        );
       const fresh = new Conversation(id);
       fresh.busy = true;
       this.live.set(id, fresh);
@@ -106,7 +112,11 @@ export class Conversations {
       return { conversation: fresh, isNew: true, committed: false };
     }
     if (!c) throw unknown(id);
-    if (c.busy) throw new SetokimError(ErrorCodes.BUSY, `conversation '${id}' has a turn running; send the next turn after its answer`);
+    if (c.busy)
+      throw new SetokimError(
+        ErrorCodes.BUSY,
+        `conversation '${id}' has a turn running; send the next turn after its answer`,
+      );
     c.busy = true;
     clearTimeout(c.timer);
     return { conversation: c, isNew: false, committed: false };
@@ -116,7 +126,19 @@ export class Conversations {
    * A turn completed: the conversation now ends with its answer. `cache` (when KV reuse is on) holds
    * the whole transcript's rows, `lease` its bytes, which become the conversation's hold.
    */
-  commit(turn: Turn, next: { transcript: PromptSegment[]; length: number; closing: number[]; vision?: Float32Array; visionTokens?: number; cache?: KvCache; lease?: KvLease; resumed?: boolean }): void {
+  commit(
+    turn: Turn,
+    next: {
+      transcript: PromptSegment[];
+      length: number;
+      closing: number[];
+      vision?: Float32Array;
+      visionTokens?: number;
+      cache?: KvCache;
+      lease?: KvLease;
+      resumed?: boolean;
+    },
+  ): void {
     const c = turn.conversation;
     turn.committed = true;
     if (!turn.isNew) this.counters[next.resumed ? 'resumed' : 'replayed']++;

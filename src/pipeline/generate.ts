@@ -73,7 +73,7 @@ export class LlmContext {
     return out.embeds!.data as Float32Array;
   }
 
-  /** The embeddings [T, H] of prompt segments: text through the embed stage, `vision` spliced in at the vision segment. */
+  /** The embeddings [T, H] of prompt segments: text through the embed stage, `vision` at the vision segment. */
   async promptEmbeds(segments: readonly PromptSegment[], vision?: Float32Array): Promise<Float32Array> {
     const parts: Float32Array[] = [];
     for (const seg of segments) {
@@ -101,12 +101,17 @@ export class LlmContext {
       throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`);
     const cache = this.cache;
     if (!cache || this.length + T > cache.capacity) {
-      throw new SetokimError(ErrorCodes.INTERNAL, `the KV cache holds ${cache?.capacity ?? 0} rows and the sequence needs ${this.length + T}; the query reserved too few`);
+      const why = `the KV cache holds ${cache?.capacity ?? 0} rows and the sequence needs ${this.length + T}`;
+      throw new SetokimError(ErrorCodes.INTERNAL, `${why}; the query reserved too few`);
     }
     const past = this.length === 0 ? this.noPast() : cache.feeds(); // an empty cache: attend to nothing
     const out = await this.llm.run(
       this.ctx,
-      { inputs_embeds: tensor('float32', embeds, [1, T, H]), past_length: tensor('int64', BigInt64Array.of(BigInt(this.length)), [1]), ...past },
+      {
+        inputs_embeds: tensor('float32', embeds, [1, T, H]),
+        past_length: tensor('int64', BigInt64Array.of(BigInt(this.length)), [1]),
+        ...past,
+      },
       label,
       { writeInto: cache.writes(this.length) },
     );

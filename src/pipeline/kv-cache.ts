@@ -75,7 +75,8 @@ export class KvBudget {
   private evictions = 0;
 
   constructor(readonly totalBytes: number) {
-    if (!(totalBytes > 0)) throw new SetokimError(ErrorCodes.BAD_CONFIG, `the KV-cache budget must be > 0 bytes, got ${totalBytes}`);
+    if (!(totalBytes > 0))
+      throw new SetokimError(ErrorCodes.BAD_CONFIG, `the KV-cache budget must be > 0 bytes, got ${totalBytes}`);
   }
 
   /** Bytes held by requests and caches. */
@@ -94,7 +95,7 @@ export class KvBudget {
     return this.evictions;
   }
 
-  /** Resolves with a lease once `bytes` fit, evicting cache holds first; rejects with CANCELLED if the signal aborts first. */
+  /** A lease once `bytes` fit, evicting cache holds first; rejects with CANCELLED if the signal aborts first. */
   reserve(bytes: number, signal?: AbortSignal): Promise<KvLease> {
     if (bytes > this.totalBytes)
       return Promise.reject(

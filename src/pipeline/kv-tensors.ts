@@ -50,7 +50,8 @@ export class KvCache {
 
   /** Copies rows 0 .. rows-1 of `src` into this cache, inside the backend. */
   copyFrom(src: KvCache, rows: number): Promise<void> {
-    const pair = (from: readonly ResidentTensor[], to: readonly ResidentTensor[]) => from.map((f, l) => ({ from: f, to: to[l]!, axis: 2, rows }));
+    const pair = (from: readonly ResidentTensor[], to: readonly ResidentTensor[]) =>
+      from.map((f, l) => ({ from: f, to: to[l]!, axis: 2, rows }));
     return this.session.copyRows([...pair(src.keys, this.keys), ...pair(src.values, this.values)]);
   }
 

@@ -54,7 +54,11 @@ const OptionsSchema = z
   .strict();
 
 /** Defaults of the cache settings (docs/MQTT.md, "Conversations"). */
-export const CACHE_DEFAULTS = { visionCacheBytes: 64 << 20, conversationIdleMs: 10 * 60_000, maxConversations: 64 } as const;
+export const CACHE_DEFAULTS = {
+  visionCacheBytes: 64 << 20,
+  conversationIdleMs: 10 * 60_000,
+  maxConversations: 64,
+} as const;
 
 export type PipelineOptions = z.input<typeof OptionsSchema> & { imageLimits?: ImageLimits };
 
@@ -173,7 +177,8 @@ class SetokimPipeline implements LocalPipeline {
       release = await this.admission.acquire(ac.signal);
       this.active++;
       const ctx: RequestContext = { signal: ac.signal, times: {} };
-      await runQuery({ models: this.models, kv: this.kv, caches: this.caches, imageLimits: this.imageLimits }, req, turn, ctx, (e) => ch.push(e), startedAt);
+      const env = { models: this.models, kv: this.kv, caches: this.caches, imageLimits: this.imageLimits };
+      await runQuery(env, req, turn, ctx, (e) => ch.push(e), startedAt);
     } catch (err) {
       const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =
@@ -195,7 +200,12 @@ class SetokimPipeline implements LocalPipeline {
       vision: { ...vision.stats, capacityBytes: vision.capacityBytes },
       prefix: prefix?.stats ?? { hits: 0, misses: 0, bytes: 0, entries: 0 },
       conversations: { ...conversations.stats, bytes: conversations.bytes },
-      kv: { budgetBytes: this.kv.totalBytes, usedBytes: this.kv.used, cachedBytes: this.kv.cached, evictions: this.kv.evicted },
+      kv: {
+        budgetBytes: this.kv.totalBytes,
+        usedBytes: this.kv.used,
+        cachedBytes: this.kv.cached,
+        evictions: this.kv.evicted,
+      },
     };
   }
 

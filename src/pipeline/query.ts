@@ -58,7 +58,10 @@ const TASK_STAGES: Record<string, StageName[]> = {
 function stage(models: PipelineModels, name: StageName, task: string): GatedStage {
   const s = models.stages[name];
   if (!s)
-    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `the model set has no '${name}' stage, so it cannot run task '${task}'; use a model set that includes it`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_NOT_FOUND,
+      `the model set has no '${name}' stage, so it cannot run task '${task}'; use a model set that includes it`,
+    );
   return s;
 }
 
@@ -69,8 +72,15 @@ async function visionOf(env: QueryEnv, req: CheckedRequest, key: string, ctx: Re
   const cached = env.caches.vision.get(key);
   if (cached) return cached;
   const pre = await timed(ctx, 'preprocess', () => preprocess(req.image!, a.image, env.imageLimits));
-  const vision = await visionTokens(a, { encoder: stage(models, 'encoder', req.task), merger: stage(models, 'merger', req.task) }, pre.pixels, ctx);
-  const pic = await timed(ctx, 'png', () => tokenMaskPng(pre.rgb, pre.size, vision.clusters.labels, patchGrid(a), a.image.patch, pre.box));
+  const vision = await visionTokens(
+    a,
+    { encoder: stage(models, 'encoder', req.task), merger: stage(models, 'merger', req.task) },
+    pre.pixels,
+    ctx,
+  );
+  const pic = await timed(ctx, 'png', () =>
+    tokenMaskPng(pre.rgb, pre.size, vision.clusters.labels, patchGrid(a), a.image.patch, pre.box),
+  );
   const out = { vision, geometry: pre.geometry, maskPng: pic.png };
   env.caches.vision.put(key, out);
   return out;
@@ -86,12 +96,22 @@ interface Context {
 }
 
 /** A fresh prompt: the template around the image, its shared prefix looked up in the prefix cache. */
-function promptContext(env: QueryEnv, req: CheckedRequest, seen: CachedVision | undefined, vKey: string | undefined): Context {
-  const layout = buildVicunaPrompt(env.models.tokenizer, { prompt: req.prompt, image: !!seen, answerWithImage: req.task === 'generate' || req.task === 'edit' });
+function promptContext(
+  env: QueryEnv,
+  req: CheckedRequest,
+  seen: CachedVision | undefined,
+  vKey: string | undefined,
+): Context {
+  const layout = buildVicunaPrompt(env.models.tokenizer, {
+    prompt: req.prompt,
+    image: !!seen,
+    answerWithImage: req.task === 'generate' || req.task === 'edit',
+  });
   const count = seen?.vision.count ?? 0;
   const { prefix } = splitPrefix(layout);
   const ctx: Context = { segments: layout.segments, vision: seen?.vision.embeds, visionTokens: count };
-  if (prefix.length) ctx.prefix = { key: prefixKey(env.caches.modelKey, prefix, vKey), rows: segmentsLength(prefix, count) };
+  if (prefix.length)
+    ctx.prefix = { key: prefixKey(env.caches.modelKey, prefix, vKey), rows: segmentsLength(prefix, count) };
   return ctx;
 }
 
@@ -158,7 +178,8 @@ function dropRows(segments: readonly PromptSegment[], rows: number, visionTokens
       left -= n;
       continue;
     }
-    if (left > 0 && seg.kind !== 'text') throw new SetokimError(ErrorCodes.INTERNAL, 'a cached prefix ends inside the image');
+    if (left > 0 && seg.kind !== 'text')
+      throw new SetokimError(ErrorCodes.INTERNAL, 'a cached prefix ends inside the image');
     out.push(seg.kind === 'text' && left > 0 ? { kind: 'text', ids: seg.ids.slice(left) } : seg);
     left = 0;
   }
@@ -177,7 +198,8 @@ export async function runQuery(
   emit: (e: PipelineEvent) => void,
   startedAt: number,
 ): Promise<void> {
-  for (const s of TASK_STAGES[req.task]!) if (req.image || (s !== 'encoder' && s !== 'merger')) stage(env.models, s, req.task);
+  for (const s of TASK_STAGES[req.task]!)
+    if (req.image || (s !== 'encoder' && s !== 'merger')) stage(env.models, s, req.task);
   const { models } = env;
   const a = models.arch;
   const tok = models.tokenizer;
@@ -195,13 +217,21 @@ export async function runQuery(
 
   const conv = turn && !turn.isNew ? turn.conversation : undefined;
   const c: Context = conv
-    ? { segments: [...conv.transcript, { kind: 'text', ids: followUpIds(tok, req.prompt, conv.closing) }], vision: conv.vision, visionTokens: conv.visionTokens }
+    ? {
+        segments: [...conv.transcript, { kind: 'text', ids: followUpIds(tok, req.prompt, conv.closing) }],
+        vision: conv.vision,
+        visionTokens: conv.visionTokens,
+      }
     : promptContext(env, req, seen, vKey);
   const promptTokens = segmentsLength(c.segments, c.visionTokens);
   const extra = req.task === 'segment' ? 1 : 0; // the referring <target> query
   const room = a.llm.maxContext - promptTokens - extra;
   if (room < 1)
-    throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the prompt takes ${promptTokens} tokens and the context holds ${a.llm.maxContext}; shorten the prompt${conv ? ' or start a new conversation' : ''}`);
+    throw new SetokimError(
+      ErrorCodes.PROMPT_TOO_LONG,
+      `the prompt takes ${promptTokens} tokens and the context holds ${a.llm.maxContext}; ` +
+        `shorten the prompt${conv ? ' or start a new conversation' : ''}`,
+    );
   const maxTokens = Math.min(req.maxTokens, room);
   const capacity = promptTokens + maxTokens + extra;
   const llm = new LlmContext(a, stage(models, 'llm', req.task), stage(models, 'embed', req.task), ctx);
@@ -211,9 +241,13 @@ export async function runQuery(
     const opened = await openCache(env, llm, c, turn, capacity, ctx.signal);
     lease = opened.lease;
     unpin = opened.unpin;
-    const first = await llm.step(await llm.promptEmbeds(dropRows(c.segments, opened.cached, c.visionTokens), c.vision), 'prefill');
+    const first = await llm.step(
+      await llm.promptEmbeds(dropRows(c.segments, opened.cached, c.visionTokens), c.vision),
+      'prefill',
+    );
     const promptEnd = llm.position;
-    if (c.prefix && opened.cached === 0 && env.caches.prefix) await env.caches.prefix.store(c.prefix.key, llm.kv!, c.prefix.rows);
+    if (c.prefix && opened.cached === 0 && env.caches.prefix)
+      await env.caches.prefix.store(c.prefix.key, llm.kv!, c.prefix.rows);
     let firstTokenMs: number | undefined;
     const result = await decode(
       llm,
@@ -236,7 +270,10 @@ export async function runQuery(
       const answered = result.ids;
       const unfed = answered.slice(llm.position - promptEnd);
       const closing = unfed.at(-1) === tok.specials.eos ? unfed : [...unfed, tok.specials.eos];
-      const transcript: PromptSegment[] = [...c.segments, { kind: 'text', ids: answered.slice(0, llm.position - promptEnd) }];
+      const transcript: PromptSegment[] = [
+        ...c.segments,
+        { kind: 'text', ids: answered.slice(0, llm.position - promptEnd) },
+      ];
       const keep = env.caches.prefix ? llm.kv : undefined; // KV reuse off: conversations keep transcripts only
       if (keep) llm.detach();
       env.caches.conversations.commit(turn, {
@@ -255,7 +292,14 @@ export async function runQuery(
       // The hidden state at a <target> the model emitted, or at one we feed as the referring query.
       let query = result.images.at(-1)?.at(-1);
       if (!query) query = (await llm.step(await llm.embedIds([tok.specials.target]), 'decode')).hidden;
-      const masks = await segmentMasks(a, stage(models, 'mask_decoder', req.task), seen!.vision, query, seen!.geometry, ctx);
+      const masks = await segmentMasks(
+        a,
+        stage(models, 'mask_decoder', req.task),
+        seen!.vision,
+        query,
+        seen!.geometry,
+        ctx,
+      );
       for (const m of masks) emit({ type: 'mask', id, ...m });
     }
     llm.release();
@@ -264,7 +308,10 @@ export async function runQuery(
     if (imageTask) {
       const targets = result.images[0];
       if (!targets || targets.length === 0)
-        throw new SetokimError(ErrorCodes.INTERNAL, 'the model emitted no <target> token for the image; retry with another seed');
+        throw new SetokimError(
+          ErrorCodes.INTERNAL,
+          'the model emitted no <target> token for the image; retry with another seed',
+        );
       const rng = new Prng((req.seed ^ 0x9e3779b9) >>> 0);
       const pic = await renderImage(
         a,

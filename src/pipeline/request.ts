@@ -64,7 +64,8 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults): 
     throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
   const task = r.task as Task;
   if (r.conversation && !CONVERSATION_TASKS.includes(task)) {
-    throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' cannot run in a conversation; conversations take ${CONVERSATION_TASKS.join(' and ')}`);
+    const takes = CONVERSATION_TASKS.join(' and ');
+    throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' cannot run in a conversation (only ${takes} can)`);
   }
   // A conversation's follow-up carries no image: the conversation has it.
   const needsImage = task !== 'generate' && !r.conversation;

@@ -66,7 +66,8 @@ export function buildVicunaPrompt(tok: Tokenizer, options: PromptOptions): Promp
     const ids = tok.encode(text, { bos: true });
     segments = [{ kind: 'text', ids: [...ids, ...tail] }];
     const system = tok.encode(`${options.system ?? VICUNA_V1_SYSTEM} USER:`, { bos: true });
-    if (system.length < ids.length && system.every((id, i) => id === ids[i])) prefixEnd = { segment: 0, ids: system.length };
+    const clean = system.length < ids.length && system.every((id, i) => id === ids[i]);
+    if (clean) prefixEnd = { segment: 0, ids: system.length };
   } else {
     // The user's own "<image>" (if any) was kept by vicunaPromptText; otherwise ours leads the turn.
     const at = text.indexOf(IMAGE_PLACEHOLDER);
@@ -109,7 +110,11 @@ export function segmentsLength(segments: readonly PromptSegment[], visionTokens:
  */
 export function followUpIds(tok: Tokenizer, prompt: string, closing: readonly number[]): number[] {
   if (prompt.includes(IMAGE_PLACEHOLDER)) {
-    throw new SetokimError(ErrorCodes.BAD_INPUT, `a follow-up turn carries no image, so its prompt cannot contain "${IMAGE_PLACEHOLDER}"; start a new conversation for another image`);
+    throw new SetokimError(
+      ErrorCodes.BAD_INPUT,
+      `a follow-up turn carries no image, so its prompt cannot contain "${IMAGE_PLACEHOLDER}"; ` +
+        'start a new conversation for another image',
+    );
   }
   return [...closing, ...tok.encode(`USER: ${prompt} ASSISTANT:`)];
 }

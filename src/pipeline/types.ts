@@ -60,7 +60,15 @@ export interface RunOptions {
 export interface CacheStats {
   vision: { hits: number; misses: number; bytes: number; entries: number; evictions: number; capacityBytes: number };
   prefix: { hits: number; misses: number; bytes: number; entries: number };
-  conversations: { active: number; bytes: number; started: number; expired: number; evicted: number; resumed: number; replayed: number };
+  conversations: {
+    active: number;
+    bytes: number;
+    started: number;
+    expired: number;
+    evicted: number;
+    resumed: number;
+    replayed: number;
+  };
   kv: { budgetBytes: number; usedBytes: number; cachedBytes: number; evictions: number };
 }
 

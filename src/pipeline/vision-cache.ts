@@ -31,13 +31,22 @@ export interface CacheCounters {
 function entryBytes(v: CachedVision): number {
   const t = v.vision;
   const c = t.clusters;
-  return t.features.byteLength + t.tokens.byteLength + t.embeds.byteLength + c.centers.byteLength + c.labels.byteLength + c.scores.byteLength + v.maskPng.byteLength;
+  return (
+    t.features.byteLength +
+    t.tokens.byteLength +
+    t.embeds.byteLength +
+    c.centers.byteLength +
+    c.labels.byteLength +
+    c.scores.byteLength +
+    v.maskPng.byteLength
+  );
 }
 
 /** The model side of every vision key: which set, build and backend, and how it clusters. */
 export function visionModelKey(modelSetId: string, precision: string, backend: string, a: Architecture): string {
   const { k, threshold, fallback, maxTokens } = a.cluster;
-  return `${modelSetId}|${precision}|${backend}|k=${k},threshold=${threshold},fallback=${fallback},maxTokens=${maxTokens}`;
+  const clustering = `k=${k},threshold=${threshold},fallback=${fallback},maxTokens=${maxTokens}`;
+  return `${modelSetId}|${precision}|${backend}|${clustering}`;
 }
 
 /** The key of one image under one model: sha256 of the image bytes and the model key. */

@@ -93,7 +93,9 @@ export class RecordingSession implements Session {
   /** Records the feeds (a resident one, such as the LLM's KV cache, read back to the host), then runs. */
   async run(feeds: Record<string, Feed>, options?: SessionRunOptions): Promise<Feeds> {
     const host: Feeds = {};
-    for (const [name, t] of Object.entries(feeds)) host[name] = t.location === 'resident' ? await this.inner.read(t) : t;
+    for (const [name, t] of Object.entries(feeds)) {
+      host[name] = t.location === 'resident' ? await this.inner.read(t) : t;
+    }
     this.recorder.add(this.stage, host);
     return this.inner.run(feeds, options);
   }

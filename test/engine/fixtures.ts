@@ -167,12 +167,23 @@ export const CACHE_SIGNATURE: StageSignature = {
 export function cacheGraph(dir: string): string {
   const file = path.join(dir, 'cache.onnx');
   const reduce = (x: string, out: string) =>
-    onnx.NodeProto.create({ opType: 'ReduceSum', input: [x, 'axis1'], output: [out], name: `sum_${out}`, attribute: [{ name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 1 }] });
+    onnx.NodeProto.create({
+      opType: 'ReduceSum',
+      input: [x, 'axis1'],
+      output: [out],
+      name: `sum_${out}`,
+      attribute: [{ name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 1 }],
+    });
   writeFileSync(
     file,
     model({
       name: 'cache',
-      node: [reduce('cache', 'a'), reduce('x', 'b'), node('Add', ['a', 'b'], ['total']), node('Mul', ['x', 'two'], ['rows'])],
+      node: [
+        reduce('cache', 'a'),
+        reduce('x', 'b'),
+        node('Add', ['a', 'b'], ['total']),
+        node('Mul', ['x', 'two'], ['rows']),
+      ],
       initializer: [
         onnx.TensorProto.create({ name: 'axis1', dataType: INT64, dims: [1], int64Data: [1] }),
         floatInit('two', [], Float32Array.of(2)),

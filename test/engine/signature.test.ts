@@ -96,10 +96,17 @@ t.test("the contract's LLM signature accepts a decode step with a KV cache", asy
   } as Architecture;
   const sig = stageSignature('llm', a);
   const kv = [1, 1, 7, 4];
-  const cache = (rows: number[][]) => Object.fromEntries(rows.map((dims, i) => [`${i < 2 ? 'past_keys' : 'past_values'}.${i % 2}`, f32(dims)]));
+  const cache = (rows: number[][]) =>
+    Object.fromEntries(rows.map((dims, i) => [`${i < 2 ? 'past_keys' : 'past_values'}.${i % 2}`, f32(dims)]));
   const past_length = { dtype: 'int64' as const, dims: [1], data: BigInt64Array.from([3n]), location: 'host' as const };
-  t.same(checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_length, ...cache([kv, kv, kv, kv]) }), { T: 1, S: 7 });
-  t.throws(() => checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_length, ...cache([kv, kv, kv, [1, 1, 6, 4]]) }), {
-    message: /'past_values.1' axis 2 is dim 'S' = 6, but 'past_keys.0' set 'S' = 7/,
+  t.same(checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_length, ...cache([kv, kv, kv, kv]) }), {
+    T: 1,
+    S: 7,
   });
+  t.throws(
+    () => checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_length, ...cache([kv, kv, kv, [1, 1, 6, 4]]) }),
+    {
+      message: /'past_values.1' axis 2 is dim 'S' = 6, but 'past_keys.0' set 'S' = 7/,
+    },
+  );
 });

@@ -13,8 +13,21 @@ export type Compute = (feeds: Record<string, NativeTrtTensor>) => Record<string,
 const count = (dims: readonly number[]) => dims.reduce((a, b) => a * b, 1);
 
 /** Rows along `axis` of a row-major float tensor into another (the native RowCopy's arithmetic). */
-function copyRows(src: Float32Array, srcDims: number[], dst: Float32Array, dstDims: number[], axis: number, rows: number, from: number, at: number): void {
-  if (srcDims.some((d, i) => i !== axis && d !== dstDims[i]) || from + rows > srcDims[axis]! || at + rows > dstDims[axis]!) {
+function copyRows(
+  src: Float32Array,
+  srcDims: number[],
+  dst: Float32Array,
+  dstDims: number[],
+  axis: number,
+  rows: number,
+  from: number,
+  at: number,
+): void {
+  if (
+    srcDims.some((d, i) => i !== axis && d !== dstDims[i]) ||
+    from + rows > srcDims[axis]! ||
+    at + rows > dstDims[axis]!
+  ) {
     throw new Error(`row copy: [${srcDims}] into [${dstDims}] at ${at} overruns axis ${axis}`);
   }
   const inner = count(srcDims.slice(axis + 1));
@@ -26,7 +39,11 @@ function copyRows(src: Float32Array, srcDims: number[], dst: Float32Array, dstDi
 }
 
 export class TensorRtEngineTestDouble implements NativeTrtEngine {
-  readonly runs: { feeds: Record<string, NativeTrtTensor>; resident: Record<string, number>; writes: Record<string, NativeTrtWrite> }[] = [];
+  readonly runs: {
+    feeds: Record<string, NativeTrtTensor>;
+    resident: Record<string, number>;
+    writes: Record<string, NativeTrtWrite>;
+  }[] = [];
   readonly released: number[] = [];
   readonly mappedIo = false;
   disposed = 0;
@@ -41,7 +58,11 @@ export class TensorRtEngineTestDouble implements NativeTrtEngine {
     return this.held.size;
   }
 
-  async run(feeds: Record<string, NativeTrtTensor>, resident: Record<string, number> = {}, writes: Record<string, NativeTrtWrite> = {}) {
+  async run(
+    feeds: Record<string, NativeTrtTensor>,
+    resident: Record<string, number> = {},
+    writes: Record<string, NativeTrtWrite> = {},
+  ) {
     this.runs.push({ feeds, resident, writes });
     const all: Record<string, NativeTrtTensor> = { ...feeds };
     for (const [name, h] of Object.entries(resident)) all[name] = this.get(h);
@@ -56,7 +77,8 @@ export class TensorRtEngineTestDouble implements NativeTrtEngine {
   }
 
   async allocate(tensors: { handle: number; dtype: string; dims: number[] }[]): Promise<void> {
-    for (const t of tensors) this.held.set(t.handle, { dtype: t.dtype, dims: t.dims, data: new Float32Array(count(t.dims)) });
+    for (const t of tensors)
+      this.held.set(t.handle, { dtype: t.dtype, dims: t.dims, data: new Float32Array(count(t.dims)) });
   }
 
   async copyRows(copies: NativeTrtCopy[]): Promise<void> {

@@ -160,7 +160,11 @@ t.test('default stage profiles: vision tokens up to maxTokens, LLM prefill and d
   t.same(llm[0]!.T, { min: 1, opt: 512, max: 1024 }, 'prefill');
   t.same(llm[0]!.S, { min: 0, opt: 0, max: 1024 }, 'prefill over an empty cache, or a cached prefix');
   t.same(llm[1]!.T, { min: 1, opt: 1, max: 1 }, 'decode');
-  t.same(llm[1]!.S, { min: 1, opt: 512, max: 1024 }, "one fixed cache size per query: each decode step has the same shape");
+  t.same(
+    llm[1]!.S,
+    { min: 1, opt: 512, max: 1024 },
+    'one fixed cache size per query: each decode step has the same shape',
+  );
   // Every <target> of an image (up to maxTokens) goes through the diffusion head in one batch.
   t.same(stageDimProfiles('diffusion', a)[0]!.B, { min: 1, opt: 2, max: 64 });
   t.same(stageDimProfiles('diffusion', a, { maxTokens: 16 })[0]!.B, { min: 1, opt: 2, max: 16 });
@@ -180,7 +184,7 @@ function cacheGraphRef(feeds: Record<string, NativeTrtTensor>): Record<string, N
   };
 }
 
-t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble where TensorRT would run)', async (t) => {
+t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble in place of TensorRT)', async (t) => {
   const engines: TensorRtEngineTestDouble[] = [];
   const io = [
     { name: 'cache', mode: 'input' as const, dtype: 'float32', shape: [1, -1, W_IN] },
@@ -203,12 +207,19 @@ t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble 
       const plan = onnx.replace(/\.onnx$/, `.${engines.length}.plan`);
       writeFileSync(plan, `plan of ${path.basename(onnx)}`);
       const ranges = Object.fromEntries(Object.entries(maxDims).map(([k, v]) => [k, { min: 0, opt: 1, max: v }]));
-      writeFileSync(engineManifestPath(plan), JSON.stringify({
-        format: ENGINE_MANIFEST_FORMAT, stage: 'cache', plan: path.basename(plan), sha256: await sha256File(plan), bytes: statSync(plan).size,
-        source: { file: path.basename(onnx), sha256: 'c'.repeat(64) }, tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin',
-        jetpack: null, l4t: null, precision: 'fp32', stronglyTyped: true, profiles: [profileFromSignature(signature, ranges)],
-        io: signature, builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 }, builtAt: '2026-11-27T00:00:00Z',
-      }));
+      const manifest = {
+        format: ENGINE_MANIFEST_FORMAT,
+        stage: 'cache',
+        plan: path.basename(plan),
+        sha256: await sha256File(plan),
+        bytes: statSync(plan).size,
+        source: { file: path.basename(onnx), sha256: 'c'.repeat(64) },
+        ...{ tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', jetpack: null, l4t: null },
+        ...{ precision: 'fp32', stronglyTyped: true, profiles: [profileFromSignature(signature, ranges)], io: signature },
+        builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 },
+        builtAt: '2026-11-27T00:00:00Z',
+      };
+      writeFileSync(engineManifestPath(plan), JSON.stringify(manifest));
       return plan;
     },
     tolerance: 1e-6,
@@ -217,7 +228,8 @@ t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble 
     const [first] = engines;
     const [canary, ...runs] = first!.runs;
     t.ok('cache' in canary!.feeds, 'the canary feeds zeros from the host');
-    t.ok(runs.length > 0 && runs.every((r) => !('cache' in r.feeds) && typeof r.resident.cache === 'number'), 'then the cache goes by handle only');
+    const byHandle = runs.every((r) => !('cache' in r.feeds) && typeof r.resident.cache === 'number');
+    t.ok(runs.length > 0 && byHandle, 'then the cache goes by handle only');
     t.ok(runs.some((r) => r.writes.rows?.axis === 1), 'row writes reach it as (handle, axis, offset)');
     t.ok(first!.released.length > 0, 'released handles reach it');
   });

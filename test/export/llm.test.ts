@@ -39,10 +39,14 @@ class Cache {
   write(out: Record<string, ort.Tensor>, at: number): void {
     const hd = headDim(this.a);
     for (let l = 0; l < this.a.llm.layers; l++) {
-      for (const [dst, name] of [[this.keys[l]!, `new_keys.${l}`], [this.values[l]!, `new_values.${l}`]] as const) {
+      for (const [dst, name] of [
+        [this.keys[l]!, `new_keys.${l}`],
+        [this.values[l]!, `new_values.${l}`],
+      ] as const) {
         const src = data(out[name]);
         const T = out[name]!.dims[2]!;
-        for (let h = 0; h < this.a.llm.kvHeads; h++) dst.set(src.subarray(h * T * hd, (h + 1) * T * hd), (h * this.capacity + at) * hd);
+        for (let h = 0; h < this.a.llm.kvHeads; h++)
+          dst.set(src.subarray(h * T * hd, (h + 1) * T * hd), (h * this.capacity + at) * hd);
       }
     }
   }
@@ -68,7 +72,10 @@ async function check(t: Test, a: Architecture) {
   const cache = new Cache(a, n + 2, 11);
   const first = 3;
   let out = await s.run({ inputs_embeds: rows(0, first), ...cache.feeds(0) });
-  t.ok(maxAbsDiff(data(out.hidden), data((await prefill(first)).hidden)) < 1e-4, 'a shorter prefill is the prefix of the longer (causal; unwritten rows masked)');
+  t.ok(
+    maxAbsDiff(data(out.hidden), data((await prefill(first)).hidden)) < 1e-4,
+    'a shorter prefill is the prefix of the longer (causal; unwritten rows masked)',
+  );
   cache.write(out, 0);
   let maxHidden = 0;
   let maxLogit = 0;
@@ -82,7 +89,10 @@ async function check(t: Test, a: Architecture) {
   }
   t.ok(maxHidden < 1e-4, `decode hidden = prefill hidden (max diff ${maxHidden.toExponential(2)})`);
   t.ok(maxLogit < 1e-4, `decode logits = prefill logits (max diff ${maxLogit.toExponential(2)})`);
-  const written = (c: Cache, l: number) => Array.from({ length: kvHeads }, (_, h) => Array.from(c.keys[l]!.subarray(h * c.capacity * hd, (h * c.capacity + n) * hd))).flat();
+  const written = (c: Cache, l: number) =>
+    Array.from({ length: kvHeads }, (_, h) =>
+      Array.from(c.keys[l]!.subarray(h * c.capacity * hd, (h * c.capacity + n) * hd)),
+    ).flat();
   const prefillKeys = Array.from(data(full['new_keys.1']));
   t.ok(maxAbsDiff(written(cache, 1), prefillKeys) < 1e-4, 'the rows written by decoding = the prefill rows');
 
@@ -103,4 +113,6 @@ async function check(t: Test, a: Architecture) {
 }
 
 t.test('tiny (multi-head attention)', (t) => check(t, CONFIGS.tiny));
-t.test('grouped-query attention (kvHeads < heads)', (t) => check(t, { ...CONFIGS.tiny, llm: { ...CONFIGS.tiny.llm, kvHeads: 2 } }));
+t.test('grouped-query attention (kvHeads < heads)', (t) =>
+  check(t, { ...CONFIGS.tiny, llm: { ...CONFIGS.tiny.llm, kvHeads: 2 } }),
+);

@@ -24,13 +24,21 @@ t.test('every tiny stage opens in the ONNX Runtime backend; the LLM runs prefill
   t.teardown(() => llm.dispose());
   const cache = (rows: number, length: number) => ({
     past_length: tensor('int64', BigInt64Array.from([BigInt(length)]), [1]),
-    ...Object.fromEntries(['past_keys', 'past_values'].flatMap((n) =>
-      Array.from({ length: layers }, (_, l) => [`${n}.${l}`, tensor('float32', new Float32Array(kvHeads * rows * hd), [1, kvHeads, rows, hd])]))),
+    ...Object.fromEntries(
+      ['past_keys', 'past_values'].flatMap((n) =>
+        Array.from({ length: layers }, (_, l) => [
+          `${n}.${l}`,
+          tensor('float32', new Float32Array(kvHeads * rows * hd), [1, kvHeads, rows, hd]),
+        ]),
+      ),
+    ),
   });
   const pre = await llm.run({ inputs_embeds: tensor('float32', randn(4 * H, 1), [1, 4, H]), ...cache(0, 0) });
   t.same(pre['new_keys.0']!.dims, [1, kvHeads, 4, hd]);
   const dec = await llm.run({ inputs_embeds: tensor('float32', randn(H, 2), [1, 1, H]), ...cache(8, 4) });
   t.same(dec[`new_values.${layers - 1}`]!.dims, [1, kvHeads, 1, hd]);
   t.same(dec.logits!.dims, [1, 1, a.llm.vocab]);
-  await t.rejects(llm.run({ inputs_embeds: tensor('float32', randn(2 * 3, 3), [1, 2, 3]), ...cache(0, 0) }), { code: 'BAD_INPUT' });
+  await t.rejects(llm.run({ inputs_embeds: tensor('float32', randn(2 * 3, 3), [1, 2, 3]), ...cache(0, 0) }), {
+    code: 'BAD_INPUT',
+  });
 });

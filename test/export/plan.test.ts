@@ -108,8 +108,14 @@ t.test('setokim export plan', async (t) => {
   // A decode step moves the token in and the last logits and hidden out, not the cache.
   t.equal(p.decodeStepHostBytes, 4 * (4096 + 32064 + 4096) + 8);
   t.equal(p.growingCacheStepBytes, 4 * GiB, 'what a cache crossing with every step would move');
-  t.match(text.stdout, /per decode step to and from the host: 157 KiB .* the KV cache stays on the device \(crossing with each step it would move 2\.00 GiB\)/);
-  t.same(p.stages.map((s: { stage: string }) => s.stage), ['encoder', 'cluster', 'merger', 'embed', 'llm', 'diffusion', 'detokenizer', 'mask_decoder']);
+  t.match(
+    text.stdout,
+    /per decode step to and from the host: 157 KiB .* the KV cache stays on the device \(crossing with each step it would move 2\.00 GiB\)/,
+  );
+  t.same(
+    p.stages.map((s: { stage: string }) => s.stage),
+    ['encoder', 'cluster', 'merger', 'embed', 'llm', 'diffusion', 'detokenizer', 'mask_decoder'],
+  );
 
   for (const [args, re] of [
     [['--config', 'setokim-13b', '--precision', 'int4w', '--tokens', '25'], /--config: unknown config "setokim-13b"/],
@@ -117,8 +123,14 @@ t.test('setokim export plan', async (t) => {
     [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '0'], /--tokens: must be at least 1/],
     [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', 'many'], /--tokens: must be a number/],
     [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '800'], /more than the 729 patches/],
-    [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '25', '--context', '100'], /cannot hold the query's 153 tokens/],
-    [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '25', '--context', '8192'], /beyond the LLM's 4096 positions/],
+    [
+      ['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '25', '--context', '100'],
+      /cannot hold the query's 153 tokens/,
+    ],
+    [
+      ['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '25', '--context', '8192'],
+      /beyond the LLM's 4096 positions/,
+    ],
   ] as const) {
     const r = await cli([...args]);
     t.equal(r.status, 2, args.join(' '));

@@ -46,7 +46,11 @@ t.test('start with an image, resume without; a failed turn leaves the last compl
   t.equal(store.begin('c', false).conversation.length, 10, 'still at its last complete turn');
   const lost = store.begin('lost', true);
   store.abandon(lost);
-  t.throws(() => store.begin('lost', false), { code: 'CONVERSATION_UNKNOWN' }, 'a first turn that failed starts nothing');
+  t.throws(
+    () => store.begin('lost', false),
+    { code: 'CONVERSATION_UNKNOWN' },
+    'a first turn that failed starts nothing',
+  );
   t.match(store.stats, { active: 1, started: 1 });
 });
 
@@ -70,22 +74,25 @@ t.test('ends after its idle time, or when more than maxCount are held', async (t
   t.match(slow.stats, { active: 2, expired: 1 });
 });
 
-t.test('a request that needs the memory evicts an idle conversation; a running turn only loses its cache', async (t) => {
-  const budget = new KvBudget(20 * perRow);
-  const store = new Conversations(budget, { idleMs: 60_000, maxCount: 8 });
-  t.teardown(() => store.clear());
-  await complete(store, budget, store.begin('idle', true), 8);
-  const busyCache = await complete(store, budget, store.begin('busy', true), 8);
-  const running = store.begin('busy', false);
-  const ended = store.ended('idle');
-  const lease = await budget.reserve(13 * perRow); // room only without both conversations
-  t.equal(await ended, 'evicted');
-  t.throws(() => store.begin('idle', false), { code: 'CONVERSATION_UNKNOWN' });
-  t.equal(running.conversation.liveCache, undefined, 'the running turn lost its cache...');
-  t.equal(busyCache.alive, false);
-  t.equal(running.conversation.length, 8, '...but not its transcript: it prefills it again');
-  t.match(store.stats, { active: 1, evicted: 1 });
-  lease.release();
-  store.abandon(running);
-  t.ok(store.begin('busy', false), 'the conversation goes on');
-});
+t.test(
+  'a request that needs the memory evicts an idle conversation; a running turn only loses its cache',
+  async (t) => {
+    const budget = new KvBudget(20 * perRow);
+    const store = new Conversations(budget, { idleMs: 60_000, maxCount: 8 });
+    t.teardown(() => store.clear());
+    await complete(store, budget, store.begin('idle', true), 8);
+    const busyCache = await complete(store, budget, store.begin('busy', true), 8);
+    const running = store.begin('busy', false);
+    const ended = store.ended('idle');
+    const lease = await budget.reserve(13 * perRow); // room only without both conversations
+    t.equal(await ended, 'evicted');
+    t.throws(() => store.begin('idle', false), { code: 'CONVERSATION_UNKNOWN' });
+    t.equal(running.conversation.liveCache, undefined, 'the running turn lost its cache...');
+    t.equal(busyCache.alive, false);
+    t.equal(running.conversation.length, 8, '...but not its transcript: it prefills it again');
+    t.match(store.stats, { active: 1, evicted: 1 });
+    lease.release();
+    store.abandon(running);
+    t.ok(store.begin('busy', false), 'the conversation goes on');
+  },
+);

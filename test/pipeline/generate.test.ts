@@ -63,54 +63,81 @@ t.test('streamed deltas add up to the decoded ids, and the KV cache grows one po
   t.ok(ctx.times.prefill! > 0 && ctx.times.decode! > 0);
 });
 
-t.test('the KV cache stays in the LLM session: a step sends one embedding and the write position, and gets the last logits back', async (t) => {
-  const tok = p.models.tokenizer;
-  const a = p.models.arch;
-  const prompt = [tok.specials.bos, ...tok.encode('USER: hello ASSISTANT:')];
-  const real = p.models.stages.llm!.session;
-  const sent: { host: Record<string, readonly number[]>; resident: string[]; writes: string[]; outputs: string[] }[] = [];
-  // The real session behind a recorder of what crosses to the backend.
-  const session: Session = Object.assign(Object.create(real) as Session, {
-    run: async (feeds: Record<string, Feed>, options?: SessionRunOptions) => {
-      const out = await real.run(feeds, options);
-      sent.push({
-        host: Object.fromEntries(Object.entries(feeds).filter(([, f]) => f.location === 'host').map(([k, f]) => [k, f.dims])),
-        resident: Object.keys(feeds).filter((k) => feeds[k]!.location === 'resident'),
-        writes: Object.keys(options?.writeInto ?? {}),
-        outputs: Object.keys(out),
-      });
-      return out;
-    },
-  });
-  const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
-  const llm = new LlmContext(a, new GatedStage('llm', session), p.models.stages.embed!, ctx);
-  const capacity = prompt.length + 8;
-  const before = real.residentBytes;
-  await llm.open(capacity);
-  t.equal(real.residentBytes - before, capacity * kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a)), 'the cache is allocated once, in the session');
-  const first = await llm.step(await llm.embedIds(prompt), 'prefill');
-  const o = { tokenizer: tok, sampler: new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), maxTokens: 6, stop: [], startInImage: false, maxTargets: 64, onText: () => {} };
-  const r = await decode(llm, first, o, ctx);
-  const layers = a.llm.layers;
-  t.same(sent[0]!.resident, [], 'the prefill from position 0 attends to no cache rows');
-  for (const step of sent.slice(1)) {
-    t.same(step.host, { inputs_embeds: [1, 1, a.llm.hidden], past_length: [1] }, 'a decode step sends one embedding and the position');
-    t.equal(step.resident.length, 2 * layers, 'the cache goes by handle');
-  }
-  t.ok(sent.every((s) => s.writes.length === 2 * layers && s.outputs.join() === 'logits,hidden'), 'new rows stay in the backend; logits and hidden come back');
-  t.ok(sent.length >= 2, `${sent.length - 1} decode steps`);
-  llm.release();
-  t.equal(real.residentBytes, before, 'released with the context');
+t.test(
+  'the KV cache stays in the LLM session: a step sends one embedding and the write position, and gets the last logits back',
+  async (t) => {
+    const tok = p.models.tokenizer;
+    const a = p.models.arch;
+    const prompt = [tok.specials.bos, ...tok.encode('USER: hello ASSISTANT:')];
+    const real = p.models.stages.llm!.session;
+    const sent: { host: Record<string, readonly number[]>; resident: string[]; writes: string[]; outputs: string[] }[] =
+      [];
+    // The real session behind a recorder of what crosses to the backend.
+    const session: Session = Object.assign(Object.create(real) as Session, {
+      run: async (feeds: Record<string, Feed>, options?: SessionRunOptions) => {
+        const out = await real.run(feeds, options);
+        sent.push({
+          host: Object.fromEntries(
+            Object.entries(feeds)
+              .filter(([, f]) => f.location === 'host')
+              .map(([k, f]) => [k, f.dims]),
+          ),
+          resident: Object.keys(feeds).filter((k) => feeds[k]!.location === 'resident'),
+          writes: Object.keys(options?.writeInto ?? {}),
+          outputs: Object.keys(out),
+        });
+        return out;
+      },
+    });
+    const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
+    const llm = new LlmContext(a, new GatedStage('llm', session), p.models.stages.embed!, ctx);
+    const capacity = prompt.length + 8;
+    const before = real.residentBytes;
+    await llm.open(capacity);
+    t.equal(
+      real.residentBytes - before,
+      capacity * kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a)),
+      'the cache is allocated once, in the session',
+    );
+    const first = await llm.step(await llm.embedIds(prompt), 'prefill');
+    const o = {
+      tokenizer: tok,
+      sampler: new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }),
+      maxTokens: 6,
+      stop: [],
+      startInImage: false,
+      maxTargets: 64,
+      onText: () => {},
+    };
+    const r = await decode(llm, first, o, ctx);
+    const layers = a.llm.layers;
+    t.same(sent[0]!.resident, [], 'the prefill from position 0 attends to no cache rows');
+    for (const step of sent.slice(1)) {
+      t.same(
+        step.host,
+        { inputs_embeds: [1, 1, a.llm.hidden], past_length: [1] },
+        'a decode step sends one embedding and the position',
+      );
+      t.equal(step.resident.length, 2 * layers, 'the cache goes by handle');
+    }
+    t.ok(
+      sent.every((s) => s.writes.length === 2 * layers && s.outputs.join() === 'logits,hidden'),
+      'new rows stay in the backend; logits and hidden come back',
+    );
+    t.ok(sent.length >= 2, `${sent.length - 1} decode steps`);
+    llm.release();
+    t.equal(real.residentBytes, before, 'released with the context');
 
-  // The cached decode = prefilling the whole sequence again before each token (no cache at all).
-  for (let k = 1; k < r.ids.length; k++) {
-    const again = await start([...prompt, ...r.ids.slice(0, k)]);
-    let best = 0;
-    for (let i = 1; i < tok.vocabSize; i++) if (again.first.logits[i]! > again.first.logits[best]!) best = i;
-    t.equal(best, r.ids[k], `token ${k} is the argmax of a fresh prefill`);
-    again.llm.release();
-  }
-});
+    // The cached decode = prefilling the whole sequence again before each token (no cache at all).
+    for (let k = 1; k < r.ids.length; k++) {
+      const again = await start([...prompt, ...r.ids.slice(0, k)]);
+      let best = 0;
+      for (let i = 1; i < tok.vocabSize; i++) if (again.first.logits[i]! > again.first.logits[best]!) best = i;
+      t.equal(best, r.ids[k], `token ${k} is the argmax of a fresh prefill`);
+      again.llm.release();
+    }
+  },
+);
 
 t.test('prompt embeddings: each text segment through the embed stage, the vision rows spliced in between', async (t) => {
   const tok = p.models.tokenizer;

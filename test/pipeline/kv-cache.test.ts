@@ -44,7 +44,7 @@ t.test('a request larger than the budget is refused; an aborted waiter leaves no
   t.throws(() => new KvBudget(0), { code: 'BAD_CONFIG' });
 });
 
-t.test('cache holds use free bytes only; a request evicts them, least recently used first, never a pinned one', async (t) => {
+t.test('cache holds use free bytes; a request evicts them, least recently used first, never a pinned one', async (t) => {
   const b = new KvBudget(100);
   const gone: string[] = [];
   const a = b.tryHold(30, () => gone.push('a'))!;

@@ -29,7 +29,11 @@ t.test('keys: the same image bytes under the same model and clustering, nothing 
   t.not(visionKey(img, m), visionKey(img, visionModelKey('set-1', 'int8', 'onnxruntime-cpu', a)), 'another precision');
   t.not(visionKey(img, m), visionKey(img, visionModelKey('set-1', 'fp32', 'tensorrt', a)), 'another backend');
   const other = { ...a, cluster: { ...a.cluster, threshold: a.cluster.threshold + 0.01 } };
-  t.not(visionKey(img, m), visionKey(img, visionModelKey('set-1', 'fp32', 'onnxruntime-cpu', other)), 'another clustering threshold');
+  t.not(
+    visionKey(img, m),
+    visionKey(img, visionModelKey('set-1', 'fp32', 'onnxruntime-cpu', other)),
+    'another clustering threshold',
+  );
 });
 
 t.test('bounded by bytes: the least recently used goes first; hits, misses and bytes are counted', async (t) => {

@@ -194,7 +194,8 @@ function activationBytes(a: Architecture, q: QueryShape): number {
   return Math.max(
     2 * (N * (4 * C + a.encoder.mlp) + a.encoder.heads * N * N), // encoder layer: residual, qkv, MLP, scores
     2 * (N * (4 * C + a.merger.mlp) + a.merger.heads * N * N), // merger's dense masked attention
-    2 * (T * (4 * H + 2 * a.llm.intermediate) + a.llm.heads * T * T) + 4 * a.llm.vocab, // prefill + the last position's logits
+    // prefill, and the last position's logits
+    2 * (T * (4 * H + 2 * a.llm.intermediate) + a.llm.heads * T * T) + 4 * a.llm.vocab,
     2 * (Q * 8 * W + dh * Q * Q), // detokenizer
   );
 }
@@ -336,7 +337,9 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
     `published sizes: SigLIP-SO400M vision tower ${fmtParams(p.published.siglipVisionTower)} (with its pooling head and post-LayerNorm, which the encoder stage leaves out), Vicuna-7B ${fmtParams(p.published.vicuna)} (32000-piece vocabulary)`,
     `per ask query: ${fmtFlops(p.queryFlops)}FLOPs with ${q.tokens} vision tokens, ${fmtFlops(p.queryFlopsFixed256)}FLOPs with 256 fixed tokens (ratio ${(p.queryFlops / p.queryFlopsFixed256).toFixed(2)}; the paper reports 8.3 vs 15.7 TFLOPs, ratio 0.53)`,
     `KV cache (fp16, ${p.context} positions): ${fmtBytes(p.kvCacheBytes)}; peak activations ${fmtBytes(p.activationBytes)}; CUDA/TensorRT runtime ${fmtBytes(p.runtimeBytes)}; OS reserve ${fmtBytes(p.osReservedBytes)}`,
-    `per decode step to and from the host: ${(p.decodeStepHostBytes / 1024).toFixed(0)} KiB (the token's embedding in, the last logits and hidden out); the KV cache stays on the device (crossing with each step it would move ${fmtBytes(p.growingCacheStepBytes)})`,
+    `per decode step to and from the host: ${(p.decodeStepHostBytes / 1024).toFixed(0)} KiB ` +
+      "(the token's embedding in, the last logits and hidden out); the KV cache stays on the device " +
+      `(crossing with each step it would move ${fmtBytes(p.growingCacheStepBytes)})`,
     '',
   );
   const mw = [16, 7, 9, 9, 5, 7, 9, 5, 7];

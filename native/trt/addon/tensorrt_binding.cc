@@ -123,10 +123,14 @@ class TrtEngine : public Napi::ObjectWrap<TrtEngine> {
   }
   static void Define(Napi::Env env) {
     Napi::Function fn = DefineClass(env, "TrtEngine",
-                                    {InstanceMethod<&TrtEngine::Run>("run"), InstanceMethod<&TrtEngine::Allocate>("allocate"),
-                                     InstanceMethod<&TrtEngine::CopyRows>("copyRows"), InstanceMethod<&TrtEngine::Read>("read"),
-                                     InstanceMethod<&TrtEngine::Release>("release"), InstanceMethod<&TrtEngine::Dispose>("dispose"),
-                                     InstanceAccessor<&TrtEngine::Io>("io"), InstanceAccessor<&TrtEngine::MappedIo>("mappedIo")});
+                                    {InstanceMethod<&TrtEngine::Run>("run"),
+                                     InstanceMethod<&TrtEngine::Allocate>("allocate"),
+                                     InstanceMethod<&TrtEngine::CopyRows>("copyRows"),
+                                     InstanceMethod<&TrtEngine::Read>("read"),
+                                     InstanceMethod<&TrtEngine::Release>("release"),
+                                     InstanceMethod<&TrtEngine::Dispose>("dispose"),
+                                     InstanceAccessor<&TrtEngine::Io>("io"),
+                                     InstanceAccessor<&TrtEngine::MappedIo>("mappedIo")});
     Constructor() = Napi::Persistent(fn);
     Constructor().SuppressDestruct();
   }
@@ -209,8 +213,8 @@ class LoadWorker : public PromiseWorker {
 
 class RunWorker : public PromiseWorker {
  public:
-  RunWorker(Napi::Env env, std::shared_ptr<EngineSession> session, TensorMap inputs, std::map<std::string, int64_t> resident,
-            std::map<std::string, RowWrite> writes)
+  RunWorker(Napi::Env env, std::shared_ptr<EngineSession> session, TensorMap inputs,
+            std::map<std::string, int64_t> resident, std::map<std::string, RowWrite> writes)
       : PromiseWorker(env),
         session_(std::move(session)),
         inputs_(std::move(inputs)),
@@ -283,13 +287,18 @@ Napi::Value Queued(PromiseWorker* worker) {
 Napi::Value TrtEngine::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<EngineSession> session = Session(info);
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "run(feeds, resident?, writes?) needs an object of tensors");
-  return Queued(new RunWorker(env, session, ReadFeeds(info[0].As<Napi::Object>()), ReadHandles(info[1]), ReadWrites(info[2])));
+  if (info.Length() < 1 || !info[0].IsObject()) {
+    throw Napi::TypeError::New(env, "run(feeds, resident?, writes?) needs an object of tensors");
+  }
+  TensorMap feeds = ReadFeeds(info[0].As<Napi::Object>());
+  return Queued(new RunWorker(env, session, std::move(feeds), ReadHandles(info[1]), ReadWrites(info[2])));
 }
 
 Napi::Value TrtEngine::Allocate(const Napi::CallbackInfo& info) {
   std::shared_ptr<EngineSession> session = Session(info);
-  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "allocate(tensors) needs an array");
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "allocate(tensors) needs an array");
+  }
   Napi::Array a = info[0].As<Napi::Array>();
   std::vector<ResidentSpec> specs;
   for (uint32_t i = 0; i < a.Length(); ++i) {
@@ -301,13 +310,15 @@ Napi::Value TrtEngine::Allocate(const Napi::CallbackInfo& info) {
 
 Napi::Value TrtEngine::CopyRows(const Napi::CallbackInfo& info) {
   std::shared_ptr<EngineSession> session = Session(info);
-  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "copyRows(copies) needs an array");
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "copyRows(copies) needs an array");
+  }
   Napi::Array a = info[0].As<Napi::Array>();
   std::vector<ResidentCopy> copies;
   for (uint32_t i = 0; i < a.Length(); ++i) {
     Napi::Object o = a.Get(i).As<Napi::Object>();
-    copies.push_back(ResidentCopy{ReadInt(o, "from"), ReadInt(o, "to"), static_cast<int>(ReadInt(o, "axis")), ReadInt(o, "rows"),
-                                  ReadInt(o, "fromOffset"), ReadInt(o, "toOffset")});
+    copies.push_back(ResidentCopy{ReadInt(o, "from"), ReadInt(o, "to"), static_cast<int>(ReadInt(o, "axis")),
+                                  ReadInt(o, "rows"), ReadInt(o, "fromOffset"), ReadInt(o, "toOffset")});
   }
   return Queued(new SessionCallWorker(info.Env(), [session, copies]() { session->CopyRows(copies); }));
 }
@@ -320,7 +331,9 @@ Napi::Value TrtEngine::Read(const Napi::CallbackInfo& info) {
 
 Napi::Value TrtEngine::Release(const Napi::CallbackInfo& info) {
   std::shared_ptr<EngineSession> session = Session(info);
-  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(info.Env(), "release(handles) needs an array");
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "release(handles) needs an array");
+  }
   std::vector<int64_t> handles = ReadInts(info[0]);
   // Off the JS thread: it waits for the session's mutex, which a run may hold.
   return Queued(new SessionCallWorker(info.Env(), [session, handles]() { session->Release(handles); }));

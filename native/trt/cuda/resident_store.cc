@@ -7,9 +7,10 @@
 
 namespace setokim {
 
-void ResidentStore::Allocate(int64_t handle, const std::string& dtype, const std::vector<int64_t>& dims, size_t elementSize,
-                             cudaStream_t stream) {
-  if (tensors_.count(handle)) throw std::invalid_argument("resident tensor #" + std::to_string(handle) + " exists already");
+void ResidentStore::Allocate(int64_t handle, const std::string& dtype, const std::vector<int64_t>& dims,
+                             size_t elementSize, cudaStream_t stream) {
+  if (tensors_.count(handle))
+    throw std::invalid_argument("resident tensor #" + std::to_string(handle) + " exists already");
   size_t count = 1;
   for (int64_t d : dims) {
     if (d < 0) throw std::invalid_argument("a resident tensor needs non-negative dims");
@@ -27,7 +28,8 @@ void ResidentStore::Allocate(int64_t handle, const std::string& dtype, const std
 
 ResidentTensor& ResidentStore::Get(int64_t handle) {
   auto it = tensors_.find(handle);
-  if (it == tensors_.end()) throw std::invalid_argument("resident tensor #" + std::to_string(handle) + " is not held by this session");
+  if (it == tensors_.end())
+    throw std::invalid_argument("resident tensor #" + std::to_string(handle) + " is not held by this session");
   return it->second;
 }
 
@@ -36,10 +38,12 @@ void ResidentStore::Copy(const std::vector<ResidentCopy>& copies, cudaStream_t s
   for (const ResidentCopy& c : copies) {
     const ResidentTensor& from = Get(c.from);
     const ResidentTensor& to = Get(c.to);
-    if (from.dtype != to.dtype) throw std::invalid_argument("row copy: " + from.dtype + " rows into a " + to.dtype + " tensor");
+    if (from.dtype != to.dtype)
+      throw std::invalid_argument("row copy: " + from.dtype + " rows into a " + to.dtype + " tensor");
     plans.push_back(RowCopy::Plan(from.dims, to.dims, from.elementSize, c.axis, c.rows, c.fromOffset, c.toOffset));
   }
-  for (size_t i = 0; i < copies.size(); ++i) plans[i].Enqueue(Get(copies[i].from).buffer.data(), Get(copies[i].to).buffer.data(), stream);
+  for (size_t i = 0; i < copies.size(); ++i)
+    plans[i].Enqueue(Get(copies[i].from).buffer.data(), Get(copies[i].to).buffer.data(), stream);
 }
 
 void ResidentStore::Release(const std::vector<int64_t>& handles) {

@@ -38,7 +38,8 @@ class ResidentStore {
 
   // A zero-filled tensor under `handle` (which must be new). Throws std::invalid_argument or on a
   // CUDA error (out of device memory).
-  void Allocate(int64_t handle, const std::string& dtype, const std::vector<int64_t>& dims, size_t elementSize, cudaStream_t stream);
+  void Allocate(int64_t handle, const std::string& dtype, const std::vector<int64_t>& dims, size_t elementSize,
+                cudaStream_t stream);
   // Enqueues every copy in order; all handles are checked before any is issued.
   void Copy(const std::vector<ResidentCopy>& copies, cudaStream_t stream);
   // The tensor under `handle`; throws std::invalid_argument naming it when there is none.

@@ -25,8 +25,8 @@ class RowCopy {
   // Enqueues the copy between device (or mapped) pointers on `stream`. Throws on a CUDA error.
   void Enqueue(const void* src, void* dst, cudaStream_t stream) const;
 
-  size_t height() const { return height_; }         // blocks: the product of the axes before `axis`
-  size_t widthBytes() const { return width_; }      // bytes of one block (rows x inner x elementSize)
+  size_t height() const { return height_; }     // blocks: the product of the axes before `axis`
+  size_t widthBytes() const { return width_; }  // bytes of one block (rows x inner x elementSize)
   size_t srcPitchBytes() const { return srcPitch_; }
   size_t dstPitchBytes() const { return dstPitch_; }
   size_t srcStartBytes() const { return srcStart_; }

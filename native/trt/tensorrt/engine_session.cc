@@ -11,8 +11,8 @@ namespace setokim {
 EngineSession::EngineSession(std::shared_ptr<const Engine> engine) : engine_(std::move(engine)) {
   SETOKIM_CUDA_CHECK(cudaSetDevice(engine_->device()));
   mappedIo_ = MappedHostBuffer::PreferredOn(engine_->device());
-  context_ = TakeTrt(engine_->engine().createExecutionContext(), "createExecutionContext",
-                     engine_->logger().LastError());
+  context_ =
+      TakeTrt(engine_->engine().createExecutionContext(), "createExecutionContext", engine_->logger().LastError());
 }
 
 int32_t EngineSession::PickProfile(const std::map<std::string, std::vector<int64_t>>& shapes) const {
@@ -73,11 +73,13 @@ std::map<std::string, HostTensor> EngineSession::Run(const std::map<std::string,
       throw std::invalid_argument("input '" + io.name + "' must be given once, from the host or as a resident tensor");
     }
     const std::string& dtype = h != inputs.end() ? h->second.dtype : residents_.Get(r->second).dtype;
-    if (dtype != io.dtype) throw std::invalid_argument("input '" + io.name + "' must be " + io.dtype + ", got " + dtype);
+    if (dtype != io.dtype)
+      throw std::invalid_argument("input '" + io.name + "' must be " + io.dtype + ", got " + dtype);
     shapes[io.name] = h != inputs.end() ? h->second.dims : residents_.Get(r->second).dims;
     if (h != inputs.end()) {
       const size_t bytes = static_cast<size_t>(HostTensor::Count(h->second.dims)) * HostTensor::ElementSize(dtype);
-      if (bytes != h->second.bytes.size()) throw std::invalid_argument("input '" + io.name + "' has the wrong byte size");
+      if (bytes != h->second.bytes.size())
+        throw std::invalid_argument("input '" + io.name + "' has the wrong byte size");
     }
   }
 
@@ -92,12 +94,14 @@ std::map<std::string, HostTensor> EngineSession::Run(const std::map<std::string,
   for (const IoTensorInfo& io : engine_->io()) {
     if (!io.isInput) continue;
     if (!context_->setInputShape(io.name.c_str(), HostTensor::ToDims(shapes[io.name]))) {
-      throw std::invalid_argument("input '" + io.name + "' shape is outside the engine's profile: " +
-                                  engine_->logger().LastError());
+      throw std::invalid_argument("input '" + io.name +
+                                  "' shape is outside the engine's profile: " + engine_->logger().LastError());
     }
     auto r = resident.find(io.name);
-    if (r != resident.end()) context_->setTensorAddress(io.name.c_str(), residents_.Get(r->second).buffer.data());
-    else BindHostInput(io.name, inputs.at(io.name), stream);
+    if (r != resident.end())
+      context_->setTensorAddress(io.name.c_str(), residents_.Get(r->second).buffer.data());
+    else
+      BindHostInput(io.name, inputs.at(io.name), stream);
   }
   if (!context_->allInputDimensionsSpecified()) throw std::invalid_argument("not every input shape is set");
 
@@ -107,7 +111,8 @@ std::map<std::string, HostTensor> EngineSession::Run(const std::map<std::string,
     if (io.isInput) continue;
     const std::vector<int64_t> dims = HostTensor::FromDims(context_->getTensorShape(io.name.c_str()));
     for (int64_t d : dims) {
-      if (d < 0) throw std::runtime_error("output '" + io.name + "' has a data-dependent shape, which is not supported");
+      if (d < 0)
+        throw std::runtime_error("output '" + io.name + "' has a data-dependent shape, which is not supported");
     }
     const size_t bytes = static_cast<size_t>(HostTensor::Count(dims)) * HostTensor::ElementSize(io.dtype);
     auto w = writes.find(io.name);
@@ -122,9 +127,11 @@ std::map<std::string, HostTensor> EngineSession::Run(const std::map<std::string,
     }
     if (w != writes.end()) {
       ResidentTensor& into = residents_.Get(w->second.handle);
-      if (into.dtype != io.dtype) throw std::invalid_argument("output '" + io.name + "' is " + io.dtype + ", the resident tensor " + into.dtype);
+      if (into.dtype != io.dtype)
+        throw std::invalid_argument("output '" + io.name + "' is " + io.dtype + ", the resident tensor " + into.dtype);
       const int axis = w->second.axis;
-      if (axis < 0 || axis >= static_cast<int>(dims.size())) throw std::invalid_argument("output '" + io.name + "': no axis " + std::to_string(axis));
+      if (axis < 0 || axis >= static_cast<int>(dims.size()))
+        throw std::invalid_argument("output '" + io.name + "': no axis " + std::to_string(axis));
       RowCopy plan = RowCopy::Plan(dims, into.dims, into.elementSize, axis, dims[axis], 0, w->second.offset);
       rowWrites.push_back({plan, {buffers_[io.name].data(), into.buffer.data()}});
       continue;
@@ -141,8 +148,8 @@ std::map<std::string, HostTensor> EngineSession::Run(const std::map<std::string,
   for (const auto& [plan, ptrs] : rowWrites) plan.Enqueue(ptrs.first, ptrs.second, stream);  // stays on the device
   for (auto& [name, out] : outputs) {
     if (out.bytes.empty() || mappedIo_) continue;
-    SETOKIM_CUDA_CHECK(cudaMemcpyAsync(out.bytes.data(), buffers_[name].data(), out.bytes.size(),
-                                       cudaMemcpyDeviceToHost, stream));
+    SETOKIM_CUDA_CHECK(
+        cudaMemcpyAsync(out.bytes.data(), buffers_[name].data(), out.bytes.size(), cudaMemcpyDeviceToHost, stream));
   }
   stream_.Synchronize();
   if (mappedIo_) {
@@ -184,7 +191,9 @@ HostTensor EngineSession::Read(int64_t handle) {
   out.dtype = t.dtype;
   out.dims = t.dims;
   out.bytes.resize(t.bytes);
-  if (t.bytes) SETOKIM_CUDA_CHECK(cudaMemcpyAsync(out.bytes.data(), t.buffer.data(), t.bytes, cudaMemcpyDeviceToHost, stream_.get()));
+  if (t.bytes)
+    SETOKIM_CUDA_CHECK(
+        cudaMemcpyAsync(out.bytes.data(), t.buffer.data(), t.bytes, cudaMemcpyDeviceToHost, stream_.get()));
   stream_.Synchronize();
   return out;
 }

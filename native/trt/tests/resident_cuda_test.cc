@@ -38,12 +38,15 @@ void PlanChecks() {
   const RowCopy c = RowCopy::Plan(Dims(4, 3, 16), Dims(4, 10, 16), 4, 2, 3, 0, 5);
   EXPECT(c.height() == 4, "one block per head, got %zu", c.height());
   EXPECT(c.widthBytes() == 3 * 16 * 4, "3 rows of 16 floats, got %zu", c.widthBytes());
-  EXPECT(c.srcPitchBytes() == 3 * 16 * 4 && c.dstPitchBytes() == 10 * 16 * 4, "pitches %zu %zu", c.srcPitchBytes(), c.dstPitchBytes());
-  EXPECT(c.srcStartBytes() == 0 && c.dstStartBytes() == 5 * 16 * 4, "starts %zu %zu", c.srcStartBytes(), c.dstStartBytes());
+  EXPECT(c.srcPitchBytes() == 3 * 16 * 4 && c.dstPitchBytes() == 10 * 16 * 4, "pitches %zu %zu", c.srcPitchBytes(),
+         c.dstPitchBytes());
+  EXPECT(c.srcStartBytes() == 0 && c.dstStartBytes() == 5 * 16 * 4, "starts %zu %zu", c.srcStartBytes(),
+         c.dstStartBytes());
   const RowCopy outer = RowCopy::Plan({6, 2}, {8, 2}, 2, 0, 6, 0, 2);  // axis 0: one contiguous block
   EXPECT(outer.height() == 1 && outer.widthBytes() == 6 * 2 * 2 && outer.dstStartBytes() == 2 * 2 * 2, "axis 0");
   int refused = 0;
-  for (auto bad : {std::vector<int64_t>{1, 4, 3, 8}, std::vector<int64_t>{1, 5, 3, 16}, std::vector<int64_t>{4, 3, 16}}) {
+  for (auto bad :
+       {std::vector<int64_t>{1, 4, 3, 8}, std::vector<int64_t>{1, 5, 3, 16}, std::vector<int64_t>{4, 3, 16}}) {
     try {
       RowCopy::Plan(bad, Dims(4, 10, 16), 4, 2, 3, 0, 0);
     } catch (const std::invalid_argument&) {
@@ -60,17 +63,19 @@ void PlanChecks() {
 
 std::vector<float> Download(const ResidentTensor& t) {
   std::vector<float> out(t.bytes / sizeof(float));
-  if (cudaMemcpy(out.data(), t.buffer.data(), t.bytes, cudaMemcpyDeviceToHost) != cudaSuccess) throw std::runtime_error("download");
+  if (cudaMemcpy(out.data(), t.buffer.data(), t.bytes, cudaMemcpyDeviceToHost) != cudaSuccess)
+    throw std::runtime_error("download");
   return out;
 }
 
 void Upload(ResidentTensor& t, const std::vector<float>& v) {
-  if (cudaMemcpy(t.buffer.data(), v.data(), t.bytes, cudaMemcpyHostToDevice) != cudaSuccess) throw std::runtime_error("upload");
+  if (cudaMemcpy(t.buffer.data(), v.data(), t.bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+    throw std::runtime_error("upload");
 }
 
 // The host reference: rows [from, from+rows) of src into dst at `at`, along axis 2 of [1, H, R, D].
-void CopyRowsRef(const std::vector<float>& src, int64_t srcRows, std::vector<float>& dst, int64_t dstRows, int64_t heads,
-                 int64_t hd, int64_t rows, int64_t from, int64_t at) {
+void CopyRowsRef(const std::vector<float>& src, int64_t srcRows, std::vector<float>& dst, int64_t dstRows,
+                 int64_t heads, int64_t hd, int64_t rows, int64_t from, int64_t at) {
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t d = 0; d < hd; ++d) dst[(h * dstRows + at + r) * hd + d] = src[(h * srcRows + from + r) * hd + d];
@@ -130,8 +135,10 @@ void MappedChecks(int device) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, device);
   std::printf("device %d: %s, integrated %d, canMapHostMemory %d: mapped IO %s\n", device, prop.name, prop.integrated,
-              prop.canMapHostMemory, MappedHostBuffer::PreferredOn(device) ? "preferred" : "not preferred (discrete GPU)");
-  EXPECT(MappedHostBuffer::PreferredOn(device) == (prop.integrated && prop.canMapHostMemory), "PreferredOn follows cudaDeviceProp");
+              prop.canMapHostMemory,
+              MappedHostBuffer::PreferredOn(device) ? "preferred" : "not preferred (discrete GPU)");
+  EXPECT(MappedHostBuffer::PreferredOn(device) == (prop.integrated && prop.canMapHostMemory),
+         "PreferredOn follows cudaDeviceProp");
   if (!prop.canMapHostMemory) return;
   // The device reads and writes the pinned host pages through their device address.
   MappedHostBuffer in, out;
@@ -140,7 +147,8 @@ void MappedChecks(int device) {
   EXPECT(in.host() != nullptr && in.device() != nullptr && in.capacity() >= 64 * sizeof(float), "mapped");
   auto* h = static_cast<float*>(in.host());
   for (int i = 0; i < 64; ++i) h[i] = static_cast<float>(i) * 0.5f;
-  EXPECT(cudaMemcpy(out.device(), in.device(), 64 * sizeof(float), cudaMemcpyDeviceToDevice) == cudaSuccess, "device copy");
+  EXPECT(cudaMemcpy(out.device(), in.device(), 64 * sizeof(float), cudaMemcpyDeviceToDevice) == cudaSuccess,
+         "device copy");
   EXPECT(std::memcmp(out.host(), in.host(), 64 * sizeof(float)) == 0, "what the device wrote is on the host at once");
   const void* before = in.host();
   in.Reserve(16);

@@ -12,7 +12,18 @@
  */
 import type { Architecture } from '../../../src/engine/contract.js';
 import { headDim } from '../../../src/engine/contract.js';
-import { dim, linear, MASK_NEG, mergeHeads, Model, rmsNorm, rope, ropeTables, splitHeads, swiglu } from '../onnx/layers.js';
+import {
+  dim,
+  linear,
+  MASK_NEG,
+  mergeHeads,
+  Model,
+  rmsNorm,
+  rope,
+  ropeTables,
+  splitHeads,
+  swiglu,
+} from '../onnx/layers.js';
 import { Rng } from '../onnx/random.js';
 import { stageGraph } from './io.js';
 
@@ -67,8 +78,20 @@ export function buildLlm(a: Architecture, rng: Rng): Model {
     x = m.scope(`layers.${l}`, () => {
       const h = rmsNorm(m, x, H, 'input_layernorm', rmsEps);
       const attn = m.scope('self_attn', () => {
-        const q = rope(m, splitHeads(m, linear(m, h, H, heads * hd, 'q_proj', { bias: false }), heads, hd), sh.cos, sh.sin, hd);
-        const kNew = rope(m, splitHeads(m, linear(m, h, H, kvHeads * hd, 'k_proj', { bias: false }), kvHeads, hd), sh.cos, sh.sin, hd);
+        const q = rope(
+          m,
+          splitHeads(m, linear(m, h, H, heads * hd, 'q_proj', { bias: false }), heads, hd),
+          sh.cos,
+          sh.sin,
+          hd,
+        );
+        const kNew = rope(
+          m,
+          splitHeads(m, linear(m, h, H, kvHeads * hd, 'k_proj', { bias: false }), kvHeads, hd),
+          sh.cos,
+          sh.sin,
+          hd,
+        );
         const vNew = splitHeads(m, linear(m, h, H, kvHeads * hd, 'v_proj', { bias: false }), kvHeads, hd);
         outputs[`new_keys.${l}`] = kNew;
         outputs[`new_values.${l}`] = vNew;
@@ -76,7 +99,10 @@ export function buildLlm(a: Architecture, rng: Rng): Model {
         const vCache = repeatKv(m, inputs[`past_values.${l}`]!, kvHeads, rep, hd);
         const qs = g.op('Mul', [q, scale]);
         const sCache = g.op('Add', [g.op('MatMul', [qs, transposeLast(kCache)]), sh.cacheMask]); // [1, heads, T, S]
-        const sNew = g.op('Add', [g.op('MatMul', [qs, transposeLast(repeatKv(m, kNew, kvHeads, rep, hd))]), sh.newMask]); // [1, heads, T, T]
+        const sNew = g.op('Add', [
+          g.op('MatMul', [qs, transposeLast(repeatKv(m, kNew, kvHeads, rep, hd))]),
+          sh.newMask,
+        ]); // [1, heads, T, T]
         const p = g.op('Softmax', [g.op('Concat', [sCache, sNew], { axis: -1 })], { axis: -1 });
         const o = g.op('Add', [
           g.op('MatMul', [g.op('Gather', [p, sh.cacheCols], { axis: 3 }), vCache]),
