@@ -1,6 +1,7 @@
 /**
  * Pipeline benchmark on the `small` reference set (27 x 27 = 729 patches, ViT-S encoder, ~60 M
- * LLaMA). Run: `npx tsx bench/pipeline.ts [--models DIR] [--runs N] [--tokens N] [--threads N]`.
+ * LLaMA). Run: `npx tsx bench/pipeline.ts [--models DIR] [--runs N] [--tokens N] [--threads N]
+ * [--reps N] [--only SECTIONS] [--sequential]`.
  * Synthesises the set (seed 1) into the temp dir when --models is not given and the cached copy is
  * missing or was made from another version of the config.
  *
@@ -45,6 +46,7 @@ const { values: args } = parseArgs({
     threads: { type: 'string' },
     reps: { type: 'string', default: '3' },
     only: { type: 'string' }, // comma-separated sections: stages,prefill,tasks,pair,decode,ttft,conversation
+    sequential: { type: 'boolean' }, // decode section: one context after the other instead of in turn
   },
 });
 const sections = new Set((args.only ?? 'stages,prefill,tasks,pair,decode,ttft,conversation').split(','));
@@ -144,7 +146,8 @@ async function main(): Promise<void> {
     `setokim pipeline bench: ${p.info.modelSetId} (${p.info.backend}), ${cpus().length} x ${cpus()[0]?.model.trim()}`,
   );
   console.log(
-    `encoder ${a.encoder.layers}x${a.encoder.width}, LLM ${a.llm.layers}x${a.llm.hidden}, ${N} patches, ${runs} ask queries of ${maxTokens} new tokens\n`,
+    `encoder ${a.encoder.layers}x${a.encoder.width}, LLM ${a.llm.layers}x${a.llm.hidden}, ${N} patches, ` +
+      `${runs} ask queries of ${maxTokens} new tokens\n`,
   );
   // Every section asks about images none before it saw: the caches start cold for each.
   let seed = 5;
@@ -194,7 +197,8 @@ async function main(): Promise<void> {
     );
     console.log(`orchestration overhead, wall / sum of stage time: ${mean(overheads).toFixed(3)} (target <= 1.10)`);
     console.log(
-      `  wall / sum of ONNX stage time only (preprocess, clustering and PNG counted as overhead): ${mean(backendOnly).toFixed(3)}\n`,
+      '  wall / sum of ONNX stage time only (preprocess, clustering and PNG counted as overhead): ' +
+        `${mean(backendOnly).toFixed(3)}\n`,
     );
   }
 
@@ -242,11 +246,13 @@ async function main(): Promise<void> {
       });
       const own = ['mask_decoder', 'diffusion', 'detokenizer'].filter((s) => done.stages[s] !== undefined);
       console.log(
-        `  ${task.padEnd(9)} ${ms(wall).padStart(10)} wall; ${own.map((s) => `${s} ${ms(done.stages[s]!)}`).join(', ')}`,
+        `  ${task.padEnd(9)} ${ms(wall).padStart(10)} wall; ` +
+          own.map((s) => `${s} ${ms(done.stages[s]!)}`).join(', '),
       );
     }
     console.log(
-      `  (diffusion: ${a.diffusion.steps} DDIM steps over all <target> tokens in one batch; edit reuses segment's image tokens)\n`,
+      `  (diffusion: ${a.diffusion.steps} DDIM steps over all <target> tokens in one batch; ` +
+        "edit reuses segment's tokens)\n",
     );
   }
 
@@ -278,10 +284,16 @@ async function main(): Promise<void> {
     const rates = new Map<number, number[]>(contexts.map((c) => [c, []]));
     const steps = Math.min(maxTokens, 32);
     await decodeRates(p, [64], 4); // warm-up
-    for (let r = 0; r < reps; r++)
-      (await decodeRates(p, contexts, steps)).forEach((x, i) => rates.get(contexts[i]!)!.push(x));
+    for (let r = 0; r < reps; r++) {
+      if (!args.sequential) (await decodeRates(p, contexts, steps)).forEach((x, k) => rates.get(contexts[k]!)!.push(x));
+      else {
+        const order = r % 2 ? [...contexts].reverse() : contexts;
+        for (const c of order) rates.get(c)!.push((await decodeRates(p, [c], steps))[0]!);
+      }
+    }
     console.log(
-      `decode tokens/s after a prompt of N tokens (${steps} greedy steps each, taken in turn across the contexts; median of ${reps}):`,
+      `decode tokens/s after a prompt of N tokens (${steps} greedy steps each, ` +
+        `${args.sequential ? 'one context after the other' : 'taken in turn across the contexts'}; median of ${reps}):`,
     );
     for (const c of contexts)
       console.log(
@@ -319,11 +331,13 @@ async function main(): Promise<void> {
       second.push(q2.done.firstTokenMs!);
       if (i === 0)
         console.log(
-          `  second query: ${q2.done.cachedTokens} of ${q2.done.promptTokens} prompt tokens from the prefix cache, stages ${Object.keys(q2.done.stages).join(' ')}`,
+          `  second query: ${q2.done.cachedTokens} of ${q2.done.promptTokens} prompt tokens from the prefix cache, ` +
+            `stages ${Object.keys(q2.done.stages).join(' ')}`,
         );
     }
     console.log(
-      `time to first token, median of ${reps} images: first question ${ms(median(first))}, second on the same image ${ms(median(second))}`,
+      `time to first token, median of ${reps} images: first question ${ms(median(first))}, ` +
+        `second on the same image ${ms(median(second))}`,
     );
     console.log(`  second / first: ${(median(second) / median(first)).toFixed(3)} (target <= 0.2)\n`);
   }
@@ -356,7 +370,8 @@ async function main(): Promise<void> {
         const coldRun = await q(cold, 'cold');
         if (i === 0) continue;
         const line = (d: Done) =>
-          `${String(d.promptTokens - (d.cachedTokens ?? 0)).padStart(4)} prefilled of ${d.promptTokens}, prefill ${ms(d.stages.prefill!).padStart(9)}, first token ${ms(d.firstTokenMs!).padStart(9)}`;
+          `${String(d.promptTokens - (d.cachedTokens ?? 0)).padStart(4)} prefilled of ${d.promptTokens}, ` +
+          `prefill ${ms(d.stages.prefill!).padStart(9)}, first token ${ms(d.firstTokenMs!).padStart(9)}`;
         rows.push(
           `  turn ${i + 1} kept cache: ${line(warm.done)}`,
           `  turn ${i + 1} cold:       ${line(coldRun.done)}`,
@@ -373,8 +388,10 @@ async function main(): Promise<void> {
     }
   }
   const s = p.cacheStats();
+  const mib = (s.vision.bytes / 2 ** 20).toFixed(1);
   console.log(
-    `caches: vision ${s.vision.hits} hits / ${s.vision.misses} misses (${(s.vision.bytes / 2 ** 20).toFixed(1)} MiB), prefix ${s.prefix.hits} / ${s.prefix.misses}, KV evictions ${s.kv.evictions}`,
+    `caches: vision ${s.vision.hits} hits / ${s.vision.misses} misses (${mib} MiB), ` +
+      `prefix ${s.prefix.hits} / ${s.prefix.misses}, KV evictions ${s.kv.evictions}`,
   );
   await p.close();
 }
