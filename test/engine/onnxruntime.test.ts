@@ -141,7 +141,10 @@ t.test(
 );
 
 t.test('a write to an output the signature declares but the graph lacks is MODEL_INVALID', async (t) => {
-  const ghost = { ...CACHE_SIGNATURE, outputs: [...CACHE_SIGNATURE.outputs, { name: 'ghost', dtype: 'float32' as const, shape: [1] }] };
+  const ghost = {
+    ...CACHE_SIGNATURE,
+    outputs: [...CACHE_SIGNATURE.outputs, { name: 'ghost', dtype: 'float32' as const, shape: [1] }],
+  };
   const s = await ort.open(cacheGraph(dir), { stage: 'mixed-up', signature: ghost, threads: 1 });
   t.teardown(() => s.dispose());
   const [c] = await s.allocate([{ dtype: 'float32', dims: [4] }]);
@@ -149,7 +152,8 @@ t.test('a write to an output the signature declares but the graph lacks is MODEL
   const feeds = { cache: tensor('float32', new Float32Array(W_IN), [1, 1, W_IN]), x };
   await t.rejects(s.run(feeds, { writeInto: { ghost: { into: c!, axis: 0, offset: 0 } } }), {
     code: 'MODEL_INVALID',
-    message: "stage 'mixed-up': the graph has no output 'ghost' though its signature declares it; re-export the model set",
+    message:
+      "stage 'mixed-up': the graph has no output 'ghost' though its signature declares it; re-export the model set",
   });
 });
 
