@@ -1,21 +1,28 @@
 /**
- * The agent's own cost, measured side by side in one run (npx tsx bench/agent.ts [--n 400]):
+ * The agent's own cost, measured side by side in one run (npx tsx bench/agent.ts [--n 400] [--round-trips]):
  *  1. round trip of a query through an agent whose pipeline yields accepted + done at once,
- *     against a bare MQTT echo (subscribe, republish to the Response Topic) on the same broker;
- *  2. queries/s with 1, 2 and 4 agents on one shared subscription ($share, mosquitto), with the
+ *     against a bare MQTT echo (subscribe, republish to the Response Topic) on the same broker,
+ *     and an echo that answers with two messages as the agent does (the floor of the protocol).
+ *     Twice: with the agent (or echo) in a process of its own, as on a device, and with agent,
+ *     echo and client on this one event loop (where the ratio is one of CPU time per query);
+ *  2. tokenising a maximal prompt (limits.maxPromptBytes, 16 KiB) with the agent's tokenizer
+ *     against llama-tokenizer-js's encoder;
+ *  3. queries/s with 1, 2 and 4 agents on one shared subscription ($share, mosquitto), with the
  *     empty pipeline and with a fixed 20 ms service time per query (a stand-in for inference that
  *     does not load this machine's CPUs, so the broker's distribution shows).
- * Each agent has its own MQTT connection; all run in this one process.
+ * Each agent has its own MQTT connection. --round-trips: only 1 (profiling, quick repeats).
  */
+import { fork, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { connect } from 'mqtt';
+import { fileURLToPath } from 'node:url';
+import { connect, type MqttClient } from 'mqtt';
+import llama from 'llama-tokenizer-js';
 import { Agent, noDelay } from '../src/agent/agent.js';
 import { startEmbeddedBroker } from '../src/agent/broker.js';
 import { QueryClient, newQueryId } from '../src/agent/client.js';
-import { parseAgentConfig } from '../src/agent/config.js';
-import type { Pipeline, PipelineEvent, QueryRequest } from '../src/pipeline/types.js';
+import { loadTokenizer } from '../src/pipeline/tokenizer.js';
 import { mosquittoPath, startMosquitto } from '../test/helpers/mosquitto.js';
+import { agentConfig, ECHO2_TOPIC, ECHO_REPLY_TOPIC, ECHO_TOPIC, EmptyPipeline, startEcho } from './responder.js';
 
 const arg = (name: string, fallback: number): number => {
   const i = process.argv.indexOf(`--${name}`);
@@ -23,89 +30,148 @@ const arg = (name: string, fallback: number): number => {
 };
 const N = arg('n', 400);
 
-/** The agent's overhead only: no model, the answer is "accepted, done" (optionally after a wait). */
-class EmptyPipeline implements Pipeline {
-  readonly info = { modelSetId: 'empty', backend: 'none', maxTokens: 1, maxContext: 1 };
-  constructor(private readonly serviceMs = 0) {}
-  async *run(req: QueryRequest): AsyncIterable<PipelineEvent> {
-    yield { type: 'accepted', id: req.id };
-    if (this.serviceMs) await sleep(this.serviceMs);
-    yield { type: 'done', id: req.id, visionTokens: 0, promptTokens: 0, generatedTokens: 0, finishReason: 'stop', stages: {}, totalMs: this.serviceMs };
-  }
-  async close(): Promise<void> {}
-}
-
 const image = Buffer.alloc(2048, 7); // a small payload, the same size for agent and echo
 image.set([0x89, 0x50, 0x4e, 0x47], 0);
 
 function stats(ms: number[]): { p50: number; mean: number; p99: number } {
   const s = [...ms].sort((a, b) => a - b);
-  return { p50: s[Math.floor(s.length / 2)]!, mean: s.reduce((a, b) => a + b, 0) / s.length, p99: s[Math.floor(s.length * 0.99)]! };
+  return {
+    p50: s[Math.floor(s.length / 2)]!,
+    mean: s.reduce((a, b) => a + b, 0) / s.length,
+    p99: s[Math.floor(s.length * 0.99)]!,
+  };
 }
 
-function agentConfig(url: string, protocolVersion: 4 | 5, device: string, shared: boolean, concurrency: number) {
-  return parseAgentConfig({
-    fleet: 'bench',
-    device,
-    models: 'none',
-    fleetSubscription: shared ? 'shared' : 'plain',
-    broker: { url, protocolVersion },
-    limits: { concurrency, queueSize: 256, maxImageBytes: 1 << 20 },
-    metrics: { enabled: false },
+/** bench/responder.ts in a process of its own, ready to answer. */
+async function responder(
+  what: 'agent' | 'echo',
+  url: string,
+  protocolVersion: 4 | 5,
+  device: string,
+): Promise<{ stop: () => Promise<void> }> {
+  const child: ChildProcess = fork(
+    fileURLToPath(new URL('./responder.ts', import.meta.url)),
+    [what, url, String(protocolVersion), device],
+    { execArgv: ['--import', 'tsx'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.once('message', () => resolve());
+    child.once('exit', (code) => reject(new Error(`bench/responder.ts ${what} exited with ${code}`)));
   });
+  return {
+    stop: async () => {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.send('stop');
+      await exited;
+    },
+  };
 }
 
-async function roundTrips(url: string, protocolVersion: 4 | 5): Promise<{ agent: number[]; echo: number[] }> {
-  // Bare echo: one client answers every request on the topic the request names.
-  const echo = connect(url, { protocolVersion, clientId: `echo-${process.pid}` });
-  await new Promise((r) => echo.once('connect', r));
-  noDelay(echo);
-  await echo.subscribeAsync('bench/echo', { qos: 1 });
-  echo.on('message', (_t, payload, packet) => {
-    const replyTo = protocolVersion === 5 ? packet.properties?.responseTopic : 'bench/echo-reply';
-    echo.publish(replyTo!, payload, { qos: 1, ...(protocolVersion === 5 ? { properties: { correlationData: packet.properties?.correlationData } } : {}) });
-  });
-  const requester = connect(url, { protocolVersion, clientId: `req-${process.pid}` });
+type Where = 'separate processes' | 'one process';
+
+async function roundTrips(
+  url: string,
+  protocolVersion: 4 | 5,
+  where: Where,
+): Promise<{ agent: number[]; echo: number[]; echo2: number[] }> {
+  const device = `rt-${where === 'one process' ? 'here' : 'apart'}`;
+  let stopResponders: () => Promise<void>;
+  if (where === 'one process') {
+    const echo = await startEcho(url, protocolVersion);
+    const agent = new Agent({
+      config: agentConfig(url, protocolVersion, device, false, 1),
+      pipeline: new EmptyPipeline(),
+    });
+    await agent.start();
+    stopResponders = async () => void (await Promise.all([agent.stop(0), echo.endAsync()]));
+  } else {
+    const both = await Promise.all([
+      responder('echo', url, protocolVersion, device),
+      responder('agent', url, protocolVersion, device),
+    ]);
+    stopResponders = async () => void (await Promise.all(both.map((r) => r.stop())));
+  }
+  const requester: MqttClient = connect(url, { protocolVersion, clientId: `req-${process.pid}` });
   await new Promise((r) => requester.once('connect', r));
   noDelay(requester);
-  await requester.subscribeAsync('bench/echo-reply', { qos: 1 });
+  await requester.subscribeAsync(ECHO_REPLY_TOPIC, { qos: 1 });
   let waiting: (() => void) | undefined;
-  requester.on('message', () => waiting?.());
-  const echoOnce = async (): Promise<number> => {
+  let left = 0;
+  requester.on('message', () => --left === 0 && waiting?.());
+  const echoOnce = async (topic: string, messages: number): Promise<number> => {
     const t0 = performance.now();
+    left = messages;
     const got = new Promise<void>((r) => (waiting = r));
-    requester.publish('bench/echo', image, { qos: 1, ...(protocolVersion === 5 ? { properties: { responseTopic: 'bench/echo-reply', correlationData: Buffer.from('k') } } : {}) });
+    requester.publish(topic, image, {
+      qos: 1,
+      ...(protocolVersion === 5
+        ? { properties: { responseTopic: ECHO_REPLY_TOPIC, correlationData: Buffer.from('k') } }
+        : {}),
+    });
     await got;
     return performance.now() - t0;
   };
-
-  const agent = new Agent({ config: agentConfig(url, protocolVersion, 'rt', false, 1), pipeline: new EmptyPipeline() });
-  await agent.start();
   const client = await QueryClient.connect({ url, protocolVersion });
   const agentOnce = async (): Promise<number> => {
     const t0 = performance.now();
-    for await (const e of client.query({ fleet: 'bench', device: 'rt' }, { id: newQueryId(), task: 'describe', image })) if (e.type === 'error') throw new Error(e.message);
+    for await (const e of client.query({ fleet: 'bench', device }, { id: newQueryId(), task: 'describe', image }))
+      if (e.type === 'error') throw new Error(e.message);
     return performance.now() - t0;
   };
-  // Interleave the two so drifting machine load hits both alike; warm both up first.
-  for (let i = 0; i < 50; i++) {
-    await echoOnce();
-    await agentOnce();
-  }
-  const result = { agent: [] as number[], echo: [] as number[] };
-  for (let i = 0; i < N; i++) {
-    result.echo.push(await echoOnce());
-    result.agent.push(await agentOnce());
+  // Interleave them so drifting machine load hits all alike; warm all up first.
+  const result = { agent: [] as number[], echo: [] as number[], echo2: [] as number[] };
+  for (let i = -50; i < N; i++) {
+    const e = await echoOnce(ECHO_TOPIC, 1);
+    const a = await agentOnce();
+    const e2 = await echoOnce(ECHO2_TOPIC, 2);
+    if (i < 0) continue;
+    result.echo.push(e);
+    result.agent.push(a);
+    result.echo2.push(e2);
   }
   await client.close();
-  await agent.stop(0);
-  await Promise.all([echo.endAsync(), requester.endAsync()]);
+  await requester.endAsync();
+  await stopResponders();
   return result;
 }
 
-async function throughput(url: string, agents: number, serviceMs: number, total: number): Promise<{ qps: number; byAgent: number[]; busy: number }> {
+/** Tokenising a prompt at limits.maxPromptBytes: best of a few, in ms. */
+async function tokenising(): Promise<Array<{ prompt: string; ours: number; reference: number }>> {
+  const tok = await loadTokenizer({ kind: 'llama' });
+  const bytes = 16 * 1024;
+  const prompts: Record<string, string> = {
+    'English words': 'the quick brown fox jumps over the lazy dog '.repeat(400).slice(0, bytes),
+    'one run without spaces': 'ab'.repeat(bytes / 2),
+    'CJK (3 bytes a character)': '漢字テキスト'.repeat(bytes / 18),
+  };
+  const best = (f: () => unknown): number => {
+    let ms = Infinity;
+    f(); // warm-up: the first call compiles
+    for (let i = 0; i < 7; i++) {
+      const t0 = performance.now();
+      f();
+      ms = Math.min(ms, performance.now() - t0);
+    }
+    return ms;
+  };
+  return Object.entries(prompts).map(([prompt, text]) => ({
+    prompt,
+    ours: best(() => tok.encode(text)),
+    reference: best(() => llama.encode(text, false, true)),
+  }));
+}
+
+async function throughput(
+  url: string,
+  agents: number,
+  serviceMs: number,
+  total: number,
+): Promise<{ qps: number; byAgent: number[]; busy: number }> {
   const pipeline = new EmptyPipeline(serviceMs);
-  const list = Array.from({ length: agents }, (_, i) => new Agent({ config: agentConfig(url, 5, `a${i}`, true, serviceMs ? 1 : 4), pipeline }));
+  const list = Array.from(
+    { length: agents },
+    (_, i) => new Agent({ config: agentConfig(url, 5, `a${i}`, true, serviceMs ? 1 : 4), pipeline }),
+  );
   await Promise.all(list.map((a) => a.start()));
   const client = await QueryClient.connect({ url });
   const window = 16;
@@ -140,16 +206,44 @@ async function main(): Promise<void> {
   const e = await startEmbeddedBroker();
   brokers.push({ name: 'aedes embedded (MQTT 3.1.1)', url: e.url, protocolVersion: 4, close: () => e.close() });
 
-  console.log(`setokim agent bench: ${N} round trips per broker, QoS 1, ${image.length}-byte image payload, node ${process.version}\n`);
-  console.log('Round trip (ms)                  agent p50  echo p50  ratio p50   agent mean  echo mean  ratio mean');
-  for (const b of brokers) {
-    const r = await roundTrips(b.url, b.protocolVersion);
-    const a = stats(r.agent);
-    const x = stats(r.echo);
-    console.log(`${b.name.padEnd(32)} ${f(a.p50).padStart(9)} ${f(x.p50).padStart(9)} ${f(a.p50 / x.p50).padStart(10)} ${f(a.mean).padStart(12)} ${f(x.mean).padStart(10)} ${f(a.mean / x.mean).padStart(11)}`);
+  const payload = `${image.length}-byte image payload`;
+  console.log(
+    `setokim agent bench: ${N} round trips per broker and setup, QoS 1, ${payload}, node ${process.version}\n`,
+  );
+  const columns = [
+    'agent p50',
+    'echo p50',
+    'ratio p50',
+    '2-message echo p50 (ratio)',
+    'agent mean',
+    'echo mean',
+    'ratio mean',
+  ];
+  console.log(`${'Round trip (ms)'.padEnd(52)} ${columns.join('  ')}`);
+  for (const where of ['separate processes', 'one process'] as const) {
+    for (const b of brokers) {
+      const r = await roundTrips(b.url, b.protocolVersion, where);
+      const [a, x, x2] = [stats(r.agent), stats(r.echo), stats(r.echo2)];
+      const name = `${b.name}, ${where}`;
+      const cells = [f(a.p50), f(x.p50), f(a.p50 / x.p50), `${f(x2.p50)} (${f(x2.p50 / x.p50)})`];
+      cells.push(f(a.mean), f(x.mean), f(a.mean / x.mean));
+      console.log(`${name.padEnd(52)} ${cells.map((c, i) => c.padStart(columns[i]!.length)).join('  ')}`);
+    }
+  }
+  if (!process.argv.includes('--round-trips')) {
+    console.log('\nTokenising a prompt of 16 KiB (limits.maxPromptBytes), best of 7 after a warm-up (ms)');
+    console.log('prompt                         setokim BPE   llama-tokenizer-js   speed-up');
+    for (const r of await tokenising()) {
+      const speedUp = `${f(r.reference / r.ours, 1)}x`;
+      console.log(
+        `${r.prompt.padEnd(30)} ${f(r.ours).padStart(11)} ${f(r.reference).padStart(20)} ${speedUp.padStart(10)}`,
+      );
+    }
   }
   const mosquitto = brokers.find((b) => b.protocolVersion === 5);
-  if (mosquitto) {
+  if (process.argv.includes('--round-trips')) {
+    // only the round trips (profiling, quick repeats)
+  } else if (mosquitto) {
     console.log('\nShared subscription $share/bench/setokim/v1/bench/query on mosquitto, 16 queries outstanding');
     console.log('pipeline               agents   queries/s   speed-up   answers per agent   BUSY');
     for (const serviceMs of [0, 20]) {
@@ -159,11 +253,16 @@ async function main(): Promise<void> {
         const r = await throughput(mosquitto.url, n, serviceMs, total);
         base ||= r.qps;
         const label = serviceMs ? `fixed ${serviceMs} ms/query` : 'empty';
-        console.log(`${label.padEnd(22)} ${String(n).padStart(6)} ${f(r.qps, 1).padStart(11)} ${f(r.qps / base).padStart(10)}   ${r.byAgent.join('/').padEnd(17)} ${String(r.busy).padStart(5)}`);
+        const cells = [String(n).padStart(6), f(r.qps, 1).padStart(11), f(r.qps / base).padStart(10)];
+        console.log(
+          `${label.padEnd(22)} ${cells.join(' ')}   ${r.byAgent.join('/').padEnd(17)} ${String(r.busy).padStart(5)}`,
+        );
       }
     }
   } else {
-    console.log('\n(shared-subscription throughput needs mosquitto: apt-get install -y mosquitto; aedes has no $share)');
+    console.log(
+      '\n(shared-subscription throughput needs mosquitto: apt-get install -y mosquitto; aedes has no $share)',
+    );
   }
   for (const b of brokers) await b.close();
 }

@@ -5,15 +5,14 @@
  *     same wall time) so both see the same load;
  *  2. the distance step (Gram matrix + distances) against this machine's matrix-multiply rate: a
  *     plain float32 GEMM of the same shape in the same native code, and a register-only peak loop;
- *  3. ClusterStream when 10% of the patches change between frames, against clustering each frame
- *     from scratch.
+ * ClusterStream (frames with some patches changed) against clustering from scratch: bench/stream.ts.
  * Run: npx tsx bench/cluster.ts   (build the addon first: npm run build:native)
  */
 import os from 'node:os';
-import { ClusterStream, cluster } from '../src/setok/index.js';
+import { cluster } from '../src/setok/index.js';
 import { clusterReference } from '../src/setok/reference.js';
 import { loadNative } from '../src/engine/native.js';
-import { plantedFeatures, randomFeatures, rng } from '../test/setok/helpers.js';
+import { plantedFeatures } from '../test/setok/helpers.js';
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -85,49 +84,4 @@ console.log(`Gram (triangle, ${(triFlops / 1e9).toFixed(2)} GFLOP)            : 
 console.log(`distances = Gram + D               : ${g.distanceMs.toFixed(2)} ms`);
 console.log(`peak mul+add loop (no memory)      : ${g.peakGflops.toFixed(1)} GFLOP/s -> Gram at ${((triFlops / g.gramMs / 1e6) / g.peakGflops * 100).toFixed(0)}% of peak, GEMM at ${((gemmFlops / g.gemmMs / 1e6) / g.peakGflops * 100).toFixed(0)}%`);
 
-// 3. streaming with 10% of the patches changing per frame
-{
-  const p = { n, dim: C, k: 64, threshold: 0.55, fallback: 64 };
-  const x = plantedFeatures(27, 27, C, 5, 21, 0.5);
-  const r = rng(5);
-  const frames: Float32Array[] = [];
-  for (let f = 0; f < 12; f++) {
-    const next = (frames[f - 1] ?? x).slice();
-    for (let m = 0; m < Math.round(n * 0.1); m++) {
-      const i = Math.floor(r() * n);
-      for (let c = 0; c < C; c++) next[i * C + c] = next[i * C + c]! + (r() * 2 - 1) * 0.05;
-    }
-    frames.push(next);
-  }
-  const stream = new ClusterStream(p, { backend: 'native' });
-  await stream.push(x);
-  const streamMs: number[] = [];
-  const fullMs: number[] = [];
-  const streamCpu: number[] = [];
-  const fullCpu: number[] = [];
-  let changed = 0;
-  let same = true;
-  for (const f of frames) {
-    let c0 = process.cpuUsage();
-    let t0 = performance.now();
-    const s = await stream.push(f);
-    streamMs.push(performance.now() - t0);
-    let c = process.cpuUsage(c0);
-    streamCpu.push((c.user + c.system) / 1000);
-    changed += s.changedPatches;
-    c0 = process.cpuUsage();
-    t0 = performance.now();
-    const full = await cluster(f, p);
-    fullMs.push(performance.now() - t0);
-    c = process.cpuUsage(c0);
-    fullCpu.push((c.user + c.system) / 1000);
-    same &&= full.labels.join() === s.labels.join() && full.centers.join() === s.centers.join();
-  }
-  stream.close();
-  const sm = median(streamMs);
-  const fm = median(fullMs);
-  console.log(`\n## ClusterStream, 10% of patches change per frame (${(changed / frames.length).toFixed(0)} rows recomputed per frame, median of ${frames.length})`);
-  const sc = median(streamCpu);
-  const fc = median(fullCpu);
-  console.log(`from scratch ${fm.toFixed(2)} ms wall / ${fc.toFixed(1)} ms cpu, stream ${sm.toFixed(2)} ms wall / ${sc.toFixed(1)} ms cpu: ${(fm / sm).toFixed(2)}x faster (wall), ${(fc / sc).toFixed(2)}x (cpu); identical results: ${same}`);
-}
+// 3. streaming (ClusterStream against clustering from scratch at 1-50% of the patches changed): bench/stream.ts

@@ -19,14 +19,10 @@
  * - a follow-up in a conversation against the same turn asked cold (a pipeline with no cache
  *   replays the whole transcript): prefill tokens and time.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { isDeepStrictEqual } from 'node:util';
-import { cpus, tmpdir } from 'node:os';
-import path from 'node:path';
+import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { synthesize } from '../tools/export/synth.js';
-import { CONFIGS } from '../tools/export/configs.js';
-import { patchGrid, stageSignature } from '../src/engine/contract.js';
+import { benchSet } from './sets.js';
+import { patchGrid } from '../src/engine/contract.js';
 import { createPipeline, type LocalPipeline } from '../src/pipeline/pipeline.js';
 import { LlmContext } from '../src/pipeline/generate.js';
 import { buildVicunaPrompt, promptLength } from '../src/pipeline/template.js';
@@ -56,20 +52,7 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const ms = (x: number) => `${x.toFixed(1)} ms`;
 
 async function modelsDir(): Promise<string> {
-  if (args.models) return args.models;
-  const dir = path.join(tmpdir(), 'setokim-bench', 'small-seed1');
-  const manifest = path.join(dir, 'manifest.json');
-  // The cached copy must be of this config and of this version of the stage contract.
-  const m = existsSync(manifest) ? JSON.parse(readFileSync(manifest, 'utf8')) : undefined;
-  const current =
-    m &&
-    isDeepStrictEqual(m.architecture, CONFIGS.small) &&
-    isDeepStrictEqual(m.stages?.llm?.signature, stageSignature('llm', CONFIGS.small));
-  if (!current) {
-    process.stdout.write(`synthesising the small set into ${dir} ...\n`);
-    await synthesize({ config: 'small', seed: 1, out: dir });
-  }
-  return dir;
+  return args.models ?? benchSet('small');
 }
 
 async function query(p: LocalPipeline, r: QueryRequest): Promise<{ done: Done; wall: number }> {

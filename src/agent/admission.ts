@@ -14,11 +14,16 @@ export interface Ticket {
   deadline?: number;
 }
 
+/** setTimeout's longest delay (2^31 - 1 ms, 24.8 days): a longer one fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export type AdmitResult = 'started' | 'queued' | 'busy' | 'duplicate' | 'expired' | 'closed';
 
 interface Entry<T extends Ticket> {
   ticket: T;
   controller: AbortController;
+  aborted: Promise<SetokimError>;
+  abortWith: (reason: SetokimError) => void;
   timer?: NodeJS.Timeout;
   state: 'queued' | 'running';
 }
@@ -26,8 +31,11 @@ interface Entry<T extends Ticket> {
 export interface AdmissionOptions<T extends Ticket> {
   queueSize: number;
   concurrency: number;
-  /** Runs one admitted query; the promise settles when its slot may be reused. */
-  run(ticket: T, signal: AbortSignal): Promise<void>;
+  /**
+   * Runs one admitted query; the promise settles when its slot may be reused. `aborted` resolves
+   * with the reason when it is cancelled or expires (as `signal` aborts; no listener needed).
+   */
+  run(ticket: T, signal: AbortSignal, aborted: Promise<SetokimError>): Promise<void>;
   /** A query that left the queue without running (cancelled or expired while waiting). */
   dropped(ticket: T, reason: SetokimError): void;
   /** Queue depth or in-flight count changed. */
@@ -70,12 +78,11 @@ export class Admission<T extends Ticket> {
     if (ticket.deadline !== undefined && ticket.deadline <= now) return 'expired';
     const hasSlot = this.running < this.opts.concurrency;
     if (!hasSlot && this.queue.length >= this.opts.queueSize) return 'busy';
-    const entry: Entry<T> = { ticket, controller: new AbortController(), state: 'queued' };
+    let abortWith!: (reason: SetokimError) => void;
+    const aborted = new Promise<SetokimError>((resolve) => (abortWith = resolve));
+    const entry: Entry<T> = { ticket, controller: new AbortController(), aborted, abortWith, state: 'queued' };
     this.live.set(ticket.id, entry);
-    if (ticket.deadline !== undefined) {
-      entry.timer = setTimeout(() => this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, `query ${ticket.id} passed its deadline; send it again with a later deadline or a longer message expiry`)), ticket.deadline - now);
-      entry.timer.unref();
-    }
+    if (ticket.deadline !== undefined) this.armDeadline(entry, ticket.deadline - now);
     if (hasSlot) {
       this.start(entry);
       return 'started';
@@ -119,7 +126,19 @@ export class Admission<T extends Ticket> {
       this.checkIdle();
     } else if (!entry.controller.signal.aborted) {
       entry.controller.abort(reason);
+      entry.abortWith(reason);
     }
+  }
+
+  /** EXPIRED at the deadline; one further than setTimeout reaches waits in steps of MAX_TIMER_MS. */
+  private armDeadline(entry: Entry<T>, ms: number): void {
+    entry.timer = setTimeout(() => {
+      const left = entry.ticket.deadline! - Date.now();
+      if (left > 0) return this.armDeadline(entry, left);
+      const message = `query ${entry.ticket.id} passed its deadline; send it again with a later deadline or expiry`;
+      this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, message));
+    }, Math.min(ms, MAX_TIMER_MS));
+    entry.timer.unref();
   }
 
   private start(entry: Entry<T>): void {
@@ -127,7 +146,7 @@ export class Admission<T extends Ticket> {
     this.running++;
     this.opts.changed?.();
     this.opts
-      .run(entry.ticket, entry.controller.signal)
+      .run(entry.ticket, entry.controller.signal, entry.aborted)
       .catch(() => undefined) // run reports its own errors; a slot must never leak
       .finally(() => {
         this.running--;

@@ -1,20 +1,31 @@
 /**
  * The agent: serves queries that arrive over MQTT with a Pipeline, streams the events back, and
- * keeps a retained status with a Last Will. One connection; reconnects with exponential backoff and
- * subscribes again on every connect (a restarted broker has forgotten us); SIGTERM-style stop()
- * takes no new work, finishes what is in flight, and publishes offline.
+ * keeps a retained status with a Last Will. One connection (AgentConnection, connection.ts:
+ * reconnects, subscriptions, routing by topic); SIGTERM-style stop() takes no new work, finishes
+ * what is in flight, and publishes offline.
  */
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
-import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import type { IPublishPacket, MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError, errorCode, type ErrorCode } from '../errors.js';
+import { packageVersion } from '../engine/native.js';
 import { TASKS, type Pipeline, type PipelineEvent, type QueryRequest, type Task } from '../pipeline/types.js';
 import { Admission, SeenIds } from './admission.js';
-import { decodeCancel, decodeQuery, encodeStatus, type AgentStatus, type WireQuery } from './codec.js';
+import { decodeCancel, encodeStatus, QueryDecoder, type AgentStatus, type WireQuery } from './codec.js';
 import type { AgentConfig } from './config.js';
+import { DeviceHealth, type HealthSummary } from './health.js';
 import { AgentMetrics } from './metrics.js';
-import { ReplyStream, replyAddress, type ReplyAddress } from './replies.js';
-import { deviceTopics, refusedSubscriptions, type DeviceTopics } from '../mqtt/topics.js';
+import { ReplyStream, ReplyTopics, replyAddress, type ReplyAddress } from './replies.js';
+import { AgentConnection, agentSubscriptions } from './connection.js';
+import {
+  TopicRoutes,
+  type SubscribeOptions,
+  type TopicHandler,
+  type TopicLink,
+  type TopicSubscription,
+} from '../mqtt/subscriptions.js';
+import { deviceTopics, type DeviceTopics } from '../mqtt/topics.js';
+
+export { BROKER_STOP_WAIT_MS, noDelay, within } from './connection.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;
@@ -46,8 +57,6 @@ interface Ticket {
   receivedAt: number;
 }
 
-const ABORTED = Symbol('aborted');
-
 /** The pipeline queries start on, with the prompt counter of its set and its running count. */
 interface Serving {
   pipeline: Pipeline;
@@ -62,37 +71,14 @@ export interface ReplaceOptions {
   countTokens?: (text: string) => number;
 }
 
-/** How long stop() waits for the broker at each step (unsubscribe; offline status and DISCONNECT). */
-export const BROKER_STOP_WAIT_MS = 2_000;
 /** An unchanged status is still republished every this many status intervals, as a heartbeat. */
 export const STATUS_HEARTBEAT_INTERVALS = 12;
-
-/** What `p` resolves to, 'failed' if it rejects, or 'timeout' after ms. */
-export function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout' | 'failed'> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
-  return Promise.race([p.catch(() => 'failed' as const), late]).finally(() => clearTimeout(timer));
-}
 
 /** JPEG, PNG or WebP, by magic bytes: cheap, and catches text sent as an image early. */
 function looksLikeImage(b: Uint8Array): boolean {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return true;
   if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return true;
   return b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP';
-}
-
-function readPem(path: string | undefined, what: string): Buffer | undefined {
-  if (!path) return undefined;
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_CONFIG, `cannot read the ${what} ${path}: ${(err as Error).message}`);
-  }
-}
-
-/** Replies are small and streamed: without this, Nagle + delayed ACK add ~40 ms per round trip. */
-export function noDelay(client: MqttClient): void {
-  (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
 }
 
 export interface AgentOptions {
@@ -102,9 +88,11 @@ export interface AgentOptions {
   version?: string;
   /** Counts a prompt's tokens (the model set's tokenizer) for limits.maxPromptTokens. */
   countTokens?: (text: string) => number;
+  /** This device's target (detectTarget().id), reported in the retained status. */
+  target?: string;
 }
 
-export class Agent extends EventEmitter<AgentEvents> {
+export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   readonly config: AgentConfig;
   readonly topics: DeviceTopics;
   readonly metrics = new AgentMetrics();
@@ -114,16 +102,25 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly retiring = new Set<Promise<void>>();
   private readonly log: Logger;
   private readonly version: string;
+  private readonly target?: string;
   private readonly admission: Admission<Ticket>;
   private readonly seen: SeenIds;
-  private client?: MqttClient;
-  private backoffMs: number;
+  /** Where replies may go (setokim/v1/replies/# and replyTopics): the query and stream services both check it. */
+  readonly replyTopics: ReplyTopics;
+  private readonly decoder: QueryDecoder;
+  private connection?: AgentConnection;
+  /** Topics that services beside the queries took with subscribe(): routed by exact topic, never read as queries. */
+  private routes?: TopicRoutes;
   private stopping = false;
   private stopped?: Promise<void>;
   private statusTicker?: NodeJS.Timeout;
   /** The load the last published status showed, and when it went out. */
   private published?: { depth: number; inFlight: number; at: number };
   private connects = 0;
+  /** tegrastats readings on a Jetson (src/agent/health.ts); absent when turned off. */
+  private readonly health?: DeviceHealth;
+  /** Fields services add to the retained status (e.g. the stream count). */
+  private readonly statusSources: (() => Partial<AgentStatus>)[] = [];
   metricsPort?: number;
 
   constructor(opts: AgentOptions) {
@@ -131,15 +128,23 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.config = opts.config;
     this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     this.log = opts.log ?? (() => undefined);
-    this.version = opts.version ?? '0.1.0';
+    this.version = opts.version ?? packageVersion();
+    if (opts.target) this.target = opts.target;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
-    this.backoffMs = this.config.broker.reconnectMinMs;
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
     this.metrics.trackCaches(() => ({ pipeline: this.serving.pipeline, stats: this.serving.pipeline.cacheStats?.() }));
+    const h = this.config.health;
+    if (h.enabled) {
+      const { tegrastats, intervalMs, energyRails } = h;
+      this.health = new DeviceHealth({ tegrastats, intervalMs, energyRails, metrics: this.metrics, log: this.log });
+    }
+    this.replyTopics = new ReplyTopics(this.config.replyTopics);
+    const { maxPromptBytes, maxImageBytes } = this.config.limits;
+    this.decoder = new QueryDecoder({ maxPromptBytes, maxImageBytes, replyTopic: (t) => this.replyTopics.allows(t) });
     this.admission = new Admission<Ticket>({
       queueSize: this.config.limits.queueSize,
       concurrency: this.config.limits.concurrency,
-      run: (t, signal) => this.runQuery(t, signal),
+      run: (t, signal, aborted) => this.runQuery(t, signal, aborted),
       dropped: (t, reason) => this.replyError(t.address, t.id, reason.code, reason.message),
       changed: () => this.queueChanged(),
     });
@@ -160,137 +165,60 @@ export class Agent extends EventEmitter<AgentEvents> {
   async start(): Promise<void> {
     const { config } = this;
     if (config.metrics.enabled) this.metricsPort = await this.metrics.listen(config.metrics.port, config.metrics.host);
+    this.health?.start();
     try {
-      await this.connectBroker();
+      // Reading the TLS files can fail here (BAD_CONFIG): inside the try, like the connect.
+      this.connection = new AgentConnection({
+        config,
+        topics: this.topics,
+        subscriptions: agentSubscriptions(this.topics, config.fleetSubscription),
+        handlers: {
+          query: (payload, packet) => this.onQuery(packet.topic, payload, packet),
+          cancel: (payload, packet) => this.onCancel(packet.topic, payload),
+        },
+        will: () => Buffer.from(encodeStatus(this.status(false))),
+        log: this.log,
+        metrics: this.metrics,
+        onConnected: ({ reconnect, stopping }) => {
+          void this.publishStatus();
+          if (!stopping) this.emit('ready', { reconnect });
+        },
+        onOffline: () => this.emit('offline'),
+        other: (topic, payload, packet) => this.routes?.dispatch(topic, payload, packet),
+      });
+      await this.connection.started();
     } catch (err) {
       // A failed start leaves nothing running: the process must be able to exit with the error.
-      await this.client?.endAsync(true).catch(() => undefined);
+      this.health?.stop();
+      await this.connection?.abort();
       await this.metrics.close();
       throw err;
     }
     if (!this.stopping) this.startStatusTicker();
   }
 
-  private async connectBroker(): Promise<void> {
-    const { config } = this;
-    const b = config.broker;
-    const options: IClientOptions = {
-      protocolVersion: b.protocolVersion,
-      clientId: b.clientId ?? `setokim-${config.fleet}-${config.device}`,
-      clean: true,
-      keepalive: b.keepaliveS,
-      reconnectPeriod: b.reconnectMinMs,
-      connectTimeout: 10_000,
-      resubscribe: false, // we subscribe on every connect ourselves
-      will: { topic: this.topics.status, payload: Buffer.from(encodeStatus(this.status(false))), qos: 1, retain: true },
-      ...(b.username !== undefined ? { username: b.username } : {}),
-      ...(b.password !== undefined ? { password: b.password } : {}),
-      ...(b.ca ? { ca: readPem(b.ca, 'CA certificate') } : {}),
-      ...(b.cert ? { cert: readPem(b.cert, 'client certificate') } : {}),
-      ...(b.key ? { key: readPem(b.key, 'client key') } : {}),
-      rejectUnauthorized: b.rejectUnauthorized,
-    };
-    const client = connect(b.url, options);
-    this.client = client;
-    client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
-    client.on('connect', () => noDelay(client));
-    client.on('close', () => {
-      this.metrics.connected.set(0);
-      if (this.stopping) return;
-      // Exponential backoff with jitter; mqtt.js reads reconnectPeriod each time it schedules.
-      client.options.reconnectPeriod = Math.round(this.backoffMs * (0.75 + Math.random() * 0.5));
-      this.backoffMs = Math.min(this.backoffMs * 2, b.reconnectMaxMs);
-    });
-    client.on('offline', () => {
-      this.log('warn', `lost the broker ${b.url}; reconnecting with backoff`);
-      this.emit('offline');
-    });
-    client.on('error', (err) => this.log('warn', `mqtt: ${err.message}`));
-
-    await new Promise<void>((resolve, reject) => {
-      const onConnect = (): void => {
-        if (this.stopping) {
-          // A reconnect while stop() drains must not take work again (stop() unsubscribed): say offline only.
-          this.metrics.connected.set(1);
-          void this.publishStatus();
-          resolve();
-          return;
-        }
-        this.subscribeAll().then(
-          () => {
-            this.backoffMs = b.reconnectMinMs;
-            client.options.reconnectPeriod = b.reconnectMinMs;
-            this.metrics.connected.set(1);
-            const reconnect = this.connects++ > 0;
-            this.publishStatus();
-            this.log('info', `${reconnect ? 're' : ''}connected to ${b.url} as ${config.fleet}/${config.device}`);
-            this.emit('ready', { reconnect });
-            resolve();
-          },
-          (err: Error) => {
-            // A subscription the broker refuses (an ACL) will be refused again: fail start() with it.
-            if (this.connects === 0 && err instanceof SetokimError) reject(err);
-            else this.log('error', `subscribing failed: ${err.message}; will retry on the next connect`);
-          },
-        );
-      };
-      client.on('connect', onConnect);
-      // Refused credentials will not get better by retrying: fail start() with a clear message.
-      client.on('error', (err: Error & { code?: number }) => {
-        if (this.connects === 0 && (err.code === 4 || err.code === 5 || err.code === 134 || err.code === 135)) {
-          reject(new SetokimError(ErrorCodes.BAD_CONFIG, `the broker ${b.url} refused the credentials (${err.message}); check broker.username, broker.password or the client certificate`));
-        }
-      });
-    });
+  private get client(): MqttClient | undefined {
+    return this.connection?.client;
   }
 
-  /** Subscribes to every topic the agent serves; a refused one is a BROKER_REFUSED naming it. */
-  private subscribeAll(): Promise<void> {
-    const client = this.client!;
-    const t = this.topics;
-    const topics: Record<string, { qos: 0 | 1 }> = { [t.query]: { qos: 1 }, [t.cancel]: { qos: 1 }, [t.fleetCancel]: { qos: 1 } };
-    if (this.config.fleetSubscription === 'shared') topics[t.sharedFleetQuery] = { qos: 1 };
-    if (this.config.fleetSubscription === 'plain') topics[t.fleetQuery] = { qos: 1 };
-    return new Promise((resolve, reject) => {
-      // The callback, not subscribeAsync: its error keeps only the last reason code, not which topic.
-      client.subscribe(topics, (err, _granted, packet) => {
-        const refused = refusedSubscriptions(Object.keys(topics), (packet as { granted?: unknown[] } | undefined)?.granted);
-        if (refused.length) {
-          const shared = this.config.fleetSubscription === 'shared' && refused.some((r) => r.startsWith('$share/'));
-          reject(
-            new SetokimError(
-              ErrorCodes.BROKER_REFUSED,
-              `the broker ${this.config.broker.url} refused the subscription to ${refused.join(', ')}; allow this client to subscribe to ${refused.length > 1 ? 'these topics' : 'it'} in the broker's ACL` +
-                (shared ? ', or set fleetSubscription to plain (a broker without shared subscriptions) or off' : ''),
-            ),
-          );
-        } else if (err) reject(err);
-        else resolve();
-      });
-    });
-  }
-
-  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
-    if (topic === this.topics.cancel || topic === this.topics.fleetCancel) {
-      try {
-        const id = decodeCancel(payload);
-        if (this.admission.cancel(id)) this.log('info', `cancelled ${id}`);
-      } catch (err) {
-        this.metrics.errors.inc({ code: errorCode(err) });
-        this.log('warn', `ignored a cancel on ${topic}: ${(err as Error).message}`);
-      }
-      return;
+  private onCancel(topic: string, payload: Buffer): void {
+    try {
+      const id = decodeCancel(payload);
+      if (this.admission.cancel(id)) this.log('info', `cancelled ${id}`);
+    } catch (err) {
+      this.metrics.errors.inc({ code: errorCode(err) });
+      this.log('warn', `ignored a cancel on ${topic}: ${(err as Error).message}`);
     }
-    this.onQuery(topic, payload, packet);
   }
 
   private onQuery(topic: string, payload: Buffer, packet: IPublishPacket): void {
     const receivedAt = Date.now();
-    const decoded = decodeQuery(payload);
+    const decoded = this.decoder.decode(payload);
     const salvage = decoded.ok ? { id: decoded.query.id, replyTopic: decoded.query.replyTopic, correlation: decoded.query.correlation } : decoded.salvage;
-    const address = replyAddress(packet, salvage);
+    const addressing = replyAddress(packet, salvage, this.replyTopics);
+    const address = addressing.address;
     if (!address) {
-      const reason = decoded.ok ? 'the query has no reply address (MQTT 5 Response Topic or reply_topic)' : decoded.error.message;
+      const reason = decoded.ok ? addressing.reason : `${decoded.error.message}; ${addressing.reason}`;
       this.metrics.unaddressable.inc();
       this.metrics.errors.inc({ code: decoded.ok ? ErrorCodes.BAD_MESSAGE : decoded.error.code });
       this.log('warn', `dropped a message on ${topic} with no reply address (${payload.length} bytes): ${reason}`);
@@ -304,22 +232,20 @@ export class Agent extends EventEmitter<AgentEvents> {
       return;
     }
     if (!decoded.ok) return this.refuse(address, salvage.id, decoded.error.code, decoded.error.message);
+    const { problem: wrongAddress } = addressing;
+    if (wrongAddress) return this.refuse(address, salvage.id, wrongAddress.code, wrongAddress.message);
     const q = decoded.query;
-    this.metrics.queries.inc({ task: (TASKS as readonly string[]).includes(q.task) ? q.task : 'unknown' });
+    this.metrics.queryOf(q.task).inc();
     const problem = this.check(q);
     if (problem) return this.refuse(address, q.id, problem.code, problem.message);
 
+    const ticket: Ticket = { id: q.id, request: this.request(q), address, receivedAt };
     const expiry = packet.properties?.messageExpiryInterval;
-    const deadlines = [q.deadlineUnixMs, expiry !== undefined ? receivedAt + expiry * 1000 : undefined].filter((d): d is number => d !== undefined);
-    const deadline = deadlines.length ? Math.min(...deadlines) : undefined;
-    const request: QueryRequest = { id: q.id, task: q.task as Task };
-    if (q.prompt !== undefined) request.prompt = q.prompt;
-    if (q.image) request.image = q.image;
-    if (q.conversation) request.conversation = q.conversation;
-    const generation = { ...q.generation };
-    if (this.config.limits.maxTokens !== undefined) generation.maxTokens = Math.min(generation.maxTokens ?? Infinity, this.config.limits.maxTokens);
-    if (Object.keys(generation).length) request.generation = generation;
-    const ticket: Ticket = { id: q.id, request, address, receivedAt, ...(deadline !== undefined ? { deadline } : {}) };
+    const expires = expiry !== undefined ? receivedAt + expiry * 1000 : undefined;
+    if (q.deadlineUnixMs !== undefined || expires !== undefined) {
+      ticket.deadline = Math.min(q.deadlineUnixMs ?? Infinity, expires ?? Infinity);
+    }
+    const { request } = ticket;
 
     switch (this.admission.admit(ticket, receivedAt)) {
       case 'started':
@@ -338,14 +264,31 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
-  /** Cheap checks before a query takes a slot; the pipeline does the rest (decoding, prompt length). */
+  /**
+   * The pipeline's request for a query, generation capped by limits.maxTokens. (No object spreads on
+   * this path: they cost more than the rest.)
+   */
+  private request(q: WireQuery): QueryRequest {
+    const request: QueryRequest = { id: q.id, task: q.task as Task };
+    if (q.prompt !== undefined) request.prompt = q.prompt;
+    if (q.image) request.image = q.image;
+    if (q.conversation) request.conversation = q.conversation;
+    const cap = this.config.limits.maxTokens;
+    if (q.generation || cap !== undefined) {
+      const generation = Object.assign({}, q.generation);
+      if (cap !== undefined) generation.maxTokens = Math.min(generation.maxTokens ?? Infinity, cap);
+      request.generation = generation;
+    }
+    return request;
+  }
+
+  /**
+   * Cheap checks before a query takes a slot (the sizes were checked as it was decoded); the pipeline
+   * does the rest (decoding the image, whether the prompt fits the context).
+   */
   private check(q: WireQuery): SetokimError | undefined {
     if (!(TASKS as readonly string[]).includes(q.task)) {
       return new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task "${q.task.slice(0, 64)}"; use one of ${TASKS.join(', ')}`);
-    }
-    const max = this.config.limits.maxImageBytes;
-    if (q.image && q.image.length > max) {
-      return new SetokimError(ErrorCodes.PAYLOAD_TOO_LARGE, `the image is ${q.image.length} bytes; this device takes at most ${max} (limits.maxImageBytes); resize it first`);
     }
     if (q.image && !looksLikeImage(q.image)) return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
     const maxPrompt = this.config.limits.maxPromptTokens;
@@ -361,36 +304,38 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.replyError(address, id, code, message);
   }
 
+  /** The replies of one query; its last one is written at once, with the PUBACK and the rest held with it. */
+  private replyStream(address: ReplyAddress): ReplyStream {
+    return new ReplyStream(this.client!, address, this.config.device, () => this.connection?.flushSoon());
+  }
+
   private replyError(address: ReplyAddress, id: string, code: ErrorCode, message: string): void {
     if (!this.client) return;
     this.metrics.errors.inc({ code });
-    new ReplyStream(this.client, address, this.config.device).send({ type: 'error', id, code, message });
+    this.replyStream(address).send({ type: 'error', id, code, message });
     this.emit('answered', { id, code });
   }
 
-  private async runQuery(ticket: Ticket, signal: AbortSignal): Promise<void> {
+  private async runQuery(ticket: Ticket, signal: AbortSignal, aborted: Promise<SetokimError>): Promise<void> {
     // Bound here, when the query starts: a replacement never moves a running query.
     const serving = this.serving;
     serving.running++;
-    const stream = new ReplyStream(this.client!, ticket.address, this.config.device);
+    const startedAt = Date.now();
+    const stream = this.replyStream(ticket.address);
     let iterator: AsyncIterator<PipelineEvent> | undefined;
-    const aborted = new Promise<typeof ABORTED>((resolve) => {
-      if (signal.aborted) resolve(ABORTED);
-      else signal.addEventListener('abort', () => resolve(ABORTED), { once: true });
-    });
     let last: PipelineEvent | undefined;
     try {
       // Inside the try: a pipeline that throws on the call still gets the query its error reply.
       iterator = serving.pipeline.run(ticket.request, { signal })[Symbol.asyncIterator]();
       while (!stream.finished) {
         const step = await Promise.race([iterator.next(), aborted]);
-        if (step === ABORTED) {
-          const reason = signal.reason as SetokimError;
-          last = { type: 'error', id: ticket.id, code: errorCode(reason), message: reason.message };
+        if (step instanceof SetokimError) {
+          last = { type: 'error', id: ticket.id, code: step.code, message: step.message };
         } else if (step.done) {
           last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
         } else {
-          last = { ...step.value, id: ticket.id } as PipelineEvent;
+          last = step.value.id === ticket.id ? step.value : ({ ...step.value, id: ticket.id } as PipelineEvent);
+          if (last.type === 'done') last = this.withEnergy(last, startedAt);
         }
         this.observe(last);
         stream.send(last);
@@ -401,7 +346,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       stream.send(last);
     } finally {
       this.metrics.querySeconds.observe((Date.now() - ticket.receivedAt) / 1000);
-      this.emit('answered', { id: ticket.id, ...(last?.type === 'error' ? { code: last.code } : {}), modelSetId: serving.pipeline.info.modelSetId });
+      const answered: AgentEvents['answered'][0] = { id: ticket.id, modelSetId: serving.pipeline.info.modelSetId };
+      if (last?.type === 'error') answered.code = last.code;
+      this.emit('answered', answered);
       // The slot is free only once the pipeline has really stopped (it checks the signal).
       await Promise.resolve(iterator?.return?.()).catch(() => undefined);
       if (--serving.running === 0) serving.drained?.();
@@ -416,7 +363,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   /**
    * Points new queries (and queued ones, which have not started) at `next` at once; queries
    * already running finish on the old pipeline, which is closed once the last of them has
-   * stopped (FIELD.md: drain, then switch; never a swap inside an inference). The retained
+   * stopped (docs/FLEET.md, "Wiring into the agent": drain, then switch; never a swap inside an inference). The retained
    * status (and the Last Will for later reconnects) names the new set straight away. Resolves
    * when the old pipeline is closed. A second replace while one drains is safe: each drains and
    * closes the pipeline it replaced. While stopping, `next` is closed unused (the store's
@@ -432,7 +379,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.serving = { pipeline: next, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
     const from = old.pipeline.info.modelSetId;
     const to = next.info.modelSetId;
-    if (this.client) this.client.options.will = { ...this.client.options.will!, payload: Buffer.from(encodeStatus(this.status(false))) };
+    if (this.connection) this.connection.will = Buffer.from(encodeStatus(this.status(false)));
     void this.publishStatus();
     this.log('info', `serving ${to}; ${old.running} quer${old.running === 1 ? 'y' : 'ies'} finishing on ${from}`);
     this.emit('switched', { from, to, draining: old.running });
@@ -450,6 +397,14 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
+  /** The board energy the query took, where power rails are read (a Jetson); the event as it was elsewhere. */
+  private withEnergy(done: Extract<PipelineEvent, { type: 'done' }>, startedAt: number): PipelineEvent {
+    const mJ = this.health?.energyMj(startedAt, Date.now());
+    if (mJ === undefined) return done;
+    this.metrics.device().queryEnergy.observe(mJ / 1000);
+    return { ...done, energyMj: Math.round(mJ * 10) / 10 };
+  }
+
   private observe(event: PipelineEvent): void {
     if (event.type === 'error') this.metrics.errors.inc({ code: event.code });
     if (event.type !== 'done') return;
@@ -459,8 +414,19 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (event.generatedTokens > 0 && decodeMs > 0) this.metrics.tokensPerSecond.observe(event.generatedTokens / (decodeMs / 1000));
   }
 
+  /** Adds fields to the retained status (a service's own counts); refreshStatus() republishes it. */
+  addStatusSource(fields: () => Partial<AgentStatus>): void {
+    this.statusSources.push(fields);
+  }
+
+  /** Republishes the retained status now (a service's counts changed). */
+  refreshStatus(): Promise<void> {
+    return this.publishStatus();
+  }
+
   private status(online: boolean): AgentStatus {
     const info = this.serving.pipeline.info;
+    const extra = online ? Object.assign({}, ...this.statusSources.map((f) => f())) : {};
     return {
       fleet: this.config.fleet,
       device: this.config.device,
@@ -477,7 +443,18 @@ export class Agent extends EventEmitter<AgentEvents> {
       maxContext: info.maxContext,
       updatedUnixMs: Date.now(),
       version: this.version,
+      ...this.healthSummary(online),
+      streams: 0,
+      maxStreams: 0,
+      ...(this.target ? { target: this.target } : {}),
+      ...extra,
     };
+  }
+
+  /** The device's latest reading for the retained status while online (a Last Will would carry a stale one). */
+  private healthSummary(online: boolean): { health?: HealthSummary } {
+    const health = online ? this.health?.summary() : undefined;
+    return health ? { health } : {};
   }
 
   private publishStatus(): Promise<void> {
@@ -535,11 +512,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.admission.close();
     clearInterval(this.statusTicker);
     this.statusTicker = undefined;
-    const client = this.client;
-    if (client?.connected) {
-      const t = this.topics;
-      await within(client.unsubscribeAsync([t.query, t.sharedFleetQuery, t.fleetQuery]), BROKER_STOP_WAIT_MS);
-    }
+    await this.connection?.takeNoWork();
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
     if ((await Promise.race([this.admission.idle(), graceOver])) === 'timeout') {
@@ -549,24 +522,29 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     clearTimeout(timer);
     await Promise.all(this.retiring); // every query has stopped: replaced pipelines close now
-    const published = client ? await this.disconnect(client) : false;
+    this.health?.stop();
+    const published = (await this.connection?.close(() => this.publishStatus())) ?? false;
     await this.metrics.close();
     this.log('info', published ? `stopped; published offline on ${this.topics.status}` : 'stopped');
   }
 
   /**
-   * Offline status and a clean DISCONNECT when the broker answers within BROKER_STOP_WAIT_MS;
-   * otherwise drop the connection (and the replies still waiting for it): the broker then publishes
-   * the Last Will, the same status with online = false, once it notices the connection is gone.
+   * A service beside the queries (fleet updates) takes an exact topic on the agent's connection
+   * (TopicLink, src/mqtt/subscriptions.ts): subscribed now and after every reconnect, its messages
+   * go to `handler` only. Call after start(); BROKER_REFUSED when the broker refuses it.
    */
-  private async disconnect(client: MqttClient): Promise<boolean> {
-    const outcome = client.connected ? await within(this.publishStatus().then(() => client.endAsync()), BROKER_STOP_WAIT_MS) : 'timeout';
-    if (outcome !== 'timeout' && outcome !== 'failed') return true;
-    this.log('warn', `the broker ${this.config.broker.url} is unreachable: could not publish offline; its Last Will marks ${this.config.device} offline`);
-    const ended = client.endAsync(true); // resolves at once when a clean end is already under way...
-    client.stream?.destroy(); // ...which this unblocks: it waited for a broker that does not answer
-    await within(ended, BROKER_STOP_WAIT_MS);
-    return false;
+  subscribe(topic: string, handler: TopicHandler, o?: SubscribeOptions): Promise<TopicSubscription> {
+    if (!this.client) {
+      return Promise.reject(new SetokimError(ErrorCodes.INTERNAL, `Agent.subscribe(${topic}) before start()`));
+    }
+    this.routes ??= new TopicRoutes(this.client, { listen: false });
+    return this.routes.subscribe(topic, handler, o);
+  }
+
+  /** Publishes on the agent's connection (a service's messages, e.g. update states). */
+  publish(topic: string, payload: string | Buffer, o: { qos: 0 | 1; retain?: boolean }): void {
+    if (!this.client) throw new SetokimError(ErrorCodes.INTERNAL, `Agent.publish(${topic}) before start()`);
+    this.client.publish(topic, payload, { qos: o.qos, retain: o.retain ?? false });
   }
 
   /** Tests and benchmarks: the underlying connection. */

@@ -5,24 +5,18 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { connect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { connect, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { noDelay } from './agent.js';
+import { noDelay, WriteCoalescer } from './connection.js';
 import type { QueryRequest } from '../pipeline/types.js';
-import { decodeReply, decodeStatus, encodeCancel, encodeQuery, type AgentStatus, type ReplyEvent } from './codec.js';
+import { decodeReply, decodeStatus, encodeCancel, encodeQuery } from './codec.js';
+import type { AgentStatus, ReplyEvent, WireQuery } from './codec.js';
 import { cancelTopic, queryTopic, replyTopicFor, TOPIC_ROOT, type Target } from '../mqtt/topics.js';
+import { clientOptions, type ClientConnectOptions } from '../mqtt/connection.js';
+import { redactUrl } from '../redact.js';
 
-export interface QueryClientOptions {
-  url: string;
-  protocolVersion?: 4 | 5;
-  username?: string;
-  password?: string;
-  ca?: Buffer;
-  cert?: Buffer;
-  key?: Buffer;
-  rejectUnauthorized?: boolean;
-  clientId?: string;
-}
+/** Where the broker is, and the credentials and TLS files (src/mqtt/connection.ts credentialOptions) to reach it. */
+export type QueryClientOptions = ClientConnectOptions;
 
 export interface QueryOptions {
   /** Give up (EXPIRED) after this long without the final reply; also sent as the query deadline. */
@@ -98,6 +92,11 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
   readonly replyTopic: string;
   private readonly pending = new Map<string, Pending>();
   private connects = 0;
+  /** Correlation keys: this client's random prefix and a count (unique per client, no random bytes per query). */
+  private readonly keyPrefix = randomBytes(4);
+  private keys = 0;
+  /** The PUBACKs of replies that arrive together leave together, once the last of them is handled. */
+  private readonly acks: WriteCoalescer;
 
   private constructor(
     private readonly client: MqttClient,
@@ -106,6 +105,7 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
   ) {
     super();
     this.replyTopic = replyTopicFor(clientId);
+    this.acks = new WriteCoalescer(client);
     client.on('message', (topic, payload, packet) => this.onReply(topic, payload, packet));
     client.on('connect', () => noDelay(client));
     client.on('offline', () => this.emit('offline'));
@@ -115,26 +115,13 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
   static async connect(opts: QueryClientOptions): Promise<QueryClient> {
     const protocolVersion = opts.protocolVersion ?? 5;
     const clientId = opts.clientId ?? `setokim-q-${randomBytes(6).toString('hex')}`;
-    const options: IClientOptions = {
-      protocolVersion,
-      clientId,
-      clean: true,
-      reconnectPeriod: 500,
-      connectTimeout: 10_000,
-      resubscribe: false,
-      ...(opts.username !== undefined ? { username: opts.username } : {}),
-      ...(opts.password !== undefined ? { password: opts.password } : {}),
-      ...(opts.ca ? { ca: opts.ca } : {}),
-      ...(opts.cert ? { cert: opts.cert } : {}),
-      ...(opts.key ? { key: opts.key } : {}),
-      ...(opts.rejectUnauthorized !== undefined ? { rejectUnauthorized: opts.rejectUnauthorized } : {}),
-    };
-    const mqttClient = connect(opts.url, options);
+    const mqttClient = connect(opts.url, { ...clientOptions(opts, clientId), resubscribe: false });
     const qc = new QueryClient(mqttClient, protocolVersion, clientId);
     await new Promise<void>((resolve, reject) => {
       const fail = (err: Error): void => {
         void mqttClient.endAsync(true);
-        reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot reach the broker ${opts.url}: ${err.message}; check --broker and that the broker is running`));
+        const why = `cannot reach the broker ${redactUrl(opts.url)}: ${err.message}; check --broker and that it runs`;
+        reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, why));
       };
       const timer = setTimeout(() => fail(new Error('no answer within 10 s')), 10_000);
       mqttClient.once('error', (err) => {
@@ -164,14 +151,15 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
 
   /** Sends a query and streams its replies; the stream ends after done or error. */
   query(target: Target, request: QueryRequest, opts: QueryOptions = {}): AsyncIterable<ReplyEvent> {
-    const key = randomBytes(8);
-    const deadlineUnixMs = opts.timeoutMs ? Date.now() + opts.timeoutMs : undefined;
-    const payload = encodeQuery({
-      ...request,
-      ...(deadlineUnixMs ? { deadlineUnixMs } : {}),
-      ...(this.protocolVersion === 4 ? { replyTopic: this.replyTopic, correlation: key } : {}),
-    });
-    return this.send(queryTopic(target), payload, { ...opts, key, id: request.id });
+    const key = this.nextKey();
+    // Built field by field: object spreads cost more than the encoding on this path.
+    const wire: WireQuery = Object.assign({}, request);
+    if (opts.timeoutMs) wire.deadlineUnixMs = Date.now() + opts.timeoutMs;
+    if (this.protocolVersion === 4) {
+      wire.replyTopic = this.replyTopic;
+      wire.correlation = key;
+    }
+    return this.send(queryTopic(target), encodeQuery(wire), opts, key);
   }
 
   /**
@@ -180,11 +168,18 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
    * reply_topic can be answered.
    */
   sendRaw(topic: string, payload: Uint8Array, opts: QueryOptions & { key?: Buffer } = {}): AsyncIterable<ReplyEvent> {
-    return this.send(topic, payload, { ...opts, key: opts.key ?? randomBytes(8), id: '' });
+    return this.send(topic, payload, opts, opts.key ?? this.nextKey());
   }
 
-  private send(topic: string, payload: Uint8Array, opts: QueryOptions & { key: Buffer; id: string }): AsyncIterable<ReplyEvent> {
-    const keyHex = opts.key.toString('hex');
+  private nextKey(): Buffer {
+    const key = Buffer.allocUnsafe(8);
+    this.keyPrefix.copy(key);
+    key.writeUInt32BE((this.keys = (this.keys + 1) >>> 0), 4);
+    return key;
+  }
+
+  private send(topic: string, payload: Uint8Array, opts: QueryOptions, key: Buffer): AsyncIterable<ReplyEvent> {
+    const keyHex = key.toString('hex');
     const channel = new Channel<ReplyEvent>();
     const pending: Pending = {
       channel,
@@ -207,11 +202,12 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
       }, opts.timeoutMs);
     }
     this.pending.set(keyHex, pending);
-    const properties =
-      this.protocolVersion === 5
-        ? { responseTopic: this.replyTopic, correlationData: opts.key, ...(opts.expirySeconds ? { messageExpiryInterval: opts.expirySeconds } : {}) }
-        : undefined;
-    this.client.publish(topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1, ...(properties ? { properties } : {}) }, (err) => {
+    const options: IClientPublishOptions = { qos: 1 };
+    if (this.protocolVersion === 5) {
+      options.properties = { responseTopic: this.replyTopic, correlationData: key };
+      if (opts.expirySeconds) options.properties.messageExpiryInterval = opts.expirySeconds;
+    }
+    this.client.publish(topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), options, (err) => {
       if (err) {
         pending.cleanup();
         channel.end(new SetokimError(ErrorCodes.INTERNAL, `publishing the query failed: ${err.message}`));
@@ -254,6 +250,7 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
 
   private onReply(topic: string, payload: Buffer, packet: IPublishPacket): void {
     if (topic !== this.replyTopic) return;
+    this.acks.hold();
     let reply: ReplyEvent;
     try {
       reply = decodeReply(payload);
@@ -262,8 +259,9 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
       return;
     }
     this.stats.replies++;
-    const key = packet.properties?.correlationData ?? (reply.correlation ? Buffer.from(reply.correlation) : undefined);
-    const pending = key ? this.pending.get(Buffer.from(key).toString('hex')) : undefined;
+    const key = packet.properties?.correlationData ?? reply.correlation;
+    const keyHex = key && Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('hex');
+    const pending = keyHex ? this.pending.get(keyHex) : undefined;
     if (!pending) {
       this.stats.strays++;
       return;
@@ -275,6 +273,8 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
     pending.lastSeq = reply.seq;
     pending.channel.push(reply);
     if (reply.type === 'done' || reply.type === 'error') {
+      // Its PUBACK is written later in this tick: let it go with the others now, not after the caller's next step.
+      process.nextTick(() => this.acks.release());
       pending.cleanup();
       pending.channel.end();
     }

@@ -6,7 +6,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import type { CacheStats } from '../pipeline/types.js';
+import { TASKS, type CacheStats } from '../pipeline/types.js';
+import type { TegraSample } from './tegrastats.js';
 
 /** The pipeline serving now and its cache counters (undefined: a pipeline without caches). */
 export type CacheSource = () => { pipeline: object; stats: CacheStats | undefined };
@@ -48,6 +49,82 @@ function followingGauge(registry: Registry, name: string, help: string, source: 
   });
 }
 
+/**
+ * Device health gauges (src/agent/health.ts), registered only once a Jetson's tegrastats printed a
+ * line. Every one is labelled, so a field a line does not print is absent rather than 0 (prom-client
+ * shows an unlabelled gauge as 0 until set), and each line replaces the previous one whole.
+ */
+export class DeviceMetrics {
+  readonly memory: Gauge;
+  readonly load: Gauge;
+  readonly frequency: Gauge;
+  readonly cpuLoad: Gauge;
+  readonly temperature: Gauge;
+  readonly power: Gauge;
+  readonly sampled: Gauge;
+  readonly queryEnergy: Histogram;
+  private readonly all: Gauge[];
+
+  constructor(registry: Registry) {
+    const gauge = (name: string, help: string, label: string) =>
+      new Gauge({ name, help, labelNames: [label], registers: [registry] });
+    this.memory = gauge(
+      'setokim_device_memory_bytes',
+      'RAM (shared by CPU and GPU) and swap: ram_used, ram_total, swap_used, swap_total (tegrastats RAM, SWAP)',
+      'kind',
+    );
+    this.load = gauge(
+      'setokim_device_load_ratio',
+      'Load at the current clock, 0..1: gpu (tegrastats GR3D_FREQ), emc (external memory controller, EMC_FREQ)',
+      'unit',
+    );
+    this.frequency = gauge('setokim_device_frequency_hertz', 'Clock of gpu and emc (GR3D_FREQ, EMC_FREQ)', 'unit');
+    this.cpuLoad = gauge(
+      'setokim_device_cpu_load_ratio',
+      'Load of each online CPU core, 0..1 (tegrastats CPU; cores that are off are left out)',
+      'cpu',
+    );
+    this.temperature = gauge(
+      'setokim_device_temperature_celsius',
+      'Thermal sensors (tegrastats name@C; sensors that are off are left out)',
+      'sensor',
+    );
+    this.power = gauge('setokim_device_power_watts', 'Power rails, instantaneous (tegrastats VDD_IN etc.)', 'rail');
+    this.sampled = gauge('setokim_device_health_sampled_seconds', 'Unix time of the last health reading', 'source');
+    this.all = [this.memory, this.load, this.frequency, this.cpuLoad, this.temperature, this.power, this.sampled];
+    this.queryEnergy = new Histogram({
+      name: 'setokim_query_energy_joules',
+      help: 'Board energy while a query ran (the energy rail integrated over the query; overlapping queries share it)',
+      buckets: [0.1, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000],
+      registers: [registry],
+    });
+  }
+
+  update(s: TegraSample, at: number): void {
+    this.clear();
+    const mib = 2 ** 20;
+    const set = (g: Gauge, label: Record<string, string>, v: number | undefined, scale: number) =>
+      v !== undefined && g.set(label, v * scale);
+    set(this.memory, { kind: 'ram_used' }, s.ramUsedMib, mib);
+    set(this.memory, { kind: 'ram_total' }, s.ramTotalMib, mib);
+    set(this.memory, { kind: 'swap_used' }, s.swapUsedMib, mib);
+    set(this.memory, { kind: 'swap_total' }, s.swapTotalMib, mib);
+    set(this.load, { unit: 'gpu' }, s.gpuLoadPct, 0.01);
+    set(this.load, { unit: 'emc' }, s.emcLoadPct, 0.01);
+    set(this.frequency, { unit: 'gpu' }, s.gpuFreqMhz, 1e6);
+    set(this.frequency, { unit: 'emc' }, s.emcFreqMhz, 1e6);
+    s.cpus.forEach((c, i) => c && this.cpuLoad.set({ cpu: String(i) }, c.loadPct / 100));
+    for (const [sensor, c] of Object.entries(s.temps)) this.temperature.set({ sensor }, c);
+    for (const [rail, r] of Object.entries(s.rails)) this.power.set({ rail }, r.mW / 1000);
+    this.sampled.set({ source: 'tegrastats' }, at / 1000);
+  }
+
+  /** No reading (tegrastats stopped): nothing keeps showing the last one as if it were current. */
+  clear(): void {
+    for (const g of this.all) g.reset();
+  }
+}
+
 export class AgentMetrics {
   readonly registry = new Registry();
   readonly queries = new Counter({ name: 'setokim_queries_total', help: 'Queries received, by task', labelNames: ['task'], registers: [this.registry] });
@@ -83,6 +160,24 @@ export class AgentMetrics {
   });
   private caches?: CacheSource;
   private server?: Server;
+  private deviceMetrics?: DeviceMetrics;
+
+  /** The device health gauges, registered on first use (a Jetson's first tegrastats line). */
+  device(): DeviceMetrics {
+    this.deviceMetrics ??= new DeviceMetrics(this.registry);
+    return this.deviceMetrics;
+  }
+
+  /** setokim_queries_total's children by task, made once (labels() hashes its argument on every call). */
+  private readonly byTask = new Map<string, { inc(): void }>();
+
+  /** The query counter of a task ("unknown" for anything but the five). */
+  queryOf(task: string): { inc(): void } {
+    const known = (TASKS as readonly string[]).includes(task) ? task : 'unknown';
+    let child = this.byTask.get(known);
+    if (!child) this.byTask.set(known, (child = this.queries.labels({ task: known })));
+    return child;
+  }
 
   constructor() {
     // The vision-token, prefix and conversation caches of the pipeline serving (docs/MQTT.md, Metrics).

@@ -2,12 +2,32 @@
  * Where and how answers go. An MQTT 5 request carries a Response Topic and Correlation Data in its
  * properties; an MQTT 3.1.1 request carries reply_topic (and optional correlation) in the payload.
  * Each event is one QoS 1 message to that topic; MQTT keeps one publisher's messages on one topic
- * in order, and `seq` lets a client check it. Unsafe reply topics (isSafeReplyTopic) are ignored.
+ * in order, and `seq` lets a client check it. An agent publishes replies only under
+ * setokim/v1/replies/ and to the filters it is configured with (ReplyTopics): a reply topic is
+ * where the agent writes with its own broker permissions, so a client must not choose it freely.
  */
-import type { IPublishPacket, MqttClient } from 'mqtt';
+import type { IClientPublishOptions, IPublishPacket, MqttClient } from 'mqtt';
+import { ErrorCodes, SetokimError } from '../errors.js';
 import type { PipelineEvent } from '../pipeline/types.js';
-import { encodeReply, type Salvage } from './codec.js';
-import { isSafeReplyTopic } from '../mqtt/topics.js';
+import { encodeReply, MAX_CORRELATION_BYTES, type ReplyMeta, type Salvage } from './codec.js';
+import { isSafeReplyTopic, REPLY_FILTER, topicMatches } from '../mqtt/topics.js';
+
+/** The topics this agent publishes replies to: setokim/v1/replies/# and its configured replyTopics. */
+export class ReplyTopics {
+  private readonly filters: readonly string[];
+
+  constructor(extra: readonly string[] = []) {
+    this.filters = [REPLY_FILTER, ...extra];
+  }
+
+  allows(topic: string): boolean {
+    return isSafeReplyTopic(topic) && this.filters.some((f) => topicMatches(f, topic));
+  }
+
+  toString(): string {
+    return this.filters.join(', ');
+  }
+}
 
 export interface ReplyAddress {
   topic: string;
@@ -17,30 +37,62 @@ export interface ReplyAddress {
   correlation?: Uint8Array;
 }
 
-/** The reply address of a request; the MQTT 5 properties win over the payload. */
-export function replyAddress(packet: IPublishPacket, fromPayload: Salvage): ReplyAddress | undefined {
+/** A reply address (with what is wrong with the request's, if anything), or why there is none. */
+export type Addressing = { address: ReplyAddress; problem?: SetokimError } | { address?: undefined; reason: string };
+
+/** A client's text in a log line or message: quoted, and no longer than a line. */
+const quoted = (s: string): string => JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}...` : s);
+
+/**
+ * The reply address of a request; an allowed MQTT 5 Response Topic wins over the payload's. Correlation
+ * Data longer than the 3.1.1 field may be is a BAD_MESSAGE, answered without it (never echoed).
+ */
+export function replyAddress(packet: IPublishPacket, fromPayload: Salvage, topics: ReplyTopics): Addressing {
   const props = packet.properties;
-  const correlation = fromPayload.correlation;
-  if (props?.responseTopic && isSafeReplyTopic(props.responseTopic)) {
-    return { topic: props.responseTopic, ...(props.correlationData ? { correlationData: props.correlationData } : {}), ...(correlation ? { correlation } : {}) };
+  const responseTopic = props?.responseTopic;
+  const at = (topic: string): ReplyAddress => {
+    const address: ReplyAddress = { topic };
+    if (fromPayload.correlation) address.correlation = fromPayload.correlation;
+    return address;
+  };
+  if (responseTopic && topics.allows(responseTopic)) {
+    const address = at(responseTopic);
+    const data = props.correlationData;
+    if (data && data.length > MAX_CORRELATION_BYTES) {
+      const why = `the Correlation Data is ${data.length} bytes; at most ${MAX_CORRELATION_BYTES} (as correlation)`;
+      return { address, problem: new SetokimError(ErrorCodes.BAD_MESSAGE, why) };
+    }
+    if (data) address.correlationData = data;
+    return { address };
   }
-  if (fromPayload.replyTopic) return { topic: fromPayload.replyTopic, ...(correlation ? { correlation } : {}) };
-  return undefined;
+  if (fromPayload.replyTopic) return { address: at(fromPayload.replyTopic) };
+  if (responseTopic) {
+    return { reason: `the Response Topic ${quoted(responseTopic)} is not a reply topic of this agent (${topics})` };
+  }
+  return { reason: 'the query has no reply address (MQTT 5 Response Topic or reply_topic)' };
 }
 
 /** Publishes the events of one query in order, numbering them. */
 export class ReplyStream {
-  private seq = 0;
-  private ended = false;
+  private readonly meta: ReplyMeta;
+  private readonly options: IClientPublishOptions;
+  private over = false;
 
+  /** `ended` is called once the last event (done or error) has been handed to the client library. */
   constructor(
     private readonly client: MqttClient,
     private readonly address: ReplyAddress,
-    private readonly device: string,
-  ) {}
+    device: string,
+    private readonly ended?: () => void,
+  ) {
+    this.meta = { seq: 0, device };
+    if (address.correlation) this.meta.correlation = address.correlation;
+    this.options = { qos: 1 };
+    if (address.correlationData) this.options.properties = { correlationData: address.correlationData };
+  }
 
   get finished(): boolean {
-    return this.ended;
+    return this.over;
   }
 
   /**
@@ -48,10 +100,13 @@ export class ReplyStream {
    * QoS 1 messages in its outgoing store and sends them after reconnecting.
    */
   send(event: PipelineEvent): void {
-    if (this.ended) return; // one terminal event per query, whatever races produced more
-    if (event.type === 'done' || event.type === 'error') this.ended = true;
-    const payload = encodeReply(event, { seq: this.seq++, device: this.device, ...(this.address.correlation ? { correlation: this.address.correlation } : {}) });
-    const properties = this.address.correlationData ? { correlationData: this.address.correlationData } : undefined;
-    this.client.publish(this.address.topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), { qos: 1, ...(properties ? { properties } : {}) }, () => undefined);
+    if (this.over) return; // one terminal event per query, whatever races produced more
+    const last = event.type === 'done' || event.type === 'error';
+    if (last) this.over = true;
+    const payload = encodeReply(event, this.meta);
+    this.meta.seq++;
+    const bytes = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    this.client.publish(this.address.topic, bytes, this.options, () => undefined);
+    if (last) this.ended?.();
   }
 }

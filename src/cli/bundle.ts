@@ -4,17 +4,21 @@
  * model store (journalled, health-checked, rolled back on failure), recover finishes or undoes an
  * install a crash interrupted, status shows the store. The work lives in src/fleet.
  */
-import { readFile } from 'node:fs/promises';
-import { Presets, SingleBar } from 'cli-progress';
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
 import type { Command } from 'commander';
-import { connectAsync } from 'mqtt';
 import { z } from 'zod';
 import { ModelStore } from '../engine/modelset.js';
+import { TargetPattern } from '../engine/target.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import {
+  AgentVersion,
   canaryQuery,
+  compatibilityOf,
   createBundle,
   DEFAULT_RESERVE_BYTES,
+  ENGINES_DIR,
+  FIRST_BOUND_AGENT_VERSION,
   generateKeys,
   installBundle,
   loadPrivateKey,
@@ -22,51 +26,61 @@ import {
   readJournal,
   readRelease,
   recoverStore,
-  rollout,
+  parseExpiry,
   verifyBundle,
-  type ByteProgress,
-  type UpdateState,
+  type BundleManifest,
+  engineGroupsOf,
 } from '../fleet/index.js';
 import { parseFlags } from '../flags.js';
+import { engineProgress, withProgressBar } from './progress.js';
+import { levelName } from '../mqtt/topics.js';
+
+/** What a bundle is bound to, for create's and verify's one line. */
+function describeBinding(m: BundleManifest): string {
+  const c = compatibilityOf(m);
+  if (!c) return 'format 1: bound to no fleet, target or expiry (devices refuse it unless --allow-unbound)';
+  const what = `for fleet ${c.fleets.join(', ')}, target ${c.targets.join(', ')}, until ${c.notAfter}`;
+  const groups = engineGroupsOf(m);
+  const engines = groups.length ? `; prebuilt engines for ${groups.map((g) => `${g.target} (${g.files.length / 2})`).join(', ')}` : '';
+  return `${what}, agent ${c.minAgentVersion} or newer${engines}`;
+}
 
 const missingOr = (what?: string) => (iss: { input?: unknown }) => (iss.input === undefined ? 'required' : what);
 const req = () => z.string({ error: missingOr() }).min(1);
 const wholeNumber = (min: number) => z.string({ error: missingOr() }).regex(/^\d+$/, 'a whole number').transform(Number).pipe(z.number().int().min(min).max(Number.MAX_SAFE_INTEGER));
 
-/** A byte-progress bar on stderr when it is a terminal; null otherwise (or with --no-progress). */
-function progressBar(label: string, enabled: boolean): { onProgress?: ByteProgress; stop: () => void } {
-  if (!enabled || !process.stderr.isTTY) return { stop: () => {} };
-  const bar = new SingleBar({ format: `${label} {bar} {percentage}% {mib}/{totalMib} MiB {file}`, hideCursor: true, stream: process.stderr }, Presets.shades_classic);
-  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
-  return {
-    onProgress: (done, total, file) => {
-      if (!bar.isActive) bar.start(total, 0, { mib: '0.0', totalMib: mib(total), file });
-      bar.update(done, { mib: mib(done), totalMib: mib(total), file });
-    },
-    stop: () => bar.stop(),
-  };
-}
-
-/** Runs `work` with a progress bar, stopped however the work ends. */
-async function withProgressBar<T>(label: string, enabled: boolean, work: (bar: ReturnType<typeof progressBar>) => Promise<T>): Promise<T> {
-  const bar = progressBar(label, enabled);
-  try {
-    return await work(bar);
-  } finally {
-    bar.stop();
-  }
-}
+/** A repeatable flag: commander collects each use into an array. */
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+const repeated = <T extends z.ZodType<string>>(item: T, what: string) =>
+  z.array(item, { error: missingOr() }).min(1, `give at least one ${what}`);
 
 const KeygenOptions = z.object({ out: req() });
-const CreateOptions = z.object({ models: req(), release: wholeNumber(1), key: req(), out: req(), progress: z.boolean() });
+const CreateOptions = z.object({
+  models: req(),
+  release: wholeNumber(1),
+  key: req(),
+  out: req(),
+  fleet: repeated(levelName, 'fleet'),
+  target: repeated(TargetPattern, 'target pattern (* for any)'),
+  expires: req(),
+  minAgentVersion: AgentVersion.default(FIRST_BOUND_AGENT_VERSION),
+  engines: z.array(z.string().min(1)).optional(),
+  progress: z.boolean(),
+});
 const VerifyOptions = z.object({ pubkey: req(), progress: z.boolean() });
 const InstallOptions = z.object({
   store: req(),
   pubkey: req(),
+  fleet: levelName.optional(),
+  allowUnbound: z.boolean().default(false),
+  maxReleaseJump: wholeNumber(1).optional(),
   canaryImage: z.string().min(1).optional(),
   backend: z.string().min(1).optional(),
   reserveMib: wholeNumber(0).optional(),
   healthTimeout: wholeNumber(1).optional(),
+  engines: z.boolean(),
+  buildTimeout: wholeNumber(1).optional(),
+  workspaceMib: wholeNumber(1).optional(),
   progress: z.boolean(),
 });
 const StoreOptions = z.object({ store: req() });
@@ -91,13 +105,28 @@ export function registerBundle(program: Command): Command {
     .option('--release <n>', 'release number, higher than every earlier bundle for this fleet (required)')
     .option('--key <pem>', 'Ed25519 private key from `bundle keygen` (required)')
     .option('--out <file>', 'bundle file to write (required)')
+    .option('--fleet <name>', 'a fleet whose devices may install it (repeatable; at least one)', collect)
+    .option('--target <pattern>', 'a target it runs on: orin-nano-*/jp6.*/trt10.3, * for any (repeatable; at least one)', collect)
+    .option('--expires <when>', 'devices refuse it after: a duration (90m, 12h, 30d, 8w) or a date (2026-12-31) (required)')
+    .option('--min-agent-version <v>', `the oldest setokim-edge that may install it (default ${FIRST_BOUND_AGENT_VERSION})`)
+    .option('--engines <dirs...>', "prebuilt engines, one directory per target (what `export engine` wrote on a device of it); a device unpacks only its own target's")
     .option('--no-progress', 'no progress bar')
     .action(async (raw: unknown) => {
       const o = parseFlags(CreateOptions, raw, 'bundle create');
+      const own = path.join(o.models, ENGINES_DIR);
+      if (await stat(own).then(() => true, () => false)) process.stderr.write(`note: ${own} is left out: engines travel per target (--engines DIR)\n`);
+      const now = new Date();
+      const notAfter = parseExpiry(o.expires, now).toISOString();
+      const compatibility = { fleets: o.fleet, targets: o.target, notAfter, minAgentVersion: o.minAgentVersion };
       const key = await loadPrivateKey(o.key);
-      const m = await withProgressBar('bundle', o.progress, (bar) => createBundle({ models: o.models, release: o.release, key, out: o.out, onProgress: bar.onProgress }));
-      const bytes = m.files.reduce((a, f) => a + f.size, 0);
-      process.stdout.write(`${o.out}: ${m.modelSetId} release ${m.release}, ${m.files.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, signed by ${m.keyId}\n`);
+      const { models, release, out } = o;
+      const m = await withProgressBar('bundle', o.progress, (bar) =>
+        createBundle({ models, release, key, out, compatibility, createdAt: now, onProgress: bar.onProgress, ...(o.engines ? { engines: o.engines } : {}) }),
+      );
+      const files = [...m.files, ...engineGroupsOf(m).flatMap((g) => g.files)];
+      const mib = (files.reduce((a, f) => a + f.size, 0) / 2 ** 20).toFixed(1);
+      const what = `${m.modelSetId} release ${m.release}, ${m.files.length} files, ${mib} MiB, signed by ${m.keyId}`;
+      process.stdout.write(`${o.out}: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -109,7 +138,8 @@ export function registerBundle(program: Command): Command {
       const o = parseFlags(VerifyOptions, raw, 'bundle verify');
       const pubkey = await loadPublicKey(o.pubkey);
       const m = await withProgressBar('verify', o.progress, (bar) => verifyBundle(file, pubkey, bar.onProgress));
-      process.stdout.write(`${file}: OK: ${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}\n`);
+      const what = `${m.modelSetId} release ${m.release}, created ${m.createdAt}, ${m.files.length} files, signed by ${m.keyId}`;
+      process.stdout.write(`${file}: OK: ${what}; ${describeBinding(m)}\n`);
     });
 
   cmd
@@ -117,13 +147,24 @@ export function registerBundle(program: Command): Command {
     .description('install a bundle into a device model store: verify, stage, activate, canary query, commit; roll back on any failure')
     .option('--store <dir>', 'model store root (sets in <dir>/<id>/, the active pointer in <dir>/active) (required)')
     .option('--pubkey <pem>', 'trusted Ed25519 public key (required)')
+    .option('--fleet <name>', "this device's fleet: bundles signed for other fleets are refused (needed for format 2)")
+    .option('--allow-unbound', 'also install a format-1 bundle, which signs no fleet, target or expiry')
+    .option('--max-release-jump <n>', 'refuse a release more than n above the committed one (default: no limit)')
     .option('--canary-image <file>', 'image for the health-check query (default: a generated gradient)')
-    .option('--backend <name>', 'run the health check on this backend only (onnxruntime-cpu, tensorrt)')
+    .option('--backend <name>', 'run the health check on this backend only (default: the one that will serve: tensorrt once engines are ready)')
     .option('--reserve-mib <n>', `free space to leave after unpacking (default ${DEFAULT_RESERVE_BYTES / 2 ** 20})`)
     .option('--health-timeout <s>', 'seconds the canary query may take (default 120)')
+    .option('--no-engines', 'no engine step: serve the set on ONNX Runtime (no engine is checked or built)')
+    .option('--build-timeout <s>', 'seconds one engine build may take before it is cancelled (default 7200)')
+    .option('--workspace-mib <n>', 'TensorRT builder workspace limit for engines built here (default 1024; lower it on 8 GB boards)')
     .option('--no-progress', 'no progress bar')
     .action(async (file: string, raw: unknown) => {
       const o = parseFlags(InstallOptions, raw, 'bundle install');
+      const engines = o.engines && {
+        ...(o.buildTimeout !== undefined ? { buildTimeoutMs: o.buildTimeout * 1000 } : {}),
+        ...(o.workspaceMib !== undefined ? { workspaceBytes: o.workspaceMib * 2 ** 20 } : {}),
+        onProgress: engineProgress(o.progress),
+      };
       const pubkey = await loadPublicKey(o.pubkey);
       let image: Uint8Array | undefined;
       if (o.canaryImage) {
@@ -138,8 +179,12 @@ export function registerBundle(program: Command): Command {
           bundle: file,
           store: o.store,
           pubkey,
+          device: o.fleet === undefined ? {} : { fleet: o.fleet },
+          allowUnbound: o.allowUnbound,
+          maxReleaseJump: o.maxReleaseJump,
           reserveBytes: o.reserveMib === undefined ? undefined : o.reserveMib * 2 ** 20,
-          health: (dir) => canaryQuery(dir, { image, backend: o.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
+          health: (dir, ctx) => canaryQuery(dir, { image, backend: o.backend ?? ctx.backend, timeoutMs: o.healthTimeout === undefined ? undefined : o.healthTimeout * 1000 }),
+          engines,
           onProgress: bar.onProgress,
           onStep: (s, detail) => {
             bar.stop();
@@ -147,7 +192,8 @@ export function registerBundle(program: Command): Command {
           },
         }),
       );
-      process.stdout.write(`installed ${r.modelSetId} release ${r.release} into ${o.store} (previous: ${r.previous ?? 'none'}); canary answered in ${r.health.ms.toFixed(0)} ms\n`);
+      const on = `canary answered in ${r.health.ms.toFixed(0)} ms on ${r.health.backend}`;
+      process.stdout.write(`installed ${r.modelSetId} release ${r.release} into ${o.store} (previous: ${r.previous ?? 'none'}); ${on}\n`);
     });
 
   cmd
@@ -172,97 +218,6 @@ export function registerBundle(program: Command): Command {
       process.stdout.write(
         JSON.stringify({ store: o.store, active, release: release?.release ?? null, previous: release?.previous ?? null, sets, interrupted: journal ? { step: journal.step, release: journal.release, modelSetId: journal.modelSetId } : null }) + '\n',
       );
-    });
-  return cmd;
-}
-
-const deviceList = z.string().transform((v) => v.split(',').map((d) => d.trim()).filter(Boolean)).pipe(z.array(z.string().regex(/^[A-Za-z0-9_.-]+$/, 'device names: letters, digits, _ . -')).min(1));
-const RolloutOptions = z.object({
-  broker: req(),
-  fleet: z.string({ error: missingOr() }).regex(/^[A-Za-z0-9_.-]+$/),
-  devices: deviceList,
-  canary: deviceList.optional(),
-  url: req(),
-  sha256: z.string({ error: missingOr() }).regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits (sha256sum of the bundle)'),
-  release: wholeNumber(1).optional(),
-  size: wholeNumber(1).optional(),
-  maxFailures: wholeNumber(0).optional(),
-  concurrency: wholeNumber(1).optional(),
-  timeout: wholeNumber(1).optional(),
-  settle: wholeNumber(0).default(10),
-  username: z.string().optional(),
-  password: z.string().optional(),
-});
-
-/** `setokim fleet rollout`: publish an update job to devices over MQTT, canaries first (src/fleet/rollout.ts). */
-export function registerFleet(program: Command): Command {
-  const cmd = program.command('fleet').description('fleet operations over MQTT: staged rollouts of bundles');
-  cmd
-    .command('rollout')
-    .description('send an update job (bundle URL + sha256) to devices: canaries first, then the rest; stop when failures pass --max-failures')
-    .option('--broker <url>', 'MQTT broker URL (required)')
-    .option('--fleet <name>', 'fleet name (required)')
-    .option('--devices <a,b,c>', 'devices to update, comma-separated (required)')
-    .option('--canary <a>', 'devices to update first, one at a time (default: the first of --devices)')
-    .option('--url <url>', 'bundle URL the devices fetch: https://, http:// (resumable) or file:// (required)')
-    .option('--sha256 <hex>', 'sha256 of the bundle file (required)')
-    .option('--release <n>', 'the release it carries (informational; devices check the signed one)')
-    .option('--size <bytes>', "the bundle file's size in bytes (stat -c %s): devices refuse a larger download and check their free space first")
-    .option('--max-failures <n>', 'failures tolerated after the canaries (default 0)')
-    .option('--concurrency <n>', 'devices updating at once after the canaries (default 1)')
-    .option('--timeout <s>', 'seconds a device may take from job to final state (default 600)')
-    .option('--settle <s>', 'seconds after a device commits that a warning from it (e.g. its agent could not open the new set) may still arrive (default 10; 0: do not wait)')
-    .option('--username <u>', 'MQTT user name')
-    .option('--password <p>', 'MQTT password')
-    .action(async (raw: unknown) => {
-      const o = parseFlags(RolloutOptions, raw, 'fleet rollout');
-      let client;
-      try {
-        client = await connectAsync(o.broker, { username: o.username, password: o.password, reconnectPeriod: 0 });
-      } catch (err) {
-        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot connect to --broker ${o.broker}: ${(err as Error).message}`, { cause: err });
-      }
-      const last = new Map<string, UpdateState>();
-      const stop = new AbortController();
-      const leave = () => process.exit(130);
-      const onSigint = () => {
-        process.stderr.write('stopping: no more jobs are sent; waiting for the devices already updating (Ctrl-C again to leave now)\n');
-        stop.abort();
-        process.once('SIGINT', leave);
-      };
-      process.once('SIGINT', onSigint);
-      try {
-        const r = await rollout(client, {
-          signal: stop.signal,
-          fleet: o.fleet,
-          devices: o.devices,
-          canary: o.canary,
-          job: { url: o.url, sha256: o.sha256, release: o.release, ...(o.size !== undefined ? { size: o.size } : {}) },
-          maxFailures: o.maxFailures,
-          concurrency: o.concurrency,
-          timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
-          settleMs: o.settle * 1000,
-          onEvent: (d, e) => {
-            if (last.get(d) === e.state && !e.warning) return;
-            last.set(d, e.state);
-            process.stderr.write(`${d}: ${e.state}${e.code ? ` [${e.code}]` : ''}${e.message ? ` ${e.message}` : ''}${e.warning ? ` warning [${e.warning.code}] ${e.warning.message}` : ''}\n`);
-          },
-        });
-        for (const x of r.outcomes) {
-          const warning = x.warning ? ` with warning ${x.warning.code}: ${x.warning.message}` : '';
-          process.stdout.write(`${x.device}: ${x.result}${x.code ? ` ${x.code}` : ''}${x.message && x.result !== 'committed' ? `: ${x.message}` : ''}${warning}\n`);
-        }
-        const warned = r.outcomes.filter((x) => x.warning).map((x) => x.device);
-        if (warned.length) process.stderr.write(`warning: ${warned.join(', ')} committed the release but reported a failure after the commit (see above): check that they serve it, or restart their agents\n`);
-        if (r.aborted) {
-          const failed = r.failures; // a canary that committed with a warning is one
-          throw new SetokimError(ErrorCodes.ROLLOUT_ABORTED, `rollout stopped after failures on ${failed.join(', ')}; ${r.outcomes.filter((x) => x.result === 'skipped').length} devices were not sent the job. Fix the bundle or the devices and roll out again`);
-        }
-      } finally {
-        process.off('SIGINT', onSigint);
-        process.off('SIGINT', leave);
-        await client.endAsync();
-      }
     });
   return cmd;
 }

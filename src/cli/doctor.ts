@@ -2,9 +2,13 @@
 import type { Command } from 'commander';
 import { capabilities, type Capabilities } from '../engine/native.js';
 import { createDefaultRegistry } from '../engine/registry.js';
+import { describeTarget, detectTarget, type Target } from '../engine/target.js';
 
-/** `backends` lists the inference backends that can run here, best first (from the registry). */
-export function formatDoctor(caps: Capabilities, backends: string[]): string {
+/**
+ * `backends` lists the inference backends that can run here, best first (from the registry);
+ * `target` is what engines and bundles for this device must be built for (src/engine/target.ts).
+ */
+export function formatDoctor(caps: Capabilities, backends: string[], target?: Target): string {
   const c = caps.compiled;
   const p = caps.present;
   const yes = (b: boolean, detail?: string | null) => (b ? `yes${detail ? ` (${detail})` : ''}` : 'no');
@@ -25,6 +29,7 @@ export function formatDoctor(caps: Capabilities, backends: string[]): string {
     `  TensorRT library   ${p.tensorrtLibraryVersion ?? 'none'}`,
     '',
     `inference backends:  ${backends.length > 0 ? backends.join(', ') : 'none'}`,
+    ...(target ? [`target:              ${describeTarget(target)}`] : []),
   ];
   return lines.join('\n');
 }
@@ -32,11 +37,14 @@ export function formatDoctor(caps: Capabilities, backends: string[]): string {
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
-    .description('report what this install was built with (CUDA, TensorRT) and what the machine has (GPUs)')
+    .description('report what this install was built with (CUDA, TensorRT), what the machine has (GPUs) and its target')
     .option('--json', 'print the capabilities as JSON')
     .action(async (opts: { json?: boolean }) => {
       const caps = capabilities();
       const backends = await createDefaultRegistry().availableBackends();
-      process.stdout.write((opts.json ? JSON.stringify({ ...caps, backends }, null, 2) : formatDoctor(caps, backends)) + '\n');
+      const target = await detectTarget({ capabilities: caps });
+      const json = () => JSON.stringify({ ...caps, backends, target }, null, 2);
+      const text = opts.json ? json() : formatDoctor(caps, backends, target);
+      process.stdout.write(text + '\n');
     });
 }

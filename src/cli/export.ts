@@ -11,10 +11,14 @@ import { synthesize } from '../../tools/export/synth.js';
 import { registerPlanCommand } from '../../tools/export/plan.js';
 import { registerEngineCommand } from '../../tools/export/engine.js';
 import { registerQuantizeCommand } from '../../tools/export/quantize.js';
+import { registerEnsureEnginesCommand } from '../../tools/export/ensure-engines.js';
 import { parseFlags } from '../flags.js';
 
 /** Subcommands of `export`, each registered on the `export` command; a new one goes in this list. */
-const exportSubcommands: Array<(exportCmd: Command) => void> = [registerSynthCommand, registerPlanCommand, registerEngineCommand, registerQuantizeCommand];
+const exportSubcommands: Array<(exportCmd: Command) => void> = [
+  registerSynthCommand, registerPlanCommand, registerEngineCommand, registerQuantizeCommand,
+  registerEnsureEnginesCommand,
+];
 
 export function registerExport(program: Command): Command {
   const exportCmd = program.command('export').description('build model sets: synthesise reference sets, plan a real export');

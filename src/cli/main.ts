@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { SetokimError, exitStatus } from '../errors.js';
+import { packageVersion } from '../engine/native.js';
 import { commands } from './commands.js';
 
 export function buildProgram(): Command {
@@ -12,7 +13,7 @@ export function buildProgram(): Command {
       'Edge runtime for Setokim, a multimodal LLM with the SeTok dynamic vision tokenizer.\n' +
         'Export model sets and TensorRT engines, serve image queries over MQTT, update fleets.',
     )
-    .version(process.env.npm_package_version ?? '0.1.0')
+    .version(packageVersion())
     .showHelpAfterError('(add --help for usage)')
     // Before the subcommands are added, so they inherit it: help and usage errors return here
     // instead of calling process.exit inside commander.

@@ -11,55 +11,39 @@ import { QueryClient, newQueryId } from '../agent/client.js';
 import type { ReplyEvent } from '../agent/codec.js';
 import { levelName, type Target } from '../mqtt/topics.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { ConversationIdSchema } from '../pipeline/request.js';
 import { TASKS, type QueryRequest } from '../pipeline/types.js';
 import { summary } from './run.js';
-import { parseFlags } from '../flags.js';
+import { credentialOptions, brokerGroup } from '../mqtt/connection.js';
+import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
 
-const QueryFlags = z.object({
-  broker: z.string().regex(/^(mqtts?|wss?|tcp|ssl):\/\//, 'must start with mqtt://, mqtts://, ws:// or wss://'),
-  fleet: levelName,
-  device: levelName.optional(),
-  image: z.string().min(1).optional(),
-  prompt: z.string().optional(),
-  task: z.enum(TASKS),
-  out: z.string().min(1).optional(),
-  mqttVersion: z.coerce.number().pipe(z.union([z.literal(4), z.literal(5)])),
-  timeout: z.coerce.number().positive(),
-  maxTokens: z.coerce.number().int().positive().optional(),
-  temperature: z.coerce.number().min(0).optional(),
-  seed: z.coerce.number().int().min(0).max(0xffffffff).optional(),
-  username: z.string().optional(),
-  password: z.string().optional(),
-  ca: z.string().optional(),
-  json: z.boolean().optional(),
-  conversation: z.string().min(1).max(128).optional(),
+/** Every flag of `setokim query`, declared once (src/settings.ts): schema, default, help, variable. */
+const querySettings = group({
+  broker: brokerGroup({}),
+  fleet: setting({ schema: levelName, default: 'default', flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name' }),
+  device: setting({ schema: levelName, flag: '--device <id>', help: 'one device; without it any agent of the fleet answers' }),
+  image: setting({ schema: z.string().min(1), flag: '--image <file>', help: 'JPEG, PNG or WebP image (every task but generate)' }),
+  prompt: setting({ schema: z.string(), flag: '--prompt <text>', help: 'the question or instruction (describe has a default)' }),
+  task: setting({ schema: z.enum(TASKS), default: 'ask', flag: '--task <task>', help: `one of ${TASKS.join(', ')}` }),
+  out: setting({ schema: z.string().min(1), flag: '--out <dir>', help: 'where to write pictures (default: the current directory)' }),
+  timeout: setting({ schema: z.number().positive(), default: 60, flag: '--timeout <s>', read: 'number', help: 'give up after this many seconds (also sent as the query deadline)' }),
+  maxTokens: setting({ schema: z.number().int().positive(), flag: '--max-tokens <n>', read: 'number', help: 'new tokens at most' }),
+  temperature: setting({ schema: z.number().min(0), flag: '--temperature <t>', read: 'number', help: '0 = greedy' }),
+  seed: setting({ schema: z.number().int().min(0).max(0xffffffff), flag: '--seed <n>', read: 'number', help: 'sampling seed' }),
+  json: setting({ schema: z.boolean(), default: false, flag: '--json', help: 'one JSON line per reply event (pictures as file paths)' }),
+  conversation: setting({
+    schema: ConversationIdSchema,
+    flag: '--conversation <id>',
+    help: 'start (with --image) or continue a conversation; follow-ups to the same --device',
+  }),
 });
-type QueryOpts = z.infer<typeof QueryFlags>;
+type QueryOpts = OutputOf<typeof querySettings>;
 
 export function registerQuery(program: Command): void {
-  program
-    .command('query')
-    .description('ask an agent over MQTT: stream the answer, save the pictures (see docs/MQTT.md)')
-    .requiredOption('--broker <url>', 'mqtt://host:1883 or mqtts://host:8883')
-    .option('--fleet <name>', 'fleet name', 'default')
-    .option('--device <id>', 'one device; without it any agent of the fleet answers')
-    .option('--image <file>', 'JPEG, PNG or WebP image (every task but generate)')
-    .option('--prompt <text>', 'the question or instruction (describe has a default)')
-    .option('--task <task>', `one of ${TASKS.join(', ')}`, 'ask')
-    .option('--out <dir>', 'where to write pictures (default: the current directory)')
-    .option('--mqtt-version <v>', '5 (default) or 4 for MQTT 3.1.1 brokers such as the embedded one', '5')
-    .option('--timeout <s>', 'give up after this many seconds (also sent as the query deadline)', '60')
-    .option('--max-tokens <n>', 'new tokens at most')
-    .option('--temperature <t>', '0 = greedy')
-    .option('--seed <n>', 'sampling seed')
-    .option('--username <name>', 'broker user name')
-    .option('--password <secret>', 'broker password')
-    .option('--ca <pem>', 'CA certificate that signed the broker (mqtts)')
-    .option('--json', 'one JSON line per reply event (pictures as file paths)')
-    .option('--conversation <id>', 'start (with --image) or continue a conversation; follow-ups to the same --device')
-    .action(async (raw: unknown) => {
-      await sendQuery(parseFlags(QueryFlags, raw, 'query'));
-    });
+  const cmd = program.command('query').description('ask an agent over MQTT: stream the answer, save the pictures (see docs/MQTT.md)');
+  registerFlags(cmd, querySettings).action(async (raw: Record<string, unknown>) => {
+    await sendQuery(parseCommandSettings(querySettings, raw, 'query'));
+  });
 }
 
 async function readInput(file: string | undefined, what: string): Promise<Uint8Array | undefined> {
@@ -87,14 +71,7 @@ export async function savePicture(e: ReplyEvent, outDir: string, base: string): 
 
 async function sendQuery(o: QueryOpts): Promise<void> {
   const image = await readInput(o.image, '--image');
-  const ca = o.ca ? Buffer.from((await readInput(o.ca, '--ca'))!) : undefined;
-  const client = await QueryClient.connect({
-    url: o.broker,
-    protocolVersion: o.mqttVersion as 4 | 5,
-    ...(o.username !== undefined ? { username: o.username } : {}),
-    ...(o.password !== undefined ? { password: o.password } : {}),
-    ...(ca ? { ca } : {}),
-  });
+  const client = await QueryClient.connect({ url: o.broker.url, ...credentialOptions(o.broker), protocolVersion: o.broker.protocolVersion });
   const target: Target = o.device ? { fleet: o.fleet, device: o.device } : { fleet: o.fleet };
   const request: QueryRequest = { id: newQueryId(), task: o.task };
   if (o.prompt !== undefined) request.prompt = o.prompt;

@@ -10,7 +10,9 @@ import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { SignatureSchema } from './contract.js';
 import type { Capabilities } from './native.js';
-import { Sha256Hex, sha256File } from './manifest.js';
+import { DIALECTS, Sha256Hex, sha256File } from './manifest.js';
+import { writeFileDurable } from './durable.js';
+import { moduleSm, platformOf, TargetId } from './target.js';
 
 export const ENGINE_MANIFEST_FORMAT = 'setokim-engine/1';
 
@@ -46,6 +48,17 @@ export const EngineManifestSchema = z.object({
   io: SignatureSchema,
   builder: z.object({ workspaceBytes: z.number().int().positive(), timingCache: z.boolean(), seconds: z.number().nonnegative() }),
   builtAt: z.string(),
+  /**
+   * The target it was built for (`orin-nano-8gb/jp6.2/trt10.3`, src/engine/target.ts). Written by every
+   * build since fleet engine updates; `bundle create --engines` needs it. Absent in older manifests.
+   */
+  target: TargetId.optional(),
+  /**
+   * The graph dialect it was built from, when a stage has more than one form of the same weights
+   * (the TensorRT form of int4w, docs/QUANT.md); absent: a graph for every backend. Part of the
+   * engine cache key.
+   */
+  dialect: z.enum(DIALECTS).optional(),
   /** ed25519 signature over the manifest without this field (see manifestSigningBytes). */
   signature: z.object({ keyId: z.string().min(1), algorithm: z.literal('ed25519'), value: z.string().min(1) }).optional(),
 });
@@ -154,14 +167,43 @@ export function assertEngineCompatible(m: EngineManifest, machine: MachineInfo, 
   }
 }
 
+/** A copy of a JSON value with object keys sorted at every level: JSON.stringify of it is canonical. */
+export const sortKeys = (v: unknown): unknown =>
+  Array.isArray(v)
+    ? v.map(sortKeys)
+    : v && typeof v === 'object'
+      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]))
+      : v;
+
+/**
+ * Where an engine manifest's own facts contradict the target it names (or `target`, the one it is
+ * shipped for): the TensorRT major.minor of the runtime segment, the SM the module implies, the
+ * JetPack/L4T release of the platform segment. Empty when they agree. A manifest that names a
+ * target it was not built on "lies about its target": bundles refuse to carry it, devices to install it.
+ */
+export function targetContradictions(m: EngineManifest, target = m.target): string[] {
+  if (!target) return ['the manifest names no target (an engine built before targets existed: rebuild it)'];
+  const why: string[] = [];
+  if (m.target && m.target !== target) why.push(`its manifest says target ${m.target}, it is shipped as ${target}`);
+  const [module, platform, runtime] = target.split('/') as [string, string, string];
+  const trt = `trt${parts(m.tensorrt, 2)}`;
+  if (runtime !== trt) why.push(`target runtime ${runtime}, but built with TensorRT ${m.tensorrt} (${trt})`);
+  const sm = moduleSm(module);
+  if (sm && sm !== m.sm) why.push(`module ${module} has SM ${sm}, but built for SM ${m.sm} (${m.gpu})`);
+  const built = m.l4t ? platformOf(m.l4t) : 'none';
+  if (platform !== built) why.push(`target platform ${platform}, but built on ${m.l4t ? `L4T ${m.l4t} (${built})` : 'no Jetson'}`);
+  return why;
+}
+
 /** The bytes a signature covers: the manifest without `signature`, keys sorted, no whitespace. */
 export function manifestSigningBytes(m: EngineManifest): Buffer {
   const { signature: _drop, ...rest } = m;
-  const canon = (v: unknown): unknown =>
-    Array.isArray(v) ? v.map(canon) : v && typeof v === 'object'
-      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canon((v as Record<string, unknown>)[k])]))
-      : v;
-  return Buffer.from(JSON.stringify(canon(rest)));
+  return Buffer.from(JSON.stringify(sortKeys(rest)));
+}
+
+/** Writes `<plan>.json` so that a crash leaves the old manifest or the new one, whole. */
+export async function writeEngineManifest(plan: string, m: EngineManifest): Promise<void> {
+  await writeFileDurable(engineManifestPath(plan), JSON.stringify(m, null, 2) + '\n');
 }
 
 /** true when signed by a trusted key, otherwise why not. */

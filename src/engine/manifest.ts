@@ -19,6 +19,13 @@ export const MANIFEST_VERSION = 1;
 
 export const PRECISIONS = ['fp32', 'fp16', 'int8', 'int4w'] as const;
 export type Precision = (typeof PRECISIONS)[number];
+/**
+ * The backend a variant's graph is written for, when it is not for every backend: an INT4 stage is
+ * written twice, computing in float32 for ONNX Runtime and in float16 for TensorRT (docs/QUANT.md).
+ * A variant without a dialect is for any backend.
+ */
+export const DIALECTS = ['onnxruntime', 'tensorrt'] as const;
+export type Dialect = (typeof DIALECTS)[number];
 
 
 /** A plain relative file name inside the set's directory (no '..', no absolute paths). */
@@ -29,8 +36,26 @@ const FileName = z
 
 /** A sha256 as the manifests, bundles and update jobs write it. */
 export const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits');
-/** A model set id: a store directory name and what fleet updates switch between. */
-export const ModelSetId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-"');
+/**
+ * Names a model store keeps for itself beside the set directories (src/engine/modelset.ts):
+ * the `active` pointer and the `<name>.tmp` files durable writes go through; its `.fleet/` state
+ * is a dot-name, which no id can start with. Compared case-insensitively (a store on a
+ * case-insensitive file system).
+ */
+export function isReservedStoreName(id: string): boolean {
+  const lower = id.toLowerCase();
+  return lower === 'active' || lower.endsWith('.tmp');
+}
+
+/**
+ * A model set id: a store directory name and what fleet updates switch between. The one check of
+ * every id (set manifest, bundle manifest, journal, release record, ModelStore.dirOf), so no signed
+ * bundle can name the store's own files.
+ */
+export const ModelSetId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" and "-", starting with a letter or digit')
+  .refine((id) => !isReservedStoreName(id), 'reserved for the model store ("active" and names ending in ".tmp")');
 
 export const StageFileSchema = z.object({
   file: FileName,
@@ -38,6 +63,7 @@ export const StageFileSchema = z.object({
   sha256: Sha256Hex,
   bytes: z.number().int().positive(),
   precision: z.enum(PRECISIONS),
+  dialect: z.enum(DIALECTS).optional(),
 });
 export type StageFile = z.infer<typeof StageFileSchema>;
 
@@ -45,6 +71,9 @@ export const StageEntrySchema = StageFileSchema.extend({
   signature: SignatureSchema,
   /** Other builds of the same stage with the same signature (e.g. int8, int4w), chosen at open. */
   variants: z.array(StageFileSchema).default([]),
+}).refine((e) => e.dialect === undefined, {
+  message: 'the main file is for every backend: no dialect',
+  path: ['dialect'],
 });
 export type StageEntry = z.infer<typeof StageEntrySchema>;
 
@@ -127,8 +156,8 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
 }
 
 /** Streams a file into `hash` (a fresh sha256 by default): a resumed download seeds it with its partial file. */
-export async function hashFile(path: string, hash: Hash = createHash('sha256')): Promise<Hash> {
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+export async function hashFile(path: string, hash: Hash = createHash('sha256'), signal?: AbortSignal): Promise<Hash> {
+  for await (const chunk of createReadStream(path, signal ? { signal } : {})) hash.update(chunk as Buffer);
   return hash;
 }
 

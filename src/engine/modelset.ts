@@ -9,7 +9,17 @@ import { join } from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from './durable.js';
 import type { Architecture, StageName } from './contract.js';
-import { loadManifest, MANIFEST_FILE, ModelSetId, verifyModelSet, verifyStageFile, type Manifest, type Precision, type StageFile } from './manifest.js';
+import {
+  loadManifest,
+  MANIFEST_FILE,
+  ModelSetId,
+  verifyModelSet,
+  verifyStageFile,
+  type Dialect,
+  type Manifest,
+  type Precision,
+  type StageFile,
+} from './manifest.js';
 
 export interface OpenOptions {
   /** Check size, sha256 and ONNX structure of every file (default true; false trusts the disk). */
@@ -48,25 +58,39 @@ export class ModelSet {
     return [{ file, format, sha256, bytes, precision }, ...e.variants];
   }
 
-  /** Absolute path of a stage's file, at a given precision (default: the main file). */
-  stagePath(stage: StageName, precision?: Precision): string {
+  /**
+   * The build a backend opens at a precision: the variant of that precision written for `target`,
+   * else one written for every backend (no dialect); undefined when there is none. No precision:
+   * the main file.
+   */
+  pick(stage: StageName, precision?: Precision, target: Dialect = 'onnxruntime'): StageFile | undefined {
+    const all = this.variants(stage);
+    if (!precision) return all[0];
+    const of = all.filter((v) => v.precision === precision);
+    return of.find((v) => v.dialect === target) ?? of.find((v) => v.dialect === undefined);
+  }
+
+  /** Absolute path of a stage's file, at a given precision (default: the main file), for a backend's dialect. */
+  stagePath(stage: StageName, precision?: Precision, target: Dialect = 'onnxruntime'): string {
     const all = this.variants(stage);
     if (all.length === 0) {
       throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${this.id} (${this.dir}) has no ${stage} stage; use a set exported with it`);
     }
-    const pick = precision ? all.find((v) => v.precision === precision) : all[0];
+    const pick = this.pick(stage, precision, target);
     if (!pick) {
+      const has = all.map((v) => (v.dialect ? `${v.precision} (${v.dialect})` : v.precision)).join(', ');
       throw new SetokimError(
         ErrorCodes.MODEL_NOT_FOUND,
-        `model set ${this.id} has no ${precision} build of ${stage} (has: ${all.map((v) => v.precision).join(', ')}); quantise it first or pick another precision`,
+        `model set ${this.id} has no ${precision} build of ${stage} for ${target} (has: ${has}); ` +
+          'quantise it first or pick another precision',
       );
     }
     return join(this.dir, pick.file);
   }
 
   /** Re-checks one file (e.g. before loading a variant that was skipped at open). */
-  async verify(stage: StageName, precision?: Precision): Promise<void> {
-    const path = this.stagePath(stage, precision);
+  async verify(stage: StageName, precision?: Precision, target: Dialect = 'onnxruntime'): Promise<void> {
+    const path = this.stagePath(stage, precision, target);
     const f = this.variants(stage).find((v) => join(this.dir, v.file) === path)!;
     await verifyStageFile(this.dir, f);
   }
@@ -81,7 +105,11 @@ export class ModelStore {
   constructor(readonly root: string) {}
 
   dirOf(id: string): string {
-    if (!ModelSetId.safeParse(id).success) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: letters, digits, ".", "_" and "-" only`);
+    const ok = ModelSetId.safeParse(id);
+    if (!ok.success) {
+      const why = ok.error.issues[0]?.message;
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set id ${JSON.stringify(id)}: ${why}`);
+    }
     return join(this.root, id);
   }
 
@@ -109,7 +137,10 @@ export class ModelStore {
     }
   }
 
-  /** Verifies the set fully, then points `active` at it: write + rename, synced, so after power loss it names the old set or the new one. */
+  /**
+   * Verifies the set fully, then points `active` at it: write + rename, synced, so after power loss it
+   * names the old set or the new one.
+   */
   async activate(id: string): Promise<ModelSet> {
     const set = await ModelSet.open(this.dirOf(id));
     if (set.id !== id) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);

@@ -3,7 +3,7 @@
  * Binding modules add their functions to NativeAddon as they land.
  */
 import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
@@ -102,11 +102,20 @@ export interface NativeAddon {
   setokGramBench?: (n: number, dim: number, reps: number) => {
     gramMs: number; gemmMs: number; distanceMs: number; peakGflops: number; isa: string; threads: number;
   };
+  /** flock(2) without waiting on a descriptor (native/trt/addon/file_lock_binding.cc; src/engine/file-lock.ts). */
+  flock?: (fd: number, op: 'exclusive' | 'unlock') => boolean;
   trtLoadEngine?(plan: string, device: number): Promise<NativeTrtEngine>;
+  /**
+   * `registerCancel` is called at once with a function that asks the build to stop at TensorRT's next
+   * progress step (IProgressMonitor::stepComplete returns false); the promise then rejects.
+   */
   trtBuildEngine?(
     options: NativeTrtBuildOptions,
     onProgress?: (phase: string, step: number, steps: number) => void,
+    registerCancel?: (cancel: () => void) => void,
   ): Promise<NativeTrtBuildResult>;
+  /** One sd_notify(3) datagram to a $NOTIFY_SOCKET address (native/trt/addon/notify_binding.cc). */
+  sdNotify?(socket: string, state: string): void;
   [binding: string]: unknown;
 }
 
@@ -119,6 +128,17 @@ export function packageRoot(): string {
     dir = up;
   }
   return dir;
+}
+
+let version: string | undefined;
+
+/** This package's version (package.json), e.g. what a bundle's minAgentVersion is checked against. */
+export function packageVersion(): string {
+  if (version === undefined) {
+    const pkg = JSON.parse(readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: unknown };
+    version = String(pkg.version);
+  }
+  return version;
 }
 
 let cached: NativeAddon | undefined;

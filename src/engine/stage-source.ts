@@ -10,13 +10,21 @@ import type { Precision } from './manifest.js';
 import type { ModelSet } from './modelset.js';
 import type { StageSource } from './registry.js';
 
+/**
+ * ONNX Runtime opens the `precision` build written for it (or for every backend), else the main
+ * file; TensorRT the engine built from the TensorRT build (or from the main file). A precision no
+ * build of the stage has is MODEL_NOT_FOUND.
+ */
 export function stageSource(set: ModelSet, stage: StageName, precision?: Precision): StageSource {
-  const file = set.stagePath(stage, precision); // MODEL_NOT_FOUND for a missing stage or precision
-  const pick = set.variants(stage).find((b) => path.join(set.dir, b.file) === file)!;
+  // MODEL_NOT_FOUND for a missing stage or precision
+  set.stagePath(stage, precision, set.pick(stage, precision, 'onnxruntime') ? 'onnxruntime' : 'tensorrt');
+  const main = set.pick(stage)!;
+  const ort = set.pick(stage, precision, 'onnxruntime') ?? main;
+  const trt = set.pick(stage, precision, 'tensorrt') ?? main;
   const source: StageSource = { stage, signature: set.manifest.stages[stage]!.signature };
-  if (pick.format === 'tensorrt') source.engine = file;
-  else source.onnx = file;
-  const built = enginePlanPath(set.dir, stage, pick.precision);
+  if (ort.format === 'onnx') source.onnx = path.join(set.dir, ort.file);
+  if (trt.format === 'tensorrt') source.engine = path.join(set.dir, trt.file);
+  const built = enginePlanPath(set.dir, stage, trt.precision);
   if (!source.engine && existsSync(built)) source.engine = built;
   return source;
 }

@@ -1,13 +1,16 @@
 /**
- * Serving update jobs on a device's MQTT connection: subscribe to its update topic, run each
- * job through an UpdateHandler, publish every state. An agent wires it in with one call on its
- * connected client (docs/FLEET.md, "Wiring into the agent").
+ * Serving update jobs on a device's MQTT connection: take its job topic, run each job through an
+ * UpdateHandler as a job from MQTT (the URL policy applies, never file:), publish every state
+ * retained. A retained job is never run: it would run again at every start (a job is live or
+ * nothing). An agent wires it in on its own connection (Agent is a TopicLink); a bare client
+ * through topicLink() (docs/FLEET.md, "Wiring into the agent").
  */
-import type { MqttClient } from 'mqtt';
-import { ErrorCodes, SetokimError } from '../errors.js';
+import type { IPublishPacket } from 'mqtt';
+import type { TopicLink, TopicSubscription } from '../mqtt/subscriptions.js';
+import { updateStateTopic, updateTopic } from '../mqtt/topics.js';
 import type { InstallResult } from './install.js';
-import { refusedSubscriptions, updateStateTopic, updateTopic } from '../mqtt/topics.js';
-import { hookWarning, type UpdateEvent, type UpdateHandler } from './update.js';
+import { hookWarning, type UpdateHandler } from './update.js';
+import { sealState, type UpdateEvent, type UpdateJob } from './wire.js';
 
 export interface ServeUpdatesOptions {
   fleet: string;
@@ -22,73 +25,97 @@ export interface ServeUpdatesOptions {
   onEvent?: (e: UpdateEvent) => void;
   /** After each subscription to the job topic is granted (at start and after every reconnect). */
   onSubscribed?: () => void;
+  /** Jobs not run and why (a retained job). */
+  log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-/**
- * Subscribes to the device's job topic and serves it until stop(). A refused subscription
- * rejects (BROKER_REFUSED for a SUBACK failure code) and leaves the client's listeners as they were.
- */
-export async function serveUpdates(client: MqttClient, handler: UpdateHandler, o: ServeUpdatesOptions): Promise<{ stop: () => Promise<void> }> {
-  const jobs = updateTopic(o.fleet, o.device);
-  const states = updateStateTopic(o.fleet, o.device);
-  const emit = (e: UpdateEvent) => {
-    o.onEvent?.(e);
-    client.publish(states, JSON.stringify(e), { qos: 1, retain: true });
-  };
-  const handled = new WeakSet<Promise<InstallResult>>();
-  const onMessage = (topic: string, payload: Buffer) => {
-    if (topic !== jobs) return;
+/** The job topic of one device, served until stop(). */
+export class JobListener {
+  private readonly jobs: string;
+  private readonly states: string;
+  /** Runs whose commit was handled (a redelivered job id returns the first run's promise). */
+  private readonly handled = new WeakSet<Promise<InstallResult>>();
+  private subscription?: TopicSubscription;
+
+  constructor(
+    private readonly link: TopicLink,
+    private readonly handler: UpdateHandler,
+    private readonly o: ServeUpdatesOptions,
+  ) {
+    this.jobs = updateTopic(o.fleet, o.device);
+    this.states = updateStateTopic(o.fleet, o.device);
+  }
+
+  /** Subscribes; rejects BROKER_REFUSED when the broker refuses the job topic (the link is left as it was). */
+  async start(): Promise<void> {
+    this.subscription = await this.link.subscribe(this.jobs, (payload, packet) => this.onJob(payload, packet), {
+      qos: 1,
+      ...(this.o.onSubscribed ? { onSubscribed: this.o.onSubscribed } : {}),
+    });
+  }
+
+  async stop(): Promise<void> {
+    await this.subscription?.close();
+  }
+
+  private publish(e: UpdateEvent): void {
+    this.o.onEvent?.(e);
+    this.link.publish(this.states, JSON.stringify(e), { qos: 1, retain: true });
+  }
+
+  private onJob(payload: Buffer, packet: IPublishPacket): void {
+    if (packet.retain) {
+      this.o.log?.(
+        'warn',
+        `ignored a retained update job on ${this.jobs} (${payload.length} bytes): jobs are never retained; clear it with an empty retained message`,
+      );
+      return;
+    }
     let job: unknown;
     try {
       job = JSON.parse(payload.toString('utf8'));
     } catch {
       job = null; // the handler answers `failed` BAD_MESSAGE
     }
-    const run = handler.run(job, emit);
-    // A redelivered job id returns the first run's promise: its commit was handled already.
-    if (handled.has(run)) return;
-    handled.add(run);
-    run.then(
-      async (r) => {
-        try {
-          await o.onCommitted?.(r);
-        } catch (err) {
-          // Never an unhandled rejection, never `failed`: the release is committed and active.
-          const jobId = (job as { jobId: string }).jobId; // run() resolved: the job was valid
-          emit({ jobId, state: 'committed', modelSetId: r.modelSetId, release: r.release, warning: hookWarning('onCommitted', err), at: new Date().toISOString() });
-        }
-      },
-      () => {}, // a failure was already reported as `failed`
-    ).catch(() => {}); // a throwing onEvent while reporting it
-  };
-  // Subscribed again on every reconnect: the agent connects with resubscribe off.
-  const subscribe = async () => {
-    try {
-      await client.subscribeAsync(jobs, { qos: 1 });
-    } catch (err) {
-      const [refused] = refusedSubscriptions([jobs], (err as { packet?: { granted?: unknown[] } }).packet?.granted);
-      if (refused) throw new SetokimError(ErrorCodes.BROKER_REFUSED, `the broker refused the subscription to ${refused}; allow this client to subscribe to it in the broker's ACL`, { cause: err });
-      throw err;
-    }
-    o.onSubscribed?.();
-  };
-  const onConnect = () => void subscribe().catch(() => {}); // the next reconnect tries again
-  client.on('message', onMessage);
-  client.on('connect', onConnect);
-  const detach = () => {
-    client.off('message', onMessage);
-    client.off('connect', onConnect);
-  };
-  try {
-    await subscribe();
-  } catch (err) {
-    detach(); // a failed start leaves the client as it was: a retry attaches its own listeners
-    throw err;
+    const run = this.handler.run(job, (e) => this.publish(e), 'mqtt');
+    if (this.handled.has(run)) return;
+    this.handled.add(run);
+    run
+      .then(
+        (r) => this.afterCommit(job as UpdateJob, r), // run() resolved: the job was valid
+        () => {}, // a failure was already reported as `failed`
+      )
+      .catch(() => {}); // a throwing onEvent while reporting it
   }
-  return {
-    stop: async () => {
-      detach();
-      if (client.connected) await client.unsubscribeAsync(jobs);
-    },
-  };
+
+  /** onCommitted; its rejection is the job's `committed` again with a warning, never `failed`. */
+  private async afterCommit(job: UpdateJob, r: InstallResult): Promise<void> {
+    try {
+      await this.o.onCommitted?.(r);
+    } catch (err) {
+      const e: UpdateEvent = {
+        jobId: job.jobId,
+        state: 'committed',
+        modelSetId: r.modelSetId,
+        release: r.release,
+        warning: hookWarning('onCommitted', err),
+        at: new Date().toISOString(),
+      };
+      this.publish(sealState(e, job.nonce));
+    }
+  }
+}
+
+/**
+ * Subscribes to the device's job topic and serves it until stop(). A refused subscription
+ * rejects (BROKER_REFUSED for a SUBACK failure code) and leaves the link as it was.
+ */
+export async function serveUpdates(
+  link: TopicLink,
+  handler: UpdateHandler,
+  o: ServeUpdatesOptions,
+): Promise<{ stop: () => Promise<void> }> {
+  const listener = new JobListener(link, handler, o);
+  await listener.start();
+  return { stop: () => listener.stop() };
 }

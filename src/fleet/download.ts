@@ -1,30 +1,39 @@
 /**
- * Fetching a bundle by URL for an update job. file:// is read in place; http(s):// is streamed
- * into `<dest>.partial` and resumed with a Range request when a partial file is there already
- * (a 200 answer to a Range request starts over). Either way the whole file's sha256 must equal
- * the job's before anything opens it.
+ * Fetching a bundle by URL for an update job. `file:` (local callers only: see policy.ts) is read
+ * in place; `http(s):` is streamed into `<dest>.partial` and resumed with a Range request when a
+ * partial file is there already (a 200 answer to a Range request starts over). Either way the whole
+ * file's sha256 must equal the job's before anything opens it.
  *
- * Limits, so a bad server cannot hang an update job or fill a device's disk: no response headers
- * or no body bytes for `stallMs` is DOWNLOAD_STALLED (the partial is kept for the next try); a
- * body larger than the job's `size` (or `maxBytes` when the job has none) is refused before a
- * byte past the limit is written, and the partial is removed (BUNDLE_TOO_LARGE). With a known
- * `size`, the destination's free space is checked first (NO_SPACE).
+ * Limits, so a bad server or a bad job can neither hang an update nor fill a device's disk:
+ * - every URL fetched, the job's and each redirect's (at most MAX_REDIRECTS), passes `checkUrl`
+ *   first (the allow-list): a redirect outside it is never requested;
+ * - no response headers or no body bytes for `stallMs` is DOWNLOAD_STALLED (the partial is kept
+ *   for the next try); `signal` (the job's time limit, the agent stopping) ends it at any point,
+ *   hashing included, with the signal's reason;
+ * - a body larger than the job's `size`, or `maxBytes` (the cap of the downloads folder) is refused
+ *   before a byte past the limit is written, and the partial is removed (BUNDLE_TOO_LARGE); a size
+ *   over `maxBytes` is refused before any request;
+ * - free space for what is left to fetch (the size, or `maxBytes` without one) is checked before
+ *   any request (NO_SPACE).
+ * Messages name the URL redacted (src/redact.ts); they are for the device's log.
  */
-import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
-import { hashFile, hashingTap, sha256File } from '../engine/manifest.js';
-import { ErrorCodes, SetokimError } from '../errors.js';
-import type { ByteProgress } from './bundle.js';
 import { freeBytes, syncFile } from '../engine/durable.js';
+import { hashFile, hashingTap } from '../engine/manifest.js';
+import { ErrorCodes, SetokimError } from '../errors.js';
+import { redactUrl } from '../redact.js';
+import type { ByteProgress } from './bundle.js';
+import { MAX_REDIRECTS, UrlPolicy } from './policy.js';
 
 /** No response headers or body bytes for this long aborts a download (keeping the partial). */
 export const DEFAULT_STALL_MS = 30_000;
-/** The largest bundle downloaded when the job does not give its size. */
+/** The largest bundle downloaded: the cap of the downloads folder (one download at a time). */
 export const DEFAULT_MAX_DOWNLOAD_BYTES = 8 * 2 ** 30;
 
 export interface DownloadOptions {
@@ -32,133 +41,279 @@ export interface DownloadOptions {
   sha256: string;
   /** Where an http(s) download is kept (`.partial` while incomplete). */
   dest: string;
-  /** The bundle file's size in bytes, when the job gives it: the download's limit, and checked against free space. */
+  /** The bundle file's size in bytes, when the job gives it: the download's limit, and what free space must hold. */
   size?: number;
-  /** Limit when `size` is not given (default DEFAULT_MAX_DOWNLOAD_BYTES). */
+  /** The cap of any download, and the free space needed without a `size` (default DEFAULT_MAX_DOWNLOAD_BYTES). */
   maxBytes?: number;
   /** Default DEFAULT_STALL_MS. */
   stallMs?: number;
   onProgress?: ByteProgress;
+  /** Ends the download at once (its reason is thrown when it is a SetokimError). */
   signal?: AbortSignal;
+  /**
+   * Checks the job's URL and each redirect before it is requested, returning it parsed, or throws
+   * (URL_NOT_ALLOWED). Default: any file: or http(s): URL (a local caller's policy).
+   */
+  checkUrl?: (url: string, what: string) => URL;
 }
 
-function mismatch(url: string, got: string, want: string): SetokimError {
-  return new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${url}: sha256 ${got} is not the job's ${want}; the download was damaged or replaced: publish the job again with the bundle's sha256`);
-}
-
-function tooLarge(url: string, bytes: number, limit: number, o: DownloadOptions): SetokimError {
-  const what = o.size !== undefined ? `the job's size of ${limit} bytes` : `the download limit of ${limit} bytes`;
-  const fix = o.size !== undefined ? "check that the URL serves the job's bundle, or publish the job with the bundle's size" : 'check the URL, or publish the job with the bundle\'s size';
-  return new SetokimError(ErrorCodes.BUNDLE_TOO_LARGE, `${url}: ${bytes} bytes would exceed ${what}; the download was stopped and removed: ${fix}`);
-}
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 
 /** Returns the local path of the verified bundle. */
-export async function downloadBundle(url: string, o: DownloadOptions): Promise<string> {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `bundle URL ${JSON.stringify(url)} is not a URL; use file:///path or https://host/path`);
+export function downloadBundle(url: string, o: DownloadOptions): Promise<string> {
+  return new BundleDownload(url, o).run();
+}
+
+class BundleDownload {
+  private readonly shown: string;
+  private readonly limit: number;
+  private readonly partial: string;
+  private readonly stallMs: number;
+  private readonly stall = new AbortController();
+  private readonly signal: AbortSignal;
+  private timer?: NodeJS.Timeout;
+  /** Bytes of the partial file already there (resumed from). */
+  private have = 0;
+
+  constructor(
+    private readonly url: string,
+    private readonly o: DownloadOptions,
+  ) {
+    this.shown = redactUrl(url);
+    this.limit = o.size ?? o.maxBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
+    this.partial = `${o.dest}.partial`;
+    this.stallMs = o.stallMs ?? DEFAULT_STALL_MS;
+    this.signal = o.signal ? AbortSignal.any([o.signal, this.stall.signal]) : this.stall.signal;
   }
-  const limit = o.size ?? o.maxBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
-  if (u.protocol === 'file:') {
-    const path = fileURLToPath(u);
-    const size = await stat(path).then(
-      (s) => s.size,
-      (err) => {
-        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${url}: cannot read the bundle (${(err as Error).message})`, { cause: err });
-      },
+
+  async run(): Promise<string> {
+    const check = this.o.checkUrl ?? ((u: string, what: string) => new UrlPolicy().check(u, 'local', what));
+    const u = check(this.url, 'the job URL');
+    this.checkSize();
+    if (u.protocol === 'file:') return this.readLocal(fileURLToPath(u));
+    try {
+      await this.prepare();
+      const res = await this.request(u, check);
+      const hash = await this.receive(res);
+      await this.verify(hash);
+    } catch (err) {
+      throw this.aborted() ?? err;
+    } finally {
+      clearTimeout(this.timer);
+    }
+    await syncFile(this.partial);
+    await rename(this.partial, this.o.dest);
+    return this.o.dest;
+  }
+
+  /** A size over the cap is refused before anything is fetched. */
+  private checkSize(): void {
+    const cap = this.o.maxBytes ?? DEFAULT_MAX_DOWNLOAD_BYTES;
+    if (this.o.size !== undefined && this.o.size > cap) {
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_TOO_LARGE,
+        `${this.shown}: the job's size of ${this.o.size} bytes is over the download cap of ${cap} bytes; raise updates.maxDownloadMib or ship a smaller bundle`,
+      );
+    }
+  }
+
+  /** The signal's reason when the job's signal ended the download, as the error to throw. */
+  private aborted(): SetokimError | undefined {
+    const s = this.o.signal;
+    if (!s?.aborted) return undefined;
+    return s.reason instanceof SetokimError
+      ? s.reason
+      : new SetokimError(ErrorCodes.CANCELLED, `${this.shown}: the download was cancelled`);
+  }
+
+  private tooLarge(bytes: number): SetokimError {
+    const what =
+      this.o.size !== undefined ? `the job's size of ${this.limit} bytes` : `the download limit of ${this.limit} bytes`;
+    const fix =
+      this.o.size !== undefined
+        ? "check that the URL serves the job's bundle, or publish the job with the bundle's size"
+        : "check the URL, or publish the job with the bundle's size";
+    return new SetokimError(
+      ErrorCodes.BUNDLE_TOO_LARGE,
+      `${this.shown}: ${bytes} bytes would exceed ${what}; the download was stopped and removed: ${fix}`,
     );
-    if (size > limit) throw tooLarge(url, size, limit, o);
-    const digest = await sha256File(path);
-    o.onProgress?.(size, size, path);
-    if (digest !== o.sha256) throw mismatch(url, digest, o.sha256);
+  }
+
+  private mismatch(got: string): SetokimError {
+    return new SetokimError(
+      ErrorCodes.BUNDLE_TAMPERED,
+      `${this.shown}: sha256 ${got} is not the job's ${this.o.sha256}; the download was damaged or replaced: publish the job again with the bundle's sha256`,
+    );
+  }
+
+  /** file: a regular file, no larger than the limit, hashed in place (the signal stops it). */
+  private async readLocal(path: string): Promise<string> {
+    const st = await stat(path).catch((err: Error) => {
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${this.shown}: cannot read the bundle (${err.message})`, {
+        cause: err,
+      });
+    });
+    if (!st.isFile()) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${this.shown} is not a regular file`);
+    if (st.size > this.limit) throw this.tooLarge(st.size);
+    const h = createHash('sha256');
+    let read = 0;
+    try {
+      if (st.size > 0) {
+        for await (const chunk of createReadStream(path, { end: st.size - 1, signal: this.signal })) {
+          h.update(chunk as Buffer);
+          read += (chunk as Buffer).length;
+        }
+      }
+    } catch (err) {
+      throw this.aborted() ?? err;
+    }
+    if (read !== st.size) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${this.shown} changed while it was read`);
+    this.o.onProgress?.(st.size, st.size, path);
+    const digest = h.digest('hex');
+    if (digest !== this.o.sha256) throw this.mismatch(digest);
     return path;
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `bundle URL ${url}: only file:, http: and https: are supported`);
 
-  const dir = dirname(o.dest);
-  await mkdir(dir, { recursive: true });
-  const partial = `${o.dest}.partial`;
-  let have = await stat(partial).then((s) => s.size, () => 0);
-  if (have > limit) {
-    await rm(partial, { force: true }); // longer than the bundle can be: start over
-    have = 0;
-  }
-  if (o.size !== undefined) {
-    const free = await freeBytes(dir);
-    const need = o.size - have;
-    if (free < need) throw new SetokimError(ErrorCodes.NO_SPACE, `${dir}: ${free} bytes free, the download needs ${need} more bytes (bundle of ${o.size} bytes); free disk space on the device and send the job again`);
-  }
-
-  const stallMs = o.stallMs ?? DEFAULT_STALL_MS;
-  const stall = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
-  const arm = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => stall.abort(), stallMs);
-  };
-  const stalled = (what: string) =>
-    new SetokimError(ErrorCodes.DOWNLOAD_STALLED, `${url}: ${what} for ${stallMs} ms, so the download was stopped; what arrived is kept in ${partial} and the next try resumes from it: check the server and the device's network, then send the job again`);
-  const signal = o.signal ? AbortSignal.any([o.signal, stall.signal]) : stall.signal;
-  try {
-    let res: Response;
-    arm();
-    try {
-      res = await fetch(u, { headers: have > 0 ? { Range: `bytes=${have}-` } : {}, signal });
-    } catch (err) {
-      if (stall.signal.aborted) throw stalled('no response headers');
-      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${url}: download failed (${(err as Error).message}); the partial file is kept and the next try resumes`, { cause: err });
+  /** The partial to resume from (none when it is longer than the bundle can be), and the free space for the rest. */
+  private async prepare(): Promise<void> {
+    const dir = dirname(this.o.dest);
+    await mkdir(dir, { recursive: true });
+    this.have = await stat(this.partial).then(
+      (s) => s.size,
+      () => 0,
+    );
+    if (this.have > this.limit) {
+      await rm(this.partial, { force: true });
+      this.have = 0;
     }
-    clearTimeout(timer); // hashing a large partial below must not count as a stall
+    const free = await freeBytes(dir);
+    const need = this.limit - this.have;
+    if (free < need) {
+      const of =
+        this.o.size !== undefined
+          ? `bundle of ${this.o.size} bytes`
+          : `no size in the job, so the download cap of ${this.limit} bytes`;
+      throw new SetokimError(
+        ErrorCodes.NO_SPACE,
+        `${dir}: ${free} bytes free, the download needs ${need} more bytes (${of}); free disk space on the device, or give the job's size, and send it again`,
+      );
+    }
+  }
+
+  private arm(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.stall.abort(), this.stallMs);
+  }
+
+  private stalled(what: string): SetokimError {
+    return new SetokimError(
+      ErrorCodes.DOWNLOAD_STALLED,
+      `${this.shown}: ${what} for ${this.stallMs} ms, so the download was stopped; what arrived is kept in ${this.partial} and the next try resumes from it: check the server and the device's network, then send the job again`,
+    );
+  }
+
+  /** GET with Range when resuming; each redirect is checked before it is followed. */
+  private async request(first: URL, check: (url: string, what: string) => URL): Promise<Response> {
+    let u = first;
+    for (let hop = 0; ; hop++) {
+      this.arm();
+      let res: Response;
+      try {
+        res = await fetch(u, {
+          headers: this.have > 0 ? { Range: `bytes=${this.have}-` } : {},
+          redirect: 'manual',
+          signal: this.signal,
+        });
+      } catch (err) {
+        if (this.stall.signal.aborted) throw this.stalled('no response headers');
+        throw new SetokimError(
+          ErrorCodes.BUNDLE_INVALID,
+          `${redactUrl(u.href)}: download failed (${(err as Error).message}); the partial file is kept and the next try resumes`,
+          { cause: err },
+        );
+      }
+      clearTimeout(this.timer); // hashing a large partial must not count as a stall
+      if (!REDIRECTS.has(res.status)) return res;
+      await res.body?.cancel().catch(() => {});
+      const location = res.headers.get('location');
+      if (!location)
+        throw new SetokimError(
+          ErrorCodes.BUNDLE_INVALID,
+          `${redactUrl(u.href)}: HTTP ${res.status} without a Location`,
+        );
+      if (hop >= MAX_REDIRECTS)
+        throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${this.shown}: more than ${MAX_REDIRECTS} redirects`);
+      const next = check(new URL(location, u).href, `a redirect from ${redactUrl(u.href)}:`);
+      if (next.protocol !== 'http:' && next.protocol !== 'https:')
+        throw new SetokimError(
+          ErrorCodes.URL_NOT_ALLOWED,
+          `${redactUrl(u.href)} redirects to ${next.protocol} which is never followed`,
+        );
+      u = next;
+    }
+  }
+
+  /** Streams the body into the partial (appending when resumed), hashing it; returns the whole file's hash. */
+  private async receive(res: Response): Promise<Hash> {
     let start: number;
-    if (res.status === 206 && have > 0) start = have;
+    if (res.status === 206 && this.have > 0) start = this.have;
     else if (res.status === 200) start = 0;
-    else if (res.status === 416 && have > 0) start = have; // nothing left to fetch: the partial is whole
+    else if (res.status === 416 && this.have > 0)
+      start = this.have; // nothing left to fetch: the partial is whole
     else {
       await res.body?.cancel().catch(() => {});
-      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${url}: HTTP ${res.status} ${res.statusText}; check the URL and that the server allows GET${have ? ' with Range' : ''}`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${this.shown}: HTTP ${res.status} ${res.statusText}; check the URL and that the server allows GET${this.have ? ' with Range' : ''}`,
+      );
     }
     const length = Number(res.headers.get('content-length') ?? NaN);
-    if (res.status !== 416 && Number.isFinite(length) && start + length > limit) {
+    if (res.status !== 416 && Number.isFinite(length) && start + length > this.limit) {
       await res.body?.cancel().catch(() => {});
-      await rm(partial, { force: true });
-      throw tooLarge(url, start + length, limit, o);
+      await rm(this.partial, { force: true });
+      throw this.tooLarge(start + length);
     }
-    const h = start > 0 ? await hashFile(partial) : createHash('sha256');
-    if (res.status !== 416 && res.body) {
-      const total = o.size ?? start + (Number.isFinite(length) ? length : 0);
-      let done = start;
-      const tap = hashingTap(h, (n) => {
-        arm();
-        // Refused before it reaches the file: what is written never passes the limit.
-        if (done + n > limit) throw tooLarge(url, done + n, limit, o);
-        done += n;
-        o.onProgress?.(done, Math.max(total, done), url);
-      });
-      arm();
-      try {
-        await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(partial, { flags: start > 0 ? 'a' : 'w' }));
-      } catch (err) {
-        if (err instanceof SetokimError && err.code === ErrorCodes.BUNDLE_TOO_LARGE) {
-          await rm(partial, { force: true }); // it cannot become the right file
-          throw err;
-        }
-        if (stall.signal.aborted) throw stalled(`no bytes after ${done}${total ? ` of ${total}` : ''}`);
-        throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${url}: download broke off at ${done} bytes (${(err as Error).message}); the next try resumes from there`, { cause: err });
-      }
-    } else {
+    const h = start > 0 ? await hashFile(this.partial, createHash('sha256'), this.signal) : createHash('sha256');
+    if (res.status === 416 || !res.body) {
       await res.body?.cancel();
+      return h;
     }
-    const digest = h.digest('hex');
-    if (digest !== o.sha256) {
-      await rm(partial, { force: true }); // a wrong whole cannot be resumed into a right one
-      throw mismatch(url, digest, o.sha256);
+    const total = this.o.size ?? start + (Number.isFinite(length) ? length : 0);
+    let done = start;
+    const tap = hashingTap(h, (n) => {
+      this.arm();
+      // Refused before it reaches the file: what is written never passes the limit.
+      if (done + n > this.limit) throw this.tooLarge(done + n);
+      done += n;
+      this.o.onProgress?.(done, Math.max(total, done), this.shown);
+    });
+    this.arm();
+    try {
+      await pipeline(
+        Readable.fromWeb(res.body as never),
+        tap,
+        createWriteStream(this.partial, { flags: start > 0 ? 'a' : 'w' }),
+      );
+    } catch (err) {
+      if (err instanceof SetokimError && err.code === ErrorCodes.BUNDLE_TOO_LARGE) {
+        await rm(this.partial, { force: true }); // it cannot become the right file
+        throw err;
+      }
+      if (this.o.signal?.aborted) throw this.aborted()!;
+      if (this.stall.signal.aborted) throw this.stalled(`no bytes after ${done}${total ? ` of ${total}` : ''}`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${this.shown}: download broke off at ${done} bytes (${(err as Error).message}); the next try resumes from there`,
+        { cause: err },
+      );
     }
-  } finally {
-    clearTimeout(timer);
+    return h;
   }
-  await syncFile(partial);
-  await rename(partial, o.dest);
-  return o.dest;
+
+  private async verify(h: Hash): Promise<void> {
+    const digest = h.digest('hex');
+    if (digest === this.o.sha256) return;
+    await rm(this.partial, { force: true }); // a wrong whole cannot be resumed into a right one
+    throw this.mismatch(digest);
+  }
 }

@@ -1,7 +1,7 @@
 /**
  * The health check after activation: open the set the way serving does (pipeline, ONNX Runtime
  * or TensorRT) and run one canary query that must answer. Deserialising is not enough: a graph
- * can load and still fail on its first run (FIELD.md: run one canary inference before traffic).
+ * can load and still fail on its first run (docs/ENGINES.md: one canary inference before traffic).
  */
 import sharp from 'sharp';
 import { ErrorCodes, SetokimError } from '../errors.js';
@@ -22,7 +22,12 @@ export interface CanaryResult {
   backend: string;
 }
 
-export type HealthCheck = (dir: string) => Promise<CanaryResult>;
+/** What the install tells its health check: the backend that will serve the set (tensorrt once engines were prepared). */
+export interface HealthContext {
+  backend?: string;
+}
+
+export type HealthCheck = (dir: string, ctx: HealthContext) => Promise<CanaryResult>;
 
 async function defaultImage(): Promise<Uint8Array> {
   const w = 96;

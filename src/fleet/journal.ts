@@ -4,18 +4,26 @@
  *   journal.json   the install in progress and the last step it finished (absent when idle)
  *   release.json   the last committed release: the anti-rollback floor, and the commit record
  *   staging/       where a bundle is unpacked before it is renamed into the store
- *   lock           pid of the process installing or recovering
+ *   engines/       the engine cache (src/engine/engine-cache.ts): plans by (stage file, precision,
+ *                  dialect, target, profiles), hard-linked into the sets that use them
+ *   trash/         sets being pruned: renamed here first, so a set disappears from the store at once
+ *   lock           flock(2)ed by the process installing or recovering (its pid inside, for messages)
  * Both JSON files are written with write-temp + fsync + rename, so a crash leaves old or new.
  */
-import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelSetId } from '../engine/manifest.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { removeDurable, writeFileDurable } from '../engine/durable.js';
+import { FileLock } from '../engine/file-lock.js';
 
-/** Steps an install records, in order; recovery undoes whatever an uncommitted one did. */
-export const JOURNAL_STEPS = ['staging', 'staged', 'placed', 'activated'] as const;
+/**
+ * Steps an install records, in order; recovery undoes whatever an uncommitted one did. An install
+ * cut off in `building-engines` is rolled back like the others; the engines it finished stay in
+ * the engine cache, so the next install of that release builds only the rest.
+ */
+export const JOURNAL_STEPS = ['staging', 'staged', 'building-engines', 'placed', 'activated'] as const;
 export type JournalStep = (typeof JOURNAL_STEPS)[number];
 
 export const JournalSchema = z.strictObject({
@@ -42,6 +50,8 @@ export const fleetDir = (root: string) => join(root, '.fleet');
 export const journalPath = (root: string) => join(fleetDir(root), 'journal.json');
 export const releasePath = (root: string) => join(fleetDir(root), 'release.json');
 export const stagingRoot = (root: string) => join(fleetDir(root), 'staging');
+export const engineCacheDir = (root: string) => join(fleetDir(root), 'engines');
+export const trashDir = (root: string) => join(fleetDir(root), 'trash');
 const lockPath = (root: string) => join(fleetDir(root), 'lock');
 
 async function readJson<T>(path: string, schema: z.ZodType<T>, what: string): Promise<T | null> {
@@ -69,18 +79,26 @@ export const clearJournal = (root: string) => removeDurable(journalPath(root));
 export const readRelease = (root: string) => readJson(releasePath(root), ReleaseSchema, 'release record');
 export const writeRelease = (root: string, r: ReleaseState) => writeFileDurable(releasePath(root), JSON.stringify(r) + '\n');
 
-function alive(pid: number): boolean {
+/** The note a lock holder writes into the lock file, for messages only (src/engine/file-lock.ts). */
+const LockNote = z.object({ pid: z.number().int().positive(), since: z.string() });
+
+function holderText(note: string | null): string {
+  let json: unknown = null;
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    json = JSON.parse(note ?? '');
+  } catch {
+    // empty (being written) or not ours: the lock is held all the same
   }
+  const holder = LockNote.safeParse(json);
+  return holder.success ? `process ${holder.data.pid} (since ${holder.data.since})` : 'another process';
 }
 
 /**
- * One installer per store. A lock left by a process that died (power loss, kill -9) is taken
- * over: its pid is no longer running. Returns the release function.
+ * One installer per store: an exclusive flock(2) on `<store>/.fleet/lock` (src/engine/file-lock.ts),
+ * held until the returned function is called or the process dies; the kernel drops it with the
+ * process, so neither a crash nor a power loss leaves a lock behind, and a pid written in the file
+ * (by an older version too) never blocks. The function releases this call's lock only; calling
+ * it again does nothing.
  */
 export async function lockStore(root: string): Promise<() => Promise<void>> {
   // The first write into the store: a store this user may not write (not run as its owner, a
@@ -91,20 +109,11 @@ export async function lockStore(root: string): Promise<() => Promise<void>> {
     throw unwritable(err);
   });
   const path = lockPath(root);
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fh = await open(path, 'wx');
-      await fh.writeFile(`${process.pid}\n`);
-      await fh.close();
-      return () => rm(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(err);
-      const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
-        throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: process ${pid} is installing or recovering this store; wait for it to finish`);
-      }
-      await rm(path, { force: true }); // stale: its owner is gone
-    }
-  }
-  throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: could not take the store's lock ${path}; another installer keeps taking it`);
+  const note = JSON.stringify({ pid: process.pid, since: new Date().toISOString() }) + '\n';
+  const got = await FileLock.tryAcquire(path, note).catch((err: unknown) => {
+    throw err instanceof SetokimError ? err : unwritable(err);
+  });
+  if (got instanceof FileLock) return () => got.release();
+  const who = `${holderText(got.note)} is installing or recovering this store (it holds ${path})`;
+  throw new SetokimError(ErrorCodes.UPDATE_CONFLICT, `${root}: ${who}; wait for it to finish`);
 }

@@ -8,29 +8,42 @@
  * at once or a little later: it counts as committed and its outcome carries the warning. A canary
  * is there to prove the release serves, so a canary's warning is a canary failure: each canary
  * gets `settleMs` after its commit for a late warning before the rollout goes on.
+ *
+ * Each device gets its own job: a random job id and a random nonce (wire.ts). Only states sealed
+ * with that nonce count, so a client that can publish on a state topic (or read the retained
+ * states) cannot fake a device's `committed`. With `signKey` each job is signed for its device.
  */
+import type { KeyObject } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
-import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { deviceOfStateTopic, fleetUpdateStateFilter, updateTopic } from '../mqtt/topics.js';
-import { TERMINAL_STATES, UPDATE_STATES, type UpdateEvent, type UpdateJob } from './update.js';
-
-const WarningSchema = z.object({ code: z.string(), message: z.string() });
-const EventSchema = z.object({ jobId: z.string(), state: z.enum(UPDATE_STATES), code: z.string().optional(), message: z.string().optional(), warning: WarningSchema.optional() }).loose();
+import {
+  isSealedBy,
+  newJobId,
+  newNonce,
+  signJob,
+  TERMINAL_STATES,
+  UpdateStateSchema,
+  type UpdateEvent,
+  type UpdateJob,
+} from './wire.js';
 
 export interface RolloutOptions {
   fleet: string;
   devices: string[];
   /** Updated first, one after another; default: the first device. */
   canary?: string[];
-  job: Omit<UpdateJob, 'jobId'>;
-  /** Prefix of each device's job id (default: rollout-<time>). */
-  rolloutId?: string;
+  /** What every device fetches; each device's job adds its own id, nonce and (signKey) signature. */
+  job: Pick<UpdateJob, 'url' | 'sha256' | 'release' | 'size'>;
+  /** The fleet's private key (bundle keygen's): each job is signed for its device, valid for timeoutMs. */
+  signKey?: KeyObject;
   maxFailures?: number;
   concurrency?: number;
   /** Per device, from sending the job to its final state (default 10 minutes). */
   timeoutMs?: number;
   onEvent?: (device: string, e: UpdateEvent) => void;
+  /** A state for a device's job that is not sealed with the job's nonce (ignored): someone else published it. */
+  onForged?: (device: string) => void;
   /** Emergency stop: no job is sent after it fires; devices already updating are waited for. */
   signal?: AbortSignal;
   /**
@@ -59,108 +72,183 @@ export interface RolloutResult {
   failures: string[];
 }
 
-export async function rollout(client: MqttClient, o: RolloutOptions): Promise<RolloutResult> {
-  // A device named twice would be sent its job id twice: the device dedupes it and stays silent,
-  // so the second wait could only end in a timeout (a failure).
-  const devices = [...new Set(o.devices)];
-  const canary = [...new Set(o.canary ?? devices.slice(0, 1))];
-  for (const c of canary) if (!devices.includes(c)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `canary device ${c} is not in --devices`);
-  const rest = devices.filter((d) => !canary.includes(d));
-  const rolloutId = o.rolloutId ?? `rollout-${Date.now()}`;
-  const jobId = (d: string) => `${rolloutId}-${d}`;
-  const waiting = new Map<string, (e: UpdateEvent) => void>();
+/** One rollout: the jobs sent, the states heard, the outcomes; steps named below. */
+class Rollout {
+  private readonly devices: string[];
+  private readonly canary: string[];
+  private readonly timeoutMs: number;
+  /** The job sent to each device (its id and nonce decide which states count). */
+  private readonly sent = new Map<string, UpdateJob>();
+  private readonly waiting = new Map<string, (e: UpdateEvent) => void>();
   /** Committed devices, and when their commit arrived (a later warning attaches to the outcome). */
-  const committed = new Map<string, { outcome: DeviceOutcome; at: number }>();
-  let warned: (() => void) | undefined;
-  const onMessage = (topic: string, payload: Buffer) => {
-    const device = deviceOfStateTopic(topic);
-    if (!device) return;
-    let e: UpdateEvent;
+  private readonly committed = new Map<string, { outcome: DeviceOutcome; at: number }>();
+  private readonly outcomes: DeviceOutcome[] = [];
+  private aborted = false;
+  /** Ends a settle() wait early (a warning arrived). */
+  private warned?: () => void;
+  private readonly onMessage = (topic: string, payload: Buffer) => this.onState(topic, payload);
+
+  constructor(
+    private readonly client: MqttClient,
+    private readonly o: RolloutOptions,
+  ) {
+    // A device named twice would be sent two jobs; a canary twice, waited for twice.
+    this.devices = [...new Set(o.devices)];
+    this.canary = [...new Set(o.canary ?? this.devices.slice(0, 1))];
+    for (const c of this.canary)
+      if (!this.devices.includes(c))
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `canary device ${c} is not in --devices`);
+    if (!/^https?:\/\//i.test(o.job.url))
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `--url must be https:// (or http://): devices refuse other URLs in jobs from MQTT`,
+      );
+    this.timeoutMs = o.timeoutMs ?? 600_000;
+  }
+
+  async run(): Promise<RolloutResult> {
+    this.client.on('message', this.onMessage);
+    await this.client.subscribeAsync(fleetUpdateStateFilter(this.o.fleet), { qos: 1 });
     try {
-      const parsed = EventSchema.safeParse(JSON.parse(payload.toString('utf8')));
-      if (!parsed.success) return;
-      e = parsed.data as unknown as UpdateEvent;
+      await this.canaries();
+      if (!this.aborted) await this.others();
+      for (const d of this.devices)
+        if (!this.outcomes.some((x) => x.device === d)) this.outcomes.push({ device: d, result: 'skipped' });
+      await this.settle(); // late warnings from the rest (an emergency stop skips it)
+    } finally {
+      this.client.off('message', this.onMessage);
+      await this.client.unsubscribeAsync(fleetUpdateStateFilter(this.o.fleet)).catch(() => {});
+    }
+    return {
+      aborted: this.aborted,
+      outcomes: this.outcomes,
+      failures: this.outcomes.filter((x) => this.isFailure(x)).map((x) => x.device),
+    };
+  }
+
+  /** The canaries, one after another; any failure (or a warning within settleMs) aborts. */
+  private async canaries(): Promise<void> {
+    for (const d of this.canary) {
+      if (this.stopped()) break;
+      const r = await this.updateOne(d);
+      this.outcomes.push(r);
+      // The canary's agent may still report that it cannot serve the set.
+      if (r.result === 'committed') await this.settle(d);
+      if (this.isFailure(r)) this.aborted = true;
+      if (this.aborted) break;
+    }
+  }
+
+  /** The rest, `concurrency` at a time, until more than maxFailures failed. */
+  private async others(): Promise<void> {
+    const queue = this.devices.filter((d) => !this.canary.includes(d));
+    const maxFailures = this.o.maxFailures ?? 0;
+    const worker = async () => {
+      while (!this.stopped() && queue.length > 0) {
+        this.outcomes.push(await this.updateOne(queue.shift()!));
+        if (this.outcomes.filter((x) => this.isFailure(x)).length > maxFailures) this.aborted = true;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, this.o.concurrency ?? 1) }, worker));
+  }
+
+  private isFailure(x: DeviceOutcome): boolean {
+    return (
+      x.result === 'failed' || x.result === 'timeout' || (x.warning !== undefined && this.canary.includes(x.device))
+    );
+  }
+
+  /** The emergency stop, or a canary's warning that came only after its settle time. */
+  private stopped(): boolean {
+    return (this.aborted ||=
+      this.o.signal?.aborted === true || this.canary.some((c) => this.committed.get(c)?.outcome.warning));
+  }
+
+  /** The device's own job: a fresh id and nonce, signed for it when there is a key. */
+  private jobFor(device: string): UpdateJob {
+    const job: UpdateJob = { ...this.o.job, jobId: newJobId(), nonce: newNonce() };
+    if (!this.o.signKey) return job;
+    const expiresAt = new Date(Date.now() + this.timeoutMs).toISOString();
+    return signJob({ ...job, fleet: this.o.fleet, device, expiresAt }, this.o.signKey);
+  }
+
+  /** Sends the device its job and resolves with its final state, or a timeout. */
+  private updateOne(device: string): Promise<DeviceOutcome> {
+    return new Promise<DeviceOutcome>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(device);
+        resolve({ device, result: 'timeout', message: `no final state within ${this.timeoutMs} ms` });
+      }, this.timeoutMs);
+      this.waiting.set(device, (e) => {
+        clearTimeout(timer);
+        this.waiting.delete(device);
+        const outcome: DeviceOutcome = {
+          device,
+          result: e.state === 'committed' ? 'committed' : 'failed',
+          code: e.code,
+          message: e.message,
+          ...(e.warning ? { warning: e.warning } : {}),
+        };
+        if (outcome.result === 'committed') this.committed.set(device, { outcome, at: performance.now() });
+        resolve(outcome);
+      });
+      const job = this.jobFor(device);
+      this.sent.set(device, job);
+      this.client.publish(updateTopic(this.o.fleet, device), JSON.stringify(job), { qos: 1 });
+    });
+  }
+
+  /** A state message: counted only when it is the device's current job's and sealed with its nonce. */
+  private onState(topic: string, payload: Buffer): void {
+    const device = deviceOfStateTopic(topic);
+    const job = device === undefined ? undefined : this.sent.get(device);
+    if (!device || !job) return;
+    let raw: unknown;
+    try {
+      raw = JSON.parse(payload.toString('utf8'));
     } catch {
       return;
     }
-    if (e.jobId !== jobId(device)) return; // another rollout's, or a retained old state
-    o.onEvent?.(device, e);
-    const late = committed.get(device);
+    if ((raw as { jobId?: unknown })?.jobId !== job.jobId) return; // another rollout's, or a retained old state
+    if (!isSealedBy(raw, job.nonce!)) return void this.o.onForged?.(device);
+    const parsed = UpdateStateSchema.safeParse(raw);
+    if (!parsed.success) return;
+    const e = parsed.data;
+    this.o.onEvent?.(device, e);
+    const late = this.committed.get(device);
     if (late && e.state === 'committed' && e.warning && !late.outcome.warning) {
       late.outcome.warning = e.warning;
-      warned?.();
-    } else if (TERMINAL_STATES.has(e.state)) waiting.get(device)?.(e);
-  };
-  client.on('message', onMessage);
-  await client.subscribeAsync(fleetUpdateStateFilter(o.fleet), { qos: 1 });
+      this.warned?.();
+    } else if (TERMINAL_STATES.has(e.state)) this.waiting.get(device)?.(e);
+  }
 
-  const timeoutMs = o.timeoutMs ?? 600_000;
-  const updateOne = (device: string): Promise<DeviceOutcome> =>
-    new Promise<DeviceOutcome>((resolve) => {
-      const timer = setTimeout(() => {
-        waiting.delete(device);
-        resolve({ device, result: 'timeout', message: `no final state within ${timeoutMs} ms` });
-      }, timeoutMs);
-      waiting.set(device, (e) => {
-        clearTimeout(timer);
-        waiting.delete(device);
-        const outcome: DeviceOutcome = { device, result: e.state === 'committed' ? 'committed' : 'failed', code: e.code, message: e.message, ...(e.warning ? { warning: e.warning } : {}) };
-        if (outcome.result === 'committed') committed.set(device, { outcome, at: performance.now() });
-        resolve(outcome);
-      });
-      const job: UpdateJob = { ...o.job, jobId: jobId(device) };
-      client.publish(updateTopic(o.fleet, device), JSON.stringify(job), { qos: 1 });
-    });
-
-  const outcomes: DeviceOutcome[] = [];
-  const maxFailures = o.maxFailures ?? 0;
-  const failed = (x: DeviceOutcome) => x.result === 'failed' || x.result === 'timeout' || (x.warning !== undefined && canary.includes(x.device));
-  const failures = () => outcomes.filter(failed).length;
-  let aborted = false;
-  // A canary's warning that comes only after its settle time (settleMs too short) still stops new jobs.
-  const stopped = () => (aborted ||= o.signal?.aborted === true || canary.some((c) => committed.get(c)?.outcome.warning));
-  const settleMs = o.settleMs ?? 0;
-  /** Until `only` (default: each committed device) has had settleMs since its commit unless it has a warning; a warning or the emergency stop ends the wait early. */
-  const settle = async (only?: string) => {
+  /**
+   * Until `only` (default: each committed device) has had settleMs since its commit unless it has a
+   * warning; a warning or the emergency stop ends the wait early.
+   */
+  private async settle(only?: string): Promise<void> {
+    const settleMs = this.o.settleMs ?? 0;
     for (;;) {
-      const quiet = [...committed].filter(([d, c]) => (only === undefined || d === only) && !c.outcome.warning).map(([, c]) => c.at + settleMs);
+      const quiet = [...this.committed]
+        .filter(([d, c]) => (only === undefined || d === only) && !c.outcome.warning)
+        .map(([, c]) => c.at + settleMs);
       const wait = Math.max(0, ...quiet) - performance.now();
-      if (wait <= 0 || o.signal?.aborted) return;
+      if (wait <= 0 || this.o.signal?.aborted) return;
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);
-          o.signal?.removeEventListener('abort', done);
-          warned = undefined;
+          this.o.signal?.removeEventListener('abort', done);
+          this.warned = undefined;
           resolve();
         };
         const timer = setTimeout(done, wait);
-        o.signal?.addEventListener('abort', done);
-        warned = done;
+        this.o.signal?.addEventListener('abort', done);
+        this.warned = done;
       });
     }
-  };
-  try {
-    for (const d of canary) {
-      if (stopped()) break;
-      const r = await updateOne(d);
-      outcomes.push(r);
-      if (r.result === 'committed') await settle(d); // the canary's agent may still report that it cannot serve the set
-      if (failed(r)) aborted = true;
-      if (aborted) break;
-    }
-    const queue = [...rest];
-    const worker = async () => {
-      while (!stopped() && queue.length > 0) {
-        outcomes.push(await updateOne(queue.shift()!));
-        if (failures() > maxFailures) aborted = true;
-      }
-    };
-    if (!aborted) await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
-    for (const d of devices) if (!outcomes.some((x) => x.device === d)) outcomes.push({ device: d, result: 'skipped' });
-    await settle(); // late warnings from the rest (an emergency stop skips it)
-  } finally {
-    client.off('message', onMessage);
-    await client.unsubscribeAsync(fleetUpdateStateFilter(o.fleet)).catch(() => {});
   }
-  return { aborted, outcomes, failures: outcomes.filter(failed).map((x) => x.device) };
+}
+
+export async function rollout(client: MqttClient, o: RolloutOptions): Promise<RolloutResult> {
+  return new Rollout(client, o).run();
 }

@@ -25,6 +25,7 @@ import { checkRequest } from './request.js';
 import { GatedStage, Semaphore, type RequestContext } from './scheduler.js';
 import { loadTokenizer } from './tokenizer.js';
 import type { CacheStats, Pipeline, PipelineEvent, QueryRequest, RunOptions } from './types.js';
+import type { VisionTokens } from './vision.js';
 
 const OptionsSchema = z
   .object({
@@ -155,14 +156,19 @@ class SetokimPipeline implements LocalPipeline {
     if (outer?.aborted) ac.abort(outer.reason);
     else outer?.addEventListener('abort', onOuterAbort, { once: true });
     ch.onReturn = () => ac.abort(new SetokimError(ErrorCodes.CANCELLED, 'the consumer stopped reading'));
-    void this.execute(request, ac, ch).finally(() => {
+    void this.execute(request, ac, ch, options.vision).finally(() => {
       outer?.removeEventListener('abort', onOuterAbort);
       ch.end();
     });
     return ch;
   }
 
-  private async execute(request: QueryRequest, ac: AbortController, ch: EventChannel<PipelineEvent>): Promise<void> {
+  private async execute(
+    request: QueryRequest,
+    ac: AbortController,
+    ch: EventChannel<PipelineEvent>,
+    vision?: VisionTokens,
+  ): Promise<void> {
     const startedAt = performance.now();
     const id = typeof request?.id === 'string' ? request.id : '';
     this.running.add(ac);
@@ -170,7 +176,7 @@ class SetokimPipeline implements LocalPipeline {
     let turn: Turn | undefined;
     try {
       if (this.closed) throw new SetokimError(ErrorCodes.BUSY, 'the pipeline is closed');
-      const req = checkRequest(request, { maxTokens: this.info.maxTokens });
+      const req = checkRequest(request, { maxTokens: this.info.maxTokens }, !!vision);
       // A conversation's turn is claimed on arrival: a second one while it is queued or running is BUSY.
       turn = req.conversation ? this.caches.conversations.begin(req.conversation, !!req.image) : undefined;
       ch.push({ type: 'accepted', id });
@@ -178,7 +184,7 @@ class SetokimPipeline implements LocalPipeline {
       this.active++;
       const ctx: RequestContext = { signal: ac.signal, times: {} };
       const env = { models: this.models, kv: this.kv, caches: this.caches, imageLimits: this.imageLimits };
-      await runQuery(env, req, turn, ctx, (e) => ch.push(e), startedAt);
+      await runQuery(env, req, turn, ctx, (e) => ch.push(e), startedAt, vision);
     } catch (err) {
       const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =

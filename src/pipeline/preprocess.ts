@@ -98,13 +98,19 @@ export async function preprocess(
     throw bad(`cannot decode the image (${(err as Error).message}); the file may be truncated or corrupt`, err);
   }
   if (raw.length !== S * S * 3) throw bad(`decoding gave ${raw.length} bytes, expected ${S * S * 3}; the file may be corrupt`);
-  const plane = S * S;
+  const rgb = new Uint8Array(raw.buffer, raw.byteOffset, raw.length);
+  return { pixels: normalizePixels(rgb, spec), rgb, size: S, geometry, box: { left, top, width: w, height: h } };
+}
+
+/** Interleaved RGB of spec.size x spec.size -> the encoder's NCHW float input (mean/std per channel). */
+export function normalizePixels(rgb: Uint8Array, spec: ImageSpec): Float32Array {
+  const plane = spec.size * spec.size;
   const pixels = new Float32Array(3 * plane);
   for (let c = 0; c < 3; c++) {
     const m = spec.mean[c]!;
     const inv = 1 / spec.std[c]!;
     const out = c * plane;
-    for (let i = 0; i < plane; i++) pixels[out + i] = (raw[i * 3 + c]! / 255 - m) * inv;
+    for (let i = 0; i < plane; i++) pixels[out + i] = (rgb[i * 3 + c]! / 255 - m) * inv;
   }
-  return { pixels, rgb: new Uint8Array(raw.buffer, raw.byteOffset, raw.length), size: S, geometry, box: { left, top, width: w, height: h } };
+  return pixels;
 }

@@ -20,8 +20,8 @@ import { segmentMasks } from './tasks/segment.js';
 import { buildVicunaPrompt, followUpIds, segmentsLength, splitPrefix, type PromptSegment } from './template.js';
 import type { Tokenizer } from './tokenizer.js';
 import type { PipelineEvent } from './types.js';
-import { visionKey, type CachedVision, type VisionCache } from './vision-cache.js';
-import { visionTokens } from './vision.js';
+import { tokensKey, visionKey, type CachedVision, type VisionCache } from './vision-cache.js';
+import { visionTokens, type VisionTokens } from './vision.js';
 import { tokenMaskPng } from './visualize.js';
 
 export interface PipelineModels {
@@ -99,17 +99,17 @@ interface Context {
 function promptContext(
   env: QueryEnv,
   req: CheckedRequest,
-  seen: CachedVision | undefined,
+  vision: VisionTokens | undefined,
   vKey: string | undefined,
 ): Context {
   const layout = buildVicunaPrompt(env.models.tokenizer, {
     prompt: req.prompt,
-    image: !!seen,
+    image: !!vision,
     answerWithImage: req.task === 'generate' || req.task === 'edit',
   });
-  const count = seen?.vision.count ?? 0;
+  const count = vision?.count ?? 0;
   const { prefix } = splitPrefix(layout);
-  const ctx: Context = { segments: layout.segments, vision: seen?.vision.embeds, visionTokens: count };
+  const ctx: Context = { segments: layout.segments, vision: vision?.embeds, visionTokens: count };
   if (prefix.length)
     ctx.prefix = { key: prefixKey(env.caches.modelKey, prefix, vKey), rows: segmentsLength(prefix, count) };
   return ctx;
@@ -188,7 +188,8 @@ function dropRows(segments: readonly PromptSegment[], rows: number, visionTokens
 
 /**
  * Runs one checked request. `turn`: the conversation turn it is (claimed by the caller, who
- * abandons it if the query ends without committing it).
+ * abandons it if the query ends without committing it). `prepared`: vision tokens computed already
+ * (RunOptions.vision, a stream's frame): no image path runs; the prefix cache keys them by their embeddings.
  */
 export async function runQuery(
   env: QueryEnv,
@@ -197,6 +198,7 @@ export async function runQuery(
   ctx: RequestContext,
   emit: (e: PipelineEvent) => void,
   startedAt: number,
+  prepared?: VisionTokens,
 ): Promise<void> {
   for (const s of TASK_STAGES[req.task]!)
     if (req.image || (s !== 'encoder' && s !== 'merger')) stage(env.models, s, req.task);
@@ -213,7 +215,7 @@ export async function runQuery(
     vKey = visionKey(req.image, env.caches.modelKey);
     seen = await visionOf(env, req, vKey, ctx);
     emit({ type: 'clustered', id, visionTokens: seen.vision.count, patches: patchGrid(a) ** 2, maskPng: seen.maskPng });
-  }
+  } else if (prepared) vKey = tokensKey(prepared, env.caches.modelKey);
 
   const conv = turn && !turn.isNew ? turn.conversation : undefined;
   const c: Context = conv
@@ -222,7 +224,7 @@ export async function runQuery(
         vision: conv.vision,
         visionTokens: conv.visionTokens,
       }
-    : promptContext(env, req, seen, vKey);
+    : promptContext(env, req, seen?.vision ?? prepared, vKey);
   const promptTokens = segmentsLength(c.segments, c.visionTokens);
   const extra = req.task === 'segment' ? 1 : 0; // the referring <target> query
   const room = a.llm.maxContext - promptTokens - extra;

@@ -13,11 +13,17 @@
  * Invalid or unfinished byte sequences decode to U+FFFD, as TextDecoder does. (A tokenizer.json in
  * the newer Metaspace layout, prepend_scheme "first", lets a leading space replace the dummy prefix,
  * so " x" decodes to "x" there, exactly as in @huggingface/tokenizers; Vicuna's own file is legacy.)
+ *
+ * Encoding runs on our SentencePieceBpe (bpe.ts: the same ids, 4-7x faster than llama-tokenizer-js
+ * on 16 KiB, so a maximal prompt does not hold the event loop long) for the bundled vocabulary and
+ * for tokenizer.json files in the LLaMA layouts; any other tokenizer.json is encoded by
+ * @huggingface/tokenizers.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { SentencePieceBpe } from './bpe.js';
 
 export interface SpecialTokens {
   unk: number;
@@ -62,6 +68,8 @@ export interface IncrementalDecoder {
 
 export interface Tokenizer {
   readonly source: 'llama' | 'tokenizer.json';
+  /** What encodes: our SentencePieceBpe (bpe.ts), or @huggingface/tokenizers for a tokenizer.json in another layout. */
+  readonly encoder: 'bpe' | 'huggingface';
   /** One more than the largest id, specials included. */
   readonly vocabSize: number;
   readonly specials: Readonly<SpecialTokens>;
@@ -86,6 +94,7 @@ class PieceTokenizer implements Tokenizer {
 
   constructor(
     readonly source: 'llama' | 'tokenizer.json',
+    readonly encoder: 'bpe' | 'huggingface',
     private readonly pieces: readonly (string | undefined)[],
     readonly specials: Readonly<SpecialTokens>,
     extraSpecialIds: Iterable<number>,
@@ -157,9 +166,90 @@ export async function loadLlamaTokenizer(): Promise<Tokenizer> {
   if (pieces.length !== LLAMA_SPECIALS.imStart) {
     throw new SetokimError(ErrorCodes.INTERNAL, `llama-tokenizer-js has ${pieces.length} pieces, expected 32000`);
   }
+  // The package's merges, in rank order ("left right" -> rank).
+  const ranked = [...(llama.merges as Map<string, number>)].sort((a, b) => a[1] - b[1]);
+  const merges = ranked.map(([pair]) => pair.split(' ') as [string, string]);
+  const bpe = new SentencePieceBpe(pieces, merges, LLAMA_SPECIALS.unk);
   pieces.push(SPECIAL_TEXT.imStart, SPECIAL_TEXT.imEnd, SPECIAL_TEXT.target);
-  // add_bos_token false, add_preceding_space true: SentencePiece's dummy prefix, as LLaMA encodes.
-  return new PieceTokenizer('llama', pieces, LLAMA_SPECIALS, [], (text) => llama.encode(text, false, true));
+  // As llama.encode(text, false, true): SentencePiece's dummy prefix, spaces as "▁", no BOS.
+  const encode = (text: string) => bpe.encode(`\u2581${text.replaceAll(' ', '\u2581')}`);
+  return new PieceTokenizer('llama', 'bpe', pieces, LLAMA_SPECIALS, [], encode);
+}
+
+const METASPACE = '\u2581';
+
+/** The parts of a tokenizer.json that llamaLayout reads; everything optional, checked where read. */
+interface RawTokenizerJson {
+  model?: {
+    byte_fallback?: boolean;
+    dropout?: number | null;
+    ignore_merges?: boolean;
+    continuing_subword_prefix?: string | null;
+    end_of_word_suffix?: string | null;
+    vocab: Record<string, number>;
+    merges?: unknown;
+  };
+  normalizer?: RawStep & { normalizers?: RawStep[] };
+  pre_tokenizer?: RawStep & { replacement?: string; split?: boolean; prepend_scheme?: string };
+}
+interface RawStep {
+  type?: string;
+  prepend?: string;
+  pattern?: { String?: string };
+  content?: string;
+}
+
+/**
+ * How a tokenizer.json in one of the LLaMA layouts turns text into the string BPE runs on, or
+ * undefined for any other layout (then @huggingface/tokenizers encodes): the legacy one (normalizer
+ * Prepend "▁" then Replace " " -> "▁", no pre-tokenizer) or Metaspace ("▁", prepend_scheme first or
+ * always, split false, no normalizer), with a byte-fallback BPE model and every byte piece.
+ */
+function llamaLayout(raw: RawTokenizerJson): ((text: string) => string) | undefined {
+  const m = raw.model;
+  const plainBpe = m?.byte_fallback === true && !m.dropout && !m.ignore_merges;
+  if (!plainBpe || m.continuing_subword_prefix || m.end_of_word_suffix) return undefined;
+  for (let b = 0; b < 256; b++) {
+    if (!(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>` in m.vocab)) return undefined;
+  }
+  const n = raw.normalizer;
+  const steps = n?.type === 'Sequence' ? n.normalizers : [n];
+  const legacy =
+    !raw.pre_tokenizer &&
+    steps?.length === 2 &&
+    steps[0]?.type === 'Prepend' &&
+    steps[0].prepend === METASPACE &&
+    steps[1]?.type === 'Replace' &&
+    steps[1].pattern?.String === ' ' &&
+    steps[1].content === METASPACE;
+  if (legacy) return (text) => METASPACE + text.replaceAll(' ', METASPACE);
+  const p = raw.pre_tokenizer;
+  const metaspace =
+    !n &&
+    p?.type === 'Metaspace' &&
+    p.replacement === METASPACE &&
+    p.split === false &&
+    (p.prepend_scheme === 'first' || p.prepend_scheme === 'always');
+  if (metaspace) {
+    return (text) => {
+      const replaced = text.replaceAll(' ', METASPACE);
+      return replaced.startsWith(METASPACE) ? replaced : METASPACE + replaced;
+    };
+  }
+  return undefined;
+}
+
+/** A tokenizer.json's merges ("left right" strings or [left, right] pairs), or undefined if one has neither shape. */
+function mergePairs(merges: unknown): [string, string][] | undefined {
+  if (!Array.isArray(merges)) return undefined;
+  const pairs: [string, string][] = [];
+  for (const m of merges) {
+    const pair = typeof m === 'string' ? m.split(' ') : m;
+    const ok = Array.isArray(pair) && pair.length === 2 && typeof pair[0] === 'string' && typeof pair[1] === 'string';
+    if (!ok) return undefined;
+    pairs.push([pair[0], pair[1]]);
+  }
+  return pairs;
 }
 
 const AddedTokenSchema = z.object({ id: z.number().int().nonnegative(), content: z.string(), special: z.boolean().optional() });
@@ -199,8 +289,14 @@ export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
 
   const pieces: (string | undefined)[] = [];
   const idOf = new Map<string, number>();
-  for (const [piece, id] of Object.entries(json.model.vocab)) (pieces[id] = piece), idOf.set(piece, id);
-  for (const t of json.added_tokens) (pieces[t.id] = t.content), idOf.set(t.content, t.id);
+  for (const [piece, id] of Object.entries(json.model.vocab)) {
+    pieces[id] = piece;
+    idOf.set(piece, id);
+  }
+  for (const t of json.added_tokens) {
+    pieces[t.id] = t.content;
+    idOf.set(t.content, t.id);
+  }
   const specials = {} as SpecialTokens;
   for (const [key, text] of Object.entries(SPECIAL_TEXT) as [keyof SpecialTokens, string][]) {
     const id = idOf.get(text);
@@ -217,9 +313,17 @@ export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
     throw invalid(`@huggingface/tokenizers refused it (${(err as Error).message})`, err);
   }
   const extra = json.added_tokens.filter((t) => t.special).map((t) => t.id);
-  return new PieceTokenizer('tokenizer.json', pieces, specials, extra, (text) =>
-    hf.encode(text, { add_special_tokens: false }).ids,
-  );
+  const normalize = llamaLayout(raw as RawTokenizerJson);
+  const pairs = normalize && mergePairs((raw as RawTokenizerJson).model?.merges);
+  if (normalize && pairs) {
+    // The model's own vocabulary only: added tokens are never produced from text.
+    const modelPieces: string[] = [];
+    for (const [piece, id] of Object.entries(json.model.vocab)) modelPieces[id] = piece;
+    const bpe = new SentencePieceBpe(modelPieces, pairs, specials.unk);
+    return new PieceTokenizer('tokenizer.json', 'bpe', pieces, specials, extra, (text) => bpe.encode(normalize(text)));
+  }
+  const hfEncode = (text: string) => hf.encode(text, { add_special_tokens: false }).ids;
+  return new PieceTokenizer('tokenizer.json', 'huggingface', pieces, specials, extra, hfEncode);
 }
 
 export type TokenizerSource = string | { kind: 'llama' };

@@ -3,6 +3,7 @@
  * these; the protobuf messages in proto/ mirror them field for field.
  */
 import type { ErrorCode } from '../errors.js';
+import type { VisionTokens } from './vision.js';
 
 export const TASKS = ['ask', 'describe', 'segment', 'generate', 'edit'] as const;
 export type Task = (typeof TASKS)[number];
@@ -49,11 +50,18 @@ export type PipelineEvent =
       stages: StageTimes;
       totalMs: number;
       firstTokenMs?: number; // from the request's start to the first generated token
+      energyMj?: number; // set by the agent: board energy while the query ran, where power rails exist
     }
   | { type: 'error'; id: string; code: ErrorCode; message: string };
 
 export interface RunOptions {
   signal?: AbortSignal;
+  /**
+   * Vision tokens computed already (a stream's frame, docs/STREAMS.md): an `ask` or `describe`
+   * then needs no image and skips preprocess, encoder, clustering and merger (and emits no
+   * `clustered`); the rest of the query (prompt, prefill, decode) is the normal path.
+   */
+  vision?: VisionTokens;
 }
 
 /** What the pipeline's caches hold and how often they helped (counters only grow). */

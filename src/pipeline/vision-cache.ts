@@ -54,6 +54,16 @@ export function visionKey(image: Uint8Array, modelKey: string): string {
   return createHash('sha256').update(sha256Bytes(image)).update('\n').update(modelKey).digest('hex');
 }
 
+/**
+ * The key of vision tokens computed elsewhere (RunOptions.vision, a stream's frame) under one model: sha256 of
+ * the LLM embeddings they give, so equal tokens share prefix-cache rows. Never equal to an image's key.
+ */
+export function tokensKey(vision: VisionTokens, modelKey: string): string {
+  const e = vision.embeds;
+  const bytes = new Uint8Array(e.buffer, e.byteOffset, e.byteLength);
+  return createHash('sha256').update('tokens\n').update(bytes).update('\n').update(modelKey).digest('hex');
+}
+
 export class VisionCache {
   private readonly entries = new Map<string, { value: CachedVision; bytes: number }>();
   private readonly counters = { hits: 0, misses: 0, bytes: 0, evictions: 0 };

@@ -5,7 +5,7 @@
  */
 import { tensor } from '../engine/backend.js';
 import { patchGrid, type Architecture } from '../engine/contract.js';
-import { addPositionEncoding, cluster, type ClusterResult } from '../setok/index.js';
+import { addPositionEncoding, cluster, type ClusterOptions, type ClusterResult } from '../setok/index.js';
 import type { GatedStage, RequestContext } from './scheduler.js';
 import { timed } from './scheduler.js';
 
@@ -41,12 +41,15 @@ export async function encodeFeatures(
   return addPositionEncoding(out.features!.data as Float32Array, G, G, a.encoder.width);
 }
 
-export async function clusterFeatures(a: Architecture, features: Float32Array, ctx: RequestContext): Promise<ClusterResult> {
+/** The clustering options of a model set (SETOK.md; k at most the patch count). */
+export function clusterOptions(a: Architecture): ClusterOptions {
   const G = patchGrid(a);
   const { k, threshold, fallback, maxTokens } = a.cluster;
-  return timed(ctx, 'cluster', () =>
-    cluster(features, { n: G * G, dim: a.encoder.width, k: Math.min(k, G * G), threshold, fallback, maxTokens }),
-  );
+  return { n: G * G, dim: a.encoder.width, k: Math.min(k, G * G), threshold, fallback, maxTokens };
+}
+
+export async function clusterFeatures(a: Architecture, features: Float32Array, ctx: RequestContext): Promise<ClusterResult> {
+  return timed(ctx, 'cluster', () => cluster(features, clusterOptions(a)));
 }
 
 export async function mergeTokens(

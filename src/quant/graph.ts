@@ -12,15 +12,26 @@
  * Gemm (nn.Linear exports as MatMul + Add at opset 17), and a MatMul between two activations
  * (attention scores) stays float.
  */
-import onnxProto from 'onnx-proto';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import {
+  DT,
+  decodeModel,
+  elements,
+  encodeModel,
+  floatValues,
+  Names,
+  node,
+  onnx,
+  opsetOf,
+  tensor,
+  withGraph,
+  type ModelProto,
+  type NodeProto,
+  type TensorProto,
+} from './onnx-model.js';
 import { activationScale, quantizeColumns, REDUCED_MAX } from './weights.js';
 
-const { onnx } = onnxProto;
-type ModelProto = InstanceType<typeof onnx.ModelProto>;
-type TensorProto = onnxProto.onnx.ITensorProto;
-type NodeProto = onnxProto.onnx.INodeProto;
-const DT = onnx.TensorProto.DataType;
+export { decodeModel, encodeModel, floatValues } from './onnx-model.js';
 
 /** Weights smaller than this stay float: a few KiB saved is not worth the DequantizeLinear. */
 export const DEFAULT_MIN_ELEMENTS = 1024;
@@ -52,34 +63,11 @@ export interface QuantizeReport {
   skipped: { node: string; why: string }[];
 }
 
-export const decodeModel = (bytes: Uint8Array): ModelProto => onnx.ModelProto.decode(bytes);
-export const encodeModel = (m: ModelProto): Uint8Array => onnx.ModelProto.encode(m).finish();
-
-const elements = (dims: readonly (number | { toNumber(): number })[]) => dims.reduce<number>((a, d) => a * Number(d), 1);
-
-/** A float32 initializer's values (raw_data little-endian, or float_data). */
-export function floatValues(t: TensorProto): Float32Array {
-  const n = elements(t.dims ?? []);
-  if (t.rawData && t.rawData.length > 0) {
-    if (t.rawData.length !== n * 4) throw new SetokimError(ErrorCodes.MODEL_INVALID, `initializer ${t.name}: ${t.rawData.length} bytes for ${n} float32 values`);
-    const view = new DataView(t.rawData.buffer, t.rawData.byteOffset, t.rawData.byteLength);
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
-    return out;
-  }
-  const out = Float32Array.from(t.floatData ?? []);
-  // Neither raw_data nor float_data holds them: external data (a model over 2 GB), not read here.
-  if (out.length !== n) throw new SetokimError(ErrorCodes.MODEL_INVALID, `initializer ${t.name}: ${out.length} float32 values stored for ${n}; weights in external data files are not supported: export the stage with its weights inside the .onnx file`);
-  return out;
-}
-
-function opsetOf(m: ModelProto): number {
-  const o = (m.opsetImport ?? []).find((x) => !x.domain || x.domain === 'ai.onnx');
-  return o ? Number(o.version) : 0;
-}
-
 /** The MatMuls whose weight is a 2-D float32 initializer of at least `minElements` values. */
-export function findTargets(m: ModelProto, minElements = DEFAULT_MIN_ELEMENTS): { targets: QuantTarget[]; skipped: QuantizeReport['skipped'] } {
+export function findTargets(
+  m: ModelProto,
+  minElements = DEFAULT_MIN_ELEMENTS,
+): { targets: QuantTarget[]; skipped: QuantizeReport['skipped'] } {
   const g = m.graph!;
   const inits = new Map((g.initializer ?? []).map((t) => [t.name!, t]));
   const graphInputs = new Set((g.input ?? []).map((v) => v.name!));
@@ -90,67 +78,56 @@ export function findTargets(m: ModelProto, minElements = DEFAULT_MIN_ELEMENTS): 
     const [a, b] = n.input ?? [];
     const w = b ? inits.get(b) : undefined;
     const label = n.name || `MatMul #${i}`;
-    if (!a || !b || !w || inits.has(a)) return; // activation x activation (attention) or constant A: not a weight MatMul
+    // activation x activation (attention) or constant A: not a weight MatMul
+    if (!a || !b || !w || inits.has(a)) return;
     if (graphInputs.has(b)) return void skipped.push({ node: label, why: `${b} is also a graph input (overridable)` });
     if (w.dataType !== DT.FLOAT) return void skipped.push({ node: label, why: `${b} is not float32` });
     const dims = (w.dims ?? []).map(Number);
     if (dims.length !== 2) return void skipped.push({ node: label, why: `${b} is ${dims.length}-D, not 2-D` });
-    if (elements(dims) < minElements) return void skipped.push({ node: label, why: `${b} has ${elements(dims)} values (< ${minElements})` });
+    if (elements(dims) < minElements)
+      return void skipped.push({ node: label, why: `${b} has ${elements(dims)} values (< ${minElements})` });
     targets.push({ node: i, activation: a, weight: b, dims: [dims[0]!, dims[1]!] });
   });
   return { targets, skipped };
 }
 
 /** The distinct activation tensors that calibration must measure. */
-export const activationNames = (targets: readonly QuantTarget[]): string[] => [...new Set(targets.map((t) => t.activation))];
+export const activationNames = (targets: readonly QuantTarget[]): string[] => [
+  ...new Set(targets.map((t) => t.activation)),
+];
 
 /** A copy of the model with extra float32 graph outputs (for calibration: the activations' values). */
-export function withOutputs(model: Uint8Array, names: readonly string[]): Uint8Array {
-  const m = decodeModel(model);
+export function withOutputs(model: Uint8Array | ModelProto, names: readonly string[]): Uint8Array {
+  const m = model instanceof Uint8Array ? decodeModel(model) : model;
   const have = new Set((m.graph!.output ?? []).map((o) => o.name!));
-  for (const name of names) {
-    if (have.has(name)) continue;
-    m.graph!.output!.push(onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: DT.FLOAT } } }));
-  }
-  return encodeModel(m);
+  const extra = names
+    .filter((n) => !have.has(n))
+    .map((name) => onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: DT.FLOAT } } }));
+  return encodeModel(withGraph(m, { output: [...(m.graph!.output ?? []), ...extra] }));
 }
-
-function bytesOf(a: Float32Array | Int8Array): Uint8Array {
-  if (a instanceof Int8Array) return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
-  const out = new Uint8Array(a.length * 4);
-  const view = new DataView(out.buffer);
-  a.forEach((x, i) => view.setFloat32(i * 4, x, true)); // ONNX raw_data is little-endian on any host
-  return out;
-}
-
-const initializer = (name: string, dataType: number, dims: number[], data: Float32Array | Int8Array): TensorProto =>
-  onnx.TensorProto.create({ name, dims, dataType, rawData: bytesOf(data) });
 
 /**
  * Rewrites a model to INT8 Q/DQ. `ranges` holds the calibrated max |x| of every activation
  * `findTargets` names; a MatMul whose activation has no range keeps a float activation (weight-only
  * int8, reported). Weights use [-63, 63] unless `weightMax` says 127 (see REDUCED_MAX in weights.ts).
  */
-export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, number>, opts: { minElements?: number; weightMax?: number } = {}): { bytes: Uint8Array; report: QuantizeReport } {
-  const m = decodeModel(model);
+export function quantizeModel(
+  model: Uint8Array | ModelProto,
+  ranges: ReadonlyMap<string, number>,
+  opts: { minElements?: number; weightMax?: number } = {},
+): { bytes: Uint8Array; report: QuantizeReport } {
+  const m = model instanceof Uint8Array ? decodeModel(model) : model;
   const opset = opsetOf(m);
-  if (opset < MIN_OPSET) throw new SetokimError(ErrorCodes.MODEL_INVALID, `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`);
+  if (opset < MIN_OPSET)
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `opset ${opset}: per-channel DequantizeLinear needs opset ${MIN_OPSET} or later; re-export the stage at opset 17`,
+    );
   const g = m.graph!;
   const { targets, skipped } = findTargets(m, opts.minElements);
   const report: QuantizeReport = { weights: [], activations: [], skipped };
-  const used = new Set<string>();
-  for (const n of g.node ?? []) {
-    if (n.name) used.add(n.name);
-    for (const x of [...(n.input ?? []), ...(n.output ?? [])]) used.add(x);
-  }
-  for (const t of g.initializer ?? []) used.add(t.name!);
-  for (const v of [...(g.input ?? []), ...(g.output ?? [])]) used.add(v.name!);
-  const fresh = (base: string) => {
-    let name = base;
-    for (let i = 1; used.has(name); i++) name = `${base}_${i}`;
-    used.add(name);
-    return name;
-  };
+  const names = new Names(m);
+  const fresh = (base: string) => names.fresh(base);
 
   const inits = new Map((g.initializer ?? []).map((t) => [t.name!, t]));
   const newInits: TensorProto[] = [];
@@ -163,15 +140,13 @@ export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, num
     const qName = fresh(`${t.weight}_quantized`);
     const sName = fresh(`${t.weight}_scale`);
     const zName = fresh(`${t.weight}_zero_point`);
-    newInits.push(initializer(qName, DT.INT8, [K, N], qw.q), initializer(sName, DT.FLOAT, [N], qw.scales), initializer(zName, DT.INT8, [N], new Int8Array(N)));
+    newInits.push(
+      tensor(qName, DT.INT8, [K, N], qw.q),
+      tensor(sName, DT.FLOAT, [N], qw.scales),
+      tensor(zName, DT.INT8, [N], new Int8Array(N)),
+    );
     weightNodes.push(
-      onnx.NodeProto.create({
-        opType: 'DequantizeLinear',
-        name: fresh(`${t.weight}/DequantizeLinear`),
-        input: [qName, sName, zName],
-        output: [t.weight],
-        attribute: [{ name: 'axis', type: onnx.AttributeProto.AttributeType.INT, i: 1 }],
-      }),
+      node('DequantizeLinear', fresh(`${t.weight}/DequantizeLinear`), [qName, sName, zName], [t.weight], { axis: 1 }),
     );
     drop.add(t.weight);
     report.weights.push({ name: t.weight, dims: t.dims, bytesBefore: K * N * 4, bytesAfter: K * N + N * 4 + N });
@@ -188,7 +163,10 @@ export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, num
   for (const t of targets) {
     const range = ranges.get(t.activation);
     if (range === undefined) {
-      report.skipped.push({ node: g.node![t.node]!.name || `MatMul #${t.node}`, why: `no calibration range for ${t.activation}` });
+      report.skipped.push({
+        node: g.node![t.node]!.name || `MatMul #${t.node}`,
+        why: `no calibration range for ${t.activation}`,
+      });
       continue;
     }
     const scale = activationScale(range);
@@ -196,10 +174,10 @@ export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, num
     const zName = fresh(`${t.activation}_zero_point`);
     const qOut = fresh(`${t.activation}_quantized`);
     const dq = fresh(`${t.activation}_dequantized`);
-    newInits.push(initializer(sName, DT.FLOAT, [], new Float32Array([scale])), initializer(zName, DT.INT8, [], new Int8Array(1)));
+    newInits.push(tensor(sName, DT.FLOAT, [], new Float32Array([scale])), tensor(zName, DT.INT8, [], new Int8Array(1)));
     inserts.set(t.node, [
-      onnx.NodeProto.create({ opType: 'QuantizeLinear', name: fresh(`${t.activation}/QuantizeLinear`), input: [t.activation, sName, zName], output: [qOut] }),
-      onnx.NodeProto.create({ opType: 'DequantizeLinear', name: fresh(`${t.activation}/DequantizeLinear`), input: [qOut, sName, zName], output: [dq] }),
+      node('QuantizeLinear', fresh(`${t.activation}/QuantizeLinear`), [t.activation, sName, zName], [qOut]),
+      node('DequantizeLinear', fresh(`${t.activation}/DequantizeLinear`), [qOut, sName, zName], [dq]),
     ]);
     rewired.set(t.node, dq);
     if (!reported.has(t.activation)) report.activations.push({ name: t.activation, range, scale });
@@ -210,17 +188,16 @@ export function quantizeModel(model: Uint8Array, ranges: ReadonlyMap<string, num
   (g.node ?? []).forEach((n, i) => {
     nodes.push(...(inserts.get(i) ?? []));
     const dq = rewired.get(i);
-    if (dq) n.input = [dq, ...(n.input ?? []).slice(1)];
-    nodes.push(n);
+    nodes.push(dq ? onnx.NodeProto.create({ ...n, input: [dq, ...(n.input ?? []).slice(1)] }) : n);
   });
-  g.node = nodes;
-  g.initializer = [...(g.initializer ?? []).filter((t) => !drop.has(t.name!)), ...newInits];
-  return { bytes: encodeModel(m), report };
+  const initializer = [...(g.initializer ?? []).filter((t) => !drop.has(t.name!)), ...newInits];
+  return { bytes: encodeModel(withGraph(m, { node: nodes, initializer })), report };
 }
 
 /** Counts of each op type (tests and reports). */
-export function opCounts(model: Uint8Array): Record<string, number> {
+export function opCounts(model: Uint8Array | ModelProto): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const n of decodeModel(model).graph!.node ?? []) out[n.opType!] = (out[n.opType!] ?? 0) + 1;
+  for (const n of (model instanceof Uint8Array ? decodeModel(model) : model).graph!.node ?? [])
+    out[n.opType!] = (out[n.opType!] ?? 0) + 1;
   return out;
 }

@@ -14,7 +14,26 @@ import type { LocalPipeline } from '../pipeline/pipeline.js';
 
 export type Feeds = Record<string, Tensor>;
 
-const copy = (t: Tensor): Tensor => ({ dtype: t.dtype, dims: [...t.dims], data: t.data.slice() as TypedArray, location: 'host' });
+const copy = (t: Tensor): Tensor => ({
+  dtype: t.dtype,
+  dims: [...t.dims],
+  data: t.data.slice() as TypedArray,
+  location: 'host',
+});
+
+/** xorshift32: deterministic, good enough to pick reservoir slots; a number in [0, 1) per call. */
+export class Xorshift32 {
+  constructor(private state = 0x2545f491) {}
+
+  next(): number {
+    let x = this.state;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.state = x >>> 0;
+    return this.state / 2 ** 32;
+  }
+}
 
 /**
  * Up to `capacity` feeds per stage, a uniform sample of all runs (reservoir sampling with a fixed
@@ -24,24 +43,17 @@ export class FeedRecorder {
   private readonly kept = new Map<string, { seq: number; feeds: Feeds }[]>();
   private readonly seen = new Map<string, number>();
   private readonly hashes = new Map<string, Set<string>>();
-  private seed = 0x2545f491;
+  private readonly rng = new Xorshift32();
 
   constructor(readonly capacity = 48) {}
-
-  private random(): number {
-    // xorshift32: deterministic, good enough to pick reservoir slots
-    let x = this.seed;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    this.seed = x >>> 0;
-    return this.seed / 2 ** 32;
-  }
 
   /** Keeps a copy of the feeds; identical feeds (the same image asked twice) count once. */
   add(stage: string, feeds: Feeds): void {
     const h = createHash('sha1');
-    for (const [k, t] of Object.entries(feeds).sort(([a], [b]) => (a < b ? -1 : 1))) h.update(`${k}:${t.dtype}:${t.dims.join('x')};`).update(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    for (const [k, t] of Object.entries(feeds).sort(([a], [b]) => (a < b ? -1 : 1)))
+      h.update(`${k}:${t.dtype}:${t.dims.join('x')};`).update(
+        new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+      );
     const digest = h.digest('hex');
     const hashes = this.hashes.get(stage) ?? new Set<string>();
     this.hashes.set(stage, hashes);
@@ -51,10 +63,12 @@ export class FeedRecorder {
     this.seen.set(stage, n + 1);
     const list = this.kept.get(stage) ?? [];
     this.kept.set(stage, list);
-    if (list.length < this.capacity) list.push({ seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) });
+    if (list.length < this.capacity)
+      list.push({ seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) });
     else {
-      const j = Math.floor(this.random() * (n + 1));
-      if (j < this.capacity) list[j] = { seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) };
+      const j = Math.floor(this.rng.next() * (n + 1));
+      if (j < this.capacity)
+        list[j] = { seq: n, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, copy(t)])) };
     }
   }
 

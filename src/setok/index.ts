@@ -1,5 +1,5 @@
 /**
- * SeTok's clustering stage: 2-D position encoding and DPC-KNN (SETOK.md). The native addon does the
+ * SeTok's clustering stage: 2-D position encoding and DPC-KNN (docs/SETOK.md). The native addon does the
  * work off the JavaScript thread when it is built; otherwise the TypeScript reference (same results,
  * much slower) stands in, so the API never depends on a compiler being present.
  */

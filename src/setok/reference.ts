@@ -1,5 +1,5 @@
 /**
- * Plain TypeScript reference of SeTok's position encoding and DPC-KNN clustering (SETOK.md,
+ * Plain TypeScript reference of SeTok's position encoding and DPC-KNN clustering (docs/SETOK.md,
  * "Position encoding" and "The clustering"). The native CPU and CUDA code must give the same
  * centres and labels bit for bit, so this file DEFINES the float32 computation order, and the C++
  * (native/trt/setok/dpc_knn*.{h,cc,cu}) follows it step by step:
@@ -79,7 +79,7 @@ export function expDet(x: number): number {
   return p * POW2[n + 160]!;
 }
 
-/** 2-D sin/cos table (rows*cols x dim) of SETOK.md, rounded to float32. */
+/** 2-D sin/cos table (rows*cols x dim) of docs/SETOK.md, rounded to float32. */
 export function positionEncodingTable(rows: number, cols: number, dim: number): Float32Array {
   const ch = 2 * Math.ceil(dim / 4);
   const invFreq = new Float64Array(ch / 2);

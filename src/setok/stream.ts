@@ -1,9 +1,10 @@
 /**
  * ClusterStream: clustering over the frames of one camera. Each frame's centres, labels and scores
- * equal clustering that frame alone; token ids persist across frames (tracking.ts); the Gram matrix
- * of the previous frame is kept and only the rows and columns of patches whose features changed are
- * recomputed, which gives bit-identical results because every entry is computed independently in
- * the same order. Memory: one frame's features and one n x n matrix, whatever the stream's length.
+ * equal clustering that frame alone; token ids persist across frames (tracking.ts). The native
+ * cache (native/trt/setok/cluster_cache.h) recomputes the Gram and distance entries of the patches
+ * whose features changed (bitwise) and the densities those changes can touch, each in the
+ * reference's order, so results are bit-identical; the TypeScript path keeps the Gram matrix the
+ * same way. Memory: one frame's features and the n x n distances, whatever the stream's length.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { loadNative } from '../engine/native.js';
@@ -94,7 +95,11 @@ export class ClusterStream {
     this.refCache = this.native ? null : new ReferenceGramCache(p.n, p.dim);
   }
 
-  /** Clusters the next frame; frames are processed in push order, one at a time. */
+  /**
+   * Clusters the next frame; frames are processed in push order, one at a time. The native path
+   * reads `features` in place (a 729 x 1152 frame is 3.4 MB): do not change the array until the
+   * returned promise settles.
+   */
   push(features: Float32Array): Promise<StreamFrame> {
     if (this.closed) return Promise.reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, 'ClusterStream: push() after close().'));
     try {

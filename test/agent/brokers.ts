@@ -26,7 +26,10 @@ export async function startBroker(kind: BrokerKind): Promise<TestBroker> {
   return { kind, url: b.url, protocolVersion: 4, shared: false, close: () => b.close() };
 }
 
-export function testConfig(broker: TestBroker, device: string, extra: Partial<AgentConfigInput> = {}): AgentConfig {
+/** What a test overrides: any top-level group, the broker's fields one by one (the URL is the test broker's). */
+export type TestConfigExtra = Partial<Omit<AgentConfigInput, 'broker'>> & { broker?: Partial<AgentConfigInput['broker']> };
+
+export function testConfig(broker: TestBroker, device: string, extra: TestConfigExtra = {}): AgentConfig {
   return parseAgentConfig({
     fleet: 'test',
     device,

@@ -1,17 +1,19 @@
 import t from 'tap';
 import { decodeCancel, decodeQuery, decodeReply, decodeStatus, encodeCancel, encodeQuery, encodeReply, encodeStatus } from '../../src/agent/codec.js';
+import { DEFAULT_QUERY_RULES, maxQueryPacketBytes, QUERY_OVERHEAD_BYTES } from '../../src/agent/codec.js';
+import { ReplyTopics } from '../../src/agent/replies.js';
 import type { PipelineEvent } from '../../src/pipeline/types.js';
 
 t.test('a query survives the round trip, generation parameters included', async (t) => {
   const image = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]);
   const deadline = Date.now() + 5000;
-  const r = decodeQuery(encodeQuery({ id: 'q1', task: 'ask', prompt: 'hi', image, deadlineUnixMs: deadline, replyTopic: 'r/t', correlation: new Uint8Array([9]), generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] } }));
+  const r = decodeQuery(encodeQuery({ id: 'q1', task: 'ask', prompt: 'hi', image, deadlineUnixMs: deadline, replyTopic: 'setokim/v1/replies/r', correlation: new Uint8Array([9]), generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] } }));
   t.ok(r.ok);
   if (!r.ok) return;
   t.same(Buffer.from(r.query.image!), Buffer.from(image));
   t.equal(r.query.deadlineUnixMs, deadline, 'uint64 milliseconds come back as a number');
   t.same(r.query.generation, { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] });
-  t.same([r.query.id, r.query.task, r.query.prompt, r.query.replyTopic], ['q1', 'ask', 'hi', 'r/t']);
+  t.same([r.query.id, r.query.task, r.query.prompt, r.query.replyTopic], ['q1', 'ask', 'hi', 'setokim/v1/replies/r']);
   t.equal(r.query.conversation, undefined, 'no conversation unless named');
 });
 
@@ -19,10 +21,10 @@ t.test('a conversation id travels in the query; an over-long one is BAD_MESSAGE'
   const r = decodeQuery(encodeQuery({ id: 'q2', task: 'ask', prompt: 'and then?', conversation: 'kitchen-cam/7' }));
   t.equal(r.ok && r.query.conversation, 'kitchen-cam/7');
   t.equal(r.ok && r.query.image, undefined, 'a follow-up carries no image');
-  const long = decodeQuery(encodeQuery({ id: 'q3', task: 'ask', conversation: 'c'.repeat(129), replyTopic: 'r/t' }));
+  const long = decodeQuery(encodeQuery({ id: 'q3', task: 'ask', conversation: 'c'.repeat(129), replyTopic: 'setokim/v1/replies/r' }));
   t.equal(!long.ok && long.error.code, 'BAD_MESSAGE');
   t.match(!long.ok && long.error.message, /conversation: the conversation id is longer than 128 characters/);
-  t.equal(!long.ok && long.salvage.replyTopic, 'r/t', 'and answered at its reply address');
+  t.equal(!long.ok && long.salvage.replyTopic, 'setokim/v1/replies/r', 'and answered at its reply address');
 });
 
 t.test('bytes that are not a query, and queries that break the rules, are BAD_MESSAGE', async (t) => {
@@ -30,19 +32,42 @@ t.test('bytes that are not a query, and queries that break the rules, are BAD_ME
     const r = decodeQuery(Buffer.from(junk));
     t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', JSON.stringify(junk));
   }
-  const noId = decodeQuery(encodeQuery({ id: '', task: 'ask', replyTopic: 'back/here', correlation: new Uint8Array([7]) }));
+  const noId = decodeQuery(encodeQuery({ id: '', task: 'ask', replyTopic: 'setokim/v1/replies/back', correlation: new Uint8Array([7]) }));
   t.notOk(noId.ok);
   if (!noId.ok) {
     t.match(noId.error.message, /no id/);
-    t.equal(noId.salvage.replyTopic, 'back/here', 'the reply address is salvaged so the error can be answered');
+    t.equal(noId.salvage.replyTopic, 'setokim/v1/replies/back', 'the reply address is salvaged so the error can be answered');
     t.same(Buffer.from(noId.salvage.correlation!), Buffer.from([7]));
   }
-  for (const topic of ['a/#', 'a/+/b', '$SYS/x', 'setokim/v1/f/d/status', 'setokim/v1/f/query']) {
+  for (const topic of ['a/#', 'a/+/b', '$SYS/x', 'setokim/v1/f/d/status', 'setokim/v1/f/query', 'home/door/unlock']) {
     const r = decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: topic }));
     t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', `reply topic ${topic} is refused`);
     t.equal(!r.ok && r.salvage.replyTopic, undefined, 'and never used as a reply address');
   }
   t.ok(decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'setokim/v1/replies/me' })).ok, 'the client reply area is fine');
+  const home = { ...DEFAULT_QUERY_RULES, replyTopic: (t: string) => new ReplyTopics(['home/replies/#']).allows(t) };
+  const to = (replyTopic: string) => decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic }), home);
+  t.ok(to('home/replies/cam').ok, 'a configured filter');
+  t.notOk(to('home/door/unlock').ok, 'beside it, still refused');
+});
+
+t.test('prompt and image sizes are refused on the wire, with the reply address salvaged', async (t) => {
+  const rules = { ...DEFAULT_QUERY_RULES, maxPromptBytes: 100, maxImageBytes: 50 };
+  const address = { id: 'q1', replyTopic: 'setokim/v1/replies/me', correlation: new Uint8Array([3]) };
+  const long = decodeQuery(encodeQuery({ ...address, task: 'ask', prompt: 'é'.repeat(50) + 'x' }), rules);
+  t.equal(!long.ok && long.error.code, 'PROMPT_TOO_LONG');
+  t.match(!long.ok && long.error.message, /101 bytes; this device takes at most 100 \(limits\.maxPromptBytes\)/);
+  const salvaged = !long.ok && { ...long.salvage, correlation: [...long.salvage.correlation!] };
+  t.same(salvaged, { ...address, correlation: [3] });
+  t.ok(decodeQuery(encodeQuery({ ...address, task: 'ask', prompt: 'é'.repeat(50) }), rules).ok, '100 bytes pass');
+  const big = decodeQuery(encodeQuery({ ...address, task: 'ask', image: new Uint8Array(51) }), rules);
+  t.equal(!big.ok && big.error.code, 'PAYLOAD_TOO_LARGE');
+  t.equal(!big.ok && big.salvage.id, 'q1');
+});
+
+t.test('maximum packet size: image + prompt + overhead, within what MQTT can say', async (t) => {
+  t.equal(maxQueryPacketBytes({ maxImageBytes: 1000, maxPromptBytes: 100 }), 1100 + QUERY_OVERHEAD_BYTES);
+  t.equal(maxQueryPacketBytes({ maxImageBytes: 2 ** 30, maxPromptBytes: 100 }), 268_435_455);
 });
 
 /** Bytes as plain arrays, so Buffer and Uint8Array compare equal. */
@@ -75,6 +100,8 @@ t.test('every pipeline event maps to a reply and back', async (t) => {
 t.test('cancel and status', async (t) => {
   t.equal(decodeCancel(encodeCancel('q9')), 'q9');
   t.throws(() => decodeCancel(encodeCancel('')), { code: 'BAD_MESSAGE' });
-  const s = { fleet: 'f', device: 'd', online: true, modelSetId: 'm', backend: 'b', tasks: ['ask'], queueDepth: 1, inFlight: 2, queueSize: 3, concurrency: 4, maxImageBytes: 5, maxTokens: 6, maxContext: 7, updatedUnixMs: Date.now(), version: '0.1.0' };
-  t.same(decodeStatus(encodeStatus(s)), s);
+  const s = { fleet: 'f', device: 'd', online: true, modelSetId: 'm', backend: 'b', tasks: ['ask'], queueDepth: 1, inFlight: 2, queueSize: 3, concurrency: 4, maxImageBytes: 5, maxTokens: 6, maxContext: 7, updatedUnixMs: Date.now(), version: '0.1.0', streams: 1, maxStreams: 2 };
+  t.same(decodeStatus(encodeStatus(s)), s, 'no target: an agent from before targets; the field stays absent');
+  const withTarget = { ...s, target: 'orin-nano-8gb/jp6.2/trt10.3' };
+  t.same(decodeStatus(encodeStatus(withTarget)), withTarget, 'the target travels in the retained status');
 });

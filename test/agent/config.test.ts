@@ -17,6 +17,15 @@ t.test('defaults fill everything but fleet, device, models and broker.url', asyn
     { queueSize: 16, concurrency: 1, maxImageBytes: 8 * 1024 * 1024 },
   );
   t.equal(c.metrics.port, 9464);
+  t.same(c.replyTopics, [], 'replies under setokim/v1/replies/ only');
+  t.equal(c.limits.maxPromptBytes, 16384);
+});
+
+t.test('reply topic filters from the file, the variable and the repeatable flag', async (t) => {
+  const filters = ['plant/replies/#', '+/answers', 'setokim/v1/replies/x/#'];
+  t.same(parseAgentConfig({ ...minimal, replyTopics: filters }).replyTopics, filters);
+  const env = { SETOKIM_BROKER: 'mqtt://b', SETOKIM_MODELS: 'm', SETOKIM_REPLY_TOPICS: 'a/#, b/+/c' };
+  t.same(loadAgentConfig({ env, defaults: { fleet: 'f', device: 'd' } }).replyTopics, ['a/#', 'b/+/c']);
 });
 
 t.test('file < environment < flags, YAML and JSON', async (t) => {
@@ -50,6 +59,12 @@ t.test('every problem is BAD_CONFIG naming the setting', async (t) => {
   bad({ ...minimal, limits: { concurrency: 0 } }, /limits\.concurrency/, 'zero concurrency');
   bad({ ...minimal, limits: { queueSize: 4, bogus: 1 } }, /bogus|Unrecognized/i, 'unknown key');
   bad({ device: 'd' }, /fleet/, 'missing fleet');
+  const overTree = /replyTopics\.0: inside setokim\/ replies go to setokim\/v1\/replies\/# only/;
+  bad({ ...minimal, replyTopics: ['setokim/v1/#'] }, overTree, 'a reply filter over the topic tree');
+  bad({ ...minimal, replyTopics: ['$SYS/#'] }, /replyTopics\.0: a \$ topic/, 'a $ reply filter');
+  bad({ ...minimal, replyTopics: ['a/#/b'] }, /replyTopics\.0: not an MQTT topic filter/, 'a # before the last level');
+  bad({ ...minimal, replyTopics: ['a/b+'] }, /replyTopics\.0: not an MQTT topic filter/, 'a + inside a level');
+  bad({ ...minimal, limits: { maxPromptBytes: 0 } }, /limits\.maxPromptBytes/, 'no prompt at all');
   t.throws(() => loadAgentConfig({ env: { SETOKIM_QUEUE_SIZE: 'many' } }), /SETOKIM_QUEUE_SIZE=many is not a number/);
   t.throws(() => loadAgentConfig({ file: join(dir, 'missing.yaml'), env: {} }), /cannot read the config file/);
   const broken = join(dir, 'broken.json');

@@ -142,7 +142,10 @@ async function startRelay(target: URL): Promise<{ url: string; cut(): void; clos
       }
     },
     async close() {
-      for (const [down, up] of pairs) (down.destroy(), up.destroy());
+      for (const [down, up] of pairs) {
+        down.destroy();
+        up.destroy();
+      }
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };

@@ -62,7 +62,10 @@ export class StubPipeline implements Pipeline {
           options.signal?.addEventListener('abort', () => resolve(), { once: true });
           const waiters = this.heldWaiters;
           this.heldWaiters = [];
-          for (const w of waiters) (w.id && w.id !== id ? this.heldWaiters.push(w) : w.resolve(id));
+          for (const w of waiters) {
+            if (w.id && w.id !== id) this.heldWaiters.push(w);
+            else w.resolve(id);
+          }
         });
         this.held.delete(id);
       }

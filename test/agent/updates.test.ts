@@ -6,6 +6,7 @@
  * release 2, the status naming it), and `setokim agent --store` serves release 2 after a restart.
  */
 import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import t from 'tap';
@@ -18,10 +19,11 @@ import { SetokimError } from '../../src/errors.js';
 import { openServingSet, startingModels, startUpdates } from '../../src/agent/updates.js';
 import { UpdateHandler, updateStateTopic, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
 import { childEnv } from '../helpers/child-env.js';
-import { bundleOf, fixture, flipByte, offsetOf } from '../fleet/helpers.js';
+import { bundleOf, bundleServer, fixture, flipByte, offsetOf, testDevice } from '../fleet/helpers.js';
 import { brokerKinds, collect, startBroker, testConfig, type TestBroker } from './brokers.js';
 import { StubPipeline, samplePng } from './stub-pipeline.js';
 import { sha256File } from '../../src/engine/manifest.js';
+import { EngineBuilderTestDouble, tensorRtCanaryTestDouble, testEnvironment } from '../fleet/engine-doubles.js';
 
 const kind = brokerKinds[0]!;
 const broker: TestBroker = await startBroker(kind);
@@ -35,16 +37,30 @@ const r1 = await bundleOf(f, f.sets[1]!, 1);
 const r2 = await bundleOf(f, f.sets[2]!, 2);
 const tampered = await flipByte(r2, (await offsetOf(r2, 'llm.onnx')) + 1000, path.join(f.dir, 'r2-tampered.bundle'));
 const store = path.join(f.dir, 'store');
+// Where the bundles are published: devices fetch them over HTTP under their allow-list (never file: over MQTT).
+const trickle = (_req: unknown, res: import('node:http').ServerResponse) => {
+  res.writeHead(200); // one byte every 50 ms, forever
+  const timer = setInterval(() => res.write('x'), 50);
+  res.on('close', () => clearInterval(timer));
+};
+const r5 = await bundleOf(f, f.sets[2]!, 5);
+const http = await bundleServer({ 'r1.bundle': r1, 'r2.bundle': r2, 'r5.bundle': r5, 'r2-tampered.bundle': tampered }, { 'trickle.bundle': trickle });
+t.teardown(http.close);
+const allowUrls = [`${http.base}/`];
+const bundleUrl = (bundle: string) => http.url(path.basename(bundle));
 // The device was flashed with release 1 (the canary is what the update job below runs for real).
-await new UpdateHandler({ store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
+await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' }) }).run(
   { jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) },
   () => {},
+  'local',
 );
 const image = await samplePng(48, 40);
 const SET1 = 'setokim-tiny-seed1';
 const SET2 = 'setokim-tiny-seed2';
 const textOf = (events: ReplyEvent[]) => events.filter((e) => e.type === 'text').map((e) => (e as { delta: string }).delta).join('');
 const logs: string[] = [];
+const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+const NANO = 'orin-nano-8gb/jp6.2/trt10.3';
 let text2: string | undefined;
 
 /** A stub with its own model set id that records when it is closed. */
@@ -148,7 +164,16 @@ t.test(`${kind}: a replace during stop closes the new pipeline unused`, async (t
 t.test('config: updates come from flags, env or file; no models and no store is BAD_CONFIG', async (t) => {
   const base = { fleet: 'f', device: 'd', broker: { url: 'mqtt://b' } };
   const c = loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem' }, overrides: base });
-  t.same(c.updates, { store: '/s', pubkey: '/k.pem' });
+  t.same(c.updates, { store: '/s', pubkey: '/k.pem', allowUrls: [], allowHttp: false, signedJobs: false, jobTimeoutS: 3600, maxDownloadMib: 8192, buildTimeoutS: 7200, workspaceMib: 1024 }, 'no URL is allowed unless listed');
+  const listed = loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem', SETOKIM_UPDATE_ALLOW_URLS: 'https://a.example/b/, https://c.example/', SETOKIM_UPDATE_JOB_TIMEOUT: '60', SETOKIM_UPDATE_WORKSPACE_MIB: '512' }, overrides: base });
+  t.same(listed.updates?.allowUrls, ['https://a.example/b/', 'https://c.example/']);
+  t.equal(listed.updates?.jobTimeoutS, 60);
+  t.equal(listed.updates?.workspaceMib, 512, 'the builder workspace from its variable');
+  t.throws(() => loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem', SETOKIM_UPDATE_ALLOW_URLS: 'http://a.example/' }, overrides: base }), {
+    code: 'BAD_CONFIG',
+    message: /updates\.allowUrls: http:\/\/a\.example\/ is http: set updates\.allowHttp \(--update-allow-http\) to allow it \(--update-allow-url, SETOKIM_UPDATE_ALLOW_URLS\)/,
+  });
+  t.throws(() => loadAgentConfig({ env: { SETOKIM_STORE: '/s', SETOKIM_UPDATE_PUBKEY: '/k.pem', SETOKIM_UPDATE_ALLOW_URLS: 'file:///srv/' }, overrides: base }), { code: 'BAD_CONFIG', message: /only https:\/\// });
   t.equal(c.models, undefined);
   t.equal(loadAgentConfig({ env: {}, overrides: { ...base, models: 'm' } }).updates, undefined, 'updates are off unless configured');
   t.throws(() => loadAgentConfig({ env: {}, overrides: base }), { code: 'BAD_CONFIG', message: /models: no model set: give models .*--store, --update-pubkey/ });
@@ -156,7 +181,7 @@ t.test('config: updates come from flags, env or file; no models and no store is 
 });
 
 t.test(`${kind}: release 1 -> tampered job fails, release 2 while queries stream`, async (t) => {
-  const config = testConfig(broker, 'cam', { updates: { store, pubkey: f.pubPath }, limits: { concurrency: 2, queueSize: 16 } });
+  const config = testConfig(broker, 'cam', { updates: { store, pubkey: f.pubPath, allowUrls, allowHttp: true }, limits: { concurrency: 2, queueSize: 16 } });
   const log = (level: string, m: string) => logs.push(`${level} ${m}`);
   const models = await startingModels(config, log);
   t.equal(path.basename(models), SET1, 'serves the store’s active set, not `models`');
@@ -184,7 +209,7 @@ t.test(`${kind}: release 1 -> tampered job fails, release 2 while queries stream
       client.mqtt.on('message', on);
     });
     await client.mqtt.subscribeAsync(updateStateTopic('test', 'cam'), { qos: 1 });
-    await client.mqtt.publishAsync(updateTopic('test', 'cam'), JSON.stringify({ jobId, url: pathToFileURL(bundle).href, sha256: await sha256File(bundle) }), { qos: 1 });
+    await client.mqtt.publishAsync(updateTopic('test', 'cam'), JSON.stringify({ jobId, url: bundleUrl(bundle), sha256: await sha256File(bundle) }), { qos: 1 });
     return final;
   };
 
@@ -196,7 +221,8 @@ t.test(`${kind}: release 1 -> tampered job fails, release 2 while queries stream
   const bad = await job('tampered', tampered);
   t.equal(bad.state, 'failed');
   t.equal(bad.code, 'BUNDLE_TAMPERED');
-  t.match(bad.message, /llm\.onnx/);
+  t.equal(bad.message, 'a file inside a signed bundle does not match its size or sha256', 'generic text on the wire');
+  t.ok(logs.some((l) => l.startsWith('warn update tampered failed while installing: [BUNDLE_TAMPERED]') && l.includes('llm.onnx')), 'the detail is in the log');
   t.same(events.filter((e) => e.jobId === 'tampered' && e.done === undefined).map((e) => e.state), ['downloading', 'verifying', 'installing', 'failed']);
   t.equal(agent.pipeline.info.modelSetId, SET1, 'still serving release 1');
   t.equal((await client.status('test', 'cam'))?.modelSetId, SET1);
@@ -258,9 +284,10 @@ t.test(`${kind}: release 1 -> tampered job fails, release 2 while queries stream
   t.equal((await client.status('test', 'cam'))?.modelSetId, SET2, 'retained status names release 2');
 });
 
-t.test(`${kind}: setokim agent --store serves release 2 after a restart; SIGTERM exits 0`, async (t) => {
+t.test(`${kind}: setokim agent --store serves release 2 after a restart; SIGTERM while a job downloads from a server that never finishes exits 0`, async (t) => {
   const cli = fileURLToPath(new URL('./fixtures/cli.ts', import.meta.url));
   const args = ['agent', '--broker', broker.url, '--mqtt-version', String(broker.protocolVersion), '--fleet', 'test', '--device', 'cam2', '--store', store, '--update-pubkey', f.pubPath, '--metrics-port', '0', '--no-verify', '--fleet-subscription', broker.shared ? 'shared' : 'plain'];
+  args.push('--update-allow-url', `${http.base}/`, '--update-allow-http');
   const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { env: childEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
   t.teardown(() => child.kill('SIGKILL'));
   let stderr = '';
@@ -280,9 +307,43 @@ t.test(`${kind}: setokim agent --store serves release 2 after a restart; SIGTERM
   const ev = await collect(client.query({ fleet: 'test', device: 'cam2' }, { id: newQueryId(), task: 'describe', image, generation: { maxTokens: 6, temperature: 0 } }));
   t.equal(ev.at(-1)?.type, 'done');
   t.equal(textOf(ev), text2, 'the answer of release 2');
+
+  // A job whose server trickles a byte every 50 ms forever: SIGTERM must not wait for it.
+  const states: UpdateEvent[] = [];
+  client.mqtt.on('message', (topic, payload) => void (topic === updateStateTopic('test', 'cam2') && states.push(JSON.parse(payload.toString()) as UpdateEvent)));
+  await client.mqtt.subscribeAsync(updateStateTopic('test', 'cam2'), { qos: 1 });
+  await client.mqtt.publishAsync(updateTopic('test', 'cam2'), JSON.stringify({ jobId: 'endless', url: http.url('trickle.bundle'), sha256: 'a'.repeat(64), size: 1_000_000 }), { qos: 1 });
+  while (!states.some((e) => e.jobId === 'endless' && e.state === 'downloading')) await new Promise((r) => setTimeout(r, 20));
+  const began = performance.now();
   child.kill('SIGTERM');
   if (!t.equal(await exit, 0, 'exit status 0')) t.comment(stderr);
+  t.ok(performance.now() - began < 8_000, `exited ${Math.round(performance.now() - began)} ms after SIGTERM`);
   t.equal((await client.status('test', 'cam2'))?.online, false, 'offline after SIGTERM');
+  while (!states.some((e) => e.jobId === 'endless' && e.state === 'failed')) await new Promise((r) => setTimeout(r, 20));
+  t.match(states.at(-1), { jobId: 'endless', state: 'failed', code: 'CANCELLED' }, 'the job says it was cancelled');
+});
+
+t.test(`${kind}: a message on the update topic goes to the update service only, never read as a query`, async (t) => {
+  const config = testConfig(broker, 'route', { updates: { store: path.join(f.dir, 'route-store'), pubkey: f.pubPath } });
+  const agent = new Agent({ config, pipeline: new NamedStub('set-a') });
+  await agent.start();
+  const updates = await startUpdates(agent, { open: () => Promise.reject(new Error('unused')), log: () => undefined });
+  t.teardown(async () => {
+    await updates.stop();
+    await agent.stop(0);
+  });
+  const seen: string[] = [];
+  agent.on('answered', (e) => void seen.push(`answered ${e.code}`));
+  agent.on('unaddressable', (e) => void seen.push(`unaddressable ${e.reason}`));
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  const failed = new Promise<UpdateEvent>((resolve) => client.mqtt.on('message', (topic, payload) => topic === updateStateTopic('test', 'route') && resolve(JSON.parse(payload.toString()))));
+  await client.mqtt.subscribeAsync(updateStateTopic('test', 'route'), { qos: 1 });
+  const props = broker.protocolVersion === 5 ? { properties: { responseTopic: client.replyTopic } } : {};
+  await client.mqtt.publishAsync(updateTopic('test', 'route'), Buffer.from([0xde, 0xad, 0xbe, 0xef]), { qos: 1, ...props });
+  t.match(await failed, { state: 'failed', code: 'BAD_MESSAGE' }, 'the update service answered');
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(seen, [], 'the query path never saw it');
 });
 
 t.test('a store with no active set and no models is BAD_CONFIG', async (t) => {
@@ -313,9 +374,8 @@ for (const failing of ['replacePipeline', 'open'] as const) {
   t.test(`${kind}: ${failing} failing after a commit: the job state is committed with UPDATE_HOOK_FAILED, release 1 keeps answering`, async (t) => {
     const device = `hook-${failing}`;
     const hookStore = path.join(f.dir, `store-${device}`);
-    const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
-    await new UpdateHandler({ store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {});
-    const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath } });
+      await new UpdateHandler({ binding: { device: testDevice }, store: hookStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+    const config = testConfig(broker, device, { updates: { store: hookStore, pubkey: f.pubPath, allowUrls, allowHttp: true } });
     const log = (level: string, m: string) => logs.push(`${level} ${m}`);
     const opened = await openServingSet(config, await startingModels(config, log));
     const agent = new (failing === 'replacePipeline' ? FailingSwitch : Agent)({ config, pipeline: opened.pipeline, log });
@@ -349,7 +409,7 @@ for (const failing of ['replacePipeline', 'open'] as const) {
       }),
     );
     await client.mqtt.subscribeAsync(states, { qos: 1 });
-    await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r2', url: pathToFileURL(r2).href, sha256: await sha256File(r2) }), { qos: 1 });
+    await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r2', url: bundleUrl(r2), sha256: await sha256File(r2) }), { qos: 1 });
     const what = failing === 'open' ? 'could not be opened: the session worker died' : 'could not be switched to: the new set crashed';
     const warning = new RegExp(`^onCommitted failed after the release was committed: \\[BACKEND_CRASHED\\] release 2 \\(${SET2}\\) is committed but ${what}.*; still serving ${SET1}; restart the agent`);
     t.match(await warned, { jobId: 'r2', state: 'committed', modelSetId: SET2, release: 2, warning: { code: 'UPDATE_HOOK_FAILED', message: warning } });
@@ -375,3 +435,66 @@ for (const failing of ['replacePipeline', 'open'] as const) {
     t.ok(logs.some((l) => l.startsWith('error [BACKEND_CRASHED] release 2') && l.includes(`still serving ${SET1}`)), 'the agent logged it');
   });
 }
+
+t.test(`${kind}: the agent's updates.workspaceMib and buildTimeoutS reach the engine builds of an update`, async (t) => {
+  const device = 'nano';
+  const nanoStore = path.join(f.dir, `store-${device}`);
+  await new UpdateHandler({ binding: { device: testDevice }, store: nanoStore, pubkey: f.pub, health: noCanary, engines: false }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+  const config = testConfig(broker, device, { updates: { store: nanoStore, pubkey: f.pubPath, allowUrls, allowHttp: true, workspaceMib: 256, buildTimeoutS: 1 } });
+  const log = () => undefined;
+  const opened = await openServingSet(config, await startingModels(config, log));
+  const agent = new Agent({ config, pipeline: opened.pipeline, log });
+  await agent.start();
+  // A build slower than updates.buildTimeoutS (1 s): the builder test double stands where TensorRT would build.
+  const builder = new EngineBuilderTestDouble({ onStep: (stage) => (stage === 'llm' ? sleep(400) : undefined) });
+  const events: UpdateEvent[] = [];
+  const updates = await startUpdates(agent, {
+    open: () => Promise.reject(new Error('unused')),
+    log,
+    health: tensorRtCanaryTestDouble(NANO),
+    engineEnv: testEnvironment(NANO, builder),
+    onEvent: (e) => events.push(e),
+  });
+  t.teardown(async () => {
+    await updates.stop();
+    await agent.stop(0);
+    await agent.pipeline.close();
+  });
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'e2', url: bundleUrl(r2), sha256: await sha256File(r2) }), { qos: 1 });
+  await new Promise<void>((resolve) => {
+    const poll = setInterval(() => events.some((e) => e.state === 'failed' || e.state === 'committed') && (clearInterval(poll), resolve()), 20);
+  });
+  t.ok(builder.requests.length > 0, 'engines were built for the update');
+  t.ok(builder.requests.every((r) => r.workspaceBytes === 256 * 2 ** 20), 'every build got the 256 MiB workspace');
+  t.match(events.at(-1), { jobId: 'e2', state: 'failed', code: 'ENGINE_BUILD_TIMEOUT' }, 'the llm build ran past 1 s');
+  t.equal(await new ModelStore(nanoStore).active(), SET1, 'release 1 stays active');
+});
+
+t.test(`${kind}: the agent's updates.maxReleaseJump refuses a release too far above the committed one`, async (t) => {
+  const device = 'jumpy';
+  const jumpStore = path.join(f.dir, `store-${device}`);
+  const noCanary = async () => ({ ms: 0, visionTokens: 0, generatedTokens: 1, backend: 'none' });
+  await new UpdateHandler({ binding: { device: testDevice }, store: jumpStore, pubkey: f.pub, health: noCanary }).run({ jobId: 'flash', url: pathToFileURL(r1).href, sha256: await sha256File(r1) }, () => {}, 'local');
+  const config = testConfig(broker, device, { updates: { store: jumpStore, pubkey: f.pubPath, allowUrls, allowHttp: true, maxReleaseJump: 2 } });
+  const log = () => undefined;
+  const opened = await openServingSet(config, await startingModels(config, log));
+  const agent = new Agent({ config, pipeline: opened.pipeline, log });
+  await agent.start();
+  const events: UpdateEvent[] = [];
+  const updates = await startUpdates(agent, { open: () => Promise.reject(new Error('unused')), log, health: noCanary, onEvent: (e) => events.push(e) });
+  t.teardown(async () => {
+    await updates.stop();
+    await agent.stop(0);
+    await agent.pipeline.close();
+  });
+  const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
+  t.teardown(() => client.close());
+  await client.mqtt.publishAsync(updateTopic('test', device), JSON.stringify({ jobId: 'r5', url: bundleUrl(r5), sha256: await sha256File(r5) }), { qos: 1 });
+  await new Promise<void>((resolve) => {
+    const poll = setInterval(() => events.some((e) => e.state === 'failed') && (clearInterval(poll), resolve()), 20);
+  });
+  t.match(events.at(-1), { jobId: 'r5', state: 'failed', code: 'RELEASE_JUMP_REFUSED' });
+  t.equal(await new ModelStore(jumpStore).active(), SET1, 'release 1 stays active');
+});

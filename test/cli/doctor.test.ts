@@ -1,6 +1,7 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { formatDoctor } from '../../src/cli/doctor.js';
+import { detectTarget } from '../../src/engine/target.js';
 import { childEnv } from '../helpers/child-env.js';
 
 const cli = new URL('../../bin/setokim.js', import.meta.url).pathname;
@@ -17,6 +18,13 @@ t.test('doctor prints compiled features and present GPUs', async (t) => {
   t.match(text, caps.compiled.cuda ? /CUDA kernels\s+yes/ : /CUDA kernels\s+no/);
   if (caps.present.gpus.length === 0) t.match(text, /GPUs\s+none/);
   t.match(text, /inference backends:\s+.*onnxruntime-cpu/);
+  // The target this device's bundles and engines must be built for (src/engine/target.ts).
+  t.equal(caps.target.id, (await detectTarget()).id);
+  t.match(caps.target.id, /^[a-z0-9._-]+\/[a-z0-9._-]+\/[a-z0-9._-]+$/);
+  if (!caps.compiled.tensorrt && caps.target.jetson === null) t.match(caps.target.id, /^[a-z0-9_]+\/none\/cpu$/);
+  const human = spawnSync(process.execPath, [cli, 'doctor'], { encoding: 'utf8', env: childEnv() });
+  t.equal(human.status, 0, human.stderr);
+  t.match(human.stdout, new RegExp(`target:\\s+${caps.target.id.replace(/[.]/g, '\\.')} \\(`));
 });
 
 t.test('formatDoctor names a GPU when one is present', async (t) => {
@@ -29,6 +37,7 @@ t.test('formatDoctor names a GPU when one is present', async (t) => {
   }, ['tensorrt', 'onnxruntime-cpu']);
   t.match(text, /\[0\] Orin, sm 8\.7, 8\.0 GiB/);
   t.match(text, /inference backends:\s+tensorrt, onnxruntime-cpu/);
+  t.notMatch(text, /target:/, 'no target line unless one was detected');
 });
 
 t.test('unknown subcommands fail with usage help, not a stack trace', async (t) => {

@@ -1,6 +1,6 @@
 /** A real (tiny) model set through stageSource and the default registry. */
 import t from 'tap';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { tensor } from '../../src/engine/backend.js';
 import { enginePlanPath } from '../../src/engine/engine-builder.js';
@@ -26,6 +26,25 @@ t.test('a stage offers its ONNX graph and signature; an engine once one is built
   writeFileSync(plan, 'a plan from another machine');
   t.equal(stageSource(set, 'embed').engine, plan);
   t.throws(() => stageSource(set, 'embed', 'int4w'), { code: 'MODEL_NOT_FOUND', message: /no int4w build of embed/ });
+});
+
+t.test('at a precision, ONNX Runtime gets the build written for it, TensorRT the engine of its own build', async (t) => {
+  const d = path.join(tmpDir(), 'dialects');
+  await synthesize({ config: 'tiny', seed: 3, out: d });
+  const json = JSON.parse(readFileSync(path.join(d, 'manifest.json'), 'utf8'));
+  const entry = (file: string, dialect?: string) => ({ file, format: 'onnx', sha256: json.stages.encoder.sha256, bytes: json.stages.encoder.bytes, precision: 'int4w', ...(dialect ? { dialect } : {}) });
+  copyFileSync(path.join(d, 'encoder.onnx'), path.join(d, 'encoder.int4w.trt.onnx'));
+  json.stages.encoder.variants = [entry('encoder.int4w.trt.onnx', 'tensorrt')];
+  writeFileSync(path.join(d, 'manifest.json'), JSON.stringify(json));
+  const s = await openModelSet(d);
+  const src = stageSource(s, 'encoder', 'int4w');
+  t.equal(src.onnx, path.join(d, 'encoder.onnx'), 'ONNX Runtime: no int4w build for it, the main file');
+  t.equal(src.engine, undefined);
+  const plan = enginePlanPath(d, 'encoder', 'int4w');
+  mkdirSync(path.dirname(plan), { recursive: true });
+  writeFileSync(plan, 'a plan built from encoder.int4w.trt.onnx');
+  t.equal(stageSource(s, 'encoder', 'int4w').engine, plan, 'TensorRT: the engine built from the tensorrt build');
+  t.equal(stageSource(s, 'encoder').engine, undefined, 'fp32 has no engine');
 });
 
 t.test('the default registry serves every stage of the set, falling back from TensorRT', { skip: !tensorrtUnavailableReason() && 'TensorRT is available here' }, async (t) => {

@@ -234,3 +234,42 @@ t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble 
     t.ok(first!.released.length > 0, 'released handles reach it');
   });
 });
+
+t.test('TensorRtEngineBuilder: the manifest names the target; an aborted build is cancelled in the addon; a failure is ENGINE_BUILD_FAILED', async (t) => {
+  const { TensorRtEngineBuilder } = await import('../../src/engine/engine-builder.js');
+  const { readEngineManifest } = await import('../../src/engine/engine-manifest.js');
+  const { SetokimError, ErrorCodes } = await import('../../src/errors.js');
+  const { addMatMul } = await import('./fixtures.js');
+  const onnx = addMatMul(dir);
+  let cancels = 0;
+  const behave: { mode: 'ok' | 'hang' | 'fail' } = { mode: 'ok' };
+  // Stands in for the native builder where TensorRT would run: writes a plan, hangs until cancelled, or fails.
+  const addon = {
+    ...jetson(),
+    trtBuildEngine: (o: { plan: string }, onProgress?: (p: string, s: number, n: number) => void, registerCancel?: (c: () => void) => void) =>
+      new Promise<{ bytes: number; seconds: number; warnings: string[] }>((resolve, reject) => {
+        onProgress?.('Building engine', 1, 2);
+        registerCancel?.(() => {
+          cancels++;
+          reject(new Error('the engine build (cancelled)'));
+        });
+        if (behave.mode === 'ok') {
+          writeFileSync(o.plan, 'plan from the stand-in');
+          resolve({ bytes: 22, seconds: 3, warnings: [] });
+        } else if (behave.mode === 'fail') reject(new Error('the ONNX parser rejected x.onnx: Unsupported op'));
+      }),
+  };
+  const builder = new TensorRtEngineBuilder(() => addon);
+  const request = { stage: 'add_matmul', onnx, plan: path.join(dir, 'b', 'add_matmul.fp32.plan'), signature: ADD_MATMUL_SIGNATURE, profiles: [{ L: { min: 1, opt: 8, max: 16 } }], precision: 'fp32' as const, target: 'orin-nano-8gb/jp6.2/trt10.3', jetpack: '6.2' };
+  const m = await builder.build(request);
+  t.match(m, { target: 'orin-nano-8gb/jp6.2/trt10.3', tensorrt: '10.3.0', sm: '8.7', jetpack: '6.2', bytes: 22, builder: { seconds: 3, workspaceBytes: 1 << 30 } });
+  t.same(readEngineManifest(request.plan), m, 'written beside the plan');
+  behave.mode = 'hang';
+  const ac = new AbortController();
+  const hung = builder.build({ ...request, signal: ac.signal });
+  ac.abort(new SetokimError(ErrorCodes.ENGINE_BUILD_TIMEOUT, 'past its limit'));
+  await t.rejects(hung, { code: 'ENGINE_BUILD_TIMEOUT', message: 'past its limit' });
+  t.equal(cancels, 1, "the addon's cancel was called");
+  behave.mode = 'fail';
+  await t.rejects(builder.build(request), { code: 'ENGINE_BUILD_FAILED', message: /TensorRT could not build stage 'add_matmul' from .*Unsupported op/ });
+});

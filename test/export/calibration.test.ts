@@ -1,5 +1,5 @@
 /**
- * The clustering threshold is absolute (SETOK.md), so the reference sets are calibrated for it: on
+ * The clustering threshold is absolute (docs/SETOK.md), so the reference sets are calibrated for it: on
  * the tiny set a flat image must give clearly fewer vision tokens than a busy one. Encoder in ONNX
  * Runtime, then the runtime's own position encoding and DPC-KNN (src/setok).
  */

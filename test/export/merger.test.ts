@@ -1,5 +1,5 @@
 /**
- * The merger computes every cluster at once with one masked attention (SETOK.md). Check that this
+ * The merger computes every cluster at once with one masked attention (docs/SETOK.md). Check that this
  * equals running each cluster's patches alone, block by block and for the whole stage.
  */
 import t from 'tap';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import t from 'tap';
 import { canonicalJson, createBundle, generateKeys, loadPublicKey, openBundle, parseBundleManifest, verifyBundle } from '../../src/fleet/index.js';
 import { runCli } from '../helpers/cli.js';
-import { bundleOf, fixture, flipByte, offsetOf, readHeader, rewriteHeader } from './helpers.js';
+import { bundleOf, fixture, flipByte, offsetOf, readHeader, rewriteHeader, testCompatibility } from './helpers.js';
 
 const f = await fixture([1]);
 t.teardown(f.cleanup);
@@ -92,7 +92,7 @@ t.test('unsafe paths and duplicate entries are refused by the manifest schema', 
   const noSet = structuredClone(header.manifest);
   noSet.files.shift();
   t.throws(() => parseBundleManifest(noSet, 'x'), { code: 'BUNDLE_INVALID', message: /manifest\.json/ });
-  t.throws(() => parseBundleManifest({ ...header.manifest, formatVersion: 2 }, 'x'), { code: 'BUNDLE_INVALID', message: /formatVersion 2/ });
+  t.throws(() => parseBundleManifest({ ...header.manifest, formatVersion: 4 }, 'x'), { code: 'BUNDLE_INVALID', message: /formatVersion 4 is not supported \(this runtime reads 1, 2 and 3\)/ });
 });
 
 t.test('canonical JSON: sorted keys at every level, no whitespace, integers only', async (t) => {
@@ -108,7 +108,7 @@ t.test('create refuses a set that fails verification (it would never open)', asy
   const b = await readFile(p);
   b[b.length - 5]! ^= 1;
   await writeFile(p, b);
-  await t.rejects(createBundle({ models: dir, release: 1, key: f.priv, out: path.join(f.dir, 'damaged.bundle') }), { code: 'MODEL_HASH_MISMATCH' });
+  await t.rejects(createBundle({ models: dir, release: 1, key: f.priv, out: path.join(f.dir, 'damaged.bundle'), compatibility: testCompatibility() }), { code: 'MODEL_HASH_MISMATCH' });
   await t.rejects(stat(path.join(f.dir, 'damaged.bundle')), { code: 'ENOENT' }, 'no bundle written');
 });
 
@@ -123,7 +123,8 @@ t.test('CLI: keygen, create, verify; a tampered bundle exits 3 with its code', a
   const k = await runCli(['bundle', 'keygen', '--out', keys]);
   t.equal(k.status, 0, k.err);
   const out = path.join(f.dir, 'cli.bundle');
-  const c = await runCli(['bundle', 'create', '--models', f.sets[1]!, '--release', '3', '--key', path.join(keys, 'bundle-signing.key.pem'), '--out', out, '--no-progress']);
+  const bind = ['--fleet', 'site1', '--target', '*', '--expires', '30d'];
+  const c = await runCli(['bundle', 'create', '--models', f.sets[1]!, '--release', '3', '--key', path.join(keys, 'bundle-signing.key.pem'), '--out', out, ...bind, '--no-progress']);
   t.equal(c.status, 0, c.err);
   t.match(c.out, /setokim-tiny-seed1 release 3, 8 files/);
   const v = await runCli(['bundle', 'verify', out, '--pubkey', path.join(keys, 'bundle-signing.pub.pem'), '--no-progress']);
@@ -133,7 +134,7 @@ t.test('CLI: keygen, create, verify; a tampered bundle exits 3 with its code', a
   const vb = await runCli(['bundle', 'verify', bad, '--pubkey', path.join(keys, 'bundle-signing.pub.pem'), '--no-progress']);
   t.equal(vb.status, 3);
   t.match(vb.err, /\[BUNDLE_TAMPERED\].*embed\.onnx/);
-  const r0 = await runCli(['bundle', 'create', '--models', f.sets[1]!, '--release', '0', '--key', f.privPath, '--out', out]);
+  const r0 = await runCli(['bundle', 'create', '--models', f.sets[1]!, '--release', '0', '--key', f.privPath, '--out', out, ...bind]);
   t.equal(r0.status, 2);
   t.match(r0.err, /--release/);
 });

@@ -11,7 +11,8 @@ import { startEmbeddedBroker } from '../../src/agent/broker.js';
 import { ModelStore } from '../../src/engine/modelset.js';
 import { readJournal, readRelease } from '../../src/fleet/journal.js';
 import { rollout, serveUpdates, UpdateHandler, updateStateTopic, type UpdateEvent } from '../../src/fleet/index.js';
-import { bundleOf, fixture, noCanary } from './helpers.js';
+import { topicLink } from '../../src/mqtt/subscriptions.js';
+import { bundleOf, bundleServer, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -23,6 +24,7 @@ const statesOf = (events: UpdateEvent[]) => events.map((e) => e.state).filter((x
 t.test('onInstallStep throwing at committed: the job resolves committed with a warning, not rolled-back + failed', async (t) => {
   const store = path.join(f.dir, 'store-step');
   const h = new UpdateHandler({
+    binding: { device: testDevice },
     store,
     pubkey: f.pub,
     health: noCanary,
@@ -31,7 +33,7 @@ t.test('onInstallStep throwing at committed: the job resolves committed with a w
     },
   });
   const events: UpdateEvent[] = [];
-  const r = await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => events.push(e));
+  const r = await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => events.push(e), 'local');
   t.match(r, { modelSetId: 'setokim-tiny-seed1', release: 1 });
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
   const last = events.at(-1)!;
@@ -44,10 +46,10 @@ t.test('onInstallStep throwing at committed: the job resolves committed with a w
 
   // The store takes the next release normally, and the same job id again runs nothing (it committed).
   const n = events.length;
-  t.equal(await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => events.push(e)), r);
+  t.equal(await h.run({ jobId: 'j1', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => events.push(e), 'local'), r);
   t.equal(events.length, n);
   const next: UpdateEvent[] = [];
-  await h.run({ jobId: 'j2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, (e) => next.push(e));
+  await h.run({ jobId: 'j2', url: pathToFileURL(b2).href, sha256: await sha256File(b2) }, (e) => next.push(e), 'local');
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed2');
   t.match(next.at(-1), { state: 'committed', release: 2 });
 });
@@ -72,7 +74,10 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
   await watch.subscribeAsync(updateStateTopic('h', 'a'), { qos: 1 });
   let called!: () => void;
   const onCommittedCalled = new Promise<void>((r) => (called = r));
-  const served = await serveUpdates(dev, new UpdateHandler({ store, pubkey: f.pub, health: noCanary }), {
+  const http = await bundleServer({ 'r1.bundle': b1 });
+  t.teardown(http.close);
+  const handler = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, urls: { allowUrls: [`${http.base}/`], allowHttp: true } });
+  const served = await serveUpdates(topicLink(dev), handler, {
     fleet: 'h',
     device: 'a',
     onEvent: (e) => void events.push(e),
@@ -83,7 +88,7 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
   });
   t.teardown(served.stop);
   // No canary: a canary's warning would be a canary failure (aborted), and this is about the device's report.
-  const r = await rollout(op, { fleet: 'h', devices: ['a'], canary: [], rolloutId: 'r1', job: { url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, timeoutMs: 30_000 });
+  const r = await rollout(op, { fleet: 'h', devices: ['a'], canary: [], job: { url: http.url('r1.bundle'), sha256: await sha256File(b1) }, timeoutMs: 30_000 });
   t.match(r, { aborted: false, outcomes: [{ device: 'a', result: 'committed' }] });
   await onCommittedCalled;
   await new Promise(setImmediate); // its rejection is handled in the microtasks that run before this
@@ -92,7 +97,7 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
   if (!reported) return;
   const w = await warning; // and reached the broker
   t.same(w, reported);
-  t.match(w, { jobId: 'r1-a', state: 'committed', modelSetId: 'setokim-tiny-seed1', release: 1, warning: { code: 'UPDATE_HOOK_FAILED', message: /onCommitted failed after the release was committed: \[INTERNAL\] the agent failed to reopen its pipeline/ } });
+  t.match(w, { jobId: /^job-[A-Za-z0-9_-]{22}$/, state: 'committed', modelSetId: 'setokim-tiny-seed1', release: 1, warning: { code: 'UPDATE_HOOK_FAILED', message: /onCommitted failed after the release was committed: \[INTERNAL\] the agent failed to reopen its pipeline/ } });
   t.notOk(events.some((e) => e.state === 'failed' || e.state === 'rolled-back'), 'never failed nor rolled back');
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
 
@@ -101,5 +106,5 @@ t.test('serveUpdates: onCommitted rejecting publishes committed again with the w
   t.teardown(() => late.endAsync());
   const retained = new Promise<UpdateEvent>((resolve) => late.on('message', (_topic, payload) => resolve(JSON.parse(payload.toString()))));
   await late.subscribeAsync(updateStateTopic('h', 'a'), { qos: 1 });
-  t.match(await retained, { jobId: 'r1-a', state: 'committed', warning: { code: 'UPDATE_HOOK_FAILED' } });
+  t.match(await retained, { jobId: w.jobId, state: 'committed', warning: { code: 'UPDATE_HOOK_FAILED' } });
 });

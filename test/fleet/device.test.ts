@@ -9,6 +9,7 @@ import { Aedes } from 'aedes';
 import { connectAsync, type MqttClient } from 'mqtt';
 import t from 'tap';
 import { generateKeys, loadPublicKey, serveUpdates, UpdateHandler, updateTopic, type UpdateEvent } from '../../src/fleet/index.js';
+import { topicLink } from '../../src/mqtt/subscriptions.js';
 import { dynsecPluginPath, mosquittoPath, startMosquitto } from '../helpers/mosquitto.js';
 
 const work = t.testdir({});
@@ -49,7 +50,7 @@ t.test('aedes: a refused first subscribe leaves the listeners as they were; the 
   const before = counts(c);
 
   const firstEvents: UpdateEvent[] = [];
-  const refused = await serveUpdates(c, handler, { fleet: 'f', device: 'a', onEvent: (e) => void firstEvents.push(e) }).then(
+  const refused = await serveUpdates(topicLink(c), handler, { fleet: 'f', device: 'a', onEvent: (e) => void firstEvents.push(e) }).then(
     () => undefined,
     (e: unknown) => e,
   );
@@ -59,7 +60,7 @@ t.test('aedes: a refused first subscribe leaves the listeners as they were; the 
   broker.refuse.on = false;
   let answered!: (e: UpdateEvent) => void;
   const answer = new Promise<UpdateEvent>((r) => (answered = r));
-  const served = await serveUpdates(c, handler, { fleet: 'f', device: 'a', onEvent: answered });
+  const served = await serveUpdates(topicLink(c), handler, { fleet: 'f', device: 'a', onEvent: answered });
   t.same(counts(c), { message: before.message + 1, connect: before.connect + 1 }, 'the retry attached one of each');
   await op.publishAsync(updateTopic('f', 'a'), '{"jobId":"j","url":5}', { qos: 1 });
   t.match(await answer, { jobId: 'j', state: 'failed', code: 'BAD_MESSAGE' });
@@ -86,10 +87,10 @@ if (!mosquittoPath() || !dynsecPluginPath()) {
     const c = await connectAsync(m.url, { clientId: 'dev-m', protocolVersion: 5 });
     t.teardown(() => c.endAsync());
     const before = counts(c);
-    await t.rejects(serveUpdates(c, handler, { fleet: 'f', device: 'a' }), { code: 'BROKER_REFUSED', message: /setokim\/v1\/f\/a\/update \(Not authorized, reason code 0x87\)/ });
+    await t.rejects(serveUpdates(topicLink(c), handler, { fleet: 'f', device: 'a' }), { code: 'BROKER_REFUSED', message: /setokim\/v1\/f\/a\/update \(Not authorized, reason code 0x87\)/ });
     t.same(counts(c), before);
     // The ACL's own topic is granted on the same connection: the refusal above was the ACL's.
-    const served = await serveUpdates(c, handler, { fleet: 'f', device: 'other' });
+    const served = await serveUpdates(topicLink(c), handler, { fleet: 'f', device: 'other' });
     t.same(counts(c), { message: before.message + 1, connect: before.connect + 1 });
     await served.stop();
     t.same(counts(c), before);

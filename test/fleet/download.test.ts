@@ -51,7 +51,7 @@ const sub = (name: string) => path.join(dir, name, 'b.bundle');
 t.test('a server that stops half-way: DOWNLOAD_STALLED after stallMs, partial kept; the next call resumes and verifies', async (t) => {
   const half = Math.floor(body.length / 2);
   const s = await server((res, start, ranged, n) => {
-    if (n > 0) return serveRange(res, start, ranged);
+    if (n > 0) return serveRange(res, start, ranged, n);
     res.writeHead(200, { 'content-length': body.length });
     res.write(body.subarray(0, half)); // and nothing more: the socket stays open
   });
@@ -119,11 +119,15 @@ t.test('a chunked body that goes on past the limit: BUNDLE_TOO_LARGE, never more
   t.same(await readdir(path.dirname(dest)), [], 'the partial is removed');
 });
 
-t.test('a job size larger than the free space: NO_SPACE naming both, before any request', async (t) => {
+t.test('a job size, or without one the cap, larger than the free space: NO_SPACE naming both, before any request; a size over the cap: BUNDLE_TOO_LARGE', async (t) => {
   const s = await server(serveRange);
   const dest = sub('space');
-  await t.rejects(downloadBundle(s.url, { sha256: want, dest, size: 2 ** 50 }), { code: 'NO_SPACE', message: new RegExp(`\\d+ bytes free, the download needs ${2 ** 50} more bytes`) });
-  t.equal(s.seen.length, 0);
+  await t.rejects(downloadBundle(s.url, { sha256: want, dest, size: 2 ** 50, maxBytes: 2 ** 51 }), { code: 'NO_SPACE', message: new RegExp(`\\d+ bytes free, the download needs ${2 ** 50} more bytes`) });
+  // Without a size the cap must fit instead: the space check always applies.
+  await t.rejects(downloadBundle(s.url, { sha256: want, dest, maxBytes: 2 ** 50 }), { code: 'NO_SPACE', message: /no size in the job, so the download cap of/ });
+  // A size over the cap is refused first.
+  await t.rejects(downloadBundle(s.url, { sha256: want, dest, size: 2 ** 50 }), { code: 'BUNDLE_TOO_LARGE', message: /over the download cap of 8589934592 bytes/ });
+  t.equal(s.seen.length, 0, 'no request');
 });
 
 t.test('file:// longer than the job size is BUNDLE_TOO_LARGE; a job carries size to the download', async (t) => {
@@ -137,9 +141,9 @@ t.test('file:// longer than the job size is BUNDLE_TOO_LARGE; a job carries size
   await mkdir(store, { recursive: true });
   const h = new UpdateHandler({ store, pubkey: generateKeyPairSync('ed25519').publicKey });
   const events: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'small', url: s.url, sha256: want, size: 4096 }, (e) => events.push(e)), { code: 'BUNDLE_TOO_LARGE' });
+  await t.rejects(h.run({ jobId: 'small', url: s.url, sha256: want, size: 4096 }, (e) => events.push(e), 'local'), { code: 'BUNDLE_TOO_LARGE' });
   t.match(events.at(-1), { jobId: 'small', state: 'failed', code: 'BUNDLE_TOO_LARGE' });
   const bad: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'neg', url: s.url, sha256: want, size: -1 }, (e) => bad.push(e)), { code: 'BAD_MESSAGE' });
+  await t.rejects(h.run({ jobId: 'neg', url: s.url, sha256: want, size: -1 }, (e) => bad.push(e), 'local'), { code: 'BAD_MESSAGE' });
   t.match(bad.at(-1), { state: 'failed', message: /size/ });
 });

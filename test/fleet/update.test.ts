@@ -9,8 +9,8 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import t from 'tap';
 import { ModelStore } from '../../src/engine/modelset.js';
-import { downloadBundle, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
-import { brokenLlmSet, bundleOf, fixture, noCanary } from './helpers.js';
+import { downloadBundle, readJournal, UpdateHandler, type UpdateEvent } from '../../src/fleet/index.js';
+import { brokenLlmSet, bundleOf, fixture, noCanary, testDevice } from './helpers.js';
 import { sha256File } from '../../src/engine/manifest.js';
 
 const f = await fixture([1, 2]);
@@ -71,7 +71,7 @@ t.test('a wrong sha256: BUNDLE_TAMPERED and the partial is dropped; file:// is c
   await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
   t.equal(await downloadBundle(pathToFileURL(b1).href, { sha256: await sha256File(b1), dest: 'unused' }), b1);
   await t.rejects(downloadBundle(pathToFileURL(b1).href, { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BUNDLE_TAMPERED' });
-  await t.rejects(downloadBundle('ftp://x/y', { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'BAD_ARGUMENT' });
+  await t.rejects(downloadBundle('ftp://x/y', { sha256: '0'.repeat(64), dest: 'unused' }), { code: 'URL_NOT_ALLOWED' });
 });
 
 t.test('a job over http: states in order, committed; the same job id again runs nothing', async (t) => {
@@ -79,17 +79,17 @@ t.test('a job over http: states in order, committed; the same job id again runs 
   t.teardown(s.close);
   const store = path.join(f.dir, 'store-job');
   const installSteps: string[] = [];
-  const h = new UpdateHandler({ store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
+  const h = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary, progressIntervalMs: 0, onInstallStep: (s) => void installSteps.push(s) });
   const events: UpdateEvent[] = [];
   const job = { jobId: 'j1', url: s.url, sha256: await sha256File(b1), release: 1 };
-  const r = await h.run(job, (e) => events.push(e));
+  const r = await h.run(job, (e) => events.push(e), 'local');
   t.equal(r.release, 1);
   t.same(installSteps, ['verified', 'staging', 'staged', 'placed', 'activated', 'healthy', 'committed'], 'the agent hook saw every install step');
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'committed']);
   t.ok(events.some((e) => e.state === 'downloading' && e.done === e.total && e.total! > 0), 'download progress reached the end');
   t.match(events.at(-1), { jobId: 'j1', state: 'committed', modelSetId: 'setokim-tiny-seed1', release: 1 });
   const n = events.length;
-  t.equal(await h.run(job, (e) => events.push(e)), r, 'a duplicate delivery returns the first result');
+  t.equal(await h.run(job, (e) => events.push(e), 'local'), r, 'a duplicate delivery returns the first result');
   t.equal(events.length, n, 'and emits nothing');
   t.equal(s.seen.length, 1, 'and downloads nothing');
   await t.rejects(stat(path.join(store, '.fleet', 'downloads', `${job.sha256}.bundle`)), { code: 'ENOENT' }, 'the download is not kept');
@@ -97,22 +97,22 @@ t.test('a job over http: states in order, committed; the same job id again runs 
 
 t.test('a set that fails its canary: health, rolled-back, failed with HEALTH_CHECK_FAILED; a bad job: failed BAD_MESSAGE', async (t) => {
   const store = path.join(f.dir, 'store-bad');
-  const h = new UpdateHandler({ store, pubkey: f.pub });
-  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}).catch(() => {});
+  const h = new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub });
+  await h.run({ jobId: 'ok', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, () => {}, 'local').catch(() => {});
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const events: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => events.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => events.push(e), 'local'), { code: 'HEALTH_CHECK_FAILED' });
   t.same(statesOf(events), ['downloading', 'verifying', 'installing', 'activating', 'health', 'rolled-back', 'failed']);
   t.match(events.at(-1), { state: 'failed', code: 'HEALTH_CHECK_FAILED' });
   t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1');
   const again: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => again.push(e)), { code: 'HEALTH_CHECK_FAILED' });
+  await t.rejects(h.run({ jobId: 'bad', url: pathToFileURL(broken).href, sha256: await sha256File(broken) }, (e) => again.push(e), 'local'), { code: 'HEALTH_CHECK_FAILED' });
   t.equal(statesOf(again).at(-1), 'failed', 'a failed job id runs again when it is sent again');
   const bad: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e)), { code: 'BAD_MESSAGE' });
+  await t.rejects(h.run({ jobId: 'x', url: 'file:///b', sha256: 'nothex' }, (e) => bad.push(e), 'local'), { code: 'BAD_MESSAGE' });
   t.match(bad, [{ jobId: 'x', state: 'failed', code: 'BAD_MESSAGE', message: /sha256/ }]);
   const refused: UpdateEvent[] = [];
-  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => refused.push(e)), { code: 'ROLLBACK_REFUSED' });
+  await t.rejects(h.run({ jobId: 'old', url: pathToFileURL(b1).href, sha256: await sha256File(b1) }, (e) => refused.push(e), 'local'), { code: 'ROLLBACK_REFUSED' });
   t.same(statesOf(refused), ['downloading', 'verifying', 'failed'], 'refused before anything was activated: no rolled-back');
 });
 
@@ -129,4 +129,34 @@ t.test('http errors: 404 and a refused connection are BUNDLE_INVALID; a partial 
   t.equal(await downloadBundle(s.url, { sha256: want, dest }), dest);
   t.equal(s.seen.at(-1)!.range, `bytes=${(await stat(b1)).size}-`);
   t.equal(await sha256File(dest), want);
+});
+
+t.test('an install still running at the time limit rolls back at its next step: failed UPDATE_TIMED_OUT, the old set active', async (t) => {
+  const store = path.join(f.dir, 'store-deadline');
+  await new UpdateHandler({ binding: { device: testDevice }, store, pubkey: f.pub, health: noCanary }).run(
+    { jobId: 'flash', url: pathToFileURL(b1).href, sha256: await sha256File(b1) },
+    () => {},
+    'local',
+  );
+  const steps: string[] = [];
+  const h = new UpdateHandler({
+    binding: { device: testDevice },
+    store,
+    pubkey: f.pub,
+    health: noCanary,
+    jobTimeoutMs: 1_500,
+    // A step that takes longer than the job has left (an unpack on a slow card would).
+    onInstallStep: async (s) => {
+      steps.push(s);
+      if (s === 'staged') await new Promise((r) => setTimeout(r, 2_000));
+    },
+  });
+  const events: UpdateEvent[] = [];
+  const job = { jobId: 'late', url: pathToFileURL(b2).href, sha256: await sha256File(b2) };
+  await t.rejects(h.run(job, (e) => events.push(e), 'local'), { code: 'UPDATE_TIMED_OUT' });
+  t.same(steps, ['verified', 'staging', 'staged', 'rolled-back'], 'nothing ran after the step that passed the limit');
+  t.match(events.at(-1), { jobId: 'late', state: 'failed', code: 'UPDATE_TIMED_OUT', message: /time limit/ });
+  t.equal(await new ModelStore(store).active(), 'setokim-tiny-seed1', 'the old set is active');
+  t.equal(await readJournal(store), null, 'rolled back: no journal left');
+  t.same(await new ModelStore(store).list(), ['setokim-tiny-seed1'], 'and no trace of the new set');
 });

@@ -6,9 +6,10 @@ import { SetokimError } from '../../src/errors.js';
 const spec = { size: 28, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] } as const;
 
 const solid = (w: number, h: number, rgb: [number, number, number], fmt: 'png' | 'jpeg' | 'webp' = 'png') =>
-  sharp({ create: { width: w, height: h, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } })
-    [fmt]({ quality: 100, lossless: fmt === 'webp' } as never)
-    .toBuffer();
+  sharp({ create: { width: w, height: h, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } })[fmt]({
+    quality: 100,
+    lossless: fmt === 'webp',
+  } as never).toBuffer();
 
 const code = async (p: Promise<unknown>) => {
   try {

@@ -100,6 +100,7 @@ t.test('requests are checked at the edge with task defaults', async (t) => {
     [{ id: 'a', task: 'ask', prompt: 'x', image: img, generation: { topP: 0 } }, 'BAD_ARGUMENT'],
     [{ id: 'a', task: 'ask', prompt: 'x', image: img, generation: { maxTokens: 2.5 } }, 'BAD_ARGUMENT'],
     [{ id: 'a', task: 'ask', prompt: 'x', image: img, generation: { bogus: 1 } }, 'BAD_ARGUMENT'],
+    [{ id: 'a', task: 'ask', prompt: 'x'.repeat(16385), image: img }, 'PROMPT_TOO_LONG'],
   ];
   for (const [r, code] of bad) t.throws(() => checkRequest(r as QueryRequest, d), { code }, JSON.stringify(r).slice(0, 80));
 });

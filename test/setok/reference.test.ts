@@ -22,7 +22,7 @@ t.test('expDet agrees with Math.exp to a few double ulps and is monotone', async
   t.equal(expDet(-200), 0);
 });
 
-t.test('position encoding follows SETOK.md (row sin/cos pairs, then column pairs, cut to C)', async (t) => {
+t.test('position encoding follows docs/SETOK.md (row sin/cos pairs, then column pairs, cut to C)', async (t) => {
   const dim = 10; // ch = 2 * ceil(10/4) = 6: row in [0,6), column in [6,12) cut at 10
   const pe = positionEncodingTable(3, 4, dim);
   const ch = 6;

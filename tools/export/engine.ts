@@ -10,12 +10,16 @@ import { z } from 'zod';
 import { SetokimError } from '../../src/errors.js';
 import { STAGES, type StageName } from '../../src/engine/contract.js';
 import { buildEngine, engineDir, stageDimProfiles } from '../../src/engine/engine-builder.js';
-import { PRECISIONS } from '../../src/engine/manifest.js';
-import { openModelSet } from '../../src/engine/modelset.js';
+import { PRECISIONS, type Precision } from '../../src/engine/manifest.js';
+import { openModelSet, type ModelSet } from '../../src/engine/modelset.js';
+import { detectTarget } from '../../src/engine/target.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
 import { parseFlags } from '../../src/flags.js';
 import { StageListFlag } from './flags.js';
 import { ErrorCodes } from '../../src/errors.js';
+
+/** The builder's workspace limit by default: TensorRT's tactic scratch memory (unified memory on a Jetson). */
+export const DEFAULT_WORKSPACE_MB = 1024;
 
 const EngineOptions = z.object({
   model: z.string().min(1),
@@ -23,22 +27,47 @@ const EngineOptions = z.object({
   precision: z.enum(PRECISIONS).optional(),
   maxTokens: z.coerce.number().int().positive().optional(),
   maxContext: z.coerce.number().int().positive().optional(),
-  workspaceMb: z.coerce.number().int().positive().default(1024),
+  workspaceMb: z.coerce.number().int().positive().default(DEFAULT_WORKSPACE_MB),
   timingCache: z.string().optional(),
   out: z.string().optional(),
   progress: z.boolean().default(true),
 });
 
+/**
+ * What each stage's engine is built from: its build at `precision` in the TensorRT dialect (or the
+ * main file), and where the plan goes.
+ */
+export function engineSources(
+  set: ModelSet,
+  stages: readonly StageName[] | undefined,
+  precision: Precision | undefined,
+  out: string,
+): { stage: StageName; onnx: string; precision: Precision; plan: string }[] {
+  return (stages ?? STAGES.filter((s) => set.has(s))).map((stage) => {
+    if (!set.has(stage))
+      throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${stage} stage`);
+    const onnx = set.stagePath(stage, precision, 'tensorrt'); // the TensorRT dialect where a precision has two
+    const built = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
+    return { stage, onnx, precision: built, plan: path.join(out, `${stage}.${built}.plan`) };
+  });
+}
+
 export function registerEngineCommand(exportCmd: Command): void {
   exportCmd
     .command('engine')
-    .description('build TensorRT engines for a model set on this device (a plan only runs on the TensorRT and GPU that built it)')
+    .description(
+      'build TensorRT engines for a model set on this device (a plan only runs on the TensorRT and GPU that built it)',
+    )
     .requiredOption('--model <dir>', 'model set directory (holds manifest.json)')
     .option('--stages <list>', `comma-separated stages (default: every stage in the set): ${STAGES.join(', ')}`)
     .option('--precision <p>', `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file)`)
     .option('--max-tokens <n>', 'largest vision-token count L the engines accept (default: the architecture maxTokens)')
     .option('--max-context <n>', 'largest LLM context (default: the architecture maxContext)')
-    .option('--workspace-mb <n>', 'builder workspace limit in MiB; lower it on 8 GB boards', '1024')
+    .option(
+      '--workspace-mb <n>',
+      'builder workspace limit in MiB; lower it on 8 GB boards',
+      String(DEFAULT_WORKSPACE_MB),
+    )
     .option('--timing-cache <file>', 'timing cache to reuse and update (default: <out>/timing.cache)')
     .option('--out <dir>', 'where to write engines (default: <model>/engines)')
     .option('--no-progress', 'no progress bar')
@@ -53,15 +82,18 @@ export function registerEngineCommand(exportCmd: Command): void {
         );
       }
       const set = await openModelSet(o.model);
+      // Recorded in every manifest: `bundle create --engines` ships engines per target (docs/FLEET.md).
+      const target = await detectTarget();
       const out = o.out ?? engineDir(set.dir);
       const timingCache = o.timingCache ?? path.join(out, 'timing.cache');
-      const stages = (o.stages ?? STAGES.filter((s) => set.has(s))) as StageName[];
-      for (const stage of stages) {
-        if (!set.has(stage)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${set.id} has no ${stage} stage`);
-        const onnx = set.stagePath(stage, o.precision);
-        const precision = set.variants(stage).find((v) => path.join(set.dir, v.file) === onnx)!.precision;
-        const plan = path.join(out, `${stage}.${precision}.plan`);
-        const bar = o.progress && process.stderr.isTTY ? new SingleBar({ format: `${stage} {bar} {value}/{total} {phase}`, hideCursor: true }, Presets.shades_classic) : null;
+      for (const { stage, onnx, precision, plan } of engineSources(set, o.stages, o.precision, out)) {
+        const bar =
+          o.progress && process.stderr.isTTY
+            ? new SingleBar(
+                { format: `${stage} {bar} {value}/{total} {phase}`, hideCursor: true },
+                Presets.shades_classic,
+              )
+            : null;
         let lastPhase = '';
         const m = await buildEngine({
           stage,
@@ -70,6 +102,8 @@ export function registerEngineCommand(exportCmd: Command): void {
           signature: set.manifest.stages[stage]!.signature,
           profiles: stageDimProfiles(stage, set.architecture, { maxTokens: o.maxTokens, maxContext: o.maxContext }),
           precision,
+          target: target.id,
+          jetpack: target.jetson?.jetpack ?? null,
           workspaceBytes: o.workspaceMb * 1024 * 1024,
           timingCache,
           onProgress: (phase, step, steps) => {
@@ -84,7 +118,8 @@ export function registerEngineCommand(exportCmd: Command): void {
           },
         }).finally(() => bar?.stop());
         process.stdout.write(
-          `${stage}: ${path.relative(process.cwd(), plan)} (${(m.bytes / 2 ** 20).toFixed(1)} MiB, TensorRT ${m.tensorrt}, SM ${m.sm}, ${m.builder.seconds.toFixed(1)} s)\n`,
+          `${stage}: ${path.relative(process.cwd(), plan)} (${(m.bytes / 2 ** 20).toFixed(1)} MiB, TensorRT ` +
+            `${m.tensorrt}, SM ${m.sm}, ${m.builder.seconds.toFixed(1)} s)\n`,
         );
       }
     });

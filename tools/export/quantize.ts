@@ -1,8 +1,9 @@
 /**
- * `setokim export quantize`: writes INT8 Q/DQ builds of a model set's stages beside the fp32 files
- * and lists them as manifest variants (src/quant, docs/QUANT.md). Calibrates on sample images
- * through the fp32 pipeline, prints per stage the weight bytes before and after and the output
- * error against fp32 on held-out inputs, and refuses a stage over --tolerance (QUANT_TOLERANCE).
+ * `setokim export quantize`: writes FP16, INT8 (Q/DQ) or INT4 weight-only builds of a model set's
+ * stages beside the fp32 files and lists them as manifest variants (src/quant, docs/QUANT.md).
+ * Calibrates on sample images through the fp32 pipeline, prints per stage the weight bytes before
+ * and after and each build's output error against fp32 on held-out inputs, and refuses a stage
+ * over --tolerance (QUANT_TOLERANCE).
  */
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
@@ -10,16 +11,34 @@ import { z } from 'zod';
 import { STAGES } from '../../src/engine/contract.js';
 import { parseFlags } from '../../src/flags.js';
 import { StageListFlag } from './flags.js';
-import { checkPrecision, DEFAULT_TOLERANCE, quantizeModelSet, type StageResult } from '../../src/quant/index.js';
+import {
+  BLOCK_SIZES,
+  BUILD_PRECISIONS,
+  checkPrecision,
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_TOLERANCES,
+  INT4_STAGES,
+  quantizeModelSet,
+  type StageResult,
+} from '../../src/quant/index.js';
 import { busyImage, flatImage } from './sample-images.js';
 
 const QuantizeOptions = z.object({
   models: z.string({ error: (i) => (i.input === undefined ? 'required' : undefined) }).min(1),
   precision: z.string().default('int8'),
+  blockSize: z
+    .enum(BLOCK_SIZES.map(String) as [string, ...string[]], {
+      error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}`,
+    })
+    .default(String(DEFAULT_BLOCK_SIZE))
+    .transform(Number),
   stages: StageListFlag,
   calibrationImages: z.coerce.number().int().min(1).max(256).default(8),
-  tolerance: z.coerce.number().gt(0).default(DEFAULT_TOLERANCE),
-  weightBits: z.enum(['7', '8']).default('7').transform((b) => Number(b) as 7 | 8),
+  tolerance: z.coerce.number().gt(0).optional(),
+  weightBits: z
+    .enum(['7', '8'])
+    .default('7')
+    .transform((b) => Number(b) as 7 | 8),
   threads: z.coerce.number().int().positive().optional(),
   verify: z.boolean().default(true),
   progress: z.boolean().default(true),
@@ -29,7 +48,10 @@ const QuantizeOptions = z.object({
 export async function sampleImages(n: number): Promise<Uint8Array[]> {
   const flats = ['#3a7', '#c33', '#246', '#eee'];
   const out: Uint8Array[] = [];
-  for (let i = 0; i < n; i++) out.push(i % 4 === 3 ? await flatImage(flats[(i >> 2) % flats.length]) : await busyImage(i + 1, 10 + ((i * 17) % 50)));
+  for (let i = 0; i < n; i++)
+    out.push(
+      i % 4 === 3 ? await flatImage(flats[(i >> 2) % flats.length]) : await busyImage(i + 1, 10 + ((i * 17) % 50)),
+    );
   return out;
 }
 
@@ -37,36 +59,74 @@ const kib = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
 
 export function stageLine(r: StageResult): string {
   if (r.skipped) return `${r.stage}: skipped (${r.skipped})`;
-  const w = r.worst!;
   const ratio = r.weightBytesAfter > 0 ? (r.weightBytesBefore / r.weightBytesAfter).toFixed(2) : '-';
-  const speed = r.fp32Ms !== undefined && r.int8Ms !== undefined ? `; ORT CPU ${r.fp32Ms.toFixed(2)} -> ${r.int8Ms.toFixed(2)} ms/run` : '';
-  const float = r.floatActivations.length ? ` (${r.floatActivations.length} left float: ${r.floatActivations.map((a) => `${a.name} range varies ${a.spread.toFixed(0)}x`).join(', ')})` : '';
-  return (
-    `${r.stage}: ${r.file} ${r.matmuls} MatMuls, ${r.activations} activations int8${float}, weights ${kib(r.weightBytesBefore)} -> ${kib(r.weightBytesAfter)} (${ratio}x), ` +
-    `file ${kib(r.fileBytesBefore)} -> ${kib(r.fileBytesAfter)}; ` +
-    `worst output ${w.output}: max rel error ${w.relError.toExponential(2)}, cosine ${w.cosine.toFixed(6)} ` +
-    `on ${r.heldOutSamples} ${r.heldOutDisjoint ? 'held-out' : 'calibration (only one sample)'} inputs${speed}`
-  );
+  const builds = r.builds.map((b) => {
+    const w = b.worst!;
+    const speed = r.fp32Ms !== undefined ? `; ORT CPU ${r.fp32Ms.toFixed(2)} -> ${b.ms.toFixed(2)} ms/run` : '';
+    return (
+      `${b.file}${b.dialect ? ` (${b.dialect})` : ''}: file ${kib(r.fileBytesBefore)} -> ${kib(b.bytes)}, ` +
+      `worst output ${w.output}: max rel error ${w.relError.toExponential(2)}, cosine ${w.cosine.toFixed(6)} ` +
+      `on ${r.heldOutSamples} ${r.heldOutDisjoint ? 'held-out' : 'calibration (only one sample)'} inputs${speed}`
+    );
+  });
+  const weights = `weights ${kib(r.weightBytesBefore)} -> ${kib(r.weightBytesAfter)} (${ratio}x)`;
+  return `${r.stage}: ${r.summary}, ${weights}; ${builds.join('; ')}`;
 }
 
 export function registerQuantizeCommand(exportCmd: Command): void {
   exportCmd
     .command('quantize')
-    .description('write INT8 (explicit Q/DQ) builds of a model set\'s stages, calibrated on sample images, as manifest variants')
+    .description(
+      "write FP16, INT8 (explicit Q/DQ) or INT4 weight-only builds of a model set's stages, " +
+        'checked against fp32 on held-out inputs, as manifest variants',
+    )
     // not requiredOption: a missing --models goes through the zod check (BAD_ARGUMENT, exit 2)
     .option('--models <dir>', 'model set directory (holds manifest.json; required)')
-    .option('--precision <p>', 'int8 (int4w and fp16 are not built yet)', 'int8')
+    .option(
+      '--precision <p>',
+      `${BUILD_PRECISIONS.join(' | ')}: int4w = INT4 weights for ${INT4_STAGES.join(', ')} (two dialects: ONNX ` +
+        `Runtime, TensorRT), fp16 elsewhere`,
+      'int8',
+    )
+    .option(
+      '--block-size <k>',
+      `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')}); a weight whose K it does not divide takes ` +
+        `the largest half that does`,
+      String(DEFAULT_BLOCK_SIZE),
+    )
     .option('--stages <list>', `comma-separated stages (default: every stage in the set): ${STAGES.join(', ')}`)
-    .option('--calibration-images <n>', 'sample images to calibrate on (each asked, and segmented/edited when those stages are quantised)', '8')
-    .option('--tolerance <r>', `largest max|int8 - fp32| / max|fp32| of any stage output on held-out inputs`, String(DEFAULT_TOLERANCE))
-    .option('--weight-bits <b>', '7: weights in [-63, 63], exact on every backend (default); 8: [-127, 127], for TensorRT-only sets (ONNX Runtime on x86 without VNNI saturates)', '7')
+    .option(
+      '--calibration-images <n>',
+      'sample images to calibrate on (each asked, and segmented/edited when those stages are quantised)',
+      '8',
+    )
+    .option(
+      '--tolerance <r>',
+      `largest max|quantised - fp32| / max|fp32| of any stage output on held-out inputs (default ${Object.entries(
+        DEFAULT_TOLERANCES,
+      )
+        .map(([p, v]) => `${p} ${v}`)
+        .join(', ')})`,
+    )
+    .option(
+      '--weight-bits <b>',
+      'int8: 7: weights in [-63, 63], exact on every backend (default); 8: [-127, 127], ' +
+        'for TensorRT-only sets (ONNX Runtime on x86 without VNNI saturates)',
+      '7',
+    )
     .option('--threads <n>', 'CPU threads per ONNX Runtime session')
     .option('--no-verify', 'skip the sha256 check of the fp32 files')
     .option('--no-progress', 'no progress bars (also off when stderr is not a terminal)')
     .action(async (raw: unknown) => {
       const o = parseFlags(QuantizeOptions, raw, 'export quantize');
-      checkPrecision(o.precision); // int4w / fp16 answer before any work
-      const multi = o.progress && process.stderr.isTTY ? new MultiBar({ format: '{phase} {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true }, Presets.shades_classic) : null;
+      checkPrecision(o.precision); // a bad precision answers before any work
+      const multi =
+        o.progress && process.stderr.isTTY
+          ? new MultiBar(
+              { format: '{phase} {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true },
+              Presets.shades_classic,
+            )
+          : null;
       const bars = new Map<string, SingleBar>();
       const bar = (key: string, total: number, payload: object) => {
         let b = bars.get(key);
@@ -82,17 +142,19 @@ export function registerQuantizeCommand(exportCmd: Command): void {
           images: await sampleImages(o.calibrationImages),
           tolerance: o.tolerance,
           weightBits: o.weightBits,
+          blockSize: o.blockSize,
           threads: o.threads,
           verify: o.verify,
           onProgress: (e) => {
             if (e.phase === 'stage') {
               const line = stageLine(e.result);
-              if (multi) lines.push(line); // printed once the bars are gone, so they do not garble it
+              if (multi)
+                lines.push(line); // printed once the bars are gone, so they do not garble it
               else process.stdout.write(line + '\n');
             } else if (e.phase === 'calibrate') {
               bar('calibrate', e.total, { phase: 'calibrate', stage: 'queries' })?.update(e.done);
             } else {
-              bar(`${e.phase}:${e.stage}`, e.total, { phase: e.phase === 'ranges' ? 'ranges' : 'check', stage: e.stage })?.update(e.done);
+              bar(`${e.phase}:${e.stage}`, e.total, { phase: e.phase, stage: e.stage })?.update(e.done);
             }
           },
         });
@@ -100,6 +162,9 @@ export function registerQuantizeCommand(exportCmd: Command): void {
         multi?.stop();
         for (const l of lines) process.stdout.write(l + '\n'); // also the stages checked before a refusal
       }
-      process.stdout.write(`${o.models}: ${o.precision} variants listed in manifest.json; run with \`setokim run --models ${o.models} --precision ${o.precision}\`\n`);
+      process.stdout.write(
+        `${o.models}: ${o.precision} variants listed in manifest.json; ` +
+          `run with \`setokim run --models ${o.models} --precision ${o.precision}\`\n`,
+      );
     });
 }

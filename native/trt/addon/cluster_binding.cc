@@ -1,7 +1,8 @@
 // setokCluster(features, n, dim, k, threshold, fallback, maxTokens) -> Promise<{centers, labels, scores}>
 // setokClusterStream(n, dim, k, threshold, fallback, maxTokens) -> { push(features) -> Promise, close() }
 // setokGramBench(n, dim, reps) -> { gramMs, gemmMs, distanceMs, peakGflops, isa, threads } (bench/cluster.ts)
-// The JS side (src/setok) validates options; the features are copied into plain C++ vectors and the
+// The JS side (src/setok) validates options; setokCluster copies the features into a plain C++
+// vector, a stream push reads its frame in place (kept referenced until the work is done), and the
 // work runs in a Napi::AsyncWorker, so the event loop never blocks. Errors reject the promise with
 // an Error whose `code` is BAD_INPUT (bad data) or INTERNAL.
 #include <chrono>
@@ -43,11 +44,15 @@ Napi::Error CodedError(Napi::Env env, const std::string& code, const std::string
 }
 
 // Runs `work` on a worker thread; resolves with ResultToJs (plus changedPatches when >= 0).
+// `keep`: a JS value the work reads in place (a stream frame's features), referenced until the
+// worker is destroyed on the JS thread, so the collector cannot free it while the work runs.
 class ClusterWorker : public Napi::AsyncWorker {
  public:
   using Work = std::function<ClusterResult(int* changed)>;
-  ClusterWorker(Napi::Env env, Work work)
-      : Napi::AsyncWorker(env, "setokCluster"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
+  ClusterWorker(Napi::Env env, Work work, Napi::Object keep = Napi::Object())
+      : Napi::AsyncWorker(env, "setokCluster"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
+    if (!keep.IsEmpty()) keep_ = Napi::Persistent(keep);
+  }
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
  protected:
@@ -74,6 +79,7 @@ class ClusterWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   Work work_;
+  Napi::ObjectReference keep_;
   ClusterResult result_;
   int changed_ = -1;
   std::string code_ = "INTERNAL";
@@ -152,11 +158,15 @@ ClusterParams ParamsFrom(const Napi::CallbackInfo& info, int first) {
   return p;
 }
 
-std::vector<float> CopyFeatures(const Napi::Value& v) {
+Napi::Float32Array FeaturesArray(const Napi::Value& v) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
     throw CodedError(v.Env(), "BAD_INPUT", "features must be a Float32Array");
   }
-  auto a = v.As<Napi::Float32Array>();
+  return v.As<Napi::Float32Array>();
+}
+
+std::vector<float> CopyFeatures(const Napi::Value& v) {
+  auto a = FeaturesArray(v);
   return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
 }
 
@@ -199,16 +209,20 @@ Napi::Value ClusterStream(const Napi::CallbackInfo& info) {
     throw CodedError(env, "BAD_INPUT", e.what());
   }
   Napi::Object handle = Napi::Object::New(env);
+  // The frame is read in place, not copied (a 729 x 1152 frame is 3.4 MB): the caller must not
+  // change the array until the promise settles (src/setok/stream.ts documents it).
   handle.Set("push", Napi::Function::New(env, [state](const Napi::CallbackInfo& info) -> Napi::Value {
     Napi::Env env = info.Env();
-    auto features = std::make_shared<std::vector<float>>(CopyFeatures(info[0]));
+    Napi::Float32Array array = FeaturesArray(info[0]);
+    const float* features = array.Data();
+    const size_t count = array.ElementLength();
     auto d = Napi::Promise::Deferred::New(env);
     {
       std::lock_guard<std::mutex> lock(state->mutex);
       const char* why = state->closed ? "the stream is closed"
                         : state->busy ? "a frame is still being clustered; await each push"
                                       : nullptr;
-      if (!why && features->size() != static_cast<size_t>(state->params.n) * state->params.dim) {
+      if (!why && count != static_cast<size_t>(state->params.n) * state->params.dim) {
         why = "features length does not match n x dim";
       }
       if (why) {
@@ -226,8 +240,8 @@ Napi::Value ClusterStream(const Napi::CallbackInfo& info) {
           if (s->closed) s->cache.reset();
         }
       } release{state.get()};
-      return state->cache->Push(features->data(), changed);
-    });
+      return state->cache->Push(features, changed);
+    }, array);
     Napi::Promise promise = worker->Promise();
     worker->Queue();
     return promise;

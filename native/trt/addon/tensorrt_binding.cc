@@ -1,13 +1,15 @@
 // Node-API binding of the TensorRT backend: trtLoadEngine(plan, device) -> Promise<engine with
 // run(feeds, resident?, writes?), allocate, copyRows, read, release, dispose()>,
-// trtBuildEngine(options, onProgress?) -> Promise<result>. Resident tensors are device buffers of
-// the engine's session under handles JavaScript chooses (src/engine/tensorrt.ts).
+// trtBuildEngine(options, onProgress?, registerCancel?) -> Promise<result>; registerCancel, when
+// given, is called at once with a cancel() that stops the build. Resident tensors are device
+// buffers of the engine's session under handles JavaScript chooses (src/engine/tensorrt.ts).
 // JavaScript validates every option (src/engine/tensorrt.ts, engine-builder.ts); this layer copies
 // JS values into plain structs on the JS thread, runs the heavy work in Napi::AsyncWorker, and
 // turns C++ exceptions into promise rejections back on the JS thread.
 // The whole file compiles only into builds with TensorRT.
 #ifdef SETOKIM_WITH_TENSORRT
 
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -25,6 +27,7 @@ namespace {
 
 using setokim::BuildOptions;
 using setokim::BuildResult;
+using setokim::CancelFlag;
 using setokim::Engine;
 using setokim::EngineBuilder;
 using setokim::EngineSession;
@@ -347,20 +350,24 @@ struct Progress {
 
 class BuildWorker : public Napi::AsyncProgressQueueWorker<Progress> {
  public:
-  BuildWorker(Napi::Env env, BuildOptions options, Napi::Function onProgress)
+  BuildWorker(Napi::Env env, BuildOptions options, Napi::Function onProgress, CancelFlag cancel)
       : Napi::AsyncProgressQueueWorker<Progress>(env),
         deferred_(Napi::Promise::Deferred::New(env)),
-        options_(std::move(options)) {
+        options_(std::move(options)),
+        cancel_(std::move(cancel)) {
     if (!onProgress.IsEmpty()) onProgress_ = Napi::Persistent(onProgress);
   }
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute(const ExecutionProgress& progress) override {
     try {
-      EngineBuilder builder(options_, [&progress](const std::string& phase, int step, int steps) {
-        Progress p{phase, step, steps};
-        progress.Send(&p, 1);
-      });
+      EngineBuilder builder(
+          options_,
+          [&progress](const std::string& phase, int step, int steps) {
+            Progress p{phase, step, steps};
+            progress.Send(&p, 1);
+          },
+          cancel_);
       result_ = builder.Build();
     } catch (const std::exception& e) {
       SetError(e.what());
@@ -389,6 +396,7 @@ class BuildWorker : public Napi::AsyncProgressQueueWorker<Progress> {
  private:
   Napi::Promise::Deferred deferred_;
   BuildOptions options_;
+  CancelFlag cancel_;  // shared with the cancel() function handed to JavaScript
   BuildResult result_;
   Napi::FunctionReference onProgress_;
 };
@@ -429,7 +437,14 @@ Napi::Value BuildEngine(const Napi::CallbackInfo& info) {
     options.profiles.push_back(std::move(ranges));
   }
   Napi::Function onProgress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
-  auto* worker = new BuildWorker(env, std::move(options), onProgress);
+  CancelFlag cancel = std::make_shared<std::atomic<bool>>(false);
+  if (info.Length() > 2 && info[2].IsFunction()) {
+    // Setting the flag is all cancel() does: safe on the JS thread while the build runs on a worker.
+    Napi::Function cancelFn = Napi::Function::New(
+        env, [cancel](const Napi::CallbackInfo&) { cancel->store(true); }, "cancelBuild");
+    info[2].As<Napi::Function>().Call({cancelFn});
+  }
+  auto* worker = new BuildWorker(env, std::move(options), onProgress, cancel);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;

@@ -39,7 +39,7 @@ void ValidateClusterParams(const ClusterParams& p, size_t count);
 // Throws BadInput naming the first NaN or Inf.
 void CheckFinite(const float* x, int n, int dim);
 
-// Step 5 of SETOK.md: centres from scores (threshold, else fallback best; cap keeps the best),
+// Step 5 of docs/SETOK.md: centres from scores (threshold, else fallback best; cap keeps the best),
 // ascending; ties in score go to the lower index.
 std::vector<int32_t> SelectCenters(const std::vector<float>& scores, const ClusterParams& p);
 

@@ -2,11 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <numeric>
-#include <stdexcept>
 
-#include "setok/fp_order.h"
+#include "setok/dpc_steps.h"
 #include "setok/gram_cpu.h"
 #include "setok/parallel.h"
 
@@ -39,16 +36,17 @@ ClusterResult DpcKnn::Cluster(const float* features) {
   if (GramStride(n) != n) return ClusterFromGram(gram_);
   // Nobody needs G afterwards: turn it into D in place (one n x n buffer in cache, not two).
   DistancesInPlace(gram_);
-  gram_.swap(dist_);
+  gram_.swap(state_.dist);
   return FromDistances();
 }
 
 // D over the upper triangle of G (row i from j = i, in place: each entry reads only its own G and
 // the diagonal, copied first), then mirrored: D is symmetric bit for bit, since gii + gjj == gjj + gii.
-void DpcKnn::DistancesInPlace(std::vector<float>& g) const {
+void DpcKnn::DistancesInPlace(std::vector<float>& g) {
   const int n = params_.n;
   const bool par = WorthThreads(n);
-  std::vector<float> diag(n);
+  std::vector<float>& diag = state_.diag;
+  diag.resize(n);
   for (int j = 0; j < n; ++j) diag[j] = g[static_cast<size_t>(j) * n + j];
   const float fdim = static_cast<float>(params_.dim);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
@@ -84,118 +82,46 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
 }
 
 // Step 3 for rows [i0, i0 + rows), rows <= kDensityBlock: density over the k nearest (D < t, then
-// the lowest-index ties at t), summed in index order; keeps t in kth_ and rho in rho_.
-void DpcKnn::DensityRows(int i0, int rows) {
+// the lowest-index ties at t), summed in index order; keeps t in state_.kth and rho in state_.rho.
+void DpcKnn::Density(int i0, int rows, bool hinted) {
   const int n = params_.n, k = params_.k;
   float sums[kDensityBlock];
-  setokim::DensityRows(dist_.data() + static_cast<size_t>(i0) * n, n, k, rows, kth_.data() + i0, sums);
-  for (int r = 0; r < rows; ++r) {
-    const float mean = sums[r] / static_cast<float>(k);
-    rho_[i0 + r] = static_cast<float>(fp::ExpDet(-static_cast<double>(mean)));
-  }
+  float* kth = state_.kth.data() + i0;
+  setokim::DensityRows(state_.dist.data() + static_cast<size_t>(i0) * n, n, k, rows, kth, sums, hinted ? kth : nullptr);
+  for (int r = 0; r < rows; ++r) state_.rho[i0 + r] = DensityFromSum(sums[r], k);
 }
 
 ClusterResult DpcKnn::ClusterFromGram(std::vector<float>& gram) {
-  Distances(gram, dist_);
+  Distances(gram, state_.dist);
+  const int n = params_.n, ld = GramStride(n);
+  state_.diag.resize(n);
+  for (int j = 0; j < n; ++j) state_.diag[j] = gram[static_cast<size_t>(j) * ld + j];
   return FromDistances();
 }
 
+// Steps 3 to 6 from state_.dist.
 ClusterResult DpcKnn::FromDistances() {
   const int n = params_.n;
-  kth_.resize(n);
-  rho_.resize(n);
+  const bool par = WorthThreads(n);
+  DpcState& st = state_;
+  st.kth.resize(n);
+  st.rho.resize(n);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     const int end = std::min(n, (t + 1) * kRowsPerTask);
-    for (int i = t * kRowsPerTask; i < end; i += kDensityBlock) DensityRows(i, std::min(kDensityBlock, end - i));
-  }, WorthThreads(n));
-  have_state_ = true;
-  return FinishFromDensity();
-}
-
-ClusterResult DpcKnn::UpdateFromGram(const std::vector<float>& gram, const std::vector<int>& rows) {
-  if (!have_state_) throw std::logic_error("DpcKnn::UpdateFromGram before a full ClusterFromGram");
-  const int n = params_.n;
-  const int m = static_cast<int>(rows.size());
-  const int ld = GramStride(n);
-  const bool par = static_cast<double>(m) * n > 2e4;
-  // Old values of the changed columns (= old rows, D is symmetric), then the new rows and columns.
-  std::vector<float> old(static_cast<size_t>(m) * n);
-  for (int r = 0; r < m; ++r) std::memcpy(old.data() + static_cast<size_t>(r) * n, dist_.data() + static_cast<size_t>(rows[r]) * n, sizeof(float) * n);
-  std::vector<float> diag(n);
-  for (int j = 0; j < n; ++j) diag[j] = gram[static_cast<size_t>(j) * ld + j];
-  const float fdim = static_cast<float>(params_.dim);
-  ParallelFor(m, [&](int r) {
-    const int i = rows[r];
-    DistanceRow(diag[i], diag.data(), gram.data() + static_cast<size_t>(i) * ld, fdim, n, dist_.data() + static_cast<size_t>(i) * n);
+    for (int i = t * kRowsPerTask; i < end; i += kDensityBlock) Density(i, std::min(kDensityBlock, end - i));
   }, par);
-  for (int r = 0; r < m; ++r) {
-    const int i = rows[r];
-    const float* src = dist_.data() + static_cast<size_t>(i) * n;
-    for (int j = 0; j < n; ++j) dist_[static_cast<size_t>(j) * n + i] = src[j];
-  }
-  // A row keeps its density when every changed entry was and stays strictly above its old t: then
-  // the k nearest, t and the sum are exactly what they were.
-  std::vector<char> changed(n, 0);
-  for (int i : rows) changed[i] = 1;
-  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      bool keep = !changed[i];
-      const float kth = kth_[i];
-      const float* d = dist_.data() + static_cast<size_t>(i) * n;
-      for (int r = 0; r < m && keep; ++r) keep = old[static_cast<size_t>(r) * n + i] > kth && d[rows[r]] > kth;
-      if (!keep) DensityRows(i, 1);
-    }
-  }, WorthThreads(n));
-  return FinishFromDensity();
-}
-
-// Steps 4 to 6 from dist_ and rho_.
-ClusterResult DpcKnn::FinishFromDensity() {
-  const int n = params_.n;
-  const bool par = WorthThreads(n);
-  const std::vector<float>& dist = dist_;
-  ClusterResult res;
-  res.rho = rho_;
-  // Step 4: rank by (rho descending, index ascending); delta = min D to a better-ranked point.
-  std::vector<int32_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-    return res.rho[a] > res.rho[b] || (res.rho[a] == res.rho[b] && a < b);
-  });
-  std::vector<int32_t> rank(n);
-  for (int r = 0; r < n; ++r) rank[order[r]] = r;
-  std::vector<float> row_max(n);
-  res.scores.resize(n);
+  // Step 4: delta = min D to a better-ranked patch; the top patch takes the largest distance.
+  std::vector<int32_t> order, rank;
+  RankByDensity(st.rho, order, rank);
+  st.row_max.resize(n);
   std::vector<float> delta(n);
   ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
     for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      DeltaRow(dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &row_max[i]);
+      DeltaRow(st.dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &st.row_max[i]);
     }
   }, par);
-  const float dmax = n > 0 ? *std::max_element(row_max.begin(), row_max.end()) : 0.0f;
-  delta[order[0]] = dmax;
-  for (int i = 0; i < n; ++i) res.scores[i] = res.rho[i] * delta[i];
-  // Step 5 and 6.
-  res.centers = SelectCenters(res.scores, params_);
-  res.labels.assign(n, 0);
-  const int L = static_cast<int>(res.centers.size());
-  ParallelFor(Tasks(n, kRowsPerTask * 4), [&](int t) {
-    for (int i = t * kRowsPerTask * 4; i < std::min(n, (t + 1) * kRowsPerTask * 4); ++i) {
-      const float* d = dist.data() + static_cast<size_t>(i) * n;
-      int best = 0;
-      float bd = d[res.centers[0]];
-      for (int m = 1; m < L; ++m) {
-        const float v = d[res.centers[m]];
-        if (v < bd) {
-          bd = v;
-          best = m;
-        }
-      }
-      res.labels[i] = best;
-    }
-  }, par);
-  for (int m = 0; m < L; ++m) res.labels[res.centers[m]] = m;
-  return res;
+  delta[order[0]] = *std::max_element(st.row_max.begin(), st.row_max.end());
+  return FinishClustering(st.dist.data(), st.rho, delta, params_, par);
 }
 
 }  // namespace setokim

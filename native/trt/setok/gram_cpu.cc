@@ -131,14 +131,14 @@ float DensitySum(const float* d, int n, int k, float t) {
   return generic::DensitySum(d, n, k, t);
 }
 
-void DensityRows(const float* d, int n, int k, int rows, float* kth, float* sum) {
+void DensityRows(const float* d, int n, int k, int rows, float* kth, float* sum, const float* hint) {
   thread_local std::vector<float> scratch;  // kDensityBlock packed rows, reused call to call
   const size_t need = static_cast<size_t>(kDensityBlock) * (n + 16);
   if (scratch.size() < need) scratch.resize(need);
 #if defined(__x86_64__)
-  if (HasAvx2()) return avx2::DensityRows(d, n, k, rows, kth, sum, scratch.data());
+  if (HasAvx2()) return avx2::DensityRows(d, n, k, rows, kth, sum, scratch.data(), hint);
 #endif
-  generic::DensityRows(d, n, k, rows, kth, sum, scratch.data());
+  generic::DensityRows(d, n, k, rows, kth, sum, scratch.data(), hint);
 }
 
 float KthSmallest(const float* v, int n, int k) {
@@ -200,30 +200,27 @@ void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram) {
   }, WorthThreads(0.5 * n * n * dim));
 }
 
-void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows, std::vector<float>& gram) {
-  if (rows.empty()) return;
-  const int ld = GramStride(n);
-  // The changed rows, gathered, times all rows: a (rows x n) GEMM in the same order per entry.
-  const int m = static_cast<int>(rows.size());
-  std::vector<float> a(static_cast<size_t>(m) * dim);
-  for (int r = 0; r < m; ++r) std::memcpy(a.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(rows[r]) * dim, sizeof(float) * dim);
-  std::vector<float> temporary;
-  std::vector<float>& packed = PackBuffer(n, dim, temporary);
-  PackAll(x, n, dim, packed);
-  std::vector<float> out(static_cast<size_t>(m) * ld);
-  const int tasks = (m + kMR * 2 - 1) / (kMR * 2);
-  ParallelFor(tasks, [&](int t) {
-    const int i0 = t * kMR * 2;
-    RowBlockDispatch(a.data(), dim, m, i0, std::min(m, i0 + kMR * 2), packed.data(), dim, ld / kNR, false, out.data(), ld);
-  }, WorthThreads(static_cast<double>(m) * n * dim));
+void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, std::vector<float>& out) {
+  const int m = static_cast<int>(cols.size());
+  const int ldo = GramStride(m);
+  out.resize(static_cast<size_t>(n) * ldo);
+  if (m == 0) return;
+  // The m rows, gathered, become the packed panels; every row of x is broadcast against them.
+  thread_local std::vector<float> gathered;
+  gathered.resize(static_cast<size_t>(m) * dim);
   for (int r = 0; r < m; ++r) {
-    const int i = rows[r];
-    const float* src = out.data() + static_cast<size_t>(r) * ld;
-    for (int j = 0; j < n; ++j) {
-      gram[static_cast<size_t>(i) * ld + j] = src[j];
-      gram[static_cast<size_t>(j) * ld + i] = src[j];
-    }
+    std::memcpy(gathered.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(cols[r]) * dim, sizeof(float) * dim);
   }
+  std::vector<float> temporary;
+  std::vector<float>& packed = PackBuffer(m, dim, temporary);
+  PackAll(gathered.data(), m, dim, packed);
+  const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
+  float* o = out.data();
+  const float* pk = packed.data();
+  ParallelFor(tasks, [&](int t) {
+    const int i0 = t * kRowsPerTask;
+    RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, ldo / kNR, false, o, ldo);
+  }, WorthThreads(static_cast<double>(m) * n * dim));
 }
 
 void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c) {

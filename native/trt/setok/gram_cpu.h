@@ -4,7 +4,7 @@
 // fast as a GEMM and bit-identical to the plain loop. Only the upper triangle (j >= i, in whole
 // tiles) is computed; G is symmetric. Rows of G have a padded stride (see GramStride).
 // Thread safety: callable from any thread (each thread keeps its own packing buffer); ComputeGram,
-// UpdateGramRows and ReferenceGemm spread their work over all cores (ParallelFor).
+// GramColumns and ReferenceGemm spread their work over all cores (ParallelFor).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -21,9 +21,11 @@ int GramStride(int n);
 // Reads x (n * dim floats). Uses all cores.
 void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram);
 
-// Recomputes row i and column i (all j) of an existing G for each listed row, in the same order, so
-// the result equals a full ComputeGram of the new x. Fills both triangles for those entries.
-void UpdateGramRows(const float* x, int n, int dim, const std::vector<int>& rows, std::vector<float>& gram);
+// Columns `cols` (m of them) of G for every row: out[j * GramStride(m) + r] = G[j][cols[r]] for j < n,
+// r < m, each entry in the reference order (bit-identical to ComputeGram's, as a*b == b*a). Only the m
+// rows `cols` are packed, every row of x is read once: what a stream frame with m changed patches
+// costs (n * m * dim multiply-adds). Uses all cores.
+void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, std::vector<float>& out);
 
 // Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.
 void DistanceRow(float gii, const float* gjj, const float* g, float dim, int n, float* d);
@@ -48,8 +50,11 @@ constexpr int kDensityBlock = 8;
 
 // Step 3 for `rows` (1..kDensityBlock) consecutive rows of an n x n distance matrix starting at d:
 // kth[r] = KthSmallest and sum[r] = DensitySum of row r, bit for bit, in about three quarters of the
-// time (the rows' index-order sums run side by side).
-void DensityRows(const float* d, int n, int k, int rows, float* kth, float* sum);
+// time (the rows' index-order sums run side by side). hint (optional): per row a distance near t
+// (0 = none), e.g. the row's t in a stream's previous frame: t is then selected among the values up
+// to a little above it, when at least k are (about half the time of a selection over the whole row);
+// the result does not depend on it. kth may be the same array as hint.
+void DensityRows(const float* d, int n, int k, int rows, float* kth, float* sum, const float* hint = nullptr);
 
 // GFLOP/s of a register-only loop of rounded multiply then add (the Gram kernel's instruction
 // mix, no memory) on every core for about `seconds`: the limit the Gram step can approach.

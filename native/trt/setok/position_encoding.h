@@ -1,4 +1,4 @@
-// SeTok's 2-D sin/cos position encoding (SETOK.md "Position encoding").
+// SeTok's 2-D sin/cos position encoding (docs/SETOK.md "Position encoding").
 // Thread safety: pure functions.
 #pragma once
 #include <vector>

@@ -53,8 +53,8 @@ std::string Join(const std::vector<std::string>& lines) {
 
 }  // namespace
 
-EngineBuilder::EngineBuilder(BuildOptions options, ProgressFn progress)
-    : options_(std::move(options)), monitor_(std::move(progress)) {}
+EngineBuilder::EngineBuilder(BuildOptions options, ProgressFn progress, CancelFlag cancel)
+    : options_(std::move(options)), monitor_(std::move(progress), std::move(cancel)) {}
 
 BuildResult EngineBuilder::Build() {
   using nvinfer1::OptProfileSelector;
@@ -74,6 +74,9 @@ BuildResult EngineBuilder::Build() {
     }
     throw std::runtime_error("the ONNX parser rejected " + options_.onnxPath + ": " + Join(errors));
   }
+
+  // Parsing a large graph takes a while: a cancel that came meanwhile stops here, before the build.
+  if (monitor_.cancelled()) throw std::runtime_error("the engine build was cancelled before it started");
 
   auto config = TakeTrt(builder->createBuilderConfig(), "createBuilderConfig");
   config->setMemoryPoolLimit(nvinfer1::MemoryPoolType::kWORKSPACE, options_.workspaceBytes);

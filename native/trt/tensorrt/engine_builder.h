@@ -3,7 +3,8 @@
 // 10.3 and 11), one optimisation profile per entry of `profiles`, a workspace limit, an optional
 // timing cache (loaded when present, saved after), and progress through IProgressMonitor.
 // Thread safety: Build() may run on any thread (a worker; builds take minutes); one Build per
-// EngineBuilder at a time. Cancel() from any thread.
+// EngineBuilder at a time. Cancel(), or setting the CancelFlag given to the constructor, from any
+// thread: the build stops at TensorRT's next progress step (or before it starts) and Build() throws.
 #pragma once
 #include <array>
 #include <map>
@@ -35,7 +36,7 @@ struct BuildResult {
 
 class EngineBuilder {
  public:
-  explicit EngineBuilder(BuildOptions options, ProgressFn progress = nullptr);
+  EngineBuilder(BuildOptions options, ProgressFn progress = nullptr, CancelFlag cancel = nullptr);
   // Writes the plan to options.planPath (atomically: a temporary file, then rename). Throws
   // std::runtime_error with the parser's or builder's errors.
   BuildResult Build();

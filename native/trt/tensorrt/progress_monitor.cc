@@ -2,7 +2,8 @@
 
 namespace setokim {
 
-ProgressMonitor::ProgressMonitor(ProgressFn fn) : fn_(std::move(fn)) {}
+ProgressMonitor::ProgressMonitor(ProgressFn fn, CancelFlag cancel)
+    : fn_(std::move(fn)), cancelled_(cancel ? std::move(cancel) : std::make_shared<std::atomic<bool>>(false)) {}
 
 void ProgressMonitor::phaseStart(const char* phaseName, const char* /*parentPhase*/, int32_t nbSteps) noexcept {
   try {
@@ -17,7 +18,7 @@ void ProgressMonitor::phaseStart(const char* phaseName, const char* /*parentPhas
 
 bool ProgressMonitor::stepComplete(const char* phaseName, int32_t step) noexcept {
   Report(phaseName ? phaseName : "", step + 1);
-  return !cancelled_;  // false asks TensorRT to stop the build
+  return !cancelled();  // false asks TensorRT to stop the build
 }
 
 void ProgressMonitor::phaseFinish(const char* phaseName) noexcept {

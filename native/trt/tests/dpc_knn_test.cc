@@ -1,11 +1,10 @@
 // The CPU clustering against a plain-loop port of src/setok/reference.ts (bit for bit), plus the
-// streaming cache, the position encoding and bad input. Prints "N passed, M failed".
+// position encoding and bad input (the streaming cache: cluster_cache_test.cc). Prints "N passed, M failed".
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 
-#include "setok/cluster_cache.h"
 #include "setok/dpc_knn.h"
 #include "setok/fp_order.h"
 #include "setok/gram_cpu.h"
@@ -158,72 +157,6 @@ void TestClusterCases() {
   EXPECT(same.centers == full.centers && same.labels == full.labels, "cap not reached changes the result");
 }
 
-void TestStreamingCache() {
-  ClusterParams p;
-  p.n = 120; p.dim = 64; p.k = 10; p.threshold = 0.4; p.fallback = 16;
-  ClusterCache cache(p);
-  auto x = PlantedFeatures(10, 12, 64, 4, 5, 0.2);
-  Rng r(77);
-  for (int frame = 0; frame < 6; ++frame) {
-    int changed = -1;
-    if (frame > 0) {
-      const int count = frame == 3 ? 0 : (frame == 5 ? 100 : 12);  // none, few, most
-      for (int m = 0; m < count; ++m) {
-        const int i = static_cast<int>(r() * p.n);
-        for (int c = 0; c < p.dim; ++c) x[i * p.dim + c] += static_cast<float>((r() * 2 - 1) * 0.3);
-      }
-    }
-    const ClusterResult got = cache.Push(x.data(), &changed);
-    const ClusterResult want = DpcKnn(p).Cluster(x.data());
-    EXPECT(got.centers == want.centers && got.labels == want.labels && SameBits(got.scores, want.scores),
-           "frame %d differs from clustering it alone", frame);
-    if (frame == 0) EXPECT(changed == p.n, "first frame recomputes all (%d)", changed);
-    if (frame == 3) EXPECT(changed == 0, "unchanged frame recomputes nothing (%d)", changed);
-    if (frame == 1) EXPECT(changed > 0 && changed <= 12, "changed rows %d", changed);
-  }
-  auto bad = x;
-  bad[5] = NAN;
-  bool threw = false;
-  try { cache.Push(bad.data(), nullptr); } catch (const BadInput&) { threw = true; }
-  EXPECT(threw, "NaN frame must throw BadInput");
-  int changed = -1;
-  const ClusterResult after = cache.Push(x.data(), &changed);
-  EXPECT(changed == 0 && after.centers == DpcKnn(p).Cluster(x.data()).centers, "cache intact after a bad frame");
-}
-
-// Frames whose changed rows become copies of other rows: exact ties at the k-th distance, the case
-// where keeping a row's density must be decided exactly.
-void TestStreamingTies() {
-  ClusterParams p;
-  p.n = 150; p.dim = 12; p.k = 9; p.threshold = 0.2; p.fallback = 12;
-  ClusterCache cache(p);
-  auto x = RepeatedFeatures(p.n, p.dim, 20, 8);
-  Rng r(5);
-  bool all_same = true;
-  int partial_frames = 0;
-  for (int frame = 0; frame < 25; ++frame) {
-    if (frame > 0) {
-      const int count = 1 + static_cast<int>(r() * 10);
-      for (int m = 0; m < count; ++m) {
-        const int dst = static_cast<int>(r() * p.n), src = static_cast<int>(r() * p.n);
-        if (r() < 0.5) {
-          std::memcpy(&x[dst * p.dim], &x[src * p.dim], sizeof(float) * p.dim);
-        } else {
-          x[dst * p.dim + static_cast<int>(r() * p.dim)] += 0.25f;
-        }
-      }
-    }
-    int changed = 0;
-    const ClusterResult got = cache.Push(x.data(), &changed);
-    const ClusterResult want = DpcKnn(p).Cluster(x.data());
-    all_same &= got.centers == want.centers && got.labels == want.labels && SameBits(got.scores, want.scores) &&
-                SameBits(got.rho, want.rho);
-    partial_frames += changed > 0 && changed < p.n;
-  }
-  EXPECT(all_same, "a tie-heavy stream frame differs from clustering it alone");
-  EXPECT(partial_frames > 15, "only %d frames took the incremental path", partial_frames);
-}
-
 void TestBadInput() {
   auto throws = [](ClusterParams p, size_t count) {
     try { ValidateClusterParams(p, count); } catch (const BadInput&) { return true; }
@@ -261,7 +194,7 @@ void TestPositionEncoding() {
 // of the vector width, k = 1 and k = n, blocks of 1..kDensityBlock rows.
 void TestDensitySelection() {
   Rng r(77);
-  int bad = 0, cases = 0;
+  int bad = 0, cases = 0, hinted_bad = 0;
   for (int trial = 0; trial < 3000; ++trial) {
     const int n = 1 + static_cast<int>(r() * 300);
     const int k = trial % 7 == 0 ? n : trial % 11 == 0 ? 1 : 1 + static_cast<int>(r() * n);
@@ -275,6 +208,15 @@ void TestDensitySelection() {
     }
     std::vector<float> kth(rows), sum(rows);
     DensityRows(d.data(), n, k, rows, kth.data(), sum.data());
+    // With a hint (a stream's previous t): right, too low, too high, none; the result is the same.
+    std::vector<float> hint(rows), kth_h(rows), sum_h(rows);
+    const int hint_kind = trial % 5;
+    for (int i = 0; i < rows; ++i) {
+      const float t = kth[i];
+      hint[i] = hint_kind == 0 ? t : hint_kind == 1 ? t * 0.5f : hint_kind == 2 ? t * 3.0f : hint_kind == 3 ? 0.0f : std::nextafter(t, 0.0f);
+    }
+    DensityRows(d.data(), n, k, rows, kth_h.data(), sum_h.data(), hint.data());
+    hinted_bad += std::memcmp(kth.data(), kth_h.data(), sizeof(float) * rows) != 0 || std::memcmp(sum.data(), sum_h.data(), sizeof(float) * rows) != 0;
     for (int i = 0; i < rows; ++i) {
       const float* row = d.data() + static_cast<size_t>(i) * n;
       std::vector<float> sorted(row, row + n);
@@ -298,6 +240,7 @@ void TestDensitySelection() {
     }
   }
   EXPECT(bad == 0, "%d of %d rows differ from sort + plain loop", bad, cases);
+  EXPECT(hinted_bad == 0, "%d blocks differ with a hint", hinted_bad);
 }
 
 }  // namespace
@@ -307,8 +250,6 @@ int main() {
   TestGramMatchesPlainLoop();
   TestGemmYardstick();
   TestClusterCases();
-  TestStreamingCache();
-  TestStreamingTies();
   TestBadInput();
   TestPositionEncoding();
   TestDensitySelection();

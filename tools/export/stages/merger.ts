@@ -1,5 +1,5 @@
 /**
- * merger: SeTok's token merger plus the input projector (SETOK.md "Merger").
+ * merger: SeTok's token merger plus the input projector (docs/SETOK.md "Merger").
  *
  *   Block(x, mask) = for i < depth: x += attn_i(LN(x), mask)   (one LayerNorm shared by all)
  *                    x += MLP(LN2(x))                          (GELU)

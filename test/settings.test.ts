@@ -1,0 +1,87 @@
+/**
+ * One declaration per setting (src/settings.ts): the schema, the variables, the flags, their
+ * mapping and their help are all derived from one tree. These tests check each derivation on a
+ * small tree, then that the real commands' trees are consistent (no flag or variable twice).
+ */
+import { Command } from 'commander';
+import t from 'tap';
+import { z } from 'zod';
+import { agentSettings } from '../src/agent/config.js';
+import { flagOf, fromEnv, fromFlags, group, leaves, parseCommandSettings, parseSettings, registerFlags, schemaOf, setting } from '../src/settings.js';
+
+const tree = group({
+  name: setting({ schema: z.string().min(1), required: true, flag: '--name <n>', env: 'SETOKIM_T_NAME', help: 'a name' }),
+  size: setting({ schema: z.number().int().min(1), default: 4, flag: '--size <n>', env: 'SETOKIM_T_SIZE', read: 'number', help: 'a size' }),
+  on: setting({ schema: z.boolean(), default: true, flag: '--no-on', env: 'SETOKIM_T_ON', read: 'boolean', help: 'turn it off' }),
+  strict: setting({ schema: z.boolean(), default: true, flag: '--lax', switchValue: false, help: 'not strict' }),
+  allow: setting({ schema: z.array(z.string().min(1)), default: [], flag: '--allow <prefix>', env: 'SETOKIM_T_ALLOW', read: 'list', help: 'prefixes' }),
+  extra: group({ a: setting({ schema: z.string(), required: true, help: 'needed when extra is given' }) }, { optional: true }),
+});
+
+t.test('the schema: defaults filled in, required settings required, optional groups absent', async (t) => {
+  const s = schemaOf(tree);
+  t.same(s.parse({ name: 'x' }), { name: 'x', size: 4, on: true, strict: true, allow: [] });
+  t.notOk(s.safeParse({}).success, 'name is required');
+  t.notOk(s.safeParse({ name: 'x', extra: {} }).success, 'a given optional group needs its required settings');
+  t.notOk(s.safeParse({ name: 'x', bogus: 1 }).success, 'unknown keys are refused');
+  t.same(s.parse({ name: 'x', extra: { a: 'y' } }).extra, { a: 'y' });
+});
+
+t.test('variables: read by kind, set on their paths; one that does not read is BAD_CONFIG naming it', async (t) => {
+  t.same(fromEnv(tree, { SETOKIM_T_SIZE: '8', SETOKIM_T_ON: 'no', SETOKIM_T_ALLOW: 'https://a/, https://b/', SETOKIM_T_NAME: '' }), {
+    size: 8,
+    on: false,
+    allow: ['https://a/', 'https://b/'],
+  });
+  t.throws(() => fromEnv(tree, { SETOKIM_T_SIZE: 'many' }), { code: 'BAD_CONFIG', message: 'SETOKIM_T_SIZE=many is not a number.' });
+  t.throws(() => fromEnv(tree, { SETOKIM_T_ON: 'maybe' }), { code: 'BAD_CONFIG', message: 'SETOKIM_T_ON=maybe: use true or false.' });
+});
+
+t.test('flags through commander: values, switches both ways, repeated lists; help names the variable and default', async (t) => {
+  const parse = (argv: string[]) => {
+    const cmd = registerFlags(new Command('t').exitOverride(), tree);
+    cmd.parse(argv, { from: 'user' });
+    return fromFlags(tree, cmd.opts(), 't');
+  };
+  t.same(parse([]), {}, 'nothing given: nothing set, so lower sources show through');
+  t.same(parse(['--name', 'n', '--size', '2', '--no-on', '--lax', '--allow', 'a,b', '--allow', 'c']), { name: 'n', size: 2, on: false, strict: false, allow: ['a', 'b', 'c'] });
+  t.throws(() => parse(['--size', '']), { code: 'BAD_ARGUMENT', message: 't: --size:  is not a number' });
+  t.throws(() => parse(['--size', '3x']), { code: 'BAD_ARGUMENT', message: 't: --size: 3x is not a number' });
+  const help = registerFlags(new Command('t').configureHelp({ helpWidth: 1000 }), tree).helpInformation();
+  t.match(help, /--size <n>\s+a size \(SETOKIM_T_SIZE; default 4\)/);
+  t.match(help, /--no-on\s+turn it off \(SETOKIM_T_ON; default true\)/);
+});
+
+t.test('a command: variables below flags, errors name the flag (BAD_ARGUMENT)', async (t) => {
+  const env = { SETOKIM_T_NAME: 'from-env', SETOKIM_T_SIZE: '5' };
+  t.same(parseCommandSettings(tree, { size: '6' }, 't', env), { name: 'from-env', size: 6, on: true, strict: true, allow: [] });
+  t.throws(() => parseCommandSettings(tree, { size: '0' }, 't', {}), { code: 'BAD_ARGUMENT', message: /^t: --name: .*; --size: / });
+});
+
+t.test('a configuration error names the path, its flag and its variable (BAD_CONFIG)', async (t) => {
+  t.throws(() => parseSettings(tree, schemaOf(tree), { name: 'x', size: 0 }, { what: 'test config', hint: 'see the docs' }), {
+    code: 'BAD_CONFIG',
+    message: /^invalid test config:\n {2}size: .* \(--size, SETOKIM_T_SIZE\)\nsee the docs$/,
+  });
+});
+
+t.test("the agent's settings: every flag and variable is declared once", async (t) => {
+  const all = leaves(agentSettings);
+  const flags = all.map((p) => flagOf(p.leaf)).filter((f): f is string => !!f);
+  const envs = all.map((p) => p.leaf.env).filter((e): e is string => !!e);
+  t.same(flags.length, new Set(flags).size, `${flags.length} flags, none twice`);
+  t.same(envs.length, new Set(envs).size, `${envs.length} variables, none twice`);
+  t.ok(envs.every((e) => /^SETOKIM_[A-Z0-9_]+$/.test(e)), 'every variable is SETOKIM_*');
+  t.ok(flags.length >= 20 && envs.length >= 20, 'the agent has its flags and variables');
+  const help = registerFlags(new Command('agent').configureHelp({ helpWidth: 1000 }), agentSettings).helpInformation();
+  for (const f of flags) t.match(help, f, `--help lists ${f}`);
+  t.match(help, /--queue-size <n>.*\(SETOKIM_QUEUE_SIZE; default 16\)/);
+  t.notMatch(help, /--password <secret>.*default/, 'no default shown for a secret');
+});
+
+t.test('docs/MQTT.md names every variable the agent reads', async (t) => {
+  const { readFileSync } = await import('node:fs');
+  const doc = readFileSync(new URL('../docs/MQTT.md', import.meta.url), 'utf8');
+  const missing = leaves(agentSettings).flatMap((p) => (p.leaf.env && !doc.includes(`\`${p.leaf.env}\``) ? [p.leaf.env] : []));
+  t.same(missing, [], 'variables missing from docs/MQTT.md');
+});
