@@ -25,7 +25,8 @@ export interface Leaf<S extends z.ZodType = z.ZodType, P extends Presence = Pres
   readonly help: string;
   /**
    * `--queue-size <n>` takes a value; `--insecure` or `--no-metrics` is a switch that sets
-   * `switchValue` (default: true, or false for a `--no-` flag). A `list` setting's flag repeats.
+   * `switchValue` (default: true, or false for a `--no-` flag). A `list` setting's flag repeats;
+   * a variadic one (`--engines <dirs...>`) takes every value up to the next flag, as an array.
    */
   readonly flag?: string;
   readonly switchValue?: unknown;
@@ -126,7 +127,9 @@ export function schemaOf<N extends Node>(node: N): z.ZodType<OutputOf<N>, InputO
 
 function buildSchema(node: Node): z.ZodType {
   if (node.kind === 'leaf') {
-    if (node.presence === 'default') return node.schema.default(node.default as never);
+    // prefault, not default: the default is an input (`'32'` for a flag read as text) and goes
+    // through the schema's own transforms like a given value does.
+    if (node.presence === 'default') return node.schema.prefault(node.default as never);
     return node.presence === 'required' ? node.schema : node.schema.optional();
   }
   const shape = Object.fromEntries(Object.entries(node.children).map(([k, child]) => [k, buildSchema(child)]));
@@ -193,13 +196,16 @@ interface ParsedFlag {
   key: string;
   /** `--queue-size <n>` takes a value; a switch does not. */
   takesValue: boolean;
+  /** `--engines <dirs...>` takes every value up to the next flag (commander's variadic option). */
+  variadic: boolean;
   negated: boolean;
 }
 
 function parseFlag(flag: string): ParsedFlag {
-  const m = /^--(no-)?([a-z0-9-]+)(\s+<[^>]+>)?$/.exec(flag);
+  const m = /^--(no-)?([a-z0-9-]+)(\s+<[^>]+?(\.\.\.)?>)?$/.exec(flag);
   if (!m) throw new Error(`settings: bad flag spelling ${flag}`);
-  return { key: m[2]!.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase()), takesValue: !!m[3], negated: !!m[1] };
+  const key = m[2]!.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  return { key, takesValue: !!m[3], variadic: !!m[4], negated: !!m[1] };
 }
 
 /** The flag's name alone, as a person types it: `--queue-size`. */
@@ -208,7 +214,11 @@ export function flagOf(leaf: Leaf): string | undefined {
 }
 
 function helpOf(leaf: Leaf): string {
-  const extra = [leaf.env, leaf.default !== undefined && !leaf.secret ? `default ${JSON.stringify(leaf.default)}` : undefined].filter(Boolean);
+  // A switch's default is what its spelling implies (`--no-progress`: on unless given); it is
+  // shown only where a variable may set it either way.
+  const isSwitch = !!leaf.flag && !parseFlag(leaf.flag).takesValue;
+  const showDefault = leaf.default !== undefined && !leaf.secret && (!isSwitch || !!leaf.env);
+  const extra = [leaf.env, showDefault ? `default ${JSON.stringify(leaf.default)}` : undefined].filter(Boolean);
   return extra.length ? `${leaf.help} (${extra.join('; ')})` : leaf.help;
 }
 
@@ -248,7 +258,7 @@ export function fromFlags(node: Node, raw: Record<string, unknown>, command: str
       if ('problem' in r) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${command}: ${flagOf(leaf)}: ${r.problem}`);
       values.push(r.value);
     }
-    setPath(out, path, leaf.read === 'list' ? values.flat() : values[0]);
+    setPath(out, path, leaf.read === 'list' ? values.flat() : f.variadic ? values : values[0]);
   }
   return out;
 }
@@ -258,9 +268,13 @@ export function flagKeys(node: Node): string[] {
   return leaves(node).flatMap(({ leaf }) => (leaf.flag ? [parseFlag(leaf.flag).key] : []));
 }
 
-/** Where a setting comes from, for messages: `--queue-size, SETOKIM_QUEUE_SIZE`. */
+/**
+ * Where a setting comes from, for messages: `--queue-size, SETOKIM_QUEUE_SIZE`. An issue inside a
+ * setting's value (the second item of a list: `devices.1`) names the setting's own flag.
+ */
 function sourcesOf(node: Node, path: readonly PropertyKey[]): string {
-  const found = leaves(node).find((p) => p.path.join('.') === path.join('.'));
+  const within = (p: Placed) => p.path.length <= path.length && p.path.every((k, i) => k === String(path[i]));
+  const found = leaves(node).find(within);
   return [found && flagOf(found.leaf), found?.leaf.env].filter(Boolean).join(', ');
 }
 
@@ -291,3 +305,14 @@ export function parseCommandSettings<N extends Node>(node: N, raw: Record<string
   const input = merge(fromEnv(node, env), fromFlags(node, raw, command));
   return parseSettings(node, schemaOf(node), input, { what: command, flagsOnly: true });
 }
+
+/**
+ * `--no-progress`, the same on every command that shows progress bars (bundle create, verify and
+ * install; export synth, engine and quantize): bars are on unless it is given.
+ */
+export const progressSetting = setting({
+  schema: z.boolean(),
+  default: true,
+  flag: '--no-progress',
+  help: 'no progress bars (also off when stderr is not a terminal)',
+});

@@ -58,6 +58,29 @@ t.test('a command: variables below flags, errors name the flag (BAD_ARGUMENT)', 
   t.throws(() => parseCommandSettings(tree, { size: '0' }, 't', {}), { code: 'BAD_ARGUMENT', message: /^t: --name: .*; --size: / });
 });
 
+t.test('a variadic flag keeps every value; a default goes through the schema; an item names its flag; switch help', async (t) => {
+  const more = group({
+    dirs: setting({ schema: z.array(z.string().min(1)).min(1), flag: '--dirs <dirs...>', help: 'directories' }),
+    block: setting({ schema: z.enum(['32', '64']).transform(Number), default: '32', flag: '--block <k>', help: 'a block size' }),
+    tags: setting({ schema: z.array(z.string().regex(/^[a-z]+$/, 'lowercase letters')), flag: '--tag <t>', read: 'list', help: 'tags' }),
+    quiet: setting({ schema: z.boolean(), default: true, flag: '--no-quiet', help: 'talk' }),
+  });
+  const parse = (argv: string[]) => {
+    const cmd = registerFlags(new Command('t').exitOverride(), more);
+    cmd.parse(argv, { from: 'user' });
+    return parseCommandSettings(more, cmd.opts(), 't', {});
+  };
+  // Before: only the first directory was kept, and the default '32' came out as text, not 32.
+  t.same(parse(['--dirs', 'a,b', 'c', '--dirs', 'd']), { dirs: ['a,b', 'c', 'd'], block: 32, quiet: true });
+  t.same(parse(['--block', '64', '--no-quiet']), { block: 64, quiet: false });
+  // Before: the message named the path `tags.1` instead of the flag.
+  t.throws(() => parse(['--tag', 'ok', '--tag', 'NO']), { code: 'BAD_ARGUMENT', message: 't: --tag: lowercase letters' });
+  t.throws(() => parse(['--dirs', '']), { code: 'BAD_ARGUMENT', message: /^t: --dirs: / });
+  const help = registerFlags(new Command('t').configureHelp({ helpWidth: 1000 }), more).helpInformation();
+  t.match(help, /--block <k>\s+a block size \(default "32"\)/);
+  t.match(help, /--no-quiet\s+talk\n/, "a switch without a variable shows no default: its spelling says it");
+});
+
 t.test('a configuration error names the path, its flag and its variable (BAD_CONFIG)', async (t) => {
   t.throws(() => parseSettings(tree, schemaOf(tree), { name: 'x', size: 0 }, { what: 'test config', hint: 'see the docs' }), {
     code: 'BAD_CONFIG',

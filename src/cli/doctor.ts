@@ -1,8 +1,10 @@
 /** `setokim doctor`: what the install can do on this machine, as a user on a new Jetson checks it. */
 import type { Command } from 'commander';
+import { z } from 'zod';
 import { capabilities, type Capabilities } from '../engine/native.js';
 import { createDefaultRegistry } from '../engine/registry.js';
 import { describeTarget, detectTarget, type Target } from '../engine/target.js';
+import { group, parseCommandSettings, registerFlags, setting } from '../settings.js';
 
 /**
  * `backends` lists the inference backends that can run here, best first (from the registry);
@@ -34,17 +36,24 @@ export function formatDoctor(caps: Capabilities, backends: string[], target?: Ta
   return lines.join('\n');
 }
 
+/** The flag of `setokim doctor`, declared once (src/settings.ts). */
+const doctorSettings = group({
+  json: setting({ schema: z.boolean(), default: false, flag: '--json', help: 'print the capabilities as JSON' }),
+});
+
 export function registerDoctor(program: Command): void {
-  program
+  const cmd = program
     .command('doctor')
-    .description('report what this install was built with (CUDA, TensorRT), what the machine has (GPUs) and its target')
-    .option('--json', 'print the capabilities as JSON')
-    .action(async (opts: { json?: boolean }) => {
-      const caps = capabilities();
-      const backends = await createDefaultRegistry().availableBackends();
-      const target = await detectTarget({ capabilities: caps });
-      const json = () => JSON.stringify({ ...caps, backends, target }, null, 2);
-      const text = opts.json ? json() : formatDoctor(caps, backends, target);
-      process.stdout.write(text + '\n');
-    });
+    .description(
+      'report what this install was built with (CUDA, TensorRT), what the machine has (GPUs) and its target',
+    );
+  registerFlags(cmd, doctorSettings).action(async (raw: Record<string, unknown>) => {
+    const opts = parseCommandSettings(doctorSettings, raw, 'doctor');
+    const caps = capabilities();
+    const backends = await createDefaultRegistry().availableBackends();
+    const target = await detectTarget({ capabilities: caps });
+    const json = () => JSON.stringify({ ...caps, backends, target }, null, 2);
+    const text = opts.json ? json() : formatDoctor(caps, backends, target);
+    process.stdout.write(text + '\n');
+  });
 }

@@ -30,7 +30,7 @@ import { PRECISIONS, signatureDifference, type Precision } from '../../src/engin
 import { ModelStore, openModelSet, type ModelSet } from '../../src/engine/modelset.js';
 import { loadNative } from '../../src/engine/native.js';
 import { tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
-import { parseFlags } from '../../src/flags.js';
+import { group, parseCommandSettings, registerFlags, setting } from '../../src/settings.js';
 
 export interface EngineCheck {
   stage: StageName;
@@ -122,57 +122,72 @@ export async function ensureEngines(o: EnsureOptions): Promise<EnsureResult> {
   return result;
 }
 
-const Options = z
-  .object({
-    store: z.string().min(1).optional(),
-    model: z.string().min(1).optional(),
-    precision: z.enum(PRECISIONS).optional(),
-    workspaceMb: z.coerce.number().int().positive().optional(),
-  })
-  .refine((o) => !o.store !== !o.model, {
-    message: 'give --store (its active set) or --model, one of them',
-    path: ['store'],
-  });
+/** Every flag of `export ensure-engines`, declared once (src/settings.ts): one of --store and --model. */
+const ensureSettings = group(
+  {
+    store: setting({
+      schema: z.string().min(1),
+      flag: '--store <dir>',
+      help: "model store: its active set (what the agent serves); setokim-engines.service's choice",
+    }),
+    model: setting({
+      schema: z.string().min(1),
+      flag: '--model <dir>',
+      help: 'a model set directory instead of a store',
+    }),
+    precision: setting({
+      schema: z.enum(PRECISIONS),
+      flag: '--precision <p>',
+      help: `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file, as the agent serves)`,
+    }),
+    workspaceMb: setting({
+      schema: z.number().int().positive(),
+      flag: '--workspace-mb <n>',
+      read: 'number',
+      help: 'builder workspace limit in MiB (default 1024; lower on 8 GB boards)',
+    }),
+  },
+  {
+    refine: (s) =>
+      s.refine((o) => !(o as { store?: string }).store !== !(o as { model?: string }).model, {
+        message: 'give --store (its active set) or --model, one of them',
+        path: ['store'],
+      }),
+  },
+);
 
 export function registerEnsureEnginesCommand(exportCmd: Command): void {
-  exportCmd
+  const cmd = exportCmd
     .command('ensure-engines')
     .description(
       'build the TensorRT engines this machine is missing for a set (first boot, after a JetPack upgrade); ' +
         'without TensorRT build nothing and say why',
-    )
-    .option('--store <dir>', "model store: its active set (what the agent serves); setokim-engines.service's choice")
-    .option('--model <dir>', 'a model set directory instead of a store')
-    .option(
-      '--precision <p>',
-      `which build of each stage (${PRECISIONS.join(' | ')}; default: the main file, as the agent serves)`,
-    )
-    .option('--workspace-mb <n>', 'builder workspace limit in MiB (default 1024; lower on 8 GB boards)')
-    .action(async (raw: unknown) => {
-      const o = parseFlags(Options, raw, 'export ensure-engines');
-      const say = (line: string) => process.stdout.write(`ensure-engines: ${line}\n`);
-      let dir = o.model;
-      if (o.store) {
-        const id = await new ModelStore(o.store).active();
-        if (!id) {
-          say(`built nothing: ${o.store} has no active model set yet (install a bundle first)`);
-          return;
-        }
-        dir = new ModelStore(o.store).dirOf(id);
+    );
+  registerFlags(cmd, ensureSettings).action(async (raw: Record<string, unknown>) => {
+    const o = parseCommandSettings(ensureSettings, raw, 'export ensure-engines');
+    const say = (line: string) => process.stdout.write(`ensure-engines: ${line}\n`);
+    let dir = o.model;
+    if (o.store) {
+      const id = await new ModelStore(o.store).active();
+      if (!id) {
+        say(`built nothing: ${o.store} has no active model set yet (install a bundle first)`);
+        return;
       }
-      const set = await openModelSet(dir!, { verify: false }); // the agent verifies the set when it opens it
-      const r = await ensureEngines({
-        set,
-        ...(o.precision ? { precision: o.precision } : {}),
-        ...(o.workspaceMb ? { workspaceBytes: o.workspaceMb * 2 ** 20 } : {}),
-        unavailable: tensorrtUnavailableReason(),
-        log: say,
-      });
-      if (r.skipped) say(`built nothing for ${set.id}: ${r.skipped}. The agent serves the set on ONNX Runtime.`);
-      else
-        say(
-          `${set.id}: built ${r.built.length ? r.built.join(', ') : 'nothing'}; ` +
-            (r.kept.length ? `${r.kept.join(', ')} already fit this machine` : 'none was there'),
-        );
+      dir = new ModelStore(o.store).dirOf(id);
+    }
+    const set = await openModelSet(dir!, { verify: false }); // the agent verifies the set when it opens it
+    const r = await ensureEngines({
+      set,
+      ...(o.precision ? { precision: o.precision } : {}),
+      ...(o.workspaceMb ? { workspaceBytes: o.workspaceMb * 2 ** 20 } : {}),
+      unavailable: tensorrtUnavailableReason(),
+      log: say,
     });
+    if (r.skipped) say(`built nothing for ${set.id}: ${r.skipped}. The agent serves the set on ONNX Runtime.`);
+    else
+      say(
+        `${set.id}: built ${r.built.length ? r.built.join(', ') : 'nothing'}; ` +
+          (r.kept.length ? `${r.kept.join(', ')} already fit this machine` : 'none was there'),
+      );
+  });
 }

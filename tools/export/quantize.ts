@@ -8,9 +8,8 @@
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { STAGES } from '../../src/engine/contract.js';
-import { parseFlags } from '../../src/flags.js';
-import { StageListFlag } from './flags.js';
+import { group, parseCommandSettings, progressSetting, registerFlags, setting } from '../../src/settings.js';
+import { stagesSetting } from './flags.js';
 import {
   BLOCK_SIZES,
   BUILD_PRECISIONS,
@@ -23,25 +22,74 @@ import {
 } from '../../src/quant/index.js';
 import { busyImage, flatImage } from './sample-images.js';
 
-const QuantizeOptions = z.object({
-  models: z.string({ error: (i) => (i.input === undefined ? 'required' : undefined) }).min(1),
-  precision: z.string().default('int8'),
-  blockSize: z
-    .enum(BLOCK_SIZES.map(String) as [string, ...string[]], {
-      error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}`,
-    })
-    .default(String(DEFAULT_BLOCK_SIZE))
-    .transform(Number),
-  stages: StageListFlag,
-  calibrationImages: z.coerce.number().int().min(1).max(256).default(8),
-  tolerance: z.coerce.number().gt(0).optional(),
-  weightBits: z
-    .enum(['7', '8'])
-    .default('7')
-    .transform((b) => Number(b) as 7 | 8),
-  threads: z.coerce.number().int().positive().optional(),
-  verify: z.boolean().default(true),
-  progress: z.boolean().default(true),
+/** Every flag of `export quantize`, declared once (src/settings.ts). */
+const quantizeSettings = group({
+  // required, not requiredOption: a missing --models goes through the same check (BAD_ARGUMENT, exit 2)
+  models: setting({
+    schema: z.string({ error: (i) => (i.input === undefined ? 'required' : undefined) }).min(1),
+    required: true,
+    flag: '--models <dir>',
+    help: 'model set directory (holds manifest.json; required)',
+  }),
+  precision: setting({
+    schema: z.string(),
+    default: 'int8',
+    flag: '--precision <p>',
+    help:
+      `${BUILD_PRECISIONS.join(' | ')}: int4w = INT4 weights for ${INT4_STAGES.join(', ')} (two dialects: ONNX ` +
+      `Runtime, TensorRT), fp16 elsewhere`,
+  }),
+  blockSize: setting({
+    schema: z
+      .enum(BLOCK_SIZES.map(String) as [string, ...string[]], {
+        error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}`,
+      })
+      .transform(Number),
+    default: String(DEFAULT_BLOCK_SIZE),
+    flag: '--block-size <k>',
+    help:
+      `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')}); a weight whose K it does not divide takes ` +
+      `the largest half that does`,
+  }),
+  stages: stagesSetting,
+  calibrationImages: setting({
+    schema: z.number().int().min(1).max(256),
+    default: 8,
+    flag: '--calibration-images <n>',
+    read: 'number',
+    help: 'sample images to calibrate on (each asked, and segmented/edited when those stages are quantised)',
+  }),
+  tolerance: setting({
+    schema: z.number().gt(0),
+    flag: '--tolerance <r>',
+    read: 'number',
+    help: `largest max|quantised - fp32| / max|fp32| of any stage output on held-out inputs (default ${Object.entries(
+      DEFAULT_TOLERANCES,
+    )
+      .map(([p, v]) => `${p} ${v}`)
+      .join(', ')})`,
+  }),
+  weightBits: setting({
+    schema: z.enum(['7', '8']).transform((b) => Number(b) as 7 | 8),
+    default: '7',
+    flag: '--weight-bits <b>',
+    help:
+      'int8: 7: weights in [-63, 63], exact on every backend; 8: [-127, 127], ' +
+      'for TensorRT-only sets (ONNX Runtime on x86 without VNNI saturates)',
+  }),
+  threads: setting({
+    schema: z.number().int().positive(),
+    flag: '--threads <n>',
+    read: 'number',
+    help: 'CPU threads per ONNX Runtime session',
+  }),
+  verify: setting({
+    schema: z.boolean(),
+    default: true,
+    flag: '--no-verify',
+    help: 'skip the sha256 check of the fp32 files',
+  }),
+  progress: progressSetting,
 });
 
 /** N seeded sample images: three busy pictures of growing clutter, then a flat one, and again. */
@@ -74,97 +122,60 @@ export function stageLine(r: StageResult): string {
 }
 
 export function registerQuantizeCommand(exportCmd: Command): void {
-  exportCmd
+  const cmd = exportCmd
     .command('quantize')
     .description(
       "write FP16, INT8 (explicit Q/DQ) or INT4 weight-only builds of a model set's stages, " +
         'checked against fp32 on held-out inputs, as manifest variants',
-    )
-    // not requiredOption: a missing --models goes through the zod check (BAD_ARGUMENT, exit 2)
-    .option('--models <dir>', 'model set directory (holds manifest.json; required)')
-    .option(
-      '--precision <p>',
-      `${BUILD_PRECISIONS.join(' | ')}: int4w = INT4 weights for ${INT4_STAGES.join(', ')} (two dialects: ONNX ` +
-        `Runtime, TensorRT), fp16 elsewhere`,
-      'int8',
-    )
-    .option(
-      '--block-size <k>',
-      `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')}); a weight whose K it does not divide takes ` +
-        `the largest half that does`,
-      String(DEFAULT_BLOCK_SIZE),
-    )
-    .option('--stages <list>', `comma-separated stages (default: every stage in the set): ${STAGES.join(', ')}`)
-    .option(
-      '--calibration-images <n>',
-      'sample images to calibrate on (each asked, and segmented/edited when those stages are quantised)',
-      '8',
-    )
-    .option(
-      '--tolerance <r>',
-      `largest max|quantised - fp32| / max|fp32| of any stage output on held-out inputs (default ${Object.entries(
-        DEFAULT_TOLERANCES,
-      )
-        .map(([p, v]) => `${p} ${v}`)
-        .join(', ')})`,
-    )
-    .option(
-      '--weight-bits <b>',
-      'int8: 7: weights in [-63, 63], exact on every backend (default); 8: [-127, 127], ' +
-        'for TensorRT-only sets (ONNX Runtime on x86 without VNNI saturates)',
-      '7',
-    )
-    .option('--threads <n>', 'CPU threads per ONNX Runtime session')
-    .option('--no-verify', 'skip the sha256 check of the fp32 files')
-    .option('--no-progress', 'no progress bars (also off when stderr is not a terminal)')
-    .action(async (raw: unknown) => {
-      const o = parseFlags(QuantizeOptions, raw, 'export quantize');
-      checkPrecision(o.precision); // a bad precision answers before any work
-      const multi =
-        o.progress && process.stderr.isTTY
-          ? new MultiBar(
-              { format: '{phase} {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true },
-              Presets.shades_classic,
-            )
-          : null;
-      const bars = new Map<string, SingleBar>();
-      const bar = (key: string, total: number, payload: object) => {
-        let b = bars.get(key);
-        if (!b && multi) bars.set(key, (b = multi.create(total, 0, payload)));
-        return b;
-      };
-      const lines: string[] = [];
-      try {
-        await quantizeModelSet({
-          dir: o.models,
-          precision: o.precision,
-          stages: o.stages,
-          images: await sampleImages(o.calibrationImages),
-          tolerance: o.tolerance,
-          weightBits: o.weightBits,
-          blockSize: o.blockSize,
-          threads: o.threads,
-          verify: o.verify,
-          onProgress: (e) => {
-            if (e.phase === 'stage') {
-              const line = stageLine(e.result);
-              if (multi)
-                lines.push(line); // printed once the bars are gone, so they do not garble it
-              else process.stdout.write(line + '\n');
-            } else if (e.phase === 'calibrate') {
-              bar('calibrate', e.total, { phase: 'calibrate', stage: 'queries' })?.update(e.done);
-            } else {
-              bar(`${e.phase}:${e.stage}`, e.total, { phase: e.phase, stage: e.stage })?.update(e.done);
-            }
-          },
-        });
-      } finally {
-        multi?.stop();
-        for (const l of lines) process.stdout.write(l + '\n'); // also the stages checked before a refusal
-      }
-      process.stdout.write(
-        `${o.models}: ${o.precision} variants listed in manifest.json; ` +
-          `run with \`setokim run --models ${o.models} --precision ${o.precision}\`\n`,
-      );
-    });
+    );
+  registerFlags(cmd, quantizeSettings).action(async (raw: Record<string, unknown>) => {
+    const o = parseCommandSettings(quantizeSettings, raw, 'export quantize');
+    checkPrecision(o.precision); // a bad precision answers before any work
+    const multi =
+      o.progress && process.stderr.isTTY
+        ? new MultiBar(
+            { format: '{phase} {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true },
+            Presets.shades_classic,
+          )
+        : null;
+    const bars = new Map<string, SingleBar>();
+    const bar = (key: string, total: number, payload: object) => {
+      let b = bars.get(key);
+      if (!b && multi) bars.set(key, (b = multi.create(total, 0, payload)));
+      return b;
+    };
+    const lines: string[] = [];
+    try {
+      await quantizeModelSet({
+        dir: o.models,
+        precision: o.precision,
+        stages: o.stages,
+        images: await sampleImages(o.calibrationImages),
+        tolerance: o.tolerance,
+        weightBits: o.weightBits,
+        blockSize: o.blockSize,
+        threads: o.threads,
+        verify: o.verify,
+        onProgress: (e) => {
+          if (e.phase === 'stage') {
+            const line = stageLine(e.result);
+            if (multi)
+              lines.push(line); // printed once the bars are gone, so they do not garble it
+            else process.stdout.write(line + '\n');
+          } else if (e.phase === 'calibrate') {
+            bar('calibrate', e.total, { phase: 'calibrate', stage: 'queries' })?.update(e.done);
+          } else {
+            bar(`${e.phase}:${e.stage}`, e.total, { phase: e.phase, stage: e.stage })?.update(e.done);
+          }
+        },
+      });
+    } finally {
+      multi?.stop();
+      for (const l of lines) process.stdout.write(l + '\n'); // also the stages checked before a refusal
+    }
+    process.stdout.write(
+      `${o.models}: ${o.precision} variants listed in manifest.json; ` +
+        `run with \`setokim run --models ${o.models} --precision ${o.precision}\`\n`,
+    );
+  });
 }
