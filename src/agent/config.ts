@@ -250,7 +250,7 @@ export const agentSettings = group(
       backend: setting({ schema: z.string().min(1), flag: '--backend <name>', env: 'SETOKIM_BACKEND', help: 'only this backend (onnxruntime-cpu, tensorrt)' }),
       threads: setting({ schema: count(1), flag: '--threads <n>', env: 'SETOKIM_THREADS', read: 'number', help: 'CPU threads per stage session' }),
       verify: setting({ schema: z.boolean(), default: true, flag: '--no-verify', help: 'skip the sha256 check of the model files at start' }),
-      /** Bytes of vision tokens kept per image for later queries on it (docs/MQTT.md, "Conversations and the caches"). */
+      /** Vision tokens kept per image for later queries on it (docs/MQTT.md, "Conversations and the caches"). */
       visionCacheBytes: setting({
         schema: count(0),
         default: CACHE_DEFAULTS.visionCacheBytes,

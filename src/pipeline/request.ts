@@ -85,8 +85,8 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults, w
   }
   if (withVision && (r.image || r.conversation || (task !== 'ask' && task !== 'describe'))) {
     const also = r.image ? ' with an image' : r.conversation ? ' in a conversation' : '';
-    const why = `vision tokens given with the request serve 'ask' and 'describe' without an image, not '${task}'${also}`;
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, why);
+    const serve = "vision tokens given with the request serve 'ask' and 'describe' without an image";
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${serve}, not '${task}'${also}`);
   }
   // A conversation's follow-up carries no image: the conversation has it.
   const needsImage = task !== 'generate' && !r.conversation && !withVision;

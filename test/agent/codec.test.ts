@@ -21,10 +21,11 @@ t.test('a conversation id travels in the query; an over-long one is BAD_MESSAGE'
   const r = decodeQuery(encodeQuery({ id: 'q2', task: 'ask', prompt: 'and then?', conversation: 'kitchen-cam/7' }));
   t.equal(r.ok && r.query.conversation, 'kitchen-cam/7');
   t.equal(r.ok && r.query.image, undefined, 'a follow-up carries no image');
-  const long = decodeQuery(encodeQuery({ id: 'q3', task: 'ask', conversation: 'c'.repeat(129), replyTopic: 'setokim/v1/replies/r' }));
+  const replyTopic = 'setokim/v1/replies/r';
+  const long = decodeQuery(encodeQuery({ id: 'q3', task: 'ask', conversation: 'c'.repeat(129), replyTopic }));
   t.equal(!long.ok && long.error.code, 'BAD_MESSAGE');
   t.match(!long.ok && long.error.message, /conversation: the conversation id is longer than 128 characters/);
-  t.equal(!long.ok && long.salvage.replyTopic, 'setokim/v1/replies/r', 'and answered at its reply address');
+  t.equal(!long.ok && long.salvage.replyTopic, replyTopic, 'and answered at its reply address');
 });
 
 t.test('bytes that are not a query, and queries that break the rules, are BAD_MESSAGE', async (t) => {
