@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-checks the TensorRT backend against a TensorRT include folder, without TensorRT's
-# libraries or a GPU: every native/trt/tensorrt/*.cc and the Node-API binding, with g++
+# libraries or a GPU: every native/trt/tensorrt/*.cc, the CUDA helpers it uses (native/trt/cuda)
+# and the Node-API binding, with g++
 # -fsyntax-only -std=c++17, SETOKIM_WITH_TENSORRT and SETOKIM_WITH_CUDA defined.
 #
 #   npm run check:tensorrt -- /path/to/TensorRT/include [more TensorRT include folders...]
@@ -26,7 +27,7 @@ fail() { echo "check-tensorrt: $*" >&2; exit 2; }
 [ -f "$node_inc/node_api.h" ] || fail "Node-API headers not found (node-api-headers; run npm ci)"
 
 shopt -s nullglob
-sources=("$root"/native/trt/tensorrt/*.cc "$root"/native/trt/addon/tensorrt_binding.cc)
+sources=("$root"/native/trt/cuda/*.cc "$root"/native/trt/tensorrt/*.cc "$root"/native/trt/addon/tensorrt_binding.cc)
 [ ${#sources[@]} -gt 0 ] || fail "no TensorRT sources found"
 
 status=0

@@ -81,6 +81,12 @@ export const ERRORS = {
   EXPIRED: { exit: 4, meaning: 'the query arrived after its deadline or message expiry' },
   CANCELLED: { exit: 4, meaning: 'the query was cancelled' },
   DUPLICATE: { exit: 4, meaning: 'a query with this id was already taken' },
+  CONVERSATION_UNKNOWN: {
+    exit: 4,
+    meaning:
+      'the query continues a conversation this device does not hold (never started here, idle too long, ' +
+      'or its memory was needed); start it again with the image',
+  },
   STREAM_REFUSED: { exit: 4, meaning: 'a stream request the agent does not take: a source not on its allow-list, or streams off' },
   INTERNAL: { exit: 1, meaning: 'an unexpected error (a bug): please report it' },
 } as const satisfies Record<string, { exit: ExitStatus; meaning: string }>;

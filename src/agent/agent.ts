@@ -132,6 +132,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     if (opts.target) this.target = opts.target;
     this.topics = deviceTopics(this.config.fleet, this.config.device);
     this.seen = new SeenIds(this.config.limits.dedupeWindow);
+    this.metrics.trackCaches(() => ({ pipeline: this.serving.pipeline, stats: this.serving.pipeline.cacheStats?.() }));
     const h = this.config.health;
     if (h.enabled) {
       const { tegrastats, intervalMs, energyRails } = h;
@@ -271,6 +272,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     const request: QueryRequest = { id: q.id, task: q.task as Task };
     if (q.prompt !== undefined) request.prompt = q.prompt;
     if (q.image) request.image = q.image;
+    if (q.conversation) request.conversation = q.conversation;
     const cap = this.config.limits.maxTokens;
     if (q.generation || cap !== undefined) {
       const generation = Object.assign({}, q.generation);

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError, type ErrorCode } from '../errors.js';
-import { GenerationSchema, MAX_ID_CHARS } from '../pipeline/request.js';
+import { GenerationSchema, MAX_CONVERSATION_CHARS, MAX_ID_CHARS } from '../pipeline/request.js';
 import type { GenerationParams, PipelineEvent } from '../pipeline/types.js';
 import type { HealthSummary } from './health.js';
 import { isSafeReplyTopic, MAX_REPLY_TOPIC, REPLY_FILTER, topicMatches } from '../mqtt/topics.js';
@@ -44,6 +44,7 @@ export interface WireQuery {
   deadlineUnixMs?: number;
   replyTopic?: string;
   correlation?: Uint8Array;
+  conversation?: string;
 }
 
 /** The longest correlation an agent echoes: the `correlation` field and MQTT 5 Correlation Data alike. */
@@ -95,6 +96,9 @@ function querySchema(rules: QueryRules) {
     (b) => b.length <= MAX_CORRELATION_BYTES,
     `correlation is longer than ${MAX_CORRELATION_BYTES} bytes`,
   ),
+  conversation: z
+    .string()
+    .max(MAX_CONVERSATION_CHARS, `the conversation id is longer than ${MAX_CONVERSATION_CHARS} characters`),
   });
 }
 
@@ -214,6 +218,7 @@ export class QueryDecoder {
     if (p.deadlineUnixMs) query.deadlineUnixMs = p.deadlineUnixMs;
     if (p.replyTopic) query.replyTopic = p.replyTopic;
     if (p.correlation.length) query.correlation = p.correlation;
+    if (p.conversation) query.conversation = p.conversation;
     return { ok: true, query };
   }
 
@@ -254,6 +259,7 @@ export class QueryDecoder {
       deadlineUnixMs: toNumber(m.deadlineUnixMs),
       replyTopic: m.replyTopic,
       correlation: asBytes(m.correlation),
+      conversation: m.conversation,
     };
   }
 

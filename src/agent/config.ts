@@ -11,6 +11,7 @@ import { DEFAULT_WORKSPACE_BYTES } from '../engine/engine-builder.js';
 import { DEFAULT_BUILD_TIMEOUT_MS } from '../fleet/engines.js';
 import { urlPrefixProblem } from '../fleet/policy.js';
 import { parseSource } from '../media/spec.js';
+import { CACHE_DEFAULTS } from '../pipeline/pipeline.js';
 import { brokerGroup } from '../mqtt/connection.js';
 import { levelName, replyTopicFilter } from '../mqtt/topics.js';
 import { DEFAULT_MAX_PROMPT_BYTES } from './codec.js';
@@ -249,6 +250,24 @@ export const agentSettings = group(
       backend: setting({ schema: z.string().min(1), flag: '--backend <name>', env: 'SETOKIM_BACKEND', help: 'only this backend (onnxruntime-cpu, tensorrt)' }),
       threads: setting({ schema: count(1), flag: '--threads <n>', env: 'SETOKIM_THREADS', read: 'number', help: 'CPU threads per stage session' }),
       verify: setting({ schema: z.boolean(), default: true, flag: '--no-verify', help: 'skip the sha256 check of the model files at start' }),
+      /** Vision tokens kept per image for later queries on it (docs/MQTT.md, "Conversations and the caches"). */
+      visionCacheBytes: setting({
+        schema: count(0),
+        default: CACHE_DEFAULTS.visionCacheBytes,
+        flag: '--vision-cache-bytes <n>',
+        env: 'SETOKIM_VISION_CACHE_BYTES',
+        read: 'number',
+        help: 'bytes of vision tokens kept per image for later queries on it (0 = off)',
+      }),
+      /** A conversation with no turn for this long ends (CONVERSATION_UNKNOWN after). */
+      conversationIdleMs: setting({
+        schema: count(1),
+        default: CACHE_DEFAULTS.conversationIdleMs,
+        flag: '--conversation-idle-ms <ms>',
+        env: 'SETOKIM_CONVERSATION_IDLE_MS',
+        read: 'number',
+        help: 'a conversation with no turn for this long ends',
+      }),
     }),
     /** How long SIGTERM waits for in-flight queries before giving up on them. */
     shutdownGraceMs: setting({ schema: count(0), default: 30_000, help: 'how long SIGTERM waits for in-flight queries' }),

@@ -6,7 +6,48 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { TASKS, type CacheStats } from '../pipeline/types.js';
 import type { TegraSample } from './tegrastats.js';
+
+/** The pipeline serving now and its cache counters (undefined: a pipeline without caches). */
+export type CacheSource = () => { pipeline: object; stats: CacheStats | undefined };
+
+/**
+ * A counter that follows a running total kept elsewhere (the pipeline's cache counters): each
+ * scrape adds what the total grew by. A new pipeline (after an update) starts its totals at 0.
+ */
+type Source = () => CacheSource | undefined;
+type Pick = (s: CacheStats) => number;
+
+function followingCounter(registry: Registry, name: string, help: string, source: Source, pick: Pick): Counter {
+  let last = 0;
+  let from: object | undefined;
+  return new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const now = source()?.();
+      if (!now?.stats) return;
+      if (now.pipeline !== from) [from, last] = [now.pipeline, 0];
+      const value = pick(now.stats);
+      if (value > last) this.inc(value - last);
+      last = value;
+    },
+  });
+}
+
+function followingGauge(registry: Registry, name: string, help: string, source: Source, pick: Pick): Gauge {
+  return new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const stats = source()?.().stats;
+      if (stats) this.set(pick(stats));
+    },
+  });
+}
 
 /**
  * Device health gauges (src/agent/health.ts), registered only once a Jetson's tegrastats printed a
@@ -83,7 +124,6 @@ export class DeviceMetrics {
     for (const g of this.all) g.reset();
   }
 }
-import { TASKS } from '../pipeline/types.js';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -118,6 +158,7 @@ export class AgentMetrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [this.registry],
   });
+  private caches?: CacheSource;
   private server?: Server;
   private deviceMetrics?: DeviceMetrics;
 
@@ -136,6 +177,31 @@ export class AgentMetrics {
     let child = this.byTask.get(known);
     if (!child) this.byTask.set(known, (child = this.queries.labels({ task: known })));
     return child;
+  }
+
+  constructor() {
+    // The vision-token, prefix and conversation caches of the pipeline serving (docs/MQTT.md, Metrics).
+    const src = () => this.caches;
+    const c = (name: string, help: string, pick: Pick) => followingCounter(this.registry, name, help, src, pick);
+    const g = (name: string, help: string, pick: Pick) => followingGauge(this.registry, name, help, src, pick);
+    c('setokim_vision_cache_hits_total', 'Queries whose image tokens came from the vision cache', (s) => s.vision.hits);
+    c('setokim_vision_cache_misses_total', 'Queries whose image went through the vision', (s) => s.vision.misses);
+    g('setokim_vision_cache_bytes', 'Bytes held by the vision-token cache', (s) => s.vision.bytes);
+    c('setokim_prefix_cache_hits_total', 'Prompts whose prefix KV rows came from the cache', (s) => s.prefix.hits);
+    c('setokim_prefix_cache_misses_total', 'Prompts whose prefix was prefilled', (s) => s.prefix.misses);
+    g('setokim_prefix_cache_bytes', 'KV bytes held by cached prompt prefixes', (s) => s.prefix.bytes);
+    g('setokim_conversations', 'Conversations held', (s) => s.conversations.active);
+    g('setokim_conversation_bytes', 'KV bytes held by conversations', (s) => s.conversations.bytes);
+    const expired = (s: CacheStats) => s.conversations.expired;
+    c('setokim_conversations_expired_total', 'Conversations ended idle or over the count', expired);
+    c('setokim_conversations_evicted_total', 'Conversations ended for memory', (s) => s.conversations.evicted);
+    c('setokim_kv_cache_evictions_total', 'Cache holds taken back for queries', (s) => s.kv.evictions);
+    g('setokim_kv_budget_used_bytes', 'KV-cache bytes held by queries and caches', (s) => s.kv.usedBytes);
+  }
+
+  /** Where the cache metrics read from (the agent's serving pipeline, which an update replaces). */
+  trackCaches(source: CacheSource): void {
+    this.caches = source;
   }
 
   /** Serves /metrics on host:port (port 0 = a free port); resolves with the bound port. */

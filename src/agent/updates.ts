@@ -39,6 +39,8 @@ export async function openServingSet(config: AgentConfig, dir: string): Promise<
     ...(config.limits.maxTokens !== undefined ? { maxTokens: config.limits.maxTokens } : {}),
     ...(config.pipeline.backend ? { backend: config.pipeline.backend } : {}),
     ...(config.pipeline.threads ? { threads: config.pipeline.threads } : {}),
+    visionCacheBytes: config.pipeline.visionCacheBytes,
+    conversationIdleMs: config.pipeline.conversationIdleMs,
     verify: config.pipeline.verify,
   });
   try {

@@ -5,8 +5,9 @@
  * tokens per image and time per stage.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import sharp from 'sharp';
@@ -19,6 +20,8 @@ import type { ReplyEvent } from '../agent/codec.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { createPipeline, type QueryRequest } from '../pipeline/index.js';
 import { synthesize } from '../../tools/export/synth.js';
+import { CONFIGS } from '../../tools/export/configs.js';
+import { stageSignature } from '../engine/contract.js';
 import { savePicture } from './query.js';
 import { parseFlags } from '../flags.js';
 
@@ -101,10 +104,22 @@ async function sampleImages(dir: string): Promise<Array<{ name: string; png: Buf
   return images;
 }
 
+/**
+ * Whether the cached tiny set in `dir` follows this version's stage contract: one written before
+ * the contract changed (the LLM's KV cache) is rebuilt rather than refused at load.
+ */
+export async function followsContract(dir: string): Promise<boolean> {
+  const m = JSON.parse(await readFile(path.join(dir, 'manifest.json'), 'utf8'));
+  return isDeepStrictEqual(m.stages?.llm?.signature, stageSignature('llm', CONFIGS.tiny));
+}
+
 async function ensureModels(dir: string, seed: number, c: ReturnType<typeof palette>): Promise<void> {
   if (existsSync(path.join(dir, 'manifest.json'))) {
-    process.stdout.write(`  model set   ${dir} ${c.dim('(cached)')}\n`);
-    return;
+    if (await followsContract(dir)) {
+      process.stdout.write(`  model set   ${dir} ${c.dim('(cached)')}\n`);
+      return;
+    }
+    process.stdout.write(`  model set   ${dir} follows an older stage contract\n`);
   }
   process.stdout.write(`  model set   building the tiny set in ${dir} (seeded weights, once)\n`);
   const bar = process.stdout.isTTY ? new SingleBar({ format: '              {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true }, Presets.shades_classic) : undefined;

@@ -11,6 +11,7 @@ import { QueryClient, newQueryId } from '../agent/client.js';
 import type { ReplyEvent } from '../agent/codec.js';
 import { levelName, type Target } from '../mqtt/topics.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import { ConversationIdSchema } from '../pipeline/request.js';
 import { TASKS, type QueryRequest } from '../pipeline/types.js';
 import { summary } from './run.js';
 import { credentialOptions, brokerGroup } from '../mqtt/connection.js';
@@ -30,6 +31,11 @@ const querySettings = group({
   temperature: setting({ schema: z.number().min(0), flag: '--temperature <t>', read: 'number', help: '0 = greedy' }),
   seed: setting({ schema: z.number().int().min(0).max(0xffffffff), flag: '--seed <n>', read: 'number', help: 'sampling seed' }),
   json: setting({ schema: z.boolean(), default: false, flag: '--json', help: 'one JSON line per reply event (pictures as file paths)' }),
+  conversation: setting({
+    schema: ConversationIdSchema,
+    flag: '--conversation <id>',
+    help: 'start (with --image) or continue a conversation; follow-ups to the same --device',
+  }),
 });
 type QueryOpts = OutputOf<typeof querySettings>;
 
@@ -70,6 +76,7 @@ async function sendQuery(o: QueryOpts): Promise<void> {
   const request: QueryRequest = { id: newQueryId(), task: o.task };
   if (o.prompt !== undefined) request.prompt = o.prompt;
   if (image) request.image = image;
+  if (o.conversation) request.conversation = o.conversation;
   const generation = { maxTokens: o.maxTokens, temperature: o.temperature, seed: o.seed };
   if (Object.values(generation).some((v) => v !== undefined)) request.generation = JSON.parse(JSON.stringify(generation));
   const outDir = o.out ?? process.cwd();

@@ -1,21 +1,24 @@
 /**
  * The backend interface: every inference backend (ONNX Runtime CPU, TensorRT) opens a stage as a
- * Session with named inputs and outputs. Modelled on onnxruntime-common's Backend/SessionHandler.
+ * Session with named inputs and outputs. Modelled on onnxruntime-common's Backend/SessionHandler,
+ * plus resident tensors (resident.ts): state such as the LLM's KV cache that stays in the
+ * backend's memory between runs and is fed and written by handle.
  */
 import type { DType, StageSignature } from './contract.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
 
 export type TypedArray = Float32Array | BigInt64Array | Int32Array | Int8Array | Uint8Array | Uint16Array;
 
-/** Where a tensor's bytes live: host memory, or GPU memory owned by a backend. */
-export type TensorLocation = 'host' | 'gpu';
-
+/** A tensor in host memory: what a run takes as a feed and gives back as an output. */
 export interface Tensor {
   readonly dtype: DType;
   readonly dims: readonly number[];
-  /** Host data; for location 'gpu' this is absent until the tensor is downloaded. */
   readonly data: TypedArray;
-  readonly location: TensorLocation;
+  readonly location: 'host';
 }
+
+/** A run's feed: host data, or a resident tensor the session holds (only its handle crosses). */
+export type Feed = Tensor | ResidentTensor;
 
 export interface SessionOptions {
   /** Threads for CPU backends (intra-op). */
@@ -34,6 +37,11 @@ export interface SessionRunOptions {
    * replaced by the run's outputs, such as an LLM's past KV cache.
    */
   transfer?: readonly string[];
+  /**
+   * Outputs written into resident tensors of this session (rows at an offset along an axis, e.g.
+   * the new tokens' keys into a KV cache at the write position) instead of being returned.
+   */
+  writeInto?: Readonly<Record<string, RowWrite>>;
 }
 
 export interface Session {
@@ -41,7 +49,17 @@ export interface Session {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   /** Runs the graph off the JS thread. Inputs are checked against the signature first. */
-  run(feeds: Record<string, Tensor>, options?: SessionRunOptions): Promise<Record<string, Tensor>>;
+  run(feeds: Record<string, Feed>, options?: SessionRunOptions): Promise<Record<string, Tensor>>;
+  /** Zero-filled tensors in the backend's memory, for later runs to read and write by handle. */
+  allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]>;
+  /** Copies rows between this session's resident tensors, inside the backend. */
+  copyRows(copies: readonly RowCopy[]): Promise<void>;
+  /** A resident tensor's data, copied to the host (tests, calibration, debugging). */
+  read(t: ResidentTensor): Promise<Tensor>;
+  /** Frees resident tensors; releasing one twice, or one already lost, is harmless. */
+  release(tensors: readonly ResidentTensor[]): Promise<void>;
+  /** Bytes this session's live resident tensors hold. */
+  readonly residentBytes: number;
   dispose(): Promise<void>;
 }
 

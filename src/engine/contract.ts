@@ -4,8 +4,9 @@
  * it, and a real Setokim export must follow it. docs/CONTRACT.md explains each stage.
  *
  * Dimension names: batch (1 in the pipeline), N patches, C encoder width, L vision tokens
- * (1..maxTokens), D vision-token width, H LLM hidden width, T new tokens, P past tokens, V vocab,
- * G patch grid side (N = G * G), R detokenizer image side, B diffusion batch.
+ * (1..maxTokens), D vision-token width, H LLM hidden width, T new tokens, S KV-cache rows (the
+ * cache's capacity), V vocab, G patch grid side (N = G * G), R detokenizer image side, B diffusion
+ * batch.
  */
 import { z } from 'zod';
 
@@ -114,8 +115,6 @@ export function stageSignature(stage: StageName, a: Architecture): StageSignatur
   const C = a.encoder.width;
   const D = a.merger.tokenWidth;
   const H = a.llm.hidden;
-  const kv: Dim[] = [a.llm.layers, 1, a.llm.kvHeads, 'P', headDim(a)];
-  const kvOut: Dim[] = [a.llm.layers, 1, a.llm.kvHeads, 'P+T', headDim(a)];
   switch (stage) {
     case 'encoder': // pixels normalised NCHW -> last hidden state before the post-LayerNorm, no CLS
       return { inputs: [f('pixels', ['batch', 3, S, S])], outputs: [f('features', ['batch', N, C])] };
@@ -126,16 +125,28 @@ export function stageSignature(stage: StageName, a: Architecture): StageSignatur
       };
     case 'embed':
       return { inputs: [i64('input_ids', [1, 'T'])], outputs: [f('embeds', [1, 'T', H])] };
-    case 'llm': // positions run P..P+T-1, P read from past_keys; causal over past and new tokens
+    case 'llm': {
+      // A fixed-capacity cache (S rows per layer, the first past_length of them filled): new tokens
+      // sit at positions past_length .. past_length+T-1 and attend to the filled rows and causally
+      // to each other. The graph returns their keys and values; the runtime writes them into the
+      // cache at row past_length, so a decode step has one shape and never copies the cache.
+      const perLayer = (name: string, rows: Dim) =>
+        Array.from({ length: a.llm.layers }, (_, l) => f(`${name}.${l}`, [1, a.llm.kvHeads, rows, headDim(a)]));
       return {
-        inputs: [f('inputs_embeds', [1, 'T', H]), f('past_keys', kv), f('past_values', kv)],
+        inputs: [
+          f('inputs_embeds', [1, 'T', H]),
+          i64('past_length', [1]),
+          ...perLayer('past_keys', 'S'),
+          ...perLayer('past_values', 'S'),
+        ],
         outputs: [
-          f('logits', [1, 'T', a.llm.vocab]),
-          f('hidden', [1, 'T', H]),
-          f('present_keys', kvOut),
-          f('present_values', kvOut),
+          f('logits', [1, 1, a.llm.vocab]), // the last position only
+          f('hidden', [1, 1, H]),
+          ...perLayer('new_keys', 'T'),
+          ...perLayer('new_values', 'T'),
         ],
       };
+    }
     case 'diffusion': // predicts the noise in x at time t (0..1, cosine schedule), given LLM hidden cond
       return {
         inputs: [f('x', ['B', D]), f('t', ['B']), f('cond', ['B', H])],

@@ -70,9 +70,10 @@ const range = (min: number, opt: number, max: number) => ({ min, opt: Math.min(M
 
 /**
  * Default profiles per stage from the architecture: vision tokens L in 1..maxTokens, the LLM with a
- * prefill profile (T up to the context, no past) and a decode profile (T = 1, past up to the
- * context), the diffusion batch B up to `diffusionBatch`, by default L: the pipeline denoises every
- * `<target>` token of an image in one batch, and an image has up to maxTokens of them.
+ * prefill profile (T up to the context over a cache of S rows, tuned for an empty one) and a decode
+ * profile (T = 1; S, the query's fixed cache size, up to the context: every decode step of a query
+ * has the same shape), the diffusion batch B up to `diffusionBatch`, by default L: the pipeline
+ * denoises every `<target>` token of an image in one batch, and an image has up to maxTokens of them.
  */
 export function stageDimProfiles(
   stage: StageName,
@@ -85,8 +86,8 @@ export function stageDimProfiles(
   const common = { batch: range(1, 1, 1), L: range(1, Math.ceil(L / 2), L), B: range(1, 2, B), T: range(1, Math.min(64, ctx), ctx) };
   if (stage === 'llm') {
     return [
-      { ...common, T: range(1, Math.min(512, ctx), ctx), P: range(0, 0, ctx) },
-      { ...common, T: range(1, 1, 1), P: range(0, Math.ceil(ctx / 2), ctx) },
+      { ...common, T: range(1, Math.min(512, ctx), ctx), S: range(0, 0, ctx) },
+      { ...common, T: range(1, 1, 1), S: range(1, Math.ceil(ctx / 2), ctx) },
     ];
   }
   return [common];

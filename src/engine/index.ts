@@ -11,3 +11,4 @@ export * from './engine-builder.js';
 export * from './stage-source.js';
 export * from './manifest.js';
 export * from './modelset.js';
+export * from './resident.js';

@@ -40,10 +40,40 @@ export interface NativeTrtTensor {
   dims: number[];
   data: ArrayBufferView;
 }
+/** A run's output written into a resident tensor (by the JS side's handle number) at `offset` along `axis`. */
+export interface NativeTrtWrite {
+  handle: number;
+  axis: number;
+  offset: number;
+}
+export interface NativeTrtCopy {
+  from: number;
+  to: number;
+  axis: number;
+  rows: number;
+  fromOffset: number;
+  toOffset: number;
+}
 export interface NativeTrtEngine {
   /** IO tensors in engine order; -1 marks a dynamic dim. */
   readonly io: { name: string; mode: 'input' | 'output'; dtype: string; shape: number[] }[];
-  run(feeds: Record<string, NativeTrtTensor>): Promise<Record<string, NativeTrtTensor>>;
+  /** Whether host IO goes through mapped pinned memory (an integrated GPU: Jetson) instead of copies. */
+  readonly mappedIo: boolean;
+  /**
+   * Host feeds are copied to the device (or into mapped memory); `resident` feeds name device
+   * buffers by handle; outputs in `writes` go into resident buffers on the device, the rest come back.
+   */
+  run(
+    feeds: Record<string, NativeTrtTensor>,
+    resident?: Record<string, number>,
+    writes?: Record<string, NativeTrtWrite>,
+  ): Promise<Record<string, NativeTrtTensor>>;
+  /** Zero-filled device buffers under the given handles. */
+  allocate(tensors: { handle: number; dtype: string; dims: number[] }[]): Promise<void>;
+  copyRows(copies: NativeTrtCopy[]): Promise<void>;
+  read(handle: number): Promise<NativeTrtTensor>;
+  /** Frees device buffers (off the JS thread: a run may hold the session). */
+  release(handles: number[]): Promise<void>;
   dispose(): void;
 }
 export interface NativeTrtBuildOptions {

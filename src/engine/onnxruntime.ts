@@ -2,15 +2,18 @@
  * The ONNX Runtime CPU backend (onnxruntime-node): the default everywhere and the fallback on a
  * Jetson without engines. Each session lives in its own worker thread (ort-worker.mjs) because the
  * native run is synchronous; the JS thread only copies feeds in (or moves those the caller gives up,
- * see SessionRunOptions.transfer) and receives the outputs, which are moved, not copied.
+ * see SessionRunOptions.transfer) and receives the outputs, which are moved, not copied. Resident
+ * tensors (the LLM's KV cache) live in the worker and cross as handles.
  */
 import { Worker } from 'node:worker_threads';
 import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import type { Backend, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
+import type { Backend, Feed, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
+import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
 
@@ -20,8 +23,34 @@ interface WireTensor {
   dims: number[];
   data: ArrayBufferView;
 }
+interface WireWrite {
+  handle: number;
+  axis: number;
+  offset: number;
+}
+interface WireCopy {
+  from: number;
+  to: number;
+  axis: number;
+  rows: number;
+  fromOffset: number;
+  toOffset: number;
+}
+/** Requests the worker answers with a result or an error, in the order they were sent. */
+type Request =
+  | {
+      type: 'run';
+      id: number;
+      feeds: Record<string, WireTensor>;
+      resident: Record<string, number>;
+      writes: Record<string, WireWrite>;
+    }
+  | { type: 'allocate'; id: number; tensors: { handle: number; dtype: DType; dims: number[] }[] }
+  | { type: 'copy'; id: number; copies: WireCopy[] }
+  | { type: 'read'; id: number; handle: number };
 type ToWorker =
-  | { type: 'run'; id: number; feeds: Record<string, WireTensor> }
+  | Request
+  | { type: 'release'; handles: number[] }
   | { type: 'dispose' }
   /** Tests only: the worker dies as a crash kills it (process.exit, an uncaught error), now or on the next run. */
   | { type: 'crash'; how: 'exit' | 'throw'; atNextRun?: boolean };
@@ -60,7 +89,7 @@ export function signatureFromMetadata(meta: readonly OrtMetadata[]): StageSignat
  * a view into a larger buffer (a subarray, a pooled Buffer) or shared memory is copied instead, so
  * no data the caller did not name is detached.
  */
-function transferList(feeds: Record<string, Tensor>, names: readonly string[] = []): ArrayBuffer[] {
+function transferList(feeds: Record<string, WireTensor>, names: readonly string[] = []): ArrayBuffer[] {
   const out = new Set<ArrayBuffer>();
   for (const name of names) {
     const data = feeds[name]?.data;
@@ -103,7 +132,8 @@ async function startWorker(spec: WorkerSpec): Promise<{ worker: Worker; ready: R
   return { worker, ready };
 }
 
-type Pending = { resolve: (o: Record<string, Tensor>) => void; reject: (e: Error) => void };
+type Outputs = Record<string, Tensor>;
+type Pending = { what: string; resolve: (o: Outputs) => void; reject: (e: Error) => void };
 
 /** How often a dead worker is replaced before the session gives up (OrtBackendOptions). */
 interface CrashLoopLimit {
@@ -136,6 +166,7 @@ class OrtSession implements Session {
   private readonly deaths: number[] = [];
   /** How many times a dead worker was replaced. */
   restarts = 0;
+  private readonly residents: ResidentRegistry;
 
   constructor(
     worker: Worker,
@@ -146,7 +177,12 @@ class OrtSession implements Session {
     private readonly signature: StageSignature,
     private readonly limit: CrashLoopLimit,
   ) {
+    this.residents = new ResidentRegistry(stage);
     this.attach(worker);
+  }
+
+  get residentBytes(): number {
+    return this.residents.bytes;
   }
 
   private attach(worker: Worker): void {
@@ -163,6 +199,7 @@ class OrtSession implements Session {
     const how = this.lastError ? `an uncaught error: ${this.lastError}` : `exit code ${code}`;
     this.worker = undefined;
     if (this.disposed) return;
+    this.residents.loseAll(`the ONNX Runtime worker died: ${how}`);
     this.lastError = how;
     const now = performance.now();
     this.deaths.push(now);
@@ -185,18 +222,77 @@ class OrtSession implements Session {
     );
   }
 
-  async run(feeds: Record<string, Tensor>, options: SessionRunOptions = {}): Promise<Record<string, Tensor>> {
+  async run(feeds: Record<string, Feed>, options: SessionRunOptions = {}): Promise<Record<string, Tensor>> {
+    this.assertOpen();
+    const bound = checkFeeds(this.stage, this.signature, feeds);
+    const writes = options.writeInto ?? {};
+    checkRowWrites(this.stage, this.signature, bound, writes, this.outputNames);
+    const host: Record<string, WireTensor> = {};
+    const resident: Record<string, number> = {};
+    for (const [name, t] of Object.entries(feeds)) {
+      if (t.location === 'resident') resident[name] = this.residents.idOf(t, `input '${name}'`);
+      else host[name] = toWire(t);
+    }
+    const wireWrites = wireRowWrites(this.residents, writes);
+    const transfer = transferList(host, options.transfer);
+    return this.request('run', (id) => ({ type: 'run', id, feeds: host, resident, writes: wireWrites }), transfer);
+  }
+
+  async allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]> {
+    this.assertOpen();
+    const handles = this.residents.create(specs);
+    const tensors = handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] }));
+    try {
+      await this.request('allocate resident tensors', (id) => ({ type: 'allocate', id, tensors }));
+    } catch (err) {
+      for (const h of handles) this.residents.drop(h);
+      throw err;
+    }
+    return handles;
+  }
+
+  async copyRows(copies: readonly RowCopy[]): Promise<void> {
+    this.assertOpen();
+    checkRowCopies(this.stage, copies);
+    const wire = copies.map((c, i): WireCopy => ({
+      from: this.residents.idOf(c.from, `the source of copy ${i}`),
+      to: this.residents.idOf(c.to, `the target of copy ${i}`),
+      axis: c.axis,
+      rows: c.rows,
+      fromOffset: c.fromOffset ?? 0,
+      toOffset: c.toOffset ?? 0,
+    }));
+    await this.request('copy rows', (id) => ({ type: 'copy', id, copies: wire }));
+  }
+
+  async read(t: ResidentTensor): Promise<Tensor> {
+    this.assertOpen();
+    const handle = this.residents.idOf(t, 'the tensor to read');
+    return (await this.request('read a resident tensor', (id) => ({ type: 'read', id, handle }))).tensor!;
+  }
+
+  async release(tensors: readonly ResidentTensor[]): Promise<void> {
+    const handles = tensors.map((t) => this.residents.drop(t)).filter((h): h is number => h !== undefined);
+    // Ordered after every request already sent; a dead worker took its tensors with it.
+    if (handles.length && this.worker && !this.disposed) {
+      this.worker.postMessage({ type: 'release', handles } satisfies ToWorker);
+    }
+  }
+
+  private assertOpen(): void {
     if (this.disposed) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `stage '${this.stage}': session is disposed`);
-    checkFeeds(this.stage, this.signature, feeds);
+  }
+
+  /** Sends one request to the worker (reopened if it died) and waits for its answer. */
+  private async request(what: string, make: (id: number) => Request, transfer: ArrayBuffer[] = []): Promise<Outputs> {
     if (this.broken) throw this.broken;
     if (!this.worker) await this.reopen();
     const worker = this.worker;
     if (!worker || this.disposed) throw new SetokimError(ErrorCodes.CANCELLED, `stage '${this.stage}': session disposed during a run`);
     const id = this.nextId++;
-    const msg: ToWorker = { type: 'run', id, feeds: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, toWire(t)])) };
-    const transfer = transferList(feeds, options.transfer);
+    const msg = make(id);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { what, resolve, reject });
       if (this.pending.size === 1) worker.ref();
       try {
         // Copies the feeds (the caller keeps its arrays) except those it gave up in `transfer`.
@@ -246,6 +342,7 @@ class OrtSession implements Session {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    this.residents.loseAll('the session was disposed');
     this.failAll(new SetokimError(ErrorCodes.CANCELLED, `stage '${this.stage}': session disposed during a run`));
     await this.reopening?.catch(() => undefined); // a worker it opens now is terminated at once
     const worker = this.worker;
@@ -278,9 +375,9 @@ class OrtSession implements Session {
     if (m.type === 'result') {
       this.settle(m.id)?.resolve(Object.fromEntries(Object.entries(m.outputs).map(([k, w]) => [k, fromWire(w)])));
     } else if (m.type === 'error') {
-      this.settle(m.id)?.reject(
-        new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': ONNX Runtime failed to run: ${m.message}`),
-      );
+      const p = this.settle(m.id);
+      const why = `stage '${this.stage}': ONNX Runtime failed to ${p?.what}: ${m.message}`;
+      p?.reject(new SetokimError(ErrorCodes.INTERNAL, why));
     }
   }
 

@@ -4,7 +4,7 @@
  * came, instead of a backend's internal message.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
-import type { Tensor, TypedArray } from './backend.js';
+import type { Feed, TypedArray } from './backend.js';
 import type { DType, Dim, StageSignature, TensorSpec } from './contract.js';
 
 /** The typed array each dtype's host data must use (float16 as raw bits, bool as bytes). */
@@ -51,11 +51,11 @@ function elementCount(dims: readonly number[]): number {
 }
 
 /** Checks a tensor's own consistency: dims are sizes, data matches dtype and element count. */
-export function checkTensor(stage: string, name: string, t: Tensor): void {
+export function checkTensor(stage: string, name: string, t: Feed): void {
   if (!Array.isArray(t.dims) || t.dims.some((d) => !Number.isInteger(d) || d < 0)) {
     throw bad(stage, `input '${name}' has invalid dims ${JSON.stringify(t.dims)}; dims must be non-negative integers`);
   }
-  if (t.location !== 'host') return; // device tensors carry no host data to check
+  if (t.location !== 'host') return; // a resident tensor's data stays in its backend
   const want = ARRAY_OF[t.dtype];
   if (!want) throw bad(stage, `input '${name}' has unknown dtype '${t.dtype}'`);
   const got = (t.data as TypedArray | undefined)?.constructor?.name;
@@ -74,7 +74,7 @@ export function checkTensor(stage: string, name: string, t: Tensor): void {
 export function checkFeeds(
   stage: string,
   signature: StageSignature,
-  feeds: Readonly<Record<string, Tensor>>,
+  feeds: Readonly<Record<string, Feed>>,
   limits: DimLimits = {},
 ): Record<string, number> {
   const expected = new Map(signature.inputs.map((s) => [s.name, s]));

@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import type { Backend, Session, SessionOptions, Tensor, TypedArray } from './backend.js';
+import type { Backend, Feed, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import type { DType } from './contract.js';
 import {
   type CompatibilityOptions,
@@ -17,7 +17,10 @@ import {
   verifyPlanFile,
 } from './engine-manifest.js';
 import { signatureDifference } from './manifest.js';
-import { type Capabilities, type NativeAddon, type NativeTrtEngine, type NativeTrtTensor, loadNative } from './native.js';
+import { loadNative } from './native.js';
+import type { Capabilities, NativeAddon, NativeTrtCopy, NativeTrtEngine, NativeTrtTensor } from './native.js';
+import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
 import { type DimLimits, checkFeeds } from './signature.js';
 
 /** Why TensorRT cannot run here, or undefined when it can. */
@@ -51,11 +54,23 @@ function profileLimits(m: EngineManifest): DimLimits {
   return limits;
 }
 
+const fromNative = (t: NativeTrtTensor): Tensor => ({
+  dtype: t.dtype as DType,
+  dims: t.dims,
+  data: t.data as TypedArray,
+  location: 'host',
+});
+
+/**
+ * One engine's session. Resident tensors are device buffers the addon keeps under the handles
+ * of this session's registry: the KV cache stays on the GPU for the whole query.
+ */
 class TrtSession implements Session {
   readonly backend = 'tensorrt';
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   private readonly limits: DimLimits;
+  private readonly residents: ResidentRegistry;
   private disposed = false;
 
   constructor(
@@ -66,26 +81,86 @@ class TrtSession implements Session {
     this.inputNames = engine.io.filter((t) => t.mode === 'input').map((t) => t.name);
     this.outputNames = engine.io.filter((t) => t.mode === 'output').map((t) => t.name);
     this.limits = profileLimits(manifest);
+    this.residents = new ResidentRegistry(stage);
   }
 
-  async run(feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
-    if (this.disposed) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `stage '${this.stage}': session is disposed`);
-    checkFeeds(this.stage, this.manifest.io, feeds, this.limits);
-    const wire = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, { dtype: t.dtype, dims: [...t.dims], data: t.data }]));
-    try {
-      const out = await this.engine.run(wire);
-      return Object.fromEntries(
-        Object.entries(out).map(([k, t]) => [k, { dtype: t.dtype as DType, dims: t.dims, data: t.data as TypedArray, location: 'host' as const }]),
-      );
-    } catch (err) {
-      throw new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': TensorRT failed to run: ${(err as Error).message}`, { cause: err });
+  get residentBytes(): number {
+    return this.residents.bytes;
+  }
+
+  async run(feeds: Record<string, Feed>, options: SessionRunOptions = {}): Promise<Record<string, Tensor>> {
+    this.assertOpen();
+    const bound = checkFeeds(this.stage, this.manifest.io, feeds, this.limits);
+    const writes = options.writeInto ?? {};
+    checkRowWrites(this.stage, this.manifest.io, bound, writes, this.outputNames);
+    const host: Record<string, NativeTrtTensor> = {};
+    const resident: Record<string, number> = {};
+    for (const [name, t] of Object.entries(feeds)) {
+      if (t.location === 'resident') resident[name] = this.residents.idOf(t, `input '${name}'`);
+      else host[name] = { dtype: t.dtype, dims: [...t.dims], data: t.data };
     }
+    const wireWrites = wireRowWrites(this.residents, writes);
+    const out = await this.native('run', () => this.engine.run(host, resident, wireWrites));
+    return Object.fromEntries(Object.entries(out).map(([k, t]) => [k, fromNative(t)]));
+  }
+
+  async allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]> {
+    this.assertOpen();
+    const handles = this.residents.create(specs);
+    try {
+      const tensors = handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] }));
+      await this.native('allocate device memory', () => this.engine.allocate(tensors));
+    } catch (err) {
+      for (const h of handles) this.residents.drop(h);
+      throw err;
+    }
+    return handles;
+  }
+
+  async copyRows(copies: readonly RowCopy[]): Promise<void> {
+    this.assertOpen();
+    checkRowCopies(this.stage, copies);
+    const wire = copies.map((c, i): NativeTrtCopy => ({
+      from: this.residents.idOf(c.from, `the source of copy ${i}`),
+      to: this.residents.idOf(c.to, `the target of copy ${i}`),
+      axis: c.axis,
+      rows: c.rows,
+      fromOffset: c.fromOffset ?? 0,
+      toOffset: c.toOffset ?? 0,
+    }));
+    await this.native('copy rows', () => this.engine.copyRows(wire));
+  }
+
+  async read(t: ResidentTensor): Promise<Tensor> {
+    this.assertOpen();
+    const handle = this.residents.idOf(t, 'the tensor to read');
+    return fromNative(await this.native('read a resident tensor', () => this.engine.read(handle)));
+  }
+
+  async release(tensors: readonly ResidentTensor[]): Promise<void> {
+    const handles = tensors.map((t) => this.residents.drop(t)).filter((h): h is number => h !== undefined);
+    if (handles.length === 0 || this.disposed) return;
+    await this.native('release device memory', () => this.engine.release(handles));
   }
 
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    this.engine.dispose();
+    this.residents.loseAll('the session was disposed');
+    this.engine.dispose(); // frees the device buffers once no run holds the session
+  }
+
+  private assertOpen(): void {
+    if (this.disposed) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `stage '${this.stage}': session is disposed`);
+  }
+
+  private async native<T>(what: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (err) {
+      const why = `stage '${this.stage}': TensorRT failed to ${what}: ${(err as Error).message}`;
+      throw new SetokimError(ErrorCodes.INTERNAL, why, { cause: err });
+    }
   }
 }
 

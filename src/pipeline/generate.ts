@@ -5,32 +5,64 @@
  * `<im_end>` may follow, at most `maxTargets` of them. The LLM hidden state at each `<target>`
  * position is kept for the diffusion head.
  */
-import { tensor } from '../engine/backend.js';
+import { tensor, type Tensor } from '../engine/backend.js';
 import { headDim, type Architecture } from '../engine/contract.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import type { GatedStage, RequestContext } from './scheduler.js';
 import { throwIfAborted } from './scheduler.js';
 import { StopMatcher, type Sampler } from './sampler.js';
-import type { PromptLayout } from './template.js';
+import { KvCache } from './kv-tensors.js';
+import type { PromptSegment } from './template.js';
 import type { Tokenizer } from './tokenizer.js';
 
-/** One request's LLM state: the KV cache (host float32) and its length. */
+/**
+ * One sequence's LLM state: its KV cache (resident in the LLM session's backend) and how many of
+ * its rows are filled. Each run feeds the cache by handle and writes the new tokens' rows into it
+ * at the write position; only the last position's logits and hidden state come back.
+ */
 export class LlmContext {
-  private keys: Float32Array;
-  private values: Float32Array;
+  private cache: KvCache | undefined;
+  /** Whether release() frees the cache (not a conversation's cache borrowed in place). */
+  private owned = true;
   private length = 0;
+  private emptyPast: Record<string, Tensor> | undefined;
   constructor(
     private readonly a: Architecture,
     private readonly llm: GatedStage,
     private readonly embed: GatedStage,
     private readonly ctx: RequestContext,
-  ) {
-    this.keys = new Float32Array(0);
-    this.values = new Float32Array(0);
-  }
+  ) {}
 
   get position(): number {
     return this.length;
+  }
+
+  /** The cache this context writes, if one is attached. */
+  get kv(): KvCache | undefined {
+    return this.cache;
+  }
+
+  /** A fresh cache of `capacity` rows. */
+  async open(capacity: number): Promise<void> {
+    this.attach(await KvCache.allocate(this.llm.session, this.a, capacity), 0);
+  }
+
+  /**
+   * Continues in `cache`, whose first `rows` rows already hold the sequence (a prefix copied in, a
+   * conversation's own cache). A cache not `owned` is only borrowed: release() leaves it alone.
+   */
+  attach(cache: KvCache, rows: number, owned = true): void {
+    this.release();
+    this.cache = cache;
+    this.owned = owned;
+    this.length = rows;
+  }
+
+  /** Hands the cache to the caller (a conversation keeps it); this context then holds none. */
+  detach(): KvCache | undefined {
+    const c = this.cache;
+    this.cache = undefined;
+    return c;
   }
 
   /** Token ids -> input embeddings [T, H]. */
@@ -41,10 +73,10 @@ export class LlmContext {
     return out.embeds!.data as Float32Array;
   }
 
-  /** The prompt's input embeddings [T, H]: text segments through the embed stage, `vision` spliced in at the vision segment. */
-  async promptEmbeds(layout: PromptLayout, vision?: Float32Array): Promise<Float32Array> {
+  /** The embeddings [T, H] of prompt segments: text through the embed stage, `vision` at the vision segment. */
+  async promptEmbeds(segments: readonly PromptSegment[], vision?: Float32Array): Promise<Float32Array> {
     const parts: Float32Array[] = [];
-    for (const seg of layout.segments) {
+    for (const seg of segments) {
       if (seg.kind === 'text') parts.push(await this.embedIds(seg.ids));
       else if (vision) parts.push(vision);
       else throw new SetokimError(ErrorCodes.INTERNAL, 'the prompt has an image segment but no vision embeddings were given');
@@ -59,44 +91,49 @@ export class LlmContext {
   }
 
   /**
-   * Runs T new positions; returns the logits and hidden state of the last one, and every
-   * position's hidden state. `label` names the stage in the request's clock (prefill / decode).
+   * Runs T new positions at the write position; returns the logits and hidden state of the last
+   * one. `label` names the stage in the request's clock (prefill / decode).
    */
-  async step(embeds: Float32Array, label: string): Promise<{ logits: Float32Array; hidden: Float32Array; hiddenAll: Float32Array }> {
-    const { layers, kvHeads, hidden: H, vocab, maxContext } = this.a.llm;
+  async step(embeds: Float32Array, label: string): Promise<{ logits: Float32Array; hidden: Float32Array }> {
+    const { hidden: H, maxContext } = this.a.llm;
     const T = embeds.length / H;
     if (this.length + T > maxContext)
       throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`);
-    const kvDims = [layers, 1, kvHeads, this.length, headDim(this.a)];
+    const cache = this.cache;
+    if (!cache || this.length + T > cache.capacity) {
+      const why = `the KV cache holds ${cache?.capacity ?? 0} rows and the sequence needs ${this.length + T}`;
+      throw new SetokimError(ErrorCodes.INTERNAL, `${why}; the query reserved too few`);
+    }
+    const past = this.length === 0 ? this.noPast() : cache.feeds(); // an empty cache: attend to nothing
     const out = await this.llm.run(
       this.ctx,
       {
         inputs_embeds: tensor('float32', embeds, [1, T, H]),
-        past_keys: tensor('float32', this.keys, kvDims),
-        past_values: tensor('float32', this.values, kvDims),
+        past_length: tensor('int64', BigInt64Array.of(BigInt(this.length)), [1]),
+        ...past,
       },
       label,
-      // The past cache is replaced by the present one below: move it to the session's thread
-      // instead of copying it every step. After a failed run the context is unusable (the request
-      // ends with that error anyway).
-      { transfer: ['past_keys', 'past_values'] },
+      { writeInto: cache.writes(this.length) },
     );
-    this.keys = out.present_keys!.data as Float32Array;
-    this.values = out.present_values!.data as Float32Array;
     this.length += T;
-    const logits = out.logits!.data as Float32Array;
-    const hiddenAll = out.hidden!.data as Float32Array;
-    return {
-      logits: logits.subarray((T - 1) * vocab, T * vocab),
-      hidden: hiddenAll.subarray((T - 1) * H, T * H),
-      hiddenAll,
-    };
+    return { logits: out.logits!.data as Float32Array, hidden: out.hidden!.data as Float32Array };
   }
 
-  /** Drops the cache (the KV lease is released by the owner). */
+  /** Zero-row past tensors: a prefill from position 0 attends to no cache rows at all. */
+  private noPast(): Record<string, Tensor> {
+    if (!this.emptyPast) {
+      const { layers, kvHeads } = this.a.llm;
+      const empty = tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim(this.a)]);
+      this.emptyPast = {};
+      for (let l = 0; l < layers; l++) this.emptyPast[`past_keys.${l}`] = this.emptyPast[`past_values.${l}`] = empty;
+    }
+    return this.emptyPast;
+  }
+
+  /** Frees the cache (the KV lease is released by the owner). */
   release(): void {
-    this.keys = new Float32Array(0);
-    this.values = new Float32Array(0);
+    if (this.owned) this.cache?.release();
+    this.cache = undefined;
   }
 }
 

@@ -2,7 +2,8 @@
  * createPipeline: opens a model set's stages on the chosen backends and answers queries as event
  * streams. Requests run concurrently up to `maxInFlight`, each stage behind its own gate (see
  * scheduler.ts) and the LLM's memory behind the KV-cache budget; a request's failure or
- * cancellation ends only its own stream.
+ * cancellation ends only its own stream. Between queries it keeps vision tokens per image, the KV
+ * rows of prompt prefixes and conversations (query.ts), the last two inside the KV budget.
  */
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
@@ -16,11 +17,14 @@ import { ErrorCodes, errorCode, SetokimError } from '../errors.js';
 import { EventChannel } from './channel.js';
 import { KvBudget, kvBytesPerToken } from './kv-cache.js';
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from './preprocess.js';
-import { runQuery, type PipelineModels } from './query.js';
+import { Conversations, type Turn } from './conversations.js';
+import { PrefixCache } from './prefix-cache.js';
+import { runQuery, type PipelineModels, type QueryCaches } from './query.js';
+import { VisionCache, visionModelKey } from './vision-cache.js';
 import { checkRequest } from './request.js';
 import { GatedStage, Semaphore, type RequestContext } from './scheduler.js';
 import { loadTokenizer } from './tokenizer.js';
-import type { Pipeline, PipelineEvent, QueryRequest, RunOptions } from './types.js';
+import type { CacheStats, Pipeline, PipelineEvent, QueryRequest, RunOptions } from './types.js';
 import type { VisionTokens } from './vision.js';
 
 const OptionsSchema = z
@@ -35,8 +39,27 @@ const OptionsSchema = z
     verify: z.boolean().optional(),
     /** Which build of each stage to run (a stage without it uses its main file). */
     precision: z.enum(PRECISIONS).optional(),
+    /** Bytes of vision tokens kept per image for later queries on it (0: off). */
+    visionCacheBytes: z.number().int().min(0).optional(),
+    /**
+     * Keep KV rows between queries: prompt prefixes (system prompt + image) and conversations'
+     * caches, inside the KV budget. Off: every query prefills its whole context (conversations
+     * keep their transcript and prefill it again each turn).
+     */
+    reuseKv: z.boolean().optional(),
+    /** A conversation with no turn for this long ends (CONVERSATION_UNKNOWN after). */
+    conversationIdleMs: z.number().int().positive().optional(),
+    /** Conversations held at once; one more ends the least recently used. */
+    maxConversations: z.number().int().positive().optional(),
   })
   .strict();
+
+/** Defaults of the cache settings (docs/MQTT.md, "Conversations"). */
+export const CACHE_DEFAULTS = {
+  visionCacheBytes: 64 << 20,
+  conversationIdleMs: 10 * 60_000,
+  maxConversations: 64,
+} as const;
 
 export type PipelineOptions = z.input<typeof OptionsSchema> & { imageLimits?: ImageLimits };
 
@@ -44,6 +67,8 @@ export type PipelineOptions = z.input<typeof OptionsSchema> & { imageLimits?: Im
 export interface LocalPipeline extends Pipeline {
   readonly kv: KvBudget;
   readonly models: PipelineModels;
+  readonly caches: QueryCaches;
+  cacheStats(): CacheStats;
   /** Requests admitted and not finished. */
   readonly inFlight: number;
 }
@@ -87,9 +112,19 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   const perToken = kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a));
   const kv = new KvBudget(o.kvBudgetBytes ?? maxInFlight * a.llm.maxContext * perToken);
   const maxTokens = o.maxTokens ?? 256;
-  return new SetokimPipeline(models, kv, new Semaphore(maxInFlight), {
+  const backend = [...backends].join('+');
+  const caches: QueryCaches = {
+    vision: new VisionCache(o.visionCacheBytes ?? CACHE_DEFAULTS.visionCacheBytes),
+    prefix: o.reuseKv === false ? undefined : new PrefixCache(kv, a),
+    conversations: new Conversations(kv, {
+      idleMs: o.conversationIdleMs ?? CACHE_DEFAULTS.conversationIdleMs,
+      maxCount: o.maxConversations ?? CACHE_DEFAULTS.maxConversations,
+    }),
+    modelKey: visionModelKey(set.id, o.precision ?? 'fp32', backend, a),
+  };
+  return new SetokimPipeline(models, kv, caches, new Semaphore(maxInFlight), {
     modelSetId: set.id,
-    backend: [...backends].join('+'),
+    backend,
     maxTokens,
     maxContext: a.llm.maxContext,
   }, imageLimits ?? DEFAULT_IMAGE_LIMITS);
@@ -103,6 +138,7 @@ class SetokimPipeline implements LocalPipeline {
   constructor(
     readonly models: PipelineModels,
     readonly kv: KvBudget,
+    readonly caches: QueryCaches,
     private readonly admission: Semaphore,
     readonly info: LocalPipeline['info'],
     private readonly imageLimits: ImageLimits,
@@ -127,25 +163,35 @@ class SetokimPipeline implements LocalPipeline {
     return ch;
   }
 
-  private async execute(request: QueryRequest, ac: AbortController, ch: EventChannel<PipelineEvent>, vision?: VisionTokens): Promise<void> {
+  private async execute(
+    request: QueryRequest,
+    ac: AbortController,
+    ch: EventChannel<PipelineEvent>,
+    vision?: VisionTokens,
+  ): Promise<void> {
     const startedAt = performance.now();
     const id = typeof request?.id === 'string' ? request.id : '';
     this.running.add(ac);
     let release: (() => void) | undefined;
+    let turn: Turn | undefined;
     try {
       if (this.closed) throw new SetokimError(ErrorCodes.BUSY, 'the pipeline is closed');
       const req = checkRequest(request, { maxTokens: this.info.maxTokens }, !!vision);
+      // A conversation's turn is claimed on arrival: a second one while it is queued or running is BUSY.
+      turn = req.conversation ? this.caches.conversations.begin(req.conversation, !!req.image) : undefined;
       ch.push({ type: 'accepted', id });
       release = await this.admission.acquire(ac.signal);
       this.active++;
       const ctx: RequestContext = { signal: ac.signal, times: {} };
-      await runQuery({ models: this.models, kv: this.kv, imageLimits: this.imageLimits }, req, ctx, (e) => ch.push(e), startedAt, vision);
+      const env = { models: this.models, kv: this.kv, caches: this.caches, imageLimits: this.imageLimits };
+      await runQuery(env, req, turn, ctx, (e) => ch.push(e), startedAt, vision);
     } catch (err) {
       const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =
         code === ErrorCodes.CANCELLED ? 'the request was cancelled; everything it held is released' : err instanceof SetokimError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
       ch.push({ type: 'error', id, code, message });
     } finally {
+      if (turn) this.caches.conversations.abandon(turn); // a no-op once the turn was committed
       if (release) {
         this.active--;
         release();
@@ -154,9 +200,27 @@ class SetokimPipeline implements LocalPipeline {
     }
   }
 
+  cacheStats(): CacheStats {
+    const { vision, prefix, conversations } = this.caches;
+    return {
+      vision: { ...vision.stats, capacityBytes: vision.capacityBytes },
+      prefix: prefix?.stats ?? { hits: 0, misses: 0, bytes: 0, entries: 0 },
+      conversations: { ...conversations.stats, bytes: conversations.bytes },
+      kv: {
+        budgetBytes: this.kv.totalBytes,
+        usedBytes: this.kv.used,
+        cachedBytes: this.kv.cached,
+        evictions: this.kv.evicted,
+      },
+    };
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     for (const ac of this.running) ac.abort(new SetokimError(ErrorCodes.CANCELLED, 'the pipeline is closing'));
+    this.caches.conversations.clear();
+    this.caches.prefix?.clear();
+    this.caches.vision.clear();
     await Promise.all(Object.values(this.models.stages).map((g) => g!.session.dispose()));
   }
 }

@@ -9,6 +9,14 @@ export const DESCRIBE_PROMPT = 'Describe the image in detail.';
 export const MAX_ID_CHARS = 128;
 /** The longest prompt a pipeline takes, in characters (PROMPT_TOO_LONG); the agent caps bytes before this. */
 export const MAX_PROMPT_CHARS = 16384;
+/** A conversation id's longest (the agent's codec refuses longer ones as BAD_MESSAGE). */
+export const MAX_CONVERSATION_CHARS = 128;
+/** A conversation id: what the client chose, printable ASCII without spaces. */
+export const ConversationIdSchema = z
+  .string()
+  .min(1)
+  .max(MAX_CONVERSATION_CHARS)
+  .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
 
 /** Generation parameters; the agent's codec checks a query's with this very schema (BAD_MESSAGE). */
 export const GenerationSchema = z
@@ -28,6 +36,7 @@ const RequestSchema = z.object({
   prompt: z.string().optional(),
   image: z.instanceof(Uint8Array).optional(),
   generation: GenerationSchema.optional(),
+  conversation: ConversationIdSchema.optional(),
 });
 
 export interface CheckedRequest {
@@ -41,7 +50,11 @@ export interface CheckedRequest {
   topP: number;
   seed: number;
   stop: string[];
+  conversation: string | undefined;
 }
+
+/** Tasks that may run in a conversation: text answers about its image. */
+const CONVERSATION_TASKS: readonly Task[] = ['ask', 'describe'];
 
 export interface RequestDefaults {
   /** New tokens per query: the default, and the cap a request cannot raise. */
@@ -66,10 +79,19 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults, w
   if (!(TASKS as readonly string[]).includes(r.task))
     throw new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task '${r.task}'; use one of ${TASKS.join(', ')}`);
   const task = r.task as Task;
-  const needsImage = task !== 'generate';
-  if (withVision && (r.image || (task !== 'ask' && task !== 'describe')))
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `vision tokens given with the request serve 'ask' and 'describe' without an image, not '${task}'${r.image ? ' with one' : ''}`);
-  if (needsImage && !r.image && !withVision) throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
+  if (r.conversation && !CONVERSATION_TASKS.includes(task)) {
+    const takes = CONVERSATION_TASKS.join(' and ');
+    throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' cannot run in a conversation (only ${takes} can)`);
+  }
+  if (withVision && (r.image || r.conversation || (task !== 'ask' && task !== 'describe'))) {
+    const also = r.image ? ' with an image' : r.conversation ? ' in a conversation' : '';
+    const serve = "vision tokens given with the request serve 'ask' and 'describe' without an image";
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${serve}, not '${task}'${also}`);
+  }
+  // A conversation's follow-up carries no image: the conversation has it.
+  const needsImage = task !== 'generate' && !r.conversation && !withVision;
+  if (needsImage && !r.image)
+    throw new SetokimError(ErrorCodes.BAD_INPUT, `task '${task}' needs an image; send JPEG, PNG or WebP bytes`);
   if (task === 'generate' && r.image)
     throw new SetokimError(ErrorCodes.BAD_INPUT, "task 'generate' takes no image; use 'edit' to change an image");
   const prompt = r.prompt?.trim() ? r.prompt : task === 'describe' ? DESCRIBE_PROMPT : '';
@@ -86,5 +108,6 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults, w
     topP: g.topP ?? 1,
     seed: g.seed ?? 0,
     stop: g.stop ?? [],
+    conversation: r.conversation,
   };
 }

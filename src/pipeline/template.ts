@@ -19,6 +19,13 @@ export interface PromptLayout {
   /** Number of text ids over all segments (specials included). */
   textTokens: number;
   hasImage: boolean;
+  /**
+   * Where the part shared with other queries ends (what the prefix cache keeps): the system
+   * prompt and the image through `<im_end>`, or, text-only, the system prompt through "USER:" when
+   * it tokenizes the same alone. The prefix is segments[0 .. segment-1] plus the first `ids` ids
+   * of segments[segment]. Undefined when there is none.
+   */
+  prefixEnd?: { segment: number; ids: number };
 }
 
 export interface PromptOptions {
@@ -54,8 +61,13 @@ export function buildVicunaPrompt(tok: Tokenizer, options: PromptOptions): Promp
   const text = vicunaPromptText(options);
   const tail = options.answerWithImage ? [s.imStart] : [];
   let segments: PromptSegment[];
+  let prefixEnd: PromptLayout['prefixEnd'];
   if (!options.image) {
-    segments = [{ kind: 'text', ids: [...tok.encode(text, { bos: true }), ...tail] }];
+    const ids = tok.encode(text, { bos: true });
+    segments = [{ kind: 'text', ids: [...ids, ...tail] }];
+    const system = tok.encode(`${options.system ?? VICUNA_V1_SYSTEM} USER:`, { bos: true });
+    const clean = system.length < ids.length && system.every((id, i) => id === ids[i]);
+    if (clean) prefixEnd = { segment: 0, ids: system.length };
   } else {
     // The user's own "<image>" (if any) was kept by vicunaPromptText; otherwise ours leads the turn.
     const at = text.indexOf(IMAGE_PLACEHOLDER);
@@ -66,9 +78,45 @@ export function buildVicunaPrompt(tok: Tokenizer, options: PromptOptions): Promp
       { kind: 'vision' },
       { kind: 'text', ids: [s.imEnd, ...tok.encode(after), ...tail] },
     ];
+    prefixEnd = { segment: 2, ids: 1 }; // through <im_end>
   }
   const textTokens = segments.reduce((n, seg) => n + (seg.kind === 'text' ? seg.ids.length : 0), 0);
-  return { segments, textTokens, hasImage: options.image };
+  return { segments, textTokens, hasImage: options.image, ...(prefixEnd ? { prefixEnd } : {}) };
+}
+
+/** The layout's segments split where its shared prefix ends (prefix empty when it has none). */
+export function splitPrefix(layout: PromptLayout): { prefix: PromptSegment[]; rest: PromptSegment[] } {
+  const end = layout.prefixEnd;
+  if (!end) return { prefix: [], rest: layout.segments };
+  const cut = layout.segments[end.segment];
+  const head = layout.segments.slice(0, end.segment);
+  const tail = layout.segments.slice(end.segment + 1);
+  if (cut?.kind !== 'text') return { prefix: head, rest: cut ? [cut, ...tail] : tail };
+  return {
+    prefix: [...head, { kind: 'text', ids: cut.ids.slice(0, end.ids) }],
+    rest: [{ kind: 'text', ids: cut.ids.slice(end.ids) }, ...tail],
+  };
+}
+
+/** Positions segments take: their text ids plus `visionTokens` for a vision segment. */
+export function segmentsLength(segments: readonly PromptSegment[], visionTokens: number): number {
+  return segments.reduce((n, seg) => n + (seg.kind === 'text' ? seg.ids.length : visionTokens), 0);
+}
+
+/**
+ * A follow-up turn of a conversation (Vicuna v1): the previous answer is closed with `</s>`, then
+ * `USER: {prompt} ASSISTANT:` as one chunk (dummy prefix, as every chunk). `closing` holds what the
+ * previous turn generated but never fed (its last id) and `</s>` when it did not end with one.
+ */
+export function followUpIds(tok: Tokenizer, prompt: string, closing: readonly number[]): number[] {
+  if (prompt.includes(IMAGE_PLACEHOLDER)) {
+    throw new SetokimError(
+      ErrorCodes.BAD_INPUT,
+      `a follow-up turn carries no image, so its prompt cannot contain "${IMAGE_PLACEHOLDER}"; ` +
+        'start a new conversation for another image',
+    );
+  }
+  return [...closing, ...tok.encode(`USER: ${prompt} ASSISTANT:`)];
 }
 
 /** Positions the prompt takes in the context: its text ids plus the vision tokens. */

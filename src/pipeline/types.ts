@@ -23,6 +23,11 @@ export interface QueryRequest {
   prompt?: string; // describe has a default prompt; the others need one
   image?: Uint8Array; // JPEG, PNG or WebP bytes; required except for generate
   generation?: GenerationParams;
+  /**
+   * ask / describe: continue (or, with an image, start) this conversation. A follow-up carries no
+   * image and prefills only its own tokens; an unknown or ended one is CONVERSATION_UNKNOWN.
+   */
+  conversation?: string;
 }
 
 export type StageTimes = Record<string, number>; // milliseconds per stage
@@ -38,6 +43,8 @@ export type PipelineEvent =
       id: string;
       visionTokens: number;
       promptTokens: number;
+      /** Of promptTokens, those whose KV rows came from a cache (a prompt prefix, the conversation): not prefilled. */
+      cachedTokens?: number;
       generatedTokens: number;
       finishReason: 'stop' | 'length' | 'eos';
       stages: StageTimes;
@@ -57,10 +64,28 @@ export interface RunOptions {
   vision?: VisionTokens;
 }
 
+/** What the pipeline's caches hold and how often they helped (counters only grow). */
+export interface CacheStats {
+  vision: { hits: number; misses: number; bytes: number; entries: number; evictions: number; capacityBytes: number };
+  prefix: { hits: number; misses: number; bytes: number; entries: number };
+  conversations: {
+    active: number;
+    bytes: number;
+    started: number;
+    expired: number;
+    evicted: number;
+    resumed: number;
+    replayed: number;
+  };
+  kv: { budgetBytes: number; usedBytes: number; cachedBytes: number; evictions: number };
+}
+
 export interface Pipeline {
   /** Streams the events of one query; ends after `done` or `error`. Never throws for a bad query. */
   run(request: QueryRequest, options?: RunOptions): AsyncIterable<PipelineEvent>;
   /** What the agent advertises in its status message. */
   readonly info: { modelSetId: string; backend: string; maxTokens: number; maxContext: number };
+  /** The caches' counters, for metrics (pipelines without caches leave it out). */
+  cacheStats?(): CacheStats;
   close(): Promise<void>;
 }

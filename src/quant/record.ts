@@ -6,7 +6,8 @@
  * for this), so the fp32 pipeline itself produces the real inputs each stage sees.
  */
 import { createHash } from 'node:crypto';
-import type { Session, SessionRunOptions, Tensor, TypedArray } from '../engine/backend.js';
+import type { Feed, Session, SessionRunOptions, Tensor, TypedArray } from '../engine/backend.js';
+import type { ResidentSpec, ResidentTensor, RowCopy } from '../engine/resident.js';
 import type { StageName } from '../engine/contract.js';
 import { GatedStage } from '../pipeline/scheduler.js';
 import type { LocalPipeline } from '../pipeline/pipeline.js';
@@ -99,9 +100,34 @@ export class RecordingSession implements Session {
     return this.inner.outputNames;
   }
 
-  run(feeds: Feeds, options?: SessionRunOptions): Promise<Feeds> {
-    this.recorder.add(this.stage, feeds);
+  get residentBytes(): number {
+    return this.inner.residentBytes;
+  }
+
+  /** Records the feeds (a resident one, such as the LLM's KV cache, read back to the host), then runs. */
+  async run(feeds: Record<string, Feed>, options?: SessionRunOptions): Promise<Feeds> {
+    const host: Feeds = {};
+    for (const [name, t] of Object.entries(feeds)) {
+      host[name] = t.location === 'resident' ? await this.inner.read(t) : t;
+    }
+    this.recorder.add(this.stage, host);
     return this.inner.run(feeds, options);
+  }
+
+  allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]> {
+    return this.inner.allocate(specs);
+  }
+
+  copyRows(copies: readonly RowCopy[]): Promise<void> {
+    return this.inner.copyRows(copies);
+  }
+
+  read(t: ResidentTensor): Promise<Tensor> {
+    return this.inner.read(t);
+  }
+
+  release(tensors: readonly ResidentTensor[]): Promise<void> {
+    return this.inner.release(tensors);
   }
 
   dispose(): Promise<void> {

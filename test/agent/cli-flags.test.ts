@@ -26,6 +26,8 @@ t.test('flags land on the config paths, and the config schema checks their range
     maxImageBytes: '65536',
     metricsPort: '0',
     threads: '3',
+    visionCacheBytes: '1048576',
+    conversationIdleMs: '30000',
     insecure: true,
     metrics: false,
     verify: false,
@@ -35,6 +37,26 @@ t.test('flags land on the config paths, and the config schema checks their range
   t.same([c.fleet, c.device, c.models, c.broker.url, c.broker.protocolVersion, c.broker.rejectUnauthorized], ['plant', 'cam-1', 'm', 'mqtt://b:1883', 4, false]);
   t.same([c.limits.queueSize, c.limits.concurrency, c.limits.maxImageBytes], [8, 2, 65536]);
   t.same([c.metrics.port, c.metrics.enabled, c.pipeline.threads, c.pipeline.verify], [0, false, 3, false]);
+  t.same([c.pipeline.visionCacheBytes, c.pipeline.conversationIdleMs], [1048576, 30000], 'cache settings');
+  t.throws(
+    () =>
+      loadAgentConfig({
+        env: {},
+        overrides: flagsToConfig({ broker: 'mqtt://b', models: 'm', fleet: 'f', device: 'd', visionCacheBytes: '-1' }),
+      }),
+    {
+      code: 'BAD_CONFIG',
+      message: /pipeline\.visionCacheBytes/,
+    },
+  );
+  t.equal(
+    loadAgentConfig({
+      env: { SETOKIM_VISION_CACHE_BYTES: '0' },
+      overrides: flagsToConfig({ broker: 'mqtt://b', models: 'm', fleet: 'f', device: 'd' }),
+    }).pipeline.visionCacheBytes,
+    0,
+    'from the environment: 0 turns it off',
+  );
   const defaults = loadAgentConfig({ env: {}, overrides: flagsToConfig({ broker: 'mqtt://b', models: 'm', fleet: 'f', device: 'd', metrics: true, verify: true }) });
   t.same([defaults.metrics.enabled, defaults.pipeline.verify, defaults.broker.rejectUnauthorized, defaults.limits.queueSize], [true, true, true, 16], 'unset flags leave the defaults');
   t.throws(() => loadAgentConfig({ env: {}, overrides: flagsToConfig({ broker: 'mqtt://b', models: 'm', fleet: 'f', device: 'd', mqttVersion: '3' }) }), {

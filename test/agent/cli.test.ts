@@ -1,7 +1,8 @@
 /**
  * `setokim agent` as a process on a real mosquitto with the real tiny pipeline: SIGTERM in the
  * middle of a query lets it finish, publishes offline and exits 0; `setokim query` streams an
- * answer and exits with the code's status on an error reply; a bad config is one BAD_CONFIG line.
+ * answer and exits with the code's status on an error reply, and holds a conversation
+ * (--conversation); a bad config is one BAD_CONFIG line.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -80,15 +81,86 @@ t.test(`${kind}: setokim query streams an answer and saves the token mask`, asyn
   await waitFor(served.stderr, /serving/, served.child);
   const image = join(dir, 'photo.png');
   writeFileSync(image, await samplePng(48, 32));
-  const q = run(['query', '--broker', broker.url, '--mqtt-version', String(broker.protocolVersion), '--fleet', 'cli', '--image', image, '--prompt', 'hello', '--max-tokens', '3', '--out', join(dir, 'pics')]);
+  const q = run([
+    'query',
+    '--broker',
+    broker.url,
+    '--mqtt-version',
+    String(broker.protocolVersion),
+    '--fleet',
+    'cli',
+    '--image',
+    image,
+    '--prompt',
+    'hello',
+    '--max-tokens',
+    '3',
+    '--out',
+    join(dir, 'pics'),
+  ]);
   t.equal(await q.exit, 0, 'exit 0');
   t.match(q.stderr(), /\[accepted by q1\]/);
   t.match(q.stdout(), /tokens: \d+ vision, \d+ prompt, 3 generated/);
   t.same([...readFileSync(join(dir, 'pics', 'photo.tokens.png')).subarray(1, 4)], [0x50, 0x4e, 0x47]);
-  const bad = run(['query', '--broker', broker.url, '--mqtt-version', String(broker.protocolVersion), '--fleet', 'cli', '--device', 'q1', '--image', '/etc/hostname', '--prompt', 'x']);
+  const bad = run([
+    'query',
+    '--broker',
+    broker.url,
+    '--mqtt-version',
+    String(broker.protocolVersion),
+    '--fleet',
+    'cli',
+    '--device',
+    'q1',
+    '--image',
+    '/etc/hostname',
+    '--prompt',
+    'x',
+  ]);
   t.equal(await bad.exit, 2, 'BAD_IMAGE exits 2');
   t.match(bad.stderr(), /error \[BAD_IMAGE\]: q1: the image is not JPEG, PNG or WebP/);
   t.notMatch(bad.stderr(), /\n\s+at /, 'no stack trace');
+  // A conversation: the first turn carries the image, the follow-up only its question.
+  const base = [
+    'query',
+    '--broker',
+    broker.url,
+    '--mqtt-version',
+    String(broker.protocolVersion),
+    '--fleet',
+    'cli',
+    '--device',
+    'q1',
+    '--max-tokens',
+    '2',
+    '--json',
+  ];
+  const first = run([
+    ...base,
+    '--conversation',
+    'desk',
+    '--image',
+    image,
+    '--prompt',
+    'hello',
+    '--out',
+    join(dir, 'pics'),
+  ]);
+  t.equal(await first.exit, 0, first.stderr());
+  const follow = run([...base, '--conversation', 'desk', '--prompt', 'and then?']);
+  t.equal(await follow.exit, 0, follow.stderr());
+  const done = (out: string) =>
+    JSON.parse(
+      out
+        .trim()
+        .split('\n')
+        .find((l) => l.includes('"type":"done"'))!,
+    );
+  t.ok(done(follow.stdout()).promptTokens > done(first.stdout()).promptTokens, 'the follow-up sees the first turn');
+  t.equal(done(follow.stdout()).visionTokens, done(first.stdout()).visionTokens, 'and the image of the first');
+  const gone = run([...base.filter((a) => a !== '--json'), '--conversation', 'never', '--prompt', 'x']);
+  t.equal(await gone.exit, 4, 'CONVERSATION_UNKNOWN exits 4');
+  t.match(gone.stderr(), /error \[CONVERSATION_UNKNOWN\]: q1: conversation 'never' is not held here/);
   served.child.kill('SIGTERM');
   t.equal(await served.exit, 0);
 });

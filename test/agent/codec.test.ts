@@ -14,6 +14,18 @@ t.test('a query survives the round trip, generation parameters included', async 
   t.equal(r.query.deadlineUnixMs, deadline, 'uint64 milliseconds come back as a number');
   t.same(r.query.generation, { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] });
   t.same([r.query.id, r.query.task, r.query.prompt, r.query.replyTopic], ['q1', 'ask', 'hi', 'setokim/v1/replies/r']);
+  t.equal(r.query.conversation, undefined, 'no conversation unless named');
+});
+
+t.test('a conversation id travels in the query; an over-long one is BAD_MESSAGE', async (t) => {
+  const r = decodeQuery(encodeQuery({ id: 'q2', task: 'ask', prompt: 'and then?', conversation: 'kitchen-cam/7' }));
+  t.equal(r.ok && r.query.conversation, 'kitchen-cam/7');
+  t.equal(r.ok && r.query.image, undefined, 'a follow-up carries no image');
+  const replyTopic = 'setokim/v1/replies/r';
+  const long = decodeQuery(encodeQuery({ id: 'q3', task: 'ask', conversation: 'c'.repeat(129), replyTopic }));
+  t.equal(!long.ok && long.error.code, 'BAD_MESSAGE');
+  t.match(!long.ok && long.error.message, /conversation: the conversation id is longer than 128 characters/);
+  t.equal(!long.ok && long.salvage.replyTopic, replyTopic, 'and answered at its reply address');
 });
 
 t.test('bytes that are not a query, and queries that break the rules, are BAD_MESSAGE', async (t) => {

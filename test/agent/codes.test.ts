@@ -179,6 +179,11 @@ if (!mosquittoPath()) {
     },
     { what: 'a deadline already past', code: 'EXPIRED', query: { deadlineUnixMs: Date.now() - 1000 } },
     {
+      what: 'a follow-up in a conversation this device never started',
+      code: 'CONVERSATION_UNKNOWN',
+      query: { image: new Uint8Array(0), prompt: 'and the left one?', conversation: `never-${randomUUID()}` },
+    },
+    {
       what: 'a cancel while it runs',
       code: 'CANCELLED',
       query: long,

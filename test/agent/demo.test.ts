@@ -2,11 +2,12 @@
  * `setokim demo` end to end on a fresh directory: builds the tiny set, serves it over the embedded
  * broker, writes the pictures and prints the two tables, and exits 0.
  */
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { main } from '../../src/cli/main.js';
+import { followsContract } from '../../src/cli/demo.js';
 
 t.test('setokim demo on a fresh directory', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'setokim-demo-'));
@@ -43,4 +44,10 @@ t.test('setokim demo on a fresh directory', async (t) => {
   const again = await run(['--max-tokens', '2']);
   t.equal(again.status, 0);
   t.match(again.printed, /model set .*\(cached\)/, 'the second run reuses the cached set');
+  // A set cached before the LLM's stage contract changed is rebuilt, not refused at load.
+  t.equal(await followsContract(models), true);
+  const manifest = JSON.parse(readFileSync(join(models, 'manifest.json'), 'utf8'));
+  manifest.stages.llm.signature.inputs = [{ name: 'past_keys', dtype: 'float32', shape: [2, 1, 4, 'P', 16] }];
+  writeFileSync(join(models, 'manifest.json'), JSON.stringify(manifest));
+  t.equal(await followsContract(models), false, 'an older contract is noticed');
 });

@@ -55,9 +55,16 @@ for (const [n, kind] of brokerKinds.entries()) {
   const bad = total / BAD_EVERY;
   t.test(`${kind}: ${total} queries from ${CLIENTS} clients, ${bad} malformed`, async (t) => {
     const broker = await startBroker(kind);
-    const agent = new Agent({ config: testConfig(broker, 'load', { limits: { concurrency: 2, queueSize: 24, maxImageBytes: 64 * 1024 } }), pipeline });
+    const agent = new Agent({
+      config: testConfig(broker, 'load', { limits: { concurrency: 2, queueSize: 24, maxImageBytes: 64 * 1024 } }),
+      pipeline,
+    });
     await agent.start();
-    const clients = await Promise.all(Array.from({ length: CLIENTS }, () => QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion })));
+    const clients = await Promise.all(
+      Array.from({ length: CLIENTS }, () =>
+        QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion }),
+      ),
+    );
     t.teardown(async () => {
       await Promise.all(clients.map((c) => c.close()));
       await agent.stop(0);
@@ -83,7 +90,13 @@ for (const [n, kind] of brokerKinds.entries()) {
               id = m.key.toString();
               expect = m.expect;
             } else {
-              const request: QueryRequest = { id: newQueryId(), task: i % 3 === 0 ? 'describe' : 'ask', prompt: `query ${i} of client ${c}`, image: png, generation: { maxTokens: 1 } };
+              const request: QueryRequest = {
+                id: newQueryId(),
+                task: i % 3 === 0 ? 'describe' : 'ask',
+                prompt: `query ${i} of client ${c}`,
+                image: png,
+                generation: { maxTokens: 1 },
+              };
               stream = client.query(target, request, { timeoutMs: 30_000 });
               id = request.id;
               expect = 'done';
@@ -105,19 +118,49 @@ for (const [n, kind] of brokerKinds.entries()) {
     );
     const all = outcomes.flat();
     const seconds = (Date.now() - started) / 1000;
-    t.comment(`${kind}: ${all.length} queries in ${seconds.toFixed(1)} s (${(all.length / seconds).toFixed(1)}/s), real tiny pipeline, 1 new token`);
+    t.comment(
+      `${kind}: ${all.length} queries in ${seconds.toFixed(1)} s (${(all.length / seconds).toFixed(1)}/s), real tiny pipeline, 1 new token`,
+    );
     t.equal(all.length, total, 'every query got a final reply (none lost)');
     t.equal(all.filter((o) => o.got === 'done').length, total - bad, `${total - bad} answers`);
     t.equal(all.filter((o) => o.got !== 'done').length, bad, `${bad} error replies`);
-    t.same(all.filter((o) => o.got !== o.expect).map((o) => `${o.expect} -> ${o.got}`), [], 'each malformed query got its own code');
-    t.ok(all.every((o) => o.terminals === 1), 'exactly one final reply each');
+    t.same(
+      all.filter((o) => o.got !== o.expect).map((o) => `${o.expect} -> ${o.got}`),
+      [],
+      'each malformed query got its own code',
+    );
+    t.ok(
+      all.every((o) => o.terminals === 1),
+      'exactly one final reply each',
+    );
     t.equal(new Set(all.map((o) => o.id)).size, total);
-    const stats = clients.reduce((s, c) => ({ strays: s.strays + c.stats.strays, duplicates: s.duplicates + c.stats.duplicates }), { strays: 0, duplicates: 0 });
+    const stats = clients.reduce(
+      (s, c) => ({ strays: s.strays + c.stats.strays, duplicates: s.duplicates + c.stats.duplicates }),
+      { strays: 0, duplicates: 0 },
+    );
     t.same(stats, { strays: 0, duplicates: 0 }, 'no reply answered twice or arrived for a finished query');
     t.equal((await agent.metrics.answered.get()).values[0]?.value, total - bad);
+    // Every query sends the same image: after the first, its tokens come from the vision cache.
+    const scrape = await(await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+    const metric = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(scrape)?.[1]);
+    const [hits, misses] = [metric('setokim_vision_cache_hits_total'), metric('setokim_vision_cache_misses_total')];
+    t.ok(
+      hits >= total - bad - 2 * (n + 1) && misses >= 1,
+      `vision cache ${hits} hits, ${misses} misses (one image, a second broker's run continues the counts)`,
+    );
+    t.ok(
+      metric('setokim_vision_cache_bytes') > 0 && metric('setokim_prefix_cache_hits_total') > 0,
+      'bytes held, prefixes reused',
+    );
 
     let after = '';
-    for await (const e of clients[0]!.query(target, { id: newQueryId(), task: 'describe', image: png, generation: { maxTokens: 1 } })) after = e.type;
+    for await (const e of clients[0]!.query(target, {
+      id: newQueryId(),
+      task: 'describe',
+      image: png,
+      generation: { maxTokens: 1 },
+    }))
+      after = e.type;
     t.equal(after, 'done', 'the agent still serves after the load');
   });
 }

@@ -6,7 +6,18 @@ import type { Test } from 'tap';
 import type { Backend, Session } from '../../src/engine/backend.js';
 import { tensor } from '../../src/engine/backend.js';
 import type { StageSignature } from '../../src/engine/contract.js';
-import { ADD_MATMUL_SIGNATURE, W_IN, W_OUT, addMatMul, addMatMulRef, heavyGraph, int64Graph, tmpDir } from './fixtures.js';
+import {
+  ADD_MATMUL_SIGNATURE,
+  CACHE_SIGNATURE,
+  W_IN,
+  W_OUT,
+  addMatMul,
+  addMatMulRef,
+  cacheGraph,
+  heavyGraph,
+  int64Graph,
+  tmpDir,
+} from './fixtures.js';
 
 export interface Harness {
   backend: Backend;
@@ -137,6 +148,8 @@ export function backendSuite(t: Test, h: Harness): void {
     t.ok(ticks >= 10, `${ticks} event-loop turns during a ${ms.toFixed(0)} ms run`);
   });
 
+  residentSuite(t, h, dir);
+
   t.test('dispose ends the session; a second dispose is harmless', async (t) => {
     const file = await h.prepare(addMatMul(dir), ADD_MATMUL_SIGNATURE, { L: 64 });
     const s = await h.backend.open(file, { stage: 'short-lived' });
@@ -144,5 +157,150 @@ export function backendSuite(t: Test, h: Harness): void {
     await s.dispose();
     const { x, y } = inputs(1, 0);
     await t.rejects(s.run({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', y, [1, 1, W_IN]) }), { message: /disposed/ });
+  });
+}
+
+const sum = (x: Float32Array, width: number) =>
+  Array.from({ length: width }, (_, j) => x.reduce((acc, v, i) => (i % width === j ? acc + v : acc), 0));
+
+/** Resident tensors: state kept in the backend between runs, fed and written by handle. */
+export function residentSuite(t: Test, h: Harness, dir: string): void {
+  let s: Session;
+  t.before(async () => {
+    const file = await h.prepare(cacheGraph(dir), CACHE_SIGNATURE, { S: 16, T: 8 });
+    s = await h.backend.open(file, { stage: 'cache', signature: CACHE_SIGNATURE, threads: 1 });
+  });
+  t.teardown(() => s?.dispose());
+  const x = (T: number, seed: number) =>
+    tensor(
+      'float32',
+      new Float32Array(T * W_IN).map((_, i) => Math.sin(i + seed)),
+      [1, T, W_IN],
+    );
+
+  t.test('a resident cache is read in place and written at a row offset, run after run', async (t) => {
+    const before = s.residentBytes;
+    const [cache] = await s.allocate([{ dtype: 'float32', dims: [1, 8, W_IN] }]);
+    t.equal(cache!.location, 'resident');
+    t.equal(cache!.bytes, 8 * W_IN * 4);
+    t.equal(s.residentBytes, before + 8 * W_IN * 4, 'counted while held');
+    t.same(Array.from((await s.read(cache!)).data as Float32Array), new Array(8 * W_IN).fill(0), 'allocated as zeros');
+    const x1 = x(3, 1);
+    const r1 = await s.run({ cache: cache!, x: x1 }, { writeInto: { rows: { into: cache!, axis: 1, offset: 0 } } });
+    t.same(Object.keys(r1), ['total'], 'a written output is not returned');
+    t.ok(
+      maxAbsDiff(r1.total!.data as Float32Array, sum(x1.data as Float32Array, W_IN)) <= h.tolerance,
+      'an empty cache adds nothing',
+    );
+    const x2 = x(2, 5);
+    const r2 = await s.run({ cache: cache!, x: x2 }, { writeInto: { rows: { into: cache!, axis: 1, offset: 3 } } });
+    const want = sum(x1.data as Float32Array, W_IN).map((v, j) => 2 * v + sum(x2.data as Float32Array, W_IN)[j]!);
+    t.ok(
+      maxAbsDiff(r2.total!.data as Float32Array, want) <= h.tolerance,
+      'the second run reads the rows the first wrote',
+    );
+    const held = (await s.read(cache!)).data as Float32Array;
+    t.same(
+      Array.from(held.subarray(3 * W_IN, 5 * W_IN)),
+      Array.from(x2.data as Float32Array, (v) => 2 * v),
+      'rows 3-4 hold the second write',
+    );
+    t.same(Array.from(held.subarray(5 * W_IN)), new Array(3 * W_IN).fill(0), 'rows past the writes are untouched');
+    await s.release([cache!]);
+    await s.release([cache!]);
+    t.equal(s.residentBytes, before, 'released once, however often asked');
+    await t.rejects(s.read(cache!), { code: 'BAD_ARGUMENT', message: /released/ });
+  });
+
+  t.test('rows copy between resident tensors of different sizes', async (t) => {
+    const [small, big] = await s.allocate([
+      { dtype: 'float32', dims: [1, 4, W_IN] },
+      { dtype: 'float32', dims: [1, 10, W_IN] },
+    ]);
+    const x1 = x(4, 2);
+    await s.run({ cache: small!, x: x1 }, { writeInto: { rows: { into: small!, axis: 1, offset: 0 } } });
+    await s.copyRows([{ from: small!, to: big!, axis: 1, rows: 3, fromOffset: 1, toOffset: 6 }]);
+    const got = (await s.read(big!)).data as Float32Array;
+    t.same(
+      Array.from(got.subarray(6 * W_IN, 9 * W_IN)),
+      Array.from((x1.data as Float32Array).subarray(W_IN), (v) => 2 * v),
+    );
+    t.same(Array.from(got.subarray(0, 6 * W_IN)), new Array(6 * W_IN).fill(0));
+    await s.release([small!, big!]);
+  });
+
+  t.test('concurrent runs on different resident tensors keep their own state', async (t) => {
+    const caches = await s.allocate(
+      Array.from({ length: 4 }, () => ({ dtype: 'float32' as const, dims: [1, 6, W_IN] })),
+    );
+    const inputs = caches.map((_, i) => x(2, 10 + i));
+    await Promise.all(
+      caches.map((c, i) =>
+        s.run({ cache: c, x: inputs[i]! }, { writeInto: { rows: { into: c, axis: 1, offset: 0 } } }),
+      ),
+    );
+    for (const [i, c] of caches.entries()) {
+      const got = (await s.read(c)).data as Float32Array;
+      t.same(
+        Array.from(got.subarray(0, 2 * W_IN)),
+        Array.from(inputs[i]!.data as Float32Array, (v) => 2 * v),
+        `cache ${i}`,
+      );
+    }
+    await s.release(caches);
+  });
+
+  t.test('bad handles, offsets and copies are refused before the backend runs', async (t) => {
+    const [cache, other] = await s.allocate([
+      { dtype: 'float32', dims: [1, 4, W_IN] },
+      { dtype: 'float32', dims: [1, 4, W_OUT] },
+    ]);
+    t.teardown(() => s.release([cache!, other!]));
+    await t.rejects(
+      s.run({ cache: cache!, x: x(3, 0) }, { writeInto: { rows: { into: cache!, axis: 1, offset: 2 } } }),
+      {
+        code: 'BAD_ARGUMENT',
+        message: /output 'rows': 3 rows at offset 2 overrun the 4 rows of axis 1/,
+      },
+    );
+    await t.rejects(
+      s.run({ cache: cache!, x: x(1, 0) }, { writeInto: { rows: { into: other!, axis: 1, offset: 0 } } }),
+      {
+        code: 'BAD_ARGUMENT',
+        message: /do not fit \[1, 4, 3\] along axis 1/,
+      },
+    );
+    await t.rejects(
+      s.run({ cache: cache!, x: x(1, 0) }, { writeInto: { nope: { into: cache!, axis: 1, offset: 0 } } }),
+      { code: 'BAD_ARGUMENT', message: /no such output/ },
+    );
+    await t.rejects(s.run({ cache: other!, x: x(1, 0) }), {
+      code: 'BAD_INPUT',
+      message: /'cache' axis 2 must be 4, got 3/,
+    });
+    await t.rejects(s.copyRows([{ from: cache!, to: other!, axis: 1, rows: 1 }]), {
+      code: 'BAD_ARGUMENT',
+      message: /copy 0/,
+    });
+    await t.rejects(s.copyRows([{ from: cache!, to: cache!, axis: 1, rows: 2, fromOffset: 3 }]), {
+      code: 'BAD_ARGUMENT',
+      message: /overrun/,
+    });
+    await t.rejects(s.allocate([{ dtype: 'float32', dims: [1, -1] }]), { code: 'BAD_ARGUMENT' });
+    const file = await h.prepare(cacheGraph(dir), CACHE_SIGNATURE, { S: 16, T: 8 });
+    const second = await h.backend.open(file, { stage: 'cache-2', signature: CACHE_SIGNATURE, threads: 1 });
+    t.teardown(() => second.dispose());
+    await t.rejects(second.run({ cache: cache!, x: x(1, 0) }), { code: 'BAD_ARGUMENT', message: /another session/ });
+  });
+
+  t.test('disposing a session loses its resident tensors', async (t) => {
+    const file = await h.prepare(cacheGraph(dir), CACHE_SIGNATURE, { S: 16, T: 8 });
+    const short = await h.backend.open(file, { stage: 'cache-short', signature: CACHE_SIGNATURE, threads: 1 });
+    const [c] = await short.allocate([{ dtype: 'float32', dims: [1, 2, W_IN] }]);
+    await short.dispose();
+    t.equal(c!.alive, false);
+    t.equal(short.residentBytes, 0);
+    await short.release([c!]);
+    await t.rejects(short.read(c!), { message: /disposed/ });
   });
 }

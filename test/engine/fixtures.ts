@@ -148,3 +148,49 @@ export function notOnnx(dir: string): string {
   writeFileSync(file, 'this is not a protobuf model\n');
   return file;
 }
+
+/**
+ * A KV-cache-shaped graph: `total` = the sum over the rows of `cache` [1, S, 4] plus the sum over
+ * the rows of `x` [1, T, 4] (both [1, 1, 4]); `rows` = 2 x, the rows a caller appends to the cache.
+ */
+export const CACHE_SIGNATURE: StageSignature = {
+  inputs: [
+    { name: 'cache', dtype: 'float32', shape: [1, 'S', W_IN] },
+    { name: 'x', dtype: 'float32', shape: [1, 'T', W_IN] },
+  ],
+  outputs: [
+    { name: 'total', dtype: 'float32', shape: [1, 1, W_IN] },
+    { name: 'rows', dtype: 'float32', shape: [1, 'T', W_IN] },
+  ],
+};
+
+export function cacheGraph(dir: string): string {
+  const file = path.join(dir, 'cache.onnx');
+  const reduce = (x: string, out: string) =>
+    onnx.NodeProto.create({
+      opType: 'ReduceSum',
+      input: [x, 'axis1'],
+      output: [out],
+      name: `sum_${out}`,
+      attribute: [{ name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 1 }],
+    });
+  writeFileSync(
+    file,
+    model({
+      name: 'cache',
+      node: [
+        reduce('cache', 'a'),
+        reduce('x', 'b'),
+        node('Add', ['a', 'b'], ['total']),
+        node('Mul', ['x', 'two'], ['rows']),
+      ],
+      initializer: [
+        onnx.TensorProto.create({ name: 'axis1', dataType: INT64, dims: [1], int64Data: [1] }),
+        floatInit('two', [], Float32Array.of(2)),
+      ],
+      input: [valueInfo('cache', FLOAT, [1, 'S', W_IN]), valueInfo('x', FLOAT, [1, 'T', W_IN])],
+      output: [valueInfo('total', FLOAT, [1, 1, W_IN]), valueInfo('rows', FLOAT, [1, 'T', W_IN])],
+    }),
+  );
+  return file;
+}

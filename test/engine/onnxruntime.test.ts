@@ -6,7 +6,7 @@ import type { Worker } from 'node:worker_threads';
 import { tensor, type Session } from '../../src/engine/backend.js';
 import type { SetokimError } from '../../src/errors.js';
 import { OrtBackend, signatureFromMetadata } from '../../src/engine/onnxruntime.js';
-import { W_IN, addMatMul, addMatMulRef, heavyGraph, notOnnx, tmpDir } from './fixtures.js';
+import { CACHE_SIGNATURE, W_IN, addMatMul, addMatMulRef, cacheGraph, heavyGraph, notOnnx, tmpDir } from './fixtures.js';
 
 const dir = tmpDir();
 const ort = new OrtBackend();
@@ -115,6 +115,46 @@ t.test('after process.exit or an uncaught error in the worker, concurrent runs s
     for (const out of outs) t.same(Array.from(out.z!.data as Float32Array), want, `answers after ${how}`);
     t.equal(internals(s).restarts, i + 1, `one reopen for three runs after ${how}`);
   }
+});
+
+t.test(
+  'resident tensors die with their worker: using one is BACKEND_CRASHED, new ones work in the reopened worker',
+  async (t) => {
+    const s = await ort.open(cacheGraph(dir), { stage: 'kept', signature: CACHE_SIGNATURE, threads: 1 });
+    t.teardown(() => s.dispose());
+    const [cache] = await s.allocate([{ dtype: 'float32', dims: [1, 4, W_IN] }]);
+    t.ok(s.residentBytes > 0);
+    await crash(s, 'exit');
+    t.equal(cache!.alive, false, 'lost with the worker');
+    t.equal(s.residentBytes, 0);
+    const x = tensor('float32', new Float32Array(W_IN).fill(1), [1, 1, W_IN]);
+    await t.rejects(s.run({ cache: cache!, x }), {
+      code: 'BACKEND_CRASHED',
+      message: /input 'cache' was lost with its backend \(the ONNX Runtime worker died: exit code 70\)/,
+    });
+    const [fresh] = await s.allocate([{ dtype: 'float32', dims: [1, 4, W_IN] }]);
+    const out = await s.run({ cache: fresh!, x }, { writeInto: { rows: { into: fresh!, axis: 1, offset: 0 } } });
+    t.same(Array.from(out.total!.data as Float32Array), [1, 1, 1, 1], 'the reopened worker holds the new one');
+    t.same(Array.from(((await s.read(fresh!)).data as Float32Array).subarray(0, W_IN)), [2, 2, 2, 2]);
+    await s.release([cache!]); // harmless
+  },
+);
+
+t.test('a write to an output the signature declares but the graph lacks is MODEL_INVALID', async (t) => {
+  const ghost = {
+    ...CACHE_SIGNATURE,
+    outputs: [...CACHE_SIGNATURE.outputs, { name: 'ghost', dtype: 'float32' as const, shape: [1] }],
+  };
+  const s = await ort.open(cacheGraph(dir), { stage: 'mixed-up', signature: ghost, threads: 1 });
+  t.teardown(() => s.dispose());
+  const [c] = await s.allocate([{ dtype: 'float32', dims: [4] }]);
+  const x = tensor('float32', new Float32Array(W_IN), [1, 1, W_IN]);
+  const feeds = { cache: tensor('float32', new Float32Array(W_IN), [1, 1, W_IN]), x };
+  await t.rejects(s.run(feeds, { writeInto: { ghost: { into: c!, axis: 0, offset: 0 } } }), {
+    code: 'MODEL_INVALID',
+    message:
+      "stage 'mixed-up': the graph has no output 'ghost' though its signature declares it; re-export the model set",
+  });
 });
 
 t.test('if reopening fails, runs fail with BACKEND_CRASHED naming both causes, and keep failing', async (t) => {

@@ -95,9 +95,18 @@ t.test("the contract's LLM signature accepts a decode step with a KV cache", asy
     tokens: { unk: 0, bos: 1, eos: 2, imStart: 3, imEnd: 4, target: 5 },
   } as Architecture;
   const sig = stageSignature('llm', a);
-  const kv = [2, 1, 1, 7, 4];
-  t.same(checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_keys: f32(kv), past_values: f32(kv) }), { T: 1, P: 7 });
-  t.throws(() => checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_keys: f32(kv), past_values: f32([2, 1, 1, 6, 4]) }), {
-    message: /'past_values' axis 3 is dim 'P' = 6, but 'past_keys' set 'P' = 7/,
+  const kv = [1, 1, 7, 4];
+  const cache = (rows: number[][]) =>
+    Object.fromEntries(rows.map((dims, i) => [`${i < 2 ? 'past_keys' : 'past_values'}.${i % 2}`, f32(dims)]));
+  const past_length = { dtype: 'int64' as const, dims: [1], data: BigInt64Array.from([3n]), location: 'host' as const };
+  t.same(checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_length, ...cache([kv, kv, kv, kv]) }), {
+    T: 1,
+    S: 7,
   });
+  t.throws(
+    () => checkFeeds('llm', sig, { inputs_embeds: f32([1, 1, 8]), past_length, ...cache([kv, kv, kv, [1, 1, 6, 4]]) }),
+    {
+      message: /'past_values.1' axis 2 is dim 'S' = 6, but 'past_keys.0' set 'S' = 7/,
+    },
+  );
 });

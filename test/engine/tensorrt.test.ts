@@ -4,15 +4,17 @@
  * reports a Jetson's capabilities; its trtLoadEngine must never be reached by a refused engine.
  */
 import t from 'tap';
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ENGINE_MANIFEST_FORMAT, engineManifestPath } from '../../src/engine/engine-manifest.js';
 import { sha256File } from '../../src/engine/manifest.js';
 import { buildEngine, profileFromSignature, stageDimProfiles } from '../../src/engine/engine-builder.js';
-import { type Capabilities, type NativeAddon, type NativeTrtEngine, type NativeTrtTensor, capabilities } from '../../src/engine/native.js';
+import { type Capabilities, type NativeAddon, type NativeTrtTensor, capabilities } from '../../src/engine/native.js';
 import { tensor } from '../../src/engine/backend.js';
 import { TensorRtBackend, tensorrtUnavailableReason } from '../../src/engine/tensorrt.js';
-import { ADD_MATMUL_SIGNATURE, addMatMulRef, tmpDir } from './fixtures.js';
+import { ADD_MATMUL_SIGNATURE, W_IN, addMatMulRef, tmpDir } from './fixtures.js';
+import { residentSuite } from './backend-suite.js';
+import { TensorRtEngineTestDouble } from './tensorrt-double.js';
 import type { Architecture } from '../../src/engine/contract.js';
 
 const dir = tmpDir();
@@ -91,28 +93,27 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
   };
   writeFileSync(engineManifestPath(plan), JSON.stringify(m));
   const runs: Record<string, NativeTrtTensor>[] = [];
-  let disposed = 0;
   let failCanary = true;
-  // A stand-in engine that computes the graph in TypeScript, so the session's own logic runs.
-  const engine: NativeTrtEngine = {
-    io: [
+  // The engine computes the graph in TypeScript, so the session's own logic runs.
+  const engine = new TensorRtEngineTestDouble(
+    [
       { name: 'x', mode: 'input', dtype: 'float32', shape: [1, -1, 4] },
       { name: 'y', mode: 'input', dtype: 'float32', shape: [1, -1, 4] },
       { name: 'z', mode: 'output', dtype: 'float32', shape: [1, -1, 3] },
     ],
-    run: async (feeds) => {
+    (feeds) => {
       runs.push(feeds);
       if (failCanary) throw new Error('enqueueV3 failed: illegal memory access');
       const L = feeds.x!.dims[1]!;
       return { z: { dtype: 'float32', dims: [1, L, 3], data: addMatMulRef(feeds.x!.data as Float32Array, feeds.y!.data as Float32Array, L) } };
     },
-    dispose: () => void disposed++,
-  };
+  );
+  const disposedCount = () => engine.disposed;
   const addon = { ...jetson(), trtLoadEngine: async () => engine };
   const backend = new TensorRtBackend({ load: () => addon });
 
   await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /canary inference of .*canary\.fp32\.plan failed: enqueueV3 failed/ });
-  t.equal(disposed, 1, 'a failed engine is released');
+  t.equal(disposedCount(), 1, 'a failed engine is released');
   t.same(runs[0]!.x!.dims, [1, 8, 4], 'the canary runs at the opt shape');
   t.ok(runs[0]!.x!.data instanceof Float32Array);
 
@@ -133,7 +134,7 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
   t.equal(runs.length, before, 'an input beyond the profile never reaches the engine');
   await s.dispose();
   await s.dispose();
-  t.equal(disposed, 2);
+  t.equal(disposedCount(), 2);
   await t.rejects(s.run({ x: tensor('float32', x, [1, 3, 4]), y: tensor('float32', x, [1, 3, 4]) }), { message: /disposed/ });
 });
 
@@ -157,12 +158,81 @@ t.test('default stage profiles: vision tokens up to maxTokens, LLM prefill and d
   const llm = stageDimProfiles('llm', a, { maxContext: 1024 });
   t.equal(llm.length, 2);
   t.same(llm[0]!.T, { min: 1, opt: 512, max: 1024 }, 'prefill');
-  t.same(llm[0]!.P, { min: 0, opt: 0, max: 1024 });
+  t.same(llm[0]!.S, { min: 0, opt: 0, max: 1024 }, 'prefill over an empty cache, or a cached prefix');
   t.same(llm[1]!.T, { min: 1, opt: 1, max: 1 }, 'decode');
-  t.same(llm[1]!.P, { min: 0, opt: 512, max: 1024 });
+  t.same(
+    llm[1]!.S,
+    { min: 1, opt: 512, max: 1024 },
+    'one fixed cache size per query: each decode step has the same shape',
+  );
   // Every <target> of an image (up to maxTokens) goes through the diffusion head in one batch.
   t.same(stageDimProfiles('diffusion', a)[0]!.B, { min: 1, opt: 2, max: 64 });
   t.same(stageDimProfiles('diffusion', a, { maxTokens: 16 })[0]!.B, { min: 1, opt: 2, max: 16 });
+});
+
+/** The cache fixture graph (fixtures.ts cacheGraph) in TypeScript: total = row sums of cache and x, rows = 2 x. */
+function cacheGraphRef(feeds: Record<string, NativeTrtTensor>): Record<string, NativeTrtTensor> {
+  const sumRows = (t: NativeTrtTensor) => {
+    const out = new Float32Array(W_IN);
+    (t.data as Float32Array).forEach((v, i) => (out[i % W_IN] += v));
+    return out;
+  };
+  const [a, b] = [sumRows(feeds.cache!), sumRows(feeds.x!)];
+  return {
+    total: { dtype: 'float32', dims: [1, 1, W_IN], data: a.map((v, i) => v + b[i]!) },
+    rows: { dtype: 'float32', dims: [...feeds.x!.dims], data: (feeds.x!.data as Float32Array).map((v) => 2 * v) },
+  };
+}
+
+t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble in place of TensorRT)', async (t) => {
+  const engines: TensorRtEngineTestDouble[] = [];
+  const io = [
+    { name: 'cache', mode: 'input' as const, dtype: 'float32', shape: [1, -1, W_IN] },
+    { name: 'x', mode: 'input' as const, dtype: 'float32', shape: [1, -1, W_IN] },
+    { name: 'total', mode: 'output' as const, dtype: 'float32', shape: [1, 1, W_IN] },
+    { name: 'rows', mode: 'output' as const, dtype: 'float32', shape: [1, -1, W_IN] },
+  ];
+  const addon = {
+    ...jetson(),
+    trtLoadEngine: async () => {
+      const e = new TensorRtEngineTestDouble(io, cacheGraphRef);
+      engines.push(e);
+      return e;
+    },
+  };
+  // The same resident checks every backend passes (backend-suite.ts), on the TensorRT session.
+  residentSuite(t, {
+    backend: new TensorRtBackend({ load: () => addon }),
+    prepare: async (onnx, signature, maxDims) => {
+      const plan = onnx.replace(/\.onnx$/, `.${engines.length}.plan`);
+      writeFileSync(plan, `plan of ${path.basename(onnx)}`);
+      const ranges = Object.fromEntries(Object.entries(maxDims).map(([k, v]) => [k, { min: 0, opt: 1, max: v }]));
+      const manifest = {
+        format: ENGINE_MANIFEST_FORMAT,
+        stage: 'cache',
+        plan: path.basename(plan),
+        sha256: await sha256File(plan),
+        bytes: statSync(plan).size,
+        source: { file: path.basename(onnx), sha256: 'c'.repeat(64) },
+        ...{ tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', jetpack: null, l4t: null },
+        ...{ precision: 'fp32', stronglyTyped: true, profiles: [profileFromSignature(signature, ranges)], io: signature },
+        builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 },
+        builtAt: '2026-11-27T00:00:00Z',
+      };
+      writeFileSync(engineManifestPath(plan), JSON.stringify(manifest));
+      return plan;
+    },
+    tolerance: 1e-6,
+  }, tmpDir());
+  t.test('what reached the engine', async (t) => {
+    const [first] = engines;
+    const [canary, ...runs] = first!.runs;
+    t.ok('cache' in canary!.feeds, 'the canary feeds zeros from the host');
+    const byHandle = runs.every((r) => !('cache' in r.feeds) && typeof r.resident.cache === 'number');
+    t.ok(runs.length > 0 && byHandle, 'then the cache goes by handle only');
+    t.ok(runs.some((r) => r.writes.rows?.axis === 1), 'row writes reach it as (handle, axis, offset)');
+    t.ok(first!.released.length > 0, 'released handles reach it');
+  });
 });
 
 t.test('TensorRtEngineBuilder: the manifest names the target; an aborted build is cancelled in the addon; a failure is ENGINE_BUILD_FAILED', async (t) => {

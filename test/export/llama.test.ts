@@ -8,7 +8,7 @@ import { CONFIGS } from '../../tools/export/configs.js';
 import { Rng } from '../../tools/export/onnx/random.js';
 import { buildEncoder } from '../../tools/export/stages/encoder.js';
 import { buildLlm } from '../../tools/export/stages/llm.js';
-import { data, decodeModel, f32, maxAbsDiff, randn, run } from './helpers.js';
+import { data, decodeModel, f32, i64, maxAbsDiff, randn, run } from './helpers.js';
 
 function weights(bytes: Uint8Array): Map<string, Float32Array> {
   const out = new Map<string, Float32Array>();
@@ -97,10 +97,24 @@ t.test('llm graph = TypeScript LLaMA forward (RMSNorm, RoPE, causal attention, S
   const hidden = rms(x, T, H, w('norm/weight'), rmsEps);
   const logits = matmul(hidden, T, H, w('lm_head/weight'), V);
 
-  const empty = f32([], [layers, 1, a.llm.kvHeads, 0, hd]);
-  const out = await run(bytes, { inputs_embeds: f32(emb, [1, T, H]), past_keys: empty, past_values: empty });
-  t.ok(maxAbsDiff(data(out.hidden), hidden) < 1e-4, `hidden (max diff ${maxAbsDiff(data(out.hidden), hidden).toExponential(2)})`);
-  t.ok(maxAbsDiff(data(out.logits), logits) < 1e-3, `logits (max diff ${maxAbsDiff(data(out.logits), logits).toExponential(2)})`);
+  const empty = f32([], [1, a.llm.kvHeads, 0, hd]);
+  const cache = Object.fromEntries(
+    ['past_keys', 'past_values'].flatMap((n) => Array.from({ length: layers }, (_, l) => [`${n}.${l}`, empty])),
+  );
+  const out = await run(bytes, { inputs_embeds: f32(emb, [1, T, H]), past_length: i64([0], [1]), ...cache });
+  // The graph returns the last position only.
+  const lastHidden = hidden.subarray((T - 1) * H);
+  const lastLogits = logits.subarray((T - 1) * V);
+  t.ok(
+    maxAbsDiff(data(out.hidden), lastHidden) < 1e-4,
+    `hidden (max diff ${maxAbsDiff(data(out.hidden), lastHidden).toExponential(2)})`,
+  );
+  t.ok(
+    maxAbsDiff(data(out.logits), lastLogits) < 1e-3,
+    `logits (max diff ${maxAbsDiff(data(out.logits), lastLogits).toExponential(2)})`,
+  );
+  // The new keys are the rotated keys of every position: layer 0's at the last position, head 0.
+  t.same(out['new_keys.0']!.dims, [1, a.llm.kvHeads, T, hd]);
 });
 
 t.test('encoder patches are taken in raster order: patch n = (row n / G, column n % G)', async (t) => {

@@ -22,11 +22,23 @@ t.test('every tiny stage opens in the ONNX Runtime backend; the LLM runs prefill
   const hd = headDim(a);
   const llm = await ort.open(set.stagePath('llm'), { stage: 'llm', signature: set.manifest.stages.llm!.signature });
   t.teardown(() => llm.dispose());
-  const empty = () => tensor('float32', new Float32Array(0), [layers, 1, kvHeads, 0, hd]);
-  const pre = await llm.run({ inputs_embeds: tensor('float32', randn(4 * H, 1), [1, 4, H]), past_keys: empty(), past_values: empty() });
-  t.same(pre.present_keys!.dims, [layers, 1, kvHeads, 4, hd]);
-  const dec = await llm.run({ inputs_embeds: tensor('float32', randn(H, 2), [1, 1, H]), past_keys: pre.present_keys!, past_values: pre.present_values! });
-  t.same(dec.present_values!.dims, [layers, 1, kvHeads, 5, hd]);
+  const cache = (rows: number, length: number) => ({
+    past_length: tensor('int64', BigInt64Array.from([BigInt(length)]), [1]),
+    ...Object.fromEntries(
+      ['past_keys', 'past_values'].flatMap((n) =>
+        Array.from({ length: layers }, (_, l) => [
+          `${n}.${l}`,
+          tensor('float32', new Float32Array(kvHeads * rows * hd), [1, kvHeads, rows, hd]),
+        ]),
+      ),
+    ),
+  });
+  const pre = await llm.run({ inputs_embeds: tensor('float32', randn(4 * H, 1), [1, 4, H]), ...cache(0, 0) });
+  t.same(pre['new_keys.0']!.dims, [1, kvHeads, 4, hd]);
+  const dec = await llm.run({ inputs_embeds: tensor('float32', randn(H, 2), [1, 1, H]), ...cache(8, 4) });
+  t.same(dec[`new_values.${layers - 1}`]!.dims, [1, kvHeads, 1, hd]);
   t.same(dec.logits!.dims, [1, 1, a.llm.vocab]);
-  await t.rejects(llm.run({ inputs_embeds: tensor('float32', randn(2 * 3, 3), [1, 2, 3]), past_keys: empty(), past_values: empty() }), { code: 'BAD_INPUT' });
+  await t.rejects(llm.run({ inputs_embeds: tensor('float32', randn(2 * 3, 3), [1, 2, 3]), ...cache(0, 0) }), {
+    code: 'BAD_INPUT',
+  });
 });

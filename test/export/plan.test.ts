@@ -191,6 +191,13 @@ t.test('setokim export plan', async (t) => {
   t.equal(p.config, 'setokim-7b');
   t.equal(p.context, 4096);
   t.equal(p.kvCacheBytes, 2 * GiB);
+  // A decode step moves the token in and the last logits and hidden out, not the cache.
+  t.equal(p.decodeStepHostBytes, 4 * (4096 + 32064 + 4096) + 8);
+  t.equal(p.growingCacheStepBytes, 4 * GiB, 'what a cache crossing with every step would move');
+  t.match(
+    text.stdout,
+    /per decode step to and from the host: 157 KiB .* the KV cache stays on the device \(crossing with each step it would move 2\.00 GiB\)/,
+  );
   t.same(
     p.stages.map((s: { stage: string }) => s.stage),
     ['encoder', 'cluster', 'merger', 'embed', 'llm', 'diffusion', 'detokenizer', 'mask_decoder'],

@@ -16,8 +16,8 @@ import { decodeModel, randn, session } from './helpers.js';
 
 const a = CONFIGS.tiny;
 const ELEM: Record<number, string> = { 1: 'float32', 7: 'int64' };
-/** Concrete values for the named dims (P+T is evaluated). */
-const SIZES: Record<string, number> = { batch: 1, L: 5, T: 3, P: 4, B: 2 };
+/** Concrete values for the named dims (sums such as P+T are evaluated). */
+const SIZES: Record<string, number> = { batch: 1, L: 5, T: 3, S: 4, B: 2 };
 const evalDim = (d: Dim) => (typeof d === 'number' ? d : d.split('+').reduce((s, n) => s + SIZES[n]!, 0));
 
 t.test('tiny: every stage follows the contract', async (t) => {

@@ -100,7 +100,7 @@ t.test('a set that verifies but cannot answer: HEALTH_CHECK_FAILED, previous set
   const steps: InstallStep[] = [];
   await t.rejects(installBundle({ device: testDevice, bundle: broken, store: root, pubkey: f.pub, onStep: (s) => void steps.push(s) }), {
     code: 'HEALTH_CHECK_FAILED',
-    message: /canary query: \[INTERNAL\] stage 'llm'.*rolled back: active set is setokim-tiny-seed1/,
+    message: /canary query: \[MODEL_INVALID\] stage 'llm'.*rolled back: active set is setokim-tiny-seed1/,
   });
   t.same(steps, ['verified', 'staging', 'staged', 'placed', 'activated', 'rolled-back'], 'it was active before the canary');
   t.same(await snapshot(root), before, 'floor not raised: release 3 may be fixed and sent again');

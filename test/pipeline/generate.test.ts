@@ -4,7 +4,7 @@ import { decode, LlmContext } from '../../src/pipeline/generate.js';
 import { Sampler } from '../../src/pipeline/sampler.js';
 import { buildVicunaPrompt, promptLength } from '../../src/pipeline/template.js';
 import { GatedStage, type RequestContext } from '../../src/pipeline/scheduler.js';
-import type { Session, TypedArray } from '../../src/engine/backend.js';
+import type { Feed, Session, SessionRunOptions } from '../../src/engine/backend.js';
 import { busyImage, collect, tinySet } from './fixtures.js';
 import { kvBytesPerToken } from '../../src/pipeline/kv-cache.js';
 import { headDim } from '../../src/engine/contract.js';
@@ -17,9 +17,11 @@ t.before(async () => {
   t.teardown(() => p.close());
 });
 
-async function start(ids: number[]) {
+async function start(ids: number[], capacity = ids.length + 32) {
   const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
   const llm = new LlmContext(p.models.arch, p.models.stages.llm!, p.models.stages.embed!, ctx);
+  await llm.open(capacity);
+  t.teardown(() => llm.release());
   const first = await llm.step(await llm.embedIds(ids), 'prefill');
   return { ctx, llm, first };
 }
@@ -61,38 +63,81 @@ t.test('streamed deltas add up to the decoded ids, and the KV cache grows one po
   t.ok(ctx.times.prefill! > 0 && ctx.times.decode! > 0);
 });
 
-t.test('each step moves the past KV cache to the LLM session instead of copying it; the answer is the same', async (t) => {
-  const tok = p.models.tokenizer;
-  const prompt = [tok.specials.bos, ...tok.encode('USER: hello ASSISTANT:')];
-  const real = p.models.stages.llm!.session;
-  // The real session behind a recorder; `copy` drops the transfer option so the feeds are copied.
-  const greedy = async (copy: boolean) => {
-    const pasts: TypedArray[] = [];
-    const session: Session = {
-      backend: real.backend,
-      inputNames: real.inputNames,
-      outputNames: real.outputNames,
-      run: (feeds, options) => {
-        pasts.push(feeds.past_keys!.data, feeds.past_values!.data);
-        return real.run(feeds, copy ? undefined : options);
+t.test(
+  'the KV cache stays in the LLM session: a step sends one embedding and the write position, and gets the last logits back',
+  async (t) => {
+    const tok = p.models.tokenizer;
+    const a = p.models.arch;
+    const prompt = [tok.specials.bos, ...tok.encode('USER: hello ASSISTANT:')];
+    const real = p.models.stages.llm!.session;
+    const sent: { host: Record<string, readonly number[]>; resident: string[]; writes: string[]; outputs: string[] }[] =
+      [];
+    // The real session behind a recorder of what crosses to the backend.
+    const session: Session = Object.assign(Object.create(real) as Session, {
+      run: async (feeds: Record<string, Feed>, options?: SessionRunOptions) => {
+        const out = await real.run(feeds, options);
+        sent.push({
+          host: Object.fromEntries(
+            Object.entries(feeds)
+              .filter(([, f]) => f.location === 'host')
+              .map(([k, f]) => [k, f.dims]),
+          ),
+          resident: Object.keys(feeds).filter((k) => feeds[k]!.location === 'resident'),
+          writes: Object.keys(options?.writeInto ?? {}),
+          outputs: Object.keys(out),
+        });
+        return out;
       },
-      dispose: () => real.dispose(),
-    };
+    });
     const ctx: RequestContext = { signal: new AbortController().signal, times: {} };
-    const llm = new LlmContext(p.models.arch, new GatedStage('llm', session), p.models.stages.embed!, ctx);
+    const llm = new LlmContext(a, new GatedStage('llm', session), p.models.stages.embed!, ctx);
+    const capacity = prompt.length + 8;
+    const before = real.residentBytes;
+    await llm.open(capacity);
+    t.equal(
+      real.residentBytes - before,
+      capacity * kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a)),
+      'the cache is allocated once, in the session',
+    );
     const first = await llm.step(await llm.embedIds(prompt), 'prefill');
-    const o = { tokenizer: tok, sampler: new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }), maxTokens: 6, stop: [], startInImage: false, maxTargets: 64, onText: () => {} };
+    const o = {
+      tokenizer: tok,
+      sampler: new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 0 }),
+      maxTokens: 6,
+      stop: [],
+      startInImage: false,
+      maxTargets: 64,
+      onText: () => {},
+    };
     const r = await decode(llm, first, o, ctx);
-    return { r, pasts: pasts.slice(2) }; // the prefill's past is empty
-  };
-  const moved = await greedy(false);
-  const copied = await greedy(true);
-  t.ok(moved.pasts.length >= 2, `${moved.pasts.length / 2} decode steps`);
-  t.ok(copied.pasts.every((a) => a.byteLength > 0), 'copied: the caller still holds every past cache');
-  t.ok(moved.pasts.every((a) => a.byteLength === 0), 'moved: every past cache was detached here');
-  t.same(moved.r.ids, copied.r.ids);
-  t.same(Array.from(moved.r.lastHidden), Array.from(copied.r.lastHidden));
-});
+    const layers = a.llm.layers;
+    t.same(sent[0]!.resident, [], 'the prefill from position 0 attends to no cache rows');
+    for (const step of sent.slice(1)) {
+      t.same(
+        step.host,
+        { inputs_embeds: [1, 1, a.llm.hidden], past_length: [1] },
+        'a decode step sends one embedding and the position',
+      );
+      t.equal(step.resident.length, 2 * layers, 'the cache goes by handle');
+    }
+    t.ok(
+      sent.every((s) => s.writes.length === 2 * layers && s.outputs.join() === 'logits,hidden'),
+      'new rows stay in the backend; logits and hidden come back',
+    );
+    t.ok(sent.length >= 2, `${sent.length - 1} decode steps`);
+    llm.release();
+    t.equal(real.residentBytes, before, 'released with the context');
+
+    // The cached decode = prefilling the whole sequence again before each token (no cache at all).
+    for (let k = 1; k < r.ids.length; k++) {
+      const again = await start([...prompt, ...r.ids.slice(0, k)]);
+      let best = 0;
+      for (let i = 1; i < tok.vocabSize; i++) if (again.first.logits[i]! > again.first.logits[best]!) best = i;
+      t.equal(best, r.ids[k], `token ${k} is the argmax of a fresh prefill`);
+      again.llm.release();
+    }
+  },
+);
 
 t.test('prompt embeddings: each text segment through the embed stage, the vision rows spliced in between', async (t) => {
   const tok = p.models.tokenizer;
@@ -101,11 +146,11 @@ t.test('prompt embeddings: each text segment through the embed stage, the vision
   const layout = buildVicunaPrompt(tok, { prompt: 'What is this?', image: true });
   const [before, , after] = layout.segments as [{ kind: 'text'; ids: number[] }, unknown, { kind: 'text'; ids: number[] }];
   const vision = Float32Array.from({ length: 3 * H }, (_, i) => i + 0.5);
-  const got = await llm.promptEmbeds(layout, vision);
+  const got = await llm.promptEmbeds(layout.segments, vision);
   t.equal(got.length, promptLength(layout, 3) * H);
   const want = [...(await llm.embedIds(before.ids)), ...vision, ...(await llm.embedIds(after.ids))];
   t.same(Array.from(got), want);
-  await t.rejects(llm.promptEmbeds(layout), { code: 'INTERNAL' });
+  await t.rejects(llm.promptEmbeds(layout.segments), { code: 'INTERNAL' });
 });
 
 t.test('a context that would overflow the model is PROMPT_TOO_LONG', async (t) => {
@@ -133,7 +178,7 @@ t.test('the KV budget bounds memory: requests that do not fit together wait, one
   t.equal(x.at(-1)!.type, 'done');
   t.equal(y.at(-1)!.type, 'done');
   t.ok(peak > 0 && peak <= 100_000, `peak ${peak} bytes within the budget`);
-  t.equal(p.kv.used, 0);
+  t.equal(p.kv.used, p.kv.cached, 'only cache holds remain');
   const big = await collect(p.run({ id: 'big', task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 200 } }));
   const last = big.at(-1)!;
   t.equal(last.type === 'error' && last.code, 'PROMPT_TOO_LONG');

@@ -34,7 +34,11 @@ t.test('export quantize writes an int8 variant per stage with MatMul weights and
     t.ok(m, `${s}: ${line}`);
     if (!m) continue;
     t.ok(Number(m[1]) / Number(m[2]) > 3.5, `${s}: weights ${m[1]} -> ${m[2]} KiB`);
-    t.ok(Number(m[3]) <= 0.15 && Number(m[4]) > 0.999, `${s}: rel ${m[3]}, cosine ${m[4]}`);
+    // The LLM's outputs are one step's: the last position's logits and the new tokens' keys and
+    // values per layer (a decode step: one token's). No cached rows dilute their error any more,
+    // so its floor is lower (measured: new_keys.0 cosine 0.99857, rel 0.117 on the tiny set).
+    const floor = s === 'llm' ? 0.998 : 0.999;
+    t.ok(Number(m[3]) <= 0.15 && Number(m[4]) > floor, `${s}: rel ${m[3]}, cosine ${m[4]}`);
     t.ok(Number(m[5]) >= 1);
   }
   t.match(r.out, /embed: skipped \(no MatMul/);
@@ -193,6 +197,14 @@ t.test('RecordingSession copies the feeds before the run (a transferred buffer m
     outputNames: [],
     run: async () => (data.fill(0), {}),
     dispose: async () => {},
+    // No resident tensors in this run: the recorder reads one back only when a feed is resident.
+    residentBytes: 0,
+    allocate: async () => [],
+    copyRows: async () => {},
+    read: async () => {
+      throw new Error('no resident feed here');
+    },
+    release: async () => {},
   };
   const s = new RecordingSession(inner, 'stage', rec);
   await s.run({ a: { dtype: 'float32', dims: [3], data, location: 'host' } });

@@ -35,7 +35,7 @@ t.test('float16 bits: every finite value round-trips, rounding is to nearest eve
   t.equal(roundToFloat16(3 * 2 ** -26), 2 ** -24);
 });
 
-/** Random feeds for a stage (prefill with no past for the LLM, a batch of 3 for diffusion). */
+/** Random feeds for a stage (a prefill after 3 cached rows for the LLM, a batch of 3 for diffusion). */
 function feeds(s: StageName, seed: number): Feeds {
   const rng = new Rng(seed);
   const f = (dims: number[], scale = 1, offset = 0) => ({
@@ -51,12 +51,18 @@ function feeds(s: StageName, seed: number): Feeds {
   });
   const { layers, kvHeads, hidden } = a.llm;
   const hd = hidden / a.llm.heads;
-  if (s === 'llm')
-    return {
+  if (s === 'llm') {
+    // 5 new tokens after 3 cached rows of an 8-row cache (docs/CONTRACT.md, llm): rows past 3 are masked
+    const out: Feeds = {
       inputs_embeds: f([1, 5, hidden]),
-      past_keys: f([layers, 1, kvHeads, 0, hd]),
-      past_values: f([layers, 1, kvHeads, 0, hd]),
+      past_length: { dtype: 'int64', dims: [1], data: BigInt64Array.from([3n]), location: 'host' },
     };
+    for (let l = 0; l < layers; l++) {
+      out[`past_keys.${l}`] = f([1, kvHeads, 8, hd]);
+      out[`past_values.${l}`] = f([1, kvHeads, 8, hd]);
+    }
+    return out;
+  }
   return { x: f([3, a.merger.tokenWidth]), t: f([3], 0.5, 0.5), cond: f([3, hidden]) };
 }
 

@@ -109,12 +109,14 @@ t.test(
     t.equal(lmHead?.dataType, DT.FLOAT16, 'lm_head stored float16 (behind a Cast) in the ONNX Runtime dialect');
     const cos = [
       ...line.matchAll(
-        /llm\.int4w(\.trt)?\.onnx \((onnxruntime|tensorrt)\): .*? worst output \w+: max rel error [\d.e+-]+, cosine ([\d.]+)/g,
+        /llm\.int4w(\.trt)?\.onnx \((onnxruntime|tensorrt)\): .*? worst output [\w.]+: max rel error [\d.e+-]+, cosine ([\d.]+)/g,
       ),
     ].map((m) => Number(m[3]));
     t.equal(cos.length, 2, 'both dialects checked against fp32');
+    // The worst output is a layer's new keys: since the fixed-cache contract the LLM returns one step's rows, not
+    // whole caches whose copied past rows matched exactly (new_keys.1 measures 0.9889 and 0.9891 on tiny).
     t.ok(
-      cos.every((c) => c > 0.99),
+      cos.every((c) => c > 0.985),
       `worst output cosine ${cos.join(', ')}`,
     );
     t.ok(

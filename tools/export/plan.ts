@@ -86,14 +86,16 @@ export function stageFlops(a: Architecture, stage: StageName | 'cluster', q: Que
     case 'embed':
       return 0; // a gather
     case 'llm': {
-      const { layers, heads } = a.llm;
-      const perToken = macs(stageWeights(a, 'llm'), 1); // includes lm_head: the graph computes logits at every position
-      const S = q.promptTokens + L;
+      const { layers, heads, hidden: H, vocab: V } = a.llm;
+      const head = 2 * H * V; // lm_head: the graph computes logits for the last position only
+      const perToken = macs(stageWeights(a, 'llm'), 1) - head;
+      const P = q.promptTokens + L;
+      const S = P + q.answerTokens; // the query's fixed cache: every decode step reads all of it
       const width = heads * headDim(a);
-      // causal attention: position i attends to i + 1 keys
-      const prefill = S * perToken + layers * attnScores(1, (S * (S + 1)) / 2, width);
-      const ctx = q.answerTokens * S + (q.answerTokens * (q.answerTokens + 1)) / 2; // keys summed over decode steps
-      return prefill + q.answerTokens * perToken + layers * attnScores(1, ctx, width);
+      // prefill from an empty cache: P x P scores among the new tokens (masked, not skipped)
+      const prefill = P * perToken + head + layers * attnScores(P, P, width);
+      // each decode step: scores against the S cache rows (those past the write position masked) and itself
+      return prefill + q.answerTokens * (perToken + head + layers * attnScores(1, S + 1, width));
     }
     case 'diffusion': // per generated image: every one of the L tokens, every sampling step
       return a.diffusion.steps * L * macs(stageWeights(a, 'diffusion'), 1);
@@ -123,7 +125,8 @@ function activationBytes(a: Architecture, q: QueryShape): number {
   return Math.max(
     2 * (N * (4 * C + a.encoder.mlp) + a.encoder.heads * N * N), // encoder layer: residual, qkv, MLP, scores
     2 * (N * (4 * C + a.merger.mlp) + a.merger.heads * N * N), // merger's dense masked attention
-    2 * (T * (4 * H + 2 * a.llm.intermediate) + a.llm.heads * T * T) + 4 * T * a.llm.vocab, // prefill + logits
+    // prefill, and the last position's logits
+    2 * (T * (4 * H + 2 * a.llm.intermediate) + a.llm.heads * T * T) + 4 * a.llm.vocab,
     2 * (Q * 8 * W + dh * Q * Q), // detokenizer
   );
 }
@@ -184,6 +187,13 @@ export interface ModelSetPlan {
   stages: StagePlan[];
   totals: { params: number; bytes: number; bytesUnderstanding: number };
   kvCacheBytes: number;
+  /**
+   * Bytes between host and device per decode step: the token's embedding and the write position in,
+   * the last position's logits and hidden state out (IO is fp32). The KV cache stays in device memory.
+   */
+  decodeStepHostBytes: number;
+  /** What a step would move if the cache crossed with it, in and out (the growing-cache contract this replaced). */
+  growingCacheStepBytes: number;
   /** Bytes one decode step reads: every LLM weight, one embedding row, the KV cache of the mean decode position. */
   decodeBytesPerToken: number;
   activationBytes: number;
@@ -245,9 +255,9 @@ export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
   const kvCacheBytes = kvPerPosition * opts.context;
   const llm = stages.find((s) => s.stage === 'llm')!;
   const embed = stages.find((s) => s.stage === 'embed')!;
-  // positions the answer's tokens attend to, on average: the prompt, the vision tokens and half the answer
-  const meanPosition = query.promptTokens + query.tokens + query.answerTokens / 2;
-  const decodeBytesPerToken = llm.bytes + embed.bytes / a.llm.vocab + kvPerPosition * meanPosition;
+  // the query's fixed cache (prompt, vision tokens, answer): every decode step reads all of it (docs/CONTRACT.md)
+  const queryPositions = query.promptTokens + query.tokens + query.answerTokens;
+  const decodeBytesPerToken = llm.bytes + embed.bytes / a.llm.vocab + kvPerPosition * queryPositions;
   const act = activationBytes(a, query);
   const bytes = sum((s) => s.bytes);
   const bytesUnderstanding = sum((s) => s.bytes, UNDERSTANDING);
@@ -274,6 +284,8 @@ export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
     stages,
     totals: { params: sum((s) => s.params), bytes, bytesUnderstanding },
     kvCacheBytes,
+    decodeStepHostBytes: 4 * (a.llm.hidden + a.llm.vocab + a.llm.hidden) + 8,
+    growingCacheStepBytes: 2 * kvCacheBytes,
     decodeBytesPerToken,
     activationBytes: act,
     runtimeBytes: RUNTIME_BYTES,
@@ -325,6 +337,9 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
     `KV cache (fp16, ${p.context} positions): ${fmtBytes(p.kvCacheBytes)}; peak activations ` +
       `${fmtBytes(p.activationBytes)}; CUDA/TensorRT runtime ${fmtBytes(p.runtimeBytes)}; OS reserve ` +
       `${fmtBytes(p.osReservedBytes)}`,
+    `per decode step to and from the host: ${(p.decodeStepHostBytes / 1024).toFixed(0)} KiB ` +
+      "(the token's embedding in, the last logits and hidden out); the KV cache stays on the device " +
+      `(crossing with each step it would move ${fmtBytes(p.growingCacheStepBytes)})`,
     '',
   );
   const mw = [16, 7, 9, 9, 5, 7, 9, 5, 7, 9, 10];
@@ -356,8 +371,8 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
   out.push(
     '',
     `decode ceiling: bandwidth / ${fmtBytes(p.decodeBytesPerToken)} read per generated token (every LLM weight,`,
-    'one embedding row, the fp16 KV cache of the mean answer position); a decode step cannot be',
-    'faster than its weights stream from memory.',
+    "one embedding row, the query's fixed fp16 KV cache, which every step reads whole); a decode step",
+    'cannot be faster than its weights stream from memory.',
     'engine build: host memory a TensorRT build of the stage peaks at, estimated as 4x its weights',
     `(users see 3-4x) + the builder's 512 MiB + the ${DEFAULT_WORKSPACE_MB} MiB workspace; unified memory on a`,
     'Jetson; what a fleet install checks before it builds. Not measured on a device.',

@@ -1,6 +1,8 @@
 // Node-API binding of the TensorRT backend: trtLoadEngine(plan, device) -> Promise<engine with
-// run(feeds) and dispose()>, trtBuildEngine(options, onProgress?, registerCancel?) -> Promise<result>;
-// registerCancel, when given, is called at once with a cancel() that stops the build.
+// run(feeds, resident?, writes?), allocate, copyRows, read, release, dispose()>,
+// trtBuildEngine(options, onProgress?, registerCancel?) -> Promise<result>; registerCancel, when
+// given, is called at once with a cancel() that stops the build. Resident tensors are device
+// buffers of the engine's session under handles JavaScript chooses (src/engine/tensorrt.ts).
 // JavaScript validates every option (src/engine/tensorrt.ts, engine-builder.ts); this layer copies
 // JS values into plain structs on the JS thread, runs the heavy work in Napi::AsyncWorker, and
 // turns C++ exceptions into promise rejections back on the JS thread.
@@ -9,6 +11,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,6 +32,9 @@ using setokim::Engine;
 using setokim::EngineBuilder;
 using setokim::EngineSession;
 using setokim::HostTensor;
+using setokim::ResidentCopy;
+using setokim::ResidentSpec;
+using setokim::RowWrite;
 using setokim::ShapeRange;
 
 using TensorMap = std::map<std::string, HostTensor>;
@@ -55,6 +61,33 @@ TensorMap ReadFeeds(const Napi::Object& feeds) {
     const auto* begin = static_cast<const uint8_t*>(data.ArrayBuffer().Data()) + data.ByteOffset();
     h.bytes.assign(begin, begin + data.ByteLength());  // a copy: the caller keeps its array
     out.emplace(name, std::move(h));
+  }
+  return out;
+}
+
+int64_t ReadInt(const Napi::Object& o, const char* key) { return o.Get(key).As<Napi::Number>().Int64Value(); }
+
+std::map<std::string, int64_t> ReadHandles(const Napi::Value& v) {
+  std::map<std::string, int64_t> out;
+  if (!v.IsObject()) return out;
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Array names = o.GetPropertyNames();
+  for (uint32_t i = 0; i < names.Length(); ++i) {
+    const std::string name = names.Get(i).As<Napi::String>();
+    out[name] = o.Get(name).As<Napi::Number>().Int64Value();
+  }
+  return out;
+}
+
+std::map<std::string, RowWrite> ReadWrites(const Napi::Value& v) {
+  std::map<std::string, RowWrite> out;
+  if (!v.IsObject()) return out;
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Array names = o.GetPropertyNames();
+  for (uint32_t i = 0; i < names.Length(); ++i) {
+    const std::string name = names.Get(i).As<Napi::String>();
+    Napi::Object w = o.Get(name).As<Napi::Object>();
+    out[name] = RowWrite{ReadInt(w, "handle"), static_cast<int>(ReadInt(w, "axis")), ReadInt(w, "offset")};
   }
   return out;
 }
@@ -93,8 +126,14 @@ class TrtEngine : public Napi::ObjectWrap<TrtEngine> {
   }
   static void Define(Napi::Env env) {
     Napi::Function fn = DefineClass(env, "TrtEngine",
-                                    {InstanceMethod<&TrtEngine::Run>("run"), InstanceMethod<&TrtEngine::Dispose>("dispose"),
-                                     InstanceAccessor<&TrtEngine::Io>("io")});
+                                    {InstanceMethod<&TrtEngine::Run>("run"),
+                                     InstanceMethod<&TrtEngine::Allocate>("allocate"),
+                                     InstanceMethod<&TrtEngine::CopyRows>("copyRows"),
+                                     InstanceMethod<&TrtEngine::Read>("read"),
+                                     InstanceMethod<&TrtEngine::Release>("release"),
+                                     InstanceMethod<&TrtEngine::Dispose>("dispose"),
+                                     InstanceAccessor<&TrtEngine::Io>("io"),
+                                     InstanceAccessor<&TrtEngine::MappedIo>("mappedIo")});
     Constructor() = Napi::Persistent(fn);
     Constructor().SuppressDestruct();
   }
@@ -104,6 +143,18 @@ class TrtEngine : public Napi::ObjectWrap<TrtEngine> {
 
  private:
   Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value Allocate(const Napi::CallbackInfo& info);
+  Napi::Value CopyRows(const Napi::CallbackInfo& info);
+  Napi::Value Read(const Napi::CallbackInfo& info);
+  Napi::Value Release(const Napi::CallbackInfo& info);
+  Napi::Value MappedIo(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), session_ && session_->mappedIo());
+  }
+  // The session, or a JS error when it is disposed (JS thread).
+  std::shared_ptr<EngineSession> Session(const Napi::CallbackInfo& info) const {
+    if (!session_) throw Napi::Error::New(info.Env(), "the engine is disposed");
+    return session_;
+  }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     session_.reset();  // in-flight runs hold their own reference
     return info.Env().Undefined();
@@ -165,11 +216,16 @@ class LoadWorker : public PromiseWorker {
 
 class RunWorker : public PromiseWorker {
  public:
-  RunWorker(Napi::Env env, std::shared_ptr<EngineSession> session, TensorMap inputs)
-      : PromiseWorker(env), session_(std::move(session)), inputs_(std::move(inputs)) {}
+  RunWorker(Napi::Env env, std::shared_ptr<EngineSession> session, TensorMap inputs,
+            std::map<std::string, int64_t> resident, std::map<std::string, RowWrite> writes)
+      : PromiseWorker(env),
+        session_(std::move(session)),
+        inputs_(std::move(inputs)),
+        resident_(std::move(resident)),
+        writes_(std::move(writes)) {}
   void Execute() override {
     try {
-      outputs_ = session_->Run(inputs_);
+      outputs_ = session_->Run(inputs_, resident_, writes_);
     } catch (const std::exception& e) {
       SetError(e.what());
     }
@@ -184,17 +240,106 @@ class RunWorker : public PromiseWorker {
  private:
   std::shared_ptr<EngineSession> session_;
   TensorMap inputs_;
+  std::map<std::string, int64_t> resident_;
+  std::map<std::string, RowWrite> writes_;
   TensorMap outputs_;
 };
 
+// A session call with no result (allocate, copy, release), off the JS thread.
+class SessionCallWorker : public PromiseWorker {
+ public:
+  SessionCallWorker(Napi::Env env, std::function<void()> call) : PromiseWorker(env), call_(std::move(call)) {}
+  void Execute() override {
+    try {
+      call_();
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+
+ private:
+  std::function<void()> call_;
+};
+
+class ReadWorker : public PromiseWorker {
+ public:
+  ReadWorker(Napi::Env env, std::shared_ptr<EngineSession> session, int64_t handle)
+      : PromiseWorker(env), session_(std::move(session)), handle_(handle) {}
+  void Execute() override {
+    try {
+      out_ = session_->Read(handle_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(ToJs(Env(), out_)); }
+
+ private:
+  std::shared_ptr<EngineSession> session_;
+  int64_t handle_;
+  HostTensor out_;
+};
+
+Napi::Value Queued(PromiseWorker* worker) {
+  Napi::Promise p = worker->Promise();
+  worker->Queue();  // Node-API frees the worker when it completes
+  return p;
+}
+
 Napi::Value TrtEngine::Run(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!session_) throw Napi::Error::New(env, "the engine is disposed");
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "run(feeds) needs an object of tensors");
-  auto* worker = new RunWorker(env, session_, ReadFeeds(info[0].As<Napi::Object>()));  // freed by Node-API
-  Napi::Promise p = worker->Promise();
-  worker->Queue();
-  return p;
+  std::shared_ptr<EngineSession> session = Session(info);
+  if (info.Length() < 1 || !info[0].IsObject()) {
+    throw Napi::TypeError::New(env, "run(feeds, resident?, writes?) needs an object of tensors");
+  }
+  TensorMap feeds = ReadFeeds(info[0].As<Napi::Object>());
+  return Queued(new RunWorker(env, session, std::move(feeds), ReadHandles(info[1]), ReadWrites(info[2])));
+}
+
+Napi::Value TrtEngine::Allocate(const Napi::CallbackInfo& info) {
+  std::shared_ptr<EngineSession> session = Session(info);
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "allocate(tensors) needs an array");
+  }
+  Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<ResidentSpec> specs;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Object o = a.Get(i).As<Napi::Object>();
+    specs.push_back(ResidentSpec{ReadInt(o, "handle"), o.Get("dtype").As<Napi::String>(), ReadInts(o.Get("dims"))});
+  }
+  return Queued(new SessionCallWorker(info.Env(), [session, specs]() { session->Allocate(specs); }));
+}
+
+Napi::Value TrtEngine::CopyRows(const Napi::CallbackInfo& info) {
+  std::shared_ptr<EngineSession> session = Session(info);
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "copyRows(copies) needs an array");
+  }
+  Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<ResidentCopy> copies;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Object o = a.Get(i).As<Napi::Object>();
+    copies.push_back(ResidentCopy{ReadInt(o, "from"), ReadInt(o, "to"), static_cast<int>(ReadInt(o, "axis")),
+                                  ReadInt(o, "rows"), ReadInt(o, "fromOffset"), ReadInt(o, "toOffset")});
+  }
+  return Queued(new SessionCallWorker(info.Env(), [session, copies]() { session->CopyRows(copies); }));
+}
+
+Napi::Value TrtEngine::Read(const Napi::CallbackInfo& info) {
+  std::shared_ptr<EngineSession> session = Session(info);
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "read(handle) needs a number");
+  return Queued(new ReadWorker(info.Env(), session, info[0].As<Napi::Number>().Int64Value()));
+}
+
+Napi::Value TrtEngine::Release(const Napi::CallbackInfo& info) {
+  std::shared_ptr<EngineSession> session = Session(info);
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "release(handles) needs an array");
+  }
+  std::vector<int64_t> handles = ReadInts(info[0]);
+  // Off the JS thread: it waits for the session's mutex, which a run may hold.
+  return Queued(new SessionCallWorker(info.Env(), [session, handles]() { session->Release(handles); }));
 }
 
 struct Progress {

@@ -4,7 +4,7 @@
 #include <iterator>
 #include <stdexcept>
 
-#include "tensorrt/cuda_check.h"
+#include "cuda/cuda_check.h"
 #include "tensorrt/host_tensor.h"
 
 namespace setokim {

@@ -9,7 +9,7 @@
 #include <iterator>
 #include <stdexcept>
 
-#include "tensorrt/cuda_check.h"
+#include "cuda/cuda_check.h"
 #include "tensorrt/host_tensor.h"
 #include "tensorrt/logger.h"
 #include "tensorrt/trt_ptr.h"

@@ -141,7 +141,8 @@ export function vitBlock(m: Model, x: string, width: number, heads: number, mlpW
 }
 
 /**
- * RoPE tables for positions start .. start+T-1 (start and T: int64 scalars), rotate-half layout
+ * RoPE tables for positions start .. start+T-1 (T: an int64 scalar; start: an int64 scalar or [1], which
+ * may be a graph input), rotate-half layout
  * (HF LLaMA): cos/sin are [T, hd] with the hd/2 frequencies repeated twice. inv_freq is computed
  * in the graph as theta^(-2j/hd), so the file holds only exact constants.
  */
@@ -149,8 +150,9 @@ export function ropeTables(m: Model, start: string, count: string, hd: number, t
   const g = m.g;
   const exps = Array.from({ length: hd / 2 }, (_, j) => (-2 * j) / hd);
   const invFreq = g.op('Pow', [g.scalar(theta), g.floats(exps)]); // [hd/2]
-  const end = g.op('Add', [start, count]);
-  const pos = g.op('Cast', [g.op('Range', [start, end, g.ints([1], [])])], { to: 1 }); // [T] float
+  // start + Range(0, count): Range only sees shape-derived bounds (start may be a data input)
+  const steps = g.op('Range', [g.ints([0], []), count, g.ints([1], [])]);
+  const pos = g.op('Cast', [g.op('Add', [steps, start])], { to: 1 }); // [T] float
   const ang = g.op('Mul', [g.op('Unsqueeze', [pos, g.ints([1])]), g.op('Unsqueeze', [invFreq, g.ints([0])])]); // [T, hd/2]
   const full = g.op('Concat', [ang, ang], { axis: -1 }); // [T, hd]
   return { cos: g.op('Cos', [full]), sin: g.op('Sin', [full]) };

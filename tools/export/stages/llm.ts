@@ -1,65 +1,124 @@
 /**
- * llm: a LLaMA decoder (RMSNorm, RoPE, SwiGLU, causal attention) with an explicit KV cache, one
- * graph for prefill (P = 0) and decode (T = 1).
+ * llm: a LLaMA decoder (RMSNorm, RoPE, SwiGLU, causal attention) over a fixed-capacity KV cache,
+ * one graph for prefill and decode (docs/CONTRACT.md, "llm").
  *
- *   P = past_keys.shape[3], T = inputs_embeds.shape[1]; new tokens sit at positions P .. P+T-1.
- *   mask[i][j] = 0 if j <= P + i else -30000, over the P + T keys (past first, then new).
- *   present_{keys,values}[l] = concat(past[l], new[l]) along the sequence axis.
- *   hidden = final RMSNorm output; logits = hidden @ lm_head.
+ *   P = past_length (a value, not a shape), S = past_keys.l.shape[2] (the cache's rows, P <= S),
+ *   T = inputs_embeds.shape[1]; new tokens sit at positions P .. P+T-1.
+ *   Per layer: scores against the cache (rows j < P count, the rest are masked) and against the
+ *   new keys (causal) go through one softmax; the output is probs_cache @ V_cache + probs_new @ V_new.
+ *   new_{keys,values}.l = the new tokens' (rotated) keys and values; the runtime writes them into
+ *   the cache at row P. Nothing here copies the cache: it is only read, by the two MatMuls.
+ *   hidden = final RMSNorm of the last position; logits = hidden @ lm_head.
  */
 import type { Architecture } from '../../../src/engine/contract.js';
 import { headDim } from '../../../src/engine/contract.js';
-import { dim, linear, MASK_NEG, mergeHeads, Model, rmsNorm, rope, ropeTables, sdpa, splitHeads, swiglu } from '../onnx/layers.js';
+import {
+  dim,
+  linear,
+  MASK_NEG,
+  mergeHeads,
+  Model,
+  rmsNorm,
+  rope,
+  ropeTables,
+  splitHeads,
+  swiglu,
+} from '../onnx/layers.js';
 import { Rng } from '../onnx/random.js';
 import { stageGraph } from './io.js';
+
+/** Values shared by every layer: positions, masks and the indices that split the probabilities. */
+interface Shared {
+  cos: string;
+  sin: string;
+  /** [S] additive: 0 for filled cache rows (j < P), MASK_NEG for the rest. */
+  cacheMask: string;
+  /** [T, T] additive causal mask among the new tokens. */
+  newMask: string;
+  cacheCols: string;
+  newCols: string;
+}
+
+function shared(m: Model, pastLength: string, S: string, T: string, hd: number, theta: number): Shared {
+  const g = m.g;
+  const zero = g.ints([0], []);
+  const one = g.ints([1], []);
+  const { cos, sin } = ropeTables(m, pastLength, T, hd, theta);
+  return m.scope('masks', () => {
+    const rows = g.op('Range', [zero, S, one]); // [S]
+    const steps = g.op('Range', [zero, T, one]); // [T]
+    const filled = g.op('Greater', [pastLength, rows]); // j < P
+    const future = g.op('Greater', [g.op('Unsqueeze', [steps, g.ints([0])]), g.op('Unsqueeze', [steps, g.ints([1])])]);
+    return {
+      cos,
+      sin,
+      cacheMask: g.op('Where', [filled, g.scalar(0), g.scalar(MASK_NEG)]),
+      newMask: g.op('Where', [future, g.scalar(MASK_NEG), g.scalar(0)]),
+      cacheCols: rows,
+      newCols: g.op('Range', [S, g.op('Add', [S, T]), one]),
+    };
+  });
+}
 
 export function buildLlm(a: Architecture, rng: Rng): Model {
   const { model: m, inputs, finish } = stageGraph('llm', a, rng);
   const g = m.g;
   const { hidden: H, layers, heads, kvHeads, intermediate, vocab, ropeTheta, rmsEps } = a.llm;
   const hd = headDim(a);
-  const pastK = inputs.past_keys!;
-  const pastV = inputs.past_values!;
-  const P = dim(m, pastK, 3);
+  const rep = heads / kvHeads;
+  const pastLength = inputs.past_length!;
   const T = dim(m, inputs.inputs_embeds!, 1);
-  const { cos, sin } = ropeTables(m, P, T, hd, ropeTheta);
-  const mask = m.scope('causal_mask', () => {
-    const one = g.ints([1], []);
-    const qpos = g.op('Range', [P, g.op('Add', [P, T]), one]); // [T]
-    const kpos = g.op('Range', [g.ints([0], []), g.op('Add', [P, T]), one]); // [P+T]
-    const future = g.op('Greater', [g.op('Unsqueeze', [kpos, g.ints([0])]), g.op('Unsqueeze', [qpos, g.ints([1])])]);
-    return g.op('Where', [future, g.scalar(MASK_NEG), g.scalar(0)]); // [T, P+T]
-  });
-  const presentK: string[] = [];
-  const presentV: string[] = [];
+  const S = dim(m, inputs['past_keys.0']!, 2);
+  const sh = shared(m, pastLength, S, T, hd, ropeTheta);
+  const scale = g.scalar(1 / Math.sqrt(hd));
+  const transposeLast = (x: string) => g.op('Transpose', [x], { perm: [0, 1, 3, 2] });
+  const outputs: Record<string, string> = {};
   let x = inputs.inputs_embeds!;
   for (let l = 0; l < layers; l++) {
     x = m.scope(`layers.${l}`, () => {
       const h = rmsNorm(m, x, H, 'input_layernorm', rmsEps);
       const attn = m.scope('self_attn', () => {
-        const q = rope(m, splitHeads(m, linear(m, h, H, heads * hd, 'q_proj', { bias: false }), heads, hd), cos, sin, hd);
-        const kNew = rope(m, splitHeads(m, linear(m, h, H, kvHeads * hd, 'k_proj', { bias: false }), kvHeads, hd), cos, sin, hd);
+        const q = rope(
+          m,
+          splitHeads(m, linear(m, h, H, heads * hd, 'q_proj', { bias: false }), heads, hd),
+          sh.cos,
+          sh.sin,
+          hd,
+        );
+        const kNew = rope(
+          m,
+          splitHeads(m, linear(m, h, H, kvHeads * hd, 'k_proj', { bias: false }), kvHeads, hd),
+          sh.cos,
+          sh.sin,
+          hd,
+        );
         const vNew = splitHeads(m, linear(m, h, H, kvHeads * hd, 'v_proj', { bias: false }), kvHeads, hd);
-        const layer = g.ints([l], []);
-        const k = g.op('Concat', [g.op('Gather', [pastK, layer], { axis: 0 }), kNew], { axis: 2 }); // [1, kvH, P+T, hd]
-        const v = g.op('Concat', [g.op('Gather', [pastV, layer], { axis: 0 }), vNew], { axis: 2 });
-        presentK.push(g.op('Unsqueeze', [k, g.ints([0])]));
-        presentV.push(g.op('Unsqueeze', [v, g.ints([0])]));
-        const o = sdpa(m, q, repeatKv(m, k, kvHeads, heads / kvHeads, hd), repeatKv(m, v, kvHeads, heads / kvHeads, hd), hd, mask);
+        outputs[`new_keys.${l}`] = kNew;
+        outputs[`new_values.${l}`] = vNew;
+        const kCache = repeatKv(m, inputs[`past_keys.${l}`]!, kvHeads, rep, hd);
+        const vCache = repeatKv(m, inputs[`past_values.${l}`]!, kvHeads, rep, hd);
+        const qs = g.op('Mul', [q, scale]);
+        const sCache = g.op('Add', [g.op('MatMul', [qs, transposeLast(kCache)]), sh.cacheMask]); // [1, heads, T, S]
+        const sNew = g.op('Add', [
+          g.op('MatMul', [qs, transposeLast(repeatKv(m, kNew, kvHeads, rep, hd))]),
+          sh.newMask,
+        ]); // [1, heads, T, T]
+        const p = g.op('Softmax', [g.op('Concat', [sCache, sNew], { axis: -1 })], { axis: -1 });
+        const o = g.op('Add', [
+          g.op('MatMul', [g.op('Gather', [p, sh.cacheCols], { axis: 3 }), vCache]),
+          g.op('MatMul', [g.op('Gather', [p, sh.newCols], { axis: 3 }), repeatKv(m, vNew, kvHeads, rep, hd)]),
+        ]);
         return linear(m, mergeHeads(m, o, heads, hd), heads * hd, H, 'o_proj', { bias: false });
       });
       const r = g.op('Add', [x, attn]);
       return g.op('Add', [r, swiglu(m, rmsNorm(m, r, H, 'post_attention_layernorm', rmsEps), H, intermediate, 'mlp')]);
     });
   }
-  const hidden = rmsNorm(m, x, H, 'norm', rmsEps);
+  // Only the last position goes through the final norm and lm_head: it is all the runtime reads.
+  const lastIndex = g.op('Unsqueeze', [g.op('Sub', [T, g.ints([1], [])]), g.ints([0])]); // [1]
+  const hidden = rmsNorm(m, g.op('Gather', [x, lastIndex], { axis: 1 }), H, 'norm', rmsEps); // [1, 1, H]
   const logits = linear(m, hidden, H, vocab, 'lm_head', { bias: false });
-  return finish({
-    logits,
-    hidden,
-    present_keys: g.op('Concat', presentK, { axis: 0 }),
-    present_values: g.op('Concat', presentV, { axis: 0 }),
-  });
+  return finish({ logits, hidden, ...outputs });
 }
 
 /** Grouped-query attention: repeat each KV head `rep` times ([1, kvH, S, hd] -> [1, kvH*rep, S, hd]). */

@@ -1,10 +1,10 @@
-#include "tensorrt/device_buffer.h"
+#include "cuda/device_buffer.h"
 
 #include <cuda_runtime_api.h>
 
 #include <utility>
 
-#include "tensorrt/cuda_check.h"
+#include "cuda/cuda_check.h"
 
 namespace setokim {
 

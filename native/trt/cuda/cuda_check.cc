@@ -1,4 +1,4 @@
-#include "tensorrt/cuda_check.h"
+#include "cuda/cuda_check.h"
 
 #include <stdexcept>
 #include <string>

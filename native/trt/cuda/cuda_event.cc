@@ -1,8 +1,8 @@
-#include "tensorrt/cuda_event.h"
+#include "cuda/cuda_event.h"
 
 #include <utility>
 
-#include "tensorrt/cuda_check.h"
+#include "cuda/cuda_check.h"
 
 namespace setokim {
 
