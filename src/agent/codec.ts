@@ -14,6 +14,10 @@ import type { GenerationParams, PipelineEvent } from '../pipeline/types.js';
 import type { HealthSummary } from './health.js';
 import { isSafeReplyTopic, MAX_REPLY_TOPIC, REPLY_FILTER, topicMatches } from '../mqtt/topics.js';
 
+/** A message as protobufjs decodes it: untyped; each decoder checks the fields it reads (zod for queries). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the codec's one untyped shape
+type Decoded = Record<string, any>;
+
 /** Finds proto/setokim.proto above this file, from src/ (tsx, tap) or dist/src/ (compiled). */
 function protoPath(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -192,9 +196,9 @@ export class QueryDecoder {
     const spans = fieldSpans(payload);
     const tooLarge = spans && this.sizeProblem(spans);
     if (spans && tooLarge) return { ok: false, error: tooLarge, salvage: this.salvageSpans(payload, spans) };
-    let m: protobuf.Message & Record<string, any>;
+    let m: protobuf.Message & Decoded;
     try {
-      m = QueryType.decode(payload) as protobuf.Message & Record<string, any>;
+      m = QueryType.decode(payload) as protobuf.Message & Decoded;
     } catch (err) {
       const why = `the payload is not a setokim.v1.Query protobuf (${(err as Error).message}); see docs/MQTT.md`;
       return { ok: false, error: new SetokimError(ErrorCodes.BAD_MESSAGE, why), salvage: { id: '' } };
@@ -239,7 +243,7 @@ export class QueryDecoder {
   }
 
   /** The decoded message as the schema's input: every field present, bytes as Uint8Array, uint64 as a number. */
-  private plain(m: Record<string, any>): Record<string, any> {
+  private plain(m: Decoded): Decoded {
     const g = m.generation;
     const generation = g && {
       ...(g.maxTokens != null ? { maxTokens: g.maxTokens } : {}),
@@ -364,9 +368,9 @@ const bytesOf = (b: Uint8Array | number[] | null | undefined): Uint8Array => (b 
  * included), into one object built field by field (object spreads made it ten times slower).
  */
 export function decodeReply(payload: Uint8Array): ReplyEvent {
-  let r: Record<string, any>;
+  let r: Decoded;
   try {
-    r = ReplyType.decode(payload) as protobuf.Message & Record<string, any>;
+    r = ReplyType.decode(payload) as protobuf.Message & Decoded;
   } catch (err) {
     throw new SetokimError(ErrorCodes.BAD_MESSAGE, `the payload is not a setokim.v1.Reply protobuf (${(err as Error).message})`);
   }

@@ -102,7 +102,9 @@ export function profileFromSignature(sig: StageSignature, dims: DimRanges): Prof
     const max: number[] = [];
     for (const d of spec.shape) {
       if (typeof d === 'number') {
-        min.push(d), opt.push(d), max.push(d);
+        min.push(d);
+        opt.push(d);
+        max.push(d);
         continue;
       }
       const r = dims[d];
@@ -111,7 +113,9 @@ export function profileFromSignature(sig: StageSignature, dims: DimRanges): Prof
       }
       const { min: lo, opt: mid, max: hi } = r;
       if (!(lo <= mid && mid <= hi)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `dim '${d}' needs min <= opt <= max, got ${lo}, ${mid}, ${hi}`);
-      min.push(lo), opt.push(mid), max.push(hi);
+      min.push(lo);
+      opt.push(mid);
+      max.push(hi);
     }
     profile[spec.name] = { min, opt, max };
   }

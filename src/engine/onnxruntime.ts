@@ -13,7 +13,7 @@ import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Feed, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
 import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
-import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy } from './resident.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
 

@@ -20,7 +20,7 @@ import { signatureDifference } from './manifest.js';
 import { loadNative } from './native.js';
 import type { Capabilities, NativeAddon, NativeTrtCopy, NativeTrtEngine, NativeTrtTensor } from './native.js';
 import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
-import type { ResidentSpec, ResidentTensor, RowCopy, RowWrite } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy } from './resident.js';
 import { type DimLimits, checkFeeds } from './signature.js';
 
 /** Why TensorRT cannot run here, or undefined when it can. */
