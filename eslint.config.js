@@ -6,7 +6,9 @@ import tseslint from 'typescript-eslint';
 
 // Error codes are named through ErrorCodes.X, never spelled as string literals (src/errors.ts
 // holds the one table); the list is read from that table so a new code is covered at once.
-const codes = [...readFileSync(new URL('./src/errors.ts', import.meta.url), 'utf8').matchAll(/^ {2}([A-Z_]+): \{ exit/gm)].map((m) => m[1]);
+const codes = [
+  ...readFileSync(new URL('./src/errors.ts', import.meta.url), 'utf8').matchAll(/^ {2}([A-Z_]+): \{ exit/gm),
+].map((m) => m[1]);
 
 export default tseslint.config(
   { ignores: ['build/', 'dist/', 'node_modules/', '.tap/', 'coverage/', 'models/', 'out/'] },
@@ -15,7 +17,10 @@ export default tseslint.config(
   {
     languageOptions: { globals: globals.node },
     rules: {
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' },
+      ],
     },
   },
   // Tests tamper with raw JSON (manifests, bundles, tokenizers) on purpose: `any` is their tool there.

@@ -36,7 +36,10 @@ export interface Leaf<S extends z.ZodType = z.ZodType, P extends Presence = Pres
   readonly secret?: boolean;
 }
 
-export interface Group<C extends Readonly<Record<string, Node>> = Readonly<Record<string, Node>>, O extends boolean = boolean> {
+export interface Group<
+  C extends Readonly<Record<string, Node>> = Readonly<Record<string, Node>>,
+  O extends boolean = boolean,
+> {
   readonly kind: 'group';
   readonly children: C;
   /** Absent unless configured (e.g. `updates`): then its settings without defaults are required. */
@@ -70,10 +73,19 @@ export function setting(o: LeafOptions<z.ZodType> & { default?: unknown; require
 }
 
 /** Settings that are absent unless configured (then the ones without defaults are required). */
-export function group<C extends Readonly<Record<string, Node>>>(children: C, o: { optional: true; refine?: Group['refine'] }): Group<C, true>;
+export function group<C extends Readonly<Record<string, Node>>>(
+  children: C,
+  o: { optional: true; refine?: Group['refine'] },
+): Group<C, true>;
 /** Settings always present (each one's default where it has one). */
-export function group<C extends Readonly<Record<string, Node>>>(children: C, o?: { refine?: Group['refine'] }): Group<C, false>;
-export function group(children: Readonly<Record<string, Node>>, o: { optional?: boolean; refine?: Group['refine'] } = {}): Group {
+export function group<C extends Readonly<Record<string, Node>>>(
+  children: C,
+  o?: { refine?: Group['refine'] },
+): Group<C, false>;
+export function group(
+  children: Readonly<Record<string, Node>>,
+  o: { optional?: boolean; refine?: Group['refine'] } = {},
+): Group {
   return { kind: 'group', children, optional: o.optional ?? false, ...(o.refine ? { refine: o.refine } : {}) };
 }
 
@@ -90,7 +102,8 @@ export type OutputOf<N> =
         ? GroupOutput<C> | undefined
         : GroupOutput<C>
       : never;
-type AbsentOut<N> = N extends Leaf<z.ZodType, 'optional'> ? true : N extends Group<Readonly<Record<string, Node>>, true> ? true : false;
+type AbsentOut<N> =
+  N extends Leaf<z.ZodType, 'optional'> ? true : N extends Group<Readonly<Record<string, Node>>, true> ? true : false;
 type GroupOutput<C> = Flat<
   { [K in keyof C as AbsentOut<C[K]> extends true ? never : K]: OutputOf<C[K]> } & {
     [K in keyof C as AbsentOut<C[K]> extends true ? K : never]?: OutputOf<C[K]>;
@@ -153,7 +166,8 @@ export function merge(base: Json, over: Json): Json {
   for (const [k, v] of Object.entries(over)) {
     if (v === undefined) continue;
     const b = out[k];
-    const bothObjects = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b);
+    const bothObjects =
+      v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b);
     out[k] = bothObjects ? merge(b as Json, v as Json) : v;
   }
   return out;
@@ -173,7 +187,12 @@ function readText(read: Reader, text: string): { value: unknown } | { problem: s
       if (!/^(1|0|true|false|yes|no)$/i.test(text)) return { problem: `${text}: use true or false` };
       return { value: /^(1|true|yes)$/i.test(text) };
     case 'list':
-      return { value: text.split(',').map((s) => s.trim()).filter(Boolean) };
+      return {
+        value: text
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean),
+      };
   }
 }
 
@@ -283,25 +302,40 @@ function sourcesOf(node: Node, path: readonly PropertyKey[]): string {
  * and flags) is BAD_CONFIG naming each bad setting's path and its flag and variable; a command's
  * flags alone are BAD_ARGUMENT naming the flag.
  */
-export function parseSettings<T>(node: Node, schema: z.ZodType<T>, input: unknown, o: { what: string; hint?: string; flagsOnly?: boolean }): T {
+export function parseSettings<T>(
+  node: Node,
+  schema: z.ZodType<T>,
+  input: unknown,
+  o: { what: string; hint?: string; flagsOnly?: boolean },
+): T {
   const parsed = schema.safeParse(input);
   if (parsed.success) return parsed.data;
   if (o.flagsOnly) {
-    const msg = parsed.error.issues.map((i) => `${sourcesOf(node, i.path).split(',')[0] || i.path.join('.')}: ${i.message}`).join('; ');
+    const msg = parsed.error.issues
+      .map((i) => `${sourcesOf(node, i.path).split(',')[0] || i.path.join('.')}: ${i.message}`)
+      .join('; ');
     throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${o.what}: ${msg}`);
   }
   const lines = parsed.error.issues.map((i) => {
     const from = sourcesOf(node, i.path);
     return `  ${i.path.join('.') || '(top level)'}: ${i.message}${from ? ` (${from})` : ''}`;
   });
-  throw new SetokimError(ErrorCodes.BAD_CONFIG, `invalid ${o.what}:\n${lines.join('\n')}${o.hint ? `\n${o.hint}` : ''}`);
+  throw new SetokimError(
+    ErrorCodes.BAD_CONFIG,
+    `invalid ${o.what}:\n${lines.join('\n')}${o.hint ? `\n${o.hint}` : ''}`,
+  );
 }
 
 /**
  * A command whose settings come from its flags and SETOKIM_* variables alone (no config file):
  * variables below flags, checked against the tree's schema; BAD_ARGUMENT naming the flag.
  */
-export function parseCommandSettings<N extends Node>(node: N, raw: Record<string, unknown>, command: string, env: NodeJS.ProcessEnv = process.env): OutputOf<N> {
+export function parseCommandSettings<N extends Node>(
+  node: N,
+  raw: Record<string, unknown>,
+  command: string,
+  env: NodeJS.ProcessEnv = process.env,
+): OutputOf<N> {
   const input = merge(fromEnv(node, env), fromFlags(node, raw, command));
   return parseSettings(node, schemaOf(node), input, { what: command, flagsOnly: true });
 }

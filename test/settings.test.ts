@@ -7,15 +7,56 @@ import { Command } from 'commander';
 import t from 'tap';
 import { z } from 'zod';
 import { agentSettings } from '../src/agent/config.js';
-import { flagOf, fromEnv, fromFlags, group, leaves, parseCommandSettings, parseSettings, registerFlags, schemaOf, setting } from '../src/settings.js';
+import {
+  flagOf,
+  fromEnv,
+  fromFlags,
+  group,
+  leaves,
+  parseCommandSettings,
+  parseSettings,
+  registerFlags,
+  schemaOf,
+  setting,
+} from '../src/settings.js';
 
 const tree = group({
-  name: setting({ schema: z.string().min(1), required: true, flag: '--name <n>', env: 'SETOKIM_T_NAME', help: 'a name' }),
-  size: setting({ schema: z.number().int().min(1), default: 4, flag: '--size <n>', env: 'SETOKIM_T_SIZE', read: 'number', help: 'a size' }),
-  on: setting({ schema: z.boolean(), default: true, flag: '--no-on', env: 'SETOKIM_T_ON', read: 'boolean', help: 'turn it off' }),
+  name: setting({
+    schema: z.string().min(1),
+    required: true,
+    flag: '--name <n>',
+    env: 'SETOKIM_T_NAME',
+    help: 'a name',
+  }),
+  size: setting({
+    schema: z.number().int().min(1),
+    default: 4,
+    flag: '--size <n>',
+    env: 'SETOKIM_T_SIZE',
+    read: 'number',
+    help: 'a size',
+  }),
+  on: setting({
+    schema: z.boolean(),
+    default: true,
+    flag: '--no-on',
+    env: 'SETOKIM_T_ON',
+    read: 'boolean',
+    help: 'turn it off',
+  }),
   strict: setting({ schema: z.boolean(), default: true, flag: '--lax', switchValue: false, help: 'not strict' }),
-  allow: setting({ schema: z.array(z.string().min(1)), default: [], flag: '--allow <prefix>', env: 'SETOKIM_T_ALLOW', read: 'list', help: 'prefixes' }),
-  extra: group({ a: setting({ schema: z.string(), required: true, help: 'needed when extra is given' }) }, { optional: true }),
+  allow: setting({
+    schema: z.array(z.string().min(1)),
+    default: [],
+    flag: '--allow <prefix>',
+    env: 'SETOKIM_T_ALLOW',
+    read: 'list',
+    help: 'prefixes',
+  }),
+  extra: group(
+    { a: setting({ schema: z.string(), required: true, help: 'needed when extra is given' }) },
+    { optional: true },
+  ),
 });
 
 t.test('the schema: defaults filled in, required settings required, optional groups absent', async (t) => {
@@ -28,64 +69,115 @@ t.test('the schema: defaults filled in, required settings required, optional gro
 });
 
 t.test('variables: read by kind, set on their paths; one that does not read is BAD_CONFIG naming it', async (t) => {
-  t.same(fromEnv(tree, { SETOKIM_T_SIZE: '8', SETOKIM_T_ON: 'no', SETOKIM_T_ALLOW: 'https://a/, https://b/', SETOKIM_T_NAME: '' }), {
-    size: 8,
-    on: false,
-    allow: ['https://a/', 'https://b/'],
+  t.same(
+    fromEnv(tree, {
+      SETOKIM_T_SIZE: '8',
+      SETOKIM_T_ON: 'no',
+      SETOKIM_T_ALLOW: 'https://a/, https://b/',
+      SETOKIM_T_NAME: '',
+    }),
+    {
+      size: 8,
+      on: false,
+      allow: ['https://a/', 'https://b/'],
+    },
+  );
+  t.throws(() => fromEnv(tree, { SETOKIM_T_SIZE: 'many' }), {
+    code: 'BAD_CONFIG',
+    message: 'SETOKIM_T_SIZE=many is not a number.',
   });
-  t.throws(() => fromEnv(tree, { SETOKIM_T_SIZE: 'many' }), { code: 'BAD_CONFIG', message: 'SETOKIM_T_SIZE=many is not a number.' });
-  t.throws(() => fromEnv(tree, { SETOKIM_T_ON: 'maybe' }), { code: 'BAD_CONFIG', message: 'SETOKIM_T_ON=maybe: use true or false.' });
+  t.throws(() => fromEnv(tree, { SETOKIM_T_ON: 'maybe' }), {
+    code: 'BAD_CONFIG',
+    message: 'SETOKIM_T_ON=maybe: use true or false.',
+  });
 });
 
-t.test('flags through commander: values, switches both ways, repeated lists; help names the variable and default', async (t) => {
-  const parse = (argv: string[]) => {
-    const cmd = registerFlags(new Command('t').exitOverride(), tree);
-    cmd.parse(argv, { from: 'user' });
-    return fromFlags(tree, cmd.opts(), 't');
-  };
-  t.same(parse([]), {}, 'nothing given: nothing set, so lower sources show through');
-  t.same(parse(['--name', 'n', '--size', '2', '--no-on', '--lax', '--allow', 'a,b', '--allow', 'c']), { name: 'n', size: 2, on: false, strict: false, allow: ['a', 'b', 'c'] });
-  t.throws(() => parse(['--size', '']), { code: 'BAD_ARGUMENT', message: 't: --size:  is not a number' });
-  t.throws(() => parse(['--size', '3x']), { code: 'BAD_ARGUMENT', message: 't: --size: 3x is not a number' });
-  const help = registerFlags(new Command('t').configureHelp({ helpWidth: 1000 }), tree).helpInformation();
-  t.match(help, /--size <n>\s+a size \(SETOKIM_T_SIZE; default 4\)/);
-  t.match(help, /--no-on\s+turn it off \(SETOKIM_T_ON; default true\)/);
-});
+t.test(
+  'flags through commander: values, switches both ways, repeated lists; help names the variable and default',
+  async (t) => {
+    const parse = (argv: string[]) => {
+      const cmd = registerFlags(new Command('t').exitOverride(), tree);
+      cmd.parse(argv, { from: 'user' });
+      return fromFlags(tree, cmd.opts(), 't');
+    };
+    t.same(parse([]), {}, 'nothing given: nothing set, so lower sources show through');
+    t.same(parse(['--name', 'n', '--size', '2', '--no-on', '--lax', '--allow', 'a,b', '--allow', 'c']), {
+      name: 'n',
+      size: 2,
+      on: false,
+      strict: false,
+      allow: ['a', 'b', 'c'],
+    });
+    t.throws(() => parse(['--size', '']), { code: 'BAD_ARGUMENT', message: 't: --size:  is not a number' });
+    t.throws(() => parse(['--size', '3x']), { code: 'BAD_ARGUMENT', message: 't: --size: 3x is not a number' });
+    const help = registerFlags(new Command('t').configureHelp({ helpWidth: 1000 }), tree).helpInformation();
+    t.match(help, /--size <n>\s+a size \(SETOKIM_T_SIZE; default 4\)/);
+    t.match(help, /--no-on\s+turn it off \(SETOKIM_T_ON; default true\)/);
+  },
+);
 
 t.test('a command: variables below flags, errors name the flag (BAD_ARGUMENT)', async (t) => {
   const env = { SETOKIM_T_NAME: 'from-env', SETOKIM_T_SIZE: '5' };
-  t.same(parseCommandSettings(tree, { size: '6' }, 't', env), { name: 'from-env', size: 6, on: true, strict: true, allow: [] });
-  t.throws(() => parseCommandSettings(tree, { size: '0' }, 't', {}), { code: 'BAD_ARGUMENT', message: /^t: --name: .*; --size: / });
+  t.same(parseCommandSettings(tree, { size: '6' }, 't', env), {
+    name: 'from-env',
+    size: 6,
+    on: true,
+    strict: true,
+    allow: [],
+  });
+  t.throws(() => parseCommandSettings(tree, { size: '0' }, 't', {}), {
+    code: 'BAD_ARGUMENT',
+    message: /^t: --name: .*; --size: /,
+  });
 });
 
-t.test('a variadic flag keeps every value; a default goes through the schema; an item names its flag; switch help', async (t) => {
-  const more = group({
-    dirs: setting({ schema: z.array(z.string().min(1)).min(1), flag: '--dirs <dirs...>', help: 'directories' }),
-    block: setting({ schema: z.enum(['32', '64']).transform(Number), default: '32', flag: '--block <k>', help: 'a block size' }),
-    tags: setting({ schema: z.array(z.string().regex(/^[a-z]+$/, 'lowercase letters')), flag: '--tag <t>', read: 'list', help: 'tags' }),
-    quiet: setting({ schema: z.boolean(), default: true, flag: '--no-quiet', help: 'talk' }),
-  });
-  const parse = (argv: string[]) => {
-    const cmd = registerFlags(new Command('t').exitOverride(), more);
-    cmd.parse(argv, { from: 'user' });
-    return parseCommandSettings(more, cmd.opts(), 't', {});
-  };
-  // Before: only the first directory was kept, and the default '32' came out as text, not 32.
-  t.same(parse(['--dirs', 'a,b', 'c', '--dirs', 'd']), { dirs: ['a,b', 'c', 'd'], block: 32, quiet: true });
-  t.same(parse(['--block', '64', '--no-quiet']), { block: 64, quiet: false });
-  // Before: the message named the path `tags.1` instead of the flag.
-  t.throws(() => parse(['--tag', 'ok', '--tag', 'NO']), { code: 'BAD_ARGUMENT', message: 't: --tag: lowercase letters' });
-  t.throws(() => parse(['--dirs', '']), { code: 'BAD_ARGUMENT', message: /^t: --dirs: / });
-  const help = registerFlags(new Command('t').configureHelp({ helpWidth: 1000 }), more).helpInformation();
-  t.match(help, /--block <k>\s+a block size \(default "32"\)/);
-  t.match(help, /--no-quiet\s+talk\n/, "a switch without a variable shows no default: its spelling says it");
-});
+t.test(
+  'a variadic flag keeps every value; a default goes through the schema; an item names its flag; switch help',
+  async (t) => {
+    const more = group({
+      dirs: setting({ schema: z.array(z.string().min(1)).min(1), flag: '--dirs <dirs...>', help: 'directories' }),
+      block: setting({
+        schema: z.enum(['32', '64']).transform(Number),
+        default: '32',
+        flag: '--block <k>',
+        help: 'a block size',
+      }),
+      tags: setting({
+        schema: z.array(z.string().regex(/^[a-z]+$/, 'lowercase letters')),
+        flag: '--tag <t>',
+        read: 'list',
+        help: 'tags',
+      }),
+      quiet: setting({ schema: z.boolean(), default: true, flag: '--no-quiet', help: 'talk' }),
+    });
+    const parse = (argv: string[]) => {
+      const cmd = registerFlags(new Command('t').exitOverride(), more);
+      cmd.parse(argv, { from: 'user' });
+      return parseCommandSettings(more, cmd.opts(), 't', {});
+    };
+    // Before: only the first directory was kept, and the default '32' came out as text, not 32.
+    t.same(parse(['--dirs', 'a,b', 'c', '--dirs', 'd']), { dirs: ['a,b', 'c', 'd'], block: 32, quiet: true });
+    t.same(parse(['--block', '64', '--no-quiet']), { block: 64, quiet: false });
+    // Before: the message named the path `tags.1` instead of the flag.
+    t.throws(() => parse(['--tag', 'ok', '--tag', 'NO']), {
+      code: 'BAD_ARGUMENT',
+      message: 't: --tag: lowercase letters',
+    });
+    t.throws(() => parse(['--dirs', '']), { code: 'BAD_ARGUMENT', message: /^t: --dirs: / });
+    const help = registerFlags(new Command('t').configureHelp({ helpWidth: 1000 }), more).helpInformation();
+    t.match(help, /--block <k>\s+a block size \(default "32"\)/);
+    t.match(help, /--no-quiet\s+talk\n/, 'a switch without a variable shows no default: its spelling says it');
+  },
+);
 
 t.test('a configuration error names the path, its flag and its variable (BAD_CONFIG)', async (t) => {
-  t.throws(() => parseSettings(tree, schemaOf(tree), { name: 'x', size: 0 }, { what: 'test config', hint: 'see the docs' }), {
-    code: 'BAD_CONFIG',
-    message: /^invalid test config:\n {2}size: .* \(--size, SETOKIM_T_SIZE\)\nsee the docs$/,
-  });
+  t.throws(
+    () => parseSettings(tree, schemaOf(tree), { name: 'x', size: 0 }, { what: 'test config', hint: 'see the docs' }),
+    {
+      code: 'BAD_CONFIG',
+      message: /^invalid test config:\n {2}size: .* \(--size, SETOKIM_T_SIZE\)\nsee the docs$/,
+    },
+  );
 });
 
 t.test("the agent's settings: every flag and variable is declared once", async (t) => {
@@ -94,7 +186,10 @@ t.test("the agent's settings: every flag and variable is declared once", async (
   const envs = all.map((p) => p.leaf.env).filter((e): e is string => !!e);
   t.same(flags.length, new Set(flags).size, `${flags.length} flags, none twice`);
   t.same(envs.length, new Set(envs).size, `${envs.length} variables, none twice`);
-  t.ok(envs.every((e) => /^SETOKIM_[A-Z0-9_]+$/.test(e)), 'every variable is SETOKIM_*');
+  t.ok(
+    envs.every((e) => /^SETOKIM_[A-Z0-9_]+$/.test(e)),
+    'every variable is SETOKIM_*',
+  );
   t.ok(flags.length >= 20 && envs.length >= 20, 'the agent has its flags and variables');
   const help = registerFlags(new Command('agent').configureHelp({ helpWidth: 1000 }), agentSettings).helpInformation();
   for (const f of flags) t.match(help, f, `--help lists ${f}`);
@@ -105,6 +200,8 @@ t.test("the agent's settings: every flag and variable is declared once", async (
 t.test('docs/MQTT.md names every variable the agent reads', async (t) => {
   const { readFileSync } = await import('node:fs');
   const doc = readFileSync(new URL('../docs/MQTT.md', import.meta.url), 'utf8');
-  const missing = leaves(agentSettings).flatMap((p) => (p.leaf.env && !doc.includes(`\`${p.leaf.env}\``) ? [p.leaf.env] : []));
+  const missing = leaves(agentSettings).flatMap((p) =>
+    p.leaf.env && !doc.includes(`\`${p.leaf.env}\``) ? [p.leaf.env] : [],
+  );
   t.same(missing, [], 'variables missing from docs/MQTT.md');
 });

@@ -132,12 +132,15 @@ export class Admission<T extends Ticket> {
 
   /** EXPIRED at the deadline; one further than setTimeout reaches waits in steps of MAX_TIMER_MS. */
   private armDeadline(entry: Entry<T>, ms: number): void {
-    entry.timer = setTimeout(() => {
-      const left = entry.ticket.deadline! - Date.now();
-      if (left > 0) return this.armDeadline(entry, left);
-      const message = `query ${entry.ticket.id} passed its deadline; send it again with a later deadline or expiry`;
-      this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, message));
-    }, Math.min(ms, MAX_TIMER_MS));
+    entry.timer = setTimeout(
+      () => {
+        const left = entry.ticket.deadline! - Date.now();
+        if (left > 0) return this.armDeadline(entry, left);
+        const message = `query ${entry.ticket.id} passed its deadline; send it again with a later deadline or expiry`;
+        this.abort(entry, new SetokimError(ErrorCodes.EXPIRED, message));
+      },
+      Math.min(ms, MAX_TIMER_MS),
+    );
     entry.timer.unref();
   }
 

@@ -78,7 +78,11 @@ export const STATUS_HEARTBEAT_INTERVALS = 12;
 function looksLikeImage(b: Uint8Array): boolean {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return true;
   if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return true;
-  return b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP';
+  return (
+    b.length >= 12 &&
+    String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' &&
+    String.fromCharCode(...b.subarray(8, 12)) === 'WEBP'
+  );
 }
 
 export interface AgentOptions {
@@ -126,7 +130,11 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   constructor(opts: AgentOptions) {
     super();
     this.config = opts.config;
-    this.serving = { pipeline: opts.pipeline, running: 0, ...(opts.countTokens ? { countTokens: opts.countTokens } : {}) };
+    this.serving = {
+      pipeline: opts.pipeline,
+      running: 0,
+      ...(opts.countTokens ? { countTokens: opts.countTokens } : {}),
+    };
     this.log = opts.log ?? (() => undefined);
     this.version = opts.version ?? packageVersion();
     if (opts.target) this.target = opts.target;
@@ -214,7 +222,9 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   private onQuery(topic: string, payload: Buffer, packet: IPublishPacket): void {
     const receivedAt = Date.now();
     const decoded = this.decoder.decode(payload);
-    const salvage = decoded.ok ? { id: decoded.query.id, replyTopic: decoded.query.replyTopic, correlation: decoded.query.correlation } : decoded.salvage;
+    const salvage = decoded.ok
+      ? { id: decoded.query.id, replyTopic: decoded.query.replyTopic, correlation: decoded.query.correlation }
+      : decoded.salvage;
     const addressing = replyAddress(packet, salvage, this.replyTopics);
     const address = addressing.address;
     if (!address) {
@@ -253,11 +263,26 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
         this.emit('query', { id: q.id, task: request.task });
         return;
       case 'busy':
-        return this.refuse(address, q.id, ErrorCodes.BUSY, `device ${this.config.device} is busy (${this.config.limits.queueSize} queued, ${this.config.limits.concurrency} running); retry later, with a new id, or send to the fleet topic`);
+        return this.refuse(
+          address,
+          q.id,
+          ErrorCodes.BUSY,
+          `device ${this.config.device} is busy (${this.config.limits.queueSize} queued, ${this.config.limits.concurrency} running); retry later, with a new id, or send to the fleet topic`,
+        );
       case 'expired':
-        return this.refuse(address, q.id, ErrorCodes.EXPIRED, `query ${q.id} arrived after its deadline (or its MQTT message expiry); send it again with a later deadline`);
+        return this.refuse(
+          address,
+          q.id,
+          ErrorCodes.EXPIRED,
+          `query ${q.id} arrived after its deadline (or its MQTT message expiry); send it again with a later deadline`,
+        );
       case 'closed':
-        return this.refuse(address, q.id, ErrorCodes.BUSY, `device ${this.config.device} is shutting down; send the query to another device or to the fleet topic`);
+        return this.refuse(
+          address,
+          q.id,
+          ErrorCodes.BUSY,
+          `device ${this.config.device} is shutting down; send the query to another device or to the fleet topic`,
+        );
       case 'duplicate':
         this.metrics.duplicates.inc();
         return;
@@ -288,14 +313,22 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
    */
   private check(q: WireQuery): SetokimError | undefined {
     if (!(TASKS as readonly string[]).includes(q.task)) {
-      return new SetokimError(ErrorCodes.UNKNOWN_TASK, `unknown task "${q.task.slice(0, 64)}"; use one of ${TASKS.join(', ')}`);
+      return new SetokimError(
+        ErrorCodes.UNKNOWN_TASK,
+        `unknown task "${q.task.slice(0, 64)}"; use one of ${TASKS.join(', ')}`,
+      );
     }
-    if (q.image && !looksLikeImage(q.image)) return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
+    if (q.image && !looksLikeImage(q.image))
+      return new SetokimError(ErrorCodes.BAD_IMAGE, 'the image is not JPEG, PNG or WebP');
     const maxPrompt = this.config.limits.maxPromptTokens;
     const countTokens = this.serving.countTokens;
     if (maxPrompt !== undefined && q.prompt && countTokens) {
       const n = countTokens(q.prompt);
-      if (n > maxPrompt) return new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the prompt is ${n} tokens; this device takes at most ${maxPrompt} (limits.maxPromptTokens); shorten it`);
+      if (n > maxPrompt)
+        return new SetokimError(
+          ErrorCodes.PROMPT_TOO_LONG,
+          `the prompt is ${n} tokens; this device takes at most ${maxPrompt} (limits.maxPromptTokens); shorten it`,
+        );
     }
     return undefined;
   }
@@ -332,7 +365,12 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
         if (step instanceof SetokimError) {
           last = { type: 'error', id: ticket.id, code: step.code, message: step.message };
         } else if (step.done) {
-          last = { type: 'error', id: ticket.id, code: ErrorCodes.INTERNAL, message: 'the pipeline ended without done or error; this is a bug, please report it' };
+          last = {
+            type: 'error',
+            id: ticket.id,
+            code: ErrorCodes.INTERNAL,
+            message: 'the pipeline ended without done or error; this is a bug, please report it',
+          };
         } else {
           last = step.value.id === ticket.id ? step.value : ({ ...step.value, id: ticket.id } as PipelineEvent);
           if (last.type === 'done') last = this.withEnergy(last, startedAt);
@@ -372,7 +410,9 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   async replacePipeline(next: Pipeline, opts: ReplaceOptions = {}): Promise<void> {
     if (this.stopping) {
       this.log('info', `not switching to ${next.info.modelSetId}: the agent is stopping`);
-      await next.close().catch((err: Error) => this.log('warn', `closing ${next.info.modelSetId} failed: ${err.message}`));
+      await next
+        .close()
+        .catch((err: Error) => this.log('warn', `closing ${next.info.modelSetId} failed: ${err.message}`));
       return;
     }
     const old = this.serving;
@@ -385,7 +425,9 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.emit('switched', { from, to, draining: old.running });
     const retired = (async () => {
       if (old.running > 0) await new Promise<void>((resolve) => (old.drained = resolve));
-      await old.pipeline.close().catch((err: Error) => this.log('warn', `closing the replaced model set ${from} failed: ${err.message}`));
+      await old.pipeline
+        .close()
+        .catch((err: Error) => this.log('warn', `closing the replaced model set ${from} failed: ${err.message}`));
       this.log('info', `closed the replaced model set ${from}`);
       this.emit('retired', { modelSetId: from });
     })();
@@ -411,7 +453,8 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
     this.metrics.answered.inc();
     for (const [stage, ms] of Object.entries(event.stages)) this.metrics.stageSeconds.observe({ stage }, ms / 1000);
     const decodeMs = event.stages.decode ?? event.totalMs;
-    if (event.generatedTokens > 0 && decodeMs > 0) this.metrics.tokensPerSecond.observe(event.generatedTokens / (decodeMs / 1000));
+    if (event.generatedTokens > 0 && decodeMs > 0)
+      this.metrics.tokensPerSecond.observe(event.generatedTokens / (decodeMs / 1000));
   }
 
   /** Adds fields to the retained status (a service's own counts); refreshStatus() republishes it. */
@@ -504,7 +547,10 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
   }
 
   private shutdownError(): SetokimError {
-    return new SetokimError(ErrorCodes.CANCELLED, `device ${this.config.device} shut down before the query finished; send it again`);
+    return new SetokimError(
+      ErrorCodes.CANCELLED,
+      `device ${this.config.device} shut down before the query finished; send it again`,
+    );
   }
 
   private async drain(graceMs: number): Promise<void> {

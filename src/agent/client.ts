@@ -68,7 +68,8 @@ class Channel<T> implements AsyncIterable<T> {
       next: () => {
         const item = this.items.shift();
         if (item !== undefined) return Promise.resolve({ value: item, done: false });
-        if (this.ended) return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
+        if (this.ended)
+          return this.failure ? Promise.reject(this.failure) : Promise.resolve({ value: undefined, done: true });
         return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
       },
     };
@@ -198,7 +199,12 @@ export class QueryClient extends EventEmitter<QueryClientEvents> {
     if (opts.timeoutMs) {
       pending.timer = setTimeout(() => {
         pending.cleanup();
-        channel.end(new SetokimError(ErrorCodes.EXPIRED, `no final answer within ${opts.timeoutMs} ms; is an agent serving ${topic}? (check its status topic)`));
+        channel.end(
+          new SetokimError(
+            ErrorCodes.EXPIRED,
+            `no final answer within ${opts.timeoutMs} ms; is an agent serving ${topic}? (check its status topic)`,
+          ),
+        );
       }, opts.timeoutMs);
     }
     this.pending.set(keyHex, pending);

@@ -26,7 +26,10 @@ function protoPath(): string {
     if (existsSync(candidate)) return candidate;
     dir = dirname(dir);
   }
-  throw new SetokimError(ErrorCodes.INTERNAL, 'proto/setokim.proto is missing from the installation; reinstall setokim-edge.');
+  throw new SetokimError(
+    ErrorCodes.INTERNAL,
+    'proto/setokim.proto is missing from the installation; reinstall setokim-edge.',
+  );
 }
 
 const root = protobuf.loadSync(protoPath());
@@ -85,24 +88,24 @@ const bytes = z.instanceof(Uint8Array);
 /** The wire rules of a Query, for an agent's QueryRules. */
 function querySchema(rules: QueryRules) {
   return z.object({
-  id: z
-    .string()
-    .min(1, 'the query has no id')
-    .max(MAX_ID_CHARS, `the query id is longer than ${MAX_ID_CHARS} characters`),
-  task: z.string(), // anything but the five tasks is UNKNOWN_TASK (the agent's check)
-  prompt: z.string(),
-  image: bytes,
-  // The pipeline's own schema: what passes here is never its BAD_ARGUMENT.
-  generation: GenerationSchema.nullable(),
-  deadlineUnixMs: z.number().int().min(0),
-  replyTopic: replyTopicSchema(rules),
-  correlation: bytes.refine(
-    (b) => b.length <= MAX_CORRELATION_BYTES,
-    `correlation is longer than ${MAX_CORRELATION_BYTES} bytes`,
-  ),
-  conversation: z
-    .string()
-    .max(MAX_CONVERSATION_CHARS, `the conversation id is longer than ${MAX_CONVERSATION_CHARS} characters`),
+    id: z
+      .string()
+      .min(1, 'the query has no id')
+      .max(MAX_ID_CHARS, `the query id is longer than ${MAX_ID_CHARS} characters`),
+    task: z.string(), // anything but the five tasks is UNKNOWN_TASK (the agent's check)
+    prompt: z.string(),
+    image: bytes,
+    // The pipeline's own schema: what passes here is never its BAD_ARGUMENT.
+    generation: GenerationSchema.nullable(),
+    deadlineUnixMs: z.number().int().min(0),
+    replyTopic: replyTopicSchema(rules),
+    correlation: bytes.refine(
+      (b) => b.length <= MAX_CORRELATION_BYTES,
+      `correlation is longer than ${MAX_CORRELATION_BYTES} bytes`,
+    ),
+    conversation: z
+      .string()
+      .max(MAX_CONVERSATION_CHARS, `the conversation id is longer than ${MAX_CONVERSATION_CHARS} characters`),
   });
 }
 
@@ -123,9 +126,7 @@ export interface Salvage {
   correlation?: Uint8Array;
 }
 
-export type DecodedQuery =
-  | { ok: true; query: WireQuery }
-  | { ok: false; error: SetokimError; salvage: Salvage };
+export type DecodedQuery = { ok: true; query: WireQuery } | { ok: false; error: SetokimError; salvage: Salvage };
 
 /**
  * The messages are encoded from plain objects of the right shape (protobufjs writes them as they
@@ -322,7 +323,12 @@ export interface ReplyMeta {
 }
 
 export function encodeReply(event: PipelineEvent, meta: ReplyMeta): Uint8Array {
-  const msg: Record<string, unknown> = { id: event.id, seq: meta.seq, device: meta.device, correlation: meta.correlation };
+  const msg: Record<string, unknown> = {
+    id: event.id,
+    seq: meta.seq,
+    device: meta.device,
+    correlation: meta.correlation,
+  };
   switch (event.type) {
     case 'accepted':
       msg.accepted = {};
@@ -334,7 +340,13 @@ export function encodeReply(event: PipelineEvent, meta: ReplyMeta): Uint8Array {
       msg.text = { delta: event.delta };
       break;
     case 'mask':
-      msg.mask = { index: event.index, referring: event.referring, png: event.png, width: event.width, height: event.height };
+      msg.mask = {
+        index: event.index,
+        referring: event.referring,
+        png: event.png,
+        width: event.width,
+        height: event.height,
+      };
       break;
     case 'image':
       msg.image = { png: event.png, width: event.width, height: event.height };
@@ -372,7 +384,10 @@ export function decodeReply(payload: Uint8Array): ReplyEvent {
   try {
     r = ReplyType.decode(payload) as protobuf.Message & Decoded;
   } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_MESSAGE, `the payload is not a setokim.v1.Reply protobuf (${(err as Error).message})`);
+    throw new SetokimError(
+      ErrorCodes.BAD_MESSAGE,
+      `the payload is not a setokim.v1.Reply protobuf (${(err as Error).message})`,
+    );
   }
   const e: Record<string, unknown> = { id: r.id, seq: r.seq, device: r.device, type: r.event };
   if (r.correlation?.length) e.correlation = bytesOf(r.correlation);
@@ -451,7 +466,14 @@ export function encodeStatus(s: AgentStatus): Uint8Array {
 }
 
 const HEALTH_FIELDS = [
-  'ramUsedMib', 'ramTotalMib', 'gpuLoadPct', 'emcLoadPct', 'tempC', 'tempSensor', 'powerMw', 'powerRail',
+  'ramUsedMib',
+  'ramTotalMib',
+  'gpuLoadPct',
+  'emcLoadPct',
+  'tempC',
+  'tempSensor',
+  'powerMw',
+  'powerRail',
 ] as const;
 
 /** The set fields only (protobufjs adds null defaults and `_field` oneof markers for optional ones). */
@@ -467,7 +489,10 @@ export function decodeStatus(payload: Uint8Array): AgentStatus {
   try {
     raw = StatusType.toObject(StatusType.decode(payload), toObjectOptions);
   } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_MESSAGE, `the payload is not a setokim.v1.Status protobuf (${(err as Error).message})`);
+    throw new SetokimError(
+      ErrorCodes.BAD_MESSAGE,
+      `the payload is not a setokim.v1.Status protobuf (${(err as Error).message})`,
+    );
   }
   const { health, ...status } = raw;
   const summary = decodeHealth(health as Record<string, unknown> | null);

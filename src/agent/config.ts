@@ -22,7 +22,10 @@ const port = z.number().int().min(0).max(65535);
 /** `name=source`: an allow-list entry of streams.sources. */
 const StreamSourceEntry = z
   .string()
-  .regex(/^[A-Za-z0-9_.-]{1,64}=.+$/, 'use name=source, e.g. door=rtsp://cam.local/stream1 (name: letters, digits, _ . -)')
+  .regex(
+    /^[A-Za-z0-9_.-]{1,64}=.+$/,
+    'use name=source, e.g. door=rtsp://cam.local/stream1 (name: letters, digits, _ . -)',
+  )
   .transform((entry) => {
     const at = entry.indexOf('=');
     return { name: entry.slice(0, at), source: entry.slice(at + 1) };
@@ -37,9 +40,7 @@ const StreamSourceEntry = z
   }, 'the source must be a file, /dev/videoN, csi://N, rtsp://, http(s)://, rtmp://, udp://, srt:// or test://');
 const count = (min: number) => z.number().int().min(min);
 /** A power rail as tegrastats names it (VDD_IN), or rails summed with + (VDD_GPU_SOC+VDD_CPU_CV). */
-const energyRail = z
-  .string()
-  .regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a tegrastats rail, or rails joined by +');
+const energyRail = z.string().regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a tegrastats rail, or rails joined by +');
 
 /**
  * Every agent setting, declared once: its schema and default, flag, SETOKIM_* variable and help.
@@ -48,21 +49,44 @@ const energyRail = z
  */
 export const agentSettings = group(
   {
-    fleet: setting({ schema: levelName, required: true, flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name, one topic level (the CLI defaults it to "default")' }),
-    device: setting({ schema: levelName, required: true, flag: '--device <id>', env: 'SETOKIM_DEVICE', help: 'device id, one topic level (the CLI defaults it to the host name)' }),
+    fleet: setting({
+      schema: levelName,
+      required: true,
+      flag: '--fleet <name>',
+      env: 'SETOKIM_FLEET',
+      help: 'fleet name, one topic level (the CLI defaults it to "default")',
+    }),
+    device: setting({
+      schema: levelName,
+      required: true,
+      flag: '--device <id>',
+      env: 'SETOKIM_DEVICE',
+      help: 'device id, one topic level (the CLI defaults it to the host name)',
+    }),
     /**
      * Directory of the model set (e.g. ./models/tiny). With `updates`, the store's active set is
      * served instead whenever it has one (updates survive a restart); `models` is the fallback
      * for a store nothing was installed into yet.
      */
-    models: setting({ schema: z.string().min(1), flag: '--models <dir>', env: 'SETOKIM_MODELS', help: 'model set directory; with --store, served only while the store has no active set' }),
+    models: setting({
+      schema: z.string().min(1),
+      flag: '--models <dir>',
+      env: 'SETOKIM_MODELS',
+      help: 'model set directory; with --store, served only while the store has no active set',
+    }),
     /**
      * Fleet updates (docs/FLEET.md): the model store bundles install into, the public key they must
      * be signed with, and who may make the device fetch what (docs/FLEET.md, "What a job may name").
      */
     updates: group(
       {
-        store: setting({ schema: z.string().min(1), required: true, flag: '--store <dir>', env: 'SETOKIM_STORE', help: 'model store: serve its active set and take fleet update jobs into it (with --update-pubkey)' }),
+        store: setting({
+          schema: z.string().min(1),
+          required: true,
+          flag: '--store <dir>',
+          env: 'SETOKIM_STORE',
+          help: 'model store: serve its active set and take fleet update jobs into it (with --update-pubkey)',
+        }),
         pubkey: setting({
           schema: z.string().min(1),
           required: true,
@@ -148,8 +172,16 @@ export const agentSettings = group(
     ),
     broker: brokerGroup({
       clientId: setting({ schema: z.string().max(128), help: 'MQTT client id (default setokim-<fleet>-<device>)' }),
-      keepaliveS: setting({ schema: z.number().int().min(0).max(65535), default: 30, help: 'MQTT keepalive in seconds' }),
-      reconnectMinMs: setting({ schema: count(10), default: 500, help: 'first reconnect delay; doubles up to reconnectMaxMs' }),
+      keepaliveS: setting({
+        schema: z.number().int().min(0).max(65535),
+        default: 30,
+        help: 'MQTT keepalive in seconds',
+      }),
+      reconnectMinMs: setting({
+        schema: count(10),
+        default: 500,
+        help: 'first reconnect delay; doubles up to reconnectMaxMs',
+      }),
       reconnectMaxMs: setting({ schema: count(10), default: 30_000, help: 'longest reconnect delay' }),
     }),
     /** shared: $share/<fleet>/... (MQTT 5 brokers, mosquitto); plain: every agent gets every fleet
@@ -171,7 +203,14 @@ export const agentSettings = group(
       help: 'also publish replies to topics matching this MQTT filter, e.g. plant/replies/# (repeatable)',
     }),
     limits: group({
-      maxImageBytes: setting({ schema: count(1024), default: 8 * 1024 * 1024, flag: '--max-image-bytes <n>', env: 'SETOKIM_MAX_IMAGE_BYTES', read: 'number', help: 'larger images are refused with PAYLOAD_TOO_LARGE' }),
+      maxImageBytes: setting({
+        schema: count(1024),
+        default: 8 * 1024 * 1024,
+        flag: '--max-image-bytes <n>',
+        env: 'SETOKIM_MAX_IMAGE_BYTES',
+        read: 'number',
+        help: 'larger images are refused with PAYLOAD_TOO_LARGE',
+      }),
       /** Prompts longer than this in UTF-8 bytes are PROMPT_TOO_LONG, measured before they are decoded. */
       maxPromptBytes: setting({
         schema: count(1).max(1 << 20),
@@ -181,17 +220,61 @@ export const agentSettings = group(
         read: 'number',
         help: 'longer prompts (UTF-8 bytes) are refused with PROMPT_TOO_LONG before they are decoded',
       }),
-      maxTokens: setting({ schema: count(1), flag: '--max-tokens <n>', env: 'SETOKIM_MAX_TOKENS', read: 'number', help: 'cap on new tokens per query' }),
+      maxTokens: setting({
+        schema: count(1),
+        flag: '--max-tokens <n>',
+        env: 'SETOKIM_MAX_TOKENS',
+        read: 'number',
+        help: 'cap on new tokens per query',
+      }),
       /** Prompts longer than this (in tokens of the model set's tokenizer) are PROMPT_TOO_LONG. */
-      maxPromptTokens: setting({ schema: count(1), flag: '--max-prompt-tokens <n>', env: 'SETOKIM_MAX_PROMPT_TOKENS', read: 'number', help: 'longer prompts are refused with PROMPT_TOO_LONG before they take a slot' }),
-      queueSize: setting({ schema: count(0), default: 16, flag: '--queue-size <n>', env: 'SETOKIM_QUEUE_SIZE', read: 'number', help: 'queries waiting at most, beyond which the agent answers BUSY' }),
-      concurrency: setting({ schema: z.number().int().min(1).max(64), default: 1, flag: '--concurrency <n>', env: 'SETOKIM_CONCURRENCY', read: 'number', help: 'queries running at once' }),
-      dedupeWindow: setting({ schema: count(1), default: 4096, help: 'query ids remembered to drop a second delivery' }),
+      maxPromptTokens: setting({
+        schema: count(1),
+        flag: '--max-prompt-tokens <n>',
+        env: 'SETOKIM_MAX_PROMPT_TOKENS',
+        read: 'number',
+        help: 'longer prompts are refused with PROMPT_TOO_LONG before they take a slot',
+      }),
+      queueSize: setting({
+        schema: count(0),
+        default: 16,
+        flag: '--queue-size <n>',
+        env: 'SETOKIM_QUEUE_SIZE',
+        read: 'number',
+        help: 'queries waiting at most, beyond which the agent answers BUSY',
+      }),
+      concurrency: setting({
+        schema: z.number().int().min(1).max(64),
+        default: 1,
+        flag: '--concurrency <n>',
+        env: 'SETOKIM_CONCURRENCY',
+        read: 'number',
+        help: 'queries running at once',
+      }),
+      dedupeWindow: setting({
+        schema: count(1),
+        default: 4096,
+        help: 'query ids remembered to drop a second delivery',
+      }),
     }),
     metrics: group({
-      port: setting({ schema: port, default: 9464, flag: '--metrics-port <port>', env: 'SETOKIM_METRICS_PORT', read: 'number', help: 'Prometheus metrics on <host>:<port>/metrics (0 = any free port)' }),
+      port: setting({
+        schema: port,
+        default: 9464,
+        flag: '--metrics-port <port>',
+        env: 'SETOKIM_METRICS_PORT',
+        read: 'number',
+        help: 'Prometheus metrics on <host>:<port>/metrics (0 = any free port)',
+      }),
       host: setting({ schema: z.string(), default: '127.0.0.1', help: 'address the metrics endpoint listens on' }),
-      enabled: setting({ schema: z.boolean(), default: true, flag: '--no-metrics', env: 'SETOKIM_METRICS', read: 'boolean', help: 'no metrics endpoint' }),
+      enabled: setting({
+        schema: z.boolean(),
+        default: true,
+        flag: '--no-metrics',
+        env: 'SETOKIM_METRICS',
+        read: 'boolean',
+        help: 'no metrics endpoint',
+      }),
     }),
     /** Device health on a Jetson (src/agent/health.ts): tegrastats read every intervalMs; absent elsewhere. */
     health: group({
@@ -241,15 +324,46 @@ export const agentSettings = group(
         read: 'list',
         help: 'a source clients may stream from, as name=source (e.g. door=rtsp://cam/1, desk=/dev/video0); repeat for more',
       }),
-      max: setting({ schema: z.number().int().min(0).max(16), default: 1, flag: '--max-streams <n>', env: 'SETOKIM_MAX_STREAMS', read: 'number', help: 'streams running at once; more are refused with BUSY' }),
-      fps: setting({ schema: z.number().positive().max(60), default: 5, help: 'frames per second taken from a source; a stream may ask for fewer' }),
-      leaseMs: setting({ schema: count(1000), default: 30_000, help: 'a stream stops unless its client renews it within this (a stream may ask for less)' }),
+      max: setting({
+        schema: z.number().int().min(0).max(16),
+        default: 1,
+        flag: '--max-streams <n>',
+        env: 'SETOKIM_MAX_STREAMS',
+        read: 'number',
+        help: 'streams running at once; more are refused with BUSY',
+      }),
+      fps: setting({
+        schema: z.number().positive().max(60),
+        default: 5,
+        help: 'frames per second taken from a source; a stream may ask for fewer',
+      }),
+      leaseMs: setting({
+        schema: count(1000),
+        default: 30_000,
+        help: 'a stream stops unless its client renews it within this (a stream may ask for less)',
+      }),
     }),
     /** How the pipeline runs the model set (see createPipeline). */
     pipeline: group({
-      backend: setting({ schema: z.string().min(1), flag: '--backend <name>', env: 'SETOKIM_BACKEND', help: 'only this backend (onnxruntime-cpu, tensorrt)' }),
-      threads: setting({ schema: count(1), flag: '--threads <n>', env: 'SETOKIM_THREADS', read: 'number', help: 'CPU threads per stage session' }),
-      verify: setting({ schema: z.boolean(), default: true, flag: '--no-verify', help: 'skip the sha256 check of the model files at start' }),
+      backend: setting({
+        schema: z.string().min(1),
+        flag: '--backend <name>',
+        env: 'SETOKIM_BACKEND',
+        help: 'only this backend (onnxruntime-cpu, tensorrt)',
+      }),
+      threads: setting({
+        schema: count(1),
+        flag: '--threads <n>',
+        env: 'SETOKIM_THREADS',
+        read: 'number',
+        help: 'CPU threads per stage session',
+      }),
+      verify: setting({
+        schema: z.boolean(),
+        default: true,
+        flag: '--no-verify',
+        help: 'skip the sha256 check of the model files at start',
+      }),
       /** Vision tokens kept per image for later queries on it (docs/MQTT.md, "Conversations and the caches"). */
       visionCacheBytes: setting({
         schema: count(0),
@@ -270,15 +384,27 @@ export const agentSettings = group(
       }),
     }),
     /** How long SIGTERM waits for in-flight queries before giving up on them. */
-    shutdownGraceMs: setting({ schema: count(0), default: 30_000, help: 'how long SIGTERM waits for in-flight queries' }),
-    statusIntervalMs: setting({ schema: count(100), default: 5_000, help: 'how often the retained status is checked for a change (and republished as a heartbeat)' }),
+    shutdownGraceMs: setting({
+      schema: count(0),
+      default: 30_000,
+      help: 'how long SIGTERM waits for in-flight queries',
+    }),
+    statusIntervalMs: setting({
+      schema: count(100),
+      default: 5_000,
+      help: 'how often the retained status is checked for a change (and republished as a heartbeat)',
+    }),
   },
   {
     refine: (s) =>
-      s.refine((c) => (c as { models?: string }).models !== undefined || (c as { updates?: unknown }).updates !== undefined, {
-        path: ['models'],
-        message: 'no model set: give models (--models, SETOKIM_MODELS) or a model store to serve from (updates.store and updates.pubkey: --store, --update-pubkey)',
-      }),
+      s.refine(
+        (c) => (c as { models?: string }).models !== undefined || (c as { updates?: unknown }).updates !== undefined,
+        {
+          path: ['models'],
+          message:
+            'no model set: give models (--models, SETOKIM_MODELS) or a model store to serve from (updates.store and updates.pubkey: --store, --update-pubkey)',
+        },
+      ),
   },
 );
 
@@ -301,10 +427,16 @@ export function readConfigFile(file: string): Json {
   try {
     data = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text); // YAML is a superset of JSON
   } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_CONFIG, `the config file ${file} is not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`);
+    throw new SetokimError(
+      ErrorCodes.BAD_CONFIG,
+      `the config file ${file} is not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`,
+    );
   }
   if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-    throw new SetokimError(ErrorCodes.BAD_CONFIG, `the config file ${file} must hold an object (fleet, device, models, broker: {url}, ...).`);
+    throw new SetokimError(
+      ErrorCodes.BAD_CONFIG,
+      `the config file ${file} must hold an object (fleet, device, models, broker: {url}, ...).`,
+    );
   }
   return data as Json;
 }
@@ -330,5 +462,8 @@ export function loadAgentConfig(opts: LoadConfigOptions = {}): AgentConfig {
   let data: Json = merge(opts.defaults ?? {}, opts.file ? readConfigFile(opts.file) : {});
   data = merge(data, fromEnv(agentSettings, opts.env ?? process.env));
   if (opts.overrides) data = merge(data, opts.overrides);
-  return parseAgentConfig(data, opts.file ? `configuration (${opts.file} + environment + flags)` : 'configuration (environment + flags)');
+  return parseAgentConfig(
+    data,
+    opts.file ? `configuration (${opts.file} + environment + flags)` : 'configuration (environment + flags)',
+  );
 }

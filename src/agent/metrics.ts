@@ -127,18 +127,48 @@ export class DeviceMetrics {
 
 export class AgentMetrics {
   readonly registry = new Registry();
-  readonly queries = new Counter({ name: 'setokim_queries_total', help: 'Queries received, by task', labelNames: ['task'], registers: [this.registry] });
-  readonly answered = new Counter({ name: 'setokim_queries_answered_total', help: 'Queries that ended with done', registers: [this.registry] });
-  readonly errors = new Counter({ name: 'setokim_errors_total', help: 'Error replies and dropped messages, by code', labelNames: ['code'], registers: [this.registry] });
+  readonly queries = new Counter({
+    name: 'setokim_queries_total',
+    help: 'Queries received, by task',
+    labelNames: ['task'],
+    registers: [this.registry],
+  });
+  readonly answered = new Counter({
+    name: 'setokim_queries_answered_total',
+    help: 'Queries that ended with done',
+    registers: [this.registry],
+  });
+  readonly errors = new Counter({
+    name: 'setokim_errors_total',
+    help: 'Error replies and dropped messages, by code',
+    labelNames: ['code'],
+    registers: [this.registry],
+  });
   readonly unaddressable = new Counter({
     name: 'setokim_unaddressable_messages_total',
     help: 'Broken messages that carried no reply address, so no error reply could be sent',
     registers: [this.registry],
   });
-  readonly duplicates = new Counter({ name: 'setokim_duplicate_queries_total', help: 'Redelivered query ids, dropped (answered once)', registers: [this.registry] });
-  readonly queueDepth = new Gauge({ name: 'setokim_queue_depth', help: 'Queries waiting for a slot', registers: [this.registry] });
-  readonly inFlight = new Gauge({ name: 'setokim_in_flight', help: 'Queries running in the pipeline', registers: [this.registry] });
-  readonly connected = new Gauge({ name: 'setokim_broker_connected', help: '1 while connected to the broker', registers: [this.registry] });
+  readonly duplicates = new Counter({
+    name: 'setokim_duplicate_queries_total',
+    help: 'Redelivered query ids, dropped (answered once)',
+    registers: [this.registry],
+  });
+  readonly queueDepth = new Gauge({
+    name: 'setokim_queue_depth',
+    help: 'Queries waiting for a slot',
+    registers: [this.registry],
+  });
+  readonly inFlight = new Gauge({
+    name: 'setokim_in_flight',
+    help: 'Queries running in the pipeline',
+    registers: [this.registry],
+  });
+  readonly connected = new Gauge({
+    name: 'setokim_broker_connected',
+    help: '1 while connected to the broker',
+    registers: [this.registry],
+  });
   readonly stageSeconds = new Histogram({
     name: 'setokim_stage_seconds',
     help: 'Time per pipeline stage',

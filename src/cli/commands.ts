@@ -14,6 +14,14 @@ import { registerWatch } from './watch.js';
 export type RegisterCommand = (program: Command) => void;
 
 export const commands: RegisterCommand[] = [
-  registerDoctor, registerExport, registerRun, registerWatch, registerAgent, registerQuery, registerDemo,
-  registerBundle, registerFleet, registerFlashKit,
+  registerDoctor,
+  registerExport,
+  registerRun,
+  registerWatch,
+  registerAgent,
+  registerQuery,
+  registerDemo,
+  registerBundle,
+  registerFleet,
+  registerFlashKit,
 ];

@@ -37,7 +37,9 @@ type DemoOpts = z.infer<typeof DemoFlags>;
 export function registerDemo(program: Command): void {
   program
     .command('demo')
-    .description('see it work: build the tiny model set, start a broker and an agent, send image queries over MQTT, show tokens and timings')
+    .description(
+      'see it work: build the tiny model set, start a broker and an agent, send image queries over MQTT, show tokens and timings',
+    )
     .option('--models <dir>', 'where the tiny model set is kept (built there if missing)', path.join('models', 'tiny'))
     .option('--out <dir>', 'where pictures are written', path.join('out', 'demo'))
     .option('--seed <n>', 'weight seed of the tiny model set', '1')
@@ -51,14 +53,21 @@ export function registerDemo(program: Command): void {
         // The demo is the first thing people run: a missing piece is one clear line, never a stack.
         if (err instanceof SetokimError) throw err;
         if (process.env.SETOKIM_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
-        throw new SetokimError(ErrorCodes.INTERNAL, `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`, { cause: err });
+        throw new SetokimError(
+          ErrorCodes.INTERNAL,
+          `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`,
+          { cause: err },
+        );
       }
     });
 }
 
 type Paint = (s: string) => string;
 function palette(on: boolean): Record<'bold' | 'dim' | 'green' | 'red' | 'cyan' | 'yellow', Paint> {
-  const wrap = (code: number): Paint => (s) => (on ? `\u001b[${code}m${s}\u001b[0m` : s);
+  const wrap =
+    (code: number): Paint =>
+    (s) =>
+      on ? `\u001b[${code}m${s}\u001b[0m` : s;
   return { bold: wrap(1), dim: wrap(2), green: wrap(32), red: wrap(31), cyan: wrap(36), yellow: wrap(33) };
 }
 
@@ -66,9 +75,12 @@ function palette(on: boolean): Record<'bold' | 'dim' | 'green' | 'red' | 'cyan' 
 async function sampleImages(dir: string): Promise<Array<{ name: string; png: Buffer }>> {
   const W = 384;
   const H = 384;
-  const svg = (body: string): Buffer => Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}">${body}</svg>`);
+  const svg = (body: string): Buffer =>
+    Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}">${body}</svg>`);
   const sky = await sharp(
-    svg(`<defs><linearGradient id="g" x1="0" y1="0" x2="0" y2="1"><stop offset="0" stop-color="#4a8fe0"/><stop offset="1" stop-color="#bcdcf7"/></linearGradient></defs><rect width="${W}" height="${H}" fill="url(#g)"/>`),
+    svg(
+      `<defs><linearGradient id="g" x1="0" y1="0" x2="0" y2="1"><stop offset="0" stop-color="#4a8fe0"/><stop offset="1" stop-color="#bcdcf7"/></linearGradient></defs><rect width="${W}" height="${H}" fill="url(#g)"/>`,
+    ),
   )
     .png()
     .toBuffer();
@@ -93,7 +105,9 @@ async function sampleImages(dir: string): Promise<Array<{ name: string; png: Buf
       raw[i + 2] = Math.round(128 + 120 * Math.sin((x + y) / 9)) ^ noise;
     }
   }
-  const busy = await sharp(raw, { raw: { width: W, height: H, channels: 3 } }).png().toBuffer();
+  const busy = await sharp(raw, { raw: { width: W, height: H, channels: 3 } })
+    .png()
+    .toBuffer();
   const images = [
     { name: 'sky', png: sky },
     { name: 'shapes', png: shapes },
@@ -122,7 +136,12 @@ async function ensureModels(dir: string, seed: number, c: ReturnType<typeof pale
     process.stdout.write(`  model set   ${dir} follows an older stage contract\n`);
   }
   process.stdout.write(`  model set   building the tiny set in ${dir} (seeded weights, once)\n`);
-  const bar = process.stdout.isTTY ? new SingleBar({ format: '              {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true }, Presets.shades_classic) : undefined;
+  const bar = process.stdout.isTTY
+    ? new SingleBar(
+        { format: '              {bar} {value}/{total} {stage}', hideCursor: true, clearOnComplete: true },
+        Presets.shades_classic,
+      )
+    : undefined;
   await synthesize({
     config: 'tiny',
     seed,
@@ -130,7 +149,8 @@ async function ensureModels(dir: string, seed: number, c: ReturnType<typeof pale
     onProgress: (e) => {
       if (bar && !bar.isActive) bar.start(e.total, 0, { stage: '' });
       if (bar) bar.update(e.done, { stage: e.stage ?? 'done' });
-      else if (e.stage && e.bytes === undefined) process.stdout.write(`              ${e.done + 1}/${e.total} ${e.stage}\n`);
+      else if (e.stage && e.bytes === undefined)
+        process.stdout.write(`              ${e.done + 1}/${e.total} ${e.stage}\n`);
     },
   });
   bar?.stop();
@@ -150,14 +170,17 @@ interface Row {
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => '  ' + cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ');
+  const line = (cells: string[]): string =>
+    '  ' + cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ');
   return [line(header), '  ' + widths.map((w) => '─'.repeat(w)).join('  '), ...rows.map(line)].join('\n') + '\n';
 }
 
 async function demo(o: DemoOpts): Promise<void> {
   const c = palette(o.color && process.stdout.isTTY && !process.env.NO_COLOR);
   const out = path.resolve(o.out);
-  process.stdout.write(`${c.bold('setokim demo')} ${c.dim('— SeTok vision tokens + LLM, served over MQTT, all on this machine')}\n\n`);
+  process.stdout.write(
+    `${c.bold('setokim demo')} ${c.dim('— SeTok vision tokens + LLM, served over MQTT, all on this machine')}\n\n`,
+  );
   await ensureModels(o.models, o.seed, c);
 
   const pipeline = await createPipeline({ modelsDir: o.models, maxTokens: o.maxTokens, maxInFlight: 1 });
@@ -177,11 +200,19 @@ async function demo(o: DemoOpts): Promise<void> {
   const rows: Row[] = [];
   try {
     await agent.start();
-    process.stdout.write(`  agent       demo/edge-1 · ${pipeline.info.modelSetId} · ${pipeline.info.backend} · metrics http://127.0.0.1:${agent.metricsPort}/metrics\n`);
+    process.stdout.write(
+      `  agent       demo/edge-1 · ${pipeline.info.modelSetId} · ${pipeline.info.backend} · metrics http://127.0.0.1:${agent.metricsPort}/metrics\n`,
+    );
     const images = await sampleImages(path.join(out, 'samples'));
-    process.stdout.write(`  samples     ${images.map((i) => i.name + '.png').join(', ')} → ${path.relative(process.cwd(), path.join(out, 'samples')) || '.'}\n`);
+    process.stdout.write(
+      `  samples     ${images.map((i) => i.name + '.png').join(', ')} → ${path.relative(process.cwd(), path.join(out, 'samples')) || '.'}\n`,
+    );
     client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
-    process.stdout.write(c.dim(`\n  (the tiny model set has random weights: its words are noise; the tokens, pictures and timings are real)\n`));
+    process.stdout.write(
+      c.dim(
+        `\n  (the tiny model set has random weights: its words are noise; the tokens, pictures and timings are real)\n`,
+      ),
+    );
 
     const byName = new Map(images.map((i) => [i.name, i.png]));
     const queries: Array<{ task: QueryRequest['task']; image?: string; prompt?: string }> = [
@@ -209,7 +240,9 @@ async function demo(o: DemoOpts): Promise<void> {
         if (e.type === 'clustered') {
           row.patches = e.patches;
           row.visionTokens = e.visionTokens;
-          process.stdout.write(c.yellow(`  [${e.visionTokens} vision tokens from ${e.patches} patches → ${rel}]`) + '\n');
+          process.stdout.write(
+            c.yellow(`  [${e.visionTokens} vision tokens from ${e.patches} patches → ${rel}]`) + '\n',
+          );
         } else if (e.type === 'text') {
           process.stdout.write((inText ? '' : '  ') + e.delta.replace(/\n/g, '\n  '));
           inText = true;
@@ -224,7 +257,10 @@ async function demo(o: DemoOpts): Promise<void> {
           notes.push(`${c.red('✗')} ${e.code}: ${e.message}`);
         }
       }
-      if (masks.length) notes.unshift(`${masks.length} masks → ${masks[0]}${masks.length > 1 ? ` … ${path.basename(masks.at(-1)!)}` : ''}`);
+      if (masks.length)
+        notes.unshift(
+          `${masks.length} masks → ${masks[0]}${masks.length > 1 ? ` … ${path.basename(masks.at(-1)!)}` : ''}`,
+        );
       process.stdout.write((inText ? '\n' : '') + notes.map((n) => `  ${n}\n`).join(''));
       notes = [];
     }
@@ -236,18 +272,36 @@ async function demo(o: DemoOpts): Promise<void> {
   }
 
   const withImages = new Map<string, Row>();
-  for (const r of rows) if (r.image && r.visionTokens !== undefined && !withImages.has(r.image)) withImages.set(r.image, r);
-  process.stdout.write(`\n${c.bold('Vision tokens per image')} ${c.dim('(SeTok merges patches into as many tokens as the picture needs)')}\n`);
-  process.stdout.write(table(['image', 'patches', 'vision tokens'], [...withImages.values()].map((r) => [`${r.image}.png`, String(r.patches), String(r.visionTokens)])));
+  for (const r of rows)
+    if (r.image && r.visionTokens !== undefined && !withImages.has(r.image)) withImages.set(r.image, r);
+  process.stdout.write(
+    `\n${c.bold('Vision tokens per image')} ${c.dim('(SeTok merges patches into as many tokens as the picture needs)')}\n`,
+  );
+  process.stdout.write(
+    table(
+      ['image', 'patches', 'vision tokens'],
+      [...withImages.values()].map((r) => [`${r.image}.png`, String(r.patches), String(r.visionTokens)]),
+    ),
+  );
   const stageNames = [...new Set(rows.flatMap((r) => Object.keys(r.stages ?? {})))];
   process.stdout.write(`\n${c.bold('Time per stage (ms)')}\n`);
   process.stdout.write(
     table(
       ['query', ...stageNames, 'total'],
-      rows.map((r) => [r.label, ...stageNames.map((s) => (r.stages?.[s] !== undefined ? r.stages[s]!.toFixed(1) : '')), r.error ?? (r.totalMs?.toFixed(0) ?? '')]),
+      rows.map((r) => [
+        r.label,
+        ...stageNames.map((s) => (r.stages?.[s] !== undefined ? r.stages[s]!.toFixed(1) : '')),
+        r.error ?? r.totalMs?.toFixed(0) ?? '',
+      ]),
     ),
   );
-  process.stdout.write(`\n  pictures in ${path.relative(process.cwd(), out) || '.'}/  ·  next: setokim agent --help, setokim query --help, docs/MQTT.md\n`);
+  process.stdout.write(
+    `\n  pictures in ${path.relative(process.cwd(), out) || '.'}/  ·  next: setokim agent --help, setokim query --help, docs/MQTT.md\n`,
+  );
   const failed = rows.filter((r) => r.error);
-  if (failed.length === rows.length) throw new SetokimError(ErrorCodes.INTERNAL, `every demo query failed (first: ${failed[0]?.error}); run setokim doctor`);
+  if (failed.length === rows.length)
+    throw new SetokimError(
+      ErrorCodes.INTERNAL,
+      `every demo query failed (first: ${failed[0]?.error}); run setokim doctor`,
+    );
 }

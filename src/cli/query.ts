@@ -20,17 +20,60 @@ import { group, parseCommandSettings, registerFlags, setting, type OutputOf } fr
 /** Every flag of `setokim query`, declared once (src/settings.ts): schema, default, help, variable. */
 const querySettings = group({
   broker: brokerGroup({}),
-  fleet: setting({ schema: levelName, default: 'default', flag: '--fleet <name>', env: 'SETOKIM_FLEET', help: 'fleet name' }),
-  device: setting({ schema: levelName, flag: '--device <id>', help: 'one device; without it any agent of the fleet answers' }),
-  image: setting({ schema: z.string().min(1), flag: '--image <file>', help: 'JPEG, PNG or WebP image (every task but generate)' }),
-  prompt: setting({ schema: z.string(), flag: '--prompt <text>', help: 'the question or instruction (describe has a default)' }),
+  fleet: setting({
+    schema: levelName,
+    default: 'default',
+    flag: '--fleet <name>',
+    env: 'SETOKIM_FLEET',
+    help: 'fleet name',
+  }),
+  device: setting({
+    schema: levelName,
+    flag: '--device <id>',
+    help: 'one device; without it any agent of the fleet answers',
+  }),
+  image: setting({
+    schema: z.string().min(1),
+    flag: '--image <file>',
+    help: 'JPEG, PNG or WebP image (every task but generate)',
+  }),
+  prompt: setting({
+    schema: z.string(),
+    flag: '--prompt <text>',
+    help: 'the question or instruction (describe has a default)',
+  }),
   task: setting({ schema: z.enum(TASKS), default: 'ask', flag: '--task <task>', help: `one of ${TASKS.join(', ')}` }),
-  out: setting({ schema: z.string().min(1), flag: '--out <dir>', help: 'where to write pictures (default: the current directory)' }),
-  timeout: setting({ schema: z.number().positive(), default: 60, flag: '--timeout <s>', read: 'number', help: 'give up after this many seconds (also sent as the query deadline)' }),
-  maxTokens: setting({ schema: z.number().int().positive(), flag: '--max-tokens <n>', read: 'number', help: 'new tokens at most' }),
+  out: setting({
+    schema: z.string().min(1),
+    flag: '--out <dir>',
+    help: 'where to write pictures (default: the current directory)',
+  }),
+  timeout: setting({
+    schema: z.number().positive(),
+    default: 60,
+    flag: '--timeout <s>',
+    read: 'number',
+    help: 'give up after this many seconds (also sent as the query deadline)',
+  }),
+  maxTokens: setting({
+    schema: z.number().int().positive(),
+    flag: '--max-tokens <n>',
+    read: 'number',
+    help: 'new tokens at most',
+  }),
   temperature: setting({ schema: z.number().min(0), flag: '--temperature <t>', read: 'number', help: '0 = greedy' }),
-  seed: setting({ schema: z.number().int().min(0).max(0xffffffff), flag: '--seed <n>', read: 'number', help: 'sampling seed' }),
-  json: setting({ schema: z.boolean(), default: false, flag: '--json', help: 'one JSON line per reply event (pictures as file paths)' }),
+  seed: setting({
+    schema: z.number().int().min(0).max(0xffffffff),
+    flag: '--seed <n>',
+    read: 'number',
+    help: 'sampling seed',
+  }),
+  json: setting({
+    schema: z.boolean(),
+    default: false,
+    flag: '--json',
+    help: 'one JSON line per reply event (pictures as file paths)',
+  }),
   conversation: setting({
     schema: ConversationIdSchema,
     flag: '--conversation <id>',
@@ -40,7 +83,9 @@ const querySettings = group({
 type QueryOpts = OutputOf<typeof querySettings>;
 
 export function registerQuery(program: Command): void {
-  const cmd = program.command('query').description('ask an agent over MQTT: stream the answer, save the pictures (see docs/MQTT.md)');
+  const cmd = program
+    .command('query')
+    .description('ask an agent over MQTT: stream the answer, save the pictures (see docs/MQTT.md)');
   registerFlags(cmd, querySettings).action(async (raw: Record<string, unknown>) => {
     await sendQuery(parseCommandSettings(querySettings, raw, 'query'));
   });
@@ -51,7 +96,9 @@ async function readInput(file: string | undefined, what: string): Promise<Uint8A
   try {
     return new Uint8Array(await readFile(file));
   } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read ${what} ${file}: ${(err as Error).message}`, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read ${what} ${file}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
 }
 
@@ -71,14 +118,19 @@ export async function savePicture(e: ReplyEvent, outDir: string, base: string): 
 
 async function sendQuery(o: QueryOpts): Promise<void> {
   const image = await readInput(o.image, '--image');
-  const client = await QueryClient.connect({ url: o.broker.url, ...credentialOptions(o.broker), protocolVersion: o.broker.protocolVersion });
+  const client = await QueryClient.connect({
+    url: o.broker.url,
+    ...credentialOptions(o.broker),
+    protocolVersion: o.broker.protocolVersion,
+  });
   const target: Target = o.device ? { fleet: o.fleet, device: o.device } : { fleet: o.fleet };
   const request: QueryRequest = { id: newQueryId(), task: o.task };
   if (o.prompt !== undefined) request.prompt = o.prompt;
   if (image) request.image = image;
   if (o.conversation) request.conversation = o.conversation;
   const generation = { maxTokens: o.maxTokens, temperature: o.temperature, seed: o.seed };
-  if (Object.values(generation).some((v) => v !== undefined)) request.generation = JSON.parse(JSON.stringify(generation));
+  if (Object.values(generation).some((v) => v !== undefined))
+    request.generation = JSON.parse(JSON.stringify(generation));
   const outDir = o.out ?? process.cwd();
   const base = o.image ? path.basename(o.image).replace(/\.[^.]+$/, '') : 'generated';
   const ac = new AbortController();
@@ -93,11 +145,17 @@ async function sendQuery(o: QueryOpts): Promise<void> {
       const file = await savePicture(e, outDir, base);
       if (file) files.push(file);
       if (o.json) {
-        process.stdout.write(JSON.stringify(e, (k, v) => (v instanceof Uint8Array || k === 'correlation' ? undefined : v)).replace(/}$/, file ? `,"file":${JSON.stringify(file)}}` : '}') + '\n');
+        process.stdout.write(
+          JSON.stringify(e, (k, v) => (v instanceof Uint8Array || k === 'correlation' ? undefined : v)).replace(
+            /}$/,
+            file ? `,"file":${JSON.stringify(file)}}` : '}',
+          ) + '\n',
+        );
         continue;
       }
       if (e.type === 'accepted') process.stderr.write(`[accepted by ${e.device}]\n`);
-      else if (e.type === 'clustered') process.stderr.write(`[${e.visionTokens} vision tokens from ${e.patches} patches]\n`);
+      else if (e.type === 'clustered')
+        process.stderr.write(`[${e.visionTokens} vision tokens from ${e.patches} patches]\n`);
       else if (e.type === 'text') process.stdout.write(e.delta);
       else if (e.type === 'done') process.stdout.write('\n' + summary(e, files));
       else if (e.type === 'error') failure = e;

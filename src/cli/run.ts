@@ -50,7 +50,10 @@ export function registerRun(program: Command): void {
     .option('--stop <text...>', 'stop strings')
     .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
     .option('--threads <n>', 'CPU threads per stage session')
-    .option('--precision <p>', `which build of each stage (${PRECISIONS.join(' | ')}); a stage without it runs its main file`)
+    .option(
+      '--precision <p>',
+      `which build of each stage (${PRECISIONS.join(' | ')}); a stage without it runs its main file`,
+    )
     .option('--no-verify', 'skip the sha256 check of the model files')
     .action(async (raw: unknown) => {
       await runQuery(parseFlags(RunOptions, raw, 'run'));
@@ -63,19 +66,35 @@ async function runQuery(o: RunOpts): Promise<void> {
     try {
       image = new Uint8Array(await readFile(o.image));
     } catch (err) {
-      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read --image ${o.image}: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot read --image ${o.image}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     await probeImage(image); // a broken image fails before the models load
   }
   const outDir = o.out ?? (o.image ? path.dirname(path.resolve(o.image)) : process.cwd());
   const base = o.image ? path.basename(o.image).replace(/\.[^.]+$/, '') : 'generated';
-  const pipeline = await createPipeline({ modelsDir: o.models, backend: o.backend, threads: o.threads, maxInFlight: 1, verify: o.verify, precision: o.precision });
+  const pipeline = await createPipeline({
+    modelsDir: o.models,
+    backend: o.backend,
+    threads: o.threads,
+    maxInFlight: 1,
+    verify: o.verify,
+    precision: o.precision,
+  });
   const request: QueryRequest = {
     id: `cli-${process.pid}`,
     task: o.task,
     prompt: o.prompt,
     image,
-    generation: { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, stop: o.stop },
+    generation: {
+      maxTokens: o.maxTokens,
+      temperature: o.temperature,
+      topK: o.topK,
+      topP: o.topP,
+      seed: o.seed,
+      stop: o.stop,
+    },
   };
   const ac = new AbortController();
   const onSigint = () => ac.abort();
@@ -99,7 +118,12 @@ async function runQuery(o: RunOpts): Promise<void> {
       if (e.type === 'error') failure = e;
       if (e.type === 'done') done = e;
       if (o.json) {
-        process.stdout.write(JSON.stringify(e, (k, v) => (v instanceof Uint8Array ? undefined : v)).replace(/}$/, file ? `,"file":${JSON.stringify(file)}}` : '}') + '\n');
+        process.stdout.write(
+          JSON.stringify(e, (k, v) => (v instanceof Uint8Array ? undefined : v)).replace(
+            /}$/,
+            file ? `,"file":${JSON.stringify(file)}}` : '}',
+          ) + '\n',
+        );
       } else if (e.type === 'text') {
         process.stdout.write(e.delta);
       } else if (e.type === 'clustered') {
@@ -116,7 +140,10 @@ async function runQuery(o: RunOpts): Promise<void> {
 
 export function summary(d: Extract<PipelineEvent, { type: 'done' }>, files: readonly string[]): string {
   const decode = d.stages.decode ?? 0;
-  const rate = decode > 0 && d.generatedTokens > 1 ? ` (${((d.generatedTokens - 1) / (decode / 1000)).toFixed(1)} tokens/s decode)` : '';
+  const rate =
+    decode > 0 && d.generatedTokens > 1
+      ? ` (${((d.generatedTokens - 1) / (decode / 1000)).toFixed(1)} tokens/s decode)`
+      : '';
   const stages = Object.entries(d.stages)
     .map(([s, ms]) => `${s} ${ms.toFixed(1)}`)
     .join(', ');

@@ -83,7 +83,12 @@ export function stageDimProfiles(
   const L = limits.maxTokens ?? a.cluster.maxTokens;
   const ctx = limits.maxContext ?? a.llm.maxContext;
   const B = limits.diffusionBatch ?? L;
-  const common = { batch: range(1, 1, 1), L: range(1, Math.ceil(L / 2), L), B: range(1, 2, B), T: range(1, Math.min(64, ctx), ctx) };
+  const common = {
+    batch: range(1, 1, 1),
+    L: range(1, Math.ceil(L / 2), L),
+    B: range(1, 2, B),
+    T: range(1, Math.min(64, ctx), ctx),
+  };
   if (stage === 'llm') {
     return [
       { ...common, T: range(1, Math.min(512, ctx), ctx), S: range(0, 0, ctx) },
@@ -109,10 +114,14 @@ export function profileFromSignature(sig: StageSignature, dims: DimRanges): Prof
       }
       const r = dims[d];
       if (r === undefined) {
-        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `input '${spec.name}' has dynamic dim '${d}': the profile needs its min/opt/max`);
+        throw new SetokimError(
+          ErrorCodes.BAD_ARGUMENT,
+          `input '${spec.name}' has dynamic dim '${d}': the profile needs its min/opt/max`,
+        );
       }
       const { min: lo, opt: mid, max: hi } = r;
-      if (!(lo <= mid && mid <= hi)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `dim '${d}' needs min <= opt <= max, got ${lo}, ${mid}, ${hi}`);
+      if (!(lo <= mid && mid <= hi))
+        throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `dim '${d}' needs min <= opt <= max, got ${lo}, ${mid}, ${hi}`);
       min.push(lo);
       opt.push(mid);
       max.push(hi);
@@ -152,7 +161,11 @@ export async function engineManifestFor(r: EngineBuildRequest, facts: EngineBuil
     versionCompatible: false,
     profiles: r.profiles.map((p) => profileFromSignature(r.signature, p)),
     io: r.signature,
-    builder: { workspaceBytes: r.workspaceBytes ?? DEFAULT_WORKSPACE_BYTES, timingCache: !!r.timingCache, seconds: facts.seconds },
+    builder: {
+      workspaceBytes: r.workspaceBytes ?? DEFAULT_WORKSPACE_BYTES,
+      timingCache: !!r.timingCache,
+      seconds: facts.seconds,
+    },
     builtAt: new Date().toISOString(),
     ...(r.target ? { target: r.target } : {}),
     ...(r.dialect ? { dialect: r.dialect } : {}),
@@ -171,14 +184,18 @@ export async function buildEngine(o: BuildEngineOptions): Promise<EngineManifest
   const load = o.load ?? loadNative;
   const reason = tensorrtUnavailableReason(load);
   if (reason) {
-    throw new SetokimError(ErrorCodes.BACKEND_UNAVAILABLE, `cannot build a TensorRT engine for stage '${o.stage}': ${reason}. Engines are built on the Jetson that runs them.`);
+    throw new SetokimError(
+      ErrorCodes.BACKEND_UNAVAILABLE,
+      `cannot build a TensorRT engine for stage '${o.stage}': ${reason}. Engines are built on the Jetson that runs them.`,
+    );
   }
   if (o.signal?.aborted) throw abortError(o.stage, o.signal);
   const addon = load();
   const machine = machineInfo(addon.capabilities());
   const gpu = machine.gpus[0]!;
-  const dimProfiles =
-    o.profiles ?? [Object.fromEntries(Object.entries(o.maxDims ?? {}).map(([k, v]) => [k, { min: 1, opt: v, max: v }]))];
+  const dimProfiles = o.profiles ?? [
+    Object.fromEntries(Object.entries(o.maxDims ?? {}).map(([k, v]) => [k, { min: 1, opt: v, max: v }])),
+  ];
   const profiles = dimProfiles.map((p) => profileFromSignature(o.signature, p));
   const workspaceBytes = o.workspaceBytes ?? DEFAULT_WORKSPACE_BYTES;
   mkdirSync(path.dirname(o.plan), { recursive: true });
@@ -199,7 +216,14 @@ export async function buildEngine(o: BuildEngineOptions): Promise<EngineManifest
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
   }
-  const facts = { tensorrt: machine.tensorrt!, cuda: machine.cuda ?? '0', sm: gpu.sm, gpu: gpu.name, l4t: machine.l4t, seconds: result.seconds };
+  const facts = {
+    tensorrt: machine.tensorrt!,
+    cuda: machine.cuda ?? '0',
+    sm: gpu.sm,
+    gpu: gpu.name,
+    l4t: machine.l4t,
+    seconds: result.seconds,
+  };
   const manifest = await engineManifestFor({ ...o, profiles: dimProfiles, workspaceBytes }, facts);
   await writeEngineManifest(o.plan, manifest);
   return manifest;

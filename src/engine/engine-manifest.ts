@@ -18,9 +18,19 @@ export const ENGINE_MANIFEST_FORMAT = 'setokim-engine/1';
 
 const Version = z.string().regex(/^\d+(\.\d+)*$/, 'a dotted version such as 10.3.0');
 const ShapeRange = z
-  .object({ min: z.array(z.number().int().nonnegative()), opt: z.array(z.number().int().nonnegative()), max: z.array(z.number().int().nonnegative()) })
-  .refine((r) => r.min.length === r.opt.length && r.opt.length === r.max.length, 'min, opt and max must have the same rank')
-  .refine((r) => r.min.every((v, i) => v <= r.opt[i]! && r.opt[i]! <= r.max[i]!), 'each profile needs min <= opt <= max');
+  .object({
+    min: z.array(z.number().int().nonnegative()),
+    opt: z.array(z.number().int().nonnegative()),
+    max: z.array(z.number().int().nonnegative()),
+  })
+  .refine(
+    (r) => r.min.length === r.opt.length && r.opt.length === r.max.length,
+    'min, opt and max must have the same rank',
+  )
+  .refine(
+    (r) => r.min.every((v, i) => v <= r.opt[i]! && r.opt[i]! <= r.max[i]!),
+    'each profile needs min <= opt <= max',
+  );
 
 export const EngineManifestSchema = z.object({
   format: z.literal(ENGINE_MANIFEST_FORMAT),
@@ -46,7 +56,11 @@ export const EngineManifestSchema = z.object({
   /** Optimisation profiles: per input, min/opt/max shapes. */
   profiles: z.array(z.record(z.string(), ShapeRange)).min(1),
   io: SignatureSchema,
-  builder: z.object({ workspaceBytes: z.number().int().positive(), timingCache: z.boolean(), seconds: z.number().nonnegative() }),
+  builder: z.object({
+    workspaceBytes: z.number().int().positive(),
+    timingCache: z.boolean(),
+    seconds: z.number().nonnegative(),
+  }),
   builtAt: z.string(),
   /**
    * The target it was built for (`orin-nano-8gb/jp6.2/trt10.3`, src/engine/target.ts). Written by every
@@ -60,7 +74,9 @@ export const EngineManifestSchema = z.object({
    */
   dialect: z.enum(DIALECTS).optional(),
   /** ed25519 signature over the manifest without this field (see manifestSigningBytes). */
-  signature: z.object({ keyId: z.string().min(1), algorithm: z.literal('ed25519'), value: z.string().min(1) }).optional(),
+  signature: z
+    .object({ keyId: z.string().min(1), algorithm: z.literal('ed25519'), value: z.string().min(1) })
+    .optional(),
 });
 export type EngineManifest = z.infer<typeof EngineManifestSchema>;
 
@@ -71,7 +87,10 @@ export function parseEngineManifest(json: unknown, where: string): EngineManifes
   const r = EngineManifestSchema.safeParse(json);
   if (!r.success) {
     const issues = r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
-    throw new SetokimError(ErrorCodes.MODEL_INVALID, `engine manifest ${where} is invalid: ${issues}. Rebuild the engine with \`setokim export engine\`.`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `engine manifest ${where} is invalid: ${issues}. Rebuild the engine with \`setokim export engine\`.`,
+    );
   }
   return r.data;
 }
@@ -79,7 +98,10 @@ export function parseEngineManifest(json: unknown, where: string): EngineManifes
 export function readEngineManifest(plan: string): EngineManifest {
   const file = engineManifestPath(plan);
   if (!existsSync(file)) {
-    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `engine ${plan} has no manifest (${file}); an engine is never loaded without one. Rebuild it with \`setokim export engine\`.`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_NOT_FOUND,
+      `engine ${plan} has no manifest (${file}); an engine is never loaded without one. Rebuild it with \`setokim export engine\`.`,
+    );
   }
   let json: unknown;
   try {
@@ -130,16 +152,23 @@ export interface CompatibilityOptions {
 /** Every reason this machine cannot run the engine; empty when it can. */
 export function incompatibilities(m: EngineManifest, machine: MachineInfo, opts: CompatibilityOptions = {}): string[] {
   const why: string[] = [];
-  if (!machine.tensorrtCompiled) why.push('this build of the addon has no TensorRT backend (rebuild with TENSORRT_ROOT set)');
+  if (!machine.tensorrtCompiled)
+    why.push('this build of the addon has no TensorRT backend (rebuild with TENSORRT_ROOT set)');
   else if (!machine.tensorrt) why.push('TensorRT libraries are not loaded on this machine');
   else if (!m.versionCompatible && parts(m.tensorrt, 3) !== parts(machine.tensorrt, 3)) {
-    why.push(`built with TensorRT ${m.tensorrt}, this machine has TensorRT ${machine.tensorrt} (a plan only runs on the exact version that built it)`);
+    why.push(
+      `built with TensorRT ${m.tensorrt}, this machine has TensorRT ${machine.tensorrt} (a plan only runs on the exact version that built it)`,
+    );
   } else if (m.versionCompatible && parts(m.tensorrt, 1) !== parts(machine.tensorrt, 1)) {
-    why.push(`version-compatible engine from TensorRT ${m.tensorrt} cannot run on major version ${parts(machine.tensorrt, 1)}`);
+    why.push(
+      `version-compatible engine from TensorRT ${m.tensorrt} cannot run on major version ${parts(machine.tensorrt, 1)}`,
+    );
   }
   if (machine.gpus.length === 0) why.push('no GPU is present');
   else if (!machine.gpus.some((g) => g.sm === m.sm)) {
-    why.push(`built for SM ${m.sm} (${m.gpu}), this machine has ${machine.gpus.map((g) => `SM ${g.sm} (${g.name})`).join(', ')}`);
+    why.push(
+      `built for SM ${m.sm} (${m.gpu}), this machine has ${machine.gpus.map((g) => `SM ${g.sm} (${g.name})`).join(', ')}`,
+    );
   }
   if (machine.cuda && parts(m.cuda, 1) !== parts(machine.cuda, 1)) {
     why.push(`built with CUDA ${m.cuda}, this runtime uses CUDA ${machine.cuda} (the major versions must match)`);
@@ -172,7 +201,11 @@ export const sortKeys = (v: unknown): unknown =>
   Array.isArray(v)
     ? v.map(sortKeys)
     : v && typeof v === 'object'
-      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]))
+      ? Object.fromEntries(
+          Object.keys(v)
+            .sort()
+            .map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]),
+        )
       : v;
 
 /**
@@ -191,7 +224,8 @@ export function targetContradictions(m: EngineManifest, target = m.target): stri
   const sm = moduleSm(module);
   if (sm && sm !== m.sm) why.push(`module ${module} has SM ${sm}, but built for SM ${m.sm} (${m.gpu})`);
   const built = m.l4t ? platformOf(m.l4t) : 'none';
-  if (platform !== built) why.push(`target platform ${platform}, but built on ${m.l4t ? `L4T ${m.l4t} (${built})` : 'no Jetson'}`);
+  if (platform !== built)
+    why.push(`target platform ${platform}, but built on ${m.l4t ? `L4T ${m.l4t} (${built})` : 'no Jetson'}`);
   return why;
 }
 
@@ -207,12 +241,20 @@ export async function writeEngineManifest(plan: string, m: EngineManifest): Prom
 }
 
 /** true when signed by a trusted key, otherwise why not. */
-export function verifyManifestSignature(m: EngineManifest, trustedKeys: Readonly<Record<string, string>>): true | string {
+export function verifyManifestSignature(
+  m: EngineManifest,
+  trustedKeys: Readonly<Record<string, string>>,
+): true | string {
   if (!m.signature) return 'the manifest is unsigned';
   const pem = trustedKeys[m.signature.keyId];
   if (!pem) return `key '${m.signature.keyId}' is not trusted`;
   try {
-    const ok = verifySignature(null, manifestSigningBytes(m), createPublicKey(pem), Buffer.from(m.signature.value, 'base64'));
+    const ok = verifySignature(
+      null,
+      manifestSigningBytes(m),
+      createPublicKey(pem),
+      Buffer.from(m.signature.value, 'base64'),
+    );
     return ok ? true : `the signature by key '${m.signature.keyId}' does not match the manifest`;
   } catch (err) {
     return `the signature could not be checked: ${(err as Error).message}`;
@@ -224,7 +266,10 @@ export async function verifyPlanFile(plan: string, m: EngineManifest): Promise<v
   if (!existsSync(plan)) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `engine plan ${plan} does not exist`);
   const got = await sha256File(plan);
   if (got !== m.sha256) {
-    throw new SetokimError(ErrorCodes.MODEL_HASH_MISMATCH, `engine plan ${plan} has sha256 ${got}, its manifest says ${m.sha256}; the file is corrupt or was replaced. Rebuild or re-download it.`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_HASH_MISMATCH,
+      `engine plan ${plan} has sha256 ${got}, its manifest says ${m.sha256}; the file is corrupt or was replaced. Rebuild or re-download it.`,
+    );
   }
 }
 

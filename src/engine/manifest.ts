@@ -11,7 +11,15 @@ import { isAbsolute, join, normalize } from 'node:path';
 import { Transform } from 'node:stream';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { ArchitectureSchema, SignatureSchema, STAGES, REQUIRED_STAGES, stageSignature, type StageName, type StageSignature } from './contract.js';
+import {
+  ArchitectureSchema,
+  SignatureSchema,
+  STAGES,
+  REQUIRED_STAGES,
+  stageSignature,
+  type StageName,
+  type StageSignature,
+} from './contract.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const MANIFEST_FORMAT = 'setokim-modelset';
@@ -26,7 +34,6 @@ export type Precision = (typeof PRECISIONS)[number];
  */
 export const DIALECTS = ['onnxruntime', 'tensorrt'] as const;
 export type Dialect = (typeof DIALECTS)[number];
-
 
 /** A plain relative file name inside the set's directory (no '..', no absolute paths). */
 const FileName = z
@@ -89,7 +96,8 @@ export const ManifestSchema = z
   })
   .superRefine((m, ctx) => {
     for (const s of REQUIRED_STAGES) {
-      if (!m.stages[s]) ctx.addIssue({ code: 'custom', path: ['stages', s], message: `required stage ${s} is missing` });
+      if (!m.stages[s])
+        ctx.addIssue({ code: 'custom', path: ['stages', s], message: `required stage ${s} is missing` });
     }
   });
 export type Manifest = z.infer<typeof ManifestSchema>;
@@ -102,13 +110,21 @@ export async function loadManifest(dir: string): Promise<Manifest> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `${path}: no model set manifest here; write one with \`setokim export synth\` or point to a model set directory`, { cause: err });
+    throw new SetokimError(
+      ErrorCodes.MODEL_NOT_FOUND,
+      `${path}: no model set manifest here; write one with \`setokim export synth\` or point to a model set directory`,
+      { cause: err },
+    );
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: not valid JSON (${(err as Error).message}); re-export the model set`, { cause: err });
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `${path}: not valid JSON (${(err as Error).message}); re-export the model set`,
+      { cause: err },
+    );
   }
   return parseManifest(json, path);
 }
@@ -117,7 +133,10 @@ export async function loadManifest(dir: string): Promise<Manifest> {
 export function parseManifest(json: unknown, where = MANIFEST_FILE): Manifest {
   const head = z.object({ format: z.unknown(), formatVersion: z.unknown() }).safeParse(json);
   if (!head.success || head.data.format !== MANIFEST_FORMAT) {
-    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${where}: not a Setokim model set manifest (format must be "${MANIFEST_FORMAT}")`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `${where}: not a Setokim model set manifest (format must be "${MANIFEST_FORMAT}")`,
+    );
   }
   if (head.data.formatVersion !== MANIFEST_VERSION) {
     throw new SetokimError(
@@ -133,7 +152,11 @@ export function parseManifest(json: unknown, where = MANIFEST_FILE): Manifest {
   for (const [stage, entry] of Object.entries(parsed.data.stages) as [StageName, StageEntry][]) {
     const want = stageSignature(stage, parsed.data.architecture);
     const diff = signatureDifference(want, entry.signature);
-    if (diff) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${where}: stage ${stage} (${entry.file}) does not follow the stage contract: ${diff}`);
+    if (diff)
+      throw new SetokimError(
+        ErrorCodes.MODEL_INVALID,
+        `${where}: stage ${stage} (${entry.file}) does not follow the stage contract: ${diff}`,
+      );
   }
   return parsed.data;
 }
@@ -143,13 +166,15 @@ export function signatureDifference(want: StageSignature, got: StageSignature): 
   for (const side of ['inputs', 'outputs'] as const) {
     const w = want[side];
     const g = got[side];
-    if (w.length !== g.length) return `${side}: expected ${w.map((t) => t.name).join(', ')}, got ${g.map((t) => t.name).join(', ')}`;
+    if (w.length !== g.length)
+      return `${side}: expected ${w.map((t) => t.name).join(', ')}, got ${g.map((t) => t.name).join(', ')}`;
     for (let i = 0; i < w.length; i++) {
       const a = w[i]!;
       const b = g[i]!;
       if (a.name !== b.name) return `${side}[${i}]: expected ${a.name}, got ${b.name}`;
       if (a.dtype !== b.dtype) return `${a.name}: expected dtype ${a.dtype}, got ${b.dtype}`;
-      if (JSON.stringify(a.shape) !== JSON.stringify(b.shape)) return `${a.name}: expected shape [${a.shape}], got [${b.shape}]`;
+      if (JSON.stringify(a.shape) !== JSON.stringify(b.shape))
+        return `${a.name}: expected shape [${a.shape}], got [${b.shape}]`;
     }
   }
   return null;
@@ -201,15 +226,25 @@ export async function verifyStageFile(dir: string, f: StageFile): Promise<string
     if (!st.isFile()) throw new Error('not a regular file');
     size = st.size;
   } catch (err) {
-    throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `${path}: model file listed in the manifest is missing; re-download or re-export the model set`, { cause: err });
+    throw new SetokimError(
+      ErrorCodes.MODEL_NOT_FOUND,
+      `${path}: model file listed in the manifest is missing; re-download or re-export the model set`,
+      { cause: err },
+    );
   }
   if (size !== f.bytes) {
     const what = size < f.bytes ? 'truncated' : 'larger than listed';
-    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: ${what} (${size} bytes, manifest says ${f.bytes}); re-download or re-export the model set`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `${path}: ${what} (${size} bytes, manifest says ${f.bytes}); re-download or re-export the model set`,
+    );
   }
   const actual = await sha256File(path);
   if (actual !== f.sha256) {
-    throw new SetokimError(ErrorCodes.MODEL_HASH_MISMATCH, `${path}: sha256 ${actual} does not match the manifest's ${f.sha256}; the file is corrupt or from another model set`);
+    throw new SetokimError(
+      ErrorCodes.MODEL_HASH_MISMATCH,
+      `${path}: sha256 ${actual} does not match the manifest's ${f.sha256}; the file is corrupt or from another model set`,
+    );
   }
   if (f.format === 'onnx') await checkOnnxFile(path);
   return path;
@@ -232,7 +267,8 @@ export async function verifyModelSet(dir: string, manifest: Manifest): Promise<P
  * A truncated or non-ONNX file fails; a multi-GB graph is never read into memory.
  */
 export async function checkOnnxFile(path: string): Promise<void> {
-  const bad = (why: string) => new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: not a valid ONNX model (${why}); re-export the stage`);
+  const bad = (why: string) =>
+    new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: not a valid ONNX model (${why}); re-export the stage`);
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -261,8 +297,7 @@ export async function checkOnnxFile(path: string): Promise<void> {
       else if (wire === 2) {
         const len = varint(); // not `i += varint()`: that reads i before varint() advances it
         i += len;
-      }
-      else if (wire === 1) i += 8;
+      } else if (wire === 1) i += 8;
       else if (wire === 5) i += 4;
       else throw bad(`unexpected wire type ${wire} at byte ${pos}`);
       pos += i;

@@ -74,7 +74,10 @@ export class ModelSet {
   stagePath(stage: StageName, precision?: Precision, target: Dialect = 'onnxruntime'): string {
     const all = this.variants(stage);
     if (all.length === 0) {
-      throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `model set ${this.id} (${this.dir}) has no ${stage} stage; use a set exported with it`);
+      throw new SetokimError(
+        ErrorCodes.MODEL_NOT_FOUND,
+        `model set ${this.id} (${this.dir}) has no ${stage} stage; use a set exported with it`,
+      );
     }
     const pick = this.pick(stage, precision, target);
     if (!pick) {
@@ -123,7 +126,13 @@ export class ModelStore {
     }
     const ids: string[] = [];
     for (const n of names.sort()) {
-      if (await stat(join(this.root, n, MANIFEST_FILE)).then((s) => s.isFile(), () => false)) ids.push(n);
+      if (
+        await stat(join(this.root, n, MANIFEST_FILE)).then(
+          (s) => s.isFile(),
+          () => false,
+        )
+      )
+        ids.push(n);
     }
     return ids;
   }
@@ -143,7 +152,11 @@ export class ModelStore {
    */
   async activate(id: string): Promise<ModelSet> {
     const set = await ModelSet.open(this.dirOf(id));
-    if (set.id !== id) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`);
+    if (set.id !== id)
+      throw new SetokimError(
+        ErrorCodes.MODEL_INVALID,
+        `${this.dirOf(id)}: manifest id ${set.id} does not match its directory ${id}`,
+      );
     await writeFileDurable(join(this.root, ACTIVE_FILE), `${id}\n`);
     return set;
   }
@@ -155,7 +168,11 @@ export class ModelStore {
 
   async openActive(opts?: OpenOptions): Promise<ModelSet> {
     const id = await this.active();
-    if (!id) throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `${this.root}: no active model set; install one and activate it`);
+    if (!id)
+      throw new SetokimError(
+        ErrorCodes.MODEL_NOT_FOUND,
+        `${this.root}: no active model set; install one and activate it`,
+      );
     return ModelSet.open(this.dirOf(id), opts);
   }
 }

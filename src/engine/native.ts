@@ -93,14 +93,39 @@ export interface NativeTrtBuildResult {
 export interface NativeAddon {
   capabilities(): Capabilities;
   /** SeTok clustering (native/trt/addon/cluster_binding.cc; wrapped by src/setok). */
-  setokCluster?: (features: Float32Array, n: number, dim: number, k: number, threshold: number, fallback: number,
-    maxTokens: number) => Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array }>;
-  setokClusterStream?: (n: number, dim: number, k: number, threshold: number, fallback: number, maxTokens: number) => {
-    push(features: Float32Array): Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array; changedPatches: number }>;
+  setokCluster?: (
+    features: Float32Array,
+    n: number,
+    dim: number,
+    k: number,
+    threshold: number,
+    fallback: number,
+    maxTokens: number,
+  ) => Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array }>;
+  setokClusterStream?: (
+    n: number,
+    dim: number,
+    k: number,
+    threshold: number,
+    fallback: number,
+    maxTokens: number,
+  ) => {
+    push(
+      features: Float32Array,
+    ): Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array; changedPatches: number }>;
     close(): void;
   };
-  setokGramBench?: (n: number, dim: number, reps: number) => {
-    gramMs: number; gemmMs: number; distanceMs: number; peakGflops: number; isa: string; threads: number;
+  setokGramBench?: (
+    n: number,
+    dim: number,
+    reps: number,
+  ) => {
+    gramMs: number;
+    gemmMs: number;
+    distanceMs: number;
+    peakGflops: number;
+    isa: string;
+    threads: number;
   };
   /** flock(2) without waiting on a descriptor (native/trt/addon/file_lock_binding.cc; src/engine/file-lock.ts). */
   flock?: (fd: number, op: 'exclusive' | 'unlock') => boolean;
@@ -157,7 +182,9 @@ export function loadNative(): NativeAddon {
     throw new SetokimError(
       ErrorCodes.NATIVE_MISSING,
       `The native addon is not built (looked for ${candidates.join(', ')}). ` +
-        'Run `npm run build:native` in ' + root + ' (needs cmake and a C++17 compiler; ' +
+        'Run `npm run build:native` in ' +
+        root +
+        ' (needs cmake and a C++17 compiler; ' +
         'set SETOKIM_CUDA=OFF to build without CUDA).',
     );
   }

@@ -93,7 +93,13 @@ function transferList(feeds: Record<string, WireTensor>, names: readonly string[
   const out = new Set<ArrayBuffer>();
   for (const name of names) {
     const data = feeds[name]?.data;
-    if (data && data.buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) out.add(data.buffer);
+    if (
+      data &&
+      data.buffer instanceof ArrayBuffer &&
+      data.byteOffset === 0 &&
+      data.byteLength === data.buffer.byteLength
+    )
+      out.add(data.buffer);
   }
   return [...out];
 }
@@ -116,7 +122,8 @@ type Ready = Extract<FromWorker, { type: 'ready' }>;
 async function startWorker(spec: WorkerSpec): Promise<{ worker: Worker; ready: Ready }> {
   const worker = new Worker(workerFile(), { execArgv: [], workerData: spec });
   const ready = await new Promise<FromWorker>((resolve, reject) => {
-    const onExit = (code: number): void => reject(new Error(`the worker exited (code ${code}) before the session was ready`));
+    const onExit = (code: number): void =>
+      reject(new Error(`the worker exited (code ${code}) before the session was ready`));
     worker.once('error', reject);
     worker.once('exit', onExit);
     worker.once('message', (m: FromWorker) => {
@@ -288,7 +295,8 @@ class OrtSession implements Session {
     if (this.broken) throw this.broken;
     if (!this.worker) await this.reopen();
     const worker = this.worker;
-    if (!worker || this.disposed) throw new SetokimError(ErrorCodes.CANCELLED, `stage '${this.stage}': session disposed during a run`);
+    if (!worker || this.disposed)
+      throw new SetokimError(ErrorCodes.CANCELLED, `stage '${this.stage}': session disposed during a run`);
     const id = this.nextId++;
     const msg = make(id);
     return new Promise((resolve, reject) => {
@@ -303,7 +311,13 @@ class OrtSession implements Session {
           worker.postMessage(msg); // a buffer that cannot move (e.g. Node's Buffer pool) is copied instead
         }
       } catch (err) {
-        this.settle(id)?.reject(new SetokimError(ErrorCodes.INTERNAL, `stage '${this.stage}': cannot send the inputs to the worker: ${(err as Error).message}`, { cause: err }));
+        this.settle(id)?.reject(
+          new SetokimError(
+            ErrorCodes.INTERNAL,
+            `stage '${this.stage}': cannot send the inputs to the worker: ${(err as Error).message}`,
+            { cause: err },
+          ),
+        );
       }
     });
   }
@@ -318,10 +332,13 @@ class OrtSession implements Session {
           await worker.terminate();
           return;
         }
-        const same = (a: readonly string[], b: readonly string[]): boolean => a.length === b.length && a.every((n, i) => n === b[i]);
+        const same = (a: readonly string[], b: readonly string[]): boolean =>
+          a.length === b.length && a.every((n, i) => n === b[i]);
         if (!same(ready.inputNames, this.inputNames) || !same(ready.outputNames, this.outputNames)) {
           await worker.terminate();
-          throw new Error(`the file now has inputs ${ready.inputNames.join(', ')} and outputs ${ready.outputNames.join(', ')}, not those the session opened with`);
+          throw new Error(
+            `the file now has inputs ${ready.inputNames.join(', ')} and outputs ${ready.outputNames.join(', ')}, not those the session opened with`,
+          );
         }
         this.attach(worker);
         this.restarts++;
@@ -411,18 +428,30 @@ export class OrtBackend implements Backend {
   async open(file: string, options: SessionOptions = {}): Promise<Session> {
     const stage = options.stage ?? path.basename(file);
     if (!existsSync(file)) {
-      throw new SetokimError(ErrorCodes.MODEL_NOT_FOUND, `stage '${stage}': ${file} does not exist; check the model set's path`);
+      throw new SetokimError(
+        ErrorCodes.MODEL_NOT_FOUND,
+        `stage '${stage}': ${file} does not exist; check the model set's path`,
+      );
     }
     const threads = options.threads ?? this.defaults.threads;
     if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
       throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `threads must be a positive integer, got ${threads}`);
     }
-    const limit: CrashLoopLimit = { maxRestarts: this.defaults.maxRestarts ?? 3, windowMs: this.defaults.restartWindowMs ?? 60_000 };
+    const limit: CrashLoopLimit = {
+      maxRestarts: this.defaults.maxRestarts ?? 3,
+      windowMs: this.defaults.restartWindowMs ?? 60_000,
+    };
     if (!Number.isInteger(limit.maxRestarts) || limit.maxRestarts < 0) {
-      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `maxRestarts must be a whole number (0 or more), got ${limit.maxRestarts}`);
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `maxRestarts must be a whole number (0 or more), got ${limit.maxRestarts}`,
+      );
     }
     if (!Number.isFinite(limit.windowMs) || limit.windowMs <= 0) {
-      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `restartWindowMs must be a positive number of milliseconds, got ${limit.windowMs}`);
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `restartWindowMs must be a positive number of milliseconds, got ${limit.windowMs}`,
+      );
     }
     const spec: WorkerSpec = {
       file,

@@ -76,7 +76,8 @@ export class BackendRegistry {
   /** Names of the backends that can run on this machine, highest priority first. */
   async availableBackends(): Promise<string[]> {
     const out: string[] = [];
-    for (const e of this.entries) if ((await this.whyUnavailable(e.backend.name)) === undefined) out.push(e.backend.name);
+    for (const e of this.entries)
+      if ((await this.whyUnavailable(e.backend.name)) === undefined) out.push(e.backend.name);
     return out;
   }
 
@@ -114,7 +115,10 @@ export class BackendRegistry {
       try {
         return await e.backend.open(file, { ...sessionOptions, stage: source.stage, signature: source.signature });
       } catch (err) {
-        skip(name, err instanceof SetokimError ? `[${err.code}] ${err.message}` : String((err as Error)?.message ?? err));
+        skip(
+          name,
+          err instanceof SetokimError ? `[${err.code}] ${err.message}` : String((err as Error)?.message ?? err),
+        );
       }
     }
     const lines = tried.map((a) => `  - ${a.backend}: ${a.reason}`).join('\n');
@@ -136,7 +140,9 @@ async function probe(backend: Backend): Promise<string | undefined> {
 }
 
 /** TensorRT (engines, when the addon has it and a GPU is present) over ONNX Runtime CPU (ONNX graphs). */
-export function createDefaultRegistry(options: { ort?: OrtBackendOptions; tensorrt?: TensorRtBackendOptions } = {}): BackendRegistry {
+export function createDefaultRegistry(
+  options: { ort?: OrtBackendOptions; tensorrt?: TensorRtBackendOptions } = {},
+): BackendRegistry {
   return new BackendRegistry()
     .register(new TensorRtBackend(options.tensorrt), (s) => s.engine)
     .register(new OrtBackend(options.ort), (s) => s.onnx);

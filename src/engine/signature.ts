@@ -59,7 +59,8 @@ export function checkTensor(stage: string, name: string, t: Feed): void {
   const want = ARRAY_OF[t.dtype];
   if (!want) throw bad(stage, `input '${name}' has unknown dtype '${t.dtype}'`);
   const got = (t.data as TypedArray | undefined)?.constructor?.name;
-  if (got !== want) throw bad(stage, `input '${name}' is ${t.dtype}, whose data must be a ${want}, got ${got ?? 'no data'}`);
+  if (got !== want)
+    throw bad(stage, `input '${name}' is ${t.dtype}, whose data must be a ${want}, got ${got ?? 'no data'}`);
   const n = elementCount(t.dims);
   if (t.data.length !== n) {
     throw bad(stage, `input '${name}' has ${t.data.length} elements but dims ${formatShape(t.dims)} need ${n}`);
@@ -80,7 +81,10 @@ export function checkFeeds(
   const expected = new Map(signature.inputs.map((s) => [s.name, s]));
   for (const name of Object.keys(feeds)) {
     if (!expected.has(name)) {
-      throw bad(stage, `unknown input '${name}'; this stage takes ${[...expected.keys()].map((n) => `'${n}'`).join(', ')}`);
+      throw bad(
+        stage,
+        `unknown input '${name}'; this stage takes ${[...expected.keys()].map((n) => `'${n}'`).join(', ')}`,
+      );
     }
   }
   const bound: Record<string, number> = {};
@@ -102,7 +106,10 @@ export function checkFeeds(
       const got = t.dims[axis]!;
       if (typeof d === 'number') {
         if (got !== d) {
-          throw bad(stage, `input '${spec.name}' axis ${axis} must be ${d}, got ${got} (expected ${formatShape(spec.shape)}, got ${formatShape(t.dims)})`);
+          throw bad(
+            stage,
+            `input '${spec.name}' axis ${axis} must be ${d}, got ${got} (expected ${formatShape(spec.shape)}, got ${formatShape(t.dims)})`,
+          );
         }
       } else if (isNamed(d)) {
         if (d in bound && bound[d] !== got) {

@@ -157,7 +157,11 @@ export function parseNvTegraRelease(text: string): string | null {
 export const jetpackOf = (l4t: string): string | null => JETPACK[l4t] ?? null;
 
 /** /proc/device-tree/compatible (NUL-separated) as its strings. */
-export const parseCompatible = (raw: string): string[] => raw.split('\0').map((s) => s.trim()).filter(Boolean);
+export const parseCompatible = (raw: string): string[] =>
+  raw
+    .split('\0')
+    .map((s) => s.trim())
+    .filter(Boolean);
 
 /**
  * The module segment of a Jetson: its SKU from `compatible` when known; else the family named by

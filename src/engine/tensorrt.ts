@@ -191,20 +191,28 @@ export class TensorRtBackend implements Backend {
     const stage = options.stage ?? path.basename(plan);
     const addon = this.load();
     const reason = tensorrtUnavailableReason(() => addon);
-    if (reason) throw new SetokimError(ErrorCodes.BACKEND_UNAVAILABLE, `stage '${stage}': TensorRT is unavailable: ${reason}`);
+    if (reason)
+      throw new SetokimError(ErrorCodes.BACKEND_UNAVAILABLE, `stage '${stage}': TensorRT is unavailable: ${reason}`);
     const manifest = readEngineManifest(plan);
     assertEngineCompatible(manifest, machineInfo(addon.capabilities()), this.options);
     // An engine left over from an older export of the set must not serve the new contract.
     const diff = options.signature && signatureDifference(options.signature, manifest.io);
     if (diff) {
-      throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `stage '${stage}': engine ${plan} was built for another signature (${diff}); rebuild it with \`setokim export engine\``);
+      throw new SetokimError(
+        ErrorCodes.ENGINE_INCOMPATIBLE,
+        `stage '${stage}': engine ${plan} was built for another signature (${diff}); rebuild it with \`setokim export engine\``,
+      );
     }
     await verifyPlanFile(plan, manifest);
     let engine: NativeTrtEngine;
     try {
       engine = await addon.trtLoadEngine!(plan, this.options.device ?? 0);
     } catch (err) {
-      throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `stage '${stage}': TensorRT refused ${plan}: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(
+        ErrorCodes.ENGINE_INCOMPATIBLE,
+        `stage '${stage}': TensorRT refused ${plan}: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     // There is no compatibility preflight: one canary inference at the first profile's opt shapes
     // proves the plan runs here before the stage takes traffic.
@@ -212,7 +220,11 @@ export class TensorRtBackend implements Backend {
       await engine.run(canaryFeeds(manifest));
     } catch (err) {
       engine.dispose();
-      throw new SetokimError(ErrorCodes.ENGINE_INCOMPATIBLE, `stage '${stage}': the canary inference of ${plan} failed: ${(err as Error).message}`, { cause: err });
+      throw new SetokimError(
+        ErrorCodes.ENGINE_INCOMPATIBLE,
+        `stage '${stage}': the canary inference of ${plan} failed: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
     return new TrtSession(engine, manifest, stage);
   }

@@ -67,7 +67,9 @@ function entriesOf(b: OpenedBundle, engines: string | null | 'all'): Entry[] {
   const out: Entry[] = b.manifest.files.map((file, i) => ({ file, offset: b.offsets[i]!, to: file.path }));
   engineGroupsOf(b.manifest).forEach((g, gi) => {
     if (engines !== 'all' && g.target !== engines) return;
-    g.files.forEach((file, i) => out.push({ file, offset: b.engineOffsets[gi]![i]!, to: `${ENGINES_DIR}/${file.path}` }));
+    g.files.forEach((file, i) =>
+      out.push({ file, offset: b.engineOffsets[gi]![i]!, to: `${ENGINES_DIR}/${file.path}` }),
+    );
   });
   return out;
 }
@@ -87,7 +89,11 @@ async function listFiles(dir: string, root = dir): Promise<string[]> {
     const full = join(dir, e.name);
     if (e.isDirectory()) out.push(...(await listFiles(full, root)));
     else if (e.isFile()) out.push(relative(root, full).split(sep).join('/'));
-    else throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${full} is not a regular file (a link or a device); a bundle holds plain files only`);
+    else
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `${full} is not a regular file (a link or a device); a bundle holds plain files only`,
+      );
   }
   return out.sort();
 }
@@ -116,12 +122,21 @@ async function describeFiles(dir: string, names: readonly string[]): Promise<Bun
 }
 
 /** Appends `files` of `dir` to `out`, re-hashing each on the way: a file changed after it was signed must not ship. */
-async function appendFiles(out: string, dir: string, files: BundleFile[], progress: (n: number, file: string) => void): Promise<void> {
+async function appendFiles(
+  out: string,
+  dir: string,
+  files: BundleFile[],
+  progress: (n: number, file: string) => void,
+): Promise<void> {
   for (const f of files) {
     const h = createHash('sha256');
     const count = hashingTap(h, (n) => progress(n, f.path));
     await pipeline(createReadStream(join(dir, f.path)), count, createWriteStream(out, { flags: 'a' }));
-    if (h.digest('hex') !== f.sha256) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `${join(dir, f.path)} changed while it was being bundled; bundle a set nothing is writing to`);
+    if (h.digest('hex') !== f.sha256)
+      throw new SetokimError(
+        ErrorCodes.BAD_ARGUMENT,
+        `${join(dir, f.path)} changed while it was being bundled; bundle a set nothing is writing to`,
+      );
   }
 }
 
@@ -184,41 +199,67 @@ export async function openBundle(path: string, pubkey: KeyObject): Promise<Opene
   try {
     fh = await open(path, 'r');
   } catch (err) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot open bundle ${path}: ${(err as Error).message}`, { cause: err });
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `cannot open bundle ${path}: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   try {
     const size = (await fh.stat()).size;
     const prefix = Buffer.alloc(PREFIX_BYTES);
     const { bytesRead } = await fh.read(prefix, 0, PREFIX_BYTES, 0);
     if (bytesRead < PREFIX_BYTES || !prefix.subarray(0, BUNDLE_MAGIC.length).equals(BUNDLE_MAGIC)) {
-      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: not a Setokim bundle (no SETOKIM-BNDL magic); make one with \`setokim bundle create\``);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${path}: not a Setokim bundle (no SETOKIM-BNDL magic); make one with \`setokim bundle create\``,
+      );
     }
     const headerLen = prefix.readUInt32BE(BUNDLE_MAGIC.length);
-    if (headerLen > MAX_HEADER_BYTES || PREFIX_BYTES + headerLen > size) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: header length ${headerLen} does not fit the file (${size} bytes); the bundle is truncated or corrupt`);
+    if (headerLen > MAX_HEADER_BYTES || PREFIX_BYTES + headerLen > size)
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${path}: header length ${headerLen} does not fit the file (${size} bytes); the bundle is truncated or corrupt`,
+      );
     const headerBuf = Buffer.alloc(headerLen);
     await fh.read(headerBuf, 0, headerLen, PREFIX_BYTES);
     let json: unknown;
     try {
       json = JSON.parse(headerBuf.toString('utf8'));
     } catch (err) {
-      throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: the bundle header is not JSON (${(err as Error).message}); the bundle is corrupt`, { cause: err });
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${path}: the bundle header is not JSON (${(err as Error).message}); the bundle is corrupt`,
+        { cause: err },
+      );
     }
     const header = BundleHeaderSchema.safeParse(json);
-    if (!header.success) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${path}: bundle header: ${header.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+    if (!header.success)
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_INVALID,
+        `${path}: bundle header: ${header.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`,
+      );
     const manifest = parseBundleManifest(header.data.manifest, path);
     const trusted = keyIdOf(pubkey);
     if (manifest.keyId !== trusted) {
-      throw new SetokimError(ErrorCodes.BUNDLE_SIGNATURE, `${path}: signed by key ${manifest.keyId}, but the trusted public key is ${trusted}; install a bundle signed by your fleet's key or pass the matching --pubkey`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_SIGNATURE,
+        `${path}: signed by key ${manifest.keyId}, but the trusted public key is ${trusted}; install a bundle signed by your fleet's key or pass the matching --pubkey`,
+      );
     }
     if (!verify(null, signedBytes(manifest), pubkey, Buffer.from(header.data.signature, 'base64'))) {
-      throw new SetokimError(ErrorCodes.BUNDLE_SIGNATURE, `${path}: the Ed25519 signature does not verify with key ${trusted}; the bundle manifest or its signature was altered: do not install it`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_SIGNATURE,
+        `${path}: the Ed25519 signature does not verify with key ${trusted}; the bundle manifest or its signature was altered: do not install it`,
+      );
     }
     let at = PREFIX_BYTES + headerLen;
     const place = (fs: BundleFile[]) => fs.map((f) => ((at += f.size), at - f.size));
     const offsets = place(manifest.files);
     const engineOffsets = engineGroupsOf(manifest).map((g) => place(g.files));
     if (at !== size) {
-      const what = at > size ? `truncated (${size} bytes, the signed manifest needs ${at})` : `${size - at} bytes longer than the signed manifest says`;
+      const what =
+        at > size
+          ? `truncated (${size} bytes, the signed manifest needs ${at})`
+          : `${size - at} bytes longer than the signed manifest says`;
       throw new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${path}: ${what}; download the bundle again`);
     }
     return { path, manifest, offsets, engineOffsets, payloadBytes: at - PREFIX_BYTES - headerLen };
@@ -263,13 +304,20 @@ export async function streamBundle(
     }
     const digest = h.digest('hex');
     if (n !== f.size || digest !== f.sha256) {
-      throw new SetokimError(ErrorCodes.BUNDLE_TAMPERED, `${b.path}: ${to} has sha256 ${digest} (${n} bytes) but the signed manifest says ${f.sha256} (${f.size} bytes); the bundle was altered or damaged: download it again`);
+      throw new SetokimError(
+        ErrorCodes.BUNDLE_TAMPERED,
+        `${b.path}: ${to} has sha256 ${digest} (${n} bytes) but the signed manifest says ${f.sha256} (${f.size} bytes); the bundle was altered or damaged: download it again`,
+      );
     }
   }
 }
 
 /** Signature, layout and every file's hash: what `setokim bundle verify` checks. */
-export async function verifyBundle(path: string, pubkey: KeyObject, onProgress?: ByteProgress): Promise<BundleManifest> {
+export async function verifyBundle(
+  path: string,
+  pubkey: KeyObject,
+  onProgress?: ByteProgress,
+): Promise<BundleManifest> {
   const b = await openBundle(path, pubkey);
   await streamBundle(b, null, onProgress);
   return b.manifest;

@@ -42,7 +42,10 @@ const BundlePath = z
   .min(1)
   .max(255)
   .regex(/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, 'letters, digits, ".", "_", "-" and "/" only')
-  .refine((p) => !isAbsolute(p) && !p.split('/').some((s) => s === '.' || s === '..') && posix.normalize(p) === p, 'must be a plain path inside the model set');
+  .refine(
+    (p) => !isAbsolute(p) && !p.split('/').some((s) => s === '.' || s === '..') && posix.normalize(p) === p,
+    'must be a plain path inside the model set',
+  );
 
 export const BundleFileSchema = z.strictObject({
   path: BundlePath,
@@ -118,20 +121,31 @@ function checkFiles(m: { files: BundleFile[] }, ctx: z.RefinementCtx): void {
     const parts = f.path.split('/');
     for (let i = 1; i < parts.length; i++) {
       const dir = parts.slice(0, i).join('/');
-      if (seen.has(dir)) ctx.addIssue({ code: 'custom', path: ['files'], message: `${dir} is a file and also the directory of ${f.path}` });
+      if (seen.has(dir))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['files'],
+          message: `${dir} is a file and also the directory of ${f.path}`,
+        });
     }
   }
-  if (!seen.has('manifest.json')) ctx.addIssue({ code: 'custom', path: ['files'], message: 'manifest.json (the model set manifest) is missing' });
+  if (!seen.has('manifest.json'))
+    ctx.addIssue({ code: 'custom', path: ['files'], message: 'manifest.json (the model set manifest) is missing' });
 }
 
 /** Each group's target distinct and allowed by `compatibility.targets`; each plan with its manifest; no set file under engines/. */
-function checkEngines(m: { compatibility: Compatibility; engines: EngineGroup[]; files: BundleFile[] }, ctx: z.RefinementCtx): void {
+function checkEngines(
+  m: { compatibility: Compatibility; engines: EngineGroup[]; files: BundleFile[] },
+  ctx: z.RefinementCtx,
+): void {
   const issue = (message: string) => ctx.addIssue({ code: 'custom', path: ['engines'], message });
   const targets = m.engines.map((g) => g.target);
   if (new Set(targets).size !== targets.length) issue('a target has two engine groups');
   for (const g of m.engines) {
     if (!m.compatibility.targets.some((p) => matchTarget(p, g.target))) {
-      issue(`engines for ${g.target}, which compatibility.targets (${m.compatibility.targets.join(', ')}) does not allow`);
+      issue(
+        `engines for ${g.target}, which compatibility.targets (${m.compatibility.targets.join(', ')}) does not allow`,
+      );
     }
     const names = new Set(g.files.map((f) => f.path));
     if (names.size !== g.files.length) issue(`${g.target}: a file is listed twice`);
@@ -193,7 +207,11 @@ export function canonicalJson(value: unknown): string {
       .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`);
     return `{${entries.join(',')}}`;
   }
-  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `bundle manifest: ${value} is not a whole number; only integers are allowed`);
+  if (typeof value === 'number' && !Number.isSafeInteger(value))
+    throw new SetokimError(
+      ErrorCodes.BUNDLE_INVALID,
+      `bundle manifest: ${value} is not a whole number; only integers are allowed`,
+    );
   return JSON.stringify(value);
 }
 
@@ -202,14 +220,20 @@ export const signedBytes = (m: BundleManifest): Buffer => Buffer.from(SIGNING_CO
 /** Validates a parsed manifest; `where` names the bundle in errors. */
 export function parseBundleManifest(json: unknown, where: string): BundleManifest {
   const head = z.object({ format: z.unknown(), formatVersion: z.unknown() }).safeParse(json);
-  if (!head.success || head.data.format !== BUNDLE_FORMAT) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`);
+  if (!head.success || head.data.format !== BUNDLE_FORMAT)
+    throw new SetokimError(
+      ErrorCodes.BUNDLE_INVALID,
+      `${where}: not a Setokim bundle manifest (format must be "${BUNDLE_FORMAT}")`,
+    );
   const version = head.data.formatVersion;
   if (typeof version !== 'number' || !READABLE_BUNDLE_VERSIONS.includes(version)) {
     const reads = `${READABLE_BUNDLE_VERSIONS.slice(0, -1).join(', ')} and ${READABLE_BUNDLE_VERSIONS.at(-1)}`;
     const msg = `${where}: bundle formatVersion ${JSON.stringify(version)} is not supported (this runtime reads ${reads})`;
     throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `${msg}; update setokim-edge`);
   }
-  const schema = { 1: BundleManifestV1Schema, 2: BundleManifestV2Schema, 3: BundleManifestV3Schema }[version as 1 | 2 | 3];
+  const schema = { 1: BundleManifestV1Schema, 2: BundleManifestV2Schema, 3: BundleManifestV3Schema }[
+    version as 1 | 2 | 3
+  ];
   const parsed = schema.safeParse(json);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
@@ -221,7 +245,11 @@ export function parseBundleManifest(json: unknown, where: string): BundleManifes
 /** Encodes magic + length + header JSON. */
 export function encodePrefix(manifest: BundleManifest, signature: Buffer): Buffer {
   const header = Buffer.from(JSON.stringify({ manifest, signature: signature.toString('base64') }), 'utf8');
-  if (header.length > MAX_HEADER_BYTES) throw new SetokimError(ErrorCodes.BUNDLE_INVALID, `bundle header is ${header.length} bytes (at most ${MAX_HEADER_BYTES}); bundle fewer files`);
+  if (header.length > MAX_HEADER_BYTES)
+    throw new SetokimError(
+      ErrorCodes.BUNDLE_INVALID,
+      `bundle header is ${header.length} bytes (at most ${MAX_HEADER_BYTES}); bundle fewer files`,
+    );
   const len = Buffer.alloc(4);
   len.writeUInt32BE(header.length);
   return Buffer.concat([BUNDLE_MAGIC, len, header]);

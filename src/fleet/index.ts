@@ -1,7 +1,15 @@
 /** Fleet bundles: signed model-set bundles, installing them into a ModelStore, recovery (docs/FLEET.md). */
 export * from './format.js';
 export { generateKeys, keyIdOf, loadPrivateKey, loadPublicKey, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE } from './keys.js';
-export { createBundle, openBundle, streamBundle, verifyBundle, type ByteProgress, type CreateOptions, type OpenedBundle } from './bundle.js';
+export {
+  createBundle,
+  openBundle,
+  streamBundle,
+  verifyBundle,
+  type ByteProgress,
+  type CreateOptions,
+  type OpenedBundle,
+} from './bundle.js';
 export {
   checkBinding,
   checkReleaseJump,
@@ -12,8 +20,23 @@ export {
   type DeviceIdentity,
 } from './compat.js';
 export { canaryQuery, type CanaryOptions, type CanaryResult, type HealthCheck } from './health.js';
-export { installBundle, recoverStore, DEFAULT_RESERVE_BYTES, type InstallOptions, type InstallResult, type InstallStep, type RecoverResult } from './install.js';
-export { JOURNAL_STEPS, readJournal, readRelease, type Journal, type JournalStep, type ReleaseState } from './journal.js';
+export {
+  installBundle,
+  recoverStore,
+  DEFAULT_RESERVE_BYTES,
+  type InstallOptions,
+  type InstallResult,
+  type InstallStep,
+  type RecoverResult,
+} from './install.js';
+export {
+  JOURNAL_STEPS,
+  readJournal,
+  readRelease,
+  type Journal,
+  type JournalStep,
+  type ReleaseState,
+} from './journal.js';
 export { downloadBundle, type DownloadOptions } from './download.js';
 export {
   DEFAULT_JOB_TIMEOUT_MS,

@@ -66,10 +66,18 @@ async function readJson<T>(path: string, schema: z.ZodType<T>, what: string): Pr
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: the store's ${what} is not JSON (${(err as Error).message}); it was edited by hand: restore it or remove the store`, { cause: err });
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `${path}: the store's ${what} is not JSON (${(err as Error).message}); it was edited by hand: restore it or remove the store`,
+      { cause: err },
+    );
   }
   const parsed = schema.safeParse(json);
-  if (!parsed.success) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${path}: the store's ${what} is not valid (${parsed.error.issues[0]?.message}); it was edited by hand: restore it or remove the store`);
+  if (!parsed.success)
+    throw new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `${path}: the store's ${what} is not valid (${parsed.error.issues[0]?.message}); it was edited by hand: restore it or remove the store`,
+    );
   return parsed.data;
 }
 
@@ -77,7 +85,8 @@ export const readJournal = (root: string) => readJson(journalPath(root), Journal
 export const writeJournal = (root: string, j: Journal) => writeFileDurable(journalPath(root), JSON.stringify(j) + '\n');
 export const clearJournal = (root: string) => removeDurable(journalPath(root));
 export const readRelease = (root: string) => readJson(releasePath(root), ReleaseSchema, 'release record');
-export const writeRelease = (root: string, r: ReleaseState) => writeFileDurable(releasePath(root), JSON.stringify(r) + '\n');
+export const writeRelease = (root: string, r: ReleaseState) =>
+  writeFileDurable(releasePath(root), JSON.stringify(r) + '\n');
 
 /** The note a lock holder writes into the lock file, for messages only (src/engine/file-lock.ts). */
 const LockNote = z.object({ pid: z.number().int().positive(), since: z.string() });
@@ -104,7 +113,11 @@ export async function lockStore(root: string): Promise<() => Promise<void>> {
   // The first write into the store: a store this user may not write (not run as its owner, a
   // path through a file) is a usage error with a stable code, not an internal error.
   const unwritable = (err: unknown) =>
-    new SetokimError(ErrorCodes.BAD_ARGUMENT, `${root}: cannot write the model store (${(err as Error).message}); run as the user that owns it, or pass another --store`, { cause: err });
+    new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `${root}: cannot write the model store (${(err as Error).message}); run as the user that owns it, or pass another --store`,
+      { cause: err },
+    );
   await mkdir(fleetDir(root), { recursive: true }).catch((err: unknown) => {
     throw unwritable(err);
   });

@@ -29,7 +29,12 @@ export const brokerConnectionSettings = {
     read: 'number',
     help: '5, or 4 for MQTT 3.1.1 brokers such as the embedded one',
   }),
-  username: setting({ schema: z.string(), flag: '--username <name>', env: 'SETOKIM_USERNAME', help: 'broker user name' }),
+  username: setting({
+    schema: z.string(),
+    flag: '--username <name>',
+    env: 'SETOKIM_USERNAME',
+    help: 'broker user name',
+  }),
   password: setting({
     schema: z.string(),
     flag: '--password <secret>',
@@ -37,9 +42,24 @@ export const brokerConnectionSettings = {
     secret: true,
     help: 'broker password (prefer the variable: flags show in ps)',
   }),
-  ca: setting({ schema: z.string(), flag: '--ca <pem>', env: 'SETOKIM_CA', help: 'CA certificate that signed the broker (mqtts)' }),
-  cert: setting({ schema: z.string(), flag: '--cert <pem>', env: 'SETOKIM_CERT', help: 'client certificate (mqtts, with --key)' }),
-  key: setting({ schema: z.string(), flag: '--key <pem>', env: 'SETOKIM_KEY', help: 'client key (mqtts, with --cert)' }),
+  ca: setting({
+    schema: z.string(),
+    flag: '--ca <pem>',
+    env: 'SETOKIM_CA',
+    help: 'CA certificate that signed the broker (mqtts)',
+  }),
+  cert: setting({
+    schema: z.string(),
+    flag: '--cert <pem>',
+    env: 'SETOKIM_CERT',
+    help: 'client certificate (mqtts, with --key)',
+  }),
+  key: setting({
+    schema: z.string(),
+    flag: '--key <pem>',
+    env: 'SETOKIM_KEY',
+    help: 'client key (mqtts, with --cert)',
+  }),
   rejectUnauthorized: setting({
     schema: z.boolean(),
     default: true,
@@ -51,7 +71,10 @@ export const brokerConnectionSettings = {
 
 /** A certificate without its key (or the other way round) is refused wherever the group sits. */
 const certWithKey: Group['refine'] = (s) =>
-  s.refine((b) => !(b as { cert?: string }).cert === !(b as { key?: string }).key, 'broker.cert and broker.key go together (--cert with --key)');
+  s.refine(
+    (b) => !(b as { cert?: string }).cert === !(b as { key?: string }).key,
+    'broker.cert and broker.key go together (--cert with --key)',
+  );
 
 /** The broker group of a client: the shared connection settings plus any of its own. */
 export function brokerGroup<E extends Readonly<Record<string, Node>>>(extra: E) {
@@ -78,8 +101,10 @@ function readPem(path: string, what: string): Buffer {
 }
 
 /** What a client program (setokim query, the stream client) connects with: credentials and TLS as values, not paths. */
-export interface ClientConnectOptions
-  extends Pick<IClientOptions, 'username' | 'password' | 'ca' | 'cert' | 'key' | 'rejectUnauthorized'> {
+export interface ClientConnectOptions extends Pick<
+  IClientOptions,
+  'username' | 'password' | 'ca' | 'cert' | 'key' | 'rejectUnauthorized'
+> {
   url: string;
   protocolVersion?: 4 | 5;
   clientId?: string;

@@ -54,7 +54,9 @@ export function queryTopic(target: Target): string {
 }
 
 export function cancelTopic(target: Target): string {
-  return target.device ? `${TOPIC_ROOT}/${target.fleet}/${target.device}/cancel` : `${TOPIC_ROOT}/${target.fleet}/cancel`;
+  return target.device
+    ? `${TOPIC_ROOT}/${target.fleet}/${target.device}/cancel`
+    : `${TOPIC_ROOT}/${target.fleet}/cancel`;
 }
 
 /** Status of every device of a fleet (subscribe filter). */
@@ -79,7 +81,14 @@ export const MAX_REPLY_TOPIC = 1024;
  * cannot make an agent write onto other devices' query or status topics whatever filters allow.
  */
 export function isSafeReplyTopic(topic: string): boolean {
-  if (!topic || topic.length > MAX_REPLY_TOPIC || /[#+]/.test(topic) || topic.includes('\u0000') || topic.startsWith('$')) return false;
+  if (
+    !topic ||
+    topic.length > MAX_REPLY_TOPIC ||
+    /[#+]/.test(topic) ||
+    topic.includes('\u0000') ||
+    topic.startsWith('$')
+  )
+    return false;
   return !topic.startsWith('setokim/') || topic.startsWith(`${TOPIC_ROOT}/replies/`);
 }
 
@@ -115,7 +124,9 @@ function isTopicFilter(filter: string): boolean {
   if (filter.includes('\u0000')) return false;
   const levels = filter.split('/');
   const last = levels.length - 1;
-  return levels.every((level, i) => (level.includes('#') ? level === '#' && i === last : !level.includes('+') || level === '+'));
+  return levels.every((level, i) =>
+    level.includes('#') ? level === '#' && i === last : !level.includes('+') || level === '+',
+  );
 }
 
 /**
@@ -125,7 +136,9 @@ function isTopicFilter(filter: string): boolean {
 export function refusedSubscriptions(topics: readonly string[], granted: readonly unknown[] | undefined): string[] {
   return topics.flatMap((topic, i) => {
     const rc = granted?.[i];
-    return typeof rc === 'number' && rc >= 0x80 ? [`${topic} (${ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused'}, reason code 0x${rc.toString(16)})`] : [];
+    return typeof rc === 'number' && rc >= 0x80
+      ? [`${topic} (${ReasonCodes[rc as keyof typeof ReasonCodes] ?? 'refused'}, reason code 0x${rc.toString(16)})`]
+      : [];
   });
 }
 

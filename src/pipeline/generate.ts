@@ -68,7 +68,11 @@ export class LlmContext {
   /** Token ids -> input embeddings [T, H]. */
   async embedIds(ids: readonly number[]): Promise<Float32Array> {
     const out = await this.embed.run(this.ctx, {
-      input_ids: tensor('int64', BigInt64Array.from(ids, (i) => BigInt(i)), [1, ids.length]),
+      input_ids: tensor(
+        'int64',
+        BigInt64Array.from(ids, (i) => BigInt(i)),
+        [1, ids.length],
+      ),
     });
     return out.embeds!.data as Float32Array;
   }
@@ -79,7 +83,11 @@ export class LlmContext {
     for (const seg of segments) {
       if (seg.kind === 'text') parts.push(await this.embedIds(seg.ids));
       else if (vision) parts.push(vision);
-      else throw new SetokimError(ErrorCodes.INTERNAL, 'the prompt has an image segment but no vision embeddings were given');
+      else
+        throw new SetokimError(
+          ErrorCodes.INTERNAL,
+          'the prompt has an image segment but no vision embeddings were given',
+        );
     }
     const out = new Float32Array(parts.reduce((n, x) => n + x.length, 0));
     let at = 0;
@@ -98,7 +106,10 @@ export class LlmContext {
     const { hidden: H, maxContext } = this.a.llm;
     const T = embeds.length / H;
     if (this.length + T > maxContext)
-      throw new SetokimError(ErrorCodes.PROMPT_TOO_LONG, `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`);
+      throw new SetokimError(
+        ErrorCodes.PROMPT_TOO_LONG,
+        `the context would hold ${this.length + T} tokens, over the model's ${maxContext}`,
+      );
     const cache = this.cache;
     if (!cache || this.length + T > cache.capacity) {
       const why = `the KV cache holds ${cache?.capacity ?? 0} rows and the sequence needs ${this.length + T}`;

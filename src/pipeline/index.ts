@@ -2,7 +2,14 @@
 export * from './types.js';
 export { createPipeline, type LocalPipeline, type PipelineOptions } from './pipeline.js';
 export { DESCRIBE_PROMPT } from './request.js';
-export { preprocess, probeImage, DEFAULT_IMAGE_LIMITS, type ImageLimits, type ImageSpec, type Geometry } from './preprocess.js';
+export {
+  preprocess,
+  probeImage,
+  DEFAULT_IMAGE_LIMITS,
+  type ImageLimits,
+  type ImageSpec,
+  type Geometry,
+} from './preprocess.js';
 export { Sampler, Prng, StopMatcher, type SamplerParams } from './sampler.js';
 export { KvBudget, kvBytesPerToken, type KvLease } from './kv-cache.js';
 export { tokenMaskPng, maskPng, imagePng, tokenColour } from './visualize.js';

@@ -92,15 +92,22 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
   // A precision applies to the stages that have a build of it (embed, a lookup, never does); a set
   // with none at all was not quantised: say so rather than quietly run fp32.
   if (o.precision && !STAGES.some((s) => set.has(s) && set.variants(s).some((v) => v.precision === o.precision))) {
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `model set ${set.id} has no ${o.precision} builds of any stage; write them with \`setokim export quantize --models ${o.modelsDir} --precision ${o.precision}\` or run without --precision`);
+    throw new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `model set ${set.id} has no ${o.precision} builds of any stage; write them with \`setokim export quantize --models ${o.modelsDir} --precision ${o.precision}\` or run without --precision`,
+    );
   }
   const stages: Partial<Record<StageName, GatedStage>> = {};
   const backends = new Set<string>();
   try {
     for (const s of STAGES) {
       if (!set.has(s)) continue;
-      const precision = o.precision && set.variants(s).some((v) => v.precision === o.precision) ? o.precision : undefined;
-      const session = await registry.open(stageSource(set, s, precision), { threads, only: o.backend ? [o.backend] : undefined });
+      const precision =
+        o.precision && set.variants(s).some((v) => v.precision === o.precision) ? o.precision : undefined;
+      const session = await registry.open(stageSource(set, s, precision), {
+        threads,
+        only: o.backend ? [o.backend] : undefined,
+      });
       backends.add(session.backend);
       stages[s] = new GatedStage(s, session);
     }
@@ -122,12 +129,19 @@ export async function createPipeline(options: PipelineOptions): Promise<LocalPip
     }),
     modelKey: visionModelKey(set.id, o.precision ?? 'fp32', backend, a),
   };
-  return new SetokimPipeline(models, kv, caches, new Semaphore(maxInFlight), {
-    modelSetId: set.id,
-    backend,
-    maxTokens,
-    maxContext: a.llm.maxContext,
-  }, imageLimits ?? DEFAULT_IMAGE_LIMITS);
+  return new SetokimPipeline(
+    models,
+    kv,
+    caches,
+    new Semaphore(maxInFlight),
+    {
+      modelSetId: set.id,
+      backend,
+      maxTokens,
+      maxContext: a.llm.maxContext,
+    },
+    imageLimits ?? DEFAULT_IMAGE_LIMITS,
+  );
 }
 
 class SetokimPipeline implements LocalPipeline {
@@ -188,7 +202,11 @@ class SetokimPipeline implements LocalPipeline {
     } catch (err) {
       const code = ac.signal.aborted ? ErrorCodes.CANCELLED : errorCode(err);
       const message =
-        code === ErrorCodes.CANCELLED ? 'the request was cancelled; everything it held is released' : err instanceof SetokimError ? err.message : `internal error: ${(err as Error)?.message ?? String(err)}`;
+        code === ErrorCodes.CANCELLED
+          ? 'the request was cancelled; everything it held is released'
+          : err instanceof SetokimError
+            ? err.message
+            : `internal error: ${(err as Error)?.message ?? String(err)}`;
       ch.push({ type: 'error', id, code, message });
     } finally {
       if (turn) this.caches.conversations.abandon(turn); // a no-op once the turn was committed

@@ -76,7 +76,11 @@ export async function preprocess(
 ): Promise<Preprocessed> {
   const geometry = await probeImage(bytes, limits);
   const S = spec.size;
-  const bg = { r: Math.round(spec.mean[0] * 255), g: Math.round(spec.mean[1] * 255), b: Math.round(spec.mean[2] * 255) };
+  const bg = {
+    r: Math.round(spec.mean[0] * 255),
+    g: Math.round(spec.mean[1] * 255),
+    b: Math.round(spec.mean[2] * 255),
+  };
   // sharp resizes before it extends, so pad by the scaled amounts: the same as pad-then-resize.
   const scale = S / geometry.side;
   const w = Math.max(1, Math.round(geometry.width * scale));
@@ -97,7 +101,8 @@ export async function preprocess(
   } catch (err) {
     throw bad(`cannot decode the image (${(err as Error).message}); the file may be truncated or corrupt`, err);
   }
-  if (raw.length !== S * S * 3) throw bad(`decoding gave ${raw.length} bytes, expected ${S * S * 3}; the file may be corrupt`);
+  if (raw.length !== S * S * 3)
+    throw bad(`decoding gave ${raw.length} bytes, expected ${S * S * 3}; the file may be corrupt`);
   const rgb = new Uint8Array(raw.buffer, raw.byteOffset, raw.length);
   return { pixels: normalizePixels(rgb, spec), rgb, size: S, geometry, box: { left, top, width: w, height: h } };
 }

@@ -69,7 +69,10 @@ export function checkRequest(request: QueryRequest, defaults: RequestDefaults, w
   const parsed = RequestSchema.safeParse(request);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `invalid request: ${issue.path.join('.') || 'request'}: ${issue.message}`);
+    throw new SetokimError(
+      ErrorCodes.BAD_ARGUMENT,
+      `invalid request: ${issue.path.join('.') || 'request'}: ${issue.message}`,
+    );
   }
   const r = parsed.data;
   if (r.prompt && r.prompt.length > MAX_PROMPT_CHARS) {

@@ -36,8 +36,10 @@ export interface SamplerParams {
 export function checkSamplerParams(p: SamplerParams): void {
   if (!(p.temperature >= 0) || !Number.isFinite(p.temperature))
     throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `temperature must be >= 0, got ${p.temperature}`);
-  if (!Number.isInteger(p.topK) || p.topK < 0) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `topK must be an integer >= 0, got ${p.topK}`);
-  if (!(p.topP > 0 && p.topP <= 1)) throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `topP must be in (0, 1], got ${p.topP}`);
+  if (!Number.isInteger(p.topK) || p.topK < 0)
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `topK must be an integer >= 0, got ${p.topK}`);
+  if (!(p.topP > 0 && p.topP <= 1))
+    throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `topP must be in (0, 1], got ${p.topP}`);
 }
 
 export class Sampler {

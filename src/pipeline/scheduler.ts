@@ -10,7 +10,11 @@ import type { StageTimes } from './types.js';
 
 export class Semaphore {
   private active = 0;
-  private readonly queue: { resolve: (release: () => void) => void; reject: (e: unknown) => void; cleanup: () => void }[] = [];
+  private readonly queue: {
+    resolve: (release: () => void) => void;
+    reject: (e: unknown) => void;
+    cleanup: () => void;
+  }[] = [];
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1)
@@ -94,7 +98,12 @@ export class GatedStage {
     this.gate = new Semaphore(concurrency);
   }
 
-  async run(ctx: RequestContext, feeds: Record<string, Tensor>, label = this.name, options?: SessionRunOptions): Promise<Record<string, Tensor>> {
+  async run(
+    ctx: RequestContext,
+    feeds: Record<string, Tensor>,
+    label = this.name,
+    options?: SessionRunOptions,
+  ): Promise<Record<string, Tensor>> {
     const release = await this.gate.acquire(ctx.signal);
     try {
       throwIfAborted(ctx.signal);

@@ -43,19 +43,26 @@ export interface PromptOptions {
 /** The template as text, "<image>" standing for the vision tokens (for logs and debugging). */
 export function vicunaPromptText(options: PromptOptions): string {
   const system = options.system ?? VICUNA_V1_SYSTEM;
-  const user = options.image && !options.prompt.includes(IMAGE_PLACEHOLDER)
-    ? `${IMAGE_PLACEHOLDER}\n${options.prompt}`
-    : options.prompt;
+  const user =
+    options.image && !options.prompt.includes(IMAGE_PLACEHOLDER)
+      ? `${IMAGE_PLACEHOLDER}\n${options.prompt}`
+      : options.prompt;
   return `${system} USER: ${user} ASSISTANT:`;
 }
 
 export function buildVicunaPrompt(tok: Tokenizer, options: PromptOptions): PromptLayout {
   const placeholders = options.prompt.split(IMAGE_PLACEHOLDER).length - 1;
   if (placeholders > 1) {
-    throw new SetokimError(ErrorCodes.BAD_INPUT, `the prompt contains "${IMAGE_PLACEHOLDER}" ${placeholders} times; a query carries one image`);
+    throw new SetokimError(
+      ErrorCodes.BAD_INPUT,
+      `the prompt contains "${IMAGE_PLACEHOLDER}" ${placeholders} times; a query carries one image`,
+    );
   }
   if (placeholders === 1 && !options.image) {
-    throw new SetokimError(ErrorCodes.BAD_INPUT, `the prompt contains "${IMAGE_PLACEHOLDER}" but the query has no image`);
+    throw new SetokimError(
+      ErrorCodes.BAD_INPUT,
+      `the prompt contains "${IMAGE_PLACEHOLDER}" but the query has no image`,
+    );
   }
   const s = tok.specials;
   const text = vicunaPromptText(options);

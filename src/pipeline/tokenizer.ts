@@ -252,7 +252,11 @@ function mergePairs(merges: unknown): [string, string][] | undefined {
   return pairs;
 }
 
-const AddedTokenSchema = z.object({ id: z.number().int().nonnegative(), content: z.string(), special: z.boolean().optional() });
+const AddedTokenSchema = z.object({
+  id: z.number().int().nonnegative(),
+  content: z.string(),
+  special: z.boolean().optional(),
+});
 const TokenizerJsonSchema = z.looseObject({
   added_tokens: z.array(z.looseObject(AddedTokenSchema.shape)).default([]),
   model: z.looseObject({
@@ -275,7 +279,11 @@ function isSentencePieceDecoder(decoder: unknown): boolean {
 /** A real export's tokenizer.json (LLaMA-style SentencePiece BPE with Setokim's added tokens). */
 export async function loadTokenizerJson(file: string): Promise<Tokenizer> {
   const invalid = (why: string, cause?: unknown) =>
-    new SetokimError(ErrorCodes.MODEL_INVALID, `${file}: ${why}; export the tokenizer of the Setokim checkpoint again`, { cause });
+    new SetokimError(
+      ErrorCodes.MODEL_INVALID,
+      `${file}: ${why}; export the tokenizer of the Setokim checkpoint again`,
+      { cause },
+    );
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(file, 'utf8'));
@@ -352,7 +360,9 @@ export async function loadTokenizer(source: TokenizerSource, options: LoadTokeni
   if (expect) {
     const wrong = (Object.keys(SPECIAL_TEXT) as (keyof SpecialTokens)[]).filter((k) => expect[k] !== tok.specials[k]);
     if (wrong.length > 0) {
-      const detail = wrong.map((k) => `${SPECIAL_TEXT[k]} is ${tok.specials[k]}, manifest says ${expect[k]}`).join('; ');
+      const detail = wrong
+        .map((k) => `${SPECIAL_TEXT[k]} is ${tok.specials[k]}, manifest says ${expect[k]}`)
+        .join('; ');
       throw new SetokimError(ErrorCodes.MODEL_INVALID, `the tokenizer does not match the model set: ${detail}`);
     }
   }

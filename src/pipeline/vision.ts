@@ -48,7 +48,11 @@ export function clusterOptions(a: Architecture): ClusterOptions {
   return { n: G * G, dim: a.encoder.width, k: Math.min(k, G * G), threshold, fallback, maxTokens };
 }
 
-export async function clusterFeatures(a: Architecture, features: Float32Array, ctx: RequestContext): Promise<ClusterResult> {
+export async function clusterFeatures(
+  a: Architecture,
+  features: Float32Array,
+  ctx: RequestContext,
+): Promise<ClusterResult> {
   return timed(ctx, 'cluster', () => cluster(features, clusterOptions(a)));
 }
 

@@ -74,7 +74,9 @@ export async function tokenMaskPng(
       out[o + 2] = Math.round(keep * rgb[i + 2]! + tint[2]!);
     }
   }
-  const png = await sharp(out, { raw: { width: W, height: H, channels: 3 } }).png({ compressionLevel: 3 }).toBuffer();
+  const png = await sharp(out, { raw: { width: W, height: H, channels: 3 } })
+    .png({ compressionLevel: 3 })
+    .toBuffer();
   return { png: new Uint8Array(png), width: W, height: H };
 }
 
@@ -118,7 +120,10 @@ export async function maskPng(
 }
 
 /** An RGB PNG from a [1, 3, R, R] image in [-1, 1]. */
-export async function imagePng(chw: Float32Array, side: number): Promise<{ png: Uint8Array; width: number; height: number }> {
+export async function imagePng(
+  chw: Float32Array,
+  side: number,
+): Promise<{ png: Uint8Array; width: number; height: number }> {
   const plane = side * side;
   const out = new Uint8Array(plane * 3);
   for (let i = 0; i < plane; i++)
@@ -126,6 +131,8 @@ export async function imagePng(chw: Float32Array, side: number): Promise<{ png: 
       const v = chw[c * plane + i]!;
       out[i * 3 + c] = Math.max(0, Math.min(255, Math.round(((Number.isFinite(v) ? v : 0) + 1) * 127.5)));
     }
-  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } }).png().toBuffer();
+  const png = await sharp(out, { raw: { width: side, height: side, channels: 3 } })
+    .png()
+    .toBuffer();
   return { png: new Uint8Array(png), width: side, height: side };
 }

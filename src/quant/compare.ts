@@ -37,19 +37,28 @@ export function tensorError(ref: Tensor, got: Tensor): { relError: number; cosin
 }
 
 /** Folds one sample's outputs into the running worst per output (float32 outputs only). */
-export function accumulate(worst: Map<string, OutputError>, ref: Record<string, Tensor>, got: Record<string, Tensor>): void {
+export function accumulate(
+  worst: Map<string, OutputError>,
+  ref: Record<string, Tensor>,
+  got: Record<string, Tensor>,
+): void {
   for (const [name, r] of Object.entries(ref)) {
     if (r.dtype !== 'float32') continue;
     const g = got[name];
     const e = g ? tensorError(r, g) : { relError: Infinity, cosine: -1 };
     const w = worst.get(name);
-    worst.set(name, { output: name, relError: Math.max(w?.relError ?? 0, e.relError), cosine: Math.min(w?.cosine ?? 1, e.cosine) });
+    worst.set(name, {
+      output: name,
+      relError: Math.max(w?.relError ?? 0, e.relError),
+      cosine: Math.min(w?.cosine ?? 1, e.cosine),
+    });
   }
 }
 
 /** The output with the largest relative error (ties: the lower cosine). */
 export function worstOutput(errors: Iterable<OutputError>): OutputError | undefined {
   let out: OutputError | undefined;
-  for (const e of errors) if (!out || e.relError > out.relError || (e.relError === out.relError && e.cosine < out.cosine)) out = e;
+  for (const e of errors)
+    if (!out || e.relError > out.relError || (e.relError === out.relError && e.cosine < out.cosine)) out = e;
   return out;
 }

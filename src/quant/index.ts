@@ -63,12 +63,7 @@ export {
   type Int4Selection,
 } from './int4-graph.js';
 export { planInt4, searchAwq, awqMultipliers, AWQ_ALPHAS, type AwqResult } from './awq.js';
-export {
-  BUILD_PRECISIONS,
-  INT4_STAGES,
-  ORT_INT4_FORM,
-  type BuildPrecision,
-} from './recipes.js';
+export { BUILD_PRECISIONS, INT4_STAGES, ORT_INT4_FORM, type BuildPrecision } from './recipes.js';
 export {
   quantizeModelSet,
   checkPrecision,

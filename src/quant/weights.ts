@@ -44,14 +44,24 @@ export function columnScale(maxAbs: number, qmax = INT8_MAX): number {
 }
 
 /** Quantises a row-major [rows, cols] float32 matrix per column (axis 1). Throws MODEL_INVALID on NaN or Inf. */
-export function quantizeColumns(w: Float32Array, rows: number, cols: number, name = 'weight', qmax = INT8_MAX): QuantizedWeights {
+export function quantizeColumns(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  name = 'weight',
+  qmax = INT8_MAX,
+): QuantizedWeights {
   if (w.length !== rows * cols) throw new RangeError(`${name}: ${w.length} values for [${rows}, ${cols}]`);
   const maxAbs = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     const row = r * cols;
     for (let c = 0; c < cols; c++) {
       const v = w[row + c]!;
-      if (!Number.isFinite(v)) throw new SetokimError(ErrorCodes.MODEL_INVALID, `${name}: element [${r}, ${c}] is ${v}; a weight must be finite to quantise it; re-export the model`);
+      if (!Number.isFinite(v))
+        throw new SetokimError(
+          ErrorCodes.MODEL_INVALID,
+          `${name}: element [${r}, ${c}] is ${v}; a weight must be finite to quantise it; re-export the model`,
+        );
       const a = Math.abs(v);
       if (a > maxAbs[c]!) maxAbs[c] = a;
     }
@@ -89,6 +99,7 @@ export function worstErrorRatio(w: Float32Array, qw: QuantizedWeights, rows: num
  * in calibration). A zero range (a tensor that was always 0) gets 1, as a zero column does.
  */
 export function activationScale(range: number): number {
-  if (!Number.isFinite(range) || range < 0) throw new RangeError(`activation range must be finite and >= 0, got ${range}`);
+  if (!Number.isFinite(range) || range < 0)
+    throw new RangeError(`activation range must be finite and >= 0, got ${range}`);
   return columnScale(range);
 }

@@ -5,7 +5,13 @@
  */
 import { loadNative } from '../engine/native.js';
 import { clusterReference, positionEncodingTable, type ClusterResult } from './reference.js';
-import { asSetokimError, checkFinite, validateCluster, validatePositionEncoding, type ClusterOptions } from './options.js';
+import {
+  asSetokimError,
+  checkFinite,
+  validateCluster,
+  validatePositionEncoding,
+  type ClusterOptions,
+} from './options.js';
 import type { NativeClusterFn } from './native_types.js';
 
 export type { ClusterResult, ClusterParams } from './reference.js';

@@ -2,7 +2,14 @@
 import type { ClusterResult } from './reference.js';
 
 /** The clustering parameters both bindings take, positionally, after any features. */
-export type NativeClusterParams = [n: number, dim: number, k: number, threshold: number, fallback: number, maxTokens: number];
+export type NativeClusterParams = [
+  n: number,
+  dim: number,
+  k: number,
+  threshold: number,
+  fallback: number,
+  maxTokens: number,
+];
 
 /** setokCluster(features, n, dim, k, threshold, fallback, maxTokens): runs in a worker thread. */
 export type NativeClusterFn = (features: Float32Array, ...params: NativeClusterParams) => Promise<ClusterResult>;

@@ -63,8 +63,22 @@ const POW2 = new Float64Array(200);
 const LOG2E = 1.4426950408889634;
 const LN2_HI = 0.6931471803691238; // high 32 bits of ln 2 (n * LN2_HI is exact)
 const LN2_LO = 1.9082149292705877e-10;
-const INV_FACT = [1, 1, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040, 1 / 40320, 1 / 362880, 1 / 3628800,
-  1 / 39916800, 1 / 479001600, 1 / 6227020800];
+const INV_FACT = [
+  1,
+  1,
+  1 / 2,
+  1 / 6,
+  1 / 24,
+  1 / 120,
+  1 / 720,
+  1 / 5040,
+  1 / 40320,
+  1 / 362880,
+  1 / 3628800,
+  1 / 39916800,
+  1 / 479001600,
+  1 / 6227020800,
+];
 
 /**
  * exp(x) for x <= 0 from IEEE double +, -, * only (range reduction by ln 2, Taylor degree 13, scaling by
@@ -102,7 +116,12 @@ export function positionEncodingTable(rows: number, cols: number, dim: number): 
 }
 
 /** features + position encoding, as a new array (float32 add). */
-export function addPositionEncodingReference(features: Float32Array, rows: number, cols: number, dim: number): Float32Array {
+export function addPositionEncodingReference(
+  features: Float32Array,
+  rows: number,
+  cols: number,
+  dim: number,
+): Float32Array {
   const pe = positionEncodingTable(rows, cols, dim);
   const out = new Float32Array(features.length);
   for (let i = 0; i < out.length; i++) out[i] = features[i]! + pe[i]!;
@@ -190,7 +209,9 @@ export function selectCenters(scores: Float32Array, p: ClusterParams): Int32Arra
   let picked: number[] = [];
   for (let i = 0; i < n; i++) if (scores[i]! > p.threshold) picked.push(i);
   if (picked.length === 0) {
-    picked = Array.from({ length: n }, (_, i) => i).sort(byScore).slice(0, Math.min(p.fallback, n));
+    picked = Array.from({ length: n }, (_, i) => i)
+      .sort(byScore)
+      .slice(0, Math.min(p.fallback, n));
   }
   if (p.maxTokens && picked.length > p.maxTokens) picked = picked.sort(byScore).slice(0, p.maxTokens);
   return Int32Array.from(picked.sort((a, b) => a - b));

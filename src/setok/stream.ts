@@ -31,7 +31,10 @@ export interface ClusterStreamOptions {
 class ReferenceGramCache {
   private prev: Float32Array | undefined;
   private gram: Float32Array | undefined;
-  constructor(private readonly n: number, private readonly dim: number) {}
+  constructor(
+    private readonly n: number,
+    private readonly dim: number,
+  ) {}
 
   update(x: Float32Array): { gram: Float32Array; changed: number } {
     const { n, dim } = this;
@@ -87,7 +90,10 @@ export class ClusterStream {
         if (backend === 'native') throw err;
       }
       if (!factory && backend === 'native') {
-        throw new SetokimError(ErrorCodes.NATIVE_MISSING, 'ClusterStream: the addon has no setokClusterStream; rebuild it with `npm run build:native`.');
+        throw new SetokimError(
+          ErrorCodes.NATIVE_MISSING,
+          'ClusterStream: the addon has no setokClusterStream; rebuild it with `npm run build:native`.',
+        );
       }
     }
     const p = this.params;
@@ -101,7 +107,8 @@ export class ClusterStream {
    * returned promise settles.
    */
   push(features: Float32Array): Promise<StreamFrame> {
-    if (this.closed) return Promise.reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, 'ClusterStream: push() after close().'));
+    if (this.closed)
+      return Promise.reject(new SetokimError(ErrorCodes.BAD_ARGUMENT, 'ClusterStream: push() after close().'));
     try {
       validateCluster(features, { ...this.params });
     } catch (err) {

@@ -31,7 +31,10 @@ function harness(queueSize: number, concurrency: number) {
 
 t.test('concurrency, then the queue, then BUSY; slots are reused in order', async (t) => {
   const h = harness(2, 1);
-  t.same(['a', 'b', 'c', 'd'].map((id) => h.adm.admit({ id })), ['started', 'queued', 'queued', 'busy']);
+  t.same(
+    ['a', 'b', 'c', 'd'].map((id) => h.adm.admit({ id })),
+    ['started', 'queued', 'queued', 'busy'],
+  );
   t.same([h.adm.inFlight, h.adm.depth], [1, 2]);
   t.equal(h.adm.admit({ id: 'a' }), 'duplicate', 'a live id is not admitted twice');
   h.finish.get('a')!();
@@ -78,5 +81,9 @@ t.test('close stops admitting; abortAll ends what runs', async (t) => {
 
 t.test('SeenIds remembers a bounded window', async (t) => {
   const seen = new SeenIds(3);
-  t.same(['a', 'b', 'a', 'c', 'd', 'a'].map((k) => seen.check(k)), [false, false, true, false, false, false], 'a falls out after three newer ids');
+  t.same(
+    ['a', 'b', 'a', 'c', 'd', 'a'].map((k) => seen.check(k)),
+    [false, false, true, false, false, false],
+    'a falls out after three newer ids',
+  );
 });

@@ -27,7 +27,9 @@ export async function startBroker(kind: BrokerKind): Promise<TestBroker> {
 }
 
 /** What a test overrides: any top-level group, the broker's fields one by one (the URL is the test broker's). */
-export type TestConfigExtra = Partial<Omit<AgentConfigInput, 'broker'>> & { broker?: Partial<AgentConfigInput['broker']> };
+export type TestConfigExtra = Partial<Omit<AgentConfigInput, 'broker'>> & {
+  broker?: Partial<AgentConfigInput['broker']>;
+};
 
 export function testConfig(broker: TestBroker, device: string, extra: TestConfigExtra = {}): AgentConfig {
   return parseAgentConfig({
@@ -37,7 +39,13 @@ export function testConfig(broker: TestBroker, device: string, extra: TestConfig
     fleetSubscription: broker.shared ? 'shared' : 'plain',
     metrics: { port: 0 },
     ...extra,
-    broker: { url: broker.url, protocolVersion: broker.protocolVersion, reconnectMinMs: 50, reconnectMaxMs: 400, ...extra.broker },
+    broker: {
+      url: broker.url,
+      protocolVersion: broker.protocolVersion,
+      reconnectMinMs: 50,
+      reconnectMaxMs: 400,
+      ...extra.broker,
+    },
     limits: { queueSize: 16, concurrency: 2, maxImageBytes: 64 * 1024, ...extra.limits },
   });
 }

@@ -22,8 +22,14 @@ t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const models = join(dir, 'tiny');
 await synthesize({ config: 'tiny', seed: 3, out: models });
 
-function run(args: string[], env: Record<string, string> = {}): { child: ChildProcess; stderr: () => string; stdout: () => string; exit: Promise<number | null> } {
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+function run(
+  args: string[],
+  env: Record<string, string> = {},
+): { child: ChildProcess; stderr: () => string; stdout: () => string; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
+    env: childEnv(env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -53,13 +59,33 @@ const kind = brokerKinds[0]!;
 t.test(`${kind}: SIGTERM finishes the query in flight, publishes offline, exits 0`, async (t) => {
   const broker = await startBroker(kind);
   t.teardown(() => broker.close());
-  const agent = run(['agent', '--broker', broker.url, '--mqtt-version', String(broker.protocolVersion), '--models', models, '--fleet', 'cli', '--device', 'dev', '--metrics-port', '0', '--no-verify', '--fleet-subscription', broker.shared ? 'shared' : 'plain']);
+  const agent = run([
+    'agent',
+    '--broker',
+    broker.url,
+    '--mqtt-version',
+    String(broker.protocolVersion),
+    '--models',
+    models,
+    '--fleet',
+    'cli',
+    '--device',
+    'dev',
+    '--metrics-port',
+    '0',
+    '--no-verify',
+    '--fleet-subscription',
+    broker.shared ? 'shared' : 'plain',
+  ]);
   t.teardown(() => agent.child.kill('SIGKILL'));
   await waitFor(agent.stderr, /serving setokim\/v1\/cli\/dev\/query/, agent.child);
   const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
   t.teardown(() => client.close());
   const types: string[] = [];
-  for await (const e of client.query({ fleet: 'cli', device: 'dev' }, { id: newQueryId(), task: 'ask', prompt: 'what is this?', image: await samplePng(), generation: { maxTokens: 12 } })) {
+  for await (const e of client.query(
+    { fleet: 'cli', device: 'dev' },
+    { id: newQueryId(), task: 'ask', prompt: 'what is this?', image: await samplePng(), generation: { maxTokens: 12 } },
+  )) {
     types.push(e.type);
     if (e.type === 'accepted') agent.child.kill('SIGTERM');
   }

@@ -1,5 +1,14 @@
 import t from 'tap';
-import { decodeCancel, decodeQuery, decodeReply, decodeStatus, encodeCancel, encodeQuery, encodeReply, encodeStatus } from '../../src/agent/codec.js';
+import {
+  decodeCancel,
+  decodeQuery,
+  decodeReply,
+  decodeStatus,
+  encodeCancel,
+  encodeQuery,
+  encodeReply,
+  encodeStatus,
+} from '../../src/agent/codec.js';
 import { DEFAULT_QUERY_RULES, maxQueryPacketBytes, QUERY_OVERHEAD_BYTES } from '../../src/agent/codec.js';
 import { ReplyTopics } from '../../src/agent/replies.js';
 import type { PipelineEvent } from '../../src/pipeline/types.js';
@@ -7,7 +16,18 @@ import type { PipelineEvent } from '../../src/pipeline/types.js';
 t.test('a query survives the round trip, generation parameters included', async (t) => {
   const image = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]);
   const deadline = Date.now() + 5000;
-  const r = decodeQuery(encodeQuery({ id: 'q1', task: 'ask', prompt: 'hi', image, deadlineUnixMs: deadline, replyTopic: 'setokim/v1/replies/r', correlation: new Uint8Array([9]), generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] } }));
+  const r = decodeQuery(
+    encodeQuery({
+      id: 'q1',
+      task: 'ask',
+      prompt: 'hi',
+      image,
+      deadlineUnixMs: deadline,
+      replyTopic: 'setokim/v1/replies/r',
+      correlation: new Uint8Array([9]),
+      generation: { maxTokens: 5, temperature: 0.5, seed: 3, stop: ['\n'] },
+    }),
+  );
   t.ok(r.ok);
   if (!r.ok) return;
   t.same(Buffer.from(r.query.image!), Buffer.from(image));
@@ -33,11 +53,17 @@ t.test('bytes that are not a query, and queries that break the rules, are BAD_ME
     const r = decodeQuery(Buffer.from(junk));
     t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', JSON.stringify(junk));
   }
-  const noId = decodeQuery(encodeQuery({ id: '', task: 'ask', replyTopic: 'setokim/v1/replies/back', correlation: new Uint8Array([7]) }));
+  const noId = decodeQuery(
+    encodeQuery({ id: '', task: 'ask', replyTopic: 'setokim/v1/replies/back', correlation: new Uint8Array([7]) }),
+  );
   t.notOk(noId.ok);
   if (!noId.ok) {
     t.match(noId.error.message, /no id/);
-    t.equal(noId.salvage.replyTopic, 'setokim/v1/replies/back', 'the reply address is salvaged so the error can be answered');
+    t.equal(
+      noId.salvage.replyTopic,
+      'setokim/v1/replies/back',
+      'the reply address is salvaged so the error can be answered',
+    );
     t.same(Buffer.from(noId.salvage.correlation!), Buffer.from([7]));
   }
   for (const topic of ['a/#', 'a/+/b', '$SYS/x', 'setokim/v1/f/d/status', 'setokim/v1/f/query', 'home/door/unlock']) {
@@ -45,7 +71,10 @@ t.test('bytes that are not a query, and queries that break the rules, are BAD_ME
     t.equal(!r.ok && r.error.code, 'BAD_MESSAGE', `reply topic ${topic} is refused`);
     t.equal(!r.ok && r.salvage.replyTopic, undefined, 'and never used as a reply address');
   }
-  t.ok(decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'setokim/v1/replies/me' })).ok, 'the client reply area is fine');
+  t.ok(
+    decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic: 'setokim/v1/replies/me' })).ok,
+    'the client reply area is fine',
+  );
   const home = { ...DEFAULT_QUERY_RULES, replyTopic: (t: string) => new ReplyTopics(['home/replies/#']).allows(t) };
   const to = (replyTopic: string) => decodeQuery(encodeQuery({ id: 'x', task: 'ask', replyTopic }), home);
   t.ok(to('home/replies/cam').ok, 'a configured filter');
@@ -72,7 +101,8 @@ t.test('maximum packet size: image + prompt + overhead, within what MQTT can say
 });
 
 /** Bytes as plain arrays, so Buffer and Uint8Array compare equal. */
-const plain = (o: object): Record<string, unknown> => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v instanceof Uint8Array ? [...v] : v]));
+const plain = (o: object): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v instanceof Uint8Array ? [...v] : v]));
 
 t.test('every pipeline event maps to a reply and back', async (t) => {
   const png = new Uint8Array([1, 2, 3]);
@@ -82,7 +112,17 @@ t.test('every pipeline event maps to a reply and back', async (t) => {
     { type: 'text', id: 'a', delta: 'héllo' },
     { type: 'mask', id: 'a', index: 2, referring: true, png, width: 8, height: 6 },
     { type: 'image', id: 'a', png, width: 64, height: 64 },
-    { type: 'done', id: 'a', visionTokens: 7, promptTokens: 20, generatedTokens: 3, finishReason: 'length', stages: { encoder: 1.5, decode: 2.25 }, totalMs: 9.5, firstTokenMs: 4 },
+    {
+      type: 'done',
+      id: 'a',
+      visionTokens: 7,
+      promptTokens: 20,
+      generatedTokens: 3,
+      finishReason: 'length',
+      stages: { encoder: 1.5, decode: 2.25 },
+      totalMs: 9.5,
+      firstTokenMs: 4,
+    },
     { type: 'error', id: 'a', code: 'BUSY', message: 'full' },
   ];
   for (const [seq, e] of events.entries()) {
@@ -93,7 +133,21 @@ t.test('every pipeline event maps to a reply and back', async (t) => {
     t.same(Buffer.from(correlation!), Buffer.from([5]));
     t.same(plain(event), plain(e), e.type);
   }
-  const noFirst = decodeReply(encodeReply({ type: 'done', id: 'b', visionTokens: 0, promptTokens: 1, generatedTokens: 1, finishReason: 'stop', stages: {}, totalMs: 1 }, { seq: 0, device: 'd' }));
+  const noFirst = decodeReply(
+    encodeReply(
+      {
+        type: 'done',
+        id: 'b',
+        visionTokens: 0,
+        promptTokens: 1,
+        generatedTokens: 1,
+        finishReason: 'stop',
+        stages: {},
+        totalMs: 1,
+      },
+      { seq: 0, device: 'd' },
+    ),
+  );
   t.notOk('firstTokenMs' in noFirst, 'an unset optional stays unset');
   t.throws(() => decodeReply(Buffer.from('garbage!')), { code: 'BAD_MESSAGE' });
 });
@@ -101,7 +155,25 @@ t.test('every pipeline event maps to a reply and back', async (t) => {
 t.test('cancel and status', async (t) => {
   t.equal(decodeCancel(encodeCancel('q9')), 'q9');
   t.throws(() => decodeCancel(encodeCancel('')), { code: 'BAD_MESSAGE' });
-  const s = { fleet: 'f', device: 'd', online: true, modelSetId: 'm', backend: 'b', tasks: ['ask'], queueDepth: 1, inFlight: 2, queueSize: 3, concurrency: 4, maxImageBytes: 5, maxTokens: 6, maxContext: 7, updatedUnixMs: Date.now(), version: '0.1.0', streams: 1, maxStreams: 2 };
+  const s = {
+    fleet: 'f',
+    device: 'd',
+    online: true,
+    modelSetId: 'm',
+    backend: 'b',
+    tasks: ['ask'],
+    queueDepth: 1,
+    inFlight: 2,
+    queueSize: 3,
+    concurrency: 4,
+    maxImageBytes: 5,
+    maxTokens: 6,
+    maxContext: 7,
+    updatedUnixMs: Date.now(),
+    version: '0.1.0',
+    streams: 1,
+    maxStreams: 2,
+  };
   t.same(decodeStatus(encodeStatus(s)), s, 'no target: an agent from before targets; the field stays absent');
   const withTarget = { ...s, target: 'orin-nano-8gb/jp6.2/trt10.3' };
   t.same(decodeStatus(encodeStatus(withTarget)), withTarget, 'the target travels in the retained status');

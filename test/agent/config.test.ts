@@ -30,7 +30,10 @@ t.test('reply topic filters from the file, the variable and the repeatable flag'
 
 t.test('file < environment < flags, YAML and JSON', async (t) => {
   const yaml = join(dir, 'agent.yaml');
-  writeFileSync(yaml, 'fleet: plant\ndevice: cam-1\nmodels: /opt/models\nbroker:\n  url: mqtts://broker:8883\n  username: edge\nlimits:\n  queueSize: 4\n');
+  writeFileSync(
+    yaml,
+    'fleet: plant\ndevice: cam-1\nmodels: /opt/models\nbroker:\n  url: mqtts://broker:8883\n  username: edge\nlimits:\n  queueSize: 4\n',
+  );
   const env = { SETOKIM_QUEUE_SIZE: '8', SETOKIM_PASSWORD: 's3cret', SETOKIM_METRICS: 'false' };
   const c = loadAgentConfig({ file: yaml, env, overrides: { limits: { concurrency: 2 }, device: 'cam-2' } });
   t.same([c.fleet, c.device, c.models], ['plant', 'cam-2', '/opt/models']);
@@ -40,7 +43,13 @@ t.test('file < environment < flags, YAML and JSON', async (t) => {
   const json = join(dir, 'agent.json');
   writeFileSync(json, JSON.stringify(minimal));
   t.equal(loadAgentConfig({ file: json, env: {} }).device, 'd');
-  t.equal(loadAgentConfig({ env: { SETOKIM_BROKER: 'mqtt://b', SETOKIM_MODELS: 'm' }, defaults: { fleet: 'default', device: 'host' } }).fleet, 'default');
+  t.equal(
+    loadAgentConfig({
+      env: { SETOKIM_BROKER: 'mqtt://b', SETOKIM_MODELS: 'm' },
+      defaults: { fleet: 'default', device: 'host' },
+    }).fleet,
+    'default',
+  );
 });
 
 t.test('every problem is BAD_CONFIG naming the setting', async (t) => {
@@ -49,13 +58,20 @@ t.test('every problem is BAD_CONFIG naming the setting', async (t) => {
       parseAgentConfig(input);
       t.fail(`${what}: accepted`);
     } catch (err) {
-      t.ok(err instanceof SetokimError && err.code === 'BAD_CONFIG' && pattern.test(err.message), `${what}: ${(err as Error).message.split('\n')[1]}`);
+      t.ok(
+        err instanceof SetokimError && err.code === 'BAD_CONFIG' && pattern.test(err.message),
+        `${what}: ${(err as Error).message.split('\n')[1]}`,
+      );
     }
   };
   bad({ ...minimal, fleet: 'a/b' }, /fleet: use letters/, 'a fleet with a slash');
   bad({ ...minimal, device: '+' }, /device/, 'a wildcard device');
   bad({ ...minimal, broker: { url: 'http://x' } }, /broker\.url: must start with mqtt/, 'wrong scheme');
-  bad({ ...minimal, broker: { url: 'mqtt://x', cert: 'c.pem' } }, /cert and broker.key go together/, 'cert without key');
+  bad(
+    { ...minimal, broker: { url: 'mqtt://x', cert: 'c.pem' } },
+    /cert and broker.key go together/,
+    'cert without key',
+  );
   bad({ ...minimal, limits: { concurrency: 0 } }, /limits\.concurrency/, 'zero concurrency');
   bad({ ...minimal, limits: { queueSize: 4, bogus: 1 } }, /bogus|Unrecognized/i, 'unknown key');
   bad({ device: 'd' }, /fleet/, 'missing fleet');

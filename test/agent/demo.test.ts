@@ -32,14 +32,22 @@ t.test('setokim demo on a fresh directory', async (t) => {
   t.ok(existsSync(join(models, 'manifest.json')), 'built the tiny model set');
   t.match(printed, /building the tiny set/);
   t.notMatch(printed, /\n\s+at .+\(.*:\d+:\d+\)/, 'no stack trace');
-  for (const file of ['sky-describe.tokens.png', 'busy-describe.tokens.png', 'shapes-segment.mask-0.png', 'generate.image.png']) {
+  for (const file of [
+    'sky-describe.tokens.png',
+    'busy-describe.tokens.png',
+    'shapes-segment.mask-0.png',
+    'generate.image.png',
+  ]) {
     const png = readFileSync(join(out, file));
     t.same([...png.subarray(1, 4)], [0x50, 0x4e, 0x47], `${file} is a PNG`);
   }
   t.ok(readdirSync(join(out, 'samples')).length === 3, 'three sample images');
   const tokens = (name: string): number => Number(new RegExp(`${name}\\.png\\s+(\\d+)\\s+(\\d+)`).exec(printed)?.[2]);
   t.ok(tokens('sky') >= 1, 'the table lists vision tokens for the flat sky');
-  t.ok(tokens('busy') > tokens('sky'), `the busy pattern needs more vision tokens than the flat sky (${tokens('busy')} > ${tokens('sky')})`);
+  t.ok(
+    tokens('busy') > tokens('sky'),
+    `the busy pattern needs more vision tokens than the flat sky (${tokens('busy')} > ${tokens('sky')})`,
+  );
   t.match(printed, /Time per stage \(ms\)[\s\S]*describe sky\.png\s+[\d.]+/);
   const again = await run(['--max-tokens', '2']);
   t.equal(again.status, 0);

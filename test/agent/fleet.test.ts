@@ -16,7 +16,9 @@ if (!mosquittoPath()) {
   t.test('two agents on one shared subscription both take work', async (t) => {
     const broker = await startBroker('mosquitto');
     const pipeline = new StubPipeline();
-    const agents = ['a', 'b'].map((d) => new Agent({ config: testConfig(broker, d, { limits: { concurrency: 1, queueSize: 32 } }), pipeline }));
+    const agents = ['a', 'b'].map(
+      (d) => new Agent({ config: testConfig(broker, d, { limits: { concurrency: 1, queueSize: 32 } }), pipeline }),
+    );
     await Promise.all(agents.map((a) => a.start()));
     const client = await QueryClient.connect({ url: broker.url });
     t.teardown(async () => {
@@ -26,12 +28,19 @@ if (!mosquittoPath()) {
     });
     const png = await samplePng();
     const ids = Array.from({ length: 20 }, () => newQueryId());
-    const streams = await Promise.all(ids.map((id) => collect(client.query({ fleet: 'test' }, { id, task: 'ask', prompt: 'who takes this', image: png }))));
+    const streams = await Promise.all(
+      ids.map((id) =>
+        collect(client.query({ fleet: 'test' }, { id, task: 'ask', prompt: 'who takes this', image: png })),
+      ),
+    );
     const byDevice = new Map<string, number>();
     for (const events of streams) {
       const last = events.at(-1)!;
       t.equal(last.type, 'done');
-      t.ok(events.every((e) => e.device === last.device), 'one agent answers a whole query');
+      t.ok(
+        events.every((e) => e.device === last.device),
+        'one agent answers a whole query',
+      );
       byDevice.set(last.device, (byDevice.get(last.device) ?? 0) + 1);
     }
     t.same([...byDevice.keys()].sort(), ['a', 'b'], 'both agents took work');
@@ -58,7 +67,11 @@ if (!mosquittoPath()) {
     let firstText!: () => void;
     const textSeen = new Promise<void>((resolve) => (firstText = resolve));
     const stream = (async () => {
-      for await (const e of client.query(target, { id, task: 'ask', prompt: 'hold on through the restart', image: png }, { timeoutMs: 20_000 })) {
+      for await (const e of client.query(
+        target,
+        { id, task: 'ask', prompt: 'hold on through the restart', image: png },
+        { timeoutMs: 20_000 },
+      )) {
         events.push(e.type);
         if (e.type === 'text') firstText();
       }

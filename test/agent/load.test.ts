@@ -33,7 +33,11 @@ const png = await samplePng(40, 30);
 type Outcome = { id: string; expect: string; got: string; terminals: number };
 
 /** The i-th malformed message of a client: each kind of bad input the agent must answer. */
-function malformed(i: number, client: QueryClient, broker: TestBroker): { payload: Uint8Array; key: Buffer; expect: string } {
+function malformed(
+  i: number,
+  client: QueryClient,
+  broker: TestBroker,
+): { payload: Uint8Array; key: Buffer; expect: string } {
   const key = Buffer.from(`bad-${newQueryId()}`);
   const v4 = broker.protocolVersion === 4 ? { replyTopic: client.replyTopic, correlation: key } : {};
   const base = { id: newQueryId(), task: 'ask', prompt: 'what is this', image: png, ...v4 };
@@ -44,7 +48,8 @@ function malformed(i: number, client: QueryClient, broker: TestBroker): { payloa
     [{ ...base, prompt: 'word '.repeat(2000) }, 'PROMPT_TOO_LONG'],
     [{ ...base, id: '' }, 'BAD_MESSAGE'],
   ];
-  if (broker.protocolVersion === 5 && i % 2 === 1) return { payload: Buffer.from('not a protobuf query at all'), key, expect: 'BAD_MESSAGE' };
+  if (broker.protocolVersion === 5 && i % 2 === 1)
+    return { payload: Buffer.from('not a protobuf query at all'), key, expect: 'BAD_MESSAGE' };
   const [q, expect] = kinds[i % kinds.length]!;
   return { payload: encodeQuery(q as never), key, expect };
 }
@@ -141,7 +146,7 @@ for (const [n, kind] of brokerKinds.entries()) {
     t.same(stats, { strays: 0, duplicates: 0 }, 'no reply answered twice or arrived for a finished query');
     t.equal((await agent.metrics.answered.get()).values[0]?.value, total - bad);
     // Every query sends the same image: after the first, its tokens come from the vision cache.
-    const scrape = await(await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+    const scrape = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
     const metric = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(scrape)?.[1]);
     const [hits, misses] = [metric('setokim_vision_cache_hits_total'), metric('setokim_vision_cache_misses_total')];
     t.ok(

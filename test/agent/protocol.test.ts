@@ -15,7 +15,10 @@ for (const kind of brokerKinds) {
   t.test(kind, async (t) => {
     const broker = await startBroker(kind);
     const pipeline = new StubPipeline({ holdable: true, maxContext: 50 });
-    const agent = new Agent({ config: testConfig(broker, 'dev1', { limits: { concurrency: 1, queueSize: 1, maxImageBytes: 4096 } }), pipeline });
+    const agent = new Agent({
+      config: testConfig(broker, 'dev1', { limits: { concurrency: 1, queueSize: 1, maxImageBytes: 4096 } }),
+      pipeline,
+    });
     await agent.start();
     const client = await QueryClient.connect({ url: broker.url, protocolVersion: broker.protocolVersion });
     const target = { fleet: 'test', device: 'dev1' };
@@ -29,10 +32,22 @@ for (const kind of brokerKinds) {
     t.test('a query streams accepted, text deltas and done, numbered in order', async (t) => {
       const id = newQueryId();
       const events = await collect(client.query(target, { id, task: 'ask', prompt: 'what is this', image: png }));
-      t.same(events.map((e) => e.type), ['accepted', 'text', 'text', 'text', 'done']);
-      t.same(events.map((e) => e.seq), [0, 1, 2, 3, 4]);
+      t.same(
+        events.map((e) => e.type),
+        ['accepted', 'text', 'text', 'text', 'done'],
+      );
+      t.same(
+        events.map((e) => e.seq),
+        [0, 1, 2, 3, 4],
+      );
       t.ok(events.every((e) => e.id === id && e.device === 'dev1'));
-      t.equal(events.filter((e) => e.type === 'text').map((e) => (e.type === 'text' ? e.delta : '')).join(''), 'what is this');
+      t.equal(
+        events
+          .filter((e) => e.type === 'text')
+          .map((e) => (e.type === 'text' ? e.delta : ''))
+          .join(''),
+        'what is this',
+      );
       const done = events.at(-1)!;
       t.equal(done.type === 'done' && done.visionTokens, 4);
     });
@@ -46,10 +61,18 @@ for (const kind of brokerKinds) {
       const big = Buffer.concat([png, Buffer.alloc(5000)]);
       const cases: Array<[string, Parameters<QueryClient['query']>[1], string]> = [
         ['image over the limit', { id: newQueryId(), task: 'ask', prompt: 'x', image: big }, 'PAYLOAD_TOO_LARGE'],
-        ['not an image at all', { id: newQueryId(), task: 'ask', prompt: 'x', image: Buffer.from('hello, not a picture') }, 'BAD_IMAGE'],
+        [
+          'not an image at all',
+          { id: newQueryId(), task: 'ask', prompt: 'x', image: Buffer.from('hello, not a picture') },
+          'BAD_IMAGE',
+        ],
         ['a truncated PNG', { id: newQueryId(), task: 'ask', prompt: 'x', image: png.subarray(0, 60) }, 'BAD_IMAGE'],
         ['an unknown task', { id: newQueryId(), task: 'paint' as 'ask', prompt: 'x', image: png }, 'UNKNOWN_TASK'],
-        ['a prompt too long for the context', { id: newQueryId(), task: 'ask', prompt: 'word '.repeat(60), image: png }, 'PROMPT_TOO_LONG'],
+        [
+          'a prompt too long for the context',
+          { id: newQueryId(), task: 'ask', prompt: 'word '.repeat(60), image: png },
+          'PROMPT_TOO_LONG',
+        ],
         ['no id', { id: '', task: 'ask', prompt: 'x', image: png }, 'BAD_MESSAGE'],
       ];
       for (const [what, request, code] of cases) {
@@ -63,7 +86,9 @@ for (const kind of brokerKinds) {
         t.equal(events.length, 1);
         t.equal(events[0]!.type === 'error' && events[0]!.code, 'BAD_MESSAGE', 'garbage bytes');
       }
-      const events = await collect(client.query(target, { id: newQueryId(), task: 'ask', prompt: 'still here', image: png }));
+      const events = await collect(
+        client.query(target, { id: newQueryId(), task: 'ask', prompt: 'still here', image: png }),
+      );
       t.equal(events.at(-1)?.type, 'done');
       const metrics = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
       t.match(metrics, /setokim_errors_total\{code="BAD_IMAGE"\} 2\b/, 'errors by code on the metrics endpoint');
@@ -80,10 +105,14 @@ for (const kind of brokerKinds) {
       await strict.start();
       const target3 = { fleet: 'test', device: 'dev3' };
       const id = newQueryId();
-      const long = await collect(client.query(target3, { id, task: 'ask', prompt: 'one two three four five six', image: png }));
+      const long = await collect(
+        client.query(target3, { id, task: 'ask', prompt: 'one two three four five six', image: png }),
+      );
       t.equal(outcome(long), 'PROMPT_TOO_LONG');
       t.notOk(pipeline.seen.includes(id), 'never reached the pipeline');
-      const ok = await collect(client.query(target3, { id: newQueryId(), task: 'ask', prompt: 'one two three four five', image: png }));
+      const ok = await collect(
+        client.query(target3, { id: newQueryId(), task: 'ask', prompt: 'one two three four five', image: png }),
+      );
       t.equal(ok.at(-1)?.type, 'done');
       await strict.stop(0);
     });
@@ -109,23 +138,48 @@ for (const kind of brokerKinds) {
       t.equal(outcome(c), 'BUSY');
       await client.cancel(target, b);
       const eventsB = await streamB;
-      t.same(eventsB.map((e) => (e.type === 'error' ? e.code : e.type)), ['CANCELLED'], 'queued query cancelled before it ran');
+      t.same(
+        eventsB.map((e) => (e.type === 'error' ? e.code : e.type)),
+        ['CANCELLED'],
+        'queued query cancelled before it ran',
+      );
       await client.cancel({ fleet: 'test' }, a); // fleet-wide cancel reaches it too
       const eventsA = await streamA;
-      t.same(eventsA.map((e) => (e.type === 'error' ? e.code : e.type)), ['accepted', 'text', 'CANCELLED']);
+      t.same(
+        eventsA.map((e) => (e.type === 'error' ? e.code : e.type)),
+        ['accepted', 'text', 'CANCELLED'],
+      );
       t.notOk(pipeline.seen.includes(b), 'the cancelled queued query never reached the pipeline');
     });
 
     t.test('a deadline that passes while queued or running answers EXPIRED', async (t) => {
       const a = newQueryId();
-      const streamA = collect(client.query(target, { id: a, task: 'ask', prompt: 'hold a', image: png }, { timeoutMs: 10_000 }));
+      const streamA = collect(
+        client.query(target, { id: a, task: 'ask', prompt: 'hold a', image: png }, { timeoutMs: 10_000 }),
+      );
       await pipeline.waitHeld(a);
-      const wire = encodeQuery({ id: newQueryId(), task: 'ask', prompt: 'late', image: png, deadlineUnixMs: Date.now() + 300, replyTopic: client.replyTopic, correlation: Buffer.from('k1') });
+      const wire = encodeQuery({
+        id: newQueryId(),
+        task: 'ask',
+        prompt: 'late',
+        image: png,
+        deadlineUnixMs: Date.now() + 300,
+        replyTopic: client.replyTopic,
+        correlation: Buffer.from('k1'),
+      });
       const late = await collect(client.sendRaw(queryTopic(target), wire, { key: Buffer.from('k1') }));
       t.equal(outcome(late), 'EXPIRED', 'expired in the queue');
       pipeline.release(a);
       t.equal((await streamA).at(-1)?.type, 'done');
-      const past = encodeQuery({ id: newQueryId(), task: 'ask', prompt: 'x', image: png, deadlineUnixMs: Date.now() - 1, replyTopic: client.replyTopic, correlation: Buffer.from('k2') });
+      const past = encodeQuery({
+        id: newQueryId(),
+        task: 'ask',
+        prompt: 'x',
+        image: png,
+        deadlineUnixMs: Date.now() - 1,
+        replyTopic: client.replyTopic,
+        correlation: Buffer.from('k2'),
+      });
       const old = await collect(client.sendRaw(queryTopic(target), past, { key: Buffer.from('k2') }));
       t.equal(outcome(old), 'EXPIRED', 'arrived past its deadline');
     });
@@ -135,7 +189,9 @@ for (const kind of brokerKinds) {
         const a = newQueryId();
         const streamA = collect(client.query(target, { id: a, task: 'ask', prompt: 'hold a', image: png }));
         await pipeline.waitHeld(a);
-        const late = await collect(client.query(target, { id: newQueryId(), task: 'ask', prompt: 'x', image: png }, { expirySeconds: 1 }));
+        const late = await collect(
+          client.query(target, { id: newQueryId(), task: 'ask', prompt: 'x', image: png }, { expirySeconds: 1 }),
+        );
         t.equal(outcome(late), 'EXPIRED');
         pipeline.release(a);
         t.equal((await streamA).at(-1)?.type, 'done');
@@ -145,8 +201,16 @@ for (const kind of brokerKinds) {
     t.test('a redelivered query id is answered once', async (t) => {
       const id = newQueryId();
       const key = Buffer.from('dup-key');
-      const wire = encodeQuery({ id, task: 'ask', prompt: 'once only', image: png, replyTopic: client.replyTopic, correlation: key });
-      const props = broker.protocolVersion === 5 ? { properties: { responseTopic: client.replyTopic, correlationData: key } } : {};
+      const wire = encodeQuery({
+        id,
+        task: 'ask',
+        prompt: 'once only',
+        image: png,
+        replyTopic: client.replyTopic,
+        correlation: key,
+      });
+      const props =
+        broker.protocolVersion === 5 ? { properties: { responseTopic: client.replyTopic, correlationData: key } } : {};
       const stream = collect(client.sendRaw(queryTopic(target), wire, { key }));
       await client.mqtt.publishAsync(queryTopic(target), Buffer.from(wire), { qos: 1, ...props });
       // Messages from one publisher on one topic arrive in order: once this is answered, the copy was seen.
@@ -201,7 +265,9 @@ for (const kind of brokerKinds) {
       const other = new Agent({ config: testConfig(broker, 'dev3'), pipeline });
       await other.start();
       const a = newQueryId();
-      const streamA = collect(client.query({ fleet: 'test', device: 'dev3' }, { id: a, task: 'ask', prompt: 'hold a', image: png }));
+      const streamA = collect(
+        client.query({ fleet: 'test', device: 'dev3' }, { id: a, task: 'ask', prompt: 'hold a', image: png }),
+      );
       await pipeline.waitHeld(a);
       const stopped = other.stop(600_000); // the query is never released: only the second stop can end it
       await other.stop(0);
@@ -227,7 +293,13 @@ t.test('a pipeline that throws on the call still answers the query with an error
     await agent.stop(0);
     await broker.close();
   });
-  const events = await collect(client.query({ fleet: 'test', device: 'dev9' }, { id: newQueryId(), task: 'describe', image: await samplePng() }, { timeoutMs: 5000 }));
+  const events = await collect(
+    client.query(
+      { fleet: 'test', device: 'dev9' },
+      { id: newQueryId(), task: 'describe', image: await samplePng() },
+      { timeoutMs: 5000 },
+    ),
+  );
   t.equal(outcome(events), 'INTERNAL');
   t.equal(agent.inFlight, 0, 'the slot is free again');
 });

@@ -49,7 +49,12 @@ export class StubPipeline implements Pipeline {
     }
     const words = (req.prompt ?? 'describe').split(/\s+/).filter(Boolean);
     if (words.length > this.info.maxContext) {
-      yield { type: 'error', id, code: 'PROMPT_TOO_LONG', message: `the prompt has ${words.length} tokens; the context holds ${this.info.maxContext}` };
+      yield {
+        type: 'error',
+        id,
+        code: 'PROMPT_TOO_LONG',
+        message: `the prompt has ${words.length} tokens; the context holds ${this.info.maxContext}`,
+      };
       return;
     }
     const started = Date.now();
@@ -87,5 +92,7 @@ export class StubPipeline implements Pipeline {
 
 /** A tiny valid PNG. */
 export async function samplePng(width = 32, height = 24): Promise<Buffer> {
-  return sharp({ create: { width, height, channels: 3, background: { r: 40, g: 120, b: 200 } } }).png().toBuffer();
+  return sharp({ create: { width, height, channels: 3, background: { r: 40, g: 120, b: 200 } } })
+    .png()
+    .toBuffer();
 }

@@ -28,13 +28,25 @@ t.test('doctor prints compiled features and present GPUs', async (t) => {
 });
 
 t.test('formatDoctor names a GPU when one is present', async (t) => {
-  const text = formatDoctor({
-    compiled: { cuda: true, cudaVersion: '12.6', cudaArchitectures: '87', tensorrt: true, tensorrtVersion: '10.3.0', simd: 'neon' },
-    present: {
-      gpus: [{ index: 0, name: 'Orin', computeCapability: '8.7', totalMemoryBytes: 8 * 2 ** 30 }],
-      cudaDriverVersion: 12060, gpuProbeError: null, tensorrtLibraryVersion: '10.3.0',
+  const text = formatDoctor(
+    {
+      compiled: {
+        cuda: true,
+        cudaVersion: '12.6',
+        cudaArchitectures: '87',
+        tensorrt: true,
+        tensorrtVersion: '10.3.0',
+        simd: 'neon',
+      },
+      present: {
+        gpus: [{ index: 0, name: 'Orin', computeCapability: '8.7', totalMemoryBytes: 8 * 2 ** 30 }],
+        cudaDriverVersion: 12060,
+        gpuProbeError: null,
+        tensorrtLibraryVersion: '10.3.0',
+      },
     },
-  }, ['tensorrt', 'onnxruntime-cpu']);
+    ['tensorrt', 'onnxruntime-cpu'],
+  );
   t.match(text, /\[0\] Orin, sm 8\.7, 8\.0 GiB/);
   t.match(text, /inference backends:\s+tensorrt, onnxruntime-cpu/);
   t.notMatch(text, /target:/, 'no target line unless one was detected');

@@ -102,7 +102,10 @@ export function backendSuite(t: Test, h: Harness): void {
 
   t.test('inputs are checked against the signature before the backend runs', async (t) => {
     const { x, y } = inputs(2, 1);
-    await t.rejects(session.run({ x: tensor('float32', x, [1, 2, W_IN]) }), { code: 'BAD_INPUT', message: /add_matmul.*missing input 'y'/ });
+    await t.rejects(session.run({ x: tensor('float32', x, [1, 2, W_IN]) }), {
+      code: 'BAD_INPUT',
+      message: /add_matmul.*missing input 'y'/,
+    });
     await t.rejects(
       session.run({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', y.subarray(0, W_IN), [1, 1, W_IN]) }),
       { code: 'BAD_INPUT', message: /'L'/ },
@@ -127,7 +130,11 @@ export function backendSuite(t: Test, h: Harness): void {
 
   t.test('a run leaves the JS thread free', async (t) => {
     const n = 384;
-    const file = await h.prepare(heavyGraph(dir, n), { inputs: [{ name: 'a', dtype: 'float32', shape: [n, n] }], outputs: [] }, {});
+    const file = await h.prepare(
+      heavyGraph(dir, n),
+      { inputs: [{ name: 'a', dtype: 'float32', shape: [n, n] }], outputs: [] },
+      {},
+    );
     const s = await h.backend.open(file, { stage: 'heavy', threads: 1 });
     t.teardown(() => s.dispose());
     const a = new Float32Array(n * n).fill(0.01);
@@ -156,7 +163,9 @@ export function backendSuite(t: Test, h: Harness): void {
     await s.dispose();
     await s.dispose();
     const { x, y } = inputs(1, 0);
-    await t.rejects(s.run({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', y, [1, 1, W_IN]) }), { message: /disposed/ });
+    await t.rejects(s.run({ x: tensor('float32', x, [1, 1, W_IN]), y: tensor('float32', y, [1, 1, W_IN]) }), {
+      message: /disposed/,
+    });
   });
 }
 

@@ -17,7 +17,9 @@ const root = packageRoot();
 async function configure(args: string[], env: Record<string, string> = {}): Promise<{ ok: boolean; out: string }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'setokim-cmake-'));
   // The environment must not choose the tiers for us (cmake reads SETOKIM_* from it).
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(SETOKIM_CUDA|SETOKIM_TENSORRT|TENSORRT_ROOT)$/.test(k)));
+  const clean = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !/^(SETOKIM_CUDA|SETOKIM_TENSORRT|TENSORRT_ROOT)$/.test(k)),
+  );
   try {
     const r = await run('cmake', ['-S', root, '-B', dir, ...args], { env: { ...clean, ...env }, maxBuffer: 1 << 24 });
     return { ok: true, out: r.stdout + r.stderr };
@@ -31,9 +33,11 @@ async function configure(args: string[], env: Record<string, string> = {}): Prom
 
 // Where CMake finds TensorRT without TENSORRT_ROOT (cmake/SetokimTensorRT.cmake); there the
 // "TensorRT missing" configure would succeed, so that check is skipped.
-const systemTrt = ['/usr/include/aarch64-linux-gnu', '/usr/include/x86_64-linux-gnu', '/usr/local/tensorrt/include'].find((d) =>
-  existsSync(path.join(d, 'NvInfer.h')),
-);
+const systemTrt = [
+  '/usr/include/aarch64-linux-gnu',
+  '/usr/include/x86_64-linux-gnu',
+  '/usr/local/tensorrt/include',
+].find((d) => existsSync(path.join(d, 'NvInfer.h')));
 
 const haveCmake = await run('cmake', ['--version']).then(
   () => true,
@@ -55,17 +59,25 @@ t.test('CMake tiers', { skip: !haveCmake && 'cmake is not installed' }, async (t
     configure(['-DSETOKIM_CUDA=OFF']),
   ]);
 
-  t.test('SETOKIM_TENSORRT=ON without TensorRT fails and names TENSORRT_ROOT', { skip: systemTrt && `TensorRT is installed in ${systemTrt}` }, async (t) => {
-    t.equal(trtOn.ok, false, 'configure fails');
-    t.match(trtOn.out, /SETOKIM_TENSORRT=ON but TensorRT .* was not found/s);
-    t.match(trtOn.out, /TENSORRT_ROOT/);
-  });
+  t.test(
+    'SETOKIM_TENSORRT=ON without TensorRT fails and names TENSORRT_ROOT',
+    { skip: systemTrt && `TensorRT is installed in ${systemTrt}` },
+    async (t) => {
+      t.equal(trtOn.ok, false, 'configure fails');
+      t.match(trtOn.out, /SETOKIM_TENSORRT=ON but TensorRT .* was not found/s);
+      t.match(trtOn.out, /TENSORRT_ROOT/);
+    },
+  );
 
-  t.test('TensorRT headers without its libraries still fail with the same advice', { skip: systemTrt && `TensorRT is installed in ${systemTrt}` }, async (t) => {
-    t.equal(trtHeadersOnly.ok, false);
-    t.match(trtHeadersOnly.out, /libnvinfer/);
-    t.match(trtHeadersOnly.out, /TENSORRT_ROOT/);
-  });
+  t.test(
+    'TensorRT headers without its libraries still fail with the same advice',
+    { skip: systemTrt && `TensorRT is installed in ${systemTrt}` },
+    async (t) => {
+      t.equal(trtHeadersOnly.ok, false);
+      t.match(trtHeadersOnly.out, /libnvinfer/);
+      t.match(trtHeadersOnly.out, /TENSORRT_ROOT/);
+    },
+  );
 
   t.test('SETOKIM_CUDA=OFF configures and says CUDA=OFF in the summary', async (t) => {
     t.equal(cudaOff.ok, true, cudaOff.out.slice(-2000));

@@ -38,21 +38,32 @@ t.test('usage and folder errors exit 2', async (t) => {
   t.match(notTrt.out, /has no NvInferVersion\.h: give TensorRT's include folder/);
 });
 
-t.test('headers that do not compile fail the check, naming the version', { skip: !existsSync(path.join(cudaInclude, 'cuda_runtime_api.h')) && `no CUDA headers at ${cudaInclude}` }, async (t) => {
-  const inc = path.join(tmpDir(), 'include');
-  mkdirSync(inc);
-  writeFileSync(path.join(inc, 'NvInferVersion.h'), '#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 3\n#define NV_TENSORRT_PATCH 0\n');
-  writeFileSync(path.join(inc, 'NvOnnxParser.h'), '#error "not a real parser header"\n');
-  const r = await check([inc]);
-  t.equal(r.status, 1, 'non-zero on compile errors');
-  t.match(r.out, /check-tensorrt: TensorRT 10\.3\.0 headers at /);
-  t.match(r.out, /FAIL native\/trt\/tensorrt\/engine\.cc/);
-  t.match(r.out, /TensorRT 10\.3\.0: \d+ of \d+ files failed/);
-});
+t.test(
+  'headers that do not compile fail the check, naming the version',
+  { skip: !existsSync(path.join(cudaInclude, 'cuda_runtime_api.h')) && `no CUDA headers at ${cudaInclude}` },
+  async (t) => {
+    const inc = path.join(tmpDir(), 'include');
+    mkdirSync(inc);
+    writeFileSync(
+      path.join(inc, 'NvInferVersion.h'),
+      '#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 3\n#define NV_TENSORRT_PATCH 0\n',
+    );
+    writeFileSync(path.join(inc, 'NvOnnxParser.h'), '#error "not a real parser header"\n');
+    const r = await check([inc]);
+    t.equal(r.status, 1, 'non-zero on compile errors');
+    t.match(r.out, /check-tensorrt: TensorRT 10\.3\.0 headers at /);
+    t.match(r.out, /FAIL native\/trt\/tensorrt\/engine\.cc/);
+    t.match(r.out, /TensorRT 10\.3\.0: \d+ of \d+ files failed/);
+  },
+);
 
 const real = (process.env.SETOKIM_TRT_INCLUDES ?? '').split(':').filter(Boolean);
-t.test('the sources compile against real TensorRT headers', { skip: real.length === 0 && 'set SETOKIM_TRT_INCLUDES to TensorRT include folders' }, async (t) => {
-  const r = await check(real);
-  t.equal(r.status, 0, r.out.slice(-3000));
-  t.equal((r.out.match(/: all \d+ files compile/g) ?? []).length, real.length);
-});
+t.test(
+  'the sources compile against real TensorRT headers',
+  { skip: real.length === 0 && 'set SETOKIM_TRT_INCLUDES to TensorRT include folders' },
+  async (t) => {
+    const r = await check(real);
+    t.equal(r.status, 0, r.out.slice(-3000));
+    t.equal((r.out.match(/: all \d+ files compile/g) ?? []).length, real.length);
+  },
+);

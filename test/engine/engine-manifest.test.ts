@@ -50,7 +50,13 @@ function manifest(over: Partial<EngineManifest> = {}): EngineManifest {
   );
 }
 
-const orin: MachineInfo = { tensorrtCompiled: true, tensorrt: '10.3.0', cuda: '12.6', gpus: [{ index: 0, name: 'Orin', sm: '8.7' }], l4t: '36.4.0' };
+const orin: MachineInfo = {
+  tensorrtCompiled: true,
+  tensorrt: '10.3.0',
+  cuda: '12.6',
+  gpus: [{ index: 0, name: 'Orin', sm: '8.7' }],
+  l4t: '36.4.0',
+};
 
 t.test('a matching machine accepts the engine', async (t) => {
   t.same(incompatibilities(manifest(), orin), []);
@@ -62,18 +68,31 @@ t.test('a matching machine accepts the engine', async (t) => {
 });
 
 t.test('each mismatch is refused with its own reason, all at once', async (t) => {
-  t.match(incompatibilities(manifest(), { ...orin, tensorrt: '10.3.1' }), [/built with TensorRT 10\.3\.0, this machine has TensorRT 10\.3\.1/]);
-  t.match(incompatibilities(manifest(), { ...orin, gpus: [{ index: 0, name: 'Xavier', sm: '7.2' }] }), [/built for SM 8\.7 \(Orin\), this machine has SM 7\.2 \(Xavier\)/]);
+  t.match(incompatibilities(manifest(), { ...orin, tensorrt: '10.3.1' }), [
+    /built with TensorRT 10\.3\.0, this machine has TensorRT 10\.3\.1/,
+  ]);
+  t.match(incompatibilities(manifest(), { ...orin, gpus: [{ index: 0, name: 'Xavier', sm: '7.2' }] }), [
+    /built for SM 8\.7 \(Orin\), this machine has SM 7\.2 \(Xavier\)/,
+  ]);
   t.match(incompatibilities(manifest(), { ...orin, gpus: [] }), [/no GPU is present/]);
   t.match(incompatibilities(manifest(), { ...orin, tensorrtCompiled: false }), [/addon has no TensorRT backend/]);
   t.match(incompatibilities(manifest(), { ...orin, cuda: '11.4' }), [/CUDA 12\.6, this runtime uses CUDA 11\.4/]);
-  t.match(incompatibilities(manifest(), { ...orin, l4t: '35.5.0' }), [/L4T 36\.4\.0 \(JetPack 6\.1\), this machine runs L4T 35\.5\.0/]);
-  const jp5 = { tensorrtCompiled: true, tensorrt: '8.5.2', cuda: '11.4', gpus: [{ index: 0, name: 'Xavier', sm: '7.2' }], l4t: '35.4.1' };
+  t.match(incompatibilities(manifest(), { ...orin, l4t: '35.5.0' }), [
+    /L4T 36\.4\.0 \(JetPack 6\.1\), this machine runs L4T 35\.5\.0/,
+  ]);
+  const jp5 = {
+    tensorrtCompiled: true,
+    tensorrt: '8.5.2',
+    cuda: '11.4',
+    gpus: [{ index: 0, name: 'Xavier', sm: '7.2' }],
+    l4t: '35.4.1',
+  };
   const all = incompatibilities(manifest(), jp5);
   t.equal(all.length, 4, all.join(' | '));
   t.throws(() => assertEngineCompatible(manifest(), jp5), {
     code: 'ENGINE_INCOMPATIBLE',
-    message: /engine for stage 'merger' \(merger\.fp16\.plan\) cannot run here: .*TensorRT 8\.5\.2.*SM 7\.2.*CUDA 11\.4.*L4T 35\.4\.1.*setokim export engine/,
+    message:
+      /engine for stage 'merger' \(merger\.fp16\.plan\) cannot run here: .*TensorRT 8\.5\.2.*SM 7\.2.*CUDA 11\.4.*L4T 35\.4\.1.*setokim export engine/,
   });
 });
 
@@ -82,19 +101,44 @@ t.test('version-compatible engines load only with a trusted signature', async (t
   const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
   const unsigned = manifest({ versionCompatible: true, tensorrt: '10.1.0' });
   t.match(incompatibilities(unsigned, orin), [/embed host code.*the manifest is unsigned/]);
-  const signed = { ...unsigned, signature: { keyId: 'fleet', algorithm: 'ed25519' as const, value: sign(null, manifestSigningBytes(unsigned), privateKey).toString('base64') } };
-  t.same(incompatibilities(signed, orin, { trustedKeys: { fleet: pem } }), [], 'signed by a trusted key, same major version');
+  const signed = {
+    ...unsigned,
+    signature: {
+      keyId: 'fleet',
+      algorithm: 'ed25519' as const,
+      value: sign(null, manifestSigningBytes(unsigned), privateKey).toString('base64'),
+    },
+  };
+  t.same(
+    incompatibilities(signed, orin, { trustedKeys: { fleet: pem } }),
+    [],
+    'signed by a trusted key, same major version',
+  );
   t.match(incompatibilities(signed, orin), [/key 'fleet' is not trusted/]);
-  t.match(incompatibilities({ ...signed, sm: '8.7', bytes: 999 }, orin, { trustedKeys: { fleet: pem } }), [/does not match the manifest/], 'tampered');
-  t.match(incompatibilities(signed, { ...orin, tensorrt: '11.0.0' }, { trustedKeys: { fleet: pem } }), [/cannot run on major version 11/]);
-  t.match(incompatibilities(manifest(), orin, { requireSignature: true }), [/a signed engine is required: the manifest is unsigned/]);
+  t.match(
+    incompatibilities({ ...signed, sm: '8.7', bytes: 999 }, orin, { trustedKeys: { fleet: pem } }),
+    [/does not match the manifest/],
+    'tampered',
+  );
+  t.match(incompatibilities(signed, { ...orin, tensorrt: '11.0.0' }, { trustedKeys: { fleet: pem } }), [
+    /cannot run on major version 11/,
+  ]);
+  t.match(incompatibilities(manifest(), orin, { requireSignature: true }), [
+    /a signed engine is required: the manifest is unsigned/,
+  ]);
 });
 
 t.test('malformed manifests are refused naming the field', async (t) => {
   t.throws(() => manifest({ sm: 'eight' }), { code: 'MODEL_INVALID', message: /sm:/ });
   t.throws(() => manifest({ stronglyTyped: false as true }), { code: 'MODEL_INVALID', message: /stronglyTyped/ });
-  t.throws(() => manifest({ profiles: [{ x: { min: [4], opt: [2], max: [8] } }] }), { code: 'MODEL_INVALID', message: /min <= opt <= max/ });
-  t.throws(() => manifest({ format: 'other' as typeof ENGINE_MANIFEST_FORMAT }), { code: 'MODEL_INVALID', message: /format/ });
+  t.throws(() => manifest({ profiles: [{ x: { min: [4], opt: [2], max: [8] } }] }), {
+    code: 'MODEL_INVALID',
+    message: /min <= opt <= max/,
+  });
+  t.throws(() => manifest({ format: 'other' as typeof ENGINE_MANIFEST_FORMAT }), {
+    code: 'MODEL_INVALID',
+    message: /format/,
+  });
 });
 
 t.test('plans are read with their manifest and checked byte for byte', async (t) => {
@@ -108,7 +152,10 @@ t.test('plans are read with their manifest and checked byte for byte', async (t)
   t.same(readEngineManifest(plan), good);
   await t.resolves(verifyPlanFile(plan, good));
   writeFileSync(plan, Buffer.from('not really a plan, but bytes!'));
-  await t.rejects(verifyPlanFile(plan, good), { code: 'MODEL_HASH_MISMATCH', message: /merger\.fp16\.plan has sha256 [0-9a-f]{64}, its manifest says/ });
+  await t.rejects(verifyPlanFile(plan, good), {
+    code: 'MODEL_HASH_MISMATCH',
+    message: /merger\.fp16\.plan has sha256 [0-9a-f]{64}, its manifest says/,
+  });
 });
 
 t.test("the machine's view comes from capabilities() and /etc/nv_tegra_release", async (t) => {

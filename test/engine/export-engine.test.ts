@@ -25,23 +25,37 @@ t.test('bad options are BAD_ARGUMENT', async (t) => {
   t.match(w.err, /--workspace-mb: /);
 });
 
-t.test('without TensorRT: one clear BACKEND_UNAVAILABLE line, exit 3, no stack trace', { skip: !reason && 'TensorRT is available here' }, async (t) => {
-  const set = join(t.testdir(), 'set');
-  t.equal((await cli(['export', 'synth', '--config', 'tiny', '--seed', '1', '--out', set, '--no-progress'])).status, 0);
-  const r = await cli(['export', 'engine', '--model', set, '--no-progress']);
-  t.equal(r.status, 3);
-  t.match(r.err, /^setokim: error \[BACKEND_UNAVAILABLE\]: export engine needs TensorRT and a GPU: /);
-  t.match(r.err, reason!.slice(0, 40));
-  t.notMatch(r.err, /\n\s+at /, 'no stack trace');
-  t.notOk(existsSync(join(set, 'engines')), 'nothing written');
-});
+t.test(
+  'without TensorRT: one clear BACKEND_UNAVAILABLE line, exit 3, no stack trace',
+  { skip: !reason && 'TensorRT is available here' },
+  async (t) => {
+    const set = join(t.testdir(), 'set');
+    t.equal(
+      (await cli(['export', 'synth', '--config', 'tiny', '--seed', '1', '--out', set, '--no-progress'])).status,
+      0,
+    );
+    const r = await cli(['export', 'engine', '--model', set, '--no-progress']);
+    t.equal(r.status, 3);
+    t.match(r.err, /^setokim: error \[BACKEND_UNAVAILABLE\]: export engine needs TensorRT and a GPU: /);
+    t.match(r.err, reason!.slice(0, 40));
+    t.notMatch(r.err, /\n\s+at /, 'no stack trace');
+    t.notOk(existsSync(join(set, 'engines')), 'nothing written');
+  },
+);
 
-t.test('with TensorRT: builds the embed stage with a manifest', { skip: !!reason && `TensorRT is not available here: ${reason}` }, async (t) => {
-  const set = join(t.testdir(), 'set');
-  t.equal((await cli(['export', 'synth', '--config', 'tiny', '--seed', '1', '--out', set, '--no-progress'])).status, 0);
-  const r = await cli(['export', 'engine', '--model', set, '--stages', 'embed', '--no-progress']);
-  t.equal(r.status, 0, r.err);
-  const plan = join(set, 'engines', 'embed.fp32.plan');
-  t.ok(existsSync(plan));
-  t.equal(readEngineManifest(plan).stage, 'embed');
-});
+t.test(
+  'with TensorRT: builds the embed stage with a manifest',
+  { skip: !!reason && `TensorRT is not available here: ${reason}` },
+  async (t) => {
+    const set = join(t.testdir(), 'set');
+    t.equal(
+      (await cli(['export', 'synth', '--config', 'tiny', '--seed', '1', '--out', set, '--no-progress'])).status,
+      0,
+    );
+    const r = await cli(['export', 'engine', '--model', set, '--stages', 'embed', '--no-progress']);
+    t.equal(r.status, 0, r.err);
+    const plan = join(set, 'engines', 'embed.fp32.plan');
+    t.ok(existsSync(plan));
+    t.equal(readEngineManifest(plan).stage, 'embed');
+  },
+);

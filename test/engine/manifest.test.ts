@@ -8,7 +8,13 @@ import { cp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { SetokimError } from '../../src/errors.js';
-import { checkOnnxFile, loadManifest, parseManifest, verifyModelSet, type Manifest } from '../../src/engine/manifest.js';
+import {
+  checkOnnxFile,
+  loadManifest,
+  parseManifest,
+  verifyModelSet,
+  type Manifest,
+} from '../../src/engine/manifest.js';
 import { synthesize } from '../../tools/export/synth.js';
 
 let pristine = '';
@@ -56,7 +62,12 @@ t.test('a manifest with a wrong hash is refused naming the file', async (t) => {
   const { dir, json } = await copySet(t);
   json.stages.embed.sha256 = 'ab'.repeat(32);
   await writeFile(join(dir, 'manifest.json'), JSON.stringify(json));
-  await refused(t, loadManifest(dir).then((m) => verifyModelSet(dir, m)), 'MODEL_HASH_MISMATCH', ['embed.onnx', 'abab']);
+  await refused(
+    t,
+    loadManifest(dir).then((m) => verifyModelSet(dir, m)),
+    'MODEL_HASH_MISMATCH',
+    ['embed.onnx', 'abab'],
+  );
 });
 
 t.test('a truncated file is refused as MODEL_INVALID saying truncated', async (t) => {
@@ -78,7 +89,10 @@ t.test('a non-ONNX file whose hash and size match is refused as MODEL_INVALID', 
   json.stages.diffusion.sha256 = createHash('sha256').update(text).digest('hex');
   json.stages.diffusion.bytes = text.length;
   await writeFile(join(dir, 'manifest.json'), JSON.stringify(json));
-  await refused(t, verifyModelSet(dir, await loadManifest(dir)), 'MODEL_INVALID', ['diffusion.onnx', 'not a valid ONNX model']);
+  await refused(t, verifyModelSet(dir, await loadManifest(dir)), 'MODEL_INVALID', [
+    'diffusion.onnx',
+    'not a valid ONNX model',
+  ]);
 });
 
 t.test('checkOnnxFile: a whole ModelProto passes, a cut one does not', async (t) => {
@@ -95,15 +109,29 @@ t.test('checkOnnxFile: a whole ModelProto passes, a cut one does not', async (t)
 t.test('manifest-level refusals', async (t) => {
   const { dir, json } = await copySet(t);
   const where = join(dir, 'manifest.json');
-  const bad = (m: unknown, code: string, mentions: string[]) => refused(t, Promise.resolve().then(() => parseManifest(m, where)), code, mentions);
+  const bad = (m: unknown, code: string, mentions: string[]) =>
+    refused(
+      t,
+      Promise.resolve().then(() => parseManifest(m, where)),
+      code,
+      mentions,
+    );
   await bad({ ...json, formatVersion: 2 }, 'MODEL_VERSION', ['formatVersion 2', 'manifest.json']);
   await bad({ ...json, format: 'something-else' }, 'MODEL_INVALID', ['not a Setokim model set manifest']);
   const { llm: _llm, ...noLlm } = json.stages;
   await bad({ ...json, stages: noLlm }, 'MODEL_INVALID', ['required stage llm']);
-  await bad({ ...json, stages: { ...json.stages, embed: { ...json.stages.embed, file: '../elsewhere.onnx' } } }, 'MODEL_INVALID', ['stages.embed.file']);
+  await bad(
+    { ...json, stages: { ...json.stages, embed: { ...json.stages.embed, file: '../elsewhere.onnx' } } },
+    'MODEL_INVALID',
+    ['stages.embed.file'],
+  );
   const sig = structuredClone(json.stages.merger.signature);
   sig.inputs[1].shape = [1, 'L', 100];
-  await bad({ ...json, stages: { ...json.stages, merger: { ...json.stages.merger, signature: sig } } }, 'MODEL_INVALID', ['merger.onnx', 'stage contract', 'assign']);
+  await bad(
+    { ...json, stages: { ...json.stages, merger: { ...json.stages.merger, signature: sig } } },
+    'MODEL_INVALID',
+    ['merger.onnx', 'stage contract', 'assign'],
+  );
   await refused(t, loadManifest(join(dir, 'nowhere')), 'MODEL_NOT_FOUND', ['nowhere']);
   await writeFile(where, '{ not json');
   await refused(t, loadManifest(dir), 'MODEL_INVALID', ['manifest.json', 'not valid JSON']);

@@ -6,7 +6,11 @@ import { SetokimError } from '../../src/errors.js';
 import { ModelSet, ModelStore } from '../../src/engine/modelset.js';
 import { synthesize } from '../../tools/export/synth.js';
 
-const codeOf = (p: Promise<unknown>) => p.then(() => 'resolved', (e: unknown) => (e instanceof SetokimError ? e.code : String(e)));
+const codeOf = (p: Promise<unknown>) =>
+  p.then(
+    () => 'resolved',
+    (e: unknown) => (e instanceof SetokimError ? e.code : String(e)),
+  );
 
 t.test('variants of a stage are listed and picked by precision', async (t) => {
   const dir = t.testdir();
@@ -19,10 +23,19 @@ t.test('variants of a stage are listed and picked by precision', async (t) => {
   const set = await ModelSet.open(dir);
   t.equal(set.id, 'setokim-tiny-seed3');
   t.equal(set.architecture.image.size, 224);
-  t.same(set.variants('encoder').map((v) => [v.file, v.precision]), [['encoder.onnx', 'fp32'], ['encoder.int8.onnx', 'int8']]);
+  t.same(
+    set.variants('encoder').map((v) => [v.file, v.precision]),
+    [
+      ['encoder.onnx', 'fp32'],
+      ['encoder.int8.onnx', 'int8'],
+    ],
+  );
   t.equal(set.stagePath('encoder'), join(dir, 'encoder.onnx'));
   t.equal(set.stagePath('encoder', 'int8'), join(dir, 'encoder.int8.onnx'));
-  t.throws(() => set.stagePath('encoder', 'int4w'), { code: 'MODEL_NOT_FOUND', message: /no int4w build of encoder for onnxruntime \(has: fp32, int8\)/ });
+  t.throws(() => set.stagePath('encoder', 'int4w'), {
+    code: 'MODEL_NOT_FOUND',
+    message: /no int4w build of encoder for onnxruntime \(has: fp32, int8\)/,
+  });
   await set.verify('encoder', 'int8');
   // a broken variant fails the verified open too
   await writeFile(join(dir, 'encoder.int8.onnx'), Buffer.alloc(bytes));
@@ -30,32 +43,48 @@ t.test('variants of a stage are listed and picked by precision', async (t) => {
   t.ok(await ModelSet.open(dir, { verify: false }), 'verify: false trusts the disk');
 });
 
-t.test('a precision written in two dialects: each backend picks its own, a dialect-less variant serves both', async (t) => {
-  const dir = t.testdir();
-  await synthesize({ config: 'tiny', seed: 3, out: dir });
-  const json = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8'));
-  const { sha256, bytes } = json.stages.llm;
-  for (const f of ['llm.int4w.onnx', 'llm.int4w.trt.onnx', 'llm.fp16.onnx']) await copyFile(join(dir, 'llm.onnx'), join(dir, f)); // stand-ins
-  json.stages.llm.variants = [
-    { file: 'llm.int4w.onnx', format: 'onnx', sha256, bytes, precision: 'int4w', dialect: 'onnxruntime' },
-    { file: 'llm.int4w.trt.onnx', format: 'onnx', sha256, bytes, precision: 'int4w', dialect: 'tensorrt' },
-    { file: 'llm.fp16.onnx', format: 'onnx', sha256, bytes, precision: 'fp16' },
-  ];
-  await copyFile(join(dir, 'encoder.onnx'), join(dir, 'encoder.int4w.trt.onnx'));
-  json.stages.encoder.variants = [{ file: 'encoder.int4w.trt.onnx', format: 'onnx', sha256: json.stages.encoder.sha256, bytes: json.stages.encoder.bytes, precision: 'int4w', dialect: 'tensorrt' }];
-  await writeFile(join(dir, 'manifest.json'), JSON.stringify(json));
-  const set = await ModelSet.open(dir);
-  t.equal(set.stagePath('llm', 'int4w'), join(dir, 'llm.int4w.onnx'), 'ONNX Runtime is the default target');
-  t.equal(set.stagePath('llm', 'int4w', 'tensorrt'), join(dir, 'llm.int4w.trt.onnx'));
-  t.equal(set.stagePath('llm', 'fp16', 'tensorrt'), join(dir, 'llm.fp16.onnx'));
-  t.equal(set.stagePath('llm', 'fp16', 'onnxruntime'), join(dir, 'llm.fp16.onnx'), 'no dialect: any backend');
-  t.equal(set.stagePath('encoder', 'int4w', 'tensorrt'), join(dir, 'encoder.int4w.trt.onnx'));
-  t.throws(() => set.stagePath('encoder', 'int4w', 'onnxruntime'), { code: 'MODEL_NOT_FOUND', message: /no int4w build of encoder for onnxruntime \(has: fp32, int4w \(tensorrt\)\)/ });
-  // The main file has no dialect: a manifest giving it one is refused.
-  json.stages.llm.dialect = 'tensorrt';
-  await writeFile(join(dir, 'manifest.json'), JSON.stringify(json));
-  t.equal(await codeOf(ModelSet.open(dir)), 'MODEL_INVALID');
-});
+t.test(
+  'a precision written in two dialects: each backend picks its own, a dialect-less variant serves both',
+  async (t) => {
+    const dir = t.testdir();
+    await synthesize({ config: 'tiny', seed: 3, out: dir });
+    const json = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8'));
+    const { sha256, bytes } = json.stages.llm;
+    for (const f of ['llm.int4w.onnx', 'llm.int4w.trt.onnx', 'llm.fp16.onnx'])
+      await copyFile(join(dir, 'llm.onnx'), join(dir, f)); // stand-ins
+    json.stages.llm.variants = [
+      { file: 'llm.int4w.onnx', format: 'onnx', sha256, bytes, precision: 'int4w', dialect: 'onnxruntime' },
+      { file: 'llm.int4w.trt.onnx', format: 'onnx', sha256, bytes, precision: 'int4w', dialect: 'tensorrt' },
+      { file: 'llm.fp16.onnx', format: 'onnx', sha256, bytes, precision: 'fp16' },
+    ];
+    await copyFile(join(dir, 'encoder.onnx'), join(dir, 'encoder.int4w.trt.onnx'));
+    json.stages.encoder.variants = [
+      {
+        file: 'encoder.int4w.trt.onnx',
+        format: 'onnx',
+        sha256: json.stages.encoder.sha256,
+        bytes: json.stages.encoder.bytes,
+        precision: 'int4w',
+        dialect: 'tensorrt',
+      },
+    ];
+    await writeFile(join(dir, 'manifest.json'), JSON.stringify(json));
+    const set = await ModelSet.open(dir);
+    t.equal(set.stagePath('llm', 'int4w'), join(dir, 'llm.int4w.onnx'), 'ONNX Runtime is the default target');
+    t.equal(set.stagePath('llm', 'int4w', 'tensorrt'), join(dir, 'llm.int4w.trt.onnx'));
+    t.equal(set.stagePath('llm', 'fp16', 'tensorrt'), join(dir, 'llm.fp16.onnx'));
+    t.equal(set.stagePath('llm', 'fp16', 'onnxruntime'), join(dir, 'llm.fp16.onnx'), 'no dialect: any backend');
+    t.equal(set.stagePath('encoder', 'int4w', 'tensorrt'), join(dir, 'encoder.int4w.trt.onnx'));
+    t.throws(() => set.stagePath('encoder', 'int4w', 'onnxruntime'), {
+      code: 'MODEL_NOT_FOUND',
+      message: /no int4w build of encoder for onnxruntime \(has: fp32, int4w \(tensorrt\)\)/,
+    });
+    // The main file has no dialect: a manifest giving it one is refused.
+    json.stages.llm.dialect = 'tensorrt';
+    await writeFile(join(dir, 'manifest.json'), JSON.stringify(json));
+    t.equal(await codeOf(ModelSet.open(dir)), 'MODEL_INVALID');
+  },
+);
 
 t.test('a store holds versioned sets and switches the active one only to a verified set', async (t) => {
   const root = t.testdir();

@@ -45,9 +45,15 @@ async function dieIdle(s: Session): Promise<void> {
 
 t.test('options are checked', async (t) => {
   const file = addMatMul(dir);
-  await t.rejects(new OrtBackend({ maxRestarts: -1 }).open(file), { code: 'BAD_ARGUMENT', message: /maxRestarts must be a whole number \(0 or more\), got -1/ });
+  await t.rejects(new OrtBackend({ maxRestarts: -1 }).open(file), {
+    code: 'BAD_ARGUMENT',
+    message: /maxRestarts must be a whole number \(0 or more\), got -1/,
+  });
   await t.rejects(new OrtBackend({ maxRestarts: 1.5 }).open(file), { code: 'BAD_ARGUMENT' });
-  await t.rejects(new OrtBackend({ restartWindowMs: 0 }).open(file), { code: 'BAD_ARGUMENT', message: /restartWindowMs must be a positive number of milliseconds, got 0/ });
+  await t.rejects(new OrtBackend({ restartWindowMs: 0 }).open(file), {
+    code: 'BAD_ARGUMENT',
+    message: /restartWindowMs must be a positive number of milliseconds, got 0/,
+  });
 });
 
 t.test('the death after maxRestarts within the window leaves the session failing fast, without a reopen', async (t) => {
@@ -59,7 +65,11 @@ t.test('the death after maxRestarts within the window leaves the session failing
   for (let i = 1; i <= 2; i++) {
     const err = await dieWithRun(s);
     t.equal(err.code, 'BACKEND_CRASHED');
-    t.match(err.message, /died \(exit code 70\) during this run; send the query again/, `death ${i}: the usual message`);
+    t.match(
+      err.message,
+      /died \(exit code 70\) during this run; send the query again/,
+      `death ${i}: the usual message`,
+    );
     t.same(Array.from((await s.run(feeds())).z!.data as Float32Array), want, `death ${i}: reopened and answers`);
     t.equal(started(), 1 + i, `death ${i}: one new worker`);
     t.equal(internals(s).restarts, i);
@@ -79,18 +89,25 @@ t.test('the death after maxRestarts within the window leaves the session failing
 
 t.test('maxRestarts 0: the first death is final', async (t) => {
   const started = countWorkers(t);
-  const s = await new OrtBackend({ threads: 1, maxRestarts: 0, restartWindowMs: 1500 }).open(addMatMul(dir), { stage: 'once' });
+  const s = await new OrtBackend({ threads: 1, maxRestarts: 0, restartWindowMs: 1500 }).open(addMatMul(dir), {
+    stage: 'once',
+  });
   t.teardown(() => s.dispose());
   await s.run(feeds());
   await dieIdle(s);
-  await t.rejects(s.run(feeds()), { code: 'BACKEND_CRASHED', message: /keeps crashing: it died 1 time within 1500 ms \(last: exit code 70\)/ });
+  await t.rejects(s.run(feeds()), {
+    code: 'BACKEND_CRASHED',
+    message: /keeps crashing: it died 1 time within 1500 ms \(last: exit code 70\)/,
+  });
   t.equal(started(), 1);
 });
 
 t.test('a death once the window has passed since the earlier ones counts afresh: the session reopens', async (t) => {
   const windowMs = 200;
   const started = countWorkers(t);
-  const s = await new OrtBackend({ threads: 1, maxRestarts: 1, restartWindowMs: windowMs }).open(addMatMul(dir), { stage: 'spaced' });
+  const s = await new OrtBackend({ threads: 1, maxRestarts: 1, restartWindowMs: windowMs }).open(addMatMul(dir), {
+    stage: 'spaced',
+  });
   t.teardown(() => s.dispose());
   const want = Array.from((await s.run(feeds())).z!.data as Float32Array);
   await dieIdle(s); // death 1: the session saw it before this returned

@@ -12,12 +12,21 @@ const dir = tmpDir();
 const ort = new OrtBackend();
 
 t.test('a missing or broken file is refused naming the file', async (t) => {
-  await t.rejects(ort.open(path.join(dir, 'absent.onnx'), { stage: 'encoder' }), { code: 'MODEL_NOT_FOUND', message: /stage 'encoder': .*absent\.onnx does not exist/ });
-  await t.rejects(ort.open(notOnnx(dir), { stage: 'encoder' }), { code: 'MODEL_INVALID', message: /stage 'encoder': ONNX Runtime cannot load .*broken\.onnx/ });
+  await t.rejects(ort.open(path.join(dir, 'absent.onnx'), { stage: 'encoder' }), {
+    code: 'MODEL_NOT_FOUND',
+    message: /stage 'encoder': .*absent\.onnx does not exist/,
+  });
+  await t.rejects(ort.open(notOnnx(dir), { stage: 'encoder' }), {
+    code: 'MODEL_INVALID',
+    message: /stage 'encoder': ONNX Runtime cannot load .*broken\.onnx/,
+  });
 });
 
 t.test('threads must be a positive integer', async (t) => {
-  await t.rejects(ort.open(addMatMul(dir), { threads: 0 }), { code: 'BAD_ARGUMENT', message: /threads must be a positive integer, got 0/ });
+  await t.rejects(ort.open(addMatMul(dir), { threads: 0 }), {
+    code: 'BAD_ARGUMENT',
+    message: /threads must be a positive integer, got 0/,
+  });
   await t.rejects(new OrtBackend({ threads: 1.5 }).open(addMatMul(dir)), { code: 'BAD_ARGUMENT' });
   const s = await new OrtBackend({ threads: 1 }).open(addMatMul(dir), { threads: 2 });
   t.teardown(() => s.dispose());
@@ -30,14 +39,24 @@ t.test("without a manifest signature, runs are checked against the graph's own",
   const s = await ort.open(addMatMul(dir)); // stage name defaults to the file name
   t.teardown(() => s.dispose());
   const x = new Float32Array(2 * W_IN);
-  await t.rejects(s.run({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', x.subarray(0, W_IN), [1, 1, W_IN]) }), {
-    code: 'BAD_INPUT',
-    message: /stage 'add_matmul\.onnx': input 'y' axis 1 is dim 'L' = 1, but 'x' set 'L' = 2/,
-  });
-  await t.rejects(s.run({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', x, [1, 2, W_IN]), z: tensor('float32', x, [1, 2, W_IN]) }), {
-    code: 'BAD_INPUT',
-    message: /unknown input 'z'; this stage takes 'x', 'y'/,
-  });
+  await t.rejects(
+    s.run({ x: tensor('float32', x, [1, 2, W_IN]), y: tensor('float32', x.subarray(0, W_IN), [1, 1, W_IN]) }),
+    {
+      code: 'BAD_INPUT',
+      message: /stage 'add_matmul\.onnx': input 'y' axis 1 is dim 'L' = 1, but 'x' set 'L' = 2/,
+    },
+  );
+  await t.rejects(
+    s.run({
+      x: tensor('float32', x, [1, 2, W_IN]),
+      y: tensor('float32', x, [1, 2, W_IN]),
+      z: tensor('float32', x, [1, 2, W_IN]),
+    }),
+    {
+      code: 'BAD_INPUT',
+      message: /unknown input 'z'; this stage takes 'x', 'y'/,
+    },
+  );
 });
 
 t.test('signatureFromMetadata keeps named dims and frees unnamed ones', async (t) => {
@@ -53,7 +72,10 @@ t.test('dispose during a run cancels it', async (t) => {
   const n = 384;
   const s = await ort.open(heavyGraph(dir, n), { stage: 'heavy', threads: 1 });
   const a = new Float32Array(n * n).fill(0.01);
-  const pending = t.rejects(s.run({ a: tensor('float32', a, [n, n]) }), { code: 'CANCELLED', message: /stage 'heavy': session disposed during a run/ });
+  const pending = t.rejects(s.run({ a: tensor('float32', a, [n, n]) }), {
+    code: 'CANCELLED',
+    message: /stage 'heavy': session disposed during a run/,
+  });
   await s.dispose();
   await pending;
 });
@@ -79,15 +101,25 @@ t.test('a worker that dies with runs in flight fails them with BACKEND_CRASHED; 
   // The first worker's answer (checked against the reference); a reopened one must give the same bits.
   const want = Array.from((await s.run(feeds())).z!.data as Float32Array);
   const ref = addMatMulRef(x, y, 3);
-  t.ok(want.every((v, i) => Math.abs(v - ref[i]!) < 1e-5), 'the first worker answers correctly');
+  t.ok(
+    want.every((v, i) => Math.abs(v - ref[i]!) < 1e-5),
+    'the first worker answers correctly',
+  );
   const causes = { exit: /exit code 70/, throw: /an uncaught error: crash requested by a test/ };
   for (const [i, how] of (['exit', 'throw'] as const).entries()) {
     const first = internals(s).worker;
     first.postMessage({ type: 'crash', how, atNextRun: true }); // the worker dies on receiving the next run
     const results = await Promise.allSettled([s.run(feeds()), s.run(feeds())]);
     for (const r of results) {
-      t.equal(r.status === 'rejected' && (r.reason as SetokimError).code, 'BACKEND_CRASHED', `${how}: the run in flight failed`);
-      t.match(r.status === 'rejected' && (r.reason as Error).message, /^stage 'dies': the ONNX Runtime worker died \(.*\) during this run; send the query again \(the next run restarts the worker\)$/);
+      t.equal(
+        r.status === 'rejected' && (r.reason as SetokimError).code,
+        'BACKEND_CRASHED',
+        `${how}: the run in flight failed`,
+      );
+      t.match(
+        r.status === 'rejected' && (r.reason as Error).message,
+        /^stage 'dies': the ONNX Runtime worker died \(.*\) during this run; send the query again \(the next run restarts the worker\)$/,
+      );
       t.match(r.status === 'rejected' && (r.reason as Error).message, causes[how]);
     }
     const after = await s.run(feeds());
@@ -168,7 +200,8 @@ t.test('if reopening fails, runs fail with BACKEND_CRASHED naming both causes, a
   await crash(s, 'throw');
   const broken = {
     code: 'BACKEND_CRASHED',
-    message: /^stage 'fragile': the ONNX Runtime worker died \(an uncaught error: crash requested by a test\) and reopening .*add_matmul\.onnx failed: .+\. Check the model set and restart the agent\.$/,
+    message:
+      /^stage 'fragile': the ONNX Runtime worker died \(an uncaught error: crash requested by a test\) and reopening .*add_matmul\.onnx failed: .+\. Check the model set and restart the agent\.$/,
   };
   await t.rejects(s.run(feeds()), broken);
   await t.rejects(s.run(feeds()), broken, 'still broken: no reopen loop');
@@ -192,7 +225,10 @@ t.test('transfer moves the named feeds to the worker instead of copying them; th
   const big = new Float32Array(2 * L * W_IN);
   big.set(x);
   const view = big.subarray(0, L * W_IN);
-  const viaView = await s.run({ x: tensor('float32', view, [1, L, W_IN]), y: tensor('float32', y, [1, L, W_IN]) }, { transfer: ['x'] });
+  const viaView = await s.run(
+    { x: tensor('float32', view, [1, L, W_IN]), y: tensor('float32', y, [1, L, W_IN]) },
+    { transfer: ['x'] },
+  );
   t.equal(big.length, 2 * L * W_IN, 'the larger buffer is not detached');
   t.same(Array.from(viaView.z!.data as Float32Array), copied);
 

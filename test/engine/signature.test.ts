@@ -22,15 +22,22 @@ t.test('missing and unknown inputs name the stage, the tensor and what is expect
     code: 'BAD_INPUT',
     message: "stage 'merger': missing input 'assign' (expected float32 [1, L, 256])",
   });
-  t.throws(() => checkFeeds('merger', MERGER, { features: f32([1, 256, 8]), assign: f32([1, 2, 256]), extra: f32([1]) }), {
-    code: 'BAD_INPUT',
-    message: "stage 'merger': unknown input 'extra'; this stage takes 'features', 'assign'",
-  });
+  t.throws(
+    () => checkFeeds('merger', MERGER, { features: f32([1, 256, 8]), assign: f32([1, 2, 256]), extra: f32([1]) }),
+    {
+      code: 'BAD_INPUT',
+      message: "stage 'merger': unknown input 'extra'; this stage takes 'features', 'assign'",
+    },
+  );
 });
 
 t.test('wrong dtype, rank and fixed dims say expected vs got', async (t) => {
   t.throws(
-    () => checkFeeds('merger', MERGER, { features: tensor('float16', new Uint16Array(2048), [1, 256, 8]), assign: f32([1, 2, 256]) }),
+    () =>
+      checkFeeds('merger', MERGER, {
+        features: tensor('float16', new Uint16Array(2048), [1, 256, 8]),
+        assign: f32([1, 2, 256]),
+      }),
     { code: 'BAD_INPUT', message: /'features' must be float32, got float16/ },
   );
   t.throws(() => checkFeeds('merger', MERGER, { features: f32([256, 8]), assign: f32([1, 2, 256]) }), {
@@ -43,16 +50,31 @@ t.test('wrong dtype, rank and fixed dims say expected vs got', async (t) => {
 
 t.test('data must match the dtype and the element count', async (t) => {
   t.throws(
-    () => checkFeeds('merger', MERGER, { features: tensor('float32', new Float64Array(2048) as unknown as Float32Array, [1, 256, 8]), assign: f32([1, 2, 256]) }),
+    () =>
+      checkFeeds('merger', MERGER, {
+        features: tensor('float32', new Float64Array(2048) as unknown as Float32Array, [1, 256, 8]),
+        assign: f32([1, 2, 256]),
+      }),
     { message: /'features' is float32, whose data must be a Float32Array, got Float64Array/ },
   );
   t.throws(
-    () => checkFeeds('merger', MERGER, { features: tensor('float32', new Float32Array(10), [1, 256, 8]), assign: f32([1, 2, 256]) }),
+    () =>
+      checkFeeds('merger', MERGER, {
+        features: tensor('float32', new Float32Array(10), [1, 256, 8]),
+        assign: f32([1, 2, 256]),
+      }),
     { message: /'features' has 10 elements but dims \[1, 256, 8\] need 2048/ },
   );
-  t.throws(() => checkFeeds('merger', MERGER, { features: f32([1, 256, 8]), assign: tensor('float32', new Float32Array(0), [1, -1, 256]) }), {
-    message: /invalid dims/,
-  });
+  t.throws(
+    () =>
+      checkFeeds('merger', MERGER, {
+        features: f32([1, 256, 8]),
+        assign: tensor('float32', new Float32Array(0), [1, -1, 256]),
+      }),
+    {
+      message: /invalid dims/,
+    },
+  );
 });
 
 t.test('a named dim must agree across inputs, and sums follow', async (t) => {
@@ -77,9 +99,18 @@ t.test('a named dim must agree across inputs, and sums follow', async (t) => {
 });
 
 t.test('limits bound named dims (e.g. an engine profile)', async (t) => {
-  t.throws(() => checkFeeds('merger', MERGER, { features: f32([1, 256, 8]), assign: f32([1, 300, 256]) }, { L: { min: 1, max: 256 } }), {
-    message: "stage 'merger': input 'assign' dim 'L' = 300 is outside 1..256",
-  });
+  t.throws(
+    () =>
+      checkFeeds(
+        'merger',
+        MERGER,
+        { features: f32([1, 256, 8]), assign: f32([1, 300, 256]) },
+        { L: { min: 1, max: 256 } },
+      ),
+    {
+      message: "stage 'merger': input 'assign' dim 'L' = 300 is outside 1..256",
+    },
+  );
 });
 
 t.test("the contract's LLM signature accepts a decode step with a KV cache", async (t) => {
@@ -88,7 +119,17 @@ t.test("the contract's LLM signature accepts a decode step with a KV cache", asy
     encoder: { width: 8, layers: 1, heads: 1, mlp: 8 },
     cluster: { k: 4, threshold: 0.1, fallback: 4, maxTokens: 16 },
     merger: { heads: 2, depth: 1, mlp: 8, tokenWidth: 8 },
-    llm: { hidden: 8, layers: 2, heads: 2, kvHeads: 1, intermediate: 16, vocab: 32, maxContext: 64, ropeTheta: 10000, rmsEps: 1e-5 },
+    llm: {
+      hidden: 8,
+      layers: 2,
+      heads: 2,
+      kvHeads: 1,
+      intermediate: 16,
+      vocab: 32,
+      maxContext: 64,
+      ropeTheta: 10000,
+      rmsEps: 1e-5,
+    },
     diffusion: { width: 8, layers: 1, steps: 2 },
     detokenizer: { queries: 4, width: 8, layers: 1, heads: 1, imageSize: 32, patch: 8 },
     maskDecoder: { width: 8 },

@@ -19,12 +19,26 @@ import type { Architecture } from '../../src/engine/contract.js';
 
 const dir = tmpDir();
 
-function jetson(over: { tensorrt?: boolean; gpus?: number; trtVersion?: string } = {}): NativeAddon & { loads: string[] } {
+function jetson(
+  over: { tensorrt?: boolean; gpus?: number; trtVersion?: string } = {},
+): NativeAddon & { loads: string[] } {
   const loads: string[] = [];
   const caps: Capabilities = {
-    compiled: { cuda: true, cudaVersion: '12.6', cudaArchitectures: '87', tensorrt: over.tensorrt ?? true, tensorrtVersion: '10.3.0', simd: 'neon' },
+    compiled: {
+      cuda: true,
+      cudaVersion: '12.6',
+      cudaArchitectures: '87',
+      tensorrt: over.tensorrt ?? true,
+      tensorrtVersion: '10.3.0',
+      simd: 'neon',
+    },
     present: {
-      gpus: Array.from({ length: over.gpus ?? 1 }, (_, i) => ({ index: i, name: 'Orin', computeCapability: '8.7', totalMemoryBytes: 8e9 })),
+      gpus: Array.from({ length: over.gpus ?? 1 }, (_, i) => ({
+        index: i,
+        name: 'Orin',
+        computeCapability: '8.7',
+        totalMemoryBytes: 8e9,
+      })),
       cudaDriverVersion: 12060,
       gpuProbeError: (over.gpus ?? 1) === 0 ? 'no CUDA-capable device is detected' : null,
       tensorrtLibraryVersion: over.trtVersion ?? '10.3.0',
@@ -41,15 +55,32 @@ function jetson(over: { tensorrt?: boolean; gpus?: number; trtVersion?: string }
 }
 
 t.test('unavailable reasons: no TensorRT in the build, no GPU', async (t) => {
-  t.match(tensorrtUnavailableReason(() => jetson({ tensorrt: false })), /built without TensorRT.*TENSORRT_ROOT/);
-  t.match(tensorrtUnavailableReason(() => jetson({ gpus: 0 })), /no GPU is present \(no CUDA-capable device is detected\)/);
-  t.equal(tensorrtUnavailableReason(() => jetson()), undefined);
+  t.match(
+    tensorrtUnavailableReason(() => jetson({ tensorrt: false })),
+    /built without TensorRT.*TENSORRT_ROOT/,
+  );
+  t.match(
+    tensorrtUnavailableReason(() => jetson({ gpus: 0 })),
+    /no GPU is present \(no CUDA-capable device is detected\)/,
+  );
+  t.equal(
+    tensorrtUnavailableReason(() => jetson()),
+    undefined,
+  );
   const real = capabilities();
   const reason = tensorrtUnavailableReason();
-  t.equal(reason === undefined, real.compiled.tensorrt && real.present.gpus.length > 0, 'the real addon agrees with capabilities()');
+  t.equal(
+    reason === undefined,
+    real.compiled.tensorrt && real.present.gpus.length > 0,
+    'the real addon agrees with capabilities()',
+  );
   const backend = new TensorRtBackend();
   t.equal(await backend.available(), reason === undefined);
-  if (reason) await t.rejects(backend.open(path.join(dir, 'x.plan')), { code: 'BACKEND_UNAVAILABLE', message: reason.slice(0, 30) });
+  if (reason)
+    await t.rejects(backend.open(path.join(dir, 'x.plan')), {
+      code: 'BACKEND_UNAVAILABLE',
+      message: reason.slice(0, 30),
+    });
 });
 
 t.test('a plan is refused on its manifest before the addon loads it', async (t) => {
@@ -61,23 +92,48 @@ t.test('a plan is refused on its manifest before the addon loads it', async (t) 
   await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'MODEL_NOT_FOUND', message: /has no manifest/ });
 
   const m = {
-    format: ENGINE_MANIFEST_FORMAT, stage: 'add_matmul', plan: path.basename(plan), sha256: await sha256File(plan), bytes: 10,
-    source: { file: 'add_matmul.onnx', sha256: 'c'.repeat(64) }, tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin',
-    jetpack: '6.1', l4t: null, precision: 'fp32', stronglyTyped: true,
+    format: ENGINE_MANIFEST_FORMAT,
+    stage: 'add_matmul',
+    plan: path.basename(plan),
+    sha256: await sha256File(plan),
+    bytes: 10,
+    source: { file: 'add_matmul.onnx', sha256: 'c'.repeat(64) },
+    tensorrt: '10.3.0',
+    cuda: '12.6',
+    sm: '8.7',
+    gpu: 'Orin',
+    jetpack: '6.1',
+    l4t: null,
+    precision: 'fp32',
+    stronglyTyped: true,
     profiles: [profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 16 } })],
-    io: ADD_MATMUL_SIGNATURE, builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 }, builtAt: '2026-11-27T00:00:00Z',
+    io: ADD_MATMUL_SIGNATURE,
+    builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 },
+    builtAt: '2026-11-27T00:00:00Z',
   };
   writeFileSync(engineManifestPath(plan), JSON.stringify({ ...m, tensorrt: '10.7.0' }));
-  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT 10\.7\.0, this machine has TensorRT 10\.3\.0/ });
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), {
+    code: 'ENGINE_INCOMPATIBLE',
+    message: /TensorRT 10\.7\.0, this machine has TensorRT 10\.3\.0/,
+  });
   writeFileSync(engineManifestPath(plan), JSON.stringify({ ...m, sha256: 'd'.repeat(64) }));
   await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'MODEL_HASH_MISMATCH' });
   t.same(addon.loads, [], 'the addon never saw a refused plan');
 
   writeFileSync(engineManifestPath(plan), JSON.stringify(m));
-  const newer = { ...ADD_MATMUL_SIGNATURE, inputs: [ADD_MATMUL_SIGNATURE.inputs[0]!, { name: 'y', dtype: 'float16' as const, shape: [1, 'L', 4] }] };
-  await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: newer }), { code: 'ENGINE_INCOMPATIBLE', message: /built for another signature \(y: expected dtype float16, got float32\)/ });
+  const newer = {
+    ...ADD_MATMUL_SIGNATURE,
+    inputs: [ADD_MATMUL_SIGNATURE.inputs[0]!, { name: 'y', dtype: 'float16' as const, shape: [1, 'L', 4] }],
+  };
+  await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: newer }), {
+    code: 'ENGINE_INCOMPATIBLE',
+    message: /built for another signature \(y: expected dtype float16, got float32\)/,
+  });
   t.same(addon.loads, [], 'the addon never saw a refused plan');
-  await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: ADD_MATMUL_SIGNATURE }), { code: 'ENGINE_INCOMPATIBLE', message: /TensorRT refused .*stand-in addon/ });
+  await t.rejects(backend.open(plan, { stage: 'add_matmul', signature: ADD_MATMUL_SIGNATURE }), {
+    code: 'ENGINE_INCOMPATIBLE',
+    message: /TensorRT refused .*stand-in addon/,
+  });
   t.same(addon.loads, [plan], 'a compatible, intact plan reaches the addon');
 });
 
@@ -85,11 +141,24 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
   const plan = path.join(dir, 'canary.fp32.plan');
   writeFileSync(plan, 'plan bytes for the canary');
   const m = {
-    format: ENGINE_MANIFEST_FORMAT, stage: 'add_matmul', plan: path.basename(plan), sha256: await sha256File(plan), bytes: 25,
-    source: { file: 'add_matmul.onnx', sha256: 'c'.repeat(64) }, tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin',
-    jetpack: null, l4t: null, precision: 'fp32', stronglyTyped: true,
+    format: ENGINE_MANIFEST_FORMAT,
+    stage: 'add_matmul',
+    plan: path.basename(plan),
+    sha256: await sha256File(plan),
+    bytes: 25,
+    source: { file: 'add_matmul.onnx', sha256: 'c'.repeat(64) },
+    tensorrt: '10.3.0',
+    cuda: '12.6',
+    sm: '8.7',
+    gpu: 'Orin',
+    jetpack: null,
+    l4t: null,
+    precision: 'fp32',
+    stronglyTyped: true,
     profiles: [profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 16 } })],
-    io: ADD_MATMUL_SIGNATURE, builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 }, builtAt: '2026-11-27T00:00:00Z',
+    io: ADD_MATMUL_SIGNATURE,
+    builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 },
+    builtAt: '2026-11-27T00:00:00Z',
   };
   writeFileSync(engineManifestPath(plan), JSON.stringify(m));
   const runs: Record<string, NativeTrtTensor>[] = [];
@@ -105,14 +174,23 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
       runs.push(feeds);
       if (failCanary) throw new Error('enqueueV3 failed: illegal memory access');
       const L = feeds.x!.dims[1]!;
-      return { z: { dtype: 'float32', dims: [1, L, 3], data: addMatMulRef(feeds.x!.data as Float32Array, feeds.y!.data as Float32Array, L) } };
+      return {
+        z: {
+          dtype: 'float32',
+          dims: [1, L, 3],
+          data: addMatMulRef(feeds.x!.data as Float32Array, feeds.y!.data as Float32Array, L),
+        },
+      };
     },
   );
   const disposedCount = () => engine.disposed;
   const addon = { ...jetson(), trtLoadEngine: async () => engine };
   const backend = new TensorRtBackend({ load: () => addon });
 
-  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), { code: 'ENGINE_INCOMPATIBLE', message: /canary inference of .*canary\.fp32\.plan failed: enqueueV3 failed/ });
+  await t.rejects(backend.open(plan, { stage: 'add_matmul' }), {
+    code: 'ENGINE_INCOMPATIBLE',
+    message: /canary inference of .*canary\.fp32\.plan failed: enqueueV3 failed/,
+  });
   t.equal(disposedCount(), 1, 'a failed engine is released');
   t.same(runs[0]!.x!.dims, [1, 8, 4], 'the canary runs at the opt shape');
   t.ok(runs[0]!.x!.data instanceof Float32Array);
@@ -135,12 +213,22 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
   await s.dispose();
   await s.dispose();
   t.equal(disposedCount(), 2);
-  await t.rejects(s.run({ x: tensor('float32', x, [1, 3, 4]), y: tensor('float32', x, [1, 3, 4]) }), { message: /disposed/ });
+  await t.rejects(s.run({ x: tensor('float32', x, [1, 3, 4]), y: tensor('float32', x, [1, 3, 4]) }), {
+    message: /disposed/,
+  });
 });
 
 t.test('engine builds need TensorRT and give every dynamic dim a range', async (t) => {
   await t.rejects(
-    buildEngine({ stage: 'x', onnx: 'x.onnx', plan: path.join(dir, 'x.plan'), signature: ADD_MATMUL_SIGNATURE, maxDims: { L: 4 }, precision: 'fp32', load: () => jetson({ gpus: 0 }) }),
+    buildEngine({
+      stage: 'x',
+      onnx: 'x.onnx',
+      plan: path.join(dir, 'x.plan'),
+      signature: ADD_MATMUL_SIGNATURE,
+      maxDims: { L: 4 },
+      precision: 'fp32',
+      load: () => jetson({ gpus: 0 }),
+    }),
     { code: 'BACKEND_UNAVAILABLE', message: /no GPU is present.*built on the Jetson/ },
   );
   t.same(profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 1, opt: 8, max: 16 } }), {
@@ -148,7 +236,9 @@ t.test('engine builds need TensorRT and give every dynamic dim a range', async (
     y: { min: [1, 1, 4], opt: [1, 8, 4], max: [1, 16, 4] },
   });
   t.throws(() => profileFromSignature(ADD_MATMUL_SIGNATURE, {}), { code: 'BAD_ARGUMENT', message: /dynamic dim 'L'/ });
-  t.throws(() => profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 4, opt: 2, max: 8 } }), { code: 'BAD_ARGUMENT' });
+  t.throws(() => profileFromSignature(ADD_MATMUL_SIGNATURE, { L: { min: 4, opt: 2, max: 8 } }), {
+    code: 'BAD_ARGUMENT',
+  });
 });
 
 t.test('default stage profiles: vision tokens up to maxTokens, LLM prefill and decode', async (t) => {
@@ -201,75 +291,113 @@ t.test('resident tensors through the TensorRT session (TensorRtEngineTestDouble 
     },
   };
   // The same resident checks every backend passes (backend-suite.ts), on the TensorRT session.
-  residentSuite(t, {
-    backend: new TensorRtBackend({ load: () => addon }),
-    prepare: async (onnx, signature, maxDims) => {
-      const plan = onnx.replace(/\.onnx$/, `.${engines.length}.plan`);
-      writeFileSync(plan, `plan of ${path.basename(onnx)}`);
-      const ranges = Object.fromEntries(Object.entries(maxDims).map(([k, v]) => [k, { min: 0, opt: 1, max: v }]));
-      const manifest = {
-        format: ENGINE_MANIFEST_FORMAT,
-        stage: 'cache',
-        plan: path.basename(plan),
-        sha256: await sha256File(plan),
-        bytes: statSync(plan).size,
-        source: { file: path.basename(onnx), sha256: 'c'.repeat(64) },
-        ...{ tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', jetpack: null, l4t: null },
-        ...{ precision: 'fp32', stronglyTyped: true, profiles: [profileFromSignature(signature, ranges)], io: signature },
-        builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 },
-        builtAt: '2026-11-27T00:00:00Z',
-      };
-      writeFileSync(engineManifestPath(plan), JSON.stringify(manifest));
-      return plan;
+  residentSuite(
+    t,
+    {
+      backend: new TensorRtBackend({ load: () => addon }),
+      prepare: async (onnx, signature, maxDims) => {
+        const plan = onnx.replace(/\.onnx$/, `.${engines.length}.plan`);
+        writeFileSync(plan, `plan of ${path.basename(onnx)}`);
+        const ranges = Object.fromEntries(Object.entries(maxDims).map(([k, v]) => [k, { min: 0, opt: 1, max: v }]));
+        const manifest = {
+          format: ENGINE_MANIFEST_FORMAT,
+          stage: 'cache',
+          plan: path.basename(plan),
+          sha256: await sha256File(plan),
+          bytes: statSync(plan).size,
+          source: { file: path.basename(onnx), sha256: 'c'.repeat(64) },
+          ...{ tensorrt: '10.3.0', cuda: '12.6', sm: '8.7', gpu: 'Orin', jetpack: null, l4t: null },
+          ...{
+            precision: 'fp32',
+            stronglyTyped: true,
+            profiles: [profileFromSignature(signature, ranges)],
+            io: signature,
+          },
+          builder: { workspaceBytes: 1 << 20, timingCache: false, seconds: 1 },
+          builtAt: '2026-11-27T00:00:00Z',
+        };
+        writeFileSync(engineManifestPath(plan), JSON.stringify(manifest));
+        return plan;
+      },
+      tolerance: 1e-6,
     },
-    tolerance: 1e-6,
-  }, tmpDir());
+    tmpDir(),
+  );
   t.test('what reached the engine', async (t) => {
     const [first] = engines;
     const [canary, ...runs] = first!.runs;
     t.ok('cache' in canary!.feeds, 'the canary feeds zeros from the host');
     const byHandle = runs.every((r) => !('cache' in r.feeds) && typeof r.resident.cache === 'number');
     t.ok(runs.length > 0 && byHandle, 'then the cache goes by handle only');
-    t.ok(runs.some((r) => r.writes.rows?.axis === 1), 'row writes reach it as (handle, axis, offset)');
+    t.ok(
+      runs.some((r) => r.writes.rows?.axis === 1),
+      'row writes reach it as (handle, axis, offset)',
+    );
     t.ok(first!.released.length > 0, 'released handles reach it');
   });
 });
 
-t.test('TensorRtEngineBuilder: the manifest names the target; an aborted build is cancelled in the addon; a failure is ENGINE_BUILD_FAILED', async (t) => {
-  const { TensorRtEngineBuilder } = await import('../../src/engine/engine-builder.js');
-  const { readEngineManifest } = await import('../../src/engine/engine-manifest.js');
-  const { SetokimError, ErrorCodes } = await import('../../src/errors.js');
-  const { addMatMul } = await import('./fixtures.js');
-  const onnx = addMatMul(dir);
-  let cancels = 0;
-  const behave: { mode: 'ok' | 'hang' | 'fail' } = { mode: 'ok' };
-  // Stands in for the native builder where TensorRT would run: writes a plan, hangs until cancelled, or fails.
-  const addon = {
-    ...jetson(),
-    trtBuildEngine: (o: { plan: string }, onProgress?: (p: string, s: number, n: number) => void, registerCancel?: (c: () => void) => void) =>
-      new Promise<{ bytes: number; seconds: number; warnings: string[] }>((resolve, reject) => {
-        onProgress?.('Building engine', 1, 2);
-        registerCancel?.(() => {
-          cancels++;
-          reject(new Error('the engine build (cancelled)'));
-        });
-        if (behave.mode === 'ok') {
-          writeFileSync(o.plan, 'plan from the stand-in');
-          resolve({ bytes: 22, seconds: 3, warnings: [] });
-        } else if (behave.mode === 'fail') reject(new Error('the ONNX parser rejected x.onnx: Unsupported op'));
-      }),
-  };
-  const builder = new TensorRtEngineBuilder(() => addon);
-  const request = { stage: 'add_matmul', onnx, plan: path.join(dir, 'b', 'add_matmul.fp32.plan'), signature: ADD_MATMUL_SIGNATURE, profiles: [{ L: { min: 1, opt: 8, max: 16 } }], precision: 'fp32' as const, target: 'orin-nano-8gb/jp6.2/trt10.3', jetpack: '6.2' };
-  const m = await builder.build(request);
-  t.match(m, { target: 'orin-nano-8gb/jp6.2/trt10.3', tensorrt: '10.3.0', sm: '8.7', jetpack: '6.2', bytes: 22, builder: { seconds: 3, workspaceBytes: 1 << 30 } });
-  t.same(readEngineManifest(request.plan), m, 'written beside the plan');
-  behave.mode = 'hang';
-  const ac = new AbortController();
-  const hung = builder.build({ ...request, signal: ac.signal });
-  ac.abort(new SetokimError(ErrorCodes.ENGINE_BUILD_TIMEOUT, 'past its limit'));
-  await t.rejects(hung, { code: 'ENGINE_BUILD_TIMEOUT', message: 'past its limit' });
-  t.equal(cancels, 1, "the addon's cancel was called");
-  behave.mode = 'fail';
-  await t.rejects(builder.build(request), { code: 'ENGINE_BUILD_FAILED', message: /TensorRT could not build stage 'add_matmul' from .*Unsupported op/ });
-});
+t.test(
+  'TensorRtEngineBuilder: the manifest names the target; an aborted build is cancelled in the addon; a failure is ENGINE_BUILD_FAILED',
+  async (t) => {
+    const { TensorRtEngineBuilder } = await import('../../src/engine/engine-builder.js');
+    const { readEngineManifest } = await import('../../src/engine/engine-manifest.js');
+    const { SetokimError, ErrorCodes } = await import('../../src/errors.js');
+    const { addMatMul } = await import('./fixtures.js');
+    const onnx = addMatMul(dir);
+    let cancels = 0;
+    const behave: { mode: 'ok' | 'hang' | 'fail' } = { mode: 'ok' };
+    // Stands in for the native builder where TensorRT would run: writes a plan, hangs until cancelled, or fails.
+    const addon = {
+      ...jetson(),
+      trtBuildEngine: (
+        o: { plan: string },
+        onProgress?: (p: string, s: number, n: number) => void,
+        registerCancel?: (c: () => void) => void,
+      ) =>
+        new Promise<{ bytes: number; seconds: number; warnings: string[] }>((resolve, reject) => {
+          onProgress?.('Building engine', 1, 2);
+          registerCancel?.(() => {
+            cancels++;
+            reject(new Error('the engine build (cancelled)'));
+          });
+          if (behave.mode === 'ok') {
+            writeFileSync(o.plan, 'plan from the stand-in');
+            resolve({ bytes: 22, seconds: 3, warnings: [] });
+          } else if (behave.mode === 'fail') reject(new Error('the ONNX parser rejected x.onnx: Unsupported op'));
+        }),
+    };
+    const builder = new TensorRtEngineBuilder(() => addon);
+    const request = {
+      stage: 'add_matmul',
+      onnx,
+      plan: path.join(dir, 'b', 'add_matmul.fp32.plan'),
+      signature: ADD_MATMUL_SIGNATURE,
+      profiles: [{ L: { min: 1, opt: 8, max: 16 } }],
+      precision: 'fp32' as const,
+      target: 'orin-nano-8gb/jp6.2/trt10.3',
+      jetpack: '6.2',
+    };
+    const m = await builder.build(request);
+    t.match(m, {
+      target: 'orin-nano-8gb/jp6.2/trt10.3',
+      tensorrt: '10.3.0',
+      sm: '8.7',
+      jetpack: '6.2',
+      bytes: 22,
+      builder: { seconds: 3, workspaceBytes: 1 << 30 },
+    });
+    t.same(readEngineManifest(request.plan), m, 'written beside the plan');
+    behave.mode = 'hang';
+    const ac = new AbortController();
+    const hung = builder.build({ ...request, signal: ac.signal });
+    ac.abort(new SetokimError(ErrorCodes.ENGINE_BUILD_TIMEOUT, 'past its limit'));
+    await t.rejects(hung, { code: 'ENGINE_BUILD_TIMEOUT', message: 'past its limit' });
+    t.equal(cancels, 1, "the addon's cancel was called");
+    behave.mode = 'fail';
+    await t.rejects(builder.build(request), {
+      code: 'ENGINE_BUILD_FAILED',
+      message: /TensorRT could not build stage 'add_matmul' from .*Unsupported op/,
+    });
+  },
+);

@@ -69,16 +69,25 @@ t.test('masked attention equals the reference, and masked keys have no influence
     const [i, j] = [Math.floor(n / Sk), n % Sk];
     return (i + j) % 3 !== 0 || i === j ? 0 : MASK_NEG;
   });
-  const feeds = { q: f32(qs, [1, heads, Sq, hd]), k: f32(ks, [1, heads, Sk, hd]), v: f32(vs, [1, heads, Sk, hd]), mask: f32(ms, [1, 1, Sq, Sk]) };
+  const feeds = {
+    q: f32(qs, [1, heads, Sq, hd]),
+    k: f32(ks, [1, heads, Sk, hd]),
+    v: f32(vs, [1, heads, Sk, hd]),
+    mask: f32(ms, [1, 1, Sq, Sk]),
+  };
   const o = data((await run(m, feeds)).o);
   t.ok(maxAbsDiff(o, attentionRef(qs, ks, vs, heads, Sq, Sk, hd, ms)) < 1e-5, 'matches reference');
   // change the values of one masked-out key: the query that cannot see it must not move
-  for (const [i, j] of [[0, 3], [1, 5]] as const) {
+  for (const [i, j] of [
+    [0, 3],
+    [1, 5],
+  ] as const) {
     t.equal(ms[i * Sk + j], MASK_NEG);
     const vs2 = Float32Array.from(vs);
     for (let h = 0; h < heads; h++) for (let d = 0; d < hd; d++) vs2[(h * Sk + j) * hd + d] = 100;
     const o2 = data((await run(m, { ...feeds, v: f32(vs2, [1, heads, Sk, hd]) })).o);
-    const rows = (a: Float32Array, r: number) => Array.from({ length: heads * hd }, (_, n) => a[(Math.floor(n / hd) * Sq + r) * hd + (n % hd)]!);
+    const rows = (a: Float32Array, r: number) =>
+      Array.from({ length: heads * hd }, (_, n) => a[(Math.floor(n / hd) * Sq + r) * hd + (n % hd)]!);
     t.ok(maxAbsDiff(rows(o, i), rows(o2, i)) < 1e-6, `query ${i} ignores masked key ${j}`);
     t.ok(maxAbsDiff(rows(o, 2), rows(o2, 2)) > 1e-2, 'a query that sees it moves');
   }

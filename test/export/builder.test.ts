@@ -22,8 +22,14 @@ t.test('initializers are raw little-endian float32 with scoped names', async (t)
   t.equal(w.floatData?.length ?? 0, 0, 'no float_data: raw_data only');
   const raw = w.rawData!;
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  t.same(Array.from({ length: 9 }, (_, i) => view.getFloat32(i * 4, true)), Array.from(Float32Array.from([1, 2, 3, 4, 5, 6, -1.5, 0.25, 1e-20])));
-  t.same(m.graph!.input![0]!.type!.tensorType!.shape!.dim!.map((d) => d.dimParam || Number(d.dimValue)), ['N', 3]);
+  t.same(
+    Array.from({ length: 9 }, (_, i) => view.getFloat32(i * 4, true)),
+    Array.from(Float32Array.from([1, 2, 3, 4, 5, 6, -1.5, 0.25, 1e-20])),
+  );
+  t.same(
+    m.graph!.input![0]!.type!.tensorType!.shape!.dim!.map((d) => d.dimParam || Number(d.dimValue)),
+    ['N', 3],
+  );
 });
 
 t.test('the graph runs and the same calls give the same bytes', async (t) => {
@@ -36,7 +42,11 @@ t.test('shared constants are created once; duplicate names are refused', async (
   const g = new GraphBuilder('c');
   t.equal(g.ints([1, 2]), g.ints([1, 2]));
   t.not(g.ints([1, 2]), g.ints([1, 2], [2, 1]));
-  t.equal(g.scope('a', () => g.scalar(2)), g.scalar(2), 'constants live at the root scope');
+  t.equal(
+    g.scope('a', () => g.scalar(2)),
+    g.scalar(2),
+    'constants live at the root scope',
+  );
   g.input('x', 'float32', [1]);
   t.throws(() => g.input('x', 'float32', [1]), /duplicate/);
   t.throws(() => g.weight('w', new Float32Array(3), [2, 2]), /3 values for dims \[2,2\]/);

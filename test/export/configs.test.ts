@@ -14,7 +14,10 @@ t.test('every config parses and is internally consistent', async (t) => {
     t.ok(Number.isInteger(patchGrid(a)), `${name}: patch divides the image`);
     t.ok(Number.isInteger(headDim(a)) && headDim(a) % 2 === 0, `${name}: even head dim for RoPE`);
     t.equal(a.llm.heads % a.llm.kvHeads, 0);
-    t.ok(a.llm.vocab >= VOCAB_WITH_SPECIALS && a.llm.vocab % 64 === 0, `${name}: vocab ${a.llm.vocab} holds the specials, padded to 64`);
+    t.ok(
+      a.llm.vocab >= VOCAB_WITH_SPECIALS && a.llm.vocab % 64 === 0,
+      `${name}: vocab ${a.llm.vocab} holds the specials, padded to 64`,
+    );
     t.same(a.tokens, SPECIAL_TOKENS);
     t.equal(a.detokenizer.queries, (a.detokenizer.imageSize / a.detokenizer.patch) ** 2);
     t.ok(a.cluster.fallback <= a.cluster.maxTokens && a.cluster.k <= patchGrid(a) ** 2);

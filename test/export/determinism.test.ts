@@ -9,7 +9,10 @@ import { synthesize } from '../../tools/export/synth.js';
 
 async function hashes(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const f of (await readdir(dir)).sort()) out[f] = createHash('sha256').update(await readFile(join(dir, f))).digest('hex');
+  for (const f of (await readdir(dir)).sort())
+    out[f] = createHash('sha256')
+      .update(await readFile(join(dir, f)))
+      .digest('hex');
   return out;
 }
 
@@ -31,12 +34,19 @@ t.test('two synth runs with one seed give identical files; another seed differs'
 t.test('the generator is pure integer arithmetic and forks by name', async (t) => {
   const a = new Rng(7);
   const first = Array.from({ length: 4 }, () => a.next());
-  t.same(Array.from({ length: 4 }, () => new Rng(7).next()), Array(4).fill(first[0]), 'a seed restarts the sequence');
+  t.same(
+    Array.from({ length: 4 }, () => new Rng(7).next()),
+    Array(4).fill(first[0]),
+    'a seed restarts the sequence',
+  );
   t.ok(new Set(first).size === 4 && first.every((x) => x >= 0 && x < 1));
   t.same(Array.from(new Rng(7).fork('w').uniform(8, 1)), Array.from(new Rng(7).fork('w').uniform(8, 1)));
   t.not(new Rng(7).fork('w').next(), new Rng(7).fork('v').next(), 'different names, different streams');
   const u = new Rng(3).uniform(20000, 0.5);
   const mean = u.reduce((s, x) => s + x, 0) / u.length;
   const std = Math.sqrt(u.reduce((s, x) => s + (x - mean) ** 2, 0) / u.length);
-  t.ok(Math.abs(mean) < 0.01 && Math.abs(std - 0.5) < 0.01, `uniform(std 0.5): mean ${mean.toFixed(4)}, std ${std.toFixed(4)}`);
+  t.ok(
+    Math.abs(mean) < 0.01 && Math.abs(std - 0.5) < 0.01,
+    `uniform(std 0.5): mean ${mean.toFixed(4)}, std ${std.toFixed(4)}`,
+  );
 });

@@ -23,8 +23,10 @@ export async function run(model: Model | Uint8Array | string, feeds: Feeds): Pro
   }
 }
 
-export const f32 = (data: Float32Array | number[], dims: number[]) => new ort.Tensor('float32', Float32Array.from(data), dims);
-export const i64 = (data: number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(data.map(BigInt)), dims);
+export const f32 = (data: Float32Array | number[], dims: number[]) =>
+  new ort.Tensor('float32', Float32Array.from(data), dims);
+export const i64 = (data: number[], dims: number[]) =>
+  new ort.Tensor('int64', BigInt64Array.from(data.map(BigInt)), dims);
 
 /** n seeded values uniform in [-scale, scale]. */
 export function randn(n: number, seed: number, scale = 1): Float32Array {

@@ -20,7 +20,9 @@ export function shapesImage(size: number, count: number, seed: number): Float32A
     const disc = rng.next() < 0.5;
     for (let y = 0; y < size; y++) {
       for (let x = 0; x < size; x++) {
-        const inside = disc ? (x - cx) ** 2 + (y - cy) ** 2 < r * r : Math.abs(x - cx) < r && Math.abs(y - cy) < r * 0.7;
+        const inside = disc
+          ? (x - cx) ** 2 + (y - cy) ** 2 < r * r
+          : Math.abs(x - cx) < r && Math.abs(y - cy) < r * 0.7;
         if (inside) for (let ch = 0; ch < 3; ch++) px[ch * size * size + y * size + x] = c[ch]!;
       }
     }

@@ -16,7 +16,10 @@ function weights(bytes: Uint8Array): Map<string, Float32Array> {
     const raw = w.rawData!;
     if (w.dataType !== 1) continue;
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-    out.set(w.name!, Float32Array.from({ length: raw.byteLength / 4 }, (_, i) => view.getFloat32(i * 4, true)));
+    out.set(
+      w.name!,
+      Float32Array.from({ length: raw.byteLength / 4 }, (_, i) => view.getFloat32(i * 4, true)),
+    );
   }
   return out;
 }
@@ -24,10 +27,11 @@ function weights(bytes: Uint8Array): Map<string, Float32Array> {
 /** x [rows, inF] @ w [inF, outF] */
 function matmul(x: Float64Array, rows: number, inF: number, w: Float32Array, outF: number): Float64Array {
   const y = new Float64Array(rows * outF);
-  for (let r = 0; r < rows; r++) for (let i = 0; i < inF; i++) {
-    const xv = x[r * inF + i]!;
-    for (let o = 0; o < outF; o++) y[r * outF + o] += xv * w[i * outF + o]!;
-  }
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < inF; i++) {
+      const xv = x[r * inF + i]!;
+      for (let o = 0; o < outF; o++) y[r * outF + o] += xv * w[i * outF + o]!;
+    }
   return y;
 }
 
@@ -63,28 +67,31 @@ t.test('llm graph = TypeScript LLaMA forward (RMSNorm, RoPE, causal attention, S
     const k = matmul(h, T, H, w(`${p}/self_attn/k_proj/weight`), H);
     const v = matmul(h, T, H, w(`${p}/self_attn/v_proj/weight`), H);
     for (const m of [q, k]) {
-      for (let pos = 0; pos < T; pos++) for (let hh = 0; hh < heads; hh++) {
-        const base = pos * H + hh * hd;
-        for (let i = 0; i < hd / 2; i++) {
-          const ang = pos * ropeTheta ** ((-2 * i) / hd);
-          const [x1, x2] = [m[base + i]!, m[base + i + hd / 2]!];
-          m[base + i] = x1 * Math.cos(ang) - x2 * Math.sin(ang);
-          m[base + i + hd / 2] = x2 * Math.cos(ang) + x1 * Math.sin(ang);
+      for (let pos = 0; pos < T; pos++)
+        for (let hh = 0; hh < heads; hh++) {
+          const base = pos * H + hh * hd;
+          for (let i = 0; i < hd / 2; i++) {
+            const ang = pos * ropeTheta ** ((-2 * i) / hd);
+            const [x1, x2] = [m[base + i]!, m[base + i + hd / 2]!];
+            m[base + i] = x1 * Math.cos(ang) - x2 * Math.sin(ang);
+            m[base + i + hd / 2] = x2 * Math.cos(ang) + x1 * Math.sin(ang);
+          }
         }
-      }
     }
     const o = new Float64Array(T * H);
-    for (let hh = 0; hh < heads; hh++) for (let i = 0; i < T; i++) {
-      const s = Array.from({ length: i + 1 }, (_, j) => {
-        let dot = 0;
-        for (let d = 0; d < hd; d++) dot += q[i * H + hh * hd + d]! * k[j * H + hh * hd + d]!;
-        return dot / Math.sqrt(hd);
-      });
-      const mx = Math.max(...s);
-      const e = s.map((z) => Math.exp(z - mx));
-      const sum = e.reduce((z, y) => z + y, 0);
-      for (let j = 0; j <= i; j++) for (let d = 0; d < hd; d++) o[i * H + hh * hd + d] += (e[j]! / sum) * v[j * H + hh * hd + d]!;
-    }
+    for (let hh = 0; hh < heads; hh++)
+      for (let i = 0; i < T; i++) {
+        const s = Array.from({ length: i + 1 }, (_, j) => {
+          let dot = 0;
+          for (let d = 0; d < hd; d++) dot += q[i * H + hh * hd + d]! * k[j * H + hh * hd + d]!;
+          return dot / Math.sqrt(hd);
+        });
+        const mx = Math.max(...s);
+        const e = s.map((z) => Math.exp(z - mx));
+        const sum = e.reduce((z, y) => z + y, 0);
+        for (let j = 0; j <= i; j++)
+          for (let d = 0; d < hd; d++) o[i * H + hh * hd + d] += (e[j]! / sum) * v[j * H + hh * hd + d]!;
+      }
     const attn = matmul(o, T, H, w(`${p}/self_attn/o_proj/weight`), H);
     x = x.map((z, i) => z + attn[i]!);
     const h2 = rms(x, T, H, w(`${p}/post_attention_layernorm/weight`), rmsEps);
@@ -134,9 +141,11 @@ t.test('encoder patches are taken in raster order: patch n = (row n / G, column 
     const [r, c] = [Math.floor(n / G), n % G];
     for (let o = 0; o < C; o++) {
       let z = bias[o]! + pos[n * C + o]!;
-      for (let ch = 0; ch < 3; ch++) for (let y = 0; y < p; y++) for (let xx = 0; xx < p; xx++) {
-        z += conv[((o * 3 + ch) * p + y) * p + xx]! * px[ch * S * S + (r * p + y) * S + (c * p + xx)]!;
-      }
+      for (let ch = 0; ch < 3; ch++)
+        for (let y = 0; y < p; y++)
+          for (let xx = 0; xx < p; xx++) {
+            z += conv[((o * 3 + ch) * p + y) * p + xx]! * px[ch * S * S + (r * p + y) * S + (c * p + xx)]!;
+          }
       worst = Math.max(worst, Math.abs(z - feats[n * C + o]!));
     }
   }

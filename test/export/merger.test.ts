@@ -105,8 +105,13 @@ t.test('each merger block: depth attention layers share one LayerNorm, then one 
   const graph = decodeModel(buildMerger(a, new Rng(1)).g.encode()).graph!;
   const inits = graph.initializer!.map((i) => i.name!);
   for (const block of ['inner', 'inter']) {
-    t.same(inits.filter((n) => n.startsWith(`${block}/norm1/`)).sort(), [`${block}/norm1/bias`, `${block}/norm1/weight`]);
-    const users = graph.node!.filter((n) => n.opType === 'LayerNormalization' && n.input![1] === `${block}/norm1/weight`);
+    t.same(inits.filter((n) => n.startsWith(`${block}/norm1/`)).sort(), [
+      `${block}/norm1/bias`,
+      `${block}/norm1/weight`,
+    ]);
+    const users = graph.node!.filter(
+      (n) => n.opType === 'LayerNormalization' && n.input![1] === `${block}/norm1/weight`,
+    );
     t.equal(users.length, a.merger.depth, `${block}: norm1 used by ${a.merger.depth} attention layers`);
     for (let i = 0; i < a.merger.depth; i++) t.ok(inits.includes(`${block}/attn.${i}/q_proj/weight`));
     t.notOk(inits.includes(`${block}/attn.${a.merger.depth}/q_proj/weight`));

@@ -14,7 +14,11 @@ t.test('every tiny stage opens in the ONNX Runtime backend; the LLM runs prefill
   const ort = new OrtBackend({ threads: 1 });
   for (const stage of STAGES) {
     const s = await ort.open(set.stagePath(stage), { stage, signature: set.manifest.stages[stage]!.signature });
-    t.same([...s.inputNames], set.manifest.stages[stage]!.signature.inputs.map((i) => i.name), stage);
+    t.same(
+      [...s.inputNames],
+      set.manifest.stages[stage]!.signature.inputs.map((i) => i.name),
+      stage,
+    );
     await s.dispose();
   }
   const a = set.architecture;

@@ -31,7 +31,14 @@ export const geluTanhRef = (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 /
  * RoPE in HF LLaMA's rotate-half layout on x [heads, T, hd] for positions start..start+T-1:
  * out[i] = x[i] cos(p f_i') - x[i + hd/2] sin(...) for i < hd/2, x[i] cos + x[i - hd/2] sin above.
  */
-export function ropeRef(x: Float32Array, heads: number, T: number, hd: number, start: number, theta: number): Float64Array {
+export function ropeRef(
+  x: Float32Array,
+  heads: number,
+  T: number,
+  hd: number,
+  start: number,
+  theta: number,
+): Float64Array {
   const out = new Float64Array(x.length);
   const half = hd / 2;
   for (let h = 0; h < heads; h++) {
@@ -50,7 +57,16 @@ export function ropeRef(x: Float32Array, heads: number, T: number, hd: number, s
 }
 
 /** softmax(q k^T / sqrt(hd) + mask) v per head; q [h, Sq, hd], k/v [h, Sk, hd], mask [Sq, Sk] additive. */
-export function attentionRef(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, Sq: number, Sk: number, hd: number, mask?: Float32Array): Float64Array {
+export function attentionRef(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  heads: number,
+  Sq: number,
+  Sk: number,
+  hd: number,
+  mask?: Float32Array,
+): Float64Array {
   const out = new Float64Array(heads * Sq * hd);
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < Sq; i++) {

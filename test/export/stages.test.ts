@@ -30,7 +30,10 @@ t.test('tiny: every stage follows the contract', async (t) => {
       const bytes = await readFile(join(dir, `${stage}.onnx`));
       const model = decodeModel(bytes);
       t.equal(Number(model.irVersion), IR_VERSION);
-      t.same(model.opsetImport.map((o) => [o.domain, Number(o.version)]), [['', OPSET]]);
+      t.same(
+        model.opsetImport.map((o) => [o.domain, Number(o.version)]),
+        [['', OPSET]],
+      );
       const io = (vs: NonNullable<typeof model.graph>['input']) =>
         vs!.map((v) => ({
           name: v.name,
@@ -40,17 +43,32 @@ t.test('tiny: every stage follows the contract', async (t) => {
       t.same(io(model.graph!.input), sig.inputs, 'declared inputs');
       t.same(io(model.graph!.output), sig.outputs, 'declared outputs');
       const ops = new Set(model.graph!.node!.map((n) => n.opType!));
-      t.same([...ops].filter((o) => !TENSORRT_OPS.has(o)), [], 'only TensorRT-parsable ops');
+      t.same(
+        [...ops].filter((o) => !TENSORRT_OPS.has(o)),
+        [],
+        'only TensorRT-parsable ops',
+      );
 
       const s = await session(join(dir, `${stage}.onnx`));
       t.teardown(() => s.release());
-      t.same([...s.inputNames], sig.inputs.map((i) => i.name));
-      t.same([...s.outputNames], sig.outputs.map((o) => o.name));
+      t.same(
+        [...s.inputNames],
+        sig.inputs.map((i) => i.name),
+      );
+      t.same(
+        [...s.outputNames],
+        sig.outputs.map((o) => o.name),
+      );
       const feeds: Record<string, ort.Tensor> = {};
       sig.inputs.forEach((spec, i) => {
         const dims = spec.shape.map(evalDim);
         const n = dims.reduce((x, y) => x * y, 1);
-        if (spec.dtype === 'int64') feeds[spec.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, j) => BigInt((j * 7919) % a.llm.vocab)), dims);
+        if (spec.dtype === 'int64')
+          feeds[spec.name] = new ort.Tensor(
+            'int64',
+            BigInt64Array.from({ length: n }, (_, j) => BigInt((j * 7919) % a.llm.vocab)),
+            dims,
+          );
         else if (spec.name === 'assign') {
           const [, L, N] = dims as [number, number, number];
           const asg = new Float32Array(L * N);

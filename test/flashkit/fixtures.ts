@@ -30,7 +30,13 @@ export async function kitInputs(
   const keys = await generateKeys(join(dir, 'keys'));
   const bundle = join(dir, 'r1.bundle');
   const compatibility = testCompatibility({ fleets });
-  await createBundle({ models: setDir, release: 1, key: await loadPrivateKey(keys.privatePath), out: bundle, compatibility });
+  await createBundle({
+    models: setDir,
+    release: 1,
+    key: await loadPrivateKey(keys.privatePath),
+    out: bundle,
+    compatibility,
+  });
   const configPath = join(dir, 'agent.yaml');
   await writeFile(configPath, JSON.stringify(config)); // JSON is YAML
   return { dir, setDir, bundle, pub: keys.publicPath, priv: keys.privatePath, config: configPath };

@@ -21,8 +21,20 @@ import { clientCert, filesContaining, filesUnder, kitInputs } from './fixtures.j
 
 const run = promisify(execFile);
 /** `p` fails (a command that exits non-zero) with `stderr` matching. */
-async function failsWith(t: Test, p: Promise<unknown>, stderr: RegExp, message = `fails with ${stderr}`): Promise<void> {
-  t.match(await p.then(() => 'it succeeded', (e: unknown) => e), { stderr }, message);
+async function failsWith(
+  t: Test,
+  p: Promise<unknown>,
+  stderr: RegExp,
+  message = `fails with ${stderr}`,
+): Promise<void> {
+  t.match(
+    await p.then(
+      () => 'it succeeded',
+      (e: unknown) => e,
+    ),
+    { stderr },
+    message,
+  );
 }
 // Longer than .taprc's 300 s: building and checking a package takes minutes on 2 shared cores.
 t.setTimeout(20 * 60_000);
@@ -210,16 +222,30 @@ async function arm64Kit(): Promise<void> {
       anonymous.stdout,
       /^note: no --device: the board gets no identity; .*the agent stays off until \/etc\/setokim\/agent\.yaml is/m,
     );
-    await failsWith(t, run(script, ['--device', 'cam-09', rootfs]), /no device cam-09 in this kit \(have: cam-01 cam-02 \)/);
+    await failsWith(
+      t,
+      run(script, ['--device', 'cam-09', rootfs]),
+      /no device cam-09 in this kit \(have: cam-01 cam-02 \)/,
+    );
     const binfmt = existsSync('/proc/sys/fs/binfmt_misc/qemu-aarch64');
     if (!binfmt) {
       t.match(
         dry.stdout,
         /^warning: this host cannot run the arm64 programs in .*rootfs \(its dpkg\): apt-get install -y qemu-/m,
       );
-      await failsWith(t, run(script, ['--apply', '--device', 'cam-01', rootfs]), /this host cannot run the arm64 programs/, '--apply refuses without qemu');
+      await failsWith(
+        t,
+        run(script, ['--apply', '--device', 'cam-01', rootfs]),
+        /this host cannot run the arm64 programs/,
+        '--apply refuses without qemu',
+      );
     } else {
-      await failsWith(t, run(script, ['--apply', '--device', 'cam-01', rootfs]), /nodejs >= 20 is not installed/, '--apply needs Node in the rootfs first');
+      await failsWith(
+        t,
+        run(script, ['--apply', '--device', 'cam-01', rootfs]),
+        /nodejs >= 20 is not installed/,
+        '--apply needs Node in the rootfs first',
+      );
     }
     copyFileSync('/usr/bin/dpkg', join(rootfs, 'usr/bin/dpkg'));
     await failsWith(t, run(script, [rootfs]), /rootfs is amd64; this kit is for arm64 \(build one with --arch amd64\)/);

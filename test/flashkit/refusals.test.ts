@@ -65,7 +65,13 @@ t.test('a bundle that fails verification', async (t) => {
   await refused(t, { bundle: tampered }, 'BUNDLE_TAMPERED', /sha256/);
   const other = await generateKeys(join(dir, 'other-keys'));
   const foreign = join(dir, 'foreign.bundle');
-  await createBundle({ models: inputs.setDir, release: 1, key: await loadPrivateKey(other.privatePath), out: foreign, compatibility: testCompatibility({ fleets: ['plant'] }) });
+  await createBundle({
+    models: inputs.setDir,
+    release: 1,
+    key: await loadPrivateKey(other.privatePath),
+    out: foreign,
+    compatibility: testCompatibility({ fleets: ['plant'] }),
+  });
   await refused(
     t,
     { bundle: foreign },
@@ -80,17 +86,32 @@ t.test('a bundle that fails verification', async (t) => {
   );
 });
 
-t.test("a bundle the boards would refuse: another fleet, a target the kit does not name or that differs", async (t) => {
+t.test('a bundle the boards would refuse: another fleet, a target the kit does not name or that differs', async (t) => {
   const signed = async (name: string, over: Partial<Compatibility>) => {
     const out = join(dir, `${name}.bundle`);
     const key = await loadPrivateKey(inputs.priv);
     await createBundle({ models: inputs.setDir, release: 1, key, out, compatibility: testCompatibility(over) });
     return out;
   };
-  await refused(t, { bundle: await signed('other-fleet', { fleets: ['elsewhere'] }) }, 'BUNDLE_WRONG_FLEET', /not for this device's fleet plant/);
+  await refused(
+    t,
+    { bundle: await signed('other-fleet', { fleets: ['elsewhere'] }) },
+    'BUNDLE_WRONG_FLEET',
+    /not for this device's fleet plant/,
+  );
   const nano = await signed('nano', { fleets: ['plant'], targets: ['orin-nano-*/jp6.*/trt10.3'] });
-  await refused(t, { bundle: nano }, 'BAD_ARGUMENT', /bound to target orin-nano-\*\/jp6\.\*\/trt10\.3: name the boards' target with --target/);
-  await refused(t, { bundle: nano, target: 'agx-orin-64gb/jp6.1/trt10.3' }, 'BUNDLE_WRONG_TARGET', /this device is agx-orin-64gb\/jp6\.1\/trt10\.3/);
+  await refused(
+    t,
+    { bundle: nano },
+    'BAD_ARGUMENT',
+    /bound to target orin-nano-\*\/jp6\.\*\/trt10\.3: name the boards' target with --target/,
+  );
+  await refused(
+    t,
+    { bundle: nano, target: 'agx-orin-64gb/jp6.1/trt10.3' },
+    'BUNDLE_WRONG_TARGET',
+    /this device is agx-orin-64gb\/jp6\.1\/trt10\.3/,
+  );
 });
 
 t.test('the public key: missing, or the private key given instead', async (t) => {

@@ -47,10 +47,22 @@ export const testDevice = { fleet: TEST_FLEET };
 
 /** A compatibility section for TEST_FLEET, any target, valid for a day: the fixture's default. */
 export function testCompatibility(over: Partial<Compatibility> = {}): Compatibility {
-  return { fleets: [TEST_FLEET], targets: ['*'], notAfter: new Date(Date.now() + 86_400_000).toISOString(), minAgentVersion: '0.1.0', ...over };
+  return {
+    fleets: [TEST_FLEET],
+    targets: ['*'],
+    notAfter: new Date(Date.now() + 86_400_000).toISOString(),
+    minAgentVersion: '0.1.0',
+    ...over,
+  };
 }
 
-export async function bundleOf(f: Fixture, models: string, release: number, name = `r${release}`, compatibility = testCompatibility()): Promise<string> {
+export async function bundleOf(
+  f: Fixture,
+  models: string,
+  release: number,
+  name = `r${release}`,
+  compatibility = testCompatibility(),
+): Promise<string> {
   const out = path.join(f.dir, `${name}.bundle`);
   await createBundle({ models, release, key: f.priv, out, compatibility });
   return out;
@@ -65,7 +77,9 @@ export async function flipByte(bundle: string, offset: number, out: string): Pro
 }
 
 /** The parsed header and where the payload starts. */
-export async function readHeader(bundle: string): Promise<{ header: { manifest: any; signature: string }; payloadAt: number }> {
+export async function readHeader(
+  bundle: string,
+): Promise<{ header: { manifest: any; signature: string }; payloadAt: number }> {
   const fh = await open(bundle, 'r');
   try {
     const p = Buffer.alloc(PREFIX_BYTES);
@@ -80,7 +94,11 @@ export async function readHeader(bundle: string): Promise<{ header: { manifest: 
 }
 
 /** Rewrites a bundle's header (as an attacker would) and keeps its payload. */
-export async function rewriteHeader(bundle: string, out: string, edit: (h: { manifest: any; signature: string }) => void): Promise<string> {
+export async function rewriteHeader(
+  bundle: string,
+  out: string,
+  edit: (h: { manifest: any; signature: string }) => void,
+): Promise<string> {
   const { header, payloadAt } = await readHeader(bundle);
   edit(header);
   const h = Buffer.from(JSON.stringify(header), 'utf8');
@@ -137,7 +155,10 @@ export interface Seen {
  * A real HTTP server on port 0 serving `files` (name -> path) at `/<name>` with Range support, and
  * `routes` of its own (a redirect, a server that holds the answer...). `seen` lists every request.
  */
-export async function bundleServer(files: Record<string, string> = {}, routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {}) {
+export async function bundleServer(
+  files: Record<string, string> = {},
+  routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {},
+) {
   const seen: Seen[] = [];
   const server = createServer((req, res) => {
     seen.push({ url: req.url ?? '', ...(req.headers.range ? { range: req.headers.range } : {}) });
@@ -173,9 +194,15 @@ export async function bundleServer(files: Record<string, string> = {}, routes: R
  * createBundle's checks: what a publisher with the key (or a buggy build) could sign. The files
  * are the set's, listed as createBundle lists them.
  */
-export async function signedAnyway(f: Fixture, models: string, out: string, edit: (manifest: any) => void): Promise<string> {
+export async function signedAnyway(
+  f: Fixture,
+  models: string,
+  out: string,
+  edit: (manifest: any) => void,
+): Promise<string> {
   const { readdir } = await import('node:fs/promises');
-  const { encodePrefix, signedBytes, BUNDLE_FORMAT, BUNDLE_VERSION, keyIdOf } = await import('../../src/fleet/index.js');
+  const { encodePrefix, signedBytes, BUNDLE_FORMAT, BUNDLE_VERSION, keyIdOf } =
+    await import('../../src/fleet/index.js');
   const { sign } = await import('node:crypto');
   const names = (await readdir(models)).sort();
   const ordered = ['manifest.json', ...names.filter((n) => n !== 'manifest.json')];

@@ -18,7 +18,10 @@ const lockFile = (root: string) => path.join(root, '.fleet', 'lock');
 /** A child process holding `root`'s lock; resolves once it holds it. */
 function holder(root: string): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', lockChild, root], { env: childEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, ['--import', 'tsx', lockChild, root], {
+      env: childEnv(),
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let out = '';
     let err = '';
     p.stdout!.on('data', (d) => {
@@ -31,29 +34,36 @@ function holder(root: string): Promise<ChildProcess> {
   });
 }
 
-const exited = (p: ChildProcess) => new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())));
+const exited = (p: ChildProcess) =>
+  new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())));
 
-t.test('a process holding the lock refuses recovery (UPDATE_CONFLICT naming it); killed, it holds nothing', async (t) => {
-  const root = t.testdir();
-  const child = await holder(root);
-  t.teardown(() => void child.kill('SIGKILL'));
-  await t.rejects(recoverStore(root), { code: 'UPDATE_CONFLICT', message: new RegExp(`process ${child.pid}\\b`) });
-  child.kill('SIGKILL'); // a crash: no cleanup runs, the lock file stays
-  await exited(child);
-  t.match(await readFile(lockFile(root), 'utf8'), String(child.pid), 'the dead holder is still named in the file');
-  t.equal((await recoverStore(root)).action, 'none', 'its lock went with it');
-});
+t.test(
+  'a process holding the lock refuses recovery (UPDATE_CONFLICT naming it); killed, it holds nothing',
+  async (t) => {
+    const root = t.testdir();
+    const child = await holder(root);
+    t.teardown(() => void child.kill('SIGKILL'));
+    await t.rejects(recoverStore(root), { code: 'UPDATE_CONFLICT', message: new RegExp(`process ${child.pid}\\b`) });
+    child.kill('SIGKILL'); // a crash: no cleanup runs, the lock file stays
+    await exited(child);
+    t.match(await readFile(lockFile(root), 'utf8'), String(child.pid), 'the dead holder is still named in the file');
+    t.equal((await recoverStore(root)).action, 'none', 'its lock went with it');
+  },
+);
 
-t.test("an emptied lock file does not free a lock its holder still holds (a lock being written can't be stolen)", async (t) => {
-  const root = t.testdir();
-  const child = await holder(root);
-  t.teardown(() => void child.kill('SIGKILL'));
-  await writeFile(lockFile(root), '');
-  await t.rejects(recoverStore(root), { code: 'UPDATE_CONFLICT' });
-  child.stdin!.end(); // it releases and exits
-  await exited(child);
-  t.equal((await recoverStore(root)).action, 'none');
-});
+t.test(
+  "an emptied lock file does not free a lock its holder still holds (a lock being written can't be stolen)",
+  async (t) => {
+    const root = t.testdir();
+    const child = await holder(root);
+    t.teardown(() => void child.kill('SIGKILL'));
+    await writeFile(lockFile(root), '');
+    await t.rejects(recoverStore(root), { code: 'UPDATE_CONFLICT' });
+    child.stdin!.end(); // it releases and exits
+    await exited(child);
+    t.equal((await recoverStore(root)).action, 'none');
+  },
+);
 
 t.test('a lock left before a power loss, whose pid now belongs to a running process, does not block', async (t) => {
   const root = t.testdir();
@@ -61,7 +71,11 @@ t.test('a lock left before a power loss, whose pid now belongs to a running proc
   // The pid recycled: an unrelated process runs under the number the old lock names.
   const other = spawn('sleep', ['60'], { stdio: 'ignore' });
   t.teardown(() => void other.kill('SIGKILL'));
-  for (const content of [`${other.pid}\n`, `${process.pid}\n`, `{"pid":${other.pid},"bootId":"00000000-0000-0000-0000-000000000000"}\n`]) {
+  for (const content of [
+    `${other.pid}\n`,
+    `${process.pid}\n`,
+    `{"pid":${other.pid},"bootId":"00000000-0000-0000-0000-000000000000"}\n`,
+  ]) {
     await writeFile(lockFile(root), content);
     t.equal((await recoverStore(root)).action, 'none', JSON.stringify(content));
   }

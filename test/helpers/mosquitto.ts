@@ -10,7 +10,12 @@ import { join } from 'node:path';
 
 const BINARIES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'];
 
-const DYNSEC_PLUGINS = ['/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so', '/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so', '/usr/lib/mosquitto_dynamic_security.so', '/usr/local/lib/mosquitto_dynamic_security.so'];
+const DYNSEC_PLUGINS = [
+  '/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so',
+  '/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so',
+  '/usr/lib/mosquitto_dynamic_security.so',
+  '/usr/local/lib/mosquitto_dynamic_security.so',
+];
 
 /** The dynamic-security plugin, where mosquitto's package put it. */
 export function dynsecPluginPath(): string | undefined {
@@ -60,7 +65,16 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   chmodSync(dir, 0o755); // started as root, mosquitto drops to its own user: it must read this
   const port = await freePort();
   const conf = join(dir, 'mosquitto.conf');
-  const lines = [`listener ${port} 127.0.0.1`, 'set_tcp_nodelay true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', 'log_type information'];
+  const lines = [
+    `listener ${port} 127.0.0.1`,
+    'set_tcp_nodelay true',
+    'persistence false',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    'log_type notice',
+    'log_type information',
+  ];
   if (opts.tls) {
     lines.push(`cafile ${opts.tls.ca}`, `certfile ${opts.tls.cert}`, `keyfile ${opts.tls.key}`);
     if (opts.tls.requireCertificate) lines.push('require_certificate true');
@@ -68,13 +82,17 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   if (opts.users) {
     const passwords = join(dir, 'passwords');
     writeFileSync(passwords, '');
-    for (const [user, password] of Object.entries(opts.users)) execFileSync('mosquitto_passwd', ['-b', passwords, user, password]);
+    for (const [user, password] of Object.entries(opts.users))
+      execFileSync('mosquitto_passwd', ['-b', passwords, user, password]);
     chmodSync(passwords, 0o644);
     lines.push('allow_anonymous false', `password_file ${passwords}`);
   } else lines.push('allow_anonymous true');
   if (opts.dynsec) {
     const plugin = dynsecPluginPath();
-    if (!plugin) throw new Error('the mosquitto dynamic-security plugin is not installed (it ships with the Debian mosquitto package)');
+    if (!plugin)
+      throw new Error(
+        'the mosquitto dynamic-security plugin is not installed (it ships with the Debian mosquitto package)',
+      );
     const file = join(dir, 'dynamic-security.json');
     writeFileSync(file, JSON.stringify(opts.dynsec));
     chmodSync(file, 0o644);

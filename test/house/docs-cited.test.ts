@@ -25,11 +25,17 @@ export function citedDocs(text: string): string[] {
 }
 
 t.test('the citation finder', async (t) => {
-  t.same(citedDocs('see docs/FLEET.md and SETOK.md, README.md; not notes.md'), ['docs/FLEET.md', 'SETOK.md', 'README.md']);
+  t.same(citedDocs('see docs/FLEET.md and SETOK.md, README.md; not notes.md'), [
+    'docs/FLEET.md',
+    'SETOK.md',
+    'README.md',
+  ]);
 });
 
 t.test('every cited doc exists in the repository', async (t) => {
-  const tracked = execFileSync('git', ['ls-files', '*.md'], { cwd: ROOT, encoding: 'utf8' }).split('\n').filter(Boolean);
+  const tracked = execFileSync('git', ['ls-files', '*.md'], { cwd: ROOT, encoding: 'utf8' })
+    .split('\n')
+    .filter(Boolean);
   const have = new Set([...tracked, ...tracked.map((f) => f.split('/').at(-1)!)]);
   const self = relative(ROOT, import.meta.filename);
   const missing: string[] = [];

@@ -52,7 +52,12 @@ export function importsOf(text: string): string[] {
 }
 
 t.test('the import finder sees static, side-effect and dynamic imports', async (t) => {
-  t.same(importsOf(`import { a } from '../x.js';\nimport '../y.js';\nconst z = await import('./z.js');\nimport b from 'zod';`), ['../x.js', '../y.js', './z.js']);
+  t.same(
+    importsOf(
+      `import { a } from '../x.js';\nimport '../y.js';\nconst z = await import('./z.js');\nimport b from 'zod';`,
+    ),
+    ['../x.js', '../y.js', './z.js'],
+  );
 });
 
 t.test('every import points to the same area or a lower layer', async (t) => {
@@ -69,7 +74,8 @@ t.test('every import points to the same area or a lower layer', async (t) => {
       const target = resolve(dirname(file), spec);
       const to = areaOf(target);
       if (!to) continue; // outside src/ and tools/export (e.g. the package.json)
-      if (to !== from && RANK[to]! >= RANK[from]!) wrong.push(`${relative(ROOT, file)} (${from}, rank ${RANK[from]}) imports ${spec} (${to}, rank ${RANK[to]})`);
+      if (to !== from && RANK[to]! >= RANK[from]!)
+        wrong.push(`${relative(ROOT, file)} (${from}, rank ${RANK[from]}) imports ${spec} (${to}, rank ${RANK[to]})`);
     }
   }
   t.same(wrong, [], 'imports that point up or sideways');

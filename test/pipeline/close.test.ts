@@ -8,7 +8,13 @@ t.test('close cancels the requests in flight and waiting, frees their KV cache, 
   t.teardown(set.cleanup);
   const p = await createPipeline({ modelsDir: set.dir, threads: 1, maxInFlight: 1 });
   const image = await busyImage();
-  const req = (id: string) => ({ id, task: 'ask' as const, prompt: 'Tell me everything.', image, generation: { maxTokens: 400 } });
+  const req = (id: string) => ({
+    id,
+    task: 'ask' as const,
+    prompt: 'Tell me everything.',
+    image,
+    generation: { maxTokens: 400 },
+  });
   const running = p.run(req('running'));
   const waiting = collect(p.run(req('waiting'))); // admitted after 'running' (maxInFlight 1)
   const events: PipelineEvent[] = [];
@@ -19,7 +25,10 @@ t.test('close cancels the requests in flight and waiting, frees their KV cache, 
   }
   await closing;
   const other = await waiting;
-  for (const [name, ev] of [['running', events], ['waiting', other]] as const) {
+  for (const [name, ev] of [
+    ['running', events],
+    ['waiting', other],
+  ] as const) {
     const last = ev.at(-1)!;
     t.equal(last.type, 'error', `${name} ends with an error: ${JSON.stringify(last).slice(0, 200)}`);
     t.equal(last.type === 'error' && last.code, 'CANCELLED', name);
@@ -28,6 +37,9 @@ t.test('close cancels the requests in flight and waiting, frees their KV cache, 
   t.equal(p.kv.used, 0, 'no KV cache held');
   t.equal(p.inFlight, 0);
   const after = await collect(p.run(req('late')));
-  t.same(after.map((e) => e.type), ['error']);
+  t.same(
+    after.map((e) => e.type),
+    ['error'],
+  );
   t.equal(after[0]!.type === 'error' && after[0]!.code, 'BUSY');
 });

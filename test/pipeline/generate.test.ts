@@ -26,25 +26,39 @@ async function start(ids: number[], capacity = ids.length + 32) {
   return { ctx, llm, first };
 }
 
-t.test('inside an image only <target> then <im_end> come out, at most maxTargets, each with its hidden state', async (t) => {
-  const tok = p.models.tokenizer;
-  const s = tok.specials;
-  const { ctx, llm, first } = await start([s.bos, ...tok.encode('USER: draw a cat ASSISTANT:'), s.imStart]);
-  const text: string[] = [];
-  const r = await decode(
-    llm,
-    first,
-    { tokenizer: tok, sampler: new Sampler({ temperature: 1, topK: 0, topP: 1, seed: 1 }), maxTokens: 12, stop: [], startInImage: true, maxTargets: 3, onText: (d) => text.push(d) },
-    ctx,
-  );
-  const end = r.ids.indexOf(s.imEnd);
-  t.ok(end >= 1 && end <= 3, `<im_end> at ${end}`);
-  t.ok(r.ids.slice(0, end).every((id) => id === s.target), 'only <target> before it');
-  t.equal(r.images.length, 1);
-  t.equal(r.images[0]!.length, end, 'one hidden state per <target>');
-  t.equal(r.images[0]![0]!.length, p.models.arch.llm.hidden);
-  t.not(Array.from(r.images[0]![0]!).join(), Array.from(r.lastHidden).join(), 'hidden states differ by position');
-});
+t.test(
+  'inside an image only <target> then <im_end> come out, at most maxTargets, each with its hidden state',
+  async (t) => {
+    const tok = p.models.tokenizer;
+    const s = tok.specials;
+    const { ctx, llm, first } = await start([s.bos, ...tok.encode('USER: draw a cat ASSISTANT:'), s.imStart]);
+    const text: string[] = [];
+    const r = await decode(
+      llm,
+      first,
+      {
+        tokenizer: tok,
+        sampler: new Sampler({ temperature: 1, topK: 0, topP: 1, seed: 1 }),
+        maxTokens: 12,
+        stop: [],
+        startInImage: true,
+        maxTargets: 3,
+        onText: (d) => text.push(d),
+      },
+      ctx,
+    );
+    const end = r.ids.indexOf(s.imEnd);
+    t.ok(end >= 1 && end <= 3, `<im_end> at ${end}`);
+    t.ok(
+      r.ids.slice(0, end).every((id) => id === s.target),
+      'only <target> before it',
+    );
+    t.equal(r.images.length, 1);
+    t.equal(r.images[0]!.length, end, 'one hidden state per <target>');
+    t.equal(r.images[0]![0]!.length, p.models.arch.llm.hidden);
+    t.not(Array.from(r.images[0]![0]!).join(), Array.from(r.lastHidden).join(), 'hidden states differ by position');
+  },
+);
 
 t.test('streamed deltas add up to the decoded ids, and the KV cache grows one position per fed token', async (t) => {
   const tok = p.models.tokenizer;
@@ -54,7 +68,15 @@ t.test('streamed deltas add up to the decoded ids, and the KV cache grows one po
   const r = await decode(
     llm,
     first,
-    { tokenizer: tok, sampler: new Sampler({ temperature: 0.8, topK: 40, topP: 0.9, seed: 5 }), maxTokens: 15, stop: [], startInImage: false, maxTargets: 64, onText: (d) => (text += d) },
+    {
+      tokenizer: tok,
+      sampler: new Sampler({ temperature: 0.8, topK: 40, topP: 0.9, seed: 5 }),
+      maxTokens: 15,
+      stop: [],
+      startInImage: false,
+      maxTargets: 64,
+      onText: (d) => (text += d),
+    },
     ctx,
   );
   t.equal(text, tok.decode(r.ids.filter((id) => !tok.isSpecial(id))));
@@ -139,19 +161,26 @@ t.test(
   },
 );
 
-t.test('prompt embeddings: each text segment through the embed stage, the vision rows spliced in between', async (t) => {
-  const tok = p.models.tokenizer;
-  const H = p.models.arch.llm.hidden;
-  const { llm } = await start([tok.specials.bos]);
-  const layout = buildVicunaPrompt(tok, { prompt: 'What is this?', image: true });
-  const [before, , after] = layout.segments as [{ kind: 'text'; ids: number[] }, unknown, { kind: 'text'; ids: number[] }];
-  const vision = Float32Array.from({ length: 3 * H }, (_, i) => i + 0.5);
-  const got = await llm.promptEmbeds(layout.segments, vision);
-  t.equal(got.length, promptLength(layout, 3) * H);
-  const want = [...(await llm.embedIds(before.ids)), ...vision, ...(await llm.embedIds(after.ids))];
-  t.same(Array.from(got), want);
-  await t.rejects(llm.promptEmbeds(layout.segments), { code: 'INTERNAL' });
-});
+t.test(
+  'prompt embeddings: each text segment through the embed stage, the vision rows spliced in between',
+  async (t) => {
+    const tok = p.models.tokenizer;
+    const H = p.models.arch.llm.hidden;
+    const { llm } = await start([tok.specials.bos]);
+    const layout = buildVicunaPrompt(tok, { prompt: 'What is this?', image: true });
+    const [before, , after] = layout.segments as [
+      { kind: 'text'; ids: number[] },
+      unknown,
+      { kind: 'text'; ids: number[] },
+    ];
+    const vision = Float32Array.from({ length: 3 * H }, (_, i) => i + 0.5);
+    const got = await llm.promptEmbeds(layout.segments, vision);
+    t.equal(got.length, promptLength(layout, 3) * H);
+    const want = [...(await llm.embedIds(before.ids)), ...vision, ...(await llm.embedIds(after.ids))];
+    t.same(Array.from(got), want);
+    await t.rejects(llm.promptEmbeds(layout.segments), { code: 'INTERNAL' });
+  },
+);
 
 t.test('a context that would overflow the model is PROMPT_TOO_LONG', async (t) => {
   const { llm } = await start([1]);
@@ -159,28 +188,33 @@ t.test('a context that would overflow the model is PROMPT_TOO_LONG', async (t) =
   await t.rejects(llm.step(new Float32Array(p.models.arch.llm.maxContext * H), 'prefill'), { code: 'PROMPT_TOO_LONG' });
 });
 
-t.test('the KV budget bounds memory: requests that do not fit together wait, one larger than it is refused', async (t) => {
-  const a = p.models.arch;
-  const perToken = kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a));
-  t.equal(perToken, 1024, 'tiny: 2 layers x 4 heads x 16 dims x 2 x 4 bytes');
-  const image = await busyImage();
-  // ~50 prompt + 30 new tokens = ~80 KB each: two do not fit in 100 KB at once.
-  let peak = 0;
-  const watch = async (id: string) => {
-    const ev = [];
-    for await (const e of p.run({ id, task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 30 } })) {
-      peak = Math.max(peak, p.kv.used);
-      ev.push(e);
-    }
-    return ev;
-  };
-  const [x, y] = await Promise.all([watch('x'), watch('y')]);
-  t.equal(x.at(-1)!.type, 'done');
-  t.equal(y.at(-1)!.type, 'done');
-  t.ok(peak > 0 && peak <= 100_000, `peak ${peak} bytes within the budget`);
-  t.equal(p.kv.used, p.kv.cached, 'only cache holds remain');
-  const big = await collect(p.run({ id: 'big', task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 200 } }));
-  const last = big.at(-1)!;
-  t.equal(last.type === 'error' && last.code, 'PROMPT_TOO_LONG');
-  t.match(last.type === 'error' ? last.message : '', /KV cache/);
-});
+t.test(
+  'the KV budget bounds memory: requests that do not fit together wait, one larger than it is refused',
+  async (t) => {
+    const a = p.models.arch;
+    const perToken = kvBytesPerToken(a.llm.layers, a.llm.kvHeads, headDim(a));
+    t.equal(perToken, 1024, 'tiny: 2 layers x 4 heads x 16 dims x 2 x 4 bytes');
+    const image = await busyImage();
+    // ~50 prompt + 30 new tokens = ~80 KB each: two do not fit in 100 KB at once.
+    let peak = 0;
+    const watch = async (id: string) => {
+      const ev = [];
+      for await (const e of p.run({ id, task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 30 } })) {
+        peak = Math.max(peak, p.kv.used);
+        ev.push(e);
+      }
+      return ev;
+    };
+    const [x, y] = await Promise.all([watch('x'), watch('y')]);
+    t.equal(x.at(-1)!.type, 'done');
+    t.equal(y.at(-1)!.type, 'done');
+    t.ok(peak > 0 && peak <= 100_000, `peak ${peak} bytes within the budget`);
+    t.equal(p.kv.used, p.kv.cached, 'only cache holds remain');
+    const big = await collect(
+      p.run({ id: 'big', task: 'ask', prompt: 'What is it?', image, generation: { maxTokens: 200 } }),
+    );
+    const last = big.at(-1)!;
+    t.equal(last.type === 'error' && last.code, 'PROMPT_TOO_LONG');
+    t.match(last.type === 'error' ? last.message : '', /KV cache/);
+  },
+);

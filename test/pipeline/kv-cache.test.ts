@@ -44,36 +44,47 @@ t.test('a request larger than the budget is refused; an aborted waiter leaves no
   t.throws(() => new KvBudget(0), { code: 'BAD_CONFIG' });
 });
 
-t.test('cache holds use free bytes; a request evicts them, least recently used first, never a pinned one', async (t) => {
-  const b = new KvBudget(100);
-  const gone: string[] = [];
-  const a = b.tryHold(30, () => gone.push('a'))!;
-  const c = b.tryHold(30, () => gone.push('c'))!;
-  const d = b.tryHold(30, () => gone.push('d'))!;
-  t.equal(b.used, 90);
-  t.equal(b.cached, 90);
-  a.touch(); // a is now the most recently used: c goes first
-  d.pin();
-  const lease = await b.reserve(60);
-  t.same(gone, ['c', 'a'], 'oldest unpinned first, only as many as needed');
-  t.equal(b.evicted, 2);
-  t.same([a.held, c.held, d.held], [false, false, true]);
-  t.equal(b.used, 90, '60 leased + 30 pinned');
-  t.equal(b.tryHold(20, () => gone.push('x')), undefined, 'a hold never evicts a pinned one or a lease');
-  // A request that cannot fit even after every unpinned hold goes waits; a hold must not jump it.
-  const waiting = b.reserve(50);
-  t.equal(b.waiting, 1);
-  t.equal(b.tryHold(1, () => undefined), undefined, 'no hold while a request waits');
-  d.unpin();
-  lease.release(); // 60 free: the waiter fits without evicting d? 30 + 50 <= 100
-  const w = await waiting;
-  t.equal(d.held, true, 'nothing evicted that was not needed');
-  w.release();
-  d.release();
-  d.release();
-  t.equal(b.used, 0);
-  t.equal(b.cached, 0);
-});
+t.test(
+  'cache holds use free bytes; a request evicts them, least recently used first, never a pinned one',
+  async (t) => {
+    const b = new KvBudget(100);
+    const gone: string[] = [];
+    const a = b.tryHold(30, () => gone.push('a'))!;
+    const c = b.tryHold(30, () => gone.push('c'))!;
+    const d = b.tryHold(30, () => gone.push('d'))!;
+    t.equal(b.used, 90);
+    t.equal(b.cached, 90);
+    a.touch(); // a is now the most recently used: c goes first
+    d.pin();
+    const lease = await b.reserve(60);
+    t.same(gone, ['c', 'a'], 'oldest unpinned first, only as many as needed');
+    t.equal(b.evicted, 2);
+    t.same([a.held, c.held, d.held], [false, false, true]);
+    t.equal(b.used, 90, '60 leased + 30 pinned');
+    t.equal(
+      b.tryHold(20, () => gone.push('x')),
+      undefined,
+      'a hold never evicts a pinned one or a lease',
+    );
+    // A request that cannot fit even after every unpinned hold goes waits; a hold must not jump it.
+    const waiting = b.reserve(50);
+    t.equal(b.waiting, 1);
+    t.equal(
+      b.tryHold(1, () => undefined),
+      undefined,
+      'no hold while a request waits',
+    );
+    d.unpin();
+    lease.release(); // 60 free: the waiter fits without evicting d? 30 + 50 <= 100
+    const w = await waiting;
+    t.equal(d.held, true, 'nothing evicted that was not needed');
+    w.release();
+    d.release();
+    d.release();
+    t.equal(b.used, 0);
+    t.equal(b.cached, 0);
+  },
+);
 
 t.test('a lease becomes a hold without its bytes going free in between; evictAll spares pinned holds', async (t) => {
   const b = new KvBudget(100);

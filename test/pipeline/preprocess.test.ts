@@ -5,11 +5,12 @@ import { SetokimError } from '../../src/errors.js';
 
 const spec = { size: 28, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] } as const;
 
-const solid = (w: number, h: number, rgb: [number, number, number], fmt: 'png' | 'jpeg' | 'webp' = 'png') =>
-  sharp({ create: { width: w, height: h, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } })[fmt]({
-    quality: 100,
-    lossless: fmt === 'webp',
-  } as never).toBuffer();
+const solid = (w: number, h: number, rgb: [number, number, number], fmt: 'png' | 'jpeg' | 'webp' = 'png') => {
+  const image = sharp({
+    create: { width: w, height: h, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } },
+  });
+  return image[fmt]({ quality: 100, lossless: fmt === 'webp' } as never).toBuffer();
+};
 
 const code = async (p: Promise<unknown>) => {
   try {
@@ -64,9 +65,15 @@ t.test('broken, empty, unsupported and oversized images are BAD_IMAGE', async (t
   t.equal(await code(preprocess(new TextEncoder().encode('not an image at all'), spec)), 'BAD_IMAGE', 'garbage');
   const png = await solid(64, 64, [10, 20, 30]);
   t.equal(await code(preprocess(png.subarray(0, 40), spec)), 'BAD_IMAGE', 'truncated PNG');
-  const gif = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#123' } }).gif().toBuffer();
+  const gif = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#123' } })
+    .gif()
+    .toBuffer();
   t.equal(await code(preprocess(gif, spec)), 'BAD_IMAGE', 'GIF is not supported');
-  t.equal(await code(preprocess(png, spec, { maxBytes: 1 << 20, maxSide: 32, maxPixels: 1e6 })), 'BAD_IMAGE', 'oversized');
+  t.equal(
+    await code(preprocess(png, spec, { maxBytes: 1 << 20, maxSide: 32, maxPixels: 1e6 })),
+    'BAD_IMAGE',
+    'oversized',
+  );
   try {
     await preprocess(new Uint8Array(0), spec);
   } catch (err) {

@@ -89,7 +89,11 @@ t.test('requests are checked at the edge with task defaults', async (t) => {
   const ok = checkRequest({ id: 'a', task: 'describe', image: img }, d);
   t.match(ok.prompt, /Describe/);
   t.same([ok.maxTokens, ok.temperature, ok.topK, ok.topP, ok.seed], [100, 0, 0, 1, 0]);
-  t.equal(checkRequest({ id: 'a', task: 'generate', prompt: 'x', generation: { maxTokens: 500 } }, d).maxTokens, 100, 'capped');
+  t.equal(
+    checkRequest({ id: 'a', task: 'generate', prompt: 'x', generation: { maxTokens: 500 } }, d).maxTokens,
+    100,
+    'capped',
+  );
   t.equal(checkRequest({ id: 'a', task: 'generate', prompt: 'x', generation: { maxTokens: 7 } }, d).maxTokens, 7);
   const bad: [unknown, string][] = [
     [{ id: '', task: 'ask', prompt: 'x', image: img }, 'BAD_ARGUMENT'],
@@ -102,5 +106,6 @@ t.test('requests are checked at the edge with task defaults', async (t) => {
     [{ id: 'a', task: 'ask', prompt: 'x', image: img, generation: { bogus: 1 } }, 'BAD_ARGUMENT'],
     [{ id: 'a', task: 'ask', prompt: 'x'.repeat(16385), image: img }, 'PROMPT_TOO_LONG'],
   ];
-  for (const [r, code] of bad) t.throws(() => checkRequest(r as QueryRequest, d), { code }, JSON.stringify(r).slice(0, 80));
+  for (const [r, code] of bad)
+    t.throws(() => checkRequest(r as QueryRequest, d), { code }, JSON.stringify(r).slice(0, 80));
 });

@@ -22,7 +22,10 @@ t.test('image query: text, vision marker, text', async (t) => {
   const prompt = 'What is in the picture?';
   t.equal(vicunaPromptText({ prompt, image: true }), `${VICUNA_V1_SYSTEM} USER: <image>\n${prompt} ASSISTANT:`);
   const layout = buildVicunaPrompt(tok, { prompt, image: true });
-  t.same(layout.segments.map((s) => s.kind), ['text', 'vision', 'text']);
+  t.same(
+    layout.segments.map((s) => s.kind),
+    ['text', 'vision', 'text'],
+  );
   const [a, , b] = layout.segments;
   const first = textIds(a);
   const last = textIds(b);

@@ -62,13 +62,19 @@ t.test('bundled LLaMA vocabulary', async (t) => {
 
   t.test('emoji go through byte-fallback pieces', async (t) => {
     const ids = tok.encode('🦙');
-    t.same(ids.map((i) => tok.piece(i)), ['\u2581', '<0xF0>', '<0x9F>', '<0xA6>', '<0x99>']);
+    t.same(
+      ids.map((i) => tok.piece(i)),
+      ['\u2581', '<0xF0>', '<0x9F>', '<0xA6>', '<0x99>'],
+    );
     t.same(stream(tok, ids), ['', '', '', '', '🦙', ''], 'nothing until the fourth byte, no leading space');
   });
 
   t.test('specials: never from text, never in decoded text', async (t) => {
     const ids = tok.encode('<im_start><im_end><target><s></s><unk><image>');
-    t.ok(ids.every((id) => !tok.isSpecial(id) && id < 32000), 'control-token text is plain text');
+    t.ok(
+      ids.every((id) => !tok.isSpecial(id) && id < 32000),
+      'control-token text is plain text',
+    );
     t.equal(tok.decode(ids), '<im_start><im_end><target><s></s><unk><image>');
     const hello = tok.encode('Hello');
     t.equal(tok.decode([1, ...hello, 32000, 32002, 32002, 32001, 2]), 'Hello');
@@ -81,7 +87,10 @@ t.test('bundled LLaMA vocabulary', async (t) => {
       const ids = [1, ...tok.encode(s), 32000, 32002, 32001, ...tok.encode('ok'), 2];
       const deltas = stream(tok, ids);
       t.equal(deltas.join(''), tok.decode(ids), JSON.stringify(s));
-      t.notOk(deltas.some((d) => d.includes('\uFFFD')), 'never half a character');
+      t.notOk(
+        deltas.some((d) => d.includes('\uFFFD')),
+        'never half a character',
+      );
       for (let k = 0; k <= ids.length; k++) {
         const prefix = ids.slice(0, k);
         if (stream(tok, prefix).join('') !== tok.decode(prefix)) t.fail(`prefix ${k} of ${JSON.stringify(s)}`);
@@ -106,10 +115,17 @@ function tinyTokenizerJson(opts: { withSetokimTokens?: boolean } = {}) {
   }
   const n = Object.keys(vocab).length;
   const added = (id: number, content: string) => ({
-    id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
   });
   const addedTokens = [added(0, '<unk>'), added(1, '<s>'), added(2, '</s>')];
-  if (opts.withSetokimTokens !== false) addedTokens.push(added(n, '<im_start>'), added(n + 1, '<im_end>'), added(n + 2, '<target>'));
+  if (opts.withSetokimTokens !== false)
+    addedTokens.push(added(n, '<im_start>'), added(n + 1, '<im_end>'), added(n + 2, '<target>'));
   return {
     version: '1.0',
     truncation: null,
@@ -117,13 +133,20 @@ function tinyTokenizerJson(opts: { withSetokimTokens?: boolean } = {}) {
     added_tokens: addedTokens,
     normalizer: {
       type: 'Sequence',
-      normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }],
+      normalizers: [
+        { type: 'Prepend', prepend: '▁' },
+        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+      ],
     },
     pre_tokenizer: null,
     post_processor: {
       type: 'TemplateProcessing',
       single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      pair: [
+        { SpecialToken: { id: '<s>', type_id: 0 } },
+        { Sequence: { id: 'A', type_id: 0 } },
+        { Sequence: { id: 'B', type_id: 1 } },
+      ],
       special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
     },
     decoder: {
@@ -136,8 +159,15 @@ function tinyTokenizerJson(opts: { withSetokimTokens?: boolean } = {}) {
       ],
     },
     model: {
-      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: true, byte_fallback: true, vocab, merges,
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      vocab,
+      merges,
     },
   };
 }
@@ -159,9 +189,16 @@ t.test('a model set tokenizer.json', async (t) => {
 
   t.same(tok.encode('hello world', { bos: true }), [1, v['▁hello'], v['▁world']]);
   const ids = tok.encode('hé world');
-  t.same(ids.map((i) => tok.piece(i)), ['▁h', '<0xC3>', '<0xA9>', '▁world'], 'é by byte fallback');
+  t.same(
+    ids.map((i) => tok.piece(i)),
+    ['▁h', '<0xC3>', '<0xA9>', '▁world'],
+    'é by byte fallback',
+  );
   t.equal(tok.decode(ids), 'hé world');
-  t.ok(tok.encode('<im_start>').every((id) => !tok.isSpecial(id)), 'special text stays text');
+  t.ok(
+    tok.encode('<im_start>').every((id) => !tok.isSpecial(id)),
+    'special text stays text',
+  );
 
   // Our decoding agrees with @huggingface/tokenizers' own decoder on the same file.
   const hf = new HfTokenizer(json, {});
@@ -201,7 +238,10 @@ t.test('loadTokenizer picks the source and refuses bad files clearly', async (t)
   await t.rejects(loadTokenizer(path.join(empty, 'missing')), { code: 'MODEL_NOT_FOUND' });
   const bad = async (json: unknown, re: RegExp) => {
     const dir = modelDir(json);
-    const err = await loadTokenizer(dir).then(() => null, (e: unknown) => e);
+    const err = await loadTokenizer(dir).then(
+      () => null,
+      (e: unknown) => e,
+    );
     t.equal(codeOf(err), 'MODEL_INVALID');
     t.match((err as Error).message, re);
     t.match((err as Error).message, dir, 'names the file');
@@ -212,7 +252,10 @@ t.test('loadTokenizer picks the source and refuses bad files clearly', async (t)
   await bad({ ...tinyTokenizerJson(), decoder: { type: 'ByteLevel' } }, /not SentencePiece-style/);
 
   await t.resolves(loadTokenizer({ kind: 'llama' }, { expect: LLAMA_SPECIALS }));
-  const err = await loadTokenizer(modelDir(tinyTokenizerJson()), { expect: LLAMA_SPECIALS }).then(() => null, (e: unknown) => e);
+  const err = await loadTokenizer(modelDir(tinyTokenizerJson()), { expect: LLAMA_SPECIALS }).then(
+    () => null,
+    (e: unknown) => e,
+  );
   t.equal(codeOf(err), 'MODEL_INVALID');
   t.match((err as Error).message, /<im_start> is 277, manifest says 32000/);
 });

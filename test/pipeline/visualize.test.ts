@@ -29,7 +29,12 @@ t.test('the token-mask PNG can leave out the padding', async (t) => {
   const size = 28;
   const rgb = new Uint8Array(size * size * 3).fill(0);
   const labels = [0, 0, 1, 1]; // top row token 0, bottom row token 1
-  const { png, width, height } = await tokenMaskPng(rgb, size, labels, 2, 14, { left: 0, top: 7, width: 28, height: 14 });
+  const { png, width, height } = await tokenMaskPng(rgb, size, labels, 2, 14, {
+    left: 0,
+    top: 7,
+    width: 28,
+    height: 14,
+  });
   t.same([width, height], [280, 140]);
   const { data } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
   const px = (x: number, y: number) => Array.from(data.subarray((y * 280 + x) * 3, (y * 280 + x) * 3 + 3));
@@ -51,7 +56,10 @@ t.test('a mask is upsampled to the original size with the padding cropped', asyn
   t.equal(data.length, 100 * 50);
   t.equal(data[5 * 100 + 50], 0, 'upper part of the image is off');
   t.equal(data[45 * 100 + 50], 255, 'lower part is on');
-  t.ok(data.every((v) => v === 0 || v === 255), 'binary');
+  t.ok(
+    data.every((v) => v === 0 || v === 255),
+    'binary',
+  );
 });
 
 t.test('a grid that covers part of the square extends its last row and column over the rest', async (t) => {

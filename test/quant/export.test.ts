@@ -180,7 +180,10 @@ t.test('a stage named twice in --stages is quantised once', async (t) => {
   ]);
   t.equal(twice.status, 0, twice.err);
   t.equal(twice.out.split('\n').filter((l) => l.startsWith('merger:')).length, 1, twice.out);
-  await verifyStageFile(dir, (await ModelSet.open(dir)).variants('merger').find((v) => v.precision === 'int8')!);
+  await verifyStageFile(
+    dir,
+    (await ModelSet.open(dir)).variants('merger').find((v) => v.precision === 'int8')!,
+  );
   t.same(
     (await readdir(dir)).filter((f) => f.includes('.tmp')),
     [],

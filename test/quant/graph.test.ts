@@ -34,7 +34,13 @@ const set = await tinySet();
 t.teardown(set.cleanup);
 const ms = await openModelSet(set.dir);
 const backend = new OrtBackend({ threads: 1 });
-const recorder = await collectFeeds({ modelsDir: set.dir, stages: STAGES, images: await sampleImages(8), verify: false, threads: 1 });
+const recorder = await collectFeeds({
+  modelsDir: set.dir,
+  stages: STAGES,
+  images: await sampleImages(8),
+  verify: false,
+  threads: 1,
+});
 
 for (const stage of STAGES) {
   t.test(`${stage}: the int8 rewrite loads, keeps its IO, holds Q/DQ nodes and stays close to fp32`, async (t) => {
@@ -43,8 +49,15 @@ for (const stage of STAGES) {
     const { targets } = findTargets(decodeModel(fp32));
     const names = activationNames(targets);
     const { calibrate, heldOut, disjoint } = splitSamples(recorder.samples(stage));
-    t.ok(disjoint && heldOut.length >= 1 && calibrate.length >= 2, `${calibrate.length} calibration and ${heldOut.length} held-out inputs`);
-    const { ranges, dynamic } = await activationRanges(backend, fp32, names, calibrate, { stage, signature, threads: 1 });
+    t.ok(
+      disjoint && heldOut.length >= 1 && calibrate.length >= 2,
+      `${calibrate.length} calibration and ${heldOut.length} held-out inputs`,
+    );
+    const { ranges, dynamic } = await activationRanges(backend, fp32, names, calibrate, {
+      stage,
+      signature,
+      threads: 1,
+    });
     t.same(dynamic, [], 'every activation of this stage shares one static scale');
     const { bytes, report } = quantizeModel(fp32, ranges);
 
@@ -60,7 +73,10 @@ for (const stage of STAGES) {
     const m = decodeModel(bytes);
     const consumers = (name: string) => m.graph!.node!.filter((n) => n.input!.includes(name)).length;
     const qdq = m.graph!.node!.filter((n) => n.opType === 'QuantizeLinear' || n.opType === 'DequantizeLinear');
-    t.ok(qdq.every((n) => consumers(n.output![0]!) === 1), 'every Q and DQ output has one consumer');
+    t.ok(
+      qdq.every((n) => consumers(n.output![0]!) === 1),
+      'every Q and DQ output has one consumer',
+    );
     t.equal(Number(m.opsetImport![0]!.version), 17, 'still opset 17');
     const inits = new Map(m.graph!.initializer!.map((x) => [x.name!, x]));
     for (const tg of targets) {
@@ -76,7 +92,10 @@ for (const stage of STAGES) {
     // the weights are stored ~4x smaller (int8 + one float scale and int8 zero point per column)
     const wBefore = report.weights.reduce((s, w) => s + w.bytesBefore, 0);
     const wAfter = report.weights.reduce((s, w) => s + w.bytesAfter, 0);
-    t.ok(wBefore / wAfter > 3.5 && wBefore / wAfter < 4, `weights ${wBefore} -> ${wAfter} bytes (${(wBefore / wAfter).toFixed(2)}x)`);
+    t.ok(
+      wBefore / wAfter > 3.5 && wBefore / wAfter < 4,
+      `weights ${wBefore} -> ${wAfter} bytes (${(wBefore / wAfter).toFixed(2)}x)`,
+    );
     t.ok(bytes.length < fp32.length, `file ${fp32.length} -> ${bytes.length} bytes`);
 
     // Loads in ONNX Runtime with the stage's signature, same IO names, close outputs on held-out inputs.
@@ -107,42 +126,54 @@ for (const stage of STAGES) {
   });
 }
 
-t.test('small, non-2-D and activation x activation MatMuls are left alone; a weight shared by two MatMuls is dequantised once', async (t) => {
-  const g = new GraphBuilder('toy');
-  const rng = new Rng(1);
-  const x = g.input('x', 'float32', [2, 64]);
-  const big = g.weight('big', rng.uniform(64 * 32, 0.1), [64, 32]);
-  const small = g.weight('small', rng.uniform(32 * 16, 0.1), [32, 16]);
-  const cube = g.weight('cube', rng.uniform(2 * 32 * 32, 0.1), [2, 32, 32]);
-  const y1 = g.op('MatMul', [x, big]);
-  const y2 = g.op('MatMul', [x, big]);
-  const y = g.op('MatMul', [g.op('Add', [y1, y2]), small]);
-  const z = g.op('MatMul', [y, g.op('Transpose', [y])]);
-  const c = g.op('MatMul', [g.op('Reshape', [y1, g.ints([1, 2, 32])]), cube]);
-  g.output('z', z, 'float32', [2, 2]);
-  g.output('c', c, 'float32', [2, 2, 32]);
-  const model = g.encode();
-  const { targets, skipped } = findTargets(decodeModel(model));
-  t.same(targets.map((x) => x.weight), ['big', 'big']);
-  t.match(skipped.map((s) => s.why).join('\n'), /small has 512 values \(< 1024\)[\s\S]*cube is 3-D, not 2-D/);
-  const feeds: Feeds = { x: { dtype: 'float32', dims: [2, 64], data: new Rng(2).uniform(128, 1), location: 'host' } };
-  const { ranges } = await activationRanges(backend, model, ['x'], [feeds], { stage: 'toy' });
-  t.equal(ranges.size, 1);
-  const { bytes, report } = quantizeModel(model, ranges);
-  t.equal(report.weights.length, 1, 'big quantised once');
-  t.same(opCounts(bytes).DequantizeLinear, 3, 'one for the shared weight, one per MatMul for x');
-  t.same(opCounts(bytes).QuantizeLinear, 2, 'one per MatMul for x');
-  // without a range for x, its MatMuls keep a float activation (weights only) and say why
-  const partial = quantizeModel(model, new Map());
-  t.equal(opCounts(partial.bytes).QuantizeLinear, undefined);
-  t.match(partial.report.skipped.map((s) => s.why).join('\n'), /no calibration range for x/);
-  const ref = await withSession(backend, model, { stage: 'toy' }, (run) => run(feeds));
-  const got = await withSession(backend, bytes, { stage: 'toy' }, (run) => run(feeds));
-  t.ok(tensorError(ref.z!, got.z!).cosine > 0.999);
-  // withOutputs exposes inner tensors without touching the rest
-  const aug = await withSession(backend, withOutputs(model, [y1]), { stage: 'toy' }, (run) => run(feeds));
-  t.same(Object.keys(aug).sort(), ['MatMul_3_out0', 'c', 'z'].sort().map((k) => (k.startsWith('MatMul') ? y1 : k)).sort());
-});
+t.test(
+  'small, non-2-D and activation x activation MatMuls are left alone; a weight shared by two MatMuls is dequantised once',
+  async (t) => {
+    const g = new GraphBuilder('toy');
+    const rng = new Rng(1);
+    const x = g.input('x', 'float32', [2, 64]);
+    const big = g.weight('big', rng.uniform(64 * 32, 0.1), [64, 32]);
+    const small = g.weight('small', rng.uniform(32 * 16, 0.1), [32, 16]);
+    const cube = g.weight('cube', rng.uniform(2 * 32 * 32, 0.1), [2, 32, 32]);
+    const y1 = g.op('MatMul', [x, big]);
+    const y2 = g.op('MatMul', [x, big]);
+    const y = g.op('MatMul', [g.op('Add', [y1, y2]), small]);
+    const z = g.op('MatMul', [y, g.op('Transpose', [y])]);
+    const c = g.op('MatMul', [g.op('Reshape', [y1, g.ints([1, 2, 32])]), cube]);
+    g.output('z', z, 'float32', [2, 2]);
+    g.output('c', c, 'float32', [2, 2, 32]);
+    const model = g.encode();
+    const { targets, skipped } = findTargets(decodeModel(model));
+    t.same(
+      targets.map((x) => x.weight),
+      ['big', 'big'],
+    );
+    t.match(skipped.map((s) => s.why).join('\n'), /small has 512 values \(< 1024\)[\s\S]*cube is 3-D, not 2-D/);
+    const feeds: Feeds = { x: { dtype: 'float32', dims: [2, 64], data: new Rng(2).uniform(128, 1), location: 'host' } };
+    const { ranges } = await activationRanges(backend, model, ['x'], [feeds], { stage: 'toy' });
+    t.equal(ranges.size, 1);
+    const { bytes, report } = quantizeModel(model, ranges);
+    t.equal(report.weights.length, 1, 'big quantised once');
+    t.same(opCounts(bytes).DequantizeLinear, 3, 'one for the shared weight, one per MatMul for x');
+    t.same(opCounts(bytes).QuantizeLinear, 2, 'one per MatMul for x');
+    // without a range for x, its MatMuls keep a float activation (weights only) and say why
+    const partial = quantizeModel(model, new Map());
+    t.equal(opCounts(partial.bytes).QuantizeLinear, undefined);
+    t.match(partial.report.skipped.map((s) => s.why).join('\n'), /no calibration range for x/);
+    const ref = await withSession(backend, model, { stage: 'toy' }, (run) => run(feeds));
+    const got = await withSession(backend, bytes, { stage: 'toy' }, (run) => run(feeds));
+    t.ok(tensorError(ref.z!, got.z!).cosine > 0.999);
+    // withOutputs exposes inner tensors without touching the rest
+    const aug = await withSession(backend, withOutputs(model, [y1]), { stage: 'toy' }, (run) => run(feeds));
+    t.same(
+      Object.keys(aug).sort(),
+      ['MatMul_3_out0', 'c', 'z']
+        .sort()
+        .map((k) => (k.startsWith('MatMul') ? y1 : k))
+        .sort(),
+    );
+  },
+);
 
 t.test('an activation whose range varies more than 16x between inputs stays float; max |x| is the range', async (t) => {
   const g = new GraphBuilder('spread');
@@ -157,13 +188,19 @@ t.test('an activation whose range varies more than 16x between inputs stays floa
   });
   const feeds = [feed(1, 1), feed(40, 2)]; // x's range grows 40x, u's 2x
   const { ranges, dynamic } = await activationRanges(backend, model, ['x', 'u'], feeds, { stage: 'spread' });
-  t.same(dynamic.map((d) => d.name), ['x']);
+  t.same(
+    dynamic.map((d) => d.name),
+    ['x'],
+  );
   t.ok(Math.abs(dynamic[0]!.spread - 40) < 1e-3, `spread ${dynamic[0]!.spread}`);
   const maxU = Math.max(...[...(feeds[1]!.u!.data as Float32Array)].map(Math.abs));
   t.equal(ranges.get('u'), maxU, 'the range is the largest |u| seen');
   t.equal(ranges.has('x'), false);
   const { report } = quantizeModel(model, ranges);
-  t.same(report.activations.map((a) => a.name), ['u']);
+  t.same(
+    report.activations.map((a) => a.name),
+    ['u'],
+  );
   t.equal(report.weights.length, 2, 'both weights are int8 (x`s MatMul is weight-only)');
   const loose = await activationRanges(backend, model, ['x', 'u'], feeds, { stage: 'spread', maxSpread: 100 });
   t.same(loose.dynamic, []);
@@ -191,5 +228,8 @@ t.test('a graph below opset 13 is refused (per-axis DequantizeLinear needs 13)',
   g.output('y', g.op('MatMul', [x, g.weight('w', new Float32Array(64 * 32), [64, 32])]), 'float32', [1, 32]);
   const m = g.model();
   m.opsetImport = [{ domain: '', version: 11 }];
-  t.throws(() => quantizeModel(onnxProto.onnx.ModelProto.encode(m).finish(), new Map()), { code: 'MODEL_INVALID', message: /opset 11/ });
+  t.throws(() => quantizeModel(onnxProto.onnx.ModelProto.encode(m).finish(), new Map()), {
+    code: 'MODEL_INVALID',
+    message: /opset 11/,
+  });
 });

@@ -20,7 +20,14 @@ export function randomFeatures(n: number, dim: number, seed: number, scale = 1):
 }
 
 /** A grid of patches split into `regions` vertical bands, each around its own random centre plus noise. */
-export function plantedFeatures(rows: number, cols: number, dim: number, regions: number, seed: number, noise = 0.1): Float32Array {
+export function plantedFeatures(
+  rows: number,
+  cols: number,
+  dim: number,
+  regions: number,
+  seed: number,
+  noise = 0.1,
+): Float32Array {
   const r = rng(seed);
   const centres = Array.from({ length: regions }, () => Float32Array.from({ length: dim }, () => (r() * 2 - 1) * 2));
   const x = new Float32Array(rows * cols * dim);

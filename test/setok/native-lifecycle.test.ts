@@ -17,9 +17,18 @@ const skip = (!nativeClusterFn() || !existsSync(addon)) && 'addon not built';
 // Runs `code` in a fresh node process; resolves with its exit code and output.
 function runNode(code: string, timeoutMs: number): Promise<{ code: number | null; out: string; killed: boolean }> {
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, ['-e', code], { env: childEnv({ ADDON: addon }), timeout: timeoutMs }, (err, stdout, stderr) => {
-      resolve({ code: child.exitCode, out: stdout + stderr, killed: !!err && (err as { killed?: boolean }).killed === true });
-    });
+    const child = execFile(
+      process.execPath,
+      ['-e', code],
+      { env: childEnv({ ADDON: addon }), timeout: timeoutMs },
+      (err, stdout, stderr) => {
+        resolve({
+          code: child.exitCode,
+          out: stdout + stderr,
+          killed: !!err && (err as { killed?: boolean }).killed === true,
+        });
+      },
+    );
   });
 }
 

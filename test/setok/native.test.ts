@@ -8,7 +8,12 @@ import { plantedFeatures, randomFeatures, repeatedFeatures } from './helpers.js'
 const native = nativeClusterFn();
 
 function sameBits(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
+  return (
+    Buffer.compare(
+      Buffer.from(a.buffer, a.byteOffset, a.byteLength),
+      Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+    ) === 0
+  );
 }
 
 async function expectEqual(t: Test, name: string, x: Float32Array, p: ClusterParams): Promise<ClusterResult> {
@@ -25,13 +30,50 @@ t.test('the addon provides the native clustering', async (t) => {
 });
 
 t.test('native CPU equals the TypeScript reference exactly', { skip: !native && 'addon not built' }, async (t) => {
-  await expectEqual(t, 'random 200x64', randomFeatures(200, 64, 1), { n: 200, dim: 64, k: 16, threshold: 0.3, fallback: 20 });
-  await expectEqual(t, 'random, fallback', randomFeatures(150, 37, 2), { n: 150, dim: 37, k: 7, threshold: 10, fallback: 9 });
-  await expectEqual(t, 'random, capped', randomFeatures(150, 37, 2), { n: 150, dim: 37, k: 7, threshold: 0, fallback: 9, maxTokens: 11 });
-  const planted = await expectEqual(t, 'planted regions', plantedFeatures(12, 12, 48, 4, 5, 0.1), { n: 144, dim: 48, k: 12, threshold: 0.5, fallback: 64 });
+  await expectEqual(t, 'random 200x64', randomFeatures(200, 64, 1), {
+    n: 200,
+    dim: 64,
+    k: 16,
+    threshold: 0.3,
+    fallback: 20,
+  });
+  await expectEqual(t, 'random, fallback', randomFeatures(150, 37, 2), {
+    n: 150,
+    dim: 37,
+    k: 7,
+    threshold: 10,
+    fallback: 9,
+  });
+  await expectEqual(t, 'random, capped', randomFeatures(150, 37, 2), {
+    n: 150,
+    dim: 37,
+    k: 7,
+    threshold: 0,
+    fallback: 9,
+    maxTokens: 11,
+  });
+  const planted = await expectEqual(t, 'planted regions', plantedFeatures(12, 12, 48, 4, 5, 0.1), {
+    n: 144,
+    dim: 48,
+    k: 12,
+    threshold: 0.5,
+    fallback: 64,
+  });
   t.equal(planted.centers.length, 4, 'one centre per planted region');
-  await expectEqual(t, 'repeated rows (ties)', repeatedFeatures(300, 32, 7, 9), { n: 300, dim: 32, k: 20, threshold: 0.2, fallback: 64 });
-  await expectEqual(t, 'repeated rows, fallback', repeatedFeatures(100, 8, 3, 4), { n: 100, dim: 8, k: 5, threshold: 5, fallback: 10 });
+  await expectEqual(t, 'repeated rows (ties)', repeatedFeatures(300, 32, 7, 9), {
+    n: 300,
+    dim: 32,
+    k: 20,
+    threshold: 0.2,
+    fallback: 64,
+  });
+  await expectEqual(t, 'repeated rows, fallback', repeatedFeatures(100, 8, 3, 4), {
+    n: 100,
+    dim: 8,
+    k: 5,
+    threshold: 5,
+    fallback: 10,
+  });
   const real = { n: 729, dim: 1152, k: 64, threshold: 0.55, fallback: 64 };
   const img = addPositionEncoding(plantedFeatures(27, 27, 1152, 5, 21, 0.5), 27, 27, 1152);
   const r = await expectEqual(t, 'real size 729x1152, planted + position encoding', img, real);
@@ -47,7 +89,10 @@ t.test('a maxTokens cap that is not reached changes nothing', { skip: !native &&
   t.same(capped, free);
   const tight = await cluster(x, { ...p, maxTokens: 2 });
   t.equal(tight.centers.length, 2);
-  const best = Array.from(free.centers).sort((a, b) => free.scores[b]! - free.scores[a]! || a - b).slice(0, 2).sort((a, b) => a - b);
+  const best = Array.from(free.centers)
+    .sort((a, b) => free.scores[b]! - free.scores[a]! || a - b)
+    .slice(0, 2)
+    .sort((a, b) => a - b);
   t.same(Array.from(tight.centers), best, 'the two best scores, in index order');
 });
 
@@ -75,7 +120,10 @@ t.test('bad input rejects with BAD_INPUT, never crashes', async (t) => {
   const x = randomFeatures(10, 4, 1);
   const p = { n: 10, dim: 4, k: 3, threshold: 0.5, fallback: 4 };
   const bad = async (features: Float32Array, o: object, re: RegExp) => {
-    const err = await cluster(features, o as typeof p).then(() => undefined, (e: unknown) => e);
+    const err = await cluster(features, o as typeof p).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     t.ok(err instanceof SetokimError, `rejects with a SetokimError (${String(err)})`);
     t.equal((err as SetokimError).code, 'BAD_INPUT');
     t.match((err as SetokimError).message, re);
@@ -115,17 +163,21 @@ t.test('addPositionEncoding adds the reference table and validates', async (t) =
   t.throws(() => addPositionEncoding(f, 2, 2, 8), { code: 'BAD_INPUT' });
 });
 
-t.test('concurrent calls with different shapes all give the reference result', { skip: !native && 'addon not built' }, async (t) => {
-  const cases = [
-    { x: randomFeatures(120, 16, 21), p: { n: 120, dim: 16, k: 8, threshold: 0.3, fallback: 8 } },
-    { x: plantedFeatures(10, 10, 24, 3, 22, 0.1), p: { n: 100, dim: 24, k: 10, threshold: 0.5, fallback: 8 } },
-    { x: repeatedFeatures(90, 12, 6, 23), p: { n: 90, dim: 12, k: 5, threshold: 0.2, fallback: 8, maxTokens: 4 } },
-  ];
-  const all = [...cases, ...cases, ...cases];
-  const got = await Promise.all(all.map((c) => cluster(c.x, c.p)));
-  for (let i = 0; i < all.length; i++) {
-    const want = clusterReference(all[i]!.x, { maxTokens: 0, ...all[i]!.p });
-    t.same(Array.from(got[i]!.labels), Array.from(want.labels), `call ${i}`);
-    t.same(Array.from(got[i]!.centers), Array.from(want.centers), `call ${i} centres`);
-  }
-});
+t.test(
+  'concurrent calls with different shapes all give the reference result',
+  { skip: !native && 'addon not built' },
+  async (t) => {
+    const cases = [
+      { x: randomFeatures(120, 16, 21), p: { n: 120, dim: 16, k: 8, threshold: 0.3, fallback: 8 } },
+      { x: plantedFeatures(10, 10, 24, 3, 22, 0.1), p: { n: 100, dim: 24, k: 10, threshold: 0.5, fallback: 8 } },
+      { x: repeatedFeatures(90, 12, 6, 23), p: { n: 90, dim: 12, k: 5, threshold: 0.2, fallback: 8, maxTokens: 4 } },
+    ];
+    const all = [...cases, ...cases, ...cases];
+    const got = await Promise.all(all.map((c) => cluster(c.x, c.p)));
+    for (let i = 0; i < all.length; i++) {
+      const want = clusterReference(all[i]!.x, { maxTokens: 0, ...all[i]!.p });
+      t.same(Array.from(got[i]!.labels), Array.from(want.labels), `call ${i}`);
+      t.same(Array.from(got[i]!.centers), Array.from(want.centers), `call ${i} centres`);
+    }
+  },
+);

@@ -104,7 +104,11 @@ t.test('centre selection: threshold, fallback, cap', async (t) => {
   const p = { n: 6, dim: 1, k: 1, fallback: 2 };
   t.same(Array.from(selectCenters(s, { ...p, threshold: 0.5 })), [1, 3, 4]);
   t.same(Array.from(selectCenters(s, { ...p, threshold: 0.95 })), [1, 3], 'fallback: two best, index order');
-  t.same(Array.from(selectCenters(s, { ...p, threshold: 0.5, maxTokens: 2 })), [1, 3], 'cap keeps best, tie to lower index');
+  t.same(
+    Array.from(selectCenters(s, { ...p, threshold: 0.5, maxTokens: 2 })),
+    [1, 3],
+    'cap keeps best, tie to lower index',
+  );
   t.same(Array.from(selectCenters(s, { ...p, threshold: 0.5, maxTokens: 3 })), [1, 3, 4], 'cap not reached: unchanged');
   t.same(Array.from(selectCenters(s, { ...p, threshold: 0.0, maxTokens: 1 })), [1]);
 });

@@ -68,7 +68,10 @@ for (const backend of backends) {
     const first = await stream.push(a);
     const bad = a.slice();
     bad[5] = NaN;
-    const err = await stream.push(bad).then(() => undefined, (e: unknown) => e);
+    const err = await stream.push(bad).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     t.ok(err instanceof SetokimError && err.code === 'BAD_INPUT', String(err));
     await t.rejects(stream.push(new Float32Array(3)), { code: 'BAD_INPUT' });
     const again = await stream.push(a);
@@ -81,8 +84,12 @@ for (const backend of backends) {
     const stream = new ClusterStream(params, { backend });
     const xs = [frame(0, 0), frame(2, 5), frame(0, 0)];
     const results = await Promise.all(xs.map((x) => stream.push(x)));
-    t.same(results.map((r) => r.frame), [0, 1, 2]);
-    for (let i = 0; i < xs.length; i++) t.same(Array.from(results[i]!.labels), Array.from(clusterReference(xs[i]!, params).labels));
+    t.same(
+      results.map((r) => r.frame),
+      [0, 1, 2],
+    );
+    for (let i = 0; i < xs.length; i++)
+      t.same(Array.from(results[i]!.labels), Array.from(clusterReference(xs[i]!, params).labels));
     stream.close();
   });
 }
@@ -97,7 +104,10 @@ t.test('native stream memory stays bounded over many frames', { skip: !hasNative
     await stream.push(x);
     if (f === 20 || f === 119) rss.push(process.memoryUsage().rss);
   }
-  t.ok(rss[1]! - rss[0]! < 32 * 1024 * 1024, `rss grew ${((rss[1]! - rss[0]!) / 1048576).toFixed(1)} MiB over 100 frames`);
+  t.ok(
+    rss[1]! - rss[0]! < 32 * 1024 * 1024,
+    `rss grew ${((rss[1]! - rss[0]!) / 1048576).toFixed(1)} MiB over 100 frames`,
+  );
   stream.close();
 });
 
@@ -116,6 +126,16 @@ t.test('id assignment: most overlap wins, one previous id per token, fresh ids o
   // both new tokens overlap old 0 most: the larger overlap keeps 7, the other takes its next best (9)
   t.same(Array.from(assignIds(Int32Array.from([0, 0, 1, 1, 1, 1]), 2, prev, fresh)), [7, 8]);
   // a token that overlaps nothing unclaimed gets a fresh id
-  t.same(Array.from(assignIds(Int32Array.from([0, 0, 0, 0, 0, 1]), 3, { labels: Int32Array.from([0, 0, 0, 0, 0, 0]), ids: Int32Array.from([5]) }, fresh)), [5, 100, 101]);
+  t.same(
+    Array.from(
+      assignIds(
+        Int32Array.from([0, 0, 0, 0, 0, 1]),
+        3,
+        { labels: Int32Array.from([0, 0, 0, 0, 0, 0]), ids: Int32Array.from([5]) },
+        fresh,
+      ),
+    ),
+    [5, 100, 101],
+  );
   t.same(Array.from(assignIds(Int32Array.from([0, 1]), 2, undefined, fresh)), [102, 103], 'first frame: all fresh');
 });

@@ -13,7 +13,10 @@ export const VOCAB_WITH_SPECIALS = TEXT_VOCAB + 3;
 export const padVocab = (n: number, multiple = 64) => Math.ceil(n / multiple) * multiple;
 
 /** SigLIP normalisation: mean = std = 0.5 per channel, pixels to [-1, 1]. */
-const SIGLIP_IMAGE = { mean: [0.5, 0.5, 0.5] as [number, number, number], std: [0.5, 0.5, 0.5] as [number, number, number] };
+const SIGLIP_IMAGE = {
+  mean: [0.5, 0.5, 0.5] as [number, number, number],
+  std: [0.5, 0.5, 0.5] as [number, number, number],
+};
 
 export const CONFIG_NAMES = ['tiny', 'small', 'setokim-7b'] as const;
 export type ConfigName = (typeof CONFIG_NAMES)[number];

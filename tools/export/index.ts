@@ -1,5 +1,13 @@
 /** The export tool's public face: reference model sets and the architecture configs. */
-export { CONFIGS, CONFIG_NAMES, SYNTH_CONFIGS, SPECIAL_TOKENS, TEXT_VOCAB, VOCAB_WITH_SPECIALS, padVocab } from './configs.js';
+export {
+  CONFIGS,
+  CONFIG_NAMES,
+  SYNTH_CONFIGS,
+  SPECIAL_TOKENS,
+  TEXT_VOCAB,
+  VOCAB_WITH_SPECIALS,
+  padVocab,
+} from './configs.js';
 export type { ConfigName, SynthConfigName } from './configs.js';
 export { synthesize, modelSetId, type SynthOptions, type SynthProgress } from './synth.js';
 export { STAGE_BUILDERS } from './stages/index.js';

@@ -6,7 +6,11 @@
 import sharp from 'sharp';
 
 export async function flatImage(colour = '#3a7', side = 300): Promise<Uint8Array> {
-  return new Uint8Array(await sharp({ create: { width: side, height: side, channels: 3, background: colour } }).png().toBuffer());
+  return new Uint8Array(
+    await sharp({ create: { width: side, height: side, channels: 3, background: colour } })
+      .png()
+      .toBuffer(),
+  );
 }
 
 /** Random rectangles and circles on white as a JPEG, from a seeded LCG (the same seed gives the same picture). */

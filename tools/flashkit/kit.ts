@@ -17,7 +17,14 @@ import { readConfigFile } from '../../src/agent/config.js';
 import { packageRoot } from '../../src/engine/native.js';
 import { sha256File } from '../../src/engine/manifest.js';
 import { ErrorCodes, SetokimError } from '../../src/errors.js';
-import { checkBinding, compatibilityOf, keyIdOf, loadPublicKey, verifyBundle, type BundleManifest } from '../../src/fleet/index.js';
+import {
+  checkBinding,
+  compatibilityOf,
+  keyIdOf,
+  loadPublicKey,
+  verifyBundle,
+  type BundleManifest,
+} from '../../src/fleet/index.js';
 import { checkAddonTools } from './addon.js';
 import { checkCompiled, stageApp, type StagedApp } from './app.js';
 import { buildDeb, writeControlDir, writeDocs, type Compression } from './deb.js';
@@ -173,7 +180,9 @@ export class KitBuilder {
       );
     }
     for (const fleet of new Set(setups.map((d) => d.fleet))) {
-      await checkBinding(manifest, this.o.bundle, { device: { fleet, ...(this.o.target ? { target: this.o.target } : {}) } });
+      await checkBinding(manifest, this.o.bundle, {
+        device: { fleet, ...(this.o.target ? { target: this.o.target } : {}) },
+      });
     }
   }
 

@@ -29,8 +29,8 @@ Napi::Value Capabilities(const Napi::CallbackInfo& info) {
   Napi::Object present = Napi::Object::New(env);
   present.Set("gpus", gpus);
   present.Set("cudaDriverVersion", caps.cudaDriverVersion);
-  present.Set("gpuProbeError", caps.gpuProbeError.empty() ? env.Null()
-                                                          : Napi::Value(Napi::String::New(env, caps.gpuProbeError)));
+  present.Set("gpuProbeError",
+              caps.gpuProbeError.empty() ? env.Null() : Napi::Value(Napi::String::New(env, caps.gpuProbeError)));
   present.Set("tensorrtLibraryVersion", caps.tensorrtLibraryVersion.empty()
                                             ? env.Null()
                                             : Napi::Value(Napi::String::New(env, caps.tensorrtLibraryVersion)));

@@ -72,9 +72,7 @@ class ClusterWorker : public Napi::AsyncWorker {
     if (changed_ >= 0) v.As<Napi::Object>().Set("changedPatches", changed_);
     deferred_.Resolve(v);
   }
-  void OnError(const Napi::Error& e) override {
-    deferred_.Reject(CodedError(Env(), code_, e.Message()).Value());
-  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(CodedError(Env(), code_, e.Message()).Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
@@ -105,7 +103,7 @@ class InstancePool {
   };
 
  private:
-  static constexpr size_t kKeep = 4;     // the libuv pool's default size
+  static constexpr size_t kKeep = 4;        // the libuv pool's default size
   static constexpr int kMaxCachedN = 2048;  // above it the buffers (2 x n^2 floats) are not kept
 
   static bool Same(const ClusterParams& a, const ClusterParams& b) {
@@ -212,47 +210,50 @@ Napi::Value ClusterStream(const Napi::CallbackInfo& info) {
   // The frame is read in place, not copied (a 729 x 1152 frame is 3.4 MB): the caller must not
   // change the array until the promise settles (src/setok/stream.ts documents it).
   handle.Set("push", Napi::Function::New(env, [state](const Napi::CallbackInfo& info) -> Napi::Value {
-    Napi::Env env = info.Env();
-    Napi::Float32Array array = FeaturesArray(info[0]);
-    const float* features = array.Data();
-    const size_t count = array.ElementLength();
-    auto d = Napi::Promise::Deferred::New(env);
-    {
-      std::lock_guard<std::mutex> lock(state->mutex);
-      const char* why = state->closed ? "the stream is closed"
-                        : state->busy ? "a frame is still being clustered; await each push"
-                                      : nullptr;
-      if (!why && count != static_cast<size_t>(state->params.n) * state->params.dim) {
-        why = "features length does not match n x dim";
-      }
-      if (why) {
-        d.Reject(CodedError(env, state->closed ? "CANCELLED" : "BAD_INPUT", why).Value());
-        return d.Promise();
-      }
-      state->busy = true;
-    }
-    auto* worker = new ClusterWorker(env, [state, features](int* changed) {
-      struct Release {
-        StreamState* s;
-        ~Release() {
-          std::lock_guard<std::mutex> lock(s->mutex);
-          s->busy = false;
-          if (s->closed) s->cache.reset();
-        }
-      } release{state.get()};
-      return state->cache->Push(features, changed);
-    }, array);
-    Napi::Promise promise = worker->Promise();
-    worker->Queue();
-    return promise;
-  }));
+               Napi::Env env = info.Env();
+               Napi::Float32Array array = FeaturesArray(info[0]);
+               const float* features = array.Data();
+               const size_t count = array.ElementLength();
+               auto d = Napi::Promise::Deferred::New(env);
+               {
+                 std::lock_guard<std::mutex> lock(state->mutex);
+                 const char* why = state->closed ? "the stream is closed"
+                                   : state->busy ? "a frame is still being clustered; await each push"
+                                                 : nullptr;
+                 if (!why && count != static_cast<size_t>(state->params.n) * state->params.dim) {
+                   why = "features length does not match n x dim";
+                 }
+                 if (why) {
+                   d.Reject(CodedError(env, state->closed ? "CANCELLED" : "BAD_INPUT", why).Value());
+                   return d.Promise();
+                 }
+                 state->busy = true;
+               }
+               auto* worker = new ClusterWorker(
+                   env,
+                   [state, features](int* changed) {
+                     struct Release {
+                       StreamState* s;
+                       ~Release() {
+                         std::lock_guard<std::mutex> lock(s->mutex);
+                         s->busy = false;
+                         if (s->closed) s->cache.reset();
+                       }
+                     } release{state.get()};
+                     return state->cache->Push(features, changed);
+                   },
+                   array);
+               Napi::Promise promise = worker->Promise();
+               worker->Queue();
+               return promise;
+             }));
   handle.Set("close", Napi::Function::New(env, [state](const Napi::CallbackInfo& info) -> Napi::Value {
-    std::lock_guard<std::mutex> lock(state->mutex);
-    // A push in flight keeps using the cache; it frees it when it finishes.
-    state->closed = true;
-    if (!state->busy) state->cache.reset();
-    return info.Env().Undefined();
-  }));
+               std::lock_guard<std::mutex> lock(state->mutex);
+               // A push in flight keeps using the cache; it frees it when it finishes.
+               state->closed = true;
+               if (!state->busy) state->cache.reset();
+               return info.Env().Undefined();
+             }));
   return handle;
 }
 
@@ -284,9 +285,9 @@ Napi::Value GramBench(const Napi::CallbackInfo& info) {
   setokim::DpcKnn dpc(p);
   std::vector<float> dist;
   out.Set("distanceMs", best([&] {
-    setokim::ComputeGram(x.data(), n, dim, g);
-    dpc.Distances(g, dist);
-  }));
+            setokim::ComputeGram(x.data(), n, dim, g);
+            dpc.Distances(g, dist);
+          }));
   out.Set("peakGflops", setokim::PeakGflops(0.3));
   out.Set("isa", setokim::GramIsa());
   out.Set("threads", setokim::WorkerCount());

@@ -39,9 +39,7 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   throw Napi::Error::New(env, std::string("flock(") + std::to_string(fd) + ", " + op + "): " + std::strerror(errno));
 }
 
-void Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
-}
+void Init(Napi::Env env, Napi::Object exports) { exports.Set("flock", Napi::Function::New(env, Flock, "flock")); }
 
 }  // namespace
 

@@ -20,5 +20,4 @@ struct ModuleRegistrar {
 
 }  // namespace setokim::addon
 
-#define SETOKIM_ADDON_MODULE(init_fn) \
-  static ::setokim::addon::ModuleRegistrar setokim_registrar_##init_fn(init_fn)
+#define SETOKIM_ADDON_MODULE(init_fn) static ::setokim::addon::ModuleRegistrar setokim_registrar_##init_fn(init_fn)

@@ -101,12 +101,18 @@ Napi::Value Typed(Napi::Env env, const HostTensor& t) {
 
 Napi::Value ToJs(Napi::Env env, const HostTensor& t) {
   Napi::Value data;
-  if (t.dtype == "float32") data = Typed<float>(env, t);
-  else if (t.dtype == "float16") data = Typed<uint16_t>(env, t);
-  else if (t.dtype == "int64") data = Typed<int64_t>(env, t);
-  else if (t.dtype == "int32") data = Typed<int32_t>(env, t);
-  else if (t.dtype == "int8") data = Typed<int8_t>(env, t);
-  else data = Typed<uint8_t>(env, t);  // uint8, bool
+  if (t.dtype == "float32")
+    data = Typed<float>(env, t);
+  else if (t.dtype == "float16")
+    data = Typed<uint16_t>(env, t);
+  else if (t.dtype == "int64")
+    data = Typed<int64_t>(env, t);
+  else if (t.dtype == "int32")
+    data = Typed<int32_t>(env, t);
+  else if (t.dtype == "int8")
+    data = Typed<int8_t>(env, t);
+  else
+    data = Typed<uint8_t>(env, t);  // uint8, bool
   Napi::Array dims = Napi::Array::New(env, t.dims.size());
   for (size_t i = 0; i < t.dims.size(); ++i) dims.Set(static_cast<uint32_t>(i), static_cast<double>(t.dims[i]));
   Napi::Object o = Napi::Object::New(env);
@@ -125,15 +131,12 @@ class TrtEngine : public Napi::ObjectWrap<TrtEngine> {
     return *ctor;
   }
   static void Define(Napi::Env env) {
-    Napi::Function fn = DefineClass(env, "TrtEngine",
-                                    {InstanceMethod<&TrtEngine::Run>("run"),
-                                     InstanceMethod<&TrtEngine::Allocate>("allocate"),
-                                     InstanceMethod<&TrtEngine::CopyRows>("copyRows"),
-                                     InstanceMethod<&TrtEngine::Read>("read"),
-                                     InstanceMethod<&TrtEngine::Release>("release"),
-                                     InstanceMethod<&TrtEngine::Dispose>("dispose"),
-                                     InstanceAccessor<&TrtEngine::Io>("io"),
-                                     InstanceAccessor<&TrtEngine::MappedIo>("mappedIo")});
+    Napi::Function fn =
+        DefineClass(env, "TrtEngine",
+                    {InstanceMethod<&TrtEngine::Run>("run"), InstanceMethod<&TrtEngine::Allocate>("allocate"),
+                     InstanceMethod<&TrtEngine::CopyRows>("copyRows"), InstanceMethod<&TrtEngine::Read>("read"),
+                     InstanceMethod<&TrtEngine::Release>("release"), InstanceMethod<&TrtEngine::Dispose>("dispose"),
+                     InstanceAccessor<&TrtEngine::Io>("io"), InstanceAccessor<&TrtEngine::MappedIo>("mappedIo")});
     Constructor() = Napi::Persistent(fn);
     Constructor().SuppressDestruct();
   }
@@ -170,7 +173,8 @@ class TrtEngine : public Napi::ObjectWrap<TrtEngine> {
       o.Set("mode", io[i].isInput ? "input" : "output");
       o.Set("dtype", io[i].dtype);
       Napi::Array shape = Napi::Array::New(env, io[i].shape.size());
-      for (size_t k = 0; k < io[i].shape.size(); ++k) shape.Set(static_cast<uint32_t>(k), static_cast<double>(io[i].shape[k]));
+      for (size_t k = 0; k < io[i].shape.size(); ++k)
+        shape.Set(static_cast<uint32_t>(k), static_cast<double>(io[i].shape[k]));
       o.Set("shape", shape);
       out.Set(static_cast<uint32_t>(i), o);
     }
@@ -194,7 +198,8 @@ class PromiseWorker : public Napi::AsyncWorker {
 
 class LoadWorker : public PromiseWorker {
  public:
-  LoadWorker(Napi::Env env, std::string plan, int device) : PromiseWorker(env), plan_(std::move(plan)), device_(device) {}
+  LoadWorker(Napi::Env env, std::string plan, int device)
+      : PromiseWorker(env), plan_(std::move(plan)), device_(device) {}
   void Execute() override {
     try {
       session_ = std::make_shared<EngineSession>(Engine::Load(plan_, device_));
@@ -436,7 +441,8 @@ Napi::Value BuildEngine(const Napi::CallbackInfo& info) {
     }
     options.profiles.push_back(std::move(ranges));
   }
-  Napi::Function onProgress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+  Napi::Function onProgress =
+      info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
   CancelFlag cancel = std::make_shared<std::atomic<bool>>(false);
   if (info.Length() > 2 && info[2].IsFunction()) {
     // Setting the flag is all cancel() does: safe on the JS thread while the build runs on a worker.

@@ -24,11 +24,11 @@ Capabilities ProbeCapabilities() {
 #endif
 #ifdef SETOKIM_WITH_TENSORRT
   caps.tensorrt = true;
-  caps.tensorrtVersion = std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) +
-                         "." + std::to_string(NV_TENSORRT_PATCH);
+  caps.tensorrtVersion = std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) + "." +
+                         std::to_string(NV_TENSORRT_PATCH);
   const int v = getInferLibVersion();  // e.g. 100300 for 10.3.0
-  caps.tensorrtLibraryVersion = std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) +
-                                "." + std::to_string(v % 100);
+  caps.tensorrtLibraryVersion =
+      std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
 #endif
   return caps;
 }

@@ -20,12 +20,12 @@ struct Capabilities {
   std::string cudaVersion;        // nvcc version the kernels were built with
   std::string cudaArchitectures;  // e.g. "87;110"
   bool tensorrt = false;
-  std::string tensorrtVersion;    // headers the backend was compiled against
-  std::string simd;               // vector ISA the CPU kernels use on this CPU (avx2, sse2, neon)
+  std::string tensorrtVersion;  // headers the backend was compiled against
+  std::string simd;             // vector ISA the CPU kernels use on this CPU (avx2, sse2, neon)
   // Present now.
   std::vector<GpuInfo> gpus;
-  int cudaDriverVersion = 0;      // 0 when there is no driver
-  std::string gpuProbeError;      // why no GPU was found, when none was
+  int cudaDriverVersion = 0;           // 0 when there is no driver
+  std::string gpuProbeError;           // why no GPU was found, when none was
   std::string tensorrtLibraryVersion;  // libnvinfer actually loaded
 };
 

@@ -46,8 +46,8 @@ std::string SdNotifier::Send(const std::string& socket_path, const std::string& 
   }
   Socket sock;
   if (sock.fd() < 0) return Errno("socket");
-  const ssize_t sent = ::sendto(sock.fd(), state.data(), state.size(), MSG_NOSIGNAL,
-                                reinterpret_cast<const sockaddr*>(&addr), len);
+  const ssize_t sent =
+      ::sendto(sock.fd(), state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
   if (sent < 0) return Errno("sendto");
   if (static_cast<size_t>(sent) != state.size()) return "sendto: the datagram was truncated";
   return "";

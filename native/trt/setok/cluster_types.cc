@@ -23,8 +23,8 @@ void ValidateClusterParams(const ClusterParams& p, size_t count) {
   if (p.maxTokens < 0) throw BadInput("cluster: maxTokens must be 0 (no cap) or positive");
   if (!std::isfinite(p.threshold)) throw BadInput("cluster: threshold must be a finite number");
   if (count != static_cast<size_t>(p.n) * static_cast<size_t>(p.dim)) {
-    throw BadInput("cluster: features has " + std::to_string(count) + " values but n x dim = " +
-                   std::to_string(static_cast<size_t>(p.n) * p.dim));
+    throw BadInput("cluster: features has " + std::to_string(count) +
+                   " values but n x dim = " + std::to_string(static_cast<size_t>(p.n) * p.dim));
   }
 }
 

@@ -12,12 +12,12 @@ namespace setokim {
 constexpr int kMaxClusterPatches = 16384;
 
 struct ClusterParams {
-  int n = 0;             // patches (rows)
-  int dim = 0;           // feature width C
-  int k = 64;            // nearest neighbours for the density, self included
+  int n = 0;    // patches (rows)
+  int dim = 0;  // feature width C
+  int k = 64;   // nearest neighbours for the density, self included
   double threshold = 0.55;
-  int fallback = 64;     // centres to take when no score passes the threshold
-  int maxTokens = 0;     // cap on centres; 0 = none
+  int fallback = 64;  // centres to take when no score passes the threshold
+  int maxTokens = 0;  // cap on centres; 0 = none
 };
 
 struct ClusterResult {

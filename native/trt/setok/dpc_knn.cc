@@ -49,15 +49,17 @@ void DpcKnn::DistancesInPlace(std::vector<float>& g) {
   diag.resize(n);
   for (int j = 0; j < n; ++j) diag[j] = g[static_cast<size_t>(j) * n + j];
   const float fdim = static_cast<float>(params_.dim);
-  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      float* row = g.data() + static_cast<size_t>(i) * n;
-      DistanceRow(diag[i], diag.data() + i, row + i, fdim, n - i, row + i);
-    }
-  }, par);
-  ParallelFor(Tasks(n, kTile), [&](int bi) {
-    MirrorLower(g.data(), n, bi * kTile, std::min(n, (bi + 1) * kTile));
-  }, par);
+  ParallelFor(
+      Tasks(n, kRowsPerTask),
+      [&](int t) {
+        for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+          float* row = g.data() + static_cast<size_t>(i) * n;
+          DistanceRow(diag[i], diag.data() + i, row + i, fdim, n - i, row + i);
+        }
+      },
+      par);
+  ParallelFor(
+      Tasks(n, kTile), [&](int bi) { MirrorLower(g.data(), n, bi * kTile, std::min(n, (bi + 1) * kTile)); }, par);
 }
 
 void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const {
@@ -66,19 +68,21 @@ void DpcKnn::Distances(std::vector<float>& gram, std::vector<float>& dist) const
   const int ld = GramStride(n);
   // Mirror the upper triangle into the lower one, 8 x 8 blocks at a time.
   const int tiles = Tasks(n, kTile);
-  ParallelFor(tiles, [&](int bi) {
-    MirrorLower(gram.data(), ld, bi * kTile, std::min(n, (bi + 1) * kTile));
-  }, par);
+  ParallelFor(
+      tiles, [&](int bi) { MirrorLower(gram.data(), ld, bi * kTile, std::min(n, (bi + 1) * kTile)); }, par);
   dist.resize(static_cast<size_t>(n) * n);
   std::vector<float> diag(n);
   for (int j = 0; j < n; ++j) diag[j] = gram[static_cast<size_t>(j) * ld + j];
   const float fdim = static_cast<float>(params_.dim);
-  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      DistanceRow(diag[i], diag.data(), gram.data() + static_cast<size_t>(i) * ld, fdim, n,
-                  dist.data() + static_cast<size_t>(i) * n);
-    }
-  }, par);
+  ParallelFor(
+      Tasks(n, kRowsPerTask),
+      [&](int t) {
+        for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+          DistanceRow(diag[i], diag.data(), gram.data() + static_cast<size_t>(i) * ld, fdim, n,
+                      dist.data() + static_cast<size_t>(i) * n);
+        }
+      },
+      par);
 }
 
 // Step 3 for rows [i0, i0 + rows), rows <= kDensityBlock: density over the k nearest (D < t, then
@@ -106,20 +110,26 @@ ClusterResult DpcKnn::FromDistances() {
   DpcState& st = state_;
   st.kth.resize(n);
   st.rho.resize(n);
-  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    const int end = std::min(n, (t + 1) * kRowsPerTask);
-    for (int i = t * kRowsPerTask; i < end; i += kDensityBlock) Density(i, std::min(kDensityBlock, end - i));
-  }, par);
+  ParallelFor(
+      Tasks(n, kRowsPerTask),
+      [&](int t) {
+        const int end = std::min(n, (t + 1) * kRowsPerTask);
+        for (int i = t * kRowsPerTask; i < end; i += kDensityBlock) Density(i, std::min(kDensityBlock, end - i));
+      },
+      par);
   // Step 4: delta = min D to a better-ranked patch; the top patch takes the largest distance.
   std::vector<int32_t> order, rank;
   RankByDensity(st.rho, order, rank);
   st.row_max.resize(n);
   std::vector<float> delta(n);
-  ParallelFor(Tasks(n, kRowsPerTask), [&](int t) {
-    for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
-      DeltaRow(st.dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &st.row_max[i]);
-    }
-  }, par);
+  ParallelFor(
+      Tasks(n, kRowsPerTask),
+      [&](int t) {
+        for (int i = t * kRowsPerTask; i < std::min(n, (t + 1) * kRowsPerTask); ++i) {
+          DeltaRow(st.dist.data() + static_cast<size_t>(i) * n, rank.data(), rank[i], n, &delta[i], &st.row_max[i]);
+        }
+      },
+      par);
   delta[order[0]] = *std::max_element(st.row_max.begin(), st.row_max.end());
   return FinishClustering(st.dist.data(), st.rho, delta, params_, par);
 }

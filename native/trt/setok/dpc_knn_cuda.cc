@@ -15,7 +15,8 @@ namespace {
 
 void Check(cudaError_t err, const char* what, const char* file, int line) {
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what + ": " + cudaGetErrorString(err));
+    throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what + ": " +
+                             cudaGetErrorString(err));
   }
 }
 #define SETOKIM_CUDA_CHECK(expr) Check((expr), #expr, __FILE__, __LINE__)
@@ -94,8 +95,8 @@ void DpcKnnCuda::Upload(const float* host_features) {
   Impl& m = *impl_;
   CheckFinite(host_features, m.p.n, m.p.dim);
   SETOKIM_CUDA_CHECK(cudaSetDevice(m.device));
-  SETOKIM_CUDA_CHECK(cudaMemcpyAsync(m.x.get(), host_features, sizeof(float) * m.p.n * m.p.dim,
-                                     cudaMemcpyHostToDevice, m.stream));
+  SETOKIM_CUDA_CHECK(
+      cudaMemcpyAsync(m.x.get(), host_features, sizeof(float) * m.p.n * m.p.dim, cudaMemcpyHostToDevice, m.stream));
 }
 
 ClusterResult DpcKnnCuda::Cluster(const float* host_features) {
@@ -116,8 +117,8 @@ ClusterResult DpcKnnCuda::ClusterDevice(const float* device_features) {
   cuda::LaunchDensity(m.dist.get(), p.n, p.k, m.rho.get(), m.stream);
   SETOKIM_CUDA_CHECK(cudaEventRecord(m.ev[3], m.stream));
   cuda::LaunchSelect(m.dist.get(), m.rho.get(), p.n, p.threshold, p.fallback, p.maxTokens, m.delta.get(),
-                     m.row_max.get(), m.scores.get(), m.centers.get(), m.center_of.get(), m.count.get(),
-                     m.labels.get(), m.stream);
+                     m.row_max.get(), m.scores.get(), m.centers.get(), m.center_of.get(), m.count.get(), m.labels.get(),
+                     m.stream);
   SETOKIM_CUDA_CHECK(cudaGetLastError());
   SETOKIM_CUDA_CHECK(cudaEventRecord(m.ev[4], m.stream));
   ClusterResult r;
@@ -126,12 +127,15 @@ ClusterResult DpcKnnCuda::ClusterDevice(const float* device_features) {
   r.scores.resize(p.n);
   r.rho.resize(p.n);
   SETOKIM_CUDA_CHECK(cudaMemcpyAsync(&count, m.count.get(), sizeof(int), cudaMemcpyDeviceToHost, m.stream));
-  SETOKIM_CUDA_CHECK(cudaMemcpyAsync(r.labels.data(), m.labels.get(), sizeof(int) * p.n, cudaMemcpyDeviceToHost, m.stream));
-  SETOKIM_CUDA_CHECK(cudaMemcpyAsync(r.scores.data(), m.scores.get(), sizeof(float) * p.n, cudaMemcpyDeviceToHost, m.stream));
+  SETOKIM_CUDA_CHECK(
+      cudaMemcpyAsync(r.labels.data(), m.labels.get(), sizeof(int) * p.n, cudaMemcpyDeviceToHost, m.stream));
+  SETOKIM_CUDA_CHECK(
+      cudaMemcpyAsync(r.scores.data(), m.scores.get(), sizeof(float) * p.n, cudaMemcpyDeviceToHost, m.stream));
   SETOKIM_CUDA_CHECK(cudaMemcpyAsync(r.rho.data(), m.rho.get(), sizeof(float) * p.n, cudaMemcpyDeviceToHost, m.stream));
   // centres: copy all n slots (no sync on the count first), keep the first `count`.
   std::vector<int> centers(p.n);
-  SETOKIM_CUDA_CHECK(cudaMemcpyAsync(centers.data(), m.centers.get(), sizeof(int) * p.n, cudaMemcpyDeviceToHost, m.stream));
+  SETOKIM_CUDA_CHECK(
+      cudaMemcpyAsync(centers.data(), m.centers.get(), sizeof(int) * p.n, cudaMemcpyDeviceToHost, m.stream));
   SETOKIM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
   r.centers.assign(centers.begin(), centers.begin() + count);
   float t[4];

@@ -109,7 +109,8 @@ __global__ void DistKernel(const float* __restrict__ g, int n, float fdim, float
   const int j = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y;
   if (j >= n) return;
   const float gij = g[static_cast<size_t>(i) * n + j];
-  float d2 = __fsub_rn(__fadd_rn(g[static_cast<size_t>(i) * n + i], g[static_cast<size_t>(j) * n + j]), __fmul_rn(2.f, gij));
+  float d2 =
+      __fsub_rn(__fadd_rn(g[static_cast<size_t>(i) * n + i], g[static_cast<size_t>(j) * n + j]), __fmul_rn(2.f, gij));
   d2 = d2 > 0.f ? d2 : 0.f;
   d[static_cast<size_t>(i) * n + j] = __fsqrt_rn(__fdiv_rn(d2, fdim));
 }
@@ -117,8 +118,9 @@ __global__ void DistKernel(const float* __restrict__ g, int n, float fdim, float
 // The reference's expDet, with round-to-nearest double intrinsics.
 __device__ double ExpDet(double x) {
   if (!(x > -104.0)) return 0.0;
-  const double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
-                               1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+  const double inv_fact[14] = {
+      1.0,        1.0,         1.0 / 2,      1.0 / 6,       1.0 / 24,       1.0 / 120,       1.0 / 720,
+      1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
   const double n = floor(__dadd_rn(__dmul_rn(x, 1.4426950408889634), 0.5));
   const double r = __dsub_rn(__dsub_rn(x, __dmul_rn(n, 0.6931471803691238)), __dmul_rn(n, 1.9082149292705877e-10));
   double p = inv_fact[13];
@@ -172,8 +174,8 @@ __global__ void DensityKernel(const float* __restrict__ d, int n, int padded, in
 }
 
 // One block per row: delta (INF for the top point) and the row's maximum.
-__global__ void DeltaKernel(const float* __restrict__ d, const float* __restrict__ rho, int n, float* __restrict__ delta,
-                            float* __restrict__ row_max) {
+__global__ void DeltaKernel(const float* __restrict__ d, const float* __restrict__ rho, int n,
+                            float* __restrict__ delta, float* __restrict__ row_max) {
   __shared__ float smin[256], smax[256];
   const int i = blockIdx.x;
   const float ri = rho[i];
@@ -220,8 +222,8 @@ __device__ int BlockExclusiveScan(int v, int* buf, int* total) {
 
 // Whether patch i is a kept centre: a candidate (score over the threshold, or any patch in the
 // fallback case) that fewer than `take` candidates beat (score descending, then index ascending).
-__device__ bool IsKeptCenter(int i, const float* __restrict__ scores, int n, double threshold,
-                             bool use_all, int take, int candidates) {
+__device__ bool IsKeptCenter(int i, const float* __restrict__ scores, int n, double threshold, bool use_all, int take,
+                             int candidates) {
   const float si = scores[i];
   if (!(use_all || static_cast<double>(si) > threshold)) return false;
   if (take >= candidates) return true;
@@ -289,7 +291,8 @@ __global__ void SelectKernel(const float* __restrict__ rho, const float* __restr
 }
 
 __global__ void LabelKernel(const float* __restrict__ d, int n, const int* __restrict__ centers,
-                            const int* __restrict__ center_of, const int* __restrict__ count, int* __restrict__ labels) {
+                            const int* __restrict__ center_of, const int* __restrict__ count,
+                            int* __restrict__ labels) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   if (center_of[i] >= 0) {
@@ -320,10 +323,18 @@ int GramVariantCount() { return 5; }
 
 const char* LaunchGramVariant(int variant, const float* x, int n, int dim, float* gram, cudaStream_t stream) {
   switch (variant) {
-    case 1: LaunchGramT<16, 1>(x, n, dim, gram, stream); return "16x16 tile, 1 output/thread";
-    case 2: LaunchGramT<32, 1>(x, n, dim, gram, stream); return "32x32 tile, 1 output/thread";
-    case 3: LaunchGramT<32, 4>(x, n, dim, gram, stream); return "32x32 tile, 4x4 outputs/thread";
-    case 4: LaunchGramT<32, 2>(x, n, dim, gram, stream); return "32x32 tile, 2x2 outputs/thread, scalar loads";
+    case 1:
+      LaunchGramT<16, 1>(x, n, dim, gram, stream);
+      return "16x16 tile, 1 output/thread";
+    case 2:
+      LaunchGramT<32, 1>(x, n, dim, gram, stream);
+      return "32x32 tile, 1 output/thread";
+    case 3:
+      LaunchGramT<32, 4>(x, n, dim, gram, stream);
+      return "32x32 tile, 4x4 outputs/thread";
+    case 4:
+      LaunchGramT<32, 2>(x, n, dim, gram, stream);
+      return "32x32 tile, 2x2 outputs/thread, scalar loads";
     default: {
       const int tiles = (n + 31) / 32;
       GramKernelVec<<<dim3(tiles, tiles), dim3(16, 16), 0, stream>>>(x, n, dim, gram);
@@ -344,11 +355,11 @@ void LaunchDensity(const float* dist, int n, int k, float* rho, cudaStream_t str
 }
 
 void LaunchSelect(const float* dist, const float* rho, int n, double threshold, int fallback, int max_tokens,
-                  float* delta, float* row_max, float* scores, int* centers, int* center_of, int* count,
-                  int* labels, cudaStream_t stream) {
+                  float* delta, float* row_max, float* scores, int* centers, int* center_of, int* count, int* labels,
+                  cudaStream_t stream) {
   DeltaKernel<<<n, 256, 0, stream>>>(dist, rho, n, delta, row_max);
   SelectKernel<<<1, kSelectThreads, 0, stream>>>(rho, delta, row_max, n, threshold, fallback, max_tokens, scores,
-                                                  centers, center_of, count);
+                                                 centers, center_of, count);
   LabelKernel<<<(n + 255) / 256, 256, 0, stream>>>(dist, n, centers, center_of, count, labels);
 }
 

@@ -15,7 +15,7 @@ void LaunchDistances(const float* gram, int n, int dim, float* dist, cudaStream_
 void LaunchDensity(const float* dist, int n, int k, float* rho, cudaStream_t stream);
 // delta, dmax, scores, centre selection (writes centers[0..L), center_of[n] and *count) and labels.
 void LaunchSelect(const float* dist, const float* rho, int n, double threshold, int fallback, int max_tokens,
-                  float* delta, float* row_max, float* scores, int* centers, int* center_of, int* count,
-                  int* labels, cudaStream_t stream);
+                  float* delta, float* row_max, float* scores, int* centers, int* center_of, int* count, int* labels,
+                  cudaStream_t stream);
 
 }  // namespace setokim::cuda

@@ -26,9 +26,9 @@ inline double ExpDet(double x) {
   constexpr double kLog2e = 1.4426950408889634;
   constexpr double kLn2Hi = 0.6931471803691238;
   constexpr double kLn2Lo = 1.9082149292705877e-10;
-  constexpr double kInvFact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
-                                   1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800,
-                                   1.0 / 479001600, 1.0 / 6227020800.0};
+  constexpr double kInvFact[14] = {
+      1.0,        1.0,         1.0 / 2,      1.0 / 6,       1.0 / 24,       1.0 / 120,       1.0 / 720,
+      1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
   const double n = std::floor(Opaque(x * kLog2e) + 0.5);
   const double r = (x - Opaque(n * kLn2Hi)) - Opaque(n * kLn2Lo);
   double p = kInvFact[13];

@@ -84,14 +84,17 @@ void PackAll(const float* bt, int n, int dim, std::vector<float>& packed) {
   packed.resize(static_cast<size_t>(npanels) * kNR * dim);
   float* out = packed.data();  // the workers write through this (packed may be thread_local)
   const int nblocks = (dim + kKC - 1) / kKC;
-  ParallelFor(npanels, [&](int p) {
-    for (int b = 0; b < nblocks; ++b) {
-      const int c0 = b * kKC;
-      const int c1 = std::min(dim, c0 + kKC);
-      float* dst = out + static_cast<size_t>(c0) * npanels * kNR + static_cast<size_t>(p) * (c1 - c0) * kNR;
-      PackPanel(bt, n, dim, p * kNR, c0, c1, dst);
-    }
-  }, WorthThreads(static_cast<double>(n) * dim * 8));
+  ParallelFor(
+      npanels,
+      [&](int p) {
+        for (int b = 0; b < nblocks; ++b) {
+          const int c0 = b * kKC;
+          const int c1 = std::min(dim, c0 + kKC);
+          float* dst = out + static_cast<size_t>(c0) * npanels * kNR + static_cast<size_t>(p) * (c1 - c0) * kNR;
+          PackPanel(bt, n, dim, p * kNR, c0, c1, dst);
+        }
+      },
+      WorthThreads(static_cast<double>(n) * dim * 8));
 }
 
 // Packed panels: a per-thread buffer reused from call to call (a fresh multi-MB allocation costs a
@@ -194,10 +197,14 @@ void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram) {
   PackAll(x, n, dim, packed);
   const int npanels = ld / kNR;
   const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;  // the top rows (most work) go first
-  ParallelFor(tasks, [&](int t) {
-    const int i0 = t * kRowsPerTask;
-    RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), packed.data(), dim, npanels, true, gram.data(), ld);
-  }, WorthThreads(0.5 * n * n * dim));
+  ParallelFor(
+      tasks,
+      [&](int t) {
+        const int i0 = t * kRowsPerTask;
+        RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), packed.data(), dim, npanels, true, gram.data(),
+                         ld);
+      },
+      WorthThreads(0.5 * n * n * dim));
 }
 
 void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, std::vector<float>& out) {
@@ -209,7 +216,8 @@ void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, s
   thread_local std::vector<float> gathered;
   gathered.resize(static_cast<size_t>(m) * dim);
   for (int r = 0; r < m; ++r) {
-    std::memcpy(gathered.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(cols[r]) * dim, sizeof(float) * dim);
+    std::memcpy(gathered.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(cols[r]) * dim,
+                sizeof(float) * dim);
   }
   std::vector<float> temporary;
   std::vector<float>& packed = PackBuffer(m, dim, temporary);
@@ -217,10 +225,13 @@ void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, s
   const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
   float* o = out.data();
   const float* pk = packed.data();
-  ParallelFor(tasks, [&](int t) {
-    const int i0 = t * kRowsPerTask;
-    RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, ldo / kNR, false, o, ldo);
-  }, WorthThreads(static_cast<double>(m) * n * dim));
+  ParallelFor(
+      tasks,
+      [&](int t) {
+        const int i0 = t * kRowsPerTask;
+        RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, ldo / kNR, false, o, ldo);
+      },
+      WorthThreads(static_cast<double>(m) * n * dim));
 }
 
 void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c) {
@@ -239,7 +250,8 @@ void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vec
     RowBlockDispatch(a, k, m, i0, std::min(m, i0 + kRowsPerTask), packed.data(), k, ld / kNR, false, out.data(), ld);
   });
   c.resize(static_cast<size_t>(m) * n);
-  for (int i = 0; i < m; ++i) std::memcpy(c.data() + static_cast<size_t>(i) * n, out.data() + static_cast<size_t>(i) * ld, sizeof(float) * n);
+  for (int i = 0; i < m; ++i)
+    std::memcpy(c.data() + static_cast<size_t>(i) * n, out.data() + static_cast<size_t>(i) * ld, sizeof(float) * n);
 }
 
 }  // namespace setokim

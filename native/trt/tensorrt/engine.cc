@@ -27,8 +27,8 @@ std::shared_ptr<Engine> Engine::Load(const std::string& planPath, int device) {
   e->logger_ = std::make_unique<Logger>(nvinfer1::ILogger::Severity::kWARNING);
   e->runtime_ = TakeTrt(nvinfer1::createInferRuntime(*e->logger_), "createInferRuntime");
   // There is no compatibility preflight: a plan from another TensorRT or GPU fails here.
-  e->engine_ = TakeTrt(e->runtime_->deserializeCudaEngine(plan.data(), plan.size()),
-                       "deserializing the engine plan", e->logger_->LastError());
+  e->engine_ = TakeTrt(e->runtime_->deserializeCudaEngine(plan.data(), plan.size()), "deserializing the engine plan",
+                       e->logger_->LastError());
   const int32_t n = e->engine_->getNbIOTensors();
   for (int32_t i = 0; i < n; ++i) {
     IoTensorInfo info;

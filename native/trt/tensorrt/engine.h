@@ -17,7 +17,7 @@ namespace setokim {
 struct IoTensorInfo {
   std::string name;
   bool isInput = false;
-  std::string dtype;          // JS dtype name
+  std::string dtype;           // JS dtype name
   std::vector<int64_t> shape;  // -1 where dynamic
 };
 

@@ -118,9 +118,9 @@ BuildResult EngineBuilder::Build() {
     }
   }
 
-  auto plan = TakeTrt(builder->buildSerializedNetwork(*network, *config),
-                      monitor_.cancelled() ? "the engine build (cancelled)" : "buildSerializedNetwork",
-                      logger.LastError());
+  auto plan =
+      TakeTrt(builder->buildSerializedNetwork(*network, *config),
+              monitor_.cancelled() ? "the engine build (cancelled)" : "buildSerializedNetwork", logger.LastError());
   WriteAtomically(options_.planPath, plan->data(), plan->size());
 
   if (!options_.timingCachePath.empty()) {

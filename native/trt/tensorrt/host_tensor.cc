@@ -27,13 +27,20 @@ DataType HostTensor::ToTrt(const std::string& dtype) {
 
 std::string HostTensor::FromTrt(DataType type) {
   switch (type) {
-    case DataType::kFLOAT: return "float32";
-    case DataType::kHALF: return "float16";
-    case DataType::kINT64: return "int64";
-    case DataType::kINT32: return "int32";
-    case DataType::kINT8: return "int8";
-    case DataType::kUINT8: return "uint8";
-    case DataType::kBOOL: return "bool";
+    case DataType::kFLOAT:
+      return "float32";
+    case DataType::kHALF:
+      return "float16";
+    case DataType::kINT64:
+      return "int64";
+    case DataType::kINT32:
+      return "int32";
+    case DataType::kINT8:
+      return "int8";
+    case DataType::kUINT8:
+      return "uint8";
+    case DataType::kBOOL:
+      return "bool";
     default:
       // BF16, FP8, INT4, FP4 live inside the graph (Q/DQ); the contract's IO never uses them.
       throw std::invalid_argument("TensorRT IO type " + std::to_string(static_cast<int>(type)) +

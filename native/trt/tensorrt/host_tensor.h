@@ -11,7 +11,7 @@
 namespace setokim {
 
 struct HostTensor {
-  std::string dtype;           // the JS name: float32, float16, int64, int32, int8, uint8, bool
+  std::string dtype;  // the JS name: float32, float16, int64, int32, int8, uint8, bool
   std::vector<int64_t> dims;
   std::vector<uint8_t> bytes;  // element data, tightly packed
 

@@ -8,11 +8,16 @@ namespace {
 const char* Label(nvinfer1::ILogger::Severity s) {
   using S = nvinfer1::ILogger::Severity;
   switch (s) {
-    case S::kINTERNAL_ERROR: return "internal error";
-    case S::kERROR: return "error";
-    case S::kWARNING: return "warning";
-    case S::kINFO: return "info";
-    default: return "verbose";
+    case S::kINTERNAL_ERROR:
+      return "internal error";
+    case S::kERROR:
+      return "error";
+    case S::kWARNING:
+      return "warning";
+    case S::kINFO:
+      return "info";
+    default:
+      return "verbose";
   }
 }
 }  // namespace

@@ -38,7 +38,11 @@ int main() {
   const int n = 729, dim = 1152;
   const int reps = std::getenv("SETOKIM_BENCH_REPS") ? std::atoi(std::getenv("SETOKIM_BENCH_REPS")) : 5;
   ClusterParams p;
-  p.n = n; p.dim = dim; p.k = 64; p.threshold = 0.55; p.fallback = 64;
+  p.n = n;
+  p.dim = dim;
+  p.k = 64;
+  p.threshold = 0.55;
+  p.fallback = 64;
   const auto x = PlantedFeatures(27, 27, dim, 5, 21, 0.5);
   std::vector<float> g, c;
   DpcKnn dpc(p);
@@ -47,10 +51,11 @@ int main() {
   const double gemm_ms = MedianMs(reps, [&] { ReferenceGemm(x.data(), x.data(), n, n, dim, c); });
   const double cpu_ms = MedianMs(reps, [&] { cpu = dpc.Cluster(x.data()); });
   const double flops = 2.0 * n * n * dim;
-  std::printf("cpu (%s, %d threads): gram %.2f ms (%.1f GFLOP/s counting the full n*n*C, triangle only), "
-              "plain gemm 729x1152x729 %.2f ms (%.1f GFLOP/s), cluster %.2f ms, %zu centres\n",
-              GramIsa(), WorkerCount(), gram_ms, flops / gram_ms / 1e6, gemm_ms, flops / gemm_ms / 1e6, cpu_ms,
-              cpu.centers.size());
+  std::printf(
+      "cpu (%s, %d threads): gram %.2f ms (%.1f GFLOP/s counting the full n*n*C, triangle only), "
+      "plain gemm 729x1152x729 %.2f ms (%.1f GFLOP/s), cluster %.2f ms, %zu centres\n",
+      GramIsa(), WorkerCount(), gram_ms, flops / gram_ms / 1e6, gemm_ms, flops / gemm_ms / 1e6, cpu_ms,
+      cpu.centers.size());
   EXPECT(!cpu.centers.empty(), "no centres");
 #ifdef SETOKIM_WITH_CUDA
   std::string why;
@@ -63,10 +68,11 @@ int main() {
     gpu.Upload(x.data());
     const double device_ms = MedianMs(reps * 4, [&] { got = gpu.ClusterDevice(); });
     const CudaTimings t = gpu.LastTimings();
-    std::printf("cuda (%s): cluster from device memory %.3f ms (gram %.3f, distances %.3f, density %.3f, "
-                "delta+select+labels %.3f), with host upload/download %.3f ms, %zu centres\n",
-                gpu.DeviceName().c_str(), device_ms, t.gram_ms, t.dist_ms, t.density_ms, t.rest_ms, upload_ms,
-                got.centers.size());
+    std::printf(
+        "cuda (%s): cluster from device memory %.3f ms (gram %.3f, distances %.3f, density %.3f, "
+        "delta+select+labels %.3f), with host upload/download %.3f ms, %zu centres\n",
+        gpu.DeviceName().c_str(), device_ms, t.gram_ms, t.dist_ms, t.density_ms, t.rest_ms, upload_ms,
+        got.centers.size());
     EXPECT(got.centers == cpu.centers && got.labels == cpu.labels, "CUDA differs from CPU at 729x1152");
     try {
       std::printf("%s", gpu.GramVariantReport(reps * 4).c_str());

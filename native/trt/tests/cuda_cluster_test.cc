@@ -63,30 +63,52 @@ int main() {
     return 0;
   }
   ClusterParams p;
-  p.n = 96; p.dim = 40; p.k = 8; p.threshold = 0.5; p.fallback = 10;
+  p.n = 96;
+  p.dim = 40;
+  p.k = 8;
+  p.threshold = 0.5;
+  p.fallback = 10;
   Compare("random", RandomFeatures(p.n, p.dim, 3), p);
   p.threshold = 100;
   Compare("fallback", RandomFeatures(p.n, p.dim, 4), p);
-  p.threshold = 0.0; p.maxTokens = 7;
+  p.threshold = 0.0;
+  p.maxTokens = 7;
   Compare("capped", RandomFeatures(p.n, p.dim, 5), p);
   ClusterParams q;
-  q.n = 96; q.dim = 16; q.k = 8; q.threshold = 0.5; q.fallback = 64;
+  q.n = 96;
+  q.dim = 16;
+  q.k = 8;
+  q.threshold = 0.5;
+  q.fallback = 64;
   Compare("planted", PlantedFeatures(8, 12, 16, 3, 11, 0.05), q);
   q.threshold = 0.1;
   Compare("repeated", RepeatedFeatures(q.n, q.dim, 5, 3), q);
   ClusterParams s;
-  s.n = 1; s.dim = 3; s.k = 1; s.threshold = 0.5; s.fallback = 4;
+  s.n = 1;
+  s.dim = 3;
+  s.k = 1;
+  s.threshold = 0.5;
+  s.fallback = 4;
   Compare("single patch", RandomFeatures(1, 3, 1), s);
   ClusterParams r;
-  r.n = 729; r.dim = 1152; r.k = 64; r.threshold = 0.55; r.fallback = 64;
+  r.n = 729;
+  r.dim = 1152;
+  r.k = 64;
+  r.threshold = 0.55;
+  r.fallback = 64;
   Compare("729x1152 planted", PlantedFeatures(27, 27, 1152, 5, 21, 0.5), r);
   Compare("729x1152 random", RandomFeatures(729, 1152, 3), r);
-  r.n = 2000; r.dim = 64;
+  r.n = 2000;
+  r.dim = 64;
   Compare("2000x64", PlantedFeatures(40, 50, 64, 7, 2, 0.3), r);
   bool threw = false;
   auto bad = RandomFeatures(96, 40, 1);
   bad[7] = NAN;
-  try { DpcKnnCuda(p).Cluster(bad.data()); } catch (const BadInput&) { threw = true; }
+  try {
+    DpcKnnCuda(p).Cluster(bad.data());
+  } catch (const BadInput&) {
+    threw = true;
+  }
   EXPECT(threw, "NaN must throw BadInput");
   std::printf("cuda vs cpu: %d of %d cases bit-identical in scores and rho\n", bit_identical, cases);
   return Finish();

@@ -133,23 +133,37 @@ void TestGemmYardstick() {
 
 void TestClusterCases() {
   ClusterParams p;
-  p.n = 96; p.dim = 40; p.k = 8; p.threshold = 0.5; p.fallback = 10;
+  p.n = 96;
+  p.dim = 40;
+  p.k = 8;
+  p.threshold = 0.5;
+  p.fallback = 10;
   CheckCase("random", RandomFeatures(p.n, p.dim, 3), p);
   p.threshold = 100;  // nothing passes: fallback
   CheckCase("fallback", RandomFeatures(p.n, p.dim, 4), p);
-  p.threshold = 0.0; p.maxTokens = 7;
+  p.threshold = 0.0;
+  p.maxTokens = 7;
   CheckCase("capped", RandomFeatures(p.n, p.dim, 5), p);
   ClusterParams q;
-  q.n = 8 * 12; q.dim = 16; q.k = 8; q.threshold = 0.5; q.fallback = 64;
+  q.n = 8 * 12;
+  q.dim = 16;
+  q.k = 8;
+  q.threshold = 0.5;
+  q.fallback = 64;
   CheckCase("planted", PlantedFeatures(8, 12, 16, 3, 11, 0.05), q);
   q.threshold = 0.1;
   CheckCase("repeated", RepeatedFeatures(q.n, q.dim, 5, 3), q);
   ClusterParams r;
-  r.n = 729; r.dim = 1152; r.k = 64; r.threshold = 0.55; r.fallback = 64;
+  r.n = 729;
+  r.dim = 1152;
+  r.k = 64;
+  r.threshold = 0.55;
+  r.fallback = 64;
   CheckCase("729x1152", PlantedFeatures(27, 27, 1152, 5, 21, 0.5), r);
   // The cap: not reached equals uncapped; reached keeps the best scores.
   ClusterParams u = p;
-  u.threshold = 0.3; u.maxTokens = 0;
+  u.threshold = 0.3;
+  u.maxTokens = 0;
   const auto x = RandomFeatures(u.n, u.dim, 9);
   const ClusterResult full = DpcKnn(u).Cluster(x.data());
   u.maxTokens = static_cast<int>(full.centers.size());
@@ -159,31 +173,45 @@ void TestClusterCases() {
 
 void TestBadInput() {
   auto throws = [](ClusterParams p, size_t count) {
-    try { ValidateClusterParams(p, count); } catch (const BadInput&) { return true; }
+    try {
+      ValidateClusterParams(p, count);
+    } catch (const BadInput&) {
+      return true;
+    }
     return false;
   };
   ClusterParams p;
-  p.n = 10; p.dim = 4; p.k = 3;
+  p.n = 10;
+  p.dim = 4;
+  p.k = 3;
   EXPECT(!throws(p, 40), "valid params rejected");
   EXPECT(throws(p, 39), "length mismatch accepted");
-  ClusterParams q = p; q.k = 11;
+  ClusterParams q = p;
+  q.k = 11;
   EXPECT(throws(q, 40), "n < k accepted");
-  q = p; q.dim = 0;
+  q = p;
+  q.dim = 0;
   EXPECT(throws(q, 0), "dim 0 accepted");
   auto x = RandomFeatures(10, 4, 1);
   x[13] = INFINITY;
   bool threw = false;
-  try { DpcKnn(p).Cluster(x.data()); } catch (const BadInput& e) { threw = std::strstr(e.what(), "[3][1]") != nullptr; }
+  try {
+    DpcKnn(p).Cluster(x.data());
+  } catch (const BadInput& e) {
+    threw = std::strstr(e.what(), "[3][1]") != nullptr;
+  }
   EXPECT(threw, "Inf not reported with its position");
 }
 
 void TestPositionEncoding() {
   const auto pe = PositionEncodingTable(3, 4, 10);
   const int base = (2 * 4 + 3) * 10;  // row 2, column 3; ch = 6
-  EXPECT(pe[base + 0] == static_cast<float>(std::sin(2.0)) && pe[base + 1] == static_cast<float>(std::cos(2.0)), "row pair 0");
+  EXPECT(pe[base + 0] == static_cast<float>(std::sin(2.0)) && pe[base + 1] == static_cast<float>(std::cos(2.0)),
+         "row pair 0");
   const double f1 = 1.0 / std::pow(10000.0, 2.0 / 6);
   EXPECT(pe[base + 2] == static_cast<float>(std::sin(2 * f1)), "row pair 1");
-  EXPECT(pe[base + 6] == static_cast<float>(std::sin(3.0)) && pe[base + 9] == static_cast<float>(std::cos(3 * f1)), "column pairs");
+  EXPECT(pe[base + 6] == static_cast<float>(std::sin(3.0)) && pe[base + 9] == static_cast<float>(std::cos(3 * f1)),
+         "column pairs");
   std::vector<float> x(3 * 4 * 10, 1.0f);
   AddPositionEncoding(x.data(), 3, 4, 10);
   EXPECT(x[1] == 2.0f && x[0] == 1.0f, "added");
@@ -203,8 +231,10 @@ void TestDensitySelection() {
     std::vector<float> d(static_cast<size_t>(rows) * n);
     for (auto& v : d) {
       const double u = r();
-      v = kind == 0 ? static_cast<float>(u * 3) : kind == 1 ? static_cast<float>(std::floor(u * 6) * 0.25)
-          : kind == 2 ? (u < 0.4 ? 0.0f : static_cast<float>(u)) : 0.5f;
+      v = kind == 0   ? static_cast<float>(u * 3)
+          : kind == 1 ? static_cast<float>(std::floor(u * 6) * 0.25)
+          : kind == 2 ? (u < 0.4 ? 0.0f : static_cast<float>(u))
+                      : 0.5f;
     }
     std::vector<float> kth(rows), sum(rows);
     DensityRows(d.data(), n, k, rows, kth.data(), sum.data());
@@ -213,10 +243,15 @@ void TestDensitySelection() {
     const int hint_kind = trial % 5;
     for (int i = 0; i < rows; ++i) {
       const float t = kth[i];
-      hint[i] = hint_kind == 0 ? t : hint_kind == 1 ? t * 0.5f : hint_kind == 2 ? t * 3.0f : hint_kind == 3 ? 0.0f : std::nextafter(t, 0.0f);
+      hint[i] = hint_kind == 0   ? t
+                : hint_kind == 1 ? t * 0.5f
+                : hint_kind == 2 ? t * 3.0f
+                : hint_kind == 3 ? 0.0f
+                                 : std::nextafter(t, 0.0f);
     }
     DensityRows(d.data(), n, k, rows, kth_h.data(), sum_h.data(), hint.data());
-    hinted_bad += std::memcmp(kth.data(), kth_h.data(), sizeof(float) * rows) != 0 || std::memcmp(sum.data(), sum_h.data(), sizeof(float) * rows) != 0;
+    hinted_bad += std::memcmp(kth.data(), kth_h.data(), sizeof(float) * rows) != 0 ||
+                  std::memcmp(sum.data(), sum_h.data(), sizeof(float) * rows) != 0;
     for (int i = 0; i < rows; ++i) {
       const float* row = d.data() + static_cast<size_t>(i) * n;
       std::vector<float> sorted(row, row + n);
@@ -236,7 +271,8 @@ void TestDensitySelection() {
       const float one_row = DensitySum(row, n, k, t);
       const bool ok = kth[i] == t && KthSmallest(row, n, k) == t && std::memcmp(&sum[i], &want, sizeof want) == 0 &&
                       std::memcmp(&one_row, &want, sizeof want) == 0;
-      if (!ok && bad++ < 5) std::printf("  n=%d k=%d kind=%d row=%d: t %g vs %g, sum %g vs %g\n", n, k, kind, i, kth[i], t, sum[i], want);
+      if (!ok && bad++ < 5)
+        std::printf("  n=%d k=%d kind=%d row=%d: t %g vs %g, sum %g vs %g\n", n, k, kind, i, kth[i], t, sum[i], want);
     }
   }
   EXPECT(bad == 0, "%d of %d rows differ from sort + plain loop", bad, cases);

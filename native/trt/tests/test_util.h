@@ -6,19 +6,25 @@
 
 namespace setokim::test {
 
-inline int& Passed() { static int v = 0; return v; }
-inline int& Failed() { static int v = 0; return v; }
+inline int& Passed() {
+  static int v = 0;
+  return v;
+}
+inline int& Failed() {
+  static int v = 0;
+  return v;
+}
 
-#define EXPECT(cond, ...)                                                  \
-  do {                                                                     \
-    if (cond) {                                                            \
-      ++::setokim::test::Passed();                                         \
-    } else {                                                               \
-      ++::setokim::test::Failed();                                         \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);          \
-      std::printf(__VA_ARGS__);                                            \
-      std::printf("\n");                                                   \
-    }                                                                      \
+#define EXPECT(cond, ...)                                         \
+  do {                                                            \
+    if (cond) {                                                   \
+      ++::setokim::test::Passed();                                \
+    } else {                                                      \
+      ++::setokim::test::Failed();                                \
+      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      std::printf(__VA_ARGS__);                                   \
+      std::printf("\n");                                          \
+    }                                                             \
   } while (0)
 
 inline int Finish() {
@@ -55,7 +61,8 @@ inline std::vector<float> PlantedFeatures(int rows, int cols, int dim, int regio
   for (int p = 0; p < rows * cols; ++p) {
     int region = (p % cols) * regions / cols;
     if (region > regions - 1) region = regions - 1;
-    for (int c = 0; c < dim; ++c) x[static_cast<size_t>(p) * dim + c] = static_cast<float>(centres[region][c] + (r() * 2 - 1) * noise);
+    for (int c = 0; c < dim; ++c)
+      x[static_cast<size_t>(p) * dim + c] = static_cast<float>(centres[region][c] + (r() * 2 - 1) * noise);
   }
   return x;
 }

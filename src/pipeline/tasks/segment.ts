@@ -41,7 +41,8 @@ export async function segmentMasks(
     const pics: MaskPicture[] = [];
     // The referring mask first: it is the answer; the token masks explain it.
     pics.push({ index: 0, referring: true, ...(await maskPng(referring, 0, G, geometry, coverage)) });
-    for (let l = 0; l < L; l++) pics.push({ index: l, referring: false, ...(await maskPng(tokenMasks, l * G * G, G, geometry, coverage)) });
+    for (let l = 0; l < L; l++)
+      pics.push({ index: l, referring: false, ...(await maskPng(tokenMasks, l * G * G, G, geometry, coverage)) });
     return pics;
   });
 }

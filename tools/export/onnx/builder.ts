@@ -110,7 +110,9 @@ export class GraphBuilder {
   output(name: string, value: string, dtype: DType, shape: readonly Dim[]): void {
     if (this.names.has(name)) throw new Error(`duplicate ONNX value name ${name}`);
     this.names.add(name);
-    this.nodes.push(onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `${name}/Identity` }));
+    this.nodes.push(
+      onnx.NodeProto.create({ opType: 'Identity', input: [value], output: [name], name: `${name}/Identity` }),
+    );
     this.outputs.push(valueInfo(name, dtype, shape));
   }
 
@@ -119,22 +121,33 @@ export class GraphBuilder {
     return this.tensor(name, 'float32', data, dims);
   }
 
-  tensor(name: string, dtype: 'float32' | 'int64' | 'bool', data: Float32Array | BigInt64Array | Uint8Array, dims: readonly number[]): string {
+  tensor(
+    name: string,
+    dtype: 'float32' | 'int64' | 'bool',
+    data: Float32Array | BigInt64Array | Uint8Array,
+    dims: readonly number[],
+  ): string {
     const count = dims.reduce((a, b) => a * b, 1);
     if (count !== data.length) throw new Error(`initializer ${name}: ${data.length} values for dims [${dims}]`);
     const full = this.fresh(name);
-    this.initializers.push(onnx.TensorProto.create({ name: full, dims: [...dims], dataType: DATA_TYPE[dtype], rawData: rawBytes(data) }));
+    this.initializers.push(
+      onnx.TensorProto.create({ name: full, dims: [...dims], dataType: DATA_TYPE[dtype], rawData: rawBytes(data) }),
+    );
     return full;
   }
 
   /** An int64 constant, shared by value (shapes, axes, indices). dims [] is a scalar. */
   ints(values: readonly number[], dims: readonly number[] = [values.length]): string {
-    return this.shared(`i64:${dims}:${values}`, () => this.tensor(`const_i64_${this.counter++}`, 'int64', BigInt64Array.from(values.map(BigInt)), dims));
+    return this.shared(`i64:${dims}:${values}`, () =>
+      this.tensor(`const_i64_${this.counter++}`, 'int64', BigInt64Array.from(values.map(BigInt)), dims),
+    );
   }
 
   /** A float32 constant, shared by value. dims [] is a scalar. */
   floats(values: readonly number[], dims: readonly number[] = [values.length]): string {
-    return this.shared(`f32:${dims}:${values}`, () => this.tensor(`const_f32_${this.counter++}`, 'float32', Float32Array.from(values), dims));
+    return this.shared(`f32:${dims}:${values}`, () =>
+      this.tensor(`const_f32_${this.counter++}`, 'float32', Float32Array.from(values), dims),
+    );
   }
 
   scalar(value: number): string {

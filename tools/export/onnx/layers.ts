@@ -28,7 +28,8 @@ export class Model {
   /** A weight named by its scope; its values depend only on the seed and that name. */
   param(name: string, dims: readonly number[], init: Init): string {
     const n = dims.reduce((a, b) => a * b, 1);
-    const data = 'std' in init ? this.rng.fork(this.g.qualify(name)).uniform(n, init.std) : new Float32Array(n).fill(init.value);
+    const data =
+      'std' in init ? this.rng.fork(this.g.qualify(name)).uniform(n, init.std) : new Float32Array(n).fill(init.value);
     return this.g.weight(name, data, dims);
   }
 
@@ -76,7 +77,10 @@ export function rmsNorm(m: Model, x: string, width: number, name: string, eps: n
 export function gelu(m: Model, x: string): string {
   const g = m.g;
   const cube = g.op('Mul', [g.op('Mul', [x, x]), x]);
-  const inner = g.op('Mul', [g.op('Add', [x, g.op('Mul', [cube, g.scalar(0.044715)])]), g.scalar(Math.sqrt(2 / Math.PI))]);
+  const inner = g.op('Mul', [
+    g.op('Add', [x, g.op('Mul', [cube, g.scalar(0.044715)])]),
+    g.scalar(Math.sqrt(2 / Math.PI)),
+  ]);
   const t = g.op('Add', [g.op('Tanh', [inner]), g.scalar(1)]);
   return g.op('Mul', [g.op('Mul', [x, t]), g.scalar(0.5)]);
 }
@@ -115,13 +119,25 @@ export function mergeHeads(m: Model, x: string, heads: number, hd: number): stri
  */
 export function sdpa(m: Model, q: string, k: string, v: string, hd: number, mask?: string): string {
   const g = m.g;
-  let s = g.op('Mul', [g.op('MatMul', [q, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), g.scalar(1 / Math.sqrt(hd))]);
+  let s = g.op('Mul', [
+    g.op('MatMul', [q, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]),
+    g.scalar(1 / Math.sqrt(hd)),
+  ]);
   if (mask) s = g.op('Add', [s, mask]);
   return g.op('MatMul', [g.op('Softmax', [s], { axis: -1 }), v]);
 }
 
 /** Multi-head attention with biases (ViT style); `kv` defaults to `x` (self-attention). */
-export function attention(m: Model, x: string, width: number, heads: number, name: string, mask?: string, kv?: string, kvWidth = width): string {
+export function attention(
+  m: Model,
+  x: string,
+  width: number,
+  heads: number,
+  name: string,
+  mask?: string,
+  kv?: string,
+  kvWidth = width,
+): string {
   return m.scope(name, () => {
     const hd = width / heads;
     const src = kv ?? x;
@@ -133,7 +149,15 @@ export function attention(m: Model, x: string, width: number, heads: number, nam
 }
 
 /** Pre-LN ViT block: x + attn(LN(x)); x + MLP(LN(x)). */
-export function vitBlock(m: Model, x: string, width: number, heads: number, mlpWidth: number, name: string, mask?: string): string {
+export function vitBlock(
+  m: Model,
+  x: string,
+  width: number,
+  heads: number,
+  mlpWidth: number,
+  name: string,
+  mask?: string,
+): string {
   return m.scope(name, () => {
     const h = m.g.op('Add', [x, attention(m, layerNorm(m, x, width, 'norm1'), width, heads, 'attn', mask)]);
     return m.g.op('Add', [h, mlp(m, layerNorm(m, h, width, 'norm2'), width, mlpWidth, 'mlp')]);
@@ -146,7 +170,13 @@ export function vitBlock(m: Model, x: string, width: number, heads: number, mlpW
  * (HF LLaMA): cos/sin are [T, hd] with the hd/2 frequencies repeated twice. inv_freq is computed
  * in the graph as theta^(-2j/hd), so the file holds only exact constants.
  */
-export function ropeTables(m: Model, start: string, count: string, hd: number, theta: number): { cos: string; sin: string } {
+export function ropeTables(
+  m: Model,
+  start: string,
+  count: string,
+  hd: number,
+  theta: number,
+): { cos: string; sin: string } {
   const g = m.g;
   const exps = Array.from({ length: hd / 2 }, (_, j) => (-2 * j) / hd);
   const invFreq = g.op('Pow', [g.scalar(theta), g.floats(exps)]); // [hd/2]

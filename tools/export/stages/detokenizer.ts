@@ -18,7 +18,10 @@ export function buildDetokenizer(a: Architecture, rng: Rng): Model {
   const { queries: Q, width: W, layers, heads, imageSize: R, patch: p } = a.detokenizer;
   const side = R / p;
   if (!Number.isInteger(side) || side * side !== Q) {
-    throw new SetokimError(ErrorCodes.BAD_CONFIG, `detokenizer: queries (${Q}) must equal (imageSize / patch)^2 = (${R} / ${p})^2`);
+    throw new SetokimError(
+      ErrorCodes.BAD_CONFIG,
+      `detokenizer: queries (${Q}) must equal (imageSize / patch)^2 = (${R} / ${p})^2`,
+    );
   }
   const { model: m, inputs, finish } = stageGraph('detokenizer', a, rng);
   const g = m.g;
