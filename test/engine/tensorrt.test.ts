@@ -163,6 +163,8 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
   writeFileSync(engineManifestPath(plan), JSON.stringify(m));
   const runs: Record<string, NativeTrtTensor>[] = [];
   let failCanary = true;
+  /** What the addon rejects a run with: its message and the code tensorrt_binding.cc gives it. */
+  let nativeFailure: Error | undefined;
   // The engine computes the graph in TypeScript, so the session's own logic runs.
   const engine = new TensorRtEngineTestDouble(
     [
@@ -173,6 +175,7 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
     (feeds) => {
       runs.push(feeds);
       if (failCanary) throw new Error('enqueueV3 failed: illegal memory access');
+      if (nativeFailure) throw nativeFailure;
       const L = feeds.x!.dims[1]!;
       return {
         z: {
@@ -210,6 +213,13 @@ t.test('a loaded plan must pass a canary run; sessions check the profile limits'
     message: "stage 'add_matmul': input 'x' dim 'L' = 17 is outside 1..16",
   });
   t.equal(runs.length, before, 'an input beyond the profile never reaches the engine');
+  // The session's own refusals (std::invalid_argument) keep their code; a failure of TensorRT itself is INTERNAL.
+  const ok = () => s.run({ x: tensor('float32', x, [1, 3, 4]), y: tensor('float32', x, [1, 3, 4]) });
+  nativeFailure = Object.assign(new Error("input 'x': 3 rows written past the cache's 2"), { code: 'BAD_ARGUMENT' });
+  await t.rejects(ok(), { code: 'BAD_ARGUMENT', message: /TensorRT failed to run: input 'x': 3 rows written/ });
+  nativeFailure = Object.assign(new Error('enqueueV3 failed'), { code: 'INTERNAL' });
+  await t.rejects(ok(), { code: 'INTERNAL', message: /TensorRT failed to run: enqueueV3 failed/ });
+  nativeFailure = undefined;
   await s.dispose();
   await s.dispose();
   t.equal(disposedCount(), 2);

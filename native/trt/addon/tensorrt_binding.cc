@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -186,14 +187,30 @@ class TrtEngine : public Napi::ObjectWrap<TrtEngine> {
 
 // ---- workers: Execute() runs on a libuv thread and never touches JS ----
 
+// The stable code of a failed call: the session and builder throw std::invalid_argument for what
+// the caller passed wrong (a shape outside the profiles, an unknown handle, a bad row write), which
+// the TypeScript side reports as BAD_ARGUMENT; anything else is INTERNAL.
+inline const char* CodeOf(const std::exception& e) {
+  return dynamic_cast<const std::invalid_argument*>(&e) != nullptr ? "BAD_ARGUMENT" : "INTERNAL";
+}
+
 class PromiseWorker : public Napi::AsyncWorker {
  public:
   explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
  protected:
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  // On the worker thread: keep the message and the code for OnError.
+  void Fail(const std::exception& e) {
+    code_ = CodeOf(e);
+    SetError(e.what());
+  }
+  void OnError(const Napi::Error& e) override {
+    e.Value().Set("code", Napi::String::New(Env(), code_));
+    deferred_.Reject(e.Value());
+  }
   Napi::Promise::Deferred deferred_;
+  const char* code_ = "INTERNAL";
 };
 
 class LoadWorker : public PromiseWorker {
@@ -204,7 +221,7 @@ class LoadWorker : public PromiseWorker {
     try {
       session_ = std::make_shared<EngineSession>(Engine::Load(plan_, device_));
     } catch (const std::exception& e) {
-      SetError(e.what());
+      Fail(e);
     }
   }
   void OnOK() override {
@@ -232,7 +249,7 @@ class RunWorker : public PromiseWorker {
     try {
       outputs_ = session_->Run(inputs_, resident_, writes_);
     } catch (const std::exception& e) {
-      SetError(e.what());
+      Fail(e);
     }
   }
   void OnOK() override {
@@ -258,7 +275,7 @@ class SessionCallWorker : public PromiseWorker {
     try {
       call_();
     } catch (const std::exception& e) {
-      SetError(e.what());
+      Fail(e);
     }
   }
   void OnOK() override { deferred_.Resolve(Env().Undefined()); }
@@ -275,7 +292,7 @@ class ReadWorker : public PromiseWorker {
     try {
       out_ = session_->Read(handle_);
     } catch (const std::exception& e) {
-      SetError(e.what());
+      Fail(e);
     }
   }
   void OnOK() override { deferred_.Resolve(ToJs(Env(), out_)); }
