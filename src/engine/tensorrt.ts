@@ -159,7 +159,8 @@ class TrtSession implements Session {
       return await call();
     } catch (err) {
       // The addon marks what the caller passed wrong (std::invalid_argument in the session) BAD_ARGUMENT.
-      const code = (err as { code?: unknown }).code === 'BAD_ARGUMENT' ? ErrorCodes.BAD_ARGUMENT : ErrorCodes.INTERNAL;
+      const code =
+        (err as { code?: unknown }).code === ErrorCodes.BAD_ARGUMENT ? ErrorCodes.BAD_ARGUMENT : ErrorCodes.INTERNAL;
       const why = `stage '${this.stage}': TensorRT failed to ${what}: ${(err as Error).message}`;
       throw new SetokimError(code, why, { cause: err });
     }
