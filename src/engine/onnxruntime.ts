@@ -12,8 +12,8 @@ import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Feed, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
-import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
-import type { ResidentSpec, ResidentTensor, RowCopy } from './resident.js';
+import { checkRowWrites, ResidentRegistry, wireRowCopies, wireRowWrites } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, WireRowCopy } from './resident.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
 
@@ -28,14 +28,6 @@ interface WireWrite {
   axis: number;
   offset: number;
 }
-interface WireCopy {
-  from: number;
-  to: number;
-  axis: number;
-  rows: number;
-  fromOffset: number;
-  toOffset: number;
-}
 /** Requests the worker answers with a result or an error, in the order they were sent. */
 type Request =
   | {
@@ -46,7 +38,7 @@ type Request =
       writes: Record<string, WireWrite>;
     }
   | { type: 'allocate'; id: number; tensors: { handle: number; dtype: DType; dims: number[] }[] }
-  | { type: 'copy'; id: number; copies: WireCopy[] }
+  | { type: 'copy'; id: number; copies: WireRowCopy[] }
   | { type: 'read'; id: number; handle: number };
 type ToWorker =
   | Request
@@ -247,28 +239,14 @@ class OrtSession implements Session {
 
   async allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]> {
     this.assertOpen();
-    const handles = this.residents.create(specs);
-    const tensors = handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] }));
-    try {
-      await this.request('allocate resident tensors', (id) => ({ type: 'allocate', id, tensors }));
-    } catch (err) {
-      for (const h of handles) this.residents.drop(h);
-      throw err;
-    }
-    return handles;
+    return this.residents.allocate(specs, (tensors) =>
+      this.request('allocate resident tensors', (id) => ({ type: 'allocate', id, tensors })),
+    );
   }
 
   async copyRows(copies: readonly RowCopy[]): Promise<void> {
     this.assertOpen();
-    checkRowCopies(this.stage, copies);
-    const wire = copies.map((c, i): WireCopy => ({
-      from: this.residents.idOf(c.from, `the source of copy ${i}`),
-      to: this.residents.idOf(c.to, `the target of copy ${i}`),
-      axis: c.axis,
-      rows: c.rows,
-      fromOffset: c.fromOffset ?? 0,
-      toOffset: c.toOffset ?? 0,
-    }));
+    const wire = wireRowCopies(this.residents, this.stage, copies);
     await this.request('copy rows', (id) => ({ type: 'copy', id, copies: wire }));
   }
 

@@ -122,6 +122,24 @@ export class ResidentRegistry {
     return h.id;
   }
 
+  /**
+   * New handles for `specs`, given to the backend by `allocate` (their ids, dtypes and dims); when it
+   * fails the handles are dropped again and its error goes on.
+   */
+  async allocate(
+    specs: readonly ResidentSpec[],
+    allocate: (tensors: { handle: number; dtype: DType; dims: number[] }[]) => Promise<unknown>,
+  ): Promise<ResidentTensor[]> {
+    const handles = this.create(specs);
+    try {
+      await allocate(handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] })));
+    } catch (err) {
+      for (const h of handles) this.drop(h);
+      throw err;
+    }
+    return handles;
+  }
+
   /** Marks a handle released; returns its id, or undefined when it was not live (idempotent). */
   drop(t: ResidentTensor): number | undefined {
     const h = t as Handle;
@@ -216,6 +234,29 @@ export function wireRowWrites(
       return [name, { handle, axis: w.axis, offset: w.offset }];
     }),
   );
+}
+
+/** A row copy as the backends take it: handle ids, offsets filled in. */
+export interface WireRowCopy {
+  from: number;
+  to: number;
+  axis: number;
+  rows: number;
+  fromOffset: number;
+  toOffset: number;
+}
+
+/** Checks `copies` (checkRowCopies) and turns them into the backends' form. */
+export function wireRowCopies(registry: ResidentRegistry, stage: string, copies: readonly RowCopy[]): WireRowCopy[] {
+  checkRowCopies(stage, copies);
+  return copies.map((c, i) => ({
+    from: registry.idOf(c.from, `the source of copy ${i}`),
+    to: registry.idOf(c.to, `the target of copy ${i}`),
+    axis: c.axis,
+    rows: c.rows,
+    fromOffset: c.fromOffset ?? 0,
+    toOffset: c.toOffset ?? 0,
+  }));
 }
 
 /** Checks copies between resident tensors: same dtype, every dim but `axis` equal, rows in range. */

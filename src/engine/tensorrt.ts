@@ -18,8 +18,8 @@ import {
 } from './engine-manifest.js';
 import { signatureDifference } from './manifest.js';
 import { loadNative } from './native.js';
-import type { Capabilities, NativeAddon, NativeTrtCopy, NativeTrtEngine, NativeTrtTensor } from './native.js';
-import { checkRowCopies, checkRowWrites, ResidentRegistry, wireRowWrites } from './resident.js';
+import type { Capabilities, NativeAddon, NativeTrtEngine, NativeTrtTensor } from './native.js';
+import { checkRowWrites, ResidentRegistry, wireRowCopies, wireRowWrites } from './resident.js';
 import type { ResidentSpec, ResidentTensor, RowCopy } from './resident.js';
 import { type DimLimits, checkFeeds } from './signature.js';
 
@@ -106,28 +106,14 @@ class TrtSession implements Session {
 
   async allocate(specs: readonly ResidentSpec[]): Promise<ResidentTensor[]> {
     this.assertOpen();
-    const handles = this.residents.create(specs);
-    try {
-      const tensors = handles.map((h) => ({ handle: h.id, dtype: h.dtype, dims: [...h.dims] }));
-      await this.native('allocate device memory', () => this.engine.allocate(tensors));
-    } catch (err) {
-      for (const h of handles) this.residents.drop(h);
-      throw err;
-    }
-    return handles;
+    return this.residents.allocate(specs, (tensors) =>
+      this.native('allocate device memory', () => this.engine.allocate(tensors)),
+    );
   }
 
   async copyRows(copies: readonly RowCopy[]): Promise<void> {
     this.assertOpen();
-    checkRowCopies(this.stage, copies);
-    const wire = copies.map((c, i): NativeTrtCopy => ({
-      from: this.residents.idOf(c.from, `the source of copy ${i}`),
-      to: this.residents.idOf(c.to, `the target of copy ${i}`),
-      axis: c.axis,
-      rows: c.rows,
-      fromOffset: c.fromOffset ?? 0,
-      toOffset: c.toOffset ?? 0,
-    }));
+    const wire = wireRowCopies(this.residents, this.stage, copies);
     await this.native('copy rows', () => this.engine.copyRows(wire));
   }
 
