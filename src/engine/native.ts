@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { ErrorCodes, SetokimError } from '../errors.js';
+import type { WireRowCopy, WireRowWrite } from './resident.js';
 
 export interface GpuInfo {
   index: number;
@@ -40,20 +41,9 @@ export interface NativeTrtTensor {
   dims: number[];
   data: ArrayBufferView;
 }
-/** A run's output written into a resident tensor (by the JS side's handle number) at `offset` along `axis`. */
-export interface NativeTrtWrite {
-  handle: number;
-  axis: number;
-  offset: number;
-}
-export interface NativeTrtCopy {
-  from: number;
-  to: number;
-  axis: number;
-  rows: number;
-  fromOffset: number;
-  toOffset: number;
-}
+/** Row writes and copies reach the addon in the form both backends take (src/engine/resident.ts). */
+export type NativeTrtWrite = WireRowWrite;
+export type NativeTrtCopy = WireRowCopy;
 export interface NativeTrtEngine {
   /** IO tensors in engine order; -1 marks a dynamic dim. */
   readonly io: { name: string; mode: 'input' | 'output'; dtype: string; shape: number[] }[];

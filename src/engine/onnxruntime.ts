@@ -13,7 +13,7 @@ import { ErrorCodes, SetokimError } from '../errors.js';
 import type { Backend, Feed, Session, SessionOptions, SessionRunOptions, Tensor, TypedArray } from './backend.js';
 import { DTYPES, type DType, type Dim, type StageSignature } from './contract.js';
 import { checkRowWrites, ResidentRegistry, wireRowCopies, wireRowWrites } from './resident.js';
-import type { ResidentSpec, ResidentTensor, RowCopy, WireRowCopy } from './resident.js';
+import type { ResidentSpec, ResidentTensor, RowCopy, WireRowCopy, WireRowWrite } from './resident.js';
 import { checkFeeds } from './signature.js';
 import { packageRoot } from './native.js';
 
@@ -23,11 +23,6 @@ interface WireTensor {
   dims: number[];
   data: ArrayBufferView;
 }
-interface WireWrite {
-  handle: number;
-  axis: number;
-  offset: number;
-}
 /** Requests the worker answers with a result or an error, in the order they were sent. */
 type Request =
   | {
@@ -35,7 +30,7 @@ type Request =
       id: number;
       feeds: Record<string, WireTensor>;
       resident: Record<string, number>;
-      writes: Record<string, WireWrite>;
+      writes: Record<string, WireRowWrite>;
     }
   | { type: 'allocate'; id: number; tensors: { handle: number; dtype: DType; dims: number[] }[] }
   | { type: 'copy'; id: number; copies: WireRowCopy[] }

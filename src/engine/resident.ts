@@ -227,13 +227,20 @@ export function checkRowWrites(
 export function wireRowWrites(
   registry: ResidentRegistry,
   writes: Readonly<Record<string, RowWrite>>,
-): Record<string, { handle: number; axis: number; offset: number }> {
+): Record<string, WireRowWrite> {
   return Object.fromEntries(
     Object.entries(writes).map(([name, w]) => {
       const handle = registry.idOf(w.into, `the target of output '${name}'`);
       return [name, { handle, axis: w.axis, offset: w.offset }];
     }),
   );
+}
+
+/** A run's output written into a resident tensor (by its handle id) at `offset` along `axis`, as the backends take it. */
+export interface WireRowWrite {
+  handle: number;
+  axis: number;
+  offset: number;
 }
 
 /** A row copy as the backends take it: handle ids, offsets filled in. */
