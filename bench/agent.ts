@@ -7,16 +7,20 @@
  *     echo and client on this one event loop (where the ratio is one of CPU time per query);
  *  2. tokenising a maximal prompt (limits.maxPromptBytes, 16 KiB) with the agent's tokenizer
  *     against llama-tokenizer-js's encoder;
- *  3. queries/s with 1, 2 and 4 agents on one shared subscription ($share, mosquitto), with the
+ *  3. the dedupe window's check (SeenIds) with its window full, at the default 4,096 ids and at
+ *     100,000: the cost per query must not grow with the window;
+ *  4. queries/s with 1, 2 and 4 agents on one shared subscription ($share, mosquitto), with the
  *     empty pipeline and with a fixed 20 ms service time per query (a stand-in for inference that
  *     does not load this machine's CPUs, so the broker's distribution shows).
  * Each agent has its own MQTT connection. --round-trips: only 1 (profiling, quick repeats).
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { connect, type MqttClient } from 'mqtt';
 import llama from 'llama-tokenizer-js';
+import { SeenIds } from '../src/agent/admission.js';
 import { Agent, noDelay } from '../src/agent/agent.js';
 import { startEmbeddedBroker } from '../src/agent/broker.js';
 import { QueryClient, newQueryId } from '../src/agent/client.js';
@@ -161,6 +165,22 @@ async function tokenising(): Promise<Array<{ prompt: string; ours: number; refer
   }));
 }
 
+/** µs per SeenIds check of a new id with the window full (each check evicts the oldest), best of 3. */
+function dedupeChecks(): Array<{ window: number; us: number }> {
+  const ids = Array.from({ length: 200_000 }, () => randomUUID());
+  return [4096, 100_000].map((window) => {
+    let best = Infinity;
+    for (let run = 0; run < 3; run++) {
+      const seen = new SeenIds(window);
+      for (let i = 0; i < window; i++) seen.check(`fill-${i}`);
+      const t0 = performance.now();
+      for (const id of ids) seen.check(id);
+      best = Math.min(best, ((performance.now() - t0) * 1000) / ids.length);
+    }
+    return { window, us: best };
+  });
+}
+
 async function throughput(
   url: string,
   agents: number,
@@ -239,6 +259,13 @@ async function main(): Promise<void> {
         `${r.prompt.padEnd(30)} ${f(r.ours).padStart(11)} ${f(r.reference).padStart(20)} ${speedUp.padStart(10)}`,
       );
     }
+  }
+  if (!process.argv.includes('--round-trips')) {
+    const [small, large] = dedupeChecks();
+    console.log(
+      `\nDedupe check (SeenIds), window full: ${f(small!.us, 3)} us at ${small!.window} ids, ` +
+        `${f(large!.us, 3)} us at ${large!.window} ids (${f(large!.us / small!.us)}x)`,
+    );
   }
   const mosquitto = brokers.find((b) => b.protocolVersion === 5);
   if (process.argv.includes('--round-trips')) {

@@ -205,3 +205,50 @@ t.test('docs/MQTT.md names every variable the agent reads', async (t) => {
   );
   t.same(missing, [], 'variables missing from docs/MQTT.md');
 });
+
+t.test('--fleet and --device: one declaration, required, defaulted or optional per command', async (t) => {
+  const { deviceSetting, fleetSetting } = await import('../src/mqtt/connection.js');
+  const client = group({ fleet: fleetSetting({ default: 'default' }), device: deviceSetting({ optional: true }) });
+  t.same(parseCommandSettings(client, {}, 'q', {}), { fleet: 'default' }, 'the default; no device');
+  t.same(parseCommandSettings(client, { device: 'cam-2' }, 'q', { SETOKIM_FLEET: 'plant', SETOKIM_DEVICE: 'cam-1' }), {
+    fleet: 'plant',
+    device: 'cam-2',
+  });
+  t.throws(() => parseCommandSettings(client, { fleet: 'a/b' }, 'q', {}), {
+    code: 'BAD_ARGUMENT',
+    message: /^q: --fleet: .*one MQTT topic level/,
+  });
+  t.throws(() => parseCommandSettings(client, {}, 'q', { SETOKIM_DEVICE: '+' }), {
+    code: 'BAD_ARGUMENT',
+    message: /--device, SETOKIM_DEVICE|--device: /,
+  });
+  const operator = group({ fleet: fleetSetting({ required: true }, 'required') });
+  t.throws(() => parseCommandSettings(operator, {}, 'f', {}), { code: 'BAD_ARGUMENT', message: /^f: --fleet: / });
+
+  // Every command that takes one fleet or one device takes it the same way (bundle create's
+  // repeatable --fleet is another setting: the fleets a bundle is signed for).
+  const { commands } = await import('../src/cli/commands.js');
+  const program = new Command('setokim');
+  for (const register of commands) register(program);
+  const seen: string[] = [];
+  const walk = (cmd: Command, name: string): void => {
+    for (const o of cmd.options) {
+      const env = { '--fleet': 'SETOKIM_FLEET', '--device': 'SETOKIM_DEVICE' }[o.long ?? ''];
+      if (!env || name === 'setokim bundle create') continue;
+      seen.push(`${name} ${o.long}`);
+      t.match(o.description, /one MQTT topic level/, `${name} ${o.long}: the shared help`);
+      t.match(o.description, new RegExp(`\\(${env}[;)]`), `${name} ${o.long} reads ${env}`);
+    }
+    for (const sub of cmd.commands) walk(sub, `${name} ${sub.name()}`);
+  };
+  walk(program, 'setokim');
+  t.same(seen.sort(), [
+    'setokim agent --device',
+    'setokim agent --fleet',
+    'setokim bundle install --fleet',
+    'setokim fleet rollout --fleet',
+    'setokim fleet status --fleet',
+    'setokim query --device',
+    'setokim query --fleet',
+  ]);
+});

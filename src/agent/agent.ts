@@ -339,7 +339,7 @@ export class Agent extends EventEmitter<AgentEvents> implements TopicLink {
 
   /** The replies of one query; its last one is written at once, with the PUBACK and the rest held with it. */
   private replyStream(address: ReplyAddress): ReplyStream {
-    return new ReplyStream(this.client!, address, this.config.device, () => this.connection?.flushSoon());
+    return new ReplyStream(this.client!, address, this.config.device, () => this.connection?.flush());
   }
 
   private replyError(address: ReplyAddress, id: string, code: ErrorCode, message: string): void {

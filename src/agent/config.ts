@@ -12,8 +12,8 @@ import { DEFAULT_BUILD_TIMEOUT_MS } from '../fleet/engines.js';
 import { urlPrefixProblem } from '../fleet/policy.js';
 import { parseSource } from '../media/spec.js';
 import { CACHE_DEFAULTS } from '../pipeline/pipeline.js';
-import { brokerGroup } from '../mqtt/connection.js';
-import { levelName, replyTopicFilter } from '../mqtt/topics.js';
+import { brokerGroup, deviceSetting, fleetSetting } from '../mqtt/connection.js';
+import { replyTopicFilter } from '../mqtt/topics.js';
 import { DEFAULT_MAX_PROMPT_BYTES } from './codec.js';
 import { fromEnv, group, merge, parseSettings, schemaOf, setting, type InputOf, type OutputOf } from '../settings.js';
 
@@ -49,20 +49,8 @@ const energyRail = z.string().regex(/^[A-Z][A-Z0-9_]*(\+[A-Z][A-Z0-9_]*)*$/, 'a 
  */
 export const agentSettings = group(
   {
-    fleet: setting({
-      schema: levelName,
-      required: true,
-      flag: '--fleet <name>',
-      env: 'SETOKIM_FLEET',
-      help: 'fleet name, one topic level (the CLI defaults it to "default")',
-    }),
-    device: setting({
-      schema: levelName,
-      required: true,
-      flag: '--device <id>',
-      env: 'SETOKIM_DEVICE',
-      help: 'device id, one topic level (the CLI defaults it to the host name)',
-    }),
+    fleet: fleetSetting({ required: true }, 'the CLI defaults it to "default"'),
+    device: deviceSetting({ required: true }, 'the CLI defaults it to the host name'),
     /**
      * Directory of the model set (e.g. ./models/tiny). With `updates`, the store's active set is
      * served instead whenever it has one (updates survive a restart); `models` is the fallback

@@ -57,6 +57,18 @@ export class WriteCoalescer {
     this.held = [];
     for (const stream of held) stream.uncork();
   }
+
+  /**
+   * Writes what was held and every packet written so far, now. mqtt-packet corks the stream for each
+   * packet and uncorks it on the next tick, which Node runs only after every microtask queued by then
+   * (a finished query's bookkeeping): this undoes those corks at once (their later uncork does nothing
+   * on an uncorked stream). Call between packets only, as any JavaScript outside mqtt.js is.
+   */
+  releaseNow(): void {
+    this.release();
+    const stream = this.client.stream as { writableCorked?: number; uncork?: () => void } | undefined;
+    while (stream?.uncork && stream.writableCorked) stream.uncork();
+  }
 }
 
 export type Route = (payload: Buffer, packet: IPublishPacket) => void;
@@ -106,6 +118,8 @@ export class AgentConnection {
   private readonly url: string;
   private readonly routes: Map<string, Route>;
   private readonly writes: WriteCoalescer;
+  /** True while a query's or cancel's handler runs (mqtt.js writes its PUBACK after it returns). */
+  private routing = false;
   private backoffMs: number;
   private connects = 0;
   private stopping = false;
@@ -157,7 +171,12 @@ export class AgentConnection {
     const handler = this.routes.get(topic);
     if (!handler) return void this.o.other?.(topic, payload, packet);
     this.writes.hold();
-    handler(payload, packet);
+    this.routing = true;
+    try {
+      handler(payload, packet);
+    } finally {
+      this.routing = false;
+    }
   }
 
   private onConnect(): void {
@@ -242,9 +261,14 @@ export class AgentConnection {
     }
   }
 
-  /** Writes what is held as soon as this tick's packets have joined it (an answer is complete). */
-  flushSoon(): void {
-    process.nextTick(() => this.writes.release());
+  /**
+   * An answer is complete: inside a message's handler (a refusal) what is held is written once the
+   * message's PUBACK, which mqtt.js writes after the handler, has joined it; later (a pipeline's
+   * last event) at once, ahead of the query's bookkeeping.
+   */
+  flush(): void {
+    if (this.routing) process.nextTick(() => this.writes.release());
+    else this.writes.releaseNow();
   }
 
   /** The Last Will for later reconnects (the status names what is served now). */

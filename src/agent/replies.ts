@@ -12,16 +12,27 @@ import type { PipelineEvent } from '../pipeline/types.js';
 import { encodeReply, MAX_CORRELATION_BYTES, type ReplyMeta, type Salvage } from './codec.js';
 import { isSafeReplyTopic, REPLY_FILTER, topicMatches } from '../mqtt/topics.js';
 
+/** How many reply topics' answers ReplyTopics keeps (at most 1 KiB each). */
+const RECENT_REPLY_TOPICS = 256;
+
 /** The topics this agent publishes replies to: setokim/v1/replies/# and its configured replyTopics. */
 export class ReplyTopics {
   private readonly filters: readonly string[];
+  /** Answers for recent topics: a client sends every query with the same reply topic. */
+  private readonly recent = new Map<string, boolean>();
 
   constructor(extra: readonly string[] = []) {
     this.filters = [REPLY_FILTER, ...extra];
   }
 
   allows(topic: string): boolean {
-    return isSafeReplyTopic(topic) && this.filters.some((f) => topicMatches(f, topic));
+    let allowed = this.recent.get(topic);
+    if (allowed === undefined) {
+      allowed = isSafeReplyTopic(topic) && this.filters.some((f) => topicMatches(f, topic));
+      if (this.recent.size >= RECENT_REPLY_TOPICS) this.recent.clear();
+      this.recent.set(topic, allowed);
+    }
+    return allowed;
   }
 
   toString(): string {

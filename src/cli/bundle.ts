@@ -34,6 +34,7 @@ import {
 import { group, parseCommandSettings, progressSetting, registerFlags, setting } from '../settings.js';
 import { engineProgress, withProgressBar } from './progress.js';
 import { levelName } from '../mqtt/topics.js';
+import { fleetSetting } from '../mqtt/connection.js';
 
 /** What a bundle is bound to, for create's and verify's one line. */
 function describeBinding(m: BundleManifest): string {
@@ -144,11 +145,10 @@ const verifySettings = group({ pubkey: pubkeySetting, progress: progressSetting 
 const installSettings = group({
   store,
   pubkey: pubkeySetting,
-  fleet: setting({
-    schema: levelName,
-    flag: '--fleet <name>',
-    help: "this device's fleet: bundles signed for other fleets are refused (needed for format 2)",
-  }),
+  fleet: fleetSetting(
+    { optional: true },
+    "this device's: bundles signed for other fleets are refused (format 2 needs it)",
+  ),
   allowUnbound: setting({
     schema: z.boolean(),
     default: false,

@@ -12,20 +12,14 @@ import { matchTarget, TargetPattern } from '../engine/target.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { loadPrivateKey } from '../fleet/keys.js';
 import { rollout, type UpdateState } from '../fleet/index.js';
-import { brokerGroup, credentialOptions } from '../mqtt/connection.js';
+import { brokerGroup, credentialOptions, fleetSetting } from '../mqtt/connection.js';
 import { levelName } from '../mqtt/topics.js';
 import { group, parseCommandSettings, registerFlags, setting } from '../settings.js';
 
 const whole = (min: number) => z.number().int().min(min).max(Number.MAX_SAFE_INTEGER);
 
 /** --fleet, the same for rollout and status. */
-const fleet = setting({
-  schema: levelName,
-  required: true,
-  flag: '--fleet <name>',
-  env: 'SETOKIM_FLEET',
-  help: 'fleet name (required)',
-});
+const fleet = fleetSetting({ required: true }, 'required');
 
 /** Every flag of `setokim fleet rollout`, declared once (src/settings.ts); the broker's are shared with the agent and query. */
 const rolloutSettings = group({

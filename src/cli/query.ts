@@ -9,29 +9,19 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { QueryClient, newQueryId } from '../agent/client.js';
 import type { ReplyEvent } from '../agent/codec.js';
-import { levelName, type Target } from '../mqtt/topics.js';
+import type { Target } from '../mqtt/topics.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { ConversationIdSchema } from '../pipeline/request.js';
 import { TASKS, type QueryRequest } from '../pipeline/types.js';
 import { summary } from './run.js';
-import { credentialOptions, brokerGroup } from '../mqtt/connection.js';
+import { credentialOptions, brokerGroup, deviceSetting, fleetSetting } from '../mqtt/connection.js';
 import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
 
 /** Every flag of `setokim query`, declared once (src/settings.ts): schema, default, help, variable. */
 const querySettings = group({
   broker: brokerGroup({}),
-  fleet: setting({
-    schema: levelName,
-    default: 'default',
-    flag: '--fleet <name>',
-    env: 'SETOKIM_FLEET',
-    help: 'fleet name',
-  }),
-  device: setting({
-    schema: levelName,
-    flag: '--device <id>',
-    help: 'one device; without it any agent of the fleet answers',
-  }),
+  fleet: fleetSetting({ default: 'default' }),
+  device: deviceSetting({ optional: true }, 'without it any agent of the fleet answers'),
   image: setting({
     schema: z.string().min(1),
     flag: '--image <file>',

@@ -8,7 +8,8 @@ import { readFileSync } from 'node:fs';
 import type { IClientOptions } from 'mqtt';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { group, setting, type Group, type Node } from '../settings.js';
+import { group, setting, type Group, type Leaf, type Node } from '../settings.js';
+import { levelName } from './topics.js';
 
 const BROKER_URL = /^(mqtts?|wss?|tcp|ssl):\/\//;
 
@@ -80,6 +81,40 @@ const certWithKey: Group['refine'] = (s) =>
 export function brokerGroup<E extends Readonly<Record<string, Node>>>(extra: E) {
   return group({ ...brokerConnectionSettings, ...extra }, { refine: certWithKey });
 }
+
+/** How a command takes its fleet or device: it must be given, falls back to a default, or may be absent. */
+export type LevelPresence = { required: true } | { default: string } | { optional: true };
+type PresenceOf<P extends LevelPresence> = P extends { required: true }
+  ? 'required'
+  : P extends { default: string }
+    ? 'default'
+    : 'optional';
+
+/** One topic-level setting (fleet or device): the same schema, flag and variable in every command. */
+function levelSetting<P extends LevelPresence>(
+  what: { flag: string; env: string; name: string },
+  presence: P,
+  note?: string,
+): Leaf<typeof levelName, PresenceOf<P>> {
+  const { optional: _, ...given } = presence as { optional?: true; required?: true; default?: string };
+  const help = `${what.name}, one MQTT topic level${note ? ` (${note})` : ''}`;
+  return setting({ schema: levelName, flag: what.flag, env: what.env, help, ...given }) as Leaf<
+    typeof levelName,
+    PresenceOf<P>
+  >;
+}
+
+/**
+ * `--fleet` (SETOKIM_FLEET), declared once for the agent (its own fleet), `setokim query` and
+ * `setokim fleet` (the fleet they address) and `bundle install` (the device's fleet); `note` says
+ * what the command does without it.
+ */
+export const fleetSetting = <P extends LevelPresence>(presence: P, note?: string) =>
+  levelSetting({ flag: '--fleet <name>', env: 'SETOKIM_FLEET', name: 'fleet name' }, presence, note);
+
+/** `--device` (SETOKIM_DEVICE), declared once for the agent (its own id) and `setokim query` (the device asked). */
+export const deviceSetting = <P extends LevelPresence>(presence: P, note?: string) =>
+  levelSetting({ flag: '--device <id>', env: 'SETOKIM_DEVICE', name: 'device id' }, presence, note);
 
 export interface BrokerConnection {
   url: string;

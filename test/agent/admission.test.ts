@@ -87,3 +87,25 @@ t.test('SeenIds remembers a bounded window', async (t) => {
     'a falls out after three newer ids',
   );
 });
+
+t.test('SeenIds keeps exactly the last N distinct ids, however often its ring wraps', async (t) => {
+  const n = 5;
+  const seen = new SeenIds(n);
+  const window: string[] = []; // the reference: the last n distinct ids, oldest first
+  let x = 7;
+  const answers: boolean[] = [];
+  const expected: boolean[] = [];
+  for (let i = 0; i < 2000; i++) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    const id = `q${x % 9}`;
+    const known = window.includes(id);
+    expected.push(known);
+    answers.push(seen.check(id));
+    if (!known) {
+      window.push(id);
+      if (window.length > n) window.shift();
+    }
+  }
+  t.same(answers, expected, '2000 checks of 9 ids through a window of 5');
+  t.ok(expected.filter(Boolean).length > 500 && expected.filter((k) => !k).length > 500, 'both answers occur often');
+});

@@ -9,7 +9,13 @@ import {
   encodeReply,
   encodeStatus,
 } from '../../src/agent/codec.js';
-import { DEFAULT_QUERY_RULES, maxQueryPacketBytes, QUERY_OVERHEAD_BYTES } from '../../src/agent/codec.js';
+import {
+  DEFAULT_QUERY_RULES,
+  maxQueryPacketBytes,
+  plainlyValid,
+  QUERY_OVERHEAD_BYTES,
+  querySchema,
+} from '../../src/agent/codec.js';
 import { ReplyTopics } from '../../src/agent/replies.js';
 import type { PipelineEvent } from '../../src/pipeline/types.js';
 
@@ -177,4 +183,84 @@ t.test('cancel and status', async (t) => {
   t.same(decodeStatus(encodeStatus(s)), s, 'no target: an agent from before targets; the field stays absent');
   const withTarget = { ...s, target: 'orin-nano-8gb/jp6.2/trt10.3' };
   t.same(decodeStatus(encodeStatus(withTarget)), withTarget, 'the target travels in the retained status');
+});
+
+t.test(
+  "the decoder's quick check never accepts what the query schema refuses, and takes the common query",
+  async (t) => {
+    const rules = { ...DEFAULT_QUERY_RULES, replyTopic: (x: string) => new ReplyTopics(['home/replies/#']).allows(x) };
+    const schema = querySchema(rules);
+    const base = {
+      id: 'q1',
+      task: 'ask',
+      prompt: 'hi',
+      image: new Uint8Array([0x89, 0x50, 0x4e, 0x47]),
+      generation: null as unknown,
+      deadlineUnixMs: 0,
+      replyTopic: '',
+      correlation: new Uint8Array(0),
+      conversation: '',
+    };
+    const values: Record<keyof typeof base, unknown[]> = {
+      id: ['', 'x', 'i'.repeat(128), 'i'.repeat(129), '😀'.repeat(64), '😀'.repeat(65), 7, undefined],
+      task: ['ask', 'no-such-task', '', 3],
+      prompt: ['', 'p'.repeat(20000), null],
+      image: [new Uint8Array(0), Buffer.from([1]), [1, 2], 'img'],
+      generation: [null, {}, { maxTokens: 5 }, { maxTokens: -1 }, { temperature: 'hot' }, undefined],
+      deadlineUnixMs: [0, 1, Date.now(), -1, 1.5, 2 ** 53, 2 ** 53 - 1, NaN, Infinity, '5'],
+      replyTopic: [
+        '',
+        'setokim/v1/replies/me',
+        'home/replies/cam',
+        'home/door',
+        'a/#',
+        '$SYS/x',
+        'setokim/v1/f/query',
+        5,
+      ],
+      correlation: [new Uint8Array(0), new Uint8Array(256), new Uint8Array(257), 'c'],
+      conversation: ['', 'c'.repeat(128), 'c'.repeat(129), '😀'.repeat(64), '😀'.repeat(65), null],
+    };
+    let quick = 0;
+    let cases = 0;
+    for (const [field, list] of Object.entries(values)) {
+      for (const v of list) {
+        const raw = { ...base, [field]: v };
+        cases++;
+        const accepted = schema.safeParse(raw).success;
+        if (plainlyValid(raw, rules)) {
+          quick++;
+          t.ok(accepted, `${field} = ${String(v).slice(0, 40)}: the schema accepts what the quick check accepts`);
+        }
+      }
+    }
+    t.ok(plainlyValid(base, rules), 'the common query is checked quickly');
+    t.ok(quick >= 20 && quick < cases - 20, `${quick} of ${cases} cases checked quickly, the rest by the schema`);
+    // Both paths give the same query.
+    const wire = { id: 'q9', task: 'ask', prompt: 'p', image: base.image, replyTopic: 'setokim/v1/replies/me' };
+    const quickly = decodeQuery(encodeQuery(wire));
+    const withGeneration = decodeQuery(encodeQuery({ ...wire, generation: { seed: 1 } }));
+    t.ok(quickly.ok && withGeneration.ok);
+    if (quickly.ok && withGeneration.ok) {
+      const { generation, ...rest } = withGeneration.query;
+      t.same(generation, { seed: 1 });
+      t.same(plain(quickly.query), plain(rest), 'the quick path and the schema make the same query');
+    }
+  },
+);
+
+t.test('ReplyTopics answers the same from its memory of recent topics, past its size', async (t) => {
+  const topics = new ReplyTopics(['home/replies/#']);
+  const list = Array.from({ length: 600 }, (_, i) =>
+    i % 3 === 0 ? `setokim/v1/replies/c${i}` : i % 3 === 1 ? `home/replies/c${i}` : `home/door/c${i}`,
+  );
+  const first = list.map((x) => topics.allows(x));
+  const again = [...list]
+    .reverse()
+    .map((x) => topics.allows(x))
+    .reverse();
+  const fresh = list.map((x) => new ReplyTopics(['home/replies/#']).allows(x));
+  t.same(first, fresh);
+  t.same(again, fresh);
+  t.equal(fresh.filter(Boolean).length, 400, 'two of three topics are reply topics');
 });

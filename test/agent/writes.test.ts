@@ -77,4 +77,26 @@ if (!mosquittoPath()) {
       'the query, then the four PUBACKs in one write',
     );
   });
+
+  t.test("the last reply is written before the query's bookkeeping, not after it", async (t) => {
+    const broker = await startBroker('mosquitto');
+    t.teardown(() => broker.close());
+    const agent = new Agent({ config: testConfig(broker, 'first'), pipeline: new StubPipeline() });
+    await agent.start();
+    t.teardown(() => agent.stop(0));
+    const client = await QueryClient.connect({ url: broker.url });
+    t.teardown(() => client.close());
+    const target = { fleet: 'test', device: 'first' };
+    await collect(client.query(target, { id: newQueryId(), task: 'generate', prompt: 'warm up' }));
+    await new Promise((resolve) => setImmediate(resolve));
+
+    const agentWrites = writesOf(agent.mqtt!.stream);
+    // `answered` is emitted in the query's bookkeeping, after its last reply was handed to mqtt.js.
+    const writtenByThen: number[] = [];
+    agent.on('answered', () => writtenByThen.push(agentWrites.length));
+    await collect(client.query(target, { id: newQueryId(), task: 'generate', prompt: 'a lighthouse' }));
+    // Before: the write waited for the next tick, which Node runs after every microtask queued (0 here).
+    t.same(writtenByThen, [1], 'the PUBACK and the replies were on the socket when the query was answered');
+    t.same(agentWrites, [['PUBACK', 'PUBLISH', 'PUBLISH', 'PUBLISH', 'PUBLISH']], 'still in one write');
+  });
 }
