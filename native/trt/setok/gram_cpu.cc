@@ -72,6 +72,28 @@ void RowBlockDispatch(const float* a, int lda, int m, int i0, int i1, const floa
   generic::RowBlock(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
 }
 
+int ColumnWidth(int m) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::ColumnWidth(m);
+#endif
+  return generic::ColumnWidth(m);
+}
+
+void PackColumns(const float* x, int dim, const int* cols, int m, float* packed) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::PackColumns(x, dim, cols, m, packed);
+#endif
+  generic::PackColumns(x, dim, cols, m, packed);
+}
+
+void ColumnRowsDispatch(const float* a, int lda, int n, int i0, int i1, const float* packed, int dim, int m,
+                        float* out, int ldo) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::ColumnRows(a, lda, n, i0, i1, packed, dim, m, out, ldo);
+#endif
+  generic::ColumnRows(a, lda, n, i0, i1, packed, dim, m, out, ldo);
+}
+
 // Below this many multiply-adds one thread is faster than waking the pool's helpers.
 #ifndef SETOKIM_PARALLEL_MADDS
 #define SETOKIM_PARALLEL_MADDS 4e6
@@ -212,16 +234,10 @@ void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, s
   const int ldo = GramStride(m);
   out.resize(static_cast<size_t>(n) * ldo);
   if (m == 0) return;
-  // The m rows, gathered, become the packed panels; every row of x is broadcast against them.
-  thread_local std::vector<float> gathered;
-  gathered.resize(static_cast<size_t>(m) * dim);
-  for (int r = 0; r < m; ++r) {
-    std::memcpy(gathered.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(cols[r]) * dim,
-                sizeof(float) * dim);
-  }
-  std::vector<float> temporary;
-  std::vector<float>& packed = PackBuffer(m, dim, temporary);
-  PackAll(gathered.data(), m, dim, packed);
+  // The m rows become the packed columns; every row of x is broadcast against them.
+  thread_local std::vector<float> packed;
+  packed.resize(static_cast<size_t>(ColumnWidth(m)) * dim);
+  PackColumns(x, dim, cols.data(), m, packed.data());
   const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
   float* o = out.data();
   const float* pk = packed.data();
@@ -229,7 +245,7 @@ void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, s
       tasks,
       [&](int t) {
         const int i0 = t * kRowsPerTask;
-        RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, ldo / kNR, false, o, ldo);
+        ColumnRowsDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, m, o, ldo);
       },
       WorthThreads(static_cast<double>(m) * n * dim));
 }
