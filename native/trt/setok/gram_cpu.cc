@@ -86,8 +86,8 @@ void PackColumns(const float* x, int dim, const int* cols, int m, float* packed)
   generic::PackColumns(x, dim, cols, m, packed);
 }
 
-void ColumnRowsDispatch(const float* a, int lda, int n, int i0, int i1, const float* packed, int dim, int m,
-                        float* out, int ldo) {
+void ColumnRowsDispatch(const float* a, int lda, int n, int i0, int i1, const float* packed, int dim, int m, float* out,
+                        int ldo) {
 #if defined(__x86_64__)
   if (HasAvx2()) return avx2::ColumnRows(a, lda, n, i0, i1, packed, dim, m, out, ldo);
 #endif

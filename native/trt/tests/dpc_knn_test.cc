@@ -238,16 +238,32 @@ void TestDensitySelection() {
     }
     std::vector<float> kth(rows), sum(rows);
     DensityRows(d.data(), n, k, rows, kth.data(), sum.data());
-    // With a hint (a stream's previous t): right, too low, too high, none; the result is the same.
+    // With a hint (a stream's previous t): right, too low, too high, none, just below or above t,
+    // the row's next value or the one after below or above t (t one or two values away: the
+    // neighbour shortcut and the selection past it); the result is the same.
     std::vector<float> hint(rows), kth_h(rows), sum_h(rows);
-    const int hint_kind = trial % 5;
+    const int hint_kind = trial % 10;
     for (int i = 0; i < rows; ++i) {
       const float t = kth[i];
+      // The row's nearest values below and above a value (the value itself when there is none).
+      const auto neighbour = [&](float x, bool above) {
+        float best = x;
+        for (int j = 0; j < n; ++j) {
+          const float v = d[static_cast<size_t>(i) * n + j];
+          if (above ? v > x && (best == x || v < best) : v < x && (best == x || v > best)) best = v;
+        }
+        return best;
+      };
       hint[i] = hint_kind == 0   ? t
                 : hint_kind == 1 ? t * 0.5f
                 : hint_kind == 2 ? t * 3.0f
                 : hint_kind == 3 ? 0.0f
-                                 : std::nextafter(t, 0.0f);
+                : hint_kind == 4 ? std::nextafter(t, 0.0f)
+                : hint_kind == 5 ? std::nextafter(t, INFINITY)
+                : hint_kind == 6 ? neighbour(t, false)
+                : hint_kind == 7 ? neighbour(t, true)
+                : hint_kind == 8 ? neighbour(neighbour(t, false), false)
+                                 : neighbour(neighbour(t, true), true);
     }
     DensityRows(d.data(), n, k, rows, kth_h.data(), sum_h.data(), hint.data());
     hinted_bad += std::memcmp(kth.data(), kth_h.data(), sizeof(float) * rows) != 0 ||
