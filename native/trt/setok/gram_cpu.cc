@@ -86,12 +86,12 @@ void PackColumns(const float* x, int dim, const int* cols, int m, float* packed)
   generic::PackColumns(x, dim, cols, m, packed);
 }
 
-void ColumnRowsDispatch(const float* a, int lda, int n, int i0, int i1, const float* packed, int dim, int m, float* out,
-                        int ldo) {
+void ColumnRowsDispatch(const float* a, int lda, const int* idx, int count, int diagonal, const float* packed, int dim,
+                        int m, float* out, int ldo) {
 #if defined(__x86_64__)
-  if (HasAvx2()) return avx2::ColumnRows(a, lda, n, i0, i1, packed, dim, m, out, ldo);
+  if (HasAvx2()) return avx2::ColumnRows(a, lda, idx, count, diagonal, packed, dim, m, out, ldo);
 #endif
-  generic::ColumnRows(a, lda, n, i0, i1, packed, dim, m, out, ldo);
+  generic::ColumnRows(a, lda, idx, count, diagonal, packed, dim, m, out, ldo);
 }
 
 // Below this many multiply-adds one thread is faster than waking the pool's helpers.
@@ -234,20 +234,38 @@ void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, s
   const int ldo = GramStride(m);
   out.resize(static_cast<size_t>(n) * ldo);
   if (m == 0) return;
-  // The m rows become the packed columns; every row of x is broadcast against them.
+  // The m rows become the packed columns; every row of x is broadcast against them. The other rows
+  // get all m columns; the m rows themselves only the upper triangle of their m x m block (G is
+  // symmetric bit for bit), mirrored afterwards.
   thread_local std::vector<float> packed;
   packed.resize(static_cast<size_t>(ColumnWidth(m)) * dim);
   PackColumns(x, dim, cols.data(), m, packed.data());
-  const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
+  thread_local std::vector<int> others;
+  others.clear();
+  thread_local std::vector<char> in_cols;
+  in_cols.assign(n, 0);
+  for (int c : cols) in_cols[c] = 1;
+  for (int j = 0; j < n; ++j)
+    if (!in_cols[j]) others.push_back(j);
+  const int count = static_cast<int>(others.size());
+  const int tasks = (count + kRowsPerTask - 1) / kRowsPerTask, own = (m + kRowsPerTask - 1) / kRowsPerTask;
   float* o = out.data();
-  const float* pk = packed.data();
+  const float* pk = packed.data();  // thread_local buffers: the workers see them through pointers
+  const int* rest = others.data();
   ParallelFor(
-      tasks,
+      own + tasks,
       [&](int t) {
-        const int i0 = t * kRowsPerTask;
-        ColumnRowsDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, m, o, ldo);
+        if (t < own) {  // the changed rows first: their first tiles hold the most work
+          const int r0 = t * kRowsPerTask;
+          ColumnRowsDispatch(x, dim, cols.data() + r0, std::min(kRowsPerTask, m - r0), r0, pk, dim, m, o, ldo);
+        } else {
+          const int i0 = (t - own) * kRowsPerTask;
+          ColumnRowsDispatch(x, dim, rest + i0, std::min(kRowsPerTask, count - i0), -1, pk, dim, m, o, ldo);
+        }
       },
       WorthThreads(static_cast<double>(m) * n * dim));
+  for (int r = 1; r < m; ++r)
+    for (int q = 0; q < r; ++q) o[static_cast<size_t>(cols[r]) * ldo + q] = o[static_cast<size_t>(cols[q]) * ldo + r];
 }
 
 void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c) {

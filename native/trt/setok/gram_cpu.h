@@ -25,6 +25,8 @@ void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram);
 // r < m, each entry in the reference order (bit-identical to ComputeGram's, as a*b == b*a). Only the m
 // rows `cols` are packed, every row of x is read once: what a stream frame with m changed patches
 // costs (n * m * dim multiply-adds, m rounded up to a vector: 8 on AVX2, 4 elsewhere). Uses all cores.
+// The columns must be distinct (as a stream's changed rows are); their m x m block is computed once
+// (its upper triangle, mirrored).
 void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, std::vector<float>& out);
 
 // Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.

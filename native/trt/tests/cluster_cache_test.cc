@@ -3,6 +3,7 @@
 // and rho must be bit-identical on every frame, whatever changed: a few rows, most rows, none, rows
 // copied from others (ties at t), a block moving across the grid, n not a multiple of the tiles,
 // k = n, and SeTok's 729 patches. Prints "N passed, M failed".
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -183,8 +184,9 @@ void TestRealPatchCount() {
 }
 
 // GramColumns against ComputeGram, entry for entry: every width of the last column tile (m = 1..41,
-// and 70 as a 729-patch frame at 10%), columns in any order, n not a multiple of the row tiles, and a
-// depth that spans several cache blocks and ends inside one.
+// and 70 as a 729-patch frame at 10%), distinct columns in any order (their m x m block is computed
+// as a triangle and mirrored), n not a multiple of the row tiles, and a depth that spans several
+// cache blocks and ends inside one.
 void TestGramColumns() {
   const int n = 131, dim = 300;
   const auto x = RandomFeatures(n, dim, 9);
@@ -194,9 +196,12 @@ void TestGramColumns() {
   Rng r(3);
   int bad = 0, cases = 0;
   for (int m = 1; m <= 42; ++m) {
-    const int count = m == 42 ? 70 : m;  // 42 stands for 70 (n is 131: drawn with repeats allowed)
-    std::vector<int> cols(count);
-    for (int& c : cols) c = static_cast<int>(r() * n);
+    const int count = m == 42 ? 70 : m;
+    std::vector<int> all(n);
+    for (int j = 0; j < n; ++j) all[j] = j;
+    for (int j = n - 1; j > 0; --j) std::swap(all[j], all[static_cast<int>(r() * (j + 1))]);
+    std::vector<int> cols(all.begin(), all.begin() + count);
+    if (m % 2 == 0) std::sort(cols.begin(), cols.end());  // as a stream's changed rows
     GramColumns(x.data(), n, dim, cols, block);
     const int ldo = GramStride(count);
     for (int j = 0; j < n; ++j)
