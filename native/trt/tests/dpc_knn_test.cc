@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "setok/dpc_knn.h"
+#include "setok/dpc_steps.h"
 #include "setok/fp_order.h"
 #include "setok/gram_cpu.h"
 #include "setok/position_encoding.h"
@@ -295,6 +296,31 @@ void TestDensitySelection() {
   EXPECT(hinted_bad == 0, "%d blocks differ with a hint", hinted_bad);
 }
 
+// Step 4's order (rho descending, then index ascending) against a comparison sort: distinct values,
+// many ties, zeros and ones (rho's whole range), and a -0 (not a density: ranked as the sort does).
+void TestRankByDensity() {
+  Rng r(11);
+  int bad = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    const int n = 1 + static_cast<int>(r() * 900);
+    std::vector<float> rho(n);
+    for (auto& v : rho) {
+      const double u = r();
+      v = trial % 3 == 0 ? static_cast<float>(u) : trial % 3 == 1 ? static_cast<float>(std::floor(u * 5) / 4) : 1.0f;
+    }
+    if (trial % 20 == 7) rho[n / 2] = -0.0f;
+    std::vector<int32_t> want(n), order, rank;
+    std::iota(want.begin(), want.end(), 0);
+    std::sort(want.begin(), want.end(),
+              [&](int32_t a, int32_t b) { return rho[a] > rho[b] || (rho[a] == rho[b] && a < b); });
+    RankByDensity(rho, order, rank);
+    bool ok = order == want;
+    for (int i = 0; i < n && ok; ++i) ok = rank[order[i]] == i;
+    if (!ok && bad++ < 3) std::printf("  trial %d n=%d: order differs\n", trial, n);
+  }
+  EXPECT(bad == 0, "%d of 200 rankings differ from the comparison sort", bad);
+}
+
 }  // namespace
 
 int main() {
@@ -305,5 +331,6 @@ int main() {
   TestBadInput();
   TestPositionEncoding();
   TestDensitySelection();
+  TestRankByDensity();
   return Finish();
 }
