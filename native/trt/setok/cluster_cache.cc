@@ -166,13 +166,13 @@ bool ClusterCache::UpdateRow(int j, const std::vector<int>& rows) {
   float* row = st.dist.data() + static_cast<size_t>(j) * n;
   const float* after = block_dist_.data() + static_cast<size_t>(j) * m;
   const float t = st.kth[j];
-  bool stale = false;  // a changed entry was or is among the k nearest (at most t)
+  int stale = 0;  // a changed entry was or is among the k nearest (at most t)
   for (int r = 0; r < m; ++r) {
     const float b = row[rows[r]], a = after[r];
     row[rows[r]] = a;
-    stale |= b <= t || a <= t;
+    stale |= static_cast<int>(b <= t) | static_cast<int>(a <= t);  // no branch: a mispredict per entry near t
   }
-  return stale;
+  return stale != 0;
 }
 
 void ClusterCache::Reset() {
