@@ -149,6 +149,21 @@ void MirrorLower(float* a, int ld, int i0, int i1) {
   generic::MirrorLower(a, ld, i0, i1);
 }
 
+void TransposeColumns(const float* src, int n, int m, int r0, int r1, float* const* dst) {
+  int r = r0;
+  for (; r + 8 <= r1; r += 8) {
+#if defined(__x86_64__)
+    if (HasAvx2()) {
+      avx2::TransposeEight(src, m, n, r, dst + (r - r0));
+      continue;
+    }
+#endif
+    generic::TransposeEight(src, m, n, r, dst + (r - r0));
+  }
+  for (; r < r1; ++r)
+    for (int j = 0; j < n; ++j) dst[r - r0][j] = src[static_cast<size_t>(j) * m + r];
+}
+
 float DensitySum(const float* d, int n, int k, float t) {
 #if defined(__x86_64__)
   if (HasAvx2()) return avx2::DensitySum(d, n, k, t);

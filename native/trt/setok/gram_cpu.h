@@ -43,6 +43,10 @@ float KthSmallest(const float* v, int n, int k);
 // Rows [i0, i1) are written, rows above read: disjoint row ranges may run concurrently.
 void MirrorLower(float* a, int ld, int i0, int i1);
 
+// dst[r - r0][j] = src[j * m + r] for r in [r0, r1), j < n: columns r0..r1 of the n x m row-major
+// block src written out as rows (dst: one pointer per column, each row n floats). Vectorised.
+void TransposeColumns(const float* src, int n, int m, int r0, int r1, float* const* dst);
+
 // Step 3's sum for one row of n distances (non-negative), given t = KthSmallest(d, n, k): the
 // rounded squares of the k nearest (d < t, then the lowest-index ties at t) added in index order.
 float DensitySum(const float* d, int n, int k, float t);
