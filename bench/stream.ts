@@ -8,7 +8,8 @@
  *     everywhere on every frame (testsrc, pixel gate off: every stage on every frame) and one object
  *     moving over a still background (the gate on): frames/s, time per stage, and the latency from a
  *     frame's arrival to its token event.
- * Run: npx tsx bench/stream.ts [--frames N] [--configs tiny,small]   (addon built: npm run build:native)
+ * Run: npx tsx bench/stream.ts [--frames N] [--configs tiny,small]   (addon built: npm run build:native;
+ *      `--configs ''`: part 1 only)
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -103,7 +104,9 @@ console.log(
   }
 }
 
-// 2. End to end.
+// 2. End to end (`--configs ''` stops after part 1).
+const configs = args.configs!.split(',').filter(Boolean) as ('tiny' | 'small')[];
+if (configs.length === 0) process.exit(0);
 const work = await mkdtemp(path.join(os.tmpdir(), 'setokim-stream-bench-'));
 const ffmpeg = (a: string[]) => promisify(execFile)('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', ...a]);
 const everywhere = path.join(work, 'testsrc.mkv');
@@ -193,7 +196,7 @@ async function session(
   }
 }
 
-for (const config of args.configs!.split(',') as ('tiny' | 'small')[]) {
+for (const config of configs) {
   const models = await benchSet(config);
   const frames = config === 'small' ? 8 : 40;
   console.log(`\n## end to end on ${config} (ONNX Runtime CPU, one session per stage), median ms per processed frame`);

@@ -110,18 +110,14 @@ ClusterResult ClusterCache::Incremental(const float* features, const std::vector
   std::vector<int> position(n, -1);
   for (int r = 0; r < m; ++r) position[rows[r]] = r;
   std::vector<char> stale(n, 0);
-  // The changed rows, transposed from the block 8 x 8 at a time (tiles stay in cache).
+  // The changed rows, transposed from the block 8 x 8 at a time (through registers).
   ParallelFor(
       Tasks(m, 8),
       [&](int t) {
         const int r0 = t * 8, r1 = std::min(m, r0 + 8);
-        for (int j0 = 0; j0 < n; j0 += 8) {
-          const int j1 = std::min(n, j0 + 8);
-          for (int r = r0; r < r1; ++r) {
-            float* row = st.dist.data() + static_cast<size_t>(rows[r]) * n;
-            for (int j = j0; j < j1; ++j) row[j] = block_dist_[static_cast<size_t>(j) * m + r];
-          }
-        }
+        float* dst[8] = {};
+        for (int r = r0; r < r1; ++r) dst[r - r0] = st.dist.data() + static_cast<size_t>(rows[r]) * n;
+        TransposeColumns(block_dist_.data(), n, m, r0, r1, dst);
         for (int r = r0; r < r1; ++r) stale[rows[r]] = 1;
       },
       par);
@@ -166,13 +162,13 @@ bool ClusterCache::UpdateRow(int j, const std::vector<int>& rows) {
   float* row = st.dist.data() + static_cast<size_t>(j) * n;
   const float* after = block_dist_.data() + static_cast<size_t>(j) * m;
   const float t = st.kth[j];
-  bool stale = false;  // a changed entry was or is among the k nearest (at most t)
+  int stale = 0;  // a changed entry was or is among the k nearest (at most t)
   for (int r = 0; r < m; ++r) {
     const float b = row[rows[r]], a = after[r];
     row[rows[r]] = a;
-    stale |= b <= t || a <= t;
+    stale |= static_cast<int>(b <= t) | static_cast<int>(a <= t);  // no branch: a mispredict per entry near t
   }
-  return stale;
+  return stale != 0;
 }
 
 void ClusterCache::Reset() {

@@ -2,10 +2,12 @@
 // bit for bit; the work follows what changed. The cache keeps the previous frame's features, the
 // n x n distances, the Gram diagonal, and each row's t (k-th smallest distance), density and largest
 // distance. For a frame whose m changed patches (rows that differ bitwise) are at most 3/8 of them:
-//   - Gram: only the m changed columns, n x m entries (GramColumns), each in the reference order;
+//   - Gram: only the m changed columns, n x m entries (GramColumns), each in the reference order
+//     (the m x m block of the changed rows computed once and mirrored);
 //   - distances: the m changed rows and columns, from the new diagonal;
 //   - density: a row none of whose changed entries was or is at most its t keeps its density
-//     (its k nearest, t and their index-order sum are what they were); the others are recomputed;
+//     (its k nearest, t and their index-order sum are what they were); the others are recomputed,
+//     t looked for first at the previous t and its neighbouring values (DensityRows' hint);
 //   - delta, centres and labels as from scratch (one vectorised pass per row, O(n L) labels);
 //   - the finite check covers the changed rows only (the others equal a frame already checked).
 // Past 3/8 of the rows, or on the first frame, everything is recomputed (DpcKnn). An unchanged frame

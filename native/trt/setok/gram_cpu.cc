@@ -72,6 +72,28 @@ void RowBlockDispatch(const float* a, int lda, int m, int i0, int i1, const floa
   generic::RowBlock(a, lda, m, i0, i1, packed, dim, npanels, triangle, out, ldo);
 }
 
+int ColumnWidth(int m) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::ColumnWidth(m);
+#endif
+  return generic::ColumnWidth(m);
+}
+
+void PackColumns(const float* x, int dim, const int* cols, int m, float* packed) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::PackColumns(x, dim, cols, m, packed);
+#endif
+  generic::PackColumns(x, dim, cols, m, packed);
+}
+
+void ColumnRowsDispatch(const float* a, int lda, const int* idx, int count, int diagonal, const float* packed, int dim,
+                        int m, float* out, int ldo) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return avx2::ColumnRows(a, lda, idx, count, diagonal, packed, dim, m, out, ldo);
+#endif
+  generic::ColumnRows(a, lda, idx, count, diagonal, packed, dim, m, out, ldo);
+}
+
 // Below this many multiply-adds one thread is faster than waking the pool's helpers.
 #ifndef SETOKIM_PARALLEL_MADDS
 #define SETOKIM_PARALLEL_MADDS 4e6
@@ -125,6 +147,21 @@ void MirrorLower(float* a, int ld, int i0, int i1) {
   if (HasAvx2()) return avx2::MirrorLower(a, ld, i0, i1);
 #endif
   generic::MirrorLower(a, ld, i0, i1);
+}
+
+void TransposeColumns(const float* src, int n, int m, int r0, int r1, float* const* dst) {
+  int r = r0;
+  for (; r + 8 <= r1; r += 8) {
+#if defined(__x86_64__)
+    if (HasAvx2()) {
+      avx2::TransposeEight(src, m, n, r, dst + (r - r0));
+      continue;
+    }
+#endif
+    generic::TransposeEight(src, m, n, r, dst + (r - r0));
+  }
+  for (; r < r1; ++r)
+    for (int j = 0; j < n; ++j) dst[r - r0][j] = src[static_cast<size_t>(j) * m + r];
 }
 
 float DensitySum(const float* d, int n, int k, float t) {
@@ -212,26 +249,38 @@ void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, s
   const int ldo = GramStride(m);
   out.resize(static_cast<size_t>(n) * ldo);
   if (m == 0) return;
-  // The m rows, gathered, become the packed panels; every row of x is broadcast against them.
-  thread_local std::vector<float> gathered;
-  gathered.resize(static_cast<size_t>(m) * dim);
-  for (int r = 0; r < m; ++r) {
-    std::memcpy(gathered.data() + static_cast<size_t>(r) * dim, x + static_cast<size_t>(cols[r]) * dim,
-                sizeof(float) * dim);
-  }
-  std::vector<float> temporary;
-  std::vector<float>& packed = PackBuffer(m, dim, temporary);
-  PackAll(gathered.data(), m, dim, packed);
-  const int tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
+  // The m rows become the packed columns; every row of x is broadcast against them. The other rows
+  // get all m columns; the m rows themselves only the upper triangle of their m x m block (G is
+  // symmetric bit for bit), mirrored afterwards.
+  thread_local std::vector<float> packed;
+  packed.resize(static_cast<size_t>(ColumnWidth(m)) * dim);
+  PackColumns(x, dim, cols.data(), m, packed.data());
+  thread_local std::vector<int> others;
+  others.clear();
+  thread_local std::vector<char> in_cols;
+  in_cols.assign(n, 0);
+  for (int c : cols) in_cols[c] = 1;
+  for (int j = 0; j < n; ++j)
+    if (!in_cols[j]) others.push_back(j);
+  const int count = static_cast<int>(others.size());
+  const int tasks = (count + kRowsPerTask - 1) / kRowsPerTask, own = (m + kRowsPerTask - 1) / kRowsPerTask;
   float* o = out.data();
-  const float* pk = packed.data();
+  const float* pk = packed.data();  // thread_local buffers: the workers see them through pointers
+  const int* rest = others.data();
   ParallelFor(
-      tasks,
+      own + tasks,
       [&](int t) {
-        const int i0 = t * kRowsPerTask;
-        RowBlockDispatch(x, dim, n, i0, std::min(n, i0 + kRowsPerTask), pk, dim, ldo / kNR, false, o, ldo);
+        if (t < own) {  // the changed rows first: their first tiles hold the most work
+          const int r0 = t * kRowsPerTask;
+          ColumnRowsDispatch(x, dim, cols.data() + r0, std::min(kRowsPerTask, m - r0), r0, pk, dim, m, o, ldo);
+        } else {
+          const int i0 = (t - own) * kRowsPerTask;
+          ColumnRowsDispatch(x, dim, rest + i0, std::min(kRowsPerTask, count - i0), -1, pk, dim, m, o, ldo);
+        }
       },
       WorthThreads(static_cast<double>(m) * n * dim));
+  for (int r = 1; r < m; ++r)
+    for (int q = 0; q < r; ++q) o[static_cast<size_t>(cols[r]) * ldo + q] = o[static_cast<size_t>(cols[q]) * ldo + r];
 }
 
 void ReferenceGemm(const float* a, const float* b, int m, int n, int k, std::vector<float>& c) {

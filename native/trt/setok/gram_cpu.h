@@ -24,7 +24,9 @@ void ComputeGram(const float* x, int n, int dim, std::vector<float>& gram);
 // Columns `cols` (m of them) of G for every row: out[j * GramStride(m) + r] = G[j][cols[r]] for j < n,
 // r < m, each entry in the reference order (bit-identical to ComputeGram's, as a*b == b*a). Only the m
 // rows `cols` are packed, every row of x is read once: what a stream frame with m changed patches
-// costs (n * m * dim multiply-adds). Uses all cores.
+// costs (n * m * dim multiply-adds, m rounded up to a vector: 8 on AVX2, 4 elsewhere). Uses all cores.
+// The columns must be distinct (as a stream's changed rows are); their m x m block is computed once
+// (its upper triangle, mirrored).
 void GramColumns(const float* x, int n, int dim, const std::vector<int>& cols, std::vector<float>& out);
 
 // Step 2 for one row: d[j] = sqrt(max(0, (gii + gjj[j]) - 2 g[j]) / dim) in float32, vectorised.
@@ -40,6 +42,10 @@ float KthSmallest(const float* v, int n, int k);
 // a[i * ld + j] = a[j * ld + i] for every j < i, i in [i0, i1): the lower triangle from the upper.
 // Rows [i0, i1) are written, rows above read: disjoint row ranges may run concurrently.
 void MirrorLower(float* a, int ld, int i0, int i1);
+
+// dst[r - r0][j] = src[j * m + r] for r in [r0, r1), j < n: columns r0..r1 of the n x m row-major
+// block src written out as rows (dst: one pointer per column, each row n floats). Vectorised.
+void TransposeColumns(const float* src, int n, int m, int r0, int r1, float* const* dst);
 
 // Step 3's sum for one row of n distances (non-negative), given t = KthSmallest(d, n, k): the
 // rounded squares of the k nearest (d < t, then the lowest-index ties at t) added in index order.

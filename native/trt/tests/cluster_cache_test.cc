@@ -3,12 +3,14 @@
 // and rho must be bit-identical on every frame, whatever changed: a few rows, most rows, none, rows
 // copied from others (ties at t), a block moving across the grid, n not a multiple of the tiles,
 // k = n, and SeTok's 729 patches. Prints "N passed, M failed".
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "setok/cluster_cache.h"
 #include "setok/dpc_knn.h"
+#include "setok/gram_cpu.h"
 #include "test_util.h"
 
 using namespace setokim;
@@ -181,9 +183,43 @@ void TestRealPatchCount() {
   EXPECT(all_same, "a 729-patch frame differs from clustering it alone");
 }
 
+// GramColumns against ComputeGram, entry for entry: every width of the last column tile (m = 1..41,
+// and 70 as a 729-patch frame at 10%), distinct columns in any order (their m x m block is computed
+// as a triangle and mirrored), n not a multiple of the row tiles, and a depth that spans several
+// cache blocks and ends inside one.
+void TestGramColumns() {
+  const int n = 131, dim = 300;
+  const auto x = RandomFeatures(n, dim, 9);
+  std::vector<float> gram, block;
+  ComputeGram(x.data(), n, dim, gram);
+  const int ld = GramStride(n);
+  Rng r(3);
+  int bad = 0, cases = 0;
+  for (int m = 1; m <= 42; ++m) {
+    const int count = m == 42 ? 70 : m;
+    std::vector<int> all(n);
+    for (int j = 0; j < n; ++j) all[j] = j;
+    for (int j = n - 1; j > 0; --j) std::swap(all[j], all[static_cast<int>(r() * (j + 1))]);
+    std::vector<int> cols(all.begin(), all.begin() + count);
+    if (m % 2 == 0) std::sort(cols.begin(), cols.end());  // as a stream's changed rows
+    GramColumns(x.data(), n, dim, cols, block);
+    const int ldo = GramStride(count);
+    for (int j = 0; j < n; ++j)
+      for (int q = 0; q < count; ++q) {
+        const int a = std::min(j, cols[q]), b = std::max(j, cols[q]);
+        const float want = gram[static_cast<size_t>(a) * ld + b], got = block[static_cast<size_t>(j) * ldo + q];
+        if (std::memcmp(&want, &got, sizeof want) != 0 && bad++ < 5)
+          std::printf("  m=%d G[%d][%d] = %.9g, GramColumns %.9g\n", count, j, cols[q], want, got);
+      }
+    ++cases;
+  }
+  EXPECT(bad == 0, "%d GramColumns entries differ from ComputeGram over %d column sets", bad, cases);
+}
+
 }  // namespace
 
 int main() {
+  TestGramColumns();
   TestStreamingCache();
   TestStreamingTies();
   TestFractions();

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "setok/dpc_knn.h"
+#include "setok/dpc_steps.h"
 #include "setok/fp_order.h"
 #include "setok/gram_cpu.h"
 #include "setok/position_encoding.h"
@@ -238,16 +239,32 @@ void TestDensitySelection() {
     }
     std::vector<float> kth(rows), sum(rows);
     DensityRows(d.data(), n, k, rows, kth.data(), sum.data());
-    // With a hint (a stream's previous t): right, too low, too high, none; the result is the same.
+    // With a hint (a stream's previous t): right, too low, too high, none, just below or above t,
+    // the row's next value or the one after below or above t (t one or two values away: the
+    // neighbour shortcut and the selection past it); the result is the same.
     std::vector<float> hint(rows), kth_h(rows), sum_h(rows);
-    const int hint_kind = trial % 5;
+    const int hint_kind = trial % 10;
     for (int i = 0; i < rows; ++i) {
       const float t = kth[i];
+      // The row's nearest values below and above a value (the value itself when there is none).
+      const auto neighbour = [&](float x, bool above) {
+        float best = x;
+        for (int j = 0; j < n; ++j) {
+          const float v = d[static_cast<size_t>(i) * n + j];
+          if (above ? v > x && (best == x || v < best) : v < x && (best == x || v > best)) best = v;
+        }
+        return best;
+      };
       hint[i] = hint_kind == 0   ? t
                 : hint_kind == 1 ? t * 0.5f
                 : hint_kind == 2 ? t * 3.0f
                 : hint_kind == 3 ? 0.0f
-                                 : std::nextafter(t, 0.0f);
+                : hint_kind == 4 ? std::nextafter(t, 0.0f)
+                : hint_kind == 5 ? std::nextafter(t, INFINITY)
+                : hint_kind == 6 ? neighbour(t, false)
+                : hint_kind == 7 ? neighbour(t, true)
+                : hint_kind == 8 ? neighbour(neighbour(t, false), false)
+                                 : neighbour(neighbour(t, true), true);
     }
     DensityRows(d.data(), n, k, rows, kth_h.data(), sum_h.data(), hint.data());
     hinted_bad += std::memcmp(kth.data(), kth_h.data(), sizeof(float) * rows) != 0 ||
@@ -279,6 +296,31 @@ void TestDensitySelection() {
   EXPECT(hinted_bad == 0, "%d blocks differ with a hint", hinted_bad);
 }
 
+// Step 4's order (rho descending, then index ascending) against a comparison sort: distinct values,
+// many ties, zeros and ones (rho's whole range), and a -0 (not a density: ranked as the sort does).
+void TestRankByDensity() {
+  Rng r(11);
+  int bad = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    const int n = 1 + static_cast<int>(r() * 900);
+    std::vector<float> rho(n);
+    for (auto& v : rho) {
+      const double u = r();
+      v = trial % 3 == 0 ? static_cast<float>(u) : trial % 3 == 1 ? static_cast<float>(std::floor(u * 5) / 4) : 1.0f;
+    }
+    if (trial % 20 == 7) rho[n / 2] = -0.0f;
+    std::vector<int32_t> want(n), order, rank;
+    std::iota(want.begin(), want.end(), 0);
+    std::sort(want.begin(), want.end(),
+              [&](int32_t a, int32_t b) { return rho[a] > rho[b] || (rho[a] == rho[b] && a < b); });
+    RankByDensity(rho, order, rank);
+    bool ok = order == want;
+    for (int i = 0; i < n && ok; ++i) ok = rank[order[i]] == i;
+    if (!ok && bad++ < 3) std::printf("  trial %d n=%d: order differs\n", trial, n);
+  }
+  EXPECT(bad == 0, "%d of 200 rankings differ from the comparison sort", bad);
+}
+
 }  // namespace
 
 int main() {
@@ -289,5 +331,6 @@ int main() {
   TestBadInput();
   TestPositionEncoding();
   TestDensitySelection();
+  TestRankByDensity();
   return Finish();
 }
