@@ -217,7 +217,10 @@ async function searchGroup(
     return { ...best, quantized: clipped, loss: await loss(clipped, best.multipliers) };
   }
   const m = best.multipliers;
-  const hinv = InverseHessian.fromRows(rows.data, rows.count, g.K, m, undefined, `${stage} ${g.activation}`);
+  const hinv = InverseHessian.fromRows(rows.data, rows.count, g.K, {
+    m,
+    where: `${stage} ${g.activation}`,
+  });
   const q = g.weights.map((w) =>
     quantizeGptq(divideRows(w.w, m, w.N), g.K, w.N, w.block, hinv, `${stage} ${w.name}`, CLIP_RATIOS),
   );

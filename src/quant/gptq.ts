@@ -47,6 +47,16 @@ export function gram(x: Float32Array, rows: number, K: number, m?: Float32Array)
   return h;
 }
 
+/** How the inverse Hessian is built: AWQ multipliers and dampening. */
+export interface HessianOptions {
+  /** Per input channel multipliers (AWQ's m): H of the scaled activations. */
+  m?: Float32Array;
+  /** lambda as a fraction of the mean diagonal (default GPTQ_DAMP). */
+  damp?: number;
+  /** Names the activation in errors. */
+  where?: string;
+}
+
 /** The upper Cholesky factor of the dampened inverse Hessian of one activation. */
 export class InverseHessian {
   private constructor(
@@ -59,20 +69,14 @@ export class InverseHessian {
     readonly dead: number,
   ) {}
 
-  /** From calibration rows x [rows, K], scaled per channel by m (AWQ's multipliers) when given. */
-  static fromRows(
-    x: Float32Array,
-    rows: number,
-    K: number,
-    m?: Float32Array,
-    damp = GPTQ_DAMP,
-    where = 'GPTQ',
-  ): InverseHessian {
-    return InverseHessian.fromHessian(gram(x, rows, K, m), K, damp, where);
+  /** From calibration rows x [rows, K]. */
+  static fromRows(x: Float32Array, rows: number, K: number, opts: HessianOptions = {}): InverseHessian {
+    return InverseHessian.fromHessian(gram(x, rows, K, opts.m), K, opts);
   }
 
   /** From H = X^T X ([K, K], symmetric; not modified). */
-  static fromHessian(hessian: Float64Array, K: number, damp = GPTQ_DAMP, where = 'GPTQ'): InverseHessian {
+  static fromHessian(hessian: Float64Array, K: number, opts: HessianOptions = {}): InverseHessian {
+    const { damp = GPTQ_DAMP, where = 'GPTQ' } = opts;
     const h = Float64Array.from(hessian);
     let live = 0;
     let liveSum = 0;

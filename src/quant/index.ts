@@ -65,6 +65,15 @@ export {
 export { planInt4, searchAwq, awqMultipliers, AWQ_ALPHAS, type AwqResult } from './awq.js';
 export { BUILD_PRECISIONS, INT4_STAGES, ORT_INT4_FORM, type BuildPrecision } from './recipes.js';
 export {
+  DEFAULT_FP16_MAX_MIB,
+  DEFAULT_FP16_SHARE,
+  FP16_EXTRA_BYTES,
+  fp16Budget,
+  SensitivityPass,
+  pick,
+  type KeptGroup,
+} from './sensitivity.js';
+export {
   quantizeModelSet,
   checkPrecision,
   DEFAULT_TOLERANCE,

@@ -11,7 +11,9 @@
  * An activation with AWQ multipliers gets one Mul(x, m) before the MatMuls that read it. A MatMul
  * whose result is a graph output (the LLM's lm_head: it sets the logits) keeps float weights: in a
  * float32-compute graph they are stored float16 behind a Cast (ONNX Runtime folds it at load); the
- * float16 rewrite (fp16.ts) stores them float16 anyway. Embeddings are a Gather, never rewritten.
+ * float16 rewrite (fp16.ts) stores them float16 anyway. So do the MatMuls the selection keeps (the
+ * ones whose INT4 error moved the stage's outputs most, sensitivity.ts). Embeddings are a Gather,
+ * never rewritten.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { findTargets, type QuantTarget } from './graph.js';
@@ -46,6 +48,8 @@ export interface Int4Selection {
   groups: Map<string, Int4Target[]>;
   /** MatMuls producing a graph output: float16 weights, not INT4. */
   heads: QuantTarget[];
+  /** MatMuls whose INT4 error moved the stage's outputs most (sensitivity.ts): float16 weights too. */
+  kept: QuantTarget[];
   skipped: { node: string; why: string }[];
 }
 
@@ -80,7 +84,7 @@ export function selectInt4(m: ModelProto, requested: number, minElements?: numbe
     list.push({ ...t, block });
     groups.set(t.activation, list);
   }
-  return { groups, heads, skipped };
+  return { groups, heads, kept: [], skipped };
 }
 
 /** The weights of one rewrite: for each quantised weight its INT4 values; per activation its multipliers. */
@@ -90,9 +94,18 @@ export interface Int4Plan {
   multipliers: Map<string, Float32Array>;
 }
 
+export interface FloatWeight {
+  name: string;
+  dims: [number, number];
+  bytesBefore: number;
+  bytesAfter: number;
+}
+
 export interface Int4Report {
   weights: { name: string; dims: [number, number]; block: number; bytesBefore: number; bytesAfter: number }[];
-  heads: { name: string; dims: [number, number]; bytesBefore: number; bytesAfter: number }[];
+  heads: FloatWeight[];
+  /** The selection's `kept` MatMuls. */
+  kept: FloatWeight[];
   multiplied: string[];
 }
 
@@ -160,12 +173,15 @@ export class Int4Rewrite {
     this.names = new Names(m);
   }
 
-  /** The model in `form`, computing in float32; `headsFp16` stores output-projection weights float16 behind a Cast. */
+  /**
+   * The model in `form`, computing in float32; `headsFp16` stores the output projections' and the kept
+   * MatMuls' weights float16 behind a Cast.
+   */
   write(
     form: Int4Form,
     opts: { headsFp16: boolean; accuracyLevel?: number },
   ): { model: ModelProto; report: Int4Report } {
-    const report: Int4Report = { weights: [], heads: [], multiplied: [] };
+    const report: Int4Report = { weights: [], heads: [], kept: [], multiplied: [] };
     this.names = new Names(this.m);
     const nodes = [...(this.g.node ?? [])];
     const inits = new Map((this.g.initializer ?? []).map((t) => [t.name!, t]));
@@ -242,9 +258,13 @@ export class Int4Rewrite {
         drop.add(t.weight);
       }
     }
-    for (const h of this.plan.selection.heads) {
+    const float16 = [
+      ...this.plan.selection.heads.map((h) => [h, report.heads] as const),
+      ...this.plan.selection.kept.map((h) => [h, report.kept] as const),
+    ];
+    for (const [h, list] of float16) {
       const [K, N] = h.dims;
-      report.heads.push({
+      list.push({
         name: h.weight,
         dims: h.dims,
         bytesBefore: K * N * 4,

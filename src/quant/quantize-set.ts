@@ -60,6 +60,10 @@ export interface QuantizeSetOptions {
   weightBits?: 7 | 8;
   /** int4w: rows per INT4 block (32, 64 or 128; default 128). */
   blockSize?: number;
+  /** int4w: share of the all-INT4 weight bytes the most sensitive MatMuls may add as float16 (sensitivity.ts). */
+  fp16Share?: number;
+  /** int4w: the most those float16 MatMuls may add, MiB. */
+  fp16MaxMib?: number;
   samplesPerStage?: number;
   threads?: number;
   verify?: boolean;
@@ -68,7 +72,7 @@ export interface QuantizeSetOptions {
 
 export type QuantizeProgress =
   | { phase: 'calibrate'; done: number; total: number }
-  | { phase: 'ranges' | 'awq' | 'check'; stage: StageName; done: number; total: number }
+  | { phase: 'ranges' | 'awq' | 'sensitivity' | 'check'; stage: StageName; done: number; total: number }
   | { phase: 'stage'; result: StageResult };
 
 /** One file written for a stage, checked against fp32. */

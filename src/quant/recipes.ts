@@ -3,7 +3,8 @@
  *
  * - int8:  explicit Q/DQ (graph.ts), activations calibrated; one file for every backend.
  * - fp16:  the float16 rewrite (fp16.ts); one file for every backend.
- * - int4w: the stages in INT4_STAGES get INT4 weights (AWQ-searched, then GPTQ: int4.ts / awq.ts / gptq.ts)
+ * - int4w: the stages in INT4_STAGES get INT4 weights (AWQ-searched, then GPTQ: int4.ts / awq.ts / gptq.ts;
+ *          the MatMuls measured most sensitive keep float16 within a byte budget: sensitivity.ts)
  *          in two dialects of blocked DequantizeLinear: float32 compute for ONNX Runtime, float16 compute
  *          for TensorRT; every other stage is its float16 graph, for TensorRT only (ONNX Runtime
  *          keeps serving its fp32 file: float16 is no faster on a CPU).
@@ -19,6 +20,7 @@ import { activationNames, findTargets, quantizeModel, DEFAULT_MIN_ELEMENTS } fro
 import { Int4Rewrite, selectInt4, type Int4Form } from './int4-graph.js';
 import { BLOCK_SIZES, DEFAULT_BLOCK_SIZE, type BlockSize } from './int4.js';
 import { encodeModel, type ModelProto } from './onnx-model.js';
+import { DEFAULT_FP16_SHARE, SensitivityPass } from './sensitivity.js';
 import type { Feeds } from './record.js';
 import { INT8_MAX, REDUCED_MAX } from './weights.js';
 
@@ -30,6 +32,8 @@ export type BuildPrecision = (typeof BUILD_PRECISIONS)[number];
  * detokenizer measurements.
  */
 export const INT4_STAGES: readonly StageName[] = ['llm'];
+/** The outputs an INT4 stage's sensitivity is measured on (sensitivity.ts): what it answers with. */
+const ANSWER_OUTPUTS: Partial<Record<StageName, readonly string[]>> = { llm: ['logits'] };
 /**
  * The ONNX Runtime dialect's INT4 form: DequantizeLinear + MatMul, which ONNX Runtime fuses into its
  * MatMulNBits kernel (at its session default accuracy level 4: int8 activations inside the GEMM).
@@ -50,7 +54,7 @@ export interface StageInput {
 export interface RecipeContext {
   backend: Backend;
   threads?: number;
-  onProgress?: (phase: 'ranges' | 'awq', done: number, total: number) => void;
+  onProgress?: (phase: 'ranges' | 'awq' | 'sensitivity', done: number, total: number) => void;
 }
 
 export interface Built {
@@ -133,12 +137,18 @@ export class Fp16Recipe implements Recipe {
 export class Int4wRecipe implements Recipe {
   readonly precision = 'int4w';
   private readonly block: BlockSize;
+  private readonly fp16Share: number;
+  private readonly fp16MaxMib?: number;
 
-  constructor(o: { blockSize?: number }) {
+  constructor(o: { blockSize?: number; fp16Share?: number; fp16MaxMib?: number }) {
     const b = o.blockSize ?? DEFAULT_BLOCK_SIZE;
     if (!(BLOCK_SIZES as readonly number[]).includes(b))
       throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--block-size ${b}: expected one of ${BLOCK_SIZES.join(', ')}`);
     this.block = b as BlockSize;
+    this.fp16Share = o.fp16Share ?? DEFAULT_FP16_SHARE;
+    this.fp16MaxMib = o.fp16MaxMib;
+    if (!(this.fp16Share >= 0 && this.fp16Share <= 1))
+      throw new SetokimError(ErrorCodes.BAD_ARGUMENT, `--fp16-share ${this.fp16Share}: expected a share from 0 to 1`);
   }
 
   nothingToBuild(): string | undefined {
@@ -163,12 +173,23 @@ export class Int4wRecipe implements Recipe {
           `(${selection.skipped.map((s) => s.node + ': ' + s.why).join('; ') || 'no 2-D float32 MatMul weight'})`,
       );
     }
-    const { plan, awq } = await planInt4(ctx.backend, input.model, selection, input.calibrate, {
+    const int4 = await planInt4(ctx.backend, input.model, selection, input.calibrate, {
       stage: input.stage,
       signature: input.signature,
       threads: ctx.threads,
       onProgress: (p, d, t) => ctx.onProgress?.(p === 'awq' ? 'awq' : 'ranges', d, t),
     });
+    const { plan, kept } = await new SensitivityPass(ctx.backend, input.model, int4.plan, input.calibrate, {
+      stage: input.stage,
+      signature: input.signature,
+      threads: ctx.threads,
+      share: this.fp16Share,
+      maxMib: this.fp16MaxMib,
+      outputs: ANSWER_OUTPUTS[input.stage],
+      form: ORT_INT4_FORM,
+      onProgress: (d, t) => ctx.onProgress?.('sensitivity', d, t),
+    }).run();
+    const awq = int4.awq.filter((a) => plan.selection.groups.has(a.activation)); // the groups still INT4
     const rewrite = new Int4Rewrite(input.model, plan, input.stage);
     const ort = rewrite.write(ORT_INT4_FORM, { headsFp16: true });
     const trt = toFloat16(rewrite.write('dq', { headsFp16: false }).model, input.stage);
@@ -181,6 +202,11 @@ export class Int4wRecipe implements Recipe {
       : '';
     const alphas = scaled.length ? `, alpha ${scaled.map((a) => a.alpha).join('/')}` : '';
     const gptq = awq.filter((a) => a.gptq).length;
+    const size = (b: number) => (b < 2 ** 20 ? `${(b / 1024).toFixed(1)} KiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
+    const groups = kept.map(
+      (k) => `${k.activation} (${k.matmuls} MatMul${k.matmuls > 1 ? 's' : ''}, +${size(k.extraBytes)})`,
+    );
+    const sensitive = kept.length ? `; fp16 where INT4 moved the output most: ${groups.join(', ')}` : '';
     return {
       builds: [
         { bytes: encodeModel(ort.model), dialect: 'onnxruntime' },
@@ -188,16 +214,16 @@ export class Int4wRecipe implements Recipe {
       ],
       summary:
         `${r.weights.length} MatMuls INT4 (block ${blocks}; AWQ scales on ${scaled.length} of ${awq.length} inputs` +
-        `${alphas}; GPTQ on ${gptq} of ${awq.length}), ${heads || 'no output head'}${skipped}`,
-      weightBytesBefore: [...r.weights, ...r.heads].reduce((n, w) => n + w.bytesBefore, 0),
-      weightBytesAfter: [...r.weights, ...r.heads].reduce((n, w) => n + w.bytesAfter, 0),
+        `${alphas}; GPTQ on ${gptq} of ${awq.length}), ${heads || 'no output head'}${sensitive}${skipped}`,
+      weightBytesBefore: [...r.weights, ...r.heads, ...r.kept].reduce((n, w) => n + w.bytesBefore, 0),
+      weightBytesAfter: [...r.weights, ...r.heads, ...r.kept].reduce((n, w) => n + w.bytesAfter, 0),
     };
   }
 }
 
 export function recipeFor(
   precision: BuildPrecision,
-  o: { minElements?: number; weightBits?: 7 | 8; blockSize?: number },
+  o: { minElements?: number; weightBits?: 7 | 8; blockSize?: number; fp16Share?: number; fp16MaxMib?: number },
 ): Recipe {
   if (precision === 'int8') return new Int8Recipe(o);
   if (precision === 'fp16') return new Fp16Recipe();

@@ -150,7 +150,7 @@ t.test('without activations GPTQ is round-to-nearest; a dead channel gives no Na
 t.test('refused: a Hessian with a NaN diagonal (QUANT_SCALE_INVALID), mismatched sizes', async (t) => {
   const h = gram(x, rows, K);
   h[9 * K + 9] = NaN;
-  t.throws(() => InverseHessian.fromHessian(h, K, GPTQ_DAMP, 'llm a'), {
+  t.throws(() => InverseHessian.fromHessian(h, K, { damp: GPTQ_DAMP, where: 'llm a' }), {
     code: 'QUANT_SCALE_INVALID',
     message: /llm a: the Hessian's diagonal entry 9 is NaN/,
   });

@@ -86,8 +86,9 @@ t.test(
       );
     }
     const line = int4.out.split('\n').find((l) => l.startsWith('llm:')) ?? '';
-    t.match(line, /14 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 8 inputs.*; GPTQ on 8 of 8\)/);
-    t.match(line, /lm_head\/weight fp16/);
+    // of the 14 MatMuls one is measured most sensitive and fits the default budget (6% of the INT4 weights)
+    t.match(line, /13 MatMuls INT4 \(block 64\/16; AWQ scales on \d+ of 7 inputs.*; GPTQ on 7 of 7\)/);
+    t.match(line, /lm_head\/weight fp16; fp16 where INT4 moved the output most: [\w./]+ \(1 MatMul, \+5\.9 KiB\)/);
     // the ONNX Runtime dialect computes in float32 (float16 is slow on a CPU), the TensorRT one in float16
     for (const [file, type] of [
       ['llm.int4w.onnx', DT.FLOAT],
@@ -99,7 +100,12 @@ t.test(
         (n) =>
           n.opType === 'MatMul' && g.node!.some((d) => d.opType === 'DequantizeLinear' && d.output![0] === n.input![1]),
       );
-      t.equal(mms.length, 14, `${file}: 14 MatMuls read dequantised INT4 weights`);
+      t.equal(mms.length, 13, `${file}: 13 MatMuls read dequantised INT4 weights`);
+      const fp16 = g.node!.filter(
+        (n) =>
+          n.opType === 'MatMul' && /_fp16$/.test(g.node!.find((d) => d.output![0] === n.input![1])?.input?.[0] ?? ''),
+      );
+      if (type === DT.FLOAT) t.equal(fp16.length, 2, `${file}: lm_head and the kept MatMul read float16 weights`);
       t.ok(
         mms.every((n) => types.get(n.input![0]!) === type && types.get(n.input![1]!) === type),
         `${file}: in ${type === DT.FLOAT ? 'float32' : 'float16'}`,
@@ -135,7 +141,7 @@ t.test(
     const w32 = new Map(fp32.graph!.initializer!.map((x) => [x.name!, x]));
     const ortInits = new Map(ort.graph!.initializer!.map((x) => [x.name!, x]));
     const dqs = trt.graph!.node!.filter((n) => n.opType === 'DequantizeLinear');
-    t.equal(dqs.length, 14, 'one DequantizeLinear per INT4 weight');
+    t.equal(dqs.length, 13, 'one DequantizeLinear per INT4 weight (the 14th MatMul kept float16)');
     let worst = 0;
     for (const dq of dqs) {
       const name = dq.output![0]!;

@@ -9,14 +9,25 @@
  *   zero point per column; every other tensor stays float32 (the int8 graphs compute in float32);
  *   the embed stage (a Gather) has no int8 build: its fp32 file;
  * - int4w: the INT4 stages' linear matrices 4 bits with a float16 scale per block (int4Block of the
- *   requested size), the output head (lm_head) float16; everything else, and every other stage,
- *   the fp16 build.
+ *   requested size), the output head (lm_head) float16, plus the most the float16 share of the INT4
+ *   weights (--fp16-share and --fp16-max-mib: the MatMuls measured most sensitive) can add; everything
+ *   else, and every other stage, the fp16 build.
  *
  * Parameter counts mirror the built graphs (test/export/plan.test.ts checks them against `tiny`,
  * and the bytes against the builds of `tiny`; bench/quant.ts against the files written for `small`).
  */
 import { headDim, type Architecture, type StageName } from '../../src/engine/contract.js';
-import { DEFAULT_BLOCK_SIZE, DEFAULT_MIN_ELEMENTS, INT4_STAGES, int4Block, int4Bytes } from '../../src/quant/index.js';
+import {
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_FP16_MAX_MIB,
+  DEFAULT_FP16_SHARE,
+  FP16_EXTRA_BYTES,
+  fp16Budget,
+  DEFAULT_MIN_ELEMENTS,
+  INT4_STAGES,
+  int4Block,
+  int4Bytes,
+} from '../../src/quant/index.js';
 import { TEXT_VOCAB } from './configs.js';
 
 export const PRECISIONS = ['fp32', 'fp16', 'int8', 'int4w'] as const;
@@ -79,18 +90,25 @@ export function bytesOf(
   ws: Weight[],
   precision: Precision,
   block: number = DEFAULT_BLOCK_SIZE,
+  fp16Share = DEFAULT_FP16_SHARE,
+  fp16MaxMib = DEFAULT_FP16_MAX_MIB,
 ): number {
   if (precision === 'int8' && stage === 'embed') precision = 'fp32'; // a Gather: no int8 build
   const int4Stage = INT4_STAGES.includes(stage);
   const el = precision === 'fp32' || precision === 'int8' ? 4 : 2; // everything that is not a quantised matrix
   let bytes = 0;
+  let int4Weights = 0; // the float16 share of them adds at most fp16Budget * 1.5 bytes (src/quant/sensitivity.ts)
   for (const w of ws) {
     if (w.kind === 'other') bytes += el * w.n * w.count;
     else if (w.kind === 'norm')
       bytes += 4 * w.n * w.count; // LayerNorm parameters: float32 in every build
-    else bytes += w.count * (matrixBytes(w, precision, int4Stage, block) + (w.bias ? el * w.out : 0));
+    else {
+      const m = matrixBytes(w, precision, int4Stage, block);
+      bytes += w.count * (m + (w.bias ? el * w.out : 0));
+      if (precision === 'int4w' && m < 2 * w.in * w.out) int4Weights += w.count * w.in * w.out;
+    }
   }
-  return bytes;
+  return bytes + FP16_EXTRA_BYTES * fp16Budget(int4Weights, fp16Share, fp16MaxMib);
 }
 
 /** How a stage is stored at a precision, in words. */

@@ -13,7 +13,7 @@ import { z } from 'zod';
 import { headDim, type Architecture, type StageName } from '../../src/engine/contract.js';
 import { SetokimError } from '../../src/errors.js';
 import { parseFlags } from '../../src/flags.js';
-import { BLOCK_SIZES, DEFAULT_BLOCK_SIZE } from '../../src/quant/index.js';
+import { BLOCK_SIZES, DEFAULT_BLOCK_SIZE, DEFAULT_FP16_MAX_MIB, DEFAULT_FP16_SHARE } from '../../src/quant/index.js';
 import { CONFIG_NAMES, CONFIGS } from './configs.js';
 import { ErrorCodes } from '../../src/errors.js';
 import { DEFAULT_WORKSPACE_MB } from './engine.js';
@@ -216,6 +216,8 @@ export interface PlanOptions {
   answerTokens?: number;
   /** int4w: input rows per INT4 scale (default 128). */
   blockSize?: number;
+  /** int4w: the share of INT4 weights `export quantize --fp16-share` may keep float16 (its default). */
+  fp16Share?: number;
 }
 
 export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
@@ -232,7 +234,7 @@ export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
     if (stage === 'cluster')
       return { stage, precision: 'fp32', params: 0, bytes: 0, flops, use: STAGE_USE[stage], builderPeakBytes: 0 };
     const ws = stageWeights(a, stage);
-    const bytes = bytesOf(stage, ws, opts.precision, block);
+    const bytes = bytesOf(stage, ws, opts.precision, block, opts.fp16Share);
     return {
       stage,
       precision: stagePrecision(stage, opts.precision, block),
@@ -379,7 +381,8 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
     'weights: the builds `export quantize` writes (TensorRT dialect): fp16 keeps LayerNorm parameters',
     'fp32; int8 stores linear weights int8 with fp32 scales and keeps everything else fp32 (the embed',
     'stage has no int8 build); int4w = INT4 weights, symmetric, one fp16 scale per block, for the LLM',
-    '(lm_head fp16), every other stage fp16.',
+    `(lm_head fp16, and up to ${100 * DEFAULT_FP16_SHARE}% of the INT4 weights, at most ${DEFAULT_FP16_MAX_MIB} MiB, ` +
+      'where they measure most sensitive: counted in full), every other stage fp16.',
   );
   return out.join('\n');
 }

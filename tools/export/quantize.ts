@@ -15,6 +15,8 @@ import {
   BUILD_PRECISIONS,
   checkPrecision,
   DEFAULT_BLOCK_SIZE,
+  DEFAULT_FP16_MAX_MIB,
+  DEFAULT_FP16_SHARE,
   DEFAULT_TOLERANCES,
   INT4_STAGES,
   quantizeModelSet,
@@ -50,6 +52,22 @@ const quantizeSettings = group({
     help:
       `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')}); a weight whose K it does not divide takes ` +
       `the largest half that does`,
+  }),
+  fp16Share: setting({
+    schema: z.number().min(0).max(1),
+    default: DEFAULT_FP16_SHARE,
+    flag: '--fp16-share <s>',
+    read: 'number',
+    help:
+      'int4w: the MatMuls whose INT4 weights move the stage output most (measured on the calibration inputs) ' +
+      'stay float16, at most this share of its INT4 weights (0: all INT4; docs/QUANT.md)',
+  }),
+  fp16MaxMib: setting({
+    schema: z.number().min(0),
+    default: DEFAULT_FP16_MAX_MIB,
+    flag: '--fp16-max-mib <n>',
+    read: 'number',
+    help: 'int4w: the most those float16 MatMuls may add to the stage, MiB',
   }),
   stages: stagesSetting,
   calibrationImages: setting({
@@ -154,6 +172,8 @@ export function registerQuantizeCommand(exportCmd: Command): void {
         tolerance: o.tolerance,
         weightBits: o.weightBits,
         blockSize: o.blockSize,
+        fp16Share: o.fp16Share,
+        fp16MaxMib: o.fp16MaxMib,
         threads: o.threads,
         verify: o.verify,
         onProgress: (e) => {
