@@ -187,6 +187,11 @@ t.test('setokim export plan', async (t) => {
   t.match(text.stdout, /^llm\s+int4w\/128 \(lm_head fp16\)\s+6\.61 B\s+3\.42 GiB/m); // 3.35 all INT4, + 64 MiB fp16 at most
   t.match(text.stdout, /^Orin Nano 8 GB\s+8\.00\s+6\.50\s+\S+\s+yes\s+\S+\s+\S+\s+no/m);
   t.match(text.stdout, /Vicuna-7B 6\.74 B/);
+  // the int4w float16 budget is quantize's own setting: all INT4 with --fp16-share 0
+  const allInt4 = await cli([...base, '--fp16-share', '0']);
+  t.match(allInt4.stdout, /^llm\s+int4w\/128 \(lm_head fp16\)\s+6\.61 B\s+3\.35 GiB/m);
+  const bad = await cli([...base, '--fp16-share', '2']);
+  t.match(bad.stderr, /export plan: --fp16-share: Too big/);
 
   const json = await cli([...base, '--context', '4096', '--json']);
   t.equal(json.status, 0, json.stderr);
@@ -210,7 +215,7 @@ t.test('setokim export plan', async (t) => {
     [['--config', 'setokim-13b', '--precision', 'int4w', '--tokens', '25'], /--config: unknown config "setokim-13b"/],
     [['--config', 'setokim-7b', '--precision', 'int3', '--tokens', '25'], /--precision: unknown precision "int3"/],
     [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '0'], /--tokens: must be at least 1/],
-    [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', 'many'], /--tokens: must be a number/],
+    [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', 'many'], /--tokens: many is not a number/],
     [['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '800'], /more than the 729 patches/],
     [
       ['--config', 'setokim-7b', '--precision', 'fp16', '--tokens', '25', '--context', '100'],

@@ -11,11 +11,11 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { headDim, type Architecture, type StageName } from '../../src/engine/contract.js';
-import { SetokimError } from '../../src/errors.js';
-import { parseFlags } from '../../src/flags.js';
-import { BLOCK_SIZES, DEFAULT_BLOCK_SIZE, DEFAULT_FP16_MAX_MIB, DEFAULT_FP16_SHARE } from '../../src/quant/index.js';
+import { ErrorCodes, SetokimError } from '../../src/errors.js';
+import { group, parseCommandSettings, registerFlags, setting } from '../../src/settings.js';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_FP16_MAX_MIB, DEFAULT_FP16_SHARE } from '../../src/quant/index.js';
+import { blockSizeSetting, fp16MaxMibSetting, fp16ShareSetting } from './flags.js';
 import { CONFIG_NAMES, CONFIGS } from './configs.js';
-import { ErrorCodes } from '../../src/errors.js';
 import { DEFAULT_WORKSPACE_MB } from './engine.js';
 import { builderPeakEstimate } from '../../src/engine/build-estimate.js';
 import {
@@ -218,6 +218,8 @@ export interface PlanOptions {
   blockSize?: number;
   /** int4w: the share of INT4 weights `export quantize --fp16-share` may keep float16 (its default). */
   fp16Share?: number;
+  /** int4w: the most those float16 weights may add, MiB (its default). */
+  fp16MaxMib?: number;
 }
 
 export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
@@ -234,7 +236,7 @@ export function planModelSet(a: Architecture, opts: PlanOptions): ModelSetPlan {
     if (stage === 'cluster')
       return { stage, precision: 'fp32', params: 0, bytes: 0, flops, use: STAGE_USE[stage], builderPeakBytes: 0 };
     const ws = stageWeights(a, stage);
-    const bytes = bytesOf(stage, ws, opts.precision, block, opts.fp16Share);
+    const bytes = bytesOf(stage, ws, opts.precision, block, opts.fp16Share, opts.fp16MaxMib);
     return {
       stage,
       precision: stagePrecision(stage, opts.precision, block),
@@ -387,39 +389,68 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
   return out.join('\n');
 }
 
-const PlanCliOptions = z.object({
-  blockSize: z
-    .enum(BLOCK_SIZES.map(String) as [string, ...string[]], {
-      error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}`,
-    })
-    .default(String(DEFAULT_BLOCK_SIZE))
-    .transform(Number),
-  config: z.enum(CONFIG_NAMES, {
-    error: (i) => `unknown config ${JSON.stringify(i.input)}; one of ${CONFIG_NAMES.join(', ')}`,
+const count = z.number().int('must be a whole number').min(1, 'must be at least 1');
+
+/** Every flag of `export plan`, declared once (src/settings.ts). */
+const planSettings = group({
+  config: setting({
+    schema: z.enum(CONFIG_NAMES, {
+      error: (i) =>
+        i.input === undefined
+          ? 'required'
+          : `unknown config ${JSON.stringify(i.input)}; one of ${CONFIG_NAMES.join(', ')}`,
+    }),
+    required: true,
+    flag: '--config <name>',
+    help: `architecture: ${CONFIG_NAMES.join(' | ')} (required)`,
   }),
-  precision: z.enum(PRECISIONS, {
-    error: (i) => `unknown precision ${JSON.stringify(i.input)}; one of ${PRECISIONS.join(', ')}`,
+  precision: setting({
+    schema: z.enum(PRECISIONS, {
+      error: (i) =>
+        i.input === undefined
+          ? 'required'
+          : `unknown precision ${JSON.stringify(i.input)}; one of ${PRECISIONS.join(', ')}`,
+    }),
+    required: true,
+    flag: '--precision <p>',
+    help: `the builds \`export quantize\` writes: ${PRECISIONS.join(' | ')} (required)`,
   }),
-  tokens: z.coerce.number({ error: 'must be a number' }).int('must be a whole number').min(1, 'must be at least 1'),
-  context: z.coerce
-    .number({ error: 'must be a number' })
-    .int('must be a whole number')
-    .min(1, 'must be at least 1')
-    .optional(),
-  promptTokens: z.coerce
-    .number({ error: 'must be a number' })
-    .int('must be a whole number')
-    .min(1, 'must be at least 1'),
-  answerTokens: z.coerce
-    .number({ error: 'must be a number' })
-    .int('must be a whole number')
-    .min(1, 'must be at least 1'),
-  json: z.boolean().optional(),
+  blockSize: blockSizeSetting,
+  fp16Share: fp16ShareSetting,
+  fp16MaxMib: fp16MaxMibSetting,
+  tokens: setting({
+    schema: count,
+    required: true,
+    flag: '--tokens <L>',
+    read: 'number',
+    help: 'vision tokens per image after clustering (the paper averages about 25; required)',
+  }),
+  context: setting({
+    schema: count,
+    flag: '--context <n>',
+    read: 'number',
+    help: 'KV cache positions to reserve (default 2048, at most the LLM context)',
+  }),
+  promptTokens: setting({
+    schema: count,
+    default: 64,
+    flag: '--prompt-tokens <n>',
+    read: 'number',
+    help: 'text tokens of the prompt, template included',
+  }),
+  answerTokens: setting({
+    schema: count,
+    default: 64,
+    flag: '--answer-tokens <n>',
+    read: 'number',
+    help: 'generated tokens per answer',
+  }),
+  json: setting({ schema: z.boolean(), default: false, flag: '--json', help: 'print the plan as JSON' }),
 });
 
 /** Validates the CLI options and plans; every bad option is a BAD_ARGUMENT naming it. */
 export function planFromCli(raw: unknown): { config: string; plan: ModelSetPlan } {
-  const o = parseFlags(PlanCliOptions, raw, 'export plan');
+  const o = parseCommandSettings(planSettings, raw as Record<string, unknown>, 'export plan');
   const a = CONFIGS[o.config];
   const N = patches(a);
   if (o.tokens > N)
@@ -450,34 +481,21 @@ export function planFromCli(raw: unknown): { config: string; plan: ModelSetPlan 
       promptTokens: o.promptTokens,
       answerTokens: o.answerTokens,
       blockSize: o.blockSize,
+      fp16Share: o.fp16Share,
+      fp16MaxMib: o.fp16MaxMib,
     }),
   };
 }
 
 export function registerPlanCommand(exportCmd: Command): void {
-  exportCmd
+  const cmd = exportCmd
     .command('plan')
     .description(
       'size a model set for Jetson: parameters, weight bytes and FLOPs per stage, KV cache, ' +
         'which Orin modules it fits, decode ceiling, engine build memory',
-    )
-    .requiredOption('--config <name>', `architecture: ${CONFIG_NAMES.join(' | ')}`)
-    .requiredOption('--precision <p>', `the builds \`export quantize\` writes: ${PRECISIONS.join(' | ')}`)
-    .option(
-      '--block-size <k>',
-      `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')})`,
-      String(DEFAULT_BLOCK_SIZE),
-    )
-    .requiredOption('--tokens <L>', 'vision tokens per image after clustering (the paper averages about 25)')
-    .option('--context <n>', 'KV cache positions to reserve (default 2048, at most the LLM context)')
-    .option('--prompt-tokens <n>', 'text tokens of the prompt, template included', '64')
-    .option('--answer-tokens <n>', 'generated tokens per answer', '64')
-    .option('--json', 'print the plan as JSON')
-    .action((raw: unknown) => {
-      const { config, plan } = planFromCli(raw);
-      process.stdout.write(
-        ((raw as { json?: boolean }).json ? JSON.stringify({ config, ...plan }, null, 2) : formatPlan(config, plan)) +
-          '\n',
-      );
-    });
+    );
+  registerFlags(cmd, planSettings).action((raw: Record<string, unknown>) => {
+    const { config, plan } = planFromCli(raw);
+    process.stdout.write((raw.json ? JSON.stringify({ config, ...plan }, null, 2) : formatPlan(config, plan)) + '\n');
+  });
 }

@@ -9,14 +9,10 @@ import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { group, parseCommandSettings, progressSetting, registerFlags, setting } from '../../src/settings.js';
-import { stagesSetting } from './flags.js';
+import { blockSizeSetting, fp16MaxMibSetting, fp16ShareSetting, stagesSetting } from './flags.js';
 import {
-  BLOCK_SIZES,
   BUILD_PRECISIONS,
   checkPrecision,
-  DEFAULT_BLOCK_SIZE,
-  DEFAULT_FP16_MAX_MIB,
-  DEFAULT_FP16_SHARE,
   DEFAULT_TOLERANCES,
   INT4_STAGES,
   quantizeModelSet,
@@ -41,34 +37,9 @@ const quantizeSettings = group({
       `${BUILD_PRECISIONS.join(' | ')}: int4w = INT4 weights for ${INT4_STAGES.join(', ')} (two dialects: ONNX ` +
       `Runtime, TensorRT), fp16 elsewhere`,
   }),
-  blockSize: setting({
-    schema: z
-      .enum(BLOCK_SIZES.map(String) as [string, ...string[]], {
-        error: (i) => `expected one of ${BLOCK_SIZES.join(', ')}, got ${JSON.stringify(i.input)}`,
-      })
-      .transform(Number),
-    default: String(DEFAULT_BLOCK_SIZE),
-    flag: '--block-size <k>',
-    help:
-      `int4w: input rows per INT4 scale (${BLOCK_SIZES.join(' | ')}); a weight whose K it does not divide takes ` +
-      `the largest half that does`,
-  }),
-  fp16Share: setting({
-    schema: z.number().min(0).max(1),
-    default: DEFAULT_FP16_SHARE,
-    flag: '--fp16-share <s>',
-    read: 'number',
-    help:
-      'int4w: the MatMuls whose INT4 weights move the stage output most (measured on the calibration inputs) ' +
-      'stay float16, at most this share of its INT4 weights (0: all INT4; docs/QUANT.md)',
-  }),
-  fp16MaxMib: setting({
-    schema: z.number().min(0),
-    default: DEFAULT_FP16_MAX_MIB,
-    flag: '--fp16-max-mib <n>',
-    read: 'number',
-    help: 'int4w: the most those float16 MatMuls may add to the stage, MiB',
-  }),
+  blockSize: blockSizeSetting,
+  fp16Share: fp16ShareSetting,
+  fp16MaxMib: fp16MaxMibSetting,
   stages: stagesSetting,
   calibrationImages: setting({
     schema: z.number().int().min(1).max(256),
