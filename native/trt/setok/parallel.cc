@@ -8,6 +8,9 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 namespace setokim {
 namespace {
@@ -112,8 +115,19 @@ class Pool {
 }  // namespace
 
 int WorkerCount() {
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
+  // The CPUs this process may run on (taskset, a cgroup cpuset, a container's --cpuset-cpus), read
+  // once: hardware_concurrency() counts every core of the machine, and a helper thread spinning on
+  // the caller's only core would slow every parallel phase down instead.
+  static const int count = [] {
+#if defined(__linux__)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : static_cast<int>(hw);
+  }();
+  return count;
 }
 
 void ParallelFor(int count, const std::function<void(int)>& fn, bool parallel) {

@@ -8,7 +8,8 @@
 
 namespace setokim {
 
-// Number of worker threads ParallelFor uses (hardware concurrency, at least 1).
+// Number of worker threads ParallelFor uses: the CPUs this process may run on (its affinity mask,
+// read once), at least 1.
 int WorkerCount();
 
 // Runs fn(i) for i in [0, count), on up to WorkerCount() threads (the caller's thread included);
