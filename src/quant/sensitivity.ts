@@ -1,20 +1,22 @@
 /**
- * Mixed precision for int4w: the MatMuls whose INT4 weights move the stage's outputs most keep float16
- * weights, within a byte budget (as llama.cpp's Q4_K_M keeps some tensors at more bits than Q4_K_S).
+ * Mixed precision for int4w: the MatMuls whose INT4 weights move the stage's answer most keep float16
+ * weights, within a budget (as llama.cpp's Q4_K_M keeps some tensors at more bits than Q4_K_S).
  *
  * Sensitivity is measured, not guessed: for each activation group (the MatMuls reading one input, which
- * share AWQ multipliers) the stage is run on calibration feeds with every group INT4 but that one, and
- * the group's gain is how much the error falls: the mean over feeds of the worst 1 - cosine to fp32 among
- * the outputs that answer (the LLM's logits: its cache outputs reach the answer only through later
- * logits, and an early layer's cache error would otherwise outweigh what the user sees). On the `small` set one group stands out, the first layer's MLP input (docs/QUANT.md): keeping
- * it float16 alone lifts the held-out logits' worst cosine from 0.988 to 0.991, while the output error
- * its MatMuls make on their own calibration rows is no larger than the other layers' (so that error
- * cannot pick it). The kept groups are the set with the largest total gain that fits the budget. The budget is a share of the stage's INT4 MatMul weights
- * (by count, not of the file: the float16 output head dominates a small model's file and would buy
- * every MatMul of `tiny` back), capped in bytes. Each kept weight costs 1.5 bytes more than INT4 (3.5
- * in ONNX Runtime, which widens float16 weights to float32 at load): the default share, 6%, buys
- * `small` its one outlier group (5.6% of its INT4 weights, +2 MiB); the cap, 64 MiB, keeps a 7B LLM
- * within an Orin Nano 8 GB (6% of its 6.5 B INT4 weights would be 0.55 GiB, a tenth of what it has).
+ * share AWQ multipliers) the stage runs on calibration feeds with every group INT4 but that one, and the
+ * group's gain is how much the error falls: the mean over feeds of the worst 1 - cosine to fp32 among the
+ * outputs that answer (the LLM's logits: its cache outputs reach the answer only through later logits,
+ * and an early layer's cache error would otherwise outweigh what the user sees). On the `small` set one
+ * group stands out, the first layer's MLP input (docs/QUANT.md): kept float16 it lifts the held-out
+ * logits' worst cosine from 0.988 to 0.991, while the output error its MatMuls make on their own
+ * calibration rows is no larger than the other layers' (so that error cannot pick it).
+ *
+ * The kept groups are the set with the largest total gain that fits the budget: a share of the stage's
+ * INT4 MatMul weights (by count, not of the file: the float16 output head dominates a small model's file
+ * and would buy every MatMul of `tiny` back), capped in bytes. Each kept weight costs 1.5 bytes more than
+ * INT4 (3.5 in ONNX Runtime, which widens float16 weights to float32 at load): the default share, 6%,
+ * buys `small` its one outlier group (5.6% of its INT4 weights, +2 MiB); the cap, 64 MiB, keeps a 7B
+ * LLM within an Orin Nano 8 GB (6% of its 6.5 B INT4 weights would add 0.54 GiB).
  */
 import type { Backend, Tensor } from '../engine/backend.js';
 import type { StageSignature } from '../engine/contract.js';
@@ -37,7 +39,7 @@ const SENSITIVITY_FEEDS = 16;
 export interface KeptGroup {
   activation: string;
   matmuls: number;
-  /** Fall of the mean worst-output (1 - cosine) when this group alone stays float. */
+  /** Fall of the mean worst (1 - cosine) of the measured outputs when this group alone stays float16. */
   gain: number;
   /** Weights in the group's MatMuls. */
   weights: number;
@@ -63,7 +65,7 @@ export interface SensitivityOptions {
 export interface SensitivityResult {
   plan: Int4Plan;
   kept: KeptGroup[];
-  /** Mean worst-output (1 - cosine) with every group INT4, and with the kept ones float16. */
+  /** Mean worst (1 - cosine) of the measured outputs with every group INT4. */
   errorAllInt4: number;
   /** Weights the budget allows. */
   budget: number;
