@@ -80,31 +80,40 @@ export interface NativeTrtBuildResult {
   warnings: string[];
 }
 
+/** What a native clustering call returns (src/setok's ClusterResult has this shape). */
+export interface NativeClusterResult {
+  centers: Int32Array;
+  labels: Int32Array;
+  scores: Float32Array;
+}
+
+/** The clustering parameters both bindings take, positionally, after any features. */
+export type NativeClusterParams = [
+  n: number,
+  dim: number,
+  k: number,
+  threshold: number,
+  fallback: number,
+  maxTokens: number,
+];
+
+/** setokCluster(features, n, dim, k, threshold, fallback, maxTokens): runs in a worker thread. */
+export type NativeClusterFn = (features: Float32Array, ...params: NativeClusterParams) => Promise<NativeClusterResult>;
+
+/** A native stream: keeps the previous frame and its Gram matrix (on the C++ side). */
+export interface NativeStreamHandle {
+  push(features: Float32Array): Promise<NativeClusterResult & { changedPatches: number }>;
+  close(): void;
+}
+
+/** setokClusterStream(n, dim, k, threshold, fallback, maxTokens). */
+export type NativeStreamFactory = (...params: NativeClusterParams) => NativeStreamHandle;
+
 export interface NativeAddon {
   capabilities(): Capabilities;
   /** SeTok clustering (native/trt/addon/cluster_binding.cc; wrapped by src/setok). */
-  setokCluster?: (
-    features: Float32Array,
-    n: number,
-    dim: number,
-    k: number,
-    threshold: number,
-    fallback: number,
-    maxTokens: number,
-  ) => Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array }>;
-  setokClusterStream?: (
-    n: number,
-    dim: number,
-    k: number,
-    threshold: number,
-    fallback: number,
-    maxTokens: number,
-  ) => {
-    push(
-      features: Float32Array,
-    ): Promise<{ centers: Int32Array; labels: Int32Array; scores: Float32Array; changedPatches: number }>;
-    close(): void;
-  };
+  setokCluster?: NativeClusterFn;
+  setokClusterStream?: NativeStreamFactory;
   setokGramBench?: (
     n: number,
     dim: number,

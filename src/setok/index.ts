@@ -3,7 +3,7 @@
  * work off the JavaScript thread when it is built; otherwise the TypeScript reference (same results,
  * much slower) stands in, so the API never depends on a compiler being present.
  */
-import { loadNative } from '../engine/native.js';
+import { loadNative, type NativeClusterFn } from '../engine/native.js';
 import { clusterReference, positionEncodingTable, type ClusterResult } from './reference.js';
 import {
   asSetokimError,
@@ -12,7 +12,6 @@ import {
   validatePositionEncoding,
   type ClusterOptions,
 } from './options.js';
-import type { NativeClusterFn } from './native_types.js';
 
 export type { ClusterResult, ClusterParams } from './reference.js';
 export type { ClusterOptions } from './options.js';
@@ -43,7 +42,7 @@ export function nativeClusterFn(): NativeClusterFn | null {
   if (nativeCluster !== undefined) return nativeCluster;
   try {
     const fn = loadNative().setokCluster;
-    nativeCluster = typeof fn === 'function' ? (fn as NativeClusterFn) : null;
+    nativeCluster = typeof fn === 'function' ? fn : null;
   } catch {
     nativeCluster = null;
   }

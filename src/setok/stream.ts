@@ -7,11 +7,10 @@
  * same way. Memory: one frame's features and the n x n distances, whatever the stream's length.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { loadNative } from '../engine/native.js';
+import { loadNative, type NativeStreamHandle, NativeStreamFactory } from '../engine/native.js';
 import { clusterFromDistances, distancesFromGram, gramReference, type ClusterResult } from './reference.js';
 import { asSetokimError, checkFinite, validateCluster, validateOptions, type ClusterOptions } from './options.js';
 import { assignIds, type TrackState } from './tracking.js';
-import type { NativeStreamHandle, NativeStreamFactory } from './native_types.js';
 
 export interface StreamFrame extends ClusterResult {
   /** Persistent token id of each centre (same order as centers). */
@@ -85,7 +84,7 @@ export class ClusterStream {
     if (backend !== 'reference') {
       try {
         const f = loadNative().setokClusterStream;
-        if (typeof f === 'function') factory = f as NativeStreamFactory;
+        if (typeof f === 'function') factory = f;
       } catch (err) {
         if (backend === 'native') throw err;
       }
