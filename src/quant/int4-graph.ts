@@ -94,7 +94,8 @@ export interface Int4Plan {
   multipliers: Map<string, Float32Array>;
 }
 
-export interface FloatWeight {
+/** A rewritten weight: its name, [K, N] and its bytes before and after. */
+export interface WeightBytes {
   name: string;
   dims: [number, number];
   bytesBefore: number;
@@ -102,10 +103,10 @@ export interface FloatWeight {
 }
 
 export interface Int4Report {
-  weights: { name: string; dims: [number, number]; block: number; bytesBefore: number; bytesAfter: number }[];
-  heads: FloatWeight[];
+  weights: (WeightBytes & { block: number })[];
+  heads: WeightBytes[];
   /** The selection's `kept` MatMuls. */
-  kept: FloatWeight[];
+  kept: WeightBytes[];
   multiplied: string[];
 }
 

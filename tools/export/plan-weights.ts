@@ -66,6 +66,12 @@ export const paramsOf = (ws: Weight[]) =>
 /** Patches per image: the stride-`patch` convolution drops the remainder (384 / 14 -> 27 x 27 = 729). */
 export const patches = (a: Architecture) => Math.floor(a.image.size / a.image.patch) ** 2;
 
+/** The INT4 block a linear matrix is stored with at int4w, or undefined when it stays float16. */
+function int4BlockOf(w: Extract<Weight, { kind: 'linear' }>, int4Stage: boolean, block: number): number | undefined {
+  const eligible = int4Stage && !w.head && w.in * w.out >= DEFAULT_MIN_ELEMENTS && w.out % 2 === 0;
+  return eligible ? int4Block(w.in, block) : undefined;
+}
+
 /** Bytes of one linear matrix (no bias) at a precision; `int4Stage`: the stage takes INT4 weights at int4w. */
 function matrixBytes(
   w: Extract<Weight, { kind: 'linear' }>,
@@ -77,11 +83,8 @@ function matrixBytes(
   if (precision === 'fp32') return 4 * m;
   // int8 + fp32 scale + int8 zero point per column
   if (precision === 'int8') return m >= DEFAULT_MIN_ELEMENTS ? m + 5 * w.out : 4 * m;
-  if (precision === 'int4w' && int4Stage && !w.head && m >= DEFAULT_MIN_ELEMENTS && w.out % 2 === 0) {
-    const b = int4Block(w.in, block);
-    if (b !== undefined) return int4Bytes(w.in, w.out, b);
-  }
-  return 2 * m;
+  const b = precision === 'int4w' ? int4BlockOf(w, int4Stage, block) : undefined;
+  return b !== undefined ? int4Bytes(w.in, w.out, b) : 2 * m;
 }
 
 /** Bytes of a stage's weights at a precision, as `export quantize` writes them (header). */
@@ -103,9 +106,9 @@ export function bytesOf(
     else if (w.kind === 'norm')
       bytes += 4 * w.n * w.count; // LayerNorm parameters: float32 in every build
     else {
-      const m = matrixBytes(w, precision, int4Stage, block);
-      bytes += w.count * (m + (w.bias ? el * w.out : 0));
-      if (precision === 'int4w' && m < 2 * w.in * w.out) int4Weights += w.count * w.in * w.out;
+      bytes += w.count * (matrixBytes(w, precision, int4Stage, block) + (w.bias ? el * w.out : 0));
+      if (precision === 'int4w' && int4BlockOf(w, int4Stage, block) !== undefined)
+        int4Weights += w.count * w.in * w.out;
     }
   }
   return bytes + FP16_EXTRA_BYTES * fp16Budget(int4Weights, fp16Share, fp16MaxMib);
