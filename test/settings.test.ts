@@ -252,3 +252,61 @@ t.test('--fleet and --device: one declaration, required, defaulted or optional p
     'setokim query --fleet',
   ]);
 });
+
+t.test('the model set, runtime and request flags: one declaration for agent, run, watch and query', async (t) => {
+  const { commands } = await import('../src/cli/commands.js');
+  const { GenerationSchema } = await import('../src/pipeline/request.js');
+  const { generationOf, requestSettings, runtimeSettings } = await import('../src/pipeline/settings.js');
+  const program = new Command('setokim');
+  for (const register of commands) register(program);
+  // The commands that take each shared setting (the agent's --max-tokens is its cap, limits.maxTokens,
+  // and watch's --prompt its standing prompt: other settings under the same flag).
+  const takers = new Map<string, string[]>([
+    ...Object.values(runtimeSettings).map((l) => [flagOf(l)!, ['agent', 'run', 'watch']] as [string, string[]]),
+    ['--models', ['agent', 'run', 'watch']],
+    ...Object.values(requestSettings).map((l) => [flagOf(l)!, ['query', 'run']] as [string, string[]]),
+    ['--max-tokens', ['query', 'run', 'watch']],
+  ]);
+  const help = new Map<string, Map<string, string>>(); // flag -> command -> description
+  for (const [flag, names] of takers) {
+    help.set(flag, new Map());
+    for (const name of names) {
+      const o = program.commands.find((c) => c.name() === name)!.options.find((o) => o.long === flag);
+      if (o) help.get(flag)!.set(name, o.description);
+    }
+  }
+  for (const [flag, by] of help) {
+    t.same([...by.keys()].sort(), [...takers.get(flag)!].sort(), `${flag} in every command that shares it`);
+    // The agent's --models adds what the update store changes.
+    const texts = new Set([...by.values()].map((d) => d.replace(/; with --store[^(]*(?= \()/, '')));
+    t.equal(texts.size, 1, `${flag}: the same help in ${[...by.keys()].join(', ')}`);
+  }
+  t.match(help.get('--threads')!.get('run')!, /\(SETOKIM_THREADS\)/, 'run reads the variable the agent reads');
+
+  // A flag takes exactly what a request on the wire may carry (GenerationSchema's bounds).
+  const request = group(requestSettings);
+  for (const [flag, key, value] of [
+    ['--temperature', 'temperature', '11'],
+    ['--top-p', 'topP', '0'],
+    ['--seed', 'seed', String(2 ** 32)],
+    ['--max-tokens', 'maxTokens', '0'],
+  ] as const) {
+    t.notOk(GenerationSchema.safeParse({ [key]: Number(value) }).success, `the wire refuses ${key} ${value}`);
+    t.throws(() => parseCommandSettings(request, { [key]: value }, 'run', {}), {
+      code: 'BAD_ARGUMENT',
+      message: new RegExp(`^run: ${flag}: `),
+    });
+  }
+  t.throws(() => parseCommandSettings(request, { stop: Array.from({ length: 9 }, (_, i) => `s${i}`) }, 'run', {}), {
+    code: 'BAD_ARGUMENT',
+    message: /^run: --stop: /,
+  });
+  const o = parseCommandSettings(request, { topK: '5', stop: ['END', '###'], temperature: '0.7' }, 'query', {});
+  t.same(generationOf(o), { temperature: 0.7, topK: 5, stop: ['END', '###'] }, 'only the fields given');
+  t.ok(GenerationSchema.safeParse(generationOf(o)).success);
+  t.equal(generationOf(parseCommandSettings(request, {}, 'query', {})), undefined, 'none given: no generation');
+  t.same(parseCommandSettings(group(runtimeSettings), {}, 'run', { SETOKIM_THREADS: '3' }), {
+    threads: 3,
+    verify: true,
+  });
+});

@@ -12,6 +12,7 @@ import { DEFAULT_BUILD_TIMEOUT_MS } from '../fleet/engines.js';
 import { urlPrefixProblem } from '../fleet/policy.js';
 import { parseSource } from '../media/spec.js';
 import { CACHE_DEFAULTS } from '../pipeline/pipeline.js';
+import { modelsSetting, runtimeSettings } from '../pipeline/settings.js';
 import { brokerGroup, deviceSetting, fleetSetting } from '../mqtt/connection.js';
 import { replyTopicFilter } from '../mqtt/topics.js';
 import { DEFAULT_MAX_PROMPT_BYTES } from './codec.js';
@@ -56,12 +57,7 @@ export const agentSettings = group(
      * served instead whenever it has one (updates survive a restart); `models` is the fallback
      * for a store nothing was installed into yet.
      */
-    models: setting({
-      schema: z.string().min(1),
-      flag: '--models <dir>',
-      env: 'SETOKIM_MODELS',
-      help: 'model set directory; with --store, served only while the store has no active set',
-    }),
+    models: modelsSetting({ optional: true }, 'with --store, served only while the store has no active set'),
     /**
      * Fleet updates (docs/FLEET.md): the model store bundles install into, the public key they must
      * be signed with, and who may make the device fetch what (docs/FLEET.md, "What a job may name").
@@ -333,25 +329,7 @@ export const agentSettings = group(
     }),
     /** How the pipeline runs the model set (see createPipeline). */
     pipeline: group({
-      backend: setting({
-        schema: z.string().min(1),
-        flag: '--backend <name>',
-        env: 'SETOKIM_BACKEND',
-        help: 'only this backend (onnxruntime-cpu, tensorrt)',
-      }),
-      threads: setting({
-        schema: count(1),
-        flag: '--threads <n>',
-        env: 'SETOKIM_THREADS',
-        read: 'number',
-        help: 'CPU threads per stage session',
-      }),
-      verify: setting({
-        schema: z.boolean(),
-        default: true,
-        flag: '--no-verify',
-        help: 'skip the sha256 check of the model files at start',
-      }),
+      ...runtimeSettings,
       /** Vision tokens kept per image for later queries on it (docs/MQTT.md, "Conversations and the caches"). */
       visionCacheBytes: setting({
         schema: count(0),

@@ -12,12 +12,23 @@ import { SystemdNotifier } from '../agent/watchdog.js';
 import { startStreams, type StreamService } from '../agent/streams.js';
 import { describeTarget, detectTarget } from '../engine/target.js';
 import { loadPublicKey } from '../fleet/keys.js';
-import { parseFlags } from '../flags.js';
 import { redactUrl } from '../redact.js';
-import { fromFlags, registerFlags } from '../settings.js';
+import { fromFlags, group, parseCommandSettings, registerFlags, setting } from '../settings.js';
 
 /** The flags of `setokim agent` beside its settings: the config file and log verbosity. */
-const CommandFlags = z.object({ config: z.string().optional(), verbose: z.boolean().optional() });
+const commandSettings = group({
+  config: setting({
+    schema: z.string().min(1),
+    flag: '--config <file>',
+    help: 'configuration file (JSON or YAML); flags and SETOKIM_* variables override it',
+  }),
+  verbose: setting({
+    schema: z.boolean(),
+    default: false,
+    flag: '--verbose',
+    help: 'log every dropped duplicate and other debug lines',
+  }),
+});
 
 /** Commander's options mapped onto the config's paths (BAD_ARGUMENT naming a flag whose value does not read). */
 export function flagsToConfig(raw: Record<string, unknown>): Record<string, unknown> {
@@ -34,11 +45,9 @@ export function stderrLogger(verbose: boolean) {
 export function registerAgent(program: Command): void {
   const cmd = program
     .command('agent')
-    .description('serve a model set over MQTT (queries in, streamed answers out, retained status); see docs/MQTT.md')
-    .option('--config <file>', 'configuration file (JSON or YAML); flags and SETOKIM_* variables override it')
-    .option('--verbose', 'log every dropped duplicate and other debug lines');
-  registerFlags(cmd, agentSettings).action(async (raw: Record<string, unknown>) => {
-    const flags = parseFlags(CommandFlags, { config: raw.config, verbose: raw.verbose }, 'agent');
+    .description('serve a model set over MQTT (queries in, streamed answers out, retained status); see docs/MQTT.md');
+  registerFlags(registerFlags(cmd, commandSettings), agentSettings).action(async (raw: Record<string, unknown>) => {
+    const flags = parseCommandSettings(commandSettings, raw, 'agent');
     const { hostname } = await import('node:os');
     const device =
       hostname()
@@ -49,7 +58,7 @@ export function registerAgent(program: Command): void {
       defaults: { fleet: 'default', device },
       overrides: flagsToConfig(raw),
     });
-    const log = stderrLogger(flags.verbose ?? false);
+    const log = stderrLogger(flags.verbose);
     // A bad key fails here, before the model set opens and the broker sees us.
     if (config.updates) await loadPublicKey(config.updates.pubkey);
     const models = await startingModels(config, log);

@@ -23,43 +23,61 @@ import { synthesize } from '../../tools/export/synth.js';
 import { CONFIGS } from '../../tools/export/configs.js';
 import { stageSignature } from '../engine/contract.js';
 import { savePicture } from './query.js';
-import { parseFlags } from '../flags.js';
+import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
 
-const DemoFlags = z.object({
-  models: z.string().min(1),
-  out: z.string().min(1),
-  seed: z.coerce.number().int().min(0).max(0xffffffff),
-  maxTokens: z.coerce.number().int().positive().max(512),
-  color: z.boolean(),
+/** Every flag of `setokim demo`, declared once (src/settings.ts). */
+const demoSettings = group({
+  models: setting({
+    schema: z.string().min(1),
+    default: path.join('models', 'tiny'),
+    flag: '--models <dir>',
+    help: 'where the tiny model set is kept (built there if missing)',
+  }),
+  out: setting({
+    schema: z.string().min(1),
+    default: path.join('out', 'demo'),
+    flag: '--out <dir>',
+    help: 'where pictures are written',
+  }),
+  seed: setting({
+    schema: z.number().int().min(0).max(0xffffffff),
+    default: 1,
+    flag: '--seed <n>',
+    read: 'number',
+    help: 'weight seed of the tiny model set',
+  }),
+  maxTokens: setting({
+    schema: z.number().int().positive().max(512),
+    default: 24,
+    flag: '--max-tokens <n>',
+    read: 'number',
+    help: 'new tokens per answer',
+  }),
+  color: setting({ schema: z.boolean(), default: true, flag: '--no-color', help: 'plain output' }),
 });
-type DemoOpts = z.infer<typeof DemoFlags>;
+type DemoOpts = OutputOf<typeof demoSettings>;
 
 export function registerDemo(program: Command): void {
-  program
+  const cmd = program
     .command('demo')
     .description(
       'see it work: build the tiny model set, start a broker and an agent, send image queries over MQTT, show tokens and timings',
-    )
-    .option('--models <dir>', 'where the tiny model set is kept (built there if missing)', path.join('models', 'tiny'))
-    .option('--out <dir>', 'where pictures are written', path.join('out', 'demo'))
-    .option('--seed <n>', 'weight seed of the tiny model set', '1')
-    .option('--max-tokens <n>', 'new tokens per answer', '24')
-    .option('--no-color', 'plain output')
-    .action(async (raw: unknown) => {
-      const opts = parseFlags(DemoFlags, raw, 'demo');
-      try {
-        await demo(opts);
-      } catch (err) {
-        // The demo is the first thing people run: a missing piece is one clear line, never a stack.
-        if (err instanceof SetokimError) throw err;
-        if (process.env.SETOKIM_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
-        throw new SetokimError(
-          ErrorCodes.INTERNAL,
-          `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`,
-          { cause: err },
-        );
-      }
-    });
+    );
+  registerFlags(cmd, demoSettings).action(async (raw: Record<string, unknown>) => {
+    const opts = parseCommandSettings(demoSettings, raw, 'demo');
+    try {
+      await demo(opts);
+    } catch (err) {
+      // The demo is the first thing people run: a missing piece is one clear line, never a stack.
+      if (err instanceof SetokimError) throw err;
+      if (process.env.SETOKIM_DEBUG) process.stderr.write(`${(err as Error)?.stack}\n`);
+      throw new SetokimError(
+        ErrorCodes.INTERNAL,
+        `demo failed: ${(err as Error)?.message ?? String(err)}. Run \`setokim doctor\` to see what this machine lacks (SETOKIM_DEBUG=1 shows the stack).`,
+        { cause: err },
+      );
+    }
+  });
 }
 
 type Paint = (s: string) => string;

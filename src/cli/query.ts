@@ -12,7 +12,8 @@ import type { ReplyEvent } from '../agent/codec.js';
 import type { Target } from '../mqtt/topics.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { ConversationIdSchema } from '../pipeline/request.js';
-import { TASKS, type QueryRequest } from '../pipeline/types.js';
+import { generationOf, requestSettings } from '../pipeline/settings.js';
+import type { QueryRequest } from '../pipeline/types.js';
 import { summary } from './run.js';
 import { credentialOptions, brokerGroup, deviceSetting, fleetSetting } from '../mqtt/connection.js';
 import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
@@ -22,17 +23,7 @@ const querySettings = group({
   broker: brokerGroup({}),
   fleet: fleetSetting({ default: 'default' }),
   device: deviceSetting({ optional: true }, 'without it any agent of the fleet answers'),
-  image: setting({
-    schema: z.string().min(1),
-    flag: '--image <file>',
-    help: 'JPEG, PNG or WebP image (every task but generate)',
-  }),
-  prompt: setting({
-    schema: z.string(),
-    flag: '--prompt <text>',
-    help: 'the question or instruction (describe has a default)',
-  }),
-  task: setting({ schema: z.enum(TASKS), default: 'ask', flag: '--task <task>', help: `one of ${TASKS.join(', ')}` }),
+  ...requestSettings,
   out: setting({
     schema: z.string().min(1),
     flag: '--out <dir>',
@@ -44,19 +35,6 @@ const querySettings = group({
     flag: '--timeout <s>',
     read: 'number',
     help: 'give up after this many seconds (also sent as the query deadline)',
-  }),
-  maxTokens: setting({
-    schema: z.number().int().positive(),
-    flag: '--max-tokens <n>',
-    read: 'number',
-    help: 'new tokens at most',
-  }),
-  temperature: setting({ schema: z.number().min(0), flag: '--temperature <t>', read: 'number', help: '0 = greedy' }),
-  seed: setting({
-    schema: z.number().int().min(0).max(0xffffffff),
-    flag: '--seed <n>',
-    read: 'number',
-    help: 'sampling seed',
   }),
   json: setting({
     schema: z.boolean(),
@@ -118,9 +96,8 @@ async function sendQuery(o: QueryOpts): Promise<void> {
   if (o.prompt !== undefined) request.prompt = o.prompt;
   if (image) request.image = image;
   if (o.conversation) request.conversation = o.conversation;
-  const generation = { maxTokens: o.maxTokens, temperature: o.temperature, seed: o.seed };
-  if (Object.values(generation).some((v) => v !== undefined))
-    request.generation = JSON.parse(JSON.stringify(generation));
+  const generation = generationOf(o);
+  if (generation) request.generation = generation;
   const outDir = o.out ?? process.cwd();
   const base = o.image ? path.basename(o.image).replace(/\.[^.]+$/, '') : 'generated';
   const ac = new AbortController();

@@ -8,56 +8,43 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { PRECISIONS } from '../engine/manifest.js';
-import { createPipeline, probeImage, TASKS, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
-import { parseFlags } from '../flags.js';
+import { createPipeline, probeImage, type PipelineEvent, type QueryRequest } from '../pipeline/index.js';
+import {
+  generationOf,
+  modelsSetting,
+  precisionSetting,
+  requestSettings,
+  runtimeSettings,
+} from '../pipeline/settings.js';
+import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
 
-const RunOptions = z.object({
-  models: z.string().min(1),
-  image: z.string().min(1).optional(),
-  prompt: z.string().optional(),
-  task: z.enum(TASKS),
-  json: z.boolean().optional(),
-  out: z.string().min(1).optional(),
-  maxTokens: z.coerce.number().int().positive().optional(),
-  temperature: z.coerce.number().min(0).optional(),
-  topK: z.coerce.number().int().min(0).optional(),
-  topP: z.coerce.number().gt(0).max(1).optional(),
-  seed: z.coerce.number().int().min(0).max(0xffffffff).optional(),
-  stop: z.array(z.string()).optional(),
-  backend: z.string().optional(),
-  threads: z.coerce.number().int().positive().optional(),
-  precision: z.enum(PRECISIONS).optional(),
-  verify: z.boolean(),
+/** Every flag of `setokim run`, declared once (src/settings.ts and src/pipeline/settings.ts). */
+const runSettings = group({
+  models: modelsSetting({ required: true }),
+  ...requestSettings,
+  json: setting({
+    schema: z.boolean(),
+    default: false,
+    flag: '--json',
+    help: 'print every event as one JSON line (pictures as file paths)',
+  }),
+  out: setting({
+    schema: z.string().min(1),
+    flag: '--out <dir>',
+    help: 'where to write pictures (default: beside the image, or the current directory)',
+  }),
+  ...runtimeSettings,
+  precision: precisionSetting,
 });
-type RunOpts = z.infer<typeof RunOptions>;
+type RunOpts = OutputOf<typeof runSettings>;
 
 export function registerRun(program: Command): void {
-  program
+  const cmd = program
     .command('run')
-    .description('answer one query locally (no broker): stream the text, write token masks, masks and images')
-    .requiredOption('--models <dir>', 'model set directory (manifest.json + stages)')
-    .option('--image <file>', 'JPEG, PNG or WebP image (every task but generate)')
-    .option('--prompt <text>', 'the question or instruction (describe has a default)')
-    .option('--task <task>', `one of ${TASKS.join(', ')}`, 'ask')
-    .option('--json', 'print every event as one JSON line (pictures as file paths)')
-    .option('--out <dir>', 'where to write pictures (default: beside the image, or the current directory)')
-    .option('--max-tokens <n>', 'new tokens at most')
-    .option('--temperature <t>', '0 = greedy (default)')
-    .option('--top-k <k>', 'sample among the k best tokens (0 = off)')
-    .option('--top-p <p>', 'nucleus sampling mass (1 = off)')
-    .option('--seed <n>', 'sampling seed: the same seed gives the same answer and pictures')
-    .option('--stop <text...>', 'stop strings')
-    .option('--backend <name>', 'only this backend (onnxruntime-cpu, tensorrt)')
-    .option('--threads <n>', 'CPU threads per stage session')
-    .option(
-      '--precision <p>',
-      `which build of each stage (${PRECISIONS.join(' | ')}); a stage without it runs its main file`,
-    )
-    .option('--no-verify', 'skip the sha256 check of the model files')
-    .action(async (raw: unknown) => {
-      await runQuery(parseFlags(RunOptions, raw, 'run'));
-    });
+    .description('answer one query locally (no broker): stream the text, write token masks, masks and images');
+  registerFlags(cmd, runSettings).action(async (raw: Record<string, unknown>) => {
+    await runQuery(parseCommandSettings(runSettings, raw, 'run'));
+  });
 }
 
 async function runQuery(o: RunOpts): Promise<void> {
@@ -87,14 +74,7 @@ async function runQuery(o: RunOpts): Promise<void> {
     task: o.task,
     prompt: o.prompt,
     image,
-    generation: {
-      maxTokens: o.maxTokens,
-      temperature: o.temperature,
-      topK: o.topK,
-      topP: o.topP,
-      seed: o.seed,
-      stop: o.stop,
-    },
+    generation: generationOf(o),
   };
   const ac = new AbortController();
   const onSigint = () => ac.abort();

@@ -13,16 +13,11 @@ import { FrameSizeSchema, FrameSource, MEDIA_TOOLS } from '../media/index.js';
 import { openModelSet } from '../engine/modelset.js';
 import { createPipeline } from '../pipeline/index.js';
 import { DEFAULT_GATE, StreamSession, checkFrameSize, meanColour, type StreamEvent } from '../pipeline/stream/index.js';
+import { generationSettings, modelsSetting, runtimeSettings } from '../pipeline/settings.js';
 import { group, parseCommandSettings, registerFlags, setting, type OutputOf } from '../settings.js';
 
 const watchSettings = group({
-  models: setting({
-    schema: z.string().min(1),
-    required: true,
-    flag: '--models <dir>',
-    env: 'SETOKIM_MODELS',
-    help: 'model set directory',
-  }),
+  models: modelsSetting({ required: true }),
   source: setting({
     schema: z.string().min(1),
     required: true,
@@ -95,29 +90,8 @@ const watchSettings = group({
     flag: '--json',
     help: 'one JSON event per line (token events with their ids)',
   }),
-  maxTokens: setting({
-    schema: z.number().int().positive(),
-    flag: '--max-tokens <n>',
-    read: 'number',
-    help: 'new tokens per answer at most',
-  }),
-  backend: setting({
-    schema: z.string().min(1),
-    flag: '--backend <name>',
-    help: 'only this backend (onnxruntime-cpu, tensorrt)',
-  }),
-  threads: setting({
-    schema: z.number().int().positive(),
-    flag: '--threads <n>',
-    read: 'number',
-    help: 'CPU threads per stage session',
-  }),
-  verify: setting({
-    schema: z.boolean(),
-    default: true,
-    flag: '--no-verify',
-    help: 'skip the sha256 check of the model files',
-  }),
+  maxTokens: generationSettings.maxTokens,
+  ...runtimeSettings,
 });
 type WatchOpts = OutputOf<typeof watchSettings>;
 

@@ -14,7 +14,6 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const RANK: Record<string, number> = {
   'src/errors.ts': 0,
   'src/redact.ts': 0,
-  'src/flags.ts': 1,
   'src/settings.ts': 1,
   'src/mqtt': 2,
   'src/engine': 3,
