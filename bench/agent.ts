@@ -2,7 +2,10 @@
  * The agent's own cost, measured side by side in one run (npx tsx bench/agent.ts [--n 400] [--round-trips]):
  *  1. round trip of a query through an agent whose pipeline yields accepted + done at once,
  *     against a bare MQTT echo (subscribe, republish to the Response Topic) on the same broker,
- *     and an echo that answers with two messages as the agent does (the floor of the protocol).
+ *     an echo that answers with two messages as the agent does (the floor of the protocol), and that
+ *     echo with the wire format at both ends (the query encoded by the client and decoded and
+ *     checked by the echo, the replies encoded by the echo and decoded by the client: the floor of
+ *     the protocol and its format).
  *     Twice: with the agent (or echo) in a process of its own, as on a device, and with agent,
  *     echo and client on this one event loop (where the ratio is one of CPU time per query);
  *  2. tokenising a maximal prompt (limits.maxPromptBytes, 16 KiB) with the agent's tokenizer
@@ -24,9 +27,18 @@ import { SeenIds } from '../src/agent/admission.js';
 import { Agent, noDelay } from '../src/agent/agent.js';
 import { startEmbeddedBroker } from '../src/agent/broker.js';
 import { QueryClient, newQueryId } from '../src/agent/client.js';
+import { decodeReply, encodeQuery } from '../src/agent/codec.js';
 import { loadTokenizer } from '../src/pipeline/tokenizer.js';
 import { mosquittoPath, startMosquitto } from '../test/helpers/mosquitto.js';
-import { agentConfig, ECHO2_TOPIC, ECHO_REPLY_TOPIC, ECHO_TOPIC, EmptyPipeline, startEcho } from './responder.js';
+import {
+  agentConfig,
+  CODEC_TOPIC,
+  ECHO2_TOPIC,
+  ECHO_REPLY_TOPIC,
+  ECHO_TOPIC,
+  EmptyPipeline,
+  startEcho,
+} from './responder.js';
 
 const arg = (name: string, fallback: number): number => {
   const i = process.argv.indexOf(`--${name}`);
@@ -77,7 +89,7 @@ async function roundTrips(
   url: string,
   protocolVersion: 4 | 5,
   where: Where,
-): Promise<{ agent: number[]; echo: number[]; echo2: number[] }> {
+): Promise<{ agent: number[]; echo: number[]; echo2: number[]; codec: number[] }> {
   const device = `rt-${where === 'one process' ? 'here' : 'apart'}`;
   let stopResponders: () => Promise<void>;
   if (where === 'one process') {
@@ -101,12 +113,18 @@ async function roundTrips(
   await requester.subscribeAsync(ECHO_REPLY_TOPIC, { qos: 1 });
   let waiting: (() => void) | undefined;
   let left = 0;
-  requester.on('message', () => --left === 0 && waiting?.());
+  let decoding = false;
+  requester.on('message', (_topic, payload) => {
+    if (decoding && decodeReply(payload).type === 'error') throw new Error('the codec echo answered an error');
+    if (--left === 0) waiting?.();
+  });
   const echoOnce = async (topic: string, messages: number): Promise<number> => {
     const t0 = performance.now();
     left = messages;
+    decoding = topic === CODEC_TOPIC;
     const got = new Promise<void>((r) => (waiting = r));
-    requester.publish(topic, image, {
+    const payload = decoding ? encodeQuery({ id: newQueryId(), task: 'describe', image }) : image;
+    requester.publish(topic, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), {
       qos: 1,
       ...(protocolVersion === 5
         ? { properties: { responseTopic: ECHO_REPLY_TOPIC, correlationData: Buffer.from('k') } }
@@ -123,15 +141,17 @@ async function roundTrips(
     return performance.now() - t0;
   };
   // Interleave them so drifting machine load hits all alike; warm all up first.
-  const result = { agent: [] as number[], echo: [] as number[], echo2: [] as number[] };
+  const result = { agent: [] as number[], echo: [] as number[], echo2: [] as number[], codec: [] as number[] };
   for (let i = -50; i < N; i++) {
     const e = await echoOnce(ECHO_TOPIC, 1);
     const a = await agentOnce();
     const e2 = await echoOnce(ECHO2_TOPIC, 2);
+    const c = await echoOnce(CODEC_TOPIC, 2);
     if (i < 0) continue;
     result.echo.push(e);
     result.agent.push(a);
     result.echo2.push(e2);
+    result.codec.push(c);
   }
   await client.close();
   await requester.endAsync();
@@ -235,6 +255,7 @@ async function main(): Promise<void> {
     'echo p50',
     'ratio p50',
     '2-message echo p50 (ratio)',
+    'codec echo p50 (ratio)',
     'agent mean',
     'echo mean',
     'ratio mean',
@@ -243,9 +264,10 @@ async function main(): Promise<void> {
   for (const where of ['separate processes', 'one process'] as const) {
     for (const b of brokers) {
       const r = await roundTrips(b.url, b.protocolVersion, where);
-      const [a, x, x2] = [stats(r.agent), stats(r.echo), stats(r.echo2)];
+      const [a, x, x2, c] = [stats(r.agent), stats(r.echo), stats(r.echo2), stats(r.codec)];
       const name = `${b.name}, ${where}`;
       const cells = [f(a.p50), f(x.p50), f(a.p50 / x.p50), `${f(x2.p50)} (${f(x2.p50 / x.p50)})`];
+      cells.push(`${f(c.p50)} (${f(c.p50 / x.p50)})`);
       cells.push(f(a.mean), f(x.mean), f(a.mean / x.mean));
       console.log(`${name.padEnd(52)} ${cells.map((c, i) => c.padStart(columns[i]!.length)).join('  ')}`);
     }
