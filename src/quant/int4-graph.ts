@@ -28,6 +28,7 @@ import {
   opsetOf,
   setOpset,
   tensor,
+  toFloat16Array,
   withGraph,
   type ModelProto,
   type NodeProto,
@@ -160,6 +161,30 @@ const REDUCE_AXES_18 = new Set([
   'ReduceSumSquare',
 ]);
 
+/**
+ * An initializer's values as float16 bits, converted once per initializer: the sensitivity pass
+ * writes the stage once per candidate group, and the output head is the largest weight of all.
+ */
+const float16Cache = new WeakMap<TensorProto, Uint16Array>();
+function float16Bits(t: TensorProto): Uint16Array {
+  let bits = float16Cache.get(t);
+  if (!bits) float16Cache.set(t, (bits = toFloat16Array(floatValues(t))));
+  return bits;
+}
+
+/** A weight's INT4 values packed for each form, once per weight (the same reason). */
+const packedCache = new WeakMap<Int4Weights, { dq?: Uint8Array; nbits?: ReturnType<typeof packMatMulNBits> }>();
+function packedFor<F extends Int4Form>(
+  q: Int4Weights,
+  form: F,
+): F extends 'dq' ? Uint8Array : ReturnType<typeof packMatMulNBits> {
+  let entry = packedCache.get(q);
+  if (!entry) packedCache.set(q, (entry = {}));
+  if (form === 'dq') entry.dq ??= packInt4(q.q);
+  else entry.nbits ??= packMatMulNBits(q);
+  return entry[form] as never;
+}
+
 export class Int4Rewrite {
   private readonly g;
   /** Fresh names, reset for each write: both dialects name their new values alike. */
@@ -216,7 +241,7 @@ export class Int4Rewrite {
             const qName = this.names.fresh(`${t.weight}_int4`);
             const sName = this.names.fresh(`${t.weight}_scale`);
             add.push(
-              tensor(qName, DT.INT4, [K, N], packInt4(q.q)),
+              tensor(qName, DT.INT4, [K, N], packedFor(q, 'dq')),
               tensor(sName, DT.FLOAT, [K / q.block, N], q.scales),
             );
             prologue.push(
@@ -228,7 +253,7 @@ export class Int4Rewrite {
           }
           replaced.set(t.node, onnx.NodeProto.create({ ...mm, input: [input, t.weight] }));
         } else {
-          const packed = packMatMulNBits(q);
+          const packed = packedFor(q, 'nbits');
           const bName = this.names.fresh(`${t.weight}_uint4`);
           const sName = this.names.fresh(`${t.weight}_scale`);
           add.push(
@@ -273,7 +298,7 @@ export class Int4Rewrite {
       });
       if (!opts.headsFp16 || drop.has(h.weight) || castHeads.has(h.weight)) continue;
       const half = this.names.fresh(`${h.weight}_fp16`);
-      add.push(tensor(half, DT.FLOAT16, [K, N], floatValues(inits.get(h.weight)!)));
+      add.push(tensor(half, DT.FLOAT16, [K, N], float16Bits(inits.get(h.weight)!)));
       prologue.push(node('Cast', this.names.fresh(`${h.weight}/Cast`), [half], [h.weight], { to: DT.FLOAT }));
       castHeads.add(h.weight);
     }

@@ -59,6 +59,9 @@ export function setOpset(
   return [{ domain, version }, ...rest];
 }
 
+/** Whether this host stores numbers little-endian (x86-64 and aarch64 do): raw_data is then a plain copy. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /** A float32 or float16 initializer's values as float32 (raw_data little-endian, float_data or int32_data). */
 export function floatValues(t: TensorProto): Float32Array {
   const n = elements(t.dims ?? []);
@@ -71,8 +74,12 @@ export function floatValues(t: TensorProto): Float32Array {
         ErrorCodes.MODEL_INVALID,
         `initializer ${t.name}: ${t.rawData.length} bytes for ${n} values of ${width} bytes`,
       );
-    const view = new DataView(t.rawData.buffer, t.rawData.byteOffset, t.rawData.byteLength);
     const out = new Float32Array(n);
+    if (width === 4 && LITTLE_ENDIAN) {
+      new Uint8Array(out.buffer).set(t.rawData); // the bytes as they are (a copy, not a view of the file)
+      return out;
+    }
+    const view = new DataView(t.rawData.buffer, t.rawData.byteOffset, t.rawData.byteLength);
     if (width === 4) for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
     else for (let i = 0; i < n; i++) out[i] = fromFloat16Bits(view.getUint16(i * 2, true));
     return out;
@@ -91,6 +98,7 @@ export function floatValues(t: TensorProto): Float32Array {
 
 /** ONNX raw_data is little-endian on any host. */
 function littleEndian(data: Float32Array | Uint16Array | BigInt64Array): Uint8Array {
+  if (LITTLE_ENDIAN) return new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
   const out = new Uint8Array(data.byteLength);
   const view = new DataView(out.buffer);
   if (data instanceof Float32Array) data.forEach((x, i) => view.setFloat32(i * 4, x, true));

@@ -8,7 +8,15 @@ import t from 'tap';
 import { stageSignature, type StageName } from '../../src/engine/contract.js';
 import { OrtBackend } from '../../src/engine/onnxruntime.js';
 import { decodeModel, encodeModel, tensorError, toFloat16, withSession, type Feeds } from '../../src/quant/index.js';
-import { DT, fromFloat16Bits, roundToFloat16, toFloat16Bits, type ModelProto } from '../../src/quant/onnx-model.js';
+import {
+  DT,
+  floatValues,
+  fromFloat16Bits,
+  roundToFloat16,
+  tensor,
+  toFloat16Bits,
+  type ModelProto,
+} from '../../src/quant/onnx-model.js';
 import { inferTypes } from '../../src/quant/op-types.js';
 import { CONFIGS } from '../../tools/export/configs.js';
 import { GraphBuilder } from '../../tools/export/onnx/builder.js';
@@ -136,6 +144,23 @@ for (const s of ['llm', 'diffusion'] as const) {
     },
   );
 }
+
+t.test('raw_data is little-endian bytes, written and read back exactly (float32, float16, int64)', async (t) => {
+  const values = Float32Array.from([0, -0, 1.5, -2.25e-30, 3.4e38, Infinity, -Infinity, NaN, 1e-45]);
+  const t32 = tensor('x', DT.FLOAT, [values.length], values);
+  const view = new DataView(t32.rawData!.buffer, t32.rawData!.byteOffset, t32.rawData!.byteLength);
+  values.forEach((v, i) => t.ok(Object.is(view.getFloat32(i * 4, true), v), `float32 byte order, value ${i}`));
+  const back = floatValues(t32);
+  t.same(new Uint32Array(back.buffer), new Uint32Array(values.buffer), 'float32 bits back, -0 and NaN included');
+  t.not(back.buffer, t32.rawData!.buffer, 'a copy: changing it leaves the initializer alone');
+  values[2] = 7;
+  t.equal(floatValues(t32)[2], 1.5, 'nor does changing the array it was made from');
+  const t16 = tensor('h', DT.FLOAT16, [3], Float32Array.from([1, -0.5, 65504]));
+  t.same([...new Uint16Array(t16.rawData!.slice().buffer)], [0x3c00, 0xb800, 0x7bff], 'float16 bits, little-endian');
+  t.same([...floatValues(t16)], [1, -0.5, 65504]);
+  const t64 = tensor('i', DT.INT64, [2], BigInt64Array.from([1n, -2n]));
+  t.same([...t64.rawData!], [1, 0, 0, 0, 0, 0, 0, 0, 254, 255, 255, 255, 255, 255, 255, 255], 'int64, little-endian');
+});
 
 t.test('the rewrite does not change the model it was given', async (t) => {
   const m = graph('diffusion');
