@@ -2,7 +2,8 @@
  * Stream benchmark, everything measured side by side in one run:
  *  1. ClusterStream against clustering each frame from scratch at SeTok's size (729 x 1152, k 64)
  *     when 1%, 5%, 10% and 50% of the patches change per frame: pushes and from-scratch calls alternate
- *     frame by frame (same load), wall and process CPU per frame, and every frame's result compared;
+ *     frame by frame (same load), which of the two goes first alternating too (the first reads a frame
+ *     just written), wall and process CPU per frame, and every frame's result compared;
  *  2. end to end through StreamSession (FrameSource -> encoder -> ClusterStream -> merger -> token
  *     events) on the `tiny` and `small` sets, from videos made with ffmpeg: a picture that changes
  *     everywhere on every frame (testsrc, pixel gate off: every stage on every frame) and one object
@@ -69,18 +70,25 @@ console.log(
         const row = Math.floor(r() * n);
         for (let c = 0; c < C; c++) x[row * C + c] = x[row * C + c]! + (r() * 2 - 1) * 0.05;
       }
-      let c0 = process.cpuUsage();
-      let t0 = performance.now();
-      const s = await stream.push(x);
-      const sWall = performance.now() - t0;
-      let c = process.cpuUsage(c0);
-      sc.push((c.user + c.system) / 1000);
-      c0 = process.cpuUsage();
-      t0 = performance.now();
-      const full = await cluster(x, p);
-      const fWall = performance.now() - t0;
-      c = process.cpuUsage(c0);
-      fc.push((c.user + c.system) / 1000);
+      // Which goes first alternates: the first call reads a frame this thread has just written.
+      const timed = async <T>(f: () => Promise<T>): Promise<{ r: T; wall: number; cpu: number }> => {
+        const c0 = process.cpuUsage();
+        const t0 = performance.now();
+        const r = await f();
+        const wall = performance.now() - t0;
+        const c = process.cpuUsage(c0);
+        return { r, wall, cpu: (c.user + c.system) / 1000 };
+      };
+      const frame = x;
+      const pushOnce = () => timed(() => stream.push(frame));
+      const scratchOnce = () => timed(() => cluster(frame, p));
+      let pushed: Awaited<ReturnType<typeof pushOnce>>, scratch: Awaited<ReturnType<typeof scratchOnce>>;
+      if (i % 2 === 0) [pushed, scratch] = [await pushOnce(), await scratchOnce()];
+      else [scratch, pushed] = [await scratchOnce(), await pushOnce()];
+      const { r: s, wall: sWall } = pushed;
+      const { r: full, wall: fWall } = scratch;
+      sc.push(pushed.cpu);
+      fc.push(scratch.cpu);
       sw.push(sWall);
       fw.push(fWall);
       paired.push(fWall / sWall);
