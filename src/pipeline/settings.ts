@@ -116,16 +116,10 @@ export const requestSettings = {
   ...generationSettings,
 } as const;
 
-/** The request's `generation` from settings parsed with generationSettings: only the fields given. */
-export function generationOf(o: {
-  [K in keyof typeof generationSettings]?: z.output<(typeof generationSettings)[K]['schema']> | undefined;
-}): z.infer<typeof GenerationSchema> | undefined {
-  const out: z.infer<typeof GenerationSchema> = {};
-  let any = false;
-  for (const key of Object.keys(generationSettings) as (keyof typeof generationSettings)[]) {
-    if (o[key] === undefined) continue;
-    (out as Record<string, unknown>)[key] = o[key];
-    any = true;
-  }
-  return any ? out : undefined;
+type Generation = z.infer<typeof GenerationSchema>;
+
+/** The request's `generation` from parsed settings: the generation fields given, undefined when none is. */
+export function generationOf(o: Generation): Generation | undefined {
+  const given = (Object.keys(generationSettings) as (keyof Generation)[]).filter((k) => o[k] !== undefined);
+  return given.length ? Object.fromEntries(given.map((k) => [k, o[k]])) : undefined;
 }

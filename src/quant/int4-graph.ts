@@ -161,29 +161,21 @@ const REDUCE_AXES_18 = new Set([
   'ReduceSumSquare',
 ]);
 
-/**
- * An initializer's values as float16 bits, converted once per initializer: the sensitivity pass
- * writes the stage once per candidate group, and the output head is the largest weight of all.
- */
-const float16Cache = new WeakMap<TensorProto, Uint16Array>();
-function float16Bits(t: TensorProto): Uint16Array {
-  let bits = float16Cache.get(t);
-  if (!bits) float16Cache.set(t, (bits = toFloat16Array(floatValues(t))));
-  return bits;
+/** `f` computed once per key object while the key lives (the weights' derived bytes below). */
+function once<K extends object, V>(f: (key: K) => V): (key: K) => V {
+  const cache = new WeakMap<K, V>();
+  return (key) => {
+    let v = cache.get(key);
+    if (v === undefined) cache.set(key, (v = f(key)));
+    return v;
+  };
 }
 
-/** A weight's INT4 values packed for each form, once per weight (the same reason). */
-const packedCache = new WeakMap<Int4Weights, { dq?: Uint8Array; nbits?: ReturnType<typeof packMatMulNBits> }>();
-function packedFor<F extends Int4Form>(
-  q: Int4Weights,
-  form: F,
-): F extends 'dq' ? Uint8Array : ReturnType<typeof packMatMulNBits> {
-  let entry = packedCache.get(q);
-  if (!entry) packedCache.set(q, (entry = {}));
-  if (form === 'dq') entry.dq ??= packInt4(q.q);
-  else entry.nbits ??= packMatMulNBits(q);
-  return entry[form] as never;
-}
+// The sensitivity pass writes the stage once per candidate group from the same weights: each
+// weight's float16 bits (the output head is the largest of all) and packed INT4 are made once.
+const float16Bits = once((t: TensorProto) => toFloat16Array(floatValues(t)));
+const packedInt4 = once((q: Int4Weights) => packInt4(q.q));
+const packedNBits = once(packMatMulNBits);
 
 export class Int4Rewrite {
   private readonly g;
@@ -241,7 +233,7 @@ export class Int4Rewrite {
             const qName = this.names.fresh(`${t.weight}_int4`);
             const sName = this.names.fresh(`${t.weight}_scale`);
             add.push(
-              tensor(qName, DT.INT4, [K, N], packedFor(q, 'dq')),
+              tensor(qName, DT.INT4, [K, N], packedInt4(q)),
               tensor(sName, DT.FLOAT, [K / q.block, N], q.scales),
             );
             prologue.push(
@@ -253,7 +245,7 @@ export class Int4Rewrite {
           }
           replaced.set(t.node, onnx.NodeProto.create({ ...mm, input: [input, t.weight] }));
         } else {
-          const packed = packedFor(q, 'nbits');
+          const packed = packedNBits(q);
           const bName = this.names.fresh(`${t.weight}_uint4`);
           const sName = this.names.fresh(`${t.weight}_scale`);
           add.push(
