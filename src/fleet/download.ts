@@ -18,14 +18,13 @@
  * Messages name the URL redacted (src/redact.ts); they are for the device's log.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { freeBytes, syncFile } from '../engine/durable.js';
-import { hashFile, hashingTap } from '../engine/manifest.js';
+import { hashFile } from '../engine/manifest.js';
 import { ErrorCodes, SetokimError } from '../errors.js';
 import { redactUrl } from '../redact.js';
 import type { ByteProgress } from './bundle.js';
@@ -280,20 +279,25 @@ class BundleDownload {
     }
     const total = this.o.size ?? start + (Number.isFinite(length) ? length : 0);
     let done = start;
-    const tap = hashingTap(h, (n) => {
-      this.arm();
-      // Refused before it reaches the file: what is written never passes the limit.
-      if (done + n > this.limit) throw this.tooLarge(done + n);
-      done += n;
-      this.o.onProgress?.(done, Math.max(total, done), this.shown);
-    });
     this.arm();
     try {
-      await pipeline(
-        Readable.fromWeb(res.body as never),
-        tap,
-        createWriteStream(this.partial, { flags: start > 0 ? 'a' : 'w' }),
-      );
+      // Each chunk is on the file before the next is read, so a download that breaks off keeps every
+      // byte it received and the next try resumes from there (a stream pipeline would drop the file
+      // stream's unwritten buffer, all of it when the break comes before the file is open).
+      const file = await open(this.partial, start > 0 ? 'a' : 'w');
+      try {
+        for await (const chunk of Readable.fromWeb(res.body as never) as AsyncIterable<Buffer>) {
+          this.arm();
+          // Refused before it reaches the file: what is written never passes the limit.
+          if (done + chunk.length > this.limit) throw this.tooLarge(done + chunk.length);
+          h.update(chunk);
+          await file.write(chunk);
+          done += chunk.length;
+          this.o.onProgress?.(done, Math.max(total, done), this.shown);
+        }
+      } finally {
+        await file.close();
+      }
     } catch (err) {
       if (err instanceof SetokimError && err.code === ErrorCodes.BUNDLE_TOO_LARGE) {
         await rm(this.partial, { force: true }); // it cannot become the right file

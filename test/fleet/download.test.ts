@@ -1,6 +1,7 @@
 /**
  * The bundle download's limits against a real HTTP server on port 0: a stall mid-body or before
- * the headers (DOWNLOAD_STALLED, partial kept, the next try resumes), a body over the size limit
+ * the headers (DOWNLOAD_STALLED, partial kept, the next try resumes), a connection cut mid-body (every
+ * byte that arrived kept, the next try resumes), a body over the size limit
  * by Content-Length or streamed without one (BUNDLE_TOO_LARGE, nothing left, nothing written past
  * the limit), a job size larger than the disk (NO_SPACE), and the job's `size` reaching it.
  */
@@ -74,6 +75,31 @@ t.test(
     t.equal(s.seen[1]!.range, `bytes=${half}-`, 'the second request asked only for the rest');
     t.equal(await sha(dest), want);
     await t.rejects(stat(`${dest}.partial`), { code: 'ENOENT' });
+  },
+);
+
+t.test(
+  'a connection cut right after some bytes: BUNDLE_INVALID, every byte that arrived is on the file; the next call resumes',
+  async (t) => {
+    const sent = 100 * 1024;
+    const s = await server((res, start, ranged, n) => {
+      if (n > 0) return serveRange(res, start, ranged, n);
+      res.writeHead(200, { 'content-length': body.length });
+      res.write(body.subarray(0, sent), () => res.destroy()); // the connection ends the moment they are out
+    });
+    for (let round = 0; round < 5; round++) {
+      // Each round: a fresh destination, cut at once, nothing of it may be lost.
+      const dest = sub(`cut-${round}`);
+      s.seen.length = 0;
+      await t.rejects(downloadBundle(s.url, { sha256: want, dest }), {
+        code: 'BUNDLE_INVALID',
+        message: new RegExp(`broke off at ${sent} bytes`),
+      });
+      t.equal((await stat(`${dest}.partial`)).size, sent, `round ${round}: the ${sent} bytes that arrived are kept`);
+      t.equal(await downloadBundle(s.url, { sha256: want, dest }), dest);
+      t.equal(s.seen[1]!.range, `bytes=${sent}-`, `round ${round}: the second request resumed`);
+      t.equal(await sha(dest), want);
+    }
   },
 );
 
