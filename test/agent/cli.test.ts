@@ -187,6 +187,36 @@ t.test(`${kind}: setokim query streams an answer and saves the token mask`, asyn
   const gone = run([...base.filter((a) => a !== '--json'), '--conversation', 'never', '--prompt', 'x']);
   t.equal(await gone.exit, 4, 'CONVERSATION_UNKNOWN exits 4');
   t.match(gone.stderr(), /error \[CONVERSATION_UNKNOWN\]: q1: conversation 'never' is not held here/);
+  // The generation flags reach the agent: sampling at temperature 1 among the 1 best tokens is greedy
+  // (over the whole vocabulary it would not be), and the same seed gives the same answer.
+  const answer = async (...flags: string[]) => {
+    const r = run([
+      ...base,
+      '--image',
+      image,
+      '--prompt',
+      'hello',
+      '--max-tokens',
+      '4',
+      '--out',
+      join(dir, 'pics'),
+      ...flags,
+    ]);
+    t.equal(await r.exit, 0, r.stderr());
+    return r
+      .stdout()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; delta?: string })
+      .filter((e) => e.type === 'text')
+      .map((e) => e.delta)
+      .join('');
+  };
+  const greedy = await answer('--temperature', '0');
+  t.equal(await answer('--temperature', '1', '--top-k', '1', '--seed', '5'), greedy, '--top-k 1 is greedy');
+  const sampled = await answer('--temperature', '1', '--top-p', '1', '--seed', '5');
+  t.equal(await answer('--temperature', '1', '--top-p', '1', '--seed', '5'), sampled, 'the same seed, the same answer');
+  t.not(sampled, greedy, 'sampling over the whole vocabulary is not greedy');
   served.child.kill('SIGTERM');
   t.equal(await served.exit, 0);
 });
