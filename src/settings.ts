@@ -72,6 +72,27 @@ export function setting(o: LeafOptions<z.ZodType> & { default?: unknown; require
   return { kind: 'leaf', ...rest, read: o.read ?? 'string', presence };
 }
 
+/** How one command takes a setting declared for several: it must be given, falls back to a default, or may be absent. */
+export type PresenceChoice<D = unknown> = { required: true } | { default: D } | { optional: true };
+/** The Presence a PresenceChoice gives. */
+export type PresenceOf<P extends PresenceChoice> = P extends { required: true }
+  ? 'required'
+  : P extends { default: unknown }
+    ? 'default'
+    : 'optional';
+
+/**
+ * A setting declared once for several commands (its schema, flag, variable and help), each command
+ * choosing its presence (fleetSetting, modelsSetting).
+ */
+export function sharedSetting<S extends z.ZodType, P extends PresenceChoice<z.input<S>>>(
+  o: LeafOptions<S>,
+  presence: P,
+): Leaf<S, PresenceOf<P>> {
+  const { optional: _, ...given } = presence as { optional?: true; required?: true; default?: z.input<S> };
+  return setting({ ...o, ...given }) as Leaf<S, PresenceOf<P>>;
+}
+
 /** Settings that are absent unless configured (then the ones without defaults are required). */
 export function group<C extends Readonly<Record<string, Node>>>(
   children: C,

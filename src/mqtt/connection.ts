@@ -8,7 +8,16 @@ import { readFileSync } from 'node:fs';
 import type { IClientOptions } from 'mqtt';
 import { z } from 'zod';
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { group, setting, type Group, type Leaf, type Node } from '../settings.js';
+import {
+  group,
+  setting,
+  sharedSetting,
+  type Group,
+  type Leaf,
+  type Node,
+  type PresenceChoice,
+  type PresenceOf,
+} from '../settings.js';
 import { levelName } from './topics.js';
 
 const BROKER_URL = /^(mqtts?|wss?|tcp|ssl):\/\//;
@@ -83,12 +92,7 @@ export function brokerGroup<E extends Readonly<Record<string, Node>>>(extra: E) 
 }
 
 /** How a command takes its fleet or device: it must be given, falls back to a default, or may be absent. */
-export type LevelPresence = { required: true } | { default: string } | { optional: true };
-type PresenceOf<P extends LevelPresence> = P extends { required: true }
-  ? 'required'
-  : P extends { default: string }
-    ? 'default'
-    : 'optional';
+export type LevelPresence = PresenceChoice<string>;
 
 /** One topic-level setting (fleet or device): the same schema, flag and variable in every command. */
 function levelSetting<P extends LevelPresence>(
@@ -96,12 +100,8 @@ function levelSetting<P extends LevelPresence>(
   presence: P,
   note?: string,
 ): Leaf<typeof levelName, PresenceOf<P>> {
-  const { optional: _, ...given } = presence as { optional?: true; required?: true; default?: string };
   const help = `${what.name}, one MQTT topic level${note ? ` (${note})` : ''}`;
-  return setting({ schema: levelName, flag: what.flag, env: what.env, help, ...given }) as Leaf<
-    typeof levelName,
-    PresenceOf<P>
-  >;
+  return sharedSetting({ schema: levelName, flag: what.flag, env: what.env, help }, presence);
 }
 
 /**

@@ -7,27 +7,24 @@
  */
 import { z } from 'zod';
 import { PRECISIONS } from '../engine/manifest.js';
-import { setting, type Leaf } from '../settings.js';
+import { setting, sharedSetting } from '../settings.js';
 import { GenerationSchema } from './request.js';
 import { TASKS } from './types.js';
-
-const modelsDir = z.string().min(1);
 
 /**
  * `--models` (SETOKIM_MODELS): the model set directory; `required` where the command needs it,
  * optional for the agent (whose update store may serve a set instead); `note` adds what is particular.
  */
-export function modelsSetting(presence: { required: true }, note?: string): Leaf<typeof modelsDir, 'required'>;
-export function modelsSetting(presence: { optional: true }, note?: string): Leaf<typeof modelsDir, 'optional'>;
-export function modelsSetting(presence: { required?: true; optional?: true }, note?: string): Leaf<typeof modelsDir> {
-  const leaf = {
-    schema: modelsDir,
-    flag: '--models <dir>',
-    env: 'SETOKIM_MODELS',
-    help: `model set directory (manifest.json + stages)${note ? `; ${note}` : ''}`,
-  };
-  return presence.required ? setting({ ...leaf, required: true }) : setting(leaf);
-}
+export const modelsSetting = <P extends { required: true } | { optional: true }>(presence: P, note?: string) =>
+  sharedSetting(
+    {
+      schema: z.string().min(1),
+      flag: '--models <dir>',
+      env: 'SETOKIM_MODELS',
+      help: `model set directory (manifest.json + stages)${note ? `; ${note}` : ''}`,
+    },
+    presence,
+  );
 
 /** How a model set runs here (createPipeline's backend, threads and verify). */
 export const runtimeSettings = {
