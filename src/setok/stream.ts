@@ -7,7 +7,7 @@
  * same way. Memory: one frame's features and the n x n distances, whatever the stream's length.
  */
 import { ErrorCodes, SetokimError } from '../errors.js';
-import { loadNative, type NativeStreamHandle, NativeStreamFactory } from '../engine/native.js';
+import { loadNative, type NativeStreamFactory, type NativeStreamHandle } from '../engine/native.js';
 import { clusterFromDistances, distancesFromGram, gramReference, type ClusterResult } from './reference.js';
 import { asSetokimError, checkFinite, validateCluster, validateOptions, type ClusterOptions } from './options.js';
 import { assignIds, type TrackState } from './tracking.js';
