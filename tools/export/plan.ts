@@ -383,34 +383,32 @@ export function formatPlan(config: string, p: ModelSetPlan): string {
     'weights: the builds `export quantize` writes (TensorRT dialect): fp16 keeps LayerNorm parameters',
     'fp32; int8 stores linear weights int8 with fp32 scales and keeps everything else fp32 (the embed',
     'stage has no int8 build); int4w = INT4 weights, symmetric, one fp16 scale per block, for the LLM',
-    `(lm_head fp16, and up to ${100 * DEFAULT_FP16_SHARE}% of the INT4 weights, at most ${DEFAULT_FP16_MAX_MIB} MiB, ` +
-      'where they measure most sensitive: counted in full), every other stage fp16.',
+    `(lm_head fp16, and the share of the INT4 weights --fp16-share allows, default ${100 * DEFAULT_FP16_SHARE}%, at`,
+    `most --fp16-max-mib, default ${DEFAULT_FP16_MAX_MIB} MiB, float16 where they measure most sensitive: counted`,
+    'in full), every other stage fp16.',
   );
   return out.join('\n');
 }
 
 const count = z.number().int('must be a whole number').min(1, 'must be at least 1');
 
+/** One of `values`; a missing one is 'required', a wrong one named with the choices. */
+const oneOf = <T extends readonly [string, ...string[]]>(what: string, values: T) =>
+  z.enum(values, {
+    error: (i) =>
+      i.input === undefined ? 'required' : `unknown ${what} ${JSON.stringify(i.input)}; one of ${values.join(', ')}`,
+  });
+
 /** Every flag of `export plan`, declared once (src/settings.ts). */
 const planSettings = group({
   config: setting({
-    schema: z.enum(CONFIG_NAMES, {
-      error: (i) =>
-        i.input === undefined
-          ? 'required'
-          : `unknown config ${JSON.stringify(i.input)}; one of ${CONFIG_NAMES.join(', ')}`,
-    }),
+    schema: oneOf('config', CONFIG_NAMES),
     required: true,
     flag: '--config <name>',
     help: `architecture: ${CONFIG_NAMES.join(' | ')} (required)`,
   }),
   precision: setting({
-    schema: z.enum(PRECISIONS, {
-      error: (i) =>
-        i.input === undefined
-          ? 'required'
-          : `unknown precision ${JSON.stringify(i.input)}; one of ${PRECISIONS.join(', ')}`,
-    }),
+    schema: oneOf('precision', PRECISIONS),
     required: true,
     flag: '--precision <p>',
     help: `the builds \`export quantize\` writes: ${PRECISIONS.join(' | ')} (required)`,
