@@ -3,7 +3,7 @@
  * query and every reply, and then the client's PUBACKs of those replies, instead of one write per
  * packet (WriteCoalescer, src/agent/connection.ts). Counted on the sockets, on a real mosquitto.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Agent } from '../../src/agent/agent.js';
 import { QueryClient, newQueryId } from '../../src/agent/client.js';
 import { mosquittoPath } from '../helpers/mosquitto.js';
@@ -42,21 +42,30 @@ function writesOf(socket: unknown): string[][] {
   return writes;
 }
 
+/**
+ * An agent with the stub pipeline on a fresh mosquitto and a client that has had one query answered
+ * (connections and code warm). `generate` with no image: the stub answers accepted, two deltas and
+ * done without waiting on anything.
+ */
+async function warmAgent(t: Test, device: string) {
+  const broker = await startBroker('mosquitto');
+  t.teardown(() => broker.close());
+  const agent = new Agent({ config: testConfig(broker, device), pipeline: new StubPipeline() });
+  await agent.start();
+  t.teardown(() => agent.stop(0));
+  const client = await QueryClient.connect({ url: broker.url });
+  t.teardown(() => client.close());
+  const target = { fleet: 'test', device };
+  await collect(client.query(target, { id: newQueryId(), task: 'generate', prompt: 'warm up' }));
+  await new Promise((resolve) => setImmediate(resolve));
+  return { agent, client, target };
+}
+
 if (!mosquittoPath()) {
   t.plan(0, 'mosquitto is not installed (apt-get install -y mosquitto)');
 } else {
   t.test('an immediate answer: one write from the agent, one from the client for the PUBACKs', async (t) => {
-    const broker = await startBroker('mosquitto');
-    t.teardown(() => broker.close());
-    const agent = new Agent({ config: testConfig(broker, 'writes'), pipeline: new StubPipeline() });
-    await agent.start();
-    t.teardown(() => agent.stop(0));
-    const client = await QueryClient.connect({ url: broker.url });
-    t.teardown(() => client.close());
-    const target = { fleet: 'test', device: 'writes' };
-    // generate with no image: the stub answers accepted, two deltas and done without waiting on anything.
-    await collect(client.query(target, { id: newQueryId(), task: 'generate', prompt: 'warm up' }));
-    await new Promise((resolve) => setImmediate(resolve));
+    const { agent, client, target } = await warmAgent(t, 'writes');
 
     const agentWrites = writesOf(agent.mqtt!.stream);
     const clientWrites = writesOf(client.mqtt.stream);
@@ -79,16 +88,7 @@ if (!mosquittoPath()) {
   });
 
   t.test("the last reply is written before the query's bookkeeping, not after it", async (t) => {
-    const broker = await startBroker('mosquitto');
-    t.teardown(() => broker.close());
-    const agent = new Agent({ config: testConfig(broker, 'first'), pipeline: new StubPipeline() });
-    await agent.start();
-    t.teardown(() => agent.stop(0));
-    const client = await QueryClient.connect({ url: broker.url });
-    t.teardown(() => client.close());
-    const target = { fleet: 'test', device: 'first' };
-    await collect(client.query(target, { id: newQueryId(), task: 'generate', prompt: 'warm up' }));
-    await new Promise((resolve) => setImmediate(resolve));
+    const { agent, client, target } = await warmAgent(t, 'first');
 
     const agentWrites = writesOf(agent.mqtt!.stream);
     // `answered` is emitted in the query's bookkeeping, after its last reply was handed to mqtt.js.
